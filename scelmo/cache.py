@@ -1,0 +1,176 @@
+"""One SQLite store for descriptions and vectors.
+
+Keyed by ``(role, model, prompt_hash, input_hash)``: ``role`` is ``"describe"`` or
+``"embed"``, ``model`` the component's ``model_id``, ``prompt_hash`` the prompt
+template's hash (empty for embeddings), ``input_hash`` the SHA-256 of the input text.
+The database runs in WAL mode with a busy timeout, every write is its own committed
+transaction (so an interrupted run keeps everything finished before it) and
+several processes may share one file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ScelmoError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    role        TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    prompt_hash TEXT NOT NULL DEFAULT '',
+    input_hash  TEXT NOT NULL,
+    value       BLOB NOT NULL,
+    dim         INTEGER NOT NULL DEFAULT 0,
+    created     REAL NOT NULL,
+    PRIMARY KEY (role, model, prompt_hash, input_hash)
+) WITHOUT ROWID;
+"""
+_CHUNK = 500  # SQLite variable limit safety
+
+
+def text_hash(text: str) -> str:
+    """SHA-256 hex digest of a text (the cache's ``input_hash``)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Cache:
+    """A thread-safe handle on the SQLite cache at ``path``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA busy_timeout=60000")
+            self._conn.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise ScelmoError(
+                f"Cannot open the scelmo cache at {self.path}: {exc}. Set `cache.path` to a "
+                "writable file (or SCELMO_CACHE__PATH), or disable it with `cache.enabled = false`."
+            ) from None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- generic -----------------------------------------------------------------
+    def _get(self, role: str, model: str, prompt_hash: str, keys: list[str]) -> dict[str, tuple[bytes, int]]:
+        out: dict[str, tuple[bytes, int]] = {}
+        with self._lock:
+            for i in range(0, len(keys), _CHUNK):
+                part = keys[i : i + _CHUNK]
+                marks = ",".join("?" * len(part))
+                rows = self._conn.execute(
+                    "SELECT input_hash, value, dim FROM entries WHERE role=? AND model=? "
+                    f"AND prompt_hash=? AND input_hash IN ({marks})",
+                    (role, model, prompt_hash, *part),
+                ).fetchall()
+                out.update({h: (v, d) for h, v, d in rows})
+        return out
+
+    def _put(self, role: str, model: str, prompt_hash: str, items: Iterable[tuple[str, bytes, int]]) -> None:
+        now = time.time()
+        rows = [(role, model, prompt_hash, h, v, d, now) for h, v, d in items]
+        if not rows:
+            return
+        with self._lock:
+            for attempt in range(5):
+                try:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    self._conn.executemany(
+                        "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?)", rows
+                    )
+                    self._conn.execute("COMMIT")
+                    return
+                except sqlite3.OperationalError:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.2 * (attempt + 1))
+
+    # -- vectors -----------------------------------------------------------------
+    def get_vectors(self, model: str, hashes: list[str]) -> dict[str, np.ndarray]:
+        """Cached float32 vectors by input hash (missing ones are absent)."""
+        return {
+            h: np.frombuffer(v, dtype=np.float32).copy()
+            for h, (v, _d) in self._get("embed", model, "", hashes).items()
+        }
+
+    def put_vectors(self, model: str, vectors: Mapping[str, np.ndarray]) -> None:
+        """Store vectors by input hash; committed before returning."""
+        self._put(
+            "embed",
+            model,
+            "",
+            ((h, np.asarray(v, dtype=np.float32).tobytes(), int(np.size(v))) for h, v in vectors.items()),
+        )
+
+    # -- texts -------------------------------------------------------------------
+    def get_texts(self, model: str, prompt_hash: str, hashes: list[str]) -> dict[str, str]:
+        """Cached descriptions by input hash."""
+        return {
+            h: v.decode("utf-8") for h, (v, _d) in self._get("describe", model, prompt_hash, hashes).items()
+        }
+
+    def put_texts(self, model: str, prompt_hash: str, texts: Mapping[str, str]) -> None:
+        """Store descriptions by input hash; committed before returning."""
+        self._put("describe", model, prompt_hash, ((h, t.encode("utf-8"), 0) for h, t in texts.items()))
+
+    # -- maintenance -------------------------------------------------------------
+    def stats(self) -> list[dict[str, object]]:
+        """Entry counts and sizes per (role, model)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT role, model, COUNT(*), SUM(LENGTH(value)), MAX(dim), MAX(created) "
+                "FROM entries GROUP BY role, model ORDER BY role, model"
+            ).fetchall()
+        return [
+            {"role": r, "model": m, "entries": n, "bytes": int(b or 0), "dim": int(d or 0), "last_write": t}
+            for r, m, n, b, d, t in rows
+        ]
+
+    def clear(self, *, role: str | None = None, model: str | None = None) -> int:
+        """Delete entries (all, or those of one role and/or model); returns how many."""
+        where, args = [], []
+        if role:
+            where.append("role=?")
+            args.append(role)
+        if model:
+            where.append("model=?")
+            args.append(model)
+        sql = "DELETE FROM entries" + (" WHERE " + " AND ".join(where) if where else "")
+        with self._lock:
+            cur = self._conn.execute(sql, args)
+        n = cur.rowcount
+        if not where:
+            self._conn.execute("VACUUM")
+        return int(n)
+
+
+def open_cache(settings: object | None = None) -> Cache | None:
+    """The cache configured in ``settings`` (``None`` when ``cache.enabled`` is false)."""
+    from .config import get_settings
+
+    s = settings if settings is not None else get_settings()
+    if not s.cache.enabled:  # type: ignore[attr-defined]
+        return None
+    return Cache(s.cache.resolved_path())  # type: ignore[attr-defined]

@@ -1,0 +1,305 @@
+"""The ``scelmo`` command line: a thin layer over the Python API.
+
+Errors raised on purpose (:class:`~scelmo.errors.ScelmoError`) print one line and exit
+with a non-zero code; output files are written atomically; long work shows progress
+bars on stderr. Heavy libraries are imported inside commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import click
+import tomllib
+
+from .errors import ScelmoError
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _overrides(ctx: click.Context) -> dict[str, Any]:
+    return dict(ctx.obj or {})
+
+
+def _echo_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    click.secho(f"Warning: {message}", fg="yellow", err=True)
+
+
+class _Group(click.Group):
+    """Maps ScelmoError to a one-line message and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ScelmoError as exc:
+            click.secho(f"Error: {exc}", fg="red", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="scelmo")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file (instead of ./scelmo.toml).")
+@click.option("--profile", help="Named profile (e.g. default, offline).")
+@click.option("--offline", is_flag=True, default=None, help="Refuse any network role.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a setting, e.g. --set aggregate.method=aa.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.pass_context
+def cli(ctx: click.Context, config_file: str | None, profile: str | None, offline: bool | None, sets: tuple[str, ...], no_progress: bool) -> None:
+    """scelmo: single-cell embeddings from language models."""
+    warnings.showwarning = _echo_warning
+    if config_file:
+        os.environ["SCELMO_CONFIG_FILE"] = str(Path(config_file).resolve())
+    if no_progress:
+        os.environ["SCELMO_NO_PROGRESS"] = "1"
+    overrides: dict[str, Any] = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        overrides[key.strip()] = _parse_value(value.strip())
+    if profile:
+        overrides["profile"] = profile
+    if offline:
+        overrides["offline"] = True
+    ctx.obj = overrides
+
+
+# --------------------------------------------------------------------------- embedding
+def _read_h5ad(path: str, backed: bool = False) -> Any:
+    import anndata as ad
+
+    p = Path(path)
+    if not p.is_file():
+        raise ScelmoError(f"Input file {path} does not exist.")
+    try:
+        return ad.read_h5ad(p, backed="r" if backed else None)
+    except Exception as exc:  # noqa: BLE001 - anndata raises many kinds
+        raise ScelmoError(f"Cannot read {path} as an .h5ad file: {exc}") from None
+
+
+@cli.command("embed-genes")
+@click.argument("input", required=False, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Directory for the GeneEmbeddings.")
+@click.option("--genes", "gene_list", multiple=True, help="Gene names (repeatable), instead of / besides INPUT.")
+@click.option("--genes-file", type=click.Path(dir_okay=False, exists=True), help="File with one gene name per line.")
+@click.option("--describe-model", help="Model for the describe role (overrides config).")
+@click.option("--embed-model", help="Model for the embed role (overrides config).")
+@click.option("--species", type=click.Choice(["auto", "human", "mouse"]))
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.pass_context
+def embed_genes_cmd(ctx, input, output, gene_list, genes_file, describe_model, embed_model, species, overwrite):
+    """Describe and embed genes (from INPUT .h5ad var_names and/or --genes) into OUTPUT."""
+    from . import tl
+
+    genes = list(gene_list)
+    if genes_file:
+        genes += [g.strip() for g in Path(genes_file).read_text().splitlines() if g.strip()]
+    if input is None and not genes:
+        raise ScelmoError("Give an .h5ad INPUT, --genes or --genes-file.")
+    out = Path(output)
+    if out.exists() and not overwrite:
+        raise ScelmoError(f"{out} exists; pass --overwrite to replace it.")
+    adata = _read_h5ad(input, backed=True) if input else None
+    ge = tl.embed_genes(
+        adata, genes, describe=describe_model, embed=embed_model, species=species, config=_overrides(ctx)
+    )
+    ge.save(out, overwrite=overwrite)
+    click.echo(f"Wrote {len(ge)} gene vectors (d={ge.dim}, {ge.manifest.get('embed_model')}) to {out}")
+
+
+@cli.command("embed-cells")
+@click.argument("input", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .h5ad.")
+@click.option("--gene-embeddings", type=click.Path(file_okay=False, exists=True), help="Saved GeneEmbeddings directory.")
+@click.option("--aggregator", help="wa (default), aa, or a plugin's aggregator.")
+@click.option("--layer", help="Layer with expression values (default: raw if present, else X).")
+@click.option("--use-raw/--no-use-raw", default=None, help="Use adata.raw (default: when present).")
+@click.option("--l2/--no-l2", "l2", default=None, help="L2-normalise cell vectors.")
+@click.option("--chunk-size", type=int, help="Cells per chunk.")
+@click.option("--species", type=click.Choice(["auto", "human", "mouse"]))
+@click.option("--key-added", default=None, help="obsm key (default X_scelmo).")
+@click.option("--backed", is_flag=True, help="Stream INPUT from disk (bounded memory); OUTPUT is a copy with the results added.")
+@click.option("--overwrite/--no-overwrite", default=True, help="Replace OUTPUT if it exists (default: yes).")
+@click.pass_context
+def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, layer, use_raw, l2, chunk_size, species, key_added, backed, overwrite):
+    """Embed the cells of INPUT (.h5ad) and write OUTPUT with obsm["X_scelmo"]."""
+    from . import io, keys, tl
+
+    io.check_writable(output, overwrite=overwrite)
+    if Path(output).resolve() == Path(input).resolve():
+        raise ScelmoError("OUTPUT must differ from INPUT (the input is never modified).")
+    key = key_added or keys.X_SCELMO
+    adata = _read_h5ad(input, backed=backed)
+    t0 = time.perf_counter()
+    tl.embed_cells(
+        adata, gene_embeddings=gene_embeddings, aggregator=aggregator, layer=layer, use_raw=use_raw,
+        l2_normalize=l2, chunk_size=chunk_size, species=species, config=_overrides(ctx), key_added=key,
+    )
+    elapsed = time.perf_counter() - t0
+    if backed:
+        adata.file.close()
+        io.add_to_h5ad(input, output, obsm={key: adata.obsm[key]}, uns={keys.PROVENANCE: adata.uns[keys.PROVENANCE]})
+    else:
+        io.write_h5ad(adata, output)
+    info = adata.uns[keys.PROVENANCE]["embed_cells"]
+    click.echo(
+        f"Embedded {info['n_cells']} cells (d={info['dim']}, {info['aggregator']}, "
+        f"{info['n_genes_with_vector']}/{info['n_genes']} genes, "
+        f"{info['expression_coverage']:.1%} of expression) in {elapsed:.1f} s -> {output}"
+    )
+
+
+# --------------------------------------------------------------------------- plugins
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins_cmd(as_json: bool) -> None:
+    """List loaded plugins, where they come from, and what they provide."""
+    from . import plugins
+
+    rows = []
+    for info in plugins.plugin_infos():
+        provides = {
+            kind: [e.name for e in reg.entries() if e.plugin == info.name]
+            for kind, reg in plugins.REGISTRIES.items()
+        }
+        rows.append({
+            "plugin": info.name, "distribution": info.distribution, "version": info.version,
+            "module": info.module, "error": info.error,
+            "provides": {k: v for k, v in provides.items() if v},
+        })
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="scelmo plugins")
+    for col in ("plugin", "distribution", "provides", "status"):
+        table.add_column(col)
+    for r in rows:
+        provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in r["provides"].items()) or "-"
+        dist = f"{r['distribution']} {r['version']}".strip()
+        table.add_row(r["plugin"], dist, provides, f"[red]failed: {r['error']}[/red]" if r["error"] else "ok")
+    Console().print(table)
+
+
+# --------------------------------------------------------------------------- config
+@cli.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("show")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of TOML.")
+@click.pass_context
+def config_show(ctx: click.Context, as_json: bool) -> None:
+    """Print the resolved configuration (secrets masked) and where roles resolve to."""
+    from . import config, roles
+
+    settings = config.get_settings(_overrides(ctx))
+    data = config.show(settings)
+    resolved: dict[str, str] = {}
+    for role, fn in (("describe", roles.describer), ("embed", roles.embedder)):
+        try:
+            comp = fn(settings)
+            resolved[role] = f"{comp.kind} {comp.name!r} -> {comp.model_id}"
+        except ScelmoError as exc:
+            resolved[role] = f"unresolved: {exc}"
+    data["resolved"] = resolved
+    data["cache"]["resolved_path"] = str(settings.cache.resolved_path())
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    import tomli_w
+
+    click.echo(tomli_w.dumps(_drop_none(data)))
+
+
+def _drop_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list):
+        return [_drop_none(v) for v in obj if v is not None]
+    return obj
+
+
+# --------------------------------------------------------------------------- cache
+@cli.group("cache")
+def cache_group() -> None:
+    """Inspect or clear the description/vector cache."""
+
+
+@cache_group.command("stats")
+@click.pass_context
+def cache_stats(ctx: click.Context) -> None:
+    """Entries and sizes per role and model."""
+    from .cache import Cache
+    from .config import get_settings
+
+    path = get_settings(_overrides(ctx)).cache.resolved_path()
+    if not path.exists():
+        click.echo(f"{path}: empty (no cache file yet)")
+        return
+    with Cache(path) as cache:
+        rows = cache.stats()
+    click.echo(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
+    if not rows:
+        click.echo("  no entries")
+    for r in rows:
+        click.echo(f"  {r['role']:<9} {r['model']:<55} {r['entries']:>8} entries  {r['bytes'] / 1e6:8.2f} MB")
+
+
+@cache_group.command("clear")
+@click.option("--role", type=click.Choice(["describe", "embed"]))
+@click.option("--model", help="Only this model id (see `scelmo cache stats`).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def cache_clear(ctx: click.Context, role: str | None, model: str | None, yes: bool) -> None:
+    """Delete cache entries (all, or one role / model)."""
+    from .cache import Cache
+    from .config import get_settings
+
+    path = get_settings(_overrides(ctx)).cache.resolved_path()
+    if not path.exists():
+        click.echo("Nothing to clear.")
+        return
+    if not yes and not click.confirm(f"Delete {'all' if not (role or model) else 'matching'} entries in {path}?"):
+        raise click.Abort()
+    with Cache(path) as cache:
+        n = cache.clear(role=role, model=model)
+    click.echo(f"Deleted {n} entries.")
+
+
+# --------------------------------------------------------------------------- demo
+@cli.command("demo")
+@click.option("-o", "--out-dir", default="scelmo_demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--resolution", default=1.0, show_default=True, help="Leiden resolution (both pipelines).")
+@click.pass_context
+def demo_cmd(ctx: click.Context, out_dir: str, resolution: float) -> None:
+    """Zero-shot scelmo on scanpy's bundled pbmc68k_reduced vs. the standard PCA pipeline."""
+    from .demo import run_demo
+
+    run_demo(Path(out_dir), resolution=resolution, config=_overrides(ctx))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``scelmo`` console script."""
+    from . import plugins
+
+    plugins.add_commands(cli)
+    cli.main(args=argv, prog_name="scelmo")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

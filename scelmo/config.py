@@ -1,0 +1,314 @@
+"""Configuration (pydantic-settings).
+
+Precedence, highest first:
+
+1. keyword arguments (``get_settings(offline=True)``, ``config=`` of API functions);
+2. ``SCELMO_*`` environment variables (nested with ``__``: ``SCELMO_EMBED__MODEL``);
+3. ``./scelmo.toml`` in the working directory (or the file in ``SCELMO_CONFIG_FILE``);
+4. ``config.toml`` in the user config dir (``SCELMO_CONFIG_DIR`` overrides the dir);
+5. the named profile (``profile = "..."``): bundled ``scelmo/profiles/NAME.toml`` or
+   ``<user config dir>/profiles/NAME.toml``;
+6. the defaults below.
+
+Unknown keys are errors, wherever they come from. Exactly two provider roles exist:
+``describe`` (writes a text per gene) and ``embed`` (turns texts into vectors). The
+default profile is fully offline. Secrets (API keys) belong in the environment; any
+that end up in the config are masked by :func:`show`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from .errors import ConfigError
+
+ENV_PREFIX = "SCELMO_"
+#: Environment variables that configure the process, not the settings model.
+RESERVED_ENV = {
+    "SCELMO_LOAD_PLUGINS",
+    "SCELMO_STRICT_PLUGINS",
+    "SCELMO_CONFIG_DIR",
+    "SCELMO_CONFIG_FILE",
+    "SCELMO_NO_PROGRESS",
+}
+_PROFILES_DIR = Path(__file__).parent / "profiles"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RoleConfig(_Section):
+    """A provider role: a model string plus options for the component serving it.
+
+    ``model`` is matched against registered components: ``"local"`` is the offline
+    knowledge table, ``"local/all-MiniLM-L6-v2-int8"`` the offline embedder; any
+    other ``vendor/model`` string goes to a catch-all provider plugin (litellm).
+    """
+
+    model: str
+    #: litellm router deployments (for load balancing / fallbacks), if any.
+    model_list: list[dict[str, Any]] | None = None
+    api_base: str | None = None
+    #: Prefer ``api_key_env``; a key given here is never printed or stored.
+    api_key: SecretStr | None = None
+    #: Name of the environment variable holding the API key.
+    api_key_env: str | None = None
+    #: Component-specific options (validated by the component; unknown keys are errors).
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class AggregateConfig(_Section):
+    """How gene vectors become cell vectors (see :func:`scelmo.tl.embed_cells`)."""
+
+    method: str = "wa"
+    layer: str | None = None
+    use_raw: bool | None = None
+    l2_normalize: bool = False
+    chunk_size: int = Field(10_000, ge=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class GenesConfig(_Section):
+    """Gene-name resolution."""
+
+    species: Literal["auto", "human", "mouse"] = "auto"
+    #: Warn when fewer genes, or less expression, than this fraction has a vector.
+    min_coverage: float = Field(0.5, ge=0, le=1)
+
+
+class CacheConfig(_Section):
+    enabled: bool = True
+    #: SQLite file; default ``<user cache dir>/scelmo/cache.sqlite``.
+    path: Path | None = None
+
+    def resolved_path(self) -> Path:
+        if self.path is not None:
+            return Path(self.path).expanduser()
+        from platformdirs import user_cache_dir
+
+        return Path(user_cache_dir("scelmo")) / "cache.sqlite"
+
+
+class PluginsConfig(_Section):
+    #: Raise instead of warning when a plugin fails to load.
+    strict: bool = False
+
+
+class ScelmoSettings(BaseSettings):
+    """The resolved scelmo configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    profile: str = "default"
+    #: Refuse any role that would use the network, before the first request.
+    offline: bool = False
+    describe: RoleConfig = Field(default_factory=lambda: RoleConfig(model="local"))
+    embed: RoleConfig = Field(
+        default_factory=lambda: RoleConfig(model="local/all-MiniLM-L6-v2-int8")
+    )
+    aggregate: AggregateConfig = Field(default_factory=AggregateConfig)
+    genes: GenesConfig = Field(default_factory=GenesConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        files = _config_files()
+        return (
+            init_settings,
+            env_settings,
+            *(_TomlSource(settings_cls, f) for f in files),
+            _TomlSource(settings_cls, _profile_file(_selected_profile(init_settings, files))),
+        )
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """One TOML file (missing files contribute nothing)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self.path = path
+        self.data = _read_toml(path) if path is not None and path.is_file() else {}
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self.data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.data)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"Cannot read config file {path}: {exc}") from None
+
+
+def user_config_dir() -> Path:
+    env = os.environ.get("SCELMO_CONFIG_DIR")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_config_dir as _ucd
+
+    return Path(_ucd("scelmo"))
+
+
+def _config_files() -> list[Path]:
+    project = os.environ.get("SCELMO_CONFIG_FILE")
+    first = Path(project).expanduser() if project else Path.cwd() / "scelmo.toml"
+    if project and not first.is_file():
+        raise ConfigError(f"SCELMO_CONFIG_FILE points to {first}, which does not exist.")
+    return [first, user_config_dir() / "config.toml"]
+
+
+def _selected_profile(init_settings: PydanticBaseSettingsSource, files: list[Path]) -> str:
+    init = init_settings()
+    if init.get("profile"):
+        return str(init["profile"])
+    if os.environ.get(ENV_PREFIX + "PROFILE"):
+        return os.environ[ENV_PREFIX + "PROFILE"]
+    for f in files:
+        if f.is_file():
+            prof = _read_toml(f).get("profile")
+            if prof:
+                return str(prof)
+    return "default"
+
+
+def available_profiles() -> list[str]:
+    names = {p.stem for p in _PROFILES_DIR.glob("*.toml")}
+    names |= {p.stem for p in (user_config_dir() / "profiles").glob("*.toml")}
+    return sorted(names)
+
+
+def _profile_file(name: str) -> Path:
+    for base in (user_config_dir() / "profiles", _PROFILES_DIR):
+        path = base / f"{name}.toml"
+        if path.is_file():
+            return path
+    close = difflib.get_close_matches(name, available_profiles(), n=3)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise ConfigError(
+        f"Unknown profile {name!r}.{hint} Available: {', '.join(available_profiles())}. "
+        f"Add your own as {user_config_dir() / 'profiles' / (name + '.toml')}."
+    )
+
+
+def _check_env() -> None:
+    fields = set(ScelmoSettings.model_fields)
+    for var in os.environ:
+        if not var.startswith(ENV_PREFIX) or var in RESERVED_ENV:
+            continue
+        top = var[len(ENV_PREFIX) :].split("__", 1)[0].lower()
+        if top not in fields:
+            close = difflib.get_close_matches(top, sorted(fields), n=2)
+            hint = f" Did you mean SCELMO_{close[0].upper()}?" if close else ""
+            raise ConfigError(f"Unknown setting in environment variable {var}.{hint}")
+
+
+def _nest(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn ``{"aggregate.method": "aa"}`` into ``{"aggregate": {"method": "aa"}}``."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        parts = key.split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"Conflicting settings for {key!r}.")
+        if isinstance(value, Mapping) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]].update(value)
+        else:
+            node[parts[-1]] = dict(value) if isinstance(value, Mapping) else value
+    return out
+
+
+def get_settings(config: ScelmoSettings | Mapping[str, Any] | None = None, /, **overrides: Any) -> ScelmoSettings:
+    """Resolve the configuration.
+
+    Parameters
+    ----------
+    config
+        A ready :class:`ScelmoSettings` (returned as is, updated by ``overrides``) or a
+        mapping of keyword overrides (dotted keys allowed: ``{"aggregate.method": "aa"}``).
+    **overrides
+        Highest-precedence values.
+    """
+    if isinstance(config, ScelmoSettings):
+        if not overrides:
+            return config
+        merged = _deep_merge(config.model_dump(exclude_unset=False), _nest(overrides))
+        return _build(merged)
+    values = _nest(dict(config or {}))
+    values = _deep_merge(values, _nest(overrides))
+    return _build(values)
+
+
+def _build(values: dict[str, Any]) -> ScelmoSettings:
+    _check_env()
+    try:
+        return ScelmoSettings(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        files = ", ".join(str(f) for f in _config_files() if f.is_file()) or "no config files"
+        raise ConfigError(
+            f"Invalid scelmo configuration: {problems}. (Sources: keyword arguments, "
+            f"SCELMO_* environment variables, {files}.) Run `scelmo config show` to inspect it."
+        ) from None
+
+
+def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+_SECRET_WORDS = ("key", "token", "secret", "password", "authorization")
+
+
+def _mask(obj: Any, key: str = "") -> Any:
+    if isinstance(obj, Mapping):
+        return {k: _mask(v, str(k)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_mask(v, key) for v in obj]
+    if obj is not None and any(w in key.lower() for w in _SECRET_WORDS) and not key.endswith("_env"):
+        return "**********"
+    return obj
+
+
+def show(settings: ScelmoSettings | None = None) -> dict[str, Any]:
+    """The resolved configuration as plain data, with every secret masked."""
+    s = settings if settings is not None else get_settings()
+    return _mask(s.model_dump(mode="json"))

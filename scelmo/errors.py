@@ -1,0 +1,67 @@
+"""Exceptions and warnings raised by scelmo.
+
+Every message says what went wrong *and* what to do next. Catch :class:`ScelmoError`
+to handle all of them; the subclasses exist so that callers (the CLI, the R bridge)
+can map them to exit codes or R condition classes.
+"""
+
+from __future__ import annotations
+
+
+class ScelmoError(Exception):
+    """Base class of every error scelmo raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(ScelmoError):
+    """The configuration is invalid (unknown key, bad value, missing file)."""
+
+    exit_code = 2
+
+
+class InputError(ScelmoError, ValueError):
+    """The user's data cannot be used as given (bad shape, NaN, negative values...)."""
+
+    exit_code = 3
+
+
+class UnknownComponentError(ScelmoError, KeyError):
+    """A plugin component was asked for by a name nobody registered."""
+
+    exit_code = 2
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class PluginError(ScelmoError):
+    """A plugin failed to load (raised only with ``plugins.strict = true``)."""
+
+
+class IntegrityError(ScelmoError):
+    """A file on disk does not match its recorded checksum."""
+
+
+class OfflineError(ScelmoError):
+    """A network role was requested while ``offline = true``."""
+
+
+class ProviderError(ScelmoError):
+    """A provider (LLM or embedding service) failed after retries."""
+
+
+class ScelmoWarning(UserWarning):
+    """Base class of scelmo's warnings."""
+
+
+class PluginWarning(ScelmoWarning):
+    """A plugin failed to load and was skipped."""
+
+
+class CoverageWarning(ScelmoWarning):
+    """Few of the data's genes (or little of its expression) have a gene vector."""
+
+
+class EmptyCellsWarning(ScelmoWarning):
+    """Some cells express no covered gene; they got a zero embedding."""

@@ -1,0 +1,272 @@
+"""Gene vocabulary (name resolution) and :class:`GeneEmbeddings` (genes x d + manifest).
+
+:class:`GeneVocabulary` maps whatever the data uses as gene names to current human
+symbols: symbols in any case, aliases and previous symbols, human and mouse Ensembl
+IDs (with or without a version suffix) and mouse symbols through orthologs. The
+tables come from a knowledge source (the bundled one is ``scelmo_local``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .errors import InputError, IntegrityError, ScelmoError
+
+_ENSEMBL = re.compile(r"^(ENS(?:MUS)?G\d{11})(?:\.\d+)?$", re.IGNORECASE)
+Species = Literal["auto", "human", "mouse"]
+
+
+@dataclass
+class Resolution:
+    """Result of :meth:`GeneVocabulary.resolve`: one entry per input name."""
+
+    names: list[str]
+    symbols: list[str | None]
+    how: list[str]
+    species: str
+
+    @property
+    def n_resolved(self) -> int:
+        return sum(s is not None for s in self.symbols)
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(self.how))
+
+
+class GeneVocabulary:
+    """Maps gene names and IDs to canonical (current, human) gene symbols.
+
+    Parameters
+    ----------
+    symbols
+        Canonical symbols.
+    aliases
+        Alias or previous symbol -> canonical symbol. Aliases shared by several
+        genes, or equal to another gene's current symbol, are dropped as ambiguous.
+    ensembl
+        Human or mouse Ensembl gene ID (no version) -> canonical symbol.
+    mouse
+        Mouse symbol -> human ortholog's canonical symbol.
+    """
+
+    def __init__(
+        self,
+        symbols: Iterable[str],
+        *,
+        aliases: Iterable[tuple[str, str]] = (),
+        ensembl: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+        mouse: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+    ) -> None:
+        self.symbols: dict[str, str] = {s.upper(): s for s in symbols}
+        alias_targets: dict[str, set[str]] = {}
+        for alias, symbol in aliases:
+            a = alias.upper()
+            if a and a not in self.symbols and symbol.upper() in self.symbols:
+                alias_targets.setdefault(a, set()).add(self.symbols[symbol.upper()])
+        self.aliases = {a: next(iter(t)) for a, t in alias_targets.items() if len(t) == 1}
+        self.n_ambiguous_aliases = sum(len(t) > 1 for t in alias_targets.values())
+        items = ensembl.items() if isinstance(ensembl, Mapping) else ensembl
+        self.ensembl = {k.upper(): v for k, v in items}
+        items = mouse.items() if isinstance(mouse, Mapping) else mouse
+        self.mouse = {k.upper(): v for k, v in items}
+
+    def __len__(self) -> int:
+        return len(self.symbols)
+
+    @staticmethod
+    def guess_species(names: Sequence[str]) -> str:
+        """``"mouse"`` when most names look like mouse symbols (``Cd3e``) or IDs (ENSMUSG)."""
+        names = [str(n) for n in names[:5000]]
+        if not names:
+            return "human"
+        mouse_ids = sum(n.upper().startswith("ENSMUSG") for n in names)
+        human_ids = sum(n.upper().startswith("ENSG") for n in names)
+        if mouse_ids or human_ids:
+            return "mouse" if mouse_ids > human_ids else "human"
+        capitalised = sum(len(n) > 1 and n[0].isupper() and any(c.islower() for c in n[1:]) for n in names)
+        upper = sum(n.isupper() for n in names)
+        return "mouse" if capitalised > upper else "human"
+
+    def resolve(self, names: Sequence[str], *, species: Species = "auto") -> Resolution:
+        """Canonical symbol for each name (``None`` when unknown), and how it was found."""
+        names = [str(n) for n in names]
+        sp_ = self.guess_species(names) if species == "auto" else species
+        symbols: list[str | None] = []
+        how: list[str] = []
+        for name in names:
+            sym, why = self._resolve_one(name.strip(), sp_)
+            symbols.append(sym)
+            how.append(why)
+        return Resolution(names=names, symbols=symbols, how=how, species=sp_)
+
+    def _resolve_one(self, name: str, species: str) -> tuple[str | None, str]:
+        m = _ENSEMBL.match(name)
+        if m:
+            gid = m.group(1).upper()
+            sym = self.ensembl.get(gid)
+            return (sym, "ensembl") if sym else (None, "unknown_ensembl")
+        key = name.upper()
+        if species == "mouse":
+            if key in self.mouse:
+                return self.mouse[key], "mouse_ortholog"
+            if key in self.symbols:
+                return self.symbols[key], "symbol_uppercase"
+            if key in self.aliases:
+                return self.aliases[key], "alias"
+            return None, "unknown"
+        if key in self.symbols:
+            return self.symbols[key], "symbol"
+        if key in self.aliases:
+            return self.aliases[key], "alias"
+        if key in self.mouse:
+            return self.mouse[key], "mouse_ortholog"
+        return None, "unknown"
+
+
+# --------------------------------------------------------------------------- embeddings
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class GeneEmbeddings:
+    """A genes x d matrix of gene vectors with its manifest.
+
+    Attributes
+    ----------
+    genes
+        Canonical gene symbols, one per row (unique).
+    vectors
+        float32 array, ``(len(genes), d)``.
+    manifest
+        Provenance: models, knowledge-source version, prompt hash, dimensions...
+        (strings and numbers only).
+    """
+
+    genes: list[str]
+    vectors: np.ndarray
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.genes = [str(g) for g in self.genes]
+        self.vectors = np.ascontiguousarray(self.vectors, dtype=np.float32)
+        if self.vectors.ndim != 2 or self.vectors.shape[0] != len(self.genes):
+            raise InputError(
+                f"GeneEmbeddings needs one vector per gene: got {len(self.genes)} genes and an "
+                f"array of shape {self.vectors.shape}."
+            )
+        dup = [g for g, c in Counter(self.genes).items() if c > 1]
+        if dup:
+            raise InputError(f"GeneEmbeddings has duplicate genes: {dup[:5]}.")
+        self._index = {g.upper(): i for i, g in enumerate(self.genes)}
+
+    def __len__(self) -> int:
+        return len(self.genes)
+
+    def __contains__(self, gene: str) -> bool:
+        return gene.upper() in self._index
+
+    def __repr__(self) -> str:
+        model = self.manifest.get("embed_model", "?")
+        return f"GeneEmbeddings({len(self)} genes x {self.dim}, embed_model={model!r})"
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def aligned(self, symbols: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+        """Matrix with one row per entry of ``symbols`` (zero rows where absent) and the mask."""
+        idx = np.array([self._index.get(s.upper(), -1) if s else -1 for s in symbols], dtype=np.int64)
+        mask = idx >= 0
+        out = np.zeros((len(symbols), self.dim), dtype=np.float32)
+        out[mask] = self.vectors[idx[mask]]
+        return out, mask
+
+    def combine(self, other: GeneEmbeddings, *, how: Literal["sum", "concat"] = "concat") -> GeneEmbeddings:
+        """Combine two tables on their shared genes (the paper's E1+E2 or [E1, E2])."""
+        shared = [g for g in self.genes if g in other]
+        a, _ = self.aligned(shared)
+        b, _ = other.aligned(shared)
+        if how == "sum":
+            if a.shape[1] != b.shape[1]:
+                raise InputError(f"Cannot sum tables of width {a.shape[1]} and {b.shape[1]}; use how='concat'.")
+            vec = a + b
+        elif how == "concat":
+            vec = np.hstack([a, b])
+        else:
+            raise InputError(f"how must be 'sum' or 'concat', got {how!r}.")
+        manifest = {"combined": how, "left": json.dumps(self.manifest), "right": json.dumps(other.manifest)}
+        return GeneEmbeddings(shared, vec, manifest)
+
+    # -- persistence -------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write ``vectors.npy``, ``genes.txt`` and ``manifest.json`` (with checksums) to a directory.
+
+        The directory appears atomically: files are written to a temporary sibling
+        directory that is then renamed into place.
+        """
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise ScelmoError(f"{path} already exists; pass overwrite=True to replace it.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            np.save(tmp / "vectors.npy", self.vectors, allow_pickle=False)
+            (tmp / "genes.txt").write_text("\n".join(self.genes) + "\n", encoding="utf-8")
+            manifest = {
+                "format": "scelmo.GeneEmbeddings",
+                "format_version": 1,
+                "n_genes": len(self.genes),
+                "dim": self.dim,
+                "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "provenance": self.manifest,
+                "files": {f: _sha256(tmp / f) for f in ("vectors.npy", "genes.txt")},
+            }
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                path.rename(old)
+                tmp.rename(path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> GeneEmbeddings:
+        """Read a directory written by :meth:`save`, verifying its checksums."""
+        path = Path(path)
+        mpath = path / "manifest.json"
+        if not mpath.is_file():
+            raise ScelmoError(f"{path} is not a saved GeneEmbeddings directory (no manifest.json).")
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        for fname, digest in manifest.get("files", {}).items():
+            fpath = path / fname
+            if not fpath.is_file() or _sha256(fpath) != digest:
+                raise IntegrityError(
+                    f"{fpath} is missing or does not match the checksum in {mpath}; the saved "
+                    "embeddings are corrupt or were edited. Re-create them with `scelmo embed-genes`."
+                )
+        vectors = np.load(path / "vectors.npy", allow_pickle=False)
+        genes = (path / "genes.txt").read_text(encoding="utf-8").splitlines()
+        return cls(genes, vectors, manifest.get("provenance", {}))

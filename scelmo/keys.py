@@ -1,0 +1,36 @@
+"""Every AnnData key scelmo reads or writes, in one place.
+
+=====================================  ==========================================================
+key                                    content
+=====================================  ==========================================================
+``adata.obsm[X_SCELMO]``               cells x d cell embedding (float32)
+``adata.varm[GENE_EMBEDDING]``         genes x d gene embedding (zero rows for uncovered genes)
+``adata.var[HAS_EMBEDDING]``           bool, whether the gene has a vector
+``adata.var[GENE_SYMBOL]``             the resolved (human, current) symbol used for look-up
+``adata.obs[LABEL]``                   predicted cell-type label
+``adata.obs[CLUSTER]``                 Leiden clusters on ``X_scelmo``
+``adata.obsp[CONNECTIVITIES]`` ...     kNN graph built on ``X_scelmo`` (``neighbors_key``)
+``adata.uns[PROVENANCE]``              provenance: strings and numbers only, never secrets
+=====================================  ==========================================================
+"""
+
+from __future__ import annotations
+
+#: ``obsm`` key of the cell embedding.
+X_SCELMO = "X_scelmo"
+#: ``varm`` key of the per-gene embedding aligned to ``var_names``.
+GENE_EMBEDDING = "scelmo"
+#: ``var`` column: does the gene have a vector?
+HAS_EMBEDDING = "scelmo_has_embedding"
+#: ``var`` column: the resolved symbol the gene was looked up by.
+GENE_SYMBOL = "scelmo_symbol"
+#: ``obs`` column of predicted labels.
+LABEL = "scelmo_label"
+#: ``obs`` column of Leiden clusters computed on the scelmo embedding.
+CLUSTER = "scelmo_leiden"
+#: ``uns`` key of the neighbours computed on the scelmo embedding.
+NEIGHBORS = "scelmo_neighbors"
+#: ``obsm`` key of the UMAP computed on the scelmo neighbours.
+UMAP = "X_scelmo_umap"
+#: ``uns`` provenance dictionary.
+PROVENANCE = "scelmo"

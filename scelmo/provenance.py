@@ -1,0 +1,41 @@
+"""Provenance in ``adata.uns["scelmo"]``: strings and numbers only, never secrets."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from . import keys
+
+_SECRET_WORDS = ("key", "token", "secret", "password", "authorization")
+
+
+def clean(value: Any) -> Any:
+    """Keep strings, numbers, bools and (nested) dicts of them; drop anything secret-looking."""
+    if isinstance(value, dict):
+        return {
+            str(k): clean(v)
+            for k, v in value.items()
+            if v is not None and not any(w in str(k).lower() for w in _SECRET_WORDS)
+        }
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return float(value)
+    return str(value)
+
+
+def record(adata: Any, step: str, info: dict[str, Any]) -> None:
+    """Store ``info`` under ``adata.uns["scelmo"][step]`` with the version and a timestamp."""
+    from . import __version__
+
+    prov = dict(adata.uns.get(keys.PROVENANCE, {}) or {})
+    prov["version"] = __version__
+    entry = clean(info)
+    entry["time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    prov[step] = entry
+    adata.uns[keys.PROVENANCE] = prov

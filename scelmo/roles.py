@@ -1,0 +1,72 @@
+"""From config roles to components: who describes genes, who embeds texts.
+
+``describe.model`` is looked up among knowledge sources first, then LLM providers;
+``embed.model`` among text embedders. A name matches a registered component by its
+full name, by its ``prefix/``, or falls to a catch-all plugin (litellm). With
+``offline = true`` any component that would use the network is refused here, before
+the first request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import plugins
+from .components import KnowledgeSource, Provider, TextEmbedder
+from .config import RoleConfig, ScelmoSettings
+from .errors import OfflineError, UnknownComponentError
+from .genes import GeneVocabulary
+
+
+def _options(role: RoleConfig) -> dict[str, Any]:
+    return dict(role.options)
+
+
+def _check_offline(settings: ScelmoSettings, role: str, component: Any) -> None:
+    if settings.offline and getattr(component, "requires_network", False):
+        raise OfflineError(
+            f"The {role!r} role is set to {getattr(component, 'model_id', component)!r}, which "
+            "uses the network, but `offline = true`. Choose a local model (e.g. "
+            "`describe.model = \"local\"`, `embed.model = \"local/all-MiniLM-L6-v2-int8\"`) "
+            "or set `offline = false`."
+        )
+
+
+def describer(settings: ScelmoSettings) -> KnowledgeSource | Provider:
+    """The component serving the ``describe`` role."""
+    role = settings.describe
+    try:
+        entry, model = plugins.knowledge_sources.resolve_model(role.model)
+    except UnknownComponentError as ks_error:
+        try:
+            entry, model = plugins.providers.resolve_model(role.model)
+        except UnknownComponentError:
+            raise ks_error from None
+    component = entry.obj(model, **_options(role))
+    _check_offline(settings, "describe", component)
+    return component
+
+
+def embedder(settings: ScelmoSettings) -> TextEmbedder:
+    """The component serving the ``embed`` role."""
+    role = settings.embed
+    entry, model = plugins.embedders.resolve_model(role.model)
+    component = entry.obj(model, **_options(role))
+    _check_offline(settings, "embed", component)
+    return component
+
+
+def vocabulary(describe: KnowledgeSource | Provider | None = None) -> GeneVocabulary | None:
+    """The gene vocabulary: the describer's own, else the first knowledge source that has one."""
+    if isinstance(describe, KnowledgeSource):
+        vocab = describe.vocabulary()
+        if vocab is not None:
+            return vocab
+    for entry in plugins.knowledge_sources.entries():
+        try:
+            vocab = entry.obj().vocabulary()
+        except Exception:  # noqa: BLE001 - a source that cannot build one is skipped
+            continue
+        if vocab is not None:
+            return vocab
+    return None

@@ -1,0 +1,382 @@
+"""Tools: scanpy-style functions (``adata`` first, keyword-only options, ``key_added``).
+
+=============================  ==============================================================
+function                       writes
+=============================  ==============================================================
+:func:`embed_genes`            ``varm["scelmo"]``, ``var["scelmo_has_embedding"]``,
+                               ``var["scelmo_symbol"]``, ``uns["scelmo"]["embed_genes"]``
+:func:`embed_cells`            ``obsm["X_scelmo"]``, ``uns["scelmo"]["embed_cells"]``
+:func:`cluster`                ``obs["scelmo_leiden"]``, ``uns["scelmo_neighbors"]``, ``obsp``
+:func:`umap`                   ``obsm["X_scelmo_umap"]``
+=============================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import keys, plugins, provenance, roles
+from .cache import open_cache
+from .components import KnowledgeSource
+from .config import ScelmoSettings, get_settings
+from .errors import (
+    CoverageWarning,
+    EmptyCellsWarning,
+    InputError,
+    ScelmoError,
+    ScelmoWarning,
+)
+from .genes import GeneEmbeddings, GeneVocabulary, Resolution
+from .matrix import n_rows_cols, select_matrix
+
+Config = ScelmoSettings | Mapping[str, Any] | None
+
+
+def _settings(config: Config, **overrides: Any) -> ScelmoSettings:
+    return get_settings(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _check_names(names: Sequence[str]) -> None:
+    if len(names) == 0:
+        raise InputError("The data has no genes (0 columns); nothing to embed.")
+    dup = [n for n, c in Counter(map(str, names)).items() if c > 1]
+    if dup:
+        warnings.warn(
+            f"{len(dup)} gene names occur more than once (e.g. {', '.join(dup[:3])}); each copy "
+            "gets the same vector. Run `adata.var_names_make_unique()` or aggregate duplicates "
+            "first if that is not what you want.",
+            ScelmoWarning,
+            stacklevel=3,
+        )
+
+
+def _resolve(names: Sequence[str], vocab: GeneVocabulary | None, species: str) -> Resolution:
+    names = [str(n) for n in names]
+    if vocab is None:  # no vocabulary: use names as given
+        return Resolution(names, list(names), ["as_given"] * len(names), species)
+    return vocab.resolve(names, species=species)  # type: ignore[arg-type]
+
+
+def _no_match_error(res: Resolution) -> InputError:
+    sample = ", ".join(res.names[:5])
+    return InputError(
+        f"None of the {len(res.names)} genes could be matched to a known gene (e.g. {sample}). "
+        "scelmo understands human/mouse gene symbols, aliases and Ensembl gene IDs. If the "
+        "names are in another column, set `adata.var_names = adata.var[\"<symbol column>\"]`; "
+        "for mouse data pass `species=\"mouse\"`."
+    )
+
+
+def _build_gene_embeddings(
+    symbols: Sequence[str], settings: ScelmoSettings, progress: bool | None
+) -> GeneEmbeddings:
+    describe = roles.describer(settings)
+    embed = roles.embedder(settings)
+    if not isinstance(describe, KnowledgeSource):
+        raise ScelmoError(
+            f"describe.model = {settings.describe.model!r} is an LLM provider; describing genes "
+            "with an LLM needs the `scelmo_litellm` plugin's describe pipeline. Use "
+            "`describe.model = \"local\"` for the offline gene-knowledge table."
+        )
+    unique = sorted(set(symbols))
+    texts = describe.describe(unique)
+    genes = [g for g in unique if texts.get(g)]
+    cache = open_cache(settings)
+    try:
+        vectors = embed.embed(
+            [texts[g] for g in genes], cache=cache, progress=progress, desc="embedding gene texts"
+        )
+    finally:
+        if cache is not None:
+            cache.close()
+    manifest = {
+        "describe_model": describe.model_id,
+        "embed_model": embed.model_id,
+        "n_genes": len(genes),
+        "dim": int(vectors.shape[1]) if len(genes) else 0,
+        "describe": describe.describe_self(),
+        "embed": embed.describe_self(),
+    }
+    return GeneEmbeddings(genes, vectors, manifest)
+
+
+def embed_genes(
+    adata: Any = None,
+    genes: Sequence[str] | None = None,
+    *,
+    describe: str | None = None,
+    embed: str | None = None,
+    species: str | None = None,
+    config: Config = None,
+    key_added: str = keys.GENE_EMBEDDING,
+    progress: bool | None = None,
+) -> GeneEmbeddings:
+    """Describe and embed genes: gene names -> texts -> vectors.
+
+    Parameters
+    ----------
+    adata
+        Annotated data whose ``var_names`` are the genes (symbols or Ensembl IDs).
+    genes
+        Gene names to embed instead of (or in addition to) ``adata.var_names``.
+    describe, embed
+        Model strings for the two roles (override the config), e.g. ``"local"`` and
+        ``"local/all-MiniLM-L6-v2-int8"``.
+    species
+        ``"human"``, ``"mouse"`` or ``"auto"`` (default from config: ``"auto"``).
+    config
+        Settings or a mapping of overrides (see :mod:`scelmo.config`).
+    key_added
+        ``varm`` key for the gene vectors aligned to ``adata.var_names``.
+    progress
+        Show progress bars (default: when stderr is a terminal).
+
+    Returns
+    -------
+    :class:`~scelmo.genes.GeneEmbeddings` for every resolved gene that has a description.
+    With ``adata``, also sets ``adata.varm[key_added]`` (zero rows for genes without a
+    vector), ``adata.var["scelmo_has_embedding"]``, ``adata.var["scelmo_symbol"]`` and
+    ``adata.uns["scelmo"]["embed_genes"]``.
+    """
+    overrides: dict[str, Any] = {}
+    if describe is not None:
+        overrides["describe.model"] = describe
+    if embed is not None:
+        overrides["embed.model"] = embed
+    if species is not None:
+        overrides["genes.species"] = species
+    settings = _settings(config, **overrides)
+    names: list[str] = [str(g) for g in (adata.var_names if adata is not None else [])]
+    names += [str(g) for g in (genes or [])]
+    _check_names(names if adata is None else [str(g) for g in adata.var_names])
+    vocab = roles.vocabulary(roles.describer(settings))
+    res = _resolve(names, vocab, settings.genes.species)
+    if res.n_resolved == 0:
+        raise _no_match_error(res)
+    ge = _build_gene_embeddings([s for s in res.symbols if s], settings, progress)
+    if adata is not None:
+        n = adata.n_vars
+        matrix, mask = ge.aligned(res.symbols[:n])
+        adata.varm[key_added] = matrix
+        adata.var[keys.HAS_EMBEDDING] = mask
+        adata.var[keys.GENE_SYMBOL] = [s or "" for s in res.symbols[:n]]
+        info = _coverage_info(res.names[:n], res.symbols[:n], mask, res)
+        info.update(ge.manifest)
+        provenance.record(adata, "embed_genes", info)
+    return ge
+
+
+def _coverage_info(names: Sequence[str], symbols: Sequence[str | None], mask: np.ndarray, res: Resolution) -> dict[str, Any]:
+    counts = Counter(h for h, m in zip(res.how[: len(names)], mask, strict=True))
+    return {
+        "n_genes": len(names),
+        "n_genes_resolved": sum(s is not None for s in symbols),
+        "n_genes_with_vector": int(mask.sum()),
+        "gene_coverage": float(mask.mean()) if len(mask) else 0.0,
+        "species": res.species,
+        "resolved_by": {k: int(v) for k, v in counts.items()},
+    }
+
+
+def _warn_coverage(gene_cov: float, expr_cov: float, n_genes: int, n_cov: int, threshold: float) -> None:
+    if gene_cov < threshold or expr_cov < threshold:
+        warnings.warn(
+            f"Low gene coverage: {n_cov} of {n_genes} genes ({gene_cov:.1%}) have a vector, "
+            f"carrying {expr_cov:.1%} of the expression. Check that var_names are gene symbols "
+            "or Ensembl IDs (and `species`), or use a richer knowledge source.",
+            CoverageWarning,
+            stacklevel=3,
+        )
+
+
+def embed_cells(
+    adata: Any,
+    *,
+    gene_embeddings: GeneEmbeddings | str | None = None,
+    aggregator: str | None = None,
+    layer: str | None = None,
+    use_raw: bool | None = None,
+    l2_normalize: bool | None = None,
+    chunk_size: int | None = None,
+    species: str | None = None,
+    config: Config = None,
+    key_added: str = keys.X_SCELMO,
+    copy: bool = False,
+    progress: bool | None = None,
+) -> Any:
+    """Cell embeddings: aggregate gene vectors by each cell's expression.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes data, in memory or backed (``read_h5ad(path, backed="r")``);
+        CSR, CSC or dense; integer, float16/32/64 values. Never densified: rows are
+        streamed in chunks.
+    gene_embeddings
+        Gene vectors to use (a :class:`GeneEmbeddings` or a directory saved by
+        :meth:`GeneEmbeddings.save`). Default: build them with the configured
+        ``describe`` and ``embed`` roles (cached, so a second run embeds nothing).
+    aggregator
+        Registered aggregator name: ``"wa"`` (expression-weighted mean, default) or
+        ``"aa"`` (the paper's ``X @ E / n_genes``), or one from a plugin.
+    layer, use_raw
+        Which expression values to weight by: ``adata.layers[layer]``, ``adata.raw.X``
+        or ``adata.X``. ``use_raw=None`` uses ``adata.raw`` when present (scanpy's
+        convention). Values must be finite and non-negative (counts or log-normalised,
+        not z-scored).
+    l2_normalize
+        Scale each cell vector to unit length (zero vectors stay zero). Default: off,
+        as in the paper.
+    chunk_size
+        Rows per chunk (bounds memory).
+    species
+        ``"human"``, ``"mouse"`` or ``"auto"``.
+    config
+        Settings or a mapping of overrides.
+    key_added
+        ``obsm`` key of the result.
+    copy
+        Return a modified copy instead of writing to ``adata``.
+    progress
+        Show progress bars.
+
+    Returns
+    -------
+    ``None`` (or the copy). Sets ``adata.obsm[key_added]`` (cells x d float32) and
+    ``adata.uns["scelmo"]["embed_cells"]`` (coverage, empty cells, models, options).
+    Cells with no expressed gene that has a vector get a zero vector and an
+    :class:`~scelmo.errors.EmptyCellsWarning` with their count.
+    """
+    overrides: dict[str, Any] = {
+        "aggregate.method": aggregator,
+        "aggregate.layer": layer,
+        "aggregate.use_raw": use_raw,
+        "aggregate.l2_normalize": l2_normalize,
+        "aggregate.chunk_size": chunk_size,
+        "genes.species": species,
+    }
+    settings = _settings(config, **overrides)
+    agg_cfg = settings.aggregate
+    if copy:
+        if getattr(adata, "isbacked", False):
+            raise InputError("copy=True is not supported for backed AnnData; write to a new file instead.")
+        adata = adata.copy()
+    agg = plugins.aggregators.create(agg_cfg.method, **agg_cfg.options)
+    matrix, var_names, source = select_matrix(
+        adata, layer=agg_cfg.layer, use_raw=agg_cfg.use_raw if layer is None else False
+    )
+    n_cells, n_genes = n_rows_cols(matrix)
+    if n_cells == 0:
+        raise InputError("The data has no cells (0 rows); nothing to embed.")
+    names = [str(v) for v in var_names]
+    _check_names(names)
+
+    describe = None if isinstance(gene_embeddings, GeneEmbeddings | str) else roles.describer(settings)
+    vocab = roles.vocabulary(describe)
+    res = _resolve(names, vocab, settings.genes.species)
+    if res.n_resolved == 0 and not isinstance(gene_embeddings, GeneEmbeddings | str):
+        raise _no_match_error(res)
+    if isinstance(gene_embeddings, str):
+        gene_embeddings = GeneEmbeddings.load(gene_embeddings)
+    if gene_embeddings is None:
+        gene_embeddings = _build_gene_embeddings([s for s in res.symbols if s], settings, progress)
+    # fall back to the name as given when the resolved symbol is not in a user's table
+    lookup = [
+        s if (s is not None and s in gene_embeddings) else n for s, n in zip(res.symbols, names, strict=True)
+    ]
+    E, mask = gene_embeddings.aligned(lookup)
+    if not mask.any():
+        raise _no_match_error(res)
+
+    result = agg.aggregate(matrix, E, chunk_size=agg_cfg.chunk_size, progress=progress)
+    emb = result.embedding
+    if agg_cfg.l2_normalize:
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        np.divide(emb, norms, out=emb, where=norms > 0)
+    adata.obsm[key_added] = emb
+
+    gene_cov = float(mask.mean())
+    expr_cov = result.expression_coverage
+    n_empty = int(result.empty_cells.size)
+    if n_empty:
+        warnings.warn(
+            f"{n_empty} of {n_cells} cells express no gene that has a vector; they got a zero "
+            f"embedding (first: {adata.obs_names[int(result.empty_cells[0])]}). Filter them with "
+            "`sc.pp.filter_cells(adata, min_genes=1)` or check coverage.",
+            EmptyCellsWarning,
+            stacklevel=2,
+        )
+    _warn_coverage(gene_cov, expr_cov, n_genes, int(mask.sum()), settings.genes.min_coverage)
+    info = _coverage_info(names, lookup, mask, res)
+    info.update(
+        {
+            "aggregator": agg.name,
+            "aggregator_options": agg.describe_self(),
+            "matrix": source,
+            "l2_normalize": bool(agg_cfg.l2_normalize),
+            "expression_coverage": expr_cov,
+            "n_cells": n_cells,
+            "n_empty_cells": n_empty,
+            "dim": int(emb.shape[1]),
+            "key_added": key_added,
+            "embed_model": gene_embeddings.manifest.get("embed_model", "user-provided"),
+            "describe_model": gene_embeddings.manifest.get("describe_model", "user-provided"),
+        }
+    )
+    provenance.record(adata, "embed_cells", info)
+    return adata if copy else None
+
+
+def cluster(
+    adata: Any,
+    *,
+    use_rep: str = keys.X_SCELMO,
+    n_neighbors: int = 15,
+    metric: str = "cosine",
+    resolution: float = 1.0,
+    random_state: int = 0,
+    neighbors_key: str = keys.NEIGHBORS,
+    key_added: str = keys.CLUSTER,
+) -> None:
+    """kNN graph + Leiden clustering on the scelmo embedding.
+
+    Builds ``n_neighbors`` nearest neighbours (cosine by default: scelmo vectors are
+    compared by angle) on ``adata.obsm[use_rep]`` with :func:`scanpy.pp.neighbors`
+    and runs Leiden (igraph flavour, modularity) at ``resolution``. Resolution 1.0 is
+    scanpy's default; raise it for more, smaller clusters. It is not tuned to labels.
+
+    Sets ``adata.uns[neighbors_key]``, ``adata.obsp[neighbors_key + "_distances"]``,
+    ``adata.obsp[neighbors_key + "_connectivities"]`` and ``adata.obs[key_added]``.
+    """
+    import scanpy as sc
+
+    if use_rep not in adata.obsm:
+        raise ScelmoError(f"adata.obsm[{use_rep!r}] not found. Run `scelmo.tl.embed_cells` first.")
+    sc.pp.neighbors(
+        adata, n_neighbors=n_neighbors, use_rep=use_rep, metric=metric,
+        key_added=neighbors_key, random_state=random_state,
+    )
+    sc.tl.leiden(
+        adata, resolution=resolution, flavor="igraph", n_iterations=2, directed=False,
+        neighbors_key=neighbors_key, key_added=key_added, random_state=random_state,
+    )
+
+
+def umap(
+    adata: Any,
+    *,
+    neighbors_key: str = keys.NEIGHBORS,
+    key_added: str = keys.UMAP,
+    random_state: int = 0,
+) -> None:
+    """UMAP of the scelmo neighbour graph into ``adata.obsm[key_added]``."""
+    import scanpy as sc
+
+    if neighbors_key not in adata.uns:
+        raise ScelmoError(f"adata.uns[{neighbors_key!r}] not found. Run `scelmo.tl.cluster` first.")
+    sc.tl.umap(adata, neighbors_key=neighbors_key, key_added=key_added, random_state=random_state)
