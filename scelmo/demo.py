@@ -71,7 +71,7 @@ def run_demo(out_dir: Path, *, resolution: float = 1.0, config: Any = None, n_ne
 
     tl.umap(adata)
     png = out_dir / "umap_scelmo.png"
-    pl.embedding(adata, color=["bulk_labels", keys.CLUSTER], save=png, title=["bulk_labels", "scelmo Leiden"])
+    pl.embedding(adata, color=["bulk_labels", keys.CLUSTER], save=png, title=["bulk_labels", "scelmo Leiden"], wspace=0.7)
     result = {"dataset": "pbmc68k_reduced", "resolution": resolution, "n_neighbors": n_neighbors,
               "results": rows, "coverage": {k: prov[k] for k in ("n_genes", "n_genes_with_vector", "expression_coverage")}}
     with io.atomic_path(out_dir / "metrics.json") as tmp:

@@ -57,7 +57,8 @@ class GeneVocabulary:
         Alias or previous symbol -> canonical symbol. Aliases shared by several
         genes, or equal to another gene's current symbol, are dropped as ambiguous.
     ensembl
-        Human or mouse Ensembl gene ID (no version) -> canonical symbol.
+        Human or mouse Ensembl gene ID (no version) -> canonical symbol. When an ID is
+        given for several genes, the first pair wins: list primary IDs first.
     mouse
         Mouse symbol -> human ortholog's canonical symbol.
     """
@@ -79,7 +80,9 @@ class GeneVocabulary:
         self.aliases = {a: next(iter(t)) for a, t in alias_targets.items() if len(t) == 1}
         self.n_ambiguous_aliases = sum(len(t) > 1 for t in alias_targets.values())
         items = ensembl.items() if isinstance(ensembl, Mapping) else ensembl
-        self.ensembl = {k.upper(): v for k, v in items}
+        self.ensembl: dict[str, str] = {}
+        for gid, symbol in items:  # an ID listed for several genes: the first pair wins
+            self.ensembl.setdefault(gid.upper(), symbol)
         items = mouse.items() if isinstance(mouse, Mapping) else mouse
         self.mouse = {k.upper(): v for k, v in items}
 

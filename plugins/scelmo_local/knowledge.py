@@ -60,7 +60,15 @@ def vocabulary() -> GeneVocabulary:
     """Symbols, aliases, Ensembl IDs (human and mouse) and mouse orthologs."""
     table = human_table()
     aliases = [(a, s) for s, r in table.items() for a in r["aliases"].split("|") if a]
-    ensembl = [(e, s) for s, r in table.items() for e in r["ensembl"].split("|") if e]
+    # An Ensembl ID listed for several genes (~1%) goes to the gene that lists it first
+    # (its primary ID), then to protein-coding genes, named genes (not LOC...), and the
+    # lowest Entrez ID: deterministic, and the usual choice of annotation pipelines.
+    ranked = sorted(
+        (pos, r["type"] != "protein-coding", s.startswith("LOC"), int(r["entrez"] or 0), e, s)
+        for s, r in table.items()
+        for pos, e in enumerate(x for x in r["ensembl"].split("|") if x)
+    )
+    ensembl = [(e, s) for *_rank, e, s in ranked]
     mouse: list[tuple[str, str]] = []
     for r in _rows("mouse_genes.tsv.gz"):
         if r["human_symbol"] in table:
