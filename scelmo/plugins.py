@@ -152,6 +152,8 @@ def _fill_from(registry: Registry, plugin_name: str, plugin: Any) -> None:
     except PluginError:
         raise
     except Exception as exc:  # noqa: BLE001
+        if info is not None:
+            info.error = f"{registry.hook}: {type(exc).__name__}: {exc}"
         _report_failure(plugin_name, exc, f"run {registry.hook}")
 
 

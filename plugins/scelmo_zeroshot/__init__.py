@@ -1,0 +1,22 @@
+"""scelmo_zeroshot: aggregators that turn gene vectors into cell vectors.
+
+* ``wa``: expression-weighted mean, ``(X / X.sum(1)) @ E`` (the paper's default);
+* ``aa``: the paper's "average", ``X @ E / n_genes`` with ``n_genes`` the number of
+  columns of X (a constant: this is GenePT-w's formula too).
+
+Genes without a vector contribute a zero row, exactly as in the paper's code. CSR
+chunks go through a column-tiled numba kernel (:mod:`scelmo_zeroshot.kernels`), dense
+chunks through BLAS.
+"""
+
+from __future__ import annotations
+
+from scelmo.hookspecs import hookimpl
+
+
+@hookimpl
+def register_aggregators(register):
+    from .aggregators import AverageAggregator, WeightedAverageAggregator
+
+    register(WeightedAverageAggregator)
+    register(AverageAggregator)

@@ -1,0 +1,98 @@
+"""wa / aa agree with the paper's dense formulas on every supported matrix kind."""
+
+from __future__ import annotations
+
+import warnings
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from helpers import paper_aa, paper_wa
+
+from scelmo import keys, plugins, tl
+from scelmo.errors import EmptyCellsWarning
+from scelmo.testing import random_gene_embeddings
+
+
+def _data(rng, n=257, g=40, density=0.15):
+    X = (rng.random((n, g)) < density) * rng.integers(1, 30, (n, g)).astype(np.float32)
+    X[3] = 0  # an all-zero cell
+    return X.astype(np.float32)
+
+
+def _embedding(g, d=24, missing=(0, 5)):
+    E = np.random.default_rng(1).standard_normal((g, d)).astype(np.float32)
+    E[list(missing)] = 0  # genes without a vector get zero rows, as in the paper
+    return E
+
+
+@pytest.mark.parametrize("method,ref", [("wa", paper_wa), ("aa", paper_aa)])
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo", "dense", "csr_array"])
+@pytest.mark.parametrize("chunk", [1, 64, 10_000])
+def test_matches_dense_reference(rng, method, ref, fmt, chunk):
+    X = _data(rng)
+    E = _embedding(X.shape[1])
+    M = {"csr": sp.csr_matrix, "csc": sp.csc_matrix, "coo": sp.coo_matrix, "dense": np.asarray,
+         "csr_array": sp.csr_array}[fmt](X)
+    agg = plugins.aggregators.create(method)
+    res = agg.aggregate(M, E, chunk_size=chunk, progress=False)
+    np.testing.assert_allclose(res.embedding, ref(X, E), rtol=2e-5, atol=2e-6)
+    assert res.embedding.dtype == np.float32
+    assert 3 in res.empty_cells.tolist()
+    assert np.isfinite(res.embedding).all()
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.float16, np.float64, np.uint16])
+def test_dtypes(rng, dtype):
+    X = _data(rng).astype(dtype)
+    E = _embedding(X.shape[1])
+    M = X if dtype == np.float16 else sp.csr_matrix(X)  # scipy.sparse has no float16
+    for method, ref in (("wa", paper_wa), ("aa", paper_aa)):
+        res = plugins.aggregators.create(method).aggregate(M, E, progress=False)
+        np.testing.assert_allclose(res.embedding, ref(X.astype(np.float64), E), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_backed_h5ad_matches_in_memory(tmp_path, rng, sparse):
+    X = _data(rng, n=501)
+    genes = [f"G{i}" for i in range(X.shape[1])]
+    a = ad.AnnData(sp.csr_matrix(X) if sparse else X)
+    a.var_names = genes
+    a.write_h5ad(tmp_path / "x.h5ad")
+    ge = random_gene_embeddings(genes[2:], dim=12)
+    mem = ad.read_h5ad(tmp_path / "x.h5ad")
+    backed = ad.read_h5ad(tmp_path / "x.h5ad", backed="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmptyCellsWarning)
+        tl.embed_cells(mem, gene_embeddings=ge, chunk_size=100)
+        tl.embed_cells(backed, gene_embeddings=ge, chunk_size=100)
+    np.testing.assert_array_equal(mem.obsm[keys.X_SCELMO], backed.obsm[keys.X_SCELMO])
+    E, _ = ge.aligned(genes)
+    np.testing.assert_allclose(mem.obsm[keys.X_SCELMO], paper_wa(X, E), rtol=2e-5, atol=2e-6)
+    backed.file.close()
+
+
+def test_l2_normalize_and_zero_cells(rng):
+    X = _data(rng)
+    genes = [f"G{i}" for i in range(X.shape[1])]
+    a = ad.AnnData(sp.csr_matrix(X))
+    a.var_names = genes
+    ge = random_gene_embeddings(genes, dim=8)
+    with pytest.warns(EmptyCellsWarning, match="1 of 257 cells"):
+        tl.embed_cells(a, gene_embeddings=ge, l2_normalize=True)
+    norms = np.linalg.norm(a.obsm[keys.X_SCELMO], axis=1)
+    assert norms[3] == 0
+    np.testing.assert_allclose(np.delete(norms, 3), 1, rtol=1e-5)
+    assert a.uns[keys.PROVENANCE]["embed_cells"]["n_empty_cells"] == 1
+
+
+def test_cell_expressing_only_uncovered_genes_is_zero_not_nan():
+    X = sp.csr_matrix(np.array([[5, 0, 0], [0, 2, 1]], dtype=np.float32))
+    E = np.array([[0, 0], [1, 2], [3, 4]], dtype=np.float32)  # gene 0 has no vector
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = plugins.aggregators.create("wa").aggregate(X, E, progress=False)
+    assert res.embedding[0].tolist() == [0, 0]
+    assert res.empty_cells.tolist() == [0]
+    np.testing.assert_allclose(res.embedding[1], (2 * E[1] + E[2]) / 3)

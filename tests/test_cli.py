@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+from click.testing import CliRunner
+
+from scelmo import keys
+from scelmo.cli import cli
+from scelmo.genes import GeneEmbeddings
+
+
+def test_embed_genes_then_embed_cells(pbmc, tmp_path):
+    small = pbmc[:50].copy()
+    small.write_h5ad(tmp_path / "in.h5ad")
+    r = CliRunner()
+    res = r.invoke(cli, ["embed-genes", str(tmp_path / "in.h5ad"), "-o", str(tmp_path / "ge")])
+    assert res.exit_code == 0, res.output
+    ge = GeneEmbeddings.load(tmp_path / "ge")
+    assert len(ge) > 700
+    res = r.invoke(cli, ["embed-cells", str(tmp_path / "in.h5ad"), "-o", str(tmp_path / "out.h5ad"),
+                         "--gene-embeddings", str(tmp_path / "ge"), "--aggregator", "aa"])
+    assert res.exit_code == 0, res.output
+    out = ad.read_h5ad(tmp_path / "out.h5ad")
+    assert out.obsm[keys.X_SCELMO].shape == (50, 384)
+    assert out.uns[keys.PROVENANCE]["embed_cells"]["aggregator"] == "aa"
+
+
+def test_embed_genes_from_list(tmp_path):
+    (tmp_path / "genes.txt").write_text("CD3E\nms4a1\nENSG00000105374\n")
+    res = CliRunner().invoke(cli, ["embed-genes", "--genes-file", str(tmp_path / "genes.txt"),
+                                   "--genes", "HBB", "-o", str(tmp_path / "ge")])
+    assert res.exit_code == 0, res.output
+    assert GeneEmbeddings.load(tmp_path / "ge").genes == ["CD3E", "HBB", "MS4A1", "NKG7"]
+
+
+def test_backed_embed_cells_matches_in_memory(pbmc, tmp_path):
+    small = pbmc[:120].copy()
+    small.write_h5ad(tmp_path / "in.h5ad")
+    r = CliRunner()
+    assert r.invoke(cli, ["embed-cells", str(tmp_path / "in.h5ad"), "-o", str(tmp_path / "m.h5ad")]).exit_code == 0
+    res = r.invoke(cli, ["embed-cells", str(tmp_path / "in.h5ad"), "-o", str(tmp_path / "b.h5ad"),
+                         "--backed", "--chunk-size", "17"])
+    assert res.exit_code == 0, res.output
+    m, b = ad.read_h5ad(tmp_path / "m.h5ad"), ad.read_h5ad(tmp_path / "b.h5ad")
+    np.testing.assert_allclose(m.obsm[keys.X_SCELMO], b.obsm[keys.X_SCELMO], rtol=1e-6)
+    assert b.uns[keys.PROVENANCE]["embed_cells"]["n_cells"] == 120
+    np.testing.assert_array_equal(b.X.toarray() if hasattr(b.X, "toarray") else b.X, small.X)
+
+
+def test_plugins_command():
+    res = CliRunner().invoke(cli, ["plugins"])
+    assert res.exit_code == 0
+    assert "zeroshot" in res.output and "wa" in res.output and "scelmo" in res.output
+
+
+def test_cache_stats_and_clear(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCELMO_CACHE__PATH", str(tmp_path / "c.sqlite"))
+    r = CliRunner()
+    assert "empty" in r.invoke(cli, ["cache", "stats"]).output
+    assert r.invoke(cli, ["embed-genes", "--genes", "CD3E", "-o", str(tmp_path / "g")]).exit_code == 0
+    res = r.invoke(cli, ["cache", "stats"])
+    assert "embed" in res.output and "all-MiniLM" in res.output
+    res = r.invoke(cli, ["cache", "clear", "--yes"])
+    assert "Deleted 1 entries" in res.output
+
+
+def test_demo(tmp_path):
+    res = CliRunner().invoke(cli, ["demo", "-o", str(tmp_path / "demo")])
+    assert res.exit_code == 0, res.output
+    assert "ARI" in res.output and "scanpy PCA" in res.output
+    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert {r["method"].split(" ")[0] for r in metrics["results"]} == {"scelmo", "scanpy"}
+    assert (tmp_path / "demo" / "umap_scelmo.png").stat().st_size > 20_000

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from scelmo.cli import cli
+from scelmo.config import get_settings, show
+from scelmo.errors import ConfigError
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_offline_local():
+    s = get_settings()
+    assert s.profile == "default"
+    assert s.describe.model == "local"
+    assert s.embed.model.startswith("local/")
+    assert s.aggregate.method == "wa"
+
+
+def test_precedence_chain(tmp_path, monkeypatch):
+    import os
+
+    cfg_dir = tmp_path / "_config"
+    # profile < user config < ./scelmo.toml < env < kwargs, one key each level deeper
+    _write(cfg_dir / "profiles" / "mine.toml", "[aggregate]\nmethod = 'p'\nchunk_size = 11\nlayer = 'p'\n"
+           "[genes]\nmin_coverage = 0.11\n[embed]\nmodel = 'p/model'\n")
+    _write(cfg_dir / "config.toml", "profile = 'mine'\n[aggregate]\nmethod = 'u'\nchunk_size = 22\nlayer = 'u'\n"
+           "[genes]\nmin_coverage = 0.22\n")
+    _write(__import__("pathlib").Path(os.getcwd()) / "scelmo.toml", "[aggregate]\nmethod = 'c'\nchunk_size = 33\n"
+           "[genes]\nmin_coverage = 0.33\n")
+    monkeypatch.setenv("SCELMO_AGGREGATE__METHOD", "env")
+    monkeypatch.setenv("SCELMO_GENES__MIN_COVERAGE", "0.44")
+    s = get_settings(**{"genes.min_coverage": 0.55})
+    assert s.profile == "mine"
+    assert s.embed.model == "p/model"          # only in the profile
+    assert s.aggregate.layer == "u"            # user config beats profile
+    assert s.aggregate.chunk_size == 33        # ./scelmo.toml beats user config
+    assert s.aggregate.method == "env"         # env beats ./scelmo.toml
+    assert s.genes.min_coverage == 0.55        # kwargs beat env
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["kwargs", "env", "toml", "nested_toml"],
+)
+def test_unknown_keys_are_errors(where, monkeypatch):
+    import pathlib
+
+    if where == "kwargs":
+        with pytest.raises(ConfigError, match="agregate|Extra inputs"):
+            get_settings(agregate={"method": "aa"})
+    elif where == "env":
+        monkeypatch.setenv("SCELMO_AGREGATE__METHOD", "aa")
+        with pytest.raises(ConfigError, match="SCELMO_AGGREGATE"):
+            get_settings()
+    elif where == "toml":
+        (pathlib.Path.cwd() / "scelmo.toml").write_text("bogus = 1\n")
+        with pytest.raises(ConfigError, match="bogus"):
+            get_settings()
+    else:
+        (pathlib.Path.cwd() / "scelmo.toml").write_text("[aggregate]\nmethd = 'aa'\n")
+        with pytest.raises(ConfigError, match="methd"):
+            get_settings()
+
+
+def test_unknown_profile_lists_available():
+    with pytest.raises(ConfigError, match="Did you mean 'offline'"):
+        get_settings(profile="ofline")
+
+
+def test_offline_profile():
+    assert get_settings(profile="offline").offline is True
+
+
+def test_show_masks_secrets(monkeypatch):
+    secret = "sk-test-0123456789abcdefghijklmnop"
+    monkeypatch.setenv("SCELMO_EMBED__API_KEY", secret)
+    s = get_settings(**{"describe.options": {"auth_token": "tok-123456"}})
+    shown = json.dumps(show(s))
+    assert secret not in shown and "tok-123456" not in shown
+    assert "**********" in shown
+    result = CliRunner().invoke(cli, ["config", "show"])
+    assert result.exit_code == 0, result.output
+    assert secret not in result.output
+    assert "resolved" in result.output and "all-MiniLM" in result.output
+
+
+def test_cli_set_and_bad_value():
+    res = CliRunner().invoke(cli, ["--set", "aggregate.chunk_size=0", "config", "show"])
+    assert res.exit_code == 2
+    assert "chunk_size" in res.output

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scelmo.errors import InputError, IntegrityError, ScelmoError
+from scelmo.genes import GeneEmbeddings, GeneVocabulary
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    from scelmo_local.knowledge import vocabulary
+
+    return vocabulary()
+
+
+def test_bundled_vocabulary_is_large(vocab):
+    assert len(vocab) > 40_000
+    assert len(vocab.mouse) > 20_000
+    assert len(vocab.ensembl) > 30_000
+
+
+@pytest.mark.parametrize(
+    ("name", "symbol", "how"),
+    [
+        ("CD3E", "CD3E", "symbol"),
+        ("cd3e", "CD3E", "symbol"),
+        ("Leu-16", "MS4A1", "alias"),             # alias, any case
+        ("CD20", None, "unknown"),                # ambiguous alias (MS4A1 and KRT20): refused
+        ("ENSG00000198851", "CD3E", "ensembl"),    # human Ensembl
+        ("ENSG00000198851.10", "CD3E", "ensembl"), # with version suffix
+        ("ENSMUSG00000024673", "MS4A1", "ensembl"),  # mouse Ensembl -> human ortholog
+    ],
+)
+def test_resolve_human(vocab, name, symbol, how):
+    res = vocab.resolve([name], species="human")
+    assert res.symbols == [symbol]
+    assert res.how == [how]
+
+
+def test_resolve_mouse_symbols_through_orthologs(vocab):
+    res = vocab.resolve(["Ms4a1", "Cd3e", "Ptprc", "Nkg7", "Notagene1"])
+    assert res.species == "mouse"
+    assert res.symbols[:4] == ["MS4A1", "CD3E", "PTPRC", "NKG7"]
+    assert res.symbols[4] is None
+    assert res.how[0] == "mouse_ortholog"
+
+
+def test_unknown_and_ambiguous(vocab):
+    res = vocab.resolve(["NOT_A_GENE", "ENSG99999999999"], species="human")
+    assert res.symbols == [None, None]
+    assert res.how == ["unknown", "unknown_ensembl"]
+
+
+def test_alias_ambiguity_and_symbol_priority():
+    v = GeneVocabulary(["A1", "B1", "C1"], aliases=[("X", "A1"), ("X", "B1"), ("Y", "C1"), ("B1", "C1")])
+    assert "X" not in v.aliases and v.n_ambiguous_aliases == 1
+    assert v.resolve(["Y", "B1"], species="human").symbols == ["C1", "B1"]
+
+
+def test_gene_embeddings_roundtrip_and_checksum(tmp_path):
+    ge = GeneEmbeddings(["A", "B", "C"], np.arange(6, dtype=np.float32).reshape(3, 2), {"embed_model": "m"})
+    path = ge.save(tmp_path / "ge")
+    back = GeneEmbeddings.load(path)
+    assert back.genes == ge.genes and np.array_equal(back.vectors, ge.vectors)
+    assert back.manifest == {"embed_model": "m"}
+    with pytest.raises(ScelmoError, match="exists"):
+        ge.save(tmp_path / "ge")
+    ge.save(tmp_path / "ge", overwrite=True)
+    (path / "genes.txt").write_text("A\nB\nD\n")
+    with pytest.raises(IntegrityError, match="checksum"):
+        GeneEmbeddings.load(path)
+    assert not list(tmp_path.glob(".ge*"))  # no temporary leftovers
+
+
+def test_gene_embeddings_validation_and_alignment():
+    with pytest.raises(InputError, match="duplicate"):
+        GeneEmbeddings(["A", "A"], np.zeros((2, 2)))
+    with pytest.raises(InputError, match="one vector per gene"):
+        GeneEmbeddings(["A"], np.zeros((2, 2)))
+    ge = GeneEmbeddings(["A", "B"], np.array([[1, 0], [0, 1]], dtype=np.float32))
+    M, mask = ge.aligned(["b", None, "A", "Z"])
+    assert mask.tolist() == [True, False, True, False]
+    assert M.tolist() == [[0, 1], [0, 0], [1, 0], [0, 0]]
+
+
+def test_combine_sum_and_concat():
+    a = GeneEmbeddings(["A", "B"], np.ones((2, 2)))
+    b = GeneEmbeddings(["B", "C"], 2 * np.ones((2, 2)))
+    s = a.combine(b, how="sum")
+    assert s.genes == ["B"] and s.vectors.tolist() == [[3, 3]]
+    c = a.combine(b, how="concat")
+    assert c.dim == 4

@@ -1,0 +1,81 @@
+"""End to end on the bundled real dataset (pbmc68k_reduced), offline default."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import scelmo
+from scelmo import keys, metrics
+
+
+def _flat_values(d):
+    for v in d.values():
+        if isinstance(v, dict):
+            yield from _flat_values(v)
+        else:
+            yield v
+
+
+def test_embed_cells_default_on_pbmc(pbmc):
+    scelmo.tl.embed_cells(pbmc)
+    X = pbmc.obsm[keys.X_SCELMO]
+    assert X.shape == (700, 384) and X.dtype == np.float32 and np.isfinite(X).all()
+    prov = pbmc.uns[keys.PROVENANCE]
+    info = prov["embed_cells"]
+    assert info["aggregator"] == "wa" and info["matrix"] == "raw.X"
+    assert info["n_genes"] == 765 and info["n_genes_with_vector"] > 700
+    assert info["expression_coverage"] > 0.9 and info["n_empty_cells"] == 0
+    assert info["embed_model"].startswith("local/all-MiniLM-L6-v2-int8")
+    assert all(isinstance(v, str | int | float) for v in _flat_values(prov))
+
+
+def test_embed_genes_writes_varm_and_coverage(pbmc):
+    ge = scelmo.tl.embed_genes(pbmc)
+    assert len(ge) > 700 and ge.dim == 384
+    assert pbmc.varm[keys.GENE_EMBEDDING].shape == (765, 384)
+    mask = pbmc.var[keys.HAS_EMBEDDING].to_numpy()
+    assert mask.sum() == len(ge)
+    assert (np.abs(pbmc.varm[keys.GENE_EMBEDDING][~mask]).sum()) == 0
+    info = pbmc.uns[keys.PROVENANCE]["embed_genes"]
+    assert info["gene_coverage"] == pytest.approx(mask.mean())
+
+
+def test_zero_shot_clusters_recover_cell_types(pbmc):
+    scelmo.tl.embed_cells(pbmc)
+    scelmo.tl.cluster(pbmc)
+    scores = metrics.clustering_scores(pbmc.obs["bulk_labels"], pbmc.obs[keys.CLUSTER])
+    # random clusterings score ~0; scelmo zero-shot must carry real cell-type signal
+    assert scores["ari"] > 0.15 and scores["nmi"] > 0.3, scores
+    shuffled = np.random.default_rng(0).permutation(pbmc.obs[keys.CLUSTER].to_numpy())
+    assert metrics.ari(pbmc.obs["bulk_labels"], shuffled) < 0.05
+
+
+def test_aa_and_layer_choice(pbmc):
+    import scipy.sparse as sp
+
+    pbmc.layers["lognorm"] = sp.csr_matrix(pbmc.raw.X)
+    scelmo.tl.embed_cells(pbmc, layer="lognorm", aggregator="aa", key_added="X_aa")
+    scelmo.tl.embed_cells(pbmc, use_raw=True, aggregator="aa", key_added="X_aa_raw")
+    np.testing.assert_allclose(pbmc.obsm["X_aa"], pbmc.obsm["X_aa_raw"], rtol=1e-6)
+    assert pbmc.uns[keys.PROVENANCE]["embed_cells"]["matrix"] == "raw.X"
+
+
+def test_copy_returns_new_object(pbmc):
+    out = scelmo.tl.embed_cells(pbmc, copy=True)
+    assert keys.X_SCELMO in out.obsm and keys.X_SCELMO not in pbmc.obsm
+
+
+def test_plot_embedding_writes_png(pbmc, tmp_path):
+    scelmo.tl.embed_cells(pbmc)
+    scelmo.tl.cluster(pbmc)
+    scelmo.tl.umap(pbmc)
+    fig = scelmo.pl.embedding(pbmc, color="bulk_labels", save=tmp_path / "u.png")
+    assert (tmp_path / "u.png").stat().st_size > 10_000 and fig is not None
+
+
+def test_plot_without_umap_says_what_to_run(pbmc):
+    with pytest.raises(scelmo.ScelmoError, match="scelmo.tl.umap"):
+        scelmo.pl.embedding(pbmc)
+    with pytest.raises(scelmo.ScelmoError, match="embed_cells"):
+        scelmo.tl.cluster(pbmc)
