@@ -8,6 +8,7 @@ function                       writes
 :func:`embed_cells`            ``obsm["X_scelmo"]``, ``uns["scelmo"]["embed_cells"]``
 :func:`cluster`                ``obs["scelmo_leiden"]``, ``uns["scelmo_neighbors"]``, ``obsp``
 :func:`umap`                   ``obsm["X_scelmo_umap"]``
+:func:`annotate`               ``obs["scelmo_label"]``, ``obs["scelmo_label_score"]``
 =============================  ==============================================================
 """
 
@@ -32,7 +33,10 @@ from .errors import (
     ScelmoWarning,
 )
 from .genes import GeneEmbeddings, GeneVocabulary, Resolution
+from .annotate import annotate
 from .matrix import n_rows_cols, select_matrix
+
+__all__ = ["annotate", "cluster", "embed_cells", "embed_genes", "umap"]
 
 Config = ScelmoSettings | Mapping[str, Any] | None
 

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import scelmo
+from scelmo import keys
+from scelmo.annotate import knn_vote, prompt_match
+from scelmo.errors import InputError
+
+
+def test_knn_vote_majority_ties_and_share():
+    ref = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [0.2, 0.8]], dtype=np.float32)
+    labels = np.array(["a", "a", "b", "b", "b"])
+    pred, share = knn_vote(np.array([[1, 0.05], [0, 1]], dtype=np.float32), ref, labels, k=3)
+    assert pred.tolist() == ["a", "b"]
+    np.testing.assert_allclose(share, [2 / 3, 1.0])
+    pred, share = knn_vote(np.array([[1, 0.0]], dtype=np.float32), ref, labels, k=2)
+    assert pred.tolist() == ["a"] and share[0] == 1.0
+
+
+def test_prompt_match_only_listed_types():
+    cells = np.array([[1, 0, 0], [0, 1, 0], [0.9, 0.1, 0]], dtype=np.float32) + 1
+    types = np.array([[1, 0, 0], [0, 1, 0]], dtype=np.float32) + 1
+    pred, score, sims = prompt_match(cells, types, ["x", "y"])
+    assert pred.tolist() == ["x", "y", "x"] and sims.shape == (3, 2)
+    assert ((score > 0.5) & (score <= 1)).all()
+
+
+def test_reference_transfer_on_pbmc(pbmc):
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(pbmc.n_obs)
+    ref, query = pbmc[idx[:490]].copy(), pbmc[idx[490:]].copy()
+    scelmo.tl.annotate(query, reference=ref, ref_labels="bulk_labels", min_score=0.35)
+    pred = query.obs[keys.LABEL].astype(str).to_numpy()
+    truth = query.obs["bulk_labels"].astype(str).to_numpy()
+    known = pred != "unknown"
+    assert (pred[known] == truth[known]).mean() > 0.65  # 10 types; majority class is 0.34
+    assert set(pred) <= set(truth) | {"unknown"}
+    score = query.obs[f"{keys.LABEL}_score"].to_numpy()
+    assert ((score >= 0) & (score <= 1)).all() and (score[~known] < 0.35).all()
+    info = query.uns[keys.PROVENANCE]["annotate"]
+    assert info["method"] == "knn_transfer" and info["k"] == 10
+
+
+def test_text_prompt_assigns_only_candidates(pbmc):
+    types = ["B cell", "T cell", "monocyte"]
+    scelmo.tl.annotate(pbmc, cell_types=types)
+    assert set(pbmc.obs[keys.LABEL].astype(str)) <= set(types)
+    assert pbmc.uns[keys.PROVENANCE]["annotate"]["method"] == "text_prompt"
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({}, "either `reference`"),
+        ({"cell_types": ["only one"]}, "at least two"),
+        ({"cell_types": "B cell"}, "list of names"),
+    ],
+)
+def test_annotate_bad_input(pbmc, kwargs, match):
+    with pytest.raises(InputError, match=match):
+        scelmo.tl.annotate(pbmc, **kwargs)
+
+
+def test_reference_needs_labels(pbmc):
+    with pytest.raises(InputError, match="ref_labels"):
+        scelmo.tl.annotate(pbmc, reference=pbmc)
+    with pytest.raises(InputError, match="not found"):
+        scelmo.tl.annotate(pbmc, reference=pbmc, ref_labels="nope")
