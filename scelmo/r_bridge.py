@@ -1,0 +1,391 @@
+"""The contract the R package calls: primitives in, primitives out.
+
+The R package ``scelmo`` (``r_wrapper/``) reaches Python through reticulate. Matrices,
+sparse matrices and ``NA`` do not cross reticulate reliably across versions (reticulate
+1.28 with numpy 2 fails on matrices; ``NA`` becomes ``True`` / ``INT_MIN`` / ``"NA"``;
+see ``docs/r.md``), so everything crosses as **raw little-endian bytes** (R ``raw`` ->
+Python ``bytearray``) plus shapes, and every metadata column carries an NA mask.
+
+A *payload* (built by the R function ``scelmo:::.scelmo_payload``) is a dict::
+
+    n_obs, n_vars      ints (cells, genes)
+    x, i, p            bytes of a genes x cells dgCMatrix: x float64, i/p int32.
+                       Read as cells x genes CSR (indptr = p, indices = i): no transpose.
+    obs_names          bytes: NUL-terminated UTF-8 strings (R ``writeBin(character)``)
+    var_names          bytes: the same
+    obs                list of columns, each {"name", "type", "data", "na", "levels"}:
+                       type logical (1 byte each), integer (int32), double (float64),
+                       character (NUL-terminated strings) or factor (int32 codes, 1-based,
+                       plus ``levels`` as strings); ``na`` is 1 byte per element (1 = NA).
+
+Every entry point returns a dict with ``ok``: ``{"ok": True, ...}`` or
+``{"ok": False, "error_class": "InputError", "message": "..."}``; the R side turns the
+latter into an R condition of class ``scelmo_error`` (and ``scelmo_input_error`` ...),
+never a half-modified object. Python warnings are returned in ``warnings`` (a list of
+strings) and re-issued in R. Results cross back as bytes: ``Z`` is float32,
+column-major (R's order) with ``dim = [rows, cols]``.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import __version__, keys
+from .errors import ScelmoError
+
+#: Bumped when the payload layout changes; the R package checks it.
+PROTOCOL = 1
+
+
+# --------------------------------------------------------------------------- decoding
+def _buf(raw: Any) -> memoryview | bytes:
+    if raw is None:
+        return b""
+    if isinstance(raw, bytes | bytearray | memoryview):
+        return raw
+    if isinstance(raw, list | tuple):  # an empty R raw() can arrive as []
+        return bytes(raw)
+    raise ScelmoError(f"r_bridge expected raw bytes, got {type(raw).__name__}.")
+
+
+def decode_strings(raw: Any, n: int | None = None) -> list[str]:
+    """NUL-terminated UTF-8 strings (what R's ``writeBin(character, raw())`` writes)."""
+    data = bytes(_buf(raw))
+    if not data:
+        out: list[str] = []
+    else:
+        if not data.endswith(b"\0"):
+            raise ScelmoError("Malformed string bytes from R (no terminating NUL).")
+        out = data[:-1].decode("utf-8").split("\0")
+    if n is not None and len(out) != n:
+        raise ScelmoError(f"Expected {n} strings from R, got {len(out)}.")
+    return out
+
+
+def encode_strings(values: Sequence[Any]) -> bytearray:
+    """The inverse of :func:`decode_strings` (R reads it with ``readBin(x, "character", n)``)."""
+    out = bytearray()
+    for v in values:
+        s = str(v)
+        if "\0" in s:
+            raise ScelmoError(f"String {s!r} contains a NUL character, which R cannot hold.")
+        out += s.encode("utf-8") + b"\0"
+    return out
+
+
+def _array(raw: Any, dtype: str, n: int) -> np.ndarray:
+    arr = np.frombuffer(_buf(raw), dtype=dtype)
+    if arr.size != n:
+        raise ScelmoError(f"Expected {n} values of {dtype} from R, got {arr.size}.")
+    return arr
+
+
+def _column(col: Mapping[str, Any], n: int) -> Any:
+    import pandas as pd
+
+    kind = str(col["type"])
+    na = _array(col.get("na"), "u1", n).astype(bool) if n else np.zeros(0, dtype=bool)
+    if kind == "logical":
+        values = _array(col["data"], "u1", n).astype(bool)
+        return pd.arrays.BooleanArray(values, na.copy())
+    if kind == "integer":
+        values = _array(col["data"], "<i4", n).copy()
+        values[na] = 0
+        return pd.arrays.IntegerArray(values, na.copy())
+    if kind == "double":
+        values = _array(col["data"], "<f8", n).copy()
+        values[na] = np.nan
+        return values
+    if kind == "character":
+        strings = decode_strings(col["data"], n)
+        return np.array([None if m else s for s, m in zip(strings, na, strict=True)], dtype=object)
+    if kind == "factor":
+        levels = decode_strings(col.get("levels"))
+        codes = _array(col["data"], "<i4", n).astype(np.int64) - 1  # R codes are 1-based
+        codes[na] = -1
+        if codes.size and (codes.max(initial=-1) >= len(levels) or codes.min(initial=0) < -1):
+            raise ScelmoError(f"Factor column {col['name']!r}: codes outside its levels.")
+        return pd.Categorical.from_codes(codes, categories=levels, ordered=bool(col.get("ordered", False)))
+    raise ScelmoError(f"Column {col.get('name')!r}: unsupported type {kind!r}.")
+
+
+def decode_obs(columns: Sequence[Mapping[str, Any]] | None, obs_names: Sequence[str]) -> Any:
+    """Metadata columns (with NA masks) -> a pandas DataFrame indexed by ``obs_names``."""
+    import pandas as pd
+
+    n = len(obs_names)
+    data = {str(c["name"]): _column(c, n) for c in (columns or [])}
+    return pd.DataFrame(data, index=pd.Index(obs_names, dtype=object))
+
+
+def to_anndata(payload: Mapping[str, Any]) -> Any:
+    """Build an AnnData (cells x genes CSR, obs from meta.data) from an R payload.
+
+    The matrix arrays are views on the bytes R sent (no copy of ``x`` / ``i``).
+    """
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+
+    n_obs, n_vars = int(payload["n_obs"]), int(payload["n_vars"])
+    p = _array(payload["p"], "<i4", n_obs + 1)
+    nnz = int(p[-1]) if p.size else 0
+    x = _array(payload["x"], "<f8", nnz)
+    i = _array(payload["i"], "<i4", nnz)
+    X = sp.csr_matrix((x, i, p), shape=(n_obs, n_vars))
+    obs_names = decode_strings(payload["obs_names"], n_obs)
+    var_names = decode_strings(payload["var_names"], n_vars)
+    obs = decode_obs(payload.get("obs"), obs_names)
+    var = pd.DataFrame(index=pd.Index(var_names, dtype=object))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # anndata's "transforming to str index" notes
+        adata = ad.AnnData(X=X, obs=obs, var=var)
+    return adata
+
+
+# --------------------------------------------------------------------------- encoding
+def _matrix_bytes(Z: np.ndarray) -> bytearray:
+    """float32, column-major (R's order)."""
+    return bytearray(np.asarray(Z, dtype="<f4").tobytes(order="F"))
+
+
+def _config(config: Any) -> Any:
+    if config is None:
+        return None
+    if isinstance(config, Mapping):
+        return {str(k): _config(v) for k, v in config.items()}
+    if isinstance(config, list | tuple):
+        return [_config(v) for v in config]
+    return config
+
+
+def _call(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``fn`` and turn its result, warnings and errors into primitives for R."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            out = fn()
+        except ScelmoError as exc:
+            return {"ok": False, "error_class": type(exc).__name__, "message": str(exc),
+                    "warnings": _warning_texts(caught)}
+        except Exception as exc:  # noqa: BLE001 - everything must reach R as a message
+            return {
+                "ok": False, "error_class": "InternalError",
+                "message": f"{type(exc).__name__}: {exc}",
+                "traceback": "".join(traceback.format_exception(exc)),
+                "warnings": _warning_texts(caught),
+            }
+    out = dict(out)
+    out["ok"] = True
+    out["warnings"] = _warning_texts(caught)
+    return out
+
+
+def _warning_texts(caught: Sequence[warnings.WarningMessage]) -> list[str]:
+    seen: list[str] = []
+    for w in caught:
+        if issubclass(w.category, DeprecationWarning | PendingDeprecationWarning | FutureWarning):
+            continue
+        text = str(w.message)
+        if text not in seen:
+            seen.append(text)
+    return seen
+
+
+# --------------------------------------------------------------------------- entry points
+def info() -> dict[str, Any]:
+    """Versions, for the R package's start-up check and ``scelmo_config_show``."""
+    import numpy
+
+    return {
+        "ok": True, "scelmo": __version__, "protocol": PROTOCOL,
+        "python": sys.version.split()[0], "executable": sys.executable,
+        "numpy": numpy.__version__,
+        "has_annotate": _has_annotate(),
+    }
+
+
+def _has_annotate() -> bool:
+    from . import tl
+
+    return hasattr(tl, "annotate")
+
+
+def receive(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """Decode a payload and report what arrived (used by tests and ``scelmo:::.check_payload``)."""
+
+    def run() -> dict[str, Any]:
+        adata = to_anndata(payload)
+        return {
+            "n_obs": adata.n_obs, "n_vars": adata.n_vars, "nnz": int(adata.X.nnz),
+            "sum": float(adata.X.sum()), "columns": [str(c) for c in adata.obs.columns],
+            "n_na": [int(adata.obs[c].isna().sum()) for c in adata.obs.columns],
+        }
+
+    return _call(run)
+
+
+def embed_cells(
+    payload: Mapping[str, Any],
+    *,
+    aggregator: str | None = "wa",
+    config: Mapping[str, Any] | None = None,
+    source: str = "counts",
+    gene_embeddings: str | None = None,
+) -> dict[str, Any]:
+    """Cell embeddings for an R payload.
+
+    Returns ``Z`` (cells x d float32 bytes, column-major), ``dim`` and ``provenance``
+    (``uns["scelmo"]["embed_cells"]``, strings and numbers only).
+    """
+
+    def run() -> dict[str, Any]:
+        from . import tl
+
+        adata = to_anndata(payload)
+        tl.embed_cells(
+            adata, aggregator=aggregator, use_raw=False, config=_config(config),
+            gene_embeddings=gene_embeddings, progress=False,
+        )
+        Z = adata.obsm[keys.X_SCELMO]
+        prov = dict(adata.uns[keys.PROVENANCE]["embed_cells"])
+        prov["matrix"] = source
+        prov["version"] = __version__
+        return {"Z": _matrix_bytes(Z), "dim": [int(Z.shape[0]), int(Z.shape[1])], "provenance": prov}
+
+    return _call(run)
+
+
+def embed_genes(
+    genes: Any,
+    n: int,
+    *,
+    config: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Gene vectors for ``n`` gene names (NUL-terminated bytes).
+
+    Returns ``Z`` (genes x d float32, column-major, only genes that got a vector),
+    ``genes`` (their input names, bytes), ``symbols`` (resolved symbols, bytes) and
+    ``manifest``.
+    """
+
+    def run() -> dict[str, Any]:
+        import anndata as ad
+        import pandas as pd
+
+        from . import tl
+
+        names = decode_strings(genes, int(n))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            adata = ad.AnnData(
+                X=np.zeros((0, len(names)), dtype=np.float32),
+                var=pd.DataFrame(index=pd.Index(names, dtype=object)),
+            )
+        ge = tl.embed_genes(adata, config=_config(config), progress=False)
+        mask = np.asarray(adata.var[keys.HAS_EMBEDDING], dtype=bool)
+        Z = np.asarray(adata.varm[keys.GENE_EMBEDDING])[mask]
+        kept = [g for g, m in zip(names, mask, strict=True) if m]
+        symbols = [s for s, m in zip(adata.var[keys.GENE_SYMBOL], mask, strict=True) if m]
+        manifest = dict(adata.uns[keys.PROVENANCE]["embed_genes"])
+        manifest["n_genes_in_table"] = len(ge)
+        return {
+            "Z": _matrix_bytes(Z), "dim": [int(Z.shape[0]), int(Z.shape[1]) if Z.ndim == 2 else 0],
+            "genes": encode_strings(kept), "symbols": encode_strings(symbols), "manifest": manifest,
+        }
+
+    return _call(run)
+
+
+def annotate(
+    payload: Mapping[str, Any],
+    *,
+    embedding: Any = None,
+    reference: Mapping[str, Any] | None = None,
+    reference_embedding: Any = None,
+    ref_labels: str | None = None,
+    cell_types: Any = None,
+    n_cell_types: int = 0,
+    k: int = 10,
+    aggregator: str | None = "wa",
+    config: Mapping[str, Any] | None = None,
+    key_added: str = keys.LABEL,
+) -> dict[str, Any]:
+    """Cell-type labels: kNN transfer from ``reference`` or zero-shot from ``cell_types``.
+
+    Calls ``scelmo.tl.annotate(adata, reference=..., ref_labels=..., cell_types=..., k=...,
+    key_added=...)``, which writes ``obs[key_added]`` and ``obs[key_added + "_score"]``.
+    ``embedding`` / ``reference_embedding`` (float32 column-major bytes, cells x d) reuse
+    an existing scelmo reduction; otherwise cells are embedded first with ``aggregator``.
+    ``ref_labels`` names a column of the reference's metadata. Returns ``labels`` (bytes),
+    ``label_na`` (1 byte per cell) and ``scores`` (float64 bytes).
+    """
+
+    def run() -> dict[str, Any]:
+        from . import tl
+
+        if not hasattr(tl, "annotate"):
+            raise ScelmoError(
+                "This scelmo Python package has no `scelmo.tl.annotate` yet; upgrade the Python "
+                "package (scelmo::install_scelmo()) to use AnnotateScELMo."
+            )
+        cfg = _config(config)
+        adata = _embedded(payload, embedding, aggregator, cfg)
+        ref = _embedded(reference, reference_embedding, aggregator, cfg) if reference is not None else None
+        if ref is not None and ref_labels is not None and ref_labels not in ref.obs:
+            raise ScelmoError(f"The reference has no metadata column {ref_labels!r}.")
+        types = decode_strings(cell_types, int(n_cell_types)) if cell_types is not None else None
+        tl.annotate(
+            adata, reference=ref, ref_labels=ref_labels, cell_types=types, k=int(k), key_added=key_added,
+        )
+        labels = adata.obs[key_added]
+        na = labels.isna().to_numpy()
+        scores = np.asarray(adata.obs[key_added + "_score"], dtype="<f8")
+        prov = adata.uns.get(keys.PROVENANCE, {}).get("annotate", {})
+        return {
+            "labels": encode_strings(["" if m else str(v) for v, m in zip(labels, na, strict=True)]),
+            "label_na": bytearray(na.astype("u1").tobytes()),
+            "scores": bytearray(scores.tobytes()),
+            "provenance": dict(prov),
+        }
+
+    return _call(run)
+
+
+def _embedded(payload: Mapping[str, Any], embedding: Any, aggregator: str | None, cfg: Any) -> Any:
+    from . import tl
+
+    adata = to_anndata(payload)
+    if embedding is not None:
+        d = len(_buf(embedding)) // 4 // max(adata.n_obs, 1)
+        Z = np.frombuffer(_buf(embedding), dtype="<f4").reshape((adata.n_obs, d), order="F")
+        adata.obsm[keys.X_SCELMO] = np.ascontiguousarray(Z)
+    else:
+        tl.embed_cells(adata, aggregator=aggregator, use_raw=False, config=cfg, progress=False)
+    return adata
+
+
+def config_show(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The resolved configuration (secrets masked) as nested primitives."""
+
+    def run() -> dict[str, Any]:
+        from . import config as cfgmod
+
+        settings = cfgmod.get_settings(_config(config))
+        return {"config": _drop_none(cfgmod.show(settings))}
+
+    return _call(run)
+
+
+def _drop_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list):
+        return [_drop_none(v) for v in obj]
+    return obj
