@@ -45,7 +45,6 @@ def embedding(
         show = False
     if not show:
         matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     import scanpy as sc
 
     if basis not in adata.obsm:
@@ -59,6 +58,12 @@ def embedding(
         if missing:
             raise ScelmoError(f"Cannot colour by {missing}: not in adata.obs columns or var_names.")
     fig = sc.pl.embedding(adata, basis=basis, color=color, title=title, show=False, return_fig=True, **kwargs)
+    return _finish(fig, save, show, dpi)
+
+
+def _finish(fig: Any, save: str | os.PathLike[str] | None, show: bool | None, dpi: int) -> Any:
+    import matplotlib.pyplot as plt
+
     if save is not None:
         suffix = os.path.splitext(str(save))[1].lstrip(".") or "png"
         with atomic_path(save) as tmp:
@@ -68,3 +73,95 @@ def embedding(
     else:
         plt.close(fig)
     return fig
+
+
+def metrics_bar(
+    table: Any,
+    *,
+    metrics: list[str] | None = None,
+    method_col: str = "method",
+    title: str | None = None,
+    save: str | os.PathLike[str] | None = None,
+    show: bool | None = None,
+    dpi: int = 150,
+) -> Any:
+    """Grouped bar chart of metrics per method.
+
+    Parameters
+    ----------
+    table
+        A pandas DataFrame (or list of dicts) with one row per method, a ``method_col``
+        column and one numeric column per metric.
+    metrics
+        Columns to plot (default: every numeric column).
+    """
+    import matplotlib
+
+    if save is not None and show is None:
+        show = False
+    if not show:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
+
+    df = pd.DataFrame(table)
+    if method_col not in df:
+        raise ScelmoError(f"Column {method_col!r} not found; pass method_col=.")
+    metrics = metrics or [c for c in df.columns if c != method_col and pd.api.types.is_numeric_dtype(df[c])]
+    if not metrics:
+        raise ScelmoError("No numeric metric columns to plot.")
+    n_m, n_x = len(df), len(metrics)
+    width = 0.8 / n_m
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * n_x + 2), 3.8))
+    x = np.arange(n_x)
+    for i, (_, row) in enumerate(df.iterrows()):
+        ax.bar(x + (i - (n_m - 1) / 2) * width, [row[m] for m in metrics], width, label=str(row[method_col]))
+    ax.set_xticks(x, metrics, rotation=20, ha="right")
+    ax.set_ylabel("score")
+    ax.legend(frameon=False, fontsize="small", bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.spines[["top", "right"]].set_visible(False)
+    if title:
+        ax.set_title(title)
+    return _finish(fig, save, show, dpi)
+
+
+def confusion_matrix(
+    labels_true: Any,
+    labels_pred: Any,
+    *,
+    normalize: bool = True,
+    title: str | None = None,
+    save: str | os.PathLike[str] | None = None,
+    show: bool | None = None,
+    dpi: int = 150,
+) -> Any:
+    """Heatmap of true vs predicted labels (rows normalised to fractions by default)."""
+    import matplotlib
+
+    if save is not None and show is None:
+        show = False
+    if not show:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from .metrics import confusion
+
+    cm = confusion(labels_true, labels_pred)
+    values = cm.div(cm.sum(axis=1), axis=0) if normalize else cm
+    fig, ax = plt.subplots(figsize=(0.5 * cm.shape[1] + 3, 0.45 * cm.shape[0] + 2))
+    im = ax.imshow(values.to_numpy(dtype=float), cmap="Blues", vmin=0, aspect="auto")
+    ax.set_xticks(range(cm.shape[1]), cm.columns, rotation=45, ha="right")
+    ax.set_yticks(range(cm.shape[0]), cm.index)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            v = values.iat[i, j]
+            if v:
+                ax.text(j, i, f"{v:.2f}" if normalize else f"{int(v)}", ha="center", va="center",
+                        fontsize=7, color="white" if v > 0.6 * values.to_numpy().max() else "black")
+    fig.colorbar(im, ax=ax, fraction=0.04, label="fraction of true label" if normalize else "cells")
+    if title:
+        ax.set_title(title)
+    return _finish(fig, save, show, dpi)

@@ -79,3 +79,12 @@ def test_plot_without_umap_says_what_to_run(pbmc):
         scelmo.pl.embedding(pbmc)
     with pytest.raises(scelmo.ScelmoError, match="embed_cells"):
         scelmo.tl.cluster(pbmc)
+
+
+def test_metric_and_confusion_plots(tmp_path):
+    table = [{"method": "scelmo", "ari": 0.5, "nmi": 0.6}, {"method": "pca", "ari": 0.4, "nmi": 0.63}]
+    scelmo.pl.metrics_bar(table, save=tmp_path / "m.png", title="demo")
+    scelmo.pl.confusion_matrix(["a", "a", "b"], ["a", "b", "b"], save=tmp_path / "c.png")
+    assert (tmp_path / "m.png").stat().st_size > 5000 and (tmp_path / "c.png").stat().st_size > 5000
+    with pytest.raises(scelmo.ScelmoError, match="method_col"):
+        scelmo.pl.metrics_bar([{"x": 1}])
