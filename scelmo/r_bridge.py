@@ -312,6 +312,7 @@ def annotate(
     ref_labels: str | None = None,
     cell_types: Any = None,
     n_cell_types: int = 0,
+    cell_type_texts: Any = None,
     k: int = 10,
     aggregator: str | None = "wa",
     config: Mapping[str, Any] | None = None,
@@ -323,7 +324,8 @@ def annotate(
     key_added=...)``, which writes ``obs[key_added]`` and ``obs[key_added + "_score"]``.
     ``embedding`` / ``reference_embedding`` (float32 column-major bytes, cells x d) reuse
     an existing scelmo reduction; otherwise cells are embedded first with ``aggregator``.
-    ``ref_labels`` names a column of the reference's metadata. Returns ``labels`` (bytes),
+    ``ref_labels`` names a column of the reference's metadata. ``cell_type_texts``
+    (optional, one per type) are descriptions embedded instead of the names. Returns ``labels`` (bytes),
     ``label_na`` (1 byte per cell) and ``scores`` (float64 bytes).
     """
 
@@ -340,9 +342,12 @@ def annotate(
         ref = _embedded(reference, reference_embedding, aggregator, cfg) if reference is not None else None
         if ref is not None and ref_labels is not None and ref_labels not in ref.obs:
             raise ScelmoError(f"The reference has no metadata column {ref_labels!r}.")
-        types = decode_strings(cell_types, int(n_cell_types)) if cell_types is not None else None
+        types: Any = decode_strings(cell_types, int(n_cell_types)) if cell_types is not None else None
+        if types is not None and cell_type_texts is not None:
+            types = dict(zip(types, decode_strings(cell_type_texts, len(types)), strict=True))
         tl.annotate(
-            adata, reference=ref, ref_labels=ref_labels, cell_types=types, k=int(k), key_added=key_added,
+            adata, reference=ref, ref_labels=ref_labels, cell_types=types, k=int(k),
+            config=cfg, key_added=key_added, progress=False,
         )
         labels = adata.obs[key_added]
         na = labels.isna().to_numpy()

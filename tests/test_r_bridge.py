@@ -133,17 +133,27 @@ def test_embed_genes_and_config():
 
 
 @pytest.mark.skipif(not hasattr(scelmo.tl, "annotate"), reason="scelmo.tl.annotate does not exist yet (issue owned by another developer)")
-def test_annotate_zero_shot(small):  # pragma: no cover - runs once tl.annotate lands
-    X, cells, _ = small
+def test_annotate_zero_shot_and_transfer(small):
+    X, cells, obs = small
     out = r_bridge.annotate(make_payload(X, cells, GENES), cell_types=_strings(["T cell", "B cell"]), n_cell_types=2)
     assert out["ok"], out
-    assert len(r_bridge.decode_strings(out["labels"])) == len(cells)
+    labels = r_bridge.decode_strings(out["labels"], len(cells))
+    assert set(labels) <= {"T cell", "B cell"}
+    scores = np.frombuffer(out["scores"], dtype="<f8")
+    assert scores.shape == (len(cells),) and ((scores >= 0) & (scores <= 1)).all()
+    # kNN transfer from a reference whose label column has NAs (they are not voted with)
+    ref = make_payload(X, cells, GENES, obs[["donor"]])
+    out = r_bridge.annotate(make_payload(X, cells, GENES), reference=ref, ref_labels="donor", k=3)
+    assert out["ok"], out
+    assert set(r_bridge.decode_strings(out["labels"], len(cells))) <= {"a", "b"}
+    missing = r_bridge.annotate(make_payload(X, cells, GENES), reference=ref, ref_labels="nope")
+    assert not missing["ok"] and "nope" in missing["message"]
 
 
 def test_annotate_without_tl_annotate_is_a_clear_error(small, monkeypatch):
-    monkeypatch.delattr(scelmo.tl, "annotate", raising=False)
+    monkeypatch.delattr(scelmo.tl, "annotate", raising=False)  # an older Python package
     X, cells, _ = small
-    out = r_bridge.annotate(make_payload(X, cells, GENES), cell_types=_strings(["T cell"]), n_cell_types=1)
+    out = r_bridge.annotate(make_payload(X, cells, GENES), cell_types=_strings(["T cell", "B cell"]), n_cell_types=2)
     assert not out["ok"] and "tl.annotate" in out["message"]
 
 
