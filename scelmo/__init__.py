@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"tl", "pl", "metrics", "keys", "config", "plugins", "io", "testing", "errors", "genes", "cache"}
+_SUBMODULES = {"tl", "pl", "metrics", "datasets", "keys", "config", "plugins", "io", "testing", "errors", "genes", "cache"}
 _ATTRS = {
     "GeneEmbeddings": ("genes", "GeneEmbeddings"),
     "GeneVocabulary": ("genes", "GeneVocabulary"),
@@ -27,12 +27,12 @@ _ATTRS = {
 }
 
 __all__ = [
-    "GeneEmbeddings", "GeneVocabulary", "ScelmoError", "__version__", "cache", "config", "errors",
+    "GeneEmbeddings", "GeneVocabulary", "ScelmoError", "__version__", "cache", "config", "datasets", "errors",
     "genes", "get_settings", "hookimpl", "io", "keys", "metrics", "pl", "plugins", "testing", "tl",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import cache, config, errors, genes, io, keys, metrics, pl, plugins, testing, tl
+    from . import cache, config, datasets, errors, genes, io, keys, metrics, pl, plugins, testing, tl
     from .config import get_settings
     from .errors import ScelmoError
     from .genes import GeneEmbeddings, GeneVocabulary

