@@ -231,8 +231,15 @@ class Aggregator(Component):
         chunk_size: int = 10_000,
         progress: bool | None = None,
         out: np.ndarray | None = None,
+        genes: Sequence[str] | None = None,
+        settings: Any = None,
     ) -> AggregationResult:
-        """Stream ``matrix`` (cells x genes) in row chunks and aggregate each chunk."""
+        """Stream ``matrix`` (cells x genes) in row chunks and aggregate each chunk.
+
+        ``genes`` (the resolved gene names of the columns) and ``settings`` are made
+        available to :meth:`aggregate_chunk` as ``self.genes`` / ``self.settings`` for
+        aggregators that need them (e.g. ones that write text about a cell).
+        """
         from .matrix import iter_row_chunks, n_rows_cols
         from .progress import progress_bar
 
@@ -245,9 +252,9 @@ class Aggregator(Component):
             )
         covered = np.abs(embedding).sum(axis=1) > 0
         covered_f = covered.astype(np.float32)
+        self.genes = list(genes) if genes is not None else None
+        self.settings = settings
         prepared = self.prepare(embedding)
-        if out is None:
-            out = np.zeros((n_cells, embedding.shape[1]), dtype=np.float32)
         total_expr = covered_expr = 0.0
         empty: list[np.ndarray] = []
         with progress_bar(total=n_cells, desc=f"aggregating ({self.name})", unit="cell", enabled=progress) as bar:
@@ -267,8 +274,12 @@ class Aggregator(Component):
                         f"Aggregator {self.name!r} produced non-finite values for cells "
                         f"{start}..{stop}; this is a bug in the aggregator."
                     )
+                if out is None:  # width from the first block: an aggregator may change d
+                    out = np.zeros((n_cells, block.shape[1]), dtype=np.float32)
                 out[start:stop] = block
                 bar.update(stop - start)
+        if out is None:
+            out = np.zeros((n_cells, embedding.shape[1]), dtype=np.float32)
         empty_idx = np.concatenate(empty) if empty else np.zeros(0, dtype=np.int64)
         return AggregationResult(
             embedding=out,

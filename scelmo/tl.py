@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import keys, plugins, provenance, roles
+from .annotate import annotate
 from .cache import open_cache
 from .components import KnowledgeSource
 from .config import ScelmoSettings, get_settings
@@ -33,7 +34,6 @@ from .errors import (
     ScelmoWarning,
 )
 from .genes import GeneEmbeddings, GeneVocabulary, Resolution
-from .annotate import annotate
 from .matrix import n_rows_cols, select_matrix
 
 __all__ = ["annotate", "cluster", "embed_cells", "embed_genes", "umap"]
@@ -297,7 +297,9 @@ def embed_cells(
     if not mask.any():
         raise _no_match_error(res)
 
-    result = agg.aggregate(matrix, E, chunk_size=agg_cfg.chunk_size, progress=progress)
+    result = agg.aggregate(
+        matrix, E, chunk_size=agg_cfg.chunk_size, progress=progress, genes=lookup, settings=settings
+    )
     emb = result.embedding
     if agg_cfg.l2_normalize:
         norms = np.linalg.norm(emb, axis=1, keepdims=True)

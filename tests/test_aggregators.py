@@ -96,3 +96,28 @@ def test_cell_expressing_only_uncovered_genes_is_zero_not_nan():
     assert res.embedding[0].tolist() == [0, 0]
     assert res.empty_cells.tolist() == [0]
     np.testing.assert_allclose(res.embedding[1], (2 * E[1] + E[2]) / 3)
+
+
+def test_genept_s_sentences_and_embedding():
+    from scelmo import testing
+
+    plugins.register_plugin(testing.FakePlugin(), "fake")
+    try:
+        genes = ["CD3E", "MS4A1", "NOVEC", "HBB"]
+        a = ad.AnnData(sp.csr_matrix(np.array([[5, 1, 9, 0], [0, 2, 0, 7], [0, 0, 3, 0]], dtype=np.float32)))
+        a.var_names = genes
+        ge = random_gene_embeddings(["CD3E", "MS4A1", "HBB"], dim=8)
+        agg = plugins.aggregators.create("genept_s", top_n=2)
+        agg.genes = genes
+        covered = np.array([True, True, False, True])
+        s = agg.sentences(a.X, covered)
+        assert s[0].endswith("CD3E MS4A1") and s[1].endswith("HBB MS4A1")
+        with pytest.warns(EmptyCellsWarning, match="1 of 3"):
+            tl.embed_cells(a, gene_embeddings=ge, aggregator="genept_s",
+                           config={"embed.model": "fake-hash", "aggregate.options": {"top_n": 2}})
+        X = a.obsm[keys.X_SCELMO]
+        assert X.shape == (3, 16) and not X[2].any()
+        emb = testing.HashEmbedder().embed(s[:2], progress=False)
+        np.testing.assert_allclose(X[:2], emb, rtol=1e-6)
+    finally:
+        plugins.unregister_plugin("fake")
