@@ -1,0 +1,146 @@
+#' Cell-type labels from scELMo embeddings
+#'
+#' Two modes: **kNN label transfer** from an annotated `reference` Seurat
+#' object (its `ref.labels` metadata column), or **zero-shot** annotation from
+#' a character vector of `cell.types` (each cell gets the type whose text
+#' embedding is most similar). Adds the columns `label.name` (the label) and
+#' `paste0(label.name, "_score")` (its score) to `meta.data`.
+#'
+#' An existing scelmo reduction (`object[[reduction]]`, and
+#' `reference[[reduction]]`) is reused; otherwise cells are embedded first.
+#' Calls `scelmo.tl.annotate` in Python; it needs a scelmo Python package that
+#' provides it (an error says so otherwise).
+#'
+#' @param object A Seurat object (or a genes x cells matrix, which returns a
+#'   data.frame of labels and scores).
+#' @param reference An annotated Seurat object for kNN transfer.
+#' @param ref.labels Name of the `reference` metadata column with labels, or a
+#'   vector of labels (one per reference cell).
+#' @param cell.types Cell-type names for zero-shot annotation (at least two), or
+#'   a named character vector `c(name = "description", ...)` whose descriptions
+#'   are embedded instead of the names (names alone carry little signal).
+#' @param assay,layer,aggregator,config As in [RunScELMo()] (used for both
+#'   objects when they are embedded here).
+#' @param reduction Name of an existing scelmo DimReduc to reuse.
+#' @param k Neighbours for kNN transfer.
+#' @param label.name Name of the label column (the score goes to
+#'   `paste0(label.name, "_score")`).
+#' @param verbose Print progress messages.
+#' @param ... Settings shortcuts as in [RunScELMo()].
+#' @return The object with the two metadata columns added.
+#' @examples
+#' \dontrun{
+#' query <- AnnotateScELMo(query, reference = ref, ref.labels = "celltype")
+#' pbmc <- AnnotateScELMo(pbmc, cell.types = c("T cell", "B cell", "monocyte", "NK cell"))
+#' table(pbmc$scelmo_label)
+#' }
+#' @export
+AnnotateScELMo <- function(object, reference = NULL, ref.labels = NULL, cell.types = NULL, ...) {
+  UseMethod("AnnotateScELMo")
+}
+
+#' @rdname AnnotateScELMo
+#' @export
+AnnotateScELMo.Seurat <- function(object, reference = NULL, ref.labels = NULL, cell.types = NULL,
+                                  assay = NULL, layer = "counts", reduction = "scelmo", k = 10,
+                                  aggregator = "wa", config = NULL, label.name = "scelmo_label",
+                                  verbose = TRUE, ...) {
+  .check_seurat(object)
+  assay <- .resolve_assay(object, assay)
+  res <- .annotate(object, reference, ref.labels, cell.types, assay, layer, reduction, k,
+                   aggregator, .dots_config(config, list(...)), label.name, verbose)
+  object[[label.name]] <- stats::setNames(res$labels, colnames(object))
+  object[[paste0(label.name, "_score")]] <- stats::setNames(res$scores, colnames(object))
+  object <- SeuratObject::LogSeuratCommand(object = object)
+  object
+}
+
+#' @rdname AnnotateScELMo
+#' @export
+AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, cell.types = NULL,
+                                   k = 10, aggregator = "wa", config = NULL,
+                                   label.name = "scelmo_label", verbose = TRUE, ...) {
+  res <- .annotate(object, reference, ref.labels, cell.types, NULL, "counts", NULL, k,
+                   aggregator, .dots_config(config, list(...)), label.name, verbose)
+  out <- data.frame(res$labels, res$scores, row.names = colnames(object))
+  names(out) <- c(label.name, paste0(label.name, "_score"))
+  out
+}
+
+# payload (+ embedding bytes) for one object
+.annotate_input <- function(x, assay, layer, reduction, meta = NULL, what) {
+  if (inherits(x, "Seurat")) {
+    .check_seurat(x)
+    assay <- .resolve_assay(x, assay)
+    m <- .get_layer(x, assay, layer)
+    emb <- NULL
+    if (!is.null(reduction) && reduction %in% SeuratObject::Reductions(x)) {
+      E <- SeuratObject::Embeddings(x, reduction = reduction)[colnames(x), , drop = FALSE]
+      emb <- .encode_matrix(E)
+    }
+  } else {
+    m <- x
+    emb <- NULL
+  }
+  list(payload = .scelmo_payload(m, meta = meta, what = what), embedding = emb)
+}
+
+.annotate <- function(object, reference, ref.labels, cell.types, assay, layer, reduction, k,
+                      aggregator, config, label.name, verbose) {
+  if (is.null(reference) == is.null(cell.types)) {
+    .abort("Give either `reference` (with `ref.labels`) or `cell.types`, not both and not neither.",
+           "scelmo_input_error")
+  }
+  if (!is.character(label.name) || length(label.name) != 1 || !nzchar(label.name)) {
+    .abort("`label.name` must be one non-empty string.", "scelmo_input_error")
+  }
+  query <- .annotate_input(object, assay, layer, reduction, what = "the query")
+  args <- list(query$payload, embedding = query$embedding, k = as.integer(k), aggregator = aggregator,
+               config = if (length(config)) config else NULL, key_added = label.name)
+  if (!is.null(reference)) {
+    if (is.null(ref.labels)) {
+      .abort("`ref.labels` is needed with `reference`: a metadata column name or one label per cell.",
+             "scelmo_input_error")
+    }
+    n_ref <- ncol(reference)
+    if (is.character(ref.labels) && length(ref.labels) == 1 && inherits(reference, "Seurat")) {
+      if (!ref.labels %in% colnames(reference[[]])) {
+        .abort(paste0("The reference has no metadata column '", ref.labels, "'."), "scelmo_input_error")
+      }
+      labels <- reference[[]][[ref.labels]]
+      col <- ref.labels
+    } else {
+      if (length(ref.labels) != n_ref) {
+        .abort(paste0("`ref.labels` has ", length(ref.labels), " values for ", n_ref, " reference cells."),
+               "scelmo_input_error")
+      }
+      labels <- ref.labels
+      col <- "scelmo_ref_labels"
+    }
+    if (all(is.na(labels))) .abort("All reference labels are NA.", "scelmo_input_error")
+    meta <- data.frame(as.character(labels), stringsAsFactors = FALSE)
+    names(meta) <- col
+    ref <- .annotate_input(reference, NULL, layer, reduction, meta = meta, what = "the reference")
+    args <- c(args, list(reference = ref$payload, reference_embedding = ref$embedding, ref_labels = col))
+  } else {
+    texts <- NULL
+    if (!is.null(names(cell.types))) {
+      texts <- as.character(cell.types)
+      cell.types <- names(cell.types)
+    }
+    cell.types <- as.character(cell.types)
+    if (length(cell.types) == 0 || anyNA(cell.types) || any(!nzchar(cell.types)) ||
+        anyNA(texts) || any(!nzchar(texts %||% "x"))) {
+      .abort("`cell.types` must be non-empty, non-NA cell-type names.", "scelmo_input_error")
+    }
+    args <- c(args, list(cell_types = .encode_strings(cell.types), n_cell_types = length(cell.types),
+                         cell_type_texts = if (!is.null(texts)) .encode_strings(texts)))
+  }
+  if (verbose) message("scelmo: annotating ", ncol(object), " cells")
+  res <- do.call(.call_bridge, c(list("annotate"), args))
+  n <- ncol(object)
+  labels <- .decode_strings(res$labels, n)
+  labels[as.logical(as.integer(res$label_na))] <- NA_character_
+  scores <- readBin(res$scores, "double", n = n, size = 8, endian = "little")
+  list(labels = labels, scores = scores)
+}

@@ -1,0 +1,122 @@
+#' scELMo cell embeddings for a Seurat object or a genes x cells matrix
+#'
+#' Sends the expression values of `assay`/`layer` to the scelmo Python package,
+#' which weights each cell's gene vectors by expression (`aggregator = "wa"`,
+#' the paper's default) and returns a cells x d embedding (d = 384 for the
+#' bundled offline model). For a Seurat object the result is stored as the
+#' DimReduc `object[[reduction.name]]` with the provenance (models, coverage,
+#' options) in its `misc` slot, and the call is logged in `object@commands`.
+#'
+#' Genes must be named by symbols (human or mouse) or Ensembl gene IDs; when
+#' none of them can be matched the call stops with an error that says so. The
+#' object is never half-modified: everything is checked and computed before the
+#' reduction is added, and any error leaves the input unchanged.
+#'
+#' Seurat v4 and v5 are both supported: the counts are read with
+#' `GetAssayData(slot = layer)` under SeuratObject 4 and with
+#' `LayerData(layer = layer)` (joining split layers) under SeuratObject 5. Only
+#' SeuratObject 4.1 is tested in this package's CI.
+#'
+#' @param object A Seurat object, or a genes x cells matrix (dense, or any
+#'   sparse Matrix) with gene and cell names.
+#' @param assay Assay to use (default: the default assay).
+#' @param layer Layer (Seurat v5) or slot (v4) holding counts or normalised
+#'   values: `"counts"` (default) or `"data"`.
+#' @param features Genes to use (default: all genes of the assay).
+#' @param aggregator `"wa"` (expression-weighted mean, default) or `"aa"` (the
+#'   paper's arithmetic average), or an aggregator from a Python plugin.
+#' @param config A named list of scelmo settings (see [scelmo_config()]).
+#' @param reduction.name Name of the DimReduc (default `"scelmo"`).
+#' @param reduction.key Key (column prefix) of the DimReduc (default `"scelmo_"`).
+#' @param verbose Print progress messages.
+#' @param ... Shortcuts for settings: `species` (`"human"`, `"mouse"`,
+#'   `"auto"`), `l2.normalize`, `chunk.size`, `describe`, `embed`, or any dotted
+#'   setting name such as `aggregate.l2_normalize = TRUE`.
+#' @return For a Seurat object, the object with `object[[reduction.name]]`
+#'   added. For a matrix, the cells x d embedding matrix, with the provenance in
+#'   `attr(, "scelmo")`.
+#' @seealso [AnnotateScELMo()], [scelmo_config()], `vignette("scelmo")`.
+#' @examples
+#' \dontrun{
+#' library(Seurat)
+#' pbmc <- RunScELMo(pbmc)
+#' pbmc <- FindNeighbors(pbmc, reduction = "scelmo", dims = 1:384)
+#' pbmc <- FindClusters(pbmc)
+#' Embeddings(pbmc, "scelmo")[1:3, 1:4]
+#' Misc(pbmc[["scelmo"]])$scelmo$embed_model
+#' }
+#' @export
+RunScELMo <- function(object, ...) {
+  UseMethod("RunScELMo")
+}
+
+#' @rdname RunScELMo
+#' @export
+RunScELMo.default <- function(object, features = NULL, aggregator = "wa", config = NULL,
+                              verbose = TRUE, ...) {
+  if (inherits(object, "Seurat")) return(RunScELMo.Seurat(object, features = features, aggregator = aggregator,
+                                                          config = config, verbose = verbose, ...))
+  if (is.null(dim(object)) || length(dim(object)) != 2) {
+    .abort("Expected a Seurat object or a genes x cells matrix.", "scelmo_input_error")
+  }
+  m <- .subset_features(object, features)
+  res <- .embed(m, aggregator, .dots_config(config, list(...)), verbose, source = "matrix", what = "the matrix")
+  Z <- res$Z
+  attr(Z, "scelmo") <- res$provenance
+  Z
+}
+
+#' @rdname RunScELMo
+#' @export
+RunScELMo.Seurat <- function(object, assay = NULL, layer = "counts", features = NULL, aggregator = "wa",
+                             config = NULL, reduction.name = "scelmo", reduction.key = "scelmo_",
+                             verbose = TRUE, ...) {
+  .check_seurat(object)
+  .check_key(reduction.key)
+  if (!is.character(reduction.name) || length(reduction.name) != 1 || !nzchar(reduction.name)) {
+    .abort("`reduction.name` must be one non-empty string.", "scelmo_input_error")
+  }
+  assay <- .resolve_assay(object, assay)
+  m <- .subset_features(.get_layer(object, assay, layer), features)
+  cfg <- .dots_config(config, list(...))
+  res <- .embed(m, aggregator, cfg, verbose, source = paste0(assay, "/", layer),
+                what = paste0("assay '", assay, "' layer '", layer, "'"))
+  Z <- res$Z
+  colnames(Z) <- paste0(reduction.key, seq_len(ncol(Z)))
+  dr <- SeuratObject::CreateDimReducObject(
+    embeddings = Z, key = reduction.key, assay = assay,
+    misc = list(scelmo = res$provenance)
+  )
+  # everything that can fail has run: only now is the object changed
+  object[[reduction.name]] <- dr
+  object <- SeuratObject::LogSeuratCommand(object = object)
+  object
+}
+
+# m: genes x cells; returns list(Z = cells x d matrix, provenance = list)
+.embed <- function(m, aggregator, config, verbose, source, what) {
+  if (!is.character(aggregator) || length(aggregator) != 1) {
+    .abort("`aggregator` must be one name, e.g. \"wa\" or \"aa\".", "scelmo_input_error")
+  }
+  gene_embeddings <- config[["gene.embeddings"]]
+  config[["gene.embeddings"]] <- NULL
+  t0 <- proc.time()[["elapsed"]]
+  payload <- .scelmo_payload(m, what = what)
+  if (verbose) {
+    message(sprintf("scelmo: embedding %d cells x %d genes (%s, aggregator '%s')",
+                    ncol(m), nrow(m), source, aggregator))
+  }
+  res <- .call_bridge("embed_cells", payload, aggregator = aggregator,
+                      config = if (length(config)) config else NULL,
+                      source = source, gene_embeddings = gene_embeddings)
+  Z <- .decode_matrix(res$Z, res$dim)
+  rownames(Z) <- colnames(m)
+  prov <- res$provenance
+  if (verbose) {
+    message(sprintf("scelmo: %d of %d genes have a vector (%.1f%% of expression); d = %d; %.1f s",
+                    as.integer(prov$n_genes_with_vector), as.integer(prov$n_genes),
+                    100 * as.numeric(prov$expression_coverage), ncol(Z),
+                    proc.time()[["elapsed"]] - t0))
+  }
+  list(Z = Z, provenance = prov)
+}

@@ -1,0 +1,161 @@
+#' @keywords internal
+#' @importFrom methods as is new slot
+#' @importFrom utils packageVersion head
+"_PACKAGE"
+
+# Package state: the imported Python module (scelmo.r_bridge) once found.
+.state <- new.env(parent = emptyenv())
+
+#: the payload layout version this R package speaks (scelmo.r_bridge.PROTOCOL)
+.PROTOCOL <- 1L
+
+#: default virtualenv used by install_scelmo() and looked for at first use
+.DEFAULT_ENV <- "r-scelmo"
+
+`%||%` <- function(x, y) if (is.null(x)) y else x
+
+# ----------------------------------------------------------------------------- errors
+.abort <- function(message, class = NULL, call = NULL) {
+  cond <- structure(
+    class = c(class, "scelmo_error", "error", "condition"),
+    list(message = paste(message, collapse = "\n"), call = call)
+  )
+  stop(cond)
+}
+
+.warn <- function(message) {
+  cond <- structure(
+    class = c("scelmo_warning", "warning", "condition"),
+    list(message = message, call = NULL)
+  )
+  warning(cond)
+}
+
+# Python error classes -> R condition classes
+.error_class <- function(py_class) {
+  switch(py_class,
+    InputError = "scelmo_input_error",
+    ConfigError = "scelmo_config_error",
+    UnknownComponentError = "scelmo_config_error",
+    OfflineError = "scelmo_config_error",
+    InternalError = "scelmo_python_error",
+    "scelmo_python_error"
+  )
+}
+
+# ----------------------------------------------------------------------------- python
+.python_fix <- function() {
+  paste0(
+    "Fix: run scelmo::install_scelmo() (creates the virtualenv '", .DEFAULT_ENV, "'), ",
+    "or point reticulate at a Python that has it: ",
+    "Sys.setenv(RETICULATE_PYTHON = \"/path/to/venv/bin/python\") before the first scelmo call ",
+    "(in a fresh R session), or reticulate::use_virtualenv(\"<env>\")."
+  )
+}
+
+#' Find Python and the scelmo package (once per session)
+#'
+#' Python is chosen by reticulate's usual rules: `RETICULATE_PYTHON`,
+#' `reticulate::use_python()` / `use_virtualenv()` called before, or else the
+#' virtualenv made by [install_scelmo()] when it exists.
+#' @return the `scelmo.r_bridge` module (invisibly).
+#' @noRd
+.bridge <- function() {
+  if (!is.null(.state$bridge)) return(.state$bridge)
+  if (!reticulate::py_available(initialize = FALSE) &&
+      !nzchar(Sys.getenv("RETICULATE_PYTHON")) &&
+      isTRUE(tryCatch(reticulate::virtualenv_exists(.DEFAULT_ENV), error = function(e) FALSE))) {
+    try(reticulate::use_virtualenv(.DEFAULT_ENV, required = FALSE), silent = TRUE)
+  }
+  problem <- NULL
+  mod <- tryCatch(
+    reticulate::import("scelmo.r_bridge", convert = TRUE),
+    error = function(e) {
+      problem <<- conditionMessage(e)
+      NULL
+    }
+  )
+  if (is.null(mod)) {
+    where <- tryCatch(
+      if (reticulate::py_available(initialize = FALSE)) reticulate::py_config()$python else "none found",
+      error = function(e) "none found"
+    )
+    .abort(c(
+      paste0("The scelmo Python package could not be loaded (Python: ", where, ")."),
+      paste0("reticulate said: ", sub("\n.*", "", problem %||% "unknown problem")),
+      .python_fix()
+    ), class = "scelmo_python_missing")
+  }
+  info <- mod$info()
+  if (!identical(as.integer(info$protocol), .PROTOCOL)) {
+    .abort(c(
+      paste0("The scelmo Python package (", info$scelmo, ") speaks bridge protocol ", info$protocol,
+             " but this R package speaks ", .PROTOCOL, "."),
+      "Fix: install matching versions (scelmo::install_scelmo() installs the Python side)."
+    ), class = "scelmo_python_missing")
+  }
+  .state$bridge <- mod
+  .state$info <- info
+  invisible(mod)
+}
+
+# Call a bridge function; turn its {ok = FALSE} answer into an R error and
+# re-issue Python warnings as R warnings.
+.call_bridge <- function(fun, ...) {
+  bridge <- .bridge()
+  res <- bridge[[fun]](...)
+  for (w in unlist(res$warnings)) .warn(w)
+  if (!isTRUE(res$ok)) {
+    msg <- res$message %||% "unknown error"
+    if (identical(res$error_class, "InternalError") && !is.null(res$traceback)) {
+      msg <- c(paste0("Python failed: ", msg), "(Python traceback follows)", res$traceback)
+    }
+    .abort(msg, class = .error_class(res$error_class %||% ""))
+  }
+  res
+}
+
+#' Is the scelmo Python package available?
+#'
+#' Loads Python (through reticulate) on first use and checks that the `scelmo`
+#' Python package can be imported. Never errors.
+#' @return `TRUE` or `FALSE`.
+#' @examples
+#' scelmo_available()
+#' @export
+scelmo_available <- function() {
+  isTRUE(tryCatch(!is.null(.bridge()), error = function(e) FALSE))
+}
+
+#' Install the scelmo Python package into a virtualenv
+#'
+#' Creates (if needed) a Python virtualenv and installs the `scelmo` Python
+#' package into it with pip. scelmo uses that virtualenv automatically in later
+#' R sessions unless `RETICULATE_PYTHON` points elsewhere.
+#'
+#' @param envname Name of (or path to) the virtualenv. Default `"r-scelmo"`.
+#' @param package What pip installs: `"scelmo"` from the package index, or a
+#'   path to a checkout or wheel.
+#' @param python Python interpreter for a new virtualenv (default: reticulate's
+#'   choice, Python >= 3.10 required).
+#' @param ... Passed to [reticulate::virtualenv_install()] (e.g. `pip_options`).
+#' @return The virtualenv's Python path, invisibly.
+#' @examples
+#' \dontrun{
+#' install_scelmo()
+#' install_scelmo(package = "~/src/scelmo")  # a local checkout
+#' }
+#' @export
+install_scelmo <- function(envname = .DEFAULT_ENV, package = "scelmo", python = NULL, ...) {
+  if (!is.character(package) || length(package) < 1) {
+    .abort("`package` must be a character vector of pip requirements or paths.", "scelmo_input_error")
+  }
+  if (!reticulate::virtualenv_exists(envname)) {
+    reticulate::virtualenv_create(envname, python = python, packages = NULL)
+  }
+  reticulate::virtualenv_install(envname, packages = package, ignore_installed = FALSE, ...)
+  py <- reticulate::virtualenv_python(envname)
+  message("Installed scelmo into ", py, ". Restart R; scelmo uses this environment ",
+          "unless RETICULATE_PYTHON points elsewhere.")
+  invisible(py)
+}

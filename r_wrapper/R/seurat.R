@@ -1,0 +1,117 @@
+# Seurat accessors, chosen by SeuratObject version.
+#
+# SeuratObject >= 5 (Assay5, layers; `slot =` deprecated): LayerData()/Layers()/
+# JoinLayers(). SeuratObject 4: GetAssayData(slot =). The v5 branch is written
+# against SeuratObject 5's documented API; this package's CI can only run
+# SeuratObject 4.1 (Debian bookworm), so the v5 branch is untested there.
+
+.seurat_v5 <- function() {
+  utils::packageVersion("SeuratObject") >= "5.0.0"
+}
+
+.so <- function(name) getExportedValue("SeuratObject", name)
+
+.check_seurat <- function(object) {
+  if (!inherits(object, "Seurat")) {
+    .abort("Expected a Seurat object.", "scelmo_input_error")
+  }
+  if (ncol(object) == 0) {
+    .abort("Nothing to embed: the Seurat object has no cells.", "scelmo_input_error")
+  }
+  invisible(object)
+}
+
+.resolve_assay <- function(object, assay) {
+  assay <- assay %||% SeuratObject::DefaultAssay(object)
+  if (!assay %in% SeuratObject::Assays(object)) {
+    .abort(paste0("Assay '", assay, "' not found (assays: ",
+                  paste(SeuratObject::Assays(object), collapse = ", "), ")."), "scelmo_input_error")
+  }
+  assay
+}
+
+# genes x cells matrix of `layer` in `assay`; errors (never modifies `object`).
+.get_layer <- function(object, assay, layer) {
+  if (!is.character(layer) || length(layer) != 1) {
+    .abort("`layer` must be one layer name, e.g. \"counts\".", "scelmo_input_error")
+  }
+  a <- object[[assay]]
+  if (.seurat_v5() && inherits(a, "Assay5")) {
+    found <- .so("Layers")(a, search = layer)
+    if (length(found) == 0) {
+      .abort(.no_layer_msg(layer, assay, .so("Layers")(a)), "scelmo_input_error")
+    }
+    if (length(found) > 1) {
+      # split layers (counts.1, counts.2, ...): join them on a copy of the assay
+      a <- .so("JoinLayers")(a, layers = layer)
+    }
+    m <- .so("LayerData")(a, layer = layer)
+  } else {
+    slots <- c("counts", "data", "scale.data")
+    if (!layer %in% slots) {
+      .abort(.no_layer_msg(layer, assay, slots), "scelmo_input_error")
+    }
+    m <- SeuratObject::GetAssayData(object, assay = assay, slot = layer)
+  }
+  if (is.null(m) || nrow(m) == 0 || ncol(m) == 0) {
+    .abort(c(
+      paste0("The '", layer, "' layer of assay '", assay, "' is empty."),
+      paste0("Fix: scelmo weights genes by expression, so give it counts (or normalised values): ",
+             "pass `layer = \"data\"` to use log-normalised data, or create the object with counts.")
+    ), "scelmo_input_error")
+  }
+  if (layer == "scale.data") {
+    .warn("layer = \"scale.data\" holds z-scores (negative values); scelmo needs counts or normalised data.")
+  }
+  m
+}
+
+.no_layer_msg <- function(layer, assay, available) {
+  paste0("Assay '", assay, "' has no '", layer, "' layer (available: ",
+         paste(available, collapse = ", "), "). Pass `layer =` with counts or normalised data.")
+}
+
+.subset_features <- function(m, features) {
+  if (is.null(features)) return(m)
+  features <- as.character(features)
+  if (anyDuplicated(features)) {
+    dup <- unique(features[duplicated(features)])
+    .abort(paste0("`features` has duplicated names (e.g. ", paste(head(dup, 3), collapse = ", "),
+                  "). Pass each gene once."), "scelmo_input_error")
+  }
+  missing <- setdiff(features, rownames(m))
+  if (length(missing)) {
+    .abort(paste0(length(missing), " of the ", length(features), " `features` are not in the data (e.g. ",
+                  paste(head(missing, 3), collapse = ", "), ")."), "scelmo_input_error")
+  }
+  m[features, , drop = FALSE]
+}
+
+.check_key <- function(reduction.key) {
+  if (!is.character(reduction.key) || length(reduction.key) != 1 ||
+      !grepl("^[[:alnum:]]+_$", reduction.key)) {
+    .abort(paste0("`reduction.key` must be letters/digits followed by one underscore, e.g. \"scelmo_\"; got '",
+                  paste(reduction.key, collapse = " "), "'."), "scelmo_input_error")
+  }
+}
+
+# Extra arguments (...) -> config overrides
+.dots_config <- function(config, dots) {
+  config <- as.list(config %||% list())
+  if (length(dots) == 0) return(config)
+  if (is.null(names(dots)) || any(!nzchar(names(dots)))) {
+    .abort("Extra arguments must be named (e.g. species = \"mouse\").", "scelmo_input_error")
+  }
+  map <- c(species = "genes.species", l2.normalize = "aggregate.l2_normalize",
+           chunk.size = "aggregate.chunk_size", describe = "describe.model", embed = "embed.model")
+  for (nm in names(dots)) {
+    key <- if (nm %in% names(map)) map[[nm]] else if (grepl(".", nm, fixed = TRUE)) nm else NULL
+    if (is.null(key)) {
+      .abort(paste0("Unknown argument '", nm, "'. Use one of ", paste(names(map), collapse = ", "),
+                    ", a dotted config key such as `aggregate.l2_normalize = TRUE`, or `config =`."),
+             "scelmo_input_error")
+    }
+    config[[key]] <- dots[[nm]]
+  }
+  config
+}

@@ -1,0 +1,4 @@
+library(testthat)
+library(scelmo)
+
+test_check("scelmo")

@@ -1,0 +1,110 @@
+test_that("RunScELMo adds a DimReduc with provenance and logs the command", {
+  skip_if_no_python()
+  seu <- toy_seurat()
+  out <- RunScELMo(seu, verbose = FALSE)
+  expect_true("scelmo" %in% SeuratObject::Reductions(out))
+  E <- SeuratObject::Embeddings(out, "scelmo")
+  expect_equal(dim(E), c(ncol(seu), 384))
+  expect_identical(rownames(E), colnames(seu))
+  expect_identical(colnames(E)[1:2], c("scelmo_1", "scelmo_2"))
+  expect_identical(SeuratObject::Key(out[["scelmo"]]), "scelmo_")
+  prov <- SeuratObject::Misc(out[["scelmo"]])$scelmo
+  expect_equal(prov$aggregator, "wa")
+  expect_equal(prov$matrix, "RNA/counts")
+  expect_equal(as.integer(prov$n_genes), length(toy_genes))
+  expect_true(any(grepl("RunScELMo", names(out@commands))))
+  # the input object is unchanged (R copy semantics; nothing was added in place)
+  expect_false("scelmo" %in% SeuratObject::Reductions(seu))
+  # the paper's wa: expression-weighted mean of gene vectors
+  G <- ScELMoGeneEmbeddings(toy_genes)
+  X <- as.matrix(SeuratObject::GetAssayData(seu, slot = "counts"))[rownames(G), ]
+  W <- t(X) / colSums(X)
+  expect_equal(unname(E), unname(W %*% G), tolerance = 1e-4)
+})
+
+test_that("the default method embeds a plain genes x cells matrix", {
+  skip_if_no_python()
+  m <- toy_counts(30)
+  m["CST3", ] <- m["CST3", ] + 1  # every cell expresses some gene
+  Z <- RunScELMo(m, verbose = FALSE)
+  expect_equal(dim(Z), c(30, 384))
+  expect_identical(rownames(Z), colnames(m))
+  expect_equal(attr(Z, "scelmo")$aggregator, "wa")
+  Zd <- RunScELMo(as.matrix(m), verbose = FALSE)
+  expect_equal(unclass(Zd)[, ], unclass(Z)[, ], ignore_attr = TRUE)
+  Za <- suppressWarnings(RunScELMo(m, aggregator = "aa", features = toy_genes[1:6], verbose = FALSE))
+  expect_equal(attr(Za, "scelmo")$aggregator, "aa")
+  expect_equal(as.integer(attr(Za, "scelmo")$n_genes), 6L)
+  Zl <- RunScELMo(m, l2.normalize = TRUE, verbose = FALSE)
+  expect_equal(unname(sqrt(rowSums(Zl^2))), rep(1, 30), tolerance = 1e-5)
+})
+
+test_that("options: layer = 'data', reduction name/key, config lists", {
+  skip_if_no_python()
+  seu <- toy_seurat()
+  seu <- SeuratObject::SetAssayData(seu, slot = "data",
+                                    new.data = log1p(SeuratObject::GetAssayData(seu, slot = "counts")))
+  out <- RunScELMo(seu, layer = "data", reduction.name = "elmo", reduction.key = "ELMO_",
+                   config = scelmo_config(aggregate.method = "aa"), verbose = FALSE)
+  expect_true("elmo" %in% SeuratObject::Reductions(out))
+  expect_identical(SeuratObject::Key(out[["elmo"]]), "ELMO_")
+  expect_equal(SeuratObject::Misc(out[["elmo"]])$scelmo$matrix, "RNA/data")
+  expect_error(RunScELMo(seu, reduction.key = "bad key"), class = "scelmo_input_error")
+  expect_error(scelmo_config(aggregate.nope = 1), class = "scelmo_config_error")
+  expect_error(RunScELMo(seu, nonsense = 1), class = "scelmo_input_error")
+  cfg <- scelmo_config_show(scelmo_config(aggregate.method = "aa"), print = FALSE)
+  expect_equal(cfg$aggregate$method, "aa")
+  expect_output(scelmo_config_show(), "embed")
+})
+
+test_that("bad input gives classed R errors and leaves the object unchanged", {
+  skip_if_no_python()
+  seu <- toy_seurat()
+  before <- seu
+  # no counts: an object made from normalised data only
+  dat <- log1p(toy_counts())
+  no_counts <- suppressWarnings(SeuratObject::CreateSeuratObject(SeuratObject::CreateAssayObject(data = dat)))
+  expect_error(RunScELMo(no_counts), class = "scelmo_input_error", regexp = "counts.*empty")
+  expect_error(RunScELMo(seu, layer = "spliced"), class = "scelmo_input_error", regexp = "no 'spliced' layer")
+  expect_error(RunScELMo(seu, assay = "ADT"), class = "scelmo_input_error")
+  # genes as Ensembl IDs that match nothing
+  ens <- toy_counts()
+  rownames(ens) <- sprintf("ENSG999999999%02d", seq_len(nrow(ens)))
+  e <- expect_error(RunScELMo(ens, verbose = FALSE), class = "scelmo_input_error")
+  expect_match(conditionMessage(e), "Ensembl")
+  # duplicated features
+  dup <- toy_counts()
+  rownames(dup)[2] <- rownames(dup)[1]
+  expect_error(RunScELMo(dup), class = "scelmo_input_error", regexp = "more than once")
+  expect_error(RunScELMo(seu, features = c("CD3E", "CD3E")), class = "scelmo_input_error")
+  expect_error(RunScELMo(seu, features = c("CD3E", "NOPE")), class = "scelmo_input_error")
+  # empty objects
+  expect_error(RunScELMo(toy_counts()[, 0]), class = "scelmo_input_error", regexp = "no cells")
+  expect_error(RunScELMo(toy_counts()[0, ]), class = "scelmo_input_error", regexp = "no genes")
+  expect_error(RunScELMo(seu, features = character()), class = "scelmo_input_error", regexp = "no genes")
+  # negative values are refused by Python, as a classed R error
+  neg <- toy_counts()
+  neg[1, 1] <- -1
+  expect_error(RunScELMo(neg, verbose = FALSE), class = "scelmo_input_error", regexp = "negative")
+  expect_identical(seu, before)
+})
+
+test_that("Ensembl gene IDs that scelmo knows are resolved to symbols", {
+  skip_if_no_python()
+  m <- toy_counts(20)[c("CD3E", "LYZ"), ]
+  rownames(m) <- c("ENSG00000198851", "ENSG00000090382")  # CD3E, LYZ
+  # Python warnings (here: cells expressing neither gene) arrive as classed R warnings
+  expect_warning(Z <- RunScELMo(m, verbose = FALSE), class = "scelmo_warning", regexp = "zero embedding")
+  expect_equal(as.integer(attr(Z, "scelmo")$n_genes_with_vector), 2L)
+})
+
+test_that("FindNeighbors and FindClusters run on the scelmo reduction", {
+  skip_if_no_python()
+  skip_if_not_installed("Seurat")
+  suppressPackageStartupMessages(library(Seurat))
+  seu <- RunScELMo(toy_seurat(), verbose = FALSE)
+  seu <- FindNeighbors(seu, reduction = "scelmo", dims = 1:30, verbose = FALSE)
+  seu <- FindClusters(seu, resolution = 0.5, verbose = FALSE)
+  expect_true("seurat_clusters" %in% colnames(seu[[]]))
+  expect_gt(length(unique(seu$seurat_clusters)), 1)
+})

@@ -1,0 +1,45 @@
+test_that("AnnotateScELMo: kNN transfer from a reference adds label and score columns", {
+  skip_if_no_annotate()
+  ref <- RunScELMo(toy_seurat(90), verbose = FALSE)
+  query <- toy_seurat(30)
+  out <- AnnotateScELMo(query, reference = ref, ref.labels = "group", k = 5, verbose = FALSE)
+  expect_true(all(c("scelmo_label", "scelmo_label_score") %in% colnames(out[[]])))
+  expect_true(all(out$scelmo_label %in% c("T", "B", "Mono")))
+  expect_gt(mean(out$scelmo_label == as.character(query$group)), 0.8)
+  expect_true(all(out$scelmo_label_score >= 0 & out$scelmo_label_score <= 1))
+  # labels as a vector, and a reference without a scelmo reduction
+  out2 <- AnnotateScELMo(query, reference = toy_seurat(90), ref.labels = as.character(ref$group),
+                         label.name = "lab", verbose = FALSE)
+  expect_true("lab_score" %in% colnames(out2[[]]))
+})
+
+test_that("AnnotateScELMo: zero-shot from cell-type names", {
+  skip_if_no_annotate()
+  seu <- RunScELMo(toy_seurat(30), verbose = FALSE)
+  out <- AnnotateScELMo(seu, cell.types = c("T cell", "B cell", "monocyte"), verbose = FALSE)
+  expect_true(all(out$scelmo_label %in% c("T cell", "B cell", "monocyte")))
+  lab <- AnnotateScELMo(toy_counts(10), cell.types = c(T = "T lymphocyte", B = "B lymphocyte"),
+                        verbose = FALSE)
+  expect_s3_class(lab, "data.frame")
+  expect_true(all(lab$scelmo_label %in% c("T", "B")))
+})
+
+test_that("AnnotateScELMo: argument errors are classed and leave the object unchanged", {
+  skip_if_no_python()
+  seu <- toy_seurat(30)
+  expect_error(AnnotateScELMo(seu), class = "scelmo_input_error")
+  expect_error(AnnotateScELMo(seu, reference = seu), class = "scelmo_input_error", regexp = "ref.labels")
+  expect_error(AnnotateScELMo(seu, reference = seu, ref.labels = "nope"), class = "scelmo_input_error")
+  expect_error(AnnotateScELMo(seu, cell.types = c("T", NA)), class = "scelmo_input_error")
+  expect_false("scelmo_label" %in% colnames(seu[[]]))
+})
+
+test_that("ScELMoGeneEmbeddings returns one row per matched gene", {
+  skip_if_no_python()
+  E <- ScELMoGeneEmbeddings(c("CD3E", "NOT_A_GENE_XYZ", "LYZ"))
+  expect_equal(dim(E), c(2, 384))
+  expect_identical(rownames(E), c("CD3E", "LYZ"))
+  expect_identical(attr(E, "symbols"), c("CD3E", "LYZ"))
+  expect_equal(attr(E, "manifest")$n_genes_with_vector, 2)
+  expect_error(ScELMoGeneEmbeddings(character()), class = "scelmo_input_error")
+})
