@@ -76,12 +76,22 @@ def cli(ctx: click.Context, config_file: str | None, profile: str | None, offlin
 
 
 # --------------------------------------------------------------------------- embedding
+def _is_rds(path: str) -> bool:
+    return Path(path).suffix.lower() == ".rds"
+
+
 def _read_h5ad(path: str, backed: bool = False) -> Any:
     import anndata as ad
 
     p = Path(path)
     if not p.is_file():
         raise ScelmoError(f"Input file {path} does not exist.")
+    if _is_rds(path):  # Seurat / SingleCellExperiment, with the scelmo[r] extra
+        if backed:
+            raise ScelmoError("--backed needs an .h5ad INPUT; .rds files are read into memory.")
+        from . import rio
+
+        return rio.read_rds(p)
     try:
         return ad.read_h5ad(p, backed="r" if backed else None)
     except Exception as exc:  # noqa: BLE001 - anndata raises many kinds
@@ -120,7 +130,7 @@ def embed_genes_cmd(ctx, input, output, gene_list, genes_file, describe_model, e
 
 @cli.command("embed-cells")
 @click.argument("input", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .h5ad.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .h5ad (or .rds with scelmo[r]).")
 @click.option("--gene-embeddings", type=click.Path(file_okay=False, exists=True), help="Saved GeneEmbeddings directory.")
 @click.option("--aggregator", help="wa (default), aa, or a plugin's aggregator.")
 @click.option("--layer", help="Layer with expression values (default: raw if present, else X).")
@@ -133,7 +143,11 @@ def embed_genes_cmd(ctx, input, output, gene_list, genes_file, describe_model, e
 @click.option("--overwrite/--no-overwrite", default=True, help="Replace OUTPUT if it exists (default: yes).")
 @click.pass_context
 def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, layer, use_raw, l2, chunk_size, species, key_added, backed, overwrite):
-    """Embed the cells of INPUT (.h5ad) and write OUTPUT with obsm["X_scelmo"]."""
+    """Embed the cells of INPUT (.h5ad) and write OUTPUT with obsm["X_scelmo"].
+
+    With the scelmo[r] extra, INPUT and OUTPUT may also be .rds files (Seurat or
+    SingleCellExperiment); an .rds OUTPUT is the input object plus a "scelmo" reduction.
+    """
     from . import io, keys, tl
 
     io.check_writable(output, overwrite=overwrite)
@@ -150,6 +164,10 @@ def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, layer, use_
     if backed:
         adata.file.close()
         io.add_to_h5ad(input, output, obsm={key: adata.obsm[key]}, uns={keys.PROVENANCE: adata.uns[keys.PROVENANCE]})
+    elif _is_rds(output):  # the input object plus a "scelmo" DimReduc / reducedDim
+        from . import rio
+
+        rio.write_rds(adata, output, template=input if _is_rds(input) else None, obsm_key=key)
     else:
         io.write_h5ad(adata, output)
     info = adata.uns[keys.PROVENANCE]["embed_cells"]

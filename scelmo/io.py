@@ -86,3 +86,15 @@ def add_to_h5ad(
                         del grp[key]
                     write_elem(grp, key, value)
     return Path(path)
+
+
+# R objects (.rds) for Python users: scelmo.rio, imported only when used (needs scelmo[r]).
+_RIO = {"read_rds", "from_seurat", "from_sce", "to_sce", "write_rds"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RIO:
+        from . import rio
+
+        return getattr(rio, name)
+    raise AttributeError(f"module 'scelmo.io' has no attribute {name!r}")

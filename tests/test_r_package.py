@@ -100,3 +100,85 @@ def test_missing_python_is_a_clear_r_error(r_lib, tmp_path, which):
     assert "CLASS: scelmo_python_missing scelmo_error" in log, log
     assert "install_scelmo()" in log and "RETICULATE_PYTHON" in log, log
     assert "AVAILABLE: FALSE" in log, log
+
+
+CROSS_CHECK_R = r"""
+suppressPackageStartupMessages(library(SeuratObject))
+source(file.path('r_wrapper', 'tests', 'testthat', 'helper-scelmo.R'))
+out <- commandArgs(trailingOnly = TRUE)[1]
+seu <- toy_seurat(45)
+seu <- RenameCells(seu, new.names = c("\u00fcnic\u00f8de cell 1", colnames(seu)[-1]))
+saveRDS(seu, file.path(out, 'seu.rds'))
+counts <- GetAssayData(seu, slot = 'counts')
+bridge <- reticulate::import('scelmo.r_bridge', convert = FALSE)
+sent <- bridge$to_anndata(scelmo:::.scelmo_payload(counts, meta = seu[[]]))
+reticulate::py_save_object(sent, file.path(out, 'sent.pkl'))
+seu <- scelmo::RunScELMo(seu, verbose = FALSE)
+E <- Embeddings(seu, 'scelmo')
+writeBin(as.vector(E), file.path(out, 'embedding.f64'), size = 8, endian = 'little')
+writeLines(as.character(dim(E)), file.path(out, 'embedding.dim'))
+"""
+
+
+def _na_aware(series) -> list:
+    import pandas as pd
+
+    return [None if pd.isna(v) else (v.item() if hasattr(v, "item") else v) for v in series]
+
+
+@pytest.mark.slow
+def test_cross_check_r_wrapper_against_anndata2ri(r_lib, tmp_path):
+    """The same Seurat object through the R wrapper and through anndata2ri (scelmo.rio)."""
+    import pickle
+
+    import numpy as np
+
+    try:
+        import anndata2ri  # noqa: F401
+        import rpy2.robjects  # noqa: F401
+    except (ImportError, RuntimeError) as exc:  # RuntimeError: no R_HOME
+        pytest.skip(f"the scelmo[r] extra (rpy2 + anndata2ri) is not usable: {exc}")
+    import scelmo
+    from scelmo import rio
+
+    try:
+        rio._r()
+    except scelmo.ScelmoError as exc:
+        pytest.skip(f"R side of scelmo[r] unusable: {exc}")
+
+    out = run_r(CROSS_CHECK_R.replace("commandArgs(trailingOnly = TRUE)[1]", repr(str(tmp_path))), r_lib, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    with open(tmp_path / "sent.pkl", "rb") as fh:
+        sent = pickle.load(fh)
+    got = scelmo.io.read_rds(tmp_path / "seu.rds")
+
+    assert list(sent.obs_names) == list(got.obs_names) and sent.obs_names[0] == "ünicøde cell 1"
+    assert list(sent.var_names) == list(got.var_names)
+    assert sent.X.shape == got.X.shape and abs(sent.X - got.X).max() == 0
+    assert list(sent.obs.columns) == list(got.obs.columns)
+    for col in sent.obs.columns:
+        assert _na_aware(sent.obs[col]) == _na_aware(got.obs[col]), col
+    for col, n_na in {"flag": 15, "batch": 11, "donor": 15, "note": 11}.items():
+        assert sent.obs[col].isna().sum() == n_na and got.obs[col].isna().sum() == n_na, col
+
+    n, d = map(int, (tmp_path / "embedding.dim").read_text().split())
+    from_r = np.fromfile(tmp_path / "embedding.f64", dtype="<f8").reshape((n, d), order="F")
+    scelmo.tl.embed_cells(got)
+    np.testing.assert_allclose(from_r, got.obsm["X_scelmo"], rtol=1e-6, atol=1e-7)
+
+    # and back: the embedding as a DimReduc in the .rds, read again
+    rio.write_rds(got, tmp_path / "with_scelmo.rds", template=tmp_path / "seu.rds")
+    again = scelmo.io.read_rds(tmp_path / "with_scelmo.rds")
+    np.testing.assert_array_equal(again.obsm["X_scelmo"], got.obsm["X_scelmo"].astype(np.float64))
+
+    # the CLI reads and writes .rds with the extra installed
+    from click.testing import CliRunner
+
+    from scelmo.cli import cli
+
+    res = CliRunner().invoke(cli, ["embed-cells", str(tmp_path / "seu.rds"), "-o", str(tmp_path / "cli.rds")])
+    assert res.exit_code == 0, res.output
+    via_cli = scelmo.io.read_rds(tmp_path / "cli.rds")
+    np.testing.assert_allclose(via_cli.obsm["X_scelmo"], from_r, rtol=1e-6, atol=1e-7)
+    res = CliRunner().invoke(cli, ["embed-cells", str(tmp_path / "seu.rds"), "-o", str(tmp_path / "x.h5ad"), "--backed"])
+    assert res.exit_code != 0 and ".h5ad INPUT" in res.output
