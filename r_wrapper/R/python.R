@@ -103,7 +103,11 @@
 # re-issue Python warnings as R warnings.
 .call_bridge <- function(fun, ...) {
   bridge <- .bridge()
-  res <- bridge[[fun]](...)
+  res <- tryCatch(bridge[[fun]](...), error = function(e) {
+    .abort(c(paste0("Python failed in scelmo.r_bridge.", fun, ": ", conditionMessage(e)),
+             "This is a bug or a version mismatch between the R and Python packages; please report it."),
+           class = "scelmo_python_error")
+  })
   for (w in unlist(res$warnings)) .warn(w)
   if (!isTRUE(res$ok)) {
     msg <- res$message %||% "unknown error"
