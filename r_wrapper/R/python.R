@@ -1,6 +1,7 @@
 #' @keywords internal
 #' @importFrom methods as is new slot
 #' @importFrom utils packageVersion head
+#' @importFrom Matrix Matrix
 "_PACKAGE"
 
 # Package state: the imported Python module (scelmo.r_bridge) once found.
