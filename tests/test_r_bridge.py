@@ -173,3 +173,23 @@ def test_50k_cells_decode_in_well_under_a_second(rng):
     assert adata.shape == (n_cells, n_genes) and adata.X.nnz == x.size
     assert adata.X.sum() == x.sum()
     assert elapsed < 5, elapsed
+
+
+def test_rds_without_the_r_extra_is_a_clear_error(monkeypatch, tmp_path):
+    import sys
+
+    from click.testing import CliRunner
+
+    from scelmo import rio
+    from scelmo.cli import cli
+
+    monkeypatch.setattr(rio, "_STATE", {})
+    monkeypatch.setitem(sys.modules, "anndata2ri", None)  # import fails like a missing extra
+    path = tmp_path / "x.rds"
+    path.write_bytes(b"not really")
+    with pytest.raises(scelmo.ScelmoError, match=r"scelmo\[r\]"):
+        scelmo.io.read_rds(path)
+    res = CliRunner().invoke(cli, ["embed-cells", str(path), "-o", str(tmp_path / "o.h5ad")])
+    assert res.exit_code != 0 and "scelmo[r]" in res.output
+    with pytest.raises(AttributeError):
+        scelmo.io.no_such_function  # noqa: B018
