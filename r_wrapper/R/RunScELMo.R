@@ -101,17 +101,33 @@ RunScELMo.Seurat <- function(object, assay = NULL, layer = "counts", features = 
   gene_embeddings <- config[["gene.embeddings"]]
   config[["gene.embeddings"]] <- NULL
   t0 <- proc.time()[["elapsed"]]
-  payload <- .scelmo_payload(m, what = what)
+  m <- .check_matrix(.as_dgc(m), what)
+  batches <- .cell_batches(m)
   if (verbose) {
-    message(sprintf("scelmo: embedding %d cells x %d genes (%s, aggregator '%s')",
-                    ncol(m), nrow(m), source, aggregator))
+    message(sprintf("scelmo: embedding %d cells x %d genes (%s, aggregator '%s')%s",
+                    ncol(m), nrow(m), source, aggregator,
+                    if (length(batches) > 1) sprintf(" in %d batches of cells", length(batches)) else ""))
   }
-  res <- .call_bridge("embed_cells", payload, aggregator = aggregator,
-                      config = if (length(config)) config else NULL,
-                      source = source, gene_embeddings = gene_embeddings)
-  Z <- .decode_matrix(res$Z, res$dim)
+  # wa / aa embed each cell on its own, so batches of cells give the same result
+  parts <- list()
+  for (b in seq_along(batches)) {
+    mb <- if (length(batches) == 1) m else m[, batches[[b]], drop = FALSE]
+    res <- .call_bridge("embed_cells", .scelmo_payload(mb, what = what), aggregator = aggregator,
+                        config = if (length(config)) config else NULL,
+                        source = source, gene_embeddings = gene_embeddings)
+    parts[[b]] <- list(Z = .decode_matrix(res$Z, res$dim), prov = res$provenance, total = sum(mb@x))
+  }
+  Z <- if (length(parts) == 1) parts[[1]]$Z else do.call(rbind, lapply(parts, `[[`, "Z"))
   rownames(Z) <- colnames(m)
-  prov <- res$provenance
+  prov <- parts[[1]]$prov
+  if (length(parts) > 1) {
+    totals <- vapply(parts, `[[`, numeric(1), "total")
+    covs <- vapply(parts, function(p) as.numeric(p$prov$expression_coverage), numeric(1))
+    prov$n_cells <- ncol(m)
+    prov$n_empty_cells <- sum(vapply(parts, function(p) as.numeric(p$prov$n_empty_cells), numeric(1)))
+    prov$expression_coverage <- if (sum(totals) > 0) sum(covs * totals) / sum(totals) else 0
+    prov$n_batches <- length(parts)
+  }
   if (verbose) {
     message(sprintf("scelmo: %d of %d genes have a vector (%.1f%% of expression); d = %d; %.1f s",
                     as.integer(prov$n_genes_with_vector), as.integer(prov$n_genes),

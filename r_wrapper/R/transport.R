@@ -111,11 +111,28 @@
                   paste(head(dupc, 3), collapse = ", "), "). Make them unique."),
            "scelmo_input_error")
   }
-  if (length(m@x) > (.Machine$integer.max %/% 8)) {
-    .abort(paste0("The matrix has ", length(m@x), " non-zero values; one call can send at most ",
-                  .Machine$integer.max %/% 8, ". Embed the cells in batches."), "scelmo_input_error")
-  }
   invisible(m)
+}
+
+# Most non-zeros one call sends: R raw vectors written by writeBin() hold < 2^31 bytes.
+.max_nnz <- function() {
+  as.integer(getOption("scelmo.max_nnz", .Machine$integer.max %/% 8))
+}
+
+# Consecutive column (cell) index ranges holding at most `max_nnz` non-zeros each.
+.cell_batches <- function(m, max_nnz = .max_nnz()) {
+  if (length(m@x) <= max_nnz) return(list(seq_len(ncol(m))))
+  cum <- as.numeric(m@p[-1])
+  batches <- list()
+  start <- 1L
+  base <- 0
+  while (start <= ncol(m)) {
+    end <- max(start, findInterval(base + max_nnz, cum))
+    batches[[length(batches) + 1L]] <- start:end
+    base <- cum[end]
+    start <- end + 1L
+  }
+  batches
 }
 
 #' The bytes the R package sends to Python

@@ -108,3 +108,21 @@ test_that("FindNeighbors and FindClusters run on the scelmo reduction", {
   expect_true("seurat_clusters" %in% colnames(seu[[]]))
   expect_gt(length(unique(seu$seurat_clusters)), 1)
 })
+
+test_that("objects too large for one call are sent in batches of cells, with the same result", {
+  skip_if_no_python()
+  m <- toy_counts(50)
+  m["CST3", ] <- m["CST3", ] + 1
+  whole <- RunScELMo(m, verbose = FALSE)
+  old <- options(scelmo.max_nnz = 60)
+  on.exit(options(old))
+  expect_gt(length(scelmo:::.cell_batches(m)), 3)
+  expect_identical(unlist(scelmo:::.cell_batches(m)), seq_len(ncol(m)))
+  msgs <- capture_messages(batched <- RunScELMo(m))
+  expect_match(msgs[1], "in [0-9]+ batches of cells")
+  expect_equal(unclass(batched)[, ], unclass(whole)[, ], ignore_attr = TRUE, tolerance = 1e-6)
+  prov <- attr(batched, "scelmo")
+  expect_gt(prov$n_batches, 3)
+  expect_equal(prov$n_cells, 50)
+  expect_equal(prov$expression_coverage, attr(whole, "scelmo")$expression_coverage, tolerance = 1e-6)
+})
