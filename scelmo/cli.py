@@ -155,21 +155,25 @@ def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, layer, use_
         raise ScelmoError("OUTPUT must differ from INPUT (the input is never modified).")
     key = key_added or keys.X_SCELMO
     adata = _read_h5ad(input, backed=backed)
-    t0 = time.perf_counter()
-    tl.embed_cells(
-        adata, gene_embeddings=gene_embeddings, aggregator=aggregator, layer=layer, use_raw=use_raw,
+    options = dict(
+        gene_embeddings=gene_embeddings, aggregator=aggregator, layer=layer, use_raw=use_raw,
         l2_normalize=l2, chunk_size=chunk_size, species=species, config=_overrides(ctx), key_added=key,
     )
-    elapsed = time.perf_counter() - t0
-    if backed:
+    t0 = time.perf_counter()
+    if backed:  # stream rows in and cell vectors out: memory independent of the number of cells
+        with io.streamed_h5ad_copy(input, output) as dest:
+            tl.embed_cells(adata, out=dest.obsm(key, adata.n_obs), **options)
+            dest.write_uns(keys.PROVENANCE, adata.uns[keys.PROVENANCE])
         adata.file.close()
-        io.add_to_h5ad(input, output, obsm={key: adata.obsm[key]}, uns={keys.PROVENANCE: adata.uns[keys.PROVENANCE]})
-    elif _is_rds(output):  # the input object plus a "scelmo" DimReduc / reducedDim
-        from . import rio
-
-        rio.write_rds(adata, output, template=input if _is_rds(input) else None, obsm_key=key)
     else:
-        io.write_h5ad(adata, output)
+        tl.embed_cells(adata, **options)
+        if _is_rds(output):  # the input object plus a "scelmo" DimReduc / reducedDim
+            from . import rio
+
+            rio.write_rds(adata, output, template=input if _is_rds(input) else None, obsm_key=key)
+        else:
+            io.write_h5ad(adata, output)
+    elapsed = time.perf_counter() - t0
     info = adata.uns[keys.PROVENANCE]["embed_cells"]
     click.echo(
         f"Embedded {info['n_cells']} cells (d={info['dim']}, {info['aggregator']}, "

@@ -221,12 +221,16 @@ class Aggregator(Component):
         out: np.ndarray | None = None,
         genes: Sequence[str] | None = None,
         settings: Any = None,
+        l2_normalize: bool = False,
     ) -> AggregationResult:
         """Stream ``matrix`` (cells x genes) in row chunks and aggregate each chunk.
 
         ``genes`` (the resolved gene names of the columns) and ``settings`` are made
         available to :meth:`aggregate_chunk` as ``self.genes`` / ``self.settings`` for
         aggregators that need them (e.g. ones that write text about a cell).
+        ``out`` may be any array-like supporting ``out[start:stop] = block`` (e.g. an
+        on-disk dataset, see :func:`scelmo.io.streamed_h5ad_copy`); ``l2_normalize``
+        scales each non-zero cell vector to unit length.
         """
         from .matrix import iter_row_chunks, n_rows_cols
         from .progress import progress_bar
@@ -257,6 +261,9 @@ class Aggregator(Component):
                 if is_empty.any():
                     block[is_empty] = 0.0
                     empty.append(np.flatnonzero(is_empty) + start)
+                if l2_normalize:
+                    norms = np.linalg.norm(block, axis=1, keepdims=True)
+                    np.divide(block, norms, out=block, where=norms > 0)
                 if not np.isfinite(block).all():
                     raise ConfigError(
                         f"Aggregator {self.name!r} produced non-finite values for cells "

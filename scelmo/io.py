@@ -11,7 +11,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,33 +59,76 @@ def write_h5ad(adata: Any, path: str | os.PathLike[str]) -> Path:
     return Path(path)
 
 
-def add_to_h5ad(
-    source: str | os.PathLike[str],
-    path: str | os.PathLike[str],
-    *,
-    obsm: Mapping[str, Any] = (),
-    uns: Mapping[str, Any] = (),
-) -> Path:
-    """Copy the ``.h5ad`` file ``source`` to ``path`` and add ``obsm``/``uns`` entries.
+class StreamedArray:
+    """An ``obsm`` array in an open ``.h5ad`` file, created on the first block written.
 
-    Streams on disk: the matrix is never loaded, so this is how results computed on a
-    backed AnnData are saved. Atomic like every other output.
+    Rows are written as they are computed (``dest[start:stop] = block``), so the cells x d
+    result never has to fit in memory. Its width is taken from the first block.
+    """
+
+    def __init__(self, group: Any, key: str, n_rows: int) -> None:
+        self.group, self.key, self.n_rows = group, key, n_rows
+        self._ds: Any = None
+
+    def __setitem__(self, rows: slice, block: Any) -> None:
+        if self._ds is None:
+            if self.key in self.group:
+                del self.group[self.key]
+            d = int(block.shape[1])
+            chunk_rows = max(1, min(self.n_rows, (4 << 20) // max(4 * d, 1)))
+            self._ds = self.group.create_dataset(
+                self.key, shape=(self.n_rows, d), dtype="float32", chunks=(chunk_rows, d)
+            )
+            self._ds.attrs["encoding-type"] = "array"  # anndata's on-disk encoding
+            self._ds.attrs["encoding-version"] = "0.2.0"
+        self._ds[rows] = block
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n_rows, int(self._ds.shape[1]) if self._ds is not None else 0)
+
+
+class StreamedH5ad:
+    """The open copy made by :func:`streamed_h5ad_copy`."""
+
+    def __init__(self, h5: Any) -> None:
+        self.h5 = h5
+
+    def _group(self, name: str) -> Any:
+        if name not in self.h5:
+            grp = self.h5.create_group(name)
+            grp.attrs["encoding-type"] = "dict"
+            grp.attrs["encoding-version"] = "0.1.0"
+        return self.h5[name]
+
+    def obsm(self, key: str, n_rows: int) -> StreamedArray:
+        """A :class:`StreamedArray` for ``obsm[key]``."""
+        return StreamedArray(self._group("obsm"), key, n_rows)
+
+    def write_uns(self, key: str, value: Any) -> None:
+        """Write ``uns[key]`` (replacing it)."""
+        from anndata.io import write_elem
+
+        grp = self._group("uns")
+        if key in grp:
+            del grp[key]
+        write_elem(grp, key, value)
+
+
+@contextlib.contextmanager
+def streamed_h5ad_copy(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> Iterator[StreamedH5ad]:
+    """Copy the ``.h5ad`` file ``source`` to ``path`` and let results be streamed into it.
+
+    The matrix is copied on disk, never loaded; ``obsm`` arrays are written chunk by chunk
+    (:meth:`StreamedH5ad.obsm`), so memory does not grow with the number of cells. The
+    copy is made next to ``path`` and renamed into place only if the block succeeds.
     """
     import h5py
-    from anndata.io import write_elem
 
-    obsm = dict(obsm)
-    uns = dict(uns)
     with atomic_path(path) as tmp:
         shutil.copyfile(source, tmp)
         with h5py.File(tmp, "r+") as f:
-            for group, items in (("obsm", obsm), ("uns", uns)):
-                grp = f.require_group(group)
-                for key, value in items.items():
-                    if key in grp:
-                        del grp[key]
-                    write_elem(grp, key, value)
-    return Path(path)
+            yield StreamedH5ad(f)
 
 
 # R objects (.rds) for Python users: scelmo.rio, imported only when used (needs scelmo[r]).

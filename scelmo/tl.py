@@ -212,6 +212,7 @@ def embed_cells(
     key_added: str = keys.X_SCELMO,
     copy: bool = False,
     progress: bool | None = None,
+    out: Any = None,
 ) -> Any:
     """Cell embeddings: aggregate gene vectors by each cell's expression.
 
@@ -248,10 +249,14 @@ def embed_cells(
         Return a modified copy instead of writing to ``adata``.
     progress
         Show progress bars.
+    out
+        Where to write the cells x d result instead of ``adata.obsm[key_added]``: any
+        array-like accepting ``out[start:stop] = block``, written chunk by chunk (e.g.
+        :meth:`scelmo.io.StreamedH5ad.obsm`, so results never have to fit in memory).
 
     Returns
     -------
-    ``None`` (or the copy). Sets ``adata.obsm[key_added]`` (cells x d float32) and
+    ``None`` (or the copy). Sets ``adata.obsm[key_added]`` (unless ``out`` is given) (cells x d float32) and
     ``adata.uns["scelmo"]["embed_cells"]`` (coverage, empty cells, models, options).
     Cells with no expressed gene that has a vector get a zero vector and an
     :class:`~scelmo.errors.EmptyCellsWarning` with their count.
@@ -298,13 +303,12 @@ def embed_cells(
         raise _no_match_error(res)
 
     result = agg.aggregate(
-        matrix, E, chunk_size=agg_cfg.chunk_size, progress=progress, genes=lookup, settings=settings
+        matrix, E, chunk_size=agg_cfg.chunk_size, progress=progress, out=out, genes=lookup,
+        settings=settings, l2_normalize=agg_cfg.l2_normalize,
     )
     emb = result.embedding
-    if agg_cfg.l2_normalize:
-        norms = np.linalg.norm(emb, axis=1, keepdims=True)
-        np.divide(emb, norms, out=emb, where=norms > 0)
-    adata.obsm[key_added] = emb
+    if out is None:
+        adata.obsm[key_added] = emb
 
     gene_cov = float(mask.mean())
     expr_cov = result.expression_coverage
