@@ -11,7 +11,7 @@ and records each child's peak RSS (``ru_maxrss``) against the file size, plus wa
 Target M2 of shared/research/performance.md: streaming peak memory independent of the
 number of cells and well below the file size.
 
-    python benchmarks/embed_cells_backed.py --cells 100000 --dim 384
+    python benchmarks/embed_cells_backed.py --cells 30000 100000 --dim 384
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def _child_peak_rss(cmd: list[str], env: dict[str, str]) -> tuple[float, float, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cells", type=int, default=100_000)
+    ap.add_argument("--cells", type=int, nargs="+", default=[30_000, 100_000],
+                    help="one or more cell counts: peak memory of --backed must not grow with them")
     ap.add_argument("--genes", type=int, default=30_000)
     ap.add_argument("--nnz", type=float, default=2_000)
     ap.add_argument("--dim", type=int, default=384)
@@ -61,47 +62,50 @@ def main() -> None:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    h5 = work / f"synthetic_{args.cells}x{args.genes}.h5ad"
     genes = [f"SYN{i:05d}" for i in range(args.genes)]
-    if not h5.exists():
-        t = time.perf_counter()
-        X = generate_csr(args.cells, args.genes, args.nnz, model=gene_model(args.genes, args.nnz))
-        a = ad.AnnData(X)
-        a.var_names = genes
-        a.obs_names = [f"c{i}" for i in range(args.cells)]
-        a.write_h5ad(h5)
-        del a, X
-        print(f"wrote {h5} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     ge_dir = work / f"genes_d{args.dim}"
     if not ge_dir.exists():
         GeneEmbeddings(genes, random_embedding(args.genes, args.dim), {"embed_model": "random"}).save(ge_dir)
-
     env = dict(os.environ, SCELMO_NO_PROGRESS="1", SCELMO_CACHE__ENABLED="false")
-    base = [sys.executable, "-m", "scelmo", "embed-cells", str(h5), "--gene-embeddings", str(ge_dir),
-            "--chunk-size", str(args.chunk_size)]
-    file_gb = h5.stat().st_size / 1024**3
     rows = []
-    for mode in (["--backed"], [] if not args.skip_in_memory else None):
-        if mode is None:
-            continue
-        out = work / "out.h5ad"
-        rss, dt, log = _child_peak_rss(base + ["-o", str(out)] + mode, env)
-        rows.append({"mode": "backed" if mode else "in-memory", "peak_rss_gib": rss, "wall_s": dt,
-                     "rss_over_file": rss / file_gb})
-        out.unlink(missing_ok=True)
-        print(log.strip().splitlines()[-1] if log.strip() else "", file=sys.stderr)
+    for n_cells in args.cells:
+        h5 = work / f"synthetic_{n_cells}x{args.genes}.h5ad"
+        if not h5.exists():
+            t = time.perf_counter()
+            X = generate_csr(n_cells, args.genes, args.nnz, model=gene_model(args.genes, args.nnz))
+            a = ad.AnnData(X)
+            a.var_names = genes
+            a.obs_names = [f"c{i}" for i in range(n_cells)]
+            a.write_h5ad(h5)
+            del a, X
+            print(f"wrote {h5} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        file_gb = h5.stat().st_size / 1024**3
+        base = [sys.executable, "-m", "scelmo", "embed-cells", str(h5), "--gene-embeddings", str(ge_dir),
+                "--chunk-size", str(args.chunk_size)]
+        for mode in (["--backed"], None if args.skip_in_memory else []):
+            if mode is None:
+                continue
+            out = work / "out.h5ad"
+            rss, dt, log = _child_peak_rss(base + ["-o", str(out)] + mode, env)
+            rows.append({"cells": n_cells, "file_gib": file_gb, "mode": "backed" if mode else "in-memory",
+                         "peak_rss_gib": rss, "wall_s": dt, "rss_over_file": rss / file_gb,
+                         "output_gib": n_cells * args.dim * 4 / 1024**3})
+            out.unlink(missing_ok=True)
+            print(log.strip().splitlines()[-1] if log.strip() else "", file=sys.stderr)
     result = {
-        "cells": args.cells, "genes": args.genes, "nnz_per_cell": args.nnz, "dim": args.dim,
-        "chunk_size": args.chunk_size, "file_gib": file_gb, "output_gib": args.cells * args.dim * 4 / 1024**3,
+        "genes": args.genes, "nnz_per_cell": args.nnz, "dim": args.dim, "chunk_size": args.chunk_size,
         "loadavg": Path("/proc/loadavg").read_text().split()[:3], "runs": rows,
     }
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "embed_cells_backed.json").write_text(json.dumps(result, indent=2))
-    md = [f"# embed-cells on a {args.cells:,} x {args.genes:,} CSR .h5ad ({file_gb:.2f} GiB), d={args.dim}", "",
-          "| mode | peak RSS (GiB) | peak RSS / file size | wall (s) |", "|---|---|---|---|"]
-    md += [f"| {r['mode']} | {r['peak_rss_gib']:.2f} | {r['rss_over_file']:.2f} | {r['wall_s']:.1f} |" for r in rows]
-    md += ["", f"output (cells x d float32) = {result['output_gib']:.3f} GiB; loadavg {' '.join(result['loadavg'])}"]
+    md = [f"# scelmo embed-cells on synthetic CSR .h5ad files ({args.genes:,} genes, ~{args.nnz:,.0f} nnz/cell, "
+          f"d={args.dim}, chunk {args.chunk_size:,} cells)", "",
+          "| cells | file (GiB) | mode | peak RSS (GiB) | peak RSS / file | result cells x d (GiB) | wall (s) |",
+          "|---|---|---|---|---|---|---|"]
+    md += [f"| {r['cells']:,} | {r['file_gib']:.2f} | {r['mode']} | {r['peak_rss_gib']:.2f} | {r['rss_over_file']:.2f} "
+           f"| {r['output_gib']:.3f} | {r['wall_s']:.1f} |" for r in rows]
+    md += ["", f"loadavg {' '.join(result['loadavg'])}; peak RSS = the child process's ru_maxrss."]
     (out_dir / "embed_cells_backed.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -1,38 +1,40 @@
 """Fast CPU kernel for ``C = X @ E`` (X: CSR cells x genes, E: genes x d float32).
 
-Design (measured on the project's 2-core AVX-512 box; see
-``shared/research/performance.md`` and ``benchmarks/aggregation.py``):
+Design (measured on the project's 2-core Xeon with AVX-512, see
+``benchmarks/aggregation.py`` and ``shared/research/performance.md``):
 
 * ``E`` is re-laid once as ``[d/W][genes][W]`` float32 (:class:`TiledEmbedding`),
-  zero-padded so ``d`` is a multiple of ``W`` and 64-byte aligned.  A column block
-  ``E[:, b*W:(b+1)*W]`` is then one contiguous ``genes x W`` slab.
-* Rows are processed in chunks of ``CH = 32 KiB / (4 W)`` rows (128 rows at
-  ``W = 64``), in parallel over chunks (numba ``prange``, dynamic scheduling).
-  Each chunk is first transposed into a small gene-major list (row id, value) --
-  a counting sort over the chunk's non-zeros, done once per chunk and re-used by
-  every column block; non-float32 values are converted to float32 here.
-* Then for every column block (column block outer, rows inner): the chunk's
-  ``CH x W`` float32 output tile lives in L1; for every gene present in the chunk
-  the ``W`` values of its E row are loaded *once* into registers and added,
-  scaled by each of the gene's values, into the tile rows that contain it.  On a
-  30k-gene, 2k-nnz/cell matrix a 128-row chunk uses every E row ~10 times, so the
-  E traffic from L3 drops ~10x compared with gathering one E row per non-zero
-  (the classic CSR row-gather kernel, which is bound by L2/L3 bandwidth on this
-  CPU at ~13-17 GFLOP/s/core; it is kept as :func:`csr_matmul_gather` for
-  comparison).
-* The inner loop (one gene, all its rows) is written directly in LLVM IR through a
-  numba ``@intrinsic``: explicit ``<8 x float>`` vectors and ``llvm.fma``, and a
-  software prefetch of the E row a few genes ahead.  Plain numba loops did not
-  vectorise the fixed-width update (LLVM vectorised the wrong loop with gathers,
-  or kept accumulators in memory).  256-bit vectors are used on purpose: on this
-  Xeon, 512-bit read-modify-write of the L1 tile was 1.5x slower.
-* Accumulation is float32 (each output element is a float32 sum of
-  ``value * E`` products in CSR/gene order); relative error vs a float64
-  reference is ~1e-7 of the row scale.
+  zero-padded so ``d`` is a multiple of ``W``, 64-byte aligned.  A column block
+  ``E[:, b*W:(b+1)*W]`` is one contiguous ``genes x W`` slab.
+* Rows are processed in chunks of ``CH = 32 KiB / (4 W)`` rows (128 at ``W = 64``),
+  in parallel over chunks (numba ``prange``, dynamic scheduling).  Each chunk is
+  first transposed into a gene-major list of packed ``(row, value)`` pairs -- a
+  counting sort of the chunk's non-zeros, done once per chunk and re-used by every
+  column block.
+* Then, for every column block, the chunk's ``CH x W`` float32 output tile sits in
+  L1; for every gene present in the chunk the ``W`` values of its E row are loaded
+  *once* into registers and added, times each of the gene's values, into the tile
+  rows that hold the gene.  With 2k nnz/cell over 30k genes a 128-row chunk uses
+  each E row ~10 times, so E traffic from L2/L3 drops ~10x compared with the
+  classic CSR row-gather kernel (one E row gathered per non-zero and block), which
+  is bound by L3 bandwidth on this CPU (~17-20 GFLOP/s/core; kept as
+  :func:`csr_matmul_gather`, and used automatically for very sparse rows).
+* The inner loops are written in LLVM IR through numba ``@intrinsic``s: explicit
+  ``<16 x float>`` vectors, ``llvm.fma`` and software prefetch of E rows.  Plain
+  numba loops did not vectorise the fixed-width update (LLVM vectorised the
+  non-zero loop with gathers, or kept the accumulators in memory; ~5 GFLOP/s).
+* Accumulation is float32; results match a float64 reference to ~3e-6 of the row
+  scale and do not depend on the thread count.
+
+Measured (100k cells x 30k genes, 2k nnz/cell, 1 thread, process CPU time):
+d=384: 47 CPU-s per 1M cells, 0.21x scipy's ``X @ E``, 32 GFLOP/s = 20% of the
+1-core SGEMM probe; d=1536: 176 CPU-s per 1M cells, 0.19-0.20x scipy, 35 GFLOP/s
+= 22%.  Two threads: 0.56-0.59x the 1-thread wall time.
 
 numba is imported lazily: importing this module compiles nothing.  The first call
 for a given ``W`` / index dtype compiles (a few seconds) and is cached on disk
-(``cache=True``).  The kernel releases the GIL (``nogil=True``).
+(``cache=True``); the kernels release the GIL (``nogil=True``) and run on numba's
+threads (``numba.set_num_threads``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ __all__ = [
     "TiledEmbedding",
     "csr_matmul",
     "csr_matmul_gather",
+    "csr_matmul_scatter",
     "csr_matmul_reference",
     "DEFAULT_WIDTH",
     "SUPPORTED_WIDTHS",
@@ -54,7 +57,7 @@ __all__ = [
 #: Default column-block width (floats).  64 was the best of 16/32/64/128 at
 #: d = 384 and d = 1536 (see benchmarks/aggregation.py).
 DEFAULT_WIDTH = 64
-#: Widths for which a kernel can be built (multiples of the 8-lane vector).
+#: Widths for which a kernel can be built (multiples of 8 floats).
 SUPPORTED_WIDTHS = tuple(range(8, 257, 8))
 
 _VEC = 16  # lanes per vector op (<16 x float>, one zmm on AVX-512)
@@ -63,6 +66,11 @@ _PREFETCH_GENES = 8  # E rows are prefetched this many genes ahead
 _ALIGN = 64  # bytes
 # non-float32 data is converted to float32 in row slices of at most this many nnz
 _CONVERT_NNZ = 1 << 23
+# csr_matmul uses the gene-major (scatter) kernel when a row chunk has at least
+# this many non-zeros per gene on average, else the row-gather kernel (very sparse
+# rows: at 200 nnz/cell of 30k genes gather was 1.4x faster, at 500 they tie, at
+# 1000 scatter is 1.3x faster and at 2000 1.7x).
+_SCATTER_MIN_NNZ_PER_GENE = 2.0
 
 
 def _chunk_rows(width: int) -> int:
@@ -95,7 +103,9 @@ class TiledEmbedding:
     def __init__(self, data: np.ndarray, n_genes: int, d: int, W: int):
         data = np.asarray(data)
         if data.ndim != 3 or data.dtype != np.float32 or not data.flags.c_contiguous:
-            raise ValueError("data must be a C-contiguous float32 array of shape (n_blocks, n_genes, W)")
+            raise ValueError(
+                "data must be a C-contiguous float32 array of shape (n_blocks, n_genes, W)"
+            )
         if data.shape[1] != n_genes or data.shape[2] != W:
             raise ValueError(f"data shape {data.shape} does not match n_genes={n_genes}, W={W}")
         if W not in SUPPORTED_WIDTHS:
@@ -109,7 +119,7 @@ class TiledEmbedding:
         self.W = int(W)
 
     @classmethod
-    def from_matrix(cls, E: np.ndarray, *, width: int | None = None) -> "TiledEmbedding":
+    def from_matrix(cls, E: np.ndarray, *, width: int | None = None) -> TiledEmbedding:
         """Tile a ``(n_genes, d)`` matrix (any real dtype; converted to float32)."""
         E = np.asarray(E)
         if E.ndim != 2:
@@ -185,40 +195,52 @@ def _ensure_intrinsics() -> None:
     if _nb_gene_update is not None:
         return
     import llvmlite.ir as ir
+    from llvmlite.binding import llvm_version_info
     from numba import types
     from numba.core import cgutils
     from numba.extending import intrinsic
 
-    VL = _VEC
     i64 = ir.IntType(64)
     i32 = ir.IntType(32)
-    vty = ir.VectorType(ir.FloatType(), VL)
+    # opaque pointers (LLVM >= 17) mangle the intrinsic as .p0, typed ones as .p0i8
+    prefetch_name = "llvm.prefetch.p0" if llvm_version_info[0] >= 17 else "llvm.prefetch.p0i8"
+
+    def _vl(W):
+        # <16 x float> (one zmm) when W allows, else <8 x float>
+        return _VEC if W % _VEC == 0 else 8
+
+    def _vty(W):
+        return ir.VectorType(ir.FloatType(), _vl(W))
 
     def _i64(builder, v):
         return builder.sext(v, i64) if v.type.width < 64 else v
 
-    def _fma(builder):
+    def _fma(builder, W):
+        vty = _vty(W)
         return cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{VL}f32"
+            builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{_vl(W)}f32"
         )
 
     def _prefetch_lines(builder, base_ptr, W):
         i8p = ir.IntType(8).as_pointer()
         fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0"
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), prefetch_name
         )
         base = builder.bitcast(base_ptr, i8p)
         for line in range(max(1, (W * 4) // 64)):
             p = builder.gep(base, [ir.Constant(i64, 64 * line)])
             builder.call(fn, [p, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
 
-    def _splat(builder, x):
+    def _splat(builder, x, W):
+        vty = _vty(W)
         undef = ir.Constant(vty, ir.Undefined)
-        mask = ir.Constant(ir.VectorType(i32, VL), [0] * VL)
-        return builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(i32, 0)), undef, mask)
+        mask = ir.Constant(ir.VectorType(i32, _vl(W)), [0] * _vl(W))
+        return builder.shuffle_vector(
+            builder.insert_element(undef, x, ir.Constant(i32, 0)), undef, mask
+        )
 
-    def _vptr(builder, base, k):
-        return builder.bitcast(builder.gep(base, [ir.Constant(i64, k)]), vty.as_pointer())
+    def _vptr(builder, base, k, W):
+        return builder.bitcast(builder.gep(base, [ir.Constant(i64, k)]), _vty(W).as_pointer())
 
     @intrinsic(prefer_literal=True)
     def prefetch_row(typingctx, arr, off, W_t):
@@ -248,13 +270,14 @@ def _ensure_intrinsics() -> None:
 
         def codegen(context, builder, signature, args):
             pk_v, start_v, end_v, Et_v, eoff_v, tile_v, _ = args
-            fma = _fma(builder)
+            VL = _vl(W)
+            fma = _fma(builder, W)
             pk_ptr = context.make_array(signature.args[0])(context, builder, pk_v).data
             e_ptr = context.make_array(signature.args[3])(context, builder, Et_v).data
             e_ptr = builder.gep(e_ptr, [_i64(builder, eoff_v)])
             t_ptr = context.make_array(signature.args[5])(context, builder, tile_v).data
             # the gene's W values of E stay in registers for all its rows
-            es = [builder.load(_vptr(builder, e_ptr, q * VL), align=4) for q in range(W // VL)]
+            es = [builder.load(_vptr(builder, e_ptr, q * VL, W), align=4) for q in range(W // VL)]
             cW = ir.Constant(i64, W)
             with cgutils.for_range_slice(
                 builder, _i64(builder, start_v), _i64(builder, end_v), ir.Constant(i64, 1)
@@ -262,10 +285,10 @@ def _ensure_intrinsics() -> None:
                 pk = builder.load(builder.gep(pk_ptr, [p]))
                 r = builder.lshr(pk, ir.Constant(i64, 32))
                 v = builder.bitcast(builder.trunc(pk, i32), ir.FloatType())
-                vv = _splat(builder, v)
+                vv = _splat(builder, v, W)
                 trow = builder.gep(t_ptr, [builder.mul(r, cW)])
                 for q in range(W // VL):
-                    tp = _vptr(builder, trow, q * VL)
+                    tp = _vptr(builder, trow, q * VL, W)
                     acc = builder.load(tp, align=4)
                     builder.store(builder.call(fma, [vv, es[q], acc]), tp, align=4)
             return context.get_dummy_value()
@@ -286,7 +309,9 @@ def _ensure_intrinsics() -> None:
 
         def codegen(context, builder, signature, args):
             idx_v, dat_v, start_v, end_v, Et_v, eoff_v, dst_v, doff_v, _ = args
-            fma = _fma(builder)
+            VL = _vl(W)
+            vty = _vty(W)
+            fma = _fma(builder, W)
             idx_ptr = context.make_array(signature.args[0])(context, builder, idx_v).data
             dat_ptr = context.make_array(signature.args[1])(context, builder, dat_v).data
             e_ptr = context.make_array(signature.args[4])(context, builder, Et_v).data
@@ -297,20 +322,23 @@ def _ensure_intrinsics() -> None:
             end_v = _i64(builder, end_v)
             last = builder.sub(end_v, ir.Constant(i64, 1))
             cW = ir.Constant(i64, W)
-            accs = [cgutils.alloca_once_value(builder, ir.Constant(vty, [0.0] * VL)) for _ in range(W // VL)]
+            accs = [
+                cgutils.alloca_once_value(builder, ir.Constant(vty, [0.0] * VL))
+                for _ in range(W // VL)
+            ]
             with cgutils.for_range_slice(builder, start_v, end_v, ir.Constant(i64, 1)) as (j, _):
                 g = _i64(builder, builder.load(builder.gep(idx_ptr, [j])))
-                vv = _splat(builder, builder.load(builder.gep(dat_ptr, [j])))
+                vv = _splat(builder, builder.load(builder.gep(dat_ptr, [j])), W)
                 row = builder.gep(e_ptr, [builder.mul(g, cW)])
                 for q in range(W // VL):
-                    e = builder.load(_vptr(builder, row, q * VL), align=4)
+                    e = builder.load(_vptr(builder, row, q * VL, W), align=4)
                     builder.store(builder.call(fma, [vv, e, builder.load(accs[q])]), accs[q])
                 jp = builder.add(j, ir.Constant(i64, 8))
                 jp = builder.select(builder.icmp_signed("<", jp, end_v), jp, last)
                 gp = _i64(builder, builder.load(builder.gep(idx_ptr, [jp])))
                 _prefetch_lines(builder, builder.gep(e_ptr, [builder.mul(gp, cW)]), W)
             for q in range(W // VL):
-                builder.store(builder.load(accs[q]), _vptr(builder, d_ptr, q * VL), align=4)
+                builder.store(builder.load(accs[q]), _vptr(builder, d_ptr, q * VL, W), align=4)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -437,7 +465,9 @@ def _build_gather(W: int):
                 tmp = ws[nb.get_thread_id()]
                 for r in range(c * CH, min(n, c * CH + CH)):
                     if wv == W:
-                        _nb_row_gather(indices, data, indptr[r], indptr[r + 1], Et, eb, flat, r * d + c0, W)
+                        _nb_row_gather(
+                            indices, data, indptr[r], indptr[r + 1], Et, eb, flat, r * d + c0, W
+                        )
                     else:
                         _nb_row_gather(indices, data, indptr[r], indptr[r + 1], Et, eb, tmp, 0, W)
                         for k in range(wv):
@@ -510,9 +540,13 @@ def _run(kind: str, indptr, indices, data, tiled, out) -> np.ndarray:
     indptr = np.ascontiguousarray(indptr, dtype=np.int64)
     if int(indptr[-1]) > indices.shape[0] or int(indptr[0]) < 0:
         raise ValueError("indptr is inconsistent with indices/data")
-    if int(indptr[0]) == int(indptr[-1]):
+    nnz = int(indptr[-1]) - int(indptr[0])
+    if nnz == 0:
         out.fill(0.0)
         return out
+    if kind == "auto":
+        per_gene = nnz / n * min(n, _chunk_rows(tiled.W)) / max(1, tiled.n_genes)
+        kind = "scatter" if per_gene >= _SCATTER_MIN_NNZ_PER_GENE else "gather"
     kernel = _get_kernel(kind, tiled.W)
     bad = np.zeros(1, dtype=np.int64)
 
@@ -553,7 +587,9 @@ def _run(kind: str, indptr, indices, data, tiled, out) -> np.ndarray:
     return out
 
 
-def csr_matmul(indptr, indices, data, tiled: TiledEmbedding, *, out: np.ndarray | None = None) -> np.ndarray:
+def csr_matmul(
+    indptr, indices, data, tiled: TiledEmbedding, *, out: np.ndarray | None = None
+) -> np.ndarray:
     """Return (n_rows, d) float32 = X @ E, fp32 accumulation, no densification of X.
 
     ``indptr``/``indices``/``data`` are the CSR arrays of X (``indices`` int32 or
@@ -565,11 +601,24 @@ def csr_matmul(indptr, indices, data, tiled: TiledEmbedding, *, out: np.ndarray 
 
     Runs on numba's threads (``numba.set_num_threads``) and releases the GIL.
     Raises ``IndexError`` for a column index outside ``[0, tiled.n_genes)``.
+
+    Uses the gene-major kernel (see the module docstring) unless the rows are so
+    sparse that a 128-row chunk has < 2 non-zeros per gene on average; then the
+    CSR row-gather kernel (:func:`csr_matmul_gather`) is faster and is used.
     """
+    return _run("auto", indptr, indices, data, tiled, out)
+
+
+def csr_matmul_scatter(
+    indptr, indices, data, tiled: TiledEmbedding, *, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Same as :func:`csr_matmul`, always with the gene-major (scatter) kernel."""
     return _run("scatter", indptr, indices, data, tiled, out)
 
 
-def csr_matmul_gather(indptr, indices, data, tiled: TiledEmbedding, *, out: np.ndarray | None = None) -> np.ndarray:
+def csr_matmul_gather(
+    indptr, indices, data, tiled: TiledEmbedding, *, out: np.ndarray | None = None
+) -> np.ndarray:
     """Same as :func:`csr_matmul` with the CSR row-gather kernel (register
     accumulators, one E row gathered per non-zero and column block).
 
