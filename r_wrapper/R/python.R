@@ -155,6 +155,14 @@ install_scelmo <- function(envname = .DEFAULT_ENV, package = "scelmo", python = 
   if (!is.character(package) || length(package) < 1) {
     .abort("`package` must be a character vector of pip requirements or paths.", "scelmo_input_error")
   }
+  # R exports LD_LIBRARY_PATH with the system library dirs; a Python started from R as a
+  # subprocess (venv creation, pip) would then load the system libpython instead of its
+  # own (e.g. a pyenv build) and lose modules such as ssl. Run them without it.
+  old_ld <- Sys.getenv("LD_LIBRARY_PATH", unset = NA)
+  if (!is.na(old_ld)) {
+    Sys.unsetenv("LD_LIBRARY_PATH")
+    on.exit(Sys.setenv(LD_LIBRARY_PATH = old_ld), add = TRUE)
+  }
   if (!reticulate::virtualenv_exists(envname)) {
     reticulate::virtualenv_create(envname, python = python, packages = NULL)
   }
