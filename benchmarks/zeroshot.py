@@ -297,13 +297,13 @@ class Runner:
                 warnings.simplefilter("ignore")
                 with Measure() as m:
                     emb, extra = fn()
-        except ModuleNotFoundError as e:
-            row.update({"status": f"unavailable: {e}"})
+        except ImportError as e:  # ModuleNotFoundError, or scanpy.external's "please install"
+            row.update({"status": "unavailable: " + " ".join(str(e).split())})
             self.rows.append(row)
             print(f"    unavailable: {e}", flush=True)
             return None
         except Exception as e:  # reported, not dropped
-            row.update({"status": f"failed: {type(e).__name__}: {str(e)[:200]}"})
+            row.update({"status": f"failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}"})
             traceback.print_exc()
             self.rows.append(row)
             return None
@@ -586,7 +586,7 @@ def bench_dataset(ds: Dataset, args: argparse.Namespace, rows: list[dict[str, An
     n_gpt = args.genept_cells.get(ds.name)
     if n_gpt == 0:
         rows.append({"dataset": ds.name, "method": "scelmo-genept_s", "family": "scelmo",
-                     "status": "skipped (time budget)"})
+                     "status": "skipped (--no-genept-sim)"})
     else:
         bench_genept(ds, r, ge_c, info_c, n_gpt)
     info["seconds"] = time.perf_counter() - t0
@@ -627,6 +627,8 @@ HIGHER_BETTER = {"ari", "nmi", "asw_label", "asw_batch", "ilisi", "kbet_accept",
 
 
 def _fmt(v: Any, col: str = "") -> str:
+    if isinstance(v, str):
+        return " ".join(v.split()).replace("|", "/")
     if isinstance(v, float | np.floating):
         if np.isnan(v):
             return "–"
