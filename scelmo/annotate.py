@@ -195,14 +195,6 @@ def _cell_type_texts(cell_types: Sequence[str] | Mapping[str, str]) -> tuple[lis
 
 def _embed_texts(texts: list[str], config: Any, progress: bool | None) -> np.ndarray:
     from . import roles
-    from .cache import open_cache
     from .config import get_settings
 
-    settings = get_settings(config)
-    embedder = roles.embedder(settings)
-    cache = open_cache(settings)
-    try:
-        return embedder.embed(texts, cache=cache, progress=progress, desc="embedding cell-type texts")
-    finally:
-        if cache is not None:
-            cache.close()
+    return roles.embed_texts(get_settings(config), texts, progress=progress, desc="embedding cell-type texts")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from . import plugins
 from .components import KnowledgeSource, Provider, TextEmbedder
 from .config import RoleConfig, ScelmoSettings
@@ -54,6 +56,26 @@ def embedder(settings: ScelmoSettings) -> TextEmbedder:
     component = entry.obj(model, **_options(role))
     _check_offline(settings, "embed", component)
     return component
+
+
+def embed_texts(
+    settings: ScelmoSettings,
+    texts: list[str],
+    *,
+    using: TextEmbedder | None = None,
+    progress: bool | None = None,
+    desc: str = "embedding texts",
+) -> np.ndarray:
+    """Vectors for ``texts`` from the ``embed`` role (or the embedder ``using``), through the configured cache."""
+    from .cache import open_cache
+
+    component = using if using is not None else embedder(settings)
+    cache = open_cache(settings)
+    try:
+        return component.embed(texts, cache=cache, progress=progress, desc=desc)
+    finally:
+        if cache is not None:
+            cache.close()
 
 
 def vocabulary(describe: KnowledgeSource | Provider | None = None) -> GeneVocabulary | None:

@@ -23,7 +23,6 @@ import numpy as np
 
 from . import keys, plugins, provenance, roles
 from .annotate import annotate
-from .cache import open_cache
 from .components import KnowledgeSource
 from .config import ScelmoSettings, get_settings
 from .errors import (
@@ -90,14 +89,9 @@ def _build_gene_embeddings(
     unique = sorted(set(symbols))
     texts = describe.describe(unique)
     genes = [g for g in unique if texts.get(g)]
-    cache = open_cache(settings)
-    try:
-        vectors = embed.embed(
-            [texts[g] for g in genes], cache=cache, progress=progress, desc="embedding gene texts"
-        )
-    finally:
-        if cache is not None:
-            cache.close()
+    vectors = roles.embed_texts(
+        settings, [texts[g] for g in genes], using=embed, progress=progress, desc="embedding gene texts"
+    )
     manifest = {
         "describe_model": describe.model_id,
         "embed_model": embed.model_id,

@@ -104,15 +104,8 @@ class GenePTSentenceAggregator(Aggregator):
 
     def aggregate_chunk(self, chunk: Any, prepared: np.ndarray, *, n_genes: int) -> np.ndarray:
         from scelmo import roles
-        from scelmo.cache import open_cache
         from scelmo.config import get_settings
 
         settings = self.settings if self.settings is not None else get_settings()
-        embedder = roles.embedder(settings)
-        cache = open_cache(settings)
-        try:
-            return embedder.embed(self.sentences(chunk, prepared), cache=cache, progress=False,
-                                  desc="embedding cell sentences")
-        finally:
-            if cache is not None:
-                cache.close()
+        return roles.embed_texts(settings, self.sentences(chunk, prepared), progress=False,
+                                 desc="embedding cell sentences")
