@@ -1,0 +1,349 @@
+"""The base class of the torch task heads and its training loop.
+
+Stable API for heads in this plugin (and third-party heads):
+
+* :class:`TrainingConfig` - how to train (epochs, batch size, learning rate, early
+  stopping, device, seed, CPU threads, mixed precision, progress). Pydantic, unknown
+  keys are errors. ``TrainingConfig.from_any(None | dict | TrainingConfig)``.
+* :class:`TorchHead` - a :class:`scelmo.components.TaskHead` whose network is a
+  :class:`torch.nn.Module`. A subclass sets ``name`` and ``Options`` and implements:
+
+  ``fit(X, labels=None, **kwargs)``
+      prepare its data (numpy/scipy), set ``self.spec`` (a JSON-able dict with
+      everything :meth:`build_module` needs: sizes, class names, ...), then call
+      ``self.train_module(train_rows, training)`` and return ``self``.
+  ``build_module() -> torch.nn.Module``
+      the network, built from ``self.spec`` and ``self.options`` only (so that
+      :meth:`load_state` can rebuild it without the training data).
+  ``training_loss(rows) -> Tensor | (Tensor, dict[str, float])``
+      the loss on one mini-batch, given the indices ``rows`` (a numpy int array drawn
+      from ``train_rows``); runs inside autocast on CUDA. The optional dict holds
+      parts of the loss to log (means over the epoch go into ``history``).
+  ``validation_score() -> float | None``  (optional)
+      higher is better; ``None`` (the default) disables early stopping.
+  ``prepare_training(device)`` / ``finish_training()``  (optional)
+      move the head's data tensors to ``device`` before the loop / free them after.
+  ``configure_optimizer(params, training)``  (optional)
+      default ``torch.optim.Adam(lr, weight_decay)``.
+
+  It gets: :meth:`train_module` (shuffled mini-batches from a numpy Generator, Adam,
+  bf16 autocast on CUDA, validation every ``check_every`` epochs with the best
+  weights kept and restored, early stopping after ``patience`` checks without
+  improvement, a progress bar with loss and validation score, ``self.history`` with
+  the loss, score and seconds per epoch), :meth:`inference` (eval mode, no grad,
+  on a device), :meth:`save_state` / :meth:`load_state` (weights + spec in a
+  directory, written atomically), and the helpers :func:`rows_to_tensor` (dense
+  float32 tensor of some rows of a CSR/dense matrix, on a device) and
+  :func:`split_rows` (train/validation split, stratified when labels are given).
+
+torch is imported lazily inside methods, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from scelmo.components import TaskHead
+from scelmo.errors import ConfigError, ScelmoError
+from scelmo.io import atomic_path
+
+from .device import autocast, describe_device, import_torch, torch_session
+
+WEIGHTS_FILE = "weights.pt"
+SPEC_FILE = "head.json"
+
+
+class TrainingConfig(BaseModel):
+    """How a torch head is trained (the paper's settings are the defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Upper bound on passes over the training cells (paper: 30).
+    max_epochs: int = Field(30, ge=1)
+    #: Cells per mini-batch (paper: 512).
+    batch_size: int = Field(512, ge=2)
+    #: Adam learning rate (paper: 1e-3).
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    #: Keep the weights with the best validation score and stop when it stops improving.
+    early_stopping: bool = True
+    #: Epochs between validation checks (paper: 5).
+    check_every: int = Field(5, ge=1)
+    #: Checks without improvement before stopping (paper: 1, stop at the first).
+    patience: int = Field(1, ge=1)
+    #: Fraction of the training cells held out for validation (paper: 0.1).
+    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    #: "auto" (CUDA > MPS > CPU), "cpu", "cuda", "cuda:N", "mps".
+    device: str = "auto"
+    seed: int = 0
+    #: torch CPU threads during training (default 1 on CPU; see scelmo_torch.device).
+    num_threads: int | None = Field(None, ge=1)
+    #: bf16 autocast on CUDA (ignored elsewhere).
+    amp: bool = True
+    #: Progress bar (default: when stderr is a terminal).
+    progress: bool | None = None
+
+    @classmethod
+    def from_any(cls, value: TrainingConfig | dict[str, Any] | None = None, **overrides: Any) -> TrainingConfig:
+        """Build from ``None``, a dict or an instance, with keyword overrides (``None`` ignored)."""
+        base = value.model_dump() if isinstance(value, TrainingConfig) else dict(value or {})
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**base)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"Invalid training settings: {problems}. Allowed: {', '.join(cls.model_fields)}.") from None
+
+
+def split_rows(
+    n: int, fraction: float, rng: np.random.Generator, labels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffle ``range(n)`` into (train, validation) rows; stratified by ``labels`` if given.
+
+    Each label keeps at least one training row; with ``fraction == 0`` or ``n < 10``
+    the validation set is empty.
+    """
+    if fraction <= 0 or n < 10:
+        return rng.permutation(n), np.zeros(0, dtype=np.int64)
+    if labels is None:
+        perm = rng.permutation(n)
+        n_val = max(1, int(round(n * fraction)))
+        return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    val = []
+    for lab in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == lab))
+        n_val = int(round(len(idx) * fraction))
+        n_val = min(n_val, len(idx) - 1)
+        val.append(idx[:n_val])
+    v = np.sort(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)
+    mask = np.ones(n, dtype=bool)
+    mask[v] = False
+    return np.flatnonzero(mask), v
+
+
+def rows_to_tensor(matrix: Any, rows: np.ndarray | slice | None, device: Any, *, dtype: Any = None) -> Any:
+    """Dense float32 tensor of ``matrix[rows]`` on ``device`` (only those rows are densified)."""
+    torch = import_torch()
+    block = matrix if rows is None else matrix[rows]
+    if sp.issparse(block):
+        block = block.toarray()
+    arr = np.ascontiguousarray(block, dtype=np.float32)
+    t = torch.from_numpy(arr)
+    if device is not None and str(device) != "cpu":
+        t = t.to(device, non_blocking=True)
+    return t if dtype is None else t.to(dtype)
+
+
+class TorchHead(TaskHead):
+    """A task head whose model is a :class:`torch.nn.Module` (see the module docstring)."""
+
+    kind = "task head"
+    #: Whether ``fit`` needs labels.
+    requires_labels: ClassVar[bool] = False
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.spec: dict[str, Any] = {}
+        self.module: Any = None
+        self.device: Any = None
+        self.history: list[dict[str, float]] = []
+        self.training: TrainingConfig | None = None
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+
+    # -- hooks a subclass implements ---------------------------------------------------
+    def build_module(self) -> Any:
+        """The network, from ``self.spec`` and ``self.options`` only."""
+        raise NotImplementedError(f"{type(self).__name__} must implement build_module()")
+
+    def training_loss(self, rows: np.ndarray) -> Any:
+        """Loss on the mini-batch ``rows`` (a tensor, or ``(tensor, {part: float})``)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement training_loss()")
+
+    def validation_score(self) -> float | None:
+        """Validation metric, higher is better (``None``: no early stopping)."""
+        return None
+
+    def prepare_training(self, device: Any) -> None:
+        """Move the head's data tensors to ``device`` (called before the loop)."""
+
+    def finish_training(self) -> None:
+        """Release device data (called after the loop, also on errors)."""
+
+    def configure_optimizer(self, params: Any, training: TrainingConfig) -> Any:
+        torch = import_torch()
+        return torch.optim.Adam(params, lr=training.lr, weight_decay=training.weight_decay)
+
+    # -- the loop -----------------------------------------------------------------------
+    def train_module(self, train_rows: np.ndarray, training: TrainingConfig | dict[str, Any] | None = None) -> list[dict[str, float]]:
+        """Train ``self.module`` (built here) on mini-batches of ``train_rows``.
+
+        Returns (and stores in ``self.history``) one dict per epoch: ``epoch``, ``loss``,
+        the logged loss parts, ``seconds`` and, on check epochs, ``val_score``.
+        """
+        from scelmo.progress import progress_bar
+
+        torch = import_torch()
+        cfg = TrainingConfig.from_any(training)
+        self.training = cfg
+        train_rows = np.asarray(train_rows, dtype=np.int64)
+        if train_rows.size < 2:
+            raise ScelmoError(f"Training needs at least 2 cells, got {train_rows.size}.")
+        rng = np.random.default_rng(cfg.seed)
+        self.history = []
+        self.best_score, self.best_epoch = None, None
+        with torch_session(cfg.device, num_threads=cfg.num_threads, seed=cfg.seed) as dev:
+            self.device = dev
+            self.module = self.build_module().to(dev)
+            self.module.train()
+            optimizer = self.configure_optimizer(self.module.parameters(), cfg)
+            best_state: dict[str, Any] | None = None
+            bad_checks = 0
+            try:
+                self.prepare_training(dev)
+                desc = f"training {self.name} on {describe_device(dev)}"
+                with progress_bar(total=cfg.max_epochs, desc=desc, unit="epoch", enabled=cfg.progress) as bar:
+                    for epoch in range(1, cfg.max_epochs + 1):
+                        t0 = time.perf_counter()
+                        record = self._one_epoch(train_rows, rng, optimizer, cfg, dev)
+                        record["epoch"] = float(epoch)
+                        check = epoch % cfg.check_every == 0 or epoch == cfg.max_epochs
+                        score = self._validate() if check else None
+                        if dev.type == "cuda":
+                            torch.cuda.synchronize(dev)
+                        record["seconds"] = time.perf_counter() - t0
+                        postfix = {"loss": f"{record['loss']:.4f}"}
+                        stop = False
+                        if score is not None:
+                            record["val_score"] = score
+                            postfix["val"] = f"{score:.4f}"
+                            if self.best_score is None or score > self.best_score:
+                                self.best_score, self.best_epoch, bad_checks = score, epoch, 0
+                                if cfg.early_stopping:
+                                    best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+                            else:
+                                bad_checks += 1
+                                stop = cfg.early_stopping and bad_checks >= cfg.patience
+                        self.history.append(record)
+                        bar.set_postfix(postfix)
+                        bar.update(1)
+                        if stop:
+                            break
+                if best_state is not None:
+                    self.module.load_state_dict(best_state)
+            finally:
+                self.finish_training()
+            self.module.eval()
+        return self.history
+
+    def _one_epoch(self, train_rows: np.ndarray, rng: np.random.Generator, optimizer: Any, cfg: TrainingConfig, dev: Any) -> dict[str, float]:
+        order = rng.permutation(train_rows)
+        bs = cfg.batch_size
+        n_batches = max(1, int(np.ceil(len(order) / bs)))
+        # spread the remainder so that no batch is tiny (triplets need pairs of a class)
+        bounds = np.linspace(0, len(order), n_batches + 1).round().astype(int)
+        total, parts, seen = 0.0, {}, 0
+        for b in range(n_batches):
+            rows = order[bounds[b] : bounds[b + 1]]
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(dev, cfg.amp):
+                out = self.training_loss(rows)
+            loss, logs = out if isinstance(out, tuple) else (out, {})
+            loss.backward()
+            optimizer.step()
+            w = len(rows)
+            total += float(loss.detach()) * w
+            for k, v in logs.items():
+                parts[k] = parts.get(k, 0.0) + float(v) * w
+            seen += w
+        record = {"loss": total / seen}
+        record.update({k: v / seen for k, v in parts.items()})
+        return record
+
+    def _validate(self) -> float | None:
+        torch = import_torch()
+        self.module.eval()
+        try:
+            with torch.no_grad():
+                score = self.validation_score()
+        finally:
+            self.module.train()
+        return None if score is None else float(score)
+
+    @contextlib.contextmanager
+    def inference(self, device: Any = None, *, num_threads: int | None = None) -> Iterator[Any]:
+        """Eval mode and no gradients on ``device`` (default: the training device or "auto")."""
+        torch = import_torch()
+        self._require_fitted()
+        if device is None:
+            device = self.device if self.device is not None else "auto"
+        with torch_session(device, num_threads=num_threads, seed=None, deterministic=True) as dev:
+            self.module.to(dev)
+            self.device = dev
+            self.module.eval()
+            with torch.no_grad():
+                yield dev
+
+    def _require_fitted(self) -> None:
+        if self.module is None:
+            raise ScelmoError(f"The {self.name!r} head is not trained yet; call fit() (or Model.train()) first.")
+
+    # -- persistence --------------------------------------------------------------------
+    def save_state(self, directory: str | Path) -> None:
+        """Write the weights (``weights.pt``) and spec/options/history (``head.json``) to ``directory``."""
+        torch = import_torch()
+        self._require_fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
+        with atomic_path(directory / WEIGHTS_FILE) as tmp:
+            torch.save(state, tmp)
+        info = {
+            "head": self.name,
+            "options": self.options.model_dump(mode="json"),
+            "spec": self.spec,
+            "training": self.training.model_dump(mode="json") if self.training else None,
+            "history": self.history,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+        }
+        with atomic_path(directory / SPEC_FILE) as tmp:
+            tmp.write_text(json.dumps(info, indent=2), encoding="utf-8")
+
+    @classmethod
+    def load_state(cls, directory: str | Path) -> TorchHead:
+        """Rebuild a head saved by :meth:`save_state` (weights on the CPU)."""
+        torch = import_torch()
+        directory = Path(directory)
+        spec_path = directory / SPEC_FILE
+        if not spec_path.is_file() or not (directory / WEIGHTS_FILE).is_file():
+            raise ScelmoError(f"{directory} does not hold a saved head ({SPEC_FILE} and {WEIGHTS_FILE} expected).")
+        info = json.loads(spec_path.read_text(encoding="utf-8"))
+        if info.get("head") != cls.name:
+            raise ScelmoError(f"{directory} holds a {info.get('head')!r} head, not {cls.name!r}.")
+        head = cls(**info.get("options", {}))
+        head.spec = info.get("spec", {})
+        head.history = info.get("history", [])
+        head.best_score, head.best_epoch = info.get("best_score"), info.get("best_epoch")
+        if info.get("training"):
+            head.training = TrainingConfig(**info["training"])
+        head.module = head.build_module()
+        state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        head.module.load_state_dict(state)
+        head.module.eval()
+        head.device = torch.device("cpu")
+        return head
+
+    def epoch_seconds(self) -> float:
+        """Median wall time of the training epochs without a validation check."""
+        plain = [h["seconds"] for h in self.history if "val_score" not in h] or [h["seconds"] for h in self.history]
+        return float(np.median(plain)) if plain else float("nan")
