@@ -31,10 +31,11 @@ Stable API for heads in this plugin (and third-party heads):
   weights kept and restored, early stopping after ``patience`` checks without
   improvement, a progress bar with loss and validation score, ``self.history`` with
   the loss, score and seconds per epoch), :meth:`inference` (eval mode, no grad,
-  on a device), :meth:`save_state` / :meth:`load_state` (weights + spec in a
-  directory, written atomically), and the helpers :func:`rows_to_tensor` (dense
-  float32 tensor of some rows of a CSR/dense matrix, on a device) and
-  :func:`split_rows` (train/validation split, stratified when labels are given).
+  on a device), :meth:`save_state` / :meth:`load_state` (weights + spec, and the
+  named numpy arrays in ``self.arrays``, in a directory, written atomically), and
+  the helpers :func:`rows_to_tensor` (dense float32 tensor of some rows of a
+  CSR/dense matrix, on a device) and :func:`split_rows` (train/validation split,
+  stratified when labels are given).
 
 torch is imported lazily inside methods, so importing this module is cheap.
 """
@@ -60,6 +61,7 @@ from .device import autocast, describe_device, import_torch, torch_session
 
 WEIGHTS_FILE = "weights.pt"
 SPEC_FILE = "head.json"
+ARRAYS_FILE = "arrays.npz"
 
 
 class TrainingConfig(BaseModel):
@@ -159,6 +161,8 @@ class TorchHead(TaskHead):
         self.training: TrainingConfig | None = None
         self.best_score: float | None = None
         self.best_epoch: int | None = None
+        #: Named numpy arrays saved with the head (e.g. a kNN reference); not weights.
+        self.arrays: dict[str, np.ndarray] = {}
 
     # -- hooks a subclass implements ---------------------------------------------------
     def build_module(self) -> Any:
@@ -318,6 +322,9 @@ class TorchHead(TaskHead):
         }
         with atomic_path(directory / SPEC_FILE) as tmp:
             tmp.write_text(json.dumps(info, indent=2), encoding="utf-8")
+        if self.arrays:
+            with atomic_path(directory / ARRAYS_FILE) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, **self.arrays)
 
     @classmethod
     def load_state(cls, directory: str | Path) -> TorchHead:
@@ -340,6 +347,9 @@ class TorchHead(TaskHead):
         state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         head.module.load_state_dict(state)
         head.module.eval()
+        if (directory / ARRAYS_FILE).is_file():
+            with np.load(directory / ARRAYS_FILE, allow_pickle=False) as z:
+                head.arrays = {k: z[k] for k in z.files}
         head.device = torch.device("cpu")
         return head
 
