@@ -25,6 +25,9 @@ Stable API for heads in this plugin (and third-party heads):
       move the head's data tensors to ``device`` before the loop / free them after.
   ``configure_optimizer(params, training)``  (optional)
       default ``torch.optim.Adam(lr, weight_decay)``.
+  ``training_defaults``  (optional class attribute)
+      the head's own defaults for unset :class:`TrainingConfig` fields; build the
+      config with ``self.training_config(training)`` in ``fit``.
 
   It gets: :meth:`train_module` (shuffled mini-batches from a numpy Generator, Adam,
   bf16 autocast on CUDA, validation every ``check_every`` epochs with the best
@@ -151,6 +154,9 @@ class TorchHead(TaskHead):
     kind = "task head"
     #: Whether ``fit`` needs labels.
     requires_labels: ClassVar[bool] = False
+    #: This head's defaults for :class:`TrainingConfig` fields the caller leaves unset
+    #: (e.g. a smaller batch than the paper's 512); see :meth:`training_config`.
+    training_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -163,6 +169,13 @@ class TorchHead(TaskHead):
         self.best_epoch: int | None = None
         #: Named numpy arrays saved with the head (e.g. a kNN reference); not weights.
         self.arrays: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def training_config(cls, training: TrainingConfig | dict[str, Any] | None = None, **overrides: Any) -> TrainingConfig:
+        """A :class:`TrainingConfig`: ``training_defaults`` < ``training`` < ``overrides`` (``None`` ignored)."""
+        given = training.model_dump(exclude_unset=True) if isinstance(training, TrainingConfig) else dict(training or {})
+        merged = {**cls.training_defaults, **{k: v for k, v in given.items() if v is not None}}
+        return TrainingConfig.from_any(merged, **overrides)
 
     # -- hooks a subclass implements ---------------------------------------------------
     def build_module(self) -> Any:
