@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError, ProviderError
 
@@ -110,37 +110,132 @@ class KnowledgeSource(ModelComponent):
 
 
 # --------------------------------------------------------------------------- LLM provider
+@dataclass
+class Completion:
+    """One answer of a :class:`Provider`, with what it used (``cost`` in USD, ``None``: unknown)."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = 0.0
+
+
+class RemoteOptions(ComponentOptions):
+    """Options shared by components that call a remote service."""
+
+    #: Requests in flight at once.
+    concurrency: int = Field(8, ge=1, le=1024)
+    #: Seconds before one request is abandoned (and retried).
+    timeout: float = Field(60.0, gt=0)
+    #: Extra attempts on rate limits, 5xx, timeouts and connection errors.
+    retries: int = Field(5, ge=0, le=100)
+    #: First backoff delay in seconds (doubles per attempt, with full jitter).
+    backoff: float = Field(0.5, ge=0)
+    #: Longest single wait between attempts, in seconds.
+    max_backoff: float = Field(30.0, ge=0)
+
+    def retry_policy(self) -> Any:
+        from .calls import RetryPolicy
+
+        return RetryPolicy(retries=self.retries, base_delay=self.backoff, max_delay=self.max_backoff)
+
+
 class Provider(ModelComponent):
-    """Generates text with a language model (the ``describe`` role when it is an LLM)."""
+    """Generates text with a language model (the ``describe`` role when it is an LLM).
+
+    Plugins implement one async call, :meth:`acomplete`. Concurrency, retries, the
+    cache, cost accounting and answer checks are done by :mod:`scelmo.describe`
+    (and :mod:`scelmo.calls`) for every provider alike.
+    """
 
     kind = "LLM provider"
     requires_network = True
+    Options = RemoteOptions
 
     @abstractmethod
-    def complete(self, prompts: Sequence[str]) -> list[str]:
-        """One completion per prompt, in order."""
+    async def acomplete(self, prompt: str, *, system: str | None = None) -> Completion:
+        """One completion. Raise :class:`~scelmo.errors.TransientProviderError` for
+        failures worth retrying, :class:`~scelmo.errors.ProviderError` otherwise."""
+
+    def count_tokens(self, prompt: str, *, system: str | None = None) -> int:
+        """Prompt tokens of one request (for estimates); a rough 4-characters rule by default."""
+        return max(1, (len(prompt) + len(system or "")) // 4)
+
+    def expected_completion_tokens(self) -> int:
+        """Completion tokens to expect per answer (for estimates)."""
+        return int(getattr(self.options, "max_tokens", None) or 300)
+
+    def price(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """Cost in USD of that many tokens; ``None`` when unknown."""
+        return None
+
+    def complete(self, prompts: Sequence[str], *, system: str | None = None) -> list[str]:
+        """One completion per prompt, in order (no cache; see :func:`scelmo.describe.describe`)."""
+        from .calls import run_calls, with_retries
+
+        out: dict[int, str] = {}
+        policy = getattr(self.options, "retry_policy", lambda: None)() or _default_policy()
+        run_calls(
+            list(range(len(prompts))),
+            lambda i: with_retries(lambda: self.acomplete(prompts[i], system=system), policy),
+            on_result=lambda i, c: out.__setitem__(i, c.text),
+            concurrency=int(getattr(self.options, "concurrency", 8)),
+        )
+        return [out[i] for i in range(len(prompts))]
+
+
+def _default_policy() -> Any:
+    from .calls import RetryPolicy
+
+    return RetryPolicy()
 
 
 # --------------------------------------------------------------------------- embedders
 class EmbedderOptions(ComponentOptions):
-    batch_size: int = 32
+    batch_size: int = Field(32, ge=1)
+
+
+@dataclass
+class EmbeddingBatch:
+    """What one remote embedding request returned."""
+
+    vectors: np.ndarray
+    prompt_tokens: int = 0
+    cost: float | None = 0.0
 
 
 class TextEmbedder(ModelComponent):
     """Turns texts into fixed-length vectors.
 
-    Subclasses implement :meth:`embed_batch`; callers use :meth:`embed`, which
-    deduplicates, serves what it can from the cache, embeds the rest in batches
-    (committing each batch to the cache as it arrives), checks every result and
-    shows progress.
+    Subclasses implement :meth:`embed_batch` (local models) or the async
+    :meth:`aembed_batch` (remote services: batches then run ``options.concurrency``
+    at a time, with retries); callers use :meth:`embed`, which deduplicates, serves
+    what it can from the cache, embeds the rest in batches (committing each batch to
+    the cache as it arrives), checks every result and shows progress.
     """
 
     kind = "text embedder"
     Options = EmbedderOptions
 
-    @abstractmethod
     def embed_batch(self, texts: list[str]) -> np.ndarray:
         """Vectors for ``texts``: a ``(len(texts), d)`` float array, in order."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither embed_batch nor aembed_batch")
+
+    async def aembed_batch(self, texts: list[str]) -> EmbeddingBatch:
+        """Async variant for remote services; the default runs :meth:`embed_batch`."""
+        return EmbeddingBatch(np.asarray(self.embed_batch(texts), dtype=np.float32))
+
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """Tokens the texts would use (for estimates); a rough 4-characters rule by default."""
+        return sum(max(1, len(t) // 4) for t in texts)
+
+    def price(self, prompt_tokens: int) -> float | None:
+        """Cost in USD of embedding that many tokens (0 for local models; ``None``: unknown)."""
+        return None if self.requires_network else 0.0
+
+    @property
+    def is_async(self) -> bool:
+        return type(self).aembed_batch is not TextEmbedder.aembed_batch
 
     def embed(
         self,
@@ -149,9 +244,15 @@ class TextEmbedder(ModelComponent):
         cache: Cache | None = None,
         progress: bool | None = None,
         desc: str = "embedding texts",
+        budget: Any = None,
     ) -> np.ndarray:
-        """Vectors for ``texts`` (float32, ``(len(texts), d)``), using and filling ``cache``."""
+        """Vectors for ``texts`` (float32, ``(len(texts), d)``), using and filling ``cache``.
+
+        ``budget`` (a :class:`scelmo.calls.Budget`) stops a remote run before it would
+        exceed a cost limit; everything embedded up to then is cached.
+        """
         from .cache import text_hash
+        from .calls import Usage
         from .progress import progress_bar
 
         texts = list(texts)
@@ -159,21 +260,55 @@ class TextEmbedder(ModelComponent):
         unique = dict(zip(hashes, texts, strict=True))
         found: dict[str, np.ndarray] = cache.get_vectors(self.model_id, list(unique)) if cache else {}
         todo = sorted((h for h in unique if h not in found), key=lambda h: len(unique[h]))
-        dim = next(iter(found.values())).shape[0] if found else None
+        self._dim = next(iter(found.values())).shape[0] if found else None
         bs = max(1, int(getattr(self.options, "batch_size", 32)))
+        batches = [todo[i : i + bs] for i in range(0, len(todo), bs)]
+        self.usage = getattr(self, "usage", None) or Usage()
         with progress_bar(total=len(todo), desc=desc, unit="text", enabled=progress) as bar:
-            for start in range(0, len(todo), bs):
-                batch = todo[start : start + bs]
-                vecs = np.asarray(self.embed_batch([unique[h] for h in batch]), dtype=np.float32)
-                dim = self._check_batch(vecs, len(batch), dim)
+
+            def keep(batch: list[str], vecs: np.ndarray) -> None:
+                vecs = np.asarray(vecs, dtype=np.float32)
+                self._dim = self._check_batch(vecs, len(batch), self._dim)
                 new = dict(zip(batch, vecs, strict=True))
                 if cache is not None:
                     cache.put_vectors(self.model_id, new)
                 found.update(new)
                 bar.update(len(batch))
+                if self.requires_network:
+                    bar.set_postfix(self.usage.postfix(), refresh=False)
+
+            if self.is_async and batches:
+                self._embed_async(batches, unique, keep, budget)
+            else:
+                for batch in batches:
+                    keep(batch, self.embed_batch([unique[h] for h in batch]))
         if not texts:
-            return np.zeros((0, dim or 0), dtype=np.float32)
+            return np.zeros((0, self._dim or 0), dtype=np.float32)
         return np.stack([found[h] for h in hashes]).astype(np.float32, copy=False)
+
+    def _embed_async(self, batches: list[list[str]], unique: dict[str, str], keep: Any, budget: Any) -> None:
+        from .calls import run_calls, with_retries
+
+        policy = getattr(self.options, "retry_policy", lambda: None)() or _default_policy()
+
+        async def call(batch: list[str]) -> EmbeddingBatch:
+            return await with_retries(
+                lambda: self.aembed_batch([unique[h] for h in batch]), policy, usage=self.usage
+            )
+
+        def on_result(batch: list[str], result: EmbeddingBatch) -> None:
+            self.usage.add(prompt_tokens=result.prompt_tokens, cost=result.cost)
+            keep(batch, result.vectors)
+
+        run_calls(
+            batches,
+            call,
+            on_result=on_result,
+            concurrency=int(getattr(self.options, "concurrency", 1)),
+            budget=budget,
+            estimate_cost=lambda b: self.price(self.count_tokens([unique[h] for h in b])),
+            actual_cost=lambda r: r.cost,
+        )
 
     def _check_batch(self, vecs: np.ndarray, n: int, dim: int | None) -> int:
         if vecs.ndim != 2 or vecs.shape[0] != n:

@@ -48,7 +48,27 @@ class OfflineError(ScelmoError):
 
 
 class ProviderError(ScelmoError):
-    """A provider (LLM or embedding service) failed after retries."""
+    """A provider (LLM or embedding service) failed after retries, or answered wrongly."""
+
+    exit_code = 5
+
+
+class TransientProviderError(ProviderError):
+    """A failure worth retrying (rate limit, 5xx, timeout, connection error).
+
+    Raised by provider plugins inside one call; :func:`scelmo.calls.with_retries`
+    waits (``retry_after`` seconds when the server said so) and tries again.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BudgetExceededError(ScelmoError):
+    """The next call would exceed the run's cost limit (``--max-cost``); nothing answered is lost."""
+
+    exit_code = 4
 
 
 class ScelmoWarning(UserWarning):
