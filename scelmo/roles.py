@@ -16,12 +16,28 @@ import numpy as np
 from . import plugins
 from .components import KnowledgeSource, Provider, TextEmbedder
 from .config import RoleConfig, ScelmoSettings
-from .errors import OfflineError, UnknownComponentError
+from .errors import ConfigError, OfflineError, UnknownComponentError
 from .genes import GeneVocabulary
 
+_CONNECTION = ("api_base", "api_key", "api_key_env", "model_list")
 
-def _options(role: RoleConfig) -> dict[str, Any]:
-    return dict(role.options)
+
+def _options(role: RoleConfig, cls: type, role_name: str) -> dict[str, Any]:
+    """The role's ``options`` plus its connection settings, for a component class."""
+    out = dict(role.options)
+    accepted = getattr(getattr(cls, "Options", None), "model_fields", {})
+    for key in _CONNECTION:
+        value = getattr(role, key)
+        if value is None:
+            continue
+        if key not in accepted:
+            raise ConfigError(
+                f"{role_name}.{key} is set, but {role_name}.model = {role.model!r} is served by "
+                f"{getattr(cls, 'name', cls)!r}, which takes no {key}. Remove it, or choose a "
+                "remote model string (e.g. \"openai/...\", \"ollama/...\")."
+            )
+        out.setdefault(key, value)
+    return out
 
 
 def _check_offline(settings: ScelmoSettings, role: str, component: Any) -> None:
@@ -44,7 +60,7 @@ def describer(settings: ScelmoSettings) -> KnowledgeSource | Provider:
             entry, model = plugins.providers.resolve_model(role.model)
         except UnknownComponentError:
             raise ks_error from None
-    component = entry.obj(model, **_options(role))
+    component = entry.obj(model, **_options(role, entry.obj, "describe"))
     _check_offline(settings, "describe", component)
     return component
 
@@ -53,7 +69,7 @@ def embedder(settings: ScelmoSettings) -> TextEmbedder:
     """The component serving the ``embed`` role."""
     role = settings.embed
     entry, model = plugins.embedders.resolve_model(role.model)
-    component = entry.obj(model, **_options(role))
+    component = entry.obj(model, **_options(role, entry.obj, "embed"))
     _check_offline(settings, "embed", component)
     return component
 
@@ -65,6 +81,7 @@ def embed_texts(
     using: TextEmbedder | None = None,
     progress: bool | None = None,
     desc: str = "embedding texts",
+    budget: Any = None,
 ) -> np.ndarray:
     """Vectors for ``texts`` from the ``embed`` role (or the embedder ``using``), through the configured cache."""
     from .cache import open_cache
@@ -72,7 +89,7 @@ def embed_texts(
     component = using if using is not None else embedder(settings)
     cache = open_cache(settings)
     try:
-        return component.embed(texts, cache=cache, progress=progress, desc=desc)
+        return component.embed(texts, cache=cache, progress=progress, desc=desc, budget=budget)
     finally:
         if cache is not None:
             cache.close()

@@ -23,7 +23,6 @@ import numpy as np
 
 from . import keys, plugins, provenance, roles
 from .annotate import annotate
-from .components import KnowledgeSource
 from .config import ScelmoSettings, get_settings
 from .errors import (
     CoverageWarning,
@@ -35,7 +34,7 @@ from .errors import (
 from .genes import GeneEmbeddings, GeneVocabulary, Resolution
 from .matrix import n_rows_cols, select_matrix
 
-__all__ = ["annotate", "cluster", "embed_cells", "embed_genes", "umap"]
+__all__ = ["annotate", "cluster", "embed_cells", "embed_genes", "estimate_embed_genes", "umap"]
 
 Config = ScelmoSettings | Mapping[str, Any] | None
 
@@ -76,30 +75,41 @@ def _no_match_error(res: Resolution) -> InputError:
 
 
 def _build_gene_embeddings(
-    symbols: Sequence[str], settings: ScelmoSettings, progress: bool | None
+    symbols: Sequence[str],
+    settings: ScelmoSettings,
+    progress: bool | None,
+    *,
+    prompt: str | None = None,
+    max_cost: float | None = None,
 ) -> GeneEmbeddings:
-    describe = roles.describer(settings)
+    from .calls import Budget
+    from .descriptions import describe as describe_items
+
+    describer = roles.describer(settings)
     embed = roles.embedder(settings)
-    if not isinstance(describe, KnowledgeSource):
-        raise ScelmoError(
-            f"describe.model = {settings.describe.model!r} is an LLM provider; describing genes "
-            "with an LLM needs the `scelmo_litellm` plugin's describe pipeline. Use "
-            "`describe.model = \"local\"` for the offline gene-knowledge table."
-        )
-    unique = sorted(set(symbols))
-    texts = describe.describe(unique)
-    genes = [g for g in unique if texts.get(g)]
+    budget = Budget(max_cost)
+    described = describe_items(
+        sorted(set(symbols)), subject="gene", prompt=prompt, config=settings, using=describer,
+        budget=budget, progress=progress,
+    )
+    texts = described.texts
+    genes = [g for g in sorted(texts) if texts[g]]
     vectors = roles.embed_texts(
-        settings, [texts[g] for g in genes], using=embed, progress=progress, desc="embedding gene texts"
+        settings, [texts[g] for g in genes], using=embed, progress=progress, desc="embedding gene texts",
+        budget=budget,
     )
     manifest = {
-        "describe_model": describe.model_id,
+        "describe_model": describer.model_id,
         "embed_model": embed.model_id,
         "n_genes": len(genes),
         "dim": int(vectors.shape[1]) if len(genes) else 0,
-        "describe": describe.describe_self(),
+        "describe": describer.describe_self(),
         "embed": embed.describe_self(),
+        "description_run": described.provenance(),
     }
+    usage = getattr(embed, "usage", None)
+    if usage is not None and embed.requires_network:
+        manifest["embed_usage"] = usage.as_dict()
     return GeneEmbeddings(genes, vectors, manifest)
 
 
@@ -110,6 +120,8 @@ def embed_genes(
     describe: str | None = None,
     embed: str | None = None,
     species: str | None = None,
+    prompt: str | None = None,
+    max_cost: float | None = None,
     config: Config = None,
     key_added: str = keys.GENE_EMBEDDING,
     progress: bool | None = None,
@@ -127,6 +139,14 @@ def embed_genes(
         ``"local/all-MiniLM-L6-v2-int8"``.
     species
         ``"human"``, ``"mouse"`` or ``"auto"`` (default from config: ``"auto"``).
+    prompt
+        Name of a registered prompt when ``describe`` is an LLM (default ``"gene"``, the
+        paper's prompt; see :mod:`scelmo.prompts`).
+    max_cost
+        With remote models: stop before spending more than this many USD on describing
+        and embedding together (:class:`~scelmo.errors.BudgetExceededError`; everything
+        answered is cached, so a rerun with a higher limit continues). See
+        :func:`scelmo.descriptions.estimate` for a dry run.
     config
         Settings or a mapping of overrides (see :mod:`scelmo.config`).
     key_added
@@ -156,7 +176,9 @@ def embed_genes(
     res = _resolve(names, vocab, settings.genes.species)
     if res.n_resolved == 0:
         raise _no_match_error(res)
-    ge = _build_gene_embeddings([s for s in res.symbols if s], settings, progress)
+    ge = _build_gene_embeddings(
+        [s for s in res.symbols if s], settings, progress, prompt=prompt, max_cost=max_cost
+    )
     if adata is not None:
         n = adata.n_vars
         matrix, mask = ge.aligned(res.symbols[:n])
@@ -167,6 +189,61 @@ def embed_genes(
         info.update(ge.manifest)
         provenance.record(adata, "embed_genes", info)
     return ge
+
+
+def estimate_embed_genes(
+    adata: Any = None,
+    genes: Sequence[str] | None = None,
+    *,
+    describe: str | None = None,
+    embed: str | None = None,
+    species: str | None = None,
+    prompt: str | None = None,
+    config: Config = None,
+) -> list[Any]:
+    """What :func:`embed_genes` would send, per role, before anything is spent.
+
+    Returns two :class:`~scelmo.calls.Estimate` objects (describe, embed). Cached
+    answers are not counted. For the embed role the texts are not written yet when an
+    LLM describes, so their length is assumed to be the describer's ``max_tokens``.
+    """
+    from .cache import open_cache, text_hash
+    from .calls import Estimate
+    from .components import KnowledgeSource
+    from .descriptions import estimate as estimate_describe
+
+    overrides: dict[str, Any] = {"describe.model": describe, "embed.model": embed, "genes.species": species}
+    settings = _settings(config, **overrides)
+    names = [str(g) for g in (adata.var_names if adata is not None else [])] + [str(g) for g in (genes or [])]
+    describer = roles.describer(settings)
+    res = _resolve(names, roles.vocabulary(describer), settings.genes.species)
+    if res.n_resolved == 0:
+        raise _no_match_error(res)
+    symbols = sorted({s for s in res.symbols if s})
+    est_d = estimate_describe(symbols, subject="gene", prompt=prompt, config=settings, using=describer)
+    embedder = roles.embedder(settings)
+    if isinstance(describer, KnowledgeSource):
+        texts = list(describer.describe(symbols).values())
+        cache = open_cache(settings)
+        try:
+            done = cache.get_vectors(embedder.model_id, [text_hash(t) for t in texts]) if cache else {}
+        finally:
+            if cache is not None:
+                cache.close()
+        todo = [t for t in texts if text_hash(t) not in done]
+        tokens = embedder.count_tokens(todo)
+        n_items, cached = len(texts), len(texts) - len(todo)
+    else:
+        n_items, cached = len(symbols), 0
+        todo_n = len(symbols)
+        tokens = describer.expected_completion_tokens() * todo_n
+        todo = [""] * todo_n
+    bs = max(1, int(getattr(embedder.options, "batch_size", 32)))
+    calls = -(-len(todo) // bs) if embedder.requires_network else 0
+    cost = embedder.price(tokens) if todo else 0.0
+    notes = [] if embedder.requires_network else ["local model: no calls, no cost"]
+    est_e = Estimate("embed", embedder.model_id, calls, n_items, cached, tokens, 0, cost, notes)
+    return [est_d, est_e]
 
 
 def _coverage_info(names: Sequence[str], symbols: Sequence[str | None], mask: np.ndarray, res: Resolution) -> dict[str, Any]:
