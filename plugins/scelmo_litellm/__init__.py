@@ -1,6 +1,26 @@
-"""scelmo_litellm: any LLM / embedding provider through litellm.
+"""scelmo_litellm: any LLM and embedding provider through litellm.
 
-litellm is imported only when a component is used, never when the plugin registers.
+Registers a catch-all LLM provider and a catch-all text embedder named ``litellm``:
+any ``describe.model`` / ``embed.model`` string that no other plugin claims (e.g.
+``openai/gpt-4o-mini``, ``anthropic/claude-3-5-haiku-latest``, ``ollama/llama3.1``,
+``hosted_vllm/meta-llama/...``, ``azure/<deployment>``) goes to litellm. litellm itself
+is imported only when such a component is created, never when the plugin registers.
 """
 
 from __future__ import annotations
+
+from scelmo.hookspecs import hookimpl
+
+
+@hookimpl
+def register_providers(register):
+    from .components import LiteLLMProvider
+
+    register(LiteLLMProvider, catch_all=True)
+
+
+@hookimpl
+def register_embedders(register):
+    from .components import LiteLLMEmbedder
+
+    register(LiteLLMEmbedder, catch_all=True)

@@ -1,0 +1,141 @@
+"""Importing and taming litellm, and mapping its errors to scelmo's.
+
+litellm is imported here only, on first use, with the traps measured in
+shared/research/offline-defaults.md defused:
+
+* ``LITELLM_LOCAL_MODEL_COST_MAP=True`` before the import (otherwise the import
+  fetches the price list from GitHub and starts a retry thread);
+* ``suppress_debug_info`` (a "Give Feedback" banner on stdout after every error);
+* ``DEFAULT_MAX_RETRIES = 0`` and ``max_retries=0`` per call (embedding calls ignore
+  ``num_retries`` and retry three times on their own otherwise): scelmo retries;
+* an explicit ``timeout`` on every call (litellm's default is 6000 s).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import threading
+import warnings
+from typing import Any
+from urllib.parse import urlparse
+
+from scelmo.errors import ConfigError, ProviderError, TransientProviderError
+
+_lock = threading.Lock()
+_litellm: Any = None
+
+
+def litellm() -> Any:
+    """The configured litellm module (imported once)."""
+    global _litellm
+    with _lock:
+        if _litellm is None:
+            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            os.environ.setdefault("LITELLM_LOG", "ERROR")
+            try:
+                import litellm as lib
+            except ImportError:
+                raise ConfigError(
+                    "This model string needs litellm, which is not installed. Install it with "
+                    "`pip install 'scelmo[llm]'` (pinned, hash-checked by scripts/run), or use the "
+                    "offline default (`describe.model = \"local\"`)."
+                ) from None
+            # litellm's Ollama types trip a harmless pydantic warning on first use
+            warnings.filterwarnings("ignore", message=r".*using the `ReadOnly` qualifier", category=UserWarning)
+            lib.suppress_debug_info = True
+            lib.DEFAULT_MAX_RETRIES = 0
+            lib.telemetry = False
+            lib.turn_off_message_logging = True
+            for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx", "openai"):
+                logging.getLogger(name).setLevel(logging.ERROR)
+            from .local_bridge import install
+
+            install(lib)
+            _litellm = lib
+        return _litellm
+
+
+def is_loopback(api_base: str | None) -> bool:
+    """Whether ``api_base`` points at this machine (then "offline" allows it)."""
+    if not api_base:
+        return False
+    host = urlparse(api_base if "//" in api_base else "//" + api_base).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    """``text`` with every secret replaced, shortened to something readable."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    text = " ".join(text.split())
+    return text if len(text) <= 400 else text[:400] + " ..."
+
+
+def _retry_after(exc: Exception) -> float | None:
+    for attr in ("litellm_response_headers", "headers"):
+        headers = getattr(exc, attr, None)
+        if headers is None:
+            continue
+        try:
+            value = headers.get("retry-after") or headers.get("Retry-After")
+        except AttributeError:
+            continue
+        if value is not None:
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is not None and headers.get("retry-after"):
+        try:
+            return float(headers["retry-after"])
+        except ValueError:
+            return None
+    return None
+
+
+def map_error(exc: Exception, *, model: str, api_base: str | None, secrets: list[str]) -> Exception:
+    """A scelmo exception for a litellm (or openai / httpx) exception."""
+    lib = litellm()
+    where = f"{model!r}" + (f" at {api_base}" if api_base else "")
+    msg = scrub(str(exc), secrets)
+    transient = (
+        lib.RateLimitError, lib.InternalServerError, lib.ServiceUnavailableError, lib.Timeout,
+        lib.APIConnectionError,
+    )
+    bad_gateway = getattr(lib, "BadGatewayError", None)
+    if bad_gateway is not None:
+        transient = (*transient, bad_gateway)
+    if isinstance(exc, lib.RateLimitError):
+        return TransientProviderError(f"Rate-limited by {where}: {msg}.", retry_after=_retry_after(exc))
+    if isinstance(exc, lib.Timeout):
+        return TransientProviderError(
+            f"No answer from {where} within the timeout ({msg}). Raise the role's `options.timeout`."
+        )
+    if isinstance(exc, transient):
+        return TransientProviderError(f"{where} failed: {msg}.", retry_after=_retry_after(exc))
+    if isinstance(exc, lib.AuthenticationError):
+        return ProviderError(
+            f"{where} rejected the API key ({msg}). Put the key in the environment variable your "
+            "provider expects (e.g. OPENAI_API_KEY) or name one with the role's `api_key_env`."
+        )
+    if isinstance(exc, lib.NotFoundError):
+        return ProviderError(f"{where} does not know this model or path ({msg}). Check the model "
+                             "string and `api_base` (OpenAI-compatible servers need the /v1 suffix).")
+    if isinstance(exc, lib.ContextWindowExceededError):
+        return ProviderError(f"The request is too long for {where} ({msg}). Use shorter texts or a "
+                             "smaller `batch_size`.")
+    if isinstance(exc, lib.BadRequestError):
+        return ProviderError(f"{where} refused the request ({msg}). Check the role's options.")
+    if isinstance(exc, ProviderError | ConfigError):
+        return exc
+    return ProviderError(f"{where} failed unexpectedly: {type(exc).__name__}: {msg}")

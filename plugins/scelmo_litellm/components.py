@@ -1,0 +1,273 @@
+"""The litellm-backed components: an LLM provider and a text embedder.
+
+Both serve any litellm model string (``openai/gpt-4o-mini``, ``anthropic/claude-...``,
+``ollama/llama3.1``, ``hosted_vllm/...``, ``azure/<deployment>``, ...) or a litellm
+router ``model_list``. One request = one litellm call with an explicit timeout and
+no litellm-side retries; scelmo retries, batches, caches and checks (see
+:mod:`scelmo.calls`, :mod:`scelmo.descriptions`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+from pydantic import Field, SecretStr
+
+from scelmo.components import Completion, EmbeddingBatch, Provider, RemoteOptions, TextEmbedder
+from scelmo.errors import ConfigError, ProviderError
+
+from ._lib import is_loopback, litellm, map_error
+
+
+class ConnectionOptions(RemoteOptions):
+    """Where and how to reach the model (shared by both components)."""
+
+    api_base: str | None = None
+    #: Prefer ``api_key_env`` or the provider's own variable (OPENAI_API_KEY, ...).
+    api_key: SecretStr | None = None
+    #: Name of the environment variable holding the key.
+    api_key_env: str | None = None
+    #: Azure OpenAI API version.
+    api_version: str | None = None
+    #: litellm router deployments (load balancing / fallbacks); ``model`` names a group.
+    model_list: list[dict[str, Any]] | None = None
+    #: Prices in USD per token, for models litellm does not know (self-hosted ones).
+    input_cost_per_token: float | None = Field(None, ge=0)
+    output_cost_per_token: float | None = Field(None, ge=0)
+    #: Further keyword arguments passed to litellm as they are.
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class _LiteLLMComponent:
+    """Shared plumbing: keys, call arguments, routers, prices."""
+
+    options: Any
+    model: str
+
+    def _setup(self) -> None:
+        o = self.options
+        if not self.model and not o.model_list:
+            raise ConfigError("Give a litellm model string, e.g. \"openai/gpt-4o-mini\".")
+        if o.api_key_env and not os.environ.get(o.api_key_env):
+            raise ConfigError(
+                f"The environment variable {o.api_key_env} (the role's `api_key_env`) is not set. "
+                f"Export it (`export {o.api_key_env}=...`) before running scelmo."
+            )
+        self._router: Any = None
+        local = self.model.startswith("scelmo/") or is_loopback(o.api_base)
+        if o.model_list:
+            local = all(
+                is_loopback((d.get("litellm_params") or {}).get("api_base"))
+                or str((d.get("litellm_params") or {}).get("model", "")).startswith("scelmo/")
+                for d in o.model_list
+            )
+        self.requires_network = not local
+
+    def _key(self) -> str | None:
+        o = self.options
+        if o.api_key is not None:
+            return o.api_key.get_secret_value()
+        if o.api_key_env:
+            return os.environ.get(o.api_key_env)
+        if o.api_base and is_loopback(o.api_base):
+            return None  # local servers: litellm / the provider's own env vars, else a dummy
+        return None
+
+    def _secrets(self) -> list[str]:
+        key = self._key()
+        out = [key] if key else []
+        for var, value in os.environ.items():  # provider keys litellm may read by itself
+            if value and len(value) >= 8 and any(w in var.upper() for w in ("KEY", "TOKEN", "SECRET")):
+                out.append(value)
+        return out
+
+    def _kwargs(self) -> dict[str, Any]:
+        o = self.options
+        kw: dict[str, Any] = {"timeout": o.timeout, "max_retries": 0}
+        if o.api_base:
+            kw["api_base"] = o.api_base
+        key = self._key()
+        if key:
+            kw["api_key"] = key
+        elif o.api_base and is_loopback(o.api_base) and not self.model.startswith(("ollama", "scelmo/")):
+            kw["api_key"] = "none"  # OpenAI-compatible local servers ignore it; the SDK needs one
+        if o.api_version:
+            kw["api_version"] = o.api_version
+        kw.update(o.extra)
+        return kw
+
+    def _router_obj(self) -> Any:
+        if self._router is None:
+            lib = litellm()
+            self._router = lib.Router(
+                model_list=self.options.model_list, num_retries=0, timeout=self.options.timeout,
+                set_verbose=False,
+            )
+        return self._router
+
+    def _fail(self, exc: Exception) -> Exception:
+        return map_error(exc, model=self.model, api_base=self.options.api_base, secrets=self._secrets())
+
+    def _cost(self, prompt_tokens: int, completion_tokens: int = 0, *, embedding: bool = False) -> float | None:
+        o = self.options
+        if o.input_cost_per_token is not None:
+            return prompt_tokens * o.input_cost_per_token + completion_tokens * (o.output_cost_per_token or 0.0)
+        if self.model.startswith("scelmo/"):
+            return 0.0
+        try:
+            kw: dict[str, Any] = {"model": self.model, "prompt_tokens": prompt_tokens}
+            if embedding:
+                kw["call_type"] = "embedding"
+            else:
+                kw["completion_tokens"] = completion_tokens
+            a, b = litellm().cost_per_token(**kw)
+            return float(a) + float(b)
+        except Exception:  # noqa: BLE001 - litellm raises several kinds for unknown models
+            return None
+
+
+class LiteLLMProvider(_LiteLLMComponent, Provider):
+    """Any chat/completion model litellm can reach (the ``describe`` role)."""
+
+    name = "litellm"
+
+    class Options(ConnectionOptions):
+        temperature: float | None = Field(None, ge=0, le=2)
+        max_tokens: int | None = Field(512, ge=1)
+
+    def __init__(self, model: str = "", **options: Any) -> None:
+        super().__init__(model, **options)
+        self._setup()
+
+    @property
+    def model_id(self) -> str:
+        return f"litellm/{self.model}"
+
+    def _messages(self, prompt: str, system: str | None) -> list[dict[str, str]]:
+        msgs = [{"role": "system", "content": system}] if system else []
+        return [*msgs, {"role": "user", "content": prompt}]
+
+    async def acomplete(self, prompt: str, *, system: str | None = None) -> Completion:
+        lib = litellm()
+        kw = self._kwargs()
+        o = self.options
+        if o.temperature is not None:
+            kw["temperature"] = o.temperature
+        if o.max_tokens is not None:
+            kw["max_tokens"] = o.max_tokens
+        messages = self._messages(prompt, system)
+        try:
+            if o.model_list:
+                kw.pop("api_base", None)
+                kw.pop("api_key", None)
+                resp = await self._router_obj().acompletion(model=self.model, messages=messages, **kw)
+            else:
+                resp = await lib.acompletion(model=self.model, messages=messages, **kw)
+        except Exception as exc:  # noqa: BLE001 - mapped below
+            raise self._fail(exc) from None
+        choices = getattr(resp, "choices", None)
+        if not choices:
+            raise ProviderError(f"{self.model!r} returned no choices; the server's answer is not a "
+                                "chat completion. Check `api_base` and the model string.")
+        text = getattr(getattr(choices[0], "message", None), "content", None)
+        if not isinstance(text, str):
+            text = ""
+        usage = getattr(resp, "usage", None)
+        pt = int(getattr(usage, "prompt_tokens", 0) or 0)
+        ct = int(getattr(usage, "completion_tokens", 0) or 0)
+        return Completion(text=text, prompt_tokens=pt, completion_tokens=ct, cost=self._cost(pt, ct))
+
+    def count_tokens(self, prompt: str, *, system: str | None = None) -> int:
+        try:
+            return int(litellm().token_counter(model=self.model, messages=self._messages(prompt, system)))
+        except Exception:  # noqa: BLE001 - unknown tokenizer: fall back to the rough rule
+            return super().count_tokens(prompt, system=system)
+
+    def price(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        return self._cost(prompt_tokens, completion_tokens)
+
+
+class LiteLLMEmbedder(_LiteLLMComponent, TextEmbedder):
+    """Any embedding model litellm can reach (the ``embed`` role).
+
+    litellm sends one request per call whatever its size, so texts go in batches of
+    ``batch_size`` (provider limits: OpenAI 2,048 inputs, Ollama/vLLM depend on the
+    server), ``concurrency`` batches at a time. Each answer is checked: one vector per
+    input, every ``index`` once, equal lengths, finite values.
+    """
+
+    name = "litellm"
+
+    class Options(ConnectionOptions):
+        batch_size: int = Field(128, ge=1, le=2048)
+        #: Output dimensions for models that support shortening (text-embedding-3-*).
+        dimensions: int | None = Field(None, ge=1)
+
+    def __init__(self, model: str = "", **options: Any) -> None:
+        super().__init__(model, **options)
+        self._setup()
+
+    @property
+    def model_id(self) -> str:
+        dims = f"@{self.options.dimensions}" if self.options.dimensions else ""
+        return f"litellm/{self.model}{dims}"
+
+    async def aembed_batch(self, texts: list[str]) -> EmbeddingBatch:
+        lib = litellm()
+        kw = self._kwargs()
+        if self.options.dimensions:
+            kw["dimensions"] = self.options.dimensions
+        try:
+            if self.options.model_list:
+                kw.pop("api_base", None)
+                kw.pop("api_key", None)
+                resp = await self._router_obj().aembedding(model=self.model, input=texts, **kw)
+            else:
+                resp = await lib.aembedding(model=self.model, input=texts, **kw)
+        except Exception as exc:  # noqa: BLE001 - mapped below
+            raise self._fail(exc) from None
+        vectors = self._vectors(getattr(resp, "data", None), len(texts))
+        usage = getattr(resp, "usage", None)
+        pt = int(getattr(usage, "prompt_tokens", 0) or 0)
+        return EmbeddingBatch(vectors, prompt_tokens=pt, cost=self._cost(pt, embedding=True))
+
+    def _vectors(self, data: Any, n: int) -> np.ndarray:
+        where = repr(self.model)
+        if not isinstance(data, list):
+            raise ProviderError(
+                f"{where} returned no embedding list (got {type(data).__name__}); the server's answer "
+                "is not an OpenAI-style embedding response. Check `api_base` and the model string."
+            )
+        if len(data) != n:
+            raise ProviderError(f"{where} returned {len(data)} vectors for {n} texts. The server may "
+                                "cap the batch size: lower the role's `options.batch_size`.")
+        rows: list[Any] = [None] * n
+        for pos, item in enumerate(data):
+            get = item.get if isinstance(item, dict) else (lambda k, d=None, it=item: getattr(it, k, d))
+            idx = get("index", pos)
+            vec = get("embedding", None)
+            if not isinstance(idx, int) or not 0 <= idx < n or rows[idx] is not None:
+                raise ProviderError(f"{where} returned a bad or repeated index {idx!r} in its answer.")
+            if not isinstance(vec, list | tuple) or not vec:
+                raise ProviderError(f"{where} returned an empty or non-numeric vector at index {idx}.")
+            rows[idx] = vec
+        lengths = {len(r) for r in rows}
+        if len(lengths) != 1:
+            raise ProviderError(f"{where} returned vectors of different lengths {sorted(lengths)}.")
+        out = np.asarray(rows, dtype=np.float32)
+        if not np.isfinite(out).all() or not math.isfinite(float(np.abs(out).sum())):
+            raise ProviderError(f"{where} returned NaN or infinite values.")
+        return out
+
+    def count_tokens(self, texts: Any) -> int:
+        try:
+            lib = litellm()
+            return sum(int(lib.token_counter(model=self.model, text=t)) for t in texts)
+        except Exception:  # noqa: BLE001
+            return super().count_tokens(texts)
+
+    def price(self, prompt_tokens: int) -> float | None:
+        return self._cost(prompt_tokens, embedding=True)
