@@ -106,9 +106,13 @@ def _read_h5ad(path: str, backed: bool = False) -> Any:
 @click.option("--describe-model", help="Model for the describe role (overrides config).")
 @click.option("--embed-model", help="Model for the embed role (overrides config).")
 @click.option("--species", type=click.Choice(["auto", "human", "mouse"]))
+@click.option("--prompt", help="Prompt name when the describe model is an LLM (default: gene, the paper's).")
+@click.option("--max-cost", type=float, help="Stop before spending more than this many USD (remote models).")
+@click.option("--dry-run", is_flag=True, help="Print the calls, tokens and cost it would take; send nothing.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.pass_context
-def embed_genes_cmd(ctx, input, output, gene_list, genes_file, describe_model, embed_model, species, overwrite):
+def embed_genes_cmd(ctx, input, output, gene_list, genes_file, describe_model, embed_model, species, prompt,
+                    max_cost, dry_run, overwrite):
     """Describe and embed genes (from INPUT .h5ad var_names and/or --genes) into OUTPUT."""
     from . import tl
 
@@ -121,8 +125,16 @@ def embed_genes_cmd(ctx, input, output, gene_list, genes_file, describe_model, e
     if out.exists() and not overwrite:
         raise ScelmoError(f"{out} exists; pass --overwrite to replace it.")
     adata = _read_h5ad(input, backed=True) if input else None
+    if dry_run:
+        for est in tl.estimate_embed_genes(
+            adata, genes, describe=describe_model, embed=embed_model, species=species, prompt=prompt,
+            config=_overrides(ctx),
+        ):
+            _echo_estimate(est)
+        return
     ge = tl.embed_genes(
-        adata, genes, describe=describe_model, embed=embed_model, species=species, config=_overrides(ctx)
+        adata, genes, describe=describe_model, embed=embed_model, species=species, prompt=prompt,
+        max_cost=max_cost, config=_overrides(ctx),
     )
     ge.save(out, overwrite=overwrite)
     click.echo(f"Wrote {len(ge)} gene vectors (d={ge.dim}, {ge.manifest.get('embed_model')}) to {out}")
@@ -214,6 +226,120 @@ def plugins_cmd(as_json: bool) -> None:
         dist = f"{r['distribution']} {r['version']}".strip()
         table.add_row(r["plugin"], dist, provides, f"[red]failed: {r['error']}[/red]" if r["error"] else "ok")
     Console().print(table)
+
+
+# --------------------------------------------------------------------------- descriptions
+_SUBJECT_CHOICES = ["genes", "cell-types", "drugs", "proteins"]
+
+
+def _read_items(items: tuple[str, ...], from_file: str | None, column: str | None) -> list[str]:
+    """Names from arguments and/or a file: .h5ad (var_names, or an obs column's categories),
+    .csv/.tsv (a column, default the first) or plain text (one per line)."""
+    out = [i for i in items if i.strip()]
+    if from_file:
+        p = Path(from_file)
+        suffix = p.suffix.lower()
+        if suffix in (".h5ad", ".rds"):
+            adata = _read_h5ad(from_file, backed=suffix == ".h5ad")
+            if column:
+                if column not in adata.obs:
+                    raise ScelmoError(f"{from_file} has no obs column {column!r}; "
+                                      f"columns: {', '.join(map(str, adata.obs.columns[:20]))}.")
+                out += sorted({str(v) for v in adata.obs[column].dropna().unique()})
+            else:
+                out += [str(g) for g in adata.var_names]
+        elif suffix in (".csv", ".tsv", ".txt") and (column or suffix != ".txt"):
+            import pandas as pd
+
+            table = pd.read_csv(p, sep="\t" if suffix in (".tsv", ".txt") else ",")
+            col = column or str(table.columns[0])
+            if col not in table:
+                raise ScelmoError(f"{from_file} has no column {col!r}; columns: {', '.join(map(str, table.columns))}.")
+            out += [str(v) for v in table[col].dropna()]
+        else:
+            out += [line.strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if not out:
+        raise ScelmoError("Nothing to describe: give names as arguments or --from FILE.")
+    return out
+
+
+def _write_table(df: Any, output: str, overwrite: bool) -> None:
+    from .io import atomic_path, check_writable
+
+    check_writable(output, overwrite=overwrite)
+    sep = "," if Path(output).suffix.lower() == ".csv" else "\t"
+    with atomic_path(output) as tmp:
+        df.to_csv(tmp, sep=sep, index=False)
+
+
+def _echo_estimate(est: Any) -> None:
+    d = est.as_dict()
+    cost = "unknown" if d["cost_usd"] is None else f"${d['cost_usd']:.4f}"
+    click.echo(
+        f"{d['role']}: {d['model']}: {d['items']} items, {d['cached']} cached -> {d['calls']} calls, "
+        f"~{d['prompt_tokens']:,} prompt + ~{d['completion_tokens']:,} completion tokens, {cost}"
+    )
+    for note in d["notes"]:
+        click.echo(f"  note: {note}")
+
+
+@cli.command("describe")
+@click.argument("subject", type=click.Choice(_SUBJECT_CHOICES))
+@click.argument("items", nargs=-1)
+@click.option("--from", "from_file", type=click.Path(dir_okay=False, exists=True),
+              help="Names from a file: .h5ad (var_names, or --column of obs), .csv/.tsv (--column), or one per line.")
+@click.option("--column", help="Column holding the names (table files, or an obs column of an .h5ad).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Table to write (.tsv or .csv). Required unless --dry-run.")
+@click.option("--model", help="Model for the describe role (overrides config), e.g. openai/gpt-4o-mini.")
+@click.option("--prompt", help="Registered prompt name (default: the subject's; `scelmo plugins` lists them).")
+@click.option("--concurrency", type=int, help="Requests in flight at once (describe.options.concurrency).")
+@click.option("--max-cost", type=float, help="Stop before spending more than this many USD.")
+@click.option("--dry-run", is_flag=True, help="Print calls, tokens and cost; send nothing.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.pass_context
+def describe_cmd(ctx, subject, items, from_file, column, output, model, prompt, concurrency, max_cost, dry_run, overwrite):
+    """Describe genes, cell types, drugs or proteins with the describe role's model.
+
+    Answers are cached as they arrive: an interrupted run resumes where it stopped.
+    """
+    import pandas as pd
+
+    from . import descriptions
+    from .config import get_settings
+
+    overrides = _overrides(ctx)
+    if model:
+        overrides["describe.model"] = model
+    if concurrency:
+        overrides["describe.options.concurrency"] = concurrency
+    settings = get_settings(overrides)
+    names = _read_items(items, from_file, column)
+    subj = descriptions.normalize_subject(subject)
+    if dry_run:
+        _echo_estimate(descriptions.estimate(names, subject=subj, prompt=prompt, config=settings))
+        return
+    if not output:
+        raise ScelmoError("Give -o/--output TABLE.tsv (or --dry-run).")
+    from .io import check_writable
+
+    check_writable(output, overwrite=overwrite)
+    result = descriptions.describe(names, subject=subj, prompt=prompt, config=settings, max_cost=max_cost)
+    p = result.prompt
+    df = pd.DataFrame({
+        "item": list(result.texts),
+        "text": list(result.texts.values()),
+        "model": result.model,
+        "prompt": p.name if p else "",
+        "prompt_version": p.version if p else "",
+        "prompt_hash": p.hash if p else "",
+    })
+    _write_table(df, output, overwrite)
+    u = result.usage
+    cost = "unknown" if u.cost is None else f"${u.cost:.4f}"
+    click.echo(
+        f"Wrote {len(df)} descriptions to {output} ({result.cached} from the cache, {u.calls} calls, "
+        f"{u.tokens:,} tokens, {cost}; {len(result.failed)} failed)."
+    )
 
 
 # --------------------------------------------------------------------------- config

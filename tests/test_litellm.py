@@ -1,0 +1,456 @@
+"""The litellm plugin against a real HTTP server on 127.0.0.1 (OpenAI and Ollama wire protocols).
+
+Nothing is mocked inside scelmo or litellm: requests go through litellm's real
+clients to :class:`scelmo.testing_server.FakeLLMServer`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from scelmo import get_settings, roles
+from scelmo.calls import Budget
+from scelmo.cli import cli
+from scelmo.descriptions import describe, estimate
+from scelmo.errors import BudgetExceededError, OfflineError, ProviderError, ScelmoWarning
+from scelmo.testing_server import FakeLLMServer, fake_vector
+
+GENES = ["CD3E", "MS4A1", "NKG7", "LYZ", "GNLY", "CD14", "FCGR3A", "PPBP"]
+SECRET = "sk-test-SECRET-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def server():
+    with FakeLLMServer(dim=16) as srv:
+        yield srv
+
+
+def _cfg(srv, tmp_path, *, describe_model="openai/gpt-4o-mini", embed_model="openai/text-embedding-3-small",
+         dopts=None, eopts=None, **extra):
+    cfg = {
+        "describe.model": describe_model,
+        "describe.api_base": srv.openai_base,
+        "describe.options": {"retries": 3, "backoff": 0.0, **(dopts or {})},
+        "embed.model": embed_model,
+        "embed.api_base": srv.openai_base,
+        "embed.options": {"retries": 3, "backoff": 0.0, **(eopts or {})},
+        "cache.path": str(tmp_path / "cache.sqlite"),
+    }
+    cfg.update(extra)
+    return get_settings(cfg)
+
+
+# --------------------------------------------------------------------------- success paths
+def test_describe_and_embed_through_litellm(server, tmp_path):
+    s = _cfg(server, tmp_path)
+    before = server.total_requests
+    res = describe(GENES, config=s)
+    assert set(res.texts) == set(GENES)
+    assert all(g in res.texts[g] for g in GENES)
+    assert res.usage.calls == len(GENES) and res.usage.prompt_tokens > 0
+    assert res.usage.cost is not None and res.usage.cost > 0  # gpt-4o-mini is in litellm's price list
+    assert server.total_requests - before == len(GENES)
+    assert res.provenance()["prompt"] == "gene"
+    # the paper's prompt, verbatim
+    body = server.bodies[-1]
+    assert body["messages"][-1]["content"].startswith("Please summarize the major function of gene: ")
+    assert body["messages"][-1]["content"].endswith(
+        "Use academic language in one paragraph and include pathway information."
+    )
+    # second run: everything from the cache, no request
+    n = server.total_requests
+    again = describe(GENES, config=s)
+    assert again.texts == res.texts and again.cached == len(GENES) and server.total_requests == n
+    vecs = roles.embed_texts(s, [res.texts[g] for g in GENES])
+    expect = np.array([fake_vector(res.texts[g], 16) for g in GENES], dtype=np.float32)
+    np.testing.assert_allclose(vecs, expect, rtol=1e-6)
+
+
+def test_embedding_batches_and_concurrency(tmp_path):
+    texts = [f"text number {i}" for i in range(300)]
+    with FakeLLMServer(latency=0.05, dim=8) as srv:
+        s = _cfg(srv, tmp_path, eopts={"batch_size": 32, "concurrency": 4})
+        t0 = time.perf_counter()
+        vecs = roles.embed_texts(s, texts)
+        wall = time.perf_counter() - t0
+        assert srv.requests["/v1/embeddings"] == 10  # ceil(300 / 32)
+        assert 1 < srv.max_in_flight <= 4
+        assert max(len(b["input"]) for b in srv.bodies) == 32
+    np.testing.assert_allclose(vecs, np.array([fake_vector(t, 8) for t in texts], dtype=np.float32), rtol=1e-6)
+    assert wall < 10 * 0.05  # overlapped, not serial
+
+
+def test_concurrency_bound_for_completions(tmp_path):
+    with FakeLLMServer(latency=0.05) as srv:
+        s = _cfg(srv, tmp_path, dopts={"concurrency": 3})
+        describe([f"GENE{i}" for i in range(12)], config=s)
+        assert srv.max_in_flight == 3
+
+
+# --------------------------------------------------------------------------- failures
+@pytest.mark.parametrize("model", ["ratelimit-2", "error500-1", "error503-2"])
+def test_transient_errors_are_retried(server, tmp_path, model):
+    s = _cfg(server, tmp_path, describe_model=f"openai/{model}")
+    before = server.by_model[model]
+    res = describe(["CD3E"], config=s)
+    assert "CD3E" in res.texts
+    failures = int(model.rsplit("-", 1)[1])
+    assert server.by_model[model] - before == failures + 1
+    assert res.usage.retries == failures
+
+
+def test_embedding_retries_on_rate_limit(tmp_path):
+    with FakeLLMServer() as srv:
+        s = _cfg(srv, tmp_path, embed_model="openai/ratelimit-2")
+        vecs = roles.embed_texts(s, ["a", "b"])
+        assert vecs.shape == (2, 16) and srv.by_model["ratelimit-2"] == 3  # litellm retried nothing itself
+
+
+def test_retry_after_is_honoured(tmp_path):
+    from scelmo.calls import RetryPolicy, run_sync, with_retries
+    from scelmo.errors import TransientProviderError
+
+    calls = []
+
+    async def flaky():
+        calls.append(time.perf_counter())
+        if len(calls) < 2:
+            raise TransientProviderError("429", retry_after=0.3)
+        return "ok"
+
+    assert run_sync(with_retries(flaky, RetryPolicy(retries=2, base_delay=0.0))) == "ok"
+    assert calls[1] - calls[0] >= 0.29
+
+
+def test_gives_up_after_retries(server, tmp_path):
+    s = _cfg(server, tmp_path, describe_model="openai/error503-100", dopts={"retries": 2})
+    with pytest.raises(ProviderError, match="Gave up after 3 attempts"):
+        describe(["CD3E"], config=s)
+
+
+def test_timeout_is_explicit_and_short(server, tmp_path):
+    s = _cfg(server, tmp_path, describe_model="openai/slow", dopts={"timeout": 0.5, "retries": 0})
+    t0 = time.perf_counter()
+    with pytest.raises(ProviderError, match="timeout"):
+        describe(["CD3E"], config=s)
+    assert time.perf_counter() - t0 < 2.5
+
+
+def test_connection_refused(tmp_path):
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    s = get_settings({
+        "describe.model": "openai/gpt-4o-mini", "describe.api_base": f"http://127.0.0.1:{port}/v1",
+        "describe.options": {"retries": 1, "backoff": 0.0, "timeout": 5},
+        "cache.path": str(tmp_path / "c.sqlite"),
+    })
+    with pytest.raises(ProviderError, match="Gave up after 2 attempts"):
+        describe(["CD3E"], config=s)
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("garbage", "failed"),
+        ("badshape", "no embedding list"),
+        ("short", "returned 3 vectors for 4 texts"),
+        ("badlen", "different lengths"),
+        ("badindex", "repeated index"),
+        ("nan", "NaN"),
+    ],
+)
+def test_bad_embedding_answers_are_refused_and_not_cached(server, tmp_path, model, message):
+    s = _cfg(server, tmp_path, embed_model=f"openai/{model}", eopts={"retries": 1})
+    with pytest.raises(ProviderError, match=message):
+        roles.embed_texts(s, ["w", "x", "y", "z"])
+    with sqlite3.connect(tmp_path / "cache.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM entries").fetchone()[0] == 0
+
+
+def test_garbage_completion_is_an_error(server, tmp_path):
+    s = _cfg(server, tmp_path, describe_model="openai/badshape", dopts={"retries": 0})
+    with pytest.raises(ProviderError):
+        describe(["CD3E"], config=s)
+
+
+@pytest.mark.parametrize("model", ["refuse", "empty"])
+def test_refusals_and_empty_answers_are_reported_not_cached(server, tmp_path, model):
+    s = _cfg(server, tmp_path, describe_model=f"openai/{model}")
+    before = server.by_model[model]
+    with pytest.warns(ScelmoWarning, match="descriptions failed"):
+        res = describe(["CD3E", "LYZ"], config=s)
+    assert res.texts == {} and set(res.failed) == {"CD3E", "LYZ"}
+    assert server.by_model[model] - before == 4  # asked once more each
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert describe(["CD3E"], config=s).cached == 0  # nothing was cached
+
+
+# --------------------------------------------------------------------------- offline, keys
+def test_offline_refuses_before_any_request(server, tmp_path):
+    n = server.total_requests
+    s = get_settings({"offline": True, "describe.model": "openai/gpt-4o-mini",
+                      "cache.path": str(tmp_path / "c.sqlite")})
+    with pytest.raises(OfflineError, match="offline"):
+        describe(["CD3E"], config=s)
+    s = get_settings({"offline": True, "embed.model": "openai/text-embedding-3-small",
+                      "embed.api_base": "https://api.openai.com/v1"})
+    with pytest.raises(OfflineError):
+        roles.embedder(s)
+    assert server.total_requests == n
+    # a server on this machine is not "the network"
+    ok = _cfg(server, tmp_path, offline=True)
+    assert describe(["CD3E"], config=ok).texts
+
+
+def test_api_key_is_used_but_never_written(server, tmp_path, monkeypatch, capsys, caplog):
+    import logging
+
+    import scanpy as sc
+
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("MY_LLM_API_KEY", SECRET)
+    s = _cfg(server, tmp_path, **{"describe.api_key_env": "MY_LLM_API_KEY",
+                                  "embed.api_key_env": "MY_LLM_API_KEY"})
+    adata = sc.AnnData(np.ones((3, 4), dtype=np.float32))
+    adata.var_names = ["CD3E", "LYZ", "NKG7", "MS4A1"]
+    import scelmo
+
+    scelmo.tl.embed_genes(adata, config=s)
+    assert any(SECRET in h for h in server.auth_headers)  # the key reached the server
+    # errors carry no key either
+    bad = _cfg(server, tmp_path, describe_model="openai/error500-100",
+               dopts={"retries": 0, "api_key": SECRET})
+    with pytest.raises(ProviderError) as err:
+        describe(["GNLY"], config=bad)
+    assert SECRET not in str(err.value)
+    adata.write_h5ad(tmp_path / "out.h5ad")
+    res = CliRunner().invoke(cli, ["--set", "describe.api_key=" + repr(SECRET).replace("'", '"'), "config", "show"])
+    assert res.exit_code == 0 and SECRET not in res.output and "**********" in res.output
+    out = capsys.readouterr()
+    assert SECRET not in out.out + out.err
+    assert SECRET not in caplog.text
+    for f in tmp_path.rglob("*"):
+        if f.is_file():
+            assert SECRET.encode() not in f.read_bytes(), f
+    assert SECRET not in repr(dict(adata.uns))
+
+
+# --------------------------------------------------------------------------- cost
+def test_dry_run_estimates_without_sending(server, tmp_path):
+    s = _cfg(server, tmp_path)
+    n = server.total_requests
+    est = estimate(GENES, config=s)
+    assert est.calls == len(GENES) and est.prompt_tokens > 0 and est.cost > 0
+    assert server.total_requests == n
+    describe(GENES[:3], config=s)
+    assert estimate(GENES, config=s).calls == len(GENES) - 3
+
+
+def test_max_cost_stops_cleanly_and_resumes(server, tmp_path):
+    # 1e-4 USD per token: a call costs ~0.003-0.06 USD (prompt ~20 tokens, max_tokens 30 booked)
+    opts = {"input_cost_per_token": 1e-4, "output_cost_per_token": 1e-4, "max_tokens": 30, "concurrency": 1}
+    s = _cfg(server, tmp_path, dopts=opts)
+    genes = [f"G{i}" for i in range(20)]
+    with pytest.raises(BudgetExceededError, match="cost limit"):
+        describe(genes, config=s, max_cost=0.03)
+    with sqlite3.connect(tmp_path / "cache.sqlite") as db:
+        done = db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+    assert 0 < done < 20
+    before = sum(server.answered[g] for g in genes)
+    res = describe(genes, config=s, max_cost=10.0)
+    assert len(res.texts) == 20 and res.cached == done
+    assert sum(server.answered[g] for g in genes) - before == 20 - done  # nothing paid twice
+
+
+def test_budget_refuses_unknown_prices(server, tmp_path):
+    s = _cfg(server, tmp_path, describe_model="openai/my-self-hosted-model")
+    with pytest.raises(BudgetExceededError, match="price is unknown"):
+        describe(["CD3E"], config=s, budget=Budget(1.0))
+
+
+# --------------------------------------------------------------------------- providers
+def test_ollama_native_api(server, tmp_path):
+    s = get_settings({
+        "describe.model": "ollama/llama3.1", "describe.api_base": server.url,
+        "embed.model": "ollama/nomic-embed-text", "embed.api_base": server.url,
+        "cache.path": str(tmp_path / "c.sqlite"),
+    })
+    before = dict(server.requests)
+    res = describe(["TP53"], config=s)
+    assert "TP53" in res.texts["TP53"]
+    vecs = roles.embed_texts(s, ["alpha", "beta"])
+    np.testing.assert_allclose(vecs[1], fake_vector("beta", 16), rtol=1e-6)
+    chat = get_settings({"describe.model": "ollama_chat/llama3.1", "describe.api_base": server.url,
+                         "cache.path": str(tmp_path / "c.sqlite")})
+    assert describe(["MDM2"], config=chat).texts
+    for route in ("/api/generate", "/api/embed", "/api/chat"):
+        assert server.requests[route] > before.get(route, 0)
+
+
+def test_router_model_list(server, tmp_path):
+    deployments = [
+        {"model_name": "genes-llm", "litellm_params": {"model": "openai/gpt-4o-mini", "api_base": server.openai_base,
+                                                       "api_key": "none"}},
+        {"model_name": "genes-llm", "litellm_params": {"model": "hosted_vllm/llama", "api_base": server.openai_base,
+                                                       "api_key": "none"}},
+    ]
+    s = get_settings({"describe.model": "genes-llm", "describe.model_list": deployments,
+                      "cache.path": str(tmp_path / "c.sqlite")})
+    comp = roles.describer(s)
+    assert comp.name == "litellm" and not comp.requires_network
+    assert set(describe(["CD3E", "LYZ"], config=s).texts) == {"CD3E", "LYZ"}
+
+
+def test_local_embedder_through_litellm_custom_provider(tmp_path):
+    texts = ["TP53 is a tumour suppressor.", "HBB carries oxygen."]
+    cache = {"cache.path": str(tmp_path / "c.sqlite")}
+    direct = roles.embed_texts(get_settings({"embed.model": "local/all-MiniLM-L6-v2-int8", **cache}), texts)
+    via = roles.embed_texts(get_settings({"embed.model": "scelmo/local/all-MiniLM-L6-v2-int8", "offline": True,
+                                          **cache}), texts)
+    np.testing.assert_allclose(via, direct, atol=1e-5)
+
+
+def test_prompts_are_registered_and_hashed():
+    from scelmo import plugins
+
+    names = plugins.prompts.names()
+    assert {"gene", "cell-type", "drug", "protein"} <= set(names)
+    gene = plugins.prompts.get("gene")
+    assert gene.render("CD3E") == ("Please summarize the major function of gene: CD3E. Use academic language "
+                                   "in one paragraph and include pathway information.")
+    assert len({plugins.prompts.get(n).hash for n in names}) == len(names)
+
+
+def test_prompt_hash_is_part_of_the_cache_key(server, tmp_path):
+    s = _cfg(server, tmp_path)
+    describe(["CD3E"], config=s)
+    n = server.total_requests
+    assert describe(["CD3E"], config=s, prompt="gene-short").cached == 0
+    assert server.total_requests == n + 1
+
+
+# --------------------------------------------------------------------------- CLI
+def test_cli_describe_subjects_and_dry_run(server, tmp_path):
+    base = ["--set", f"describe.api_base=\"{server.openai_base}\"", "--set",
+            f"cache.path=\"{tmp_path / 'c.sqlite'}\""]
+    r = CliRunner()
+    n = server.total_requests
+    res = r.invoke(cli, [*base, "describe", "drugs", "aspirin", "imatinib", "--model", "openai/gpt-4o-mini",
+                         "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "2 calls" in res.output and "$" in res.output and server.total_requests == n
+    out = tmp_path / "drugs.tsv"
+    res = r.invoke(cli, [*base, "describe", "drugs", "aspirin", "imatinib", "--model", "openai/gpt-4o-mini",
+                         "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    import pandas as pd
+
+    table = pd.read_csv(out, sep="\t")
+    assert list(table["item"]) == ["aspirin", "imatinib"] and (table["prompt"] == "drug").all()
+    assert "major function of drug: aspirin" in server.bodies[-1]["messages"][-1]["content"] or \
+        "major function of drug: imatinib" in server.bodies[-1]["messages"][-1]["content"]
+    ct = tmp_path / "types.txt"
+    ct.write_text("T cell\nB cell\n")
+    res = r.invoke(cli, [*base, "describe", "cell-types", "--from", str(ct), "--model", "openai/gpt-4o-mini",
+                         "-o", str(tmp_path / "ct.csv")])
+    assert res.exit_code == 0, res.output
+    assert pd.read_csv(tmp_path / "ct.csv")["item"].tolist() == ["T cell", "B cell"]
+    # the offline table cannot describe drugs: a clear error, not a crash
+    res = r.invoke(cli, ["describe", "drugs", "aspirin", "-o", str(tmp_path / "x.tsv")])
+    assert res.exit_code == 2 and "gene-knowledge table" in res.output
+
+
+def test_cli_embed_genes_with_remote_models(server, tmp_path):
+    base = ["--set", f"describe.api_base=\"{server.openai_base}\"", "--set",
+            f"embed.api_base=\"{server.openai_base}\"", "--set", f"cache.path=\"{tmp_path / 'c.sqlite'}\""]
+    res = CliRunner().invoke(cli, [*base, "embed-genes", "--genes", "CD3E", "--genes", "LYZ", "-o",
+                                   str(tmp_path / "ge"), "--describe-model", "openai/gpt-4o-mini",
+                                   "--embed-model", "openai/text-embedding-3-small"])
+    assert res.exit_code == 0, res.output
+    assert "Wrote 2 gene vectors (d=16, litellm/openai/text-embedding-3-small)" in res.output
+    res = CliRunner().invoke(cli, ["--set", "describe.model=\"anthropic/claude-3-5-haiku-latest\"", "config", "show"])
+    assert res.exit_code == 0 and "LLM provider 'litellm' -> litellm/anthropic/claude-3-5-haiku-latest" in res.output
+
+
+# --------------------------------------------------------------------------- kill and resume
+def _run_cli(args, env):
+    return subprocess.Popen([sys.executable, "-m", "scelmo", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _cached_texts(path: Path) -> int:
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(path, timeout=5) as db:
+            return db.execute("SELECT COUNT(*) FROM entries WHERE role='describe'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_sigkill_mid_run_then_resume_pays_nothing_twice(tmp_path):
+    genes = [f"GENE{i:03d}" for i in range(60)]
+    (tmp_path / "genes.txt").write_text("\n".join(genes))
+    cache = tmp_path / "cache.sqlite"
+    env = {**os.environ, "SCELMO_CACHE__PATH": str(cache), "SCELMO_NO_PROGRESS": "1"}
+    with FakeLLMServer(block_after=25) as srv:
+        args = ["--set", f"describe.api_base=\"{srv.openai_base}\"", "--set", "describe.options.concurrency=4",
+                "describe", "genes", "--from", str(tmp_path / "genes.txt"), "--model", "openai/gpt-4o-mini",
+                "-o", str(tmp_path / "out.tsv")]
+        proc = _run_cli(args, env)
+        deadline = time.time() + 60
+        while time.time() < deadline:  # every answer sent has been committed, the rest is held
+            answered = sum(srv.answered.values())
+            if answered >= 25 and _cached_texts(cache) == answered:
+                break
+            time.sleep(0.1)
+        else:
+            proc.kill()
+            pytest.fail(f"no progress: {proc.communicate()}")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        first = sum(srv.answered.values())
+        assert not (tmp_path / "out.tsv").exists()
+        srv.abort_held()  # the killed client's requests never get an answer
+        proc = _run_cli(args, env)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert f"({first} from the cache" in out
+        assert srv.duplicates() == 0
+        assert set(srv.answered) == set(genes)
+    assert len((tmp_path / "out.tsv").read_text().splitlines()) == 61
+
+
+def test_concurrent_runs_share_one_cache(tmp_path):
+    cache = tmp_path / "cache.sqlite"
+    env = {**os.environ, "SCELMO_CACHE__PATH": str(cache), "SCELMO_NO_PROGRESS": "1"}
+    with FakeLLMServer(latency=0.01) as srv:
+        procs = []
+        for k in range(2):
+            genes = [f"G{i}" for i in range(k * 20, k * 20 + 40)]  # 20 overlap
+            (tmp_path / f"g{k}.txt").write_text("\n".join(genes))
+            procs.append(_run_cli(["--set", f"describe.api_base=\"{srv.openai_base}\"", "describe", "genes",
+                                   "--from", str(tmp_path / f"g{k}.txt"), "--model", "openai/gpt-4o-mini",
+                                   "-o", str(tmp_path / f"o{k}.tsv")], env))
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+    with sqlite3.connect(cache) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert db.execute("SELECT COUNT(*) FROM entries WHERE role='describe'").fetchone()[0] == 60
