@@ -24,19 +24,34 @@ _ATTRS = {
     "ScelmoError": ("errors", "ScelmoError"),
     "get_settings": ("config", "get_settings"),
     "hookimpl": ("hookspecs", "hookimpl"),
+    "Model": ("model", "Model"),
 }
 
 __all__ = [
-    "GeneEmbeddings", "GeneVocabulary", "ScelmoError", "__version__", "cache", "config", "datasets", "errors",
+    "GeneEmbeddings", "GeneVocabulary", "Model", "ScelmoError", "__version__", "cache", "config", "datasets", "errors",
     "genes", "get_settings", "hookimpl", "io", "keys", "metrics", "pl", "plugins", "testing", "tl",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import cache, config, datasets, errors, genes, io, keys, metrics, pl, plugins, testing, tl
+    from . import (
+        cache,
+        config,
+        datasets,
+        errors,
+        genes,
+        io,
+        keys,
+        metrics,
+        pl,
+        plugins,
+        testing,
+        tl,
+    )
     from .config import get_settings
     from .errors import ScelmoError
     from .genes import GeneEmbeddings, GeneVocabulary
     from .hookspecs import hookimpl
+    from .model import Model
 
 
 def __getattr__(name: str) -> Any:

@@ -8,6 +8,9 @@ key                                    content
 ``adata.var[HAS_EMBEDDING]``           bool, whether the gene has a vector
 ``adata.var[GENE_SYMBOL]``             the resolved (human, current) symbol used for look-up
 ``adata.obs[LABEL]``                   predicted cell-type label
+``adata.obsm[X_SCELMO_FINETUNED]``     cells x 32 embedding of a fine-tuned annotation model
+``adata.obsm[X_SCELMO_INTEGRATED]``    cells x 32 batch-corrected embedding (integration model)
+``adata.uns[IN_SILICO]``               in-silico deletion ranking (:func:`scelmo.tl.in_silico_deletion`)
 ``adata.obs[CLUSTER]``                 Leiden clusters on ``X_scelmo``
 ``adata.obsp[CONNECTIVITIES]`` ...     kNN graph built on ``X_scelmo`` (``neighbors_key``)
 ``adata.uns[PROVENANCE]``              provenance: strings and numbers only, never secrets
@@ -26,6 +29,12 @@ HAS_EMBEDDING = "scelmo_has_embedding"
 GENE_SYMBOL = "scelmo_symbol"
 #: ``obs`` column of predicted labels.
 LABEL = "scelmo_label"
+#: ``obsm`` key of the embedding learned by a fine-tuned annotation model (``scelmo.Model``).
+X_SCELMO_FINETUNED = "X_scelmo_finetuned"
+#: ``obsm`` key of the batch-corrected embedding of an integration model.
+X_SCELMO_INTEGRATED = "X_scelmo_integrated"
+#: ``uns`` key of the in-silico deletion results.
+IN_SILICO = "scelmo_in_silico"
 #: ``obs`` column of Leiden clusters computed on the scelmo embedding.
 CLUSTER = "scelmo_leiden"
 #: ``uns`` key of the neighbours computed on the scelmo embedding.

@@ -1,0 +1,125 @@
+"""``scelmo train`` and ``scelmo predict``: the Model API on the command line."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from scelmo.errors import ScelmoError
+
+
+def _read(path: str) -> Any:
+    import anndata as ad
+
+    if not Path(path).is_file():
+        raise ScelmoError(f"Input file {path} does not exist.")
+    try:
+        return ad.read_h5ad(path)
+    except Exception as exc:  # noqa: BLE001 - anndata raises many kinds
+        raise ScelmoError(f"Cannot read {path} as an .h5ad file: {exc}") from None
+
+
+def _ensure_gene_vectors(adata: Any, config: dict[str, Any]) -> None:
+    from scelmo import keys, tl
+
+    if keys.GENE_EMBEDDING not in adata.varm:
+        click.echo("No gene vectors in the input (varm['scelmo']): embedding its genes with the configured roles ...", err=True)
+        tl.embed_genes(adata, config=config)
+
+
+def add_commands(cli: Any) -> None:
+    """Add ``train`` and ``predict`` to the root ``scelmo`` group."""
+
+    @cli.command("train")
+    @click.argument("input", type=click.Path(dir_okay=False))
+    @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Directory for the trained model.")
+    @click.option("--head", default="annotation", show_default=True, help="Task head: annotation, integration, or a plugin's.")
+    @click.option("--labels-key", help="obs column of cell types.")
+    @click.option("--batch-key", help="obs column of batches.")
+    @click.option("--layer", help="Layer with (log-normalised) expression (default: raw if present, else X).")
+    @click.option("--gene-embeddings", type=click.Path(file_okay=False, exists=True), help="Saved GeneEmbeddings directory.")
+    @click.option("--max-epochs", type=int, help="Upper bound on epochs (head default: 30).")
+    @click.option("--batch-size", type=int, help="Cells per mini-batch.")
+    @click.option("--lr", type=float, help="Learning rate.")
+    @click.option("--no-early-stopping", is_flag=True, help="Train all epochs.")
+    @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+    @click.option("--seed", default=0, show_default=True, type=int)
+    @click.option("--threads", type=int, help="torch CPU threads (default 1 on CPU).")
+    @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Head option, e.g. --option latent=32.")
+    @click.option("--latent-output", type=click.Path(dir_okay=False), help="Also write INPUT with the learned embedding in obsm.")
+    @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+    @click.pass_context
+    def train_cmd(ctx, input, output, head, labels_key, batch_key, layer, gene_embeddings, max_epochs, batch_size, lr,
+                  no_early_stopping, device, seed, threads, options, latent_output, overwrite):
+        """Train a fine-tuning head on INPUT (.h5ad) and save the model to OUTPUT."""
+        import scelmo
+        from scelmo import io, keys
+        from scelmo.cli import _parse_value
+
+        if Path(output).exists() and not overwrite:
+            raise ScelmoError(f"{output} exists; pass --overwrite to replace it.")
+        if latent_output:
+            io.check_writable(latent_output)
+        head_options = {}
+        for item in options:
+            k, sep, v = item.partition("=")
+            if not sep:
+                raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--option")
+            head_options[k.strip()] = _parse_value(v.strip())
+        config = dict(ctx.obj or {})
+        adata = _read(input)
+        if gene_embeddings is None:
+            _ensure_gene_vectors(adata, config)
+        scelmo.Model.setup_anndata(adata, labels_key=labels_key, batch_key=batch_key, layer=layer)
+        model = scelmo.Model(adata, head=head, gene_embeddings=gene_embeddings, **head_options)
+        t0 = time.perf_counter()
+        model.train(max_epochs=max_epochs, batch_size=batch_size, lr=lr,
+                    early_stopping=False if no_early_stopping else None, device=device, seed=seed, num_threads=threads)
+        model.save(output, overwrite=overwrite)
+        info = model.train_info
+        score = info.get("best_validation_score")
+        click.echo(
+            f"Trained {head!r} on {info['n_cells']} cells ({info['n_genes_with_vector']}/{info['n_genes']} genes with vectors), "
+            f"{info['epochs']} epochs on {info['device']} in {time.perf_counter() - t0:.1f} s"
+            + (f", best validation score {score:.3f}" if score is not None else "") + f" -> {output}"
+        )
+        if latent_output:
+            key = keys.X_SCELMO_INTEGRATED if head == "integration" else keys.X_SCELMO_FINETUNED
+            model.get_latent_representation(key_added=key)
+            io.write_h5ad(adata, latent_output)
+            click.echo(f"Wrote obsm[{key!r}] -> {latent_output}")
+
+    @cli.command("predict")
+    @click.argument("input", type=click.Path(dir_okay=False))
+    @click.option("-m", "--model", "model_dir", required=True, type=click.Path(file_okay=False, exists=True), help="Saved model directory.")
+    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .h5ad.")
+    @click.option("--method", type=click.Choice(["knn", "classifier"]), default="knn", show_default=True)
+    @click.option("--key-added", default="scelmo_label", show_default=True, help="obs column for labels (annotation head).")
+    @click.option("--latent-key", help="obsm key for the learned embedding (default X_scelmo_finetuned / X_scelmo_integrated).")
+    @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps.")
+    @click.pass_context
+    def predict_cmd(ctx, input, model_dir, output, method, key_added, latent_key, device):
+        """Apply a saved model to INPUT (.h5ad; genes may differ from training) and write OUTPUT."""
+        import scelmo
+        from scelmo import io, keys
+
+        io.check_writable(output)
+        if Path(output).resolve() == Path(input).resolve():
+            raise ScelmoError("OUTPUT must differ from INPUT (the input is never modified).")
+        adata = _read(input)
+        model = scelmo.Model.load(model_dir, adata=adata)
+        _, names, E = model.get_expression(adata)
+        covered = int((abs(E).sum(1) > 0).sum())
+        if covered < 0.5 * len(names) and keys.GENE_EMBEDDING not in adata.varm:
+            _ensure_gene_vectors(adata, dict(ctx.obj or {}))
+        key = latent_key or (keys.X_SCELMO_INTEGRATED if model.head_name == "integration" else keys.X_SCELMO_FINETUNED)
+        model.get_latent_representation(adata, key_added=key, device=device)
+        msg = f"obsm[{key!r}]"
+        if hasattr(model.head, "predict_knn"):
+            model.predict(adata, method=method, key_added=key_added, device=device)
+            msg += f", obs[{key_added!r}] ({method})"
+        io.write_h5ad(adata, output)
+        click.echo(f"Wrote {msg} for {adata.n_obs} cells -> {output}")

@@ -1,0 +1,446 @@
+"""``scelmo.Model``: fine-tuned models on LLM gene embeddings, scvi-tools style.
+
+::
+
+    import scelmo
+    scelmo.tl.embed_genes(adata)                               # gene vectors -> adata.varm["scelmo"]
+    scelmo.Model.setup_anndata(adata, labels_key="cell_type")  # which obs columns / layer to use
+    model = scelmo.Model(adata, head="annotation")             # a head from the plugin registry
+    model.train(max_epochs=30)                                  # CUDA > MPS > CPU, seeded
+    adata.obsm["X_scelmo_finetuned"] = model.get_latent_representation()
+    labels = model.predict(query, method="knn")                 # query may have other genes
+    model.save("my_model")                                      # weights, genes, labels, config
+    model = scelmo.Model.load("my_model", adata=query)
+
+The network lives in a *task head* looked up by name in :data:`scelmo.plugins.heads`
+(``"annotation"`` and ``"integration"`` come from the ``scelmo_torch`` plugin), so a
+third-party head plugs in the same way. This module imports no torch; the head does.
+
+Head contract (what :class:`Model` calls; ``X`` is cells x genes, float32 CSR or
+ndarray, finite and non-negative; ``gene_vectors`` is genes x d aligned to X's
+columns with zero rows for genes without a vector):
+
+* ``fit(X, labels, *, gene_vectors, batch, training: dict) -> head`` (``labels`` /
+  ``batch``: arrays of strings or ``None``; ``training``: max_epochs, batch_size, lr,
+  early_stopping, device, seed, ... as the head understands them);
+* ``transform(X, *, gene_vectors, device=None) -> ndarray`` (cells x latent);
+* ``predict_knn(latent, k=None) -> (labels, score)`` and
+  ``predict_proba(X, *, gene_vectors, device=None) -> ndarray`` with a ``classes``
+  attribute (only for heads that predict labels);
+* ``save_state(directory)`` and the classmethod ``load_state(directory) -> head``;
+  ``history`` (a list of per-epoch dicts) and ``options`` (a pydantic model).
+
+Nothing is written into ``adata`` except what is asked for (``key_added=``) and
+provenance in ``adata.uns["scelmo"]``. The setup of an AnnData (:meth:`setup_anndata`)
+is kept in this module, keyed by the object, not in ``adata.uns``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import weakref
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import keys, provenance
+from .errors import InputError, ScelmoError
+from .genes import GeneEmbeddings
+
+MODEL_FILE = "model.json"
+HEAD_DIR = "head"
+GENES_DIR = "gene_embeddings"
+FORMAT = "scelmo.Model"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class AnnDataSetup:
+    """Which parts of an AnnData a :class:`Model` uses (see :meth:`Model.setup_anndata`)."""
+
+    labels_key: str | None = None
+    batch_key: str | None = None
+    layer: str | None = None
+    use_raw: bool | None = None
+
+
+# object id -> (weak reference, setup); entries vanish with their AnnData
+_SETUPS: dict[int, tuple[Any, AnnDataSetup]] = {}
+
+
+def _remember(adata: Any, setup: AnnDataSetup) -> None:
+    key = id(adata)
+    try:
+        ref = weakref.ref(adata, lambda _r, k=key: _SETUPS.pop(k, None))
+    except TypeError:  # pragma: no cover - AnnData supports weak references
+        ref = lambda a=adata: a  # noqa: E731
+    _SETUPS[key] = (ref, setup)
+
+
+def _setup_of(adata: Any) -> AnnDataSetup | None:
+    hit = _SETUPS.get(id(adata))
+    if hit is None or hit[0]() is not adata:
+        return None
+    return hit[1]
+
+
+def _sha256_array(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float32).tobytes()).hexdigest()
+
+
+class Model:
+    """A fine-tuned model on LLM gene embeddings (see the module docstring).
+
+    Parameters
+    ----------
+    adata
+        Training data, registered with :meth:`setup_anndata`. Gene vectors come from
+        ``adata.varm["scelmo"]`` (run :func:`scelmo.tl.embed_genes` first) unless
+        ``gene_embeddings`` is given.
+    head
+        Name of a registered task head: ``"annotation"`` (cell types; needs
+        ``labels_key``) or ``"integration"`` (batch removal; needs ``batch_key``).
+    gene_embeddings
+        A :class:`~scelmo.genes.GeneEmbeddings` (or a directory saved from one) to use
+        instead of ``adata.varm["scelmo"]``.
+    **head_options
+        Options of the head (e.g. ``latent=32``, ``triplet_weight=1.0``); unknown
+        options are errors listing the allowed ones.
+    """
+
+    def __init__(self, adata: Any, head: str = "annotation", *, gene_embeddings: GeneEmbeddings | str | None = None,
+                 **head_options: Any) -> None:
+        from . import plugins
+
+        setup = _setup_of(adata)
+        if setup is None:
+            raise InputError(
+                "This AnnData is not registered. Call `scelmo.Model.setup_anndata(adata, labels_key=..., "
+                "batch_key=...)` first."
+            )
+        self.adata = adata
+        self.setup = setup
+        self.head_name = head
+        self.head = plugins.heads.create(head, **head_options)
+        if getattr(self.head, "requires_labels", False) and setup.labels_key is None:
+            raise InputError(f"The {head!r} head needs labels: call `Model.setup_anndata(adata, labels_key=...)`.")
+        self.gene_table = self._gene_table(adata, gene_embeddings)
+        self.is_trained = False
+        self.train_info: dict[str, Any] = {}
+
+    # -- setup ----------------------------------------------------------------------------
+    @classmethod
+    def setup_anndata(cls, adata: Any, *, labels_key: str | None = None, batch_key: str | None = None,
+                      layer: str | None = None, use_raw: bool | None = None) -> None:
+        """Register which ``obs`` columns and which expression matrix a model uses.
+
+        Parameters
+        ----------
+        labels_key
+            ``obs`` column of cell types (annotation; optional for integration: cells
+            with a missing label are used unsupervised).
+        batch_key
+            ``obs`` column of batches (integration).
+        layer, use_raw
+            The expression values: ``adata.layers[layer]``, ``adata.raw.X`` or
+            ``adata.X`` (``use_raw=None``: raw when present, as scanpy). Values must be
+            finite and non-negative; log-normalised expression is recommended.
+        """
+        for key, what in ((labels_key, "labels_key"), (batch_key, "batch_key")):
+            if key is not None and key not in adata.obs:
+                raise InputError(f"{what}={key!r} is not a column of adata.obs (columns: {', '.join(map(str, adata.obs.columns[:20]))}).")
+        if layer is not None and layer not in adata.layers:
+            raise InputError(f"Layer {layer!r} not found in adata.layers (available: {', '.join(adata.layers) or 'none'}).")
+        _remember(adata, AnnDataSetup(labels_key, batch_key, layer, use_raw))
+
+    @staticmethod
+    def _gene_table(adata: Any, gene_embeddings: GeneEmbeddings | str | None) -> GeneEmbeddings:
+        if isinstance(gene_embeddings, str | Path):
+            gene_embeddings = GeneEmbeddings.load(gene_embeddings)
+        if gene_embeddings is not None:
+            return gene_embeddings
+        table = _table_from_varm(adata)
+        if table is None:
+            raise InputError(
+                f"adata.varm[{keys.GENE_EMBEDDING!r}] not found: run `scelmo.tl.embed_genes(adata)` first "
+                "(or pass `gene_embeddings=`)."
+            )
+        return table
+
+    # -- data -----------------------------------------------------------------------------
+    def get_expression(self, adata: Any | None = None) -> tuple[Any, list[str], np.ndarray]:
+        """The checked expression matrix, its gene names and the aligned gene vectors.
+
+        Uses the layer / raw choice of :meth:`setup_anndata` (the model's own, for a
+        query that was not set up). Genes are matched to the model's gene table by
+        ``var["scelmo_symbol"]`` (else the name); genes the table lacks take the query's
+        own ``varm["scelmo"]`` vectors when present. Sparse input stays sparse.
+        """
+        from .matrix import iter_row_chunks, select_matrix
+
+        adata = self.adata if adata is None else adata
+        setup = _setup_of(adata) or self.setup
+        matrix, var_names, _ = select_matrix(adata, layer=setup.layer, use_raw=setup.use_raw)
+        names = [str(v) for v in var_names]
+        if len(names) == 0 or adata.n_obs == 0:
+            raise InputError(f"The data has {adata.n_obs} cells and {len(names)} genes; nothing to do.")
+        chunks = [c for _, c in iter_row_chunks(matrix, 20_000)]
+        X = sp.vstack(chunks, format="csr") if sp.issparse(chunks[0]) else np.vstack(chunks)
+        lookup = _lookup_names(adata, names)
+        E, mask = self.gene_table.aligned(lookup)
+        own = _table_from_varm(adata)
+        if own is not None and own.dim == E.shape[1] and not mask.all():
+            extra, extra_mask = own.aligned(lookup)
+            fill = ~mask & extra_mask
+            E[fill] = extra[fill]
+            mask |= fill
+        if not mask.any():
+            raise InputError(
+                "None of the data's genes has a gene vector in this model's gene table. Run "
+                "`scelmo.tl.embed_genes(adata)` on it (same embedder as for training) or check var_names."
+            )
+        return X, names, E
+
+    def _obs(self, key: str | None) -> np.ndarray | None:
+        if key is None:
+            return None
+        col = self.adata.obs[key]
+        arr = col.astype(object).to_numpy()
+        return np.array([None if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v) for v in arr], dtype=object)
+
+    # -- training -------------------------------------------------------------------------
+    def train(self, max_epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+              early_stopping: bool | None = None, device: str = "auto", seed: int = 0, *,
+              num_threads: int | None = None, progress: bool | None = None, **training: Any) -> Model:
+        """Train the head on the registered AnnData.
+
+        Parameters
+        ----------
+        max_epochs, batch_size, lr, early_stopping
+            Training settings; ``None`` keeps the head's default (annotation: at most 30
+            epochs, batch 128, lr 3e-3, early stopping on validation kNN accuracy).
+        device
+            ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
+        seed
+            Seeds every random choice (split, batches, initial weights).
+        num_threads
+            torch CPU threads (default 1 on CPU, which was 3-5x faster on 2 cores).
+        **training
+            Further settings of the head (e.g. ``check_every``, ``patience``,
+            ``validation_fraction``, ``weight_decay``, ``amp``).
+        """
+        import time
+
+        X, _, E = self.get_expression()
+        settings = {"max_epochs": max_epochs, "batch_size": batch_size, "lr": lr, "early_stopping": early_stopping,
+                    "device": device, "seed": seed, "num_threads": num_threads, "progress": progress, **training}
+        settings = {k: v for k, v in settings.items() if v is not None}
+        t0 = time.perf_counter()
+        self.head.fit(X, self._obs(self.setup.labels_key), gene_vectors=E, batch=self._obs(self.setup.batch_key),
+                      training=settings)
+        history = list(getattr(self.head, "history", []) or [])
+        self.is_trained = True
+        self.train_info = {
+            "head": self.head_name,
+            "n_cells": int(X.shape[0]),
+            "n_genes": int(X.shape[1]),
+            "n_genes_with_vector": int((np.abs(E).sum(1) > 0).sum()),
+            "epochs": len(history),
+            "seconds": time.perf_counter() - t0,
+            "device": str(getattr(self.head, "device", "")),
+            **{f"setting_{k}": v for k, v in settings.items() if isinstance(v, str | int | float | bool)},
+        }
+        if getattr(self.head, "best_score", None) is not None:
+            self.train_info["best_validation_score"] = float(self.head.best_score)
+        provenance.record(self.adata, "train", self.train_info)
+        return self
+
+    @property
+    def history(self) -> Any:
+        """Per-epoch training history (loss, validation score, seconds) as a DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(getattr(self.head, "history", []))
+
+    def _require_trained(self) -> None:
+        if not self.is_trained:
+            raise ScelmoError("The model is not trained yet; call `model.train()` first.")
+
+    # -- inference ------------------------------------------------------------------------
+    def get_latent_representation(self, adata: Any | None = None, *, key_added: str | None = None,
+                                  device: str | None = None) -> np.ndarray:
+        """Cell embeddings from the trained head (cells x latent, float32).
+
+        ``adata`` defaults to the training data; it may have other genes (matched through
+        the gene vectors). With ``key_added`` (e.g. ``"X_scelmo_finetuned"`` or
+        ``"X_scelmo_integrated"``) the result is also stored in ``adata.obsm[key_added]``.
+        """
+        self._require_trained()
+        target = self.adata if adata is None else adata
+        X, _, E = self.get_expression(target)
+        z = np.asarray(self.head.transform(X, gene_vectors=E, device=device), dtype=np.float32)
+        if key_added:
+            target.obsm[key_added] = z
+            provenance.record(target, "latent", {"head": self.head_name, "key_added": key_added, "dim": z.shape[1]})
+        return z
+
+    def predict(self, adata: Any | None = None, *, method: str = "knn", return_probabilities: bool = False,
+                k: int | None = None, key_added: str | None = None, device: str | None = None) -> Any:
+        """Predicted labels (annotation head).
+
+        Parameters
+        ----------
+        method
+            ``"knn"``: majority label of the ``k`` (default 10) cosine-nearest training
+            cells in the learned space; ``"classifier"``: the head's classifier.
+        return_probabilities
+            Return a DataFrame (cells x classes) of classifier probabilities, or of the
+            neighbours' vote shares for ``"knn"``, instead of labels.
+        key_added
+            Also write ``adata.obs[key_added]`` (e.g. ``"scelmo_label"``) and
+            ``adata.obs[key_added + "_score"]`` (the winning probability / vote share).
+        """
+        import pandas as pd
+
+        self._require_trained()
+        if method not in ("knn", "classifier"):
+            raise InputError(f"method must be 'knn' or 'classifier', got {method!r}.")
+        if not hasattr(self.head, "predict_knn"):
+            raise ScelmoError(f"The {self.head_name!r} head does not predict labels; use the 'annotation' head.")
+        target = self.adata if adata is None else adata
+        classes = list(self.head.classes)
+        if method == "classifier":
+            X, _, E = self.get_expression(target)
+            probs = np.asarray(self.head.predict_proba(X, gene_vectors=E, device=device))
+        else:
+            z = self.get_latent_representation(target, device=device)
+            probs = self.head.knn_fractions(z, k=k)
+        labels = np.asarray(classes, dtype=object)[probs.argmax(1)].astype(str)
+        if key_added:
+            target.obs[key_added] = pd.Categorical(labels, categories=classes)
+            target.obs[f"{key_added}_score"] = probs.max(1).astype(np.float32)
+            provenance.record(target, "predict", {"head": self.head_name, "method": method, "key_added": key_added})
+        if return_probabilities:
+            return pd.DataFrame(probs, index=target.obs_names, columns=classes)
+        return labels
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the model to a directory (appears atomically).
+
+        Contents: ``model.json`` (format, head name and options, setup, the training
+        genes, label classes, training settings, SHA-256 of the gene-vector matrix),
+        ``head/`` (weights and the head's own state) and ``gene_embeddings/`` (the gene
+        table, checksummed; see :meth:`GeneEmbeddings.save`).
+        """
+        from . import __version__
+
+        self._require_trained()
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise ScelmoError(f"{path} already exists; pass overwrite=True to replace it.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            self.head.save_state(tmp / HEAD_DIR)
+            self.gene_table.save(tmp / GENES_DIR, overwrite=True)
+            _, names, _ = self.get_expression()
+            info = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "scelmo_version": __version__,
+                "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "head": self.head_name,
+                "head_options": self.head.options.model_dump(mode="json"),
+                "setup": asdict(self.setup),
+                "train_genes": names,
+                "classes": list(getattr(self.head, "classes", []) or []),
+                "gene_embeddings_sha256": _sha256_array(self.gene_table.vectors),
+                "gene_embeddings_manifest": self.gene_table.manifest,
+                "train": self.train_info,
+            }
+            (tmp / MODEL_FILE).write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                path.rename(old)
+                tmp.rename(path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, adata: Any | None = None) -> Model:
+        """Load a model saved by :meth:`save`, bound to ``adata`` (optional: query data).
+
+        ``adata`` is registered with the saved setup unless it already was. The gene
+        table's checksums are verified.
+        """
+        from . import plugins
+
+        path = Path(path)
+        mfile = path / MODEL_FILE
+        if not mfile.is_file():
+            raise ScelmoError(f"{path} is not a saved scelmo model (no {MODEL_FILE}).")
+        info = json.loads(mfile.read_text(encoding="utf-8"))
+        if info.get("format") != FORMAT or int(info.get("format_version", 0)) > FORMAT_VERSION:
+            raise ScelmoError(f"{path}: unsupported model format {info.get('format')!r} v{info.get('format_version')}.")
+        table = GeneEmbeddings.load(path / GENES_DIR)
+        if _sha256_array(table.vectors) != info.get("gene_embeddings_sha256"):
+            raise ScelmoError(f"{path}: the gene table does not match the checksum in {MODEL_FILE}; the model is corrupt.")
+        head_cls = plugins.heads.get(info["head"])
+        head = head_cls.load_state(path / HEAD_DIR)
+        setup = AnnDataSetup(**info.get("setup", {}))
+        self = cls.__new__(cls)
+        self.setup = setup
+        self.head_name = info["head"]
+        self.head = head
+        self.gene_table = table
+        self.is_trained = True
+        self.train_info = dict(info.get("train", {}))
+        self.adata = adata
+        if adata is not None and _setup_of(adata) is None:
+            _remember(adata, setup)
+        return self
+
+    def __repr__(self) -> str:
+        state = "trained" if self.is_trained else "not trained"
+        n = getattr(self.adata, "n_obs", "?")
+        return f"scelmo.Model(head={self.head_name!r}, {state}, genes={len(self.gene_table)} x {self.gene_table.dim}, cells={n})"
+
+
+def _lookup_names(adata: Any, names: list[str]) -> list[str]:
+    """Look-up key per matrix column: ``var["scelmo_symbol"]`` where known, else the name."""
+    if keys.GENE_SYMBOL not in adata.var:
+        return names
+    sym = dict(zip(map(str, adata.var_names), adata.var[keys.GENE_SYMBOL].astype(str), strict=True))
+    return [sym.get(n) or n for n in names]
+
+
+def _table_from_varm(adata: Any) -> GeneEmbeddings | None:
+    """A gene table from ``adata.varm["scelmo"]`` (genes with a vector, by symbol)."""
+    if keys.GENE_EMBEDDING not in adata.varm:
+        return None
+    vec = np.asarray(adata.varm[keys.GENE_EMBEDDING], dtype=np.float32)
+    names = _lookup_names(adata, [str(v) for v in adata.var_names])
+    has = np.abs(vec).sum(1) > 0
+    seen: set[str] = set()
+    rows, genes = [], []
+    for i, (g, h) in enumerate(zip(names, has, strict=True)):
+        if h and g and g.upper() not in seen:
+            seen.add(g.upper())
+            rows.append(i)
+            genes.append(g)
+    manifest = dict((adata.uns.get(keys.PROVENANCE, {}) or {}).get("embed_genes", {}) or {})
+    manifest = {k: v for k, v in manifest.items() if isinstance(v, str | int | float)}
+    return GeneEmbeddings(genes, vec[rows] if rows else np.zeros((0, vec.shape[1]), np.float32), manifest)
