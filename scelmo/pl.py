@@ -160,3 +160,59 @@ def confusion_matrix(
     if title:
         ax.set_title(title)
     return _finish(fig, save, show, dpi)
+
+
+def in_silico_ranking(
+    data: Any,
+    *,
+    key: str = keys.IN_SILICO,
+    by: str = "delta_cosine",
+    n_top: int = 20,
+    title: str | None = None,
+    save: str | os.PathLike[str] | None = None,
+    show: bool | None = None,
+    dpi: int = 150,
+) -> Any:
+    """Bar chart of the genes whose in-silico deletion moves cells most toward the target.
+
+    Parameters
+    ----------
+    data
+        The DataFrame returned by :func:`scelmo.tl.in_silico_deletion`, or an AnnData
+        holding its result in ``adata.uns[key]``.
+    by
+        ``"delta_cosine"`` (change of cosine between group means) or
+        ``"target_probability_shift"`` (change of the classifier's target probability).
+    n_top
+        Number of genes shown (largest values first).
+    """
+    show = _begin(save, show)
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
+
+    source = target = None
+    if isinstance(data, pd.DataFrame):
+        df = data
+    else:
+        if key not in data.uns:
+            raise ScelmoError(f"adata.uns[{key!r}] not found. Run `scelmo.tl.in_silico_deletion` first.")
+        res = data.uns[key]
+        df = pd.DataFrame({c: np.asarray(res[c]) for c in ("delta_cosine", "target_probability_shift") if c in res},
+                          index=np.asarray(res["genes"]).astype(str))
+        source, target = res.get("source"), res.get("target")
+    if by not in df:
+        raise ScelmoError(f"Column {by!r} not in the results (available: {', '.join(map(str, df.columns))}).")
+    top = df[by].dropna().sort_values(ascending=False).head(n_top)[::-1]
+    fig, ax = plt.subplots(figsize=(5, 0.28 * len(top) + 1.2))
+    colors = ["#2b8cbe" if v > 0 else "#bdbdbd" for v in top.to_numpy()]
+    ax.barh(top.index.astype(str), top.to_numpy(), color=colors)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel({"delta_cosine": "change of cosine(source, target) after deletion",
+                   "target_probability_shift": "change of P(target) after deletion"}.get(by, by))
+    ax.spines[["top", "right"]].set_visible(False)
+    if title is None and source and target:
+        title = f"in-silico deletion: {source} -> {target}"
+    if title:
+        ax.set_title(title)
+    return _finish(fig, save, show, dpi)

@@ -9,6 +9,7 @@ function                       writes
 :func:`cluster`                ``obs["scelmo_leiden"]``, ``uns["scelmo_neighbors"]``, ``obsp``
 :func:`umap`                   ``obsm["X_scelmo_umap"]``
 :func:`annotate`               ``obs["scelmo_label"]``, ``obs["scelmo_label_score"]``
+:func:`in_silico_deletion`     ``uns["scelmo_in_silico"]`` (gene ranking; needs a trained Model)
 =============================  ==============================================================
 """
 
@@ -32,9 +33,10 @@ from .errors import (
     ScelmoWarning,
 )
 from .genes import GeneEmbeddings, GeneVocabulary, Resolution
+from .insilico import in_silico_deletion
 from .matrix import n_rows_cols, select_matrix
 
-__all__ = ["annotate", "cluster", "embed_cells", "embed_genes", "estimate_embed_genes", "umap"]
+__all__ = ["annotate", "cluster", "embed_cells", "embed_genes", "estimate_embed_genes", "in_silico_deletion", "umap"]
 
 Config = ScelmoSettings | Mapping[str, Any] | None
 

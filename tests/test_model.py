@@ -1,0 +1,218 @@
+"""scelmo.Model with the annotation head: real torch training on pbmc68k_reduced."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import scelmo
+from scelmo import datasets, keys, metrics, testing
+from scelmo.errors import ConfigError, InputError, ScelmoError, UnknownComponentError
+
+torch = pytest.importorskip("torch")
+
+
+def _with_vectors(adata, dim=32, seed=0):
+    ge = testing.random_gene_embeddings(list(adata.var_names), dim=dim, seed=seed)
+    adata.varm[keys.GENE_EMBEDDING], _ = ge.aligned(list(adata.var_names))
+    return adata
+
+
+@pytest.fixture(scope="module")
+def split():
+    a = _with_vectors(datasets.pbmc68k_reduced())
+    perm = np.random.default_rng(0).permutation(a.n_obs)
+    return a[np.sort(perm[210:])].copy(), a[np.sort(perm[:210])].copy()
+
+
+@pytest.fixture(scope="module")
+def trained(split):
+    train, _ = split
+    scelmo.Model.setup_anndata(train, labels_key="bulk_labels")
+    model = scelmo.Model(train, head="annotation")
+    model.train(max_epochs=15, seed=0)
+    return model
+
+
+def test_annotation_beats_chance_on_held_out_cells(trained, split):
+    _, test = split
+    y = test.obs["bulk_labels"].astype(str).to_numpy()
+    majority = max(np.mean(y == c) for c in set(y))  # ~0.34
+    knn = metrics.accuracy(y, trained.predict(test, method="knn"))
+    clf = metrics.accuracy(y, trained.predict(test, method="classifier"))
+    assert knn > majority + 0.2
+    assert clf > majority + 0.15
+    hist = trained.history
+    assert {"loss", "ce", "triplet", "seconds"} <= set(hist.columns)
+    assert hist["val_score"].notna().any()
+    assert hist["loss"].iloc[-1] < hist["loss"].iloc[0]
+
+
+def test_predict_probabilities_and_obs_keys(trained, split):
+    _, test = split
+    q = test.copy()
+    probs = trained.predict(q, method="classifier", return_probabilities=True, key_added=keys.LABEL)
+    assert list(probs.columns) == trained.head.classes
+    np.testing.assert_allclose(probs.to_numpy().sum(1), 1.0, atol=1e-5)
+    assert q.obs[keys.LABEL].tolist() == probs.idxmax(axis=1).tolist()
+    assert np.allclose(q.obs[f"{keys.LABEL}_score"], probs.max(axis=1), atol=1e-6)
+    votes = trained.predict(q, method="knn", return_probabilities=True)
+    assert np.allclose(votes.to_numpy().sum(1), 1.0, atol=1e-4)
+    assert q.uns["scelmo"]["predict"]["method"] == "classifier"
+
+
+def test_latent_representation_written_only_when_asked(trained, split):
+    _, test = split
+    q = test.copy()
+    uns_before = set(q.uns)
+    z = trained.get_latent_representation(q)
+    assert z.shape == (q.n_obs, 32) and z.dtype == np.float32
+    assert keys.X_SCELMO_FINETUNED not in q.obsm
+    trained.get_latent_representation(q, key_added=keys.X_SCELMO_FINETUNED)
+    np.testing.assert_array_equal(q.obsm[keys.X_SCELMO_FINETUNED], z)
+    assert set(q.uns) - uns_before <= {"scelmo"}  # nothing but provenance
+
+
+def test_save_load_round_trip_gives_identical_predictions(trained, split, tmp_path):
+    _, test = split
+    path = trained.save(tmp_path / "model")
+    assert {"model.json", "head", "gene_embeddings"} <= {p.name for p in path.iterdir()}
+    info = json.loads((path / "model.json").read_text())
+    assert info["classes"] == trained.head.classes and info["setup"]["labels_key"] == "bulk_labels"
+    assert len(info["train_genes"]) == 765 and len(info["gene_embeddings_sha256"]) == 64
+    q = test.copy()
+    loaded = scelmo.Model.load(path, adata=q)
+    np.testing.assert_array_equal(loaded.get_latent_representation(q), trained.get_latent_representation(q))
+    for method in ("knn", "classifier"):
+        np.testing.assert_array_equal(loaded.predict(q, method=method), trained.predict(q, method=method))
+    with pytest.raises(ScelmoError, match="exists"):
+        trained.save(path)
+    trained.save(path, overwrite=True)
+    with pytest.raises(ScelmoError, match="not a saved"):
+        scelmo.Model.load(tmp_path)
+
+
+def test_corrupt_saved_gene_table_is_detected(trained, tmp_path):
+    path = trained.save(tmp_path / "m")
+    vec = np.load(path / "gene_embeddings" / "vectors.npy")
+    vec[0, 0] += 1
+    np.save(path / "gene_embeddings" / "vectors.npy", vec)
+    with pytest.raises(ScelmoError):
+        scelmo.Model.load(path)
+
+
+def test_same_seed_same_model_other_seed_differs(split):
+    train, test = split
+    a = train.copy()
+    scelmo.Model.setup_anndata(a, labels_key="bulk_labels")
+    z = []
+    for seed in (3, 3, 4):
+        m = scelmo.Model(a, head="annotation").train(max_epochs=3, seed=seed, early_stopping=False)
+        z.append(m.get_latent_representation(test))
+    np.testing.assert_array_equal(z[0], z[1])
+    assert not np.allclose(z[0], z[2])
+
+
+def test_query_with_gene_subset_and_other_order(trained, split):
+    _, test = split
+    y = test.obs["bulk_labels"].astype(str).to_numpy()
+    genes = list(test.var_names[::-1][:500])  # 500 of 765 genes, reversed order
+    q = test[:, genes].copy()
+    pred = trained.predict(q)
+    assert metrics.accuracy(y, pred) > 0.45
+    # the query's own vectors are ignored for genes the model knows: same result without them
+    q2 = q.copy()
+    del q2.varm[keys.GENE_EMBEDDING]
+    np.testing.assert_array_equal(trained.predict(q2), pred)
+
+
+def test_dense_input_gives_the_same_embedding_as_sparse(trained, split):
+    _, test = split
+    dense = test.copy()
+    dense.X = dense.X.toarray()
+    np.testing.assert_allclose(trained.get_latent_representation(dense), trained.get_latent_representation(test), rtol=1e-5, atol=1e-6)
+
+
+def test_threads_are_restored_after_training(split):
+    train, _ = split
+    a = train[:200].copy()
+    before = torch.get_num_threads()
+    scelmo.Model.setup_anndata(a, labels_key="bulk_labels")
+    m = scelmo.Model(a, head="annotation").train(max_epochs=1, early_stopping=False)
+    assert torch.get_num_threads() == before
+    assert m.train_info["device"] == "cpu" or torch.cuda.is_available()
+
+
+def test_errors_are_clear(split):
+    train, _ = split
+    fresh = train.copy()
+    with pytest.raises(InputError, match="setup_anndata"):
+        scelmo.Model(fresh)
+    scelmo.Model.setup_anndata(fresh)
+    with pytest.raises(InputError, match="labels"):
+        scelmo.Model(fresh, head="annotation")
+    with pytest.raises(InputError, match="not a column"):
+        scelmo.Model.setup_anndata(fresh, labels_key="nope")
+    no_vec = train.copy()
+    del no_vec.varm[keys.GENE_EMBEDDING]
+    scelmo.Model.setup_anndata(no_vec, labels_key="bulk_labels")
+    with pytest.raises(InputError, match="embed_genes"):
+        scelmo.Model(no_vec)
+    scelmo.Model.setup_anndata(fresh, labels_key="bulk_labels")
+    with pytest.raises(ConfigError, match="latent"):
+        scelmo.Model(fresh, head="annotation", latnet=16)
+    with pytest.raises(UnknownComponentError, match="annotation"):
+        scelmo.Model(fresh, head="anotation")
+    model = scelmo.Model(fresh, head="annotation")
+    with pytest.raises(ScelmoError, match="not trained"):
+        model.predict()
+    with pytest.raises(ConfigError, match="max_epochs"):
+        model.train(max_epochs=0)
+    with pytest.raises(ConfigError, match="CUDA"):
+        if torch.cuda.is_available():
+            pytest.skip("CUDA present")
+        model.train(max_epochs=1, device="cuda")
+
+
+@pytest.mark.parametrize("bad", [np.nan, -1.0])
+def test_nan_or_negative_expression_is_an_input_error(split, bad):
+    train, _ = split
+    a = train[:100].copy()
+    a.X = a.X.toarray()
+    a.X[5, 3] = bad
+    scelmo.Model.setup_anndata(a, labels_key="bulk_labels")
+    with pytest.raises(InputError, match="cell 5"):
+        scelmo.Model(a).train(max_epochs=1)
+
+
+def test_scaled_x_is_rejected_but_raw_works(pbmc):
+    _with_vectors(pbmc)
+    scelmo.Model.setup_anndata(pbmc, labels_key="bulk_labels", use_raw=False)  # scanpy's X is z-scored
+    with pytest.raises(InputError, match="negative"):
+        scelmo.Model(pbmc).train(max_epochs=1)
+    scelmo.Model.setup_anndata(pbmc, labels_key="bulk_labels")  # raw (log-normalised) by default
+    m = scelmo.Model(pbmc).train(max_epochs=1, early_stopping=False)
+    assert m.get_latent_representation().shape == (700, 32)
+
+
+def test_real_offline_gene_embeddings(split):
+    """The default offline gene vectors (MiniLM over the bundled gene texts) train too."""
+    train, test = split
+    top = np.argsort(-np.asarray(train.X.mean(0)).ravel())[:250]  # 250 genes: keeps a cold cache fast
+    a, q = train[:, np.sort(top)].copy(), test.copy()
+    del a.varm[keys.GENE_EMBEDDING]
+    scelmo.tl.embed_genes(a)
+    scelmo.Model.setup_anndata(a, labels_key="bulk_labels")
+    m = scelmo.Model(a).train(max_epochs=10)
+    y = q.obs["bulk_labels"].astype(str).to_numpy()
+    assert metrics.accuracy(y, m.predict(q)) > 0.6
+
+
+def test_core_imports_do_not_import_torch():
+    code = "import sys, scelmo, scelmo.tl, scelmo.model; scelmo.Model; assert 'torch' not in sys.modules, 'torch imported'"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
