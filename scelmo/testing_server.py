@@ -9,7 +9,8 @@ Use it to drive provider code through litellm without a network or a key::
                                       "embed.api_base": srv.openai_base})
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/embeddings`` (OpenAI),
-``POST /api/embed``, ``/api/generate``, ``/api/chat`` (Ollama's native API). The
+``POST /api/embed``, ``/api/generate``, ``/api/chat`` (Ollama's native API), and
+``GET /stats`` (the counters, for a server in another process). The
 request's model name picks a behaviour (see :data:`BEHAVIOURS`); anything else
 answers correctly. Every request is counted (``requests``), every answered item too
 (``answered``: a duplicate there is a call paid twice).
@@ -93,7 +94,7 @@ class FakeLLMServer:
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> FakeLLMServer:
         handler = _make_handler(self)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = _QuietServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, name="fake-llm", daemon=True).start()
         return self
@@ -173,14 +174,21 @@ class FakeLLMServer:
             self.answered.update(items)
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:  # a client that hung up
+        pass
+
+
 def _make_handler(srv: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # headers and body go out in two writes: without this, Nagle + delayed ACK add
+        # ~40 ms to every response
+        disable_nagle_algorithm = True
 
         def log_message(self, *args: Any) -> None:  # quiet
-            pass
-
-        def handle_error(self) -> None:  # a client that timed out and hung up
             pass
 
         def _send(self, code: int, body: Any, ctype: str = "application/json", headers: dict[str, str] | None = None) -> None:
@@ -195,6 +203,14 @@ def _make_handler(srv: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(data)
             except (BrokenPipeError, ConnectionResetError):
                 pass
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server API
+            if self.path.rstrip("/") != "/stats":
+                return self._send(404, {"error": {"message": f"no route {self.path}"}})
+            with srv._lock:
+                body = {"requests": dict(srv.requests), "answered_items": sum(srv.answered.values()),
+                        "duplicates": srv.duplicates(), "max_in_flight": srv.max_in_flight}
+            self._send(200, body)
 
         def do_POST(self) -> None:  # noqa: N802 - http.server API
             raw = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
@@ -300,3 +316,23 @@ def _make_handler(srv: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             self._send(200, body)
 
     return Handler
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m scelmo.testing_server [--latency S] [--dim D]``: serve until killed, print the port."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--latency", type=float, default=0.0)
+    ap.add_argument("--dim", type=int, default=16)
+    args = ap.parse_args(argv)
+    srv = FakeLLMServer(latency=args.latency, dim=args.dim).start()
+    print(srv.port, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        srv.stop()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

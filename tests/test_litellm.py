@@ -454,3 +454,21 @@ def test_concurrent_runs_share_one_cache(tmp_path):
     with sqlite3.connect(cache) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert db.execute("SELECT COUNT(*) FROM entries WHERE role='describe'").fetchone()[0] == 60
+
+
+def test_litellm_pin_is_clean_and_hash_locked():
+    import sysconfig
+    from importlib.metadata import version
+
+    assert version("litellm") not in {"1.82.7", "1.82.8", "1.107.0"}  # compromised upstream
+    lock = (Path(__file__).parents[1] / "requirements" / "litellm.txt").read_text()
+    assert f"litellm=={version('litellm')}" in lock and "--hash=sha256:" in lock
+    site = Path(sysconfig.get_paths()["purelib"])
+    hooks = {p.name for p in site.glob("*.pth")} | {p.name for p in site.glob("sitecustomize.py")}
+    assert not {h for h in hooks if "litellm" in h or h.startswith("cook") or h == "sitecustomize.py"}
+
+
+def test_importing_scelmo_does_not_import_litellm():
+    code = "import scelmo, scelmo.tl, scelmo.descriptions, scelmo_litellm, sys; print('litellm' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
