@@ -17,26 +17,33 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"tl", "pl", "metrics", "datasets", "keys", "config", "plugins", "io", "testing", "errors", "genes", "cache"}
+_SUBMODULES = {
+    "tl", "pl", "metrics", "datasets", "keys", "config", "plugins", "io", "testing", "errors", "genes", "cache",
+    "descriptions", "prompts", "calls",
+}
 _ATTRS = {
     "GeneEmbeddings": ("genes", "GeneEmbeddings"),
     "GeneVocabulary": ("genes", "GeneVocabulary"),
     "ScelmoError": ("errors", "ScelmoError"),
     "get_settings": ("config", "get_settings"),
+    "describe": ("descriptions", "describe"),
     "hookimpl": ("hookspecs", "hookimpl"),
     "Model": ("model", "Model"),
 }
 
 __all__ = [
-    "GeneEmbeddings", "GeneVocabulary", "Model", "ScelmoError", "__version__", "cache", "config", "datasets", "errors",
-    "genes", "get_settings", "hookimpl", "io", "keys", "metrics", "pl", "plugins", "testing", "tl",
+    "GeneEmbeddings", "GeneVocabulary", "Model", "ScelmoError", "__version__", "cache", "calls", "config", "datasets",
+    "describe", "descriptions", "errors", "genes", "get_settings", "hookimpl", "io", "keys", "metrics", "pl", "plugins",
+    "prompts", "testing", "tl",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import (
         cache,
+        calls,
         config,
         datasets,
+        descriptions,
         errors,
         genes,
         io,
@@ -44,10 +51,12 @@ if TYPE_CHECKING:  # pragma: no cover
         metrics,
         pl,
         plugins,
+        prompts,
         testing,
         tl,
     )
     from .config import get_settings
+    from .descriptions import describe
     from .errors import ScelmoError
     from .genes import GeneEmbeddings, GeneVocabulary
     from .hookspecs import hookimpl
