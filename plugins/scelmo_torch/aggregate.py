@@ -12,6 +12,7 @@ Use it with ``scelmo.tl.embed_cells(adata, aggregator="wa_torch")`` or
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -44,12 +45,15 @@ class TorchWeightedAverageAggregator(Aggregator):
         if sp.issparse(chunk):
             csr = chunk.tocsr()
             totals = np.asarray(csr.sum(axis=1), dtype=np.float64).ravel()
-            X = torch.sparse_csr_tensor(
-                torch.from_numpy(csr.indptr.astype(np.int64)),
-                torch.from_numpy(csr.indices.astype(np.int64)),
-                torch.from_numpy(csr.data.astype(np.float32, copy=False)),
-                size=csr.shape,
-            ).to(dev)
+            with warnings.catch_warnings():  # "sparse CSR support is in beta"
+                warnings.simplefilter("ignore", UserWarning)
+                X = torch.sparse_csr_tensor(
+                    torch.from_numpy(csr.indptr.astype(np.int64)),
+                    torch.from_numpy(csr.indices.astype(np.int64)),
+                    torch.from_numpy(csr.data.astype(np.float32, copy=False)),
+                    size=csr.shape,
+                    check_invariants=False,  # scipy's CSR is valid by construction
+                ).to(dev)
             out = torch.sparse.mm(X, E) if csr.nnz else torch.zeros((csr.shape[0], E.shape[1]), device=dev)
         else:
             dense = np.ascontiguousarray(chunk, dtype=np.float32)

@@ -1,0 +1,163 @@
+"""scelmo_torch internals: integration head, triplet loss, devices, the torch aggregator, CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import scelmo
+from scelmo import datasets, keys, metrics, testing
+from scelmo.errors import ConfigError, InputError
+
+torch = pytest.importorskip("torch")
+
+from scelmo_torch.adapter import batch_hard_triplet_loss  # noqa: E402
+from scelmo_torch.base import TrainingConfig, split_rows  # noqa: E402
+from scelmo_torch.device import resolve_device, torch_session  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def batches():
+    a = datasets.simulate_batches(datasets.pbmc68k_reduced(), seed=0)
+    ge = testing.random_gene_embeddings(list(a.var_names), dim=32)
+    a.varm[keys.GENE_EMBEDDING], _ = ge.aligned(list(a.var_names))
+    return a
+
+
+def _zero_shot(a):
+    X = a.X.toarray()
+    E = a.varm[keys.GENE_EMBEDDING]
+    return (X / X.sum(1, keepdims=True)) @ E
+
+
+@pytest.mark.parametrize("labels_key", ["bulk_labels", None])
+def test_integration_mixes_batches_and_keeps_labels(batches, labels_key):
+    a = batches.copy()
+    b, y = a.obs["batch"].to_numpy(), a.obs["bulk_labels"].to_numpy()
+    scelmo.Model.setup_anndata(a, batch_key="batch", labels_key=labels_key)
+    m = scelmo.Model(a, head="integration").train(max_epochs=20, seed=0)
+    z = m.get_latent_representation(key_added=keys.X_SCELMO_INTEGRATED)
+    assert a.obsm[keys.X_SCELMO_INTEGRATED].shape == (a.n_obs, 32)
+    zs = _zero_shot(a)
+    expected = metrics.expected_same_batch_fraction(b)  # 0.335
+    before, after = metrics.same_batch_fraction(zs, b), metrics.same_batch_fraction(z, b)
+    assert after < before - 0.03 and after < expected + 0.08
+    assert metrics.ilisi(z, b) > metrics.ilisi(zs, b)
+    purity = metrics.knn_purity(z, y)
+    if labels_key:  # semi-supervised: labels are kept better than zero-shot
+        assert purity > metrics.knn_purity(zs, y) + 0.03
+    else:
+        assert purity > 0.4  # random neighbours would give ~0.2
+    with pytest.raises(scelmo.ScelmoError, match="does not predict labels"):
+        m.predict()
+
+
+def test_integration_needs_a_batch_key(batches):
+    a = batches.copy()
+    scelmo.Model.setup_anndata(a, labels_key="bulk_labels")
+    with pytest.raises(InputError, match="batch_key"):
+        scelmo.Model(a, head="integration").train(max_epochs=1)
+
+
+def test_batch_hard_triplet_loss():
+    labels = torch.tensor([0, 0, 1, 1])
+    far = torch.tensor([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0], [0.01, 1.0]])
+    assert float(batch_hard_triplet_loss(far, labels, margin=0.2)) == 0.0
+    mixed = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.01], [0.01, 1.0]])
+    assert float(batch_hard_triplet_loss(mixed, labels, margin=0.2)) > 1.0
+    unlabelled = torch.tensor([-1, -1, -1, -1])
+    assert float(batch_hard_triplet_loss(mixed, unlabelled, margin=0.2)) == 0.0
+
+
+def test_split_rows_is_stratified_and_seeded():
+    y = np.repeat([0, 1, 2], [50, 30, 3])
+    tr, va = split_rows(len(y), 0.1, np.random.default_rng(0), y)
+    assert len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == len(y)
+    assert set(y[tr]) == {0, 1, 2}
+    assert np.bincount(y[va], minlength=3).tolist() == [5, 3, 0]
+    tr2, va2 = split_rows(len(y), 0.1, np.random.default_rng(0), y)
+    np.testing.assert_array_equal(va, va2)
+
+
+def test_training_config_and_devices():
+    assert TrainingConfig().batch_size == 512  # the paper's defaults
+    with pytest.raises(ConfigError, match="bogus"):
+        TrainingConfig.from_any({"bogus": 1})
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in {"cpu", "cuda", "mps"}
+    with pytest.raises(ConfigError):
+        resolve_device("tpu")
+    before = torch.get_num_threads()
+    with torch_session("cpu") as dev:
+        assert dev.type == "cpu" and torch.get_num_threads() == 1
+    with torch_session("cpu", num_threads=2):
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+
+
+def test_early_stopping_keeps_the_best_checked_weights(batches):
+    a = batches[:300].copy()
+    scelmo.Model.setup_anndata(a, labels_key="bulk_labels")
+    m = scelmo.Model(a, head="annotation").train(max_epochs=30, check_every=2, patience=1, seed=0)
+    hist = m.history
+    checked = hist.dropna(subset=["val_score"])
+    assert m.head.best_score == checked["val_score"].max()
+    assert m.head.best_epoch in set(checked["epoch"].astype(int))
+    assert len(hist) == 30 or checked["val_score"].iloc[-1] <= m.head.best_score
+
+
+@pytest.mark.parametrize("fmt", ["csr", "dense"])
+def test_torch_aggregator_matches_numpy_wa(fmt):
+    genes = [f"G{i}" for i in range(40)]
+    a = testing.make_adata(120, genes, fmt=fmt, seed=1)
+    X = a.X.toarray() if fmt == "csr" else a.X
+    X[3] = 0  # an empty cell
+    a.X = sp.csr_matrix(X) if fmt == "csr" else X
+    ge = testing.random_gene_embeddings(genes[:35], dim=24)  # 5 genes without a vector
+    with pytest.warns(scelmo.errors.EmptyCellsWarning):
+        scelmo.tl.embed_cells(a, gene_embeddings=ge, aggregator="wa", key_added="np", chunk_size=50)
+    with pytest.warns(scelmo.errors.EmptyCellsWarning):
+        scelmo.tl.embed_cells(a, gene_embeddings=ge, aggregator="wa_torch", key_added="pt", chunk_size=50,
+                              config={"aggregate.options": {"device": "cpu"}})
+    np.testing.assert_allclose(a.obsm["pt"], a.obsm["np"], rtol=1e-5, atol=1e-6)
+    assert np.all(a.obsm["pt"][3] == 0)
+    assert a.uns["scelmo"]["embed_cells"]["aggregator"] == "wa_torch"
+
+
+def test_cli_train_and_predict(tmp_path, batches):
+    from click.testing import CliRunner
+
+    from scelmo import plugins
+    from scelmo.cli import cli
+
+    plugins.add_commands(cli)
+    a = batches[:300].copy()
+    a.write_h5ad(tmp_path / "train.h5ad")
+    q = batches[300:400, batches.var_names[:600]].copy()
+    q.write_h5ad(tmp_path / "query.h5ad")
+    runner = CliRunner()
+    res = runner.invoke(cli, ["train", str(tmp_path / "train.h5ad"), "-o", str(tmp_path / "model"), "--labels-key",
+                              "bulk_labels", "--max-epochs", "3", "--option", "latent=16"])
+    assert res.exit_code == 0, res.output
+    assert "Trained 'annotation' on 300 cells" in res.output
+    res = runner.invoke(cli, ["predict", str(tmp_path / "query.h5ad"), "-m", str(tmp_path / "model"),
+                              "-o", str(tmp_path / "out.h5ad"), "--method", "classifier"])
+    assert res.exit_code == 0, res.output
+    import anndata as ad
+
+    out = ad.read_h5ad(tmp_path / "out.h5ad")
+    assert out.obsm[keys.X_SCELMO_FINETUNED].shape == (100, 16)
+    assert out.obs[keys.LABEL].notna().all()
+    res = runner.invoke(cli, ["train", str(tmp_path / "train.h5ad"), "-o", str(tmp_path / "model"), "--labels-key", "bulk_labels"])
+    assert res.exit_code != 0 and "exists" in res.output
+
+
+def test_sparse_training_matrix_stays_sparse(batches):
+    from scelmo_torch.annotation import AnnotationHead
+
+    head = AnnotationHead()
+    X = sp.csr_matrix(batches.X[:50])
+    Xk, E = head.prepare_matrix(X, batches.varm[keys.GENE_EMBEDDING])
+    assert sp.issparse(Xk) and Xk.format == "csr"
+    np.testing.assert_allclose(np.asarray(Xk.sum(1)).ravel(), 1.0, rtol=1e-5)  # "wa" rows
