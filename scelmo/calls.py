@@ -248,9 +248,14 @@ async def _run_calls_async(
                 errors.append(exc)
                 stop.set()  # no new calls; the ones in flight finish and are kept
                 return
-            if budget is not None:
-                budget.settle(booked, actual_cost(result) if actual_cost else booked)
-            on_result(job, result)
+            try:
+                if budget is not None:
+                    budget.settle(booked, actual_cost(result) if actual_cost else booked)
+                on_result(job, result)
+            except BaseException as exc:  # noqa: BLE001 - e.g. the cache cannot be written
+                errors.append(exc)
+                stop.set()
+                return
 
     await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(jobs))))))
     return errors

@@ -472,3 +472,29 @@ def test_importing_scelmo_does_not_import_litellm():
     code = "import scelmo, scelmo.tl, scelmo.descriptions, scelmo_litellm, sys; print('litellm' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_run_calls_stops_everything_on_first_failure():
+    import asyncio
+
+    from scelmo.calls import run_calls
+
+    started, kept = [], []
+
+    async def call(i):
+        started.append(i)
+        await asyncio.sleep(0.01)
+        return i
+
+    def on_result(i, r):
+        if i == 3:
+            raise OSError("disk full")
+        kept.append(i)
+
+    with pytest.raises(OSError, match="disk full"):
+        run_calls(range(100), call, on_result=on_result, concurrency=4)
+    time.sleep(0.1)
+    assert len(started) < 12  # no new calls after the failure, none running on in the background
+    n = len(started)
+    time.sleep(0.1)
+    assert len(started) == n
