@@ -1,0 +1,463 @@
+"""Perturbation prediction: baselines, metrics, DE genes and synthetic data (NumPy only).
+
+The model-free side of perturbation prediction; the trainable head lives in the
+``scelmo_torch`` plugin (:class:`scelmo_torch.perturbation.PerturbationHead`).
+
+=========================================  ===============================================
+function                                   what it does
+=========================================  ===============================================
+:func:`components`                         ``"A+B"`` -> ``("A", "B")`` (combinations)
+:func:`group_means`                        mean expression per (cell group, perturbation)
+:func:`mean_shift`                         control mean + mean of reference deltas (the
+                                           model-free baseline of data-eval.md §6)
+:func:`additive_shift`                     control mean + sum of the components' deltas
+:func:`top_de_genes`                       top-n genes by ``|true delta|`` of the means
+:func:`delta_scores`                       R² / Pearson of the predicted delta (and R² of
+                                           the means) on a gene subset
+:func:`gene_perturbation_embeddings`       component vectors from gene embeddings
+:func:`text_perturbation_embeddings`       component vectors from text descriptions
+:func:`synthetic_genetic_perturbations`    genetic perturbations with known ground truth
+                                           on real pbmc68k counts
+:func:`split_perturbations`                seen / unseen singles and combinations
+=========================================  ===============================================
+
+Conventions (as shared/research/data-eval.md §6, whose Kang numbers
+:func:`top_de_genes` + :func:`delta_scores` reproduce exactly): expression is
+log1p(counts per 10k); the DE genes of a held-out group are its top-``n`` genes by
+``|mean(perturbed) - mean(control)|``; ``r2_mean`` is the squared Pearson correlation of
+predicted and true mean expression (scGen's R²), ``pearson_delta`` the Pearson
+correlation of predicted and true deltas, and ``r2_delta`` the coefficient of
+determination ``1 - SS_res / SS_tot`` of the true delta by the predicted one (negative
+when the prediction is worse than predicting the average delta).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import InputError
+
+__all__ = [
+    "additive_shift",
+    "components",
+    "delta_scores",
+    "gene_perturbation_embeddings",
+    "group_means",
+    "mean_shift",
+    "split_perturbations",
+    "synthetic_genetic_perturbations",
+    "text_perturbation_embeddings",
+    "top_de_genes",
+]
+
+
+# --------------------------------------------------------------------------- names
+def components(perturbation: str, *, sep: str = "+", control: str | None = None) -> tuple[str, ...]:
+    """The components of a perturbation name: ``"KLF1+CEBPA"`` -> ``("KLF1", "CEBPA")``.
+
+    The control name (and empty parts) have no components: ``components("ctrl",
+    control="ctrl") == ()``; ``"ctrl+KLF1"`` (GEARS style) is ``("KLF1",)``.
+    """
+    parts = [p.strip() for p in str(perturbation).split(sep)]
+    return tuple(p for p in parts if p and p != control)
+
+
+# --------------------------------------------------------------------------- means
+def _dense_rows_mean(X: Any, rows: np.ndarray) -> np.ndarray:
+    sub = X[rows]
+    if sp.issparse(sub):
+        return np.asarray(sub.mean(axis=0), dtype=np.float64).ravel()
+    return np.asarray(sub, dtype=np.float64).mean(axis=0)
+
+
+def group_means(
+    X: Any,
+    perturbations: Sequence[Any],
+    groups: Sequence[Any] | None = None,
+) -> tuple[dict[tuple[str, str], np.ndarray], dict[tuple[str, str], int]]:
+    """Mean expression of every (group, perturbation) pair.
+
+    Parameters
+    ----------
+    X
+        Cells x genes matrix (dense or sparse), e.g. log1p(CP10k).
+    perturbations
+        Perturbation name of each cell (the control included).
+    groups
+        Cell group of each cell (e.g. cell type); ``None`` puts every cell in group ``"all"``.
+
+    Returns
+    -------
+    ``(means, counts)``: dicts keyed by ``(group, perturbation)``.
+    """
+    n = X.shape[0]
+    pert = np.asarray(perturbations).astype(str)
+    grp = np.full(n, "all") if groups is None else np.asarray(groups).astype(str)
+    if len(pert) != n or len(grp) != n:
+        raise InputError(
+            f"X has {n} cells but {len(pert)} perturbation labels and {len(grp)} group labels; "
+            "give one label per cell (row of X)."
+        )
+    X = sp.csr_matrix(X) if sp.issparse(X) else np.asarray(X)
+    means: dict[tuple[str, str], np.ndarray] = {}
+    counts: dict[tuple[str, str], int] = {}
+    keys = np.char.add(np.char.add(grp, "\x1f"), pert)
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    for i, key in enumerate(uniq):
+        g, p = str(key).split("\x1f", 1)
+        rows = np.flatnonzero(inverse == i)
+        means[(g, p)] = _dense_rows_mean(X, rows)
+        counts[(g, p)] = int(rows.size)
+    return means, counts
+
+
+# --------------------------------------------------------------------------- baselines
+def mean_shift(control_mean: np.ndarray, reference_deltas: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """The model-free mean-shift baseline: ``control_mean + mean(reference_deltas)``.
+
+    For Kang (data-eval.md §6): the stimulated mean of a held-out cell type is predicted
+    as its control mean plus the mean stimulated-minus-control delta of the other cell
+    types. For an unseen genetic perturbation: the control mean plus the mean delta of
+    the training perturbations.
+    """
+    deltas = np.atleast_2d(np.asarray(reference_deltas, dtype=np.float64))
+    control_mean = np.asarray(control_mean, dtype=np.float64).ravel()
+    if deltas.size == 0 or deltas.shape[1] != control_mean.size:
+        raise InputError(
+            f"mean_shift needs at least one reference delta of length {control_mean.size} (the "
+            f"number of genes); got an array of shape {deltas.shape}."
+        )
+    return control_mean + deltas.mean(axis=0)
+
+
+def additive_shift(
+    control_mean: np.ndarray,
+    single_deltas: Mapping[str, np.ndarray],
+    perturbation: str,
+    *,
+    sep: str = "+",
+    control: str | None = None,
+) -> np.ndarray | None:
+    """Control mean plus the sum of the observed deltas of a combination's components.
+
+    The standard reference for combinations whose single perturbations were all seen
+    (GEARS' "additive" baseline). Returns ``None`` when a component has no observed delta.
+    """
+    parts = components(perturbation, sep=sep, control=control)
+    if not parts or any(p not in single_deltas for p in parts):
+        return None
+    return np.asarray(control_mean, dtype=np.float64) + np.sum([single_deltas[p] for p in parts], axis=0)
+
+
+# --------------------------------------------------------------------------- metrics
+def top_de_genes(control_mean: np.ndarray, perturbed_mean: np.ndarray, n: int = 100) -> np.ndarray:
+    """Indices of the ``n`` genes with the largest ``|perturbed_mean - control_mean|`` (largest first)."""
+    c = np.asarray(control_mean, dtype=np.float64).ravel()
+    p = np.asarray(perturbed_mean, dtype=np.float64).ravel()
+    if c.shape != p.shape:
+        raise InputError(f"control_mean and perturbed_mean differ in length ({c.size} vs {p.size}).")
+    if n < 1:
+        raise InputError(f"n must be at least 1, got {n}.")
+    delta = np.abs(p - c)
+    order = np.argsort(-delta, kind="stable")
+    return order[: min(n, c.size)]
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a = a - a.mean()
+    b = b - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else float("nan")
+
+
+def delta_scores(
+    predicted_mean: np.ndarray,
+    true_mean: np.ndarray,
+    control_mean: np.ndarray,
+    genes: np.ndarray | Sequence[int] | None = None,
+) -> dict[str, float]:
+    """How well a predicted mean profile matches the truth, on a gene subset.
+
+    Parameters
+    ----------
+    predicted_mean, true_mean, control_mean
+        Mean expression vectors (one value per gene) of the prediction, of the observed
+        perturbed cells and of the control cells the prediction started from.
+    genes
+        Indices of the genes to score (e.g. :func:`top_de_genes`); all genes if ``None``.
+
+    Returns
+    -------
+    ``{"r2_delta", "pearson_delta", "r2_mean", "mse_delta", "n_genes"}`` where
+    delta = mean - control_mean (see the module docstring).
+    """
+    pred = np.asarray(predicted_mean, dtype=np.float64).ravel()
+    true = np.asarray(true_mean, dtype=np.float64).ravel()
+    ctrl = np.asarray(control_mean, dtype=np.float64).ravel()
+    if not (pred.shape == true.shape == ctrl.shape):
+        raise InputError(
+            f"predicted_mean, true_mean and control_mean must have one value per gene; got lengths "
+            f"{pred.size}, {true.size}, {ctrl.size}."
+        )
+    idx = np.arange(pred.size) if genes is None else np.asarray(genes, dtype=np.int64)
+    if idx.size < 2:
+        raise InputError("Score at least 2 genes (pass more gene indices).")
+    dp, dt = (pred - ctrl)[idx], (true - ctrl)[idx]
+    ss_tot = float(((dt - dt.mean()) ** 2).sum())
+    ss_res = float(((dt - dp) ** 2).sum())
+    return {
+        "r2_delta": 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
+        "pearson_delta": _pearson(dp, dt),
+        "r2_mean": _pearson(pred[idx], true[idx]) ** 2,
+        "mse_delta": ss_res / idx.size,
+        "n_genes": float(idx.size),
+    }
+
+
+# --------------------------------------------------------------------------- embeddings
+def gene_perturbation_embeddings(
+    names: Iterable[str],
+    gene_embeddings: Any,
+    *,
+    sep: str = "+",
+    control: str | None = None,
+) -> dict[str, np.ndarray]:
+    """One vector per component gene of ``names``, from a :class:`~scelmo.genes.GeneEmbeddings`.
+
+    Raises :class:`~scelmo.errors.InputError` naming the genes the table lacks.
+    """
+    wanted = sorted({c for n in names for c in components(n, sep=sep, control=control)})
+    missing = [g for g in wanted if g not in gene_embeddings]
+    if missing:
+        raise InputError(
+            f"{len(missing)} perturbed gene(s) have no gene embedding: {missing[:10]}. Embed them with "
+            "`scelmo.tl.embed_genes(genes=[...])`, or give their vectors explicitly."
+        )
+    mat, _ = gene_embeddings.aligned(wanted)
+    return {g: mat[i] for i, g in enumerate(wanted)}
+
+
+def text_perturbation_embeddings(descriptions: Mapping[str, str], *, settings: Any = None) -> dict[str, np.ndarray]:
+    """One vector per component from a text description (drugs, stimuli), via the ``embed`` role.
+
+    ``descriptions`` maps a component name (e.g. ``"IFN-beta"``) to a sentence describing it;
+    the texts are embedded by the configured embedder (offline MiniLM by default), through
+    the cache.
+    """
+    from . import roles
+    from .config import get_settings
+
+    if not descriptions:
+        raise InputError("Give at least one {name: description} pair to embed.")
+    names = list(descriptions)
+    vecs = roles.embed_texts(settings or get_settings(), [str(descriptions[n]) for n in names],
+                             desc="embedding perturbation descriptions")
+    return {n: vecs[i] for i, n in enumerate(names)}
+
+
+# --------------------------------------------------------------------------- synthetic data
+def synthetic_genetic_perturbations(
+    gene_embeddings: Any,
+    *,
+    adata: Any = None,
+    n_single: int = 60,
+    n_combo: int = 40,
+    cells_per_perturbation: int = 50,
+    n_programs: int = 6,
+    genes_per_program: int = 40,
+    effect_size: float = 1.0,
+    knockdown: float = 1.0,
+    own_cell_weight: float = 0.7,
+    labels_key: str = "bulk_labels",
+    control: str = "ctrl",
+    seed: int = 0,
+) -> Any:
+    """Genetic perturbations with known ground truth, built on real counts.
+
+    Each perturbed gene ``g`` acts through ``n_programs`` gene programs (random sparse sets
+    of ``genes_per_program`` expressed genes with N(0, 1) loadings); its activity on program
+    ``j`` is ``tanh(s_gj)``, where ``s_g`` are the standardised coordinates of ``g``'s gene
+    embedding on the leading principal components of the candidate genes' embeddings. So
+    genes with similar embeddings have similar effects, and a model that reads gene
+    embeddings can predict perturbations it never saw, while a mean shift cannot. The
+    target gene itself is knocked down by ``knockdown`` (natural-log rate). A combination's
+    effect is the **sum** of its components' effects (no interaction).
+
+    Cells: every base cell once as a control, then ``cells_per_perturbation`` base cells
+    drawn with replacement per perturbation. A cell's rate is
+    ``lib * (w * own profile + (1 - w) * its cell type's mean profile) * exp(effect)``
+    (``w = own_cell_weight``; the type mean lets unexpressed genes respond), and counts are
+    Poisson draws from it.
+
+    Parameters
+    ----------
+    gene_embeddings
+        :class:`~scelmo.genes.GeneEmbeddings` (or any object with ``genes``, ``__contains__``
+        and ``aligned``) covering the candidate target genes.
+    adata
+        Base data with ``layers["counts"]`` and ``obs[labels_key]``; default
+        :func:`scelmo.datasets.pbmc68k_reduced` (700 cells x 765 genes).
+    n_single, n_combo
+        Number of single-gene perturbations and of two-gene combinations (random pairs of
+        the single targets, so every combination's components also occur alone).
+
+    Returns
+    -------
+    AnnData with ``X`` = log1p(CP10k), ``layers["counts"]``, ``obs["perturbation"]``
+    (``control`` or ``"G"`` or ``"G1+G2"``), ``obs["cell_type"]``,
+    ``uns["synthetic_perturbation"]`` (parameters) and the true natural-log rate effects in
+    ``varm["perturbation_effect"]`` (genes x perturbations, column order in
+    ``uns["synthetic_perturbation"]["perturbations"]``).
+    """
+    import anndata as ad
+
+    if adata is None:
+        from .datasets import pbmc68k_reduced
+
+        adata = pbmc68k_reduced()
+    if "counts" not in adata.layers:
+        raise InputError("The base data needs integer counts in layers['counts'] (see scelmo.datasets.pbmc68k_reduced).")
+    if labels_key not in adata.obs:
+        raise InputError(f"obs[{labels_key!r}] not found; pass labels_key= naming the cell-type column.")
+    for name, value in (("n_single", n_single), ("cells_per_perturbation", cells_per_perturbation),
+                        ("n_programs", n_programs), ("genes_per_program", genes_per_program)):
+        if value < 1:
+            raise InputError(f"{name} must be at least 1, got {value}.")
+    if n_combo < 0:
+        raise InputError(f"n_combo must be >= 0, got {n_combo}.")
+    if not 0.0 <= own_cell_weight <= 1.0:
+        raise InputError(f"own_cell_weight must lie in [0, 1], got {own_cell_weight}.")
+    rng = np.random.default_rng(seed)
+    genes = [str(g) for g in adata.var_names]
+    counts = sp.csr_matrix(adata.layers["counts"], dtype=np.float64)
+    n_cells, n_genes = counts.shape
+    candidates = [i for i, g in enumerate(genes) if g in gene_embeddings]
+    if len(candidates) < max(n_single, n_programs + 2):
+        raise InputError(
+            f"Only {len(candidates)} of the {n_genes} genes have a gene embedding; need at least "
+            f"{max(n_single, n_programs + 2)} candidate targets. Lower n_single or embed more genes."
+        )
+    if n_combo > n_single * (n_single - 1) // 2:
+        raise InputError(f"n_combo={n_combo} exceeds the {n_single * (n_single - 1) // 2} possible pairs of {n_single} genes.")
+
+    # -- ground truth: activity of each candidate on each program from its embedding
+    emb, _ = gene_embeddings.aligned([genes[i] for i in candidates])
+    emb = emb.astype(np.float64)
+    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    centred = emb - emb.mean(axis=0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    k = min(n_programs, u.shape[1])
+    scores = u[:, :k] * s[:k]
+    scores /= np.maximum(scores.std(axis=0), 1e-12)
+    activity = np.tanh(scores)  # candidates x programs
+
+    lib = np.asarray(counts.sum(axis=1)).ravel()
+    mean_log = np.asarray(counts.multiply(1.0 / np.maximum(lib, 1.0)[:, None]).mean(axis=0)).ravel()
+    expressed = np.flatnonzero(mean_log > np.quantile(mean_log, 0.3))
+    loadings = np.zeros((k, n_genes))
+    for j in range(k):
+        chosen = rng.choice(expressed, size=min(genes_per_program, expressed.size), replace=False)
+        loadings[j, chosen] = rng.normal(0.0, 1.0, chosen.size)
+
+    picked = rng.choice(len(candidates), size=n_single, replace=False)
+    single_effects: dict[str, np.ndarray] = {}
+    for c in picked:
+        eff = effect_size * activity[c] @ loadings
+        eff[candidates[c]] -= knockdown
+        single_effects[genes[candidates[c]]] = eff
+    singles = list(single_effects)
+    pairs: list[tuple[str, str]] = []
+    all_pairs = [(a, b) for i, a in enumerate(singles) for b in singles[i + 1 :]]
+    for i in rng.choice(len(all_pairs), size=n_combo, replace=False) if n_combo else []:
+        pairs.append(all_pairs[int(i)])
+    effects = dict(single_effects)
+    for a, b in pairs:
+        effects[f"{a}+{b}"] = single_effects[a] + single_effects[b]
+    names = list(effects)
+
+    # -- cells: base profiles mixed with their cell type's mean profile
+    labels = np.asarray(adata.obs[labels_key]).astype(str)
+    frac = sp.diags(1.0 / np.maximum(lib, 1.0)) @ counts
+    type_mean = {t: np.asarray(frac[labels == t].mean(axis=0)).ravel() for t in np.unique(labels)}
+    base_idx = [np.arange(n_cells)] + [rng.integers(0, n_cells, cells_per_perturbation) for _ in names]
+    pert_of = [control] + names
+    rows, obs_pert, obs_type = [], [], []
+    for p, idx in zip(pert_of, base_idx, strict=True):
+        prof = own_cell_weight * frac[idx].toarray() + (1 - own_cell_weight) * np.stack([type_mean[t] for t in labels[idx]])
+        rate = prof * lib[idx, None]
+        if p != control:
+            rate = rate * np.exp(effects[p])[None, :]
+        rows.append(sp.csr_matrix(rng.poisson(rate).astype(np.float32)))
+        obs_pert += [p] * idx.size
+        obs_type += list(labels[idx])
+    new = sp.vstack(rows, format="csr")
+    new.eliminate_zeros()
+    import pandas as pd
+
+    from .datasets import _lognorm
+
+    obs = pd.DataFrame({"perturbation": pd.Categorical(obs_pert, categories=[control] + names),
+                        "cell_type": pd.Categorical(obs_type)},
+                       index=[f"cell{i}" for i in range(len(obs_pert))])
+    out = ad.AnnData(_lognorm(new), obs=obs, var=pd.DataFrame(index=list(genes)), layers={"counts": new})
+    out.varm["perturbation_effect"] = np.stack([effects[n] for n in names], axis=1).astype(np.float32)
+    out.uns["synthetic_perturbation"] = {
+        "perturbations": names, "control": control, "n_single": n_single, "n_combo": n_combo,
+        "cells_per_perturbation": cells_per_perturbation, "n_programs": k,
+        "genes_per_program": genes_per_program, "effect_size": effect_size, "knockdown": knockdown,
+        "own_cell_weight": own_cell_weight, "seed": seed,
+    }
+    return out
+
+
+def split_perturbations(
+    perturbations: Iterable[str],
+    *,
+    unseen_fraction: float = 0.3,
+    train_combo_fraction: float = 0.5,
+    sep: str = "+",
+    control: str | None = None,
+    seed: int = 0,
+) -> dict[str, list[str]]:
+    """A GEARS-style split of perturbation names into training and test sets.
+
+    A random ``unseen_fraction`` of the single perturbations is held out. Combinations
+    whose components are all seen singles are split: ``train_combo_fraction`` of them go
+    to training, the rest to ``"combo_seen2"``; combinations with one or no seen component
+    go to ``"combo_seen1"`` / ``"combo_seen0"``.
+
+    Returns
+    -------
+    ``{"train", "unseen_single", "combo_seen2", "combo_seen1", "combo_seen0"}`` -> names.
+    """
+    if not 0.0 < unseen_fraction < 1.0:
+        raise InputError(f"unseen_fraction must lie strictly between 0 and 1, got {unseen_fraction}.")
+    rng = np.random.default_rng(seed)
+    names = sorted({str(p) for p in perturbations if components(str(p), sep=sep, control=control)})
+    singles = [n for n in names if len(components(n, sep=sep, control=control)) == 1]
+    combos = [n for n in names if len(components(n, sep=sep, control=control)) > 1]
+    if len(singles) < 2:
+        raise InputError(f"Need at least 2 single perturbations to split, got {len(singles)}.")
+    n_unseen = min(len(singles) - 1, max(1, round(unseen_fraction * len(singles))))
+    unseen = set(rng.choice(singles, size=n_unseen, replace=False).tolist())
+    out: dict[str, list[str]] = {"train": [s for s in singles if s not in unseen],
+                                 "unseen_single": sorted(unseen),
+                                 "combo_seen2": [], "combo_seen1": [], "combo_seen0": []}
+    seen = set(out["train"])
+    seen2 = []
+    for c in combos:
+        parts = components(c, sep=sep, control=control)
+        n_seen = sum(p in seen for p in parts)
+        if n_seen == len(parts):
+            seen2.append(c)
+        else:
+            out["combo_seen1" if n_seen >= 1 else "combo_seen0"].append(c)
+    rng.shuffle(seen2)
+    n_train = int(round(train_combo_fraction * len(seen2)))
+    out["train"] += sorted(seen2[:n_train])
+    out["combo_seen2"] = sorted(seen2[n_train:])
+    return out
