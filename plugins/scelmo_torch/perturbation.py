@@ -1,0 +1,520 @@
+"""Perturbation prediction head: control cells + a perturbation's embedding -> perturbed cells.
+
+In the spirit of the paper's GEARS/CPA extensions (perturbation vectors from LLM text
+embeddings, combinations by summing), written here:
+
+* **Perturbation latent.** Every component of a perturbation (a gene for a genetic
+  perturbation, a drug or stimulus for a chemical one) has a vector: its gene embedding
+  or the text embedding of a description. The vectors are L2-normalised, centred on the
+  mean of the component table given at fit time (the embeddings are anisotropic: raw
+  cosines of 0.7-0.8 between unrelated genes) and scaled to unit mean norm. A small MLP
+  maps each to a latent vector; a combination ``"A+B"`` is the **sum** of its components'
+  latents, so unseen combinations of seen or unseen components are predicted the same
+  way as singles. Optionally (``residual_embedding``) a learned vector per component seen
+  in training is added, as the paper's GEARS fork does (zero for unseen components).
+* **Response.** From a control cell's log-normalised expression ``x`` and the latent
+  ``p``: ``x_hat = x + shift(p) + [dec(enc(x), p) - dec(enc(x), 0)]``. ``shift`` is a
+  linear map (a cell-independent response, the learned analogue of the mean shift);
+  the bracket (``cell_state=True``) lets the response depend on the cell's state and
+  is exactly zero for ``p = 0``, so "no perturbation" means "no change". Predictions
+  are clipped at 0 (log expression).
+* **Training without paired cells.** Control and perturbed cells are different cells,
+  so the loss compares distributions within each *unit* (a cell group, e.g. a cell
+  type, under one perturbation): control cells of the unit's group are pushed through
+  the network with the unit's perturbation and their predicted mean is matched to the
+  unit's observed mean (MSE over genes), plus ``mmd_weight`` x an RBF-kernel MMD between
+  the predicted and observed cells (keeps the spread, not only the mean).
+
+Usage::
+
+    from scelmo_torch.perturbation import PerturbationHead
+    head = PerturbationHead(hidden=256, latent=64)
+    head.fit(X, perturbations=adata.obs["condition"], control="control",
+             groups=adata.obs["cell_type"], embeddings={"IFN-beta": vec},
+             training={"max_epochs": 60})
+    mean = head.predict_mean(X_ctrl_of_held_out_type, "IFN-beta")
+
+With :class:`scelmo.Model` the head is ``head="perturbation"``; genetic perturbations whose
+components are measured genes take their vectors from the model's gene vectors when no
+``embeddings`` are given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import Field
+
+from scelmo.components import ComponentOptions
+from scelmo.errors import InputError
+from scelmo.perturbation import components as split_components
+
+from .base import TorchHead, TrainingConfig, rows_to_tensor
+from .device import import_torch
+
+#: Training defaults of this head (override with ``training=``); measured in docs/perturbation.md.
+DEFAULT_TRAINING = {"max_epochs": 60, "batch_size": 256, "lr": 1e-3, "weight_decay": 1e-5, "validation_fraction": 0.0}
+
+
+class PerturbationOptions(ComponentOptions):
+    """Options of :class:`PerturbationHead`."""
+
+    #: Hidden width of the encoder, decoder and component MLP.
+    hidden: int = Field(256, ge=1)
+    #: Width of the cell-state latent and of the perturbation latent.
+    latent: int = Field(64, ge=1)
+    #: Dropout in the encoder and decoder.
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    #: Let the response depend on the control cell's state (encoder/decoder); False: a
+    #: response per perturbation that is the same for every cell.
+    cell_state: bool = True
+    #: Add a learned latent per component seen in training (GEARS fork style).
+    residual_embedding: bool = False
+    #: Centre component vectors on the mean of the fit-time table (needs >= 2 components).
+    center_embeddings: bool = True
+    #: Weight of the MMD term (0: match means only).
+    mmd_weight: float = Field(0.1, ge=0.0)
+    #: Cells drawn per unit (group x perturbation) in a mini-batch, at least.
+    min_cells_per_unit: int = Field(32, ge=2)
+    #: Separator of combination names ("A+B").
+    separator: str = Field("+", min_length=1)
+    #: Clip predicted log expression at 0.
+    clip: bool = True
+    #: Cells per block at prediction.
+    eval_batch_size: int = Field(4096, ge=1)
+
+
+def _build_network(n_genes: int, dim: int, opts: PerturbationOptions, n_seen: int) -> Any:
+    torch = import_torch()
+    nn = torch.nn
+
+    class PerturbationNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            h, lat = opts.hidden, opts.latent
+            self.component = nn.Sequential(nn.Linear(dim, h), nn.GELU(), nn.Linear(h, lat))
+            self.residual = nn.Embedding(max(n_seen, 1), lat) if opts.residual_embedding else None
+            if self.residual is not None:
+                nn.init.zeros_(self.residual.weight)
+            self.shift = nn.Linear(lat, n_genes, bias=False)
+            if opts.cell_state:
+                self.encoder = nn.Sequential(nn.Linear(n_genes, h), nn.GELU(), nn.Dropout(opts.dropout), nn.Linear(h, lat))
+                self.decoder = nn.Sequential(nn.Linear(2 * lat, h), nn.GELU(), nn.Dropout(opts.dropout), nn.Linear(h, n_genes))
+
+        def component_latents(self, vectors: Any, seen_index: Any) -> Any:
+            """Latent of each component (rows of ``vectors``); ``seen_index`` -1 = unseen."""
+            out = self.component(vectors)
+            if self.residual is not None:
+                seen = seen_index >= 0
+                res = self.residual(seen_index.clamp(min=0)) * seen[:, None].to(out.dtype)
+                out = out + res
+            return out
+
+        def forward(self, x: Any, p: Any) -> Any:
+            delta = self.shift(p)
+            if opts.cell_state:
+                z = self.encoder(x)
+                delta = delta + self.decoder(torch.cat([z, p], 1)) - self.decoder(torch.cat([z, torch.zeros_like(p)], 1))
+            return x + delta
+
+    return PerturbationNet()
+
+
+def _mmd(a: Any, b: Any) -> Any:
+    """Biased RBF-kernel MMD² between two samples, bandwidths 0.5/1/2 x the median distance."""
+    torch = import_torch()
+    xy = torch.cat([a, b], 0)
+    d2 = torch.cdist(xy, xy).pow(2)
+    with torch.no_grad():
+        med = d2[d2 > 0].median() if bool((d2 > 0).any()) else torch.tensor(1.0, device=a.device)
+    k = sum(torch.exp(-d2 / (s * med)) for s in (0.25, 1.0, 4.0))
+    n = a.shape[0]
+    return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
+
+
+class PerturbationHead(TorchHead):
+    """Predicts the expression of perturbed cells from control cells (module docstring)."""
+
+    name = "perturbation"
+    Options = PerturbationOptions
+    requires_labels = False
+    options: PerturbationOptions
+
+    # -- component vectors ------------------------------------------------------------------
+    def _table_from(
+        self,
+        names: Sequence[str],
+        embeddings: Mapping[str, Any] | None,
+        gene_vectors: np.ndarray | None,
+        gene_names: Sequence[str] | None,
+    ) -> dict[str, np.ndarray]:
+        """Vectors for ``names`` from ``embeddings``, else from the gene vectors of measured genes."""
+        out: dict[str, np.ndarray] = {}
+        if embeddings is not None:
+            out.update({str(k): np.asarray(v, dtype=np.float32).ravel() for k, v in embeddings.items()})
+        missing = [n for n in names if n not in out]
+        if missing and gene_vectors is not None and gene_names is not None:
+            index = {str(g).upper(): i for i, g in enumerate(gene_names)}
+            for n in missing:
+                i = index.get(n.upper())
+                if i is not None and np.abs(gene_vectors[i]).sum() > 0:
+                    out[n] = np.asarray(gene_vectors[i], dtype=np.float32)
+        still = [n for n in names if n not in out]
+        if still:
+            raise InputError(
+                f"No embedding for perturbation component(s) {still[:10]}. Pass embeddings={{name: vector}} "
+                "(gene vectors from `scelmo.tl.embed_genes`, or text vectors of descriptions from "
+                "`scelmo.perturbation.text_perturbation_embeddings`); measured genes also take their "
+                "vector from gene_vectors."
+            )
+        dims = {v.shape[0] for v in out.values()}
+        if len(dims) != 1:
+            raise InputError(f"All perturbation embeddings must have the same length; got lengths {sorted(dims)}.")
+        if self.spec.get("dim") is not None and dims != {self.spec["dim"]}:
+            raise InputError(
+                f"This head was trained on {self.spec['dim']}-d perturbation embeddings but got "
+                f"{dims.pop()}-d ones; embed with the same model as for training."
+            )
+        for k, v in out.items():
+            if not np.isfinite(v).all():
+                raise InputError(f"The embedding of {k!r} contains NaN or infinite values.")
+        return out
+
+    def _normalise(self, vectors: np.ndarray) -> np.ndarray:
+        v = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return ((v - self.arrays["center"]) * self.arrays["scale"]).astype(np.float32)
+
+    def add_embeddings(self, embeddings: Mapping[str, Any]) -> None:
+        """Make more components (unseen in training) available for prediction."""
+        self._require_fitted()
+        table = self._table_from(list(embeddings), embeddings, None, None)
+        names = list(self.spec["components"])
+        vecs = dict(zip(names, self.arrays["component_vectors"], strict=True))
+        vecs.update(table)
+        self.spec["components"] = list(vecs)
+        self.arrays["component_vectors"] = np.stack([vecs[n] for n in vecs]).astype(np.float32)
+
+    @property
+    def components(self) -> list[str]:
+        """Names of the components the head has vectors for."""
+        return list(self.spec.get("components", []))
+
+    @property
+    def seen_components(self) -> list[str]:
+        """Components that occurred in training."""
+        return list(self.spec.get("seen", []))
+
+    # -- data ---------------------------------------------------------------------------------
+    def _check_matrix(self, X: Any) -> Any:
+        if X is None or getattr(X, "ndim", 2) != 2:
+            raise InputError("X must be a cells x genes matrix (dense or sparse).")
+        X = sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
+        data = X.data if sp.issparse(X) else X
+        if not np.isfinite(data).all():
+            raise InputError("X contains NaN or infinite values; remove or impute them first.")
+        if data.size and float(data.min()) < 0:
+            raise InputError(
+                "X has negative values; the perturbation head expects log-normalised expression "
+                "(sc.pp.normalize_total + sc.pp.log1p), not scaled data."
+            )
+        if data.size and float(data.max()) > 50:
+            raise InputError(
+                f"X has values up to {float(data.max()):.0f}; it looks like raw counts. Use log-normalised "
+                "expression (sc.pp.normalize_total(target_sum=1e4) + sc.pp.log1p), or pass layer=."
+            )
+        return X
+
+    def fit(
+        self,
+        X: Any,
+        labels: Any = None,
+        *,
+        perturbations: Sequence[Any] | None = None,
+        control: str = "ctrl",
+        groups: Sequence[Any] | None = None,
+        embeddings: Mapping[str, Any] | None = None,
+        gene_vectors: np.ndarray | None = None,
+        gene_names: Sequence[str] | None = None,
+        training: TrainingConfig | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> PerturbationHead:
+        """Train on control and perturbed cells.
+
+        Parameters
+        ----------
+        X
+            Cells x genes, log-normalised expression (dense or CSR); stays sparse.
+        labels
+            Ignored (the perturbation of each cell is ``perturbations``); accepted for the
+            generic :class:`~scelmo.components.TaskHead` call.
+        perturbations
+            Perturbation name of each cell: ``control`` or a name such as ``"IFN-beta"``,
+            ``"KLF1"`` or ``"KLF1+CEBPA"`` (components joined by ``options.separator``).
+        control
+            The name of the control condition.
+        groups
+            Cell group of each cell (e.g. cell type): control cells of a group are the
+            starting point for that group's perturbed cells. ``None``: one group.
+        embeddings
+            ``{component: vector}``; may hold more components than the training data
+            (unseen ones to predict later). Missing components that are measured genes
+            take their row of ``gene_vectors`` (aligned to X's columns, with ``gene_names``).
+        training
+            :class:`~scelmo_torch.base.TrainingConfig` settings; this head's defaults are
+            ``DEFAULT_TRAINING`` (60 epochs, batch 256 perturbed cells, lr 1e-3).
+        """
+        if kwargs:
+            raise InputError(f"Unknown argument(s) for the perturbation head: {sorted(kwargs)}.")
+        if perturbations is None and labels is not None:
+            perturbations = labels
+        if perturbations is None:
+            raise InputError(
+                "Give the perturbation of each cell: fit(X, perturbations=adata.obs['condition'], "
+                "control='ctrl') (with scelmo.Model: setup_anndata(..., perturbation_key=, control=))."
+            )
+        self.spec = {}
+        X = self._check_matrix(X)
+        n, G = X.shape
+        pert = np.asarray(perturbations, dtype=object)
+        if len(pert) != n:
+            raise InputError(f"X has {n} cells but {len(pert)} perturbation labels; give one per cell.")
+        import pandas as pd
+
+        if pd.isna(pert).any():
+            raise InputError("Some cells have no perturbation label (NaN); label them or drop them first.")
+        pert = pert.astype(str)
+        grp = np.full(n, "all") if groups is None else np.asarray(groups, dtype=object)
+        if len(grp) != n:
+            raise InputError(f"X has {n} cells but {len(grp)} group labels; give one per cell.")
+        if groups is not None and pd.isna(grp).any():
+            raise InputError("Some cells have no group label (NaN); label them or pass groups=None.")
+        grp = grp.astype(str)
+        if gene_names is not None and len(gene_names) != G:
+            raise InputError(f"gene_names has {len(gene_names)} entries but X has {G} genes.")
+        if gene_vectors is not None and np.asarray(gene_vectors).shape[0] != G:
+            raise InputError(f"gene_vectors has {np.asarray(gene_vectors).shape[0]} rows but X has {G} genes.")
+
+        sep = self.options.separator
+        is_ctrl = np.array([not split_components(p, sep=sep, control=control) for p in pert])
+        if not is_ctrl.any():
+            raise InputError(
+                f"No control cells: no cell has perturbation {control!r}. Pass control= with the name "
+                f"of the control condition (found: {sorted(set(pert))[:10]})."
+            )
+        if is_ctrl.all():
+            raise InputError("Every cell is a control cell; the data needs perturbed cells to learn from.")
+        comp_of = {p: split_components(p, sep=sep, control=control) for p in np.unique(pert[~is_ctrl])}
+        seen = sorted({c for cs in comp_of.values() for c in cs})
+        table = self._table_from(seen, embeddings, gene_vectors, gene_names)
+        names = seen + sorted(k for k in table if k not in set(seen))
+
+        # units: (group, perturbation) pairs with perturbed cells and control cells in the group
+        ctrl_rows = {g: np.flatnonzero(is_ctrl & (grp == g)) for g in np.unique(grp)}
+        unit_keys = sorted({(g, p) for g, p, c in zip(grp, pert, is_ctrl, strict=True) if not c})
+        no_ctrl = sorted({g for g, _ in unit_keys if ctrl_rows[g].size == 0})
+        if no_ctrl:
+            raise InputError(
+                f"Group(s) {no_ctrl[:10]} have perturbed cells but no control cells, so their response "
+                "cannot be learned. Drop those cells or use coarser groups (or groups=None)."
+            )
+        unit_index = {k: i for i, k in enumerate(unit_keys)}
+        unit_of = np.full(n, -1, dtype=np.int64)
+        for i in np.flatnonzero(~is_ctrl):
+            unit_of[i] = unit_index[(grp[i], pert[i])]
+        unit_rows = [np.flatnonzero(unit_of == u) for u in range(len(unit_keys))]
+        means = np.stack([np.asarray(X[r].mean(axis=0), dtype=np.float32).ravel() for r in unit_rows])
+
+        vecs = np.stack([table[c] for c in names]).astype(np.float64)
+        v = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        center = v.mean(axis=0) if (self.options.center_embeddings and len(names) >= 2) else np.zeros(v.shape[1])
+        norms = np.linalg.norm(v - center, axis=1)
+        scale = 1.0 / max(float(norms.mean()), 1e-6)
+        self.arrays = {
+            "component_vectors": vecs.astype(np.float32),
+            "center": center.astype(np.float32),
+            "scale": np.asarray(scale, dtype=np.float32),
+        }
+        self.spec = {
+            "n_genes": int(G),
+            "dim": int(vecs.shape[1]),
+            "components": names,
+            "seen": seen,
+            "control": control,
+            "gene_names": [str(g) for g in gene_names] if gene_names is not None else None,
+            "groups": sorted(ctrl_rows),
+            "n_units": len(unit_keys),
+        }
+        self._X = X
+        self._unit_of = unit_of
+        self._unit_rows = unit_rows
+        self._unit_group_ctrl = [ctrl_rows[g] for g, _ in unit_keys]
+        self._unit_members = [
+            np.array([names.index(c) for c in comp_of[p]], dtype=np.int64) for _, p in unit_keys
+        ]
+        self._means_np = means
+        cfg = TrainingConfig.from_any({**DEFAULT_TRAINING, **(training.model_dump() if isinstance(training, TrainingConfig) else dict(training or {}))})
+        self._rng = np.random.default_rng(cfg.seed + 1)
+        try:
+            self.train_module(np.flatnonzero(~is_ctrl), cfg)
+        finally:
+            self._clear_data()
+        return self
+
+    def _clear_data(self) -> None:
+        for attr in ("_X", "_unit_of", "_unit_rows", "_unit_group_ctrl", "_unit_members", "_means_np", "_means", "_vectors", "_seen_idx"):
+            if hasattr(self, attr):
+                delattr(self, attr)
+
+    # -- TorchHead hooks ----------------------------------------------------------------------
+    def build_module(self) -> Any:
+        return _build_network(self.spec["n_genes"], self.spec["dim"], self.options, len(self.spec["seen"]))
+
+    def configure_optimizer(self, params: Any, training: TrainingConfig) -> Any:
+        torch = import_torch()
+        return torch.optim.AdamW(params, lr=training.lr, weight_decay=training.weight_decay)
+
+    def _component_tensors(self, names: Sequence[str], device: Any) -> tuple[Any, Any]:
+        torch = import_torch()
+        index = {c: i for i, c in enumerate(self.spec["components"])}
+        vecs = self.arrays["component_vectors"][[index[c] for c in names]]
+        seen = {c: i for i, c in enumerate(self.spec["seen"])}
+        seen_idx = np.array([seen.get(c, -1) for c in names], dtype=np.int64)
+        return (torch.from_numpy(self._normalise(vecs)).to(device), torch.from_numpy(seen_idx).to(device))
+
+    def prepare_training(self, device: Any) -> None:
+        torch = import_torch()
+        self._means = torch.from_numpy(self._means_np).to(device)
+        self._vectors, self._seen_idx = self._component_tensors(self.spec["components"], device)
+
+    def finish_training(self) -> None:
+        self._means = self._vectors = self._seen_idx = None
+
+    def training_loss(self, rows: np.ndarray) -> Any:
+        torch = import_torch()
+        rng = self._rng
+        units, counts = np.unique(self._unit_of[rows], return_counts=True)
+        m = self.options.min_cells_per_unit
+        ctrl_parts, obs_parts, sizes = [], [], []
+        for u, c in zip(units, counts, strict=True):
+            k = max(int(c), m)
+            obs = rows[self._unit_of[rows] == u]
+            if obs.size < k:
+                obs = np.concatenate([obs, rng.choice(self._unit_rows[u], k - obs.size)])
+            ctrl_parts.append(rng.choice(self._unit_group_ctrl[u], k))
+            obs_parts.append(obs)
+            sizes.append(k)
+        dev = self.device
+        x = rows_to_tensor(self._X, np.concatenate(ctrl_parts), dev)
+        latents = self.module.component_latents(self._vectors, self._seen_idx)
+        p_unit = torch.stack([latents[self._unit_members[u]].sum(0) for u in units])
+        seg = torch.from_numpy(np.repeat(np.arange(len(units)), sizes)).to(dev)
+        pred = self.module(x, p_unit[seg])
+        size_t = torch.tensor(sizes, dtype=pred.dtype, device=dev)
+        pred_mean = torch.zeros(len(units), pred.shape[1], dtype=pred.dtype, device=dev).index_add_(0, seg, pred) / size_t[:, None]
+        target = self._means[torch.from_numpy(units).to(dev)]
+        mean_loss = (pred_mean - target.to(pred.dtype)).pow(2).mean()
+        loss = mean_loss
+        logs = {"mean_mse": float(mean_loss.detach())}
+        if self.options.mmd_weight > 0:
+            y = rows_to_tensor(self._X, np.concatenate(obs_parts), dev)
+            bounds = np.concatenate([[0], np.cumsum(sizes)])
+            mmd = sum(_mmd(pred[bounds[i] : bounds[i + 1]].float(), y[bounds[i] : bounds[i + 1]])
+                      for i in range(len(units))) / len(units)
+            loss = loss + self.options.mmd_weight * mmd
+            logs["mmd"] = float(mmd.detach())
+        return loss, logs
+
+    # -- prediction -----------------------------------------------------------------------------
+    def _perturbation_latents(self, perts: Sequence[str], device: Any) -> tuple[Any, np.ndarray]:
+        """Latent of each unique perturbation in ``perts`` and the index of each entry."""
+        torch = import_torch()
+        sep, control = self.options.separator, self.spec["control"]
+        uniq, inverse = np.unique(np.asarray(perts, dtype=str), return_inverse=True)
+        comps = [split_components(p, sep=sep, control=control) for p in uniq]
+        needed = sorted({c for cs in comps for c in cs})
+        unknown = [c for c in needed if c not in set(self.spec["components"])]
+        if unknown:
+            raise InputError(
+                f"No embedding for component(s) {unknown[:10]}; the head knows {len(self.spec['components'])} "
+                "(see .components). Give their vectors with head.add_embeddings({name: vector}) or "
+                "predict(..., embeddings=...)."
+            )
+        out = torch.zeros(len(uniq), self.options.latent, device=device)
+        if needed:
+            vecs, seen_idx = self._component_tensors(needed, device)
+            latents = self.module.component_latents(vecs, seen_idx).float()
+            pos = {c: i for i, c in enumerate(needed)}
+            for i, cs in enumerate(comps):
+                for c in cs:
+                    out[i] += latents[pos[c]]
+        return out, inverse
+
+    def predict(
+        self,
+        X: Any,
+        perturbation: str | Sequence[str] | None = None,
+        *,
+        embeddings: Mapping[str, Any] | None = None,
+        device: Any = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """Predicted log-normalised expression of each control cell of ``X`` under ``perturbation``.
+
+        Parameters
+        ----------
+        X
+            Control cells x the training genes (same order), log-normalised.
+        perturbation
+            One name for all cells (``"KLF1"``, ``"KLF1+CEBPA"``, ``"IFN-beta"``) or one per cell.
+            Components need a vector: seen in training, in the fit-time ``embeddings``, or
+            given now in ``embeddings``.
+
+        Returns
+        -------
+        Dense float32 array, cells x genes.
+        """
+        self._require_fitted()
+        if kwargs:
+            raise InputError(f"Unknown argument(s) for PerturbationHead.predict: {sorted(kwargs)}.")
+        if perturbation is None:
+            raise InputError("Say which perturbation to predict: predict(X_control, 'KLF1+CEBPA').")
+        X = self._check_matrix(X)
+        if X.shape[1] != self.spec["n_genes"]:
+            raise InputError(
+                f"X has {X.shape[1]} genes but the head was trained on {self.spec['n_genes']}; "
+                "subset X to the training genes, in the same order."
+            )
+        perts = [str(perturbation)] * X.shape[0] if isinstance(perturbation, str) else [str(p) for p in perturbation]
+        if len(perts) != X.shape[0]:
+            raise InputError(f"X has {X.shape[0]} cells but {len(perts)} perturbation names.")
+        if embeddings:
+            self.add_embeddings(embeddings)
+        out = np.empty(X.shape, dtype=np.float32)
+        with self.inference(device) as dev:
+            P, inverse = self._perturbation_latents(perts, dev)
+            bs = self.options.eval_batch_size
+            for s in range(0, X.shape[0], bs):
+                rows = slice(s, min(s + bs, X.shape[0]))
+                idx = import_torch().from_numpy(inverse[rows]).to(dev)
+                pred = self.module(rows_to_tensor(X, rows, dev), P[idx]).float()
+                if self.options.clip:
+                    pred = pred.clamp(min=0)
+                out[rows] = pred.cpu().numpy()
+        return out
+
+    def predict_mean(self, X: Any, perturbation: str, **kwargs: Any) -> np.ndarray:
+        """Mean predicted expression (one value per gene) of the control cells ``X`` under ``perturbation``."""
+        if not isinstance(perturbation, str):
+            raise InputError("predict_mean takes one perturbation name; call it once per perturbation.")
+        pred = self.predict(X, perturbation, **kwargs)
+        return pred.mean(axis=0, dtype=np.float64)
+
+    def perturbation_embedding(self, perturbation: str) -> np.ndarray:
+        """The learned latent of a perturbation (sum of its components' latents)."""
+        with self.inference():
+            P, _ = self._perturbation_latents([perturbation], self.device)
+        return P[0].cpu().numpy()
+

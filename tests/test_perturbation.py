@@ -1,0 +1,258 @@
+"""Perturbation prediction: metrics and baselines (core), synthetic data, and the torch head."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scelmo import perturbation as P
+from scelmo.errors import ConfigError, InputError
+from scelmo.genes import GeneEmbeddings
+
+torch = pytest.importorskip("torch")
+from scelmo_torch.perturbation import PerturbationHead  # noqa: E402
+
+
+# --------------------------------------------------------------------------- core: metrics
+def test_components_and_additive_shift():
+    assert P.components("KLF1+CEBPA") == ("KLF1", "CEBPA")
+    assert P.components("ctrl+KLF1", control="ctrl") == ("KLF1",)
+    assert P.components("ctrl", control="ctrl") == ()
+    ctrl = np.zeros(3)
+    singles = {"A": np.array([1.0, 0, 0]), "B": np.array([0, 2.0, 0])}
+    np.testing.assert_allclose(P.additive_shift(ctrl, singles, "A+B"), [1, 2, 0])
+    assert P.additive_shift(ctrl, singles, "A+C") is None
+
+
+def test_delta_scores_on_hand_made_cases():
+    ctrl = np.array([1.0, 1.0, 1.0, 1.0])
+    true = np.array([2.0, 1.0, 0.0, 1.5])  # delta 1, 0, -1, 0.5
+    perfect = P.delta_scores(true, true, ctrl)
+    assert perfect["r2_delta"] == pytest.approx(1.0)
+    assert perfect["pearson_delta"] == pytest.approx(1.0)
+    assert perfect["mse_delta"] == 0.0
+    half = P.delta_scores(ctrl + 0.5 * (true - ctrl), true, ctrl)
+    assert half["pearson_delta"] == pytest.approx(1.0)  # right direction, wrong size
+    dt = true - ctrl
+    expected_r2 = 1 - ((0.5 * dt) ** 2).sum() / ((dt - dt.mean()) ** 2).sum()
+    assert half["r2_delta"] == pytest.approx(expected_r2)
+    assert P.delta_scores(ctrl, true, ctrl)["r2_delta"] < 0  # "no change" is worse than the mean delta
+    sub = P.delta_scores(true, true, ctrl, genes=[0, 2])
+    assert sub["n_genes"] == 2
+    with pytest.raises(InputError, match="one value per gene"):
+        P.delta_scores(true[:3], true, ctrl)
+
+
+def test_top_de_genes_and_mean_shift():
+    ctrl = np.array([0.0, 0.0, 0.0, 0.0])
+    pert = np.array([0.1, -3.0, 2.0, 0.0])
+    assert P.top_de_genes(ctrl, pert, 2).tolist() == [1, 2]
+    np.testing.assert_allclose(P.mean_shift(ctrl, [[1, 1, 1, 1], [3, 1, -1, 1]]), [2, 1, 0, 1])
+    with pytest.raises(InputError, match="reference delta"):
+        P.mean_shift(ctrl, np.zeros((0, 4)))
+
+
+def test_group_means_dense_and_sparse():
+    import scipy.sparse as sp
+
+    X = np.array([[1.0, 0], [3, 0], [0, 2], [0, 4]])
+    pert = ["c", "c", "p", "p"]
+    grp = ["g", "g", "g", "h"]
+    for M in (X, sp.csr_matrix(X)):
+        means, counts = P.group_means(M, pert, grp)
+        np.testing.assert_allclose(means[("g", "c")], [2, 0])
+        assert counts[("g", "p")] == 1 and counts[("h", "p")] == 1
+    with pytest.raises(InputError, match="one label per cell"):
+        P.group_means(X, pert[:3])
+
+
+# --------------------------------------------------------------------------- synthetic data
+def _fake_gene_embeddings(genes, dim=48, rank=6, seed=0):
+    """Low-rank, anisotropic vectors (a shared offset, as real text embeddings have)."""
+    rng = np.random.default_rng(seed)
+    vec = rng.normal(size=(len(genes), rank)) @ rng.normal(size=(rank, dim)) + 0.3 * rng.normal(size=(len(genes), dim))
+    vec += 3.0 * rng.normal(size=dim)
+    return GeneEmbeddings(list(genes), vec.astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    import scelmo.datasets as sd
+
+    base = sd.pbmc68k_reduced()
+    ge = _fake_gene_embeddings(base.var_names)
+    adata = P.synthetic_genetic_perturbations(
+        ge, adata=base, n_single=30, n_combo=12, cells_per_perturbation=25, effect_size=1.5, seed=1
+    )
+    return adata, ge
+
+
+def test_synthetic_perturbations_have_known_additive_truth(synthetic):
+    adata, _ = synthetic
+    info = adata.uns["synthetic_perturbation"]
+    names = info["perturbations"]
+    assert len(names) == 42 and sum("+" in n for n in names) == 12
+    assert adata.n_obs == 700 + 42 * 25
+    eff = adata.varm["perturbation_effect"]
+    col = {n: i for i, n in enumerate(names)}
+    for combo in (n for n in names if "+" in n):
+        a, b = combo.split("+")
+        np.testing.assert_allclose(eff[:, col[combo]], eff[:, col[a]] + eff[:, col[b]], atol=1e-5)
+    # the target gene itself is knocked down
+    g = next(n for n in names if "+" not in n)
+    assert eff[list(adata.var_names).index(g), col[g]] < -0.5
+    # observed deltas follow the truth on the top genes
+    means, _ = P.group_means(adata.X, adata.obs["perturbation"])
+    delta = means[("all", g)] - means[("all", "ctrl")]
+    top = np.argsort(-np.abs(eff[:, col[g]]))[:30]
+    assert np.corrcoef(delta[top], eff[top, col[g]])[0, 1] > 0.7
+    split = P.split_perturbations(names, seed=0)
+    assert not set(split["train"]) & set(split["unseen_single"])
+    assert all("+" in c for c in split["combo_seen1"] + split["combo_seen0"] + split["combo_seen2"])
+
+
+def test_synthetic_bad_inputs(synthetic):
+    import scelmo.datasets as sd
+
+    _, ge = synthetic
+    base = sd.pbmc68k_reduced()
+    with pytest.raises(InputError, match="labels_key"):
+        P.synthetic_genetic_perturbations(ge, adata=base, labels_key="nope")
+    with pytest.raises(InputError, match="possible pairs"):
+        P.synthetic_genetic_perturbations(ge, adata=base, n_single=3, n_combo=10)
+    with pytest.raises(InputError, match="no gene embedding"):
+        P.gene_perturbation_embeddings(["NOT_A_GENE"], ge)
+
+
+# --------------------------------------------------------------------------- the torch head
+def _scores(adata, head, names, train_names):
+    pert = adata.obs["perturbation"].astype(str).to_numpy()
+    means, _ = P.group_means(adata.X, pert)
+    ctrl = means[("all", "ctrl")]
+    Xc = adata.X[pert == "ctrl"]
+    ref = [means[("all", p)] - ctrl for p in train_names]
+    head_r, base_r = [], []
+    for p in names:
+        de = P.top_de_genes(ctrl, means[("all", p)], 100)
+        head_r.append(P.delta_scores(head.predict_mean(Xc, p), means[("all", p)], ctrl, de)["pearson_delta"])
+        base_r.append(P.delta_scores(P.mean_shift(ctrl, ref), means[("all", p)], ctrl, de)["pearson_delta"])
+    return float(np.mean(head_r)), float(np.mean(base_r))
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic):
+    adata, ge = synthetic
+    names = adata.uns["synthetic_perturbation"]["perturbations"]
+    split = P.split_perturbations(names, seed=0)
+    pert = adata.obs["perturbation"].astype(str).to_numpy()
+    keep = np.isin(pert, split["train"] + ["ctrl"])
+    emb = P.gene_perturbation_embeddings(names, ge)  # unseen genes' vectors are known up front
+    head = PerturbationHead(hidden=128, latent=32, mmd_weight=0.0)
+    head.fit(adata.X[keep], perturbations=pert[keep], control="ctrl", embeddings=emb,
+             training={"max_epochs": 40, "progress": False})
+    return head, split
+
+
+def test_head_beats_mean_shift_on_unseen_perturbations(synthetic, trained):
+    adata, _ = synthetic
+    head, split = trained
+    assert len(head.history) == 40 and head.history[-1]["loss"] < head.history[0]["loss"]
+    h_seen, b_seen = _scores(adata, head, split["train"], split["train"])
+    assert h_seen > 0.8 > 0.5 > b_seen
+    h_unseen, b_unseen = _scores(adata, head, split["unseen_single"], split["train"])
+    assert h_unseen > b_unseen + 0.2, (h_unseen, b_unseen)
+    combos = split["combo_seen2"] + split["combo_seen1"] + split["combo_seen0"]
+    h_combo, b_combo = _scores(adata, head, combos, split["train"])
+    assert h_combo > b_combo + 0.2, (h_combo, b_combo)
+
+
+def test_combinations_sum_and_control_means_no_change(synthetic, trained):
+    adata, _ = synthetic
+    head, split = trained
+    a, b = split["unseen_single"][:2]
+    np.testing.assert_allclose(
+        head.perturbation_embedding(f"{a}+{b}"),
+        head.perturbation_embedding(a) + head.perturbation_embedding(b), rtol=1e-5, atol=1e-5,
+    )
+    X = adata.X[:20].toarray()
+    np.testing.assert_allclose(head.predict(X, "ctrl"), X, atol=1e-5)
+    per_cell = head.predict(X, [a] * 10 + [f"{a}+{b}"] * 10)
+    np.testing.assert_allclose(per_cell[:10], head.predict(X[:10], a), atol=1e-5)
+    assert (per_cell >= 0).all()
+
+
+def test_head_save_load_round_trip(tmp_path, synthetic, trained):
+    adata, _ = synthetic
+    head, split = trained
+    head.save_state(tmp_path / "pert")
+    again = PerturbationHead.load_state(tmp_path / "pert")
+    X = adata.X[:50]
+    p = split["unseen_single"][0]
+    np.testing.assert_allclose(again.predict(X, p), head.predict(X, p), atol=1e-6)
+    assert again.seen_components == head.seen_components
+    assert set(again.components) == set(head.components)
+
+
+def test_held_out_group_uses_its_own_control_cells():
+    """Two cell groups with opposite baselines: the response depends on the control state."""
+    rng = np.random.default_rng(0)
+    n, G = 120, 20
+    base = {"g1": np.r_[np.full(10, 2.0), np.zeros(10)], "g2": np.r_[np.zeros(10), np.full(10, 2.0)],
+            "g3": np.r_[np.full(10, 2.0), np.zeros(10)]}
+    X, pert, grp = [], [], []
+    for g, mu in base.items():
+        for cond in ("ctrl", "stim"):
+            # "stim" halves every expressed gene: a state-dependent response
+            m = mu * (0.5 if cond == "stim" else 1.0)
+            X.append(np.clip(m + 0.1 * rng.normal(size=(n, G)), 0, None))
+            pert += [cond] * n
+            grp += [g] * n
+    X = np.vstack(X).astype(np.float32)
+    pert, grp = np.array(pert), np.array(grp)
+    train = ~((grp == "g3") & (pert == "stim"))
+    head = PerturbationHead(hidden=32, latent=8, mmd_weight=0.0, dropout=0.0)
+    head.fit(X[train], perturbations=pert[train], control="ctrl", groups=grp[train],
+             embeddings={"stim": np.ones(4)}, training={"max_epochs": 60, "progress": False, "lr": 3e-3})
+    ctrl3 = X[(grp == "g3") & (pert == "ctrl")]
+    true = X[(grp == "g3") & (pert == "stim")].mean(0)
+    pred = head.predict_mean(ctrl3, "stim")
+    ms = P.mean_shift(ctrl3.mean(0), [X[(grp == g) & (pert == "stim")].mean(0) - X[(grp == g) & (pert == "ctrl")].mean(0)
+                                      for g in ("g1", "g2")])
+    err_head = np.abs(pred - true).mean()
+    err_ms = np.abs(ms - true).mean()
+    assert err_head < 0.5 * err_ms, (err_head, err_ms)
+
+
+# --------------------------------------------------------------------------- bad inputs
+def test_bad_inputs_give_clear_errors(trained):
+    head, _ = trained
+    X = np.abs(np.random.default_rng(0).normal(size=(6, 5))).astype(np.float32)
+    pert = ["ctrl", "ctrl", "A", "A", "B", "B"]
+    emb = {"A": np.ones(3), "B": np.arange(3.0)}
+    fresh = PerturbationHead()
+    with pytest.raises(InputError, match="No control cells"):
+        fresh.fit(X, perturbations=pert, control="control", embeddings=emb)
+    with pytest.raises(InputError, match="No embedding for perturbation component"):
+        fresh.fit(X, perturbations=pert, control="ctrl", embeddings={"A": np.ones(3)})
+    with pytest.raises(InputError, match="raw counts"):
+        fresh.fit(X * 1000, perturbations=pert, control="ctrl", embeddings=emb)
+    with pytest.raises(InputError, match="negative"):
+        fresh.fit(-X, perturbations=pert, control="ctrl", embeddings=emb)
+    with pytest.raises(InputError, match="one per cell"):
+        fresh.fit(X, perturbations=pert[:5], control="ctrl", embeddings=emb)
+    with pytest.raises(InputError, match="perturbation of each cell"):
+        fresh.fit(X, control="ctrl", embeddings=emb)
+    with pytest.raises(InputError, match="no control cells"):
+        fresh.fit(X, perturbations=pert, control="ctrl", groups=["a", "a", "b", "b", "b", "b"], embeddings=emb)
+    with pytest.raises(InputError, match="same length"):
+        fresh.fit(X, perturbations=pert, control="ctrl", embeddings={"A": np.ones(3), "B": np.ones(4)})
+    with pytest.raises(ConfigError, match="Allowed options"):
+        PerturbationHead(hiden=3)
+    with pytest.raises(InputError, match="trained on 765"):
+        head.predict(X, "ctrl")
+    Xg = np.zeros((3, 765), np.float32)
+    with pytest.raises(InputError, match="add_embeddings"):
+        head.predict(Xg, "NOT_A_GENE")
+    with pytest.raises(InputError, match="trained on 48-d"):
+        head.predict(Xg, "NEW", embeddings={"NEW": np.ones(7)})
+    assert head.predict(Xg, "NEW", embeddings={"NEW": np.ones(48)}).shape == (3, 765)
