@@ -25,7 +25,13 @@ def register_heads(register):
     register(IntegrationHead)
     try:
         from .perturbation import PerturbationHead
-    except ImportError:  # pragma: no cover - the module is optional
+    except Exception as exc:  # noqa: BLE001 - a broken optional head must not hide the others
+        import warnings
+
+        from scelmo.errors import PluginWarning
+
+        warnings.warn(f"scelmo_torch: the perturbation head could not be loaded: {type(exc).__name__}: {exc}",
+                      PluginWarning, stacklevel=2)
         return
     register(PerturbationHead)
 
