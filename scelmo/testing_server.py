@@ -30,6 +30,7 @@ from typing import Any
 #: model name -> what the server does (``-N``: only the first N requests of that model)
 BEHAVIOURS = {
     "ratelimit-N": "429 with Retry-After: 0",
+    "ratelimit1s-N": "429 with Retry-After: 1",
     "error500-N": "500",
     "error503-N": "503",
     "slow": "sleeps 3 s before answering (for timeouts)",
@@ -150,8 +151,9 @@ class FakeLLMServer:
             base, limit = model, ""
         if limit and n > int(limit):
             return None
-        if base == "ratelimit":
-            return 429, {"error": {"message": "Rate limit exceeded", "type": "rate_limit_error"}}, {"Retry-After": "0"}
+        if base in ("ratelimit", "ratelimit1s"):
+            wait = "1" if base == "ratelimit1s" else "0"
+            return 429, {"error": {"message": "Rate limit exceeded", "type": "rate_limit_error"}}, {"Retry-After": wait}
         if base == "error500":
             return 500, {"error": {"message": "internal error", "type": "server_error"}}, {}
         if base == "error503":

@@ -498,3 +498,49 @@ def test_run_calls_stops_everything_on_first_failure():
     n = len(started)
     time.sleep(0.1)
     assert len(started) == n
+
+
+def test_server_retry_after_header_is_honoured_end_to_end(tmp_path):
+    with FakeLLMServer() as srv:
+        s = _cfg(srv, tmp_path, describe_model="openai/ratelimit1s-1", dopts={"backoff": 0.0})
+        t0 = time.perf_counter()
+        assert describe(["CD3E"], config=s).texts
+        assert time.perf_counter() - t0 >= 0.95  # waited the server's Retry-After: 1, not the 0 s backoff
+        assert srv.by_model["ratelimit1s-1"] == 2
+
+
+def test_no_network_and_no_banner_when_litellm_is_used(tmp_path):
+    """In a fresh interpreter: import, describe, embed and fail against loopback only."""
+    code = f"""
+import socket, sys
+seen = []
+def hook(event, args):
+    if event in ("socket.getaddrinfo", "socket.connect"):
+        seen.append(repr(args))
+sys.addaudithook(hook)
+from scelmo import get_settings, roles
+from scelmo.descriptions import describe
+from scelmo.errors import ProviderError
+from scelmo.testing_server import FakeLLMServer
+srv = FakeLLMServer().start()
+s = get_settings({{"describe.model": "openai/gpt-4o-mini", "describe.api_base": srv.openai_base,
+                  "embed.model": "openai/text-embedding-3-small", "embed.api_base": srv.openai_base,
+                  "cache.path": {str(tmp_path / "c.sqlite")!r}}})
+describe(["CD3E"], config=s)
+roles.embed_texts(s, ["x"])
+bad = get_settings({{"describe.model": "openai/error500-9", "describe.api_base": srv.openai_base,
+                    "describe.options": {{"retries": 0}}, "cache.enabled": False}})
+try:
+    describe(["LYZ"], config=bad)
+except ProviderError:
+    pass
+srv.stop()
+remote = [a for a in seen if "127.0.0.1" not in a and "localhost" not in a and "AF_UNIX" not in a]
+print("REMOTE", remote)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if k != "LITELLM_LOCAL_MODEL_COST_MAP"})
+    assert out.returncode == 0, out.stderr
+    assert "REMOTE []" in out.stdout, out.stdout
+    assert "Give Feedback" not in out.stdout + out.stderr  # litellm's debug banner is off
+    assert "raw.githubusercontent" not in out.stdout + out.stderr
