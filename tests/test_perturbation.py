@@ -256,3 +256,22 @@ def test_bad_inputs_give_clear_errors(trained):
     with pytest.raises(InputError, match="trained on 48-d"):
         head.predict(Xg, "NEW", embeddings={"NEW": np.ones(7)})
     assert head.predict(Xg, "NEW", embeddings={"NEW": np.ones(48)}).shape == (3, 765)
+
+
+def test_driven_by_scelmo_model(tmp_path, synthetic):
+    """scelmo.Model drives the head: labels_key -> groups, batch_key -> perturbations (until a perturbation_key exists)."""
+    from scelmo.model import Model
+
+    adata, ge = synthetic
+    adata = adata[:900].copy()  # 700 controls + 8 perturbations
+    names = list(adata.obs["perturbation"].cat.remove_unused_categories().cat.categories[1:])
+    Model.setup_anndata(adata, batch_key="perturbation")
+    model = Model(adata, head="perturbation", gene_embeddings=ge, hidden=32, latent=8,
+                  perturbation_embeddings=P.gene_perturbation_embeddings(names, ge))
+    model.train(max_epochs=2, progress=False)
+    assert len(model.history) == 2
+    assert model.get_latent_representation().shape == (900, 8)
+    model.save(tmp_path / "m")
+    again = Model.load(tmp_path / "m", adata=adata)
+    X = adata.X[:5]
+    np.testing.assert_allclose(again.head.predict(X, names[0]), model.head.predict(X, names[0]), atol=1e-6)

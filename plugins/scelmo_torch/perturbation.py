@@ -79,6 +79,8 @@ class PerturbationOptions(ComponentOptions):
     mmd_weight: float = Field(0.1, ge=0.0)
     #: Cells drawn per unit (group x perturbation) in a mini-batch, at least.
     min_cells_per_unit: int = Field(32, ge=2)
+    #: Name of the control condition (``fit(control=...)`` overrides it).
+    control: str = Field("ctrl", min_length=1)
     #: Separator of combination names ("A+B").
     separator: str = Field("+", min_length=1)
     #: Clip predicted log expression at 0.
@@ -142,6 +144,12 @@ class PerturbationHead(TorchHead):
     Options = PerturbationOptions
     requires_labels = False
     options: PerturbationOptions
+
+    def __init__(self, *, perturbation_embeddings: Mapping[str, Any] | None = None, **options: Any) -> None:
+        """``perturbation_embeddings``: ``{component: vector}`` used by :meth:`fit` when it gets none
+        (so that ``scelmo.Model(adata, head="perturbation", perturbation_embeddings=...)`` works)."""
+        super().__init__(**options)
+        self._init_embeddings = dict(perturbation_embeddings) if perturbation_embeddings is not None else None
 
     # -- component vectors ------------------------------------------------------------------
     def _table_from(
@@ -233,11 +241,12 @@ class PerturbationHead(TorchHead):
         labels: Any = None,
         *,
         perturbations: Sequence[Any] | None = None,
-        control: str = "ctrl",
+        control: str | None = None,
         groups: Sequence[Any] | None = None,
         embeddings: Mapping[str, Any] | None = None,
         gene_vectors: np.ndarray | None = None,
         gene_names: Sequence[str] | None = None,
+        batch: Sequence[Any] | None = None,
         training: TrainingConfig | dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> PerturbationHead:
@@ -248,28 +257,38 @@ class PerturbationHead(TorchHead):
         X
             Cells x genes, log-normalised expression (dense or CSR); stays sparse.
         labels
-            Ignored (the perturbation of each cell is ``perturbations``); accepted for the
-            generic :class:`~scelmo.components.TaskHead` call.
+            Cell groups (e.g. cell types) when ``groups`` is not given: what
+            :class:`scelmo.Model` passes from ``labels_key``.
         perturbations
             Perturbation name of each cell: ``control`` or a name such as ``"IFN-beta"``,
             ``"KLF1"`` or ``"KLF1+CEBPA"`` (components joined by ``options.separator``).
         control
-            The name of the control condition.
+            The name of the control condition (default ``options.control``, ``"ctrl"``).
         groups
             Cell group of each cell (e.g. cell type): control cells of a group are the
-            starting point for that group's perturbed cells. ``None``: one group.
+            starting point for that group's perturbed cells. ``None``: ``labels``, else one group.
         embeddings
             ``{component: vector}``; may hold more components than the training data
-            (unseen ones to predict later). Missing components that are measured genes
-            take their row of ``gene_vectors`` (aligned to X's columns, with ``gene_names``).
+            (unseen ones to predict later). Default: the constructor's
+            ``perturbation_embeddings``. Missing components that are measured genes take
+            their row of ``gene_vectors`` (aligned to X's columns, with ``gene_names``).
+        batch
+            Used as ``perturbations`` when those are not given (so that a
+            :class:`scelmo.Model` set up with ``batch_key=<perturbation column>`` can drive
+            this head before ``setup_anndata`` has a ``perturbation_key``).
         training
             :class:`~scelmo_torch.base.TrainingConfig` settings; this head's defaults are
             ``DEFAULT_TRAINING`` (60 epochs, batch 256 perturbed cells, lr 1e-3).
         """
         if kwargs:
             raise InputError(f"Unknown argument(s) for the perturbation head: {sorted(kwargs)}.")
-        if perturbations is None and labels is not None:
-            perturbations = labels
+        if perturbations is None:
+            perturbations = batch
+        if groups is None:
+            groups = labels
+        if embeddings is None:
+            embeddings = self._init_embeddings
+        control = self.options.control if control is None else str(control)
         if perturbations is None:
             raise InputError(
                 "Give the perturbation of each cell: fit(X, perturbations=adata.obs['condition'], "
@@ -283,14 +302,14 @@ class PerturbationHead(TorchHead):
             raise InputError(f"X has {n} cells but {len(pert)} perturbation labels; give one per cell.")
         import pandas as pd
 
-        if pd.isna(pert).any():
-            raise InputError("Some cells have no perturbation label (NaN); label them or drop them first.")
+        if (pd.isna(pert) | (pert == None)).any():  # noqa: E711 - elementwise
+            raise InputError("Some cells have no perturbation label (missing); label them or drop them first.")
         pert = pert.astype(str)
         grp = np.full(n, "all") if groups is None else np.asarray(groups, dtype=object)
         if len(grp) != n:
             raise InputError(f"X has {n} cells but {len(grp)} group labels; give one per cell.")
-        if groups is not None and pd.isna(grp).any():
-            raise InputError("Some cells have no group label (NaN); label them or pass groups=None.")
+        if groups is not None and (pd.isna(grp) | (grp == None)).any():  # noqa: E711 - elementwise
+            raise InputError("Some cells have no group label (missing); label them or pass groups=None.")
         grp = grp.astype(str)
         if gene_names is not None and len(gene_names) != G:
             raise InputError(f"gene_names has {len(gene_names)} entries but X has {G} genes.")
@@ -503,6 +522,25 @@ class PerturbationHead(TorchHead):
                 if self.options.clip:
                     pred = pred.clamp(min=0)
                 out[rows] = pred.cpu().numpy()
+        return out
+
+    def transform(self, X: Any, *, device: Any = None, **kwargs: Any) -> np.ndarray:
+        """The encoder's cell-state latent of each cell (cells x ``latent``; needs ``cell_state=True``).
+
+        Extra keyword arguments (``gene_vectors`` from :class:`scelmo.Model`) are ignored.
+        """
+        self._require_fitted()
+        if not self.options.cell_state:
+            raise InputError("This head was trained with cell_state=False and has no cell-state encoder.")
+        X = self._check_matrix(X)
+        if X.shape[1] != self.spec["n_genes"]:
+            raise InputError(f"X has {X.shape[1]} genes but the head was trained on {self.spec['n_genes']}.")
+        out = np.empty((X.shape[0], self.options.latent), dtype=np.float32)
+        with self.inference(device) as dev:
+            bs = self.options.eval_batch_size
+            for s in range(0, X.shape[0], bs):
+                rows = slice(s, min(s + bs, X.shape[0]))
+                out[rows] = self.module.encoder(rows_to_tensor(X, rows, dev)).float().cpu().numpy()
         return out
 
     def predict_mean(self, X: Any, perturbation: str, **kwargs: Any) -> np.ndarray:
