@@ -201,7 +201,7 @@ def _md_table(df: pd.DataFrame, cols: list[str]) -> str:
         return str(v)
 
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for _, r in df.iterrows()]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for _, r in df.iterrows()]
     return "\n".join(lines)
 
 
@@ -211,7 +211,8 @@ def write_report(df: pd.DataFrame, summary: pd.DataFrame, out: Path, log: dict[s
              f"load average at start {log['loadavg_start']}, at end {log['loadavg_end']}. "
              f"Total {log['total_s']:.0f} s.", ""]
     if (df["dataset"] == "kang").any():
-        k = df[df["dataset"] == "kang"].pivot_table(index="unit", columns="method", values=["r2_delta", "pearson_delta", "r2_mean"])
+        k = df[df["dataset"] == "kang"].pivot_table(index="unit", columns="method", values=["r2_delta", "pearson_delta", "r2_mean"],
+                                                    dropna=False)
         k.columns = [f"{m} {meth}" for m, meth in k.columns]
         k = k.reset_index()
         meths = [m for m in ("head", "head (no cell state)", "mean shift", "no change") if f"r2_delta {m}" in k]
