@@ -85,6 +85,7 @@ def annotate(
     reference: Any = None,
     ref_labels: str | Sequence[Any] | None = None,
     cell_types: Sequence[str] | Mapping[str, str] | None = None,
+    describe_cell_types: bool = False,
     k: int = 10,
     use_rep: str = keys.X_SCELMO,
     min_score: float = 0.0,
@@ -108,6 +109,10 @@ def annotate(
         Candidate cell types for text-prompt annotation: a list of names, or a mapping
         ``name -> description`` whose descriptions are embedded instead of the names.
         Only these types can be assigned.
+    describe_cell_types
+        Have the ``describe`` role's LLM write a description of each listed name (prompt
+        ``cell-type``, cached like gene descriptions; see :func:`scelmo.describe`) and
+        embed the descriptions instead of the bare names.
     k
         Neighbours for the reference vote (10, as in the paper).
     min_score
@@ -154,6 +159,12 @@ def annotate(
         info.update({"method": "knn_transfer", "k": k, "n_reference": int(keep.sum())})
     else:
         names, texts = _cell_type_texts(cell_types)
+        if describe_cell_types and not isinstance(cell_types, Mapping):
+            from .descriptions import describe
+
+            described = describe(names, subject="cell_type", config=config, progress=progress)
+            texts = [described.texts.get(n, n) for n in names]  # failures fall back to the name
+            info["cell_type_descriptions"] = described.provenance()
         vectors = _embed_texts(texts, config, progress)
         if vectors.shape[1] != query.shape[1]:
             raise ScelmoError(

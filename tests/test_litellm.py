@@ -544,3 +544,16 @@ print("REMOTE", remote)
     assert "REMOTE []" in out.stdout, out.stdout
     assert "Give Feedback" not in out.stdout + out.stderr  # litellm's debug banner is off
     assert "raw.githubusercontent" not in out.stdout + out.stderr
+
+
+def test_annotate_with_llm_cell_type_descriptions(server, tmp_path, pbmc):
+    import scelmo
+
+    cfg = {"describe.model": "openai/gpt-4o-mini", "describe.api_base": server.openai_base,
+           "cache.path": str(tmp_path / "c.sqlite")}
+    small = pbmc[:60].copy()
+    scelmo.tl.annotate(small, cell_types=["T cell", "B cell", "monocyte"], describe_cell_types=True, config=cfg)
+    asked = [b["messages"][-1]["content"] for b in server.bodies[-3:]]
+    assert all(a.startswith("Please summarize the major function of cell type: ") for a in asked)
+    assert set(small.obs["scelmo_label"]) <= {"T cell", "B cell", "monocyte"}
+    assert small.uns["scelmo"]["annotate"]["cell_type_descriptions"]["prompt"] == "cell-type"
