@@ -185,6 +185,7 @@ class Provider(ModelComponent):
 
 
 def _default_policy() -> Any:
+    """Retry policy of components whose options do not define one."""
     from .calls import RetryPolicy
 
     return RetryPolicy()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import plugins, roles
-from .calls import Budget, Estimate, Usage, run_calls, with_retries
+from .calls import Budget, Estimate, RetryPolicy, Usage, run_calls, with_retries
 from .components import Completion, KnowledgeSource, PromptTemplate, Provider
 from .config import ScelmoSettings, get_settings
 from .errors import ConfigError, InputError, ScelmoWarning
@@ -258,7 +258,7 @@ def describe(
             for _ in range(ANSWER_RETRIES + 1):
                 answer = await with_retries(
                     lambda t=text: component.acomplete(t, system=template.system),
-                    policy or _policy(),
+                    policy or RetryPolicy(),
                     usage=usage,
                 )
                 usage.add(prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
@@ -306,10 +306,3 @@ def describe(
             stacklevel=2,
         )
     return result
-
-
-def _policy() -> Any:
-    from .calls import RetryPolicy
-
-    return RetryPolicy()
-

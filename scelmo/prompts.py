@@ -46,26 +46,19 @@ BUILTIN_PROMPTS = (
         system="You are a helpful assistant",
         description="scELMo paper, DeepSeek notebook prompt",
     ),
-    PromptTemplate(
-        name="cell-type",
-        version="1",
-        subject="cell_type",
-        template="Please summarize the major function of cell type: {item}. " + _PAPER,
-        description="the paper's prompt for cell types (noun swapped)",
-    ),
-    PromptTemplate(
-        name="drug",
-        version="1",
-        subject="drug",
-        template="Please summarize the major function of drug: {item}. " + _PAPER,
-        description="the paper's prompt for drugs (noun swapped)",
-    ),
-    PromptTemplate(
-        name="protein",
-        version="1",
-        subject="protein",
-        template="Please summarize the major function of protein: {item}. " + _PAPER,
-        description="the paper's prompt for proteins (noun swapped)",
+    *(
+        PromptTemplate(
+            name=name,
+            version="1",
+            subject=subject,
+            template=f"Please summarize the major function of {noun}: {{item}}. " + _PAPER,
+            description=f"the paper's prompt for {noun}s (noun swapped)",
+        )
+        for name, subject, noun in (
+            ("cell-type", "cell_type", "cell type"),
+            ("drug", "drug", "drug"),
+            ("protein", "protein", "protein"),
+        )
     ),
 )
 
