@@ -257,7 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kang-dir", default=str(_default_kang_dir()))
     ap.add_argument("--datasets", default="pbmc68k,pbmc68k_sim,kang")
     ap.add_argument("--seeds", default="0,1,2", help="seeds for the small datasets (Kang: the first only)")
+    ap.add_argument("--replot", nargs="*", type=Path, metavar="CSV",
+                    help="only rewrite results.md and plots in --out from these results.csv files (combined)")
     args = ap.parse_args(argv)
+    if args.replot is not None:
+        csvs = args.replot or [args.out / "results.csv"]
+        frames = [pd.read_csv(c) for c in csvs]
+        logs = [json.loads((c.parent / "run.json").read_text()) for c in csvs if (c.parent / "run.json").is_file()]
+        log = {**logs[0], "loadavg_end": logs[-1]["loadavg_end"], "total_s": sum(g["total_s"] for g in logs),
+               "runs": [{k: g[k] for k in ("date", "loadavg_start", "loadavg_end", "total_s", "seeds")} for g in logs]}
+        write(pd.concat(frames, ignore_index=True).to_dict("records"), log, args.out)
+        return 0
     warnings.simplefilter("ignore")
     seeds = [int(s) for s in args.seeds.split(",")][: 1 if args.quick else None]
     ensure_torch_plugin()

@@ -134,6 +134,7 @@ class Model:
         self.gene_table = self._gene_table(adata, gene_embeddings)
         self.is_trained = False
         self.train_info: dict[str, Any] = {}
+        self.train_genes: list[str] = []
 
     # -- setup ----------------------------------------------------------------------------
     @classmethod
@@ -186,6 +187,8 @@ class Model:
         from .matrix import iter_row_chunks, select_matrix
 
         adata = self.adata if adata is None else adata
+        if adata is None:
+            raise InputError("This model is bound to no AnnData; pass `adata=` (e.g. the query cells).")
         setup = _setup_of(adata) or self.setup
         matrix, var_names, _ = select_matrix(adata, layer=setup.layer, use_raw=setup.use_raw)
         names = [str(v) for v in var_names]
@@ -238,7 +241,7 @@ class Model:
         """
         import time
 
-        X, _, E = self.get_expression()
+        X, names, E = self.get_expression()
         settings = {"max_epochs": max_epochs, "batch_size": batch_size, "lr": lr, "early_stopping": early_stopping,
                     "device": device, "seed": seed, "num_threads": num_threads, "progress": progress, **training}
         settings = {k: v for k, v in settings.items() if v is not None}
@@ -247,6 +250,7 @@ class Model:
                       training=settings)
         history = list(getattr(self.head, "history", []) or [])
         self.is_trained = True
+        self.train_genes = names
         self.train_info = {
             "head": self.head_name,
             "n_cells": int(X.shape[0]),
@@ -351,7 +355,6 @@ class Model:
         try:
             self.head.save_state(tmp / HEAD_DIR)
             self.gene_table.save(tmp / GENES_DIR, overwrite=True)
-            _, names, _ = self.get_expression()
             info = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -360,7 +363,7 @@ class Model:
                 "head": self.head_name,
                 "head_options": self.head.options.model_dump(mode="json"),
                 "setup": asdict(self.setup),
-                "train_genes": names,
+                "train_genes": self.train_genes,
                 "classes": list(getattr(self.head, "classes", []) or []),
                 "gene_embeddings_sha256": _sha256_array(self.gene_table.vectors),
                 "gene_embeddings_manifest": self.gene_table.manifest,
@@ -408,6 +411,7 @@ class Model:
         self.gene_table = table
         self.is_trained = True
         self.train_info = dict(info.get("train", {}))
+        self.train_genes = list(info.get("train_genes", []))
         self.adata = adata
         if adata is not None and _setup_of(adata) is None:
             _remember(adata, setup)

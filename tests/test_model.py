@@ -89,6 +89,11 @@ def test_save_load_round_trip_gives_identical_predictions(trained, split, tmp_pa
     np.testing.assert_array_equal(loaded.get_latent_representation(q), trained.get_latent_representation(q))
     for method in ("knn", "classifier"):
         np.testing.assert_array_equal(loaded.predict(q, method=method), trained.predict(q, method=method))
+    unbound = scelmo.Model.load(path)
+    with pytest.raises(InputError, match="adata="):
+        unbound.predict()
+    again = unbound.save(tmp_path / "again")
+    assert json.loads((again / "model.json").read_text())["train_genes"] == info["train_genes"]
     with pytest.raises(ScelmoError, match="exists"):
         trained.save(path)
     trained.save(path, overwrite=True)
