@@ -297,6 +297,7 @@ def describe(
     finally:
         if cache is not None:
             cache.close()
+    result.texts = {i: result.texts[i] for i in unique if i in result.texts}  # input order
     if result.failed:
         sample = ", ".join(f"{k} ({v})" for k, v in list(result.failed.items())[:3])
         warnings.warn(
