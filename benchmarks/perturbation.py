@@ -225,6 +225,10 @@ def write_report(df: pd.DataFrame, summary: pd.DataFrame, out: Path, log: dict[s
     (out / "results.md").write_text("\n".join(parts) + "\n", encoding="utf-8")
 
 
+COLORS = {"head": "#d95f02", "head (no cell state)": "#7570b3", "head (shuffled embeddings)": "#a6761d",
+          "mean shift": "#1b9e77", "additive": "#e7298a", "no change": "#999999"}
+
+
 def plot(df: pd.DataFrame, out: Path) -> None:
     import matplotlib
 
@@ -236,11 +240,13 @@ def plot(df: pd.DataFrame, out: Path) -> None:
     fig, axes = plt.subplots(len(panels), 2, figsize=(13, 4.2 * len(panels)), squeeze=False)
     for row, (dataset, by) in enumerate(panels):
         sub = df[df["dataset"] == dataset]
+        methods = [m for m in COLORS if m in set(sub["method"])]
         for col, metric in enumerate(("r2_delta", "pearson_delta")):
             ax = axes[row, col]
-            table = sub.pivot_table(index=by, columns="method", values=metric, aggfunc="mean", sort=False)
-            table.plot.bar(ax=ax, width=0.8, rot=20)
-            ax.set_title(f"{dataset}: {metric} on top-100 DE genes")
+            table = sub.pivot_table(index=by, columns="method", values=metric, aggfunc="mean", sort=False, dropna=False)
+            table = table.reindex(columns=methods)
+            table.plot.bar(ax=ax, width=0.8, rot=20, color=[COLORS[m] for m in methods])
+            ax.set_title(f"{dataset}: {metric} on top-100 DE genes (mean over units)")
             ax.set_ylim(min(-0.2, float(np.nanmin(table.to_numpy())) - 0.05), 1.0)
             ax.axhline(0, color="k", lw=0.6)
             ax.legend(fontsize=7)
@@ -263,7 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mmd-weight", type=float, default=None, help="the head's mmd_weight (default: the head's own)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-ablation", action="store_true", help="skip the head without cell state on Kang")
+    ap.add_argument("--replot", action="store_true", help="only redraw perturbation.png from <out>/results.csv")
     args = ap.parse_args(argv)
+    if args.replot:
+        plot(pd.read_csv(args.out / "results.csv"), args.out)
+        return 0
     args.epochs = args.epochs or (10 if args.quick else 30)
     if args.mmd_weight is None:
         from scelmo_torch.perturbation import PerturbationOptions
