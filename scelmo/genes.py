@@ -24,6 +24,7 @@ import numpy as np
 
 from .checksums import sha256_file
 from .errors import InputError, IntegrityError, ScelmoError
+from .io import replace_dir
 
 _ENSEMBL = re.compile(r"^(ENS(?:MUS)?G\d{11})(?:\.\d+)?$", re.IGNORECASE)
 Species = Literal["auto", "human", "mouse"]
@@ -235,14 +236,7 @@ class GeneEmbeddings:
                 "files": {f: sha256_file(tmp / f) for f in ("vectors.npy", "genes.txt")},
             }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
-            if path.exists():
-                old = path.with_name(f".{path.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                path.rename(old)
-                tmp.rename(path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(path)
+            replace_dir(tmp, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return path

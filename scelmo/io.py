@@ -49,6 +49,24 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def replace_dir(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+    """Move the finished directory ``tmp`` to ``path``, replacing any directory there.
+
+    The old directory is first renamed aside, so ``path`` is at every moment either the
+    complete old or the complete new directory (never a half-written one).
+    """
+    tmp, path = Path(tmp), Path(path)
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(path)
+    return path
+
+
 def write_h5ad(adata: Any, path: str | os.PathLike[str]) -> Path:
     """Write ``adata`` to ``path`` atomically."""
     with atomic_path(path) as tmp:

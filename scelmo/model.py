@@ -53,6 +53,7 @@ import scipy.sparse as sp
 from . import keys, provenance
 from .errors import InputError, ScelmoError
 from .genes import GeneEmbeddings
+from .io import replace_dir
 
 MODEL_FILE = "model.json"
 HEAD_DIR = "head"
@@ -370,14 +371,7 @@ class Model:
                 "train": self.train_info,
             }
             (tmp / MODEL_FILE).write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
-            if path.exists():
-                old = path.with_name(f".{path.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                path.rename(old)
-                tmp.rename(path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(path)
+            replace_dir(tmp, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return path

@@ -80,6 +80,13 @@ def batch_hard_triplet_loss(z: Any, labels: Any, margin: float) -> Any:
     eye = torch.eye(len(lab), dtype=torch.bool, device=z.device)
     pos_mask = same & ~eye
     neg_mask = ~same & valid[:, None] & valid[None, :]
+    return hardest_triplets(zn, dist, pos_mask, neg_mask, margin)
+
+
+def hardest_triplets(zn: Any, dist: Any, pos_mask: Any, neg_mask: Any, margin: float) -> Any:
+    """``relu(d_pos - d_neg + margin)`` with each anchor's farthest positive and nearest
+    negative under the given masks, averaged over anchors that have both (0 if none)."""
+    torch = import_torch()
     has = pos_mask.any(1) & neg_mask.any(1)
     if not bool(has.any()):
         return zn.sum() * 0.0

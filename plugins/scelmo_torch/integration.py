@@ -37,6 +37,7 @@ from .adapter import (
     batch_hard_triplet_loss,
     build_adapter,
     encode_labels,
+    hardest_triplets,
 )
 from .base import TrainingConfig, rows_to_tensor, split_rows
 from .device import import_torch
@@ -67,12 +68,7 @@ def cross_batch_triplet_loss(z: Any, labels: Any, batch: Any, margin: float) -> 
     same = (labels[:, None] == labels[None, :]) & both
     pos_mask = same & (batch[:, None] != batch[None, :])
     neg_mask = ~same & both
-    has = pos_mask.any(1) & neg_mask.any(1)
-    if not bool(has.any()):
-        return zn.sum() * 0.0
-    d_pos = torch.where(pos_mask, dist, torch.zeros_like(dist)).max(1).values
-    d_neg = torch.where(neg_mask, dist, torch.full_like(dist, 1e4)).min(1).values
-    return torch.relu(d_pos - d_neg + margin)[has].mean()
+    return hardest_triplets(zn, dist, pos_mask, neg_mask, margin)
 
 
 def _net(d: int, hidden: int, latent: int, n_batches: int, n_classes: int, target_dim: int) -> Any:
