@@ -78,7 +78,7 @@ class PerturbationOptions(ComponentOptions):
     #: Weight of the MMD term (0: match means only).
     mmd_weight: float = Field(0.1, ge=0.0)
     #: Cells drawn per unit (group x perturbation) in a mini-batch, at least.
-    min_cells_per_unit: int = Field(32, ge=2)
+    min_cells_per_unit: int = Field(16, ge=2)
     #: Name of the control condition (``fit(control=...)`` overrides it).
     control: str = Field("ctrl", min_length=1)
     #: Separator of combination names ("A+B").
@@ -143,6 +143,7 @@ class PerturbationHead(TorchHead):
     name = "perturbation"
     Options = PerturbationOptions
     requires_labels = False
+    training_defaults = DEFAULT_TRAINING
     options: PerturbationOptions
 
     def __init__(self, *, perturbation_embeddings: Mapping[str, Any] | None = None, **options: Any) -> None:
@@ -374,7 +375,7 @@ class PerturbationHead(TorchHead):
             np.array([names.index(c) for c in comp_of[p]], dtype=np.int64) for _, p in unit_keys
         ]
         self._means_np = means
-        cfg = TrainingConfig.from_any({**DEFAULT_TRAINING, **(training.model_dump() if isinstance(training, TrainingConfig) else dict(training or {}))})
+        cfg = self.training_config(training)
         self._rng = np.random.default_rng(cfg.seed + 1)
         try:
             self.train_module(np.flatnonzero(~is_ctrl), cfg)
