@@ -293,7 +293,8 @@ class PerturbationHead(TorchHead):
         if perturbations is None:
             raise InputError(
                 "Give the perturbation of each cell: fit(X, perturbations=adata.obs['condition'], "
-                "control='ctrl') (with scelmo.Model: setup_anndata(..., perturbation_key=, control=))."
+                "control='ctrl') (with scelmo.Model: setup_anndata(adata, batch_key=<perturbation column>) "
+                "and Model(adata, head='perturbation', control='ctrl', perturbation_embeddings=...))."
             )
         self.spec = {}
         X = self._check_matrix(X)
