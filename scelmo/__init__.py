@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = {
     "tl", "pl", "metrics", "datasets", "keys", "config", "plugins", "io", "testing", "errors", "genes", "cache",
-    "descriptions", "prompts", "calls",
+    "descriptions", "prompts", "calls", "perturbation",
 }
 _ATTRS = {
     "GeneEmbeddings": ("genes", "GeneEmbeddings"),
@@ -33,8 +33,8 @@ _ATTRS = {
 
 __all__ = [
     "GeneEmbeddings", "GeneVocabulary", "Model", "ScelmoError", "__version__", "cache", "calls", "config", "datasets",
-    "describe", "descriptions", "errors", "genes", "get_settings", "hookimpl", "io", "keys", "metrics", "pl", "plugins",
-    "prompts", "testing", "tl",
+    "describe", "descriptions", "errors", "genes", "get_settings", "hookimpl", "io", "keys", "metrics", "pl", "perturbation",
+    "plugins", "prompts", "testing", "tl",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
         io,
         keys,
         metrics,
+        perturbation,
         pl,
         plugins,
         prompts,

@@ -70,6 +70,7 @@ class AnnDataSetup:
     batch_key: str | None = None
     layer: str | None = None
     use_raw: bool | None = None
+    perturbation_key: str | None = None
 
 
 # object id -> (weak reference, setup); entries vanish with their AnnData
@@ -107,7 +108,9 @@ class Model:
         ``gene_embeddings`` is given.
     head
         Name of a registered task head: ``"annotation"`` (cell types; needs
-        ``labels_key``) or ``"integration"`` (batch removal; needs ``batch_key``).
+        ``labels_key``), ``"integration"`` (batch removal; needs ``batch_key``) or
+        ``"perturbation"`` (responses to perturbations; needs ``perturbation_key`` and
+        the head option ``control=``).
     gene_embeddings
         A :class:`~scelmo.genes.GeneEmbeddings` (or a directory saved from one) to use
         instead of ``adata.varm["scelmo"]``.
@@ -140,7 +143,8 @@ class Model:
     # -- setup ----------------------------------------------------------------------------
     @classmethod
     def setup_anndata(cls, adata: Any, *, labels_key: str | None = None, batch_key: str | None = None,
-                      layer: str | None = None, use_raw: bool | None = None) -> None:
+                      layer: str | None = None, use_raw: bool | None = None,
+                      perturbation_key: str | None = None) -> None:
         """Register which ``obs`` columns and which expression matrix a model uses.
 
         Parameters
@@ -154,13 +158,18 @@ class Model:
             The expression values: ``adata.layers[layer]``, ``adata.raw.X`` or
             ``adata.X`` (``use_raw=None``: raw when present, as scanpy). Values must be
             finite and non-negative; log-normalised expression is recommended.
+        perturbation_key
+            ``obs`` column naming each cell's perturbation (perturbation head), e.g.
+            ``"condition"`` with values ``"ctrl"``, ``"KLF1"``, ``"KLF1+CEBPA"``;
+            ``labels_key`` then names the cell groups (cell types) responses may depend on.
         """
-        for key, what in ((labels_key, "labels_key"), (batch_key, "batch_key")):
+        for key, what in ((labels_key, "labels_key"), (batch_key, "batch_key"),
+                          (perturbation_key, "perturbation_key")):
             if key is not None and key not in adata.obs:
                 raise InputError(f"{what}={key!r} is not a column of adata.obs (columns: {', '.join(map(str, adata.obs.columns[:20]))}).")
         if layer is not None and layer not in adata.layers:
             raise InputError(f"Layer {layer!r} not found in adata.layers (available: {', '.join(adata.layers) or 'none'}).")
-        _remember(adata, AnnDataSetup(labels_key, batch_key, layer, use_raw))
+        _remember(adata, AnnDataSetup(labels_key, batch_key, layer, use_raw, perturbation_key))
 
     @staticmethod
     def _gene_table(adata: Any, gene_embeddings: GeneEmbeddings | str | None) -> GeneEmbeddings:
@@ -247,8 +256,11 @@ class Model:
                     "device": device, "seed": seed, "num_threads": num_threads, "progress": progress, **training}
         settings = {k: v for k, v in settings.items() if v is not None}
         t0 = time.perf_counter()
+        extra: dict[str, Any] = {}
+        if self.setup.perturbation_key is not None:  # heads that do not use them ignore these
+            extra = {"perturbations": self._obs(self.setup.perturbation_key), "gene_names": names}
         self.head.fit(X, self._obs(self.setup.labels_key), gene_vectors=E, batch=self._obs(self.setup.batch_key),
-                      training=settings)
+                      training=settings, **extra)
         history = list(getattr(self.head, "history", []) or [])
         self.is_trained = True
         self.train_genes = names
@@ -335,6 +347,55 @@ class Model:
         if return_probabilities:
             return pd.DataFrame(probs, index=target.obs_names, columns=classes)
         return labels
+
+    def predict_perturbation(self, adata: Any | None = None, perturbation: str | Any = None, *,
+                             mean: bool = False, device: str | None = None) -> Any:
+        """Predicted expression of (control) cells under a perturbation (perturbation head).
+
+        Parameters
+        ----------
+        adata
+            Control cells; default the training data. Must hold every training gene
+            (matched by name; other genes are ignored).
+        perturbation
+            One name for all cells (``"KLF1"``, ``"KLF1+CEBPA"`` for a combination) or one
+            per cell. Each component needs a vector: seen in training, a measured gene
+            (its gene vector), or given through ``perturbation_embeddings``.
+        mean
+            Return the mean over cells (a Series by gene) instead of the cells x genes
+            prediction.
+
+        Returns
+        -------
+        A DataFrame (cells x training genes, log-normalised expression) or, with
+        ``mean=True``, a Series by gene.
+        """
+        import pandas as pd
+
+        self._require_trained()
+        if not hasattr(self.head, "predict_mean"):
+            raise ScelmoError(f"The {self.head_name!r} head does not predict perturbations; use head='perturbation'.")
+        if perturbation is None:
+            raise InputError("Say which perturbation to predict, e.g. predict_perturbation(ctrl, 'KLF1+CEBPA').")
+        target = self.adata if adata is None else adata
+        X, names, _ = self.get_expression(target)
+        pos = {n: i for i, n in enumerate(names)}
+        missing = [g for g in self.train_genes if g not in pos]
+        if missing:
+            raise InputError(
+                f"{len(missing)} of the model's {len(self.train_genes)} genes are missing from the data "
+                f"(e.g. {', '.join(missing[:5])}); the perturbation head needs all of them."
+            )
+        cols = np.array([pos[g] for g in self.train_genes])
+        X = X[:, cols]
+        pred = np.asarray(self.head.predict(X, perturbation, device=device), dtype=np.float32)
+        provenance.record(target, "predict_perturbation", {
+            "head": self.head_name, "perturbation": perturbation if isinstance(perturbation, str) else "per cell",
+            "n_cells": int(X.shape[0]),
+        })
+        if mean:
+            return pd.Series(pred.mean(axis=0, dtype=np.float64), index=self.train_genes, name=str(perturbation))
+        return pd.DataFrame(pred, index=target.obs_names, columns=self.train_genes)
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:

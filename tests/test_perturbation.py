@@ -259,19 +259,59 @@ def test_bad_inputs_give_clear_errors(trained):
 
 
 def test_driven_by_scelmo_model(tmp_path, synthetic):
-    """scelmo.Model drives the head: labels_key -> groups, batch_key -> perturbations (until a perturbation_key exists)."""
+    """scelmo.Model with perturbation_key: measured genes take their own gene vectors; predict_perturbation."""
     from scelmo.model import Model
 
     adata, ge = synthetic
     adata = adata[:900].copy()  # 700 controls + 8 perturbations
+    adata.varm["scelmo"], _ = ge.aligned(list(adata.var_names))
     names = list(adata.obs["perturbation"].cat.remove_unused_categories().cat.categories[1:])
-    Model.setup_anndata(adata, batch_key="perturbation")
-    model = Model(adata, head="perturbation", gene_embeddings=ge, hidden=32, latent=8,
-                  perturbation_embeddings=P.gene_perturbation_embeddings(names, ge))
-    model.train(max_epochs=2, progress=False)
+    Model.setup_anndata(adata, perturbation_key="perturbation")
+    model = Model(adata, head="perturbation", hidden=32, latent=8, control="ctrl")
+    model.train(max_epochs=2, progress=False)  # no perturbation_embeddings: gene names -> gene vectors
     assert len(model.history) == 2
     assert model.get_latent_representation().shape == (900, 8)
+    ctrl = adata[adata.obs["perturbation"] == "ctrl"][:5].copy()
+    pred = model.predict_perturbation(ctrl, names[0])
+    assert pred.shape == (5, adata.n_vars) and list(pred.columns) == list(adata.var_names)
+    combo = model.predict_perturbation(ctrl, f"{names[0]}+{names[1]}", mean=True)
+    assert combo.shape == (adata.n_vars,) and np.isfinite(combo).all()
+    np.testing.assert_allclose(model.predict_perturbation(ctrl, "ctrl").to_numpy(), ctrl.X.toarray()
+                               if hasattr(ctrl.X, "toarray") else ctrl.X, atol=1e-4)  # control: no change
+    shuffled = ctrl[:, ::-1].copy()  # other gene order: matched by name
+    np.testing.assert_allclose(model.predict_perturbation(shuffled, names[0]).to_numpy(), pred.to_numpy(), atol=1e-5)
     model.save(tmp_path / "m")
     again = Model.load(tmp_path / "m", adata=adata)
-    X = adata.X[:5]
-    np.testing.assert_allclose(again.head.predict(X, names[0]), model.head.predict(X, names[0]), atol=1e-6)
+    np.testing.assert_allclose(again.predict_perturbation(ctrl, names[0]).to_numpy(), pred.to_numpy(), atol=1e-6)
+    with pytest.raises(InputError, match="missing from the data"):
+        model.predict_perturbation(ctrl[:, :10].copy(), names[0])
+
+
+def test_cli_train_and_predict_perturbation(tmp_path, synthetic):
+    import anndata as ad
+    from click.testing import CliRunner
+
+    from scelmo import plugins
+    from scelmo.cli import cli
+
+    plugins.add_commands(cli)
+    adata, ge = synthetic
+    adata = adata[:900].copy()
+    adata.varm["scelmo"], _ = ge.aligned(list(adata.var_names))
+    adata.write_h5ad(tmp_path / "train.h5ad")
+    name = str(adata.obs["perturbation"].cat.remove_unused_categories().cat.categories[1])
+    ctrl = adata[adata.obs["perturbation"] == "ctrl"][:20].copy()
+    ctrl.write_h5ad(tmp_path / "ctrl.h5ad")
+    r = CliRunner()
+    res = r.invoke(cli, ["train", str(tmp_path / "train.h5ad"), "-o", str(tmp_path / "m"), "--head", "perturbation",
+                         "--perturbation-key", "perturbation", "--option", "control=\"ctrl\"", "--option", "latent=8",
+                         "--max-epochs", "2"])
+    assert res.exit_code == 0, res.output
+    res = r.invoke(cli, ["predict", str(tmp_path / "ctrl.h5ad"), "-m", str(tmp_path / "m"), "-o",
+                         str(tmp_path / "pred.h5ad")])
+    assert res.exit_code != 0 and "--perturbation" in res.output
+    res = r.invoke(cli, ["predict", str(tmp_path / "ctrl.h5ad"), "-m", str(tmp_path / "m"), "-o",
+                         str(tmp_path / "pred.h5ad"), "--perturbation", name])
+    assert res.exit_code == 0, res.output
+    out = ad.read_h5ad(tmp_path / "pred.h5ad")
+    assert out.shape == (20, adata.n_vars) and (out.obs["scelmo_perturbation"] == name).all()

@@ -39,6 +39,7 @@ def add_commands(cli: Any) -> None:
     @click.option("--head", default="annotation", show_default=True, help="Task head: annotation, integration, or a plugin's.")
     @click.option("--labels-key", help="obs column of cell types.")
     @click.option("--batch-key", help="obs column of batches.")
+    @click.option("--perturbation-key", help="obs column of perturbations (perturbation head; add --option control=NAME).")
     @click.option("--layer", help="Layer with (log-normalised) expression (default: raw if present, else X).")
     @click.option("--gene-embeddings", type=click.Path(file_okay=False, exists=True), help="Saved GeneEmbeddings directory.")
     @click.option("--max-epochs", type=int, help="Upper bound on epochs (head default: 30).")
@@ -52,8 +53,8 @@ def add_commands(cli: Any) -> None:
     @click.option("--latent-output", type=click.Path(dir_okay=False), help="Also write INPUT with the learned embedding in obsm.")
     @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
     @click.pass_context
-    def train_cmd(ctx, input, output, head, labels_key, batch_key, layer, gene_embeddings, max_epochs, batch_size, lr,
-                  no_early_stopping, device, seed, threads, options, latent_output, overwrite):
+    def train_cmd(ctx, input, output, head, labels_key, batch_key, perturbation_key, layer, gene_embeddings, max_epochs,
+                  batch_size, lr, no_early_stopping, device, seed, threads, options, latent_output, overwrite):
         """Train a fine-tuning head on INPUT (.h5ad) and save the model to OUTPUT."""
         import scelmo
         from scelmo import io, keys
@@ -73,7 +74,8 @@ def add_commands(cli: Any) -> None:
         adata = _read(input)
         if gene_embeddings is None:
             _ensure_gene_vectors(adata, config)
-        scelmo.Model.setup_anndata(adata, labels_key=labels_key, batch_key=batch_key, layer=layer)
+        scelmo.Model.setup_anndata(adata, labels_key=labels_key, batch_key=batch_key, layer=layer,
+                                   perturbation_key=perturbation_key)
         model = scelmo.Model(adata, head=head, gene_embeddings=gene_embeddings, **head_options)
         t0 = time.perf_counter()
         model.train(max_epochs=max_epochs, batch_size=batch_size, lr=lr,
@@ -100,8 +102,10 @@ def add_commands(cli: Any) -> None:
     @click.option("--key-added", default="scelmo_label", show_default=True, help="obs column for labels (annotation head).")
     @click.option("--latent-key", help="obsm key for the learned embedding (default X_scelmo_finetuned / X_scelmo_integrated).")
     @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps.")
+    @click.option("--perturbation", help="Perturbation head: predict INPUT's (control) cells under this perturbation "
+                  "(e.g. KLF1 or KLF1+CEBPA); OUTPUT then holds the predicted expression.")
     @click.pass_context
-    def predict_cmd(ctx, input, model_dir, output, method, key_added, latent_key, device):
+    def predict_cmd(ctx, input, model_dir, output, method, key_added, latent_key, device, perturbation):
         """Apply a saved model to INPUT (.h5ad; genes may differ from training) and write OUTPUT."""
         import scelmo
         from scelmo import io, keys
@@ -111,6 +115,20 @@ def add_commands(cli: Any) -> None:
             raise ScelmoError("OUTPUT must differ from INPUT (the input is never modified).")
         adata = _read(input)
         model = scelmo.Model.load(model_dir, adata=adata)
+        if perturbation is not None or model.head_name == "perturbation":
+            if perturbation is None:
+                raise ScelmoError("This is a perturbation model: say which perturbation with --perturbation NAME.")
+            import anndata as ad
+
+            pred = model.predict_perturbation(adata, perturbation, device=device)
+            out = ad.AnnData(pred.to_numpy(), obs=adata.obs.copy())
+            out.var_names = list(pred.columns)
+            out.obs["scelmo_perturbation"] = perturbation
+            out.uns["scelmo"] = dict(adata.uns.get("scelmo", {}))
+            io.write_h5ad(out, output)
+            click.echo(f"Wrote the predicted expression of {out.n_obs} cells under {perturbation!r} "
+                       f"({out.n_vars} genes) -> {output}")
+            return
         _, names, E = model.get_expression(adata)
         covered = int((abs(E).sum(1) > 0).sum())
         if covered < 0.5 * len(names) and keys.GENE_EMBEDDING not in adata.varm:
