@@ -51,16 +51,28 @@ class Cache:
             self._conn = sqlite3.connect(
                 str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False
             )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA busy_timeout=60000")
-            self._conn.executescript(_SCHEMA)
+            self._setup_schema()
         except (OSError, sqlite3.Error) as exc:
             raise ScelmoError(
                 f"Cannot open the scelmo cache at {self.path}: {exc}. Set `cache.path` to a "
                 "writable file (or SCELMO_CACHE__PATH), or disable it with `cache.enabled = false`."
             ) from None
         self._lock = threading.Lock()
+
+    def _setup_schema(self) -> None:
+        # Two processes opening a new file at once can get SQLITE_BUSY from the switch to
+        # WAL mode without the busy handler being consulted: retry for a while.
+        for attempt in range(50):
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or attempt == 49:
+                    raise
+                time.sleep(0.1 + 0.01 * attempt)
 
     def close(self) -> None:
         self._conn.close()
