@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ import numpy as np
 
 from .checksums import sha256_file
 from .errors import InputError, IntegrityError, ScelmoError
-from .io import replace_dir
+from .io import atomic_dir
 
 _ENSEMBL = re.compile(r"^(ENS(?:MUS)?G\d{11})(?:\.\d+)?$", re.IGNORECASE)
 Species = Literal["auto", "human", "mouse"]
@@ -219,11 +217,7 @@ class GeneEmbeddings:
         directory that is then renamed into place.
         """
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise ScelmoError(f"{path} already exists; pass overwrite=True to replace it.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic_dir(path, overwrite=overwrite) as tmp:
             np.save(tmp / "vectors.npy", self.vectors, allow_pickle=False)
             (tmp / "genes.txt").write_text("\n".join(self.genes) + "\n", encoding="utf-8")
             manifest = {
@@ -236,9 +230,6 @@ class GeneEmbeddings:
                 "files": {f: sha256_file(tmp / f) for f in ("vectors.npy", "genes.txt")},
             }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
-            replace_dir(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     @classmethod

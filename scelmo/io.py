@@ -49,6 +49,21 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling directory; it replaces ``path`` on success only."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ScelmoError(f"{path} already exists; pass overwrite=True to replace it.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def replace_dir(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
     """Move the finished directory ``tmp`` to ``path``, replacing any directory there.
 

@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 import weakref
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -53,7 +51,7 @@ import scipy.sparse as sp
 from . import keys, provenance
 from .errors import InputError, ScelmoError
 from .genes import GeneEmbeddings
-from .io import replace_dir
+from .io import atomic_dir
 
 MODEL_FILE = "model.json"
 HEAD_DIR = "head"
@@ -410,11 +408,7 @@ class Model:
 
         self._require_trained()
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise ScelmoError(f"{path} already exists; pass overwrite=True to replace it.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic_dir(path, overwrite=overwrite) as tmp:
             self.head.save_state(tmp / HEAD_DIR)
             self.gene_table.save(tmp / GENES_DIR, overwrite=True)
             info = {
@@ -432,9 +426,6 @@ class Model:
                 "train": self.train_info,
             }
             (tmp / MODEL_FILE).write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
-            replace_dir(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     @classmethod
