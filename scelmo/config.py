@@ -42,6 +42,12 @@ RESERVED_ENV = {
     "SCELMO_CONFIG_DIR",
     "SCELMO_CONFIG_FILE",
     "SCELMO_NO_PROGRESS",
+    "SCELMO_DATA_DIR",  # scelmo.datasets
+    "SCELMO_KANG_DIR",  # benchmarks
+    "SCELMO_VENV",  # scripts/run, .ci/run
+    "SCELMO_CI_SKIP_R",  # .ci/run
+    "SCELMO_REQUIRE_PYTHON",  # the R package
+    "SCELMO_TESTTHAT",  # the R package's tests
 }
 _PROFILES_DIR = Path(__file__).parent / "profiles"
 

@@ -96,3 +96,10 @@ def test_cli_set_and_bad_value():
     res = CliRunner().invoke(cli, ["--set", "aggregate.chunk_size=0", "config", "show"])
     assert res.exit_code == 2
     assert "chunk_size" in res.output
+
+
+@pytest.mark.parametrize("var", ["SCELMO_VENV", "SCELMO_DATA_DIR", "SCELMO_KANG_DIR", "SCELMO_CI_SKIP_R"])
+def test_process_variables_are_not_settings(monkeypatch, var):
+    """Variables of the scripts and helpers (scripts/run's SCELMO_VENV ...) do not break the config."""
+    monkeypatch.setenv(var, "1")
+    assert get_settings().aggregate.method == "wa"
