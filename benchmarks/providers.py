@@ -157,7 +157,7 @@ def kill_and_resume(n: int, concurrency: int, latency: float, workdir: Path) -> 
         "answered_total": final["answered_items"],
         "duplicates": final["duplicates"],
         "resume_wall_s": round(resume_s, 2),
-        "resume_stdout": done.stdout.strip(),
+        "resume_stdout": done.stdout.strip().replace(str(workdir), "<tmp>"),
         "cached_rows": rows,
     }
 
