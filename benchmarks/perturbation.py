@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from _runinfo import portable_argv  # benchmarks/ is on sys.path when run as a script
 
 OUT_DEFAULT = Path(__file__).parent / "results" / "perturbation"
 IFNB_TEXT = (
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    log: dict[str, Any] = {"argv": sys.argv[1:], "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
+    log: dict[str, Any] = {"argv": portable_argv(sys.argv[1:]), "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
                            "python": platform.python_version(), "torch": torch.__version__,
                            "device": "cpu (1 torch thread)", "epochs": args.epochs, "mmd_weight": args.mmd_weight,
                            "loadavg_start": loadavg(), "quick": args.quick}

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from _runinfo import portable_argv  # benchmarks/ is on sys.path when run as a script
 
 HERE = Path(__file__).resolve().parent
 OUT_DEFAULT = HERE / "results" / "zeroshot"
@@ -806,7 +807,7 @@ def main(argv: list[str] | None = None) -> int:
     mem_ok = _reset_hwm()
     log: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "quick": args.quick, "argv": sys.argv[1:], "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "quick": args.quick, "argv": portable_argv(sys.argv[1:]), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "python": platform.python_version(), "loadavg_start": loadavg(),
         "memory_method": ("peak RSS growth per step (VmHWM reset via /proc/self/clear_refs)" if mem_ok
                           else "unavailable (cannot reset VmHWM)"),
