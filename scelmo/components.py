@@ -91,6 +91,13 @@ class ModelComponent(Component):  # noqa: B024 - abstract methods live in the su
         """Identifies what this component produces (cache key, provenance)."""
         return f"{self.name}/{self.model}" if self.model and self.model != self.name else self.name
 
+    def retry_policy(self) -> Any:
+        """How calls of this component are retried: its ``options`` (:class:`RemoteOptions`) or the defaults."""
+        from .calls import RetryPolicy
+
+        make = getattr(self.options, "retry_policy", None)
+        return make() if make is not None else RetryPolicy()
+
 
 # --------------------------------------------------------------------------- knowledge
 class KnowledgeSource(ModelComponent):
@@ -174,7 +181,7 @@ class Provider(ModelComponent):
         from .calls import run_calls, with_retries
 
         out: dict[int, str] = {}
-        policy = getattr(self.options, "retry_policy", lambda: None)() or _default_policy()
+        policy = self.retry_policy()
         run_calls(
             list(range(len(prompts))),
             lambda i: with_retries(lambda: self.acomplete(prompts[i], system=system), policy),
@@ -182,13 +189,6 @@ class Provider(ModelComponent):
             concurrency=int(getattr(self.options, "concurrency", 8)),
         )
         return [out[i] for i in range(len(prompts))]
-
-
-def _default_policy() -> Any:
-    """Retry policy of components whose options do not define one."""
-    from .calls import RetryPolicy
-
-    return RetryPolicy()
 
 
 # --------------------------------------------------------------------------- embedders
@@ -261,15 +261,16 @@ class TextEmbedder(ModelComponent):
         unique = dict(zip(hashes, texts, strict=True))
         found: dict[str, np.ndarray] = cache.get_vectors(self.model_id, list(unique)) if cache else {}
         todo = sorted((h for h in unique if h not in found), key=lambda h: len(unique[h]))
-        self._dim = next(iter(found.values())).shape[0] if found else None
+        dim = next(iter(found.values())).shape[0] if found else None
         bs = max(1, int(getattr(self.options, "batch_size", 32)))
         batches = [todo[i : i + bs] for i in range(0, len(todo), bs)]
         self.usage = getattr(self, "usage", None) or Usage()
         with progress_bar(total=len(todo), desc=desc, unit="text", enabled=progress) as bar:
 
             def keep(batch: list[str], vecs: np.ndarray) -> None:
+                nonlocal dim
                 vecs = np.asarray(vecs, dtype=np.float32)
-                self._dim = self._check_batch(vecs, len(batch), self._dim)
+                dim = self._check_batch(vecs, len(batch), dim)
                 new = dict(zip(batch, vecs, strict=True))
                 if cache is not None:
                     cache.put_vectors(self.model_id, new)
@@ -284,13 +285,13 @@ class TextEmbedder(ModelComponent):
                 for batch in batches:
                     keep(batch, self.embed_batch([unique[h] for h in batch]))
         if not texts:
-            return np.zeros((0, self._dim or 0), dtype=np.float32)
+            return np.zeros((0, dim or 0), dtype=np.float32)
         return np.stack([found[h] for h in hashes]).astype(np.float32, copy=False)
 
     def _embed_async(self, batches: list[list[str]], unique: dict[str, str], keep: Any, budget: Any) -> None:
         from .calls import run_calls, with_retries
 
-        policy = getattr(self.options, "retry_policy", lambda: None)() or _default_policy()
+        policy = self.retry_policy()
 
         async def call(batch: list[str]) -> EmbeddingBatch:
             return await with_retries(

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import plugins, roles
-from .calls import Budget, Estimate, RetryPolicy, Usage, run_calls, with_retries
+from .calls import Budget, Estimate, Usage, run_calls, with_retries
 from .components import Completion, KnowledgeSource, PromptTemplate, Provider
 from .config import ScelmoSettings, get_settings
 from .errors import ConfigError, InputError, ScelmoWarning
@@ -124,14 +124,33 @@ def answer_problem(text: str | None) -> str | None:
     return None
 
 
+@dataclass
+class _Plan:
+    settings: ScelmoSettings
+    component: KnowledgeSource | Provider
+    template: PromptTemplate | None  # None for a knowledge source
+    unique: list[str]
+    subject: str
+
+    def cached(self, cache: Any) -> dict[str, str]:
+        """Answers already in ``cache`` (an open :class:`~scelmo.cache.Cache` or ``None``), by item."""
+        from .cache import text_hash
+
+        if cache is None or self.template is None:
+            return {}
+        hashes = {text_hash(i): i for i in self.unique}
+        done = cache.get_texts(self.component.model_id, self.template.hash, list(hashes))
+        return {hashes[h]: text for h, text in done.items()}
+
+
 def _plan(
     items: Sequence[str],
     subject: str,
     prompt: str | PromptTemplate | None,
     settings: ScelmoSettings | Mapping[str, Any] | None,
     using: KnowledgeSource | Provider | None,
-) -> tuple[ScelmoSettings, KnowledgeSource | Provider, PromptTemplate | None, list[str]]:
-    settings = get_settings(settings) if not isinstance(settings, ScelmoSettings) else settings
+) -> _Plan:
+    settings = get_settings(settings)
     subject = normalize_subject(subject)
     unique = _check_items(items)
     component = using if using is not None else roles.describer(settings)
@@ -150,7 +169,7 @@ def _plan(
             f"{subject.replace('_', ' ')}s. Set `describe.model` to an LLM (e.g. "
             "\"openai/gpt-4o-mini\" or \"ollama/llama3.1\"; see docs/providers/)."
         )
-    return settings, component, template, unique
+    return _Plan(settings, component, template, unique, subject)
 
 
 def estimate(
@@ -162,20 +181,20 @@ def estimate(
     using: KnowledgeSource | Provider | None = None,
 ) -> Estimate:
     """Calls, tokens and cost :func:`describe` would spend now (nothing is sent)."""
-    from .cache import open_cache, text_hash
+    from .cache import open_cache
 
-    settings, component, template, unique = _plan(items, subject, prompt, config, using)
+    plan = _plan(items, subject, prompt, config, using)
+    component, template, unique = plan.component, plan.template, plan.unique
     if not isinstance(component, Provider):
         return Estimate("describe", component.model_id, 0, len(unique), len(unique), 0, 0, 0.0,
                         ["offline knowledge table: no calls"])
-    cache = open_cache(settings)
+    cache = open_cache(plan.settings)
     try:
-        hashes = [text_hash(i) for i in unique]
-        done = cache.get_texts(component.model_id, template.hash, hashes) if cache else {}
+        done = plan.cached(cache)
     finally:
         if cache is not None:
             cache.close()
-    todo = [i for i, h in zip(unique, hashes, strict=True) if h not in done]
+    todo = [i for i in unique if i not in done]
     ptok = sum(component.count_tokens(template.render(i), system=template.system) for i in todo)
     ctok = component.expected_completion_tokens() * len(todo)
     cost = component.price(ptok, ctok) if todo else 0.0
@@ -229,8 +248,8 @@ def describe(
     from .cache import open_cache, text_hash
     from .progress import progress_bar
 
-    settings, component, template, unique = _plan(items, subject, prompt, config, using)
-    subject = normalize_subject(subject)
+    plan = _plan(items, subject, prompt, config, using)
+    component, template, unique, subject = plan.component, plan.template, plan.unique, plan.subject
     if isinstance(component, KnowledgeSource):
         texts = component.describe(unique)
         found = {i: texts[i] for i in unique if texts.get(i)}
@@ -240,16 +259,12 @@ def describe(
     budget = budget if budget is not None else Budget(max_cost)
     usage = Usage()
     result = DescribeResult({}, component.model_id, template, subject, usage=usage)
-    cache = open_cache(settings)
+    cache = open_cache(plan.settings)
     try:
-        hashes = {i: text_hash(i) for i in unique}
-        done = cache.get_texts(component.model_id, template.hash, list(hashes.values())) if cache else {}
-        for item, h in hashes.items():
-            if h in done:
-                result.texts[item] = done[h]
+        result.texts.update(plan.cached(cache))
         result.cached = len(result.texts)
         todo = [i for i in unique if i not in result.texts]
-        policy = component.options.retry_policy() if hasattr(component.options, "retry_policy") else None
+        policy = component.retry_policy()
         expected = component.expected_completion_tokens()
 
         async def call(item: str) -> tuple[Completion, str | None]:
@@ -258,7 +273,7 @@ def describe(
             for _ in range(ANSWER_RETRIES + 1):
                 answer = await with_retries(
                     lambda t=text: component.acomplete(t, system=template.system),
-                    policy or RetryPolicy(),
+                    policy,
                     usage=usage,
                 )
                 usage.add(prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
@@ -276,7 +291,7 @@ def describe(
                 if problem is None:
                     text = answer.text.strip()
                     if cache is not None:
-                        cache.put_texts(component.model_id, template.hash, {hashes[item]: text})
+                        cache.put_texts(component.model_id, template.hash, {text_hash(item): text})
                     result.texts[item] = text
                 else:
                     result.failed[item] = problem
