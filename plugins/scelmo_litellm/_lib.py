@@ -80,26 +80,18 @@ def scrub(text: str, secrets: list[str]) -> str:
 
 
 def _retry_after(exc: Exception) -> float | None:
-    for attr in ("litellm_response_headers", "headers"):
-        headers = getattr(exc, attr, None)
-        if headers is None:
+    """Seconds from a ``Retry-After`` header on the failed response, if any."""
+    sources = (getattr(exc, "litellm_response_headers", None), getattr(exc, "headers", None),
+               getattr(getattr(exc, "response", None), "headers", None))
+    for headers in sources:
+        if not hasattr(headers, "get"):
             continue
-        try:
-            value = headers.get("retry-after") or headers.get("Retry-After")
-        except AttributeError:
-            continue
+        value = headers.get("retry-after") or headers.get("Retry-After")
         if value is not None:
             try:
                 return float(value)
             except ValueError:
                 return None
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers is not None and headers.get("retry-after"):
-        try:
-            return float(headers["retry-after"])
-        except ValueError:
-            return None
     return None
 
 

@@ -9,7 +9,6 @@ no litellm-side retries; scelmo retries, batches, caches and checks (see
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
@@ -19,7 +18,7 @@ from pydantic import Field, SecretStr
 from scelmo.components import Completion, EmbeddingBatch, Provider, RemoteOptions, TextEmbedder
 from scelmo.errors import ConfigError, ProviderError
 
-from ._lib import is_loopback, litellm, map_error
+from ._lib import is_loopback, litellm, map_error, scrub
 
 
 class ConnectionOptions(RemoteOptions):
@@ -67,14 +66,11 @@ class _LiteLLMComponent:
         self.requires_network = not local
 
     def _key(self) -> str | None:
+        """The configured key; ``None`` lets litellm read the provider's own variable."""
         o = self.options
         if o.api_key is not None:
             return o.api_key.get_secret_value()
-        if o.api_key_env:
-            return os.environ.get(o.api_key_env)
-        if o.api_base and is_loopback(o.api_base):
-            return None  # local servers: litellm / the provider's own env vars, else a dummy
-        return None
+        return os.environ.get(o.api_key_env) if o.api_key_env else None
 
     def _secrets(self) -> list[str]:
         key = self._key()
@@ -99,13 +95,34 @@ class _LiteLLMComponent:
         kw.update(o.extra)
         return kw
 
+    async def _acall(self, kind: str, **request: Any) -> Any:
+        """One litellm request (``kind``: ``"acompletion"`` or ``"aembedding"``), directly or
+        through the router; failures come back as scelmo errors."""
+        kw = {**self._kwargs(), **request}
+        if self.options.model_list:  # each deployment carries its own base and key
+            kw.pop("api_base", None)
+            kw.pop("api_key", None)
+            send = getattr(self._router_obj(), kind)
+        else:
+            send = getattr(litellm(), kind)
+        try:
+            return await send(model=self.model, **kw)
+        except Exception as exc:  # noqa: BLE001 - mapped to scelmo's errors
+            raise self._fail(exc) from None
+
     def _router_obj(self) -> Any:
         if self._router is None:
             lib = litellm()
-            self._router = lib.Router(
-                model_list=self.options.model_list, num_retries=0, timeout=self.options.timeout,
-                set_verbose=False,
-            )
+            try:
+                self._router = lib.Router(
+                    model_list=self.options.model_list, num_retries=0, timeout=self.options.timeout,
+                    set_verbose=False,
+                )
+            except Exception as exc:  # noqa: BLE001 - litellm validates the list its own way
+                raise ConfigError(
+                    f"litellm refused the role's model_list: {scrub(str(exc), self._secrets())}. Each entry "
+                    "needs model_name and litellm_params (see docs/providers/vllm.md)."
+                ) from None
         return self._router
 
     def _fail(self, exc: Exception) -> Exception:
@@ -151,23 +168,13 @@ class LiteLLMProvider(_LiteLLMComponent, Provider):
         return [*msgs, {"role": "user", "content": prompt}]
 
     async def acomplete(self, prompt: str, *, system: str | None = None) -> Completion:
-        lib = litellm()
-        kw = self._kwargs()
         o = self.options
+        request: dict[str, Any] = {"messages": self._messages(prompt, system)}
         if o.temperature is not None:
-            kw["temperature"] = o.temperature
+            request["temperature"] = o.temperature
         if o.max_tokens is not None:
-            kw["max_tokens"] = o.max_tokens
-        messages = self._messages(prompt, system)
-        try:
-            if o.model_list:
-                kw.pop("api_base", None)
-                kw.pop("api_key", None)
-                resp = await self._router_obj().acompletion(model=self.model, messages=messages, **kw)
-            else:
-                resp = await lib.acompletion(model=self.model, messages=messages, **kw)
-        except Exception as exc:  # noqa: BLE001 - mapped below
-            raise self._fail(exc) from None
+            request["max_tokens"] = o.max_tokens
+        resp = await self._acall("acompletion", **request)
         choices = getattr(resp, "choices", None)
         if not choices:
             raise ProviderError(f"{self.model!r} returned no choices; the server's answer is not a "
@@ -216,19 +223,10 @@ class LiteLLMEmbedder(_LiteLLMComponent, TextEmbedder):
         return f"litellm/{self.model}{dims}"
 
     async def aembed_batch(self, texts: list[str]) -> EmbeddingBatch:
-        lib = litellm()
-        kw = self._kwargs()
+        request: dict[str, Any] = {"input": texts}
         if self.options.dimensions:
-            kw["dimensions"] = self.options.dimensions
-        try:
-            if self.options.model_list:
-                kw.pop("api_base", None)
-                kw.pop("api_key", None)
-                resp = await self._router_obj().aembedding(model=self.model, input=texts, **kw)
-            else:
-                resp = await lib.aembedding(model=self.model, input=texts, **kw)
-        except Exception as exc:  # noqa: BLE001 - mapped below
-            raise self._fail(exc) from None
+            request["dimensions"] = self.options.dimensions
+        resp = await self._acall("aembedding", **request)
         vectors = self._vectors(getattr(resp, "data", None), len(texts))
         usage = getattr(resp, "usage", None)
         pt = int(getattr(usage, "prompt_tokens", 0) or 0)
@@ -258,7 +256,7 @@ class LiteLLMEmbedder(_LiteLLMComponent, TextEmbedder):
         if len(lengths) != 1:
             raise ProviderError(f"{where} returned vectors of different lengths {sorted(lengths)}.")
         out = np.asarray(rows, dtype=np.float32)
-        if not np.isfinite(out).all() or not math.isfinite(float(np.abs(out).sum())):
+        if not np.isfinite(out).all():
             raise ProviderError(f"{where} returned NaN or infinite values.")
         return out
 
