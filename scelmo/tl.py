@@ -76,9 +76,26 @@ def _no_match_error(res: Resolution) -> InputError:
     )
 
 
+def _resolve_request(
+    adata: Any, genes: Sequence[str] | None, config: Config, **models: str | None
+) -> tuple[ScelmoSettings, Any, Resolution]:
+    """Settings (``describe``/``embed``/``species`` overriding ``config``), the describer
+    and the resolved gene names of ``adata.var_names`` followed by ``genes``."""
+    keys_ = {"describe": "describe.model", "embed": "embed.model", "species": "genes.species"}
+    settings = _settings(config, **{keys_[k]: v for k, v in models.items()})
+    names = [str(g) for g in (adata.var_names if adata is not None else [])] + [str(g) for g in (genes or [])]
+    _check_names(names if adata is None else [str(g) for g in adata.var_names])
+    describer = roles.describer(settings)
+    res = _resolve(names, roles.vocabulary(describer), settings.genes.species)
+    if res.n_resolved == 0:
+        raise _no_match_error(res)
+    return settings, describer, res
+
+
 def _build_gene_embeddings(
     symbols: Sequence[str],
     settings: ScelmoSettings,
+    describer: Any,
     progress: bool | None,
     *,
     prompt: str | None = None,
@@ -87,7 +104,6 @@ def _build_gene_embeddings(
     from .calls import Budget
     from .descriptions import describe as describe_items
 
-    describer = roles.describer(settings)
     embed = roles.embedder(settings)
     budget = Budget(max_cost)
     described = describe_items(
@@ -163,23 +179,11 @@ def embed_genes(
     vector), ``adata.var["scelmo_has_embedding"]``, ``adata.var["scelmo_symbol"]`` and
     ``adata.uns["scelmo"]["embed_genes"]``.
     """
-    overrides: dict[str, Any] = {}
-    if describe is not None:
-        overrides["describe.model"] = describe
-    if embed is not None:
-        overrides["embed.model"] = embed
-    if species is not None:
-        overrides["genes.species"] = species
-    settings = _settings(config, **overrides)
-    names: list[str] = [str(g) for g in (adata.var_names if adata is not None else [])]
-    names += [str(g) for g in (genes or [])]
-    _check_names(names if adata is None else [str(g) for g in adata.var_names])
-    vocab = roles.vocabulary(roles.describer(settings))
-    res = _resolve(names, vocab, settings.genes.species)
-    if res.n_resolved == 0:
-        raise _no_match_error(res)
+    settings, describer, res = _resolve_request(
+        adata, genes, config, describe=describe, embed=embed, species=species
+    )
     ge = _build_gene_embeddings(
-        [s for s in res.symbols if s], settings, progress, prompt=prompt, max_cost=max_cost
+        [s for s in res.symbols if s], settings, describer, progress, prompt=prompt, max_cost=max_cost
     )
     if adata is not None:
         n = adata.n_vars
@@ -214,13 +218,9 @@ def estimate_embed_genes(
     from .components import KnowledgeSource
     from .descriptions import estimate as estimate_describe
 
-    overrides: dict[str, Any] = {"describe.model": describe, "embed.model": embed, "genes.species": species}
-    settings = _settings(config, **overrides)
-    names = [str(g) for g in (adata.var_names if adata is not None else [])] + [str(g) for g in (genes or [])]
-    describer = roles.describer(settings)
-    res = _resolve(names, roles.vocabulary(describer), settings.genes.species)
-    if res.n_resolved == 0:
-        raise _no_match_error(res)
+    settings, describer, res = _resolve_request(
+        adata, genes, config, describe=describe, embed=embed, species=species
+    )
     symbols = sorted({s for s in res.symbols if s})
     est_d = estimate_describe(symbols, subject="gene", prompt=prompt, config=settings, using=describer)
     embedder = roles.embedder(settings)
@@ -366,7 +366,7 @@ def embed_cells(
     if isinstance(gene_embeddings, str):
         gene_embeddings = GeneEmbeddings.load(gene_embeddings)
     if gene_embeddings is None:
-        gene_embeddings = _build_gene_embeddings([s for s in res.symbols if s], settings, progress)
+        gene_embeddings = _build_gene_embeddings([s for s in res.symbols if s], settings, describe, progress)
     # fall back to the name as given when the resolved symbol is not in a user's table
     lookup = [
         s if (s is not None and s in gene_embeddings) else n for s, n in zip(res.symbols, names, strict=True)
