@@ -230,6 +230,8 @@ async def _run_calls_async(
         queue.put_nowait(job)
     errors: list[BaseException] = []
     stop = asyncio.Event()
+    if budget is not None and budget.max_cost is None:
+        budget = None  # no limit: skip the per-call cost estimates (tokenising every prompt)
 
     async def worker() -> None:
         while not stop.is_set():
