@@ -19,6 +19,7 @@ import click
 import tomllib
 
 from .errors import ScelmoError
+from .redact import mask
 
 
 def _parse_value(raw: str) -> Any:
@@ -33,7 +34,7 @@ def _overrides(ctx: click.Context) -> dict[str, Any]:
 
 
 def _echo_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
-    click.secho(f"Warning: {message}", fg="yellow", err=True)
+    click.secho(f"Warning: {mask(str(message))}", fg="yellow", err=True)
 
 
 class _Group(click.Group):
@@ -43,7 +44,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except ScelmoError as exc:
-            click.secho(f"Error: {exc}", fg="red", err=True)
+            click.secho(f"Error: {mask(str(exc))}", fg="red", err=True)
             ctx.exit(exc.exit_code)
 
 
@@ -363,7 +364,7 @@ def config_show(ctx: click.Context, as_json: bool) -> None:
             comp = fn(settings)
             resolved[role] = f"{comp.kind} {comp.name!r} -> {comp.model_id}"
         except ScelmoError as exc:
-            resolved[role] = f"unresolved: {exc}"
+            resolved[role] = f"unresolved: {mask(str(exc))}"
     data["resolved"] = resolved
     data["cache"]["resolved_path"] = str(settings.cache.resolved_path())
     if as_json:

@@ -66,17 +66,14 @@ class Component(ABC):  # noqa: B024 - abstract methods live in the subclasses
             ) from None
 
     def describe_self(self) -> dict[str, str | int | float]:
-        """Provenance of this component: strings and numbers only."""
+        """Provenance of this component: strings and numbers only, secrets left out or masked."""
+        from .redact import is_secret_name, mask
+
         out: dict[str, str | int | float] = {"name": self.name}
         for key, value in self.options.model_dump().items():
-            if isinstance(value, str | int | float) and not _looks_secret(key):
-                out[key] = value
+            if isinstance(value, str | int | float) and not is_secret_name(key):
+                out[key] = mask(value)
         return out
-
-
-def _looks_secret(key: str) -> bool:
-    k = key.lower()
-    return any(s in k for s in ("key", "token", "secret", "password"))
 
 
 class ModelComponent(Component):  # noqa: B024 - abstract methods live in the subclasses

@@ -301,20 +301,9 @@ def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-_SECRET_WORDS = ("key", "token", "secret", "password", "authorization")
-
-
-def _mask(obj: Any, key: str = "") -> Any:
-    if isinstance(obj, Mapping):
-        return {k: _mask(v, str(k)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_mask(v, key) for v in obj]
-    if obj is not None and any(w in key.lower() for w in _SECRET_WORDS) and not key.endswith("_env"):
-        return "**********"
-    return obj
-
-
 def show(settings: ScelmoSettings | None = None) -> dict[str, Any]:
-    """The resolved configuration as plain data, with every secret masked."""
+    """The resolved configuration as plain data, with every secret masked (keys, URL credentials)."""
+    from .redact import mask
+
     s = settings if settings is not None else get_settings()
-    return _mask(s.model_dump(mode="json"))
+    return mask(s.model_dump(mode="json"))

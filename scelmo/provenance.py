@@ -8,25 +8,21 @@ from typing import Any
 import numpy as np
 
 from . import keys
-
-_SECRET_WORDS = ("key", "token", "secret", "password", "authorization")
+from .redact import is_secret_name, mask
 
 
 def clean(value: Any) -> Any:
-    """Keep strings, numbers, bools and (nested) dicts of them; drop anything secret-looking."""
+    """Keep strings, numbers, bools and (nested) dicts of them; drop secret-named keys, mask
+    secrets inside strings (URL credentials, known keys)."""
     if isinstance(value, dict):
-        return {
-            str(k): clean(v)
-            for k, v in value.items()
-            if v is not None and not any(w in str(k).lower() for w in _SECRET_WORDS)
-        }
+        return {str(k): clean(v) for k, v in value.items() if v is not None and not is_secret_name(str(k))}
     if isinstance(value, bool | np.bool_):
         return bool(value)
     if isinstance(value, int | np.integer):
         return int(value)
     if isinstance(value, float | np.floating):
         return float(value)
-    return str(value)
+    return mask(str(value))
 
 
 def record(adata: Any, step: str, info: dict[str, Any]) -> None:

@@ -38,6 +38,7 @@ import numpy as np
 
 from . import __version__, keys
 from .errors import ScelmoError
+from .redact import mask
 
 #: Bumped when the payload layout changes; the R package checks it.
 PROTOCOL = 1
@@ -172,13 +173,13 @@ def _call(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         try:
             out = fn()
         except ScelmoError as exc:
-            return {"ok": False, "error_class": type(exc).__name__, "message": str(exc),
+            return {"ok": False, "error_class": type(exc).__name__, "message": mask(str(exc)),
                     "warnings": _warning_texts(caught)}
         except Exception as exc:  # noqa: BLE001 - everything must reach R as a message
             return {
                 "ok": False, "error_class": "InternalError",
-                "message": f"{type(exc).__name__}: {exc}",
-                "traceback": "".join(traceback.format_exception(exc)),
+                "message": mask(f"{type(exc).__name__}: {exc}"),
+                "traceback": mask("".join(traceback.format_exception(exc))),
                 "warnings": _warning_texts(caught),
             }
     out = dict(out)
@@ -192,7 +193,7 @@ def _warning_texts(caught: Sequence[warnings.WarningMessage]) -> list[str]:
     for w in caught:
         if issubclass(w.category, DeprecationWarning | PendingDeprecationWarning | FutureWarning):
             continue
-        text = str(w.message)
+        text = mask(str(w.message))
         if text not in seen:
             seen.append(text)
     return seen

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from scelmo.errors import ConfigError, ProviderError, TransientProviderError
+from scelmo.redact import mask
 
 _lock = threading.Lock()
 _litellm: Any = None
@@ -71,11 +72,8 @@ def is_loopback(api_base: str | None) -> bool:
 
 
 def scrub(text: str, secrets: list[str]) -> str:
-    """``text`` with every secret replaced, shortened to something readable."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    text = " ".join(text.split())
+    """``text`` with every secret masked (:func:`scelmo.redact.mask`), shortened to something readable."""
+    text = " ".join(mask(text, secrets).split())
     return text if len(text) <= 400 else text[:400] + " ..."
 
 
@@ -98,7 +96,7 @@ def _retry_after(exc: Exception) -> float | None:
 def map_error(exc: Exception, *, model: str, api_base: str | None, secrets: list[str]) -> Exception:
     """A scelmo exception for a litellm (or openai / httpx) exception."""
     lib = litellm()
-    where = f"{model!r}" + (f" at {api_base}" if api_base else "")
+    where = f"{model!r}" + (f" at {mask(api_base, secrets)}" if api_base else "")
     msg = scrub(str(exc), secrets)
     transient = (
         lib.RateLimitError, lib.InternalServerError, lib.ServiceUnavailableError, lib.Timeout,

@@ -1,0 +1,117 @@
+"""Keeping secrets out of everything scelmo prints or stores: one function, :func:`mask`.
+
+API keys come from the environment (or, discouraged, the config) and must never reach
+the disk, logs, ``adata.uns``, manifests, error messages or ``scelmo config show``.
+Everything that renders settings, provenance or an error goes through :func:`mask`,
+which replaces
+
+* the value of every setting whose name says it is a secret (``api_key``,
+  ``access_token``, ``client_secret``, ``password``, ``Authorization``, ...);
+* credentials inside URLs (``http://user:PASS@host/v1`` -> ``http://user:***@host/v1``,
+  ``?api_key=...`` -> ``?api_key=***``) and ``Bearer`` tokens in text;
+* any known secret value: the ones passed in, plus the values of environment
+  variables whose names say they are secrets (``OPENAI_API_KEY``, ``MY_TOKEN``, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+#: What a masked setting reads as.
+MASK = "**********"
+_SHORT = "***"
+_SECRET_WORDS = frozenset({
+    "key", "apikey", "token", "secret", "password", "passwd", "pwd", "authorization", "credential",
+    "credentials", "bearer", "cookie", "sig", "signature",
+})
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^\s/?#@:]*)(?::(?P<pw>[^\s/?#@]*))?@")
+_QUERY = re.compile(r"(?P<lead>[?&;])(?P<name>[A-Za-z0-9_.-]+)=(?P<value>[^&;#\s\"']*)")
+_BEARER = re.compile(r"(?P<lead>\bBearer\s+)[A-Za-z0-9._~+/=-]{6,}")
+#: Environment values shorter than this are not treated as secrets (``none``, ``1``, ...).
+_MIN_ENV_SECRET = 8
+
+
+def _words(name: str) -> list[str]:
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(name))
+    return [w for w in re.split(r"[^a-z0-9]+", spaced.lower()) if w]
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a setting, header or variable called ``name`` holds a secret.
+
+    ``api_key``, ``OPENAI_API_KEY``, ``azure_ad_token``, ``clientSecret`` and
+    ``Authorization`` do; ``api_key_env`` (it names a variable), token counts and
+    prices (``max_tokens``, ``prompt_tokens``, ``input_cost_per_token``) do not.
+    """
+    words = _words(name)
+    if not words or words[-1] == "env" or "per" in words or "cost" in words:
+        return False
+    return any(w in _SECRET_WORDS for w in words)
+
+
+def env_secrets() -> list[str]:
+    """Values of environment variables whose names say they are secrets."""
+    return [v for k, v in os.environ.items() if len(v) >= _MIN_ENV_SECRET and is_secret_name(k)]
+
+
+def url_secrets(url: str | None) -> list[str]:
+    """The credentials inside a URL's userinfo (raw and percent-decoded), if any."""
+    if not url or "@" not in url:
+        return []
+    try:
+        parts = urlsplit(url if "//" in url else "//" + url)
+        user, password = parts.username, parts.password
+    except ValueError:
+        return []
+    found = [password] if password else ([user] if user else [])
+    out: list[str] = []
+    for raw in found:
+        for value in (raw, unquote(raw)):
+            if value and value not in out:
+                out.append(value)
+    return out
+
+
+def _mask_text(text: str, secrets: Iterable[str]) -> str:
+    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, _SHORT)
+
+    def userinfo(m: re.Match[str]) -> str:
+        if m.group("pw") is not None:
+            return f"{m.group('scheme')}{m.group('user')}:{_SHORT}@"
+        return f"{m.group('scheme')}{_SHORT}@" if m.group("user") else m.group(0)
+
+    text = _URL_USERINFO.sub(userinfo, text)
+    text = _QUERY.sub(
+        lambda m: f"{m.group('lead')}{m.group('name')}={_SHORT}" if is_secret_name(m.group("name")) and m.group("value")
+        else m.group(0),
+        text,
+    )
+    return _BEARER.sub(lambda m: m.group("lead") + _SHORT, text)
+
+
+def mask(value: Any, secrets: Iterable[str] | None = None, *, key: str = "") -> Any:
+    """``value`` with every secret masked: a string, or (nested) dicts / lists of them.
+
+    Values under secret-looking keys become :data:`MASK`; strings have URL
+    credentials, ``Bearer`` tokens and every known secret (``secrets`` plus
+    :func:`env_secrets`) replaced by ``***``. Other values are returned unchanged.
+    """
+    known = [*(secrets or ()), *env_secrets()]
+    return _mask(value, known, key)
+
+
+def _mask(value: Any, known: list[str], key: str) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _mask(v, known, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mask(v, known, key) for v in value]
+    if value is not None and key and is_secret_name(key):
+        return MASK
+    if isinstance(value, str):
+        return _mask_text(value, known)
+    return value

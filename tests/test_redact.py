@@ -1,0 +1,41 @@
+"""scelmo.redact.mask: the one function every printed or stored setting / error goes through."""
+
+from __future__ import annotations
+
+import pytest
+
+from scelmo.redact import MASK, is_secret_name, mask, url_secrets
+
+
+@pytest.mark.parametrize("name", ["api_key", "OPENAI_API_KEY", "azure_ad_token", "clientSecret", "Authorization",
+                                  "password", "x-api-key", "HF_TOKEN", "aws_secret_access_key"])
+def test_secret_names(name):
+    assert is_secret_name(name)
+
+
+@pytest.mark.parametrize("name", ["api_key_env", "max_tokens", "prompt_tokens", "usage_completion_tokens",
+                                  "input_cost_per_token", "api_base", "model", "timeout", "keys_in_environment"])
+def test_names_that_are_not_secrets(name):
+    assert not is_secret_name(name)
+
+
+def test_urls_lose_their_credentials():
+    assert mask("http://user:Pa55@host:8000/v1") == "http://user:***@host:8000/v1"
+    assert mask("failed at https://ghp_TOKEN123@example.org/x.") == "failed at https://***@example.org/x."
+    assert mask("https://h/v1?api-key=abc123&deployment=x") == "https://h/v1?api-key=***&deployment=x"
+    assert mask("Authorization: Bearer sk-abcdef0123") == "Authorization: Bearer ***"
+    assert mask("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
+    assert url_secrets("http://u:p%40ss@h/") == ["p%40ss", "p@ss"]
+
+
+def test_nested_data_and_known_secrets(monkeypatch):
+    monkeypatch.setenv("SOME_PROVIDER_API_KEY", "sk-from-the-env-123")
+    data = {"describe": {"api_key": "x", "api_key_env": "MY_KEY", "api_base": "http://a:b@h/v1",
+                         "options": {"max_tokens": 5, "extra": {"azure_ad_token": "t"}},
+                         "note": "saw sk-from-the-env-123 and my-own-secret"}}
+    out = mask(data, ["my-own-secret"])
+    d = out["describe"]
+    assert d["api_key"] == MASK and d["api_key_env"] == "MY_KEY" and d["api_base"] == "http://a:***@h/v1"
+    assert d["options"] == {"max_tokens": 5, "extra": {"azure_ad_token": MASK}}
+    assert d["note"] == "saw *** and ***"
+    assert mask(3) == 3 and mask(None) is None
