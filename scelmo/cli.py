@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import click
-import tomllib
 
 from .errors import ScelmoError
 from .redact import mask
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10: the backport (a dependency there)
+    import tomli as tomllib
 
 
 def _parse_value(raw: str) -> Any:

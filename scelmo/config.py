@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
@@ -33,6 +33,11 @@ from pydantic_settings import (
 )
 
 from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10: the backport (a dependency there)
+    import tomli as tomllib
 
 ENV_PREFIX = "SCELMO_"
 #: Environment variables that configure the process, not the settings model.
