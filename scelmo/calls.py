@@ -8,8 +8,10 @@ this module runs many of them:
   every result to ``on_result`` **as it arrives** (the caller commits it to the
   cache there: a crash loses nothing that was answered), and stops cleanly when the
   :class:`Budget` would be exceeded;
-* :func:`with_retries` retries :class:`~scelmo.errors.TransientProviderError` with
-  exponential backoff and full jitter, honouring a server's ``Retry-After``;
+* :func:`with_retries` gives each attempt a total deadline (``timeout``: a server
+  that keeps sending a byte now and then cannot hold a request open) and retries
+  :class:`~scelmo.errors.TransientProviderError` with exponential backoff and full
+  jitter, honouring a server's ``Retry-After``;
 * :class:`Usage` adds up calls, tokens and cost (shown in the progress bar).
 """
 
@@ -140,11 +142,27 @@ class Budget:
 # --------------------------------------------------------------------------- retries
 @dataclass(frozen=True)
 class RetryPolicy:
-    """``retries`` extra attempts; delay ``min(max_delay, base_delay * 2**attempt)`` x jitter."""
+    """``retries`` extra attempts; delay ``min(max_delay, base_delay * 2**attempt)`` x jitter;
+    each attempt abandoned after ``timeout`` seconds in all (``None``: no deadline)."""
 
     retries: int = 5
     base_delay: float = 0.5
     max_delay: float = 30.0
+    timeout: float | None = None
+
+
+async def _attempt(call: Callable[[], Awaitable[T]], timeout: float | None, label: str | None) -> T:
+    """One attempt under a total deadline (a timeout is transient: retried)."""
+    if timeout is None:
+        return await call()
+    try:
+        return await asyncio.wait_for(call(), timeout)
+    except asyncio.TimeoutError:  # = TimeoutError from 3.11 on
+        who = f"{label!r}" if label else "The provider"
+        raise TransientProviderError(
+            f"{who} sent no complete answer within {timeout:g} s (the role's `options.timeout`, a "
+            "deadline for the whole request). Raise `options.timeout` if answers are long or slow."
+        ) from None
 
 
 async def with_retries(
@@ -153,17 +171,19 @@ async def with_retries(
     *,
     usage: Usage | None = None,
     rng: random.Random | None = None,
+    label: str | None = None,
 ) -> T:
-    """Await ``call()``; on :class:`TransientProviderError` wait and try again.
+    """Await ``call()`` (within ``policy.timeout``); on :class:`TransientProviderError` wait and try again.
 
     Waits ``retry_after`` when the server sent one (capped at ``max_delay``), else a
-    full-jitter exponential backoff. Other exceptions propagate at once.
+    full-jitter exponential backoff. Other exceptions propagate at once. ``label``
+    names the model in a timeout's message.
     """
     rng = rng or random.Random()
     attempt = 0
     while True:
         try:
-            return await call()
+            return await _attempt(call, policy.timeout, label)
         except TransientProviderError as exc:
             if attempt >= policy.retries:
                 raise ProviderError(

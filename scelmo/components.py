@@ -129,7 +129,8 @@ class RemoteOptions(ComponentOptions):
 
     #: Requests in flight at once.
     concurrency: int = Field(8, ge=1, le=1024)
-    #: Seconds before one request is abandoned (and retried).
+    #: Seconds one request may take in all (a total deadline, not per read) before it is
+    #: abandoned (and retried).
     timeout: float = Field(60.0, gt=0)
     #: Extra attempts on rate limits, 5xx, timeouts and connection errors.
     retries: int = Field(5, ge=0, le=100)
@@ -141,7 +142,8 @@ class RemoteOptions(ComponentOptions):
     def retry_policy(self) -> Any:
         from .calls import RetryPolicy
 
-        return RetryPolicy(retries=self.retries, base_delay=self.backoff, max_delay=self.max_backoff)
+        return RetryPolicy(retries=self.retries, base_delay=self.backoff, max_delay=self.max_backoff,
+                           timeout=self.timeout)
 
 
 class Provider(ModelComponent):
@@ -181,7 +183,7 @@ class Provider(ModelComponent):
         policy = self.retry_policy()
         run_calls(
             list(range(len(prompts))),
-            lambda i: with_retries(lambda: self.acomplete(prompts[i], system=system), policy),
+            lambda i: with_retries(lambda: self.acomplete(prompts[i], system=system), policy, label=self.model_id),
             on_result=lambda i, c: out.__setitem__(i, c.text),
             concurrency=int(getattr(self.options, "concurrency", 8)),
         )
@@ -292,7 +294,7 @@ class TextEmbedder(ModelComponent):
 
         async def call(batch: list[str]) -> EmbeddingBatch:
             return await with_retries(
-                lambda: self.aembed_batch([unique[h] for h in batch]), policy, usage=self.usage
+                lambda: self.aembed_batch([unique[h] for h in batch]), policy, usage=self.usage, label=self.model_id
             )
 
         def on_result(batch: list[str], result: EmbeddingBatch) -> None:

@@ -275,6 +275,7 @@ def describe(
                     lambda t=text: component.acomplete(t, system=template.system),
                     policy,
                     usage=usage,
+                    label=component.model_id,
                 )
                 usage.add(prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
                           cost=answer.cost)

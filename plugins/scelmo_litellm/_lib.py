@@ -8,7 +8,8 @@ shared/research/offline-defaults.md defused:
 * ``suppress_debug_info`` (a "Give Feedback" banner on stdout after every error);
 * ``DEFAULT_MAX_RETRIES = 0`` and ``max_retries=0`` per call (embedding calls ignore
   ``num_retries`` and retry three times on their own otherwise): scelmo retries;
-* an explicit ``timeout`` on every call (litellm's default is 6000 s).
+* an explicit ``timeout`` on every call (litellm's default is 6000 s; it bounds each
+  read, so :func:`scelmo.calls.with_retries` adds a deadline for the whole request).
 """
 
 from __future__ import annotations
