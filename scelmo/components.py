@@ -325,6 +325,12 @@ class TextEmbedder(ModelComponent):
             )
         if not np.isfinite(vecs).all():
             raise ProviderError(f"Embedder {self.model_id!r} returned NaN or infinite values.")
+        zero = np.flatnonzero(~np.any(vecs, axis=1))
+        if zero.size:
+            raise ProviderError(
+                f"Embedder {self.model_id!r} returned {zero.size} all-zero vector(s) (of {n}); a zero "
+                "vector carries no meaning and is not used or cached. Check the server and model."
+            )
         return int(vecs.shape[1])
 
 

@@ -37,7 +37,8 @@ _SUBJECT_ALIASES = {
 _REFUSAL = re.compile(
     r"^\s*(i'?m sorry|i am sorry|sorry[,.]|i cannot|i can'?t|i can not|i'?m unable|i am unable|"
     r"as an ai|i do not have (enough )?information|i don'?t have (enough )?information|"
-    r"unfortunately,? i)",
+    r"unfortunately,? i|i apologi[sz]e|(my )?apologies[,.:!]|i'?m afraid i|i am afraid i|"
+    r"i'?m not able to|i am not able to|i regret)",
     re.IGNORECASE,
 )
 #: Answers shorter than this many characters are treated as empty.

@@ -258,6 +258,13 @@ class LiteLLMEmbedder(_LiteLLMComponent, TextEmbedder):
         out = np.asarray(rows, dtype=np.float32)
         if not np.isfinite(out).all():
             raise ProviderError(f"{where} returned NaN or infinite values.")
+        dims = self.options.dimensions
+        if dims and out.shape[1] != dims:
+            raise ProviderError(
+                f"{where} returned vectors of length {out.shape[1]}, but `dimensions = {dims}` was asked "
+                "for: the server ignored the option. Remove `options.dimensions` or use a model that "
+                "supports shortening (text-embedding-3-*)."
+            )
         return out
 
     def count_tokens(self, texts: Any) -> int:
