@@ -1,8 +1,16 @@
 """One SQLite store for descriptions and vectors.
 
 Keyed by ``(role, model, prompt_hash, input_hash)``: ``role`` is ``"describe"`` or
-``"embed"``, ``model`` the component's ``model_id``, ``prompt_hash`` the prompt
-template's hash (empty for embeddings), ``input_hash`` the SHA-256 of the input text.
+``"embed"``, ``model`` the component's ``cache_key`` (who answered: the model id, plus,
+for remote models, the endpoint and every option that changes the answer, e.g.
+``litellm/openai/gpt-4o-mini [api_base=http://127.0.0.1:8000/v1, max_tokens=512]``;
+never a secret), ``prompt_hash`` the prompt template's hash (name, version, text; empty
+for embeddings), ``input_hash`` the SHA-256 of the input text.
+
+Older versions keyed remote answers by the bare model id, without the endpoint. Such
+entries are *adopted* (re-keyed, once) by the first configuration that asks for that
+model id (the component's ``legacy_cache_keys``) -- normally the configuration that
+wrote them -- and from then on belong to it alone: another endpoint never reads them.
 The database runs in WAL mode with a busy timeout, every write is its own committed
 transaction (so an interrupted run keeps everything finished before it) and
 several processes may share one file.
@@ -14,8 +22,9 @@ import hashlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -84,7 +93,12 @@ class Cache:
         self.close()
 
     # -- generic -----------------------------------------------------------------
-    def _get(self, role: str, model: str, prompt_hash: str, keys: list[str]) -> dict[str, tuple[bytes, int]]:
+    def _get(
+        self, role: str, model: str, prompt_hash: str, keys: list[str], legacy: Sequence[str] = ()
+    ) -> dict[str, tuple[bytes, int]]:
+        for old in legacy:
+            if old != model:
+                self.adopt(role, old, model)
         out: dict[str, tuple[bytes, int]] = {}
         with self._lock:
             for i in range(0, len(keys), _CHUNK):
@@ -97,6 +111,26 @@ class Cache:
                 ).fetchall()
                 out.update({h: (v, d) for h, v, d in rows})
         return out
+
+    def adopt(self, role: str, old: str, new: str) -> int:
+        """Re-key every ``role`` entry stored under ``old`` to ``new`` (entries ``new`` already
+        has stay as they are); returns how many moved. Used once for entries of older versions."""
+        with self._lock:
+            if self._conn.execute(
+                "SELECT 1 FROM entries WHERE role=? AND model=? LIMIT 1", (role, old)
+            ).fetchone() is None:
+                return 0
+            for attempt in range(5):
+                try:
+                    cur = self._conn.execute(
+                        "UPDATE OR IGNORE entries SET model=? WHERE role=? AND model=?", (new, role, old)
+                    )
+                    return int(cur.rowcount)
+                except sqlite3.OperationalError:
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.2 * (attempt + 1))
+        return 0
 
     def _put(self, role: str, model: str, prompt_hash: str, items: Iterable[tuple[str, bytes, int]]) -> None:
         now = time.time()
@@ -120,11 +154,12 @@ class Cache:
                     time.sleep(0.2 * (attempt + 1))
 
     # -- vectors -----------------------------------------------------------------
-    def get_vectors(self, model: str, hashes: list[str]) -> dict[str, np.ndarray]:
-        """Cached float32 vectors by input hash (missing ones are absent)."""
+    def get_vectors(self, model: str, hashes: list[str], *, legacy: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """Cached float32 vectors by input hash (missing ones are absent); entries under the
+        older keys ``legacy`` are adopted by ``model`` first (:meth:`adopt`)."""
         return {
             h: np.frombuffer(v, dtype=np.float32).copy()
-            for h, (v, _d) in self._get("embed", model, "", hashes).items()
+            for h, (v, _d) in self._get("embed", model, "", hashes, legacy).items()
         }
 
     def put_vectors(self, model: str, vectors: Mapping[str, np.ndarray]) -> None:
@@ -137,10 +172,13 @@ class Cache:
         )
 
     # -- texts -------------------------------------------------------------------
-    def get_texts(self, model: str, prompt_hash: str, hashes: list[str]) -> dict[str, str]:
-        """Cached descriptions by input hash."""
+    def get_texts(
+        self, model: str, prompt_hash: str, hashes: list[str], *, legacy: Sequence[str] = ()
+    ) -> dict[str, str]:
+        """Cached descriptions by input hash (``legacy`` as for :meth:`get_vectors`)."""
         return {
-            h: v.decode("utf-8") for h, (v, _d) in self._get("describe", model, prompt_hash, hashes).items()
+            h: v.decode("utf-8")
+            for h, (v, _d) in self._get("describe", model, prompt_hash, hashes, legacy).items()
         }
 
     def put_texts(self, model: str, prompt_hash: str, texts: Mapping[str, str]) -> None:
@@ -161,14 +199,20 @@ class Cache:
         ]
 
     def clear(self, *, role: str | None = None, model: str | None = None) -> int:
-        """Delete entries (all, or those of one role and/or model); returns how many."""
-        where, args = [], []
+        """Delete entries (all, or those of one role and/or model); returns how many.
+
+        ``model`` is a full key from :meth:`stats` or a model id, which also matches
+        every endpoint / option variant of it (``<model id> [...]``).
+        """
+        where: list[str] = []
+        args: list[Any] = []
         if role:
             where.append("role=?")
             args.append(role)
         if model:
-            where.append("model=?")
-            args.append(model)
+            prefix = model + " ["
+            where.append("(model=? OR substr(model, 1, ?)=?)")
+            args.extend([model, len(prefix), prefix])
         sql = "DELETE FROM entries" + (" WHERE " + " AND ".join(where) if where else "")
         with self._lock:
             cur = self._conn.execute(sql, args)

@@ -85,8 +85,24 @@ class ModelComponent(Component):  # noqa: B024 - abstract methods live in the su
 
     @property
     def model_id(self) -> str:
-        """Identifies what this component produces (cache key, provenance)."""
+        """Identifies what this component produces (provenance, messages)."""
         return f"{self.name}/{self.model}" if self.model and self.model != self.name else self.name
+
+    @property
+    def cache_key(self) -> str:
+        """Who answers, as the cache names it (never a secret).
+
+        ``model_id`` by default. A component whose answers also depend on where it sends
+        requests or on options (an endpoint, ``max_tokens``, ``dimensions``...) must
+        override it so that a different endpoint or option never reuses another's answers.
+        """
+        return self.model_id
+
+    @property
+    def legacy_cache_keys(self) -> tuple[str, ...]:
+        """Keys older versions stored this component's answers under (a bare model id, no
+        endpoint); the cache re-keys such entries to :attr:`cache_key` on first use."""
+        return ()
 
     def retry_policy(self) -> Any:
         """How calls of this component are retried: its ``options`` (:class:`RemoteOptions`) or the defaults."""
@@ -258,7 +274,10 @@ class TextEmbedder(ModelComponent):
         texts = list(texts)
         hashes = [text_hash(t) for t in texts]
         unique = dict(zip(hashes, texts, strict=True))
-        found: dict[str, np.ndarray] = cache.get_vectors(self.model_id, list(unique)) if cache else {}
+        key = self.cache_key
+        found: dict[str, np.ndarray] = (
+            cache.get_vectors(key, list(unique), legacy=self.legacy_cache_keys) if cache else {}
+        )
         todo = sorted((h for h in unique if h not in found), key=lambda h: len(unique[h]))
         dim = next(iter(found.values())).shape[0] if found else None
         bs = max(1, int(getattr(self.options, "batch_size", 32)))
@@ -272,7 +291,7 @@ class TextEmbedder(ModelComponent):
                 dim = self._check_batch(vecs, len(batch), dim)
                 new = dict(zip(batch, vecs, strict=True))
                 if cache is not None:
-                    cache.put_vectors(self.model_id, new)
+                    cache.put_vectors(key, new)
                 found.update(new)
                 bar.update(len(batch))
                 if self.requires_network:

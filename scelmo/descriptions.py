@@ -5,7 +5,8 @@
 * a knowledge source (``describe.model = "local"``) answers genes from its table;
 * an LLM provider gets one prompt per item, rendered from a named, versioned
   :class:`~scelmo.components.PromptTemplate` (the paper's gene prompt by default).
-  Answers already in the cache (key: model, prompt hash, item) are not asked again;
+  Answers already in the cache (key: who answers -- the provider's ``cache_key``:
+  model, endpoint and answer-changing options --, prompt hash, item) are not asked again;
   the others are sent ``options.concurrency`` at a time, with retries, and each
   answer is committed to the cache **as it arrives**, so an interrupted run
   (Ctrl-C, a crash, SIGKILL) resumes with only the missing items. Empty answers and
@@ -140,7 +141,8 @@ class _Plan:
         if cache is None or self.template is None:
             return {}
         hashes = {text_hash(i): i for i in self.unique}
-        done = cache.get_texts(self.component.model_id, self.template.hash, list(hashes))
+        c = self.component
+        done = cache.get_texts(c.cache_key, self.template.hash, list(hashes), legacy=c.legacy_cache_keys)
         return {hashes[h]: text for h, text in done.items()}
 
 
@@ -293,7 +295,7 @@ def describe(
                 if problem is None:
                     text = answer.text.strip()
                     if cache is not None:
-                        cache.put_texts(component.model_id, template.hash, {text_hash(item): text})
+                        cache.put_texts(component.cache_key, template.hash, {text_hash(item): text})
                     result.texts[item] = text
                 else:
                     result.failed[item] = problem

@@ -99,6 +99,11 @@ def map_error(exc: Exception, *, model: str, api_base: str | None, secrets: list
     lib = litellm()
     where = f"{model!r}" + (f" at {mask(api_base, secrets)}" if api_base else "")
     msg = scrub(str(exc), secrets)
+    if "Missing credentials" in msg or "api_key client option must be set" in msg:
+        return ConfigError(
+            f"No API key for {where}: {msg}. Export the key in the provider's variable (e.g. "
+            "OPENAI_API_KEY) or name one with the role's `api_key_env`."
+        )
     transient = (
         lib.RateLimitError, lib.InternalServerError, lib.ServiceUnavailableError, lib.Timeout,
         lib.APIConnectionError,

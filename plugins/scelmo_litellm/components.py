@@ -5,20 +5,54 @@ Both serve any litellm model string (``openai/gpt-4o-mini``, ``anthropic/claude-
 router ``model_list``. One request = one litellm call with an explicit timeout and
 no litellm-side retries; scelmo retries, batches, caches and checks (see
 :mod:`scelmo.calls`, :mod:`scelmo.descriptions`).
+
+Keys: the role's ``api_key_env`` (or, discouraged, ``api_key``), else the provider's own
+variable, read by litellm (``OPENAI_API_KEY``, ...). A missing key is a
+:class:`~scelmo.errors.ConfigError` before the first request. A server on this machine
+that needs no key gets a placeholder only when no key is set at all.
+
+The cache key (:attr:`cache_key`) names the endpoint and every option that changes the
+answer, so two endpoints serving the same model string never share answers.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from typing import Any
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import numpy as np
 from pydantic import Field, SecretStr
 
 from scelmo.components import Completion, EmbeddingBatch, Provider, RemoteOptions, TextEmbedder
 from scelmo.errors import ConfigError, ProviderError
+from scelmo.redact import is_secret_name, mask, url_secrets
 
 from ._lib import is_loopback, litellm, map_error, scrub
+
+
+def endpoint_id(url: str | None) -> str:
+    """An endpoint as the cache names it: no credentials, lower-case host, no trailing slash."""
+    if not url:
+        return "default"
+    try:
+        parts = urlsplit(url if "//" in url else "//" + url)
+        host = (parts.hostname or "").lower()
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return str(mask(url))
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = f"{parts.scheme.lower()}://" if parts.scheme else ""
+    return f"{scheme}{host}{port}{parts.path.rstrip('/')}"
+
+
+def _digest(obj: Any) -> str:
+    """A short hash of non-secret settings (secrets are masked first, so they never shape a key)."""
+    payload = json.dumps(mask(obj, []), sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
 class ConnectionOptions(RemoteOptions):
@@ -45,6 +79,10 @@ class _LiteLLMComponent:
 
     options: Any
     model: str
+    #: Options that change the answer (part of the cache key when set).
+    _ANSWER_OPTIONS: ClassVar[tuple[str, ...]] = ()
+    _missing: list[str] | None = None
+    _credentials_ok: bool = False
 
     def _setup(self) -> None:
         o = self.options
@@ -72,13 +110,84 @@ class _LiteLLMComponent:
             return o.api_key.get_secret_value()
         return os.environ.get(o.api_key_env) if o.api_key_env else None
 
+    def _base(self) -> str | None:
+        """Where requests go: ``api_base`` (or one in ``extra``), else the provider's base
+        variable litellm reads (``OPENAI_API_BASE``, ``OLLAMA_API_BASE``, ...); ``None``: its default."""
+        o = self.options
+        base = o.extra.get("api_base") or o.extra.get("base_url") or o.api_base
+        if base:
+            return str(base)
+        provider = self.model.split("/", 1)[0].upper() if "/" in self.model else "OPENAI"
+        for var in (f"{provider}_API_BASE", f"{provider}_BASE_URL"):
+            if os.environ.get(var):
+                return os.environ[var]
+        return None
+
     def _secrets(self) -> list[str]:
+        """Secrets of this component's configuration (environment keys are masked anyway)."""
         key = self._key()
         out = [key] if key else []
-        for var, value in os.environ.items():  # provider keys litellm may read by itself
-            if value and len(value) >= 8 and any(w in var.upper() for w in ("KEY", "TOKEN", "SECRET")):
-                out.append(value)
+        out += url_secrets(self.options.api_base) + url_secrets(self._base())
+        for dep in self.options.model_list or []:
+            params = dep.get("litellm_params") or {}
+            out += [str(v) for k, v in params.items() if v and is_secret_name(k)]
+            out += url_secrets(params.get("api_base"))
+        out += [str(v) for k, v in self.options.extra.items() if v and is_secret_name(k)]
         return out
+
+    # -- cache identity ------------------------------------------------------------
+    @property
+    def cache_key(self) -> str:
+        """``<model_id> [api_base=..., <answer-changing options>]``: who answers; never a secret."""
+        o = self.options
+        parts = [f"model_list={_digest(o.model_list)}"] if o.model_list else [f"api_base={endpoint_id(self._base())}"]
+        if o.api_version:
+            parts.append(f"api_version={o.api_version}")
+        for name in self._ANSWER_OPTIONS:
+            value = getattr(o, name)
+            if value is not None:
+                parts.append(f"{name}={value}")
+        extra = {k: v for k, v in o.extra.items() if k not in ("api_base", "base_url") and not is_secret_name(k)}
+        if extra:
+            parts.append(f"extra={_digest(extra)}")
+        return f"{self.model_id} [{', '.join(parts)}]"
+
+    @property
+    def legacy_cache_keys(self) -> tuple[str, ...]:
+        """Older versions keyed answers by the bare ``model_id`` (no endpoint)."""
+        return (self.model_id,)
+
+    # -- keys ------------------------------------------------------------------------
+    def _missing_key_vars(self) -> list[str]:
+        """The provider's key variables litellm finds unset (e.g. ``OPENAI_API_KEY``); asked once."""
+        if self._missing is None:
+            o = self.options
+            try:
+                found = litellm().validate_environment(model=self.model, api_base=o.api_base, api_version=o.api_version)
+                self._missing = [str(v) for v in (found.get("missing_keys") or []) if str(v).endswith("_API_KEY")]
+            except Exception:  # noqa: BLE001 - a provider litellm cannot check: let the call tell
+                self._missing = []
+        return self._missing
+
+    def _has_key(self) -> bool:
+        """A key is configured (``api_key``, ``api_key_env``, or one inside ``extra``)."""
+        return bool(self._key()) or any(v and is_secret_name(k) for k, v in self.options.extra.items())
+
+    def _check_credentials(self) -> None:
+        """Before the first request: a missing key is a configuration error naming its variable
+        (not a failure retried as if the server were busy). A loopback server needs none."""
+        if self._credentials_ok:
+            return
+        o = self.options
+        if not (o.model_list or self.model.startswith("scelmo/") or self._has_key() or is_loopback(self._base())):
+            missing = self._missing_key_vars()
+            if missing:
+                raise ConfigError(
+                    f"{self.model!r} needs an API key, but {' / '.join(missing)} is not set. Export it "
+                    f"(`export {missing[0]}=...`), or put the key in another variable and name it with the "
+                    "role's `api_key_env`. Keys are read from the environment only."
+                )
+        self._credentials_ok = True
 
     def _kwargs(self) -> dict[str, Any]:
         o = self.options
@@ -88,8 +197,11 @@ class _LiteLLMComponent:
         key = self._key()
         if key:
             kw["api_key"] = key
-        elif o.api_base and is_loopback(o.api_base) and not self.model.startswith(("ollama", "scelmo/")):
-            kw["api_key"] = "none"  # OpenAI-compatible local servers ignore it; the SDK needs one
+        elif (o.api_base and is_loopback(o.api_base) and not self.model.startswith(("ollama", "scelmo/"))
+              and self._missing_key_vars()):
+            # a local server without a key: the SDK insists on one. When the provider's own
+            # variable (OPENAI_API_KEY...) is set, litellm sends that one instead.
+            kw["api_key"] = "none"
         if o.api_version:
             kw["api_version"] = o.api_version
         kw.update(o.extra)
@@ -98,6 +210,7 @@ class _LiteLLMComponent:
     async def _acall(self, kind: str, **request: Any) -> Any:
         """One litellm request (``kind``: ``"acompletion"`` or ``"aembedding"``), directly or
         through the router; failures come back as scelmo errors."""
+        self._check_credentials()
         kw = {**self._kwargs(), **request}
         if self.options.model_list:  # each deployment carries its own base and key
             kw.pop("api_base", None)
@@ -150,6 +263,7 @@ class LiteLLMProvider(_LiteLLMComponent, Provider):
     """Any chat/completion model litellm can reach (the ``describe`` role)."""
 
     name = "litellm"
+    _ANSWER_OPTIONS = ("max_tokens", "temperature")
 
     class Options(ConnectionOptions):
         temperature: float | None = Field(None, ge=0, le=2)
@@ -207,6 +321,7 @@ class LiteLLMEmbedder(_LiteLLMComponent, TextEmbedder):
     """
 
     name = "litellm"
+    _ANSWER_OPTIONS = ("dimensions",)
 
     class Options(ConnectionOptions):
         batch_size: int = Field(128, ge=1, le=2048)
