@@ -12,7 +12,9 @@ Routes: ``POST /v1/chat/completions``, ``POST /v1/embeddings`` (OpenAI),
 ``POST /api/embed``, ``/api/generate``, ``/api/chat`` (Ollama's native API), and
 ``GET /stats`` (the counters, for a server in another process). The
 request's model name picks a behaviour (see :data:`BEHAVIOURS`); anything else
-answers correctly. Every request is counted (``requests``), every answered item too
+answers correctly (embeddings honour a request's ``dimensions`` unless
+``honour_dimensions=False``). With ``api_key``
+set, a request without ``Authorization: Bearer <api_key>`` gets 401. Every request is counted (``requests``), every answered item too
 (``answered``: a duplicate there is a call paid twice).
 """
 
@@ -42,6 +44,9 @@ BEHAVIOURS = {
     "nan": "a NaN inside a vector (sent as the JSON literal NaN)",
     "refuse": "a refusal text instead of a description",
     "empty": "an empty completion",
+    "apologize": "an \"I apologize, but I cannot ...\" refusal",
+    "zeros": "all-zero vectors",
+    "drip": "200, then the body one byte every `drip_interval` s (never a read timeout)",
 }
 _ITEM = re.compile(r"(?:gene|cell type|drug|protein): (.+?)\.(?:\s|$)")
 
@@ -74,12 +79,23 @@ class FakeLLMServer:
     block_after
         Answer this many items normally, then hold every further request until
         :meth:`release` (for kill-and-resume tests).
+    api_key
+        Require this bearer key (a gateway that needs one); others get 401.
+    drip_interval
+        Seconds between the body's bytes for the ``drip`` behaviour.
+    honour_dimensions
+        ``False``: embeddings have length ``dim`` whatever ``dimensions`` the request asks for.
     """
 
-    def __init__(self, *, latency: float = 0.0, dim: int = 16, block_after: int | None = None) -> None:
+    def __init__(self, *, latency: float = 0.0, dim: int = 16, block_after: int | None = None,
+                 api_key: str | None = None, drip_interval: float = 0.1,
+                 honour_dimensions: bool = True) -> None:
         self.latency = latency
         self.dim = dim
         self.block_after = block_after
+        self.api_key = api_key
+        self.drip_interval = drip_interval
+        self.honour_dimensions = honour_dimensions
         self.requests: Counter[str] = Counter()  # by route
         self.by_model: Counter[str] = Counter()
         self.answered: Counter[str] = Counter()  # by item (prompt item or embedded text)
@@ -193,7 +209,8 @@ def _make_handler(srv: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: Any) -> None:  # quiet
             pass
 
-        def _send(self, code: int, body: Any, ctype: str = "application/json", headers: dict[str, str] | None = None) -> None:
+        def _send(self, code: int, body: Any, ctype: str = "application/json", headers: dict[str, str] | None = None,
+                  *, drip: bool = False) -> None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
             try:
                 self.send_response(code)
@@ -202,7 +219,14 @@ def _make_handler(srv: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
                 self.end_headers()
-                self.wfile.write(data)
+                if not drip:
+                    self.wfile.write(data)
+                    return
+                self.wfile.flush()
+                for i in range(len(data)):  # every read gets a byte in time; the whole takes long
+                    time.sleep(srv.drip_interval)
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
             except (BrokenPipeError, ConnectionResetError):
                 pass
 
@@ -221,6 +245,12 @@ def _make_handler(srv: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             except json.JSONDecodeError:
                 return self._send(400, {"error": {"message": "bad json"}})
             model = str(req.get("model", "ok"))
+            if srv.api_key is not None and self.headers.get("Authorization", "") != f"Bearer {srv.api_key}":
+                with srv._lock:
+                    srv.requests[self.path] += 1
+                    srv.auth_headers.append(self.headers.get("Authorization", ""))
+                return self._send(401, {"error": {"message": "Incorrect API key provided.",
+                                                  "type": "invalid_request_error", "code": "invalid_api_key"}})
             with srv._lock:
                 srv.requests[self.path] += 1
                 srv.by_model[model] += 1
@@ -269,9 +299,14 @@ def _make_handler(srv: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             return [""]
 
         def _embeddings(self, req: dict[str, Any], model: str, texts: list[str], *, ollama: bool) -> None:
-            vecs = [fake_vector(t, srv.dim) for t in texts]
+            dim = srv.dim
+            if isinstance(req.get("dimensions"), int) and srv.honour_dimensions:
+                dim = req["dimensions"]
+            vecs = [fake_vector(t, dim) for t in texts]
             idx = list(range(len(vecs)))
-            if model == "short":
+            if model == "zeros":
+                vecs = [[0.0] * dim for _ in vecs]
+            elif model == "short":
                 vecs, idx = vecs[:-1], idx[:-1]
             elif model == "badlen" and vecs:
                 vecs[-1] = vecs[-1][:-1]
@@ -290,12 +325,14 @@ def _make_handler(srv: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             data = json.dumps(body)
             if model == "nan" and vecs:
                 data = data.replace(str(vecs[0][0]), "NaN", 1)
-            self._send(200, data.encode())
+            self._send(200, data.encode(), drip=model == "drip")
 
         def _completion(self, model: str, prompt: str, path: str) -> None:
             item = _item_of(prompt)
             if model == "refuse":
                 text = "I'm sorry, but I cannot help with that request."
+            elif model == "apologize":
+                text = f"I apologize, but I cannot provide information about {item} at this time."
             elif model == "empty":
                 text = ""
             else:
@@ -315,7 +352,7 @@ def _make_handler(srv: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                      "finish_reason": "stop"}],
                         "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}}
-            self._send(200, body)
+            self._send(200, body, drip=model == "drip")
 
     return Handler
 
