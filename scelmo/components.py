@@ -372,6 +372,14 @@ class Aggregator(Component):
     def aggregate_chunk(self, chunk: Any, prepared: Any, *, n_genes: int) -> np.ndarray:
         """Cells x d vectors for one row block. ``n_genes`` is the number of columns of X."""
 
+    def row_weights(self, chunk: Any, n_genes: int) -> np.ndarray | None:
+        """Per-cell weights ``w`` when the aggregator is linear, ``C = diag(w) X E``; else ``None``.
+
+        Linear aggregators can embed per-gene centred input without densifying it
+        (``diag(w) (X - 1 mu^T) E = diag(w) X E - w (mu^T E)``); others cannot.
+        """
+        return None
+
     def aggregate(
         self,
         matrix: Any,
@@ -383,6 +391,10 @@ class Aggregator(Component):
         genes: Sequence[str] | None = None,
         settings: Any = None,
         l2_normalize: bool = False,
+        normalize: bool = False,
+        columns: np.ndarray | None = None,
+        center: np.ndarray | None = None,
+        scale: np.ndarray | None = None,
     ) -> AggregationResult:
         """Stream ``matrix`` (cells x genes) in row chunks and aggregate each chunk.
 
@@ -392,9 +404,17 @@ class Aggregator(Component):
         ``out`` may be any array-like supporting ``out[start:stop] = block`` (e.g. an
         on-disk dataset, see :func:`scelmo.io.streamed_h5ad_copy`); ``l2_normalize``
         scales each non-zero cell vector to unit length.
+
+        The input transform happens chunk by chunk, so memory stays independent of the
+        number of cells and X is never densified: ``normalize`` log-normalises each
+        chunk of counts (:func:`scelmo.selection.normalize_chunk`); ``columns`` keeps
+        only those genes (indices into the matrix's columns); ``center`` and ``scale``
+        (per gene, aligned to the matrix's columns) turn X into ``(X - center) / scale``,
+        computed as ``X @ (E / scale) - (center / scale) @ E`` for linear aggregators.
         """
         from .matrix import iter_row_chunks, n_rows_cols
         from .progress import progress_bar
+        from .selection import normalize_chunk
 
         n_cells, n_genes = n_rows_cols(matrix)
         embedding = np.ascontiguousarray(embedding, dtype=np.float32)
@@ -405,20 +425,41 @@ class Aggregator(Component):
             )
         covered = np.abs(embedding).sum(axis=1) > 0
         covered_f = covered.astype(np.float32)
-        self.genes = list(genes) if genes is not None else None
+        sel = np.arange(n_genes) if columns is None else np.asarray(columns, dtype=np.int64)
+        subset = columns is not None and len(sel) != n_genes
+        E = embedding[sel].astype(np.float64)
+        if scale is not None:
+            s = np.asarray(scale, dtype=np.float64)[sel]
+            E *= np.divide(1.0, s, out=np.zeros_like(s), where=s > 0)[:, None]
+        offset = None
+        if center is not None:
+            if self.row_weights(np.zeros((1, 1), np.float32), 1) is None:
+                raise ConfigError(
+                    f"Aggregator {self.name!r} is not linear, so it cannot embed centred input; "
+                    "use transform='none' with it."
+                )
+            offset = (np.asarray(center, dtype=np.float64)[sel] @ E).astype(np.float32)
+        E = np.ascontiguousarray(E, dtype=np.float32)
+        sel_covered = covered[sel].astype(np.float32)
+        self.genes = [genes[i] for i in sel] if genes is not None else None
         self.settings = settings
-        prepared = self.prepare(embedding)
+        prepared = self.prepare(E)
         total_expr = covered_expr = 0.0
         empty: list[np.ndarray] = []
         with progress_bar(total=n_cells, desc=f"aggregating ({self.name})", unit="cell", enabled=progress) as bar:
             for start, chunk in iter_row_chunks(matrix, chunk_size):
                 stop = start + chunk.shape[0]
-                block = self.aggregate_chunk(chunk, prepared, n_genes=n_genes)
-                row_cov = np.asarray(chunk @ covered_f).ravel()
+                if normalize:
+                    chunk = normalize_chunk(chunk)
                 row_tot = np.asarray(chunk.sum(axis=1)).ravel()
                 total_expr += float(row_tot.sum(dtype=np.float64))
-                covered_expr += float(row_cov.sum(dtype=np.float64))
-                is_empty = row_cov <= 0
+                covered_expr += float(np.asarray(chunk @ covered_f).ravel().sum(dtype=np.float64))
+                if subset:
+                    chunk = chunk[:, sel]
+                block = self.aggregate_chunk(chunk, prepared, n_genes=len(sel))
+                if offset is not None:
+                    block -= self.row_weights(chunk, len(sel))[:, None] * offset[None, :]
+                is_empty = np.asarray(chunk @ sel_covered).ravel() <= 0
                 if is_empty.any():
                     block[is_empty] = 0.0
                     empty.append(np.flatnonzero(is_empty) + start)

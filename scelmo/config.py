@@ -82,7 +82,14 @@ class RoleConfig(_Section):
 
 
 class AggregateConfig(_Section):
-    """How gene vectors become cell vectors (see :func:`scelmo.tl.embed_cells`)."""
+    """How gene vectors become cell vectors (see :func:`scelmo.tl.embed_cells`).
+
+    ``flavor`` sets the defaults of ``genes``, ``normalize``, ``transform`` and
+    ``condition`` together: ``"scelmo"`` (default: highly variable genes of the
+    log-normalised data, centred per gene, conditioned gene vectors) or ``"paper"``
+    (the paper's formula: every gene, the values as given, raw gene vectors). Any of
+    the four set explicitly overrides the flavor.
+    """
 
     method: str = "wa"
     layer: str | None = None
@@ -90,6 +97,20 @@ class AggregateConfig(_Section):
     l2_normalize: bool = False
     chunk_size: int = Field(10_000, ge=1)
     options: dict[str, Any] = Field(default_factory=dict)
+    flavor: Literal["scelmo", "paper"] = "scelmo"
+    #: ``"hvg"``: the ``n_top_genes`` most variable genes (Seurat dispersion); ``"all"``.
+    genes: Literal["hvg", "all"] | None = None
+    n_top_genes: int = Field(2000, ge=1)
+    #: ``"auto"``: log-normalise (per 10k, log1p) when the matrix holds counts; ``"log1p"``:
+    #: always; ``"none"``: use the values as given.
+    normalize: Literal["auto", "log1p", "none"] | None = None
+    #: Per-gene transform of the (normalised) values: ``"center"`` (subtract each gene's
+    #: mean), ``"scale"`` (centre and divide by its standard deviation) or ``"none"``.
+    transform: Literal["none", "center", "scale"] | None = None
+    #: Use the gene table's conditioning (mean and top principal directions removed).
+    condition: bool | None = None
+    #: Principal directions removed when a table without a conditioning is fitted one.
+    condition_components: int = Field(10, ge=0)
 
 
 class GenesConfig(_Section):

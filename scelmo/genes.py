@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .checksums import sha256_file
+from .conditioning import DEFAULT_COMPONENTS, Conditioning
 from .errors import InputError, IntegrityError, ScelmoError
 from .io import atomic_dir
 
@@ -152,11 +153,16 @@ class GeneEmbeddings:
     manifest
         Provenance: models, knowledge-source version, prompt hash, dimensions...
         (strings and numbers only).
+    conditioning
+        The :class:`~scelmo.conditioning.Conditioning` fitted on this table (see
+        :meth:`condition`), or ``None``. ``vectors`` always hold the raw vectors; the
+        conditioned ones come from :meth:`aligned` with ``conditioned=True``.
     """
 
     genes: list[str]
     vectors: np.ndarray
     manifest: dict[str, Any] = field(default_factory=dict)
+    conditioning: Conditioning | None = None
 
     def __post_init__(self) -> None:
         self.genes = [str(g) for g in self.genes]
@@ -185,13 +191,36 @@ class GeneEmbeddings:
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
-    def aligned(self, symbols: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
-        """Matrix with one row per entry of ``symbols`` (zero rows where absent) and the mask."""
+    def aligned(self, symbols: Sequence[str | None], *, conditioned: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Matrix with one row per entry of ``symbols`` (zero rows where absent) and the mask.
+
+        With ``conditioned=True`` the rows are the conditioned vectors (fitting the
+        table's conditioning first if it has none, see :meth:`condition`).
+        """
         idx = np.array([self._index.get(s.upper(), -1) if s else -1 for s in symbols], dtype=np.int64)
         mask = idx >= 0
         out = np.zeros((len(symbols), self.dim), dtype=np.float32)
         out[mask] = self.vectors[idx[mask]]
+        if conditioned:
+            cond = self.conditioning if self.conditioning is not None else self.condition().conditioning
+            out[mask] = cond.apply(out[mask])  # type: ignore[union-attr]
         return out, mask
+
+    def condition(self, *, n_components: int | None = None, refit: bool = False) -> GeneEmbeddings:
+        """Fit the table's :class:`~scelmo.conditioning.Conditioning` (in place) and return ``self``.
+
+        Centres the vectors and removes their top ``n_components`` principal directions
+        (default :data:`scelmo.conditioning.DEFAULT_COMPONENTS`; at most one per 20 gene
+        vectors, so a small table keeps most of its structure). Fitting depends only on
+        the table, so it is done once and kept: a table that already has a conditioning
+        keeps it unless ``refit=True`` or a different ``n_components`` is asked for.
+        """
+        k = DEFAULT_COMPONENTS if n_components is None else int(n_components)
+        n_vec = int((np.abs(self.vectors).sum(axis=1) > 0).sum())
+        k = max(0, min(k, n_vec // 20, self.dim - 1))  # small tables: at most 1 direction per 20 genes
+        if self.conditioning is None or refit or self.conditioning.n_components != k:
+            self.conditioning = Conditioning.fit(self.vectors, n_components=k)
+        return self
 
     def combine(self, other: GeneEmbeddings, *, how: Literal["sum", "concat"] = "concat") -> GeneEmbeddings:
         """Combine two tables on their shared genes (the paper's E1+E2 or [E1, E2])."""
@@ -207,19 +236,24 @@ class GeneEmbeddings:
         else:
             raise InputError(f"how must be 'sum' or 'concat', got {how!r}.")
         manifest = {"combined": how, "left": json.dumps(self.manifest), "right": json.dumps(other.manifest)}
-        return GeneEmbeddings(shared, vec, manifest)
+        return GeneEmbeddings(shared, vec, manifest)  # a new table: its conditioning is fitted anew
 
     # -- persistence -------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write ``vectors.npy``, ``genes.txt`` and ``manifest.json`` (with checksums) to a directory.
 
         The directory appears atomically: files are written to a temporary sibling
-        directory that is then renamed into place.
+        directory that is then renamed into place. A fitted conditioning is saved as
+        ``conditioning.npz`` beside the vectors.
         """
         path = Path(path)
         with atomic_dir(path, overwrite=overwrite) as tmp:
             np.save(tmp / "vectors.npy", self.vectors, allow_pickle=False)
             (tmp / "genes.txt").write_text("\n".join(self.genes) + "\n", encoding="utf-8")
+            files = ["vectors.npy", "genes.txt"]
+            if self.conditioning is not None:
+                self.conditioning.save(tmp / "conditioning.npz")
+                files.append("conditioning.npz")
             manifest = {
                 "format": "scelmo.GeneEmbeddings",
                 "format_version": 1,
@@ -227,7 +261,8 @@ class GeneEmbeddings:
                 "dim": self.dim,
                 "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "provenance": self.manifest,
-                "files": {f: sha256_file(tmp / f) for f in ("vectors.npy", "genes.txt")},
+                "conditioning": self.conditioning.provenance() if self.conditioning is not None else None,
+                "files": {f: sha256_file(tmp / f) for f in files},
             }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
         return path
@@ -249,4 +284,6 @@ class GeneEmbeddings:
                 )
         vectors = np.load(path / "vectors.npy", allow_pickle=False)
         genes = (path / "genes.txt").read_text(encoding="utf-8").splitlines()
-        return cls(genes, vectors, manifest.get("provenance", {}))
+        cond_path = path / "conditioning.npz"
+        cond = Conditioning.load(cond_path) if "conditioning.npz" in manifest.get("files", {}) else None
+        return cls(genes, vectors, manifest.get("provenance", {}), cond)

@@ -7,6 +7,8 @@ key                                    content
 ``adata.varm[GENE_EMBEDDING]``         genes x d gene embedding (zero rows for uncovered genes)
 ``adata.var[HAS_EMBEDDING]``           bool, whether the gene has a vector
 ``adata.var[GENE_SYMBOL]``             the resolved (human, current) symbol used for look-up
+``adata.var[GENES_USED]``              bool, genes the cell embedding was computed from (HVGs)
+``adata.obs[LABEL + "_score"]``        its score (kNN vote share, or text-prompt confidence)
 ``adata.obs[LABEL]``                   predicted cell-type label
 ``adata.obsm[X_SCELMO_FINETUNED]``     cells x 32 embedding of a fine-tuned annotation model
 ``adata.obsm[X_SCELMO_INTEGRATED]``    cells x 32 batch-corrected embedding (integration model)
@@ -27,6 +29,8 @@ GENE_EMBEDDING = "scelmo"
 HAS_EMBEDDING = "scelmo_has_embedding"
 #: ``var`` column: the resolved symbol the gene was looked up by.
 GENE_SYMBOL = "scelmo_symbol"
+#: ``var`` column: was the gene used by :func:`scelmo.tl.embed_cells` (gene selection)?
+GENES_USED = "scelmo_genes_used"
 #: ``obs`` column of predicted labels.
 LABEL = "scelmo_label"
 #: ``obsm`` key of the embedding learned by a fine-tuned annotation model (``scelmo.Model``).

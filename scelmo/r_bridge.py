@@ -232,6 +232,29 @@ def receive(payload: Mapping[str, Any]) -> dict[str, Any]:
     return _call(run)
 
 
+def gene_stats(payload: Mapping[str, Any], *, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Per-gene sums of one piece of a dataset (:class:`scelmo.selection.GeneStats`).
+
+    R adds the pieces' ``sums`` (4 x genes float64, little-endian bytes) and ``n`` and
+    passes the total to :func:`embed_cells`, so an object sent in several batches of
+    cells is embedded exactly as in one call.
+    """
+
+    def run() -> dict[str, Any]:
+        from .config import get_settings
+        from .selection import gene_stats as compute
+        from .selection import should_normalize
+        from .tl import _plan
+
+        adata = to_anndata(payload)
+        plan = _plan(get_settings(_config(config)).aggregate)
+        st = compute(adata.X, normalize=should_normalize(plan["normalize"], adata.X))
+        return {"sums": bytearray(np.asarray(st.sums, dtype="<f8").tobytes()), "n": int(st.n_cells),
+                "length": int(st.sums.size)}
+
+    return _call(run)
+
+
 def embed_cells(
     payload: Mapping[str, Any],
     *,
@@ -239,20 +262,28 @@ def embed_cells(
     config: Mapping[str, Any] | None = None,
     source: str = "counts",
     gene_embeddings: str | None = None,
+    gene_stats: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Cell embeddings for an R payload.
 
-    Returns ``Z`` (cells x d float32 bytes, column-major), ``dim`` and ``provenance``
-    (``uns["scelmo"]["embed_cells"]``, strings and numbers only).
+    ``gene_stats`` (``sums`` bytes and ``n``, from :func:`gene_stats` added up over
+    batches) replaces the piece's own gene statistics. Returns ``Z`` (cells x d float32
+    bytes, column-major), ``dim`` and ``provenance`` (``uns["scelmo"]["embed_cells"]``,
+    strings and numbers only).
     """
 
     def run() -> dict[str, Any]:
         from . import tl
+        from .selection import GeneStats
 
         adata = to_anndata(payload)
+        stats = None
+        if gene_stats is not None:
+            sums = _array(gene_stats["sums"], "<f8", 4 * adata.n_vars).reshape(4, adata.n_vars)
+            stats = GeneStats(int(gene_stats["n"]), sums.astype(np.float64))
         tl.embed_cells(
             adata, aggregator=aggregator, use_raw=False, config=_config(config),
-            gene_embeddings=gene_embeddings, progress=False,
+            gene_embeddings=gene_embeddings, gene_stats=stats, progress=False,
         )
         Z = adata.obsm[keys.X_SCELMO]
         prov = dict(adata.uns[keys.PROVENANCE]["embed_cells"])

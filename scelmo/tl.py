@@ -35,6 +35,9 @@ from .errors import (
 from .genes import GeneEmbeddings, GeneVocabulary, Resolution
 from .insilico import in_silico_deletion
 from .matrix import n_rows_cols, select_matrix
+from .progress import progress_bar
+from .selection import gene_stats as compute_gene_stats
+from .selection import highly_variable, should_normalize
 
 __all__ = ["annotate", "cluster", "embed_cells", "embed_genes", "estimate_embed_genes", "in_silico_deletion", "umap"]
 
@@ -128,7 +131,10 @@ def _build_gene_embeddings(
     usage = getattr(embed, "usage", None)
     if usage is not None and embed.requires_network:
         manifest["embed_usage"] = usage.as_dict()
-    return GeneEmbeddings(genes, vectors, manifest)
+    ge = GeneEmbeddings(genes, vectors, manifest)
+    if len(genes) > 2:  # fitted once, kept with the table
+        ge.condition(n_components=settings.aggregate.condition_components)
+    return ge
 
 
 def embed_genes(
@@ -271,11 +277,63 @@ def _warn_coverage(gene_cov: float, expr_cov: float, n_genes: int, n_cov: int, t
         )
 
 
+#: What each ``flavor`` of :func:`embed_cells` sets (see :class:`scelmo.config.AggregateConfig`).
+FLAVORS: dict[str, dict[str, Any]] = {
+    "scelmo": {"genes": "hvg", "normalize": "auto", "transform": "center", "condition": True},
+    "paper": {"genes": "all", "normalize": "none", "transform": "none", "condition": False},
+}
+
+
+def _plan(agg_cfg: Any) -> dict[str, Any]:
+    """The flavor's settings, overridden by any of them set explicitly."""
+    plan = dict(FLAVORS[agg_cfg.flavor])
+    for k in plan:
+        v = getattr(agg_cfg, k)
+        if v is not None:
+            plan[k] = v
+    return plan
+
+
+def _var_of(adata: Any, source: str) -> Any:
+    return adata.raw.var if source == "raw.X" else adata.var
+
+
+def _gene_mask(adata: Any, source: str, n_genes: int, mask_var: Any, plan: dict[str, Any],
+               stats: Any, n_top_genes: int) -> tuple[np.ndarray, str]:
+    """Which genes to embed from, and how they were chosen (for provenance)."""
+    var = _var_of(adata, source)
+    if mask_var is not None:
+        if isinstance(mask_var, str):
+            if mask_var not in var:
+                raise InputError(
+                    f"mask_var={mask_var!r} is not a column of adata.{'raw.' if source == 'raw.X' else ''}var; "
+                    "pass a boolean column name or a boolean array with one entry per gene."
+                )
+            sel, how = var[mask_var].to_numpy(), f"mask_var:{mask_var}"
+        else:
+            sel, how = np.asarray(mask_var), "mask_var:array"
+        if sel.dtype != bool or sel.shape != (n_genes,):
+            raise InputError(f"mask_var must be boolean with one entry per gene ({n_genes}); got {sel.dtype} {sel.shape}.")
+        return sel, how
+    if plan["genes"] == "all":
+        return np.ones(n_genes, dtype=bool), "all"
+    if "highly_variable" in var and var["highly_variable"].dtype == bool:  # scanpy's convention
+        return var["highly_variable"].to_numpy(), "mask_var:highly_variable"
+    return highly_variable(stats, n_top_genes), f"hvg:{n_top_genes}"
+
+
 def embed_cells(
     adata: Any,
     *,
     gene_embeddings: GeneEmbeddings | str | None = None,
     aggregator: str | None = None,
+    flavor: str | None = None,
+    mask_var: str | np.ndarray | None = None,
+    n_top_genes: int | None = None,
+    normalize: str | None = None,
+    transform: str | None = None,
+    condition: bool | None = None,
+    gene_stats: Any = None,
     layer: str | None = None,
     use_raw: bool | None = None,
     l2_normalize: bool | None = None,
@@ -289,12 +347,19 @@ def embed_cells(
 ) -> Any:
     """Cell embeddings: aggregate gene vectors by each cell's expression.
 
+    The default (``flavor="scelmo"``) embeds the log-normalised values of the 2,000 most
+    variable genes, centred per gene, with conditioned gene vectors (their shared mean
+    and top principal directions removed, see :mod:`scelmo.conditioning`): for cell
+    ``c``, ``C_c = w_c (x_c - mu) E'`` over the selected genes. ``flavor="paper"`` is the
+    paper's formula, ``C = (X / X.sum(1)) @ E`` over all genes with raw vectors, so its
+    numbers can be reproduced. docs/benchmarks.md shows how each choice was made.
+
     Parameters
     ----------
     adata
         Cells x genes data, in memory or backed (``read_h5ad(path, backed="r")``);
         CSR, CSC or dense; integer, float16/32/64 values. Never densified: rows are
-        streamed in chunks.
+        streamed in chunks (twice when gene statistics are needed).
     gene_embeddings
         Gene vectors to use (a :class:`GeneEmbeddings` or a directory saved by
         :meth:`GeneEmbeddings.save`). Default: build them with the configured
@@ -302,8 +367,32 @@ def embed_cells(
     aggregator
         Registered aggregator name: ``"wa"`` (expression-weighted mean, default) or
         ``"aa"`` (the paper's ``X @ E / n_genes``), or one from a plugin.
+    flavor
+        ``"scelmo"`` (default) or ``"paper"``: sets ``mask_var``'s default gene
+        selection, ``normalize``, ``transform`` and ``condition`` together.
+    mask_var
+        Genes to embed from: a boolean ``var`` column name or a boolean array (scanpy's
+        convention). Default: ``var["highly_variable"]`` when present, else the
+        ``n_top_genes`` most variable genes (Seurat dispersion, as
+        ``sc.pp.highly_variable_genes(flavor="seurat")``); all genes with ``flavor="paper"``.
+    n_top_genes
+        How many variable genes to select (default 2000; all genes if fewer).
+    normalize
+        ``"auto"`` (log-normalise counts: per 10k, ``log1p``; keep non-integer values),
+        ``"log1p"`` (always) or ``"none"``.
+    transform
+        ``"center"`` (subtract each gene's mean), ``"scale"`` (centre and divide by its
+        standard deviation) or ``"none"``. Computed as ``X @ E - mu @ E``: X stays sparse.
+    condition
+        Use the gene table's conditioning (fitted once per table and stored with it;
+        fitted now if the table has none).
+    gene_stats
+        Per-gene statistics to use instead of this data's own (a
+        :class:`scelmo.selection.GeneStats`, e.g. ``scelmo.selection.gene_stats(ref.X,
+        normalize=True)``): embeds a query with its reference's gene selection and
+        centring, or a dataset in pieces exactly as in one go.
     layer, use_raw
-        Which expression values to weight by: ``adata.layers[layer]``, ``adata.raw.X``
+        Which expression values to use: ``adata.layers[layer]``, ``adata.raw.X``
         or ``adata.X``. ``use_raw=None`` uses ``adata.raw`` when present (scanpy's
         convention). Values must be finite and non-negative (counts or log-normalised,
         not z-scored).
@@ -315,7 +404,7 @@ def embed_cells(
     species
         ``"human"``, ``"mouse"`` or ``"auto"``.
     config
-        Settings or a mapping of overrides.
+        Settings or a mapping of overrides (``aggregate.*``, see :mod:`scelmo.config`).
     key_added
         ``obsm`` key of the result.
     copy
@@ -329,13 +418,20 @@ def embed_cells(
 
     Returns
     -------
-    ``None`` (or the copy). Sets ``adata.obsm[key_added]`` (unless ``out`` is given) (cells x d float32) and
-    ``adata.uns["scelmo"]["embed_cells"]`` (coverage, empty cells, models, options).
-    Cells with no expressed gene that has a vector get a zero vector and an
+    ``None`` (or the copy). Sets ``adata.obsm[key_added]`` (unless ``out`` is given) (cells x d float32),
+    ``adata.var["scelmo_genes_used"]`` (when the matrix's genes are ``adata.var``) and
+    ``adata.uns["scelmo"]["embed_cells"]`` (gene selection, transform, conditioning,
+    coverage, empty cells, models, options).
+    Cells with no selected gene that has a vector get a zero vector and an
     :class:`~scelmo.errors.EmptyCellsWarning` with their count.
     """
     overrides: dict[str, Any] = {
         "aggregate.method": aggregator,
+        "aggregate.flavor": flavor,
+        "aggregate.n_top_genes": n_top_genes,
+        "aggregate.normalize": normalize,
+        "aggregate.transform": transform,
+        "aggregate.condition": condition,
         "aggregate.layer": layer,
         "aggregate.use_raw": use_raw,
         "aggregate.l2_normalize": l2_normalize,
@@ -344,11 +440,14 @@ def embed_cells(
     }
     settings = _settings(config, **overrides)
     agg_cfg = settings.aggregate
+    plan = _plan(agg_cfg)
+    agg = plugins.aggregators.create(agg_cfg.method, **agg_cfg.options)
+    if agg.row_weights(np.zeros((1, 1), np.float32), 1) is None and agg_cfg.transform is None:
+        plan["transform"] = "none"  # a non-linear aggregator (e.g. genept_s) reads the values as they are
     if copy:
         if getattr(adata, "isbacked", False):
             raise InputError("copy=True is not supported for backed AnnData; write to a new file instead.")
         adata = adata.copy()
-    agg = plugins.aggregators.create(agg_cfg.method, **agg_cfg.options)
     matrix, var_names, source = select_matrix(
         adata, layer=agg_cfg.layer, use_raw=agg_cfg.use_raw if layer is None else False
     )
@@ -371,26 +470,53 @@ def embed_cells(
     lookup = [
         s if (s is not None and s in gene_embeddings) else n for s, n in zip(res.symbols, names, strict=True)
     ]
-    E, mask = gene_embeddings.aligned(lookup)
+    if plan["condition"] and gene_embeddings.conditioning is None:  # fitted once per table, kept with it
+        gene_embeddings.condition(n_components=agg_cfg.condition_components)
+    E, mask = gene_embeddings.aligned(lookup, conditioned=bool(plan["condition"]))
     if not mask.any():
         raise _no_match_error(res)
 
+    do_norm = should_normalize(plan["normalize"], matrix)
+    need_stats = plan["transform"] != "none" or (
+        mask_var is None and plan["genes"] == "hvg" and "highly_variable" not in _var_of(adata, source)
+    )
+    stats = gene_stats
+    if stats is not None and stats.n_genes != n_genes:
+        raise InputError(f"gene_stats cover {stats.n_genes} genes but the data has {n_genes}; compute them on the same genes.")
+    if need_stats and stats is None:
+        with progress_bar(total=n_cells, desc="gene statistics", unit="cell", enabled=progress) as bar:
+            stats = compute_gene_stats(matrix, normalize=do_norm, chunk_size=agg_cfg.chunk_size, progress=bar.update)
+    selected, how = _gene_mask(adata, source, n_genes, mask_var, plan, stats, agg_cfg.n_top_genes)
+    use = selected & mask
+    if not use.any():
+        raise InputError(
+            f"None of the {int(selected.sum())} selected genes has a gene vector; select other genes "
+            "(`mask_var=`) or use `flavor=\"paper\"` to embed from all genes."
+        )
+    center = stats.mean if stats is not None and plan["transform"] in ("center", "scale") else None
+    scale = stats.std if stats is not None and plan["transform"] == "scale" else None
+
     result = agg.aggregate(
         matrix, E, chunk_size=agg_cfg.chunk_size, progress=progress, out=out, genes=lookup,
-        settings=settings, l2_normalize=agg_cfg.l2_normalize,
+        settings=settings, l2_normalize=agg_cfg.l2_normalize, normalize=do_norm,
+        # "all" keeps genes without a vector as zero rows: wa's weight is 1 / the cell's total, as in the paper
+        columns=None if how == "all" else np.flatnonzero(use), center=center, scale=scale,
     )
     emb = result.embedding
     if out is None:
         adata.obsm[key_added] = emb
+    if source != "raw.X":
+        adata.var[keys.GENES_USED] = use
 
     gene_cov = float(mask.mean())
     expr_cov = result.expression_coverage
     n_empty = int(result.empty_cells.size)
     if n_empty:
         warnings.warn(
-            f"{n_empty} of {n_cells} cells express no gene that has a vector; they got a zero "
-            f"embedding (first: {adata.obs_names[int(result.empty_cells[0])]}). Filter them with "
-            "`sc.pp.filter_cells(adata, min_genes=1)` or check coverage.",
+            f"{n_empty} of {n_cells} cells express none of the {int(use.sum())} selected genes that have "
+            f"a vector; they got a zero embedding (first: {adata.obs_names[int(result.empty_cells[0])]}). "
+            "Filter them with `sc.pp.filter_cells(adata, min_genes=1)`, select more genes "
+            "(`n_top_genes=`, `mask_var=`) or check coverage.",
             EmptyCellsWarning,
             stacklevel=2,
         )
@@ -401,6 +527,12 @@ def embed_cells(
             "aggregator": agg.name,
             "aggregator_options": agg.describe_self(),
             "matrix": source,
+            "flavor": agg_cfg.flavor,
+            "gene_selection": how,
+            "n_genes_used": int(use.sum()),
+            "normalize": "log1p_cp10k" if do_norm else "none",
+            "transform": plan["transform"],
+            "conditioning": gene_embeddings.conditioning.provenance() if plan["condition"] else "none",
             "l2_normalize": bool(agg_cfg.l2_normalize),
             "expression_coverage": expr_cov,
             "n_cells": n_cells,

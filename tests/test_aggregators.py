@@ -8,7 +8,7 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from helpers import paper_aa, paper_wa
+from helpers import paper_aa, paper_wa, scelmo_wa
 
 from scelmo import keys, plugins, tl
 from scelmo.errors import EmptyCellsWarning
@@ -65,11 +65,13 @@ def test_backed_h5ad_matches_in_memory(tmp_path, rng, sparse):
     backed = ad.read_h5ad(tmp_path / "x.h5ad", backed="r")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EmptyCellsWarning)
-        tl.embed_cells(mem, gene_embeddings=ge, chunk_size=100)
-        tl.embed_cells(backed, gene_embeddings=ge, chunk_size=100)
-    np.testing.assert_array_equal(mem.obsm[keys.X_SCELMO], backed.obsm[keys.X_SCELMO])
+        for flavor in ("paper", "scelmo"):
+            tl.embed_cells(mem, gene_embeddings=ge, chunk_size=100, flavor=flavor, key_added=flavor)
+            tl.embed_cells(backed, gene_embeddings=ge, chunk_size=100, flavor=flavor, key_added=flavor)
+            np.testing.assert_array_equal(mem.obsm[flavor], backed.obsm[flavor])
     E, _ = ge.aligned(genes)
-    np.testing.assert_allclose(mem.obsm[keys.X_SCELMO], paper_wa(X, E), rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(mem.obsm["paper"], paper_wa(X, E), rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(mem.obsm["scelmo"], scelmo_wa(X, ge, genes), rtol=1e-4, atol=1e-5)
     backed.file.close()
 
 

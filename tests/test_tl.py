@@ -55,10 +55,16 @@ def test_aa_and_layer_choice(pbmc):
     import scipy.sparse as sp
 
     pbmc.layers["lognorm"] = sp.csr_matrix(pbmc.raw.X)
-    scelmo.tl.embed_cells(pbmc, layer="lognorm", aggregator="aa", key_added="X_aa")
-    scelmo.tl.embed_cells(pbmc, use_raw=True, aggregator="aa", key_added="X_aa_raw")
+    scelmo.tl.embed_cells(pbmc, layer="lognorm", aggregator="aa", key_added="X_aa", flavor="paper")
+    scelmo.tl.embed_cells(pbmc, use_raw=True, aggregator="aa", key_added="X_aa_raw", flavor="paper")
     np.testing.assert_allclose(pbmc.obsm["X_aa"], pbmc.obsm["X_aa_raw"], rtol=1e-6)
     assert pbmc.uns[keys.PROVENANCE]["embed_cells"]["matrix"] == "raw.X"
+    # the default flavor follows scanpy: var["highly_variable"] chooses the genes when present
+    scelmo.tl.embed_cells(pbmc, layer="lognorm", key_added="X_hv")
+    info = pbmc.uns[keys.PROVENANCE]["embed_cells"]
+    assert info["gene_selection"] == "mask_var:highly_variable"
+    assert 0 < info["n_genes_used"] <= int(pbmc.var["highly_variable"].sum())
+    assert not (pbmc.var[keys.GENES_USED] & ~pbmc.var["highly_variable"]).any()
 
 
 def test_copy_returns_new_object(pbmc):

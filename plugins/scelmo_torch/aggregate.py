@@ -59,6 +59,12 @@ class TorchWeightedAverageAggregator(Aggregator):
             dense = np.ascontiguousarray(chunk, dtype=np.float32)
             totals = dense.sum(axis=1, dtype=np.float64)
             out = torch.from_numpy(dense).to(dev) @ E
-        w = np.divide(1.0, totals, out=np.zeros_like(totals), where=totals > 0).astype(np.float32)
+        w = self.row_weights(chunk, n_genes, totals)
         out = out * torch.from_numpy(w).to(dev)[:, None]
         return out.cpu().numpy()
+
+    def row_weights(self, chunk: Any, n_genes: int, totals: np.ndarray | None = None) -> np.ndarray:
+        """``1 / total`` per cell (0 for an empty cell): linear, so centred input works."""
+        if totals is None:
+            totals = np.asarray(chunk.sum(axis=1), dtype=np.float64).ravel()
+        return np.divide(1.0, totals, out=np.zeros_like(totals), where=totals > 0).astype(np.float32)

@@ -29,7 +29,11 @@
 #' @param reduction.name Name of the DimReduc (default `"scelmo"`).
 #' @param reduction.key Key (column prefix) of the DimReduc (default `"scelmo_"`).
 #' @param verbose Print progress messages.
-#' @param ... Shortcuts for settings: `species` (`"human"`, `"mouse"`,
+#' @param ... Shortcuts for settings: `flavor` (`"scelmo"`, the default: the
+#'   2,000 most variable genes of the log-normalised data, centred per gene, with
+#'   conditioned gene vectors; `"paper"`: the paper's formula over all genes),
+#'   `n.top.genes`, `normalize` (`"auto"`, `"log1p"`, `"none"`), `transform`
+#'   (`"center"`, `"scale"`, `"none"`), `species` (`"human"`, `"mouse"`,
 #'   `"auto"`), `l2.normalize`, `chunk.size`, `describe`, `embed`, or any dotted
 #'   setting name such as `aggregate.l2_normalize = TRUE`.
 #' @return For a Seurat object, the object with `object[[reduction.name]]`
@@ -108,13 +112,28 @@ RunScELMo.Seurat <- function(object, assay = NULL, layer = "counts", features = 
                     ncol(m), nrow(m), source, aggregator,
                     if (length(batches) > 1) sprintf(" in %d batches of cells", length(batches)) else ""))
   }
-  # wa / aa embed each cell on its own, so batches of cells give the same result
+  cfg <- if (length(config)) config else NULL
+  # The default flavor selects and centres genes by statistics over all cells: with
+  # several batches, each batch's gene sums are added up first and every batch is
+  # embedded with the totals, so the result equals one call's.
+  stats <- NULL
+  if (length(batches) > 1) {
+    total <- NULL
+    n <- 0
+    for (b in seq_along(batches)) {
+      st <- .call_bridge("gene_stats", .scelmo_payload(m[, batches[[b]], drop = FALSE], what = what), config = cfg)
+      v <- readBin(st$sums, what = "double", n = as.integer(st$length), size = 8, endian = "little")
+      total <- if (is.null(total)) v else total + v
+      n <- n + as.numeric(st$n)
+    }
+    stats <- list(sums = writeBin(total, raw(), size = 8, endian = "little"), n = n)
+  }
   parts <- list()
   for (b in seq_along(batches)) {
     mb <- if (length(batches) == 1) m else m[, batches[[b]], drop = FALSE]
     res <- .call_bridge("embed_cells", .scelmo_payload(mb, what = what), aggregator = aggregator,
-                        config = if (length(config)) config else NULL,
-                        source = source, gene_embeddings = gene_embeddings)
+                        config = cfg, source = source, gene_embeddings = gene_embeddings,
+                        gene_stats = stats)
     parts[[b]] <- list(Z = .decode_matrix(res$Z, res$dim), prov = res$provenance, total = sum(mb@x))
   }
   Z <- if (length(parts) == 1) parts[[1]]$Z else do.call(rbind, lapply(parts, `[[`, "Z"))

@@ -103,7 +103,9 @@
     .abort("Extra arguments must be named (e.g. species = \"mouse\").", "scelmo_input_error")
   }
   map <- c(species = "genes.species", l2.normalize = "aggregate.l2_normalize",
-           chunk.size = "aggregate.chunk_size", describe = "describe.model", embed = "embed.model")
+           chunk.size = "aggregate.chunk_size", describe = "describe.model", embed = "embed.model",
+           flavor = "aggregate.flavor", n.top.genes = "aggregate.n_top_genes",
+           normalize = "aggregate.normalize", transform = "aggregate.transform")
   for (nm in names(dots)) {
     key <- if (nm %in% names(map)) map[[nm]] else if (grepl(".", nm, fixed = TRUE)) nm else NULL
     if (is.null(key)) {

@@ -15,11 +15,17 @@ test_that("RunScELMo adds a DimReduc with provenance and logs the command", {
   expect_true(any(grepl("RunScELMo", names(out@commands))))
   # the input object is unchanged (R copy semantics; nothing was added in place)
   expect_false("scelmo" %in% SeuratObject::Reductions(seu))
-  # the paper's wa: expression-weighted mean of gene vectors
+  expect_equal(prov$flavor, "scelmo")
+  expect_equal(prov$normalize, "log1p_cp10k")
+  expect_equal(prov$transform, "center")
+  # flavor = "paper": the paper's wa, the expression-weighted mean of raw gene vectors
+  P <- SeuratObject::Embeddings(RunScELMo(seu, flavor = "paper", verbose = FALSE), "scelmo")
   G <- ScELMoGeneEmbeddings(toy_genes)
   X <- as.matrix(SeuratObject::GetAssayData(seu, slot = "counts"))[rownames(G), ]
   W <- t(X) / colSums(X)
-  expect_equal(unname(E), unname(W %*% G), tolerance = 1e-4)
+  expect_equal(unname(P), unname(W %*% G), tolerance = 1e-4)
+  # the default: log-normalised, centred genes, conditioned vectors -- the Python package's result
+  expect_gt(max(abs(E - P)), 1e-3)
 })
 
 test_that("the default method embeds a plain genes x cells matrix", {

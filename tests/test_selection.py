@@ -1,0 +1,109 @@
+"""Streaming input transform and gene selection (scelmo.selection) against scanpy."""
+
+from __future__ import annotations
+
+import warnings
+
+import anndata as ad
+import numpy as np
+import pytest
+import scanpy as sc
+import scipy.sparse as sp
+from helpers import scelmo_wa
+
+import scelmo.datasets as sd
+from scelmo import keys, tl
+from scelmo.errors import InputError
+from scelmo.selection import gene_stats, highly_variable, looks_like_counts, normalize_chunk
+from scelmo.testing import random_gene_embeddings
+
+
+@pytest.fixture(scope="module")
+def pbmc():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sd.pbmc68k_reduced()
+
+
+@pytest.mark.parametrize("n_top", [50, 300, 5000])
+@pytest.mark.parametrize("chunk", [97, 10_000])
+def test_hvg_matches_scanpy_seurat_flavor(pbmc, n_top, chunk):
+    ref = sc.pp.highly_variable_genes(ad.AnnData(pbmc.X.copy()), n_top_genes=n_top, flavor="seurat",
+                                      inplace=False)["highly_variable"].to_numpy()
+    mine = highly_variable(gene_stats(pbmc.X, normalize=False, chunk_size=chunk), n_top)
+    np.testing.assert_array_equal(mine, ref)
+
+
+def test_normalize_matches_scanpy(pbmc):
+    counts = pbmc.layers["counts"]
+    b = ad.AnnData(counts.copy())
+    sc.pp.normalize_total(b, target_sum=1e4)
+    sc.pp.log1p(b)
+    np.testing.assert_allclose(normalize_chunk(counts).toarray(), b.X.toarray(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(normalize_chunk(counts.toarray()), b.X.toarray(), rtol=1e-5, atol=1e-6)
+    assert looks_like_counts(counts) and not looks_like_counts(pbmc.X)
+
+
+def test_stats_add_up_over_pieces(pbmc):
+    X = pbmc.layers["counts"]
+    whole = gene_stats(X, normalize=True)
+    parts = gene_stats(X[:300], normalize=True) + gene_stats(X[300:], normalize=True)
+    np.testing.assert_allclose(parts.sums, whole.sums, rtol=1e-10)
+    dense = np.log1p(normalize_chunk(X).toarray().astype(np.float64))
+    np.testing.assert_allclose(whole.mean, normalize_chunk(X).toarray().mean(0), rtol=1e-5, atol=1e-7)
+    assert dense.shape == (whole.n_cells, whole.n_genes)
+
+
+def test_default_flavor_matches_dense_formula(pbmc):
+    genes = list(map(str, pbmc.var_names))
+    ge = random_gene_embeddings(genes[10:], dim=16)
+    X = pbmc.layers["counts"].toarray()
+    for n_top, transform in ((200, "center"), (200, "scale"), (5000, "center")):
+        a = ad.AnnData(sp.csr_matrix(X), var=pbmc.var[[]].copy())
+        tl.embed_cells(a, gene_embeddings=ge, n_top_genes=n_top, transform=transform, chunk_size=128)
+        np.testing.assert_allclose(a.obsm[keys.X_SCELMO], scelmo_wa(X, ge, genes, n_top=n_top, transform=transform),
+                                   rtol=1e-4, atol=2e-5)
+        prov = a.uns["scelmo"]["embed_cells"]
+        assert prov["normalize"] == "log1p_cp10k" and prov["transform"] == transform
+        assert prov["conditioning"]["checksum"] == ge.conditioning.checksum()
+        assert a.var[keys.GENES_USED].sum() == prov["n_genes_used"] <= n_top
+
+
+def test_mask_var_gene_stats_and_pieces(pbmc):
+    genes = list(map(str, pbmc.var_names))
+    ge = random_gene_embeddings(genes, dim=16)
+    a = ad.AnnData(pbmc.layers["counts"].copy(), var=pbmc.var[[]].copy())
+    tl.embed_cells(a, gene_embeddings=ge, n_top_genes=300)
+    # a dataset in two pieces with the whole dataset's statistics: the same embedding
+    st = gene_stats(a.X, normalize=True)
+    halves = [a[:350].copy(), a[350:].copy()]
+    for h in halves:
+        tl.embed_cells(h, gene_embeddings=ge, n_top_genes=300, gene_stats=st)
+    np.testing.assert_allclose(np.vstack([h.obsm[keys.X_SCELMO] for h in halves]), a.obsm[keys.X_SCELMO],
+                               rtol=1e-5, atol=1e-6)
+    # scanpy's convention: a boolean var column (or array) chooses the genes
+    a.var["mine"] = a.var[keys.GENES_USED].to_numpy()
+    b = a.copy()
+    tl.embed_cells(b, gene_embeddings=ge, mask_var="mine")
+    np.testing.assert_allclose(b.obsm[keys.X_SCELMO], a.obsm[keys.X_SCELMO], rtol=1e-5, atol=1e-6)
+    assert b.uns["scelmo"]["embed_cells"]["gene_selection"] == "mask_var:mine"
+    with pytest.raises(InputError, match="not a column"):
+        tl.embed_cells(b, gene_embeddings=ge, mask_var="nope")
+    with pytest.raises(InputError, match="boolean"):
+        tl.embed_cells(b, gene_embeddings=ge, mask_var=np.ones(3, bool))
+    with pytest.raises(InputError, match="gene_stats cover"):
+        tl.embed_cells(b, gene_embeddings=ge, gene_stats=gene_stats(a.X[:, :10], normalize=True))
+
+
+def test_paper_flavor_is_the_papers_formula(pbmc):
+    from helpers import paper_wa
+
+    genes = list(map(str, pbmc.var_names))
+    ge = random_gene_embeddings(genes, dim=16)
+    a = ad.AnnData(pbmc.layers["counts"].copy(), var=pbmc.var[[]].copy())
+    tl.embed_cells(a, gene_embeddings=ge, flavor="paper")
+    E, _ = ge.aligned(genes)
+    np.testing.assert_allclose(a.obsm[keys.X_SCELMO], paper_wa(a.X.toarray(), E), rtol=2e-5, atol=2e-6)
+    prov = a.uns["scelmo"]["embed_cells"]
+    assert (prov["gene_selection"], prov["transform"], prov["conditioning"], prov["normalize"]) == (
+        "all", "none", "none", "none")
