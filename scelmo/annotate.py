@@ -5,25 +5,37 @@ Exposed as :func:`scelmo.tl.annotate`.
 * **Reference transfer** (the paper's zero-shot annotation): each query cell takes the
   majority label of its ``k`` (default 10) nearest reference cells by cosine distance
   on the scelmo embedding. Score = fraction of those neighbours that carry the label.
-* **Text prompts**: the cell-type names the user lists (or texts describing them) are
-  embedded with the same text embedder as the genes, and each cell gets the type whose
-  vector is most similar to its own. Both sets are centred on their own mean before the
-  cosine (scelmo vectors are anisotropic: any two gene texts have cosine ~0.7-0.8, so
-  raw cosines mostly measure that shared direction). Score = softmax probability of the
-  chosen type over the candidates at ``temperature``.
+* **Text prompts, from gene knowledge** (``method="markers"``, the default): each
+  candidate cell type's text is compared with every phrase of every gene's description
+  (GO processes, pathways, the gene's name...) by the same text embedder; a gene's
+  affinity to a type is its best phrase's cosine, and the genes most specific to a type
+  among the candidates (plus genes the name itself mentions, e.g. CD14 in "CD14+
+  monocyte") become its marker set (:func:`knowledge_markers`). Cells are scored on each
+  marker set (:func:`scanpy.tl.score_genes`, standardised per type) and each cluster of
+  the scelmo embedding takes the type whose markers it expresses most. Score = softmax
+  probability of that type for the cluster; clusters expressing no candidate's markers
+  above average are ``unknown``.
+* **Text prompts, by embedding similarity** (``method="embedding"``): the cell-type
+  texts and the cell embeddings are compared directly (both centred on their own mean).
 
 Cells whose score is below ``min_score`` are labelled ``unknown_label``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from . import keys, provenance
+from . import keys, provenance, roles
+from .config import get_settings
+from .descriptions import describe
+from .components import KnowledgeSource, split_phrases
 from .errors import InputError, ScelmoError
+from .matrix import select_matrix
+from .selection import normalize_chunk, should_normalize
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -79,6 +91,142 @@ def prompt_match(
     return np.asarray(names, dtype=object)[best], p[np.arange(len(best)), best].astype(np.float32), sims
 
 
+
+def _named_genes(name: str, vocab: Any, present: set[str]) -> list[str]:
+    """Genes a cell-type name mentions (``"CD14+ monocyte"`` -> CD14), if the data has them."""
+    if vocab is None:
+        return []
+    tokens = [t for t in re.findall(r"[A-Za-z][A-Za-z0-9-]*[0-9][A-Za-z0-9-]*|[A-Z]{2,}[0-9A-Z-]*", name)]
+    res = vocab.resolve(tokens, species="human") if tokens else None
+    return [s for s in (res.symbols if res else []) if s and s in present]
+
+
+def knowledge_markers(
+    cell_types: Sequence[str],
+    genes: Sequence[str],
+    *,
+    texts: Sequence[str] | None = None,
+    n_markers: int = 30,
+    config: Any = None,
+    progress: bool | None = None,
+) -> dict[str, dict[str, float]]:
+    """Weighted marker genes for each candidate cell type, from the genes' descriptions only.
+
+    Parameters
+    ----------
+    cell_types
+        Candidate names.
+    genes
+        Gene names to choose from (e.g. the genes expressed in the data).
+    texts
+        Texts to embed for the types instead of their names (e.g. descriptions).
+    n_markers
+        The ``n_markers`` genes most like each type are taken, less those more like
+        another candidate.
+
+    Returns
+    -------
+    ``{type: {gene: weight}}``: each type's knowledge markers weighted by specificity
+    (its phrase similarity to this type minus that to the closest other candidate), and
+    the genes its name mentions (with the top weight).
+    """
+    settings = get_settings(config)
+    describer = roles.describer(settings)
+    vocab = roles.vocabulary(describer)
+    genes = [str(g) for g in genes]
+    res = vocab.resolve(genes, species=settings.genes.species) if vocab is not None else None
+    symbols = res.symbols if res is not None else genes
+    wanted = sorted({s for s in symbols if s})
+    if isinstance(describer, KnowledgeSource):
+        by_symbol = describer.phrases(wanted)
+    else:  # an LLM: its (cached) descriptions, cut into clauses
+        texts_ = describe(wanted, subject="gene", config=settings, progress=progress).texts
+        by_symbol = {g: split_phrases(t) for g, t in texts_.items()}
+    gene_phrases = {g: by_symbol.get(s, []) for g, s in zip(genes, symbols, strict=True) if s}
+    unique = sorted({p for ps in gene_phrases.values() for p in ps})
+    if not unique:
+        raise ScelmoError("No gene descriptions available for these genes; cannot derive marker genes.")
+    P = roles.embed_texts(settings, unique, progress=progress, desc="embedding description phrases")
+    T = roles.embed_texts(settings, list(texts or cell_types), progress=False, desc="embedding cell-type texts")
+    mean = P.mean(axis=0, keepdims=True)  # the phrases' shared direction says "a gene phrase"
+    sim = _unit(T - mean) @ _unit(P - mean).T
+    index = {p: j for j, p in enumerate(unique)}
+    cand = [g for g in genes if gene_phrases.get(g)]
+    A = np.stack([sim[:, [index[p] for p in gene_phrases[g]]].max(axis=1) for g in cand], axis=1)
+    present = set(genes)
+    out: dict[str, dict[str, float]] = {}
+    for t, name in enumerate(cell_types):
+        others = np.delete(A, t, axis=0).max(axis=0) if len(cell_types) > 1 else np.zeros(A.shape[1])
+        # the n genes most like this type, less any that are more like another candidate;
+        # each weighted by how much more like this type it is (its specificity)
+        order = [c for c in np.argsort(-A[t])[:n_markers] if A[t, c] > others[c]]
+        w = {cand[c]: float(A[t, c] - others[c]) for c in order}
+        named = _named_genes(str(name), vocab, present)
+        top = max(w.values(), default=1.0)
+        w.update({g: top for g in named})  # a gene the name itself mentions: as specific as the best
+        out[str(name)] = w
+    return out
+
+
+def _cluster_labels(adata: Any, use_rep: str, groupby: str | None) -> np.ndarray:
+    if groupby is not None:
+        if groupby not in adata.obs:
+            raise InputError(f"groupby={groupby!r} is not a column of adata.obs.")
+        return adata.obs[groupby].astype(str).to_numpy()
+    import anndata as ad
+    import scanpy as sc
+
+    tmp = ad.AnnData(obs=adata.obs[[]].copy())
+    tmp.obsm["X"] = np.asarray(adata.obsm[use_rep], dtype=np.float32)
+    sc.pp.neighbors(tmp, n_neighbors=15, use_rep="X", metric="cosine", random_state=0)
+    sc.tl.leiden(tmp, resolution=1.0, flavor="igraph", n_iterations=2, directed=False, random_state=0)
+    return tmp.obs["leiden"].astype(str).to_numpy()
+
+
+def marker_match(
+    adata: Any,
+    markers: Mapping[str, Mapping[str, float]],
+    groups: np.ndarray,
+    *,
+    layer: str | None = None,
+    temperature: float = 0.25,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Type per group from its cells' marker scores; the group's softmax score; the cells x types scores.
+
+    A cell's score for a type is the specificity-weighted mean of its markers' standardised
+    log-expression (each gene centred and scaled over the cells); a group takes the type
+    with the highest mean score, or ``None`` when no type's markers are above average.
+    """
+    matrix, var_names, _ = select_matrix(adata, layer=layer, use_raw=None if layer is None else False)
+    X = matrix[:] if not hasattr(matrix, "to_memory") else matrix.to_memory()
+    if should_normalize("auto", X):
+        X = normalize_chunk(X)
+    col = {str(v): i for i, v in enumerate(var_names)}
+    names = list(markers)
+    S = np.zeros((adata.n_obs, len(names)))
+    for j, t in enumerate(names):
+        pairs = [(col[g], w) for g, w in markers[t].items() if g in col and w > 0]
+        if not pairs:
+            continue
+        idx, w = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+        sub = X[:, idx]
+        sub = np.asarray(sub.toarray() if hasattr(sub, "toarray") else sub, dtype=np.float64)
+        sd = sub.std(axis=0)
+        z = np.divide(sub - sub.mean(axis=0), sd, out=np.zeros_like(sub), where=sd > 0)
+        S[:, j] = z @ w / w.sum()
+    labels = np.empty(adata.n_obs, dtype=object)
+    score = np.zeros(adata.n_obs, dtype=np.float32)
+    for g in np.unique(groups):
+        idx = groups == g
+        m = S[idx].mean(axis=0)
+        p = np.exp((m - m.max()) / temperature)
+        p /= p.sum()
+        best = int(m.argmax())
+        labels[idx] = names[best] if m[best] > 0 else None
+        score[idx] = p[best] if m[best] > 0 else 0.0
+    return labels, score, S
+
+
 def annotate(
     adata: Any,
     *,
@@ -86,6 +234,10 @@ def annotate(
     ref_labels: str | Sequence[Any] | None = None,
     cell_types: Sequence[str] | Mapping[str, str] | None = None,
     describe_cell_types: bool = False,
+    method: str = "markers",
+    groupby: str | None = None,
+    n_markers: int = 30,
+    layer: str | None = None,
     k: int = 10,
     use_rep: str = keys.X_SCELMO,
     min_score: float = 0.0,
@@ -113,6 +265,18 @@ def annotate(
         Have the ``describe`` role's LLM write a description of each listed name (prompt
         ``cell-type``, cached like gene descriptions; see :func:`scelmo.describe`) and
         embed the descriptions instead of the bare names.
+    method
+        For ``cell_types``: ``"markers"`` (default: knowledge-derived marker genes scored
+        per cluster, see the module docstring) or ``"embedding"`` (cell vectors against
+        the type texts' vectors).
+    groupby
+        With ``method="markers"``: an ``obs`` column of clusters to label (default:
+        Leiden clusters of ``adata.obsm[use_rep]``, resolution 1).
+    n_markers
+        Knowledge marker genes per cell type.
+    layer
+        Expression values for marker scoring (default ``adata.raw`` or ``X``, as
+        :func:`scelmo.tl.embed_cells`); counts are log-normalised first.
     k
         Neighbours for the reference vote (10, as in the paper).
     min_score
@@ -125,7 +289,8 @@ def annotate(
     Returns
     -------
     ``None``. Sets ``adata.obs[key_added]`` (categorical), ``adata.obs[key_added + "_score"]``
-    and ``adata.uns["scelmo"]["annotate"]``.
+    and ``adata.uns["scelmo"]["annotate"]`` (with ``method="markers"``, the marker genes
+    of each type as ``markers_<type>`` strings).
     """
     from .tl import embed_cells
 
@@ -160,19 +325,33 @@ def annotate(
     else:
         names, texts = _cell_type_texts(cell_types)
         if describe_cell_types and not isinstance(cell_types, Mapping):
-            from .descriptions import describe
-
             described = describe(names, subject="cell_type", config=config, progress=progress)
             texts = [described.texts.get(n, n) for n in names]  # failures fall back to the name
             info["cell_type_descriptions"] = described.provenance()
-        vectors = _embed_texts(texts, config, progress)
-        if vectors.shape[1] != query.shape[1]:
-            raise ScelmoError(
-                f"Cell-type text vectors are {vectors.shape[1]}-d but adata.obsm[{use_rep!r}] is "
-                f"{query.shape[1]}-d: annotate with the same embedder that made the cell embedding."
-            )
-        pred, score, _ = prompt_match(query, vectors, names, temperature=temperature)
-        info.update({"method": "text_prompt", "n_cell_types": len(names), "temperature": temperature})
+        if method == "markers":
+            matrix, var_names, _ = select_matrix(adata, layer=layer, use_raw=None if layer is None else False)
+            frac = np.asarray((matrix[:] > 0).mean(axis=0)).ravel()
+            expressed = [str(g) for g, f in zip(var_names, frac, strict=True) if f >= 0.01]
+            markers = knowledge_markers(names, expressed, texts=texts, n_markers=n_markers, config=config,
+                                        progress=progress)
+            groups = _cluster_labels(adata, use_rep, groupby)
+            labels, score, _ = marker_match(adata, markers, groups, layer=layer)
+            pred = np.array([lab if lab is not None else unknown_label for lab in labels], dtype=object)
+            info.update({"method": "text_markers", "n_cell_types": len(names), "n_markers": n_markers,
+                         "groupby": groupby or "leiden(use_rep)", "n_groups": int(len(np.unique(groups)))})
+            info.update({f"markers_{t}": "; ".join(g) for t, g in markers.items()})
+            info["temperature"] = 0.25
+        elif method == "embedding":
+            vectors = _embed_texts(texts, config, progress)
+            if vectors.shape[1] != query.shape[1]:
+                raise ScelmoError(
+                    f"Cell-type text vectors are {vectors.shape[1]}-d but adata.obsm[{use_rep!r}] is "
+                    f"{query.shape[1]}-d: annotate with the same embedder that made the cell embedding."
+                )
+            pred, score, _ = prompt_match(query, vectors, names, temperature=temperature)
+            info.update({"method": "text_prompt", "n_cell_types": len(names), "temperature": temperature})
+        else:
+            raise InputError(f"method must be 'markers' or 'embedding', got {method!r}.")
     pred = pred.astype(object)
     pred[score < min_score] = unknown_label
     import pandas as pd
@@ -205,7 +384,4 @@ def _cell_type_texts(cell_types: Sequence[str] | Mapping[str, str]) -> tuple[lis
 
 
 def _embed_texts(texts: list[str], config: Any, progress: bool | None) -> np.ndarray:
-    from . import roles
-    from .config import get_settings
-
     return roles.embed_texts(get_settings(config), texts, progress=progress, desc="embedding cell-type texts")

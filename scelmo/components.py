@@ -21,6 +21,7 @@ base class             plugin implements                          base class pro
 from __future__ import annotations
 
 import hashlib
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -127,6 +128,19 @@ class KnowledgeSource(ModelComponent):
     def vocabulary(self) -> GeneVocabulary | None:
         """Gene-name vocabulary (aliases, Ensembl IDs, orthologs) for resolving names."""
         return None
+
+    def phrases(self, genes: Sequence[str]) -> dict[str, list[str]]:
+        """Short statements of what each gene does (processes, pathways), used to derive
+        marker genes for cell-type names. Default: the description cut into clauses."""
+        return {g: split_phrases(t) for g, t in self.describe(genes).items()}
+
+
+_PHRASE_SPLIT = re.compile(r"[;.]\s+|\.$")
+
+
+def split_phrases(text: str) -> list[str]:
+    """A description cut into its clauses (GO terms, pathways, sentences)."""
+    return [p.strip() for p in _PHRASE_SPLIT.split(text or "") if 3 <= len(p.strip()) <= 300]
 
 
 # --------------------------------------------------------------------------- LLM provider

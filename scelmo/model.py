@@ -190,7 +190,9 @@ class Model:
         Uses the layer / raw choice of :meth:`setup_anndata` (the model's own, for a
         query that was not set up). Genes are matched to the model's gene table by
         ``var["scelmo_symbol"]`` (else the name); genes the table lacks take the query's
-        own ``varm["scelmo"]`` vectors when present. Sparse input stays sparse.
+        own ``varm["scelmo"]`` vectors when present. The vectors are the table's conditioned
+        ones (:mod:`scelmo.conditioning`), as in :func:`scelmo.tl.embed_cells`. Sparse input
+        stays sparse.
         """
         from .matrix import iter_row_chunks, select_matrix
 
@@ -205,10 +207,11 @@ class Model:
         chunks = [c for _, c in iter_row_chunks(matrix, 20_000)]
         X = sp.vstack(chunks, format="csr") if sp.issparse(chunks[0]) else np.vstack(chunks)
         lookup = _lookup_names(adata, names)
-        E, mask = self.gene_table.aligned(lookup)
+        # conditioned vectors (mean and top directions removed, fitted once per table), as tl.embed_cells
+        E, mask = self.gene_table.aligned(lookup, conditioned=True)
         own = _table_from_varm(adata)
         if own is not None and own.dim == E.shape[1] and not mask.all():
-            extra, extra_mask = own.aligned(lookup)
+            extra, extra_mask = own.aligned(lookup, conditioned=True)
             fill = ~mask & extra_mask
             E[fill] = extra[fill]
             mask |= fill

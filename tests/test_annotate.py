@@ -45,9 +45,41 @@ def test_reference_transfer_on_pbmc(pbmc):
 
 def test_text_prompt_assigns_only_candidates(pbmc):
     types = ["B cell", "T cell", "monocyte"]
-    scelmo.tl.annotate(pbmc, cell_types=types)
+    scelmo.tl.annotate(pbmc, cell_types=types, method="embedding")
     assert set(pbmc.obs[keys.LABEL].astype(str)) <= set(types)
     assert pbmc.uns[keys.PROVENANCE]["annotate"]["method"] == "text_prompt"
+    with pytest.raises(InputError, match="method must be"):
+        scelmo.tl.annotate(pbmc, cell_types=types, method="psychic")
+
+
+def test_knowledge_markers_come_from_gene_knowledge(pbmc):
+    from scelmo.annotate import knowledge_markers
+
+    genes = list(map(str, pbmc.raw.var_names))
+    m = knowledge_markers(["B cell", "T cell", "FCGR3A+ monocyte"], genes, n_markers=30)
+    assert {"MS4A1", "CD79A", "CD79B"} <= set(m["B cell"])
+    assert {"CD3E", "CD3D", "CD247"} <= set(m["T cell"])
+    assert "FCGR3A" in m["FCGR3A+ monocyte"]  # the name mentions it
+    assert all(w > 0 for marks in m.values() for w in marks.values())
+    assert not set(m["B cell"]) & set(m["T cell"])  # each gene goes to the type it is most like
+
+
+def test_text_prompt_markers_on_real_pbmc(pbmc):
+    truth = pbmc.obs["bulk_labels"].astype(str).to_numpy()
+    types = ["B cell", "T cell", "NK cell", "monocyte", "dendritic cell"]
+    scelmo.tl.annotate(pbmc, cell_types=types)
+    pred = pbmc.obs[keys.LABEL].astype(str).to_numpy()
+    info = pbmc.uns[keys.PROVENANCE]["annotate"]
+    assert info["method"] == "text_markers" and "MS4A1" in info["markers_B cell"]
+    assert set(pred) <= set(types) | {"unknown"}
+    score = pbmc.obs[keys.LABEL + "_score"].to_numpy()
+    assert ((score >= 0) & (score <= 1)).all()
+    # B cells and NK cells have knowledge markers that identify them
+    assert (pred[truth == "CD19+ B"] == "B cell").mean() > 0.9
+    assert (pred[truth == "CD56+ NK"] == "NK cell").mean() > 0.8
+    # a query with no candidate matching a cluster: it is unknown, not forced into a type
+    scelmo.tl.annotate(pbmc, cell_types=["B cell", "NK cell"], key_added="bn")
+    assert (pbmc.obs["bn"].astype(str) == "unknown").any()
 
 
 @pytest.mark.parametrize(

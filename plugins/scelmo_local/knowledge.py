@@ -122,6 +122,16 @@ class LocalGeneKnowledge(KnowledgeSource):
     def vocabulary(self) -> GeneVocabulary:
         return vocabulary()
 
+    def phrases(self, genes: Sequence[str]) -> dict[str, list[str]]:
+        """GO biological processes and pathways of each gene (what it does, not where it sits)."""
+        table = human_table()
+        out = {}
+        for g in genes:
+            row = table.get(g)
+            if row is not None:
+                out[g] = [t.strip() for key in ("bp", "pathways") for t in (row.get(key) or "").split(";") if t.strip()]
+        return out
+
     def describe_self(self) -> dict[str, str | int | float]:
         out = super().describe_self()
         m = manifest()

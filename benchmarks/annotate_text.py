@@ -1,0 +1,168 @@
+"""Names-only text-prompt annotation (``scelmo.tl.annotate(adata, cell_types=[...])``) on real labels.
+
+Datasets: pbmc68k (its 10 ``bulk_labels`` as given, and a coarse 5-label version: B cell,
+T cell, NK cell, monocyte, dendritic cell; the CD34+ progenitors are not a candidate and
+are left out of the coarse score), and Kang 2018 (7 types, published names spelled out;
+scored on the 1,638 ``scgen_valid`` cells and on all cells). Each candidate list is only the
+type names: no reference, no training. Both text-prompt methods are run (``markers``, the
+default, and ``embedding``), with the default scelmo embedding and the offline knowledge.
+A control: the same markers pipeline with the gene -> description assignment shuffled
+(the knowledge is wrong, the rest is the same).
+
+Writes ``benchmarks/results/annotate_text/``: ``results.csv``, ``results.md`` and
+confusion-matrix PNGs.
+
+    .venv/bin/python benchmarks/annotate_text.py [--kang-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from _runinfo import portable_argv
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results" / "annotate_text"
+
+PBMC_FINE = {"CD14+ Monocyte": "CD14+ monocyte", "CD19+ B": "CD19+ B cell", "CD34+": "CD34+ progenitor cell",
+             "CD4+/CD25 T Reg": "CD4+ CD25+ regulatory T cell", "CD4+/CD45RA+/CD25- Naive T": "CD4+ naive T cell",
+             "CD4+/CD45RO+ Memory": "CD4+ memory T cell", "CD56+ NK": "CD56+ NK cell",
+             "CD8+ Cytotoxic T": "CD8+ cytotoxic T cell", "CD8+/CD45RA+ Naive Cytotoxic": "CD8+ naive T cell",
+             "Dendritic": "dendritic cell"}
+PBMC_COARSE = {"CD14+ Monocyte": "monocyte", "CD19+ B": "B cell", "CD4+/CD25 T Reg": "T cell",
+               "CD4+/CD45RA+/CD25- Naive T": "T cell", "CD4+/CD45RO+ Memory": "T cell", "CD56+ NK": "NK cell",
+               "CD8+ Cytotoxic T": "T cell", "CD8+/CD45RA+ Naive Cytotoxic": "T cell", "Dendritic": "dendritic cell"}
+KANG = {"B": "B cell", "CD4T": "CD4 T cell", "CD8T": "CD8 T cell", "CD14+Mono": "CD14+ monocyte",
+        "FCGR3A+Mono": "FCGR3A+ monocyte", "NK": "NK cell", "Dendritic": "dendritic cell"}
+
+
+def _tasks(kang_dir: str, which: list[str]):
+    import scelmo.datasets as sd
+
+    if "pbmc68k" in which:
+        yield from _pbmc_tasks(sd)
+    if "kang" in which:
+        kang = sd.kang2018(kang_dir)
+        full = pd.read_csv(Path(sd.__file__).parent / "data" / "kang2018_cell_types.csv.gz", index_col="barcode")
+        truth = full.loc[kang.obs_names, "cell_type"].map(KANG)
+        yield "kang (7 types)", kang, truth, (kang.obs["cell_type_source"] == "scgen_valid").to_numpy()
+
+
+def _pbmc_tasks(sd):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pb = sd.pbmc68k_reduced()
+    pb.X = pb.layers["counts"]
+    yield "pbmc68k (10 labels)", pb, pb.obs["bulk_labels"].astype(str).map(PBMC_FINE), None
+    yield "pbmc68k (coarse 5)", pb, pb.obs["bulk_labels"].astype(str).map(PBMC_COARSE), None
+
+
+def _shuffled_knowledge():
+    """Context manager: the knowledge source gives each gene a random other gene's phrases."""
+    import contextlib
+
+    from scelmo import roles
+    from scelmo.config import get_settings
+
+    describer = roles.describer(get_settings())
+    cls = type(describer)
+    orig = cls.phrases
+
+    def shuffled(self, genes):
+        texts = orig(self, genes)
+        keys = list(texts)
+        perm = np.random.default_rng(0).permutation(len(keys))
+        return {k: texts[keys[j]] for k, j in zip(keys, perm, strict=True)}
+
+    @contextlib.contextmanager
+    def cm():
+        cls.phrases = shuffled
+        try:
+            yield
+        finally:
+            cls.phrases = orig
+
+    return cm()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import scelmo
+    from scelmo import metrics as M
+    from scelmo.datasets import default_data_dir
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kang-dir", default=os.environ.get("SCELMO_KANG_DIR", str(default_data_dir())))
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--tasks", default="pbmc68k,kang", help="comma-separated: pbmc68k, kang")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows, t_all = [], time.perf_counter()
+    for name, adata, truth, valid in _tasks(args.kang_dir, args.tasks.split(",")):
+        a = adata.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scelmo.tl.embed_cells(a, progress=False)
+        types = sorted(set(truth.dropna()))
+        ok = truth.notna().to_numpy()
+        for method, control in (("markers", False), ("embedding", False), ("markers", True)):
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if control:
+                    with _shuffled_knowledge():
+                        scelmo.tl.annotate(a, cell_types=types, method=method, progress=False)
+                else:
+                    scelmo.tl.annotate(a, cell_types=types, method=method, progress=False)
+            pred = a.obs["scelmo_label"].astype(str).to_numpy()
+            y = truth.to_numpy()
+            label = method + (" (shuffled knowledge)" if control else "")
+            row = {"task": name, "method": label, "n_types": len(types), "n_cells": int(ok.sum()),
+                   "accuracy": M.accuracy(y[ok], pred[ok]), "macro_f1": M.macro_f1(y[ok], pred[ok]),
+                   "unknown_frac": float((pred[ok] == "unknown").mean()), "seconds": time.perf_counter() - t0}
+            if valid is not None:
+                v = ok & valid
+                row.update({"accuracy_scgen_valid": M.accuracy(y[v], pred[v]),
+                            "macro_f1_scgen_valid": M.macro_f1(y[v], pred[v])})
+            rows.append(row)
+            print(row, flush=True)
+            if not control:
+                tag = name.split(" ")[0] + "_" + ("coarse" if "coarse" in name else "fine") + "_" + method
+                scelmo.pl.confusion_matrix(y[ok], pred[ok], title=f"{name}: text prompts ({method})",
+                                           save=args.out / f"confusion_{tag}.png", dpi=90)
+            if method == "markers" and not control:
+                info = a.uns["scelmo"]["annotate"]
+                for t in types:
+                    rows[-1][f"markers_{t}"] = info.get(f"markers_{t}", "")
+    df = pd.DataFrame(rows)
+    df.to_csv(args.out / "results.csv", index=False, float_format="%.4f")
+    cols = ["task", "method", "n_types", "n_cells", "accuracy", "macro_f1", "accuracy_scgen_valid",
+            "macro_f1_scgen_valid", "unknown_frac", "seconds"]
+    cols = [c for c in cols if c in df.columns]
+    lines = ["# Names-only text-prompt annotation", "",
+             f"`benchmarks/annotate_text.py {' '.join(portable_argv(sys.argv[1:]))}`, "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.perf_counter() - t_all:.0f} s.", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    lines += ["", "## Marker genes derived from the gene knowledge (default method)", ""]
+    for _, r in df[df["method"] == "markers"].iterrows():
+        lines.append(f"**{r['task']}**")
+        lines.append("")
+        for c in [c for c in df.columns if c.startswith("markers_")]:
+            if isinstance(r.get(c), str) and r[c]:
+                lines.append(f"- {c[8:]}: {r[c]}")
+        lines.append("")
+    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    print("wrote", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
