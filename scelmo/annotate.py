@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 
 from . import keys, provenance, roles
+from .components import KnowledgeSource, split_phrases
 from .config import get_settings
 from .descriptions import describe
-from .components import KnowledgeSource, split_phrases
 from .errors import InputError, ScelmoError
 from .matrix import select_matrix
 from .selection import normalize_chunk, should_normalize
