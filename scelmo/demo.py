@@ -1,14 +1,18 @@
 """``scelmo demo``: the whole zero-shot path on a bundled real dataset.
 
 Runs on scanpy's bundled ``pbmc68k_reduced`` (700 PBMCs, 765 genes, 10 FACS-sorted
-``bulk_labels``), offline:
+``bulk_labels``), offline, from its integer counts (:func:`scelmo.datasets.pbmc68k_reduced`),
+with the same pipelines as ``benchmarks/zeroshot.py``:
 
-* scelmo: offline gene knowledge -> local text embedder -> ``wa`` over the
-  log-normalised expression in ``adata.raw`` -> kNN (cosine) -> Leiden;
-* baseline: scanpy's standard pipeline on the same cells (the scaled ``adata.X``
-  -> PCA(50) -> kNN -> Leiden), with the same number of neighbours and resolution.
+* scelmo (default): offline gene knowledge -> local text embedder -> conditioned gene
+  vectors; the counts log-normalised, highly variable genes, centred -> kNN (cosine) -> Leiden;
+* scelmo with the gene -> vector assignment shuffled (the knowledge control) and the
+  paper's formula (``flavor="paper"``);
+* scanpy's standard pipeline: the same log-normalised values -> HVGs -> scale -> PCA(50)
+  -> kNN -> Leiden, with the same number of neighbours and resolution.
 
-Prints ARI and NMI of both against ``bulk_labels`` side by side, writes them to
+The neighbour search is compiled once before anything is timed, so the seconds compare
+like with like. Prints ARI and NMI against ``bulk_labels``, writes them to
 ``metrics.json`` and a UMAP coloured by label to ``umap_scelmo.png``.
 """
 
@@ -35,31 +39,54 @@ def run_demo(out_dir: Path, *, resolution: float = 1.0, config: Any = None, n_ne
     out_dir.mkdir(parents=True, exist_ok=True)
     io.check_writable(out_dir / "metrics.json")
 
-    adata = sc.datasets.pbmc68k_reduced()
-    labels = adata.obs["bulk_labels"].astype(str).to_numpy()
-    console.print(f"[bold]pbmc68k_reduced[/bold]: {adata.n_obs} cells x {adata.raw.n_vars} genes, "
-                  f"{len(set(labels))} bulk_labels")
+    import numpy as np
 
+    from . import datasets
+    from .genes import GeneEmbeddings
+
+    adata = datasets.pbmc68k_reduced()
+    adata.X = adata.layers["counts"].copy()
+    labels = adata.obs["bulk_labels"].astype(str).to_numpy()
+    console.print(f"[bold]pbmc68k_reduced[/bold]: {adata.n_obs} cells x {adata.n_vars} genes (counts), "
+                  f"{len(set(labels))} bulk_labels")
+    # compile the neighbour search once (numba), outside every timed step
+    warm = sc.AnnData(np.random.default_rng(0).random((64, 8), dtype=np.float32))
+    sc.pp.neighbors(warm, n_neighbors=5, use_rep="X")
+    genes = tl.embed_genes(adata, config=config, progress=False)  # cached: the table is built once
     rows: list[dict[str, Any]] = []
 
+    def scelmo_row(name: str, **kw: Any) -> None:
+        t0 = time.perf_counter()
+        a = tl.embed_cells(adata, config=config, copy=True, progress=False, **kw)
+        tl.cluster(a, n_neighbors=n_neighbors, resolution=resolution)
+        rows.append({"method": name, **metrics.clustering_scores(labels, a.obs[keys.CLUSTER]),
+                     "seconds": time.perf_counter() - t0})
+
     t0 = time.perf_counter()
-    tl.embed_cells(adata, config=config)
+    tl.embed_cells(adata, gene_embeddings=genes, config=config, progress=False)
     tl.cluster(adata, n_neighbors=n_neighbors, resolution=resolution)
-    t_scelmo = time.perf_counter() - t0
     prov = adata.uns[keys.PROVENANCE]["embed_cells"]
-    rows.append({"method": f"scelmo zero-shot ({prov['aggregator']}, {prov['embed_model']})",
-                 **metrics.clustering_scores(labels, adata.obs[keys.CLUSTER]), "seconds": t_scelmo})
+    rows.append({"method": f"scelmo zero-shot (default; {prov['embed_model'].split('@')[0]})",
+                 **metrics.clustering_scores(labels, adata.obs[keys.CLUSTER]), "seconds": time.perf_counter() - t0})
+    perm = np.random.default_rng(0).permutation(len(genes.genes))
+    shuffled = GeneEmbeddings(genes.genes, genes.vectors[perm], {"embed_model": "shuffled"})
+    scelmo_row("control: same, gene -> vector assignment shuffled", gene_embeddings=shuffled)
+    scelmo_row("scelmo, the paper's formula (flavor='paper')", gene_embeddings=genes, flavor="paper",
+               normalize="log1p")
 
     t0 = time.perf_counter()
     base = adata.copy()
+    sc.pp.normalize_total(base, target_sum=1e4)
+    sc.pp.log1p(base)
+    if base.n_vars > 2000:
+        sc.pp.highly_variable_genes(base, n_top_genes=2000, flavor="seurat", subset=True)
+    sc.pp.scale(base, max_value=10)
     sc.tl.pca(base, n_comps=50, random_state=0)
     sc.pp.neighbors(base, n_neighbors=n_neighbors, use_rep="X_pca", key_added="pca_neighbors", random_state=0)
     sc.tl.leiden(base, resolution=resolution, flavor="igraph", n_iterations=2, directed=False,
                  neighbors_key="pca_neighbors", key_added="pca_leiden", random_state=0)
-    t_pca = time.perf_counter() - t0
-    rows.append({"method": "scanpy PCA(50) on scaled X", **metrics.clustering_scores(labels, base.obs["pca_leiden"]),
-                 "seconds": t_pca})
-
+    rows.append({"method": "scanpy: log-normalise, HVG, scale, PCA(50)",
+                 **metrics.clustering_scores(labels, base.obs["pca_leiden"]), "seconds": time.perf_counter() - t0})
     table = Table(title=f"Leiden (resolution {resolution}, {n_neighbors} neighbours) vs bulk_labels")
     for col in ("method", "ARI", "NMI", "clusters", "seconds"):
         table.add_column(col, justify="left" if col == "method" else "right")

@@ -69,7 +69,7 @@ def test_cache_stats_and_clear(tmp_path, monkeypatch):
 def test_demo(tmp_path):
     res = CliRunner().invoke(cli, ["demo", "-o", str(tmp_path / "demo")])
     assert res.exit_code == 0, res.output
-    assert "ARI" in res.output and "scanpy PCA" in res.output
+    assert "ARI" in res.output and "PCA(50)" in res.output
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
-    assert {r["method"].split(" ")[0] for r in metrics["results"]} == {"scelmo", "scanpy"}
+    assert {r["method"].split(" ")[0] for r in metrics["results"]} == {"scelmo", "scelmo,", "control:", "scanpy:"}
     assert (tmp_path / "demo" / "umap_scelmo.png").stat().st_size > 20_000
