@@ -17,11 +17,13 @@ test_that("AnnotateScELMo: zero-shot from cell-type names", {
   skip_if_no_annotate()
   seu <- RunScELMo(toy_seurat(30), verbose = FALSE)
   out <- AnnotateScELMo(seu, cell.types = c("T cell", "B cell", "monocyte"), verbose = FALSE)
-  expect_true(all(out$scelmo_label %in% c("T cell", "B cell", "monocyte")))
+  # knowledge-derived marker genes, per cluster; a cluster no candidate fits is "unknown"
+  expect_true(all(out$scelmo_label %in% c("T cell", "B cell", "monocyte", "unknown")))
+  expect_gt(mean(out$scelmo_label[out$group == "B"] == "B cell"), 0.5)
   lab <- AnnotateScELMo(toy_counts(10), cell.types = c(T = "T lymphocyte", B = "B lymphocyte"),
                         verbose = FALSE)
   expect_s3_class(lab, "data.frame")
-  expect_true(all(lab$scelmo_label %in% c("T", "B")))
+  expect_true(all(lab$scelmo_label %in% c("T", "B", "unknown")))
 })
 
 test_that("AnnotateScELMo: argument errors are classed and leave the object unchanged", {
