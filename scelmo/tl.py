@@ -234,7 +234,8 @@ def estimate_embed_genes(
         texts = list(describer.describe(symbols).values())
         cache = open_cache(settings)
         try:
-            done = cache.get_vectors(embedder.model_id, [text_hash(t) for t in texts]) if cache else {}
+            hashes = [text_hash(t) for t in texts]
+            done = cache.get_vectors(embedder.cache_key, hashes, legacy=embedder.legacy_cache_keys) if cache else {}
         finally:
             if cache is not None:
                 cache.close()
