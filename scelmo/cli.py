@@ -150,6 +150,11 @@ def embed_genes_cmd(ctx, input, output, gene_list, genes_file, describe_model, e
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .h5ad (or .rds with scelmo[r]).")
 @click.option("--gene-embeddings", type=click.Path(file_okay=False, exists=True), help="Saved GeneEmbeddings directory.")
 @click.option("--aggregator", help="wa (default), aa, or a plugin's aggregator.")
+@click.option("--flavor", type=click.Choice(["scelmo", "paper"]),
+              help="scelmo (default: HVGs of log-normalised data, centred, conditioned vectors) or paper (the paper's formula).")
+@click.option("--n-top-genes", type=click.IntRange(min=1), help="Highly variable genes to use (default 2000).")
+@click.option("--mask-var", help="Boolean var column choosing the genes (default: var['highly_variable'] if present).")
+@click.option("--transform", type=click.Choice(["center", "scale", "none"]), help="Per-gene transform (default: center).")
 @click.option("--layer", help="Layer with expression values (default: raw if present, else X).")
 @click.option("--use-raw/--no-use-raw", default=None, help="Use adata.raw (default: when present).")
 @click.option("--l2/--no-l2", "l2", default=None, help="L2-normalise cell vectors.")
@@ -159,7 +164,8 @@ def embed_genes_cmd(ctx, input, output, gene_list, genes_file, describe_model, e
 @click.option("--backed", is_flag=True, help="Stream INPUT from disk (bounded memory); OUTPUT is a copy with the results added.")
 @click.option("--overwrite/--no-overwrite", default=True, help="Replace OUTPUT if it exists (default: yes).")
 @click.pass_context
-def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, layer, use_raw, l2, chunk_size, species, key_added, backed, overwrite):
+def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, flavor, n_top_genes, mask_var, transform, layer,
+                    use_raw, l2, chunk_size, species, key_added, backed, overwrite):
     """Embed the cells of INPUT (.h5ad) and write OUTPUT with obsm["X_scelmo"].
 
     With the scelmo[r] extra, INPUT and OUTPUT may also be .rds files (Seurat or
@@ -173,7 +179,8 @@ def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, layer, use_
     key = key_added or keys.X_SCELMO
     adata = _read_h5ad(input, backed=backed)
     options = dict(
-        gene_embeddings=gene_embeddings, aggregator=aggregator, layer=layer, use_raw=use_raw,
+        gene_embeddings=gene_embeddings, aggregator=aggregator, flavor=flavor, n_top_genes=n_top_genes,
+        mask_var=mask_var, transform=transform, layer=layer, use_raw=use_raw,
         l2_normalize=l2, chunk_size=chunk_size, species=species, config=_overrides(ctx), key_added=key,
     )
     t0 = time.perf_counter()
@@ -193,8 +200,8 @@ def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, layer, use_
     elapsed = time.perf_counter() - t0
     info = adata.uns[keys.PROVENANCE]["embed_cells"]
     click.echo(
-        f"Embedded {info['n_cells']} cells (d={info['dim']}, {info['aggregator']}, "
-        f"{info['n_genes_with_vector']}/{info['n_genes']} genes, "
+        f"Embedded {info['n_cells']} cells (d={info['dim']}, {info['aggregator']}, {info['flavor']} flavor, "
+        f"{info['n_genes_used']} of {info['n_genes']} genes used, "
         f"{info['expression_coverage']:.1%} of expression) in {elapsed:.1f} s -> {output}"
     )
 

@@ -73,3 +73,22 @@ def test_demo(tmp_path):
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert {r["method"].split(" ")[0] for r in metrics["results"]} == {"scelmo", "scelmo,", "control:", "scanpy:"}
     assert (tmp_path / "demo" / "umap_scelmo.png").stat().st_size > 20_000
+
+
+def test_embed_cells_flavor_options(tmp_path):
+    import anndata as ad
+    import numpy as np
+
+    import scelmo.datasets as sd
+
+    a = sd.pbmc68k_reduced()
+    a.X = a.layers["counts"]
+    a.write_h5ad(tmp_path / "in.h5ad")
+    for args, check in ((["--n-top-genes", "300"], ("scelmo", "hvg:300")),
+                        (["--flavor", "paper"], ("paper", "all"))):
+        res = CliRunner().invoke(cli, ["embed-cells", str(tmp_path / "in.h5ad"), "-o", str(tmp_path / "out.h5ad"), *args])
+        assert res.exit_code == 0, res.output
+        out = ad.read_h5ad(tmp_path / "out.h5ad")
+        info = out.uns["scelmo"]["embed_cells"]
+        assert (info["flavor"], info["gene_selection"]) == check
+        assert np.isfinite(out.obsm["X_scelmo"]).all()
