@@ -25,8 +25,18 @@ def clean(value: Any) -> Any:
     return mask(str(value))
 
 
+#: ``adata.uns["scelmo"][BY_KEY][key]``: the record of the step that wrote ``key``.
+BY_KEY = "by_key"
+
+
 def record(adata: Any, step: str, info: dict[str, Any]) -> None:
-    """Store ``info`` under ``adata.uns["scelmo"][step]`` with the version and a timestamp."""
+    """Store ``info`` under ``adata.uns["scelmo"][step]`` with the version and a timestamp.
+
+    ``uns["scelmo"][step]`` is the latest run of that step. When ``info`` names the key
+    the step wrote (``key_added``), the record is also kept under
+    ``uns["scelmo"]["by_key"][key_added]`` (with ``step`` added), so that two runs with
+    different keys (``X_scelmo`` and ``X_scelmo_aa``) each keep their own.
+    """
     from . import __version__
 
     prov = dict(adata.uns.get(keys.PROVENANCE, {}) or {})
@@ -34,4 +44,26 @@ def record(adata: Any, step: str, info: dict[str, Any]) -> None:
     entry = clean(info)
     entry["time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     prov[step] = entry
+    key = info.get("key_added")
+    if isinstance(key, str) and key:
+        by_key = dict(prov.get(BY_KEY, {}) or {})
+        by_key[key] = {"step": step, **entry}
+        prov[BY_KEY] = by_key
     adata.uns[keys.PROVENANCE] = prov
+
+
+def for_key(adata: Any, key: str, step: str | None = None) -> dict[str, Any]:
+    """The provenance of what is stored under ``key`` (e.g. ``obsm["X_scelmo_aa"]``).
+
+    Falls back to ``uns["scelmo"][step]`` when that latest record wrote ``key`` (files
+    written before ``by_key`` existed); ``{}`` when nothing is known.
+    """
+    prov = adata.uns.get(keys.PROVENANCE, {}) or {}
+    found = (prov.get(BY_KEY, {}) or {}).get(key)
+    if found is not None:
+        return dict(found)
+    if step is not None:
+        latest = prov.get(step, {}) or {}
+        if latest.get("key_added", key) == key:
+            return dict(latest)
+    return {}

@@ -25,8 +25,17 @@ from urllib.parse import unquote, urlsplit
 MASK = "**********"
 _SHORT = "***"
 _SECRET_WORDS = frozenset({
-    "key", "apikey", "token", "secret", "password", "passwd", "pwd", "authorization", "credential",
+    "apikey", "token", "secret", "password", "passwd", "pwd", "authorization", "credential",
     "credentials", "bearer", "cookie", "sig", "signature",
+})
+#: Words that make a following ``key`` a secret wherever it stands (``api_key_prod``).
+_SECRET_KEY_PREFIXES = frozenset({"api", "secret", "private", "access", "auth", "master", "subscription",
+                                  "encryption", "signing", "client", "account", "service"})
+#: Words before a final ``key`` that make it a data key, not a secret (``labels_key``, ...).
+_NOT_SECRET_KEY_PREFIXES = frozenset({
+    "labels", "label", "batch", "perturbation", "cache", "neighbors", "neighbor", "groupby", "group", "obs",
+    "var", "obsm", "varm", "uns", "layer", "layers", "sort", "condition", "sample", "cluster", "cell", "gene",
+    "dict", "primary", "foreign", "index", "partition", "column", "rep",
 })
 _URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^\s/?#@:]*)(?::(?P<pw>[^\s/?#@]*))?@")
 _QUERY = re.compile(r"(?P<lead>[?&;])(?P<name>[A-Za-z0-9_.-]+)=(?P<value>[^&;#\s\"']*)")
@@ -45,12 +54,23 @@ def is_secret_name(name: str) -> bool:
 
     ``api_key``, ``OPENAI_API_KEY``, ``azure_ad_token``, ``clientSecret`` and
     ``Authorization`` do; ``api_key_env`` (it names a variable), token counts and
-    prices (``max_tokens``, ``prompt_tokens``, ``input_cost_per_token``) do not.
+    prices (``max_tokens``, ``prompt_tokens``, ``input_cost_per_token``) and data keys
+    (``key_added``, ``labels_key``, ``cache_key``) do not.
     """
     words = _words(name)
     if not words or words[-1] == "env" or "per" in words or "cost" in words:
         return False
-    return any(w in _SECRET_WORDS for w in words)
+    if any(w in _SECRET_WORDS for w in words):
+        return True
+    # "key" names a secret only as the last word (``api_key``, ``x-api-key``, ``OPENAI_KEY``,
+    # ``secret_key_2``), not where it means a dictionary / AnnData key (``key_added``,
+    # ``labels_key``, ``batch_key``, ``cache_key``, ``neighbors_key``).
+    named = [w for w in words if not w.isdigit()]
+    if any(w == "key" and prev in _SECRET_KEY_PREFIXES for prev, w in zip(named, named[1:], strict=False)):
+        return True  # api_key_prod, aws_access_key_id
+    if named and named[-1] == "key":
+        return len(named) == 1 or named[-2] not in _NOT_SECRET_KEY_PREFIXES
+    return False
 
 
 def env_secrets() -> list[str]:

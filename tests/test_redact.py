@@ -39,3 +39,15 @@ def test_nested_data_and_known_secrets(monkeypatch):
     assert d["options"] == {"max_tokens": 5, "extra": {"azure_ad_token": MASK}}
     assert d["note"] == "saw *** and ***"
     assert mask(3) == 3 and mask(None) is None
+
+
+@pytest.mark.parametrize("name", ["key_added", "labels_key", "batch_key", "perturbation_key", "cache_key",
+                                  "neighbors_key", "api_base"])
+def test_data_keys_are_not_secrets(name):
+    assert not is_secret_name(name)
+
+
+@pytest.mark.parametrize("name", ["key", "OPENAI_KEY", "api_key_2", "api_key_prod", "aws_access_key_id", "token",
+                                  "secret_key"])
+def test_key_names_that_stay_secret(name):
+    assert is_secret_name(name)
