@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -17,7 +18,7 @@ from typing import Any
 
 import click
 
-from .errors import ScelmoError
+from .errors import ConfigError, InputError, ProviderError, ScelmoError
 from .redact import mask
 
 if sys.version_info >= (3, 11):
@@ -41,14 +42,74 @@ def _echo_warning(message: Any, category: type, filename: str, lineno: int, file
     click.secho(f"Warning: {mask(str(message))}", fg="yellow", err=True)
 
 
+#: Python keyword names whose CLI option has another name.
+_KEYWORD_ALIASES = {"l2_normalize": "l2", "describe": "describe_model", "embed": "embed_model", "config": "sets",
+                    "aggregate.method": "aggregator", "key": "key_added"}
+_CODE_SPAN = re.compile(r"`([^`\n]+)`")
+_KEYWORD = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<eq>=(?P<value>.*))?$")
+
+
+def _flags(commands: list[click.Command]) -> dict[str, click.Option]:
+    """Python keyword (parameter) name -> the click option, for the commands in play."""
+    out: dict[str, click.Option] = {}
+    for cmd in commands:
+        for param in cmd.params:
+            if isinstance(param, click.Option) and param.name:
+                out.setdefault(param.name, param)
+    for keyword, name in _KEYWORD_ALIASES.items():
+        if name in out:
+            out.setdefault(keyword, out[name])
+    return out
+
+
+def cli_message(message: str, commands: list[click.Command]) -> str:
+    """``message`` with Python keywords in code spans named as the command's flags.
+
+    ```layer=None``` -> ```--layer``` left out, ```use_raw=True``` -> ```--use-raw```,
+    ```mask_var=``` -> ```--mask-var```, ```labels_key="x"``` -> ```--labels-key x```;
+    spans naming no option of the running command are left as they are.
+    """
+    flags = _flags(commands)
+
+    def one(m: re.Match[str]) -> str:
+        k = _KEYWORD.match(m.group(1).strip())
+        opt = flags.get(k.group("name")) if k else None
+        if k is None or opt is None:
+            return m.group(0)
+        long = max(opt.opts, key=len)
+        value = (k.group("value") or "").strip().strip("\"'")
+        if not k.group("eq") or value in ("", "...", "…"):
+            return f"`{long}`"
+        if opt.is_flag or opt.secondary_opts:
+            if value == "True":
+                return f"`{long}`"
+            if value == "False":
+                return f"`{max(opt.secondary_opts, key=len)}`" if opt.secondary_opts else f"no `{long}`"
+        if value == "None":
+            return f"no `{long}`"
+        return f"`{long} {value}`"
+
+    return _CODE_SPAN.sub(one, message)
+
+
 class _Group(click.Group):
-    """Maps ScelmoError to a one-line message and its exit code."""
+    """Maps ScelmoError to a one-line message (Python keywords named as CLI flags) and its exit code.
+
+    Exit codes: 0 success, 1 general error, 2 configuration error (also bad command-line
+    usage), 3 input data or files, 4 cost limit reached, 5 a provider failed.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ScelmoError as exc:
-            click.secho(f"Error: {mask(str(exc))}", fg="red", err=True)
+            sub = ctx.invoked_subcommand
+            cmd = self.get_command(ctx, sub) if sub else None
+            commands: list[click.Command] = [cmd] if cmd is not None else []
+            if isinstance(cmd, click.Group):
+                commands += list(cmd.commands.values())
+            commands.append(self)
+            click.secho(f"Error: {mask(cli_message(str(exc), commands))}", fg="red", err=True)
             ctx.exit(exc.exit_code)
 
 
@@ -81,30 +142,40 @@ def cli(ctx: click.Context, config_file: str | None, profile: str | None, offlin
 
 
 # --------------------------------------------------------------------------- embedding
+_INPUT_HELP = ".h5ad, .zarr, 10x .h5, a 10x .mtx directory, or .rds (with scelmo[r])"
+#: OUTPUT formats of embed-cells, by extension.
+_OUTPUT_FORMATS = {".h5ad": "AnnData HDF5", ".rds": "R object (with scelmo[r])"}
+
+
 def _is_rds(path: str) -> bool:
     return Path(path).suffix.lower() == ".rds"
 
 
-def _read_h5ad(path: str, backed: bool = False) -> Any:
-    import anndata as ad
+def _read_input(path: str, backed: bool = False) -> Any:
+    """Read INPUT in any supported format (one reader for every command)."""
+    from . import io
 
-    p = Path(path)
-    if not p.is_file():
-        raise ScelmoError(f"Input file {path} does not exist.")
-    if _is_rds(path):  # Seurat / SingleCellExperiment, with the scelmo[r] extra
-        if backed:
-            raise ScelmoError("--backed needs an .h5ad INPUT; .rds files are read into memory.")
-        from . import rio
+    return io.read_input(path, backed=backed)
 
-        return rio.read_rds(p)
-    try:
-        return ad.read_h5ad(p, backed="r" if backed else None)
-    except Exception as exc:  # noqa: BLE001 - anndata raises many kinds
-        raise ScelmoError(f"Cannot read {path} as an .h5ad file: {exc}") from None
+
+def _settings(ctx: click.Context) -> Any:
+    """Resolve (and so validate) the configuration before any expensive work."""
+    from .config import get_settings
+
+    return get_settings(_overrides(ctx))
+
+
+def _check_output_format(output: str, backed: bool) -> None:
+    suffix = Path(output).suffix.lower()
+    if suffix not in _OUTPUT_FORMATS:
+        allowed = ", ".join(f"{k} ({v})" for k, v in _OUTPUT_FORMATS.items())
+        raise InputError(f"Cannot write OUTPUT {output}: the format follows the extension; use {allowed}.")
+    if backed and suffix != ".h5ad":
+        raise InputError(f"--backed writes an .h5ad copy of INPUT; give -o/--output ending in .h5ad, not {output}.")
 
 
 @cli.command("embed-genes")
-@click.argument("input", required=False, type=click.Path(dir_okay=False))
+@click.argument("input", required=False, type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Directory for the GeneEmbeddings.")
 @click.option("--genes", "gene_list", multiple=True, help="Gene names (repeatable), instead of / besides INPUT.")
 @click.option("--genes-file", type=click.Path(dir_okay=False, exists=True), help="File with one gene name per line.")
@@ -118,18 +189,24 @@ def _read_h5ad(path: str, backed: bool = False) -> Any:
 @click.pass_context
 def embed_genes_cmd(ctx, input, output, gene_list, genes_file, describe_model, embed_model, species, prompt,
                     max_cost, dry_run, overwrite):
-    """Describe and embed genes (from INPUT .h5ad var_names and/or --genes) into OUTPUT."""
+    """Describe and embed genes (from INPUT's var_names and/or --genes) into OUTPUT.
+
+    INPUT: .h5ad, .zarr, 10x .h5, a 10x .mtx directory, or .rds (with scelmo[r]).
+    """
     from . import tl
 
     genes = list(gene_list)
     if genes_file:
         genes += [g.strip() for g in Path(genes_file).read_text().splitlines() if g.strip()]
     if input is None and not genes:
-        raise ScelmoError("Give an .h5ad INPUT, --genes or --genes-file.")
+        raise InputError(f"Give an INPUT ({_INPUT_HELP}), --genes or --genes-file.")
     out = Path(output)
     if out.exists() and not overwrite:
-        raise ScelmoError(f"{out} exists; pass --overwrite to replace it.")
-    adata = _read_h5ad(input, backed=True) if input else None
+        raise InputError(f"{out} exists; pass --overwrite to replace it.")
+    if max_cost is not None and max_cost < 0:
+        raise InputError("--max-cost must be >= 0.")
+    _settings(ctx)
+    adata = _read_input(input, backed=Path(input).suffix.lower() == ".h5ad") if input else None  # var_names only
     if dry_run:
         for est in tl.estimate_embed_genes(
             adata, genes, describe=describe_model, embed=embed_model, species=species, prompt=prompt,
@@ -146,7 +223,7 @@ def embed_genes_cmd(ctx, input, output, gene_list, genes_file, describe_model, e
 
 
 @cli.command("embed-cells")
-@click.argument("input", type=click.Path(dir_okay=False))
+@click.argument("input", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .h5ad (or .rds with scelmo[r]).")
 @click.option("--gene-embeddings", type=click.Path(file_okay=False, exists=True), help="Saved GeneEmbeddings directory.")
 @click.option("--aggregator", help="wa (default), aa, or a plugin's aggregator.")
@@ -158,30 +235,52 @@ def embed_genes_cmd(ctx, input, output, gene_list, genes_file, describe_model, e
 @click.option("--layer", help="Layer with expression values (default: raw if present, else X).")
 @click.option("--use-raw/--no-use-raw", default=None, help="Use adata.raw (default: when present).")
 @click.option("--l2/--no-l2", "l2", default=None, help="L2-normalise cell vectors.")
-@click.option("--chunk-size", type=int, help="Cells per chunk.")
+@click.option("--chunk-size", type=click.IntRange(min=1), help="Cells per chunk.")
 @click.option("--species", type=click.Choice(["auto", "human", "mouse"]))
 @click.option("--key-added", default=None, help="obsm key (default X_scelmo).")
-@click.option("--backed", is_flag=True, help="Stream INPUT from disk (bounded memory); OUTPUT is a copy with the results added.")
-@click.option("--overwrite/--no-overwrite", default=True, help="Replace OUTPUT if it exists (default: yes).")
+@click.option("--backed", is_flag=True, help="Stream an .h5ad INPUT from disk (bounded memory); OUTPUT is a copy with the results added.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.pass_context
 def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, flavor, n_top_genes, mask_var, transform, layer,
                     use_raw, l2, chunk_size, species, key_added, backed, overwrite):
-    """Embed the cells of INPUT (.h5ad) and write OUTPUT with obsm["X_scelmo"].
+    """Embed the cells of INPUT and write OUTPUT (.h5ad) with obsm["X_scelmo"].
 
-    With the scelmo[r] extra, INPUT and OUTPUT may also be .rds files (Seurat or
-    SingleCellExperiment); an .rds OUTPUT is the input object plus a "scelmo" reduction.
+    INPUT: .h5ad, .zarr, 10x .h5, a 10x .mtx directory, or .rds. With the scelmo[r]
+    extra, INPUT and OUTPUT may be .rds files (Seurat or SingleCellExperiment); an .rds
+    OUTPUT is the input object plus a "scelmo" reduction.
     """
-    from . import io, keys, tl
+    from . import io, keys, plugins, tl
 
+    # every option is checked before the input is read or anything is embedded
+    _check_output_format(output, backed)
     io.check_writable(output, overwrite=overwrite)
+    if not Path(input).exists():
+        raise InputError(f"Input {input} does not exist.")
     if Path(output).resolve() == Path(input).resolve():
-        raise ScelmoError("OUTPUT must differ from INPUT (the input is never modified).")
+        raise InputError("OUTPUT must differ from INPUT (the input is never modified).")
+    fmt = io.input_format(input)
+    if backed and fmt != "h5ad":
+        raise InputError(f"--backed needs an .h5ad INPUT; {input} is read into memory. Drop --backed.")
+    if layer and use_raw:
+        raise InputError("Give --layer or --use-raw, not both.")
+    settings = _settings(ctx)
+    if aggregator:
+        plugins.aggregators.entry(aggregator)  # unknown names fail now, with a suggestion
+    from .genes import GeneEmbeddings
+
+    if gene_embeddings:
+        gene_embeddings = GeneEmbeddings.load(gene_embeddings)
     key = key_added or keys.X_SCELMO
-    adata = _read_h5ad(input, backed=backed)
+    adata = _read_input(input, backed=backed)
+    if layer and layer not in adata.layers:
+        raise InputError(f"INPUT has no layer {layer!r}; layers: {', '.join(map(str, adata.layers)) or 'none'}.")
+    if mask_var and mask_var not in adata.var:
+        raise InputError(f"INPUT has no var column {mask_var!r} for --mask-var; "
+                         f"columns: {', '.join(map(str, adata.var.columns[:20])) or 'none'}.")
     options = dict(
         gene_embeddings=gene_embeddings, aggregator=aggregator, flavor=flavor, n_top_genes=n_top_genes,
         mask_var=mask_var, transform=transform, layer=layer, use_raw=use_raw,
-        l2_normalize=l2, chunk_size=chunk_size, species=species, config=_overrides(ctx), key_added=key,
+        l2_normalize=l2, chunk_size=chunk_size, species=species, config=settings, key_added=key,
     )
     t0 = time.perf_counter()
     if backed:  # stream rows in and cell vectors out: memory independent of the number of cells
@@ -194,7 +293,7 @@ def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, flavor, n_t
         if _is_rds(output):  # the input object plus a "scelmo" DimReduc / reducedDim
             from . import rio
 
-            rio.write_rds(adata, output, template=input if _is_rds(input) else None, obsm_key=key)
+            rio.write_rds(adata, output, template=input if fmt == "rds" else None, obsm_key=key)
         else:
             io.write_h5ad(adata, output)
     elapsed = time.perf_counter() - t0
@@ -251,8 +350,8 @@ def _read_items(items: tuple[str, ...], from_file: str | None, column: str | Non
     if from_file:
         p = Path(from_file)
         suffix = p.suffix.lower()
-        if suffix in (".h5ad", ".rds"):
-            adata = _read_h5ad(from_file, backed=suffix == ".h5ad")
+        if suffix in (".h5ad", ".rds", ".zarr", ".h5") or p.is_dir() or p.name.lower().endswith((".mtx", ".mtx.gz")):
+            adata = _read_input(from_file, backed=suffix == ".h5ad")
             if column:
                 if column not in adata.obs:
                     raise ScelmoError(f"{from_file} has no obs column {column!r}; "
@@ -271,7 +370,7 @@ def _read_items(items: tuple[str, ...], from_file: str | None, column: str | Non
         else:
             out += [line.strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")]
     if not out:
-        raise ScelmoError("Nothing to describe: give names as arguments or --from FILE.")
+        raise InputError("Nothing to describe: give names as arguments or --from FILE.")
     return out
 
 
@@ -298,8 +397,9 @@ def _echo_estimate(est: Any) -> None:
 @cli.command("describe")
 @click.argument("subject", type=click.Choice(_SUBJECT_CHOICES))
 @click.argument("items", nargs=-1)
-@click.option("--from", "from_file", type=click.Path(dir_okay=False, exists=True),
-              help="Names from a file: .h5ad (var_names, or --column of obs), .csv/.tsv (--column), or one per line.")
+@click.option("--from", "from_file", type=click.Path(exists=True),
+              help="Names from a file: .h5ad/.zarr/10x/.rds (var_names, or --column of obs), .csv/.tsv (--column), "
+                   "or one per line.")
 @click.option("--column", help="Column holding the names (table files, or an obs column of an .h5ad).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Table to write (.tsv or .csv). Required unless --dry-run.")
 @click.option("--model", help="Model for the describe role (overrides config), e.g. openai/gpt-4o-mini.")
@@ -322,20 +422,30 @@ def describe_cmd(ctx, subject, items, from_file, column, output, model, prompt, 
     overrides = _overrides(ctx)
     if model:
         overrides["describe.model"] = model
-    if concurrency:
+    if concurrency is not None:
+        if concurrency < 1:
+            raise InputError("--concurrency must be at least 1.")
         overrides["describe.options.concurrency"] = concurrency
+    if not dry_run:  # options first, before reading or describing anything
+        if not output:
+            raise InputError("Give -o/--output TABLE.tsv (or --dry-run).")
+        if Path(output).suffix.lower() not in (".tsv", ".csv", ".txt"):
+            raise InputError(f"Cannot write {output}: the format follows the extension; use .tsv or .csv.")
+        from .io import check_writable
+
+        check_writable(output, overwrite=overwrite)
     settings = get_settings(overrides)
     names = _read_items(items, from_file, column)
     subj = descriptions.normalize_subject(subject)
     if dry_run:
         _echo_estimate(descriptions.estimate(names, subject=subj, prompt=prompt, config=settings))
         return
-    if not output:
-        raise ScelmoError("Give -o/--output TABLE.tsv (or --dry-run).")
-    from .io import check_writable
-
-    check_writable(output, overwrite=overwrite)
-    result = descriptions.describe(names, subject=subj, prompt=prompt, config=settings, max_cost=max_cost)
+    with warnings.catch_warnings():  # the failures are listed below (and decide the exit code)
+        warnings.filterwarnings("ignore", message=r".*descriptions failed and were left out.*")
+        result = descriptions.describe(names, subject=subj, prompt=prompt, config=settings, max_cost=max_cost)
+    if result.failed and not result.texts:
+        _echo_failures(result.failed)
+        raise ProviderError(f"All {len(result.failed)} descriptions failed; nothing was written to {output}.")
     p = result.prompt
     df = pd.DataFrame({
         "item": list(result.texts),
@@ -352,6 +462,16 @@ def describe_cmd(ctx, subject, items, from_file, column, output, model, prompt, 
         f"Wrote {len(df)} descriptions to {output} ({result.cached} from the cache, {u.calls} calls, "
         f"{u.tokens:,} tokens, {cost}; {len(result.failed)} failed)."
     )
+    if result.failed:
+        _echo_failures(result.failed)
+
+
+def _echo_failures(failed: dict[str, str], limit: int = 20) -> None:
+    click.secho(f"{len(failed)} failed (not cached; run again to retry them):", fg="yellow", err=True)
+    for item, problem in list(failed.items())[:limit]:
+        click.echo(f"  {item}: {mask(str(problem))}", err=True)
+    if len(failed) > limit:
+        click.echo(f"  ... and {len(failed) - limit} more", err=True)
 
 
 # --------------------------------------------------------------------------- config
@@ -364,26 +484,59 @@ def config_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of TOML.")
 @click.pass_context
 def config_show(ctx: click.Context, as_json: bool) -> None:
-    """Print the resolved configuration (secrets masked) and where roles resolve to."""
+    """Print the resolved configuration (secrets masked), where each value came from
+    (default, profile, user config, ./scelmo.toml, env, --set) and where roles resolve to.
+
+    An invalid configuration is printed as far as it can be read, followed by the
+    validation error (exit code 2), so that this is where to debug it.
+    """
     from . import config, roles
 
-    settings = config.get_settings(_overrides(ctx))
-    data = config.show(settings)
-    resolved: dict[str, str] = {}
-    for role, fn in (("describe", roles.describer), ("embed", roles.embedder)):
+    overrides = _overrides(ctx)
+    config_layers, problems = config.layers(overrides)
+    error: ConfigError | None = None
+    try:
+        settings = config.get_settings(overrides)
+    except ConfigError as exc:
+        error, settings = exc, None
+    if settings is not None:
+        data = config.show(settings)
+    else:
         try:
-            comp = fn(settings)
-            resolved[role] = f"{comp.kind} {comp.name!r} -> {comp.model_id}"
-        except ScelmoError as exc:
-            resolved[role] = f"unresolved: {mask(str(exc))}"
-    data["resolved"] = resolved
-    data["cache"]["resolved_path"] = str(settings.cache.resolved_path())
+            data = mask(config.unvalidated(overrides))
+        except ScelmoError:
+            data = {}
+    origin = config.origins(data, config_layers)
+    if settings is not None:
+        resolved: dict[str, str] = {}
+        for role, fn in (("describe", roles.describer), ("embed", roles.embedder)):
+            try:
+                comp = fn(settings)
+                resolved[role] = f"{comp.kind} {comp.name!r} -> {comp.model_id}"
+            except ScelmoError as exc:
+                resolved[role] = f"unresolved: {mask(str(exc))}"
+        data["resolved"] = resolved
+        data["cache"]["resolved_path"] = str(settings.cache.resolved_path())
+    messages = [mask(str(error))] if error is not None else []
+    messages += [mask(p) for p in problems if not messages or mask(p) not in messages[0]]
     if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return
-    import tomli_w
+        click.echo(json.dumps({**data, "origin": origin, **({"errors": messages} if messages else {})}, indent=2))
+    else:
+        import tomli_w
 
-    click.echo(tomli_w.dumps(_drop_none(data)))
+        try:
+            click.echo(tomli_w.dumps(_drop_none(data)))
+        except (TypeError, ValueError):  # an invalid value TOML cannot hold
+            click.echo(json.dumps(data, indent=2))
+        width = max((len(k) for k in origin), default=0)
+        click.echo("# where each value came from (highest precedence first: --set, env, ./scelmo.toml or --config, "
+                   "user config, profile, default):")
+        for key, where in origin.items():
+            click.echo(f"#   {key:<{width}}  {where}")
+    if messages:
+        for m in messages:
+            click.secho(f"Error: {m}", fg="red", err=True)
+        ctx.exit(error.exit_code if error is not None else 2)
 
 
 def _drop_none(obj: Any) -> Any:

@@ -307,14 +307,113 @@ def _build(values: dict[str, Any]) -> ScelmoSettings:
     try:
         return ScelmoSettings(**values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(_problem(err) for err in exc.errors())
         files = ", ".join(str(f) for f in _config_files() if f.is_file()) or "no config files"
         raise ConfigError(
-            f"Invalid scelmo configuration: {problems}. (Sources: keyword arguments, "
+            f"Invalid scelmo configuration: {problems}. (Sources: keyword arguments or --set, "
             f"SCELMO_* environment variables, {files}.) Run `scelmo config show` to inspect it."
         ) from None
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The setting names allowed where ``loc`` (a pydantic error location) points."""
+    model: Any = ScelmoSettings
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return sorted(getattr(model, "model_fields", {}))
+
+
+def _problem(err: Any) -> str:
+    """One validation problem, with a "did you mean" for a misspelt key."""
+    loc = tuple(err["loc"])
+    where = ".".join(str(p) for p in loc) or "<settings>"
+    text = f"{where}: {err['msg']}"
+    if err.get("type") == "extra_forbidden" and loc:
+        prefix = ".".join(str(p) for p in loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc), n=2, cutoff=0.6)
+        if close:
+            text += " (did you mean " + " or ".join(f"{prefix + '.' if prefix else ''}{c}" for c in close) + "?)"
+    return text
+
+
+def layers(overrides: Mapping[str, Any] | None = None) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """The raw configuration layers, highest precedence first, and the problems reading them.
+
+    Each layer is ``(where, nested values)``: ``"--set"`` (``overrides``), ``"env"``
+    (``SCELMO_*`` variables), the project file (``./scelmo.toml`` or ``SCELMO_CONFIG_FILE``),
+    the user config file and the profile. Nothing is validated, so this works on a
+    configuration that :func:`get_settings` rejects (``scelmo config show`` uses it).
+    """
+    out: list[tuple[str, dict[str, Any]]] = []
+    problems: list[str] = []
+    try:
+        out.append(("--set", _nest(dict(overrides or {}))))
+    except ConfigError as exc:
+        problems.append(str(exc))
+    env: dict[str, Any] = {}
+    for var, value in os.environ.items():
+        if var.startswith(ENV_PREFIX) and var not in RESERVED_ENV:
+            env[".".join(var[len(ENV_PREFIX):].lower().split("__"))] = value
+    try:
+        out.append(("env", _nest(env)))
+    except ConfigError as exc:
+        problems.append(str(exc))
+    try:
+        files = _config_files()
+    except ConfigError as exc:
+        problems.append(str(exc))
+        files = [user_config_dir() / "config.toml"]
+    project = os.environ.get("SCELMO_CONFIG_FILE")
+    for i, f in enumerate(files):
+        label = ("./scelmo.toml" if not project else f"config file {f}") if i == 0 and len(files) == 2 \
+            else f"user config {f}"
+        if f.is_file():
+            try:
+                out.append((label, _read_toml(f)))
+            except ConfigError as exc:
+                problems.append(str(exc))
+    merged_profile = next((d["profile"] for _, d in out if isinstance(d.get("profile"), str)), "default")
+    try:
+        prof = _profile_file(merged_profile)
+        out.append((f"profile {merged_profile}", _read_toml(prof)))
+    except ConfigError as exc:
+        problems.append(str(exc))
+    return out, problems
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def origins(data: Mapping[str, Any], config_layers: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:
+    """Where each (dotted) value of ``data`` came from: the first layer setting it, else ``"default"``."""
+    flats = [(where, _flatten(values)) for where, values in config_layers]
+    out: dict[str, str] = {}
+    for dotted in _flatten(data):
+        parts = dotted.split(".")
+        ancestors = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+        out[dotted] = next((where for where, flat in flats if ancestors & set(flat)), "default")
+    return out
+
+
+def unvalidated(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The defaults overlaid with every layer, without validation (for debugging a bad config)."""
+    config_layers, _ = layers(overrides)
+    merged = ScelmoSettings.model_construct().model_dump(mode="json")
+    for _, values in reversed(config_layers):
+        merged = _deep_merge(merged, values)
+    return merged
 
 
 def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:

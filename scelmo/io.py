@@ -1,4 +1,4 @@
-"""Atomic output files.
+"""Reading the data formats the CLI accepts, and atomic output files.
 
 Every file scelmo writes appears all at once: it is written to a temporary file in
 the destination directory and renamed into place, so a crash or an error never
@@ -162,6 +162,81 @@ def streamed_h5ad_copy(source: str | os.PathLike[str], path: str | os.PathLike[s
         shutil.copyfile(source, tmp)
         with h5py.File(tmp, "r+") as f:
             yield StreamedH5ad(f)
+
+
+#: What :func:`read_input` reads, for messages.
+INPUT_FORMATS = (".h5ad, .zarr (AnnData zarr store), .h5 (10x Genomics HDF5), a 10x .mtx directory "
+                 "(matrix.mtx[.gz] + features/genes.tsv[.gz] + barcodes.tsv[.gz]) or .rds (with scelmo[r])")
+
+
+def input_format(path: str | os.PathLike[str]) -> str:
+    """``"h5ad"``, ``"zarr"``, ``"10x_h5"``, ``"10x_mtx"`` or ``"rds"``: how :func:`read_input` reads ``path``."""
+    p = Path(path)
+    name = p.name.lower()
+    if name.endswith((".zarr", ".zarr.zip")) or (p.is_dir() and any((p / f).is_file() for f in (".zgroup", "zarr.json"))):
+        return "zarr"
+    if p.is_dir():
+        if any((p / f).is_file() for f in ("matrix.mtx", "matrix.mtx.gz")):
+            return "10x_mtx"
+        raise InputError(f"{path} is a directory but neither a .zarr store nor a 10x .mtx directory "
+                         "(matrix.mtx[.gz], features.tsv[.gz] / genes.tsv, barcodes.tsv[.gz]).")
+    if name.endswith((".mtx", ".mtx.gz")):
+        return "10x_mtx"
+    suffix = p.suffix.lower()
+    if suffix == ".h5ad":
+        return "h5ad"
+    if suffix in (".h5", ".hdf5"):
+        return "10x_h5"
+    if suffix == ".rds":
+        return "rds"
+    raise InputError(f"Cannot tell the format of {path}; give one of: {INPUT_FORMATS}.")
+
+
+def read_input(path: str | os.PathLike[str], *, backed: bool = False) -> Any:
+    """Read an AnnData from any format the CLI accepts (see :data:`INPUT_FORMATS`).
+
+    ``backed=True`` (stream from disk) works for ``.h5ad`` files only. 10x ``.mtx``
+    input may name the directory or its ``matrix.mtx[.gz]`` file; gene symbols become
+    ``var_names`` (made unique), Ensembl ids go to ``var["gene_ids"]``.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"Input {path} does not exist.")
+    fmt = input_format(p)
+    if backed and fmt != "h5ad":
+        raise InputError(f"--backed needs an .h5ad INPUT; {p.name} ({fmt.replace('_', ' ')}) is read into memory. "
+                         "Drop --backed, or convert it to .h5ad first.")
+    if fmt == "rds":  # Seurat / SingleCellExperiment, with the scelmo[r] extra
+        from . import rio
+
+        return rio.read_rds(p)
+    import warnings
+
+    try:
+        if fmt == "h5ad":
+            import anndata as ad
+
+            return ad.read_h5ad(p, backed="r" if backed else None)
+        if fmt == "zarr":
+            import anndata as ad
+
+            return ad.read_zarr(p)
+        import scanpy as sc
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*not unique.*")
+            if fmt == "10x_h5":
+                adata = sc.read_10x_h5(p)
+            else:
+                adata = sc.read_10x_mtx(p if p.is_dir() else p.parent, var_names="gene_symbols", make_unique=False)
+        if not adata.var_names.is_unique:
+            adata.var_names_make_unique()
+        return adata
+    except ScelmoError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - anndata / scanpy / h5py raise many kinds
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"Cannot read {path} as {fmt.replace('_', ' ')}: {first}") from None
 
 
 # R objects (.rds) for Python users: scelmo.rio, imported only when used (needs scelmo[r]).

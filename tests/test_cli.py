@@ -86,7 +86,8 @@ def test_embed_cells_flavor_options(tmp_path):
     a.write_h5ad(tmp_path / "in.h5ad")
     for args, check in ((["--n-top-genes", "300"], ("scelmo", "hvg:300")),
                         (["--flavor", "paper"], ("paper", "all"))):
-        res = CliRunner().invoke(cli, ["embed-cells", str(tmp_path / "in.h5ad"), "-o", str(tmp_path / "out.h5ad"), *args])
+        res = CliRunner().invoke(cli, ["embed-cells", str(tmp_path / "in.h5ad"), "-o", str(tmp_path / "out.h5ad"),
+                                       "--overwrite", *args])
         assert res.exit_code == 0, res.output
         out = ad.read_h5ad(tmp_path / "out.h5ad")
         info = out.uns["scelmo"]["embed_cells"]
