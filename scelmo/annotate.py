@@ -359,6 +359,7 @@ def annotate(
     adata.obs[key_added] = pd.Categorical(pred.astype(str))
     adata.obs[f"{key_added}_score"] = score
     info["n_unknown"] = int((pred == unknown_label).sum())
+    info["key_added"] = key_added
     provenance.record(adata, "annotate", info)
 
 

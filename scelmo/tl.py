@@ -199,6 +199,7 @@ def embed_genes(
         adata.var[keys.GENE_SYMBOL] = [s or "" for s in res.symbols[:n]]
         info = _coverage_info(res.names[:n], res.symbols[:n], mask, res)
         info.update(ge.manifest)
+        info["key_added"] = key_added
         provenance.record(adata, "embed_genes", info)
     return ge
 
