@@ -154,10 +154,10 @@ def test_cli_unwritable_output_leaves_nothing(pbmc, tmp_path):
 @pytest.mark.parametrize(
     "args,match,code",
     [
-        (["embed-cells", "missing.h5ad", "-o", "out.h5ad"], "does not exist", 1),
-        (["embed-cells", "in.h5ad", "-o", "out.h5ad", "--layer", "nope"], "Layer 'nope' not found", 3),
+        (["embed-cells", "missing.h5ad", "-o", "out.h5ad"], "does not exist", 3),
+        (["embed-cells", "in.h5ad", "-o", "out.h5ad", "--layer", "nope"], "no layer 'nope'", 3),
         (["embed-cells", "in.h5ad", "-o", "out.h5ad", "--aggregator", "xx"], "Unknown aggregator", 2),
-        (["embed-cells", "bad.h5ad", "-o", "out.h5ad"], "Cannot read", 1),
+        (["embed-cells", "bad.h5ad", "-o", "out.h5ad"], "Cannot read", 3),
     ],
 )
 def test_cli_errors_are_one_line_and_leave_no_output(pbmc, args, match, code):

@@ -558,5 +558,5 @@ def test_annotate_with_llm_cell_type_descriptions(server, tmp_path, pbmc):
     scelmo.tl.annotate(small, cell_types=["T cell", "B cell", "monocyte"], describe_cell_types=True, config=cfg)
     asked = [b["messages"][-1]["content"] for b in server.bodies[-3:]]
     assert all(a.startswith("Please summarize the major function of cell type: ") for a in asked)
-    assert set(small.obs["scelmo_label"]) <= {"T cell", "B cell", "monocyte"}
+    assert set(small.obs["scelmo_label"]) <= {"T cell", "B cell", "monocyte", "unknown"}
     assert small.uns["scelmo"]["annotate"]["cell_type_descriptions"]["prompt"] == "cell-type"

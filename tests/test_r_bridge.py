@@ -138,7 +138,7 @@ def test_annotate_zero_shot_and_transfer(small):
     out = r_bridge.annotate(make_payload(X, cells, GENES), cell_types=_strings(["T cell", "B cell"]), n_cell_types=2)
     assert out["ok"], out
     labels = r_bridge.decode_strings(out["labels"], len(cells))
-    assert set(labels) <= {"T cell", "B cell"}
+    assert set(labels) <= {"T cell", "B cell", "unknown"}
     scores = np.frombuffer(out["scores"], dtype="<f8")
     assert scores.shape == (len(cells),) and ((scores >= 0) & (scores <= 1)).all()
     # kNN transfer from a reference whose label column has NAs (they are not voted with)
