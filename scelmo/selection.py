@@ -27,6 +27,8 @@ from .matrix import iter_row_chunks, n_rows_cols
 
 #: Counts per cell after library-size normalisation (scanpy's and Seurat's usual 1e4).
 TARGET_SUM = 1e4
+#: Non-zeros per block when summing a sparse chunk (bounds the float64 temporaries to ~100 MB).
+_BLOCK = 1 << 22
 
 
 def looks_like_counts(matrix: Any, *, n_rows: int = 2000) -> bool:
@@ -50,11 +52,12 @@ def should_normalize(mode: str, matrix: Any) -> bool:
 
 def normalize_chunk(chunk: Any, target_sum: float = TARGET_SUM) -> Any:
     """``log1p(x / total * target_sum)`` per cell (zero-count cells stay zero); float32, same format."""
-    if sp.issparse(chunk):
-        out = chunk.tocsr(copy=True)
-        tot = np.asarray(out.sum(axis=1), dtype=np.float64).ravel()
-        scale = np.divide(target_sum, tot, out=np.zeros_like(tot), where=tot > 0)
-        out.data = np.log1p(out.data * np.repeat(scale, np.diff(out.indptr))).astype(np.float32)
+    if sp.issparse(chunk):  # in place on a float32 copy: no float64 temporaries of the chunk's size
+        out = chunk.tocsr(copy=True).astype(np.float32, copy=False)
+        tot = np.asarray(out.sum(axis=1, dtype=np.float64)).ravel()
+        scale = np.divide(target_sum, tot, out=np.zeros_like(tot), where=tot > 0).astype(np.float32)
+        out.data *= np.repeat(scale, np.diff(out.indptr))
+        np.log1p(out.data, out=out.data)
         return out
     arr = np.asarray(chunk, dtype=np.float64)
     tot = arr.sum(axis=1, keepdims=True)
@@ -121,11 +124,13 @@ def gene_stats(matrix: Any, *, normalize: bool, chunk_size: int = 10_000, progre
     for _, chunk in iter_row_chunks(matrix, chunk_size):
         if normalize:
             chunk = normalize_chunk(chunk)
-        if sp.issparse(chunk):
-            idx, v = chunk.indices, chunk.data.astype(np.float64)
-            e = np.expm1(v)
-            for row, w in enumerate((v, v * v, e, e * e)):
-                acc[row] += np.bincount(idx, weights=w, minlength=n_genes)
+        if sp.issparse(chunk):  # float64 temporaries over at most _BLOCK non-zeros at a time
+            for lo in range(0, chunk.nnz, _BLOCK):
+                idx = chunk.indices[lo : lo + _BLOCK]
+                v = chunk.data[lo : lo + _BLOCK].astype(np.float64)
+                e = np.expm1(v)
+                for row, w in enumerate((v, v * v, e, e * e)):
+                    acc[row] += np.bincount(idx, weights=w, minlength=n_genes)
         else:
             v = np.asarray(chunk, dtype=np.float64)
             e = np.expm1(v)
