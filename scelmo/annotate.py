@@ -245,8 +245,9 @@ def annotate(
     temperature: float = 0.05,
     config: Any = None,
     key_added: str = keys.LABEL,
+    copy: bool = False,
     progress: bool | None = None,
-) -> None:
+) -> Any:
     """Annotate cell types with no training.
 
     Parameters
@@ -285,17 +286,25 @@ def annotate(
         Softmax temperature turning prompt similarities into scores.
     key_added
         ``obs`` column for labels; scores go to ``obs[key_added + "_score"]``.
+    copy
+        Leave ``adata`` (and ``reference``) untouched and return a modified copy of
+        ``adata`` (scanpy's convention). Without it, missing embeddings are written to
+        ``adata.obsm[use_rep]`` and ``reference.obsm[use_rep]``.
 
     Returns
     -------
-    ``None``. Sets ``adata.obs[key_added]`` (categorical), ``adata.obs[key_added + "_score"]``
+    ``None`` (or the copy). Sets ``adata.obs[key_added]`` (categorical), ``adata.obs[key_added + "_score"]``
     and ``adata.uns["scelmo"]["annotate"]`` (with ``method="markers"``, the marker genes
     of each type as ``markers_<type>`` strings).
     """
-    from .tl import embed_cells
+    from .tl import _copy_of, embed_cells
 
     if (reference is None) == (cell_types is None):
         raise InputError("Pass either `reference` (with `ref_labels`) or `cell_types`, not both or neither.")
+    if copy:
+        adata = _copy_of(adata)
+        if reference is not None and use_rep not in reference.obsm:
+            reference = _copy_of(reference)  # its embedding is computed below: not into the caller's object
     if use_rep not in adata.obsm:
         embed_cells(adata, config=config, key_added=use_rep, progress=progress)
     query = np.asarray(adata.obsm[use_rep], dtype=np.float32)
@@ -361,6 +370,7 @@ def annotate(
     info["n_unknown"] = int((pred == unknown_label).sum())
     info["key_added"] = key_added
     provenance.record(adata, "annotate", info)
+    return adata if copy else None
 
 
 def _is_missing(labels: np.ndarray) -> np.ndarray:

@@ -47,6 +47,7 @@ def in_silico_deletion(
     max_cells: int | None = 2000,
     seed: int = 0,
     key_added: str = keys.IN_SILICO,
+    copy: bool = False,
 ) -> Any:
     """Rank genes by how far deleting each one moves ``source`` cells toward ``target`` cells.
 
@@ -68,6 +69,9 @@ def in_silico_deletion(
         ``obs`` column with the groups (default: the model's ``labels_key``).
     max_cells
         Use at most this many cells per group (random, seeded); ``None`` = all.
+    copy
+        Leave ``adata`` untouched and return a modified copy of it, whose
+        ``uns[key_added]`` holds the table (scanpy's convention), instead of the DataFrame.
 
     Returns
     -------
@@ -97,6 +101,10 @@ def in_silico_deletion(
         raise InputError("source and target must differ.")
     if isinstance(genes, str):
         genes = [genes]
+    if copy:
+        from .tl import _copy_of
+
+        adata = _copy_of(adata)
     genes = list(dict.fromkeys(str(g) for g in genes))
     if not genes:
         raise InputError("Give at least one candidate gene.")
@@ -149,4 +157,4 @@ def in_silico_deletion(
         "n_target_cells": int(tgt.size), "baseline_cosine": baseline, "genes_without_vector": len(no_vec),
         "head": getattr(model, "head_name", ""), "key_added": key_added,
     })
-    return df
+    return adata if copy else df

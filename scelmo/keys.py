@@ -15,6 +15,9 @@ key                                    content
 ``adata.uns[IN_SILICO]``               in-silico deletion ranking (:func:`scelmo.tl.in_silico_deletion`)
 ``adata.obs[CLUSTER]``                 Leiden clusters on ``X_scelmo``
 ``adata.obsp[CONNECTIVITIES]`` ...     kNN graph built on ``X_scelmo`` (``neighbors_key``)
+``adata.obsm[UMAP]``                   2-D UMAP of that graph (:func:`scelmo.tl.umap`)
+``adata.obsm[SCANPY_UMAP]``            the same UMAP where ``sc.pl.umap`` finds it (``scanpy_key``)
+``adata.uns[SETUP]``                   :meth:`scelmo.Model.setup_anndata` registry (strings only)
 ``adata.uns[PROVENANCE]``              provenance: strings and numbers only, never secrets
 =====================================  ==========================================================
 """
@@ -45,5 +48,9 @@ CLUSTER = "scelmo_leiden"
 NEIGHBORS = "scelmo_neighbors"
 #: ``obsm`` key of the UMAP computed on the scelmo neighbours.
 UMAP = "X_scelmo_umap"
+#: ``obsm`` key scanpy plots with ``sc.pl.umap``; :func:`scelmo.tl.umap` also writes it by default.
+SCANPY_UMAP = "X_umap"
+#: ``uns`` key of the :meth:`scelmo.Model.setup_anndata` registry (strings only, survives ``.h5ad``).
+SETUP = "scelmo_setup"
 #: ``uns`` provenance dictionary.
 PROVENANCE = "scelmo"

@@ -30,9 +30,12 @@ columns with zero rows for genes without a vector):
 * ``save_state(directory)`` and the classmethod ``load_state(directory) -> head``;
   ``history`` (a list of per-epoch dicts) and ``options`` (a pydantic model).
 
-Nothing is written into ``adata`` except what is asked for (``key_added=``) and
-provenance in ``adata.uns["scelmo"]``. The setup of an AnnData (:meth:`setup_anndata`)
-is kept in this module, keyed by the object, not in ``adata.uns``.
+Nothing is written into ``adata`` except what is asked for (``key_added=``), the
+gene vectors when ``Model(adata)`` has to embed them (``varm["scelmo"]``, as
+:func:`scelmo.tl.embed_genes`), provenance in ``adata.uns["scelmo"]`` and the setup of
+:meth:`setup_anndata`: an scvi-style registry in ``adata.uns["scelmo_setup"]``
+(strings only), so ``adata.copy()`` and an ``.h5ad`` round trip keep it. A query bound
+by :meth:`Model.load` is registered in memory only, keyed by the object.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import json
 import weakref
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -84,7 +88,44 @@ def _remember(adata: Any, setup: AnnDataSetup) -> None:
     _SETUPS[key] = (ref, setup)
 
 
+#: The fields of :class:`AnnDataSetup` and how they are written into ``uns`` (strings only).
+_SETUP_FORMAT = "scelmo.Model.setup_anndata"
+_SETUP_VERSION = "1"
+
+
+def _setup_to_uns(setup: AnnDataSetup) -> dict[str, str]:
+    """The registry written to ``adata.uns["scelmo_setup"]``: strings only (``None`` left out)."""
+    out = {"format": _SETUP_FORMAT, "format_version": _SETUP_VERSION}
+    for name, value in asdict(setup).items():
+        if value is None:
+            continue
+        out[name] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return out
+
+
+def _setup_from_uns(adata: Any) -> AnnDataSetup | None:
+    uns = getattr(adata, "uns", None)
+    reg = uns.get(keys.SETUP) if uns is not None else None
+    if not isinstance(reg, Mapping) or str(reg.get("format", "")) != _SETUP_FORMAT:
+        return None
+    if int(str(reg.get("format_version", "1"))) > int(_SETUP_VERSION):
+        raise InputError(f"adata.uns[{keys.SETUP!r}] was written by a newer scelmo; call "
+                         "`scelmo.Model.setup_anndata(adata, ...)` again.")
+    values: dict[str, Any] = {}
+    for name in AnnDataSetup.__dataclass_fields__:
+        v = reg.get(name)
+        if v is None:
+            continue
+        v = str(v)
+        values[name] = (v.lower() == "true") if name == "use_raw" else v
+    return AnnDataSetup(**values)
+
+
 def _setup_of(adata: Any) -> AnnDataSetup | None:
+    """The setup of ``adata``: its ``uns`` registry, else one registered in memory."""
+    setup = _setup_from_uns(adata)
+    if setup is not None:
+        return setup
     hit = _SETUPS.get(id(adata))
     if hit is None or hit[0]() is not adata:
         return None
@@ -102,8 +143,8 @@ class Model:
     ----------
     adata
         Training data, registered with :meth:`setup_anndata`. Gene vectors come from
-        ``adata.varm["scelmo"]`` (run :func:`scelmo.tl.embed_genes` first) unless
-        ``gene_embeddings`` is given.
+        ``adata.varm["scelmo"]`` (computed now with :func:`scelmo.tl.embed_genes` when
+        missing) unless ``gene_embeddings`` is given.
     head
         Name of a registered task head: ``"annotation"`` (cell types; needs
         ``labels_key``), ``"integration"`` (batch removal; needs ``batch_key``) or
@@ -111,14 +152,18 @@ class Model:
         the head option ``control=``).
     gene_embeddings
         A :class:`~scelmo.genes.GeneEmbeddings` (or a directory saved from one) to use
-        instead of ``adata.varm["scelmo"]``.
+        instead of ``adata.varm["scelmo"]``. When neither is there, the genes are
+        embedded now with :func:`scelmo.tl.embed_genes` and ``config`` (which writes
+        ``adata.varm["scelmo"]``), as ``scelmo train`` does.
+    config
+        Settings (or a mapping of overrides) for embedding the genes when needed.
     **head_options
         Options of the head (e.g. ``latent=32``, ``triplet_weight=1.0``); unknown
         options are errors listing the allowed ones.
     """
 
     def __init__(self, adata: Any, head: str = "annotation", *, gene_embeddings: GeneEmbeddings | str | None = None,
-                 **head_options: Any) -> None:
+                 config: Any = None, **head_options: Any) -> None:
         from . import plugins
 
         setup = _setup_of(adata)
@@ -133,7 +178,7 @@ class Model:
         self.head = plugins.heads.create(head, **head_options)
         if getattr(self.head, "requires_labels", False) and setup.labels_key is None:
             raise InputError(f"The {head!r} head needs labels: call `Model.setup_anndata(adata, labels_key=...)`.")
-        self.gene_table = self._gene_table(adata, gene_embeddings)
+        self.gene_table = self._gene_table(adata, gene_embeddings, config)
         self.is_trained = False
         self.train_info: dict[str, Any] = {}
         self.train_genes: list[str] = []
@@ -160,6 +205,9 @@ class Model:
             ``obs`` column naming each cell's perturbation (perturbation head), e.g.
             ``"condition"`` with values ``"ctrl"``, ``"KLF1"``, ``"KLF1+CEBPA"``;
             ``labels_key`` then names the cell groups (cell types) responses may depend on.
+
+        The setup is written to ``adata.uns["scelmo_setup"]`` (strings only, like scvi-tools'
+        registry), so ``adata.copy()``, slices and ``.h5ad`` files keep it.
         """
         for key, what in ((labels_key, "labels_key"), (batch_key, "batch_key"),
                           (perturbation_key, "perturbation_key")):
@@ -167,18 +215,25 @@ class Model:
                 raise InputError(f"{what}={key!r} is not a column of adata.obs (columns: {', '.join(map(str, adata.obs.columns[:20]))}).")
         if layer is not None and layer not in adata.layers:
             raise InputError(f"Layer {layer!r} not found in adata.layers (available: {', '.join(adata.layers) or 'none'}).")
-        _remember(adata, AnnDataSetup(labels_key, batch_key, layer, use_raw, perturbation_key))
+        setup = AnnDataSetup(labels_key, batch_key, layer, use_raw, perturbation_key)
+        adata.uns[keys.SETUP] = _setup_to_uns(setup)
+        _remember(adata, setup)
 
     @staticmethod
-    def _gene_table(adata: Any, gene_embeddings: GeneEmbeddings | str | None) -> GeneEmbeddings:
+    def _gene_table(adata: Any, gene_embeddings: GeneEmbeddings | str | None, config: Any = None) -> GeneEmbeddings:
         if isinstance(gene_embeddings, str | Path):
             gene_embeddings = GeneEmbeddings.load(gene_embeddings)
         if gene_embeddings is not None:
             return gene_embeddings
         table = _table_from_varm(adata)
-        if table is None:
+        if table is None:  # embed the genes now, with the configured roles (as `scelmo train`)
+            from . import tl
+
+            tl.embed_genes(adata, config=config)
+            table = _table_from_varm(adata)
+        if table is None or len(table) == 0:  # pragma: no cover - embed_genes raises first
             raise InputError(
-                f"adata.varm[{keys.GENE_EMBEDDING!r}] not found: run `scelmo.tl.embed_genes(adata)` first "
+                f"adata.varm[{keys.GENE_EMBEDDING!r}] has no gene vectors: check var_names "
                 "(or pass `gene_embeddings=`)."
             )
         return table

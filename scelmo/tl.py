@@ -7,10 +7,13 @@ function                       writes
                                ``var["scelmo_symbol"]``, ``uns["scelmo"]["embed_genes"]``
 :func:`embed_cells`            ``obsm["X_scelmo"]``, ``uns["scelmo"]["embed_cells"]``
 :func:`cluster`                ``obs["scelmo_leiden"]``, ``uns["scelmo_neighbors"]``, ``obsp``
-:func:`umap`                   ``obsm["X_scelmo_umap"]``
+:func:`umap`                   ``obsm["X_scelmo_umap"]`` and ``obsm["X_umap"]`` (for ``sc.pl.umap``)
 :func:`annotate`               ``obs["scelmo_label"]``, ``obs["scelmo_label_score"]``
 :func:`in_silico_deletion`     ``uns["scelmo_in_silico"]`` (gene ranking; needs a trained Model)
 =============================  ==============================================================
+
+Every function that writes to ``adata`` takes ``copy=`` (scanpy's convention):
+``copy=True`` leaves ``adata`` untouched and returns a modified copy.
 """
 
 from __future__ import annotations
@@ -46,6 +49,13 @@ Config = ScelmoSettings | Mapping[str, Any] | None
 
 def _settings(config: Config, **overrides: Any) -> ScelmoSettings:
     return get_settings(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _copy_of(adata: Any) -> Any:
+    """``adata.copy()``, refusing backed AnnData (``copy=True`` of every tool)."""
+    if getattr(adata, "isbacked", False):
+        raise InputError("copy=True is not supported for backed AnnData; write to a new file instead.")
+    return adata.copy()
 
 
 def _check_names(names: Sequence[str]) -> None:
@@ -148,8 +158,9 @@ def embed_genes(
     max_cost: float | None = None,
     config: Config = None,
     key_added: str = keys.GENE_EMBEDDING,
+    copy: bool = False,
     progress: bool | None = None,
-) -> GeneEmbeddings:
+) -> Any:
     """Describe and embed genes: gene names -> texts -> vectors.
 
     Parameters
@@ -175,16 +186,24 @@ def embed_genes(
         Settings or a mapping of overrides (see :mod:`scelmo.config`).
     key_added
         ``varm`` key for the gene vectors aligned to ``adata.var_names``.
+    copy
+        Leave ``adata`` untouched and return a modified copy of it (instead of the
+        :class:`~scelmo.genes.GeneEmbeddings`, as scanpy's ``copy=``).
     progress
         Show progress bars (default: when stderr is a terminal).
 
     Returns
     -------
-    :class:`~scelmo.genes.GeneEmbeddings` for every resolved gene that has a description.
+    :class:`~scelmo.genes.GeneEmbeddings` for every resolved gene that has a description
+    (with ``copy=True``: the modified copy of ``adata``).
     With ``adata``, also sets ``adata.varm[key_added]`` (zero rows for genes without a
     vector), ``adata.var["scelmo_has_embedding"]``, ``adata.var["scelmo_symbol"]`` and
     ``adata.uns["scelmo"]["embed_genes"]``.
     """
+    if copy:
+        if adata is None:
+            raise InputError("copy=True needs an `adata` to copy.")
+        adata = _copy_of(adata)
     settings, describer, res = _resolve_request(
         adata, genes, config, describe=describe, embed=embed, species=species
     )
@@ -201,7 +220,7 @@ def embed_genes(
         info.update(ge.manifest)
         info["key_added"] = key_added
         provenance.record(adata, "embed_genes", info)
-    return ge
+    return adata if copy else ge
 
 
 def estimate_embed_genes(
@@ -447,9 +466,7 @@ def embed_cells(
     if agg.row_weights(np.zeros((1, 1), np.float32), 1) is None and agg_cfg.transform is None:
         plan["transform"] = "none"  # a non-linear aggregator (e.g. genept_s) reads the values as they are
     if copy:
-        if getattr(adata, "isbacked", False):
-            raise InputError("copy=True is not supported for backed AnnData; write to a new file instead.")
-        adata = adata.copy()
+        adata = _copy_of(adata)
     matrix, var_names, source = select_matrix(
         adata, layer=agg_cfg.layer, use_raw=agg_cfg.use_raw if layer is None else False
     )
@@ -559,7 +576,8 @@ def cluster(
     random_state: int = 0,
     neighbors_key: str = keys.NEIGHBORS,
     key_added: str = keys.CLUSTER,
-) -> None:
+    copy: bool = False,
+) -> Any:
     """kNN graph + Leiden clustering on the scelmo embedding.
 
     Builds ``n_neighbors`` nearest neighbours (cosine by default: scelmo vectors are
@@ -568,12 +586,15 @@ def cluster(
     scanpy's default; raise it for more, smaller clusters. It is not tuned to labels.
 
     Sets ``adata.uns[neighbors_key]``, ``adata.obsp[neighbors_key + "_distances"]``,
-    ``adata.obsp[neighbors_key + "_connectivities"]`` and ``adata.obs[key_added]``.
+    ``adata.obsp[neighbors_key + "_connectivities"]`` and ``adata.obs[key_added]``;
+    returns ``None``, or with ``copy=True`` a modified copy (``adata`` left untouched).
     """
     import scanpy as sc
 
     if use_rep not in adata.obsm:
         raise ScelmoError(f"adata.obsm[{use_rep!r}] not found. Run `scelmo.tl.embed_cells` first.")
+    if copy:
+        adata = _copy_of(adata)
     sc.pp.neighbors(
         adata, n_neighbors=n_neighbors, use_rep=use_rep, metric=metric,
         key_added=neighbors_key, random_state=random_state,
@@ -582,6 +603,7 @@ def cluster(
         adata, resolution=resolution, flavor="igraph", n_iterations=2, directed=False,
         neighbors_key=neighbors_key, key_added=key_added, random_state=random_state,
     )
+    return adata if copy else None
 
 
 def umap(
@@ -589,11 +611,31 @@ def umap(
     *,
     neighbors_key: str = keys.NEIGHBORS,
     key_added: str = keys.UMAP,
+    scanpy_key: str | None = keys.SCANPY_UMAP,
     random_state: int = 0,
-) -> None:
-    """UMAP of the scelmo neighbour graph into ``adata.obsm[key_added]``."""
+    copy: bool = False,
+) -> Any:
+    """UMAP of the scelmo neighbour graph into ``adata.obsm[key_added]``.
+
+    The coordinates are also written to ``adata.obsm[scanpy_key]`` (default
+    ``"X_umap"``, replacing any UMAP there, as :func:`scanpy.tl.umap` does), so that
+    ``sc.pl.umap(adata, color=...)`` plots them; ``scanpy_key=None`` leaves ``X_umap``
+    alone. :func:`scelmo.pl.embedding` reads ``obsm["X_scelmo_umap"]``. UMAP parameters
+    go to ``adata.uns[key_added]`` (and ``adata.uns["umap"]`` with ``scanpy_key="X_umap"``),
+    and ``adata.uns["scelmo"]["umap"]`` records them (``key_added``, ``scanpy_obsm``). Returns ``None``,
+    or with ``copy=True`` a modified copy (``adata`` left untouched).
+    """
     import scanpy as sc
 
     if neighbors_key not in adata.uns:
         raise ScelmoError(f"adata.uns[{neighbors_key!r}] not found. Run `scelmo.tl.cluster` first.")
+    if copy:
+        adata = _copy_of(adata)
     sc.tl.umap(adata, neighbors_key=neighbors_key, key_added=key_added, random_state=random_state)
+    if scanpy_key and scanpy_key != key_added:
+        adata.obsm[scanpy_key] = adata.obsm[key_added].copy()
+        if scanpy_key == keys.SCANPY_UMAP and key_added in adata.uns:  # where scanpy keeps its parameters
+            adata.uns["umap"] = dict(adata.uns[key_added])
+    provenance.record(adata, "umap", {"key_added": key_added, "scanpy_obsm": scanpy_key or "none",
+                                      "neighbors_key": neighbors_key, "random_state": random_state})
+    return adata if copy else None
