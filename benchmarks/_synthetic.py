@@ -1,6 +1,6 @@
 """Synthetic single-cell count matrices for benchmarks and test fixtures.
 
-Implements the generator of ``shared/research/performance.md`` section 2:
+Implements the project's benchmark data generator (see docs/performance.md):
 
 * ``n_genes`` genes (default 30,000) with propensities ``w_g ~ LogNormal(0, 1.5)``;
   ``p_g = w_g / sum(w) * nnz_per_cell``, clipped to 0.95 and renormalised 50 times.

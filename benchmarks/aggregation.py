@@ -1,5 +1,5 @@
 """Benchmark of the cell-embedding aggregation ``C = X @ E`` (targets K1..K5, M1 of
-``shared/research/performance.md``).
+the project's performance analysis; see docs/performance.md).
 
 In one process it measures:
 

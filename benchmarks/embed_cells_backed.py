@@ -8,7 +8,7 @@ Writes a cells x genes CSR ``.h5ad`` with the generator of ``_synthetic.py`` (10
 * in memory (reads the whole file first), as the baseline,
 
 and records each child's peak RSS (``ru_maxrss``) against the file size, plus wall time.
-Target M2 of shared/research/performance.md: streaming peak memory independent of the
+Target M2 (docs/performance.md): streaming peak memory independent of the
 number of cells and well below the file size.
 
     python benchmarks/embed_cells_backed.py --cells 30000 100000 --dim 384

@@ -1,6 +1,6 @@
 """Perturbation-prediction benchmark: the scelmo_torch perturbation head against model-free baselines.
 
-Two tasks (shared/research/data-eval.md §6 protocol for the metrics):
+Two tasks (the metrics follow the project's evaluation protocol, see docs/perturbation.md):
 
 * ``kang``: Kang 2018 IFN-beta PBMCs (13,999 cells; CD14+/FCGR3A+ monocytes merged to
   Mono), log1p(CP10k), 2,000 HVGs (scanpy ``seurat`` flavour on all cells). Each cell type

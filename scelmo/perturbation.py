@@ -21,7 +21,7 @@ function                                   what it does
 :func:`split_perturbations`                seen / unseen singles and combinations
 =========================================  ===============================================
 
-Conventions (as shared/research/data-eval.md §6, whose Kang numbers
+Conventions (the project's evaluation protocol, whose Kang numbers
 :func:`top_de_genes` + :func:`delta_scores` reproduce exactly): expression is
 log1p(counts per 10k); the DE genes of a held-out group are its top-``n`` genes by
 ``|mean(perturbed) - mean(control)|``; ``r2_mean`` is the squared Pearson correlation of

@@ -1,7 +1,7 @@
 """Importing and taming litellm, and mapping its errors to scelmo's.
 
-litellm is imported here only, on first use, with the traps measured in
-shared/research/offline-defaults.md defused:
+litellm is imported here only, on first use, with these measured traps
+defused:
 
 * ``LITELLM_LOCAL_MODEL_COST_MAP=True`` before the import (otherwise the import
   fetches the price list from GitHub and starts a retry thread);

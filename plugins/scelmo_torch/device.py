@@ -18,7 +18,7 @@ function                               what it does
 Why one CPU thread by default: the heads train small matrices (batches of a few
 hundred cells, 32-64 hidden units), where intra-op threading costs more in
 synchronisation than it gains; on the project's 2-core machine a single torch
-thread was 3-5x faster for such models (shared/research/data-eval.md, scVI:
+thread was 3-5x faster for such models (scVI:
 1.8 s/epoch with one thread vs 5.7 s with two). Pass ``num_threads=`` to override.
 
 Mixed precision is used only on CUDA (bfloat16 autocast: no loss scaling needed,

@@ -1,7 +1,7 @@
 """Fast CPU kernel for ``C = X @ E`` (X: CSR cells x genes, E: genes x d float32).
 
 Design (measured on the project's 2-core Xeon with AVX-512, see
-``benchmarks/aggregation.py`` and ``shared/research/performance.md``):
+``benchmarks/aggregation.py`` and docs/performance.md):
 
 * ``E`` is re-laid once as ``[d/W][genes][W]`` float32 (:class:`TiledEmbedding`),
   zero-padded so ``d`` is a multiple of ``W``, 64-byte aligned.  A column block
