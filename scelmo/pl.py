@@ -216,3 +216,55 @@ def in_silico_ranking(
     if title:
         ax.set_title(title)
     return _finish(fig, save, show, dpi)
+
+
+def training_history(
+    model: Any,
+    *,
+    title: str | None = None,
+    save: str | os.PathLike[str] | None = None,
+    show: bool | None = None,
+    dpi: int = 150,
+) -> Any:
+    """Loss curves and the validation score of a trained :class:`scelmo.Model`, per epoch.
+
+    Left: the total loss and each of its parts (``ce``, ``triplet``, ...), as the head
+    records them. Right: the validation score on the epochs it was checked (the one early
+    stopping follows), with the best epoch marked. ``model`` may also be the history
+    DataFrame itself (``model.history``).
+    """
+    show = _begin(save, show)
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    hist = model if isinstance(model, pd.DataFrame) else getattr(model, "history", None)
+    if hist is None or len(hist) == 0:
+        raise ScelmoError("This model has no training history. Run `model.train()` first.")
+    hist = pd.DataFrame(hist)
+    epoch = hist["epoch"] if "epoch" in hist else pd.Series(range(1, len(hist) + 1))
+    losses = [c for c in hist.columns if c not in ("epoch", "seconds", "val_score") and pd.api.types.is_numeric_dtype(hist[c])]
+    has_val = "val_score" in hist and hist["val_score"].notna().any()
+    fig, axes = plt.subplots(1, 2 if has_val else 1, figsize=(9 if has_val else 5, 3.4), squeeze=False)
+    ax = axes[0, 0]
+    for c in losses:
+        ax.plot(epoch, hist[c], marker="o", ms=3, lw=1.5 if c == "loss" else 1, label=c)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss")
+    ax.legend(frameon=False, fontsize="small")
+    ax.spines[["top", "right"]].set_visible(False)
+    if has_val:
+        ax = axes[0, 1]
+        v = hist[hist["val_score"].notna()]
+        ev = epoch[v.index]
+        ax.plot(ev, v["val_score"], marker="o", color="C3")
+        best = v["val_score"].idxmax()
+        ax.scatter([epoch[best]], [v.at[best, "val_score"]], s=90, facecolors="none", edgecolors="k",
+                   label=f"best: {v.at[best, 'val_score']:.3f} (epoch {int(epoch[best])})", zorder=3)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation score")
+        ax.legend(frameon=False, fontsize="small")
+        ax.spines[["top", "right"]].set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _finish(fig, save, show, dpi)

@@ -161,3 +161,18 @@ def test_sparse_training_matrix_stays_sparse(batches):
     Xk, E = head.prepare_matrix(X, batches.varm[keys.GENE_EMBEDDING])
     assert sp.issparse(Xk) and Xk.format == "csr"
     np.testing.assert_allclose(np.asarray(Xk.sum(1)).ravel(), 1.0, rtol=1e-5)  # "wa" rows
+
+
+def test_training_history_plot(tmp_path):
+    import scelmo.datasets as sd
+
+    a = sd.pbmc68k_reduced()
+    scelmo.tl.embed_genes(a, progress=False)
+    scelmo.Model.setup_anndata(a, labels_key="bulk_labels")
+    model = scelmo.Model(a, head="annotation")
+    model.train(max_epochs=6, progress=False)
+    png = tmp_path / "history.png"
+    scelmo.pl.training_history(model, title="annotation head", save=png)
+    assert png.stat().st_size > 10_000
+    with pytest.raises(scelmo.ScelmoError, match="train"):
+        scelmo.pl.training_history(scelmo.Model(a, head="annotation"))
