@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from .errors import ConfigError, InputError, ProviderError, ScelmoError
+from .errors import ConfigError, DiskFullError, InputError, ProviderError, ScelmoError
 from .redact import mask
 
 if sys.version_info >= (3, 11):
@@ -102,7 +102,15 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except OSError as exc:  # a full disk anywhere else: one line, not a traceback
+            from .io import is_disk_full
+
+            if not is_disk_full(exc):
+                raise
+            _exit_disk_full(DiskFullError())
         except ScelmoError as exc:
+            if isinstance(exc, DiskFullError):
+                _exit_disk_full(exc)
             sub = ctx.invoked_subcommand
             cmd = self.get_command(ctx, sub) if sub else None
             commands: list[click.Command] = [cmd] if cmd is not None else []
@@ -111,6 +119,38 @@ class _Group(click.Group):
             commands.append(self)
             click.secho(f"Error: {mask(cli_message(str(exc), commands))}", fg="red", err=True)
             ctx.exit(exc.exit_code)
+
+
+def _exit_disk_full(exc: DiskFullError) -> None:
+    """Report a full disk in one line and leave at once (exit code 3).
+
+    The partial output is already removed. The interpreter is not shut down normally:
+    after an HDF5 write failed on a full disk, h5py can crash while freeing the file's
+    objects at exit (a segmentation fault instead of the exit code).
+    """
+    click.secho(f"Error: {exc}", fg="red", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exc.exit_code)
+
+
+def _quiet_disk_full_unraisable(unraisable: Any) -> None:
+    """Drop the 'Exception ignored' tracebacks h5py prints while freeing objects of a file
+    whose write failed on a full disk (the error itself is reported once, in one line)."""
+    from .io import is_disk_full
+
+    if is_disk_full(getattr(unraisable, "exc_value", None)):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def _quiet_disk_full_excepthook(exc_type: Any, exc: BaseException, tb: Any) -> None:
+    """The same for the traceback Cython prints (through ``sys.excepthook``) before it."""
+    from .io import is_disk_full
+
+    if is_disk_full(exc):
+        return
+    sys.__excepthook__(exc_type, exc, tb)
 
 
 @click.group(cls=_Group)
@@ -124,6 +164,8 @@ class _Group(click.Group):
 def cli(ctx: click.Context, config_file: str | None, profile: str | None, offline: bool | None, sets: tuple[str, ...], no_progress: bool) -> None:
     """scelmo: single-cell embeddings from language models."""
     warnings.showwarning = _echo_warning
+    sys.unraisablehook = _quiet_disk_full_unraisable
+    sys.excepthook = _quiet_disk_full_excepthook
     if config_file:
         os.environ["SCELMO_CONFIG_FILE"] = str(Path(config_file).resolve())
     if no_progress:

@@ -26,6 +26,18 @@ class InputError(ScelmoError, ValueError):
     exit_code = 3
 
 
+class DiskFullError(ScelmoError):
+    """The file system ran out of space (or quota) while writing an output; the partial
+    output was removed, and an output that was there before is left as it was."""
+
+    exit_code = 3
+
+    def __init__(self, path: object = None) -> None:
+        where = f" while writing {path}" if path is not None else ""
+        super().__init__(f"No space left on device{where}; nothing was written.")
+        self.path = path
+
+
 class UnknownComponentError(ScelmoError, KeyError):
     """A plugin component was asked for by a name nobody registered."""
 

@@ -1,21 +1,114 @@
 """Reading the data formats the CLI accepts, and atomic output files.
 
 Every file scelmo writes appears all at once: it is written to a temporary file in
-the destination directory and renamed into place, so a crash or an error never
-leaves a partial output behind.
+the destination directory and renamed into place, so an error never leaves a partial
+output behind. The temporary (``.<name>.<random>.tmp``) is removed on every exit path;
+one left by a process that was killed is swept away by the next write of the same
+output once it is a day old. A full file system (``ENOSPC``, ``EDQUOT``) becomes a
+:class:`~scelmo.errors.DiskFullError`: "No space left on device while writing OUTPUT;
+nothing was written."
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import gc
+import glob
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, ScelmoError
+from .errors import DiskFullError, InputError, ScelmoError
+
+#: errno values that mean "the output does not fit".
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: Temporaries older than this (seconds) beside an output are left-overs of a killed run.
+STALE_TEMP_AGE = 24 * 3600.0
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", f"errno = {errno.ENOSPC},", f"errno = {errno.EDQUOT},")
+
+
+#: numpy's ``tofile`` reports a short write without errno: "288384 requested and 127968 written".
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+#: Free bytes below which an ``OSError`` while writing counts as a full file system.
+_NEARLY_FULL = 1 << 20
+
+
+def _full_after(exc: BaseException, where: Path) -> bool:
+    """``exc`` is a full file system, or an ``OSError`` raised while ``where``'s file system
+    is (nearly) full (writers that lose errno, e.g. short writes)."""
+    if is_disk_full(exc):
+        return True
+    if not isinstance(exc, OSError):
+        return False
+    try:
+        return shutil.disk_usage(where).free < _NEARLY_FULL
+    except OSError:
+        return False
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a full file system.
+
+    h5py and anndata do not always keep ``errno`` (anndata re-raises with the key being
+    written; HDF5 puts ``errno = 28`` in its message), so the message is checked too.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DiskFullError):
+            return True
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return True
+        text = str(exc)
+        if any(t in text for t in _DISK_FULL_TEXT) or (isinstance(exc, OSError) and _SHORT_WRITE.search(text)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def sweep_stale_temps(path: str | os.PathLike[str], *, max_age: float = STALE_TEMP_AGE) -> list[Path]:
+    """Remove ``.<name>.*.tmp`` files and directories beside ``path`` older than ``max_age`` s.
+
+    They are what :func:`atomic_path` / :func:`atomic_dir` leave only when the process
+    is killed mid-write; younger ones may belong to a run still going, so they stay.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    removed: list[Path] = []
+    now = time.time()
+    for p in parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if now - p.lstat().st_mtime < max_age:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+        except OSError:
+            continue
+    return removed
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a failed temporary, first freeing its space, so that HDF5 handles a failed
+    writer left open on it can flush when they are freed. (After a write failed on a
+    full disk, h5py may still crash the interpreter at exit; the CLI therefore exits
+    at once after reporting :class:`~scelmo.errors.DiskFullError`.)"""
+    if tmp.is_dir() and not tmp.is_symlink():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.truncate(tmp, 0)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    gc.collect()  # objects of a failed writer (h5py ids) are freed now, with space to flush
 
 
 def check_writable(path: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
@@ -35,33 +128,62 @@ def check_writable(path: str | os.PathLike[str], *, overwrite: bool = True) -> P
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it to ``path`` on success only."""
+    """Yield a temporary path next to ``path``; rename it to ``path`` on success only.
+
+    The temporary is removed on every other exit path; a full file system raises
+    :class:`~scelmo.errors.DiskFullError` naming ``path``.
+    """
     path = check_writable(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    sweep_stale_temps(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise DiskFullError(path) from None
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp_path.unlink()
+    except BaseException as exc:
+        full = isinstance(exc, Exception) and not isinstance(exc, DiskFullError) and _full_after(exc, path.parent)
+        _discard(tmp_path)
+        if full:
+            raise DiskFullError(path) from None
         raise
+    finally:
+        if tmp_path.exists() or tmp_path.is_symlink():  # e.g. the generator was closed
+            _discard(tmp_path)
 
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling directory; it replaces ``path`` on success only."""
+    """Yield a temporary sibling directory; it replaces ``path`` on success only.
+
+    The temporary directory is removed on every exit path; a full file system raises
+    :class:`~scelmo.errors.DiskFullError` naming ``path``.
+    """
     path = Path(path)
     if path.exists() and not overwrite:
         raise ScelmoError(f"{path} already exists; pass overwrite=True to replace it.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    sweep_stale_temps(path)
+    tmp: Path | None = None
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         yield tmp
         replace_dir(tmp, path)
+    except Exception as exc:
+        full = not isinstance(exc, DiskFullError) and _full_after(exc, path.parent)
+        if tmp is not None:
+            _discard(tmp)
+        if full:
+            raise DiskFullError(path) from None
+        raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def replace_dir(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
@@ -87,8 +209,12 @@ def write_h5ad(adata: Any, path: str | os.PathLike[str]) -> Path:
     with atomic_path(path) as tmp:
         try:
             adata.write_h5ad(tmp)
-        except OSError as exc:
-            raise ScelmoError(f"Writing {path} failed: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - anndata / h5py raise many kinds
+            if is_disk_full(exc):
+                raise DiskFullError(path) from None  # atomic_path removes the temporary
+            if isinstance(exc, OSError):
+                raise ScelmoError(f"Writing {path} failed: {exc}") from None
+            raise
     return Path(path)
 
 
@@ -159,9 +285,29 @@ def streamed_h5ad_copy(source: str | os.PathLike[str], path: str | os.PathLike[s
     import h5py
 
     with atomic_path(path) as tmp:
+        need = os.path.getsize(source)
+        if shutil.disk_usage(tmp.parent).free < need:  # the copy alone would not fit: fail before writing
+            raise DiskFullError(path)
         shutil.copyfile(source, tmp)
-        with h5py.File(tmp, "r+") as f:
+        f = h5py.File(tmp, "r+")
+        try:
             yield StreamedH5ad(f)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.truncate(tmp, 0)  # free the space first, so that HDF5 can close the file cleanly
+            with contextlib.suppress(Exception):
+                f.close()
+            raise
+        try:
+            f.close()
+        except Exception as exc:  # noqa: BLE001 - a failed final flush (e.g. a full disk)
+            with contextlib.suppress(OSError):
+                os.truncate(tmp, 0)
+            with contextlib.suppress(Exception):
+                f.close()
+            if is_disk_full(exc):
+                raise DiskFullError(path) from None
+            raise
 
 
 #: What :func:`read_input` reads, for messages.
