@@ -126,6 +126,12 @@ def check_writable(path: str | os.PathLike[str], *, overwrite: bool = True) -> P
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` on success only.
@@ -145,6 +151,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would survive the rename
         os.replace(tmp_path, path)
     except BaseException as exc:
         full = isinstance(exc, Exception) and not isinstance(exc, DiskFullError) and _full_after(exc, path.parent)
@@ -173,6 +180,7 @@ def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iter
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would survive the rename
         replace_dir(tmp, path)
     except Exception as exc:
         full = not isinstance(exc, DiskFullError) and _full_after(exc, path.parent)

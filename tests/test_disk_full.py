@@ -222,3 +222,21 @@ def test_real_tmpfs_that_fits_still_writes(files, tmp_path):
     rc, err, left = _scelmo_on_tmpfs(mnt, "16m", ["embed-cells", str(src), "-o", str(out), "--gene-embeddings", str(ge)])
     assert rc == 0, err
     assert left == ["out.h5ad"]
+
+
+def test_outputs_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from scelmo import io
+
+    old = os.umask(0o022)
+    try:
+        with io.atomic_path(tmp_path / "out.txt") as tmp:
+            tmp.write_text("x")
+        with io.atomic_dir(tmp_path / "outdir") as d:
+            (d / "f").write_text("y")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "outdir").stat().st_mode) == 0o755
