@@ -10,6 +10,7 @@ the reason (none is, today).
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import warnings
 from pathlib import Path
@@ -75,6 +76,10 @@ def test_doc_block_runs(doc, index, code, tmp_path, monkeypatch):
             monkeypatch.setenv("OPENAI_API_KEY", "sk-docs-test")
         if "read_rds" in code:
             _write_seurat_rds(tmp_path / "pbmc_seurat.rds")
+        # embedding R (rpy2) rewrites the process environment (LD_LIBRARY_PATH, R_*...), which
+        # would break later tests' subprocesses: put it back afterwards
+        saved = dict(os.environ)
+        stack.callback(lambda: (os.environ.clear(), os.environ.update(saved)))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             exec(compile(code, f"{doc} block {index}", "exec"), ns)  # noqa: S102 - our own docs
