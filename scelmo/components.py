@@ -394,6 +394,11 @@ class Aggregator(Component):
         """
         return None
 
+    @property
+    def linear(self) -> bool:
+        """Whether this aggregator defines :meth:`row_weights` (can embed centred input)."""
+        return type(self).row_weights is not Aggregator.row_weights
+
     def aggregate(
         self,
         matrix: Any,
@@ -447,7 +452,7 @@ class Aggregator(Component):
             E *= np.divide(1.0, s, out=np.zeros_like(s), where=s > 0)[:, None]
         offset = None
         if center is not None:
-            if self.row_weights(np.zeros((1, 1), np.float32), 1) is None:
+            if not self.linear:
                 raise ConfigError(
                     f"Aggregator {self.name!r} is not linear, so it cannot embed centred input; "
                     "use transform='none' with it."

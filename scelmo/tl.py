@@ -463,7 +463,7 @@ def embed_cells(
     agg_cfg = settings.aggregate
     plan = _plan(agg_cfg)
     agg = plugins.aggregators.create(agg_cfg.method, **agg_cfg.options)
-    if agg.row_weights(np.zeros((1, 1), np.float32), 1) is None and agg_cfg.transform is None:
+    if not agg.linear and agg_cfg.transform is None:
         plan["transform"] = "none"  # a non-linear aggregator (e.g. genept_s) reads the values as they are
     if copy:
         adata = _copy_of(adata)

@@ -36,9 +36,6 @@ class _LinearAggregator(Aggregator):
             return csr_matmul(chunk.indptr, chunk.indices, chunk.data, tiled)
         return np.asarray(chunk, dtype=np.float32) @ dense
 
-    def row_weights(self, chunk: Any, n_genes: int) -> np.ndarray:
-        raise NotImplementedError
-
     def aggregate_chunk(self, chunk: Any, prepared: Any, *, n_genes: int) -> np.ndarray:
         out = self.matmul(chunk, prepared)
         out *= self.row_weights(chunk, n_genes)[:, None]
