@@ -446,10 +446,10 @@ class Aggregator(Component):
         covered_f = covered.astype(np.float32)
         sel = np.arange(n_genes) if columns is None else np.asarray(columns, dtype=np.int64)
         subset = columns is not None and len(sel) != n_genes
-        E = embedding[sel].astype(np.float64)
+        E = embedding[sel] if subset else embedding  # float32; copied only when genes are selected
         if scale is not None:
             s = np.asarray(scale, dtype=np.float64)[sel]
-            E *= np.divide(1.0, s, out=np.zeros_like(s), where=s > 0)[:, None]
+            E = E * np.divide(1.0, s, out=np.zeros_like(s), where=s > 0).astype(np.float32)[:, None]
         offset = None
         if center is not None:
             if not self.linear:
@@ -457,7 +457,11 @@ class Aggregator(Component):
                     f"Aggregator {self.name!r} is not linear, so it cannot embed centred input; "
                     "use transform='none' with it."
                 )
-            offset = (np.asarray(center, dtype=np.float64)[sel] @ E).astype(np.float32)
+            mu = np.asarray(center, dtype=np.float64)[sel]
+            acc = np.zeros(E.shape[1])
+            for lo in range(0, len(mu), 4096):  # float64 accumulation, float64 copies of E bounded
+                acc += mu[lo : lo + 4096] @ E[lo : lo + 4096].astype(np.float64)
+            offset = acc.astype(np.float32)
         E = np.ascontiguousarray(E, dtype=np.float32)
         sel_covered = covered[sel].astype(np.float32)
         self.genes = [genes[i] for i in sel] if genes is not None else None
