@@ -174,13 +174,13 @@ def _cluster_labels(adata: Any, use_rep: str, groupby: str | None) -> np.ndarray
             raise InputError(f"groupby={groupby!r} is not a column of adata.obs.")
         return adata.obs[groupby].astype(str).to_numpy()
     import anndata as ad
-    import scanpy as sc
 
-    tmp = ad.AnnData(obs=adata.obs[[]].copy())
-    tmp.obsm["X"] = np.asarray(adata.obsm[use_rep], dtype=np.float32)
-    sc.pp.neighbors(tmp, n_neighbors=15, use_rep="X", metric="cosine", random_state=0)
-    sc.tl.leiden(tmp, resolution=1.0, flavor="igraph", n_iterations=2, directed=False, random_state=0)
-    return tmp.obs["leiden"].astype(str).to_numpy()
+    from .tl import cluster  # tl imports this module
+
+    tmp = ad.AnnData(obs=adata.obs[[]].copy())  # scelmo.tl.cluster's defaults, without touching adata
+    tmp.obsm[use_rep] = np.asarray(adata.obsm[use_rep], dtype=np.float32)
+    cluster(tmp, use_rep=use_rep)
+    return tmp.obs[keys.CLUSTER].astype(str).to_numpy()
 
 
 def marker_match(
