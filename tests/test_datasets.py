@@ -38,3 +38,34 @@ def test_simulated_batches_create_a_measurable_batch_effect():
 def test_kang_without_wheel_says_how_to_fetch(tmp_path):
     with pytest.raises(ScelmoError, match="fetch_kang2018_wheel"):
         datasets.kang2018(tmp_path)
+
+
+def test_papalexi2021_loads_verified_real_knockout_counts():
+    a = datasets.papalexi2021()
+    assert a.shape == (19763, 299)
+    pert = a.obs["perturbation"].astype(str)
+    assert "unassigned" not in set(pert)
+    assert (pert == "non-targeting").sum() == 2304
+    targets = set(pert) - {"non-targeting"}
+    assert len(targets) == 25 and {"IFNGR1", "IFNGR2", "JAK2", "STAT1"} <= targets
+    c = a.layers["counts"]
+    assert np.array_equal(c.data, np.round(c.data)) and c.data.min() >= 1
+    assert set(a.obs["bio_rep"].astype(str)) == {"rep_1", "rep_2", "rep_3"}
+    # the documented biology: losing IFN-gamma signalling lowers STAT1 (per 10k UMIs of the transcriptome)
+    lib = a.obs["total_umis_full_transcriptome"].to_numpy(np.float64)
+    stat1 = np.asarray(c[:, list(a.var_names).index("STAT1")].todense()).ravel() / lib * 1e4
+    assert stat1[(pert == "IFNGR1").to_numpy()].mean() < 0.7 * stat1[(pert == "non-targeting").to_numpy()].mean()
+    assert datasets.papalexi2021(drop_unassigned=False).n_obs == 20729
+
+
+def test_papalexi2021_rejects_a_modified_file(tmp_path, monkeypatch):
+    import shutil
+
+    from scelmo.errors import IntegrityError
+
+    shutil.copy(datasets._DATA / datasets.PAPALEXI_FILE, tmp_path / datasets.PAPALEXI_FILE)
+    with open(tmp_path / datasets.PAPALEXI_FILE, "ab") as f:
+        f.write(b"\0")
+    monkeypatch.setattr(datasets, "_DATA", tmp_path)
+    with pytest.raises(IntegrityError, match="reinstall"):
+        datasets.papalexi2021()
