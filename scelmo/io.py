@@ -212,9 +212,45 @@ def replace_dir(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> Pa
     return path
 
 
+def _array_bytes(x: Any) -> int:
+    """Bytes an array (dense, scipy sparse or backed dataset) takes uncompressed; 0 if unknown."""
+    if x is None:
+        return 0
+    if hasattr(x, "data") and hasattr(x, "indices") and hasattr(x, "indptr"):
+        return int(x.data.nbytes + x.indices.nbytes + x.indptr.nbytes)
+    try:
+        return int(getattr(x, "nbytes", 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def estimated_h5ad_bytes(adata: Any) -> int:
+    """A lower bound of the size of ``adata`` written as an uncompressed ``.h5ad``.
+
+    Counts the matrices (``X``, layers, ``raw.X``, ``obsm``/``varm``/``obsp``/``varp``) and
+    the tables' numeric columns; strings, ``uns`` and HDF5 overhead only add to it.
+    """
+    total = 0 if adata.isbacked else _array_bytes(adata.X)
+    for store in (adata.layers, adata.obsm, adata.varm, adata.obsp, adata.varp):
+        total += sum(_array_bytes(v) for v in store.values())
+    if adata.raw is not None:
+        total += _array_bytes(adata.raw.X)
+    for df in (adata.obs, adata.var):
+        total += int(sum(df[c].to_numpy().nbytes for c in df.columns if df[c].dtype.kind in "biufc"))
+    return total
+
+
 def write_h5ad(adata: Any, path: str | os.PathLike[str]) -> Path:
-    """Write ``adata`` to ``path`` atomically."""
+    """Write ``adata`` to ``path`` atomically.
+
+    A file system without room for even the uncompressed matrices is refused before
+    anything is written: HDF5 can crash the process (SIGSEGV) when it runs out of space
+    partway through a file, and a crash could not clean up.
+    """
     with atomic_path(path) as tmp:
+        with contextlib.suppress(OSError):  # free space unknown: try, and map ENOSPC below
+            if shutil.disk_usage(tmp.parent).free < estimated_h5ad_bytes(adata):
+                raise DiskFullError(path)
         try:
             adata.write_h5ad(tmp)
         except Exception as exc:  # noqa: BLE001 - anndata / h5py raise many kinds

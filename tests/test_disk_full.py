@@ -197,7 +197,7 @@ def _scelmo_on_tmpfs(mnt: Path, size: str, args: list[str]) -> tuple[int, str, l
     return r.returncode, Path(f"{mnt}.stderr").read_text(), left
 
 
-@pytest.mark.parametrize(("size", "backed"), [("3m", False), ("3200k", True), ("1m", True)])
+@pytest.mark.parametrize(("size", "backed"), [("3m", False), ("1m", False), ("3200k", True), ("1m", True)])
 def test_real_tiny_tmpfs(files, tmp_path, size, backed):
     if not _can_mount_tmpfs(tmp_path):
         pytest.skip("cannot mount a tmpfs here (needs unshare and user namespaces, or root)")
@@ -240,3 +240,17 @@ def test_outputs_get_the_usual_permissions(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "outdir").stat().st_mode) == 0o755
+
+
+def test_estimated_size_is_a_lower_bound_of_the_written_file(files, tmp_path):
+    import anndata as ad
+
+    from scelmo.io import estimated_h5ad_bytes
+
+    src, _ge, _ = files
+    a = ad.read_h5ad(src)
+    a.obsm["X_test"] = np.ones((a.n_obs, 64), dtype=np.float32)
+    out = tmp_path / "a.h5ad"
+    a.write_h5ad(out)
+    est = estimated_h5ad_bytes(a)
+    assert a.obsm["X_test"].nbytes < est <= out.stat().st_size
