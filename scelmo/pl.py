@@ -162,12 +162,33 @@ def confusion_matrix(
     return _finish(fig, save, show, dpi)
 
 
+_IN_SILICO_LABELS = {
+    "logit_shift": "mean change of log-odds(target) per cell",
+    "target_probability_shift": "mean change of P(target)",
+    "fraction_flipped": "change of fraction predicted target",
+    "delta_cosine": "change of cosine(source mean, target mean)",
+    "paired_t": "paired t of the per-cell log-odds change",
+    "z": "effect in SDs of the random-gene null (z)",
+    "z_robust": "effect in robust SDs of the random-gene null",
+}
+_IN_SILICO_SCORES = {"logit": "logit_shift", "probability": "target_probability_shift", "cosine": "delta_cosine"}
+
+
+def _plain_ticks(ax: Any) -> None:
+    """Tick labels written out in full ("3e-05", "0.25"): no offset / exponent label at the axis end."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.3g}" if v != 0 else "0"))
+
+
 def in_silico_ranking(
     data: Any,
     *,
     key: str = keys.IN_SILICO,
-    by: str = "delta_cosine",
+    by: str | None = None,
     n_top: int = 20,
+    null_band: bool = True,
+    robust: bool = True,
     title: str | None = None,
     save: str | os.PathLike[str] | None = None,
     show: bool | None = None,
@@ -175,46 +196,88 @@ def in_silico_ranking(
 ) -> Any:
     """Bar chart of the genes whose in-silico deletion moves cells most toward the target.
 
+    Each bar is a gene's effect; behind it, a grey band spans the median +/- 2 robust SDs
+    (or the mean +/- 2 SDs, ``robust=False``) of the same effect for random genes of similar
+    expression (the null of :func:`scelmo.tl.in_silico_deletion`), and the gene's ``z``
+    (``z_robust`` / ``z``) is written at the bar's end, so an effect that stands out from the
+    null is visible at a glance.
+
     Parameters
     ----------
     data
         The DataFrame returned by :func:`scelmo.tl.in_silico_deletion`, or an AnnData
         holding its result in ``adata.uns[key]``.
     by
-        ``"delta_cosine"`` (change of cosine between group means) or
-        ``"target_probability_shift"`` (change of the classifier's target probability).
+        Column to plot: the ranking's score by default (``"logit_shift"`` unless the run
+        used another ``score=``), or ``"target_probability_shift"``, ``"fraction_flipped"``,
+        ``"delta_cosine"``, ``"paired_t"``, ``"z"``, ``"z_robust"``.
     n_top
         Number of genes shown (largest values first).
+    null_band
+        Draw the random-gene band (only for the column the null was computed on).
+    robust
+        Band and z from the null's median and robust SD (default) or its mean and SD.
     """
     show = _begin(save, show)
     import matplotlib.pyplot as plt
     import numpy as np
     import pandas as pd
 
-    source = target = None
     if isinstance(data, pd.DataFrame):
-        df = data
+        df, info = data, dict(data.attrs)
     else:
         if key not in data.uns:
             raise ScelmoError(f"adata.uns[{key!r}] not found. Run `scelmo.tl.in_silico_deletion` first.")
-        res = data.uns[key]
-        df = pd.DataFrame({c: np.asarray(res[c]) for c in ("delta_cosine", "target_probability_shift") if c in res},
-                          index=np.asarray(res["genes"]).astype(str))
-        source, target = res.get("source"), res.get("target")
+        info = data.uns[key]
+        cols = [c for c, v in info.items() if c != "genes" and np.ndim(v) == 1 and len(v) == len(info["genes"])]
+        df = pd.DataFrame({c: np.asarray(info[c]) for c in cols}, index=np.asarray(info["genes"]).astype(str))
+    source, target, factor = info.get("source"), info.get("target"), info.get("factor")
+    scored = _IN_SILICO_SCORES.get(str(info.get("score", "")))
+    if by is None:
+        by = scored or ("logit_shift" if "logit_shift" in df and df["logit_shift"].notna().any() else "delta_cosine")
     if by not in df:
         raise ScelmoError(f"Column {by!r} not in the results (available: {', '.join(map(str, df.columns))}).")
-    top = df[by].dropna().sort_values(ascending=False).head(n_top)[::-1]
-    fig, ax = plt.subplots(figsize=(5, 0.28 * len(top) + 1.2))
-    colors = ["#2b8cbe" if v > 0 else "#bdbdbd" for v in top.to_numpy()]
-    ax.barh(top.index.astype(str), top.to_numpy(), color=colors)
-    ax.axvline(0, color="black", lw=0.8)
-    ax.set_xlabel({"delta_cosine": "change of cosine(source, target) after deletion",
-                   "target_probability_shift": "change of P(target) after deletion"}.get(by, by))
+    top = df.loc[df[by].dropna().sort_values(ascending=False).index[:n_top]].iloc[::-1]
+    if top.empty:
+        raise ScelmoError(f"No gene has a value in column {by!r}.")
+    y = np.arange(len(top))
+    vals = top[by].to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(6.2, 0.3 * len(top) + 1.5))
+    center, scale, zcol = ("null_median", "null_robust_sd", "z_robust") if robust else ("null_mean", "null_sd", "z")
+    band = null_band and by == scored and {center, scale} <= set(top.columns)
+    if band:
+        lo = (top[center] - 2 * top[scale]).to_numpy(dtype=float)
+        hi = (top[center] + 2 * top[scale]).to_numpy(dtype=float)
+        ok = np.isfinite(lo) & np.isfinite(hi)
+        what = "median ± 2 robust SD" if robust else "mean ± 2 SD"
+        ax.barh(y[ok], (hi - lo)[ok], left=lo[ok], height=0.9, color="#d9d9d9", zorder=1,
+                label=f"random genes of the same expression: {what}")
+    colors = ["#2b8cbe" if v > 0 else "#969696" for v in vals]
+    ax.barh(y, vals, height=0.55, color=colors, zorder=2)
+    ax.axvline(0, color="black", lw=0.8, zorder=3)
+    ax.set_yticks(y)
+    ax.set_yticklabels(top.index.astype(str), fontsize=9)
+    ax.set_ylim(-0.7, len(top) - 0.3)
+    span = max(float(np.nanmax(np.abs(vals))), 1e-300)
+    if band and zcol in top:
+        for yi, v, zv in zip(y, vals, top[zcol].to_numpy(dtype=float), strict=True):
+            if np.isfinite(zv):
+                ax.text(v + 0.01 * span if v >= 0 else v - 0.01 * span, yi, f"z={zv:.0f}" if abs(zv) >= 10 else f"z={zv:.1f}",
+                        va="center", ha="left" if v >= 0 else "right", fontsize=7, color="#444444", zorder=4)
+        right = max(float(np.nanmax(vals)), float(np.nanmax(hi)) if np.isfinite(hi).any() else 0.0, 0.0)
+        ax.set_xlim(right=right + 0.18 * span)
+    _plain_ticks(ax)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.set_xlabel(_IN_SILICO_LABELS.get(by, by))
     ax.spines[["top", "right"]].set_visible(False)
+    if band:  # above the bars, under the title: never on top of a bar
+        ax.legend(frameon=False, fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), borderaxespad=0.1)
     if title is None and source and target:
-        title = f"in-silico deletion: {source} -> {target}"
+        what = "deletion" if not factor else f"x{float(factor):g}"
+        title = f"in-silico {what}: {source} -> {target}"
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10, pad=16 if band else 6)
+    fig.tight_layout()
     return _finish(fig, save, show, dpi)
 
 
@@ -264,6 +327,78 @@ def training_history(
         ax.set_ylabel("validation score")
         ax.legend(frameon=False, fontsize="small")
         ax.spines[["top", "right"]].set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _finish(fig, save, show, dpi)
+
+
+def perturbation_deltas(
+    observed: Any,
+    predicted: Any,
+    *,
+    perturbations: list[str] | None = None,
+    ncols: int = 4,
+    title: str | None = None,
+    save: str | os.PathLike[str] | None = None,
+    show: bool | None = None,
+    dpi: int = 150,
+) -> Any:
+    """Predicted against observed expression change, one panel per perturbation.
+
+    Each point is a gene: x its observed delta (perturbed mean - control mean), y the
+    delta a method predicted; the diagonal is a perfect prediction and points on the
+    x-axis are "no change". Each method's Pearson correlation is in the legend.
+
+    Parameters
+    ----------
+    observed
+        ``{perturbation: observed delta (one value per gene)}``.
+    predicted
+        ``{method: {perturbation: predicted delta}}``; methods missing a perturbation are
+        left out of its panel.
+    perturbations
+        Panels to draw, in order (default: every key of ``observed``).
+    ncols
+        Panels per row.
+
+    Returns
+    -------
+    The matplotlib :class:`~matplotlib.figure.Figure`.
+    """
+    show = _begin(save, show)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(perturbations) if perturbations is not None else list(observed)
+    missing = [p for p in names if p not in observed]
+    if missing:
+        raise ScelmoError(f"No observed delta for {missing[:5]}; pass them in `observed`.")
+    if not names or not predicted:
+        raise ScelmoError("Give at least one perturbation in `observed` and one method in `predicted`.")
+    ncols = max(1, min(int(ncols), len(names)))
+    nrows = -(-len(names) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.0 * nrows), squeeze=False)
+    for ax, p in zip(axes.ravel(), names, strict=False):
+        obs = np.asarray(observed[p], dtype=float).ravel()
+        for i, (method, preds) in enumerate(predicted.items()):
+            if p not in preds:
+                continue
+            pred = np.asarray(preds[p], dtype=float).ravel()
+            if pred.shape != obs.shape:
+                raise ScelmoError(f"{method!r} predicts {pred.size} genes for {p!r} but {obs.size} were observed.")
+            r = np.corrcoef(obs, pred)[0, 1] if obs.std() > 0 and pred.std() > 0 else float("nan")
+            ax.scatter(obs, pred, s=6, alpha=0.6, color=f"C{i}", label=f"{method} (r={r:.2f})")
+        lim = float(np.nanmax(np.abs(obs))) * 1.1 or 1.0
+        ax.plot([-lim, lim], [-lim, lim], color="k", lw=0.6)
+        ax.axhline(0, color="0.6", lw=0.5)
+        ax.set_title(p, fontsize="medium")
+        ax.set_xlabel("observed delta")
+        ax.set_ylabel("predicted delta")
+        ax.legend(frameon=False, fontsize="x-small")
+        ax.spines[["top", "right"]].set_visible(False)
+    for ax in axes.ravel()[len(names):]:
+        ax.set_visible(False)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
