@@ -125,7 +125,9 @@ def test_in_silico_deletion_copy(embedded):
     assert keys.IN_SILICO not in a.uns
     df = scelmo.tl.in_silico_deletion(model, a, genes=genes, source=source, target=target)
     assert list(out.uns[keys.IN_SILICO]["genes"]) == list(df.index)
-    np.testing.assert_allclose(out.uns[keys.IN_SILICO]["delta_cosine"], df["delta_cosine"].to_numpy())
+    for col in ("delta_cosine", "logit_shift", "z_robust"):
+        np.testing.assert_allclose(out.uns[keys.IN_SILICO][col], df[col].to_numpy())
+    assert out.uns["scelmo"]["in_silico_deletion"]["n_genes"] == len(genes)
 
 
 def test_copy_of_backed_anndata_is_refused(embedded, tmp_path):

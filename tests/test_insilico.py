@@ -1,4 +1,5 @@
-"""In-silico deletion: zeroing the gene that defines the 'disease' state moves cells back."""
+"""In-silico deletion on real torch models: the exact fast path against re-embedding, a planted
+'disease' gene found genome-wide far above the random-gene null, and the plot."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from scelmo.errors import InputError
 pytest.importorskip("torch")
 
 DRIVER = "CD3E"
+COLUMNS = ["logit_shift", "target_probability_shift", "fraction_flipped", "delta_cosine"]
 
 
 @pytest.fixture(scope="module")
@@ -33,34 +35,115 @@ def disease():
     return a, model
 
 
-def test_driver_gene_ranks_first(disease):
+@pytest.fixture(scope="module")
+def cell_types():
+    """A classifier of pbmc68k's cell types after a few epochs: probabilities far from 0 and 1."""
+    a = datasets.pbmc68k_reduced()
+    ge = testing.random_gene_embeddings(list(a.var_names), dim=24, seed=2)
+    a.varm[keys.GENE_EMBEDDING], _ = ge.aligned(list(a.var_names))
+    scelmo.Model.setup_anndata(a, labels_key="bulk_labels")
+    model = scelmo.Model(a, head="annotation").train(max_epochs=3, early_stopping=False, seed=0)
+    return a, model
+
+
+@pytest.mark.parametrize("factor", [0.0, 0.5])
+def test_fast_path_equals_brute_force(cell_types, factor):
+    """The rank-one update (float64) gives what re-embedding every cell through the head gives."""
+    a, model = cell_types
+    genes = list(a.var_names[::40])
+    kw = {"genes": genes, "source": "CD14+ Monocyte", "target": "Dendritic", "factor": factor, "n_null": 10}
+    fast = scelmo.tl.in_silico_deletion(model, a, method="fast", **kw)
+    brute = scelmo.tl.in_silico_deletion(model, a, method="brute", **kw).loc[fast.index]
+    assert a.uns["scelmo"]["in_silico_deletion"]["method"] == "brute"
+    assert fast["target_probability_shift"].abs().max() > 1e-3  # the comparison is not of zeros
+    for c in COLUMNS:
+        np.testing.assert_allclose(fast[c], brute[c], atol=2e-5, rtol=1e-3, err_msg=c)
+    # one gene by hand, through the public Model API (float32 inside the head)
+    g = fast.index[0]
+    src = (a.obs["bulk_labels"] == "CD14+ Monocyte").to_numpy()
+    cells = a[src].copy()
+    p0 = model.predict(cells, method="classifier", return_probabilities=True)["Dendritic"].to_numpy(np.float64)
+    X = cells.X.toarray()
+    X[:, list(a.var_names).index(g)] *= factor
+    cells.X = sp.csr_matrix(X)
+    p1 = model.predict(cells, method="classifier", return_probabilities=True)["Dendritic"].to_numpy(np.float64)
+    assert fast.loc[g, "target_probability_shift"] == pytest.approx((p1 - p0).mean(), abs=2e-5)
+
+
+def test_planted_gene_ranks_first_genome_wide(disease):
     a, model = disease
-    candidates = [DRIVER, "MS4A1", "LYZ", "NKG7", "GNLY", "CD74"]
-    df = scelmo.tl.in_silico_deletion(model, a, genes=candidates, source="disease", target="healthy")
-    assert df.index[0] == DRIVER
-    assert df.loc[DRIVER, "delta_cosine"] > 0
-    assert df.loc[DRIVER, "target_probability_shift"] > 0.3
-    assert df.loc[DRIVER, "rank_classifier"] == 1 and df.loc[DRIVER, "rank_cosine"] == 1
-    assert df.loc[DRIVER, "n_cells_expressing"] == (a.obs["state"] == "disease").sum()
+    df = scelmo.tl.in_silico_deletion(model, a, source="disease", target="healthy")  # genes=None: all
+    assert len(df) == a.n_vars and df["used_by_model"].all()
+    assert df.index[0] == DRIVER and df.loc[DRIVER, "rank"] == 1
+    row = df.loc[DRIVER]
+    assert row["fraction_flipped"] > 0.5 and row["target_probability_shift"] > 0.3
+    assert row["z"] > 10 and row["z_robust"] > 10 and row["p_null"] < 0.02
+    others = df.drop(index=DRIVER)
+    assert row["logit_shift"] > 3 * others["logit_shift"].abs().max()
+    assert row["n_cells_expressing"] == (a.obs["state"] == "disease").sum()
+    # the null: random genes the model uses, matched on expression, stored with the result
     res = a.uns[keys.IN_SILICO]
-    assert res["source"] == "disease" and list(res["genes"]) == list(df.index)
-    assert a.uns["scelmo"]["in_silico_deletion"]["n_genes"] == len(candidates)
+    null = res["null"]
+    assert list(res["genes"]) == list(df.index) and res["score"] == "logit"
+    assert len(null["genes"]) == len(null["effect"]) == len(null["bin"]) > 100
+    assert np.bincount(null["bin"]).max() <= 100
+    level = df["mean_expression"]
+    for b in range(int(df["expression_bin"].max()) + 1):  # bins are ordered by expression
+        if b:
+            assert level[df["expression_bin"] == b].min() >= level[df["expression_bin"] == b - 1].max()
+    assert np.isfinite(df["null_sd"]).sum() == (df["n_cells_expressing"] > 0).sum()
+    prov = a.uns["scelmo"]["in_silico_deletion"]
+    assert prov["n_genes"] == a.n_vars and prov["method"] == "fast"
+
+
+def test_down_weighting_is_smaller_than_deletion(disease):
+    a, model = disease
+    full = scelmo.tl.in_silico_deletion(model, a, genes=[DRIVER, "LYZ"], source="disease", target="healthy")
+    half = scelmo.tl.in_silico_deletion(model, a, genes=[DRIVER, "LYZ"], source="disease", target="healthy", factor=0.5)
+    assert 0 < half.loc[DRIVER, "logit_shift"] < full.loc[DRIVER, "logit_shift"]
+    assert a.uns[keys.IN_SILICO]["factor"] == 0.5
 
 
 def test_ranking_plot(disease, tmp_path):
     a, model = disease
-    scelmo.tl.in_silico_deletion(model, a, genes=[DRIVER, "LYZ"], source="disease", target="healthy", max_cells=100)
+    scelmo.tl.in_silico_deletion(model, a, genes=list(a.var_names[:30]) + [DRIVER], source="disease",
+                                 target="healthy", max_cells=100)
     out = tmp_path / "rank.png"
-    scelmo.pl.in_silico_ranking(a, save=out)
+    fig = scelmo.pl.in_silico_ranking(a, save=out)
     assert out.stat().st_size > 1000
-    scelmo.pl.in_silico_ranking(a, by="target_probability_shift", save=tmp_path / "p.png")
+    ax = fig.axes[0]
+    assert ax.xaxis.get_offset_text().get_text() == ""  # no offset label crowding the axis
+    assert ax.get_yticklabels()[-1].get_text() == DRIVER  # largest effect on top
+    assert any("random genes" in t.get_text() for t in ax.get_legend().get_texts())
+    fig2 = scelmo.pl.in_silico_ranking(a, by="delta_cosine", n_top=5, save=tmp_path / "p.png")
+    assert len(fig2.axes[0].get_yticklabels()) == 5
 
 
 def test_bad_arguments(disease):
     a, model = disease
+    kw = {"source": "disease", "target": "healthy"}
     with pytest.raises(InputError, match="not in the data"):
-        scelmo.tl.in_silico_deletion(model, a, genes=["NOPE1"], source="disease", target="healthy")
+        scelmo.tl.in_silico_deletion(model, a, genes=["NOPE1"], **kw)
     with pytest.raises(InputError, match="source"):
         scelmo.tl.in_silico_deletion(model, a, genes=[DRIVER], source="sick", target="healthy")
     with pytest.raises(InputError, match="groupby"):
-        scelmo.tl.in_silico_deletion(model, a, genes=[DRIVER], source="disease", target="healthy", groupby="nope")
+        scelmo.tl.in_silico_deletion(model, a, genes=[DRIVER], groupby="nope", **kw)
+    with pytest.raises(InputError, match="factor"):
+        scelmo.tl.in_silico_deletion(model, a, genes=[DRIVER], factor=1.0, **kw)
+    with pytest.raises(InputError, match="factor"):
+        scelmo.tl.in_silico_deletion(model, a, genes=[DRIVER], factor=-0.5, **kw)
+    with pytest.raises(InputError, match="score"):
+        scelmo.tl.in_silico_deletion(model, a, genes=[DRIVER], score="odds", **kw)
+    with pytest.raises(InputError, match="method"):
+        scelmo.tl.in_silico_deletion(model, a, genes=[DRIVER], method="exact", **kw)
+    with pytest.raises(InputError, match="n_null"):
+        scelmo.tl.in_silico_deletion(model, a, genes=[DRIVER], n_null=1, **kw)
+    with pytest.raises(InputError, match="at least one"):
+        scelmo.tl.in_silico_deletion(model, a, genes=[], **kw)
+    # a grouping the classifier does not know: only the cosine score applies
+    with pytest.raises(InputError, match="score='cosine'"):
+        scelmo.tl.in_silico_deletion(model, a, genes=[DRIVER], groupby="bulk_labels", source="CD14+ Monocyte",
+                                     target="Dendritic")
+    df = scelmo.tl.in_silico_deletion(model, a, genes=[DRIVER, "LYZ"], groupby="bulk_labels", source="CD14+ Monocyte",
+                                      target="Dendritic", score="cosine")
+    assert df["logit_shift"].isna().all() and np.isfinite(df["delta_cosine"]).all()
