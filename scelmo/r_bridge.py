@@ -24,6 +24,10 @@ latter into an R condition of class ``scelmo_error`` (and ``scelmo_input_error``
 never a half-modified object. Python warnings are returned in ``warnings`` (a list of
 strings) and re-issued in R. Results cross back as bytes: ``Z`` is float32,
 column-major (R's order) with ``dim = [rows, cols]``.
+
+The fine-tuning entry points (:func:`train`, :func:`predict`, :func:`save`, :func:`load`)
+also hand R the :class:`scelmo.Model` object itself, which R keeps as an opaque handle
+(``scelmo_model``) and passes back; it lives only as long as the R session's Python.
 """
 
 from __future__ import annotations
@@ -426,3 +430,235 @@ def _drop_none(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_drop_none(v) for v in obj]
     return obj
+
+
+# --------------------------------------------------------------------------- fine-tuning
+#: Sidecar file :func:`save` writes next to ``scelmo.Model.save``'s files: the training
+#: genes' resolved symbols and the normalisation, so a model loaded in another session
+#: matches a query's genes exactly as the session that trained it.
+SIDECAR = "r_bridge.json"
+_NORMALIZE = ("auto", "log1p", "none")
+
+
+def _normalized(adata: Any, normalize: str) -> str:
+    """Log-normalise ``adata.X`` in place when asked (``auto``: when it holds counts)."""
+    from .selection import looks_like_counts, normalize_chunk
+
+    if normalize not in _NORMALIZE:
+        raise ScelmoError(f"normalize must be one of {', '.join(_NORMALIZE)}; got {normalize!r}.")
+    if normalize == "log1p" or (normalize == "auto" and looks_like_counts(adata.X)):
+        adata.X = normalize_chunk(adata.X)
+        return "log1p"
+    return "none"
+
+
+def _model_info(model: Any, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """What the R handle shows and checks (primitives only)."""
+    genes = [str(g) for g in model.train_genes]
+    hist = model.history
+    history = {str(c): [float(v) for v in hist[c].to_numpy(dtype=float)] for c in hist.columns
+               if np.issubdtype(hist[c].dtype, np.number)}
+    train = {k: v for k, v in dict(model.train_info).items() if isinstance(v, str | int | float | bool)}
+    return {
+        "head": str(model.head_name),
+        "classes": [str(c) for c in (getattr(model.head, "classes", None) or [])],
+        "predicts_labels": bool(hasattr(model.head, "predict_knn")),
+        "labels_key": model.setup.labels_key, "batch_key": model.setup.batch_key,
+        "genes": encode_strings(genes), "n_genes": len(genes),
+        "train": train, "history": history,
+        "normalize": str(extra.get("normalize", "unknown")),
+        "version": __version__,
+    }
+
+
+def _extra(model: Any) -> dict[str, Any]:
+    extra = getattr(model, "_r_bridge", None)
+    return dict(extra) if isinstance(extra, Mapping) else {}
+
+
+def train(
+    payload: Mapping[str, Any],
+    *,
+    head: str = "annotation",
+    labels_key: str | None = None,
+    batch_key: str | None = None,
+    head_options: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    gene_embeddings: str | None = None,
+    normalize: str = "auto",
+) -> dict[str, Any]:
+    """Train a :class:`scelmo.Model` on an R payload (what ``TrainScELMo`` calls).
+
+    The payload's counts are log-normalised first (``normalize="auto"``: when they are
+    whole numbers; ``"log1p"``: always; ``"none"``: used as they are). ``labels_key`` /
+    ``batch_key`` name metadata columns of the payload. ``head_options`` go to the head
+    (e.g. ``latent``), ``training`` to :meth:`scelmo.Model.train` (``max_epochs``,
+    ``batch_size``, ``lr``, ``early_stopping``, ``seed``, ``device``, ``num_threads``,
+    ...). Returns ``model`` (the Python object; R keeps it in its handle) and ``info``
+    (head, classes, training genes as bytes, training summary and per-epoch history).
+    """
+
+    def run() -> dict[str, Any]:
+        from . import plugins
+        from .model import Model
+
+        if head == "perturbation":
+            raise ScelmoError("The perturbation head is not available from R yet (it needs a control "
+                              "condition and predicts expression); use the Python API (scelmo.Model).")
+        if head not in plugins.heads:
+            raise ScelmoError(f"Unknown head {head!r}: use head = \"annotation\" (cell types; needs labels) or "
+                              f"\"integration\" (batch removal; needs batch). Registered heads: "
+                              f"{', '.join(plugins.heads.names())}.")
+        adata = to_anndata(payload)
+        for key, what in ((labels_key, "labels"), (batch_key, "batch")):
+            if key is not None and key not in adata.obs:
+                raise ScelmoError(f"The {what} column {key!r} did not arrive with the data.")
+        used = _normalized(adata, str(normalize))
+        Model.setup_anndata(adata, labels_key=labels_key, batch_key=batch_key)
+        model = Model(adata, head=head, gene_embeddings=gene_embeddings, config=_config(config),
+                      **dict(_config(head_options) or {}))
+        settings = dict(_config(training) or {})
+        settings.setdefault("progress", False)
+        model.train(**settings)
+        symbols = dict(zip(map(str, adata.var_names), map(str, adata.var[keys.GENE_SYMBOL]), strict=True)) \
+            if keys.GENE_SYMBOL in adata.var else {}
+        model._r_bridge = {"normalize": used, "symbols": symbols}
+        model.adata = None  # the handle keeps the weights, not the training data
+        return {"model": model, "info": _model_info(model, model._r_bridge)}
+
+    return _call(run)
+
+
+def predict(
+    payload: Mapping[str, Any],
+    model: Any,
+    *,
+    method: str = "knn",
+    k: int | None = None,
+    normalize: str = "auto",
+    min_overlap: float = 0.1,
+) -> dict[str, Any]:
+    """Apply a trained model to an R payload (what ``PredictScELMo`` calls).
+
+    The query's genes are matched to the model's training genes by name: model genes the
+    query lacks count as not expressed (a warning says how many), query genes the model
+    did not see are dropped. Fewer than ``min_overlap`` of the model's genes present is
+    an error. Returns ``Z`` (cells x latent float32 bytes, column-major) and ``dim``;
+    for heads that predict labels also ``labels`` (bytes), ``scores`` (float64 bytes: the
+    winning class's vote share for ``"knn"``, its probability for ``"classifier"``) and
+    ``classes``; and ``n_missing`` / ``n_model_genes``.
+    """
+
+    def run() -> dict[str, Any]:
+        import pandas as pd
+        import scipy.sparse as sp
+
+        from .model import Model
+
+        if not isinstance(model, Model):
+            raise ScelmoError("`model` is not a scelmo model; train one with TrainScELMo() or load one with "
+                              "LoadScELMoModel().")
+        if method not in ("knn", "classifier"):
+            raise ScelmoError(f"method must be \"knn\" or \"classifier\"; got {method!r}.")
+        query = to_anndata(payload)
+        _normalized(query, str(normalize))
+        genes = [str(g) for g in model.train_genes]
+        pos = {str(g): j for j, g in enumerate(query.var_names)}
+        have = np.array([g in pos for g in genes], dtype=bool)
+        n_found = int(have.sum())
+        if not genes or n_found < max(1, float(min_overlap) * len(genes)):
+            example = ", ".join(genes[:3])
+            qexample = ", ".join(map(str, query.var_names[:3]))
+            raise ScelmoError(
+                f"The query shares {n_found} of the model's {len(genes)} genes (needed: at least "
+                f"{100 * float(min_overlap):.0f}%): the model was trained on other genes (model: {example}, ...; "
+                f"query: {qexample}, ...). Use a query with the same gene naming (symbols vs Ensembl IDs, "
+                "same species), or train a model on genes the query has."
+            )
+        n_missing = len(genes) - n_found
+        if n_missing:
+            warnings.warn(
+                f"{n_missing} of the model's {len(genes)} genes are not in the query; they are treated as "
+                f"not expressed (zero). {query.n_vars - n_found} query genes the model did not see are ignored.",
+                stacklevel=2,
+            )
+        cols = np.array([pos[g] for g in genes if g in pos], dtype=np.int64)
+        X = sp.csr_matrix(query.X)[:, cols].tocsc()
+        # place the found genes at their model positions; the others stay empty (zero)
+        target = np.flatnonzero(have)
+        S = sp.csr_matrix((np.ones(len(cols), dtype=np.float32), (np.arange(len(cols)), target)),
+                          shape=(len(cols), len(genes)))
+        aligned = sp.csr_matrix(X @ S, dtype=np.float32)
+        symbols = _extra(model).get("symbols", {})
+        var = pd.DataFrame(index=pd.Index(genes, dtype=object))
+        if symbols:
+            var[keys.GENE_SYMBOL] = [symbols.get(g, g) for g in genes]
+        import anndata as ad
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            aligned_adata = ad.AnnData(X=aligned, obs=pd.DataFrame(index=query.obs_names), var=var)
+        Z = model.get_latent_representation(aligned_adata)
+        out: dict[str, Any] = {
+            "Z": _matrix_bytes(Z), "dim": [int(Z.shape[0]), int(Z.shape[1])],
+            "n_missing": n_missing, "n_model_genes": len(genes),
+        }
+        if hasattr(model.head, "predict_knn"):
+            probs = model.predict(aligned_adata, method=method, return_probabilities=True,
+                                  k=None if k is None else int(k))
+            P = probs.to_numpy(dtype=np.float64)
+            classes = [str(c) for c in probs.columns]
+            score = P.max(1)
+            if method == "knn":  # vote shares, less the 1e-6 tie-break the head adds to the nearest cell's class
+                score = np.minimum(np.round(score, 5), 1.0)
+            out["labels"] = encode_strings([classes[i] for i in P.argmax(1)])
+            out["scores"] = bytearray(score.astype("<f8").tobytes())
+            out["classes"] = classes
+        return out
+
+    return _call(run)
+
+
+def save(model: Any, path: str, *, overwrite: bool = False) -> dict[str, Any]:
+    """Write ``model`` with :meth:`scelmo.Model.save` plus the R sidecar (:data:`SIDECAR`)."""
+
+    def run() -> dict[str, Any]:
+        import json
+        from pathlib import Path
+
+        from .model import Model
+
+        if not isinstance(model, Model):
+            raise ScelmoError("`model` is not a scelmo model.")
+        target = Path(path).expanduser()
+        if target.exists() and not overwrite:
+            raise ScelmoError(f"{target} exists; pass overwrite = TRUE to replace it, or choose another path.")
+        out = model.save(target, overwrite=bool(overwrite))
+        (out / SIDECAR).write_text(json.dumps({"format": "scelmo.r_bridge", **_extra(model)}), encoding="utf-8")
+        return {"path": str(out.resolve())}
+
+    return _call(run)
+
+
+def load(path: str) -> dict[str, Any]:
+    """Load a model saved by :func:`save` (or by :meth:`scelmo.Model.save` in Python)."""
+
+    def run() -> dict[str, Any]:
+        import json
+        from pathlib import Path
+
+        from .model import Model
+
+        target = Path(path).expanduser()
+        if not target.is_dir():
+            raise ScelmoError(f"{target} is not a directory; give the path passed to SaveScELMoModel().")
+        model = Model.load(target)
+        side = target / SIDECAR
+        extra: dict[str, Any] = {}
+        if side.is_file():
+            extra = {k: v for k, v in json.loads(side.read_text(encoding="utf-8")).items() if k != "format"}
+        model._r_bridge = extra
+        return {"model": model, "info": _model_info(model, extra), "path": str(target.resolve())}
+
+    return _call(run)

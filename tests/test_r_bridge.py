@@ -193,3 +193,80 @@ def test_rds_without_the_r_extra_is_a_clear_error(monkeypatch, tmp_path):
     assert res.exit_code != 0 and "scelmo[r]" in res.output
     with pytest.raises(AttributeError):
         scelmo.io.no_such_function  # noqa: B018
+
+
+def _blocks(n_cells: int, seed: int = 0):
+    """Counts with three groups, each expressing its own block of four GENES."""
+    rng = np.random.default_rng(seed)
+    X = rng.poisson(0.3, size=(n_cells, len(GENES))).astype(float)
+    group = np.arange(n_cells) % 3
+    for g in range(3):
+        X[np.ix_(group == g, range(4 * g, 4 * g + 4))] += rng.poisson(8, size=((group == g).sum(), 4))
+    cells = [f"c{j}" for j in range(n_cells)]
+    obs = pd.DataFrame({"type": pd.Categorical(np.array(["T", "B", "Mono"])[group])}, index=cells)
+    return sp.csr_matrix(X), cells, obs
+
+
+def test_train_predict_save_load_round_trip(tmp_path):
+    ge = random_gene_embeddings(GENES, dim=16)
+    ge.save(tmp_path / "ge")
+    X, cells, obs = _blocks(150)
+    fit = r_bridge.train(make_payload(X, cells, GENES, obs), head="annotation", labels_key="type",
+                         gene_embeddings=str(tmp_path / "ge"), training={"max_epochs": 10, "seed": 0},
+                         head_options={"knn_k": 5})
+    assert fit["ok"], fit
+    info = fit["info"]
+    assert info["head"] == "annotation" and sorted(info["classes"]) == ["B", "Mono", "T"]
+    assert r_bridge.decode_strings(info["genes"], info["n_genes"]) == GENES
+    assert info["normalize"] == "log1p" and info["train"]["n_cells"] == 150 and "loss" in info["history"]
+    model = fit["model"]
+
+    Xq, qcells, qobs = _blocks(60, seed=1)
+    drop = [GENES.index("HBB")]  # a gene the query lacks: zero, with a warning
+    keep = [j for j in range(len(GENES)) if j not in drop]
+    extra = sp.csr_matrix(np.ones((60, 1)))  # and one the model never saw: ignored
+    qgenes = [GENES[j] for j in keep] + ["EXTRA1"]
+    payload = make_payload(sp.hstack([Xq[:, keep], extra], format="csr"), qcells, qgenes)
+    out = r_bridge.predict(payload, model)
+    assert out["ok"], out
+    assert any("1 of the model's 12 genes are not in the query" in w for w in out["warnings"]), out["warnings"]
+    labels = r_bridge.decode_strings(out["labels"], 60)
+    assert np.mean(np.array(labels) == qobs["type"].astype(str).to_numpy()) > 0.9
+    scores = np.frombuffer(out["scores"], dtype="<f8")
+    assert ((scores > 0) & (scores <= 1)).all()
+    np.testing.assert_allclose(scores * 5, np.round(scores * 5), atol=1e-6)  # vote shares of knn_k = 5
+    n, d = out["dim"]
+    assert n == 60 and d >= 2
+    cls = r_bridge.predict(payload, model, method="classifier")
+    assert cls["ok"] and np.mean(np.array(r_bridge.decode_strings(cls["labels"], 60)) == qobs["type"].astype(str).to_numpy()) > 0.9
+
+    saved = r_bridge.save(model, str(tmp_path / "m"))
+    assert saved["ok"], saved
+    assert not r_bridge.save(model, str(tmp_path / "m"))["ok"]  # exists, no overwrite
+    loaded = r_bridge.load(str(tmp_path / "m"))
+    assert loaded["ok"], loaded
+    assert loaded["info"]["classes"] == info["classes"] and loaded["info"]["normalize"] == "log1p"
+    again = r_bridge.predict(payload, loaded["model"])
+    assert again["labels"] == out["labels"] and again["Z"] == out["Z"]
+
+
+def test_train_and_predict_errors_say_what_to_do(tmp_path):
+    ge = random_gene_embeddings(GENES, dim=8)
+    ge.save(tmp_path / "ge")
+    X, cells, obs = _blocks(60)
+    payload = make_payload(X, cells, GENES, obs)
+    bad = r_bridge.train(payload, head="nope", labels_key="type", gene_embeddings=str(tmp_path / "ge"))
+    assert not bad["ok"] and "Unknown head 'nope'" in bad["message"] and "annotation" in bad["message"]
+    pert = r_bridge.train(payload, head="perturbation", gene_embeddings=str(tmp_path / "ge"))
+    assert not pert["ok"] and "Python API" in pert["message"]
+    missing = r_bridge.train(payload, labels_key="celltype", gene_embeddings=str(tmp_path / "ge"))
+    assert not missing["ok"] and "celltype" in missing["message"]
+    fit = r_bridge.train(payload, labels_key="type", gene_embeddings=str(tmp_path / "ge"),
+                         training={"max_epochs": 2})
+    assert fit["ok"], fit
+    other = make_payload(X, cells, [f"ENSG{j:011d}" for j in range(len(GENES))])
+    out = r_bridge.predict(other, fit["model"])
+    assert not out["ok"] and "shares 0 of the model's 12 genes" in out["message"] and "trained on other genes" in out["message"]
+    assert not r_bridge.predict(payload, object())["ok"]
+    assert "knn" in r_bridge.predict(payload, fit["model"], method="vote")["message"]
+    assert not r_bridge.load(str(tmp_path / "nowhere"))["ok"]
