@@ -30,6 +30,30 @@ def _ensure_gene_vectors(adata: Any, config: dict[str, Any]) -> None:
         tl.embed_genes(adata, config=config)
 
 
+def _unmeasured_gene_vectors(adata: Any, key: str, control: str | None, config: dict[str, Any],
+                             gene_embeddings: str | None) -> dict[str, Any] | None:
+    """Gene vectors for the perturbed genes the data does not measure (a knocked-out gene is often
+    filtered out), embedded with the configured roles as ``scelmo embed-genes`` would and
+    conditioned like the measured genes' vectors (with the model's gene table's fit)."""
+    from scelmo import Model, tl
+    from scelmo import perturbation as P
+
+    if key not in adata.obs:
+        return None  # setup_anndata reports the missing column
+    measured = {str(g).upper() for g in adata.var_names}
+    comps = {c for p in adata.obs[key].astype(str).unique() for c in P.components(p, control=control)}
+    missing = sorted(c for c in comps if c.upper() not in measured)
+    if not missing:
+        return None
+    click.echo(f"Embedding {len(missing)} perturbed gene(s) the data does not measure ({', '.join(missing[:5])}"
+               f"{', ...' if len(missing) > 5 else ''}) ...", err=True)
+    extra = tl.embed_genes(genes=missing, config=config)
+    raw, found = extra.aligned(missing)
+    cond = Model._gene_table(adata, gene_embeddings, config).condition().conditioning
+    vectors = cond.apply(raw[found])
+    return dict(zip([g for g, f in zip(missing, found, strict=True) if f], vectors, strict=True))
+
+
 def add_commands(cli: Any) -> None:
     """Add ``train`` and ``predict`` to the root ``scelmo`` group."""
 
@@ -74,6 +98,9 @@ def add_commands(cli: Any) -> None:
         adata = _read(input)
         if gene_embeddings is None:
             _ensure_gene_vectors(adata, config)
+        if head == "perturbation" and perturbation_key and "perturbation_embeddings" not in head_options:
+            head_options["perturbation_embeddings"] = _unmeasured_gene_vectors(
+                adata, perturbation_key, head_options.get("control"), config, gene_embeddings)
         scelmo.Model.setup_anndata(adata, labels_key=labels_key, batch_key=batch_key, layer=layer,
                                    perturbation_key=perturbation_key)
         model = scelmo.Model(adata, head=head, gene_embeddings=gene_embeddings, **head_options)
