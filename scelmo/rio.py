@@ -142,20 +142,44 @@ def _r() -> tuple[Any, Any]:
     """``(rpy2.robjects, helpers)``; a clear :class:`ScelmoError` when R or the extra is missing."""
     if "env" in _STATE:
         return _STATE["ro"], _STATE["env"]
-    try:
-        import anndata2ri  # noqa: F401
-        import rpy2.robjects as ro
-    except (ImportError, RuntimeError, OSError) as exc:  # no R: RuntimeError("Unable to determine R_HOME")
-        raise ScelmoError(f"{_INSTALL_HINT} ({type(exc).__name__}: {exc})") from None
-    from rpy2.rinterface_lib.embedded import RRuntimeError
+    with _process_environment_kept():
+        try:
+            import anndata2ri  # noqa: F401
+            import rpy2.robjects as ro
+        except (ImportError, RuntimeError, OSError) as exc:  # no R: RuntimeError("Unable to determine R_HOME")
+            raise ScelmoError(f"{_INSTALL_HINT} ({type(exc).__name__}: {exc})") from None
+        from rpy2.rinterface_lib.embedded import RRuntimeError
 
-    try:
-        with _quiet_r():
-            env = ro.r(_R_CODE)
-    except RRuntimeError as exc:
-        raise ScelmoError(f"{_INSTALL_HINT} (R said: {str(exc).strip()})") from None
+        try:
+            with _quiet_r():
+                env = ro.r(_R_CODE)
+        except RRuntimeError as exc:
+            raise ScelmoError(f"{_INSTALL_HINT} (R said: {str(exc).strip()})") from None
     _STATE.update(ro=ro, env=env)
     return ro, env
+
+
+@contextlib.contextmanager
+def _process_environment_kept() -> Iterator[None]:
+    """Undo what starting embedded R does to the process environment, except R's own variables.
+
+    R's start-up exports ``LD_LIBRARY_PATH`` (R's and the system's library directories),
+    ``MAKE``, ``PAGER``, ``EDITOR``... into the process. Every later child process inherits
+    them: a Python started from it then loads the system's libpython / libssl instead of its
+    own (``import _ssl`` fails). The process's own loader read its paths at start-up, so
+    restoring them changes nothing for R here; ``R_*`` variables are kept for R's use.
+    """
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(saved) | set(os.environ):
+            if key.startswith(("R_", "_R_")) or os.environ.get(key) == saved.get(key):
+                continue
+            if key in saved:
+                os.environ[key] = saved[key]
+            else:
+                os.environ.pop(key, None)
 
 
 def _call(name: str, *args: Any) -> Any:
