@@ -68,7 +68,9 @@ def test_testthat_suite(r_lib):
         "load_package = 'installed', reporter = 'summary', stop_on_failure = FALSE); "
         "df <- as.data.frame(res); "
         "cat(sprintf('\\nSCELMO_TESTTHAT tests=%d expectations=%d failed=%d errors=%d skipped=%d\\n', "
-        "nrow(df), sum(df$nb), sum(df$failed), sum(df$error), sum(df$skipped)))"
+        "nrow(df), sum(df$nb), sum(df$failed), sum(df$error), sum(df$skipped))); "
+        "for (f in unique(df$file)) cat(sprintf('SCELMO_FILE %s tests=%d skipped=%d seconds=%.1f\\n', f, "
+        "sum(df$file == f), sum(df$skipped[df$file == f]), sum(df$real[df$file == f])))"
     )
     out = run_r(code, r_lib, cwd=ROOT)
     log = out.stdout + out.stderr
@@ -77,6 +79,9 @@ def test_testthat_suite(r_lib):
     tests, _, failed, errors, skipped = map(int, m.groups())
     assert failed == 0 and errors == 0, log[-6000:]
     assert tests >= 10, log[-6000:]
+    files = {f: (int(n), int(sk)) for f, n, sk in re.findall(r"SCELMO_FILE (\S+) tests=(\d+) skipped=(\d+)", log)}
+    # fine-tuning from R (real torch training) runs, not skipped, wherever the suite runs
+    assert files.get("test-finetune.R", (0, 0))[0] >= 4 and files["test-finetune.R"][1] == 0, log[-6000:]
     print(log[-2500:])  # shown with -s / on failure: timings (the 50k-cell crossing) and skips
 
 
