@@ -357,13 +357,20 @@ def papalexi_markdown(ps: pd.DataFrame, log: dict[str, Any]) -> list[str]:
         sd = r[f"{m}_sd"]
         return f"{r[m]:.3f}" + ("" if np.isnan(sd) else f" ± {sd:.3f}")
 
+    head_run = bool(ps["method"].eq("head").any())
+    head_text = (f"head {info['epochs']} epochs (options {info['head_options']}, otherwise the defaults) on at most "
+                 f"{info['max_cells_per_target']} cells per training knockout and all controls; "
+                 if head_run else "head not run (--no-head); ")
+    loto = " (leave-one-target-out)" if info["n_folds"] == len(info["targets"]) else ""
     parts = ["## Papalexi 2021: real CRISPR knockouts, held-out targets", "",
              f"{len(info['targets'])} knockouts of THP-1 cells, {info['n_genes']} genes, "
-             f"{info['n_folds']} folds of targets x seeds {info['seeds']} (each seed its own split); "
-             f"head {info['epochs']} epochs (options {info['head_options']}, otherwise the defaults) on at most "
-             f"{info['max_cells_per_target']} cells per training knockout and all controls; {info['n_shuffles']} "
-             f"shuffled tables per seed for ridge and 3-NN, the first {info['n_head_shuffles']} of them also "
-             "for the head. Values: mean over the group's "
+             f"{info['n_folds']} folds of targets{loto} x seeds {info['seeds']} "
+             + ("(the same split for every seed; the seeds vary the shuffled and random tables); " if loto
+                else "(each seed its own split); ")
+             + f"{head_text}{info['n_shuffles']} "
+             f"shuffled tables per seed for ridge and 3-NN"
+             + (f", the first {info['n_head_shuffles']} of them also for the head" if head_run else "")
+             + ". Values: mean over the group's "
              "knockouts, then mean ± sd over seeds (shuffled: over seeds x permutations). Groups: "
              + "; ".join(f"**{g}** ({len(m)}: {', '.join(m)})" for g, m in info["groups"].items()) + ".", ""]
     parts += ["### Verdict: each vector-based method against mean shift and against itself with shuffled vectors", "",
@@ -436,9 +443,10 @@ def write_report(df: pd.DataFrame, summary: pd.DataFrame, out: Path, log: dict[s
         parts += [f"Papalexi task: command `{run.get('command', '')}`; machine {run.get('machine', '')}; "
                   f"load average at start {run.get('loadavg_start', '')}, at end {run.get('loadavg_end', '')}. "
                   f"Total {run.get('seconds', float('nan')):.0f} s.", ""]
-    parts += ["The **synthetic** rows are a *pipeline test, not evidence*: their truth is built from the same "
-              "gene vectors the head reads, so they show that the code can use gene vectors, not that real "
-              "perturbation biology follows them. The evidence on real knockouts is the Papalexi section.", ""]
+    if (df["dataset"] == "synthetic").any():
+        parts += ["The **synthetic** rows are a *pipeline test, not evidence*: their truth is built from the same "
+                  "gene vectors the head reads, so they show that the code can use gene vectors, not that real "
+                  "perturbation biology follows them. The evidence on real knockouts is the Papalexi section.", ""]
     if (df["dataset"] == "kang").any():
         k = df[df["dataset"] == "kang"].pivot_table(index="unit", columns="method", values=["r2_delta", "pearson_delta", "r2_mean"],
                                                     dropna=False)
