@@ -248,6 +248,11 @@ def test_train_predict_save_load_round_trip(tmp_path):
     assert loaded["info"]["classes"] == info["classes"] and loaded["info"]["normalize"] == "log1p"
     again = r_bridge.predict(payload, loaded["model"])
     assert again["labels"] == out["labels"] and again["Z"] == out["Z"]
+    # a model saved from Python (no r_bridge.json) loads and predicts the same
+    (tmp_path / "m" / r_bridge.SIDECAR).unlink()
+    plain = r_bridge.load(str(tmp_path / "m"))
+    assert plain["ok"] and plain["info"]["normalize"] == "unknown"
+    assert r_bridge.predict(payload, plain["model"])["labels"] == out["labels"]
 
 
 def test_train_and_predict_errors_say_what_to_do(tmp_path):
