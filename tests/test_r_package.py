@@ -187,3 +187,44 @@ def test_cross_check_r_wrapper_against_anndata2ri(r_lib, tmp_path):
     np.testing.assert_allclose(via_cli.obsm["X_scelmo"], from_r, rtol=1e-6, atol=1e-7)
     res = CliRunner().invoke(cli, ["embed-cells", str(tmp_path / "seu.rds"), "-o", str(tmp_path / "x.h5ad"), "--backed"])
     assert res.exit_code != 0 and ".h5ad INPUT" in res.output
+
+
+RESTART_TRAIN_R = r"""
+suppressPackageStartupMessages(library(SeuratObject))
+out <- commandArgs(trailingOnly = TRUE)[1]
+data("pbmc_small")
+model <- scelmo::TrainScELMo(pbmc_small, labels = "groups", max.epochs = 2, verbose = FALSE)
+model <- scelmo::SaveScELMoModel(model, file.path(out, "model"))
+saveRDS(model, file.path(out, "handle.rds"))
+q <- scelmo::PredictScELMo(pbmc_small, model, verbose = FALSE)
+writeLines(as.character(q$scelmo_label), file.path(out, "labels_1.txt"))
+"""
+
+RESTART_USE_R = r"""
+suppressPackageStartupMessages(library(SeuratObject))
+out <- commandArgs(trailingOnly = TRUE)[1]
+data("pbmc_small")
+old <- readRDS(file.path(out, "handle.rds"))
+e <- tryCatch(scelmo::PredictScELMo(pbmc_small, old, verbose = FALSE), error = function(e) e)
+cat("CLASS:", class(e), "\n"); cat("MSG:", conditionMessage(e), "\n")
+model <- scelmo::LoadScELMoModel(file.path(out, "model"))
+q <- scelmo::PredictScELMo(pbmc_small, model, verbose = FALSE)
+writeLines(as.character(q$scelmo_label), file.path(out, "labels_2.txt"))
+"""
+
+
+@pytest.mark.slow
+def test_model_handle_after_an_r_restart(r_lib, tmp_path):
+    """A handle kept with saveRDS is dead in a new R session; LoadScELMoModel gives the same model."""
+    def script(code: str) -> subprocess.CompletedProcess:
+        return run_r(code.replace("commandArgs(trailingOnly = TRUE)[1]", repr(str(tmp_path))), r_lib, cwd=ROOT)
+
+    first = script(RESTART_TRAIN_R)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    second = script(RESTART_USE_R)
+    log = second.stdout + second.stderr
+    assert second.returncode == 0, log[-3000:]
+    assert "CLASS: scelmo_dead_model scelmo_input_error scelmo_error" in log, log
+    assert f'LoadScELMoModel("{(tmp_path / "model").resolve()}")' in log, log
+    labels_1 = (tmp_path / "labels_1.txt").read_text().split()
+    assert len(labels_1) == 80 and labels_1 == (tmp_path / "labels_2.txt").read_text().split()
