@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, keys
-from .errors import ScelmoError
+from .errors import InputError, ScelmoError
 from .redact import mask
 
 #: Bumped when the payload layout changes; the R package checks it.
@@ -445,7 +445,7 @@ def _normalized(adata: Any, normalize: str) -> str:
     from .selection import looks_like_counts, normalize_chunk
 
     if normalize not in _NORMALIZE:
-        raise ScelmoError(f"normalize must be one of {', '.join(_NORMALIZE)}; got {normalize!r}.")
+        raise InputError(f"normalize must be one of {', '.join(_NORMALIZE)}; got {normalize!r}.")
     if normalize == "log1p" or (normalize == "auto" and looks_like_counts(adata.X)):
         adata.X = normalize_chunk(adata.X)
         return "log1p"
@@ -504,16 +504,16 @@ def train(
         from .model import Model
 
         if head == "perturbation":
-            raise ScelmoError("The perturbation head is not available from R yet (it needs a control "
+            raise InputError("The perturbation head is not available from R yet (it needs a control "
                               "condition and predicts expression); use the Python API (scelmo.Model).")
         if head not in plugins.heads:
-            raise ScelmoError(f"Unknown head {head!r}: use head = \"annotation\" (cell types; needs labels) or "
+            raise InputError(f"Unknown head {head!r}: use head = \"annotation\" (cell types; needs labels) or "
                               f"\"integration\" (batch removal; needs batch). Registered heads: "
                               f"{', '.join(plugins.heads.names())}.")
         adata = to_anndata(payload)
         for key, what in ((labels_key, "labels"), (batch_key, "batch")):
             if key is not None and key not in adata.obs:
-                raise ScelmoError(f"The {what} column {key!r} did not arrive with the data.")
+                raise InputError(f"The {what} column {key!r} did not arrive with the data.")
         used = _normalized(adata, str(normalize))
         Model.setup_anndata(adata, labels_key=labels_key, batch_key=batch_key)
         model = Model(adata, head=head, gene_embeddings=gene_embeddings, config=_config(config),
@@ -557,10 +557,10 @@ def predict(
         from .model import Model
 
         if not isinstance(model, Model):
-            raise ScelmoError("`model` is not a scelmo model; train one with TrainScELMo() or load one with "
+            raise InputError("`model` is not a scelmo model; train one with TrainScELMo() or load one with "
                               "LoadScELMoModel().")
         if method not in ("knn", "classifier"):
-            raise ScelmoError(f"method must be \"knn\" or \"classifier\"; got {method!r}.")
+            raise InputError(f"method must be \"knn\" or \"classifier\"; got {method!r}.")
         query = to_anndata(payload)
         _normalized(query, str(normalize))
         genes = [str(g) for g in model.train_genes]
@@ -570,7 +570,7 @@ def predict(
         if not genes or n_found < max(1, float(min_overlap) * len(genes)):
             example = ", ".join(genes[:3])
             qexample = ", ".join(map(str, query.var_names[:3]))
-            raise ScelmoError(
+            raise InputError(
                 f"The query shares {n_found} of the model's {len(genes)} genes (needed: at least "
                 f"{100 * float(min_overlap):.0f}%): the model was trained on other genes (model: {example}, ...; "
                 f"query: {qexample}, ...). Use a query with the same gene naming (symbols vs Ensembl IDs, "
@@ -630,10 +630,10 @@ def save(model: Any, path: str, *, overwrite: bool = False) -> dict[str, Any]:
         from .model import Model
 
         if not isinstance(model, Model):
-            raise ScelmoError("`model` is not a scelmo model.")
+            raise InputError("`model` is not a scelmo model.")
         target = Path(path).expanduser()
         if target.exists() and not overwrite:
-            raise ScelmoError(f"{target} exists; pass overwrite = TRUE to replace it, or choose another path.")
+            raise InputError(f"{target} exists; pass overwrite = TRUE to replace it, or choose another path.")
         out = model.save(target, overwrite=bool(overwrite))
         (out / SIDECAR).write_text(json.dumps({"format": "scelmo.r_bridge", **_extra(model)}), encoding="utf-8")
         return {"path": str(out.resolve())}
@@ -652,7 +652,7 @@ def load(path: str) -> dict[str, Any]:
 
         target = Path(path).expanduser()
         if not target.is_dir():
-            raise ScelmoError(f"{target} is not a directory; give the path passed to SaveScELMoModel().")
+            raise InputError(f"{target} is not a directory; give the path passed to SaveScELMoModel().")
         model = Model.load(target)
         side = target / SIDECAR
         extra: dict[str, Any] = {}

@@ -262,6 +262,7 @@ def test_train_and_predict_errors_say_what_to_do(tmp_path):
     payload = make_payload(X, cells, GENES, obs)
     bad = r_bridge.train(payload, head="nope", labels_key="type", gene_embeddings=str(tmp_path / "ge"))
     assert not bad["ok"] and "Unknown head 'nope'" in bad["message"] and "annotation" in bad["message"]
+    assert bad["error_class"] == "InputError"  # the user's input: scelmo_input_error in R
     pert = r_bridge.train(payload, head="perturbation", gene_embeddings=str(tmp_path / "ge"))
     assert not pert["ok"] and "Python API" in pert["message"]
     missing = r_bridge.train(payload, labels_key="celltype", gene_embeddings=str(tmp_path / "ge"))

@@ -54,7 +54,7 @@ test_that("TrainScELMo + PredictScELMo on pbmc_small: labels, scores, DimReduc, 
   saved <- SaveScELMoModel(model, dir)
   expect_true(file.exists(file.path(dir, "model.json")))
   expect_identical(normalizePath(saved$path), normalizePath(dir))
-  expect_error(SaveScELMoModel(model, dir), class = "scelmo_error", regexp = "overwrite")
+  expect_error(SaveScELMoModel(model, dir), class = "scelmo_input_error", regexp = "overwrite")
   loaded <- LoadScELMoModel(dir)
   expect_identical(loaded$classes, model$classes)
   expect_identical(loaded$genes, model$genes)
@@ -117,7 +117,7 @@ test_that("fine-tuning errors say what to do next", {
   expect_error(TrainScELMo(s$ref, head = "integration", verbose = FALSE), class = "scelmo_input_error",
                regexp = "needs `batch`")
   expect_error(TrainScELMo(s$ref, labels = "groups", head = "transformer", verbose = FALSE),
-               class = "scelmo_error", regexp = "Unknown head 'transformer'.*annotation")
+               class = "scelmo_input_error", regexp = "Unknown head 'transformer'.*annotation")
   expect_error(TrainScELMo(s$ref, labels = rep("a", 3), verbose = FALSE), class = "scelmo_input_error",
                regexp = "3 values for 61 cells")
   expect_error(PredictScELMo(s$query, list(head = "annotation")), class = "scelmo_input_error",
@@ -138,6 +138,6 @@ test_that("fine-tuning errors say what to do next", {
   # a query on other genes
   other <- qc
   rownames(other) <- paste0("ENSG", sprintf("%011d", seq_len(nrow(other))))
-  expect_error(PredictScELMo(other, model, verbose = FALSE), class = "scelmo_error",
+  expect_error(PredictScELMo(other, model, verbose = FALSE), class = "scelmo_input_error",
                regexp = "shares 0 of the model's 230 genes.*trained on other genes")
 })
