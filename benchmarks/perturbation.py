@@ -268,7 +268,7 @@ def run_papalexi(args: argparse.Namespace, rows: list[dict[str, Any]], log: dict
             "cells": {p: int(n) for (_, p), n in counts.items()}, "gene_table": repr(ge),
             "symbol_aliases": SYMBOL_ALIASES, "groups": groups, "seeds": args.seeds,
             "n_folds": args.folds, "n_shuffles": args.shuffles, "n_head_shuffles": args.head_shuffles,
-            "epochs": args.papalexi_epochs, "head_options": {"mmd_weight": args.papalexi_mmd_weight},
+            "epochs": args.papalexi_epochs, "head_options": {"mmd_weight": args.papalexi_mmd_weight, **json.loads(args.papalexi_head_options)},
             "max_cells_per_target": args.max_cells_per_target, "top_de": PAPALEXI_TOP_DE,
             "ridge_alpha": 1.0, "knn_k": 3, "setup_s": time.perf_counter() - t0}
     log["papalexi"] = info
@@ -287,7 +287,7 @@ def run_papalexi(args: argparse.Namespace, rows: list[dict[str, Any]], log: dict
             for t, delta in preds.items():
                 saved.setdefault(method, {})[t] = delta
 
-    head_opts = {"mmd_weight": args.papalexi_mmd_weight}
+    head_opts = {"mmd_weight": args.papalexi_mmd_weight, **json.loads(args.papalexi_head_options)}
     for seed in args.seeds:
         folds = P.target_folds(targets, n_folds=args.folds, seed=seed)
         rng = np.random.default_rng(1000 + seed)
@@ -542,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--papalexi-epochs", type=int, default=25, help="Papalexi: head training epochs")
     ap.add_argument("--papalexi-mmd-weight", type=float, default=0.0,
                     help="Papalexi: the head's mmd_weight (default 0: the score is on means, and MMD doubles the time)")
+    ap.add_argument("--papalexi-head-options", default="{}",
+                    help='Papalexi: more head options as JSON, e.g. \'{"project_to_seen": true}\'')
     ap.add_argument("--max-cells-per-target", type=int, default=300,
                     help="Papalexi: training cells kept per knockout (all controls are kept); 0 = all")
     ap.add_argument("--null-draws", type=int, default=200, help="Papalexi: control-vs-control draws of the detectability rule")

@@ -131,3 +131,30 @@ def test_perturbation_deltas_plot(tmp_path):
 
     with pytest.raises(ScelmoError, match="No observed delta"):
         scelmo.pl.perturbation_deltas(obs, pred, perturbations=["C"], show=False)
+
+
+def test_project_to_seen_reads_unseen_vectors_through_the_seen_span(papalexi_small, tmp_path):
+    from scelmo_torch.perturbation import PerturbationHead
+
+    X, pert, _ = papalexi_small
+    rng = np.random.default_rng(0)
+    vec = {t: rng.normal(size=48).astype(np.float32) for t in TARGETS}
+    opts = {"hidden": 16, "latent": 4, "mmd_weight": 0.0, "project_to_seen": True}
+    train = {"max_epochs": 1, "progress": False, "seed": 0}
+    pred, head = predict_held_out_targets(X, pert, vec, held_out=["CD86"], control=CONTROL, options=opts, training=train)
+    basis = head.arrays["seen_basis"]
+    assert basis.shape == (len(TARGETS) - 2, 48)  # 5 seen vectors, centred on their mean: rank 4
+    seen = head._normalise(np.stack([vec[t] for t in head.seen_components]))
+    assert np.allclose(seen @ basis.T @ basis, seen, atol=1e-5)
+    unseen = head._normalise(vec["CD86"][None])  # a random 48-d vector is mostly outside the span
+    assert np.allclose(unseen @ basis.T @ basis, unseen, atol=1e-5)
+    _, plain = predict_held_out_targets(X, pert, vec, held_out=["CD86"], control=CONTROL,
+                                        options={**opts, "project_to_seen": False}, training=train)
+    raw = plain._normalise(vec["CD86"][None])
+    assert np.linalg.norm(raw - raw @ basis.T @ basis) > 0.5 * np.linalg.norm(raw)
+    # the seen components' inputs (and so the training) do not depend on the option
+    assert np.allclose(seen, plain._normalise(np.stack([vec[t] for t in head.seen_components])), atol=1e-5)
+    head.save_state(tmp_path / "h")
+    back = PerturbationHead.load_state(tmp_path / "h")
+    X_ctrl = X[pert == CONTROL]
+    assert np.allclose(back.predict_mean(X_ctrl, "CD86"), pred["CD86"], atol=1e-5)

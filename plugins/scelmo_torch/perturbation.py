@@ -75,6 +75,11 @@ class PerturbationOptions(ComponentOptions):
     residual_embedding: bool = False
     #: Centre component vectors on the mean of the fit-time table (needs >= 2 components).
     center_embeddings: bool = True
+    #: Project every (normalised) component vector onto the span of the components seen in
+    #: training, so an unseen component is read only through its resemblance to seen ones
+    #: (the directions no training vector had reach the network through untrained weights
+    #: otherwise). Seen components are unchanged.
+    project_to_seen: bool = False
     #: Weight of the MMD term (0: match means only).
     mmd_weight: float = Field(0.1, ge=0.0)
     #: Cells drawn per unit (group x perturbation) in a mini-batch, at least.
@@ -194,7 +199,11 @@ class PerturbationHead(TorchHead):
 
     def _normalise(self, vectors: np.ndarray) -> np.ndarray:
         v = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        return ((v - self.arrays["center"]) * self.arrays["scale"]).astype(np.float32)
+        out = (v - self.arrays["center"]) * self.arrays["scale"]
+        if "seen_basis" in self.arrays:
+            basis = self.arrays["seen_basis"].astype(np.float64)
+            out = (out @ basis.T) @ basis
+        return out.astype(np.float32)
 
     def add_embeddings(self, embeddings: Mapping[str, Any]) -> None:
         """Make more components (unseen in training) available for prediction."""
@@ -358,6 +367,11 @@ class PerturbationHead(TorchHead):
             "center": center.astype(np.float32),
             "scale": np.asarray(scale, dtype=np.float32),
         }
+        if self.options.project_to_seen:
+            seen_rows = (v[: len(seen)] - center) * scale
+            _, sv, vt = np.linalg.svd(seen_rows, full_matrices=False)
+            keep = sv > 1e-6 * max(float(sv.max()), 1e-12)
+            self.arrays["seen_basis"] = vt[keep].astype(np.float32)
         self.spec = {
             "n_genes": int(G),
             "dim": int(vecs.shape[1]),
