@@ -186,7 +186,7 @@ def cli(ctx: click.Context, config_file: str | None, profile: str | None, offlin
 # --------------------------------------------------------------------------- embedding
 _INPUT_HELP = ".h5ad, .zarr, 10x .h5, a 10x .mtx directory, or .rds (with scelmo[r])"
 #: OUTPUT formats of embed-cells, by extension.
-_OUTPUT_FORMATS = {".h5ad": "AnnData HDF5", ".rds": "R object (with scelmo[r])"}
+_OUTPUT_FORMATS = {".h5ad": "AnnData HDF5", ".zarr": "AnnData zarr store", ".rds": "R object (with scelmo[r])"}
 
 
 def _is_rds(path: str) -> bool:
@@ -205,6 +205,30 @@ def _settings(ctx: click.Context) -> Any:
     from .config import get_settings
 
     return get_settings(_overrides(ctx))
+
+
+def _embed_cells_distributed(input: str, output: str, fmt: str, key: str, *, scheduler: str | None,
+                             workers: int | None, overwrite: bool, layer: str | None, use_raw: bool | None,
+                             chunk_size: int, options: dict[str, Any]) -> None:
+    """``embed-cells --scheduler/--workers``: blocks of INPUT on dask workers, OUTPUT written block by block."""
+    from . import distributed, io, keys, tl
+
+    t0 = time.perf_counter()
+    with distributed.cluster(scheduler, workers) as client:
+        n_workers = len(client.scheduler_info().get("workers", {}))
+        lazy = distributed.read_lazy(input, layer=layer, use_raw=use_raw, chunk_size=chunk_size)
+        copy = io.streamed_h5ad_copy(input, output) if fmt == "h5ad" else io.streamed_zarr_copy(
+            input, output, overwrite=overwrite)
+        with copy as dest:
+            tl.embed_cells(lazy, out=dest.obsm(key, lazy.n_obs), key_added=key, **options)
+            dest.write_uns(keys.PROVENANCE, lazy.uns[keys.PROVENANCE])
+    info = lazy.uns[keys.PROVENANCE]["embed_cells"]
+    where = f"dask cluster at {scheduler}" if scheduler else "local dask cluster"
+    click.echo(
+        f"Embedded {info['n_cells']} cells (d={info['dim']}, {info['aggregator']}, {info['flavor']} flavor, "
+        f"{info['n_genes_used']} of {info['n_genes']} genes used, {info['expression_coverage']:.1%} of expression) "
+        f"on {n_workers} dask workers ({where}) in {time.perf_counter() - t0:.1f} s -> {output}"
+    )
 
 
 def _check_output_format(output: str, backed: bool) -> None:
@@ -281,10 +305,15 @@ def embed_genes_cmd(ctx, input, output, gene_list, genes_file, describe_model, e
 @click.option("--species", type=click.Choice(["auto", "human", "mouse"]))
 @click.option("--key-added", default=None, help="obsm key (default X_scelmo).")
 @click.option("--backed", is_flag=True, help="Stream an .h5ad INPUT from disk (bounded memory); OUTPUT is a copy with the results added.")
+@click.option("--precision", type=click.Choice(["float32", "bfloat16"]),
+              help="Gene vectors while aggregating (bfloat16: half the memory, float32 sums).")
+@click.option("--scheduler", metavar="ADDRESS", help="Run on an existing dask.distributed cluster (e.g. tcp://host:8786); "
+              "INPUT .h5ad/.zarr is read in blocks by the workers, OUTPUT (same format) written block by block.")
+@click.option("--workers", type=click.IntRange(min=1), help="Run on a local dask cluster of N worker processes (as --scheduler).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.pass_context
 def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, flavor, n_top_genes, mask_var, transform, layer,
-                    use_raw, l2, chunk_size, species, key_added, backed, overwrite):
+                    use_raw, l2, chunk_size, species, key_added, backed, precision, scheduler, workers, overwrite):
     """Embed the cells of INPUT and write OUTPUT (.h5ad) with obsm["X_scelmo"].
 
     INPUT: .h5ad, .zarr, 10x .h5, a 10x .mtx directory, or .rds. With the scelmo[r]
@@ -303,6 +332,15 @@ def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, flavor, n_t
     fmt = io.input_format(input)
     if backed and fmt != "h5ad":
         raise InputError(f"--backed needs an .h5ad INPUT; {input} is read into memory. Drop --backed.")
+    distributed_run = bool(scheduler or workers)
+    if distributed_run:
+        if scheduler and workers:
+            raise InputError("Give --scheduler (an existing cluster) or --workers (a local one), not both.")
+        if backed:
+            raise InputError("--scheduler/--workers already stream INPUT from disk; drop --backed.")
+        if fmt not in ("h5ad", "zarr") or Path(output).suffix.lower() != f".{fmt}":
+            raise InputError(f"--scheduler/--workers read an .h5ad or .zarr INPUT and write OUTPUT in the same "
+                             f"format (a copy with the results added); got {input} -> {output}.")
     if layer and use_raw:
         raise InputError("Give --layer or --use-raw, not both.")
     settings = _settings(ctx)
@@ -313,6 +351,13 @@ def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, flavor, n_t
     if gene_embeddings:
         gene_embeddings = GeneEmbeddings.load(gene_embeddings)
     key = key_added or keys.X_SCELMO
+    if distributed_run:
+        _embed_cells_distributed(input, output, fmt, key, scheduler=scheduler, workers=workers, overwrite=overwrite,
+                                 layer=layer, use_raw=use_raw, chunk_size=chunk_size or settings.aggregate.chunk_size,
+                                 options=dict(gene_embeddings=gene_embeddings, aggregator=aggregator, flavor=flavor,
+                                              n_top_genes=n_top_genes, mask_var=mask_var, transform=transform,
+                                              l2_normalize=l2, species=species, precision=precision, config=settings))
+        return
     adata = _read_input(input, backed=backed)
     if layer and layer not in adata.layers:
         raise InputError(f"INPUT has no layer {layer!r}; layers: {', '.join(map(str, adata.layers)) or 'none'}.")
@@ -322,7 +367,7 @@ def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, flavor, n_t
     options = dict(
         gene_embeddings=gene_embeddings, aggregator=aggregator, flavor=flavor, n_top_genes=n_top_genes,
         mask_var=mask_var, transform=transform, layer=layer, use_raw=use_raw,
-        l2_normalize=l2, chunk_size=chunk_size, species=species, config=settings, key_added=key,
+        l2_normalize=l2, chunk_size=chunk_size, species=species, precision=precision, config=settings, key_added=key,
     )
     t0 = time.perf_counter()
     if backed:  # stream rows in and cell vectors out: memory independent of the number of cells
@@ -336,6 +381,8 @@ def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, flavor, n_t
             from . import rio
 
             rio.write_rds(adata, output, template=input if fmt == "rds" else None, obsm_key=key)
+        elif Path(output).suffix.lower() == ".zarr":
+            io.write_zarr(adata, output, overwrite=overwrite)
         else:
             io.write_h5ad(adata, output)
     elapsed = time.perf_counter() - t0

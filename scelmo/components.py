@@ -377,6 +377,8 @@ class Aggregator(Component):
     """
 
     kind = "aggregator"
+    #: Whether :meth:`prepare` accepts ``precision="bfloat16"`` (half-size gene vectors).
+    supports_bfloat16: ClassVar[bool] = False
 
     def prepare(self, embedding: np.ndarray) -> Any:
         """Pre-process the genes x d matrix once (e.g. re-lay it for a fast kernel)."""
@@ -399,6 +401,66 @@ class Aggregator(Component):
         """Whether this aggregator defines :meth:`row_weights` (can embed centred input)."""
         return type(self).row_weights is not Aggregator.row_weights
 
+    def plan(
+        self,
+        embedding: np.ndarray,
+        *,
+        genes: Sequence[str] | None = None,
+        settings: Any = None,
+        l2_normalize: bool = False,
+        normalize: bool = False,
+        columns: np.ndarray | None = None,
+        center: np.ndarray | None = None,
+        scale: np.ndarray | None = None,
+        precision: str = "float32",
+    ) -> BlockPlan:
+        """Everything a row block needs, prepared once (see :meth:`aggregate` for the arguments).
+
+        The plan is picklable: a distributed run sends it to each worker once
+        (:mod:`scelmo.distributed`) and calls :meth:`BlockPlan.run` on every block there.
+        ``precision="bfloat16"`` stores the prepared gene vectors in bfloat16 when the
+        aggregator supports it (accumulation stays float32).
+        """
+        n_genes = int(embedding.shape[0])
+        embedding = np.ascontiguousarray(embedding, dtype=np.float32)
+        covered = np.abs(embedding).sum(axis=1) > 0
+        sel = np.arange(n_genes) if columns is None else np.asarray(columns, dtype=np.int64)
+        subset = columns is not None and len(sel) != n_genes
+        E = embedding[sel] if subset else embedding  # float32; copied only when genes are selected
+        if scale is not None:
+            s = np.asarray(scale, dtype=np.float64)[sel]
+            E = E * np.divide(1.0, s, out=np.zeros_like(s), where=s > 0).astype(np.float32)[:, None]
+        if precision == "bfloat16":  # the centring offset must use the very vectors the kernel reads
+            from .matrix import round_to_bfloat16
+
+            E = round_to_bfloat16(E)
+        offset = None
+        if center is not None:
+            if not self.linear:
+                raise ConfigError(
+                    f"Aggregator {self.name!r} is not linear, so it cannot embed centred input; "
+                    "use transform='none' with it."
+                )
+            mu = np.asarray(center, dtype=np.float64)[sel]
+            acc = np.zeros(E.shape[1])
+            for lo in range(0, len(mu), 4096):  # float64 accumulation, float64 copies of E bounded
+                acc += mu[lo : lo + 4096] @ E[lo : lo + 4096].astype(np.float64)
+            offset = acc.astype(np.float32)
+        E = np.ascontiguousarray(E, dtype=np.float32)
+        self.genes = [genes[i] for i in sel] if genes is not None else None
+        self.settings = settings
+        if precision not in ("float32", "bfloat16"):
+            raise ConfigError(f"precision must be 'float32' or 'bfloat16', got {precision!r}.")
+        if precision != "float32" and not self.supports_bfloat16:
+            raise ConfigError(f"Aggregator {self.name!r} has no bfloat16 path; use precision='float32'.")
+        prepared = self.prepare(E, precision=precision) if precision != "float32" else self.prepare(E)
+        return BlockPlan(
+            aggregator=self, prepared=prepared, n_genes=n_genes, columns=sel if subset else None,
+            covered=covered.astype(np.float32), sel_covered=covered[sel].astype(np.float32), offset=offset,
+            normalize=bool(normalize), l2_normalize=bool(l2_normalize), n_genes_covered=int(covered.sum()),
+            dim=int(E.shape[1]),
+        )
+
     def aggregate(
         self,
         matrix: Any,
@@ -414,6 +476,7 @@ class Aggregator(Component):
         columns: np.ndarray | None = None,
         center: np.ndarray | None = None,
         scale: np.ndarray | None = None,
+        precision: str = "float32",
     ) -> AggregationResult:
         """Stream ``matrix`` (cells x genes) in row chunks and aggregate each chunk.
 
@@ -430,74 +493,33 @@ class Aggregator(Component):
         only those genes (indices into the matrix's columns); ``center`` and ``scale``
         (per gene, aligned to the matrix's columns) turn X into ``(X - center) / scale``,
         computed as ``X @ (E / scale) - (center / scale) @ E`` for linear aggregators.
+        ``precision="bfloat16"`` keeps the gene vectors in bfloat16 (half the memory;
+        float32 accumulation) where the aggregator supports it.
         """
         from .matrix import iter_row_chunks, n_rows_cols
         from .progress import progress_bar
-        from .selection import normalize_chunk
 
         n_cells, n_genes = n_rows_cols(matrix)
-        embedding = np.ascontiguousarray(embedding, dtype=np.float32)
         if embedding.shape[0] != n_genes:
             raise ConfigError(
                 f"The gene embedding has {embedding.shape[0]} rows but the matrix has "
                 f"{n_genes} genes; they must be aligned."
             )
-        covered = np.abs(embedding).sum(axis=1) > 0
-        covered_f = covered.astype(np.float32)
-        sel = np.arange(n_genes) if columns is None else np.asarray(columns, dtype=np.int64)
-        subset = columns is not None and len(sel) != n_genes
-        E = embedding[sel] if subset else embedding  # float32; copied only when genes are selected
-        if scale is not None:
-            s = np.asarray(scale, dtype=np.float64)[sel]
-            E = E * np.divide(1.0, s, out=np.zeros_like(s), where=s > 0).astype(np.float32)[:, None]
-        offset = None
-        if center is not None:
-            if not self.linear:
-                raise ConfigError(
-                    f"Aggregator {self.name!r} is not linear, so it cannot embed centred input; "
-                    "use transform='none' with it."
-                )
-            mu = np.asarray(center, dtype=np.float64)[sel]
-            acc = np.zeros(E.shape[1])
-            for lo in range(0, len(mu), 4096):  # float64 accumulation, float64 copies of E bounded
-                acc += mu[lo : lo + 4096] @ E[lo : lo + 4096].astype(np.float64)
-            offset = acc.astype(np.float32)
-        E = np.ascontiguousarray(E, dtype=np.float32)
-        sel_covered = covered[sel].astype(np.float32)
-        self.genes = [genes[i] for i in sel] if genes is not None else None
-        self.settings = settings
-        prepared = self.prepare(E)
+        plan = self.plan(embedding, genes=genes, settings=settings, l2_normalize=l2_normalize,
+                         normalize=normalize, columns=columns, center=center, scale=scale, precision=precision)
         total_expr = covered_expr = 0.0
         empty: list[np.ndarray] = []
         with progress_bar(total=n_cells, desc=f"aggregating ({self.name})", unit="cell", enabled=progress) as bar:
             for start, chunk in iter_row_chunks(matrix, chunk_size):
-                stop = start + chunk.shape[0]
-                if normalize:
-                    chunk = normalize_chunk(chunk)
-                row_tot = np.asarray(chunk.sum(axis=1)).ravel()
-                total_expr += float(row_tot.sum(dtype=np.float64))
-                covered_expr += float(np.asarray(chunk @ covered_f).ravel().sum(dtype=np.float64))
-                if subset:
-                    chunk = chunk[:, sel]
-                block = self.aggregate_chunk(chunk, prepared, n_genes=len(sel))
-                if offset is not None:
-                    block -= self.row_weights(chunk, len(sel))[:, None] * offset[None, :]
-                is_empty = np.asarray(chunk @ sel_covered).ravel() <= 0
-                if is_empty.any():
-                    block[is_empty] = 0.0
-                    empty.append(np.flatnonzero(is_empty) + start)
-                if l2_normalize:
-                    norms = np.linalg.norm(block, axis=1, keepdims=True)
-                    np.divide(block, norms, out=block, where=norms > 0)
-                if not np.isfinite(block).all():
-                    raise ConfigError(
-                        f"Aggregator {self.name!r} produced non-finite values for cells "
-                        f"{start}..{stop}; this is a bug in the aggregator."
-                    )
+                part = plan.run(chunk, start, checked=True)
+                total_expr += part.total_expression
+                covered_expr += part.covered_expression
+                if part.empty_cells.size:
+                    empty.append(part.empty_cells)
                 if out is None:  # width from the first block: an aggregator may change d
-                    out = np.zeros((n_cells, block.shape[1]), dtype=np.float32)
-                out[start:stop] = block
-                bar.update(stop - start)
+                    out = np.zeros((n_cells, part.block.shape[1]), dtype=np.float32)
+                out[start : start + chunk.shape[0]] = part.block
+                bar.update(chunk.shape[0])
         if out is None:
             out = np.zeros((n_cells, embedding.shape[1]), dtype=np.float32)
         empty_idx = np.concatenate(empty) if empty else np.zeros(0, dtype=np.int64)
@@ -507,8 +529,72 @@ class Aggregator(Component):
             total_expression=total_expr,
             covered_expression=covered_expr,
             n_genes=n_genes,
-            n_genes_covered=int(covered.sum()),
+            n_genes_covered=plan.n_genes_covered,
         )
+
+
+@dataclass
+class BlockPart:
+    """One row block's result: cell vectors, coverage sums and its empty cells (global rows)."""
+
+    block: np.ndarray
+    total_expression: float
+    covered_expression: float
+    empty_cells: np.ndarray
+
+
+@dataclass
+class BlockPlan:
+    """A prepared aggregation (:meth:`Aggregator.plan`): turns any row block into cell vectors."""
+
+    aggregator: Aggregator
+    prepared: Any
+    n_genes: int
+    columns: np.ndarray | None
+    covered: np.ndarray
+    sel_covered: np.ndarray
+    offset: np.ndarray | None
+    normalize: bool
+    l2_normalize: bool
+    n_genes_covered: int
+    dim: int
+
+    def run(self, chunk: Any, start: int = 0, *, checked: bool = False) -> BlockPart:
+        """Cell vectors of ``chunk`` (rows ``start...`` of the data; any CSR/CSC/dense block).
+
+        ``checked=True``: the chunk is already float32 CSR/ndarray with checked values
+        (as :func:`scelmo.matrix.iter_row_chunks` yields them).
+        """
+        from .matrix import _as_float32, check_values
+        from .selection import normalize_chunk
+
+        if not checked:
+            chunk = _as_float32(chunk)
+            check_values(chunk, start)
+        stop = start + chunk.shape[0]
+        if self.normalize:
+            chunk = normalize_chunk(chunk)
+        total = float(np.asarray(chunk.sum(axis=1)).ravel().sum(dtype=np.float64))
+        covered = float(np.asarray(chunk @ self.covered).ravel().sum(dtype=np.float64))
+        if self.columns is not None:
+            chunk = chunk[:, self.columns]
+        n_sel = chunk.shape[1]
+        agg = self.aggregator
+        block = agg.aggregate_chunk(chunk, self.prepared, n_genes=n_sel)
+        if self.offset is not None:
+            block -= agg.row_weights(chunk, n_sel)[:, None] * self.offset[None, :]
+        is_empty = np.asarray(chunk @ self.sel_covered).ravel() <= 0
+        if is_empty.any():
+            block[is_empty] = 0.0
+        if self.l2_normalize:
+            norms = np.linalg.norm(block, axis=1, keepdims=True)
+            np.divide(block, norms, out=block, where=norms > 0)
+        if not np.isfinite(block).all():
+            raise ConfigError(
+                f"Aggregator {agg.name!r} produced non-finite values for cells "
+                f"{start}..{stop}; this is a bug in the aggregator."
+            )
+        return BlockPart(block, total, covered, np.flatnonzero(is_empty) + start)
 
 
 @dataclass

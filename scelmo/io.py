@@ -275,13 +275,12 @@ class StreamedArray:
 
     def __setitem__(self, rows: slice, block: Any) -> None:
         if self._ds is None:
-            if self.key in self.group:
+            if self.key in set(self.group.keys()):  # h5py or zarr group
                 del self.group[self.key]
             d = int(block.shape[1])
             chunk_rows = max(1, min(self.n_rows, (4 << 20) // max(4 * d, 1)))
-            self._ds = self.group.create_dataset(
-                self.key, shape=(self.n_rows, d), dtype="float32", chunks=(chunk_rows, d)
-            )
+            create = getattr(self.group, "create_array", None) or self.group.create_dataset  # zarr 3 / h5py
+            self._ds = create(self.key, shape=(self.n_rows, d), dtype="float32", chunks=(chunk_rows, d))
             self._ds.attrs["encoding-type"] = "array"  # anndata's on-disk encoding
             self._ds.attrs["encoding-version"] = "0.2.0"
         self._ds[rows] = block
@@ -357,6 +356,74 @@ def streamed_h5ad_copy(source: str | os.PathLike[str], path: str | os.PathLike[s
 #: What :func:`read_input` reads, for messages.
 INPUT_FORMATS = (".h5ad, .zarr (AnnData zarr store), .h5 (10x Genomics HDF5), a 10x .mtx directory "
                  "(matrix.mtx[.gz] + features/genes.tsv[.gz] + barcodes.tsv[.gz]) or .rds (with scelmo[r])")
+
+
+def write_zarr(adata: Any, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write ``adata`` as an AnnData zarr store at ``path`` atomically (a directory)."""
+    path = Path(path)
+    with atomic_dir(path, overwrite=overwrite) as tmp:
+        store = tmp / "store.zarr"
+        try:
+            adata.write_zarr(store)
+        except Exception as exc:  # noqa: BLE001 - anndata / zarr raise many kinds
+            if is_disk_full(exc):
+                raise DiskFullError(path) from None
+            raise
+        final = tmp.with_name(tmp.name + ".z")
+        store.rename(final)  # the store itself becomes the directory put in place
+    replace_dir(final, path)
+    return path
+
+
+class StreamedZarr(StreamedH5ad):
+    """The open copy made by :func:`streamed_zarr_copy` (same interface as the h5ad one)."""
+
+    def _group(self, name: str) -> Any:
+        if name not in set(self.h5.keys()):
+            grp = self.h5.create_group(name)
+            grp.attrs["encoding-type"] = "dict"
+            grp.attrs["encoding-version"] = "0.1.0"
+        return self.h5[name]
+
+    def write_uns(self, key: str, value: Any) -> None:
+        from anndata.io import write_elem
+
+        grp = self._group("uns")
+        if key in set(grp.keys()):
+            del grp[key]
+        write_elem(grp, key, value)
+
+
+@contextlib.contextmanager
+def streamed_zarr_copy(source: str | os.PathLike[str], path: str | os.PathLike[str], *,
+                       overwrite: bool = False) -> Iterator[StreamedZarr]:
+    """Copy the AnnData zarr store ``source`` to ``path`` and let results be streamed into it.
+
+    As :func:`streamed_h5ad_copy`: the matrix is copied on disk, never loaded; ``obsm``
+    arrays are written block by block; the copy replaces ``path`` only if the block succeeds.
+    """
+    import zarr
+
+    path = Path(path)
+    with atomic_dir(path, overwrite=overwrite) as tmp:
+        store = tmp / "store.zarr"
+        try:
+            shutil.copytree(source, store)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise DiskFullError(path) from None
+            raise
+        consolidated = any((store / m).exists() for m in ("zmetadata", ".zmetadata"))
+        for meta in ("zmetadata", ".zmetadata"):  # stale once arrays are added: rebuilt below
+            with contextlib.suppress(OSError):
+                (store / meta).unlink()
+        root = zarr.open_group(str(store), mode="r+", use_consolidated=False)
+        yield StreamedZarr(root)
+        if consolidated:
+            zarr.consolidate_metadata(str(store))
+        final = tmp.with_name(tmp.name + ".z")
+        store.rename(final)
+    replace_dir(final, path)
 
 
 def input_format(path: str | os.PathLike[str]) -> str:

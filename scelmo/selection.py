@@ -39,7 +39,10 @@ def looks_like_counts(matrix: Any, *, n_rows: int = 2000) -> bool:
     n = min(n_rows_cols(matrix)[0], n_rows)
     if n == 0:
         return False
-    _, chunk = next(iter_row_chunks(matrix[:n], n))
+    head = matrix[:n]
+    if hasattr(head, "compute") and hasattr(head, "chunks"):  # a dask array: read these rows now
+        head = head.compute()
+    _, chunk = next(iter_row_chunks(head, n))
     vals = chunk.data if sp.issparse(chunk) else np.asarray(chunk).ravel()
     vals = vals[vals != 0]
     return bool(vals.size) and bool(np.all(vals == np.round(vals))) and bool(vals.max() > 1)

@@ -27,14 +27,18 @@ from .kernels import TiledEmbedding, csr_matmul
 class _LinearAggregator(Aggregator):
     """``C = diag(w) X E`` for a per-cell weight ``w``; subclasses define ``w``."""
 
-    def prepare(self, embedding: np.ndarray) -> tuple[np.ndarray, TiledEmbedding]:
-        return embedding, TiledEmbedding.from_matrix(embedding)
+    supports_bfloat16 = True
 
-    def matmul(self, chunk: Any, prepared: tuple[np.ndarray, TiledEmbedding]) -> np.ndarray:
+    def prepare(self, embedding: np.ndarray, *, precision: str = "float32") -> tuple[np.ndarray | None, TiledEmbedding]:
+        tiled = TiledEmbedding.from_matrix(embedding, precision=precision)
+        # bfloat16: keep only the half-size copy (dense chunks widen it per chunk)
+        return (embedding if precision == "float32" else None), tiled
+
+    def matmul(self, chunk: Any, prepared: tuple[np.ndarray | None, TiledEmbedding]) -> np.ndarray:
         dense, tiled = prepared
         if sp.issparse(chunk):
             return csr_matmul(chunk.indptr, chunk.indices, chunk.data, tiled)
-        return np.asarray(chunk, dtype=np.float32) @ dense
+        return np.asarray(chunk, dtype=np.float32) @ (dense if dense is not None else tiled.to_matrix())
 
     def aggregate_chunk(self, chunk: Any, prepared: Any, *, n_genes: int) -> np.ndarray:
         out = self.matmul(chunk, prepared)

@@ -44,8 +44,12 @@ from typing import Any
 
 import numpy as np
 
+from scelmo.matrix import from_bfloat16_bits, to_bfloat16_bits
+
 __all__ = [
     "TiledEmbedding",
+    "to_bfloat16_bits",
+    "from_bfloat16_bits",
     "csr_matmul",
     "csr_matmul_gather",
     "csr_matmul_scatter",
@@ -92,19 +96,22 @@ def _aligned_empty(shape: tuple[int, ...], dtype=np.float32, align: int = _ALIGN
 
 
 class TiledEmbedding:
-    """``E`` (genes x d) re-laid as ``[d/W][genes][W]`` float32, padded to a multiple of W.
+    """``E`` (genes x d) re-laid as ``[d/W][genes][W]``, padded to a multiple of W.
 
-    Attributes: ``data`` (the ``(n_blocks, n_genes, W)`` float32 array, 64-byte
-    aligned), ``n_genes``, ``d`` (the true embedding width), ``W`` (block width).
+    Attributes: ``data`` (the ``(n_blocks, n_genes, W)`` array, 64-byte aligned:
+    float32, or uint16 holding bfloat16 bit patterns), ``n_genes``, ``d`` (the true
+    embedding width), ``W`` (block width). The kernels read either; with bfloat16 each
+    value is widened to float32 in registers and accumulation stays float32.
     """
 
     __slots__ = ("data", "n_genes", "d", "W")
 
     def __init__(self, data: np.ndarray, n_genes: int, d: int, W: int):
         data = np.asarray(data)
-        if data.ndim != 3 or data.dtype != np.float32 or not data.flags.c_contiguous:
+        if data.ndim != 3 or data.dtype not in (np.float32, np.uint16) or not data.flags.c_contiguous:
             raise ValueError(
-                "data must be a C-contiguous float32 array of shape (n_blocks, n_genes, W)"
+                "data must be a C-contiguous float32 (or uint16 bfloat16 bits) array of shape "
+                "(n_blocks, n_genes, W)"
             )
         if data.shape[1] != n_genes or data.shape[2] != W:
             raise ValueError(f"data shape {data.shape} does not match n_genes={n_genes}, W={W}")
@@ -119,8 +126,11 @@ class TiledEmbedding:
         self.W = int(W)
 
     @classmethod
-    def from_matrix(cls, E: np.ndarray, *, width: int | None = None) -> TiledEmbedding:
-        """Tile a ``(n_genes, d)`` matrix (any real dtype; converted to float32)."""
+    def from_matrix(cls, E: np.ndarray, *, width: int | None = None, precision: str = "float32") -> TiledEmbedding:
+        """Tile a ``(n_genes, d)`` matrix (any real dtype) stored as ``precision``:
+        ``"float32"`` or ``"bfloat16"`` (half the memory; see :func:`to_bfloat16_bits`)."""
+        if precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
         E = np.asarray(E)
         if E.ndim != 2:
             raise ValueError(f"E must be 2-D (genes x d), got shape {E.shape}")
@@ -131,16 +141,21 @@ class TiledEmbedding:
         if width not in SUPPORTED_WIDTHS:
             raise ValueError(f"width must be a multiple of {_VEC} in [8, 256], got {width}")
         n_blocks = max(1, -(-d // width))
-        data = _aligned_empty((n_blocks, n_genes, width))
+        bf16 = precision == "bfloat16"
+        data = _aligned_empty((n_blocks, n_genes, width), dtype=np.uint16 if bf16 else np.float32)
         for b in range(n_blocks):
             c0 = b * width
             c1 = min(d, c0 + width)
             blk = data[b]
             if c1 > c0:
-                blk[:, : c1 - c0] = E[:, c0:c1]
+                blk[:, : c1 - c0] = to_bfloat16_bits(E[:, c0:c1]) if bf16 else E[:, c0:c1]
             if c1 - c0 < width:
-                blk[:, max(0, c1 - c0) :] = 0.0
+                blk[:, max(0, c1 - c0) :] = 0
         return cls(data, n_genes, d, width)
+
+    @property
+    def precision(self) -> str:
+        return "bfloat16" if self.data.dtype == np.uint16 else "float32"
 
     @property
     def n_blocks(self) -> int:
@@ -156,11 +171,14 @@ class TiledEmbedding:
 
     def to_matrix(self) -> np.ndarray:
         """The ``(n_genes, d)`` float32 matrix back."""
-        full = self.data.transpose(1, 0, 2).reshape(self.n_genes, -1)
-        return np.ascontiguousarray(full[:, : self.d])
+        full = self.data.transpose(1, 0, 2).reshape(self.n_genes, -1)[:, : self.d]
+        if self.data.dtype == np.uint16:
+            return from_bfloat16_bits(full)
+        return np.ascontiguousarray(full)
 
     def __repr__(self) -> str:
-        return f"TiledEmbedding(n_genes={self.n_genes}, d={self.d}, W={self.W}, blocks={self.n_blocks})"
+        return (f"TiledEmbedding(n_genes={self.n_genes}, d={self.d}, W={self.W}, blocks={self.n_blocks}, "
+                f"precision={self.precision!r})")
 
 
 # ---------------------------------------------------------------------------------
@@ -221,13 +239,13 @@ def _ensure_intrinsics() -> None:
             builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{_vl(W)}f32"
         )
 
-    def _prefetch_lines(builder, base_ptr, W):
+    def _prefetch_lines(builder, base_ptr, W, itemsize=4):
         i8p = ir.IntType(8).as_pointer()
         fn = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), prefetch_name
         )
         base = builder.bitcast(base_ptr, i8p)
-        for line in range(max(1, (W * 4) // 64)):
+        for line in range(max(1, (W * itemsize) // 64)):
             p = builder.gep(base, [ir.Constant(i64, 64 * line)])
             builder.call(fn, [p, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
 
@@ -242,6 +260,20 @@ def _ensure_intrinsics() -> None:
     def _vptr(builder, base, k, W):
         return builder.bitcast(builder.gep(base, [ir.Constant(i64, k)]), _vty(W).as_pointer())
 
+    def _is_bf16(arr_type):
+        return arr_type.dtype == types.uint16
+
+    def _load_e(builder, base, k, W, bf16):
+        """<VL x float> of E at element ``k`` of ``base``; bfloat16 bits are widened exactly
+        (zero-extend to 32 bits, shift left 16, reinterpret)."""
+        if not bf16:
+            return builder.load(_vptr(builder, base, k, W), align=4)
+        VL = _vl(W)
+        hty = ir.VectorType(ir.IntType(16), VL)
+        h = builder.load(builder.bitcast(builder.gep(base, [ir.Constant(i64, k)]), hty.as_pointer()), align=2)
+        wide = builder.shl(builder.zext(h, ir.VectorType(i32, VL)), ir.Constant(ir.VectorType(i32, VL), [16] * VL))
+        return builder.bitcast(wide, _vty(W))
+
     @intrinsic(prefer_literal=True)
     def prefetch_row(typingctx, arr, off, W_t):
         """Prefetch the W floats at ``arr.flat[off:off+W]``."""
@@ -252,7 +284,8 @@ def _ensure_intrinsics() -> None:
 
         def codegen(context, builder, signature, args):
             ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
-            _prefetch_lines(builder, builder.gep(ptr, [_i64(builder, args[1])]), W)
+            size = 2 if _is_bf16(signature.args[0]) else 4
+            _prefetch_lines(builder, builder.gep(ptr, [_i64(builder, args[1])]), W, size)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -277,7 +310,8 @@ def _ensure_intrinsics() -> None:
             e_ptr = builder.gep(e_ptr, [_i64(builder, eoff_v)])
             t_ptr = context.make_array(signature.args[5])(context, builder, tile_v).data
             # the gene's W values of E stay in registers for all its rows
-            es = [builder.load(_vptr(builder, e_ptr, q * VL, W), align=4) for q in range(W // VL)]
+            bf16 = _is_bf16(signature.args[3])
+            es = [_load_e(builder, e_ptr, q * VL, W, bf16) for q in range(W // VL)]
             cW = ir.Constant(i64, W)
             with cgutils.for_range_slice(
                 builder, _i64(builder, start_v), _i64(builder, end_v), ir.Constant(i64, 1)
@@ -309,6 +343,7 @@ def _ensure_intrinsics() -> None:
 
         def codegen(context, builder, signature, args):
             idx_v, dat_v, start_v, end_v, Et_v, eoff_v, dst_v, doff_v, _ = args
+            bf16 = _is_bf16(signature.args[4])
             VL = _vl(W)
             vty = _vty(W)
             fma = _fma(builder, W)
@@ -331,12 +366,12 @@ def _ensure_intrinsics() -> None:
                 vv = _splat(builder, builder.load(builder.gep(dat_ptr, [j])), W)
                 row = builder.gep(e_ptr, [builder.mul(g, cW)])
                 for q in range(W // VL):
-                    e = builder.load(_vptr(builder, row, q * VL, W), align=4)
+                    e = _load_e(builder, row, q * VL, W, bf16)
                     builder.store(builder.call(fma, [vv, e, builder.load(accs[q])]), accs[q])
                 jp = builder.add(j, ir.Constant(i64, 8))
                 jp = builder.select(builder.icmp_signed("<", jp, end_v), jp, last)
                 gp = _i64(builder, builder.load(builder.gep(idx_ptr, [jp])))
-                _prefetch_lines(builder, builder.gep(e_ptr, [builder.mul(gp, cW)]), W)
+                _prefetch_lines(builder, builder.gep(e_ptr, [builder.mul(gp, cW)]), W, 2 if bf16 else 4)
             for q in range(W // VL):
                 builder.store(builder.load(accs[q]), _vptr(builder, d_ptr, q * VL, W), align=4)
             return context.get_dummy_value()

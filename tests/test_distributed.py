@@ -1,0 +1,113 @@
+"""The distributed engine: dask arrays (lazy h5ad / zarr) give the in-memory result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+pytest.importorskip("dask")
+pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def counts_files(tmp_path_factory):
+    import anndata as ad
+    import scanpy as sc
+
+    import scelmo
+
+    a = sc.datasets.pbmc68k_reduced()
+    b = ad.AnnData(sp.csr_matrix(np.round(np.expm1(a.raw.X.toarray())).astype(np.float32)),
+                   obs=a.obs[[]].copy(), var=a.raw.var[[]].copy())
+    d = tmp_path_factory.mktemp("dist")
+    b.write_h5ad(d / "x.h5ad")
+    b.write_zarr(d / "x.zarr")
+    genes = scelmo.tl.embed_genes(b)
+    return b, d, genes
+
+
+def _reference(b, genes, **kw):
+    import scelmo
+
+    return scelmo.tl.embed_cells(b, gene_embeddings=genes, copy=True, progress=False, **kw).obsm["X_scelmo"]
+
+
+@pytest.mark.parametrize("fmt", ["h5ad", "zarr"])
+def test_lazy_file_on_dask_threads_equals_in_memory(counts_files, fmt):
+    import scelmo
+    from scelmo import distributed
+
+    b, d, genes = counts_files
+    lz = distributed.read_lazy(d / f"x.{fmt}", chunk_size=128)
+    assert distributed.is_dask_array(lz.X) and len(lz.X.chunks[0]) > 1
+    scelmo.tl.embed_cells(lz, gene_embeddings=genes, progress=False)
+    np.testing.assert_allclose(lz.obsm["X_scelmo"], _reference(b, genes), rtol=0, atol=1e-6)
+    assert lz.uns["scelmo"]["embed_cells"]["engine"] == "dask"
+
+
+def test_lazy_result_stays_lazy(counts_files):
+    import scelmo
+    from scelmo import distributed
+
+    b, d, genes = counts_files
+    lz = distributed.read_lazy(d / "x.h5ad", chunk_size=200)
+    scelmo.tl.embed_cells(lz, gene_embeddings=genes, lazy=True, flavor="paper", progress=False)
+    emb = lz.obsm["X_scelmo"]
+    assert distributed.is_dask_array(emb)
+    np.testing.assert_allclose(emb.compute(), _reference(b, genes, flavor="paper"), rtol=0, atol=1e-6)
+
+
+def test_local_cluster_two_workers_equals_in_memory(counts_files):
+    import scelmo
+    from scelmo import distributed
+
+    b, d, genes = counts_files
+    with distributed.cluster(workers=2) as client:
+        assert len(client.scheduler_info()["workers"]) == 2
+        lz = distributed.read_lazy(d / "x.h5ad", chunk_size=128)
+        scelmo.tl.embed_cells(lz, gene_embeddings=genes, progress=False)
+    np.testing.assert_allclose(lz.obsm["X_scelmo"], _reference(b, genes), rtol=0, atol=1e-6)
+
+
+def test_gene_stats_map_reduce_equals_streaming(counts_files):
+    import dask.array as da
+
+    from scelmo import distributed, selection
+
+    b, _d, _g = counts_files
+    X = da.from_array(b.X, chunks=(100, -1), asarray=False)
+    got = distributed.gene_stats(X, normalize=True)
+    ref = selection.gene_stats(b.X, normalize=True)
+    assert got.n_cells == ref.n_cells
+    np.testing.assert_allclose(got.mean, ref.mean, rtol=1e-10)
+    np.testing.assert_allclose(got.var, ref.var, rtol=1e-8)
+
+
+def test_lazy_needs_a_dask_matrix(counts_files):
+    import scelmo
+    from scelmo.errors import InputError
+
+    b, _d, genes = counts_files
+    with pytest.raises(InputError, match="dask"):
+        scelmo.tl.embed_cells(b, gene_embeddings=genes, lazy=True, copy=True)
+
+
+def test_cli_workers_writes_the_same_h5ad_and_zarr(counts_files, tmp_path):
+    import anndata as ad
+    from click.testing import CliRunner
+
+    from scelmo.cli import cli
+
+    b, d, genes = counts_files
+    gdir = tmp_path / "genes"
+    genes.save(gdir)
+    ref = _reference(b, genes)
+    for fmt in ("h5ad", "zarr"):
+        out = tmp_path / f"out.{fmt}"
+        res = CliRunner().invoke(cli, ["--no-progress", "embed-cells", str(d / f"x.{fmt}"), "-o", str(out),
+                                       "--gene-embeddings", str(gdir), "--workers", "2", "--chunk-size", "150"])
+        assert res.exit_code == 0, res.output
+        got = (ad.read_h5ad(out) if fmt == "h5ad" else ad.read_zarr(out)).obsm["X_scelmo"]
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
+        assert "2 dask workers" in res.output
