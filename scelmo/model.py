@@ -294,7 +294,9 @@ class Model:
         ----------
         max_epochs, batch_size, lr, early_stopping
             Training settings; ``None`` keeps the head's default (annotation: at most 30
-            epochs, batch 128, lr 3e-3, early stopping on validation kNN accuracy).
+            epochs, batch 128, lr 1e-3, a validation check every 2 epochs including the
+            untrained zero-shot start, the best epoch kept, stop after 3 checks without
+            improvement; see docs/finetuning.md).
         device
             ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
         seed
@@ -315,6 +317,8 @@ class Model:
         extra: dict[str, Any] = {}
         if self.setup.perturbation_key is not None:  # heads that do not use them ignore these
             extra = {"perturbations": self._obs(self.setup.perturbation_key), "gene_names": names}
+        elif _accepts(self.head.fit, "gene_names"):  # lets a head find its trained genes in a query
+            extra = {"gene_names": names}
         self.head.fit(X, self._obs(self.setup.labels_key), gene_vectors=E, batch=self._obs(self.setup.batch_key),
                       training=settings, **extra)
         history = list(getattr(self.head, "history", []) or [])
@@ -349,7 +353,8 @@ class Model:
     # -- inference ------------------------------------------------------------------------
     def get_latent_representation(self, adata: Any | None = None, *, key_added: str | None = None,
                                   device: str | None = None) -> np.ndarray:
-        """Cell embeddings from the trained head (cells x latent, float32).
+        """Cell embeddings from the trained head (cells x latent, float32; latent = the gene
+        vectors' width d with the default residual adapter).
 
         ``adata`` defaults to the training data; it may have other genes (matched through
         the gene vectors). With ``key_added`` (e.g. ``"X_scelmo_finetuned"`` or
@@ -357,8 +362,9 @@ class Model:
         """
         self._require_trained()
         target = self.adata if adata is None else adata
-        X, _, E = self.get_expression(target)
-        z = np.asarray(self.head.transform(X, gene_vectors=E, device=device), dtype=np.float32)
+        X, names, E = self.get_expression(target)
+        extra = {"gene_names": names} if _accepts(self.head.transform, "gene_names") else {}
+        z = np.asarray(self.head.transform(X, gene_vectors=E, device=device, **extra), dtype=np.float32)
         if key_added:
             target.obsm[key_added] = z
             provenance.record(target, "latent", {"head": self.head_name, "key_added": key_added, "dim": z.shape[1]})
@@ -372,7 +378,8 @@ class Model:
         ----------
         method
             ``"knn"``: majority label of the ``k`` (default 10) cosine-nearest training
-            cells in the learned space; ``"classifier"``: the head's classifier.
+            cells in the learned space; ``"classifier"``: the head's classifier; ``"auto"``:
+            whichever of the two scored better on the head's validation cells.
         return_probabilities
             Return a DataFrame (cells x classes) of classifier probabilities, or of the
             neighbours' vote shares for ``"knn"``, instead of labels.
@@ -383,15 +390,18 @@ class Model:
         import pandas as pd
 
         self._require_trained()
-        if method not in ("knn", "classifier"):
-            raise InputError(f"method must be 'knn' or 'classifier', got {method!r}.")
+        if method not in ("knn", "classifier", "auto"):
+            raise InputError(f"method must be 'knn', 'classifier' or 'auto', got {method!r}.")
         if not hasattr(self.head, "predict_knn"):
             raise ScelmoError(f"The {self.head_name!r} head does not predict labels; use the 'annotation' head.")
+        if method == "auto":  # the head's choice on its validation cells
+            method = getattr(self.head, "best_method", "knn")
         target = self.adata if adata is None else adata
         classes = list(self.head.classes)
         if method == "classifier":
-            X, _, E = self.get_expression(target)
-            probs = np.asarray(self.head.predict_proba(X, gene_vectors=E, device=device))
+            X, names, E = self.get_expression(target)
+            extra = {"gene_names": names} if _accepts(self.head.predict_proba, "gene_names") else {}
+            probs = np.asarray(self.head.predict_proba(X, gene_vectors=E, device=device, **extra))
         else:
             z = self.get_latent_representation(target, device=device)
             probs = self.head.knn_fractions(z, k=k)
@@ -525,6 +535,17 @@ class Model:
         state = "trained" if self.is_trained else "not trained"
         n = getattr(self.adata, "n_obs", "?")
         return f"scelmo.Model(head={self.head_name!r}, {state}, genes={len(self.gene_table)} x {self.gene_table.dim}, cells={n})"
+
+
+def _accepts(func: Any, name: str) -> bool:
+    """Whether ``func`` takes the keyword ``name`` (heads written before it existed do not)."""
+    import inspect
+
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def _lookup_names(adata: Any, names: list[str]) -> list[str]:

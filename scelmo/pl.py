@@ -403,3 +403,83 @@ def perturbation_deltas(
         fig.suptitle(title)
     fig.tight_layout()
     return _finish(fig, save, show, dpi)
+
+
+def integration_scores(
+    table: Any,
+    *,
+    method_col: str = "method",
+    bio_col: str = "bio_score",
+    batch_col: str = "batch_score",
+    total_col: str | None = "total",
+    title: str | None = None,
+    save: str | os.PathLike[str] | None = None,
+    show: bool | None = None,
+    dpi: int = 150,
+) -> Any:
+    """Integration benchmark at a glance: bio conservation vs batch correction per method.
+
+    Left, a scatter of each method's batch-correction score (x) against its
+    bio-conservation score (y), as in scib's summary plots (up and right is better);
+    right, horizontal bars of the total score (``0.6 bio + 0.4 batch`` in
+    scib-metrics), best first.
+
+    Parameters
+    ----------
+    table
+        A pandas DataFrame (or list of dicts) with one row per method and the columns
+        ``method_col``, ``bio_col``, ``batch_col`` and (optionally) ``total_col``, e.g.
+        the aggregate columns of ``scib_metrics.benchmark.Benchmarker.get_results()``.
+    total_col
+        Column with the total score; where it is missing (``None``, no such column or
+        NaN) the total is ``0.6 * bio + 0.4 * batch``.
+    title, save, show, dpi
+        As in :func:`metrics_bar`.
+
+    Returns
+    -------
+    The matplotlib Figure (also written to ``save`` when given).
+    """
+    show = _begin(save, show)
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
+
+    df = pd.DataFrame(table)
+    for col in (method_col, bio_col, batch_col):
+        if col not in df:
+            raise ScelmoError(f"Column {col!r} not found (columns: {', '.join(map(str, df.columns))}); "
+                              "pass method_col=, bio_col= or batch_col=.")
+    if df.empty:
+        raise ScelmoError("The table has no rows; give one row per method.")
+    bio = pd.to_numeric(df[bio_col], errors="coerce").to_numpy(dtype=float)
+    batch = pd.to_numeric(df[batch_col], errors="coerce").to_numpy(dtype=float)
+    total = 0.6 * bio + 0.4 * batch
+    if total_col and total_col in df:  # given totals win; missing ones are computed
+        given = pd.to_numeric(df[total_col], errors="coerce").to_numpy(dtype=float)
+        total = np.where(np.isfinite(given), given, total)
+    names = df[method_col].astype(str).to_numpy()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, max(3.2, 0.42 * len(df) + 1.2)),
+                                   gridspec_kw={"width_ratios": [1, 1.3]})
+    for i, (n, x, y) in enumerate(zip(names, batch, bio, strict=True)):
+        ax1.scatter([x], [y], s=60, color=f"C{i % 10}", label=n, zorder=3)
+    ax1.set_xlabel("batch correction")
+    ax1.set_ylabel("bio conservation")
+    ax1.grid(alpha=0.3)
+    ax1.spines[["top", "right"]].set_visible(False)
+    order = np.argsort(-np.nan_to_num(total, nan=-np.inf))
+    pos = np.arange(len(order))
+    ax2.barh(pos, total[order], color=[f"C{int(i) % 10}" for i in order])
+    ax2.set_yticks(pos, names[order], fontsize="small")
+    ax2.invert_yaxis()
+    for p, v in zip(pos, total[order], strict=True):
+        if np.isfinite(v):
+            ax2.text(v, p, f" {v:.3f}", va="center", fontsize="x-small")
+    lo = float(np.nanmin(total)) if np.isfinite(total).any() else 0.0
+    ax2.set_xlim(max(0.0, lo - 0.1), min(1.0, float(np.nanmax(total)) + 0.08) if np.isfinite(total).any() else 1.0)
+    ax2.set_xlabel("total (0.6 bio + 0.4 batch)")
+    ax2.spines[["top", "right"]].set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _finish(fig, save, show, dpi)

@@ -1,30 +1,41 @@
 """The gene-embedding adapter shared by the annotation and integration heads.
 
-The paper's fine-tuning network (scELMo ``cta_ft.ipynb``): a small MLP maps every gene
-vector to a new space, ``A = adapter(E)`` with ``adapter = Linear(d, 64) - ReLU -
-Linear(64, 32)``, and a cell's embedding is ``z = x @ A`` for its expression row ``x``.
-Because the network sees genes only through their vectors, a trained model applies to
-data with other genes: their vectors go through the same adapter.
+A cell's embedding is ``z = w (x - mu) @ A(E)``: ``x`` is its expression over the
+selected genes, ``mu`` their means on the training cells, ``w = 1 / sum(x)`` (the
+zero-shot ``wa`` weight) and ``A(E)`` the adapted gene vectors. Because the network sees
+genes only through their vectors, a trained model applies to data with other genes.
 
-Differences from the paper's code, each deliberate:
+Two adapters (option ``residual``):
 
-* Genes without a vector are left out (the paper gives them a zero row of E, whose
-  adapted vector is the adapter's bias, so uncovered genes would add a shared vector
-  weighted by their expression).
-* ``normalize="wa"`` (default) divides each cell's row by its total over covered genes
-  before the product, so ``z`` is an expression-weighted *mean* of adapted gene vectors
-  as in the zero-shot ``wa``; ``"none"`` is the paper's plain sum. Chosen by measurement
-  (docs/finetuning.md): the mean is insensitive to depth and to the size of a query's
-  gene panel.
+* ``residual=True`` (default): ``A(E) = E + relu(E W1 + b1) W2`` with ``W2`` initialised
+  to zero, so the untrained head *is* the zero-shot embedding of
+  ``scelmo.tl.embed_cells(flavor="scelmo")`` (2,000 variable genes, per-gene centring,
+  the conditioned gene vectors, wa weights) and training learns a correction. Training
+  validates this epoch-0 embedding too and keeps the best epoch, so on the validation
+  cells the head never ends below zero-shot. The latent width is ``d``.
+* ``residual=False``: the paper's adapter (scELMo ``cta_ft.ipynb``), ``A(E) =
+  Linear(d, hidden) - ReLU - Linear(hidden, latent)``, trained from random weights.
+
+Options ``genes`` ("hvg" / "all"), ``n_top_genes`` and ``center`` choose the input as
+the zero-shot flavors do; models saved before these options existed load with the old
+behaviour (all covered genes, no centring, the paper's adapter).
+
+Speed: the training loop never forms ``x @ A(E)`` for a batch. With the residual adapter,
+``z = C0 + (w x @ H - w (mu @ H)) W2`` where ``C0`` (the zero-shot embedding of every
+training cell) is computed once and ``H = relu(E W1 + b1)`` is genes x ``hidden``; a step
+costs one small MLP over the gene table and a sparse (cells x genes) @ (genes x hidden)
+product (docs/finetuning.md: seconds per epoch on 100,000 cells).
 
 Heads built on :class:`GeneAdapterHead` receive, from :class:`scelmo.Model`, the
-expression matrix ``X`` (cells x genes, CSR or dense, float32, checked) and
+expression matrix ``X`` (cells x genes, CSR or dense, float32, checked),
 ``gene_vectors`` (genes x d, aligned to X's columns, zero rows for genes without a
-vector). X stays sparse: only mini-batch rows are densified.
+vector) and ``gene_names`` (X's column names, used to find the selected genes in a
+query).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import numpy as np
@@ -34,7 +45,7 @@ from pydantic import Field
 from scelmo.components import ComponentOptions
 from scelmo.errors import InputError, ScelmoError
 
-from .base import TorchHead, rows_to_tensor
+from .base import TorchHead
 from .device import import_torch
 
 
@@ -43,10 +54,20 @@ class AdapterOptions(ComponentOptions):
 
     #: Width of the adapter's hidden layer (paper: 64).
     hidden: int = Field(64, ge=1)
-    #: Width of the cell embedding (paper: 32).
+    #: Width of the cell embedding with ``residual=False`` (paper: 32); the residual
+    #: adapter keeps the gene vectors' width d.
     latent: int = Field(32, ge=2)
+    #: Start from the zero-shot embedding and learn a correction (see the module docstring).
+    residual: bool = True
+    #: Genes to embed from: "hvg" (the ``n_top_genes`` most variable, as the zero-shot
+    #: flavor "scelmo") or "all" (every gene with a vector).
+    genes: Literal["hvg", "all"] = "hvg"
+    #: Number of variable genes with ``genes="hvg"``.
+    n_top_genes: int = Field(2000, ge=1)
+    #: Subtract each gene's mean (over the training cells) before aggregating.
+    center: bool = True
     #: "wa": weighted mean of adapted gene vectors (rows divided by their total over
-    #: covered genes); "none": the paper's plain product x @ adapter(E).
+    #: the used genes); "none": the paper's plain product x @ adapter(E).
     normalize: Literal["wa", "none"] = "wa"
     #: Weight of the triplet loss on the cell embedding (paper: 100 with a mean over all triplets).
     triplet_weight: float = Field(1.0, ge=0.0)
@@ -56,12 +77,38 @@ class AdapterOptions(ComponentOptions):
     knn_k: int = Field(10, ge=1)
     #: Cells per block when embedding for prediction.
     eval_batch_size: int = Field(8192, ge=1)
+    #: Validation uses at most this many held-out cells and this many reference cells
+    #: (random, fixed for a fit), so a check stays cheap on large data.
+    max_validation_cells: int = Field(2000, ge=10)
+    max_reference_cells: int = Field(20000, ge=10)
 
 
-def build_adapter(d: int, hidden: int, latent: int) -> Any:
-    """``Linear(d, hidden) - ReLU - Linear(hidden, latent)``."""
+#: Options of models saved before the residual adapter existed (their behaviour).
+LEGACY_OPTIONS = {"residual": False, "genes": "all", "center": False}
+
+
+def build_adapter(d: int, hidden: int, latent: int, residual: bool = False) -> Any:
+    """The paper's ``Linear(d, hidden) - ReLU - Linear(hidden, latent)``, or the residual adapter."""
     nn = import_torch().nn
-    return nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, latent))
+    if not residual:
+        return nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, latent))
+
+    class ResidualAdapter(nn.Module):
+        """``A(E) = E + relu(E W1 + b1) W2`` with ``W2 = 0`` at the start."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = nn.Linear(d, hidden)
+            self.out = nn.Linear(hidden, d, bias=False)
+            nn.init.zeros_(self.out.weight)
+
+        def hidden_genes(self, E: Any) -> Any:
+            return nn.functional.relu(self.inner(E))
+
+        def forward(self, E: Any) -> Any:
+            return E + self.out(self.hidden_genes(E))
+
+    return ResidualAdapter()
 
 
 def batch_hard_triplet_loss(z: Any, labels: Any, margin: float) -> Any:
@@ -109,17 +156,107 @@ def encode_labels(labels: Any, classes: list[str] | None = None) -> tuple[np.nda
     return codes, list(classes)
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero), float32."""
+    x = np.asarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, n, out=np.zeros_like(x), where=n > 0)
+
+
+def knn_indices(query: np.ndarray, ref: np.ndarray, k: int, *, chunk: int = 2048) -> np.ndarray:
+    """Indices of the ``k`` cosine-nearest ``ref`` rows of each ``query`` row, nearest first."""
+    Q, R = unit_rows(query), unit_rows(ref)
+    k = min(k, R.shape[0])
+    out = np.empty((Q.shape[0], k), dtype=np.int64)
+    for s in range(0, Q.shape[0], chunk):
+        sims = Q[s : s + chunk] @ R.T
+        nn = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(sims, nn, axis=1), axis=1)
+        out[s : s + chunk] = np.take_along_axis(nn, order, axis=1)
+    return out
+
+
+def knn_predict_codes(query: np.ndarray, ref: np.ndarray, ref_codes: np.ndarray, n_classes: int, k: int) -> np.ndarray:
+    """Majority class (ties: the nearest neighbour's among them) of the k nearest reference rows."""
+    nn = knn_indices(query, ref, k)
+    votes = np.zeros((nn.shape[0], n_classes), dtype=np.float32)
+    np.add.at(votes, (np.repeat(np.arange(nn.shape[0]), nn.shape[1]), ref_codes[nn].ravel()), 1.0)
+    votes[np.arange(nn.shape[0]), ref_codes[nn[:, 0]]] += 0.5 * (votes[np.arange(nn.shape[0]), ref_codes[nn[:, 0]]]
+                                                                  == votes.max(1))
+    return votes.argmax(1)
+
+
+def macro_f1_codes(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    """Macro-F1 over the classes present in ``y`` (as sklearn with labels = those classes)."""
+    f1 = []
+    for c in np.unique(y):
+        tp = float(np.sum((pred == c) & (y == c)))
+        fp, fn = float(np.sum((pred == c) & (y != c))), float(np.sum((pred != c) & (y == c)))
+        f1.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(f1)) if f1 else 0.0
+
+
 class GeneAdapterHead(TorchHead):
-    """Base of heads whose cell embedding is ``x @ adapter(E)`` (see the module docstring)."""
+    """Base of heads whose cell embedding is ``w (x - mu) @ A(E)`` (see the module docstring)."""
 
     Options = AdapterOptions
 
-    # -- data ------------------------------------------------------------------------
-    def _genes_used(self, gene_vectors: np.ndarray) -> np.ndarray:
-        return np.flatnonzero(np.abs(gene_vectors).sum(axis=1) > 0)
+    @property
+    def validate_before_training(self) -> bool:  # type: ignore[override]
+        """The residual adapter starts at zero-shot: score that start as epoch 0."""
+        return bool(self.options.residual)
 
-    def prepare_matrix(self, X: Any, gene_vectors: np.ndarray) -> tuple[Any, np.ndarray]:
-        """Keep the covered genes, normalise rows; returns (X', E') for ``x' @ adapter(E')``."""
+    @classmethod
+    def load_state(cls, directory: Any) -> TorchHead:
+        import json
+        from pathlib import Path
+
+        from .base import SPEC_FILE
+
+        info = json.loads((Path(directory) / SPEC_FILE).read_text(encoding="utf-8")) if (Path(directory) / SPEC_FILE).is_file() else {}
+        legacy = "residual" not in (info.get("options") or {"residual": True})
+        return super().load_state(directory, option_defaults=LEGACY_OPTIONS if legacy else None)
+
+    # -- data ------------------------------------------------------------------------
+    def _select_genes(self, X: Any, gene_vectors: np.ndarray, gene_names: list[str] | None) -> np.ndarray:
+        """Columns used for training: covered genes, and among them the variable ones (``genes="hvg"``)."""
+        from scelmo.selection import gene_stats, highly_variable
+
+        covered = np.abs(gene_vectors).sum(axis=1) > 0
+        if not covered.any():
+            raise InputError("None of the data's genes has a gene vector; run `scelmo.tl.embed_genes` on it first.")
+        use = covered
+        if self.options.genes == "hvg" and X.shape[1] > self.options.n_top_genes:
+            self._stats = gene_stats(X, normalize=False)
+            use = highly_variable(self._stats, self.options.n_top_genes) & covered
+            if not use.any():
+                raise InputError("None of the variable genes has a gene vector; use the head option genes='all'.")
+        return np.flatnonzero(use)
+
+    def _query_columns(self, n_cols: int, gene_vectors: np.ndarray, gene_names: list[str] | None) -> tuple[np.ndarray, np.ndarray]:
+        """(query columns, matching positions in the training selection) for a query matrix."""
+        covered = np.abs(gene_vectors).sum(axis=1) > 0
+        genes = self.spec.get("genes")
+        if genes is None:  # a legacy model: every covered gene
+            cols = np.flatnonzero(covered)
+            return cols, np.full(cols.size, -1, dtype=np.int64)
+        if gene_names is not None:
+            pos = {g: i for i, g in enumerate(genes)}
+            idx = np.array([pos.get(str(g), -1) for g in gene_names], dtype=np.int64)
+            cols = np.flatnonzero((idx >= 0) & covered)
+            return cols, idx[cols]
+        train_cols = np.asarray(self.arrays.get("gene_columns", np.arange(len(genes))), dtype=np.int64)
+        if n_cols != int(self.spec.get("n_columns", n_cols)):
+            raise InputError(
+                f"This head was trained on {self.spec.get('n_columns')} columns and got {n_cols}; pass `gene_names=` "
+                "(scelmo.Model does) so that the trained genes can be found in the query."
+            )
+        keep = covered[train_cols]
+        return train_cols[keep], np.flatnonzero(keep)
+
+    def prepare_matrix(self, X: Any, gene_vectors: np.ndarray, gene_names: list[str] | None = None,
+                       *, fit: bool = False) -> tuple[Any, np.ndarray, np.ndarray]:
+        """(w x over the used genes, their vectors, w) for ``w (x - mu) @ A(E)``."""
         gene_vectors = np.asarray(gene_vectors, dtype=np.float32)
         if gene_vectors.ndim != 2 or gene_vectors.shape[0] != X.shape[1]:
             raise InputError(
@@ -130,71 +267,149 @@ class GeneAdapterHead(TorchHead):
                 f"This model was trained on {self.spec['dim']}-d gene vectors but got {gene_vectors.shape[1]}-d ones; "
                 "use the same text embedder (gene embeddings) as for training."
             )
-        keep = self._genes_used(gene_vectors)
-        if keep.size == 0:
-            raise InputError("None of the data's genes has a gene vector; run `scelmo.tl.embed_genes` on it first.")
+        if fit:
+            keep = self._select_genes(X, gene_vectors, gene_names)
+            self.spec["n_columns"] = int(X.shape[1])
+            self.spec["genes"] = [str(gene_names[i]) for i in keep] if gene_names is not None else [str(i) for i in keep]
+            self.arrays["gene_columns"] = keep.astype(np.int64)
+        else:
+            keep, _ = self._query_columns(X.shape[1], gene_vectors, gene_names)
+            if keep.size == 0:
+                raise InputError("None of the model's genes is in the data (with a vector); check var_names.")
         Xk = X[:, keep] if keep.size < X.shape[1] else X
         Xk = sp.csr_matrix(Xk, dtype=np.float32) if sp.issparse(Xk) else np.asarray(Xk, dtype=np.float32)
         if self.options.normalize == "wa":
             tot = np.asarray(Xk.sum(axis=1), dtype=np.float64).ravel()
             w = np.divide(1.0, tot, out=np.zeros_like(tot), where=tot > 0).astype(np.float32)
-            Xk = sp.diags(w) @ Xk if sp.issparse(Xk) else Xk * w[:, None]
-            Xk = sp.csr_matrix(Xk) if sp.issparse(Xk) else Xk
-        return Xk, np.ascontiguousarray(gene_vectors[keep])
+            Xk = sp.csr_matrix(sp.diags(w) @ Xk) if sp.issparse(Xk) else Xk * w[:, None]
+        else:
+            w = np.ones(Xk.shape[0], dtype=np.float32)
+        return Xk, np.ascontiguousarray(gene_vectors[keep]), w
 
     # -- network -----------------------------------------------------------------------
     def adapted(self, E: Any) -> Any:
-        """``adapter(E)`` (genes x latent) with the current weights."""
+        """``A(E)`` (genes x latent) with the current weights."""
         return self.module.adapter(E)
 
-    def transform(self, X: Any, *, gene_vectors: np.ndarray, device: Any = None) -> np.ndarray:
-        """Cell embeddings (cells x latent, float32) of ``X`` with the trained adapter."""
+    def _offset(self, A: np.ndarray) -> np.ndarray:
+        mu = self.arrays.get("gene_mean")
+        return np.zeros(A.shape[1], np.float32) if mu is None else (mu.astype(np.float64) @ A).astype(np.float32)
+
+    def transform(self, X: Any, *, gene_vectors: np.ndarray, device: Any = None,
+                  gene_names: list[str] | None = None) -> np.ndarray:
+        """Cell embeddings (cells x latent, float32) of ``X`` with the trained adapter.
+
+        ``gene_names`` (X's column names) find the trained genes in a query with other
+        genes; without them X must have the training columns.
+        """
         self._require_fitted()
         torch = import_torch()
-        Xk, E = self.prepare_matrix(X, gene_vectors)
+        Xk, E, w = self.prepare_matrix(X, gene_vectors, gene_names)
         with self.inference(device) as dev:
-            A = self.adapted(torch.from_numpy(E).to(dev)).float()
-            if dev.type == "cpu":  # sparse stays sparse: scipy CSR @ dense
-                return np.asarray(Xk @ A.numpy(), dtype=np.float32)
-            out = np.empty((Xk.shape[0], A.shape[1]), dtype=np.float32)
-            bs = self.options.eval_batch_size
-            for s in range(0, Xk.shape[0], bs):
-                rows = slice(s, min(s + bs, Xk.shape[0]))
-                out[rows] = (rows_to_tensor(Xk, rows, dev) @ A).cpu().numpy()
-            return out
+            A = self.adapted(torch.from_numpy(E).to(dev)).float().cpu().numpy()
+        out = np.asarray(Xk @ A, dtype=np.float32)
+        mu = self.arrays.get("gene_mean")
+        if mu is not None:  # centre over the genes the query has (all of them for the training data)
+            _, pos = self._query_columns(X.shape[1], np.asarray(gene_vectors, dtype=np.float32), gene_names)
+            offset = (mu[pos].astype(np.float64) @ A).astype(np.float32)
+            out -= w[:, None] * offset[None, :]
+            out[w == 0] = 0.0
+        return out
 
     # -- helpers for training -------------------------------------------------------------
-    def _start(self, X: Any, gene_vectors: np.ndarray, labels: np.ndarray | None) -> None:
-        Xk, E = self.prepare_matrix(X, gene_vectors)
-        self._X = Xk
-        self._E_np = E
-        self._labels_np = labels
+    def _start(self, X: Any, gene_vectors: np.ndarray, labels: np.ndarray | None,
+               gene_names: list[str] | None = None) -> None:
+        self.arrays = {}
+        Xk, E, w = self.prepare_matrix(X, gene_vectors, gene_names, fit=True)
+        self._X, self._E_np, self._w_np, self._labels_np = Xk, E, w, labels
+        if self.options.center:
+            stats = getattr(self, "_stats", None)
+            if stats is not None:
+                mu = stats.mean[self.arrays["gene_columns"]]
+            else:
+                Xs = X[:, self.arrays["gene_columns"]]
+                mu = np.asarray(Xs.mean(axis=0), dtype=np.float64).ravel()
+            self.arrays["gene_mean"] = mu.astype(np.float32)
+        self._stats = None
+        mu = self.arrays.get("gene_mean")
+        self._mu_np = np.zeros(E.shape[0], np.float32) if mu is None else mu
+        if self.options.residual:  # the zero-shot embedding, once
+            C0 = np.asarray(Xk @ E, dtype=np.float32)
+            C0 -= w[:, None] * self._offset(E)[None, :]
+            C0[w == 0] = 0.0
+            self._C0_np = C0
+
+    def zero_shot_latent(self) -> np.ndarray:
+        """The epoch-0 (zero-shot) embedding of the training cells (residual adapter, during fit)."""
+        return self._C0_np
+
+    def _finish_arrays(self) -> None:
+        """Hook after training (the centring is recomputed per query in :meth:`transform`)."""
 
     def prepare_training(self, device: Any) -> None:
         torch = import_torch()
         self._E = torch.from_numpy(self._E_np).to(device)
+        self._mu = torch.from_numpy(np.asarray(self._mu_np, dtype=np.float32)).to(device)
+        self._w = torch.from_numpy(self._w_np).to(device)
         self._y = None if self._labels_np is None else torch.from_numpy(self._labels_np).to(device)
+        self._C0 = torch.from_numpy(self._C0_np).to(device) if self.options.residual else None
 
     def finish_training(self) -> None:
-        self._E = None
-        self._y = None
+        self._E = self._mu = self._w = self._y = self._C0 = None
+
+    def _rows_matrix(self, rows: np.ndarray) -> Any:
+        """The (w x) rows of a mini-batch as a torch tensor (sparse CSR on CPU, dense elsewhere)."""
+        torch = import_torch()
+        X = self._X
+        if sp.issparse(X):
+            sub = X[rows]
+            if self.device.type == "cpu":
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    return torch.sparse_csr_tensor(
+                        torch.from_numpy(sub.indptr.astype(np.int64)), torch.from_numpy(sub.indices.astype(np.int64)),
+                        torch.from_numpy(sub.data), size=sub.shape)
+            return torch.from_numpy(sub.toarray()).to(self.device)
+        return torch.from_numpy(np.ascontiguousarray(X[rows])).to(self.device)
 
     def _embed_rows(self, rows: np.ndarray) -> Any:
-        x = rows_to_tensor(self._X, rows, self.device)
-        return x @ self.adapted(self._E)
+        torch = import_torch()
+        xb = self._rows_matrix(rows)
+        rt = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.device)
+        wb = self._w[rt][:, None]
+        if self.options.residual:
+            ad = self.module.adapter
+            H = ad.hidden_genes(self._E)
+            corr = xb @ H - wb * (self._mu @ H)[None, :]
+            return self._C0[rt] + ad.out(corr)
+        A = self.adapted(self._E)
+        return xb @ A - wb * (self._mu @ A)[None, :]
 
     def _latent_all(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Embeddings of training-matrix rows (all by default) with the current weights (no grad)."""
         torch = import_torch()
         with torch.no_grad():
-            A = self.adapted(self._E).float()
             Xr = self._X if rows is None else self._X[rows]
-            if self.device.type == "cpu":
-                return np.asarray(Xr @ A.cpu().numpy(), dtype=np.float32)
-            return (rows_to_tensor(Xr, None, self.device) @ A).cpu().numpy()
+            w = self._w_np if rows is None else self._w_np[rows]
+            if self.options.residual:
+                ad = self.module.adapter
+                H = ad.hidden_genes(self._E).float().cpu().numpy()
+                W2 = ad.out.weight.float().cpu().numpy()
+                corr = np.asarray(Xr @ H, dtype=np.float32) - w[:, None] * (self._mu_np @ H)[None, :]
+                C0 = self._C0_np if rows is None else self._C0_np[rows]
+                return C0 + corr @ W2.T
+            A = self.adapted(self._E).float().cpu().numpy()
+            return np.asarray(Xr @ A, dtype=np.float32) - w[:, None] * (self._mu_np @ A)[None, :]
+
+    def _validation_rows(self, train: np.ndarray, val: np.ndarray, rng: np.random.Generator) -> None:
+        """Fixed subsamples of validation and reference cells (bounded cost per check)."""
+        o = self.options
+        self._val_rows = np.sort(rng.choice(val, o.max_validation_cells, replace=False)) if val.size > o.max_validation_cells else val
+        self._ref_rows = (np.sort(rng.choice(train, o.max_reference_cells, replace=False))
+                          if train.size > o.max_reference_cells else train)
 
     def _clear_data(self) -> None:
-        for attr in ("_X", "_E_np", "_labels_np", "_E", "_y"):
+        for attr in ("_X", "_E_np", "_w_np", "_mu_np", "_C0_np", "_labels_np", "_E", "_y", "_w", "_mu", "_C0", "_stats"):
             if hasattr(self, attr):
                 delattr(self, attr)
 

@@ -157,6 +157,9 @@ class TorchHead(TaskHead):
     #: This head's defaults for :class:`TrainingConfig` fields the caller leaves unset
     #: (e.g. a smaller batch than the paper's 512); see :meth:`training_config`.
     training_defaults: ClassVar[dict[str, Any]] = {}
+    #: Score the untrained network as "epoch 0" (with early stopping, its weights are
+    #: kept when no later check beats them): for heads that start at a known-good solution.
+    validate_before_training: bool = False
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -227,10 +230,17 @@ class TorchHead(TaskHead):
             bad_checks = 0
             try:
                 self.prepare_training(dev)
+                if self.validate_before_training:
+                    score0 = self._validate()
+                    if score0 is not None:
+                        self.history.append({"epoch": 0.0, "loss": float("nan"), "seconds": 0.0, "val_score": score0})
+                        self.best_score, self.best_epoch = score0, 0
+                        if cfg.early_stopping:
+                            best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
                 desc = f"training {self.name} on {describe_device(dev)}"
                 with progress_bar(total=cfg.max_epochs, desc=desc, unit="epoch", enabled=cfg.progress) as bar:
                     for epoch in range(1, cfg.max_epochs + 1):
-                        t0 = time.perf_counter()
+                        t0, c0 = time.perf_counter(), time.process_time()
                         record = self._one_epoch(train_rows, rng, optimizer, cfg, dev)
                         record["epoch"] = float(epoch)
                         check = epoch % cfg.check_every == 0 or epoch == cfg.max_epochs
@@ -238,6 +248,7 @@ class TorchHead(TaskHead):
                         if dev.type == "cuda":
                             torch.cuda.synchronize(dev)
                         record["seconds"] = time.perf_counter() - t0
+                        record["cpu_seconds"] = time.process_time() - c0
                         postfix = {"loss": f"{record['loss']:.4f}"}
                         stop = False
                         if score is not None:
@@ -340,8 +351,12 @@ class TorchHead(TaskHead):
                 np.savez(fh, **self.arrays)
 
     @classmethod
-    def load_state(cls, directory: str | Path) -> TorchHead:
-        """Rebuild a head saved by :meth:`save_state` (weights on the CPU)."""
+    def load_state(cls, directory: str | Path, *, option_defaults: dict[str, Any] | None = None) -> TorchHead:
+        """Rebuild a head saved by :meth:`save_state` (weights on the CPU).
+
+        ``option_defaults`` fill options the saved file lacks (a subclass uses them to
+        load heads saved before an option existed with their old behaviour).
+        """
         torch = import_torch()
         directory = Path(directory)
         spec_path = directory / SPEC_FILE
@@ -350,7 +365,7 @@ class TorchHead(TaskHead):
         info = json.loads(spec_path.read_text(encoding="utf-8"))
         if info.get("head") != cls.name:
             raise ScelmoError(f"{directory} holds a {info.get('head')!r} head, not {cls.name!r}.")
-        head = cls(**info.get("options", {}))
+        head = cls(**{**(option_defaults or {}), **info.get("options", {})})
         head.spec = info.get("spec", {})
         head.history = info.get("history", [])
         head.best_score, head.best_epoch = info.get("best_score"), info.get("best_epoch")
@@ -368,5 +383,6 @@ class TorchHead(TaskHead):
 
     def epoch_seconds(self) -> float:
         """Median wall time of the training epochs without a validation check."""
-        plain = [h["seconds"] for h in self.history if "val_score" not in h] or [h["seconds"] for h in self.history]
+        trained = [h for h in self.history if h.get("epoch", 1) >= 1]
+        plain = [h["seconds"] for h in trained if "val_score" not in h] or [h["seconds"] for h in trained]
         return float(np.median(plain)) if plain else float("nan")

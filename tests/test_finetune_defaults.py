@@ -1,0 +1,137 @@
+"""Robust training defaults of the adapter heads, on pbmc68k_reduced with real torch training.
+
+The residual adapter starts at the zero-shot embedding (epoch 0 == ``tl.embed_cells``
+flavor "scelmo" with the training cells' statistics), validation scores that start, the
+best epoch is kept, early stopping stops, class weights apply and survive save/load.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import scelmo
+from scelmo import datasets, keys, testing
+from scelmo.selection import gene_stats
+
+torch = pytest.importorskip("torch")
+
+from scelmo_torch.annotation import AnnotationHead  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pbmc():
+    a = datasets.pbmc68k_reduced()  # X: log-normalised, 765 genes
+    ge = testing.random_gene_embeddings(list(a.var_names), dim=32, seed=0)
+    a.varm[keys.GENE_EMBEDDING], _ = ge.aligned(list(a.var_names))
+    return a, ge
+
+
+def _train(a, **kw):
+    scelmo.Model.setup_anndata(a, labels_key="bulk_labels")
+    opts = kw.pop("options", {})
+    return scelmo.Model(a, head="annotation", **opts).train(seed=0, progress=False, **kw)
+
+
+def test_epoch_zero_is_the_zero_shot_embedding(pbmc):
+    a, ge = pbmc
+    a = a.copy()
+    m = _train(a, max_epochs=1, lr=1e-12, options={"n_top_genes": 300})  # lr ~0: the weights stay at the start
+    z = m.get_latent_representation()
+    scelmo.tl.embed_cells(a, gene_embeddings=ge, n_top_genes=300, gene_stats=gene_stats(a.X, normalize=False))
+    np.testing.assert_allclose(z, a.obsm[keys.X_SCELMO], rtol=1e-4, atol=1e-6)
+    assert len(m.head.spec["genes"]) == int(a.var[keys.GENES_USED].sum()) <= 300
+
+
+def test_best_validation_score_is_at_least_the_zero_shot_start(pbmc):
+    a, _ = pbmc
+    m = _train(a.copy(), max_epochs=12)
+    hist = m.history
+    start = hist.loc[hist["epoch"] == 0, "val_score"]
+    assert len(start) == 1 and np.isnan(hist.loc[hist["epoch"] == 0, "loss"]).all()
+    assert m.head.best_score >= float(start.iloc[0])
+    assert m.head.best_score == hist["val_score"].max()
+    # a learning rate that wrecks the adapter: the head falls back to the zero-shot start
+    bad = _train(a.copy(), max_epochs=4, lr=5.0, check_every=1, patience=4)
+    assert bad.head.best_epoch == 0
+    zs = _train(a.copy(), max_epochs=1, lr=1e-12)
+    np.testing.assert_allclose(bad.get_latent_representation(), zs.get_latent_representation(), rtol=1e-4, atol=1e-6)
+
+
+def test_early_stopping_stops_after_patience_checks(pbmc):
+    a, _ = pbmc
+    m = _train(a.copy(), max_epochs=200, lr=5.0, check_every=1, patience=2)
+    hist = m.history
+    assert hist["epoch"].max() <= m.head.best_epoch + 2  # two checks without improvement, then stop
+    assert hist["epoch"].max() < 200
+    full = _train(a.copy(), max_epochs=5, lr=5.0, check_every=1, patience=2, early_stopping=False)
+    assert full.history["epoch"].max() == 5
+
+
+def test_class_weights_apply_and_survive_save_load(pbmc, tmp_path):
+    a, _ = pbmc
+    m = _train(a.copy(), max_epochs=2)
+    y = a.obs["bulk_labels"].astype(str).to_numpy()
+    classes, counts = np.unique(y, return_counts=True)
+    w = np.asarray(m.head.spec["class_weights"])
+    assert list(classes) == m.head.classes
+    # "balanced" on the training part (90% stratified): n / (k * count), rare classes weigh more
+    assert np.argmax(w) == np.argmin(counts) and np.argmin(w) == np.argmax(counts)
+    np.testing.assert_allclose(w * counts / counts.sum() * len(classes), 1.0, rtol=0.25)
+    # the weights enter the loss: the same batch scores differently without them
+    head = m.head
+    fitted_arrays, fitted_spec = dict(head.arrays), dict(head.spec)
+    head._start(a.X, a.varm[keys.GENE_EMBEDDING], head.arrays["reference_labels"], list(a.var_names))
+    head.device = torch.device("cpu")
+    head.prepare_training(head.device)
+    rows = np.arange(200)
+    with torch.no_grad():
+        weighted = float(head.training_loss(rows)[1]["ce"])
+        head._cw = torch.ones_like(head._cw)
+        plain = float(head.training_loss(rows)[1]["ce"])
+    head._clear_data()
+    head.arrays, head.spec = fitted_arrays, fitted_spec
+    assert abs(weighted - plain) > 1e-4
+    unweighted = _train(a.copy(), max_epochs=2, options={"class_weight": "none"})
+    assert unweighted.head.spec["class_weights"] == [1.0] * len(classes)
+    path = m.save(tmp_path / "m")
+    loaded = scelmo.Model.load(path, adata=a.copy())
+    assert loaded.head.spec["class_weights"] == m.head.spec["class_weights"]
+    assert loaded.head.options == m.head.options and loaded.head.best_epoch == m.head.best_epoch
+    q = a[:100].copy()
+    np.testing.assert_array_equal(loaded.predict(q), m.predict(q))
+    # "auto" predicts with whichever of kNN / classifier scored better on the validation cells
+    scores = m.head.spec["validation_scores"]
+    assert m.head.best_method == max(("knn", "classifier"), key=lambda k: (scores[k], k == "knn"))
+    np.testing.assert_array_equal(loaded.predict(q, method="auto"), m.predict(q, method=m.head.best_method))
+    np.testing.assert_allclose(loaded.get_latent_representation(q), m.get_latent_representation(q), rtol=1e-5, atol=1e-6)
+
+
+def test_models_saved_before_the_residual_adapter_load_with_their_behaviour(pbmc, tmp_path):
+    a, _ = pbmc
+    m = _train(a.copy(), max_epochs=2, options={"residual": False, "genes": "all", "center": False})
+    path = m.save(tmp_path / "old")
+    spec = json.loads((path / "head" / "head.json").read_text())
+    for k in ("residual", "genes", "center", "n_top_genes", "class_weight", "max_validation_cells", "max_reference_cells"):
+        spec["options"].pop(k)  # what an older scelmo wrote
+    (path / "head" / "head.json").write_text(json.dumps(spec))
+    loaded = scelmo.Model.load(path, adata=a.copy())
+    assert loaded.head.options.residual is False and loaded.head.options.genes == "all"
+    np.testing.assert_allclose(loaded.get_latent_representation(a[:50].copy()), m.get_latent_representation(a[:50].copy()),
+                               rtol=1e-5, atol=1e-6)
+    assert isinstance(loaded.head, AnnotationHead)
+
+
+def test_integration_scores_plot(tmp_path):
+    table = [{"method": "zero-shot", "bio_score": 0.6, "batch_score": 0.4, "total": 0.52},
+             {"method": "head", "bio_score": 0.65, "batch_score": 0.55}]
+    png = tmp_path / "scores.png"
+    fig = scelmo.pl.integration_scores(table, title="demo", save=png, show=False)
+    assert png.stat().st_size > 5_000
+    bars = fig.axes[1].patches
+    # the missing total is 0.6 bio + 0.4 batch (0.61), ranked above the given 0.52
+    assert [round(b.get_width(), 3) for b in bars] == [0.61, 0.52]
+    with pytest.raises(scelmo.ScelmoError, match="bio_score"):
+        scelmo.pl.integration_scores([{"method": "x", "batch_score": 0.1}], show=False)
