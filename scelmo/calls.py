@@ -13,6 +13,15 @@ this module runs many of them:
   :class:`~scelmo.errors.TransientProviderError` with exponential backoff and full
   jitter, honouring a server's ``Retry-After``;
 * :class:`Usage` adds up calls, tokens and cost (shown in the progress bar).
+
+Why the retry loop is written here (measured by ``benchmarks/library_choices.py`` on a
+loopback server; ``benchmarks/results/library_choices/``): litellm's own ``num_retries``
+has no deadline for a whole request (a server dripping one byte per 0.1 s held a
+``timeout=2`` request for 39.5 s), so scelmo calls litellm with ``num_retries=0`` and
+retries itself. The same policy written with tenacity behaved identically (same
+requests, same waits for ``Retry-After`` and 5xx, same give-up time), but needs the
+deadline wrapper and the ``Retry-After`` wait function written out all the same, so
+it would add a dependency without removing code; the ~30-line loop below was kept.
 """
 
 from __future__ import annotations

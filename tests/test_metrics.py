@@ -27,7 +27,10 @@ def test_silhouette_and_purity(blobs):
     X, y = blobs
     assert metrics.silhouette(X, y, metric="euclidean") > 0.8
     assert metrics.knn_purity(X, y, k=10) > 0.95
-    assert metrics.graph_connectivity(X, y, k=10) == 1.0
+    # strongly connected components of the directed kNN graph (scib-metrics): a few cells that
+    # no other cell of their blob picks as a neighbour stand alone, so < 1 even for clean blobs
+    assert metrics.graph_connectivity(X, y, k=10) > 0.9
+    assert metrics.graph_connectivity(X, np.random.default_rng(2).permutation(y), k=10) < 0.5
     with pytest.raises(InputError):
         metrics.silhouette(X, ["a"] * len(y))
 
