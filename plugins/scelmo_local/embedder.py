@@ -5,11 +5,16 @@ against a pinned SHA-256 before the session is created; the WordPiece tokenizer
 (``data/minilm_tokenizer.json``, Apache-2.0, from sentence-transformers/all-MiniLM-L6-v2)
 ships with this plugin. Output: mean-pooled, L2-normalised 384-d vectors, as
 sentence-transformers produces for this model.
+
+Cold start: the texts the bundled knowledge table writes for protein-coding genes are
+answered from vectors shipped with the plugin (:mod:`scelmo_local.precomputed`, row
+cosine ~0.999 to the model's); ``precomputed=False`` runs the model on every text.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -39,13 +44,21 @@ class LocalEmbedderOptions(EmbedderOptions):
     max_length: int = 256
     #: onnxruntime intra-op threads (``None``: onnxruntime's default, all cores).
     threads: int | None = None
+    #: Let onnxruntime's idle threads busy-wait for work (its default). Off here: on a
+    #: machine shared with other processes, spinning threads steal the cores the working
+    #: ones need (about 2x slower on a loaded 2-core box; see docs/performance.md).
+    spin: bool = False
+    #: Answer the bundled knowledge table's protein-coding gene texts from the shipped,
+    #: quantised vectors (:mod:`scelmo_local.precomputed`; only with the default model and
+    #: ``max_length``). ``False``: run the model on every text (exact, slower first run).
+    precomputed: bool = True
 
 
 _lock = threading.Lock()
 
 
 @lru_cache(maxsize=4)
-def _load(model: str, max_length: int, threads: int | None) -> tuple[Any, Any]:
+def _load(model: str, max_length: int, threads: int | None, spin: bool = False) -> tuple[Any, Any]:
     import importlib
 
     package, model_sha, tok_file, tok_sha = MODELS[model]
@@ -75,6 +88,7 @@ def _load(model: str, max_length: int, threads: int | None) -> tuple[Any, Any]:
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
     return tok, session
 
@@ -98,12 +112,66 @@ class LocalMiniLM(TextEmbedder):
         return f"local/{self.model}@{MODELS[self.model][1][:8]}"
 
     @property
+    def cache_key(self) -> str:
+        """``model_id``, plus ``max_length`` when it is not the default 256 (it changes the vectors).
+
+        Only the model's own vectors are cached; shipped ones are read from the package."""
+        n = self.options.max_length
+        return self.model_id if n == 256 else f"{self.model_id} [max_length={n}]"
+
+    @property
     def dim(self) -> int:
         return 384
 
+    def _precomputed(self) -> Any:
+        """The shipped vectors when they apply to this configuration, else ``None``."""
+        if not self.options.precomputed or self.model != DEFAULT_MODEL:
+            return None
+        from .precomputed import shipped
+
+        table = shipped()
+        meta = table.meta
+        if meta.get("model_sha256") != MODELS[self.model][1] or meta.get("max_length") != self.options.max_length:
+            return None
+        return table
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        cache: Any = None,
+        progress: bool | None = None,
+        desc: str = "embedding texts",
+        budget: Any = None,
+    ) -> np.ndarray:
+        """Vectors for ``texts``: shipped ones where they exist, the model (and cache) for the rest."""
+        table = self._precomputed()
+        if table is None:
+            return super().embed(texts, cache=cache, progress=progress, desc=desc, budget=budget)
+        texts = list(texts)
+        rows = table.rows(texts)
+        hit = rows >= 0
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        out[hit] = table.decode(rows[hit])
+        if not hit.all():
+            rest = [t for t, h in zip(texts, hit, strict=True) if not h]
+            out[~hit] = super().embed(rest, cache=cache, progress=progress, desc=desc, budget=budget)
+        self.n_precomputed = getattr(self, "n_precomputed", 0) + int(hit.sum())
+        return out
+
+    def describe_self(self) -> dict[str, str | int | float]:
+        out = super().describe_self()
+        table = self._precomputed()
+        if table is not None:
+            from .precomputed import FILE, SHA256
+
+            out["precomputed_table"] = f"{FILE}@{SHA256[:12]}"
+            out["precomputed_row_cosine_min"] = round(float(table.meta["row_cosine_min"]), 5)
+        return out
+
     def embed_batch(self, texts: list[str]) -> np.ndarray:
         o = self.options
-        tok, session = _load(self.model, o.max_length, o.threads)
+        tok, session = _load(self.model, o.max_length, o.threads, o.spin)
         with _lock:  # tokenizers' padding state is shared
             enc = tok.encode_batch(texts)
         ids = np.array([e.ids for e in enc], dtype=np.int64)
