@@ -250,6 +250,23 @@ def _mixing(idx: np.ndarray, batch: np.ndarray) -> dict[str, float]:
     }
 
 
+def scib_scores(emb: np.ndarray, batch: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The scib-metrics package's own batch-correction scores (published-style numbers;
+    see benchmarks/library_choices.py for how they differ from scelmo.metrics):
+    iLISI and cLISI (perplexity-weighted, 90 neighbours, scaled to [0, 1]), kBET per
+    label, graph connectivity, ASW batch. Empty when scib-metrics is not installed."""
+    try:
+        import scib_metrics as sm
+        from scib_metrics.nearest_neighbors import pynndescent
+    except ImportError:
+        return {}
+    nn90 = pynndescent(np.asarray(emb, dtype=np.float32), n_neighbors=90, random_state=SEED)
+    return {"scib_ilisi": float(sm.ilisi_knn(nn90, batch)), "scib_clisi": float(sm.clisi_knn(nn90, labels)),
+            "scib_kbet": float(sm.kbet_per_label(nn90.subset_neighbors(50), batch, labels)),
+            "scib_graph_conn": float(sm.graph_connectivity(nn90.subset_neighbors(15), labels)),
+            "scib_asw_batch": float(sm.silhouette_batch(np.asarray(emb, dtype=np.float32), labels, batch))}
+
+
 def knn_predict(emb: np.ndarray, ds: Dataset, metric: str = "cosine") -> np.ndarray:
     """kNN label transfer train -> test: scelmo's cosine vote, or sklearn's for euclidean."""
     from scelmo.annotate import knn_vote
@@ -289,6 +306,7 @@ def embedding_metrics(ds: Dataset, emb: np.ndarray, pred_cluster: np.ndarray | N
             sub = np.sort(np.random.default_rng(SEED).choice(a.n_obs, 5000, replace=False))
         out["asw_batch"] = M.silhouette_batch(emb[sub], b[sub], y[sub], metric=metric)
         out.update(_mixing(M._knn(emb, K_MIX, metric), b))
+        out.update(scib_scores(emb[ds.score], b[ds.score], y[ds.score]))
     out.update(annotation_scores(ds, knn_predict(emb, ds, metric)))
     return out
 
@@ -683,11 +701,12 @@ def bench_genept(ds: Dataset, r: Runner, ge: Any, gi: dict[str, Any], n: int | N
 
 # --------------------------------------------------------------------------- reporting
 INT_COLS = {"n_clusters", "n_cells", "texts_newly_embedded", "n_gene_vectors", "epochs", "tfidf_terms"}
+SCIB_METRICS = ["scib_ilisi", "scib_clisi", "scib_kbet", "scib_graph_conn", "scib_asw_batch"]
 MAIN_METRICS = ["ari", "ari_mean5", "ari_sd", "nmi", "nmi_mean5", "nmi_sd", "asw_label", "asw_batch", "ilisi",
-                "same_batch_frac", "kbet_accept", "accuracy", "macro_f1", "time_s", "peak_rss_mib"]
+                "same_batch_frac", "kbet_accept", *SCIB_METRICS, "accuracy", "macro_f1", "time_s", "peak_rss_mib"]
 PLOT_METRICS = ["ari", "nmi", "asw_label", "asw_batch", "ilisi_scaled", "kbet_accept", "accuracy", "macro_f1"]
 HIGHER_BETTER = {"ari", "nmi", "ari_mean5", "nmi_mean5", "asw_label", "asw_batch", "ilisi", "kbet_accept", "accuracy", "macro_f1",
-                 "ari_all", "nmi_all", "asw_label_all", "accuracy_all", "macro_f1_all"}
+                 "ari_all", "nmi_all", "asw_label_all", "accuracy_all", "macro_f1_all", *SCIB_METRICS}
 
 
 def _fmt(v: Any, col: str = "") -> str:
@@ -713,7 +732,7 @@ def md_table(df: pd.DataFrame, cols: list[str]) -> str:
 
 
 VERSUS_METRICS = ["ari_mean5", "nmi_mean5", "ari", "nmi", "asw_label", "accuracy", "macro_f1", "asw_batch", "ilisi",
-                  "same_batch_frac", "kbet_accept", "ari_all", "nmi_all", "accuracy_all", "macro_f1_all"]
+                  "same_batch_frac", "kbet_accept", *SCIB_METRICS, "ari_all", "nmi_all", "accuracy_all", "macro_f1_all"]
 KNOWLEDGE_METRICS = ["ari_mean5", "nmi_mean5", "accuracy", "macro_f1", "asw_label"]
 
 
@@ -748,7 +767,7 @@ def knowledge_table(df: pd.DataFrame) -> tuple[str, pd.DataFrame]:
         if "scelmo" not in d.index or shuf.empty:
             continue
         batched = "asw_batch" in d.columns and d["asw_batch"].notna().any()
-        metrics = KNOWLEDGE_METRICS + (["ilisi", "asw_batch"] if batched else [])
+        metrics = KNOWLEDGE_METRICS + (["ilisi", "asw_batch", "scib_ilisi", "scib_kbet"] if batched else [])
         for m in metrics:
             if m not in d.columns or pd.isna(d.at["scelmo", m]):
                 continue

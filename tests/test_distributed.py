@@ -111,3 +111,48 @@ def test_cli_workers_writes_the_same_h5ad_and_zarr(counts_files, tmp_path):
         got = (ad.read_h5ad(out) if fmt == "h5ad" else ad.read_zarr(out)).obsm["X_scelmo"]
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
         assert "2 dask workers" in res.output
+
+
+def test_cli_scheduler_of_a_cluster_started_with_dask_cli(counts_files, tmp_path):
+    """docs/performance.md's multi-machine recipe, on one machine: `dask scheduler` and
+    `dask worker` from dask's own CLI, then `scelmo embed-cells --scheduler`."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import anndata as ad
+    from click.testing import CliRunner
+
+    from scelmo.cli import cli
+
+    b, d, genes = counts_files
+    gdir = tmp_path / "genes"
+    genes.save(gdir)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dask_cli = str(Path(sys.executable).with_name("dask"))
+    addr = f"tcp://127.0.0.1:{port}"
+    procs = [subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        time.sleep(2)
+        procs.append(subprocess.Popen([dask_cli, "worker", addr, "--nworkers", "2", "--nthreads", "1",
+                                       "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+
+        with Client(addr, timeout="30s") as c:
+            c.wait_for_workers(2, timeout=60)
+        out = tmp_path / "out.zarr"
+        res = CliRunner().invoke(cli, ["--no-progress", "embed-cells", str(d / "x.zarr"), "-o", str(out),
+                                       "--gene-embeddings", str(gdir), "--scheduler", addr])
+        assert res.exit_code == 0, res.output
+        assert "2 dask workers" in res.output and addr in res.output
+        np.testing.assert_allclose(ad.read_zarr(out).obsm["X_scelmo"], _reference(b, genes), rtol=0, atol=1e-6)
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
