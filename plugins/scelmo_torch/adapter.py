@@ -344,7 +344,14 @@ class GeneAdapterHead(TorchHead):
         return self._C0_np
 
     def _finish_arrays(self) -> None:
-        """Hook after training (the centring is recomputed per query in :meth:`transform`)."""
+        """After training: ``offset_latent = mu @ A(E)`` over all trained genes (the centring
+        term of a query that has every trained gene; :meth:`transform` recomputes it over
+        the genes a query has)."""
+        torch = import_torch()
+        if "gene_mean" in self.arrays:
+            with self.inference("cpu"):
+                A = self.adapted(torch.from_numpy(self._E_np)).double().numpy()
+            self.arrays["offset_latent"] = (self.arrays["gene_mean"].astype(np.float64) @ A).astype(np.float32)
 
     def prepare_training(self, device: Any) -> None:
         torch = import_torch()
