@@ -228,3 +228,44 @@ def test_model_handle_after_an_r_restart(r_lib, tmp_path):
     assert f'LoadScELMoModel("{(tmp_path / "model").resolve()}")' in log, log
     labels_1 = (tmp_path / "labels_1.txt").read_text().split()
     assert len(labels_1) == 80 and labels_1 == (tmp_path / "labels_2.txt").read_text().split()
+
+
+# ----------------------------------------------------------------------------- docs' R blocks
+R_BLOCK = re.compile(r"```r\n(.*?)```", re.S)
+#: lines of the docs' R blocks that are not run here, by their first words, with the reason
+R_NOT_RUN = {
+    "install.packages(": "installs the package (the session fixture has done it: R CMD INSTALL)",
+    "scelmo::install_scelmo()": "creates a virtualenv with pip (tests_r_package.py tests it with a local index)",
+}
+# The objects the docs' text leaves to the reader, made from the bundled Kang subset (real
+# counts): `seu`, `ref` (control cells, `celltype`), `query` (stimulated cells), `counts`
+# (what Read10X would return), in a scratch directory; Seurat and scelmo attached, as the pages' first
+# blocks do before their later blocks.
+R_PREAMBLE = """
+suppressPackageStartupMessages({ library(SeuratObject); library(Matrix); library(Seurat); library(scelmo) })
+k <- readRDS(file.path("{root}", "r_wrapper", "inst", "extdata", "kang_subset.rds"))
+counts <- k$counts
+meta <- k$meta; meta$celltype <- as.character(meta$cell_type)
+Read10X <- function(...) counts
+seu <- CreateSeuratObject(counts, meta.data = meta)
+ref <- subset(seu, cells = colnames(seu)[meta$condition == "control"])
+query <- subset(seu, cells = colnames(seu)[meta$condition == "stimulated"])
+setwd(tempdir())
+"""
+
+
+def _r_doc_blocks():
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        for i, code in enumerate(R_BLOCK.findall(doc.read_text(encoding="utf-8"))):
+            yield pytest.param(str(doc.relative_to(ROOT)), code, id=f"{doc.relative_to(ROOT)}#{i}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("doc,code", list(_r_doc_blocks()))
+def test_docs_r_blocks_run(r_lib, doc, code):
+    """Every R block of the README and docs runs as written (after the preamble's stand-ins)."""
+    lines = [ln for ln in code.splitlines() if not any(ln.strip().startswith(k) for k in R_NOT_RUN)]
+    script = R_PREAMBLE.replace("{root}", str(ROOT)) + "\n".join(lines) + '\ncat("\\nSCELMO_DOC_BLOCK_OK\\n")\n'
+    out = run_r(script, r_lib, cwd=ROOT, timeout=900)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0 and "SCELMO_DOC_BLOCK_OK" in log, f"{doc}:\n{log[-4000:]}"
