@@ -137,8 +137,8 @@ class IntegrationHead(GeneAdapterHead):
 
     name = "integration"
     Options = IntegrationOptions
-    #: Measured on pbmc68k_sim (docs/finetuning.md): lr 3e-3 beat 1e-3 (and 1e-3 with 60
-    #: epochs) on the scib total with and without labels; checks every 2 epochs.
+    #: lr 3e-3 (the previous default): on pbmc68k_sim it beat 1e-3 on one seed, but its
+    #: 3-seed mean equals 1e-3's single seed (docs/finetuning.md); checks every 2 epochs.
     training_defaults = {"batch_size": 256, "lr": 3e-3, "check_every": 2, "patience": 3}
 
     def fit(self, embeddings: Any, labels: Any = None, *, gene_vectors: np.ndarray | None = None,
