@@ -13,7 +13,7 @@ Annotation (accuracy and macro-F1 on held-out cells; every split scored separate
 Integration (scib-metrics 0.5 ``Benchmarker``, its own metric implementations, scores
 not min-max scaled; total = 0.6 bio + 0.4 batch):
   * pbmc68k semi-synthetic batches (``scelmo.datasets.simulate_batches``, seed 0);
-  * Kang 2018 with batch = condition (scored on 6,000 random scgen_valid cells);
+  * Kang 2018 with batch = condition (scored on the scgen_valid cells, at most --scib-max-cells);
   methods: unintegrated PCA, zero-shot scelmo, Harmony on PCA 50, scVI (counts,
   2,000 variable genes), the integration head with labels (semi-supervised) and without
   (unsupervised), head seeds 0, 1, 2.
