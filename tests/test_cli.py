@@ -59,7 +59,9 @@ def test_cache_stats_and_clear(tmp_path, monkeypatch):
     monkeypatch.setenv("SCELMO_CACHE__PATH", str(tmp_path / "c.sqlite"))
     r = CliRunner()
     assert "empty" in r.invoke(cli, ["cache", "stats"]).output
-    assert r.invoke(cli, ["embed-genes", "--genes", "CD3E", "-o", str(tmp_path / "g")]).exit_code == 0
+    # run the model (the shipped precomputed vectors answer without touching the cache)
+    args = ["--set", "embed.options.precomputed=false", "embed-genes", "--genes", "CD3E", "-o", str(tmp_path / "g")]
+    assert r.invoke(cli, args).exit_code == 0
     res = r.invoke(cli, ["cache", "stats"])
     assert "embed" in res.output and "all-MiniLM" in res.output
     res = r.invoke(cli, ["cache", "clear", "--yes"])

@@ -69,6 +69,7 @@ def _words(line: str) -> list[str]:
 
 
 def _skip_reason(line: str) -> str | None:
+    line = re.sub(r"^nice -n \d+ ", "", line)  # `nice -n 10 CMD` is CMD
     for head, why in NOT_RUN.items():
         if line.startswith(head):
             return why
