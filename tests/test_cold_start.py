@@ -56,8 +56,8 @@ def test_session_options_and_batching_do_not_change_vectors(gene_texts):
     from scelmo_local.embedder import LocalMiniLM
 
     texts = gene_texts + ["short.", "a " * 300]  # one truncated at max_length
-    ref = np.stack([LocalMiniLM(precomputed=False, spin=True).embed_batch([t])[0] for t in texts])
-    for opts in ({"batch_size": 5}, {"threads": 1, "batch_size": 16}, {"spin": True, "batch_size": 3}):
+    ref = np.stack([LocalMiniLM(precomputed=False).embed_batch([t])[0] for t in texts])
+    for opts in ({"batch_size": 5}, {"threads": 1, "batch_size": 16}, {"spin": False, "batch_size": 3}):
         V = LocalMiniLM(precomputed=False, **opts).embed(texts, progress=False)
         np.testing.assert_array_equal(V, ref, err_msg=str(opts))
 
@@ -67,7 +67,7 @@ def test_cache_key_changes_only_with_options_that_change_vectors(tmp_path, gene_
 
     base = LocalMiniLM()
     assert base.cache_key == base.model_id  # the default keeps the key existing caches use
-    for same in ({"precomputed": False}, {"spin": True}, {"threads": 1}, {"batch_size": 8}):
+    for same in ({"precomputed": False}, {"spin": False}, {"threads": 1}, {"batch_size": 8}):
         assert LocalMiniLM(**same).cache_key == base.cache_key, same
     short = LocalMiniLM(max_length=8, precomputed=False)
     assert short.cache_key != base.cache_key and "max_length=8" in short.cache_key

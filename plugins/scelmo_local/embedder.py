@@ -44,10 +44,10 @@ class LocalEmbedderOptions(EmbedderOptions):
     max_length: int = 256
     #: onnxruntime intra-op threads (``None``: onnxruntime's default, all cores).
     threads: int | None = None
-    #: Let onnxruntime's idle threads busy-wait for work (its default). Off here: on a
-    #: machine shared with other processes, spinning threads steal the cores the working
-    #: ones need (about 2x slower on a loaded 2-core box; see docs/performance.md).
-    spin: bool = False
+    #: Let onnxruntime's idle threads busy-wait for work (its default). ``False`` leaves
+    #: the cores to other processes on a shared machine; measured on a loaded 2-core box
+    #: it was sometimes faster, sometimes slower (docs/performance.md), so the default stays.
+    spin: bool = True
     #: Answer the bundled knowledge table's protein-coding gene texts from the shipped,
     #: quantised vectors (:mod:`scelmo_local.precomputed`; only with the default model and
     #: ``max_length``). ``False``: run the model on every text (exact, slower first run).
@@ -58,7 +58,7 @@ _lock = threading.Lock()
 
 
 @lru_cache(maxsize=4)
-def _load(model: str, max_length: int, threads: int | None, spin: bool = False) -> tuple[Any, Any]:
+def _load(model: str, max_length: int, threads: int | None, spin: bool = True) -> tuple[Any, Any]:
     import importlib
 
     package, model_sha, tok_file, tok_sha = MODELS[model]
