@@ -610,6 +610,9 @@ class AggregationResult:
 
     @property
     def expression_coverage(self) -> float:
+        """Covered / total expression; ``nan`` when not computed (a lazy dask result)."""
+        if np.isnan(self.total_expression):
+            return float("nan")
         return self.covered_expression / self.total_expression if self.total_expression > 0 else 0.0
 
 

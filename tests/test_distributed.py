@@ -52,7 +52,12 @@ def test_lazy_result_stays_lazy(counts_files):
 
     b, d, genes = counts_files
     lz = distributed.read_lazy(d / "x.h5ad", chunk_size=200)
-    scelmo.tl.embed_cells(lz, gene_embeddings=genes, lazy=True, flavor="paper", progress=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", scelmo.errors.CoverageWarning)  # nothing measured yet: no coverage verdict
+        scelmo.tl.embed_cells(lz, gene_embeddings=genes, lazy=True, flavor="paper", progress=False)
+    assert np.isnan(lz.uns["scelmo"]["embed_cells"]["expression_coverage"])
     emb = lz.obsm["X_scelmo"]
     assert distributed.is_dask_array(emb)
     np.testing.assert_allclose(emb.compute(), _reference(b, genes, flavor="paper"), rtol=0, atol=1e-6)
