@@ -275,7 +275,7 @@ class StreamedArray:
 
     def __setitem__(self, rows: slice, block: Any) -> None:
         if self._ds is None:
-            if self.key in set(self.group.keys()):  # h5py or zarr group
+            if _has(self.group, self.key):
                 del self.group[self.key]
             d = int(block.shape[1])
             chunk_rows = max(1, min(self.n_rows, (4 << 20) // max(4 * d, 1)))
@@ -290,14 +290,20 @@ class StreamedArray:
         return (self.n_rows, int(self._ds.shape[1]) if self._ds is not None else 0)
 
 
+def _has(group: Any, key: str) -> bool:
+    """``key in group`` for h5py and zarr groups alike (zarr's ``in`` is unreliable)."""
+    return key in set(group.keys())
+
+
 class StreamedH5ad:
-    """The open copy made by :func:`streamed_h5ad_copy`."""
+    """The open copy made by :func:`streamed_h5ad_copy` or :func:`streamed_zarr_copy`
+    (an h5py file or a zarr group: the same calls write to both)."""
 
     def __init__(self, h5: Any) -> None:
         self.h5 = h5
 
     def _group(self, name: str) -> Any:
-        if name not in self.h5:
+        if not _has(self.h5, name):
             grp = self.h5.create_group(name)
             grp.attrs["encoding-type"] = "dict"
             grp.attrs["encoding-version"] = "0.1.0"
@@ -312,7 +318,7 @@ class StreamedH5ad:
         from anndata.io import write_elem
 
         grp = self._group("uns")
-        if key in grp:
+        if _has(grp, key):
             del grp[key]
         write_elem(grp, key, value)
 
@@ -375,28 +381,9 @@ def write_zarr(adata: Any, path: str | os.PathLike[str], *, overwrite: bool = Fa
     return path
 
 
-class StreamedZarr(StreamedH5ad):
-    """The open copy made by :func:`streamed_zarr_copy` (same interface as the h5ad one)."""
-
-    def _group(self, name: str) -> Any:
-        if name not in set(self.h5.keys()):
-            grp = self.h5.create_group(name)
-            grp.attrs["encoding-type"] = "dict"
-            grp.attrs["encoding-version"] = "0.1.0"
-        return self.h5[name]
-
-    def write_uns(self, key: str, value: Any) -> None:
-        from anndata.io import write_elem
-
-        grp = self._group("uns")
-        if key in set(grp.keys()):
-            del grp[key]
-        write_elem(grp, key, value)
-
-
 @contextlib.contextmanager
 def streamed_zarr_copy(source: str | os.PathLike[str], path: str | os.PathLike[str], *,
-                       overwrite: bool = False) -> Iterator[StreamedZarr]:
+                       overwrite: bool = False) -> Iterator[StreamedH5ad]:
     """Copy the AnnData zarr store ``source`` to ``path`` and let results be streamed into it.
 
     As :func:`streamed_h5ad_copy`: the matrix is copied on disk, never loaded; ``obsm``
@@ -418,7 +405,7 @@ def streamed_zarr_copy(source: str | os.PathLike[str], path: str | os.PathLike[s
             with contextlib.suppress(OSError):
                 (store / meta).unlink()
         root = zarr.open_group(str(store), mode="r+", use_consolidated=False)
-        yield StreamedZarr(root)
+        yield StreamedH5ad(root)
         if consolidated:
             zarr.consolidate_metadata(str(store))
         final = tmp.with_name(tmp.name + ".z")

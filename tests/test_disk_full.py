@@ -197,29 +197,28 @@ def _scelmo_on_tmpfs(mnt: Path, size: str, args: list[str]) -> tuple[int, str, l
     return r.returncode, Path(f"{mnt}.stderr").read_text(), left
 
 
-@pytest.mark.parametrize(("size", "backed"), [("3m", False), ("1m", False), ("3200k", True), ("1m", True)])
-def test_real_tiny_tmpfs(files, tmp_path, size, backed):
+def _embed_cells_on_tmpfs(files, tmp_path, size: str, extra: list[str] | None = None):
+    """``scelmo embed-cells`` onto a fresh tmpfs of ``size``: exit code, stderr, files left, output path."""
     if not _can_mount_tmpfs(tmp_path):
         pytest.skip("cannot mount a tmpfs here (needs unshare and user namespaces, or root)")
     src, ge, _ = files
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     out = mnt / "out.h5ad"
-    args = ["embed-cells", str(src), "-o", str(out), "--gene-embeddings", str(ge)] + (["--backed"] if backed else [])
-    rc, err, left = _scelmo_on_tmpfs(mnt, size, args)
+    args = ["embed-cells", str(src), "-o", str(out), "--gene-embeddings", str(ge), *(extra or [])]
+    return (*_scelmo_on_tmpfs(mnt, size, args), out)
+
+
+@pytest.mark.parametrize(("size", "backed"), [("3m", False), ("1m", False), ("3200k", True), ("1m", True)])
+def test_real_tiny_tmpfs(files, tmp_path, size, backed):
+    rc, err, left, out = _embed_cells_on_tmpfs(files, tmp_path, size, ["--backed"] if backed else [])
     assert rc == 3, err  # not a crash (139) nor a traceback (1)
     assert err.strip() == f"Error: {MESSAGE.format(out)}", err
     assert left == []  # no .out.h5ad.*.tmp, no partial output
 
 
 def test_real_tmpfs_that_fits_still_writes(files, tmp_path):
-    if not _can_mount_tmpfs(tmp_path):
-        pytest.skip("cannot mount a tmpfs here (needs unshare and user namespaces, or root)")
-    src, ge, _ = files
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    out = mnt / "out.h5ad"
-    rc, err, left = _scelmo_on_tmpfs(mnt, "16m", ["embed-cells", str(src), "-o", str(out), "--gene-embeddings", str(ge)])
+    rc, err, left, _ = _embed_cells_on_tmpfs(files, tmp_path, "16m")
     assert rc == 0, err
     assert left == ["out.h5ad"]
 
