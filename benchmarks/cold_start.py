@@ -24,9 +24,9 @@ Quality (the shipped vectors change the vectors slightly): run ``benchmarks/zero
 the old path and the new default into two folders, then compare them here::
 
     SCELMO_EMBED__OPTIONS='{"precomputed": false, "spin": true}' \
-        python benchmarks/zeroshot.py --datasets pbmc68k,pbmc68k_sim --no-scvi --out /tmp/zs_old
-    python benchmarks/zeroshot.py --datasets pbmc68k,pbmc68k_sim --no-scvi --out /tmp/zs_new
-    python benchmarks/cold_start.py --compare-zeroshot /tmp/zs_old /tmp/zs_new
+        python benchmarks/zeroshot.py --datasets pbmc68k,pbmc68k_sim --no-scvi --out zs_old
+    python benchmarks/zeroshot.py --datasets pbmc68k,pbmc68k_sim --no-scvi --out zs_new
+    python benchmarks/cold_start.py --compare-zeroshot zs_old zs_new
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ subprocess) against :class:`FakeLLMServer` on 127.0.0.1 (never a remote host) or
 real tiny tmpfs, and records what happened. Run it on two versions of the package
 to get a before/after table::
 
-    git worktree add /tmp/before a0df378      # the commit before the trust fixes
-    PYTHONPATH=/tmp/before:/tmp/before/plugins .venv/bin/python benchmarks/fault_battery.py --label before
+    git worktree add ../scelmo-before a0df378      # the commit before the trust fixes
+    PYTHONPATH=../scelmo-before:../scelmo-before/plugins .venv/bin/python benchmarks/fault_battery.py --label before
     .venv/bin/python benchmarks/fault_battery.py --label after
     .venv/bin/python benchmarks/fault_battery.py --table      # merge into results.md
 
@@ -22,6 +22,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -88,6 +89,14 @@ def _cli(args: list[str], *, env: dict[str, str] | None = None, cwd: Path | None
     r = subprocess.run([sys.executable, "-m", "scelmo", "--no-progress", *args], capture_output=True,
                        text=True, env=full_env, cwd=cwd or tempfile.gettempdir(), timeout=timeout)
     return r.returncode, r.stdout + r.stderr
+
+
+_TMP_PATH = re.compile(re.escape(tempfile.gettempdir()) + r"/scelmo-battery-[^/'\"\s]+")
+
+
+def _scrub(text: str) -> str:
+    """Results without machine-specific paths: a case's temporary directory becomes <tmp>."""
+    return _TMP_PATH.sub("<tmp>", text)
 
 
 def _traceback_in(text: str) -> bool:
@@ -409,6 +418,7 @@ def run(label: str, only: list[str] | None) -> list[dict[str, Any]]:
         finally:
             with contextlib.suppress(OSError):
                 shutil.rmtree(tmp)
+        res["measure"] = _scrub(res["measure"])
         res.update({"item": item, "case": name, "wall_s": round(time.perf_counter() - t, 2)})
         rows.append(res)
         mark = {True: "ok", False: "FAIL", None: "n/a"}[res["ok"]]
@@ -416,7 +426,12 @@ def run(label: str, only: list[str] | None) -> list[dict[str, Any]]:
     OUT.mkdir(parents=True, exist_ok=True)
     cli_file = subprocess.run([sys.executable, "-c", "import scelmo; print(scelmo.__file__)"], capture_output=True,
                               text=True, cwd=tempfile.gettempdir()).stdout.strip()
-    payload = {"label": label, "scelmo_file": scelmo.__file__, "cli_scelmo_file": cli_file,
+    # which scelmo ran (this checkout or the one on PYTHONPATH), without machine paths
+    def origin(file: str) -> str:
+        return "this checkout" if Path(file).resolve().parents[1] == ROOT else "PYTHONPATH"
+
+    where, cli_where = origin(scelmo.__file__), origin(cli_file)
+    payload = {"label": label, "scelmo_from": where, "cli_scelmo_from": cli_where,
                "python": sys.version.split()[0], "rows": rows}
     tmp_out = OUT / f".{label}.json.tmp"
     tmp_out.write_text(json.dumps(payload, indent=1, default=str))
