@@ -210,6 +210,8 @@ def read_lazy(path: str | Path, *, layer: str | None = None, use_raw: bool | Non
     from anndata.experimental import read_elem_lazy
     from anndata.io import read_elem
 
+    from .io import has_key as has
+
     _dask()
     path = Path(path)
     if path.suffix == ".zarr" or path.is_dir():
@@ -220,9 +222,6 @@ def read_lazy(path: str | Path, *, layer: str | None = None, use_raw: bool | Non
         import h5py
 
         root = h5py.File(path, "r")
-    def has(group: Any, key: str) -> bool:  # a zarr store may hold an empty "raw" array
-        return hasattr(group, "keys") and key in set(group.keys())
-
     if layer is not None:
         if not has(root, "layers") or not has(root["layers"], layer):
             raise InputError(f"{path} has no layer {layer!r}.")

@@ -275,7 +275,7 @@ class StreamedArray:
 
     def __setitem__(self, rows: slice, block: Any) -> None:
         if self._ds is None:
-            if _has(self.group, self.key):
+            if has_key(self.group, self.key):
                 del self.group[self.key]
             d = int(block.shape[1])
             chunk_rows = max(1, min(self.n_rows, (4 << 20) // max(4 * d, 1)))
@@ -290,9 +290,10 @@ class StreamedArray:
         return (self.n_rows, int(self._ds.shape[1]) if self._ds is not None else 0)
 
 
-def _has(group: Any, key: str) -> bool:
-    """``key in group`` for h5py and zarr groups alike (zarr's ``in`` is unreliable)."""
-    return key in set(group.keys())
+def has_key(group: Any, key: str) -> bool:
+    """``key in group`` for h5py and zarr groups alike (zarr's ``in`` is unreliable); ``False``
+    for an array (a zarr store may hold an empty ``raw`` array where h5ad has no group)."""
+    return hasattr(group, "keys") and key in set(group.keys())
 
 
 class StreamedH5ad:
@@ -303,7 +304,7 @@ class StreamedH5ad:
         self.h5 = h5
 
     def _group(self, name: str) -> Any:
-        if not _has(self.h5, name):
+        if not has_key(self.h5, name):
             grp = self.h5.create_group(name)
             grp.attrs["encoding-type"] = "dict"
             grp.attrs["encoding-version"] = "0.1.0"
@@ -318,7 +319,7 @@ class StreamedH5ad:
         from anndata.io import write_elem
 
         grp = self._group("uns")
-        if _has(grp, key):
+        if has_key(grp, key):
             del grp[key]
         write_elem(grp, key, value)
 
