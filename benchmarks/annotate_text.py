@@ -68,8 +68,8 @@ def _shuffled_knowledge():
     """Context manager: the knowledge source gives each gene a random other gene's phrases."""
     import contextlib
 
-    from scelmo import roles
     from scelmo.config import get_settings
+    from scelmo.knowledge import roles
 
     describer = roles.describer(get_settings())
     cls = type(describer)

@@ -15,7 +15,7 @@ Genes: 20,000 human symbols from the bundled table in the mix of a filtered 10x 
 (Kang 2018: 96% of the resolved genes are protein-coding): 19,200 protein-coding and
 800 other genes, drawn at random (seed 0). Counts: the synthetic generator of
 ``benchmarks/_synthetic.py`` (``--cells`` cells). Stages are timed by wrapping
-``scelmo.descriptions.describe`` and ``scelmo.roles.embed_texts``; ``rest`` is everything
+``scelmo.knowledge.descriptions.describe`` and ``scelmo.knowledge.roles.embed_texts``; ``rest`` is everything
 else in ``embed_cells`` (name resolution, conditioning, gene statistics, aggregation).
 
     nice -n 10 python benchmarks/cold_start.py            # -> benchmarks/results/cold_start/
@@ -85,7 +85,7 @@ def _clear_plugin_caches() -> None:
 
 def run_once(adata: Any, options: dict[str, Any], threads: int | None) -> dict[str, Any]:
     import scelmo
-    from scelmo import descriptions, roles
+    from scelmo.knowledge import descriptions, roles
 
     _clear_plugin_caches()
     timers = {"describe": 0.0, "embed_texts": 0.0}

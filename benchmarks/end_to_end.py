@@ -12,7 +12,7 @@ RSS after it:
 3. ``leiden``: ``scanpy.tl.leiden`` (igraph flavour);
 4. ``umap``: ``scanpy.tl.umap``;
 
-and the embed stage again through a 2-worker dask LocalCluster (``scelmo.distributed``).
+and the embed stage again through a 2-worker dask LocalCluster (``scelmo.expression.distributed``).
 Gene vectors are embedded once before the timings (the cold start is measured by
 ``benchmarks/cold_start.py``).
 
@@ -82,7 +82,7 @@ def main() -> None:
     import scanpy as sc
 
     import scelmo
-    from scelmo import distributed
+    from scelmo.expression import distributed
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cells", type=int, default=100_000)

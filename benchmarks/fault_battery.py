@@ -10,7 +10,7 @@ to get a before/after table::
     .venv/bin/python benchmarks/fault_battery.py --label after
     .venv/bin/python benchmarks/fault_battery.py --table      # merge into results.md
 
-The loopback server is loaded from this checkout's ``scelmo/testing_server.py`` by
+The loopback server is loaded from this checkout's ``scelmo/testing/server.py`` by
 file path, so both versions face the same server. Writes
 ``benchmarks/results/fault_battery/{<label>.json,results.md}``.
 """
@@ -42,7 +42,8 @@ KEY = "sk-local-gateway-4242"
 
 
 def _server_module() -> Any:
-    spec = importlib.util.spec_from_file_location("_battery_server", ROOT / "scelmo" / "testing_server.py")
+    path = ROOT / "scelmo" / "testing" / "server.py"
+    spec = importlib.util.spec_from_file_location("_battery_server", path)
     mod = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
     spec.loader.exec_module(mod)
@@ -105,7 +106,7 @@ def _traceback_in(text: str) -> bool:
 
 # ----------------------------------------------------------------------------- cases
 def case_cache_endpoint(tmp: Path) -> dict[str, Any]:
-    from scelmo.descriptions import describe
+    from scelmo.knowledge.descriptions import describe
 
     with SRV.FakeLLMServer() as a, SRV.FakeLLMServer() as b:
         describe(["CD3E", "LYZ"], config=_settings(_cfg(tmp, a.openai_base)))
@@ -115,7 +116,7 @@ def case_cache_endpoint(tmp: Path) -> dict[str, Any]:
 
 
 def case_cache_embed_endpoint(tmp: Path) -> dict[str, Any]:
-    from scelmo import roles
+    from scelmo.knowledge import roles
 
     with SRV.FakeLLMServer() as a, SRV.FakeLLMServer() as b:
         roles.embed_texts(_settings(_cfg(tmp, a.openai_base)), ["x", "y"])
@@ -125,7 +126,7 @@ def case_cache_embed_endpoint(tmp: Path) -> dict[str, Any]:
 
 
 def case_cache_options(tmp: Path) -> dict[str, Any]:
-    from scelmo import roles
+    from scelmo.knowledge import roles
 
     with SRV.FakeLLMServer() as a:
         roles.embed_texts(_settings(_cfg(tmp, a.openai_base, eopts={"dimensions": 8})), ["x"])
@@ -141,7 +142,7 @@ def case_missing_key(tmp: Path) -> dict[str, Any]:
     """A remote model and no OPENAI_API_KEY (the host is not reachable from here either)."""
     code = (
         "import time, scelmo\n"
-        "from scelmo.descriptions import describe\n"
+        "from scelmo.knowledge.descriptions import describe\n"
         f"cfg = scelmo.get_settings({{'describe.model': 'openai/gpt-4o-mini', 'cache.path': r'{tmp / 'c.sqlite'}'}})\n"
         "for attempt in range(2):  # the second call is timed: litellm's import is not part of it\n"
         "    t = time.perf_counter()\n"
@@ -164,7 +165,7 @@ def case_missing_key(tmp: Path) -> dict[str, Any]:
 
 
 def case_loopback_key(tmp: Path) -> dict[str, Any]:
-    from scelmo.descriptions import describe
+    from scelmo.knowledge.descriptions import describe
 
     old = os.environ.get("OPENAI_API_KEY")
     os.environ["OPENAI_API_KEY"] = KEY
@@ -187,7 +188,7 @@ def case_loopback_key(tmp: Path) -> dict[str, Any]:
 
 
 def case_drip(tmp: Path) -> dict[str, Any]:
-    from scelmo.descriptions import describe
+    from scelmo.knowledge.descriptions import describe
 
     with SRV.FakeLLMServer(drip_interval=0.1) as s:
         t = time.perf_counter()
@@ -203,7 +204,7 @@ def case_drip(tmp: Path) -> dict[str, Any]:
 
 
 def case_apology(tmp: Path) -> dict[str, Any]:
-    from scelmo.descriptions import describe
+    from scelmo.knowledge.descriptions import describe
 
     with SRV.FakeLLMServer() as s:
         try:
@@ -217,7 +218,7 @@ def case_apology(tmp: Path) -> dict[str, Any]:
 
 def _embed_case(tmp: Path, model: str, what: str, *, server: dict[str, Any] | None = None,
                 eopts: dict | None = None) -> dict[str, Any]:
-    from scelmo import roles
+    from scelmo.knowledge import roles
 
     with SRV.FakeLLMServer(**(server or {})) as s:
         try:

@@ -60,7 +60,7 @@ ZS_KNN, CELLTYPIST = "zero-shot kNN", "CellTypist"
 
 def ensure_torch_plugin() -> None:
     """Register scelmo_torch at run time if the venv's (older) install metadata lacks its entry point."""
-    from scelmo import plugins
+    from scelmo import plugin as plugins
 
     if "annotation" not in plugins.heads:
         import scelmo_torch
@@ -103,7 +103,7 @@ def annotation_split(ds: Any, train: np.ndarray, test: np.ndarray, score: np.nda
                      head_options: dict[str, Any] | None = None, tag: str = "") -> None:
     """One split: zero-shot kNN, the head (kNN + classifier), CellTypist, all on the same cells."""
     import scelmo
-    from scelmo.selection import gene_stats
+    from scelmo.expression.selection import gene_stats
 
     a = ds.adata
     tr, te = a[train].copy(), a[test].copy()
@@ -315,7 +315,7 @@ def bench_speed(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     from _synthetic import generate_csr, random_embedding
     from scelmo_torch.annotation import AnnotationHead
 
-    from scelmo.selection import normalize_chunk
+    from scelmo.expression.selection import normalize_chunk
 
     n, g, nnz = args.speed_cells, 10_000, 1_000
     X = normalize_chunk(generate_csr(n, g, nnz, seed=0)).astype(np.float32)

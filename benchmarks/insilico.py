@@ -63,7 +63,7 @@ def head_options(name: str) -> dict[str, Any]:
     """Every gene with a vector enters the model (head option ``genes="all"``, where the head
     has it), so that the ranking can meet every DE gene; ``real-hvg`` keeps the head's default
     gene selection (its variable genes)."""
-    from scelmo import plugins
+    from scelmo import plugin as plugins
 
     fields = plugins.heads.get("annotation").Options.model_fields
     return {"genes": "all"} if "genes" in fields and name != "real-hvg" else {}
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     info["n_cells"], info["n_genes"], info["n_gene_vectors"] = int(a.n_obs), int(a.n_vars), len(ge)
     rows: list[dict[str, Any]] = []
     top = None
-    from scelmo import plugins
+    from scelmo import plugin as plugins
 
     has_selection = "genes" in plugins.heads.get("annotation").Options.model_fields
     for seed in seeds:

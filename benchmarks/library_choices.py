@@ -10,7 +10,7 @@
    tenacity and against litellm's own ``num_retries``/``timeout``, on a loopback server
    that rate-limits (``Retry-After: 1``), fails with 500s, or drips its answer one byte per
    0.1 s: requests sent, seconds, outcome.
-3. **Test server**: ``scelmo.testing_server.FakeLLMServer`` (standard library) against
+3. **Test server**: ``scelmo.testing.server.FakeLLMServer`` (standard library) against
    pytest-httpserver (werkzeug) serving the same OpenAI embeddings route: requests per
    second through litellm at concurrency 32, and which wire behaviours each can produce.
 
@@ -109,7 +109,7 @@ def metrics_section(kang_dir: str | None) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- 2. retries
 async def _tenacity_retries(call: Any, retries: int, timeout: float, base: float, max_delay: float) -> Any:
-    """The same policy as scelmo.calls.with_retries, written with tenacity."""
+    """The same policy as scelmo.llm.calls.with_retries, written with tenacity."""
     from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
     from scelmo.errors import TransientProviderError
@@ -134,10 +134,10 @@ async def _tenacity_retries(call: Any, retries: int, timeout: float, base: float
 def retries_section() -> list[dict[str, Any]]:
     from scelmo_litellm import _lib
 
-    from scelmo import calls
+    from scelmo.llm import calls
 
     litellm = _lib.litellm()  # through scelmo's import: no cost-map fetch, no start-up threads
-    from scelmo.testing_server import FakeLLMServer
+    from scelmo.testing.server import FakeLLMServer
 
     cases = [("429 Retry-After: 1, twice", "openai/ratelimit1s-2", 10.0),
              ("500, twice", "openai/error500-2", 10.0),
@@ -185,7 +185,7 @@ def retries_section() -> list[dict[str, Any]]:
 def _throughput(base: str, n: int = 1000, concurrency: int = 32) -> float:
     from scelmo_litellm import _lib
 
-    from scelmo import calls
+    from scelmo.llm import calls
 
     litellm = _lib.litellm()
 
@@ -209,7 +209,7 @@ def server_section() -> list[dict[str, Any]]:
     from pytest_httpserver import HTTPServer
     from werkzeug.wrappers import Response
 
-    from scelmo.testing_server import FakeLLMServer, fake_vector
+    from scelmo.testing.server import FakeLLMServer, fake_vector
 
     rows = []
     with FakeLLMServer() as srv:

@@ -1,6 +1,6 @@
 """Throughput of the LLM path: 20,000 genes described and embedded through litellm.
 
-A loopback server (``python -m scelmo.testing_server``, its own process) answers
+A loopback server (``python -m scelmo.testing.server``, its own process) answers
 every request after an artificial latency (default 200 ms), like a remote API. For
 each concurrency (1, 8, 32) the benchmark describes the genes (one request per gene)
 and embeds the descriptions (batches of 128 per request), from an empty cache, and
@@ -45,7 +45,7 @@ class Server:
 
     def __init__(self, latency: float, dim: int = 64) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scelmo.testing_server", "--latency", str(latency), "--dim", str(dim)],
+            [sys.executable, "-m", "scelmo.testing.server", "--latency", str(latency), "--dim", str(dim)],
             stdout=subprocess.PIPE, text=True,
         )
         self.port = int(self.proc.stdout.readline())
@@ -72,8 +72,9 @@ def gene_names(n: int) -> list[str]:
 
 
 def run_stage(genes: list[str], concurrency: int, latency: float, embed_genes: list[str], cache: Path) -> dict:
-    from scelmo import get_settings, roles
-    from scelmo.descriptions import describe
+    from scelmo import get_settings
+    from scelmo.knowledge import roles
+    from scelmo.knowledge.descriptions import describe
 
     srv = Server(latency)
     try:

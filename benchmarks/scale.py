@@ -12,7 +12,7 @@ figure a ratio to a baseline measured in the same run:
    the same call with ``normalize=False`` (the raw product).
 3. **dask**: the same on-disk ``.h5ad`` embedded by ``scelmo.tl.embed_cells`` streaming
    in one process (backed, numba on 2 threads) and through a 2-worker LocalCluster
-   (``scelmo.distributed``, 1 thread each); results checked equal.
+   (``scelmo.expression.distributed``, 1 thread each); results checked equal.
 4. **Streaming memory**: peak RSS of ``scelmo embed-cells --backed`` (a child process)
    at two sizes (e.g. 100k and 1M cells): flat when it does not grow with cells.
 
@@ -53,7 +53,7 @@ OUT = HERE / "results" / "scale"
 def _symbols(n: int) -> list[str]:
     """``n`` real human gene symbols from the bundled knowledge table (so gene vectors exist)."""
     import scelmo
-    from scelmo import roles
+    from scelmo.knowledge import roles
 
     vocab = roles.vocabulary(roles.describer(scelmo.get_settings()))
     # human symbols (upper case) first, then the rest (mouse), each in sorted order
@@ -109,7 +109,7 @@ def section_bf16(cells: int, dims: list[int], repeats: int) -> dict[str, Any]:
 def section_normalize(cells: int, repeats: int) -> dict[str, Any]:
     import numba
 
-    from scelmo import plugins
+    from scelmo import plugin as plugins
 
     numba.set_num_threads(2)
     X = generate_csr(cells, 30_000, 2_000, seed=0, model=gene_model(30_000, 2_000, seed=0))
@@ -143,7 +143,7 @@ def section_dask(cells: int, workdir: Path, repeats: int) -> dict[str, Any]:
     import numba
 
     import scelmo
-    from scelmo import distributed
+    from scelmo.expression import distributed
 
     genes = _symbols(20_000)
     path = workdir / "dask.h5ad"

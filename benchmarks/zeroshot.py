@@ -269,7 +269,7 @@ def scib_scores(emb: np.ndarray, batch: np.ndarray, labels: np.ndarray) -> dict[
 
 def knn_predict(emb: np.ndarray, ds: Dataset, metric: str = "cosine") -> np.ndarray:
     """kNN label transfer train -> test: scelmo's cosine vote, or sklearn's for euclidean."""
-    from scelmo.annotate import knn_vote
+    from scelmo.knn import knn_vote
 
     y = ds.adata.obs[ds.label].astype(str).to_numpy()
     if metric == "cosine":
@@ -390,7 +390,7 @@ class Runner:
 
 # --------------------------------------------------------------------------- scelmo pieces
 def _cache_entries() -> int:
-    from scelmo.cache import open_cache
+    from scelmo.llm.cache import open_cache
 
     c = open_cache()
     if c is None:
@@ -418,9 +418,9 @@ def tfidf_table(ds: Dataset, dim: int = 384) -> tuple[Any, dict[str, Any]]:
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from scelmo import roles
     from scelmo.config import get_settings
     from scelmo.genes import GeneEmbeddings
+    from scelmo.knowledge import roles
 
     with Measure() as m:
         settings = get_settings()

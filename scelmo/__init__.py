@@ -8,6 +8,7 @@ Gene knowledge -> gene vectors -> cell embeddings, offline by default::
     scelmo.tl.cluster(adata)              # -> adata.obs["scelmo_leiden"]
 
 Submodules load lazily: importing scelmo does no work (no plugins, models or network).
+The layers and which way imports run are described in ``docs/architecture.md``.
 """
 
 from __future__ import annotations
@@ -15,61 +16,67 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from scelmo._deprecated import ALIASES as _ALIASES
+from scelmo._deprecated import install as _install_aliases
+from scelmo._version import __version__
 
 _SUBMODULES = {
-    "tl", "pl", "metrics", "datasets", "keys", "config", "plugins", "io", "testing", "errors", "genes", "cache",
-    "descriptions", "prompts", "calls", "perturbation",
+    "tl", "pl", "metrics", "datasets", "keys", "config", "plugin", "io", "testing", "errors", "genes",
+    "perturbation", "model", "llm", "expression", "knowledge",
 }
 _ATTRS = {
-    "GeneEmbeddings": ("genes", "GeneEmbeddings"),
-    "GeneVocabulary": ("genes", "GeneVocabulary"),
-    "ScelmoError": ("errors", "ScelmoError"),
-    "get_settings": ("config", "get_settings"),
-    "describe": ("descriptions", "describe"),
-    "hookimpl": ("hookspecs", "hookimpl"),
-    "Model": ("model", "Model"),
+    "GeneEmbeddings": ("scelmo.genes", "GeneEmbeddings"),
+    "GeneVocabulary": ("scelmo.genes", "GeneVocabulary"),
+    "ScelmoError": ("scelmo.errors", "ScelmoError"),
+    "get_settings": ("scelmo.config", "get_settings"),
+    "describe": ("scelmo.knowledge.descriptions", "describe"),
+    "hookimpl": ("scelmo.plugin.hookspecs", "hookimpl"),
+    "Model": ("scelmo.model", "Model"),
 }
 
 __all__ = [
-    "GeneEmbeddings", "GeneVocabulary", "Model", "ScelmoError", "__version__", "cache", "calls", "config", "datasets",
-    "describe", "descriptions", "errors", "genes", "get_settings", "hookimpl", "io", "keys", "metrics", "pl", "perturbation",
-    "plugins", "prompts", "testing", "tl",
+    "GeneEmbeddings", "GeneVocabulary", "Model", "ScelmoError", "__version__", "config", "datasets", "describe",
+    "errors", "expression", "genes", "get_settings", "hookimpl", "io", "keys", "knowledge", "llm", "metrics",
+    "model", "perturbation", "pl", "plugin", "testing", "tl",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import (
-        cache,
-        calls,
+    from scelmo import (
         config,
         datasets,
-        descriptions,
         errors,
+        expression,
         genes,
         io,
         keys,
+        knowledge,
+        llm,
         metrics,
+        model,
         perturbation,
         pl,
-        plugins,
-        prompts,
+        plugin,
         testing,
         tl,
     )
-    from .config import get_settings
-    from .descriptions import describe
-    from .errors import ScelmoError
-    from .genes import GeneEmbeddings, GeneVocabulary
-    from .hookspecs import hookimpl
-    from .model import Model
+    from scelmo.config import get_settings
+    from scelmo.errors import ScelmoError
+    from scelmo.genes import GeneEmbeddings, GeneVocabulary
+    from scelmo.knowledge.descriptions import describe
+    from scelmo.model import Model
+    from scelmo.plugin import hookimpl
+
+_install_aliases()
 
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(f"scelmo.{name}")
     if name in _ATTRS:
         mod, attr = _ATTRS[name]
-        return getattr(importlib.import_module(f".{mod}", __name__), attr)
+        return getattr(importlib.import_module(mod), attr)
+    if f"scelmo.{name}" in _ALIASES:
+        return importlib.import_module(f"scelmo.{name}")  # the alias module warns
     raise AttributeError(f"module 'scelmo' has no attribute {name!r}")
 
 

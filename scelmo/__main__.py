@@ -1,5 +1,5 @@
 """``python -m scelmo`` runs the command line."""
 
-from .cli import main
+from scelmo.cli import main
 
 main()

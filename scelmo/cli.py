@@ -18,8 +18,18 @@ from typing import Any
 
 import click
 
-from .errors import ConfigError, DiskFullError, InputError, ProviderError, ScelmoError
-from .redact import mask
+from scelmo import config, io, keys, tl
+from scelmo import plugin as plugins
+from scelmo.config import get_settings
+from scelmo.demo import run_demo
+from scelmo.errors import ConfigError, DiskFullError, InputError, ProviderError, ScelmoError
+from scelmo.expression import distributed
+from scelmo.genes import GeneEmbeddings
+from scelmo.io import _rds as rio
+from scelmo.io import atomic_path, check_writable, is_disk_full
+from scelmo.knowledge import descriptions, roles
+from scelmo.llm.cache import Cache
+from scelmo.redact import mask
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -103,7 +113,6 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except OSError as exc:  # a full disk anywhere else: one line, not a traceback
-            from .io import is_disk_full
 
             if not is_disk_full(exc):
                 raise
@@ -137,7 +146,6 @@ def _exit_disk_full(exc: DiskFullError) -> None:
 def _quiet_disk_full_unraisable(unraisable: Any) -> None:
     """Drop the 'Exception ignored' tracebacks h5py prints while freeing objects of a file
     whose write failed on a full disk (the error itself is reported once, in one line)."""
-    from .io import is_disk_full
 
     if is_disk_full(getattr(unraisable, "exc_value", None)):
         return
@@ -146,7 +154,6 @@ def _quiet_disk_full_unraisable(unraisable: Any) -> None:
 
 def _quiet_disk_full_excepthook(exc_type: Any, exc: BaseException, tb: Any) -> None:
     """The same for the traceback Cython prints (through ``sys.excepthook``) before it."""
-    from .io import is_disk_full
 
     if is_disk_full(exc):
         return
@@ -195,14 +202,12 @@ def _is_rds(path: str) -> bool:
 
 def _read_input(path: str, backed: bool = False) -> Any:
     """Read INPUT in any supported format (one reader for every command)."""
-    from . import io
 
     return io.read_input(path, backed=backed)
 
 
 def _settings(ctx: click.Context) -> Any:
     """Resolve (and so validate) the configuration before any expensive work."""
-    from .config import get_settings
 
     return get_settings(_overrides(ctx))
 
@@ -211,7 +216,6 @@ def _embed_cells_distributed(input: str, output: str, fmt: str, key: str, *, sch
                              workers: int | None, overwrite: bool, layer: str | None, use_raw: bool | None,
                              chunk_size: int, options: dict[str, Any]) -> None:
     """``embed-cells --scheduler/--workers``: blocks of INPUT on dask workers, OUTPUT written block by block."""
-    from . import distributed, io, keys, tl
 
     t0 = time.perf_counter()
     with distributed.cluster(scheduler, workers) as client:
@@ -259,7 +263,6 @@ def embed_genes_cmd(ctx, input, output, gene_list, genes_file, describe_model, e
 
     INPUT: .h5ad, .zarr, 10x .h5, a 10x .mtx directory, or .rds (with scelmo[r]).
     """
-    from . import tl
 
     genes = list(gene_list)
     if genes_file:
@@ -320,7 +323,6 @@ def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, flavor, n_t
     extra, INPUT and OUTPUT may be .rds files (Seurat or SingleCellExperiment); an .rds
     OUTPUT is the input object plus a "scelmo" reduction.
     """
-    from . import io, keys, plugins, tl
 
     # every option is checked before the input is read or anything is embedded
     _check_output_format(output, backed)
@@ -346,7 +348,6 @@ def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, flavor, n_t
     settings = _settings(ctx)
     if aggregator:
         plugins.aggregators.entry(aggregator)  # unknown names fail now, with a suggestion
-    from .genes import GeneEmbeddings
 
     if gene_embeddings:
         gene_embeddings = GeneEmbeddings.load(gene_embeddings)
@@ -378,7 +379,6 @@ def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, flavor, n_t
     else:
         tl.embed_cells(adata, **options)
         if _is_rds(output):  # the input object plus a "scelmo" DimReduc / reducedDim
-            from . import rio
 
             rio.write_rds(adata, output, template=input if fmt == "rds" else None, obsm_key=key)
         elif Path(output).suffix.lower() == ".zarr":
@@ -399,7 +399,6 @@ def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, flavor, n_t
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins_cmd(as_json: bool) -> None:
     """List loaded plugins, where they come from, and what they provide."""
-    from . import plugins
 
     rows = []
     for info in plugins.plugin_infos():
@@ -464,8 +463,6 @@ def _read_items(items: tuple[str, ...], from_file: str | None, column: str | Non
 
 
 def _write_table(df: Any, output: str, overwrite: bool) -> None:
-    from .io import atomic_path, check_writable
-
     check_writable(output, overwrite=overwrite)
     sep = "," if Path(output).suffix.lower() == ".csv" else "\t"
     with atomic_path(output) as tmp:
@@ -505,9 +502,6 @@ def describe_cmd(ctx, subject, items, from_file, column, output, model, prompt, 
     """
     import pandas as pd
 
-    from . import descriptions
-    from .config import get_settings
-
     overrides = _overrides(ctx)
     if model:
         overrides["describe.model"] = model
@@ -520,7 +514,6 @@ def describe_cmd(ctx, subject, items, from_file, column, output, model, prompt, 
             raise InputError("Give -o/--output TABLE.tsv (or --dry-run).")
         if Path(output).suffix.lower() not in (".tsv", ".csv", ".txt"):
             raise InputError(f"Cannot write {output}: the format follows the extension; use .tsv or .csv.")
-        from .io import check_writable
 
         check_writable(output, overwrite=overwrite)
     settings = get_settings(overrides)
@@ -579,7 +572,6 @@ def config_show(ctx: click.Context, as_json: bool) -> None:
     An invalid configuration is printed as far as it can be read, followed by the
     validation error (exit code 2), so that this is where to debug it.
     """
-    from . import config, roles
 
     overrides = _overrides(ctx)
     config_layers, problems = config.layers(overrides)
@@ -646,8 +638,6 @@ def cache_group() -> None:
 @click.pass_context
 def cache_stats(ctx: click.Context) -> None:
     """Entries and sizes per role and model."""
-    from .cache import Cache
-    from .config import get_settings
 
     path = get_settings(_overrides(ctx)).cache.resolved_path()
     if not path.exists():
@@ -669,8 +659,6 @@ def cache_stats(ctx: click.Context) -> None:
 @click.pass_context
 def cache_clear(ctx: click.Context, role: str | None, model: str | None, yes: bool) -> None:
     """Delete cache entries (all, or one role / model)."""
-    from .cache import Cache
-    from .config import get_settings
 
     path = get_settings(_overrides(ctx)).cache.resolved_path()
     if not path.exists():
@@ -690,14 +678,12 @@ def cache_clear(ctx: click.Context, role: str | None, model: str | None, yes: bo
 @click.pass_context
 def demo_cmd(ctx: click.Context, out_dir: str, resolution: float) -> None:
     """Zero-shot scelmo on scanpy's bundled pbmc68k_reduced vs. the standard PCA pipeline."""
-    from .demo import run_demo
 
     run_demo(Path(out_dir), resolution=resolution, config=_overrides(ctx))
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``scelmo`` console script."""
-    from . import plugins
 
     plugins.add_commands(cli)
     cli.main(args=argv, prog_name="scelmo")

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from scelmo.errors import InputError
 
 #: Default number of principal directions removed (see the module docstring).
 DEFAULT_COMPONENTS = 10

@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from platformdirs import user_cache_dir
+from platformdirs import user_config_dir as _ucd
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
@@ -32,7 +34,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from .errors import ConfigError
+from scelmo.errors import ConfigError
+from scelmo.redact import mask
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -132,7 +135,6 @@ class CacheConfig(_Section):
     def resolved_path(self) -> Path:
         if self.path is not None:
             return Path(self.path).expanduser()
-        from platformdirs import user_cache_dir
 
         return Path(user_cache_dir("scelmo")) / "cache.sqlite"
 
@@ -209,7 +211,6 @@ def user_config_dir() -> Path:
     env = os.environ.get("SCELMO_CONFIG_DIR")
     if env:
         return Path(env).expanduser()
-    from platformdirs import user_config_dir as _ucd
 
     return Path(_ucd("scelmo"))
 
@@ -431,7 +432,6 @@ def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
 
 def show(settings: ScelmoSettings | None = None) -> dict[str, Any]:
     """The resolved configuration as plain data, with every secret masked (keys, URL credentials)."""
-    from .redact import mask
 
     s = settings if settings is not None else get_settings()
     return mask(s.model_dump(mode="json"))

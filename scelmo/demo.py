@@ -24,6 +24,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from scelmo import datasets, io, keys, metrics, pl, tl
+from scelmo.genes import GeneEmbeddings
+
 
 def run_demo(out_dir: Path, *, resolution: float = 1.0, config: Any = None, n_neighbors: int = 15) -> dict[str, Any]:
     import matplotlib
@@ -33,17 +38,10 @@ def run_demo(out_dir: Path, *, resolution: float = 1.0, config: Any = None, n_ne
     from rich.console import Console
     from rich.table import Table
 
-    from . import io, keys, metrics, pl, tl
-
     console = Console(stderr=False)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     io.check_writable(out_dir / "metrics.json")
-
-    import numpy as np
-
-    from . import datasets
-    from .genes import GeneEmbeddings
 
     adata = datasets.pbmc68k_reduced()
     adata.X = adata.layers["counts"].copy()

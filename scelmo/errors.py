@@ -68,7 +68,7 @@ class ProviderError(ScelmoError):
 class TransientProviderError(ProviderError):
     """A failure worth retrying (rate limit, 5xx, timeout, connection error).
 
-    Raised by provider plugins inside one call; :func:`scelmo.calls.with_retries`
+    Raised by provider plugins inside one call; :func:`scelmo.llm.calls.with_retries`
     waits (``retry_after`` seconds when the server said so) and tries again.
     """
 

@@ -20,10 +20,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .checksums import sha256_file
-from .conditioning import DEFAULT_COMPONENTS, Conditioning
-from .errors import InputError, IntegrityError, ScelmoError
-from .io import atomic_dir
+from scelmo.conditioning import DEFAULT_COMPONENTS, Conditioning
+from scelmo.errors import InputError, IntegrityError, ScelmoError
+from scelmo.io import atomic_dir, sha256_file
 
 _ENSEMBL = re.compile(r"^(ENS(?:MUS)?G\d{11})(?:\.\d+)?$", re.IGNORECASE)
 Species = Literal["auto", "human", "mouse"]

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from scelmo.errors import InputError
 
 
 def _labels(x: Sequence[Any]) -> np.ndarray:

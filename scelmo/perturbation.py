@@ -46,7 +46,10 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import InputError
+from scelmo.config import get_settings
+from scelmo.datasets import _lognorm, pbmc68k_reduced
+from scelmo.errors import InputError
+from scelmo.knowledge import roles
 
 __all__ = [
     "additive_shift",
@@ -259,8 +262,6 @@ def text_perturbation_embeddings(descriptions: Mapping[str, str], *, settings: A
     the texts are embedded by the configured embedder (offline MiniLM by default), through
     the cache.
     """
-    from . import roles
-    from .config import get_settings
 
     if not descriptions:
         raise InputError("Give at least one {name: description} pair to embed.")
@@ -327,8 +328,6 @@ def synthetic_genetic_perturbations(
     import anndata as ad
 
     if adata is None:
-        from .datasets import pbmc68k_reduced
-
         adata = pbmc68k_reduced()
     if "counts" not in adata.layers:
         raise InputError("The base data needs integer counts in layers['counts'] (see scelmo.datasets.pbmc68k_reduced).")
@@ -408,8 +407,6 @@ def synthetic_genetic_perturbations(
     new = sp.vstack(rows, format="csr")
     new.eliminate_zeros()
     import pandas as pd
-
-    from .datasets import _lognorm
 
     obs = pd.DataFrame({"perturbation": pd.Categorical(obs_pert, categories=[control] + names),
                         "cell_type": pd.Categorical(obs_type)},

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from . import keys
-from .errors import ScelmoError
-from .io import atomic_path
+import numpy as np
+
+from scelmo import keys
+from scelmo.errors import ScelmoError
+from scelmo.io import atomic_path
+from scelmo.metrics import confusion
 
 
 def embedding(
@@ -102,7 +105,6 @@ def metrics_bar(
     """
     show = _begin(save, show)
     import matplotlib.pyplot as plt
-    import numpy as np
     import pandas as pd
 
     df = pd.DataFrame(table)
@@ -139,8 +141,6 @@ def confusion_matrix(
     """Heatmap of true vs predicted labels (rows normalised to fractions by default)."""
     show = _begin(save, show)
     import matplotlib.pyplot as plt
-
-    from .metrics import confusion
 
     cm = confusion(labels_true, labels_pred)
     values = cm.div(cm.sum(axis=1), axis=0) if normalize else cm
@@ -220,7 +220,6 @@ def in_silico_ranking(
     """
     show = _begin(save, show)
     import matplotlib.pyplot as plt
-    import numpy as np
     import pandas as pd
 
     if isinstance(data, pd.DataFrame):
@@ -368,8 +367,6 @@ def perturbation_deltas(
     """
     show = _begin(save, show)
     import matplotlib.pyplot as plt
-    import numpy as np
-
     names = list(perturbations) if perturbations is not None else list(observed)
     missing = [p for p in names if p not in observed]
     if missing:
@@ -442,7 +439,6 @@ def integration_scores(
     """
     show = _begin(save, show)
     import matplotlib.pyplot as plt
-    import numpy as np
     import pandas as pd
 
     df = pd.DataFrame(table)

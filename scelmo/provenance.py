@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from . import keys
-from .redact import is_secret_name, mask
+from scelmo import keys
+from scelmo._version import __version__
+from scelmo.redact import is_secret_name, mask
 
 
 def clean(value: Any) -> Any:
@@ -37,7 +38,6 @@ def record(adata: Any, step: str, info: dict[str, Any]) -> None:
     ``uns["scelmo"]["by_key"][key_added]`` (with ``step`` added), so that two runs with
     different keys (``X_scelmo`` and ``X_scelmo_aa``) each keep their own.
     """
-    from . import __version__
 
     prov = dict(adata.uns.get(keys.PROVENANCE, {}) or {})
     prov["version"] = __version__

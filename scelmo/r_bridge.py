@@ -32,17 +32,32 @@ also hand R the :class:`scelmo.Model` object itself, which R keeps as an opaque 
 
 from __future__ import annotations
 
+import json
 import sys
 import traceback
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy
 import numpy as np
 
-from . import __version__, keys
-from .errors import InputError, ScelmoError
-from .redact import mask
+from scelmo import __version__, keys, tl
+from scelmo import config as cfgmod
+from scelmo import plugin as plugins
+from scelmo.config import get_settings
+from scelmo.errors import InputError, ScelmoError
+from scelmo.expression.selection import (
+    GeneStats,
+    looks_like_counts,
+    normalize_chunk,
+    should_normalize,
+)
+from scelmo.expression.selection import gene_stats as compute
+from scelmo.model import Model
+from scelmo.redact import mask
+from scelmo.tl._embedding import flavor_plan
 
 #: Bumped when the payload layout changes; the R package checks it.
 PROTOCOL = 1
@@ -206,7 +221,6 @@ def _warning_texts(caught: Sequence[warnings.WarningMessage]) -> list[str]:
 # --------------------------------------------------------------------------- entry points
 def info() -> dict[str, Any]:
     """Versions, for the R package's start-up check and ``scelmo_config_show``."""
-    import numpy
 
     return {
         "ok": True, "scelmo": __version__, "protocol": PROTOCOL,
@@ -217,8 +231,6 @@ def info() -> dict[str, Any]:
 
 
 def _has_annotate() -> bool:
-    from . import tl
-
     return hasattr(tl, "annotate")
 
 
@@ -237,7 +249,7 @@ def receive(payload: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def gene_stats(payload: Mapping[str, Any], *, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Per-gene sums of one piece of a dataset (:class:`scelmo.selection.GeneStats`).
+    """Per-gene sums of one piece of a dataset (:class:`scelmo.expression.selection.GeneStats`).
 
     R adds the pieces' ``sums`` (4 x genes float64, little-endian bytes) and ``n`` and
     passes the total to :func:`embed_cells`, so an object sent in several batches of
@@ -245,13 +257,8 @@ def gene_stats(payload: Mapping[str, Any], *, config: Mapping[str, Any] | None =
     """
 
     def run() -> dict[str, Any]:
-        from .config import get_settings
-        from .selection import gene_stats as compute
-        from .selection import should_normalize
-        from .tl import _plan
-
         adata = to_anndata(payload)
-        plan = _plan(get_settings(_config(config)).aggregate)
+        plan = flavor_plan(get_settings(_config(config)).aggregate)
         st = compute(adata.X, normalize=should_normalize(plan["normalize"], adata.X))
         return {"sums": bytearray(np.asarray(st.sums, dtype="<f8").tobytes()), "n": int(st.n_cells),
                 "length": int(st.sums.size)}
@@ -277,9 +284,6 @@ def embed_cells(
     """
 
     def run() -> dict[str, Any]:
-        from . import tl
-        from .selection import GeneStats
-
         adata = to_anndata(payload)
         stats = None
         if gene_stats is not None:
@@ -314,8 +318,6 @@ def embed_genes(
     def run() -> dict[str, Any]:
         import anndata as ad
         import pandas as pd
-
-        from . import tl
 
         names = decode_strings(genes, int(n))
         with warnings.catch_warnings():
@@ -366,8 +368,6 @@ def annotate(
     """
 
     def run() -> dict[str, Any]:
-        from . import tl
-
         if not hasattr(tl, "annotate"):
             raise ScelmoError(
                 "This scelmo Python package has no `scelmo.tl.annotate` yet; upgrade the Python "
@@ -400,8 +400,6 @@ def annotate(
 
 
 def _embedded(payload: Mapping[str, Any], embedding: Any, aggregator: str | None, cfg: Any) -> Any:
-    from . import tl
-
     adata = to_anndata(payload)
     if embedding is not None:
         d = len(_buf(embedding)) // 4 // max(adata.n_obs, 1)
@@ -416,8 +414,6 @@ def config_show(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The resolved configuration (secrets masked) as nested primitives."""
 
     def run() -> dict[str, Any]:
-        from . import config as cfgmod
-
         settings = cfgmod.get_settings(_config(config))
         return {"config": _drop_none(cfgmod.show(settings))}
 
@@ -442,7 +438,6 @@ _NORMALIZE = ("auto", "log1p", "none")
 
 def _normalized(adata: Any, normalize: str) -> str:
     """Log-normalise ``adata.X`` in place when asked (``auto``: when it holds counts)."""
-    from .selection import looks_like_counts, normalize_chunk
 
     if normalize not in _NORMALIZE:
         raise InputError(f"normalize must be one of {', '.join(_NORMALIZE)}; got {normalize!r}.")
@@ -500,9 +495,6 @@ def train(
     """
 
     def run() -> dict[str, Any]:
-        from . import plugins
-        from .model import Model
-
         if head == "perturbation":
             raise InputError("The perturbation head is not available from R yet (it needs a control "
                               "condition and predicts expression); use the Python API (scelmo.Model).")
@@ -553,8 +545,6 @@ def predict(
     def run() -> dict[str, Any]:
         import pandas as pd
         import scipy.sparse as sp
-
-        from .model import Model
 
         if not isinstance(model, Model):
             raise InputError("`model` is not a scelmo model; train one with TrainScELMo() or load one with "
@@ -624,11 +614,6 @@ def save(model: Any, path: str, *, overwrite: bool = False) -> dict[str, Any]:
     """Write ``model`` with :meth:`scelmo.Model.save` plus the R sidecar (:data:`SIDECAR`)."""
 
     def run() -> dict[str, Any]:
-        import json
-        from pathlib import Path
-
-        from .model import Model
-
         if not isinstance(model, Model):
             raise InputError("`model` is not a scelmo model.")
         target = Path(path).expanduser()
@@ -645,11 +630,6 @@ def load(path: str) -> dict[str, Any]:
     """Load a model saved by :func:`save` (or by :meth:`scelmo.Model.save` in Python)."""
 
     def run() -> dict[str, Any]:
-        import json
-        from pathlib import Path
-
-        from .model import Model
-
         target = Path(path).expanduser()
         if not target.is_dir():
             raise InputError(f"{target} is not a directory; give the path passed to SaveScELMoModel().")

@@ -10,8 +10,10 @@ import pytest
 import scipy.sparse as sp
 from helpers import paper_aa, paper_wa, scelmo_wa
 
-from scelmo import keys, plugins, tl
+from scelmo import keys, tl
+from scelmo import plugin as plugins
 from scelmo.errors import EmptyCellsWarning
+from scelmo.expression.aggregation import AggregationContext
 from scelmo.testing import random_gene_embeddings
 
 
@@ -110,9 +112,11 @@ def test_genept_s_sentences_and_embedding():
         a.var_names = genes
         ge = random_gene_embeddings(["CD3E", "MS4A1", "HBB"], dim=8)
         agg = plugins.aggregators.create("genept_s", top_n=2)
-        agg.genes = genes
-        covered = np.array([True, True, False, True])
-        s = agg.sentences(a.X, covered)
+        E = np.ones((4, 8), dtype=np.float32)
+        E[2] = 0  # NOVEC has no vector
+        prepared = agg.prepare(E, context=AggregationContext(genes=genes, settings=None))
+        assert prepared.covered.tolist() == [True, True, False, True]
+        s = agg.sentences(a.X, prepared)
         assert s[0].endswith("CD3E MS4A1") and s[1].endswith("HBB MS4A1")
         with pytest.warns(EmptyCellsWarning, match="1 of 3"):
             tl.embed_cells(a, gene_embeddings=ge, aggregator="genept_s",

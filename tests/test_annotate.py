@@ -5,8 +5,9 @@ import pytest
 
 import scelmo
 from scelmo import keys
-from scelmo.annotate import knn_vote, prompt_match
 from scelmo.errors import InputError
+from scelmo.knn import knn_vote
+from scelmo.tl._annotation import prompt_match
 
 
 def test_knn_vote_majority_ties_and_share():
@@ -53,7 +54,7 @@ def test_text_prompt_assigns_only_candidates(pbmc):
 
 
 def test_knowledge_markers_come_from_gene_knowledge(pbmc):
-    from scelmo.annotate import knowledge_markers
+    from scelmo.tl._annotation import knowledge_markers
 
     genes = list(map(str, pbmc.raw.var_names))
     m = knowledge_markers(["B cell", "T cell", "FCGR3A+ monocyte"], genes, n_markers=30)

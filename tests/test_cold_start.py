@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scelmo.cache import Cache
 from scelmo.errors import IntegrityError
+from scelmo.llm.cache import Cache
 
 GENES = ["CD3E", "CD3D", "HBB", "HBA1", "MS4A1", "CD79A", "LYZ", "NKG7", "GAPDH", "ACTB", "PTPRC", "IL7R"]
 

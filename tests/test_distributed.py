@@ -36,7 +36,7 @@ def _reference(b, genes, **kw):
 @pytest.mark.parametrize("fmt", ["h5ad", "zarr"])
 def test_lazy_file_on_dask_threads_equals_in_memory(counts_files, fmt):
     import scelmo
-    from scelmo import distributed
+    from scelmo.expression import distributed
 
     b, d, genes = counts_files
     lz = distributed.read_lazy(d / f"x.{fmt}", chunk_size=128)
@@ -48,7 +48,7 @@ def test_lazy_file_on_dask_threads_equals_in_memory(counts_files, fmt):
 
 def test_lazy_result_stays_lazy(counts_files):
     import scelmo
-    from scelmo import distributed
+    from scelmo.expression import distributed
 
     b, d, genes = counts_files
     lz = distributed.read_lazy(d / "x.h5ad", chunk_size=200)
@@ -65,7 +65,7 @@ def test_lazy_result_stays_lazy(counts_files):
 
 def test_local_cluster_two_workers_equals_in_memory(counts_files):
     import scelmo
-    from scelmo import distributed
+    from scelmo.expression import distributed
 
     b, d, genes = counts_files
     with distributed.cluster(workers=2) as client:
@@ -78,7 +78,7 @@ def test_local_cluster_two_workers_equals_in_memory(counts_files):
 def test_gene_stats_map_reduce_equals_streaming(counts_files):
     import dask.array as da
 
-    from scelmo import distributed, selection
+    from scelmo.expression import distributed, selection
 
     b, _d, _g = counts_files
     X = da.from_array(b.X, chunks=(100, -1), asarray=False)

@@ -141,9 +141,9 @@ def test_doc_commands_run(doc, lines, workdir, tmp_path, monkeypatch):
 
     from click.testing import CliRunner
 
-    from scelmo import plugins
+    from scelmo import plugin as plugins
     from scelmo.cli import cli
-    from scelmo.testing_server import FakeLLMServer
+    from scelmo.testing.server import FakeLLMServer
 
     for f in workdir.iterdir():
         shutil.copy(f, tmp_path / f.name)

@@ -68,7 +68,7 @@ def test_doc_block_runs(doc, index, code, tmp_path, monkeypatch):
     ns = _namespace()
     with contextlib.ExitStack() as stack:
         if "openai/" in code:  # the provider pages: the same calls, answered by a loopback server
-            from scelmo.testing_server import FakeLLMServer
+            from scelmo.testing.server import FakeLLMServer
 
             srv = stack.enter_context(FakeLLMServer(dim=16))
             for role in ("DESCRIBE", "EMBED"):

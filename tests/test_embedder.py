@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scelmo.cache import Cache
 from scelmo.errors import IntegrityError, ProviderError
+from scelmo.llm.cache import Cache
 from scelmo.testing import HashEmbedder
 
 
@@ -83,7 +83,7 @@ def test_cache_survives_interruption_and_concurrent_writers(tmp_path):
 
     path = tmp_path / "shared.sqlite"
     code = (
-        "import sys, numpy as np; from scelmo.cache import Cache; c = Cache(sys.argv[1]); w = sys.argv[2]\n"
+        "import sys, numpy as np; from scelmo.llm.cache import Cache; c = Cache(sys.argv[1]); w = sys.argv[2]\n"
         "for i in range(200): c.put_vectors('m', {f'{w}-{i}': np.full(8, i, np.float32)})\n"
     )
     procs = [subprocess.Popen([sys.executable, "-c", code, str(path), w]) for w in ("a", "b", "c")]

@@ -14,7 +14,7 @@ import pytest
 
 import scelmo
 from scelmo import datasets, keys, testing
-from scelmo.selection import gene_stats
+from scelmo.expression.selection import gene_stats
 
 torch = pytest.importorskip("torch")
 

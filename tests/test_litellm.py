@@ -1,7 +1,7 @@
 """The litellm plugin against a real HTTP server on 127.0.0.1 (OpenAI and Ollama wire protocols).
 
 Nothing is mocked inside scelmo or litellm: requests go through litellm's real
-clients to :class:`scelmo.testing_server.FakeLLMServer`.
+clients to :class:`scelmo.testing.server.FakeLLMServer`.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from scelmo import get_settings, roles
-from scelmo.calls import Budget
+from scelmo import get_settings
 from scelmo.cli import cli
-from scelmo.descriptions import describe, estimate
 from scelmo.errors import BudgetExceededError, OfflineError, ProviderError, ScelmoWarning
-from scelmo.testing_server import FakeLLMServer, fake_vector
+from scelmo.knowledge import roles
+from scelmo.knowledge.descriptions import describe, estimate
+from scelmo.llm.calls import Budget
+from scelmo.testing.server import FakeLLMServer, fake_vector
 
 GENES = ["CD3E", "MS4A1", "NKG7", "LYZ", "GNLY", "CD14", "FCGR3A", "PPBP"]
 SECRET = "sk-test-SECRET-0123456789abcdef"
@@ -119,8 +120,8 @@ def test_embedding_retries_on_rate_limit(tmp_path):
 
 
 def test_retry_after_is_honoured(tmp_path):
-    from scelmo.calls import RetryPolicy, run_sync, with_retries
     from scelmo.errors import TransientProviderError
+    from scelmo.llm.calls import RetryPolicy, run_sync, with_retries
 
     calls = []
 
@@ -328,7 +329,7 @@ def test_local_embedder_through_litellm_custom_provider(tmp_path):
 
 
 def test_prompts_are_registered_and_hashed():
-    from scelmo import plugins
+    from scelmo import plugin as plugins
 
     names = plugins.prompts.names()
     assert {"gene", "cell-type", "drug", "protein"} <= set(names)
@@ -472,7 +473,7 @@ def test_litellm_pin_is_clean_and_hash_locked():
 
 
 def test_importing_scelmo_does_not_import_litellm():
-    code = "import scelmo, scelmo.tl, scelmo.descriptions, scelmo_litellm, sys; print('litellm' in sys.modules)"
+    code = "import scelmo, scelmo.tl, scelmo.knowledge.descriptions, scelmo_litellm, sys; print('litellm' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -480,7 +481,7 @@ def test_importing_scelmo_does_not_import_litellm():
 def test_run_calls_stops_everything_on_first_failure():
     import asyncio
 
-    from scelmo.calls import run_calls
+    from scelmo.llm.calls import run_calls
 
     started, kept = [], []
 
@@ -521,10 +522,11 @@ def hook(event, args):
     if event in ("socket.getaddrinfo", "socket.connect"):
         seen.append(repr(args))
 sys.addaudithook(hook)
-from scelmo import get_settings, roles
-from scelmo.descriptions import describe
+from scelmo import get_settings
+from scelmo.knowledge import roles
+from scelmo.knowledge.descriptions import describe
 from scelmo.errors import ProviderError
-from scelmo.testing_server import FakeLLMServer
+from scelmo.testing.server import FakeLLMServer
 srv = FakeLLMServer().start()
 s = get_settings({{"describe.model": "openai/gpt-4o-mini", "describe.api_base": srv.openai_base,
                   "embed.model": "openai/text-embedding-3-small", "embed.api_base": srv.openai_base,

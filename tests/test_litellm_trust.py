@@ -3,7 +3,7 @@
 Cache identity (endpoint and options), credentials checked before the first request,
 a total deadline per request, answer validation, and credentials inside ``api_base``.
 Nothing inside scelmo or litellm is mocked: requests go through litellm's real clients
-to :class:`scelmo.testing_server.FakeLLMServer`.
+to :class:`scelmo.testing.server.FakeLLMServer`.
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from scelmo import get_settings, plugins, roles
-from scelmo.cache import Cache, text_hash
+from scelmo import get_settings
+from scelmo import plugin as plugins
 from scelmo.cli import cli
-from scelmo.descriptions import describe
 from scelmo.errors import ConfigError, ProviderError, ScelmoWarning
-from scelmo.testing_server import FakeLLMServer, fake_vector
+from scelmo.knowledge import roles
+from scelmo.knowledge.descriptions import describe
+from scelmo.llm.cache import Cache, text_hash
+from scelmo.testing.server import FakeLLMServer, fake_vector
 
 PASSWORD = "Pa55-url-SECRET-9876"
 
@@ -136,7 +138,7 @@ def test_entries_of_older_versions_stay_readable(servers, tmp_path):
     """Rows keyed by the bare model id (no endpoint) are adopted by the first configuration
     that asks; the offline components' keys did not change at all."""
     a, b = servers
-    from scelmo.descriptions import get_prompt
+    from scelmo.knowledge.descriptions import get_prompt
 
     prompt = get_prompt("gene")
     with Cache(tmp_path / "cache.sqlite") as c:

@@ -291,7 +291,7 @@ def test_cli_train_and_predict_perturbation(tmp_path, synthetic):
     import anndata as ad
     from click.testing import CliRunner
 
-    from scelmo import plugins
+    from scelmo import plugin as plugins
     from scelmo.cli import cli
 
     plugins.add_commands(cli)

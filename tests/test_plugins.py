@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from scelmo import plugins, testing
-from scelmo.components import Aggregator
+from scelmo import plugin as plugins
+from scelmo import testing
 from scelmo.errors import PluginError, UnknownComponentError
-from scelmo.registry import Registry
+from scelmo.plugin import Aggregator
+from scelmo.plugin.manager import Registry
 
 
 def test_first_party_plugins_register_through_entry_points():
@@ -81,7 +82,7 @@ THIRD_PARTY = {
     "scelmo_maxagg/__init__.py": """
         import numpy as np
         from scelmo import hookimpl
-        from scelmo.components import Aggregator
+        from scelmo.plugin import Aggregator
 
         class MaxAggregator(Aggregator):
             '''Per dimension, the largest vector value among the cell's expressed genes.'''

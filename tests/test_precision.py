@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from scelmo.matrix import from_bfloat16_bits, round_to_bfloat16, to_bfloat16_bits
+from scelmo.expression.matrix import from_bfloat16_bits, round_to_bfloat16, to_bfloat16_bits
 
 
 def test_bfloat16_rounding_is_nearest_and_bounded():

@@ -180,8 +180,8 @@ def test_rds_without_the_r_extra_is_a_clear_error(monkeypatch, tmp_path):
 
     from click.testing import CliRunner
 
-    from scelmo import rio
     from scelmo.cli import cli
+    from scelmo.io import _rds as rio
 
     monkeypatch.setattr(rio, "_STATE", {})
     monkeypatch.setitem(sys.modules, "anndata2ri", None)  # import fails like a missing extra

@@ -133,7 +133,7 @@ def _na_aware(series) -> list:
 
 @pytest.mark.slow
 def test_cross_check_r_wrapper_against_anndata2ri(r_lib, tmp_path):
-    """The same Seurat object through the R wrapper and through anndata2ri (scelmo.rio)."""
+    """The same Seurat object through the R wrapper and through anndata2ri (scelmo.io._rds)."""
     import pickle
 
     import numpy as np
@@ -144,7 +144,7 @@ def test_cross_check_r_wrapper_against_anndata2ri(r_lib, tmp_path):
     except (ImportError, RuntimeError) as exc:  # RuntimeError: no R_HOME
         pytest.skip(f"the scelmo[r] extra (rpy2 + anndata2ri) is not usable: {exc}")
     import scelmo
-    from scelmo import rio
+    from scelmo.io import _rds as rio
 
     try:
         rio._r()

@@ -1,4 +1,4 @@
-"""Starting embedded R (scelmo.rio) leaves the process environment usable by child processes."""
+"""Starting embedded R (scelmo.io._rds) leaves the process environment usable by child processes."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 
 def test_r_start_keeps_the_environment_of_child_processes(monkeypatch):
     pytest.importorskip("rpy2", reason="needs the scelmo[r] extra")
-    from scelmo import rio
     from scelmo.errors import ScelmoError
+    from scelmo.io import _rds as rio
 
     monkeypatch.delenv("LD_LIBRARY_PATH", raising=False)
     monkeypatch.delenv("PAGER", raising=False)

@@ -1,4 +1,4 @@
-"""Streaming input transform and gene selection (scelmo.selection) against scanpy."""
+"""Streaming input transform and gene selection (scelmo.expression.selection) against scanpy."""
 
 from __future__ import annotations
 
@@ -14,7 +14,12 @@ from helpers import scelmo_wa
 import scelmo.datasets as sd
 from scelmo import keys, tl
 from scelmo.errors import InputError
-from scelmo.selection import gene_stats, highly_variable, looks_like_counts, normalize_chunk
+from scelmo.expression.selection import (
+    gene_stats,
+    highly_variable,
+    looks_like_counts,
+    normalize_chunk,
+)
 from scelmo.testing import random_gene_embeddings
 
 

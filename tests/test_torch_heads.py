@@ -27,7 +27,7 @@ def batches():
 
 def _zero_shot(a):
     """The head's starting point: the default zero-shot embedding with these cells' statistics."""
-    from scelmo.selection import gene_stats
+    from scelmo.expression.selection import gene_stats
 
     b = a.copy()
     ge = testing.random_gene_embeddings(list(a.var_names), dim=32)
@@ -133,7 +133,7 @@ def test_torch_aggregator_matches_numpy_wa(fmt):
 def test_cli_train_and_predict(tmp_path, batches):
     from click.testing import CliRunner
 
-    from scelmo import plugins
+    from scelmo import plugin as plugins
     from scelmo.cli import cli
 
     plugins.add_commands(cli)

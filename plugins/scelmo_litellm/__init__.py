@@ -9,18 +9,16 @@ is imported only when such a component is created, never when the plugin registe
 
 from __future__ import annotations
 
-from scelmo.hookspecs import hookimpl
+from scelmo.plugin import hookimpl
+
+from .components import LiteLLMEmbedder, LiteLLMProvider
 
 
 @hookimpl
 def register_providers(register):
-    from .components import LiteLLMProvider
-
     register(LiteLLMProvider, catch_all=True)
 
 
 @hookimpl
 def register_embedders(register):
-    from .components import LiteLLMEmbedder
-
     register(LiteLLMEmbedder, catch_all=True)

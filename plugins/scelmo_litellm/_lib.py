@@ -9,7 +9,7 @@ defused:
 * ``DEFAULT_MAX_RETRIES = 0`` and ``max_retries=0`` per call (embedding calls ignore
   ``num_retries`` and retry three times on their own otherwise): scelmo retries;
 * an explicit ``timeout`` on every call (litellm's default is 6000 s; it bounds each
-  read, so :func:`scelmo.calls.with_retries` adds a deadline for the whole request).
+  read, so :func:`scelmo.llm.calls.with_retries` adds a deadline for the whole request).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from urllib.parse import urlparse
 
 from scelmo.errors import ConfigError, ProviderError, TransientProviderError
 from scelmo.redact import mask
+
+from .local_bridge import install
 
 _lock = threading.Lock()
 _litellm: Any = None
@@ -52,7 +54,6 @@ def litellm() -> Any:
             lib.turn_off_message_logging = True
             for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx", "openai"):
                 logging.getLogger(name).setLevel(logging.ERROR)
-            from .local_bridge import install
 
             install(lib)
             _litellm = lib

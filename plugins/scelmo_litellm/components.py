@@ -4,7 +4,7 @@ Both serve any litellm model string (``openai/gpt-4o-mini``, ``anthropic/claude-
 ``ollama/llama3.1``, ``hosted_vllm/...``, ``azure/<deployment>``, ...) or a litellm
 router ``model_list``. One request = one litellm call with an explicit timeout and
 no litellm-side retries; scelmo retries, batches, caches and checks (see
-:mod:`scelmo.calls`, :mod:`scelmo.descriptions`).
+:mod:`scelmo.llm.calls`, :mod:`scelmo.knowledge.descriptions`).
 
 Keys: the role's ``api_key_env`` (or, discouraged, ``api_key``), else the provider's own
 variable, read by litellm (``OPENAI_API_KEY``, ...). A missing key is a
@@ -26,8 +26,14 @@ from urllib.parse import urlsplit
 import numpy as np
 from pydantic import Field, SecretStr
 
-from scelmo.components import Completion, EmbeddingBatch, Provider, RemoteOptions, TextEmbedder
 from scelmo.errors import ConfigError, ProviderError
+from scelmo.plugin import (
+    Completion,
+    EmbeddingBatch,
+    Provider,
+    RemoteOptions,
+    TextEmbedder,
+)
 from scelmo.redact import is_secret_name, mask, url_secrets
 
 from ._lib import is_loopback, litellm, map_error, scrub

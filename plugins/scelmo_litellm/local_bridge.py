@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from scelmo import plugin as plugins
+from scelmo.errors import ConfigError
+
 
 def _embed(model: str, texts: list[str]) -> list[list[float]]:
-    from scelmo import plugins
-    from scelmo.errors import ConfigError
-
     entry, sub = plugins.embedders.resolve_model(model)
     if entry.catch_all:
         raise ConfigError(

@@ -12,18 +12,17 @@ module only registers classes; data and models load on first use.
 
 from __future__ import annotations
 
-from scelmo.hookspecs import hookimpl
+from scelmo.plugin import hookimpl
+
+from .embedder import LocalMiniLM
+from .knowledge import LocalGeneKnowledge
 
 
 @hookimpl
 def register_knowledge_sources(register):
-    from .knowledge import LocalGeneKnowledge
-
     register(LocalGeneKnowledge)
 
 
 @hookimpl
 def register_embedders(register):
-    from .embedder import LocalMiniLM
-
     register(LocalMiniLM)

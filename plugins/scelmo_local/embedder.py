@@ -13,6 +13,7 @@ cosine ~0.999 to the model's); ``precomputed=False`` runs the model on every tex
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Sequence
 from functools import lru_cache
@@ -21,9 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from scelmo.checksums import sha256_file
-from scelmo.components import EmbedderOptions, TextEmbedder
 from scelmo.errors import ConfigError, IntegrityError, ScelmoError
+from scelmo.io import sha256_file
+from scelmo.plugin import EmbedderOptions, TextEmbedder
+
+from .precomputed import FILE, SHA256, shipped
 
 DATA = Path(__file__).parent / "data"
 #: Supported models: name -> (package, sha256 of the ONNX file, tokenizer file, sha256).
@@ -59,8 +62,6 @@ _lock = threading.Lock()
 
 @lru_cache(maxsize=4)
 def _load(model: str, max_length: int, threads: int | None, spin: bool = True) -> tuple[Any, Any]:
-    import importlib
-
     package, model_sha, tok_file, tok_sha = MODELS[model]
     try:
         pkg = importlib.import_module(package)
@@ -127,7 +128,6 @@ class LocalMiniLM(TextEmbedder):
         """The shipped vectors when they apply to this configuration, else ``None``."""
         if not self.options.precomputed or self.model != DEFAULT_MODEL:
             return None
-        from .precomputed import shipped
 
         table = shipped()
         meta = table.meta
@@ -163,8 +163,6 @@ class LocalMiniLM(TextEmbedder):
         out = super().describe_self()
         table = self._precomputed()
         if table is not None:
-            from .precomputed import FILE, SHA256
-
             out["precomputed_table"] = f"{FILE}@{SHA256[:12]}"
             out["precomputed_row_cosine_min"] = round(float(table.meta["row_cosine_min"]), 5)
         return out

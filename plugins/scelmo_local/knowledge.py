@@ -1,4 +1,4 @@
-"""The bundled offline gene-knowledge table as a :class:`~scelmo.components.KnowledgeSource`."""
+"""The bundled offline gene-knowledge table as a :class:`~scelmo.plugin.components.KnowledgeSource`."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from scelmo.checksums import sha256_file
-from scelmo.components import ComponentOptions, KnowledgeSource
 from scelmo.errors import IntegrityError
 from scelmo.genes import GeneVocabulary
+from scelmo.io import sha256_file
+from scelmo.plugin import ComponentOptions, KnowledgeSource
 
 DATA = Path(__file__).parent / "data"
 

@@ -16,12 +16,11 @@ the longest texts -- this module ships the model's vectors, compressed and check
 Row cosine to the exact vectors is recorded in the file (and in the embedder's
 provenance); any other text (another knowledge style, an LLM's description, a gene not
 shipped) goes through the model as before. Rebuild with
-``python -m scelmo_local.precomputed`` after the knowledge table or the model changes.
+``python -m scelmo_local.build_vectors`` after the knowledge table or the model changes.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -32,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scelmo.checksums import sha256_file
 from scelmo.errors import IntegrityError
+from scelmo.io import sha256_file
 
 DATA = Path(__file__).parent / "data"
 FILE = "minilm_protein_coding_vectors.npz.xz"
@@ -129,42 +128,3 @@ def shipped() -> PrecomputedVectors:
             "Reinstall scelmo, or embed without it: embed.options.precomputed = false."
         )
     return read(path)
-
-
-def build(out: Path, *, cache_path: Path, step: float = STEP) -> dict:
-    """Embed every protein-coding gene's compact text exactly (through ``cache_path``) and write ``out``."""
-    from scelmo.cache import Cache
-
-    from .embedder import DEFAULT_MODEL, MODELS, LocalMiniLM
-    from .knowledge import compact_text, human_table, manifest
-
-    table = human_table()
-    texts = sorted({compact_text(r) for r in table.values() if r["type"] == "protein-coding"})
-    emb = LocalMiniLM(precomputed=False)
-    cache = Cache(cache_path)
-    try:
-        vectors = emb.embed(texts, cache=cache, progress=True, desc="exact vectors")
-    finally:
-        cache.close()
-    meta = {
-        "model": DEFAULT_MODEL, "model_sha256": MODELS[DEFAULT_MODEL][1], "tokenizer_sha256": MODELS[DEFAULT_MODEL][3],
-        "max_length": emb.options.max_length, "knowledge_built": manifest().get("built", ""),
-        "texts": "compact_text of every protein-coding gene of human_genes.tsv.gz",
-    }
-    return write(out, texts, vectors, meta, step)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=DATA / FILE)
-    p.add_argument("--cache", type=Path, required=True, help="SQLite cache for the exact vectors (reused across runs)")
-    p.add_argument("--step", type=float, default=STEP)
-    a = p.parse_args(argv)
-    meta = build(a.out, cache_path=a.cache, step=a.step)
-    print(json.dumps(meta, indent=1))
-    print(f"sha256 {sha256_file(a.out)}  ({a.out.stat().st_size / 1e6:.2f} MB)  -> update SHA256 in {__file__}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -35,17 +35,20 @@ query).
 
 from __future__ import annotations
 
+import json
 import warnings
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from scelmo.components import ComponentOptions
 from scelmo.errors import InputError, ScelmoError
+from scelmo.expression.selection import gene_stats, highly_variable
+from scelmo.plugin import ComponentOptions
 
-from .base import TorchHead
+from .base import SPEC_FILE, TorchHead
 from .device import import_torch
 
 
@@ -208,11 +211,6 @@ class GeneAdapterHead(TorchHead):
 
     @classmethod
     def load_state(cls, directory: Any) -> TorchHead:
-        import json
-        from pathlib import Path
-
-        from .base import SPEC_FILE
-
         info = json.loads((Path(directory) / SPEC_FILE).read_text(encoding="utf-8")) if (Path(directory) / SPEC_FILE).is_file() else {}
         legacy = "residual" not in (info.get("options") or {"residual": True})
         return super().load_state(directory, option_defaults=LEGACY_OPTIONS if legacy else None)
@@ -220,7 +218,6 @@ class GeneAdapterHead(TorchHead):
     # -- data ------------------------------------------------------------------------
     def _select_genes(self, X: Any, gene_vectors: np.ndarray, gene_names: list[str] | None) -> np.ndarray:
         """Columns used for training: covered genes, and among them the variable ones (``genes="hvg"``)."""
-        from scelmo.selection import gene_stats, highly_variable
 
         covered = np.abs(gene_vectors).sum(axis=1) > 0
         if not covered.any():

@@ -1,7 +1,7 @@
 """``wa_torch``: the ``wa`` aggregation computed with torch on a device (GPU path).
 
 ``C = (X / X.sum(1)) @ E`` exactly as the ``wa`` aggregator, but each row chunk (a
-float32 CSR block streamed by :meth:`scelmo.components.Aggregator.aggregate`, so memory
+float32 CSR block streamed by :meth:`scelmo.plugin.components.Aggregator.aggregate`, so memory
 stays bounded) becomes a torch sparse CSR tensor on the device and is multiplied with
 ``E``, which is moved to the device once. On CUDA this runs cuSPARSE; on CPU torch's
 sparse kernel (the numba kernel of ``wa`` is faster there: use ``wa`` on CPU).
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from scelmo.components import Aggregator, ComponentOptions
+from scelmo.plugin import Aggregator, ComponentOptions
 
 from .device import import_torch, resolve_device
 

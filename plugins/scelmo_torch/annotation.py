@@ -25,8 +25,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from scelmo.annotate import knn_vote
 from scelmo.errors import InputError
+from scelmo.knn import knn_fractions, knn_vote
 
 from .adapter import (
     AdapterOptions,
@@ -57,11 +57,6 @@ def _net(d: int, hidden: int, latent: int, n_classes: int, norm: str, residual: 
                 self.classifier = nn.Linear(latent, n_classes)
 
     return AnnotationNet()
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, n, out=np.zeros_like(x, dtype=np.float32), where=n > 0)
 
 
 class AnnotationOptions(AdapterOptions):
@@ -221,27 +216,12 @@ class AnnotationHead(GeneAdapterHead):
     def knn_fractions(self, latent: np.ndarray, *, k: int | None = None, chunk: int = 2048) -> np.ndarray:
         """Share of each class among the k cosine-nearest reference cells (cells x classes).
 
-        Ties between classes go to the class of the nearest neighbour among them (a tiny
-        bonus added to that class), as in :func:`scelmo.annotate.knn_vote`.
+        Ties between classes go to the class of the nearest neighbour among them
+        (:func:`scelmo.knn.knn_fractions`, the same vote as ``scelmo.tl.annotate``).
         """
         self._require_fitted()
-        ref = _unit(self.arrays["reference_latent"])
-        codes = self.arrays["reference_labels"]
-        k = min(k or self.options.knn_k, ref.shape[0])
-        Q = _unit(np.asarray(latent, dtype=np.float32))
-        out = np.zeros((Q.shape[0], len(self.classes)), dtype=np.float32)
-        for s in range(0, Q.shape[0], chunk):
-            sims = Q[s : s + chunk] @ ref.T
-            nn = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-            order = np.argsort(-np.take_along_axis(sims, nn, axis=1), axis=1)
-            nn = np.take_along_axis(nn, order, axis=1)
-            rows = np.repeat(np.arange(nn.shape[0]), k)
-            block = np.zeros((nn.shape[0], len(self.classes)), dtype=np.float32)
-            np.add.at(block, (rows, codes[nn].ravel()), 1.0)
-            block /= k
-            block[np.arange(nn.shape[0]), codes[nn[:, 0]]] += 1e-6 * (block[np.arange(nn.shape[0]), codes[nn[:, 0]]] == block.max(1))
-            out[s : s + chunk] = block
-        return out
+        return knn_fractions(latent, self.arrays["reference_latent"], self.arrays["reference_labels"],
+                             len(self.classes), k=k or self.options.knn_k, chunk=chunk)
 
     def predict(self, embeddings: Any, *, gene_vectors: np.ndarray | None = None, method: str = "knn",
                 **kwargs: Any) -> np.ndarray:

@@ -5,7 +5,7 @@ Stable API for heads in this plugin (and third-party heads):
 * :class:`TrainingConfig` - how to train (epochs, batch size, learning rate, early
   stopping, device, seed, CPU threads, mixed precision, progress). Pydantic, unknown
   keys are errors. ``TrainingConfig.from_any(None | dict | TrainingConfig)``.
-* :class:`TorchHead` - a :class:`scelmo.components.TaskHead` whose network is a
+* :class:`TorchHead` - a :class:`scelmo.plugin.components.TaskHead` whose network is a
   :class:`torch.nn.Module`. A subclass sets ``name`` and ``Options`` and implements:
 
   ``fit(X, labels=None, **kwargs)``
@@ -56,9 +56,10 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from scelmo.components import TaskHead
 from scelmo.errors import ConfigError, ScelmoError
 from scelmo.io import atomic_path
+from scelmo.plugin import TaskHead
+from scelmo.progress import progress_bar
 
 from .device import autocast, describe_device, import_torch, torch_session
 
@@ -210,7 +211,6 @@ class TorchHead(TaskHead):
         Returns (and stores in ``self.history``) one dict per epoch: ``epoch``, ``loss``,
         the logged loss parts, ``seconds`` and, on check epochs, ``val_score``.
         """
-        from scelmo.progress import progress_bar
 
         torch = import_torch()
         cfg = TrainingConfig.from_any(training)

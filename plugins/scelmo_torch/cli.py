@@ -8,6 +8,10 @@ from typing import Any
 
 import click
 
+import scelmo
+from scelmo import Model, io, keys, tl
+from scelmo import perturbation as P
+from scelmo.cli import _parse_value
 from scelmo.errors import ScelmoError
 
 
@@ -23,8 +27,6 @@ def _read(path: str) -> Any:
 
 
 def _ensure_gene_vectors(adata: Any, config: dict[str, Any]) -> None:
-    from scelmo import keys, tl
-
     if keys.GENE_EMBEDDING not in adata.varm:
         click.echo("No gene vectors in the input (varm['scelmo']): embedding its genes with the configured roles ...", err=True)
         tl.embed_genes(adata, config=config)
@@ -35,8 +37,6 @@ def _unmeasured_gene_vectors(adata: Any, key: str, control: str | None, config: 
     """Gene vectors for the perturbed genes the data does not measure (a knocked-out gene is often
     filtered out), embedded with the configured roles as ``scelmo embed-genes`` would and
     conditioned like the measured genes' vectors (with the model's gene table's fit)."""
-    from scelmo import Model, tl
-    from scelmo import perturbation as P
 
     if key not in adata.obs:
         return None  # setup_anndata reports the missing column
@@ -80,9 +80,6 @@ def add_commands(cli: Any) -> None:
     def train_cmd(ctx, input, output, head, labels_key, batch_key, perturbation_key, layer, gene_embeddings, max_epochs,
                   batch_size, lr, no_early_stopping, device, seed, threads, options, latent_output, overwrite):
         """Train a fine-tuning head on INPUT (.h5ad) and save the model to OUTPUT."""
-        import scelmo
-        from scelmo import io, keys
-        from scelmo.cli import _parse_value
 
         if Path(output).exists() and not overwrite:
             raise ScelmoError(f"{output} exists; pass --overwrite to replace it.")
@@ -134,8 +131,6 @@ def add_commands(cli: Any) -> None:
     @click.pass_context
     def predict_cmd(ctx, input, model_dir, output, method, key_added, latent_key, device, perturbation):
         """Apply a saved model to INPUT (.h5ad; genes may differ from training) and write OUTPUT."""
-        import scelmo
-        from scelmo import io, keys
 
         io.check_writable(output)
         if Path(output).resolve() == Path(input).resolve():

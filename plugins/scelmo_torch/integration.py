@@ -35,6 +35,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from scelmo import tl
 from scelmo.errors import InputError
 
 from .adapter import (
@@ -314,8 +315,6 @@ class IntegrationHead(GeneAdapterHead):
 def _leiden(Z: np.ndarray, resolution: float, seed: int) -> np.ndarray:
     """Leiden clusters (:func:`scelmo.tl.cluster`) of an embedding, as integer codes."""
     import anndata as ad
-
-    from scelmo import tl
 
     a = ad.AnnData(np.zeros((Z.shape[0], 1), dtype=np.float32))
     a.obsm["Z"] = np.asarray(Z, dtype=np.float32)

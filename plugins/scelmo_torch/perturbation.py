@@ -48,9 +48,9 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from scelmo.components import ComponentOptions
 from scelmo.errors import InputError
 from scelmo.perturbation import components as split_components
+from scelmo.plugin import ComponentOptions
 
 from .base import TorchHead, TrainingConfig, rows_to_tensor
 from .device import import_torch

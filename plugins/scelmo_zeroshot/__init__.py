@@ -13,13 +13,13 @@ chunks through BLAS.
 
 from __future__ import annotations
 
-from scelmo.hookspecs import hookimpl
+from scelmo.plugin import hookimpl
+
+from .aggregators import AverageAggregator, GenePTSentenceAggregator, WeightedAverageAggregator
 
 
 @hookimpl
 def register_aggregators(register):
-    from .aggregators import AverageAggregator, GenePTSentenceAggregator, WeightedAverageAggregator
-
     register(WeightedAverageAggregator)
     register(AverageAggregator)
     register(GenePTSentenceAggregator)

@@ -12,14 +12,18 @@ that express only genes without a vector) get a zero vector and a warning.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from scelmo.components import Aggregator, ComponentOptions
+from scelmo.config import get_settings
 from scelmo.errors import ScelmoError
+from scelmo.expression.aggregation import AggregationContext
+from scelmo.knowledge import roles
+from scelmo.plugin import Aggregator, ComponentOptions
 
 from .kernels import TiledEmbedding, csr_matmul
 
@@ -74,6 +78,15 @@ class SentenceOptions(ComponentOptions):
     prefix: str = "A cell with genes ranked by expression: "
 
 
+@dataclass(frozen=True)
+class _Sentences:
+    """What genept_s prepares once: gene names, which have a vector, the settings to embed with."""
+
+    names: np.ndarray
+    covered: np.ndarray
+    settings: Any
+
+
 class GenePTSentenceAggregator(Aggregator):
     """GenePT-s: each cell written as a sentence of its top expressed genes, embedded as text.
 
@@ -85,28 +98,27 @@ class GenePTSentenceAggregator(Aggregator):
     name = "genept_s"
     Options = SentenceOptions
 
-    def prepare(self, embedding: np.ndarray) -> np.ndarray:
-        return np.abs(embedding).sum(axis=1) > 0  # which genes are covered
+    needs_context = True
 
-    def sentences(self, chunk: Any, covered: np.ndarray) -> list[str]:
-        if self.genes is None:
+    def prepare(self, embedding: np.ndarray, *, context: AggregationContext | None = None) -> _Sentences:
+        if context is None or context.genes is None:
             raise ScelmoError("genept_s needs the gene names; call it through scelmo.tl.embed_cells.")
-        names = np.asarray(self.genes, dtype=object)
+        covered = np.abs(embedding).sum(axis=1) > 0  # which genes have a vector
+        settings = context.settings if context.settings is not None else get_settings()
+        return _Sentences(np.asarray(context.genes, dtype=object), covered, settings)
+
+    def sentences(self, chunk: Any, prepared: _Sentences) -> list[str]:
         csr = chunk if sp.issparse(chunk) else sp.csr_matrix(chunk)
         out = []
         for i in range(csr.shape[0]):
             lo, hi = csr.indptr[i], csr.indptr[i + 1]
             idx, val = csr.indices[lo:hi], csr.data[lo:hi]
-            keep = covered[idx] & (val > 0)
+            keep = prepared.covered[idx] & (val > 0)
             idx, val = idx[keep], val[keep]
             order = np.lexsort((idx, -val))[: self.options.top_n]
-            out.append(self.options.prefix + " ".join(names[idx[order]]))
+            out.append(self.options.prefix + " ".join(prepared.names[idx[order]]))
         return out
 
-    def aggregate_chunk(self, chunk: Any, prepared: np.ndarray, *, n_genes: int) -> np.ndarray:
-        from scelmo import roles
-        from scelmo.config import get_settings
-
-        settings = self.settings if self.settings is not None else get_settings()
-        return roles.embed_texts(settings, self.sentences(chunk, prepared), progress=False,
+    def aggregate_chunk(self, chunk: Any, prepared: _Sentences, *, n_genes: int) -> np.ndarray:
+        return roles.embed_texts(prepared.settings, self.sentences(chunk, prepared), progress=False,
                                  desc="embedding cell sentences")

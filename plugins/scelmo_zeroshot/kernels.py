@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from scelmo.matrix import from_bfloat16_bits, to_bfloat16_bits
+from scelmo.expression.matrix import from_bfloat16_bits, to_bfloat16_bits
 
 __all__ = [
     "TiledEmbedding",

@@ -1,0 +1,13 @@
+"""Cells x genes matrices: chunked reading, gene statistics and selection, the aggregation loop, dask.
+
+=====================================  ====================================================
+module                                 holds
+=====================================  ====================================================
+:mod:`scelmo.expression.matrix`        picking X / a layer / raw, row chunks, value checks,
+                                       bfloat16 rounding
+:mod:`scelmo.expression.selection`     streamed per-gene moments, highly variable genes,
+                                       log-normalisation of a chunk
+:mod:`scelmo.expression.aggregation`   the row-block loop every aggregator runs in
+:mod:`scelmo.expression.distributed`   the same on a dask cluster
+=====================================  ====================================================
+"""

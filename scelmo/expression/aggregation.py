@@ -1,0 +1,265 @@
+"""The aggregation loop behind :meth:`scelmo.plugin.Aggregator.aggregate`.
+
+An aggregator plugin implements only ``aggregate_chunk`` (and optionally ``prepare``
+and ``row_weights``); this module does the rest, the same way for every aggregator:
+
+- :func:`plan` prepares the gene vectors once: gene selection (``columns``), per-gene
+  scaling, bfloat16 rounding, and the offset ``mu @ E`` that centres the input without
+  densifying it (linear aggregators only). The plan is picklable, so a distributed
+  run ships it to each worker once (:mod:`scelmo.expression.distributed`).
+- :meth:`BlockPlan.run` turns one row block into cell vectors: value checks,
+  log-normalisation, coverage sums, empty cells, optional L2 normalisation.
+- :func:`aggregate` streams any supported matrix (CSR/CSC/dense/backed) through the
+  plan in row chunks, in memory independent of the number of cells.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from scelmo.errors import ConfigError
+from scelmo.expression.matrix import (
+    as_float32,
+    check_values,
+    iter_row_chunks,
+    n_rows_cols,
+    round_to_bfloat16,
+)
+from scelmo.expression.selection import normalize_chunk
+from scelmo.progress import progress_bar
+
+if TYPE_CHECKING:
+    from scelmo.plugin import Aggregator
+
+PRECISIONS = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class AggregationContext:
+    """What an aggregator with ``needs_context = True`` gets in :meth:`Aggregator.prepare`.
+
+    ``genes`` are the resolved gene names of the selected columns, in column order;
+    ``settings`` the :class:`scelmo.config.ScelmoSettings` of the call (for aggregators
+    that call other components, e.g. one that embeds a sentence per cell).
+    """
+
+    genes: list[str] | None
+    settings: Any
+
+
+def _centring_offset(mu: np.ndarray, E: np.ndarray) -> np.ndarray:
+    """``mu @ E`` in float64, with float64 copies of ``E`` bounded to 4,096 rows at a time."""
+    acc = np.zeros(E.shape[1])
+    for lo in range(0, len(mu), 4096):
+        acc += mu[lo : lo + 4096] @ E[lo : lo + 4096].astype(np.float64)
+    return acc.astype(np.float32)
+
+
+def plan(
+    aggregator: Aggregator,
+    embedding: np.ndarray,
+    *,
+    genes: Sequence[str] | None = None,
+    settings: Any = None,
+    l2_normalize: bool = False,
+    normalize: bool = False,
+    columns: np.ndarray | None = None,
+    center: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
+    precision: str = "float32",
+) -> BlockPlan:
+    """Everything a row block needs, prepared once (see :func:`aggregate` for the arguments).
+
+    ``precision="bfloat16"`` stores the prepared gene vectors in bfloat16 when the
+    aggregator supports it (accumulation stays float32).
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be 'float32' or 'bfloat16', got {precision!r}.")
+    if precision != "float32" and not aggregator.supports_bfloat16:
+        raise ConfigError(f"Aggregator {aggregator.name!r} has no bfloat16 path; use precision='float32'.")
+    n_genes = int(embedding.shape[0])
+    embedding = np.ascontiguousarray(embedding, dtype=np.float32)
+    covered = np.abs(embedding).sum(axis=1) > 0
+    sel = np.arange(n_genes) if columns is None else np.asarray(columns, dtype=np.int64)
+    subset = columns is not None and len(sel) != n_genes
+    E = embedding[sel] if subset else embedding  # float32; copied only when genes are selected
+    if scale is not None:
+        s = np.asarray(scale, dtype=np.float64)[sel]
+        E = E * np.divide(1.0, s, out=np.zeros_like(s), where=s > 0).astype(np.float32)[:, None]
+    if precision == "bfloat16":  # the centring offset must use the very vectors the kernel reads
+        E = round_to_bfloat16(E)
+    offset = None
+    if center is not None:
+        if not aggregator.linear:
+            raise ConfigError(
+                f"Aggregator {aggregator.name!r} is not linear, so it cannot embed centred input; "
+                "use transform='none' with it."
+            )
+        offset = _centring_offset(np.asarray(center, dtype=np.float64)[sel], E)
+    E = np.ascontiguousarray(E, dtype=np.float32)
+    options: dict[str, Any] = {}
+    if precision != "float32":
+        options["precision"] = precision
+    if aggregator.needs_context:
+        options["context"] = AggregationContext(
+            genes=[genes[i] for i in sel] if genes is not None else None, settings=settings
+        )
+    prepared = aggregator.prepare(E, **options)
+    return BlockPlan(
+        aggregator=aggregator, prepared=prepared, n_genes=n_genes, columns=sel if subset else None,
+        covered=covered.astype(np.float32), sel_covered=covered[sel].astype(np.float32), offset=offset,
+        normalize=bool(normalize), l2_normalize=bool(l2_normalize), n_genes_covered=int(covered.sum()),
+        dim=int(E.shape[1]),
+    )
+
+
+def aggregate(
+    aggregator: Aggregator,
+    matrix: Any,
+    embedding: np.ndarray,
+    *,
+    chunk_size: int = 10_000,
+    progress: bool | None = None,
+    out: np.ndarray | None = None,
+    genes: Sequence[str] | None = None,
+    settings: Any = None,
+    l2_normalize: bool = False,
+    normalize: bool = False,
+    columns: np.ndarray | None = None,
+    center: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
+    precision: str = "float32",
+) -> AggregationResult:
+    """Stream ``matrix`` (cells x genes) in row chunks through ``aggregator``.
+
+    ``genes`` (the resolved gene names of the columns) and ``settings`` reach aggregators
+    that declare ``needs_context = True`` through :class:`AggregationContext`.
+    ``out`` may be any array-like supporting ``out[start:stop] = block`` (e.g. an
+    on-disk dataset, see :func:`scelmo.io.streamed_h5ad_copy`); ``l2_normalize``
+    scales each non-zero cell vector to unit length.
+
+    The input transform happens chunk by chunk, so memory stays independent of the
+    number of cells and X is never densified: ``normalize`` log-normalises each
+    chunk of counts (:func:`scelmo.expression.selection.normalize_chunk`); ``columns`` keeps
+    only those genes (indices into the matrix's columns); ``center`` and ``scale``
+    (per gene, aligned to the matrix's columns) turn X into ``(X - center) / scale``,
+    computed as ``X @ (E / scale) - (center / scale) @ E`` for linear aggregators.
+    ``precision="bfloat16"`` keeps the gene vectors in bfloat16 (half the memory;
+    float32 accumulation) where the aggregator supports it.
+    """
+    n_cells, n_genes = n_rows_cols(matrix)
+    if embedding.shape[0] != n_genes:
+        raise ConfigError(
+            f"The gene embedding has {embedding.shape[0]} rows but the matrix has "
+            f"{n_genes} genes; they must be aligned."
+        )
+    prepared = plan(aggregator, embedding, genes=genes, settings=settings, l2_normalize=l2_normalize,
+                    normalize=normalize, columns=columns, center=center, scale=scale, precision=precision)
+    total_expr = covered_expr = 0.0
+    empty: list[np.ndarray] = []
+    with progress_bar(total=n_cells, desc=f"aggregating ({aggregator.name})", unit="cell", enabled=progress) as bar:
+        for start, chunk in iter_row_chunks(matrix, chunk_size):
+            part = prepared.run(chunk, start, checked=True)
+            total_expr += part.total_expression
+            covered_expr += part.covered_expression
+            if part.empty_cells.size:
+                empty.append(part.empty_cells)
+            if out is None:  # width from the first block: an aggregator may change d
+                out = np.zeros((n_cells, part.block.shape[1]), dtype=np.float32)
+            out[start : start + chunk.shape[0]] = part.block
+            bar.update(chunk.shape[0])
+    if out is None:
+        out = np.zeros((n_cells, embedding.shape[1]), dtype=np.float32)
+    empty_idx = np.concatenate(empty) if empty else np.zeros(0, dtype=np.int64)
+    return AggregationResult(
+        embedding=out,
+        empty_cells=empty_idx,
+        total_expression=total_expr,
+        covered_expression=covered_expr,
+        n_genes=n_genes,
+        n_genes_covered=prepared.n_genes_covered,
+    )
+
+
+@dataclass
+class BlockPart:
+    """One row block's result: cell vectors, coverage sums and its empty cells (global rows)."""
+
+    block: np.ndarray
+    total_expression: float
+    covered_expression: float
+    empty_cells: np.ndarray
+
+
+@dataclass
+class BlockPlan:
+    """A prepared aggregation (:func:`plan`): turns any row block into cell vectors."""
+
+    aggregator: Aggregator
+    prepared: Any
+    n_genes: int
+    columns: np.ndarray | None
+    covered: np.ndarray
+    sel_covered: np.ndarray
+    offset: np.ndarray | None
+    normalize: bool
+    l2_normalize: bool
+    n_genes_covered: int
+    dim: int
+
+    def run(self, chunk: Any, start: int = 0, *, checked: bool = False) -> BlockPart:
+        """Cell vectors of ``chunk`` (rows ``start...`` of the data; any CSR/CSC/dense block).
+
+        ``checked=True``: the chunk is already float32 CSR/ndarray with checked values
+        (as :func:`scelmo.expression.matrix.iter_row_chunks` yields them).
+        """
+        if not checked:
+            chunk = as_float32(chunk)
+            check_values(chunk, start)
+        stop = start + chunk.shape[0]
+        if self.normalize:
+            chunk = normalize_chunk(chunk)
+        total = float(np.asarray(chunk.sum(axis=1)).ravel().sum(dtype=np.float64))
+        covered = float(np.asarray(chunk @ self.covered).ravel().sum(dtype=np.float64))
+        if self.columns is not None:
+            chunk = chunk[:, self.columns]
+        n_sel = chunk.shape[1]
+        agg = self.aggregator
+        block = agg.aggregate_chunk(chunk, self.prepared, n_genes=n_sel)
+        if self.offset is not None:
+            block -= agg.row_weights(chunk, n_sel)[:, None] * self.offset[None, :]
+        is_empty = np.asarray(chunk @ self.sel_covered).ravel() <= 0
+        if is_empty.any():
+            block[is_empty] = 0.0
+        if self.l2_normalize:
+            norms = np.linalg.norm(block, axis=1, keepdims=True)
+            np.divide(block, norms, out=block, where=norms > 0)
+        if not np.isfinite(block).all():
+            raise ConfigError(
+                f"Aggregator {agg.name!r} produced non-finite values for cells "
+                f"{start}..{stop}; this is a bug in the aggregator."
+            )
+        return BlockPart(block, total, covered, np.flatnonzero(is_empty) + start)
+
+
+@dataclass
+class AggregationResult:
+    """What :func:`aggregate` (and :meth:`Aggregator.aggregate`) returns."""
+
+    embedding: np.ndarray
+    empty_cells: np.ndarray
+    total_expression: float
+    covered_expression: float
+    n_genes: int
+    n_genes_covered: int
+
+    @property
+    def expression_coverage(self) -> float:
+        """Covered / total expression; ``nan`` when not computed (a lazy dask result)."""
+        if np.isnan(self.total_expression):
+            return float("nan")
+        return self.covered_expression / self.total_expression if self.total_expression > 0 else 0.0

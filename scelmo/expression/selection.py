@@ -1,0 +1,175 @@
+"""Input transform and gene selection for :func:`scelmo.tl.embed_cells`, in one streaming pass.
+
+Everything here reads the cells x genes matrix in row chunks (:func:`scelmo.expression.matrix.iter_row_chunks`),
+so it works on backed files and its memory does not grow with the number of cells:
+
+* :func:`normalize_chunk`: library-size normalisation + ``log1p`` of one chunk of counts
+  (scanpy's ``normalize_total(target_sum=1e4)`` then ``log1p``), applied on the fly;
+* :func:`gene_stats`: per-gene mean and variance of the (normalised) values, and of their
+  ``expm1`` (what the Seurat dispersion uses);
+* :func:`highly_variable`: scanpy's ``highly_variable_genes(flavor="seurat", n_top_genes=n)``
+  rule applied to those moments. scanpy needs the matrix in memory, so the rule is
+  re-implemented on streamed moments; ``tests/test_selection.py`` checks that it picks
+  exactly the genes scanpy picks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from scelmo.errors import InputError
+from scelmo.expression.matrix import iter_row_chunks, n_rows_cols
+
+#: Counts per cell after library-size normalisation (scanpy's and Seurat's usual 1e4).
+TARGET_SUM = 1e4
+#: Non-zeros per block when summing a sparse chunk (bounds the float64 temporaries to ~100 MB).
+_BLOCK = 1 << 22
+
+
+def looks_like_counts(matrix: Any, *, n_rows: int = 2000) -> bool:
+    """True when the first ``n_rows`` rows hold only whole numbers (and some above 1).
+
+    Log-normalised values are almost never all integers; raw UMI counts always are.
+    """
+    n = min(n_rows_cols(matrix)[0], n_rows)
+    if n == 0:
+        return False
+    head = matrix[:n]
+    if hasattr(head, "compute") and hasattr(head, "chunks"):  # a dask array: read these rows now
+        head = head.compute()
+    _, chunk = next(iter_row_chunks(head, n))
+    vals = chunk.data if sp.issparse(chunk) else np.asarray(chunk).ravel()
+    vals = vals[vals != 0]
+    return bool(vals.size) and bool(np.all(vals == np.round(vals))) and bool(vals.max() > 1)
+
+
+def should_normalize(mode: str, matrix: Any) -> bool:
+    """Resolve ``normalize="auto" | "log1p" | "none"`` for this matrix."""
+    return mode == "log1p" or (mode == "auto" and looks_like_counts(matrix))
+
+
+def normalize_chunk(chunk: Any, target_sum: float = TARGET_SUM) -> Any:
+    """``log1p(x / total * target_sum)`` per cell (zero-count cells stay zero); float32, same format."""
+    if sp.issparse(chunk):  # in place on a float32 copy: no float64 temporaries of the chunk's size
+        out = chunk.tocsr(copy=True).astype(np.float32, copy=False)
+        tot = np.asarray(out.sum(axis=1, dtype=np.float64)).ravel()
+        scale = np.divide(target_sum, tot, out=np.zeros_like(tot), where=tot > 0).astype(np.float32)
+        out.data *= np.repeat(scale, np.diff(out.indptr))
+        np.log1p(out.data, out=out.data)
+        return out
+    arr = np.asarray(chunk, dtype=np.float64)
+    tot = arr.sum(axis=1, keepdims=True)
+    scale = np.divide(target_sum, tot, out=np.zeros_like(tot), where=tot > 0)
+    return np.log1p(arr * scale).astype(np.float32)
+
+
+@dataclass
+class GeneStats:
+    """Per-gene sums over cells, from which means and variances (``ddof=1``, as scanpy) follow.
+
+    Sums add up: the statistics of two pieces of one dataset are ``a + b``, so a dataset
+    embedded in several pieces (or a query embedded with its reference's statistics,
+    ``embed_cells(query, gene_stats=ref_stats)``) gets exactly the same transform.
+    ``sums`` rows: values, squared values, ``expm1`` of values, its square.
+    """
+
+    n_cells: int
+    sums: np.ndarray  # (4, n_genes) float64
+
+    def __add__(self, other: GeneStats) -> GeneStats:
+        if self.sums.shape != other.sums.shape:
+            raise InputError(f"Gene statistics over {self.n_genes} and {other.n_genes} genes cannot be added.")
+        return GeneStats(self.n_cells + other.n_cells, self.sums + other.sums)
+
+    @property
+    def n_genes(self) -> int:
+        return int(self.sums.shape[1])
+
+    def _moments(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        n = max(self.n_cells, 1)
+        mean = self.sums[row] / n
+        var = (self.sums[row + 1] - n * mean**2) / max(n - 1, 1)
+        return mean, np.maximum(var, 0.0)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self._moments(0)[0]
+
+    @property
+    def var(self) -> np.ndarray:
+        return self._moments(0)[1]
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.var)
+
+    @property
+    def mean_expm1(self) -> np.ndarray:
+        return self._moments(2)[0]
+
+    @property
+    def var_expm1(self) -> np.ndarray:
+        return self._moments(2)[1]
+
+
+def gene_stats(matrix: Any, *, normalize: bool, chunk_size: int = 10_000, progress: Any = None) -> GeneStats:
+    """One streaming pass: per-gene sums of the values (normalised first if ``normalize``).
+
+    ``progress`` is an optional callable taking the number of rows just read.
+    """
+    n_cells, n_genes = n_rows_cols(matrix)
+    acc = np.zeros((4, n_genes), dtype=np.float64)
+    for _, chunk in iter_row_chunks(matrix, chunk_size):
+        if normalize:
+            chunk = normalize_chunk(chunk)
+        if sp.issparse(chunk):  # float64 temporaries over at most _BLOCK non-zeros at a time
+            for lo in range(0, chunk.nnz, _BLOCK):
+                idx = chunk.indices[lo : lo + _BLOCK]
+                v = chunk.data[lo : lo + _BLOCK].astype(np.float64)
+                e = np.expm1(v)
+                for row, w in enumerate((v, v * v, e, e * e)):
+                    acc[row] += np.bincount(idx, weights=w, minlength=n_genes)
+        else:
+            v = np.asarray(chunk, dtype=np.float64)
+            e = np.expm1(v)
+            acc += np.stack([v.sum(0), (v * v).sum(0), e.sum(0), (e * e).sum(0)])
+        if progress is not None:
+            progress(chunk.shape[0])
+    return GeneStats(n_cells, acc)
+
+
+def highly_variable(stats: GeneStats, n_top_genes: int, *, n_bins: int = 20) -> np.ndarray:
+    """Boolean mask of the ``n_top_genes`` most variable genes, Seurat's dispersion rule.
+
+    Dispersion = log(var / mean) of the ``expm1`` values, normalised within ``n_bins``
+    equal-width bins of ``log1p(mean)`` (z-score per bin; a bin with one gene gives it
+    1); the genes at or above the ``n_top_genes``-th highest normalised dispersion are
+    kept (ties included), as in scanpy.
+    """
+    if n_top_genes < 1:
+        raise InputError(f"n_top_genes must be positive, got {n_top_genes}.")
+    mean = stats.mean_expm1.copy()
+    mean[mean == 0] = 1e-12
+    with np.errstate(divide="ignore", invalid="ignore"):
+        disp = stats.var_expm1 / mean
+        disp[disp == 0] = np.nan
+        disp = np.log(disp)
+    df = pd.DataFrame({"means": np.log1p(mean), "dispersions": disp})
+    df["mean_bin"] = pd.cut(df["means"], bins=n_bins)
+    grouped = df.groupby("mean_bin", observed=True)["dispersions"].agg(avg="mean", dev="std")
+    single = grouped["dev"].isnull()
+    grouped.loc[single, "dev"] = grouped.loc[single, "avg"]
+    grouped.loc[single, "avg"] = 0
+    per_gene = grouped.loc[df["mean_bin"]].set_index(df.index)
+    norm = ((df["dispersions"] - per_gene["avg"]) / per_gene["dev"]).to_numpy(dtype=np.float64)
+    finite = norm[~np.isnan(norm)]
+    n = min(n_top_genes, finite.size)
+    if n == 0:
+        return np.zeros(norm.shape[0], dtype=bool)
+    cutoff = np.sort(finite)[::-1][n - 1]
+    return np.nan_to_num(norm, nan=-np.inf) >= cutoff

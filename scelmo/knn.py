@@ -1,0 +1,64 @@
+"""The one k-nearest-neighbour label vote of the project (cosine similarity).
+
+:func:`knn_fractions` gives each query cell the share of each class among its ``k``
+cosine-nearest reference cells; :func:`knn_vote` takes the winning class. Ties between
+classes go to the class of the nearest neighbour among the tied classes. Both
+``scelmo.tl.annotate(reference=...)`` and the annotation head's kNN path use them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from scelmo.errors import InputError
+
+#: Added to the tie-winning class's share so that ``argmax`` picks it (far below 1/k).
+TIE_BONUS = 1e-6
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, n, out=np.zeros_like(x), where=n > 0)
+
+
+def knn_fractions(query: np.ndarray, ref: np.ndarray, codes: np.ndarray, n_classes: int, *, k: int = 10,
+                  chunk: int = 2048, tie_bonus: bool = True) -> np.ndarray:
+    """Share of each class among the ``k`` cosine-nearest reference rows (cells x classes, float32).
+
+    ``codes`` are the reference rows' class indices (``0..n_classes-1``). With ``tie_bonus``
+    the class that wins a tie (the nearest neighbour's among the tied classes) gets
+    :data:`TIE_BONUS` more, so ``argmax`` follows the tie rule.
+    """
+    if ref.shape[0] == 0:
+        raise InputError("The reference has no cells.")
+    k = min(int(k), ref.shape[0])
+    codes = np.asarray(codes, dtype=np.int64)
+    R = unit_rows(np.asarray(ref, dtype=np.float32))
+    Q = unit_rows(np.asarray(query, dtype=np.float32))
+    out = np.zeros((Q.shape[0], n_classes), dtype=np.float32)
+    for s in range(0, Q.shape[0], chunk):
+        sims = Q[s : s + chunk] @ R.T
+        nn = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(sims, nn, axis=1), axis=1, kind="stable")
+        nn_classes = codes[np.take_along_axis(nn, order, axis=1)]  # nearest first
+        rows = np.arange(nn.shape[0])
+        block = np.zeros((nn.shape[0], n_classes), dtype=np.float32)
+        np.add.at(block, (np.repeat(rows, k), nn_classes.ravel()), 1.0)
+        block /= k
+        if tie_bonus:
+            tied = block[rows[:, None], nn_classes] == block.max(axis=1, keepdims=True)
+            winner = nn_classes[rows, np.argmax(tied, axis=1)]
+            block[rows, winner] += TIE_BONUS
+        out[s : s + chunk] = block
+    return out
+
+
+def knn_vote(query: np.ndarray, ref: np.ndarray, labels: np.ndarray, *, k: int = 10,
+             chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Majority label among the ``k`` cosine-nearest reference rows, and its vote share."""
+    cats, codes = np.unique(np.asarray(labels).astype(str), return_inverse=True)
+    shares = knn_fractions(query, ref, codes, len(cats), k=k, chunk=chunk)
+    pick = np.argmax(shares, axis=1)
+    score = np.floor(shares[np.arange(len(pick)), pick] * min(k, ref.shape[0]) + 0.5) / min(k, ref.shape[0])
+    return cats[pick], score.astype(np.float32)

@@ -1,0 +1,327 @@
+"""Descriptions of genes, cell types, drugs and proteins from the ``describe`` role.
+
+:func:`describe` is the one path every describer goes through:
+
+* a knowledge source (``describe.model = "local"``) answers genes from its table;
+* an LLM provider gets one prompt per item, rendered from a named, versioned
+  :class:`~scelmo.plugin.components.PromptTemplate` (the paper's gene prompt by default).
+  Answers already in the cache (key: who answers -- the provider's ``cache_key``:
+  model, endpoint and answer-changing options --, prompt hash, item) are not asked again;
+  the others are sent ``options.concurrency`` at a time, with retries, and each
+  answer is committed to the cache **as it arrives**, so an interrupted run
+  (Ctrl-C, a crash, SIGKILL) resumes with only the missing items. Empty answers and
+  refusals are asked once more, then reported in :attr:`DescribeResult.failed`
+  (never cached). ``max_cost`` stops a run before it would spend more;
+  :func:`estimate` (``--dry-run``) prints the calls, tokens and cost first.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from scelmo import plugin as plugins
+from scelmo.config import ScelmoSettings, get_settings
+from scelmo.errors import ConfigError, InputError, ScelmoWarning
+from scelmo.knowledge import roles
+from scelmo.llm.cache import open_cache, text_hash
+from scelmo.llm.calls import Budget, Estimate, Usage, run_calls, with_retries
+from scelmo.plugin import Completion, KnowledgeSource, PromptTemplate, Provider
+from scelmo.progress import progress_bar
+
+#: Subjects and the name of their default prompt.
+SUBJECTS = {"gene": "gene", "cell_type": "cell-type", "drug": "drug", "protein": "protein"}
+_SUBJECT_ALIASES = {
+    "genes": "gene", "cell-type": "cell_type", "cell-types": "cell_type", "cell_types": "cell_type",
+    "celltype": "cell_type", "drugs": "drug", "proteins": "protein",
+}
+_REFUSAL = re.compile(
+    r"^\s*(i'?m sorry|i am sorry|sorry[,.]|i cannot|i can'?t|i can not|i'?m unable|i am unable|"
+    r"as an ai|i do not have (enough )?information|i don'?t have (enough )?information|"
+    r"unfortunately,? i|i apologi[sz]e|(my )?apologies[,.:!]|i'?m afraid i|i am afraid i|"
+    r"i'?m not able to|i am not able to|i regret)",
+    re.IGNORECASE,
+)
+#: Answers shorter than this many characters are treated as empty.
+MIN_CHARS = 10
+#: Extra attempts for an empty or refusing answer (each is a paid call).
+ANSWER_RETRIES = 1
+
+
+@dataclass
+class DescribeResult:
+    """Texts by item, plus what producing them took."""
+
+    texts: dict[str, str]
+    model: str
+    prompt: PromptTemplate | None
+    subject: str
+    #: items the describer knows nothing of, or whose answers were empty / refusals
+    failed: dict[str, str] = field(default_factory=dict)
+    cached: int = 0
+    usage: Usage = field(default_factory=Usage)
+
+    def provenance(self) -> dict[str, Any]:
+        """Strings and numbers only (goes into ``uns`` / manifests)."""
+        out: dict[str, Any] = {
+            "describe_model": self.model,
+            "subject": self.subject,
+            "n_described": len(self.texts),
+            "n_failed": len(self.failed),
+            "n_cached": self.cached,
+            **{f"usage_{k}": v for k, v in self.usage.as_dict().items()},
+        }
+        if self.prompt is not None:
+            out.update(prompt=self.prompt.name, prompt_version=self.prompt.version, prompt_hash=self.prompt.hash)
+        return out
+
+
+def normalize_subject(subject: str) -> str:
+    """``"cell-types"`` -> ``"cell_type"`` etc.; unknown subjects are errors."""
+    key = subject.strip().lower()
+    key = _SUBJECT_ALIASES.get(key, key)
+    if key not in SUBJECTS:
+        raise ConfigError(
+            f"Unknown subject {subject!r}: choose one of genes, cell-types, drugs, proteins."
+        )
+    return key
+
+
+def get_prompt(prompt: str | PromptTemplate | None = None, *, subject: str = "gene") -> PromptTemplate:
+    """A registered prompt by name (default: the subject's default prompt), or ``prompt`` itself."""
+    if isinstance(prompt, PromptTemplate):
+        return prompt
+    subject = normalize_subject(subject)
+    return plugins.prompts.get(prompt or SUBJECTS[subject])
+
+
+def _unique(items: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    seen: set[str] = set()
+    for raw in items:
+        item = str(raw).strip()
+        if not item:
+            continue
+        if item not in seen:
+            seen.add(item)
+            out.append(item)
+    return out
+
+
+def _check_items(items: Sequence[str]) -> list[str]:
+    if isinstance(items, str):
+        raise InputError("Pass a list of names, not one string (e.g. describe(['CD3E'])).")
+    unique = _unique(items)
+    if not unique:
+        raise InputError("Nothing to describe: the list of names is empty.")
+    return unique
+
+
+def answer_problem(text: str | None) -> str | None:
+    """Why an answer is unusable (``None`` when it is fine)."""
+    if text is None or len(text.strip()) < MIN_CHARS:
+        return "empty answer"
+    if _REFUSAL.match(text):
+        return "refusal: " + text.strip()[:60]
+    return None
+
+
+@dataclass
+class _Plan:
+    settings: ScelmoSettings
+    component: KnowledgeSource | Provider
+    template: PromptTemplate | None  # None for a knowledge source
+    unique: list[str]
+    subject: str
+
+    def cached(self, cache: Any) -> dict[str, str]:
+        """Answers already in ``cache`` (an open :class:`~scelmo.llm.cache.Cache` or ``None``), by item."""
+
+        if cache is None or self.template is None:
+            return {}
+        hashes = {text_hash(i): i for i in self.unique}
+        c = self.component
+        done = cache.get_texts(c.cache_key, self.template.hash, list(hashes), legacy=c.legacy_cache_keys)
+        return {hashes[h]: text for h, text in done.items()}
+
+
+def _plan(
+    items: Sequence[str],
+    subject: str,
+    prompt: str | PromptTemplate | None,
+    settings: ScelmoSettings | Mapping[str, Any] | None,
+    using: KnowledgeSource | Provider | None,
+) -> _Plan:
+    settings = get_settings(settings)
+    subject = normalize_subject(subject)
+    unique = _check_items(items)
+    component = using if using is not None else roles.describer(settings)
+    template = None
+    if isinstance(component, Provider):
+        template = get_prompt(prompt, subject=subject)
+        if template.subject != subject:
+            warnings.warn(
+                f"Prompt {template.name!r} is written for {template.subject}s, not {subject}s.",
+                ScelmoWarning,
+                stacklevel=3,
+            )
+    elif subject != "gene":
+        raise ConfigError(
+            f"describe.model = {component.model_id!r} is a gene-knowledge table and cannot describe "
+            f"{subject.replace('_', ' ')}s. Set `describe.model` to an LLM (e.g. "
+            "\"openai/gpt-4o-mini\" or \"ollama/llama3.1\"; see docs/providers/)."
+        )
+    return _Plan(settings, component, template, unique, subject)
+
+
+def estimate(
+    items: Sequence[str],
+    *,
+    subject: str = "gene",
+    prompt: str | PromptTemplate | None = None,
+    config: ScelmoSettings | Mapping[str, Any] | None = None,
+    using: KnowledgeSource | Provider | None = None,
+) -> Estimate:
+    """Calls, tokens and cost :func:`describe` would spend now (nothing is sent)."""
+
+    plan = _plan(items, subject, prompt, config, using)
+    component, template, unique = plan.component, plan.template, plan.unique
+    if not isinstance(component, Provider):
+        return Estimate("describe", component.model_id, 0, len(unique), len(unique), 0, 0, 0.0,
+                        ["offline knowledge table: no calls"])
+    cache = open_cache(plan.settings)
+    try:
+        done = plan.cached(cache)
+    finally:
+        if cache is not None:
+            cache.close()
+    todo = [i for i in unique if i not in done]
+    ptok = sum(component.count_tokens(template.render(i), system=template.system) for i in todo)
+    ctok = component.expected_completion_tokens() * len(todo)
+    cost = component.price(ptok, ctok) if todo else 0.0
+    notes = [f"completion tokens assumed {component.expected_completion_tokens()} per answer (max_tokens)"]
+    if cost is None:
+        notes.append("price unknown to litellm: set options.input_cost_per_token / output_cost_per_token")
+    return Estimate("describe", component.model_id, len(todo), len(unique), len(unique) - len(todo),
+                    ptok, ctok, cost, notes)
+
+
+def describe(
+    items: Sequence[str],
+    *,
+    subject: str = "gene",
+    prompt: str | PromptTemplate | None = None,
+    config: ScelmoSettings | Mapping[str, Any] | None = None,
+    using: KnowledgeSource | Provider | None = None,
+    max_cost: float | None = None,
+    budget: Budget | None = None,
+    progress: bool | None = None,
+) -> DescribeResult:
+    """Describe ``items`` (gene symbols, cell-type names, drugs, proteins).
+
+    Parameters
+    ----------
+    items
+        Names to describe; duplicates and blanks are dropped.
+    subject
+        ``"gene"``, ``"cell_type"``, ``"drug"`` or ``"protein"`` (plural and dashed
+        forms accepted). Chooses the default prompt.
+    prompt
+        A registered prompt name (``scelmo plugins`` lists them) or a
+        :class:`~scelmo.plugin.components.PromptTemplate`.
+    config
+        Settings or overrides; the ``describe`` role says who answers.
+    using
+        A describer component to use instead of the configured one.
+    max_cost
+        Stop (raising :class:`~scelmo.errors.BudgetExceededError`) before spending more
+        than this many USD; everything answered so far is cached.
+    budget
+        A :class:`~scelmo.llm.calls.Budget` shared with other steps (instead of ``max_cost``).
+    progress
+        Show a progress bar with calls, tokens and cost so far.
+
+    Returns
+    -------
+    :class:`DescribeResult`: ``texts`` by item (items that failed are in ``failed``
+    with the reason, and are not cached).
+    """
+
+    plan = _plan(items, subject, prompt, config, using)
+    component, template, unique, subject = plan.component, plan.template, plan.unique, plan.subject
+    if isinstance(component, KnowledgeSource):
+        texts = component.describe(unique)
+        found = {i: texts[i] for i in unique if texts.get(i)}
+        failed = {i: "not in the knowledge table" for i in unique if i not in found}
+        return DescribeResult(found, component.model_id, None, subject, failed, cached=0)
+    assert template is not None
+    budget = budget if budget is not None else Budget(max_cost)
+    usage = Usage()
+    result = DescribeResult({}, component.model_id, template, subject, usage=usage)
+    cache = open_cache(plan.settings)
+    try:
+        result.texts.update(plan.cached(cache))
+        result.cached = len(result.texts)
+        todo = [i for i in unique if i not in result.texts]
+        policy = component.retry_policy()
+        expected = component.expected_completion_tokens()
+
+        async def call(item: str) -> tuple[Completion, str | None]:
+            text = template.render(item)
+            problem: str | None = None
+            for _ in range(ANSWER_RETRIES + 1):
+                answer = await with_retries(
+                    lambda t=text: component.acomplete(t, system=template.system),
+                    policy,
+                    usage=usage,
+                    label=component.model_id,
+                )
+                usage.add(prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
+                          cost=answer.cost)
+                problem = answer_problem(answer.text)
+                if problem is None:
+                    return answer, None
+            return answer, problem
+
+        with progress_bar(total=len(todo), desc=f"describing {subject.replace('_', ' ')}s", unit="call",
+                          enabled=progress) as bar:
+
+            def on_result(item: str, out: tuple[Completion, str | None]) -> None:
+                answer, problem = out
+                if problem is None:
+                    text = answer.text.strip()
+                    if cache is not None:
+                        cache.put_texts(component.cache_key, template.hash, {text_hash(item): text})
+                    result.texts[item] = text
+                else:
+                    result.failed[item] = problem
+                bar.update(1)
+                bar.set_postfix(usage.postfix(), refresh=False)
+
+            run_calls(
+                todo,
+                call,
+                on_result=on_result,
+                concurrency=int(getattr(component.options, "concurrency", 8)),
+                budget=budget,
+                estimate_cost=lambda i: component.price(
+                    component.count_tokens(template.render(i), system=template.system), expected
+                ),
+                actual_cost=lambda out: out[0].cost,
+            )
+    finally:
+        if cache is not None:
+            cache.close()
+    result.texts = {i: result.texts[i] for i in unique if i in result.texts}  # input order
+    if result.failed:
+        sample = ", ".join(f"{k} ({v})" for k, v in list(result.failed.items())[:3])
+        warnings.warn(
+            f"{len(result.failed)} of {len(unique)} descriptions failed and were left out: {sample}. "
+            "They were not cached; run again to retry them, or try another prompt or model.",
+            ScelmoWarning,
+            stacklevel=2,
+        )
+    return result

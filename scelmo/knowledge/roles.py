@@ -1,0 +1,111 @@
+"""From config roles to components: who describes genes, who embeds texts.
+
+``describe.model`` is looked up among knowledge sources first, then LLM providers;
+``embed.model`` among text embedders. A name matches a registered component by its
+full name, by its ``prefix/``, or falls to a catch-all plugin (litellm). With
+``offline = true`` any component that would use the network is refused here, before
+the first request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from scelmo import plugin as plugins
+from scelmo.config import RoleConfig, ScelmoSettings
+from scelmo.errors import ConfigError, OfflineError, UnknownComponentError
+from scelmo.genes import GeneVocabulary
+from scelmo.llm.cache import open_cache
+from scelmo.plugin import KnowledgeSource, Provider, TextEmbedder
+
+_CONNECTION = ("api_base", "api_key", "api_key_env", "model_list")
+
+
+def _options(role: RoleConfig, cls: type, role_name: str) -> dict[str, Any]:
+    """The role's ``options`` plus its connection settings, for a component class."""
+    out = dict(role.options)
+    accepted = getattr(getattr(cls, "Options", None), "model_fields", {})
+    for key in _CONNECTION:
+        value = getattr(role, key)
+        if value is None:
+            continue
+        if key not in accepted:
+            raise ConfigError(
+                f"{role_name}.{key} is set, but {role_name}.model = {role.model!r} is served by "
+                f"{getattr(cls, 'name', cls)!r}, which takes no {key}. Remove it, or choose a "
+                "remote model string (e.g. \"openai/...\", \"ollama/...\")."
+            )
+        out.setdefault(key, value)
+    return out
+
+
+def _check_offline(settings: ScelmoSettings, role: str, component: Any) -> None:
+    if settings.offline and getattr(component, "requires_network", False):
+        raise OfflineError(
+            f"The {role!r} role is set to {getattr(component, 'model_id', component)!r}, which "
+            "uses the network, but `offline = true`. Choose a local model (e.g. "
+            "`describe.model = \"local\"`, `embed.model = \"local/all-MiniLM-L6-v2-int8\"`) "
+            "or set `offline = false`."
+        )
+
+
+def describer(settings: ScelmoSettings) -> KnowledgeSource | Provider:
+    """The component serving the ``describe`` role."""
+    role = settings.describe
+    try:
+        entry, model = plugins.knowledge_sources.resolve_model(role.model)
+    except UnknownComponentError as ks_error:
+        try:
+            entry, model = plugins.providers.resolve_model(role.model)
+        except UnknownComponentError:
+            raise ks_error from None
+    component = entry.obj(model, **_options(role, entry.obj, "describe"))
+    _check_offline(settings, "describe", component)
+    return component
+
+
+def embedder(settings: ScelmoSettings) -> TextEmbedder:
+    """The component serving the ``embed`` role."""
+    role = settings.embed
+    entry, model = plugins.embedders.resolve_model(role.model)
+    component = entry.obj(model, **_options(role, entry.obj, "embed"))
+    _check_offline(settings, "embed", component)
+    return component
+
+
+def embed_texts(
+    settings: ScelmoSettings,
+    texts: list[str],
+    *,
+    using: TextEmbedder | None = None,
+    progress: bool | None = None,
+    desc: str = "embedding texts",
+    budget: Any = None,
+) -> np.ndarray:
+    """Vectors for ``texts`` from the ``embed`` role (or the embedder ``using``), through the configured cache."""
+
+    component = using if using is not None else embedder(settings)
+    cache = open_cache(settings)
+    try:
+        return component.embed(texts, cache=cache, progress=progress, desc=desc, budget=budget)
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+def vocabulary(describe: KnowledgeSource | Provider | None = None) -> GeneVocabulary | None:
+    """The gene vocabulary: the describer's own, else the first knowledge source that has one."""
+    if isinstance(describe, KnowledgeSource):
+        vocab = describe.vocabulary()
+        if vocab is not None:
+            return vocab
+    for entry in plugins.knowledge_sources.entries():
+        try:
+            vocab = entry.obj().vocabulary()
+        except Exception:  # noqa: BLE001 - a source that cannot build one is skipped
+            continue
+        if vocab is not None:
+            return vocab
+    return None

@@ -1,0 +1,321 @@
+"""Paid calls to remote models: bounded concurrency, retries, usage and a cost limit.
+
+Provider plugins implement one *async* call (one completion, one embedding batch);
+this module runs many of them:
+
+* :func:`run_calls` runs jobs with at most ``concurrency`` in flight on one
+  background event loop (so it works the same from scripts, Jupyter and R), hands
+  every result to ``on_result`` **as it arrives** (the caller commits it to the
+  cache there: a crash loses nothing that was answered), and stops cleanly when the
+  :class:`Budget` would be exceeded;
+* :func:`with_retries` gives each attempt a total deadline (``timeout``: a server
+  that keeps sending a byte now and then cannot hold a request open) and retries
+  :class:`~scelmo.errors.TransientProviderError` with exponential backoff and full
+  jitter, honouring a server's ``Retry-After``;
+* :class:`Usage` adds up calls, tokens and cost (shown in the progress bar).
+
+Why the retry loop is written here (measured by ``benchmarks/library_choices.py`` on a
+loopback server; ``benchmarks/results/library_choices/``): litellm's own ``num_retries``
+has no deadline for a whole request (a server dripping one byte per 0.1 s held a
+``timeout=2`` request for 39.5 s), so scelmo calls litellm with ``num_retries=0`` and
+retries itself. The same policy written with tenacity behaved identically (same
+requests, same waits for ``Retry-After`` and 5xx, same give-up time), but needs the
+deadline wrapper and the ``Retry-After`` wait function written out all the same, so
+it would add a dependency without removing code; the ~30-line loop below was kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from scelmo.errors import BudgetExceededError, ProviderError, TransientProviderError
+
+T = TypeVar("T")
+J = TypeVar("J")
+
+
+# --------------------------------------------------------------------------- usage / cost
+@dataclass
+class Usage:
+    """Running totals of what the calls used (``cost`` in USD; ``None`` when unknown)."""
+
+    calls: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = 0.0
+
+    def add(self, *, prompt_tokens: int = 0, completion_tokens: int = 0, cost: float | None = 0.0) -> None:
+        self.calls += 1
+        self.prompt_tokens += int(prompt_tokens or 0)
+        self.completion_tokens += int(completion_tokens or 0)
+        if cost is None or self.cost is None:
+            self.cost = None
+        else:
+            self.cost += float(cost)
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def postfix(self) -> dict[str, str]:
+        """Short fields for a progress bar."""
+        cost = "?" if self.cost is None else f"${self.cost:.4f}"
+        return {"calls": str(self.calls), "tokens": f"{self.tokens:,}", "cost": cost}
+
+    def as_dict(self) -> dict[str, int | float | str]:
+        return {
+            "calls": self.calls,
+            "retries": self.retries,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": "unknown" if self.cost is None else round(self.cost, 6),
+        }
+
+
+@dataclass
+class Estimate:
+    """What a run would send before anything is spent (``--dry-run``)."""
+
+    role: str
+    model: str
+    calls: int
+    items: int
+    cached: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float | None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "model": self.model,
+            "items": self.items,
+            "cached": self.cached,
+            "calls": self.calls,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": None if self.cost is None else round(self.cost, 6),
+            "notes": list(self.notes),
+        }
+
+
+class Budget:
+    """A cost limit shared by every call of a run (``max_cost`` in USD; ``None``: none).
+
+    Before each call, :meth:`reserve` books its estimated cost; the call is refused
+    (:class:`~scelmo.errors.BudgetExceededError`) when spent + booked + estimate would
+    exceed the limit. :meth:`settle` replaces the booking by the actual cost.
+    """
+
+    def __init__(self, max_cost: float | None) -> None:
+        if max_cost is not None and max_cost < 0:
+            raise ValueError("max_cost must be >= 0")
+        self.max_cost = max_cost
+        self.spent = 0.0
+        self.booked = 0.0
+        self._lock = threading.Lock()
+
+    def reserve(self, estimate: float | None) -> float:
+        if self.max_cost is None:
+            return 0.0
+        if estimate is None:
+            raise BudgetExceededError(
+                "A cost limit is set but this model's price is unknown to litellm. Set the "
+                "role's `options.input_cost_per_token` / `options.output_cost_per_token`, or "
+                "drop --max-cost."
+            )
+        with self._lock:
+            if self.spent + self.booked + estimate > self.max_cost + 1e-12:
+                raise BudgetExceededError(
+                    f"Stopping before the cost limit of ${self.max_cost:.4f}: ${self.spent:.4f} "
+                    "spent so far. Everything answered is cached; run again with a higher "
+                    "--max-cost to continue where this run stopped."
+                )
+            self.booked += estimate
+        return estimate
+
+    def settle(self, booked: float, actual: float | None) -> None:
+        with self._lock:
+            self.booked = max(0.0, self.booked - booked)
+            self.spent += float(actual if actual is not None else booked)
+
+
+# --------------------------------------------------------------------------- retries
+@dataclass(frozen=True)
+class RetryPolicy:
+    """``retries`` extra attempts; delay ``min(max_delay, base_delay * 2**attempt)`` x jitter;
+    each attempt abandoned after ``timeout`` seconds in all (``None``: no deadline)."""
+
+    retries: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    timeout: float | None = None
+
+
+async def _attempt(call: Callable[[], Awaitable[T]], timeout: float | None, label: str | None) -> T:
+    """One attempt under a total deadline (a timeout is transient: retried)."""
+    if timeout is None:
+        return await call()
+    try:
+        return await asyncio.wait_for(call(), timeout)
+    except asyncio.TimeoutError:  # = TimeoutError from 3.11 on
+        who = f"{label!r}" if label else "The provider"
+        raise TransientProviderError(
+            f"{who} sent no complete answer within {timeout:g} s (the role's `options.timeout`, a "
+            "deadline for the whole request). Raise `options.timeout` if answers are long or slow."
+        ) from None
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    usage: Usage | None = None,
+    rng: random.Random | None = None,
+    label: str | None = None,
+) -> T:
+    """Await ``call()`` (within ``policy.timeout``); on :class:`TransientProviderError` wait and try again.
+
+    Waits ``retry_after`` when the server sent one (capped at ``max_delay``), else a
+    full-jitter exponential backoff. Other exceptions propagate at once. ``label``
+    names the model in a timeout's message.
+    """
+    rng = rng or random.Random()
+    attempt = 0
+    while True:
+        try:
+            return await _attempt(call, policy.timeout, label)
+        except TransientProviderError as exc:
+            if attempt >= policy.retries:
+                raise ProviderError(
+                    f"{exc} Gave up after {attempt + 1} attempts. Lower the role's "
+                    "`options.concurrency`, raise `options.retries` / `options.timeout`, "
+                    "or try again later; answers received so far are cached."
+                ) from None
+            if exc.retry_after is not None:
+                delay = min(policy.max_delay, max(0.0, exc.retry_after))
+            else:
+                delay = rng.uniform(0, min(policy.max_delay, policy.base_delay * 2**attempt))
+            attempt += 1
+            if usage is not None:
+                usage.retries += 1
+            await asyncio.sleep(delay)
+
+
+# --------------------------------------------------------------------------- event loop
+class _LoopThread:
+    """One daemon thread running an event loop for the whole process."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name="scelmo-calls", daemon=True)
+                thread.start()
+                self._loop = loop
+            return self._loop
+
+    def run(self, coro: Awaitable[T]) -> T:
+        fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop())  # type: ignore[arg-type]
+        try:
+            return fut.result()
+        except KeyboardInterrupt:
+            fut.cancel()
+            raise
+
+
+_LOOP = _LoopThread()
+
+
+def run_sync(coro: Awaitable[T]) -> T:
+    """Run a coroutine on scelmo's background loop and wait for it (any thread, any notebook)."""
+    return _LOOP.run(coro)
+
+
+# --------------------------------------------------------------------------- bounded runner
+async def _run_calls_async(
+    jobs: Sequence[J],
+    call: Callable[[J], Awaitable[T]],
+    on_result: Callable[[J, T], None],
+    concurrency: int,
+    budget: Budget | None,
+    estimate_cost: Callable[[J], float | None] | None,
+    actual_cost: Callable[[T], float | None] | None,
+) -> list[BaseException]:
+    queue: asyncio.Queue[J] = asyncio.Queue()
+    for job in jobs:
+        queue.put_nowait(job)
+    errors: list[BaseException] = []
+    stop = asyncio.Event()
+    if budget is not None and budget.max_cost is None:
+        budget = None  # no limit: skip the per-call cost estimates (tokenising every prompt)
+
+    async def worker() -> None:
+        while not stop.is_set():
+            try:
+                job = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            booked = 0.0
+            try:
+                if budget is not None:
+                    booked = budget.reserve(estimate_cost(job) if estimate_cost else 0.0)
+                result = await call(job)
+            except BaseException as exc:  # noqa: BLE001 - collected, re-raised by the caller
+                if budget is not None:
+                    budget.settle(booked, 0.0)
+                errors.append(exc)
+                stop.set()  # no new calls; the ones in flight finish and are kept
+                return
+            try:
+                if budget is not None:
+                    budget.settle(booked, actual_cost(result) if actual_cost else booked)
+                on_result(job, result)
+            except BaseException as exc:  # noqa: BLE001 - e.g. the cache cannot be written
+                errors.append(exc)
+                stop.set()
+                return
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(jobs))))))
+    return errors
+
+
+def run_calls(
+    jobs: Iterable[J],
+    call: Callable[[J], Awaitable[T]],
+    *,
+    on_result: Callable[[J, T], None],
+    concurrency: int = 8,
+    budget: Budget | None = None,
+    estimate_cost: Callable[[J], float | None] | None = None,
+    actual_cost: Callable[[T], float | None] | None = None,
+) -> None:
+    """Run ``call(job)`` for every job, at most ``concurrency`` at a time.
+
+    ``on_result(job, result)`` runs for each success as it arrives (in the loop's
+    thread, one at a time). On the first failure no new call starts, the calls in
+    flight finish (their results still reach ``on_result``) and the failure is
+    raised; a :class:`~scelmo.errors.BudgetExceededError` is preferred over others
+    so a cost stop reads as one.
+    """
+    jobs = list(jobs)
+    if not jobs:
+        return
+    errors = run_sync(
+        _run_calls_async(jobs, call, on_result, concurrency, budget, estimate_cost, actual_cost)
+    )
+    if errors:
+        budget_errors = [e for e in errors if isinstance(e, BudgetExceededError)]
+        raise (budget_errors or errors)[0]

@@ -1,0 +1,572 @@
+"""``scelmo.Model``: fine-tuned models on LLM gene embeddings, scvi-tools style.
+
+::
+
+    import scelmo
+    scelmo.tl.embed_genes(adata)                               # gene vectors -> adata.varm["scelmo"]
+    scelmo.Model.setup_anndata(adata, labels_key="cell_type")  # which obs columns / layer to use
+    model = scelmo.Model(adata, head="annotation")             # a head from the plugin registry
+    model.train(max_epochs=30)                                  # CUDA > MPS > CPU, seeded
+    adata.obsm["X_scelmo_finetuned"] = model.get_latent_representation()
+    labels = model.predict(query, method="knn")                 # query may have other genes
+    model.save("my_model")                                      # weights, genes, labels, config
+    model = scelmo.Model.load("my_model", adata=query)
+
+The network lives in a *task head* looked up by name in :data:`scelmo.plugin.heads`
+(``"annotation"`` and ``"integration"`` come from the ``scelmo_torch`` plugin), so a
+third-party head plugs in the same way. This module imports no torch; the head does.
+
+Head contract (what :class:`Model` calls; ``X`` is cells x genes, float32 CSR or
+ndarray, finite and non-negative; ``gene_vectors`` is genes x d aligned to X's
+columns with zero rows for genes without a vector):
+
+* ``fit(X, labels, *, gene_vectors, batch, training: dict) -> head`` (``labels`` /
+  ``batch``: arrays of strings or ``None``; ``training``: max_epochs, batch_size, lr,
+  early_stopping, device, seed, ... as the head understands them);
+* ``transform(X, *, gene_vectors, device=None) -> ndarray`` (cells x latent);
+* ``predict_knn(latent, k=None) -> (labels, score)`` and
+  ``predict_proba(X, *, gene_vectors, device=None) -> ndarray`` with a ``classes``
+  attribute (only for heads that predict labels);
+* ``save_state(directory)`` and the classmethod ``load_state(directory) -> head``;
+  ``history`` (a list of per-epoch dicts) and ``options`` (a pydantic model).
+
+Nothing is written into ``adata`` except what is asked for (``key_added=``), the
+gene vectors when ``Model(adata)`` has to embed them (``varm["scelmo"]``, as
+:func:`scelmo.tl.embed_genes`), provenance in ``adata.uns["scelmo"]`` and the setup of
+:meth:`setup_anndata`: an scvi-style registry in ``adata.uns["scelmo_setup"]``
+(strings only), so ``adata.copy()`` and an ``.h5ad`` round trip keep it. A query bound
+by :meth:`Model.load` is registered in memory only, keyed by the object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import time
+import weakref
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from scelmo import keys, provenance, tl
+from scelmo import plugin as plugins
+from scelmo._version import __version__
+from scelmo.errors import InputError, ScelmoError
+from scelmo.expression.matrix import iter_row_chunks, select_matrix
+from scelmo.genes import GeneEmbeddings
+from scelmo.io import atomic_dir
+
+MODEL_FILE = "model.json"
+HEAD_DIR = "head"
+GENES_DIR = "gene_embeddings"
+FORMAT = "scelmo.Model"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class AnnDataSetup:
+    """Which parts of an AnnData a :class:`Model` uses (see :meth:`Model.setup_anndata`)."""
+
+    labels_key: str | None = None
+    batch_key: str | None = None
+    layer: str | None = None
+    use_raw: bool | None = None
+    perturbation_key: str | None = None
+
+
+# object id -> (weak reference, setup); entries vanish with their AnnData
+_SETUPS: dict[int, tuple[Any, AnnDataSetup]] = {}
+
+
+def _remember(adata: Any, setup: AnnDataSetup) -> None:
+    key = id(adata)
+    try:
+        ref = weakref.ref(adata, lambda _r, k=key: _SETUPS.pop(k, None))
+    except TypeError:  # pragma: no cover - AnnData supports weak references
+        ref = lambda a=adata: a  # noqa: E731
+    _SETUPS[key] = (ref, setup)
+
+
+#: The fields of :class:`AnnDataSetup` and how they are written into ``uns`` (strings only).
+_SETUP_FORMAT = "scelmo.Model.setup_anndata"
+_SETUP_VERSION = "1"
+
+
+def _setup_to_uns(setup: AnnDataSetup) -> dict[str, str]:
+    """The registry written to ``adata.uns["scelmo_setup"]``: strings only (``None`` left out)."""
+    out = {"format": _SETUP_FORMAT, "format_version": _SETUP_VERSION}
+    for name, value in asdict(setup).items():
+        if value is None:
+            continue
+        out[name] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return out
+
+
+def _setup_from_uns(adata: Any) -> AnnDataSetup | None:
+    uns = getattr(adata, "uns", None)
+    reg = uns.get(keys.SETUP) if uns is not None else None
+    if not isinstance(reg, Mapping) or str(reg.get("format", "")) != _SETUP_FORMAT:
+        return None
+    if int(str(reg.get("format_version", "1"))) > int(_SETUP_VERSION):
+        raise InputError(f"adata.uns[{keys.SETUP!r}] was written by a newer scelmo; call "
+                         "`scelmo.Model.setup_anndata(adata, ...)` again.")
+    values: dict[str, Any] = {}
+    for name in AnnDataSetup.__dataclass_fields__:
+        v = reg.get(name)
+        if v is None:
+            continue
+        v = str(v)
+        values[name] = (v.lower() == "true") if name == "use_raw" else v
+    return AnnDataSetup(**values)
+
+
+def _setup_of(adata: Any) -> AnnDataSetup | None:
+    """The setup of ``adata``: its ``uns`` registry, else one registered in memory."""
+    setup = _setup_from_uns(adata)
+    if setup is not None:
+        return setup
+    hit = _SETUPS.get(id(adata))
+    if hit is None or hit[0]() is not adata:
+        return None
+    return hit[1]
+
+
+def _sha256_array(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float32).tobytes()).hexdigest()
+
+
+class Model:
+    """A fine-tuned model on LLM gene embeddings (see the module docstring).
+
+    Parameters
+    ----------
+    adata
+        Training data, registered with :meth:`setup_anndata`. Gene vectors come from
+        ``adata.varm["scelmo"]`` (computed now with :func:`scelmo.tl.embed_genes` when
+        missing) unless ``gene_embeddings`` is given.
+    head
+        Name of a registered task head: ``"annotation"`` (cell types; needs
+        ``labels_key``), ``"integration"`` (batch removal; needs ``batch_key``) or
+        ``"perturbation"`` (responses to perturbations; needs ``perturbation_key`` and
+        the head option ``control=``).
+    gene_embeddings
+        A :class:`~scelmo.genes.GeneEmbeddings` (or a directory saved from one) to use
+        instead of ``adata.varm["scelmo"]``. When neither is there, the genes are
+        embedded now with :func:`scelmo.tl.embed_genes` and ``config`` (which writes
+        ``adata.varm["scelmo"]``), as ``scelmo train`` does.
+    config
+        Settings (or a mapping of overrides) for embedding the genes when needed.
+    **head_options
+        Options of the head (e.g. ``latent=32``, ``triplet_weight=1.0``); unknown
+        options are errors listing the allowed ones.
+    """
+
+    def __init__(self, adata: Any, head: str = "annotation", *, gene_embeddings: GeneEmbeddings | str | None = None,
+                 config: Any = None, **head_options: Any) -> None:
+        setup = _setup_of(adata)
+        if setup is None:
+            raise InputError(
+                "This AnnData is not registered. Call `scelmo.Model.setup_anndata(adata, labels_key=..., "
+                "batch_key=...)` first."
+            )
+        self.adata = adata
+        self.setup = setup
+        self.head_name = head
+        self.head = plugins.heads.create(head, **head_options)
+        if getattr(self.head, "requires_labels", False) and setup.labels_key is None:
+            raise InputError(f"The {head!r} head needs labels: call `Model.setup_anndata(adata, labels_key=...)`.")
+        self.gene_table = self._gene_table(adata, gene_embeddings, config)
+        self.is_trained = False
+        self.train_info: dict[str, Any] = {}
+        self.train_genes: list[str] = []
+
+    # -- setup ----------------------------------------------------------------------------
+    @classmethod
+    def setup_anndata(cls, adata: Any, *, labels_key: str | None = None, batch_key: str | None = None,
+                      layer: str | None = None, use_raw: bool | None = None,
+                      perturbation_key: str | None = None) -> None:
+        """Register which ``obs`` columns and which expression matrix a model uses.
+
+        Parameters
+        ----------
+        labels_key
+            ``obs`` column of cell types (annotation; optional for integration: cells
+            with a missing label are used unsupervised).
+        batch_key
+            ``obs`` column of batches (integration).
+        layer, use_raw
+            The expression values: ``adata.layers[layer]``, ``adata.raw.X`` or
+            ``adata.X`` (``use_raw=None``: raw when present, as scanpy). Values must be
+            finite and non-negative; log-normalised expression is recommended.
+        perturbation_key
+            ``obs`` column naming each cell's perturbation (perturbation head), e.g.
+            ``"condition"`` with values ``"ctrl"``, ``"KLF1"``, ``"KLF1+CEBPA"``;
+            ``labels_key`` then names the cell groups (cell types) responses may depend on.
+
+        The setup is written to ``adata.uns["scelmo_setup"]`` (strings only, like scvi-tools'
+        registry), so ``adata.copy()``, slices and ``.h5ad`` files keep it.
+        """
+        for key, what in ((labels_key, "labels_key"), (batch_key, "batch_key"),
+                          (perturbation_key, "perturbation_key")):
+            if key is not None and key not in adata.obs:
+                raise InputError(f"{what}={key!r} is not a column of adata.obs (columns: {', '.join(map(str, adata.obs.columns[:20]))}).")
+        if layer is not None and layer not in adata.layers:
+            raise InputError(f"Layer {layer!r} not found in adata.layers (available: {', '.join(adata.layers) or 'none'}).")
+        setup = AnnDataSetup(labels_key, batch_key, layer, use_raw, perturbation_key)
+        adata.uns[keys.SETUP] = _setup_to_uns(setup)
+        _remember(adata, setup)
+
+    @staticmethod
+    def _gene_table(adata: Any, gene_embeddings: GeneEmbeddings | str | None, config: Any = None) -> GeneEmbeddings:
+        if isinstance(gene_embeddings, str | Path):
+            gene_embeddings = GeneEmbeddings.load(gene_embeddings)
+        if gene_embeddings is not None:
+            return gene_embeddings
+        table = _table_from_varm(adata)
+        if table is None:  # embed the genes now, with the configured roles (as `scelmo train`)
+
+            tl.embed_genes(adata, config=config)
+            table = _table_from_varm(adata)
+        if table is None or len(table) == 0:  # pragma: no cover - embed_genes raises first
+            raise InputError(
+                f"adata.varm[{keys.GENE_EMBEDDING!r}] has no gene vectors: check var_names "
+                "(or pass `gene_embeddings=`)."
+            )
+        return table
+
+    # -- data -----------------------------------------------------------------------------
+    def get_expression(self, adata: Any | None = None) -> tuple[Any, list[str], np.ndarray]:
+        """The checked expression matrix, its gene names and the aligned gene vectors.
+
+        Uses the layer / raw choice of :meth:`setup_anndata` (the model's own, for a
+        query that was not set up). Genes are matched to the model's gene table by
+        ``var["scelmo_symbol"]`` (else the name); genes the table lacks take the query's
+        own ``varm["scelmo"]`` vectors when present. The vectors are the table's conditioned
+        ones (:mod:`scelmo.conditioning`), as in :func:`scelmo.tl.embed_cells`. Sparse input
+        stays sparse.
+        """
+
+        adata = self.adata if adata is None else adata
+        if adata is None:
+            raise InputError("This model is bound to no AnnData; pass `adata=` (e.g. the query cells).")
+        setup = _setup_of(adata) or self.setup
+        matrix, var_names, _ = select_matrix(adata, layer=setup.layer, use_raw=setup.use_raw)
+        names = [str(v) for v in var_names]
+        if len(names) == 0 or adata.n_obs == 0:
+            raise InputError(f"The data has {adata.n_obs} cells and {len(names)} genes; nothing to do.")
+        chunks = [c for _, c in iter_row_chunks(matrix, 20_000)]
+        X = sp.vstack(chunks, format="csr") if sp.issparse(chunks[0]) else np.vstack(chunks)
+        lookup = _lookup_names(adata, names)
+        # conditioned vectors (mean and top directions removed, fitted once per table), as tl.embed_cells
+        E, mask = self.gene_table.aligned(lookup, conditioned=True)
+        own = _table_from_varm(adata)
+        if own is not None and own.dim == E.shape[1] and not mask.all():
+            extra, extra_mask = own.aligned(lookup, conditioned=True)
+            fill = ~mask & extra_mask
+            E[fill] = extra[fill]
+            mask |= fill
+        if not mask.any():
+            raise InputError(
+                "None of the data's genes has a gene vector in this model's gene table. Run "
+                "`scelmo.tl.embed_genes(adata)` on it (same embedder as for training) or check var_names."
+            )
+        return X, names, E
+
+    def _obs(self, key: str | None) -> np.ndarray | None:
+        if key is None:
+            return None
+        col = self.adata.obs[key]
+        arr = col.astype(object).to_numpy()
+        return np.array([None if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v) for v in arr], dtype=object)
+
+    # -- training -------------------------------------------------------------------------
+    def train(self, max_epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+              early_stopping: bool | None = None, device: str = "auto", seed: int = 0, *,
+              num_threads: int | None = None, progress: bool | None = None, **training: Any) -> Model:
+        """Train the head on the registered AnnData.
+
+        Parameters
+        ----------
+        max_epochs, batch_size, lr, early_stopping
+            Training settings; ``None`` keeps the head's default (annotation: at most 30
+            epochs, batch 128, lr 1e-3, a validation check every 2 epochs including the
+            untrained zero-shot start, the best epoch kept, stop after 3 checks without
+            improvement; see docs/finetuning.md).
+        device
+            ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
+        seed
+            Seeds every random choice (split, batches, initial weights).
+        num_threads
+            torch CPU threads (default 1 on CPU, which was 3-5x faster on 2 cores).
+        **training
+            Further settings of the head (e.g. ``check_every``, ``patience``,
+            ``validation_fraction``, ``weight_decay``, ``amp``).
+        """
+
+        X, names, E = self.get_expression()
+        settings = {"max_epochs": max_epochs, "batch_size": batch_size, "lr": lr, "early_stopping": early_stopping,
+                    "device": device, "seed": seed, "num_threads": num_threads, "progress": progress, **training}
+        settings = {k: v for k, v in settings.items() if v is not None}
+        t0 = time.perf_counter()
+        extra: dict[str, Any] = {}
+        if self.setup.perturbation_key is not None:  # heads that do not use them ignore these
+            extra = {"perturbations": self._obs(self.setup.perturbation_key), "gene_names": names}
+        elif _accepts(self.head.fit, "gene_names"):  # lets a head find its trained genes in a query
+            extra = {"gene_names": names}
+        self.head.fit(X, self._obs(self.setup.labels_key), gene_vectors=E, batch=self._obs(self.setup.batch_key),
+                      training=settings, **extra)
+        history = list(getattr(self.head, "history", []) or [])
+        self.is_trained = True
+        self.train_genes = names
+        self.train_info = {
+            "head": self.head_name,
+            "n_cells": int(X.shape[0]),
+            "n_genes": int(X.shape[1]),
+            "n_genes_with_vector": int((np.abs(E).sum(1) > 0).sum()),
+            "epochs": len(history),
+            "seconds": time.perf_counter() - t0,
+            "device": str(getattr(self.head, "device", "")),
+            **{f"setting_{k}": v for k, v in settings.items() if isinstance(v, str | int | float | bool)},
+        }
+        if getattr(self.head, "best_score", None) is not None:
+            self.train_info["best_validation_score"] = float(self.head.best_score)
+        provenance.record(self.adata, "train", self.train_info)
+        return self
+
+    @property
+    def history(self) -> Any:
+        """Per-epoch training history (loss, validation score, seconds) as a DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(getattr(self.head, "history", []))
+
+    def _require_trained(self) -> None:
+        if not self.is_trained:
+            raise ScelmoError("The model is not trained yet; call `model.train()` first.")
+
+    # -- inference ------------------------------------------------------------------------
+    def get_latent_representation(self, adata: Any | None = None, *, key_added: str | None = None,
+                                  device: str | None = None) -> np.ndarray:
+        """Cell embeddings from the trained head (cells x latent, float32; latent = the gene
+        vectors' width d with the default residual adapter).
+
+        ``adata`` defaults to the training data; it may have other genes (matched through
+        the gene vectors). With ``key_added`` (e.g. ``"X_scelmo_finetuned"`` or
+        ``"X_scelmo_integrated"``) the result is also stored in ``adata.obsm[key_added]``.
+        """
+        self._require_trained()
+        target = self.adata if adata is None else adata
+        X, names, E = self.get_expression(target)
+        extra = {"gene_names": names} if _accepts(self.head.transform, "gene_names") else {}
+        z = np.asarray(self.head.transform(X, gene_vectors=E, device=device, **extra), dtype=np.float32)
+        if key_added:
+            target.obsm[key_added] = z
+            provenance.record(target, "latent", {"head": self.head_name, "key_added": key_added, "dim": z.shape[1]})
+        return z
+
+    def predict(self, adata: Any | None = None, *, method: str = "knn", return_probabilities: bool = False,
+                k: int | None = None, key_added: str | None = None, device: str | None = None) -> Any:
+        """Predicted labels (annotation head).
+
+        Parameters
+        ----------
+        method
+            ``"knn"``: majority label of the ``k`` (default 10) cosine-nearest training
+            cells in the learned space; ``"classifier"``: the head's classifier; ``"auto"``:
+            whichever of the two scored better on the head's validation cells.
+        return_probabilities
+            Return a DataFrame (cells x classes) of classifier probabilities, or of the
+            neighbours' vote shares for ``"knn"``, instead of labels.
+        key_added
+            Also write ``adata.obs[key_added]`` (e.g. ``"scelmo_label"``) and
+            ``adata.obs[key_added + "_score"]`` (the winning probability / vote share).
+        """
+        import pandas as pd
+
+        self._require_trained()
+        if method not in ("knn", "classifier", "auto"):
+            raise InputError(f"method must be 'knn', 'classifier' or 'auto', got {method!r}.")
+        if not hasattr(self.head, "predict_knn"):
+            raise ScelmoError(f"The {self.head_name!r} head does not predict labels; use the 'annotation' head.")
+        if method == "auto":  # the head's choice on its validation cells
+            method = getattr(self.head, "best_method", "knn")
+        target = self.adata if adata is None else adata
+        classes = list(self.head.classes)
+        if method == "classifier":
+            X, names, E = self.get_expression(target)
+            extra = {"gene_names": names} if _accepts(self.head.predict_proba, "gene_names") else {}
+            probs = np.asarray(self.head.predict_proba(X, gene_vectors=E, device=device, **extra))
+        else:
+            z = self.get_latent_representation(target, device=device)
+            probs = self.head.knn_fractions(z, k=k)
+        labels = np.asarray(classes, dtype=object)[probs.argmax(1)].astype(str)
+        if key_added:
+            target.obs[key_added] = pd.Categorical(labels, categories=classes)
+            target.obs[f"{key_added}_score"] = probs.max(1).astype(np.float32)
+            provenance.record(target, "predict", {"head": self.head_name, "method": method, "key_added": key_added})
+        if return_probabilities:
+            return pd.DataFrame(probs, index=target.obs_names, columns=classes)
+        return labels
+
+    def predict_perturbation(self, adata: Any | None = None, perturbation: str | Any = None, *,
+                             mean: bool = False, device: str | None = None) -> Any:
+        """Predicted expression of (control) cells under a perturbation (perturbation head).
+
+        Parameters
+        ----------
+        adata
+            Control cells; default the training data. Must hold every training gene
+            (matched by name; other genes are ignored).
+        perturbation
+            One name for all cells (``"KLF1"``, ``"KLF1+CEBPA"`` for a combination) or one
+            per cell. Each component needs a vector: seen in training, a measured gene
+            (its gene vector), or given through ``perturbation_embeddings``.
+        mean
+            Return the mean over cells (a Series by gene) instead of the cells x genes
+            prediction.
+
+        Returns
+        -------
+        A DataFrame (cells x training genes, log-normalised expression) or, with
+        ``mean=True``, a Series by gene.
+        """
+        import pandas as pd
+
+        self._require_trained()
+        if not hasattr(self.head, "predict_mean"):
+            raise ScelmoError(f"The {self.head_name!r} head does not predict perturbations; use head='perturbation'.")
+        if perturbation is None:
+            raise InputError("Say which perturbation to predict, e.g. predict_perturbation(ctrl, 'KLF1+CEBPA').")
+        target = self.adata if adata is None else adata
+        X, names, _ = self.get_expression(target)
+        pos = {n: i for i, n in enumerate(names)}
+        missing = [g for g in self.train_genes if g not in pos]
+        if missing:
+            raise InputError(
+                f"{len(missing)} of the model's {len(self.train_genes)} genes are missing from the data "
+                f"(e.g. {', '.join(missing[:5])}); the perturbation head needs all of them."
+            )
+        cols = np.array([pos[g] for g in self.train_genes])
+        X = X[:, cols]
+        pred = np.asarray(self.head.predict(X, perturbation, device=device), dtype=np.float32)
+        provenance.record(target, "predict_perturbation", {
+            "head": self.head_name, "perturbation": perturbation if isinstance(perturbation, str) else "per cell",
+            "n_cells": int(X.shape[0]),
+        })
+        if mean:
+            return pd.Series(pred.mean(axis=0, dtype=np.float64), index=self.train_genes, name=str(perturbation))
+        return pd.DataFrame(pred, index=target.obs_names, columns=self.train_genes)
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the model to a directory (appears atomically).
+
+        Contents: ``model.json`` (format, head name and options, setup, the training
+        genes, label classes, training settings, SHA-256 of the gene-vector matrix),
+        ``head/`` (weights and the head's own state) and ``gene_embeddings/`` (the gene
+        table, checksummed; see :meth:`GeneEmbeddings.save`).
+        """
+
+        self._require_trained()
+        path = Path(path)
+        with atomic_dir(path, overwrite=overwrite) as tmp:
+            self.head.save_state(tmp / HEAD_DIR)
+            self.gene_table.save(tmp / GENES_DIR, overwrite=True)
+            info = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "scelmo_version": __version__,
+                "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "head": self.head_name,
+                "head_options": self.head.options.model_dump(mode="json"),
+                "setup": asdict(self.setup),
+                "train_genes": self.train_genes,
+                "classes": list(getattr(self.head, "classes", []) or []),
+                "gene_embeddings_sha256": _sha256_array(self.gene_table.vectors),
+                "gene_embeddings_manifest": self.gene_table.manifest,
+                "train": self.train_info,
+            }
+            (tmp / MODEL_FILE).write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, adata: Any | None = None) -> Model:
+        """Load a model saved by :meth:`save`, bound to ``adata`` (optional: query data).
+
+        ``adata`` is registered with the saved setup unless it already was. The gene
+        table's checksums are verified.
+        """
+
+        path = Path(path)
+        mfile = path / MODEL_FILE
+        if not mfile.is_file():
+            raise ScelmoError(f"{path} is not a saved scelmo model (no {MODEL_FILE}).")
+        info = json.loads(mfile.read_text(encoding="utf-8"))
+        if info.get("format") != FORMAT or int(info.get("format_version", 0)) > FORMAT_VERSION:
+            raise ScelmoError(f"{path}: unsupported model format {info.get('format')!r} v{info.get('format_version')}.")
+        table = GeneEmbeddings.load(path / GENES_DIR)
+        if _sha256_array(table.vectors) != info.get("gene_embeddings_sha256"):
+            raise ScelmoError(f"{path}: the gene table does not match the checksum in {MODEL_FILE}; the model is corrupt.")
+        head_cls = plugins.heads.get(info["head"])
+        head = head_cls.load_state(path / HEAD_DIR)
+        setup = AnnDataSetup(**info.get("setup", {}))
+        self = cls.__new__(cls)
+        self.setup = setup
+        self.head_name = info["head"]
+        self.head = head
+        self.gene_table = table
+        self.is_trained = True
+        self.train_info = dict(info.get("train", {}))
+        self.train_genes = list(info.get("train_genes", []))
+        self.adata = adata
+        if adata is not None and _setup_of(adata) is None:
+            _remember(adata, setup)
+        return self
+
+    def __repr__(self) -> str:
+        state = "trained" if self.is_trained else "not trained"
+        n = getattr(self.adata, "n_obs", "?")
+        return f"scelmo.Model(head={self.head_name!r}, {state}, genes={len(self.gene_table)} x {self.gene_table.dim}, cells={n})"
+
+
+def _accepts(func: Any, name: str) -> bool:
+    """Whether ``func`` takes the keyword ``name`` (heads written before it existed do not)."""
+
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _lookup_names(adata: Any, names: list[str]) -> list[str]:
+    """Look-up key per matrix column: ``var["scelmo_symbol"]`` where known, else the name."""
+    if keys.GENE_SYMBOL not in adata.var:
+        return names
+    sym = dict(zip(map(str, adata.var_names), adata.var[keys.GENE_SYMBOL].astype(str), strict=True))
+    return [sym.get(n) or n for n in names]
+
+
+def _table_from_varm(adata: Any) -> GeneEmbeddings | None:
+    """A gene table from ``adata.varm["scelmo"]`` (genes with a vector, by symbol)."""
+    if keys.GENE_EMBEDDING not in adata.varm:
+        return None
+    vec = np.asarray(adata.varm[keys.GENE_EMBEDDING], dtype=np.float32)
+    names = _lookup_names(adata, [str(v) for v in adata.var_names])
+    has = np.abs(vec).sum(1) > 0
+    seen: set[str] = set()
+    rows, genes = [], []
+    for i, (g, h) in enumerate(zip(names, has, strict=True)):
+        if h and g and g.upper() not in seen:
+            seen.add(g.upper())
+            rows.append(i)
+            genes.append(g)
+    manifest = dict((adata.uns.get(keys.PROVENANCE, {}) or {}).get("embed_genes", {}) or {})
+    manifest = {k: v for k, v in manifest.items() if isinstance(v, str | int | float)}
+    return GeneEmbeddings(genes, vec[rows] if rows else np.zeros((0, vec.shape[1]), np.float32), manifest)

@@ -1,0 +1,402 @@
+"""Base classes of plugin components.
+
+Each component has a ``name``, a nested pydantic ``Options`` model that forbids
+unknown keys, and one or two abstract methods. Batching, caching, validation and
+progress live here, so a plugin implements only the part that is specific to it:
+
+=====================  =========================================  ==========================
+base class             plugin implements                          base class provides
+=====================  =========================================  ==========================
+:class:`KnowledgeSource`  ``describe(genes)`` (+ ``vocabulary()``)   -
+:class:`Provider`      ``complete(prompts)``                      -
+:class:`TextEmbedder`  ``embed_batch(texts)``                     cache, batching, checks,
+                                                                  progress (``embed``)
+:class:`Aggregator`    ``aggregate_chunk(chunk, prepared)``       row chunking of CSR/CSC/
+                                                                  dense/backed data, empty-
+                                                                  cell handling, coverage
+:class:`TaskHead`      ``fit`` / ``predict``                      -
+=====================  =========================================  ==========================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from scelmo.errors import ConfigError
+from scelmo.expression import aggregation
+from scelmo.expression.aggregation import (
+    AggregationResult,
+    BlockPlan,
+)
+from scelmo.llm.calls import RetryPolicy, run_calls, with_retries
+from scelmo.llm.embedding_loop import embed_cached
+from scelmo.redact import is_secret_name, mask
+
+if TYPE_CHECKING:
+    from scelmo.genes import GeneVocabulary
+    from scelmo.llm.cache import Cache
+
+
+class ComponentOptions(BaseModel):
+    """Options of a component; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Component(ABC):  # noqa: B024 - abstract methods live in the subclasses
+    """Common base: a ``name`` and validated ``Options``."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "component"
+    #: Whether using this component sends data over the network.
+    requires_network: ClassVar[bool] = False
+    Options: ClassVar[type[ComponentOptions]] = ComponentOptions
+
+    def __init__(self, **options: Any) -> None:
+        try:
+            self.options = self.Options(**options)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '<options>'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            allowed = ", ".join(self.Options.model_fields) or "none"
+            raise ConfigError(
+                f"Invalid options for {self.kind} {self.name!r}: {problems}. "
+                f"Allowed options: {allowed}."
+            ) from None
+
+    def describe_self(self) -> dict[str, str | int | float]:
+        """Provenance of this component: strings and numbers only, secrets left out or masked."""
+
+        out: dict[str, str | int | float] = {"name": self.name}
+        for key, value in self.options.model_dump().items():
+            if isinstance(value, str | int | float) and not is_secret_name(key):
+                out[key] = mask(value)
+        return out
+
+
+class ModelComponent(Component):  # noqa: B024 - abstract methods live in the subclasses
+    """A component serving a role's model string (``model`` is the part after ``name/``)."""
+
+    def __init__(self, model: str = "", **options: Any) -> None:
+        super().__init__(**options)
+        self.model = model
+
+    @property
+    def model_id(self) -> str:
+        """Identifies what this component produces (provenance, messages)."""
+        return f"{self.name}/{self.model}" if self.model and self.model != self.name else self.name
+
+    @property
+    def cache_key(self) -> str:
+        """Who answers, as the cache names it (never a secret).
+
+        ``model_id`` by default. A component whose answers also depend on where it sends
+        requests or on options (an endpoint, ``max_tokens``, ``dimensions``...) must
+        override it so that a different endpoint or option never reuses another's answers.
+        """
+        return self.model_id
+
+    @property
+    def legacy_cache_keys(self) -> tuple[str, ...]:
+        """Keys older versions stored this component's answers under (a bare model id, no
+        endpoint); the cache re-keys such entries to :attr:`cache_key` on first use."""
+        return ()
+
+    def retry_policy(self) -> Any:
+        """How calls of this component are retried: its ``options`` (:class:`RemoteOptions`) or the defaults."""
+
+        make = getattr(self.options, "retry_policy", None)
+        return make() if make is not None else RetryPolicy()
+
+
+# --------------------------------------------------------------------------- knowledge
+class KnowledgeSource(ModelComponent):
+    """Writes a short text about each gene (offline table, database, ...)."""
+
+    kind = "knowledge source"
+    #: A version string that changes whenever the texts could change (cache key).
+    version: ClassVar[str] = "0"
+
+    @abstractmethod
+    def describe(self, genes: Sequence[str]) -> dict[str, str]:
+        """Texts for the given (resolved) gene symbols; genes it knows nothing of are omitted."""
+
+    def vocabulary(self) -> GeneVocabulary | None:
+        """Gene-name vocabulary (aliases, Ensembl IDs, orthologs) for resolving names."""
+        return None
+
+    def phrases(self, genes: Sequence[str]) -> dict[str, list[str]]:
+        """Short statements of what each gene does (processes, pathways), used to derive
+        marker genes for cell-type names. Default: the description cut into clauses."""
+        return {g: split_phrases(t) for g, t in self.describe(genes).items()}
+
+
+_PHRASE_SPLIT = re.compile(r"[;.]\s+|\.$")
+
+
+def split_phrases(text: str) -> list[str]:
+    """A description cut into its clauses (GO terms, pathways, sentences)."""
+    return [p.strip() for p in _PHRASE_SPLIT.split(text or "") if 3 <= len(p.strip()) <= 300]
+
+
+# --------------------------------------------------------------------------- LLM provider
+@dataclass
+class Completion:
+    """One answer of a :class:`Provider`, with what it used (``cost`` in USD, ``None``: unknown)."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = 0.0
+
+
+class RemoteOptions(ComponentOptions):
+    """Options shared by components that call a remote service."""
+
+    #: Requests in flight at once.
+    concurrency: int = Field(8, ge=1, le=1024)
+    #: Seconds one request may take in all (a total deadline, not per read) before it is
+    #: abandoned (and retried).
+    timeout: float = Field(60.0, gt=0)
+    #: Extra attempts on rate limits, 5xx, timeouts and connection errors.
+    retries: int = Field(5, ge=0, le=100)
+    #: First backoff delay in seconds (doubles per attempt, with full jitter).
+    backoff: float = Field(0.5, ge=0)
+    #: Longest single wait between attempts, in seconds.
+    max_backoff: float = Field(30.0, ge=0)
+
+    def retry_policy(self) -> Any:
+        return RetryPolicy(retries=self.retries, base_delay=self.backoff, max_delay=self.max_backoff,
+                           timeout=self.timeout)
+
+
+class Provider(ModelComponent):
+    """Generates text with a language model (the ``describe`` role when it is an LLM).
+
+    Plugins implement one async call, :meth:`acomplete`. Concurrency, retries, the
+    cache, cost accounting and answer checks are done by :mod:`scelmo.describe`
+    (and :mod:`scelmo.llm.calls`) for every provider alike.
+    """
+
+    kind = "LLM provider"
+    requires_network = True
+    Options = RemoteOptions
+
+    @abstractmethod
+    async def acomplete(self, prompt: str, *, system: str | None = None) -> Completion:
+        """One completion. Raise :class:`~scelmo.errors.TransientProviderError` for
+        failures worth retrying, :class:`~scelmo.errors.ProviderError` otherwise."""
+
+    def count_tokens(self, prompt: str, *, system: str | None = None) -> int:
+        """Prompt tokens of one request (for estimates); a rough 4-characters rule by default."""
+        return max(1, (len(prompt) + len(system or "")) // 4)
+
+    def expected_completion_tokens(self) -> int:
+        """Completion tokens to expect per answer (for estimates)."""
+        return int(getattr(self.options, "max_tokens", None) or 300)
+
+    def price(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """Cost in USD of that many tokens; ``None`` when unknown."""
+        return None
+
+    def complete(self, prompts: Sequence[str], *, system: str | None = None) -> list[str]:
+        """One completion per prompt, in order (no cache; see :func:`scelmo.describe.describe`)."""
+
+        out: dict[int, str] = {}
+        policy = self.retry_policy()
+        run_calls(
+            list(range(len(prompts))),
+            lambda i: with_retries(lambda: self.acomplete(prompts[i], system=system), policy, label=self.model_id),
+            on_result=lambda i, c: out.__setitem__(i, c.text),
+            concurrency=int(getattr(self.options, "concurrency", 8)),
+        )
+        return [out[i] for i in range(len(prompts))]
+
+
+# --------------------------------------------------------------------------- embedders
+class EmbedderOptions(ComponentOptions):
+    batch_size: int = Field(32, ge=1)
+
+
+@dataclass
+class EmbeddingBatch:
+    """What one remote embedding request returned."""
+
+    vectors: np.ndarray
+    prompt_tokens: int = 0
+    cost: float | None = 0.0
+
+
+class TextEmbedder(ModelComponent):
+    """Turns texts into fixed-length vectors.
+
+    Subclasses implement :meth:`embed_batch` (local models) or the async
+    :meth:`aembed_batch` (remote services: batches then run ``options.concurrency``
+    at a time, with retries); callers use :meth:`embed`, which deduplicates, serves
+    what it can from the cache, embeds the rest in batches (committing each batch to
+    the cache as it arrives), checks every result and shows progress.
+    """
+
+    kind = "text embedder"
+    Options = EmbedderOptions
+
+    def embed_batch(self, texts: list[str]) -> np.ndarray:
+        """Vectors for ``texts``: a ``(len(texts), d)`` float array, in order."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither embed_batch nor aembed_batch")
+
+    async def aembed_batch(self, texts: list[str]) -> EmbeddingBatch:
+        """Async variant for remote services; the default runs :meth:`embed_batch`."""
+        return EmbeddingBatch(np.asarray(self.embed_batch(texts), dtype=np.float32))
+
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """Tokens the texts would use (for estimates); a rough 4-characters rule by default."""
+        return sum(max(1, len(t) // 4) for t in texts)
+
+    def price(self, prompt_tokens: int) -> float | None:
+        """Cost in USD of embedding that many tokens (0 for local models; ``None``: unknown)."""
+        return None if self.requires_network else 0.0
+
+    @property
+    def is_async(self) -> bool:
+        return type(self).aembed_batch is not TextEmbedder.aembed_batch
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        cache: Cache | None = None,
+        progress: bool | None = None,
+        desc: str = "embedding texts",
+        budget: Any = None,
+    ) -> np.ndarray:
+        """Vectors for ``texts`` (float32, ``(len(texts), d)``), using and filling ``cache``.
+
+        Deduplicates, serves what it can from ``cache``, embeds the rest in batches
+        (each committed to the cache as it arrives), checks every result and shows
+        progress: :func:`scelmo.llm.embedding_loop.embed_cached` does the work.
+        ``budget`` (a :class:`scelmo.llm.calls.Budget`) stops a remote run before it would
+        exceed a cost limit; everything embedded up to then is cached.
+        """
+        return embed_cached(self, texts, cache=cache, progress=progress, desc=desc, budget=budget)
+
+
+# --------------------------------------------------------------------------- aggregators
+class Aggregator(Component):
+    """Combines gene vectors into cell vectors, weighted by expression.
+
+    Subclasses implement :meth:`aggregate_chunk` on one block of rows (a float32
+    CSR matrix or a float32 ndarray). :meth:`aggregate` streams the rows of any
+    supported matrix through it in bounded memory
+    (:mod:`scelmo.expression.aggregation` runs the loop).
+    """
+
+    kind = "aggregator"
+    #: Whether :meth:`prepare` accepts ``precision="bfloat16"`` (half-size gene vectors).
+    supports_bfloat16: ClassVar[bool] = False
+    #: Whether :meth:`prepare` wants ``context=`` (an
+    #: :class:`~scelmo.expression.aggregation.AggregationContext`: gene names, settings).
+    needs_context: ClassVar[bool] = False
+
+    def prepare(self, embedding: np.ndarray, **options: Any) -> Any:
+        """Pre-process the genes x d matrix once (e.g. re-lay it for a fast kernel).
+
+        Whatever it returns is handed to every :meth:`aggregate_chunk` call as ``prepared``.
+        ``options`` may hold ``precision`` (with ``supports_bfloat16``) and ``context``
+        (with ``needs_context``); keep anything the chunks need in the returned object,
+        not on ``self``: one aggregator may serve several plans.
+        """
+        return embedding
+
+    @abstractmethod
+    def aggregate_chunk(self, chunk: Any, prepared: Any, *, n_genes: int) -> np.ndarray:
+        """Cells x d vectors for one row block. ``n_genes`` is the number of columns of X."""
+
+    def row_weights(self, chunk: Any, n_genes: int) -> np.ndarray | None:
+        """Per-cell weights ``w`` when the aggregator is linear, ``C = diag(w) X E``; else ``None``.
+
+        Linear aggregators can embed per-gene centred input without densifying it
+        (``diag(w) (X - 1 mu^T) E = diag(w) X E - w (mu^T E)``); others cannot.
+        """
+        return None
+
+    @property
+    def linear(self) -> bool:
+        """Whether this aggregator defines :meth:`row_weights` (can embed centred input)."""
+        return type(self).row_weights is not Aggregator.row_weights
+
+    def plan(
+        self,
+        embedding: np.ndarray,
+        *,
+        genes: Sequence[str] | None = None,
+        settings: Any = None,
+        l2_normalize: bool = False,
+        normalize: bool = False,
+        columns: np.ndarray | None = None,
+        center: np.ndarray | None = None,
+        scale: np.ndarray | None = None,
+        precision: str = "float32",
+    ) -> BlockPlan:
+        """Everything a row block needs, prepared once (:func:`scelmo.expression.aggregation.plan`)."""
+        return aggregation.plan(self, embedding, genes=genes, settings=settings, l2_normalize=l2_normalize,
+                                normalize=normalize, columns=columns, center=center, scale=scale,
+                                precision=precision)
+
+    def aggregate(
+        self,
+        matrix: Any,
+        embedding: np.ndarray,
+        *,
+        chunk_size: int = 10_000,
+        progress: bool | None = None,
+        out: np.ndarray | None = None,
+        genes: Sequence[str] | None = None,
+        settings: Any = None,
+        l2_normalize: bool = False,
+        normalize: bool = False,
+        columns: np.ndarray | None = None,
+        center: np.ndarray | None = None,
+        scale: np.ndarray | None = None,
+        precision: str = "float32",
+    ) -> AggregationResult:
+        """Stream ``matrix`` (cells x genes) in row chunks through :meth:`aggregate_chunk`.
+
+        The loop, the input transform and every option are described in
+        :func:`scelmo.expression.aggregation.aggregate`, which does the work.
+        """
+        return aggregation.aggregate(self, matrix, embedding, chunk_size=chunk_size, progress=progress, out=out,
+                                     genes=genes, settings=settings, l2_normalize=l2_normalize,
+                                     normalize=normalize, columns=columns, center=center, scale=scale,
+                                     precision=precision)
+
+
+# --------------------------------------------------------------------------- prompts
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A named, versioned prompt; ``{item}`` is replaced by the gene / cell type / drug."""
+
+    name: str
+    version: str
+    template: str
+    subject: str = "gene"
+    system: str | None = None
+    description: str = field(default="", compare=False)
+
+    @property
+    def hash(self) -> str:
+        """Changes whenever the text sent to the model could change (cache key, provenance)."""
+        payload = "\x1f".join([self.name, self.version, self.template, self.system or ""])
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def render(self, item: str) -> str:
+        return self.template.format(item=item)

@@ -1,0 +1,400 @@
+"""Plugins: lazy loading of ``scelmo`` entry points and typed registries of their components.
+
+Plugins are discovered through the ``scelmo`` entry-point group, first-party ones
+included. Nothing is imported until a component is looked up (or the CLI starts).
+A plugin that fails to import, or whose hook raises, is skipped with a
+:class:`~scelmo.errors.PluginWarning` that names it; with ``plugins.strict = true``
+(or ``SCELMO_STRICT_PLUGINS=1``) it raises :class:`~scelmo.errors.PluginError`.
+
+``SCELMO_LOAD_PLUGINS`` limits which entry points load: a comma-separated list of
+entry-point names (``"local,zeroshot"``); an empty string loads none.
+
+There is one :class:`Registry` per component kind (:data:`REGISTRIES`). Look-ups fill a
+registry on first use by calling its hook on every plugin; an unknown name raises
+:class:`~scelmo.errors.UnknownComponentError` listing close matches.
+"""
+
+
+from __future__ import annotations
+
+import difflib
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from importlib import metadata
+from typing import Any, Generic, TypeVar
+
+import pluggy
+
+from scelmo.config import get_settings
+from scelmo.errors import PluginError, PluginWarning, UnknownComponentError
+from scelmo.plugin import hookspecs
+from scelmo.plugin.components import (
+    Aggregator,
+    KnowledgeSource,
+    PromptTemplate,
+    Provider,
+    TextEmbedder,
+)
+from scelmo.plugin.heads import TaskHead
+
+T = TypeVar("T")
+
+# -- registries ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    """One registered component."""
+
+    name: str
+    obj: T
+    kind: str
+    plugin: str
+    distribution: str
+    aliases: tuple[str, ...] = field(default=())
+    catch_all: bool = False
+
+    @property
+    def description(self) -> str:
+        doc = getattr(self.obj, "__doc__", None) or ""
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+class Registry(Generic[T]):
+    """Components of one kind (``"aggregator"``, ``"embedder"``, ...), by name.
+
+    Parameters
+    ----------
+    kind
+        Human-readable kind, used in messages.
+    hook
+        Name of the hook that fills this registry (``"register_aggregators"``).
+    base
+        Class every registered object must subclass (or be an instance of, for
+        instance registries such as prompts).
+    instances
+        Whether the hook registers instances rather than classes.
+    """
+
+    def __init__(self, kind: str, hook: str, base: type, *, instances: bool = False) -> None:
+        self.kind = kind
+        self.hook = hook
+        self.base = base
+        self.instances = instances
+        self._entries: dict[str, Entry[T]] = {}
+        self._aliases: dict[str, str] = {}
+        self._filled = False
+
+    # -- filling -----------------------------------------------------------------
+    def add(
+        self,
+        obj: T,
+        *,
+        name: str | None = None,
+        aliases: tuple[str, ...] | list[str] = (),
+        catch_all: bool = False,
+        plugin: str = "<runtime>",
+        distribution: str = "",
+    ) -> None:
+        """Register ``obj`` (usually called through a hook's ``register`` callback)."""
+        ok = isinstance(obj, self.base) if self.instances else (
+            isinstance(obj, type) and issubclass(obj, self.base)
+        )
+        if not ok:
+            what = "an instance" if self.instances else "a subclass"
+            raise PluginError(
+                f"Plugin {plugin!r} registered {obj!r} as a {self.kind}, but it is not "
+                f"{what} of {self.base.__module__}.{self.base.__qualname__}."
+            )
+        name = name or getattr(obj, "name", None)
+        if not name:
+            raise PluginError(f"Plugin {plugin!r} registered a {self.kind} without a name.")
+        key = name.lower()
+        if key in self._entries and self._entries[key].obj is not obj:
+            prev = self._entries[key]
+            raise PluginError(
+                f"{self.kind} {name!r} is registered twice: by plugin {prev.plugin!r} and by "
+                f"{plugin!r}. Uninstall one of them or limit loading with SCELMO_LOAD_PLUGINS."
+            )
+        self._entries[key] = Entry(
+            name=name,
+            obj=obj,
+            kind=self.kind,
+            plugin=plugin,
+            distribution=distribution,
+            aliases=tuple(aliases),
+            catch_all=catch_all,
+        )
+        for alias in aliases:
+            self._aliases[alias.lower()] = key
+
+    def remove(self, name: str) -> None:
+        """Forget a component (for tests)."""
+        key = name.lower()
+        self._entries.pop(key, None)
+        self._aliases = {a: k for a, k in self._aliases.items() if k != key}
+
+    def remove_plugin(self, plugin: str) -> None:
+        """Forget everything ``plugin`` registered."""
+        for entry in [e for e in self._entries.values() if e.plugin == plugin]:
+            self.remove(entry.name)
+
+    @property
+    def filled(self) -> bool:
+        """Whether the plugins' hooks have already run for this registry."""
+        return self._filled
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._aliases.clear()
+        self._filled = False
+
+    def _ensure_filled(self) -> None:
+        if not self._filled:
+            self._filled = True
+            fill_registry(self)
+
+    # -- look-up -----------------------------------------------------------------
+    def names(self) -> list[str]:
+        self._ensure_filled()
+        return sorted(e.name for e in self._entries.values())
+
+    def entries(self) -> list[Entry[T]]:
+        self._ensure_filled()
+        return sorted(self._entries.values(), key=lambda e: e.name)
+
+    def __iter__(self) -> Iterator[Entry[T]]:
+        return iter(self.entries())
+
+    def __contains__(self, name: str) -> bool:
+        self._ensure_filled()
+        key = name.lower()
+        return key in self._entries or key in self._aliases
+
+    def entry(self, name: str) -> Entry[T]:
+        """The entry registered as ``name`` (or an alias of it)."""
+        self._ensure_filled()
+        key = name.lower()
+        key = self._aliases.get(key, key)
+        if key in self._entries:
+            return self._entries[key]
+        raise self._unknown(name)
+
+    def get(self, name: str) -> T:
+        """The component registered as ``name``."""
+        return self.entry(name).obj
+
+    def resolve_model(self, model: str) -> tuple[Entry[T], str]:
+        """Find the component serving a model string such as ``"local/minilm"``.
+
+        Tries, in order: the whole string as a registered name, its ``prefix/`` as a
+        registered name (the rest is the model within that component), then a
+        catch-all component. Returns the entry and the model string to hand it.
+        """
+        self._ensure_filled()
+        if model in self:
+            return self.entry(model), model
+        prefix, sep, rest = model.partition("/")
+        if sep and prefix in self:
+            return self.entry(prefix), rest
+        catch_alls = [e for e in self._entries.values() if e.catch_all]
+        if catch_alls:
+            return catch_alls[0], model
+        raise self._unknown(model)
+
+    def _unknown(self, name: str) -> UnknownComponentError:
+        known = sorted({e.name for e in self._entries.values()} | set(self._aliases))
+        close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        listing = ", ".join(sorted(e.name for e in self._entries.values())) or "none"
+        return UnknownComponentError(
+            f"Unknown {self.kind} {name!r}.{hint} Available: {listing}. "
+            "Run `scelmo plugins` to see what is installed."
+        )
+
+    def create(self, name: str, /, **options: Any) -> Any:
+        """Instantiate the component class registered as ``name`` with ``options``."""
+        cls = self.get(name)
+        return cls(**options)  # type: ignore[operator]
+
+
+# -- the plugin manager -------------------------------------------------------
+ENTRY_POINT_GROUP = "scelmo"
+
+
+@dataclass
+class PluginInfo:
+    """What ``scelmo plugins`` shows for one plugin."""
+
+    name: str
+    distribution: str
+    version: str
+    module: str
+    error: str | None = None
+
+
+class _State:
+    pm: pluggy.PluginManager | None = None
+    infos: dict[str, PluginInfo] = {}
+    loaded = False
+
+
+_state = _State()
+
+
+def _strict() -> bool:
+    env = os.environ.get("SCELMO_STRICT_PLUGINS")
+    if env is not None:
+        return env.strip().lower() in {"1", "true", "yes", "on"}
+    try:
+        return bool(get_settings().plugins.strict)
+    except Exception:  # a broken config must not break plugin loading
+        return False
+
+
+def _report_failure(name: str, exc: BaseException, what: str) -> None:
+    message = (
+        f"scelmo plugin {name!r} failed to {what} and was skipped: "
+        f"{type(exc).__name__}: {exc}. Fix or uninstall it, or exclude it with "
+        "SCELMO_LOAD_PLUGINS."
+    )
+    if _strict():
+        raise PluginError(message) from exc
+    warnings.warn(message, PluginWarning, stacklevel=3)
+
+
+def _allowed() -> set[str] | None:
+    raw = os.environ.get("SCELMO_LOAD_PLUGINS")
+    if raw is None:
+        return None
+    return {p.strip() for p in raw.split(",") if p.strip()}
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, loading entry points on first use."""
+    if _state.pm is None:
+        pm = pluggy.PluginManager(hookspecs.PROJECT)
+        pm.add_hookspecs(hookspecs)
+        _state.pm = pm
+    if not _state.loaded:
+        _state.loaded = True
+        _load_entry_points(_state.pm)
+    return _state.pm
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    allowed = _allowed()
+    eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+    for ep in eps:
+        if allowed is not None and ep.name not in allowed:
+            continue
+        if pm.has_plugin(ep.name):
+            continue
+        dist = ep.dist.name if ep.dist is not None else ""
+        version = ep.dist.version if ep.dist is not None else ""
+        info = PluginInfo(name=ep.name, distribution=dist, version=version, module=ep.value)
+        _state.infos[ep.name] = info
+        try:
+            module = ep.load()
+            pm.register(module, name=ep.name)
+        except Exception as exc:  # noqa: BLE001 - any failure must be isolated
+            info.error = f"{type(exc).__name__}: {exc}"
+            _report_failure(ep.name, exc, "load")
+
+
+def register_plugin(obj: Any, name: str, *, distribution: str = "<runtime>") -> None:
+    """Register a plugin object at run time (tests, notebooks)."""
+    pm = get_plugin_manager()
+    pm.register(obj, name=name)
+    _state.infos[name] = PluginInfo(name=name, distribution=distribution, version="", module=repr(obj))
+    for reg in REGISTRIES.values():
+        if reg.filled:
+            _fill_from(reg, name, obj)
+
+
+def unregister_plugin(name: str) -> None:
+    """Remove a run-time plugin and everything it registered."""
+    pm = get_plugin_manager()
+    plugin = pm.get_plugin(name)
+    if plugin is not None:
+        pm.unregister(plugin, name=name)
+    _state.infos.pop(name, None)
+    for reg in REGISTRIES.values():
+        reg.remove_plugin(name)
+
+
+def plugin_infos() -> list[PluginInfo]:
+    """Every plugin seen, loaded or failed."""
+    get_plugin_manager()
+    return sorted(_state.infos.values(), key=lambda i: i.name)
+
+
+def _fill_from(registry: Registry, plugin_name: str, plugin: Any) -> None:
+    impl = getattr(plugin, registry.hook, None)
+    if impl is None:
+        return
+    info = _state.infos.get(plugin_name)
+    register = partial(
+        registry.add, plugin=plugin_name, distribution=info.distribution if info else ""
+    )
+    try:
+        impl(register=register)
+    except PluginError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        if info is not None:
+            info.error = f"{registry.hook}: {type(exc).__name__}: {exc}"
+        _report_failure(plugin_name, exc, f"run {registry.hook}")
+
+
+def fill_registry(registry: Registry) -> None:
+    """Call ``registry.hook`` on every plugin, one at a time (errors are isolated)."""
+    pm = get_plugin_manager()
+    hook = getattr(pm.hook, registry.hook)
+    for impl in reversed(hook.get_hookimpls()):  # registration order
+        _fill_from(registry, impl.plugin_name, impl.plugin)
+
+
+def add_commands(cli: Any) -> None:
+    """Let every plugin add CLI commands once (a failing plugin is skipped with a warning)."""
+    if getattr(cli, "_scelmo_plugin_commands", False):
+        return
+    cli._scelmo_plugin_commands = True
+    pm = get_plugin_manager()
+    for impl in reversed(pm.hook.register_commands.get_hookimpls()):
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:  # noqa: BLE001
+            _report_failure(impl.plugin_name, exc, "add its commands")
+
+
+def reset() -> None:
+    """Forget every loaded plugin and registered component (for tests)."""
+    _state.pm = None
+    _state.infos = {}
+    _state.loaded = False
+    for reg in REGISTRIES.values():
+        reg.clear()
+
+
+def _make_registries() -> dict[str, Registry]:
+    return {
+        "knowledge_source": Registry("knowledge source", "register_knowledge_sources", KnowledgeSource),
+        "provider": Registry("LLM provider", "register_providers", Provider),
+        "embedder": Registry("text embedder", "register_embedders", TextEmbedder),
+        "aggregator": Registry("aggregator", "register_aggregators", Aggregator),
+        "head": Registry("task head", "register_heads", TaskHead),
+        "prompt": Registry("prompt", "register_prompts", PromptTemplate, instances=True),
+    }
+
+
+REGISTRIES: dict[str, Registry] = _make_registries()
+knowledge_sources: Registry = REGISTRIES["knowledge_source"]
+providers: Registry = REGISTRIES["provider"]
+embedders: Registry = REGISTRIES["embedder"]
+aggregators: Registry = REGISTRIES["aggregator"]
+heads: Registry = REGISTRIES["head"]
+prompts: Registry = REGISTRIES["prompt"]

@@ -1,0 +1,362 @@
+"""Zero-shot cell-type annotation: kNN label transfer and text-prompt matching.
+
+Exposed as :func:`scelmo.tl.annotate`.
+
+* **Reference transfer** (the paper's zero-shot annotation): each query cell takes the
+  majority label of its ``k`` (default 10) nearest reference cells by cosine distance
+  on the scelmo embedding. Score = fraction of those neighbours that carry the label.
+* **Text prompts, from gene knowledge** (``method="markers"``, the default): each
+  candidate cell type's text is compared with every phrase of every gene's description
+  (GO processes, pathways, the gene's name...) by the same text embedder; a gene's
+  affinity to a type is its best phrase's cosine, and the genes most specific to a type
+  among the candidates (plus genes the name itself mentions, e.g. CD14 in "CD14+
+  monocyte") become its marker set (:func:`knowledge_markers`). Cells are scored on each
+  marker set (:func:`scanpy.tl.score_genes`, standardised per type) and each cluster of
+  the scelmo embedding takes the type whose markers it expresses most. Score = softmax
+  probability of that type for the cluster; clusters expressing no candidate's markers
+  above average are ``unknown``.
+* **Text prompts, by embedding similarity** (``method="embedding"``): the cell-type
+  texts and the cell embeddings are compared directly (both centred on their own mean).
+
+Cells whose score is below ``min_score`` are labelled ``unknown_label``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from scelmo import keys, provenance
+from scelmo.config import get_settings
+from scelmo.errors import InputError, ScelmoError
+from scelmo.expression.matrix import select_matrix
+from scelmo.expression.selection import normalize_chunk, should_normalize
+from scelmo.knn import knn_vote, unit_rows
+from scelmo.knowledge import roles
+from scelmo.knowledge.descriptions import describe
+from scelmo.plugin import KnowledgeSource, split_phrases
+from scelmo.tl._clustering import cluster
+from scelmo.tl._common import _copy_of
+from scelmo.tl._embedding import embed_cells
+
+
+def prompt_match(
+    cells: np.ndarray, type_vectors: np.ndarray, names: Sequence[str], *, temperature: float = 0.05
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Best-matching cell type per cell, its softmax score, and the full similarity matrix."""
+    C = unit_rows(cells - cells.mean(axis=0, keepdims=True))
+    T = type_vectors - (type_vectors.mean(axis=0, keepdims=True) if len(names) > 1 else 0)
+    T = unit_rows(T)
+    sims = C @ T.T
+    z = (sims - sims.max(axis=1, keepdims=True)) / temperature
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    best = sims.argmax(axis=1)
+    return np.asarray(names, dtype=object)[best], p[np.arange(len(best)), best].astype(np.float32), sims
+
+
+
+def _named_genes(name: str, vocab: Any, present: set[str]) -> list[str]:
+    """Genes a cell-type name mentions (``"CD14+ monocyte"`` -> CD14), if the data has them."""
+    if vocab is None:
+        return []
+    tokens = [t for t in re.findall(r"[A-Za-z][A-Za-z0-9-]*[0-9][A-Za-z0-9-]*|[A-Z]{2,}[0-9A-Z-]*", name)]
+    res = vocab.resolve(tokens, species="human") if tokens else None
+    return [s for s in (res.symbols if res else []) if s and s in present]
+
+
+def knowledge_markers(
+    cell_types: Sequence[str],
+    genes: Sequence[str],
+    *,
+    texts: Sequence[str] | None = None,
+    n_markers: int = 30,
+    config: Any = None,
+    progress: bool | None = None,
+) -> dict[str, dict[str, float]]:
+    """Weighted marker genes for each candidate cell type, from the genes' descriptions only.
+
+    Parameters
+    ----------
+    cell_types
+        Candidate names.
+    genes
+        Gene names to choose from (e.g. the genes expressed in the data).
+    texts
+        Texts to embed for the types instead of their names (e.g. descriptions).
+    n_markers
+        The ``n_markers`` genes most like each type are taken, less those more like
+        another candidate.
+
+    Returns
+    -------
+    ``{type: {gene: weight}}``: each type's knowledge markers weighted by specificity
+    (its phrase similarity to this type minus that to the closest other candidate), and
+    the genes its name mentions (with the top weight).
+    """
+    settings = get_settings(config)
+    describer = roles.describer(settings)
+    vocab = roles.vocabulary(describer)
+    genes = [str(g) for g in genes]
+    res = vocab.resolve(genes, species=settings.genes.species) if vocab is not None else None
+    symbols = res.symbols if res is not None else genes
+    wanted = sorted({s for s in symbols if s})
+    if isinstance(describer, KnowledgeSource):
+        by_symbol = describer.phrases(wanted)
+    else:  # an LLM: its (cached) descriptions, cut into clauses
+        texts_ = describe(wanted, subject="gene", config=settings, progress=progress).texts
+        by_symbol = {g: split_phrases(t) for g, t in texts_.items()}
+    gene_phrases = {g: by_symbol.get(s, []) for g, s in zip(genes, symbols, strict=True) if s}
+    unique = sorted({p for ps in gene_phrases.values() for p in ps})
+    if not unique:
+        raise ScelmoError("No gene descriptions available for these genes; cannot derive marker genes.")
+    P = roles.embed_texts(settings, unique, progress=progress, desc="embedding description phrases")
+    T = roles.embed_texts(settings, list(texts or cell_types), progress=False, desc="embedding cell-type texts")
+    mean = P.mean(axis=0, keepdims=True)  # the phrases' shared direction says "a gene phrase"
+    sim = unit_rows(T - mean) @ unit_rows(P - mean).T
+    index = {p: j for j, p in enumerate(unique)}
+    cand = [g for g in genes if gene_phrases.get(g)]
+    A = np.stack([sim[:, [index[p] for p in gene_phrases[g]]].max(axis=1) for g in cand], axis=1)
+    present = set(genes)
+    out: dict[str, dict[str, float]] = {}
+    for t, name in enumerate(cell_types):
+        others = np.delete(A, t, axis=0).max(axis=0) if len(cell_types) > 1 else np.zeros(A.shape[1])
+        # the n genes most like this type, less any that are more like another candidate;
+        # each weighted by how much more like this type it is (its specificity)
+        order = [c for c in np.argsort(-A[t])[:n_markers] if A[t, c] > others[c]]
+        w = {cand[c]: float(A[t, c] - others[c]) for c in order}
+        named = _named_genes(str(name), vocab, present)
+        top = max(w.values(), default=1.0)
+        w.update({g: top for g in named})  # a gene the name itself mentions: as specific as the best
+        out[str(name)] = w
+    return out
+
+
+def _cluster_labels(adata: Any, use_rep: str, groupby: str | None) -> np.ndarray:
+    if groupby is not None:
+        if groupby not in adata.obs:
+            raise InputError(f"groupby={groupby!r} is not a column of adata.obs.")
+        return adata.obs[groupby].astype(str).to_numpy()
+    import anndata as ad
+
+    tmp = ad.AnnData(obs=adata.obs[[]].copy())  # scelmo.tl.cluster's defaults, without touching adata
+    tmp.obsm[use_rep] = np.asarray(adata.obsm[use_rep], dtype=np.float32)
+    cluster(tmp, use_rep=use_rep)
+    return tmp.obs[keys.CLUSTER].astype(str).to_numpy()
+
+
+def marker_match(
+    adata: Any,
+    markers: Mapping[str, Mapping[str, float]],
+    groups: np.ndarray,
+    *,
+    layer: str | None = None,
+    temperature: float = 0.25,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Type per group from its cells' marker scores; the group's softmax score; the cells x types scores.
+
+    A cell's score for a type is the specificity-weighted mean of its markers' standardised
+    log-expression (each gene centred and scaled over the cells); a group takes the type
+    with the highest mean score, or ``None`` when no type's markers are above average.
+    """
+    matrix, var_names, _ = select_matrix(adata, layer=layer, use_raw=None if layer is None else False)
+    X = matrix[:] if not hasattr(matrix, "to_memory") else matrix.to_memory()
+    if should_normalize("auto", X):
+        X = normalize_chunk(X)
+    col = {str(v): i for i, v in enumerate(var_names)}
+    names = list(markers)
+    S = np.zeros((adata.n_obs, len(names)))
+    for j, t in enumerate(names):
+        pairs = [(col[g], w) for g, w in markers[t].items() if g in col and w > 0]
+        if not pairs:
+            continue
+        idx, w = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+        sub = X[:, idx]
+        sub = np.asarray(sub.toarray() if hasattr(sub, "toarray") else sub, dtype=np.float64)
+        sd = sub.std(axis=0)
+        z = np.divide(sub - sub.mean(axis=0), sd, out=np.zeros_like(sub), where=sd > 0)
+        S[:, j] = z @ w / w.sum()
+    labels = np.empty(adata.n_obs, dtype=object)
+    score = np.zeros(adata.n_obs, dtype=np.float32)
+    for g in np.unique(groups):
+        idx = groups == g
+        m = S[idx].mean(axis=0)
+        p = np.exp((m - m.max()) / temperature)
+        p /= p.sum()
+        best = int(m.argmax())
+        labels[idx] = names[best] if m[best] > 0 else None
+        score[idx] = p[best] if m[best] > 0 else 0.0
+    return labels, score, S
+
+
+def annotate(
+    adata: Any,
+    *,
+    reference: Any = None,
+    ref_labels: str | Sequence[Any] | None = None,
+    cell_types: Sequence[str] | Mapping[str, str] | None = None,
+    describe_cell_types: bool = False,
+    method: str = "markers",
+    groupby: str | None = None,
+    n_markers: int = 30,
+    layer: str | None = None,
+    k: int = 10,
+    use_rep: str = keys.X_SCELMO,
+    min_score: float = 0.0,
+    unknown_label: str = "unknown",
+    temperature: float = 0.05,
+    config: Any = None,
+    key_added: str = keys.LABEL,
+    copy: bool = False,
+    progress: bool | None = None,
+) -> Any:
+    """Annotate cell types with no training.
+
+    Parameters
+    ----------
+    adata
+        Query cells. ``adata.obsm[use_rep]`` is computed with
+        :func:`scelmo.tl.embed_cells` (same ``config``) if missing.
+    reference, ref_labels
+        Labelled reference AnnData and its labels (an ``obs`` column name or an array):
+        kNN label transfer. Reference embeddings are computed if missing.
+    cell_types
+        Candidate cell types for text-prompt annotation: a list of names, or a mapping
+        ``name -> description`` whose descriptions are embedded instead of the names.
+        Only these types can be assigned.
+    describe_cell_types
+        Have the ``describe`` role's LLM write a description of each listed name (prompt
+        ``cell-type``, cached like gene descriptions; see :func:`scelmo.describe`) and
+        embed the descriptions instead of the bare names.
+    method
+        For ``cell_types``: ``"markers"`` (default: knowledge-derived marker genes scored
+        per cluster, see the module docstring) or ``"embedding"`` (cell vectors against
+        the type texts' vectors).
+    groupby
+        With ``method="markers"``: an ``obs`` column of clusters to label (default:
+        Leiden clusters of ``adata.obsm[use_rep]``, resolution 1).
+    n_markers
+        Knowledge marker genes per cell type.
+    layer
+        Expression values for marker scoring (default ``adata.raw`` or ``X``, as
+        :func:`scelmo.tl.embed_cells`); counts are log-normalised first.
+    k
+        Neighbours for the reference vote (10, as in the paper).
+    min_score
+        Cells scoring below this get ``unknown_label`` (default 0: never).
+    temperature
+        Softmax temperature turning prompt similarities into scores.
+    key_added
+        ``obs`` column for labels; scores go to ``obs[key_added + "_score"]``.
+    copy
+        Leave ``adata`` (and ``reference``) untouched and return a modified copy of
+        ``adata`` (scanpy's convention). Without it, missing embeddings are written to
+        ``adata.obsm[use_rep]`` and ``reference.obsm[use_rep]``.
+
+    Returns
+    -------
+    ``None`` (or the copy). Sets ``adata.obs[key_added]`` (categorical), ``adata.obs[key_added + "_score"]``
+    and ``adata.uns["scelmo"]["annotate"]`` (with ``method="markers"``, the marker genes
+    of each type as ``markers_<type>`` strings).
+    """
+
+    if (reference is None) == (cell_types is None):
+        raise InputError("Pass either `reference` (with `ref_labels`) or `cell_types`, not both or neither.")
+    if copy:
+        adata = _copy_of(adata)
+        if reference is not None and use_rep not in reference.obsm:
+            reference = _copy_of(reference)  # its embedding is computed below: not into the caller's object
+    if use_rep not in adata.obsm:
+        embed_cells(adata, config=config, key_added=use_rep, progress=progress)
+    query = np.asarray(adata.obsm[use_rep], dtype=np.float32)
+    info: dict[str, Any] = {"use_rep": use_rep, "min_score": min_score}
+    if reference is not None:
+        if ref_labels is None:
+            raise InputError("`ref_labels` is required with `reference` (an obs column name or an array).")
+        if isinstance(ref_labels, str):
+            if ref_labels not in reference.obs:
+                raise InputError(f"Column {ref_labels!r} not found in reference.obs.")
+            labels = reference.obs[ref_labels].to_numpy()
+        else:
+            labels = np.asarray(ref_labels)
+        if len(labels) != reference.n_obs:
+            raise InputError(f"ref_labels has {len(labels)} entries but the reference has {reference.n_obs} cells.")
+        if use_rep not in reference.obsm:
+            embed_cells(reference, config=config, key_added=use_rep, progress=progress)
+        ref = np.asarray(reference.obsm[use_rep], dtype=np.float32)
+        if ref.shape[1] != query.shape[1]:
+            raise InputError(
+                f"Query ({query.shape[1]}-d) and reference ({ref.shape[1]}-d) embeddings differ in width; "
+                "embed both with the same gene embeddings."
+            )
+        keep = ~_is_missing(labels)
+        pred, score = knn_vote(query, ref[keep], labels[keep], k=k)
+        info.update({"method": "knn_transfer", "k": k, "n_reference": int(keep.sum())})
+    else:
+        names, texts = _cell_type_texts(cell_types)
+        if describe_cell_types and not isinstance(cell_types, Mapping):
+            described = describe(names, subject="cell_type", config=config, progress=progress)
+            texts = [described.texts.get(n, n) for n in names]  # failures fall back to the name
+            info["cell_type_descriptions"] = described.provenance()
+        if method == "markers":
+            matrix, var_names, _ = select_matrix(adata, layer=layer, use_raw=None if layer is None else False)
+            frac = np.asarray((matrix[:] > 0).mean(axis=0)).ravel()
+            expressed = [str(g) for g, f in zip(var_names, frac, strict=True) if f >= 0.01]
+            markers = knowledge_markers(names, expressed, texts=texts, n_markers=n_markers, config=config,
+                                        progress=progress)
+            groups = _cluster_labels(adata, use_rep, groupby)
+            labels, score, _ = marker_match(adata, markers, groups, layer=layer)
+            pred = np.array([lab if lab is not None else unknown_label for lab in labels], dtype=object)
+            info.update({"method": "text_markers", "n_cell_types": len(names), "n_markers": n_markers,
+                         "groupby": groupby or "leiden(use_rep)", "n_groups": int(len(np.unique(groups)))})
+            info.update({f"markers_{t}": "; ".join(g) for t, g in markers.items()})
+            info["temperature"] = 0.25
+        elif method == "embedding":
+            vectors = _embed_texts(texts, config, progress)
+            if vectors.shape[1] != query.shape[1]:
+                raise ScelmoError(
+                    f"Cell-type text vectors are {vectors.shape[1]}-d but adata.obsm[{use_rep!r}] is "
+                    f"{query.shape[1]}-d: annotate with the same embedder that made the cell embedding."
+                )
+            pred, score, _ = prompt_match(query, vectors, names, temperature=temperature)
+            info.update({"method": "text_prompt", "n_cell_types": len(names), "temperature": temperature})
+        else:
+            raise InputError(f"method must be 'markers' or 'embedding', got {method!r}.")
+    pred = pred.astype(object)
+    pred[score < min_score] = unknown_label
+    import pandas as pd
+
+    adata.obs[key_added] = pd.Categorical(pred.astype(str))
+    adata.obs[f"{key_added}_score"] = score
+    info["n_unknown"] = int((pred == unknown_label).sum())
+    info["key_added"] = key_added
+    provenance.record(adata, "annotate", info)
+    return adata if copy else None
+
+
+def _is_missing(labels: np.ndarray) -> np.ndarray:
+    import pandas as pd
+
+    return pd.isna(labels) | (labels.astype(str) == "")
+
+
+def _cell_type_texts(cell_types: Sequence[str] | Mapping[str, str]) -> tuple[list[str], list[str]]:
+    if isinstance(cell_types, str):
+        raise InputError("`cell_types` must be a list of names (or a name -> description mapping), not a string.")
+    if isinstance(cell_types, Mapping):
+        names, texts = [str(n) for n in cell_types], [str(t) for t in cell_types.values()]
+    else:
+        names = [str(n) for n in cell_types]
+        texts = names
+    if len(names) < 2:
+        raise InputError("List at least two candidate cell types.")
+    if len(set(names)) != len(names):
+        raise InputError("Candidate cell types must be unique.")
+    return names, texts
+
+
+def _embed_texts(texts: list[str], config: Any, progress: bool | None) -> np.ndarray:
+    return roles.embed_texts(get_settings(config), texts, progress=progress, desc="embedding cell-type texts")

@@ -1,0 +1,84 @@
+"""Neighbour graph, Leiden clusters and UMAP of the scelmo embedding (scanpy underneath)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scelmo import keys, provenance
+from scelmo.errors import ScelmoError
+from scelmo.tl._common import _copy_of
+
+
+def cluster(
+    adata: Any,
+    *,
+    use_rep: str = keys.X_SCELMO,
+    n_neighbors: int = 15,
+    metric: str = "cosine",
+    resolution: float = 1.0,
+    random_state: int = 0,
+    neighbors_key: str = keys.NEIGHBORS,
+    key_added: str = keys.CLUSTER,
+    copy: bool = False,
+) -> Any:
+    """kNN graph + Leiden clustering on the scelmo embedding.
+
+    Builds ``n_neighbors`` nearest neighbours (cosine by default: scelmo vectors are
+    compared by angle) on ``adata.obsm[use_rep]`` with :func:`scanpy.pp.neighbors`
+    and runs Leiden (igraph flavour, modularity) at ``resolution``. Resolution 1.0 is
+    scanpy's default; raise it for more, smaller clusters. It is not tuned to labels.
+
+    Sets ``adata.uns[neighbors_key]``, ``adata.obsp[neighbors_key + "_distances"]``,
+    ``adata.obsp[neighbors_key + "_connectivities"]`` and ``adata.obs[key_added]``;
+    returns ``None``, or with ``copy=True`` a modified copy (``adata`` left untouched).
+    """
+    import scanpy as sc
+
+    if use_rep not in adata.obsm:
+        raise ScelmoError(f"adata.obsm[{use_rep!r}] not found. Run `scelmo.tl.embed_cells` first.")
+    if copy:
+        adata = _copy_of(adata)
+    sc.pp.neighbors(
+        adata, n_neighbors=n_neighbors, use_rep=use_rep, metric=metric,
+        key_added=neighbors_key, random_state=random_state,
+    )
+    sc.tl.leiden(
+        adata, resolution=resolution, flavor="igraph", n_iterations=2, directed=False,
+        neighbors_key=neighbors_key, key_added=key_added, random_state=random_state,
+    )
+    return adata if copy else None
+
+
+def umap(
+    adata: Any,
+    *,
+    neighbors_key: str = keys.NEIGHBORS,
+    key_added: str = keys.UMAP,
+    scanpy_key: str | None = keys.SCANPY_UMAP,
+    random_state: int = 0,
+    copy: bool = False,
+) -> Any:
+    """UMAP of the scelmo neighbour graph into ``adata.obsm[key_added]``.
+
+    The coordinates are also written to ``adata.obsm[scanpy_key]`` (default
+    ``"X_umap"``, replacing any UMAP there, as :func:`scanpy.tl.umap` does), so that
+    ``sc.pl.umap(adata, color=...)`` plots them; ``scanpy_key=None`` leaves ``X_umap``
+    alone. :func:`scelmo.pl.embedding` reads ``obsm["X_scelmo_umap"]``. UMAP parameters
+    go to ``adata.uns[key_added]`` (and ``adata.uns["umap"]`` with ``scanpy_key="X_umap"``),
+    and ``adata.uns["scelmo"]["umap"]`` records them (``key_added``, ``scanpy_obsm``). Returns ``None``,
+    or with ``copy=True`` a modified copy (``adata`` left untouched).
+    """
+    import scanpy as sc
+
+    if neighbors_key not in adata.uns:
+        raise ScelmoError(f"adata.uns[{neighbors_key!r}] not found. Run `scelmo.tl.cluster` first.")
+    if copy:
+        adata = _copy_of(adata)
+    sc.tl.umap(adata, neighbors_key=neighbors_key, key_added=key_added, random_state=random_state)
+    if scanpy_key and scanpy_key != key_added:
+        adata.obsm[scanpy_key] = adata.obsm[key_added].copy()
+        if scanpy_key == keys.SCANPY_UMAP and key_added in adata.uns:  # where scanpy keeps its parameters
+            adata.uns["umap"] = dict(adata.uns[key_added])
+    provenance.record(adata, "umap", {"key_added": key_added, "scanpy_obsm": scanpy_key or "none",
+                                      "neighbors_key": neighbors_key, "random_state": random_state})
+    return adata if copy else None

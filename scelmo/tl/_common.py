@@ -1,0 +1,22 @@
+"""Helpers every tool shares: settings with keyword overrides, scanpy's ``copy=``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from scelmo.config import ScelmoSettings, get_settings
+from scelmo.errors import InputError
+
+Config = ScelmoSettings | Mapping[str, Any] | None
+
+
+def _settings(config: Config, **overrides: Any) -> ScelmoSettings:
+    return get_settings(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _copy_of(adata: Any) -> Any:
+    """``adata.copy()``, refusing backed AnnData (``copy=True`` of every tool)."""
+    if getattr(adata, "isbacked", False):
+        raise InputError("copy=True is not supported for backed AnnData; write to a new file instead.")
+    return adata.copy()

@@ -1,0 +1,569 @@
+"""Gene vectors and cell embeddings: :func:`embed_genes`, :func:`estimate_embed_genes`, :func:`embed_cells`.
+
+Gene vectors come from the configured knowledge source and text embedder
+(:mod:`scelmo.knowledge`); cell embeddings aggregate them by expression through the
+configured aggregator, chunk by chunk (:mod:`scelmo.expression`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from scelmo import keys, provenance
+from scelmo import plugin as plugins
+from scelmo.config import ScelmoSettings
+from scelmo.errors import (
+    CoverageWarning,
+    EmptyCellsWarning,
+    InputError,
+    ScelmoWarning,
+)
+from scelmo.expression import distributed
+from scelmo.expression.matrix import n_rows_cols, select_matrix
+from scelmo.expression.selection import gene_stats as compute_gene_stats
+from scelmo.expression.selection import highly_variable, should_normalize
+from scelmo.genes import GeneEmbeddings, GeneVocabulary, Resolution
+from scelmo.knowledge import roles
+from scelmo.knowledge.descriptions import describe as describe_items
+from scelmo.knowledge.descriptions import estimate as estimate_describe
+from scelmo.llm.cache import open_cache, text_hash
+from scelmo.llm.calls import Budget, Estimate
+from scelmo.plugin import KnowledgeSource
+from scelmo.progress import progress_bar
+from scelmo.tl._common import Config, _copy_of, _settings
+
+__all__ = ["embed_cells", "embed_genes", "estimate_embed_genes"]
+
+
+def _check_names(names: Sequence[str]) -> None:
+    if len(names) == 0:
+        raise InputError("The data has no genes (0 columns); nothing to embed.")
+    dup = [n for n, c in Counter(map(str, names)).items() if c > 1]
+    if dup:
+        warnings.warn(
+            f"{len(dup)} gene names occur more than once (e.g. {', '.join(dup[:3])}); each copy "
+            "gets the same vector. Run `adata.var_names_make_unique()` or aggregate duplicates "
+            "first if that is not what you want.",
+            ScelmoWarning,
+            stacklevel=3,
+        )
+
+
+def _resolve(names: Sequence[str], vocab: GeneVocabulary | None, species: str) -> Resolution:
+    names = [str(n) for n in names]
+    if vocab is None:  # no vocabulary: use names as given
+        return Resolution(names, list(names), ["as_given"] * len(names), species)
+    return vocab.resolve(names, species=species)  # type: ignore[arg-type]
+
+
+def _no_match_error(res: Resolution) -> InputError:
+    sample = ", ".join(res.names[:5])
+    return InputError(
+        f"None of the {len(res.names)} genes could be matched to a known gene (e.g. {sample}). "
+        "scelmo understands human/mouse gene symbols, aliases and Ensembl gene IDs. If the "
+        "names are in another column, set `adata.var_names = adata.var[\"<symbol column>\"]`; "
+        "for mouse data pass `species=\"mouse\"`."
+    )
+
+
+def _resolve_request(
+    adata: Any, genes: Sequence[str] | None, config: Config, **models: str | None
+) -> tuple[ScelmoSettings, Any, Resolution]:
+    """Settings (``describe``/``embed``/``species`` overriding ``config``), the describer
+    and the resolved gene names of ``adata.var_names`` followed by ``genes``."""
+    keys_ = {"describe": "describe.model", "embed": "embed.model", "species": "genes.species"}
+    settings = _settings(config, **{keys_[k]: v for k, v in models.items()})
+    names = [str(g) for g in (adata.var_names if adata is not None else [])] + [str(g) for g in (genes or [])]
+    _check_names(names if adata is None else [str(g) for g in adata.var_names])
+    describer = roles.describer(settings)
+    res = _resolve(names, roles.vocabulary(describer), settings.genes.species)
+    if res.n_resolved == 0:
+        raise _no_match_error(res)
+    return settings, describer, res
+
+
+def _build_gene_embeddings(
+    symbols: Sequence[str],
+    settings: ScelmoSettings,
+    describer: Any,
+    progress: bool | None,
+    *,
+    prompt: str | None = None,
+    max_cost: float | None = None,
+) -> GeneEmbeddings:
+    embed = roles.embedder(settings)
+    budget = Budget(max_cost)
+    described = describe_items(
+        sorted(set(symbols)), subject="gene", prompt=prompt, config=settings, using=describer,
+        budget=budget, progress=progress,
+    )
+    texts = described.texts
+    genes = [g for g in sorted(texts) if texts[g]]
+    vectors = roles.embed_texts(
+        settings, [texts[g] for g in genes], using=embed, progress=progress, desc="embedding gene texts",
+        budget=budget,
+    )
+    manifest = {
+        "describe_model": describer.model_id,
+        "embed_model": embed.model_id,
+        "n_genes": len(genes),
+        "dim": int(vectors.shape[1]) if len(genes) else 0,
+        "describe": describer.describe_self(),
+        "embed": embed.describe_self(),
+        "description_run": described.provenance(),
+    }
+    usage = getattr(embed, "usage", None)
+    if usage is not None and embed.requires_network:
+        manifest["embed_usage"] = usage.as_dict()
+    ge = GeneEmbeddings(genes, vectors, manifest)
+    if len(genes) > 2:  # fitted once, kept with the table
+        ge.condition(n_components=settings.aggregate.condition_components)
+    return ge
+
+
+def embed_genes(
+    adata: Any = None,
+    genes: Sequence[str] | None = None,
+    *,
+    describe: str | None = None,
+    embed: str | None = None,
+    species: str | None = None,
+    prompt: str | None = None,
+    max_cost: float | None = None,
+    config: Config = None,
+    key_added: str = keys.GENE_EMBEDDING,
+    copy: bool = False,
+    progress: bool | None = None,
+) -> Any:
+    """Describe and embed genes: gene names -> texts -> vectors.
+
+    Parameters
+    ----------
+    adata
+        Annotated data whose ``var_names`` are the genes (symbols or Ensembl IDs).
+    genes
+        Gene names to embed instead of (or in addition to) ``adata.var_names``.
+    describe, embed
+        Model strings for the two roles (override the config), e.g. ``"local"`` and
+        ``"local/all-MiniLM-L6-v2-int8"``.
+    species
+        ``"human"``, ``"mouse"`` or ``"auto"`` (default from config: ``"auto"``).
+    prompt
+        Name of a registered prompt when ``describe`` is an LLM (default ``"gene"``, the
+        paper's prompt; see :mod:`scelmo_prompts`).
+    max_cost
+        With remote models: stop before spending more than this many USD on describing
+        and embedding together (:class:`~scelmo.errors.BudgetExceededError`; everything
+        answered is cached, so a rerun with a higher limit continues). See
+        :func:`scelmo.knowledge.descriptions.estimate` for a dry run.
+    config
+        Settings or a mapping of overrides (see :mod:`scelmo.config`).
+    key_added
+        ``varm`` key for the gene vectors aligned to ``adata.var_names``.
+    copy
+        Leave ``adata`` untouched and return a modified copy of it (instead of the
+        :class:`~scelmo.genes.GeneEmbeddings`, as scanpy's ``copy=``).
+    progress
+        Show progress bars (default: when stderr is a terminal).
+
+    Returns
+    -------
+    :class:`~scelmo.genes.GeneEmbeddings` for every resolved gene that has a description
+    (with ``copy=True``: the modified copy of ``adata``).
+    With ``adata``, also sets ``adata.varm[key_added]`` (zero rows for genes without a
+    vector), ``adata.var["scelmo_has_embedding"]``, ``adata.var["scelmo_symbol"]`` and
+    ``adata.uns["scelmo"]["embed_genes"]``.
+    """
+    if copy:
+        if adata is None:
+            raise InputError("copy=True needs an `adata` to copy.")
+        adata = _copy_of(adata)
+    settings, describer, res = _resolve_request(
+        adata, genes, config, describe=describe, embed=embed, species=species
+    )
+    ge = _build_gene_embeddings(
+        [s for s in res.symbols if s], settings, describer, progress, prompt=prompt, max_cost=max_cost
+    )
+    if adata is not None:
+        n = adata.n_vars
+        matrix, mask = ge.aligned(res.symbols[:n])
+        adata.varm[key_added] = matrix
+        adata.var[keys.HAS_EMBEDDING] = mask
+        adata.var[keys.GENE_SYMBOL] = [s or "" for s in res.symbols[:n]]
+        info = _coverage_info(res.names[:n], res.symbols[:n], mask, res)
+        info.update(ge.manifest)
+        info["key_added"] = key_added
+        provenance.record(adata, "embed_genes", info)
+    return adata if copy else ge
+
+
+def estimate_embed_genes(
+    adata: Any = None,
+    genes: Sequence[str] | None = None,
+    *,
+    describe: str | None = None,
+    embed: str | None = None,
+    species: str | None = None,
+    prompt: str | None = None,
+    config: Config = None,
+) -> list[Any]:
+    """What :func:`embed_genes` would send, per role, before anything is spent.
+
+    Returns two :class:`~scelmo.llm.calls.Estimate` objects (describe, embed). Cached
+    answers are not counted. For the embed role the texts are not written yet when an
+    LLM describes, so their length is assumed to be the describer's ``max_tokens``.
+    """
+
+    settings, describer, res = _resolve_request(
+        adata, genes, config, describe=describe, embed=embed, species=species
+    )
+    symbols = sorted({s for s in res.symbols if s})
+    est_d = estimate_describe(symbols, subject="gene", prompt=prompt, config=settings, using=describer)
+    embedder = roles.embedder(settings)
+    if isinstance(describer, KnowledgeSource):
+        texts = list(describer.describe(symbols).values())
+        cache = open_cache(settings)
+        try:
+            hashes = [text_hash(t) for t in texts]
+            done = cache.get_vectors(embedder.cache_key, hashes, legacy=embedder.legacy_cache_keys) if cache else {}
+        finally:
+            if cache is not None:
+                cache.close()
+        todo = [t for t in texts if text_hash(t) not in done]
+        tokens = embedder.count_tokens(todo)
+        n_items, cached = len(texts), len(texts) - len(todo)
+    else:
+        n_items, cached = len(symbols), 0
+        todo_n = len(symbols)
+        tokens = describer.expected_completion_tokens() * todo_n
+        todo = [""] * todo_n
+    bs = max(1, int(getattr(embedder.options, "batch_size", 32)))
+    calls = -(-len(todo) // bs) if embedder.requires_network else 0
+    cost = embedder.price(tokens) if todo else 0.0
+    notes = [] if embedder.requires_network else ["local model: no calls, no cost"]
+    est_e = Estimate("embed", embedder.model_id, calls, n_items, cached, tokens, 0, cost, notes)
+    return [est_d, est_e]
+
+
+def _coverage_info(names: Sequence[str], symbols: Sequence[str | None], mask: np.ndarray, res: Resolution) -> dict[str, Any]:
+    counts = Counter(h for h, m in zip(res.how[: len(names)], mask, strict=True))
+    return {
+        "n_genes": len(names),
+        "n_genes_resolved": sum(s is not None for s in symbols),
+        "n_genes_with_vector": int(mask.sum()),
+        "gene_coverage": float(mask.mean()) if len(mask) else 0.0,
+        "species": res.species,
+        "resolved_by": {k: int(v) for k, v in counts.items()},
+    }
+
+
+def _warn_coverage(gene_cov: float, expr_cov: float, n_genes: int, n_cov: int, threshold: float) -> None:
+    if gene_cov < threshold or expr_cov < threshold:
+        warnings.warn(
+            f"Low gene coverage: {n_cov} of {n_genes} genes ({gene_cov:.1%}) have a vector, "
+            f"carrying {expr_cov:.1%} of the expression. Check that var_names are gene symbols "
+            "or Ensembl IDs (and `species`), or use a richer knowledge source.",
+            CoverageWarning,
+            stacklevel=3,
+        )
+
+
+#: What each ``flavor`` of :func:`embed_cells` sets (see :class:`scelmo.config.AggregateConfig`).
+FLAVORS: dict[str, dict[str, Any]] = {
+    "scelmo": {"genes": "hvg", "normalize": "auto", "transform": "center", "condition": True},
+    "paper": {"genes": "all", "normalize": "none", "transform": "none", "condition": False},
+}
+
+
+def flavor_plan(agg_cfg: Any) -> dict[str, Any]:
+    """The flavor's settings, overridden by any of them set explicitly."""
+    plan = dict(FLAVORS[agg_cfg.flavor])
+    for k in plan:
+        v = getattr(agg_cfg, k)
+        if v is not None:
+            plan[k] = v
+    return plan
+
+
+def _var_of(adata: Any, source: str) -> Any:
+    return adata.raw.var if source == "raw.X" else adata.var
+
+
+def _gene_mask(adata: Any, source: str, n_genes: int, mask_var: Any, plan: dict[str, Any],
+               stats: Any, n_top_genes: int) -> tuple[np.ndarray, str]:
+    """Which genes to embed from, and how they were chosen (for provenance)."""
+    var = _var_of(adata, source)
+    if mask_var is not None:
+        if isinstance(mask_var, str):
+            if mask_var not in var:
+                raise InputError(
+                    f"mask_var={mask_var!r} is not a column of adata.{'raw.' if source == 'raw.X' else ''}var; "
+                    "pass a boolean column name or a boolean array with one entry per gene."
+                )
+            sel, how = var[mask_var].to_numpy(), f"mask_var:{mask_var}"
+        else:
+            sel, how = np.asarray(mask_var), "mask_var:array"
+        if sel.dtype != bool or sel.shape != (n_genes,):
+            raise InputError(f"mask_var must be boolean with one entry per gene ({n_genes}); got {sel.dtype} {sel.shape}.")
+        return sel, how
+    if plan["genes"] == "all":
+        return np.ones(n_genes, dtype=bool), "all"
+    if "highly_variable" in var and var["highly_variable"].dtype == bool:  # scanpy's convention
+        return var["highly_variable"].to_numpy(), "mask_var:highly_variable"
+    return highly_variable(stats, n_top_genes), f"hvg:{n_top_genes}"
+
+
+def embed_cells(
+    adata: Any,
+    *,
+    gene_embeddings: GeneEmbeddings | str | None = None,
+    aggregator: str | None = None,
+    flavor: str | None = None,
+    mask_var: str | np.ndarray | None = None,
+    n_top_genes: int | None = None,
+    normalize: str | None = None,
+    transform: str | None = None,
+    condition: bool | None = None,
+    gene_stats: Any = None,
+    layer: str | None = None,
+    use_raw: bool | None = None,
+    l2_normalize: bool | None = None,
+    chunk_size: int | None = None,
+    species: str | None = None,
+    precision: str | None = None,
+    config: Config = None,
+    key_added: str = keys.X_SCELMO,
+    copy: bool = False,
+    progress: bool | None = None,
+    out: Any = None,
+    lazy: bool = False,
+) -> Any:
+    """Cell embeddings: aggregate gene vectors by each cell's expression.
+
+    The default (``flavor="scelmo"``) embeds the log-normalised values of the 2,000 most
+    variable genes, centred per gene, with conditioned gene vectors (their shared mean
+    and top principal directions removed, see :mod:`scelmo.conditioning`): for cell
+    ``c``, ``C_c = w_c (x_c - mu) E'`` over the selected genes. ``flavor="paper"`` is the
+    paper's formula, ``C = (X / X.sum(1)) @ E`` over all genes with raw vectors, so its
+    numbers can be reproduced. docs/benchmarks.md shows how each choice was made.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes data, in memory or backed (``read_h5ad(path, backed="r")``);
+        CSR, CSC or dense; integer, float16/32/64 values. Never densified: rows are
+        streamed in chunks (twice when gene statistics are needed). A dask array (e.g.
+        from :func:`scelmo.expression.distributed.read_lazy`) is embedded block by block on dask's
+        threads or, when a ``dask.distributed`` client is active, on its workers
+        (:mod:`scelmo.expression.distributed`).
+    gene_embeddings
+        Gene vectors to use (a :class:`GeneEmbeddings` or a directory saved by
+        :meth:`GeneEmbeddings.save`). Default: build them with the configured
+        ``describe`` and ``embed`` roles (cached, so a second run embeds nothing).
+    aggregator
+        Registered aggregator name: ``"wa"`` (expression-weighted mean, default) or
+        ``"aa"`` (the paper's ``X @ E / n_genes``), or one from a plugin.
+    flavor
+        ``"scelmo"`` (default) or ``"paper"``: sets ``mask_var``'s default gene
+        selection, ``normalize``, ``transform`` and ``condition`` together.
+    mask_var
+        Genes to embed from: a boolean ``var`` column name or a boolean array (scanpy's
+        convention). Default: ``var["highly_variable"]`` when present, else the
+        ``n_top_genes`` most variable genes (Seurat dispersion, as
+        ``sc.pp.highly_variable_genes(flavor="seurat")``); all genes with ``flavor="paper"``.
+    n_top_genes
+        How many variable genes to select (default 2000; all genes if fewer).
+    normalize
+        ``"auto"`` (log-normalise counts: per 10k, ``log1p``; keep non-integer values),
+        ``"log1p"`` (always) or ``"none"``.
+    transform
+        ``"center"`` (subtract each gene's mean), ``"scale"`` (centre and divide by its
+        standard deviation) or ``"none"``. Computed as ``X @ E - mu @ E``: X stays sparse.
+    condition
+        Use the gene table's conditioning (fitted once per table and stored with it;
+        fitted now if the table has none).
+    gene_stats
+        Per-gene statistics to use instead of this data's own (a
+        :class:`scelmo.expression.selection.GeneStats`, e.g. ``scelmo.expression.selection.gene_stats(ref.X,
+        normalize=True)``): embeds a query with its reference's gene selection and
+        centring, or a dataset in pieces exactly as in one go.
+    layer, use_raw
+        Which expression values to use: ``adata.layers[layer]``, ``adata.raw.X``
+        or ``adata.X``. ``use_raw=None`` uses ``adata.raw`` when present (scanpy's
+        convention). Values must be finite and non-negative (counts or log-normalised,
+        not z-scored).
+    l2_normalize
+        Scale each cell vector to unit length (zero vectors stay zero). Default: off,
+        as in the paper.
+    chunk_size
+        Rows per chunk (bounds memory).
+    species
+        ``"human"``, ``"mouse"`` or ``"auto"``.
+    precision
+        Storage of the gene vectors during aggregation: ``"float32"`` (default) or
+        ``"bfloat16"`` (half the memory and cache footprint; float32 accumulation; cell
+        vectors within 2e-3 of the float32 ones relative to each row's largest value,
+        see docs/performance.md).
+    config
+        Settings or a mapping of overrides (``aggregate.*``, see :mod:`scelmo.config`).
+    key_added
+        ``obsm`` key of the result.
+    copy
+        Return a modified copy instead of writing to ``adata``.
+    progress
+        Show progress bars.
+    out
+        Where to write the cells x d result instead of ``adata.obsm[key_added]``: any
+        array-like accepting ``out[start:stop] = block``, written chunk by chunk (e.g.
+        :meth:`scelmo.io.StreamedH5ad.obsm`, so results never have to fit in memory).
+    lazy
+        Dask input only: store a lazy dask array in ``obsm[key_added]`` (computed when
+        used) instead of computing it now; coverage figures in ``uns`` are then ``nan``.
+
+    Returns
+    -------
+    ``None`` (or the copy). Sets ``adata.obsm[key_added]`` (unless ``out`` is given) (cells x d float32),
+    ``adata.var["scelmo_genes_used"]`` (when the matrix's genes are ``adata.var``) and
+    ``adata.uns["scelmo"]["embed_cells"]`` (gene selection, transform, conditioning,
+    coverage, empty cells, models, options).
+    Cells with no selected gene that has a vector get a zero vector and an
+    :class:`~scelmo.errors.EmptyCellsWarning` with their count.
+    """
+    overrides: dict[str, Any] = {
+        "aggregate.method": aggregator,
+        "aggregate.flavor": flavor,
+        "aggregate.n_top_genes": n_top_genes,
+        "aggregate.normalize": normalize,
+        "aggregate.transform": transform,
+        "aggregate.condition": condition,
+        "aggregate.layer": layer,
+        "aggregate.use_raw": use_raw,
+        "aggregate.l2_normalize": l2_normalize,
+        "aggregate.chunk_size": chunk_size,
+        "aggregate.precision": precision,
+        "genes.species": species,
+    }
+    settings = _settings(config, **overrides)
+    agg_cfg = settings.aggregate
+    plan = flavor_plan(agg_cfg)
+    agg = plugins.aggregators.create(agg_cfg.method, **agg_cfg.options)
+    if not agg.linear and agg_cfg.transform is None:
+        plan["transform"] = "none"  # a non-linear aggregator (e.g. genept_s) reads the values as they are
+    if copy:
+        adata = _copy_of(adata)
+    matrix, var_names, source = select_matrix(
+        adata, layer=agg_cfg.layer, use_raw=agg_cfg.use_raw if layer is None else False
+    )
+    n_cells, n_genes = n_rows_cols(matrix)
+    if n_cells == 0:
+        raise InputError("The data has no cells (0 rows); nothing to embed.")
+    names = [str(v) for v in var_names]
+    _check_names(names)
+
+    describe = None if isinstance(gene_embeddings, GeneEmbeddings | str) else roles.describer(settings)
+    vocab = roles.vocabulary(describe)
+    res = _resolve(names, vocab, settings.genes.species)
+    if res.n_resolved == 0 and not isinstance(gene_embeddings, GeneEmbeddings | str):
+        raise _no_match_error(res)
+    if isinstance(gene_embeddings, str):
+        gene_embeddings = GeneEmbeddings.load(gene_embeddings)
+    if gene_embeddings is None:
+        gene_embeddings = _build_gene_embeddings([s for s in res.symbols if s], settings, describe, progress)
+    # fall back to the name as given when the resolved symbol is not in a user's table
+    lookup = [
+        s if (s is not None and s in gene_embeddings) else n for s, n in zip(res.symbols, names, strict=True)
+    ]
+    if plan["condition"] and gene_embeddings.conditioning is None:  # fitted once per table, kept with it
+        gene_embeddings.condition(n_components=agg_cfg.condition_components)
+    E, mask = gene_embeddings.aligned(lookup, conditioned=bool(plan["condition"]))
+    if not mask.any():
+        raise _no_match_error(res)
+
+    do_norm = should_normalize(plan["normalize"], matrix)
+    need_stats = plan["transform"] != "none" or (
+        mask_var is None and plan["genes"] == "hvg" and "highly_variable" not in _var_of(adata, source)
+    )
+    stats = gene_stats
+    if stats is not None and stats.n_genes != n_genes:
+        raise InputError(f"gene_stats cover {stats.n_genes} genes but the data has {n_genes}; compute them on the same genes.")
+    use_dask = distributed.is_dask_array(matrix)
+    if lazy and not use_dask:
+        raise InputError("lazy=True needs a dask array as the matrix (e.g. scelmo.expression.distributed.read_lazy(path)).")
+    if need_stats and stats is None:
+        if use_dask:
+            stats = distributed.gene_stats(matrix, normalize=do_norm)
+        else:
+            with progress_bar(total=n_cells, desc="gene statistics", unit="cell", enabled=progress) as bar:
+                stats = compute_gene_stats(matrix, normalize=do_norm, chunk_size=agg_cfg.chunk_size,
+                                           progress=bar.update)
+    selected, how = _gene_mask(adata, source, n_genes, mask_var, plan, stats, agg_cfg.n_top_genes)
+    use = selected & mask
+    if not use.any():
+        raise InputError(
+            f"None of the {int(selected.sum())} selected genes has a gene vector; select other genes "
+            "(`mask_var=`) or use `flavor=\"paper\"` to embed from all genes."
+        )
+    center = stats.mean if stats is not None and plan["transform"] in ("center", "scale") else None
+    scale = stats.std if stats is not None and plan["transform"] == "scale" else None
+
+    agg_options = dict(
+        genes=lookup, settings=settings, l2_normalize=agg_cfg.l2_normalize, normalize=do_norm,
+        # "all" keeps genes without a vector as zero rows: wa's weight is 1 / the cell's total, as in the paper
+        columns=None if how == "all" else np.flatnonzero(use), center=center, scale=scale,
+        precision=agg_cfg.precision,
+    )
+    if use_dask:
+        result = distributed.aggregate(agg, matrix, E, out=out, lazy=lazy, progress=progress, **agg_options)
+    else:
+        result = agg.aggregate(matrix, E, chunk_size=agg_cfg.chunk_size, progress=progress, out=out, **agg_options)
+    emb = result.embedding
+    if out is None:
+        adata.obsm[key_added] = emb
+    if source != "raw.X":
+        adata.var[keys.GENES_USED] = use
+
+    gene_cov = float(mask.mean())
+    expr_cov = result.expression_coverage
+    n_empty = int(result.empty_cells.size)
+    if n_empty:
+        warnings.warn(
+            f"{n_empty} of {n_cells} cells express none of the {int(use.sum())} selected genes that have "
+            f"a vector; they got a zero embedding (first: {adata.obs_names[int(result.empty_cells[0])]}). "
+            "Filter them with `sc.pp.filter_cells(adata, min_genes=1)`, select more genes "
+            "(`n_top_genes=`, `mask_var=`) or check coverage.",
+            EmptyCellsWarning,
+            stacklevel=2,
+        )
+    if not np.isnan(expr_cov):  # lazy: nothing computed yet
+        _warn_coverage(gene_cov, expr_cov, n_genes, int(mask.sum()), settings.genes.min_coverage)
+    info = _coverage_info(names, lookup, mask, res)
+    info.update(
+        {
+            "aggregator": agg.name,
+            "aggregator_options": agg.describe_self(),
+            "matrix": source,
+            "flavor": agg_cfg.flavor,
+            "gene_selection": how,
+            "n_genes_used": int(use.sum()),
+            "normalize": "log1p_cp10k" if do_norm else "none",
+            "transform": plan["transform"],
+            "conditioning": gene_embeddings.conditioning.provenance() if plan["condition"] else "none",
+            "l2_normalize": bool(agg_cfg.l2_normalize),
+            "precision": agg_cfg.precision,
+            "engine": ("dask (lazy)" if lazy else "dask") if use_dask else "in-process",
+            "expression_coverage": expr_cov,
+            "n_cells": n_cells,
+            "n_empty_cells": n_empty,
+            "dim": int(emb.shape[1]),
+            "key_added": key_added,
+            "embed_model": gene_embeddings.manifest.get("embed_model", "user-provided"),
+            "describe_model": gene_embeddings.manifest.get("describe_model", "user-provided"),
+        }
+    )
+    provenance.record(adata, "embed_cells", info)
+    return adata if copy else None
