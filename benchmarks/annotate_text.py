@@ -71,7 +71,7 @@ def _shuffled_knowledge():
     from scelmo.config import get_settings
     from scelmo.knowledge import roles
 
-    describer = roles.describer(get_settings())
+    describer = roles.description_writer(get_settings())
     cls = type(describer)
     orig = cls.phrases
 

@@ -55,7 +55,7 @@ def _symbols(n: int) -> list[str]:
     import scelmo
     from scelmo.knowledge import roles
 
-    vocab = roles.vocabulary(roles.describer(scelmo.get_settings()))
+    vocab = roles.vocabulary(roles.description_writer(scelmo.get_settings()))
     # human symbols (upper case) first, then the rest (mouse), each in sorted order
     names = sorted(vocab.symbols, key=lambda g: (g != g.upper(), g))[:n]
     if len(names) < n:

@@ -392,13 +392,8 @@ class Runner:
 def _cache_entries() -> int:
     from scelmo.llm.cache import open_cache
 
-    c = open_cache()
-    if c is None:
-        return 0
-    try:
-        return int(sum(r["entries"] for r in c.stats()))
-    finally:
-        c.close()
+    with open_cache() as c:
+        return 0 if c is None else int(sum(r["entries"] for r in c.stats()))
 
 
 def gene_table(ds: Dataset, style: str) -> tuple[Any, dict[str, Any]]:
@@ -424,7 +419,7 @@ def tfidf_table(ds: Dataset, dim: int = 384) -> tuple[Any, dict[str, Any]]:
 
     with Measure() as m:
         settings = get_settings()
-        describe = roles.describer(settings)
+        describe = roles.description_writer(settings)
         res = roles.vocabulary(describe).resolve([str(g) for g in ds.adata.var_names], species="human")
         symbols = sorted({s for s in res.symbols if s})
         texts = describe.describe(symbols)

@@ -590,7 +590,7 @@ def config_show(ctx: click.Context, as_json: bool) -> None:
     origin = config.origins(data, config_layers)
     if settings is not None:
         resolved: dict[str, str] = {}
-        for role, fn in (("describe", roles.describer), ("embed", roles.embedder)):
+        for role, fn in (("describe", roles.description_writer), ("embed", roles.embedder)):
             try:
                 comp = fn(settings)
                 resolved[role] = f"{comp.kind} {comp.name!r} -> {comp.model_id}"

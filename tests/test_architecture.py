@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
               "scelmo.llm", "scelmo.metrics")),
     ("contracts", ("scelmo.plugin",)),
     ("services", ("scelmo.knowledge", "scelmo.expression.distributed", "scelmo.expression")),
-    ("tools", ("scelmo.tl", "scelmo.model", "scelmo.perturbation", "scelmo.datasets")),
+    ("tools", ("scelmo.datasets", "scelmo.tl", "scelmo.model", "scelmo.perturbation")),
     ("front", ("scelmo.pl", "scelmo.cli", "scelmo.r_bridge", "scelmo.demo", "scelmo.testing", "scelmo.__main__",
                "scelmo")),
     ("plugins", tuple(name for name in PACKAGES if name != "scelmo")),

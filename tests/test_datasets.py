@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from scelmo import datasets, metrics
+from scelmo.datasets import _real
 from scelmo.errors import InputError, ScelmoError
 
 
@@ -63,9 +64,9 @@ def test_papalexi2021_rejects_a_modified_file(tmp_path, monkeypatch):
 
     from scelmo.errors import IntegrityError
 
-    shutil.copy(datasets._DATA / datasets.PAPALEXI_FILE, tmp_path / datasets.PAPALEXI_FILE)
-    with open(tmp_path / datasets.PAPALEXI_FILE, "ab") as f:
+    shutil.copy(_real._DATA / _real.PAPALEXI_FILE, tmp_path / _real.PAPALEXI_FILE)
+    with open(tmp_path / _real.PAPALEXI_FILE, "ab") as f:
         f.write(b"\0")
-    monkeypatch.setattr(datasets, "_DATA", tmp_path)
+    monkeypatch.setattr(_real, "_DATA", tmp_path)
     with pytest.raises(IntegrityError, match="reinstall"):
         datasets.papalexi2021()

@@ -106,7 +106,7 @@ def test_embed_cells_backed_precheck(files, runner, monkeypatch):
     src, ge, out_dir = files
     out = out_dir / "out.h5ad"
     real = shutil.disk_usage
-    monkeypatch.setattr(io.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
     res = runner.invoke(cli, ["embed-cells", str(src), "-o", str(out), "--gene-embeddings", str(ge), "--backed"])
     _check_failed(res, out)
 

@@ -314,7 +314,7 @@ def test_router_model_list(server, tmp_path):
     ]
     s = get_settings({"describe.model": "genes-llm", "describe.model_list": deployments,
                       "cache.path": str(tmp_path / "c.sqlite")})
-    comp = roles.describer(s)
+    comp = roles.description_writer(s)
     assert comp.name == "litellm" and not comp.requires_network
     assert set(describe(["CD3E", "LYZ"], config=s).texts) == {"CD3E", "LYZ"}
 

@@ -117,11 +117,11 @@ def test_cache_key_names_who_answers_and_holds_no_secret(servers, tmp_path):
     a, _ = servers
     s = _cfg(tmp_path, a.openai_base.replace("http://", f"http://bob:{PASSWORD}@"),
              eopts={"dimensions": 8, "extra": {"api_key": "sk-in-extra-0123456789", "seed": 3}})
-    prov, emb = roles.describer(s), roles.embedder(s)
+    prov, emb = roles.description_writer(s), roles.embedder(s)
     assert prov.cache_key == f"litellm/openai/gpt-4o-mini [api_base={a.openai_base}, max_tokens=512]"
     assert emb.cache_key.startswith(f"litellm/openai/text-embedding-3-small@8 [api_base={a.openai_base}, dimensions=8, extra=")
     assert PASSWORD not in emb.cache_key and "sk-in-extra" not in emb.cache_key
-    default = roles.describer(get_settings({"describe.model": "openai/gpt-4o-mini"}))
+    default = roles.description_writer(get_settings({"describe.model": "openai/gpt-4o-mini"}))
     assert default.cache_key == "litellm/openai/gpt-4o-mini [api_base=default, max_tokens=512]"
     assert default.cache_key != prov.cache_key
 
@@ -179,7 +179,7 @@ def test_cache_clear_by_model_id_clears_every_endpoint(servers, tmp_path):
 def test_missing_key_is_a_config_error_before_any_request(tmp_path, role):
     s = get_settings({"describe.model": "openai/gpt-4o-mini", "embed.model": "openai/text-embedding-3-small",
                       "cache.enabled": False})
-    roles.describer(s)  # resolving (config show, dry runs) needs no key
+    roles.description_writer(s)  # resolving (config show, dry runs) needs no key
     t0 = time.perf_counter()
     with pytest.raises(ConfigError, match=r"OPENAI_API_KEY is not set.*api_key_env") as err:
         if role == "describe":
@@ -196,7 +196,7 @@ def test_missing_key_is_a_config_error_before_any_request(tmp_path, role):
 def test_named_key_variable_is_checked_too():
     s = get_settings({"describe.model": "openai/gpt-4o-mini", "describe.api_key_env": "MY_UNSET_KEY"})
     with pytest.raises(ConfigError, match="MY_UNSET_KEY"):
-        roles.describer(s)
+        roles.description_writer(s)
 
 
 def test_loopback_gateway_gets_the_configured_key(tmp_path, monkeypatch):

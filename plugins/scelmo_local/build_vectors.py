@@ -25,11 +25,8 @@ def build(out: Path, *, cache_path: Path, step: float = STEP) -> dict:
     table = human_table()
     texts = sorted({compact_text(r) for r in table.values() if r["type"] == "protein-coding"})
     emb = LocalMiniLM(precomputed=False)
-    cache = Cache(cache_path)
-    try:
+    with Cache(cache_path) as cache:
         vectors = emb.embed(texts, cache=cache, progress=True, desc="exact vectors")
-    finally:
-        cache.close()
     meta = {
         "model": DEFAULT_MODEL, "model_sha256": MODELS[DEFAULT_MODEL][1], "tokenizer_sha256": MODELS[DEFAULT_MODEL][3],
         "max_length": emb.options.max_length, "knowledge_built": manifest().get("built", ""),

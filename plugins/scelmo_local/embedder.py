@@ -159,8 +159,8 @@ class LocalMiniLM(TextEmbedder):
         self.n_precomputed = getattr(self, "n_precomputed", 0) + int(hit.sum())
         return out
 
-    def describe_self(self) -> dict[str, str | int | float]:
-        out = super().describe_self()
+    def provenance_record(self) -> dict[str, str | int | float]:
+        out = super().provenance_record()
         table = self._precomputed()
         if table is not None:
             out["precomputed_table"] = f"{FILE}@{SHA256[:12]}"

@@ -132,8 +132,8 @@ class LocalGeneKnowledge(KnowledgeSource):
                 out[g] = [t.strip() for key in ("bp", "pathways") for t in (row.get(key) or "").split(";") if t.strip()]
         return out
 
-    def describe_self(self) -> dict[str, str | int | float]:
-        out = super().describe_self()
+    def provenance_record(self) -> dict[str, str | int | float]:
+        out = super().provenance_record()
         m = manifest()
         out["table_built"] = str(m.get("built", ""))
         out["sources"] = "; ".join(

@@ -158,7 +158,7 @@ def _plan(
     settings = get_settings(settings)
     subject = normalize_subject(subject)
     unique = _check_items(items)
-    component = using if using is not None else roles.describer(settings)
+    component = using if using is not None else roles.description_writer(settings)
     template = None
     if isinstance(component, Provider):
         template = get_prompt(prompt, subject=subject)
@@ -192,12 +192,8 @@ def estimate(
     if not isinstance(component, Provider):
         return Estimate("describe", component.model_id, 0, len(unique), len(unique), 0, 0, 0.0,
                         ["offline knowledge table: no calls"])
-    cache = open_cache(plan.settings)
-    try:
+    with open_cache(plan.settings) as cache:
         done = plan.cached(cache)
-    finally:
-        if cache is not None:
-            cache.close()
     todo = [i for i in unique if i not in done]
     ptok = sum(component.count_tokens(template.render(i), system=template.system) for i in todo)
     ctok = component.expected_completion_tokens() * len(todo)
@@ -261,8 +257,7 @@ def describe(
     budget = budget if budget is not None else Budget(max_cost)
     usage = Usage()
     result = DescribeResult({}, component.model_id, template, subject, usage=usage)
-    cache = open_cache(plan.settings)
-    try:
+    with open_cache(plan.settings) as cache:
         result.texts.update(plan.cached(cache))
         result.cached = len(result.texts)
         todo = [i for i in unique if i not in result.texts]
@@ -312,9 +307,6 @@ def describe(
                 ),
                 actual_cost=lambda out: out[0].cost,
             )
-    finally:
-        if cache is not None:
-            cache.close()
     result.texts = {i: result.texts[i] for i in unique if i in result.texts}  # input order
     if result.failed:
         sample = ", ".join(f"{k} ({v})" for k, v in list(result.failed.items())[:3])

@@ -51,8 +51,8 @@ def _check_offline(settings: ScelmoSettings, role: str, component: Any) -> None:
         )
 
 
-def describer(settings: ScelmoSettings) -> KnowledgeSource | Provider:
-    """The component serving the ``describe`` role."""
+def description_writer(settings: ScelmoSettings) -> KnowledgeSource | Provider:
+    """The component serving the ``describe`` role: a knowledge source (offline) or an LLM provider."""
     role = settings.describe
     try:
         entry, model = plugins.knowledge_sources.resolve_model(role.model)
@@ -64,6 +64,10 @@ def describer(settings: ScelmoSettings) -> KnowledgeSource | Provider:
     component = entry.obj(model, **_options(role, entry.obj, "describe"))
     _check_offline(settings, "describe", component)
     return component
+
+
+#: Earlier name of :func:`description_writer`.
+describer = description_writer
 
 
 def embedder(settings: ScelmoSettings) -> TextEmbedder:
@@ -87,12 +91,8 @@ def embed_texts(
     """Vectors for ``texts`` from the ``embed`` role (or the embedder ``using``), through the configured cache."""
 
     component = using if using is not None else embedder(settings)
-    cache = open_cache(settings)
-    try:
+    with open_cache(settings) as cache:
         return component.embed(texts, cache=cache, progress=progress, desc=desc, budget=budget)
-    finally:
-        if cache is not None:
-            cache.close()
 
 
 def vocabulary(describe: KnowledgeSource | Provider | None = None) -> GeneVocabulary | None:

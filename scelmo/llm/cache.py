@@ -18,11 +18,12 @@ several processes may share one file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -223,10 +224,16 @@ class Cache:
         return int(n)
 
 
-def open_cache(settings: object | None = None) -> Cache | None:
-    """The cache configured in ``settings`` (``None`` when ``cache.enabled`` is false)."""
+@contextlib.contextmanager
+def open_cache(settings: object | None = None) -> Iterator[Cache | None]:
+    """The cache configured in ``settings``, closed on exit (``None`` when ``cache.enabled`` is false)::
 
+        with open_cache(settings) as cache:
+            vectors = embedder.embed(texts, cache=cache)
+    """
     s = settings if settings is not None else get_settings()
     if not s.cache.enabled:  # type: ignore[attr-defined]
-        return None
-    return Cache(s.cache.resolved_path())  # type: ignore[attr-defined]
+        yield None
+        return
+    with Cache(s.cache.resolved_path()) as cache:  # type: ignore[attr-defined]
+        yield cache

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -74,14 +75,22 @@ class Component(ABC):  # noqa: B024 - abstract methods live in the subclasses
                 f"Allowed options: {allowed}."
             ) from None
 
-    def describe_self(self) -> dict[str, str | int | float]:
-        """Provenance of this component: strings and numbers only, secrets left out or masked."""
+    def provenance_record(self) -> dict[str, str | int | float]:
+        """Provenance of this component: strings and numbers only, secrets left out or masked.
 
+        Recorded in ``uns["scelmo"]`` and in saved gene tables; override to add facts
+        (call ``super().provenance_record()`` first).
+        """
         out: dict[str, str | int | float] = {"name": self.name}
         for key, value in self.options.model_dump().items():
             if isinstance(value, str | int | float) and not is_secret_name(key):
                 out[key] = mask(value)
         return out
+
+    def describe_self(self) -> dict[str, str | int | float]:
+        """Deprecated name of :meth:`provenance_record`."""
+        warnings.warn("Component.describe_self() is now provenance_record().", DeprecationWarning, stacklevel=2)
+        return self.provenance_record()
 
 
 class ModelComponent(Component):  # noqa: B024 - abstract methods live in the subclasses

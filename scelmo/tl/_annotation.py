@@ -98,7 +98,7 @@ def knowledge_markers(
     the genes its name mentions (with the top weight).
     """
     settings = get_settings(config)
-    describer = roles.describer(settings)
+    describer = roles.description_writer(settings)
     vocab = roles.vocabulary(describer)
     genes = [str(g) for g in genes]
     res = vocab.resolve(genes, species=settings.genes.species) if vocab is not None else None

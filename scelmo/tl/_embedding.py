@@ -25,8 +25,8 @@ from scelmo.errors import (
 )
 from scelmo.expression import distributed
 from scelmo.expression.matrix import n_rows_cols, select_matrix
+from scelmo.expression.selection import GeneStats, highly_variable, should_normalize
 from scelmo.expression.selection import gene_stats as compute_gene_stats
-from scelmo.expression.selection import highly_variable, should_normalize
 from scelmo.genes import GeneEmbeddings, GeneVocabulary, Resolution
 from scelmo.knowledge import roles
 from scelmo.knowledge.descriptions import describe as describe_items
@@ -80,7 +80,7 @@ def _resolve_request(
     settings = _settings(config, **{keys_[k]: v for k, v in models.items()})
     names = [str(g) for g in (adata.var_names if adata is not None else [])] + [str(g) for g in (genes or [])]
     _check_names(names if adata is None else [str(g) for g in adata.var_names])
-    describer = roles.describer(settings)
+    describer = roles.description_writer(settings)
     res = _resolve(names, roles.vocabulary(describer), settings.genes.species)
     if res.n_resolved == 0:
         raise _no_match_error(res)
@@ -113,8 +113,8 @@ def _build_gene_embeddings(
         "embed_model": embed.model_id,
         "n_genes": len(genes),
         "dim": int(vectors.shape[1]) if len(genes) else 0,
-        "describe": describer.describe_self(),
-        "embed": embed.describe_self(),
+        "describe": describer.provenance_record(),
+        "embed": embed.provenance_record(),
         "description_run": described.provenance(),
     }
     usage = getattr(embed, "usage", None)
@@ -227,13 +227,9 @@ def estimate_embed_genes(
     embedder = roles.embedder(settings)
     if isinstance(describer, KnowledgeSource):
         texts = list(describer.describe(symbols).values())
-        cache = open_cache(settings)
-        try:
+        with open_cache(settings) as cache:
             hashes = [text_hash(t) for t in texts]
             done = cache.get_vectors(embedder.cache_key, hashes, legacy=embedder.legacy_cache_keys) if cache else {}
-        finally:
-            if cache is not None:
-                cache.close()
         todo = [t for t in texts if text_hash(t) not in done]
         tokens = embedder.count_tokens(todo)
         n_items, cached = len(texts), len(texts) - len(todo)
@@ -316,6 +312,59 @@ def _gene_mask(adata: Any, source: str, n_genes: int, mask_var: Any, plan: dict[
     if "highly_variable" in var and var["highly_variable"].dtype == bool:  # scanpy's convention
         return var["highly_variable"].to_numpy(), "mask_var:highly_variable"
     return highly_variable(stats, n_top_genes), f"hvg:{n_top_genes}"
+
+
+def _aligned_gene_table(names: list[str], gene_embeddings: GeneEmbeddings | str | None, settings: ScelmoSettings,
+                        plan: dict[str, Any], progress: bool | None
+                        ) -> tuple[GeneEmbeddings, list[str], np.ndarray, np.ndarray, Resolution]:
+    """The gene table (given, loaded or built now), conditioned when the flavor says so, and its
+    vectors aligned to the data's columns: ``(table, looked-up names, E, has-a-vector mask, resolution)``."""
+    agg_cfg = settings.aggregate
+    describe = None if isinstance(gene_embeddings, GeneEmbeddings | str) else roles.description_writer(settings)
+    vocab = roles.vocabulary(describe)
+    res = _resolve(names, vocab, settings.genes.species)
+    if res.n_resolved == 0 and not isinstance(gene_embeddings, GeneEmbeddings | str):
+        raise _no_match_error(res)
+    if isinstance(gene_embeddings, str):
+        gene_embeddings = GeneEmbeddings.load(gene_embeddings)
+    if gene_embeddings is None:
+        gene_embeddings = _build_gene_embeddings([s for s in res.symbols if s], settings, describe, progress)
+    # fall back to the name as given when the resolved symbol is not in a user's table
+    lookup = [
+        s if (s is not None and s in gene_embeddings) else n for s, n in zip(res.symbols, names, strict=True)
+    ]
+    if plan["condition"] and gene_embeddings.conditioning is None:  # fitted once per table, kept with it
+        gene_embeddings.condition(n_components=agg_cfg.condition_components)
+    E, mask = gene_embeddings.aligned(lookup, conditioned=bool(plan["condition"]))
+    if not mask.any():
+        raise _no_match_error(res)
+    return gene_embeddings, lookup, E, mask, res
+
+
+def _input_statistics(adata: Any, matrix: Any, source: str, gene_stats: GeneStats | None, plan: dict[str, Any],
+                      mask_var: Any, normalize: bool, lazy: bool, progress: bool | None, chunk_size: int
+                      ) -> GeneStats | None:
+    """Per-gene statistics for gene selection and centring: the given ones, or one streamed pass
+    over the data (on dask when the matrix is a dask array); ``None`` when nothing needs them."""
+    n_cells, n_genes = n_rows_cols(matrix)
+    do_norm = normalize
+    need_stats = plan["transform"] != "none" or (
+        mask_var is None and plan["genes"] == "hvg" and "highly_variable" not in _var_of(adata, source)
+    )
+    stats = gene_stats
+    if stats is not None and stats.n_genes != n_genes:
+        raise InputError(f"gene_stats cover {stats.n_genes} genes but the data has {n_genes}; compute them on the same genes.")
+    use_dask = distributed.is_dask_array(matrix)
+    if lazy and not use_dask:
+        raise InputError("lazy=True needs a dask array as the matrix (e.g. scelmo.expression.distributed.read_lazy(path)).")
+    if need_stats and stats is None:
+        if use_dask:
+            stats = distributed.gene_stats(matrix, normalize=do_norm)
+        else:
+            with progress_bar(total=n_cells, desc="gene statistics", unit="cell", enabled=progress) as bar:
+                stats = compute_gene_stats(matrix, normalize=do_norm, chunk_size=chunk_size,
+                                           progress=bar.update)
+    return stats
 
 
 def embed_cells(
@@ -465,42 +514,12 @@ def embed_cells(
     names = [str(v) for v in var_names]
     _check_names(names)
 
-    describe = None if isinstance(gene_embeddings, GeneEmbeddings | str) else roles.describer(settings)
-    vocab = roles.vocabulary(describe)
-    res = _resolve(names, vocab, settings.genes.species)
-    if res.n_resolved == 0 and not isinstance(gene_embeddings, GeneEmbeddings | str):
-        raise _no_match_error(res)
-    if isinstance(gene_embeddings, str):
-        gene_embeddings = GeneEmbeddings.load(gene_embeddings)
-    if gene_embeddings is None:
-        gene_embeddings = _build_gene_embeddings([s for s in res.symbols if s], settings, describe, progress)
-    # fall back to the name as given when the resolved symbol is not in a user's table
-    lookup = [
-        s if (s is not None and s in gene_embeddings) else n for s, n in zip(res.symbols, names, strict=True)
-    ]
-    if plan["condition"] and gene_embeddings.conditioning is None:  # fitted once per table, kept with it
-        gene_embeddings.condition(n_components=agg_cfg.condition_components)
-    E, mask = gene_embeddings.aligned(lookup, conditioned=bool(plan["condition"]))
-    if not mask.any():
-        raise _no_match_error(res)
+    gene_embeddings, lookup, E, mask, res = _aligned_gene_table(names, gene_embeddings, settings, plan, progress)
 
     do_norm = should_normalize(plan["normalize"], matrix)
-    need_stats = plan["transform"] != "none" or (
-        mask_var is None and plan["genes"] == "hvg" and "highly_variable" not in _var_of(adata, source)
-    )
-    stats = gene_stats
-    if stats is not None and stats.n_genes != n_genes:
-        raise InputError(f"gene_stats cover {stats.n_genes} genes but the data has {n_genes}; compute them on the same genes.")
+    stats = _input_statistics(adata, matrix, source, gene_stats, plan, mask_var, do_norm, lazy, progress,
+                              agg_cfg.chunk_size)
     use_dask = distributed.is_dask_array(matrix)
-    if lazy and not use_dask:
-        raise InputError("lazy=True needs a dask array as the matrix (e.g. scelmo.expression.distributed.read_lazy(path)).")
-    if need_stats and stats is None:
-        if use_dask:
-            stats = distributed.gene_stats(matrix, normalize=do_norm)
-        else:
-            with progress_bar(total=n_cells, desc="gene statistics", unit="cell", enabled=progress) as bar:
-                stats = compute_gene_stats(matrix, normalize=do_norm, chunk_size=agg_cfg.chunk_size,
-                                           progress=bar.update)
     selected, how = _gene_mask(adata, source, n_genes, mask_var, plan, stats, agg_cfg.n_top_genes)
     use = selected & mask
     if not use.any():
@@ -545,7 +564,7 @@ def embed_cells(
     info.update(
         {
             "aggregator": agg.name,
-            "aggregator_options": agg.describe_self(),
+            "aggregator_options": agg.provenance_record(),
             "matrix": source,
             "flavor": agg_cfg.flavor,
             "gene_selection": how,
