@@ -456,8 +456,8 @@ def _model_info(model: Any, extra: Mapping[str, Any]) -> dict[str, Any]:
     train = {k: v for k, v in dict(model.train_info).items() if isinstance(v, str | int | float | bool)}
     return {
         "head": str(model.head_name),
-        "classes": [str(c) for c in (getattr(model.head, "classes", None) or [])],
-        "predicts_labels": bool(hasattr(model.head, "predict_knn")),
+        "classes": [str(c) for c in model.head.classes],
+        "predicts_labels": bool(model.head.supports("labels")),
         "labels_key": model.setup.labels_key, "batch_key": model.setup.batch_key,
         "genes": encode_strings(genes), "n_genes": len(genes),
         "train": train, "history": history,
@@ -594,7 +594,7 @@ def predict(
             "Z": _matrix_bytes(Z), "dim": [int(Z.shape[0]), int(Z.shape[1])],
             "n_missing": n_missing, "n_model_genes": len(genes),
         }
-        if hasattr(model.head, "predict_knn"):
+        if model.head.supports("labels"):
             probs = model.predict(aligned_adata, method=method, return_probabilities=True,
                                   k=None if k is None else int(k))
             P = probs.to_numpy(dtype=np.float64)

@@ -224,3 +224,47 @@ def test_core_imports_do_not_import_torch():
     code = "import sys, scelmo, scelmo.tl, scelmo.model; scelmo.Model; assert 'torch' not in sys.modules, 'torch imported'"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_head_contract_capabilities_and_defaults():
+    """Model checks declared capabilities; the contract's optional methods fail clearly by default."""
+    from scelmo.plugin import TaskHead
+
+    ann, integ, pert = (scelmo.plugin.heads.get(n) for n in ("annotation", "integration", "perturbation"))
+    assert ann.capabilities == {"latent", "labels", "knn"} and ann.requires_labels
+    assert integ.capabilities == {"latent"} and pert.capabilities == {"latent", "perturbation"}
+
+    class Bare(TaskHead):
+        name = "bare"
+
+        def fit(self, X, labels=None, **_):
+            return self
+
+        def save_state(self, directory):
+            pass
+
+        @classmethod
+        def load_state(cls, directory):
+            return cls()
+
+    head = Bare()
+    assert list(head.classes) == [] and list(head.history) == [] and head.best_score is None
+    for call in (lambda: head.transform(np.ones((2, 3))), lambda: head.predict_proba(np.ones((2, 3))),
+                 lambda: head.knn_fractions(np.ones((2, 3))), lambda: head.predict_expression(np.ones((2, 3)), "A")):
+        with pytest.raises(ScelmoError, match="'bare' head does not"):
+            call()
+    with pytest.raises(ValueError, match="Unknown head capability"):
+        head.supports("labelz")
+
+
+def test_renamed_head_keywords_still_work(split):
+    train, _ = split
+    X = train.raw.X if train.raw is not None else train.X
+    E = np.asarray(train.varm[keys.GENE_EMBEDDING], dtype=np.float32)
+    head = scelmo.plugin.heads.create("annotation")
+    y = train.obs["bulk_labels"].astype(str).to_numpy()
+    with pytest.warns(DeprecationWarning, match="`embeddings=` is deprecated; use `X=`"):
+        head.fit(embeddings=X, labels=y, gene_vectors=E, training={"max_epochs": 1, "progress": False})
+    with pytest.raises(InputError, match="give `X=` only"):
+        head.predict(X, embeddings=X, gene_vectors=E)
+    assert head.predict(X[:5], gene_vectors=E).shape == (5,)

@@ -44,7 +44,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from scelmo.errors import InputError, ScelmoError
+from scelmo.errors import InputError
 from scelmo.expression.selection import gene_stats, highly_variable
 from scelmo.plugin import ComponentOptions
 
@@ -292,14 +292,16 @@ class GeneAdapterHead(TorchHead):
         mu = self.arrays.get("gene_mean")
         return np.zeros(A.shape[1], np.float32) if mu is None else (mu.astype(np.float64) @ A).astype(np.float32)
 
-    def transform(self, X: Any, *, gene_vectors: np.ndarray, device: Any = None,
-                  gene_names: list[str] | None = None) -> np.ndarray:
+    def transform(self, X: Any, *, gene_vectors: np.ndarray | None = None, gene_names: list[str] | None = None,
+                  device: Any = None) -> np.ndarray:
         """Cell embeddings (cells x latent, float32) of ``X`` with the trained adapter.
 
         ``gene_names`` (X's column names) find the trained genes in a query with other
         genes; without them X must have the training columns.
         """
         self._require_fitted()
+        if gene_vectors is None:
+            raise InputError(f"The {self.name!r} head needs `gene_vectors` (genes x d) aligned to X's columns.")
         torch = import_torch()
         Xk, E, w = self.prepare_matrix(X, gene_vectors, gene_names)
         with self.inference(device) as dev:
@@ -416,6 +418,3 @@ class GeneAdapterHead(TorchHead):
         for attr in ("_X", "_E_np", "_w_np", "_mu_np", "_C0_np", "_labels_np", "_E", "_y", "_w", "_mu", "_C0", "_stats"):
             if hasattr(self, attr):
                 delattr(self, attr)
-
-    def predict(self, embeddings: Any, **kwargs: Any) -> np.ndarray:  # TaskHead API
-        raise ScelmoError(f"The {self.name!r} head does not predict labels; use transform().")

@@ -27,6 +27,7 @@ from pydantic import Field
 
 from scelmo.errors import InputError
 from scelmo.knn import knn_fractions, knn_vote
+from scelmo.plugin.heads import renamed_keyword
 
 from .adapter import (
     AdapterOptions,
@@ -75,6 +76,7 @@ class AnnotationHead(GeneAdapterHead):
 
     name = "annotation"
     requires_labels = True
+    capabilities = frozenset({"latent", "labels", "knn"})
     Options = AnnotationOptions
     #: Measured (docs/finetuning.md): the paper's batch of 512 gives one step per epoch
     #: on small data; 128 cells and lr 1e-3 train reliably on 500 to 100,000 cells;
@@ -85,11 +87,14 @@ class AnnotationHead(GeneAdapterHead):
     def classes(self) -> list[str]:
         return list(self.spec.get("classes", []))
 
-    def fit(self, embeddings: Any, labels: Any = None, *, gene_vectors: np.ndarray | None = None,
-            training: TrainingConfig | dict[str, Any] | None = None, gene_names: list[str] | None = None,
-            **_: Any) -> AnnotationHead:
-        """Train on expression ``embeddings`` (cells x genes; the name follows TaskHead) and ``labels``."""
-        X = embeddings
+    def fit(self, X: Any = None, labels: Any = None, *, gene_vectors: np.ndarray | None = None,
+            gene_names: list[str] | None = None, batch: Any = None, perturbations: Any = None,
+            training: TrainingConfig | dict[str, Any] | None = None, **kwargs: Any) -> AnnotationHead:
+        """Train on expression ``X`` (cells x genes) and ``labels`` (``batch`` and ``perturbations``
+        are not used; ``embeddings=`` is the deprecated name of ``X``)."""
+        X = renamed_keyword(kwargs, "embeddings", "X", X, "AnnotationHead.fit")
+        if X is None:
+            raise InputError("AnnotationHead.fit needs the expression matrix X (cells x genes).")
         if gene_vectors is None:
             raise InputError("The annotation head needs `gene_vectors` (genes x d) aligned to X's columns.")
         if labels is None:
@@ -197,8 +202,8 @@ class AnnotationHead(GeneAdapterHead):
         return 0.5 * (float((pred == yv).mean()) + macro_f1_codes(yv, pred, n))
 
     # -- prediction ------------------------------------------------------------------------
-    def predict_proba(self, X: Any, *, gene_vectors: np.ndarray, device: Any = None,
-                      gene_names: list[str] | None = None) -> np.ndarray:
+    def predict_proba(self, X: Any, *, gene_vectors: np.ndarray | None = None, gene_names: list[str] | None = None,
+                      device: Any = None) -> np.ndarray:
         """Classifier probabilities, cells x classes (columns in :attr:`classes` order)."""
         torch = import_torch()
         z = self.transform(X, gene_vectors=gene_vectors, device=device, gene_names=gene_names)
@@ -223,16 +228,21 @@ class AnnotationHead(GeneAdapterHead):
         return knn_fractions(latent, self.arrays["reference_latent"], self.arrays["reference_labels"],
                              len(self.classes), k=k or self.options.knn_k, chunk=chunk)
 
-    def predict(self, embeddings: Any, *, gene_vectors: np.ndarray | None = None, method: str = "knn",
-                **kwargs: Any) -> np.ndarray:
-        """Labels for expression ``embeddings`` (cells x genes) by ``"knn"`` or ``"classifier"``."""
+    def predict(self, X: Any = None, *, gene_vectors: np.ndarray | None = None, gene_names: list[str] | None = None,
+                perturbations: Any = None, device: Any = None, method: str = "knn", **kwargs: Any) -> np.ndarray:
+        """Labels for expression ``X`` (cells x genes) by ``"knn"``, ``"classifier"`` or ``"auto"``
+        (``embeddings=`` is the deprecated name of ``X``)."""
+        X = renamed_keyword(kwargs, "embeddings", "X", X, "AnnotationHead.predict")
+        if kwargs:
+            raise InputError(f"Unknown argument(s) for AnnotationHead.predict: {sorted(kwargs)}.")
         if gene_vectors is None:
             raise InputError("predict needs `gene_vectors` aligned to X's columns.")
         if method == "auto":
             method = self.best_method
+        given = {"gene_vectors": gene_vectors, "gene_names": gene_names, "device": device}
         if method == "classifier":
-            p = self.predict_proba(embeddings, gene_vectors=gene_vectors, **kwargs)
+            p = self.predict_proba(X, **given)
             return np.asarray(self.classes, dtype=object)[p.argmax(1)].astype(str)
         if method == "knn":
-            return self.predict_knn(self.transform(embeddings, gene_vectors=gene_vectors, **kwargs))[0]
+            return self.predict_knn(self.transform(X, **given))[0]
         raise InputError(f"method must be 'knn', 'classifier' or 'auto', got {method!r}.")

@@ -5,10 +5,11 @@ Stable API for heads in this plugin (and third-party heads):
 * :class:`TrainingConfig` - how to train (epochs, batch size, learning rate, early
   stopping, device, seed, CPU threads, mixed precision, progress). Pydantic, unknown
   keys are errors. ``TrainingConfig.from_any(None | dict | TrainingConfig)``.
-* :class:`TorchHead` - a :class:`scelmo.plugin.components.TaskHead` whose network is a
-  :class:`torch.nn.Module`. A subclass sets ``name`` and ``Options`` and implements:
+* :class:`TorchHead` - a :class:`scelmo.plugin.TaskHead` whose network is a
+  :class:`torch.nn.Module`. A subclass sets ``name``, ``Options`` and ``capabilities``
+  (and implements the methods of its capabilities, see :mod:`scelmo.plugin.heads`) and:
 
-  ``fit(X, labels=None, **kwargs)``
+  ``fit(X, labels=None, *, gene_vectors, gene_names, batch, perturbations, training)``
       prepare its data (numpy/scipy), set ``self.spec`` (a JSON-able dict with
       everything :meth:`build_module` needs: sizes, class names, ...), then call
       ``self.train_module(train_rows, training)`` and return ``self``.

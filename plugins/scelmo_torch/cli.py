@@ -158,7 +158,7 @@ def add_commands(cli: Any) -> None:
         key = latent_key or (keys.X_SCELMO_INTEGRATED if model.head_name == "integration" else keys.X_SCELMO_FINETUNED)
         model.get_latent_representation(adata, key_added=key, device=device)
         msg = f"obsm[{key!r}]"
-        if hasattr(model.head, "predict_knn"):
+        if model.head.supports("labels"):
             model.predict(adata, method=method, key_added=key_added, device=device)
             msg += f", obs[{key_added!r}] ({method})"
         io.write_h5ad(adata, output)

@@ -37,6 +37,7 @@ from pydantic import Field
 
 from scelmo import tl
 from scelmo.errors import InputError
+from scelmo.plugin.heads import renamed_keyword
 
 from .adapter import (
     AdapterOptions,
@@ -138,15 +139,19 @@ class IntegrationHead(GeneAdapterHead):
 
     name = "integration"
     Options = IntegrationOptions
+    capabilities = frozenset({"latent"})
     #: lr 3e-3 (the previous default): on pbmc68k_sim it beat 1e-3 on one seed, but its
     #: 3-seed mean equals 1e-3's single seed (docs/finetuning.md); checks every 2 epochs.
     training_defaults = {"batch_size": 256, "lr": 3e-3, "check_every": 2, "patience": 3}
 
-    def fit(self, embeddings: Any, labels: Any = None, *, gene_vectors: np.ndarray | None = None,
-            batch: Any = None, training: TrainingConfig | dict[str, Any] | None = None,
-            gene_names: list[str] | None = None, **_: Any) -> IntegrationHead:
-        """Train on expression ``embeddings`` (cells x genes) with ``batch`` (required) and optional ``labels``."""
-        X = embeddings
+    def fit(self, X: Any = None, labels: Any = None, *, gene_vectors: np.ndarray | None = None,
+            gene_names: list[str] | None = None, batch: Any = None, perturbations: Any = None,
+            training: TrainingConfig | dict[str, Any] | None = None, **kwargs: Any) -> IntegrationHead:
+        """Train on expression ``X`` (cells x genes) with ``batch`` (required) and optional ``labels``
+        (``perturbations`` are not used; ``embeddings=`` is the deprecated name of ``X``)."""
+        X = renamed_keyword(kwargs, "embeddings", "X", X, "IntegrationHead.fit")
+        if X is None:
+            raise InputError("IntegrationHead.fit needs the expression matrix X (cells x genes).")
         if gene_vectors is None:
             raise InputError("The integration head needs `gene_vectors` (genes x d) aligned to X's columns.")
         if batch is None:
@@ -304,12 +309,16 @@ class IntegrationHead(GeneAdapterHead):
             bio = 0.0
         return (1 - o.batch_score_weight) * bio + o.batch_score_weight * batch_score
 
-    def predict(self, embeddings: Any, **kwargs: Any) -> np.ndarray:
-        """The integrated embedding (this head predicts no labels): same as :meth:`transform`."""
-        gene_vectors = kwargs.pop("gene_vectors", None)
+    def predict(self, X: Any = None, *, gene_vectors: np.ndarray | None = None, gene_names: list[str] | None = None,
+                perturbations: Any = None, device: Any = None, **kwargs: Any) -> np.ndarray:
+        """The integrated embedding (this head predicts no labels): same as :meth:`transform`
+        (``embeddings=`` is the deprecated name of ``X``)."""
+        X = renamed_keyword(kwargs, "embeddings", "X", X, "IntegrationHead.predict")
+        if kwargs:
+            raise InputError(f"Unknown argument(s) for IntegrationHead.predict: {sorted(kwargs)}.")
         if gene_vectors is None:
             raise InputError("predict needs `gene_vectors` aligned to X's columns.")
-        return self.transform(embeddings, gene_vectors=gene_vectors, **kwargs)
+        return self.transform(X, gene_vectors=gene_vectors, gene_names=gene_names, device=device)
 
 
 def _leiden(Z: np.ndarray, resolution: float, seed: int) -> np.ndarray:

@@ -30,13 +30,15 @@ Usage::
     from scelmo_torch.perturbation import PerturbationHead
     head = PerturbationHead(hidden=256, latent=64)
     head.fit(X, perturbations=adata.obs["condition"], control="control",
-             groups=adata.obs["cell_type"], embeddings={"IFN-beta": vec},
+             groups=adata.obs["cell_type"], perturbation_embeddings={"IFN-beta": vec},
              training={"max_epochs": 60})
     mean = head.predict_mean(X_ctrl_of_held_out_type, "IFN-beta")
 
 With :class:`scelmo.Model` the head is ``head="perturbation"``; genetic perturbations whose
 components are measured genes take their vectors from the model's gene vectors when no
-``embeddings`` are given.
+``perturbation_embeddings`` are given. (``embeddings=``, the old name of
+``perturbation_embeddings=`` in ``fit``/``predict``/``predict_mean``, still works with a
+:class:`DeprecationWarning`.)
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from pydantic import Field
 from scelmo.errors import InputError
 from scelmo.perturbation import components as split_components
 from scelmo.plugin import ComponentOptions
+from scelmo.plugin.heads import renamed_keyword
 
 from .base import TorchHead, TrainingConfig, rows_to_tensor
 from .device import import_torch
@@ -148,6 +151,7 @@ class PerturbationHead(TorchHead):
     name = "perturbation"
     Options = PerturbationOptions
     requires_labels = False
+    capabilities = frozenset({"latent", "perturbation"})
     training_defaults = DEFAULT_TRAINING
     options: PerturbationOptions
 
@@ -179,7 +183,7 @@ class PerturbationHead(TorchHead):
         still = [n for n in names if n not in out]
         if still:
             raise InputError(
-                f"No embedding for perturbation component(s) {still[:10]}. Pass embeddings={{name: vector}} "
+                f"No embedding for perturbation component(s) {still[:10]}. Pass perturbation_embeddings={{name: vector}} "
                 "(gene vectors from `scelmo.tl.embed_genes`, or text vectors of descriptions from "
                 "`scelmo.perturbation.text_perturbation_embeddings`); measured genes also take their "
                 "vector from gene_vectors."
@@ -250,14 +254,14 @@ class PerturbationHead(TorchHead):
         X: Any,
         labels: Any = None,
         *,
-        perturbations: Sequence[Any] | None = None,
-        control: str | None = None,
-        groups: Sequence[Any] | None = None,
-        embeddings: Mapping[str, Any] | None = None,
         gene_vectors: np.ndarray | None = None,
         gene_names: Sequence[str] | None = None,
         batch: Sequence[Any] | None = None,
+        perturbations: Sequence[Any] | None = None,
         training: TrainingConfig | dict[str, Any] | None = None,
+        control: str | None = None,
+        groups: Sequence[Any] | None = None,
+        perturbation_embeddings: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> PerturbationHead:
         """Train on control and perturbed cells.
@@ -277,10 +281,10 @@ class PerturbationHead(TorchHead):
         groups
             Cell group of each cell (e.g. cell type): control cells of a group are the
             starting point for that group's perturbed cells. ``None``: ``labels``, else one group.
-        embeddings
+        perturbation_embeddings
             ``{component: vector}``; may hold more components than the training data
             (unseen ones to predict later). Default: the constructor's
-            ``perturbation_embeddings``. Missing components that are measured genes take
+            ``perturbation_embeddings``. (``embeddings=`` is its deprecated name.) Missing components that are measured genes take
             their row of ``gene_vectors`` (aligned to X's columns, with ``gene_names``).
         batch
             Used as ``perturbations`` when those are not given (so that a
@@ -290,6 +294,8 @@ class PerturbationHead(TorchHead):
             :class:`~scelmo_torch.base.TrainingConfig` settings; this head's defaults are
             ``DEFAULT_TRAINING`` (60 epochs, batch 256 perturbed cells, lr 1e-3).
         """
+        embeddings = renamed_keyword(kwargs, "embeddings", "perturbation_embeddings", perturbation_embeddings,
+                                     "PerturbationHead.fit")
         if kwargs:
             raise InputError(f"Unknown argument(s) for the perturbation head: {sorted(kwargs)}.")
         if perturbations is None:
@@ -475,7 +481,7 @@ class PerturbationHead(TorchHead):
             raise InputError(
                 f"No embedding for component(s) {unknown[:10]}; the head knows {len(self.spec['components'])} "
                 "(see .components). Give their vectors with head.add_embeddings({name: vector}) or "
-                "predict(..., embeddings=...)."
+                "predict(..., perturbation_embeddings=...)."
             )
         out = torch.zeros(len(uniq), self.options.latent, device=device)
         if needed:
@@ -490,31 +496,50 @@ class PerturbationHead(TorchHead):
     def predict(
         self,
         X: Any,
-        perturbation: str | Sequence[str] | None = None,
+        perturbations: str | Sequence[str] | None = None,
         *,
-        embeddings: Mapping[str, Any] | None = None,
+        gene_vectors: np.ndarray | None = None,
+        gene_names: Sequence[str] | None = None,
         device: Any = None,
+        perturbation_embeddings: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> np.ndarray:
-        """Predicted log-normalised expression of each control cell of ``X`` under ``perturbation``.
+        """Same as :meth:`predict_expression` (``gene_vectors`` and ``gene_names`` are not used;
+        ``perturbation=`` and ``embeddings=`` are deprecated names of ``perturbations=`` and
+        ``perturbation_embeddings=``)."""
+        perturbations = renamed_keyword(kwargs, "perturbation", "perturbations", perturbations,
+                                        "PerturbationHead.predict")
+        perturbation_embeddings = renamed_keyword(kwargs, "embeddings", "perturbation_embeddings",
+                                                  perturbation_embeddings, "PerturbationHead.predict")
+        if kwargs:
+            raise InputError(f"Unknown argument(s) for PerturbationHead.predict: {sorted(kwargs)}.")
+        return self.predict_expression(X, perturbations, device=device, perturbation_embeddings=perturbation_embeddings)
+
+    def predict_expression(
+        self,
+        X: Any,
+        perturbations: str | Sequence[str] | None,
+        *,
+        device: Any = None,
+        perturbation_embeddings: Mapping[str, Any] | None = None,
+    ) -> np.ndarray:
+        """Predicted log-normalised expression of each control cell of ``X`` under ``perturbations``.
 
         Parameters
         ----------
         X
             Control cells x the training genes (same order), log-normalised.
-        perturbation
+        perturbations
             One name for all cells (``"KLF1"``, ``"KLF1+CEBPA"``, ``"IFN-beta"``) or one per cell.
-            Components need a vector: seen in training, in the fit-time ``embeddings``, or
-            given now in ``embeddings``.
+            Components need a vector: seen in training, in the fit-time
+            ``perturbation_embeddings``, or given now in ``perturbation_embeddings``.
 
         Returns
         -------
         Dense float32 array, cells x genes.
         """
         self._require_fitted()
-        if kwargs:
-            raise InputError(f"Unknown argument(s) for PerturbationHead.predict: {sorted(kwargs)}.")
-        if perturbation is None:
+        if perturbations is None:
             raise InputError("Say which perturbation to predict: predict(X_control, 'KLF1+CEBPA').")
         X = self._check_matrix(X)
         if X.shape[1] != self.spec["n_genes"]:
@@ -522,11 +547,12 @@ class PerturbationHead(TorchHead):
                 f"X has {X.shape[1]} genes but the head was trained on {self.spec['n_genes']}; "
                 "subset X to the training genes, in the same order."
             )
-        perts = [str(perturbation)] * X.shape[0] if isinstance(perturbation, str) else [str(p) for p in perturbation]
+        perts = ([str(perturbations)] * X.shape[0] if isinstance(perturbations, str)
+                 else [str(p) for p in perturbations])
         if len(perts) != X.shape[0]:
             raise InputError(f"X has {X.shape[0]} cells but {len(perts)} perturbation names.")
-        if embeddings:
-            self.add_embeddings(embeddings)
+        if perturbation_embeddings:
+            self.add_embeddings(perturbation_embeddings)
         out = np.empty(X.shape, dtype=np.float32)
         with self.inference(device) as dev:
             P, inverse = self._perturbation_latents(perts, dev)
@@ -540,10 +566,12 @@ class PerturbationHead(TorchHead):
                 out[rows] = pred.cpu().numpy()
         return out
 
-    def transform(self, X: Any, *, device: Any = None, **kwargs: Any) -> np.ndarray:
+    def transform(self, X: Any, *, gene_vectors: np.ndarray | None = None, gene_names: Sequence[str] | None = None,
+                  device: Any = None) -> np.ndarray:
         """The encoder's cell-state latent of each cell (cells x ``latent``; needs ``cell_state=True``).
 
-        Extra keyword arguments (``gene_vectors`` from :class:`scelmo.Model`) are ignored.
+        ``X`` has the training genes in training order; ``gene_vectors`` and ``gene_names``
+        (passed by :class:`scelmo.Model`) are not used.
         """
         self._require_fitted()
         if not self.options.cell_state:
@@ -559,11 +587,17 @@ class PerturbationHead(TorchHead):
                 out[rows] = self.module.encoder(rows_to_tensor(X, rows, dev)).float().cpu().numpy()
         return out
 
-    def predict_mean(self, X: Any, perturbation: str, **kwargs: Any) -> np.ndarray:
-        """Mean predicted expression (one value per gene) of the control cells ``X`` under ``perturbation``."""
+    def predict_mean(self, X: Any, perturbation: str, *, device: Any = None,
+                     perturbation_embeddings: Mapping[str, Any] | None = None, **kwargs: Any) -> np.ndarray:
+        """Mean predicted expression (one value per gene) of the control cells ``X`` under ``perturbation``
+        (``embeddings=`` is the deprecated name of ``perturbation_embeddings=``)."""
+        perturbation_embeddings = renamed_keyword(kwargs, "embeddings", "perturbation_embeddings",
+                                                  perturbation_embeddings, "PerturbationHead.predict_mean")
+        if kwargs:
+            raise InputError(f"Unknown argument(s) for PerturbationHead.predict_mean: {sorted(kwargs)}.")
         if not isinstance(perturbation, str):
             raise InputError("predict_mean takes one perturbation name; call it once per perturbation.")
-        pred = self.predict(X, perturbation, **kwargs)
+        pred = self.predict_expression(X, perturbation, device=device, perturbation_embeddings=perturbation_embeddings)
         return pred.mean(axis=0, dtype=np.float64)
 
     def perturbation_embedding(self, perturbation: str) -> np.ndarray:
@@ -635,8 +669,8 @@ def predict_held_out_targets(
         raise InputError(f"No vector for component(s) {missing[:10]}; give every component a vector.")
     head.fit(X[train] if not sp.issparse(X) else sp.csr_matrix(X)[np.flatnonzero(train)],
              perturbations=pert[train], control=control,
-             embeddings={c: vectors[c] for c in train_comps}, training=dict(training or {}))
+             perturbation_embeddings={c: vectors[c] for c in train_comps}, training=dict(training or {}))
     if X_control is None:
         X_control = X[np.flatnonzero(pert == control)]
     extra = {c: vectors[c] for c in held_comps}
-    return {h: head.predict_mean(X_control, h, embeddings=extra) for h in held}, head
+    return {h: head.predict_mean(X_control, h, perturbation_embeddings=extra) for h in held}, head

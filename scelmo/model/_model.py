@@ -16,19 +16,11 @@ The network lives in a *task head* looked up by name in :data:`scelmo.plugin.hea
 (``"annotation"`` and ``"integration"`` come from the ``scelmo_torch`` plugin), so a
 third-party head plugs in the same way. This module imports no torch; the head does.
 
-Head contract (what :class:`Model` calls; ``X`` is cells x genes, float32 CSR or
-ndarray, finite and non-negative; ``gene_vectors`` is genes x d aligned to X's
-columns with zero rows for genes without a vector):
-
-* ``fit(X, labels, *, gene_vectors, batch, training: dict) -> head`` (``labels`` /
-  ``batch``: arrays of strings or ``None``; ``training``: max_epochs, batch_size, lr,
-  early_stopping, device, seed, ... as the head understands them);
-* ``transform(X, *, gene_vectors, device=None) -> ndarray`` (cells x latent);
-* ``predict_knn(latent, k=None) -> (labels, score)`` and
-  ``predict_proba(X, *, gene_vectors, device=None) -> ndarray`` with a ``classes``
-  attribute (only for heads that predict labels);
-* ``save_state(directory)`` and the classmethod ``load_state(directory) -> head``;
-  ``history`` (a list of per-epoch dicts) and ``options`` (a pydantic model).
+The head contract (every method and attribute :class:`Model` uses, with the same
+argument names in every head: ``X``, ``gene_vectors``, ``gene_names``, ``labels``,
+``batch``, ``perturbations``, ``device``, ``training``) is :class:`scelmo.plugin.TaskHead`;
+``Model`` checks a head's declared ``capabilities`` (``"latent"``, ``"labels"``, ``"knn"``,
+``"perturbation"``) before using the optional parts.
 
 Nothing is written into ``adata`` except what is asked for (``key_added=``), the
 gene vectors when ``Model(adata)`` has to embed them (``varm["scelmo"]``, as
@@ -41,7 +33,6 @@ by :meth:`Model.load` is registered in memory only, keyed by the object.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import time
 import weakref
@@ -179,7 +170,7 @@ class Model:
         self.setup = setup
         self.head_name = head
         self.head = plugins.heads.create(head, **head_options)
-        if getattr(self.head, "requires_labels", False) and setup.labels_key is None:
+        if self.head.requires_labels and setup.labels_key is None:
             raise InputError(f"The {head!r} head needs labels: call `Model.setup_anndata(adata, labels_key=...)`.")
         self.gene_table = self._gene_table(adata, gene_embeddings, config)
         self.is_trained = False
@@ -314,14 +305,10 @@ class Model:
                     "device": device, "seed": seed, "num_threads": num_threads, "progress": progress, **training}
         settings = {k: v for k, v in settings.items() if v is not None}
         t0 = time.perf_counter()
-        extra: dict[str, Any] = {}
-        if self.setup.perturbation_key is not None:  # heads that do not use them ignore these
-            extra = {"perturbations": self._obs(self.setup.perturbation_key), "gene_names": names}
-        elif _accepts(self.head.fit, "gene_names"):  # lets a head find its trained genes in a query
-            extra = {"gene_names": names}
-        self.head.fit(X, self._obs(self.setup.labels_key), gene_vectors=E, batch=self._obs(self.setup.batch_key),
-                      training=settings, **extra)
-        history = list(getattr(self.head, "history", []) or [])
+        self.head.fit(X, self._obs(self.setup.labels_key), gene_vectors=E, gene_names=names,
+                      batch=self._obs(self.setup.batch_key), perturbations=self._obs(self.setup.perturbation_key),
+                      training=settings)
+        history = list(self.head.history or [])
         self.is_trained = True
         self.train_genes = names
         self.train_info = {
@@ -331,10 +318,10 @@ class Model:
             "n_genes_with_vector": int((np.abs(E).sum(1) > 0).sum()),
             "epochs": len(history),
             "seconds": time.perf_counter() - t0,
-            "device": str(getattr(self.head, "device", "")),
+            "device": "" if self.head.device is None else str(self.head.device),
             **{f"setting_{k}": v for k, v in settings.items() if isinstance(v, str | int | float | bool)},
         }
-        if getattr(self.head, "best_score", None) is not None:
+        if self.head.best_score is not None:
             self.train_info["best_validation_score"] = float(self.head.best_score)
         provenance.record(self.adata, "train", self.train_info)
         return self
@@ -344,7 +331,7 @@ class Model:
         """Per-epoch training history (loss, validation score, seconds) as a DataFrame."""
         import pandas as pd
 
-        return pd.DataFrame(getattr(self.head, "history", []))
+        return pd.DataFrame(list(self.head.history or []))
 
     def _require_trained(self) -> None:
         if not self.is_trained:
@@ -363,14 +350,13 @@ class Model:
         self._require_trained()
         target = self.adata if adata is None else adata
         X, names, E = self.get_expression(target)
-        extra = {"gene_names": names} if _accepts(self.head.transform, "gene_names") else {}
-        z = np.asarray(self.head.transform(X, gene_vectors=E, device=device, **extra), dtype=np.float32)
+        z = np.asarray(self.head.transform(X, gene_vectors=E, gene_names=names, device=device), dtype=np.float32)
         if key_added:
             target.obsm[key_added] = z
             provenance.record(target, "latent", {"head": self.head_name, "key_added": key_added, "dim": z.shape[1]})
         return z
 
-    def predict(self, adata: Any | None = None, *, method: str = "knn", return_probabilities: bool = False,
+    def predict(self, adata: Any | None = None, *, method: str | None = None, return_probabilities: bool = False,
                 k: int | None = None, key_added: str | None = None, device: str | None = None) -> Any:
         """Predicted labels (annotation head).
 
@@ -379,7 +365,8 @@ class Model:
         method
             ``"knn"``: majority label of the ``k`` (default 10) cosine-nearest training
             cells in the learned space; ``"classifier"``: the head's classifier; ``"auto"``:
-            whichever of the two scored better on the head's validation cells.
+            whichever of the two scored better on the head's validation cells. Default:
+            ``"knn"`` for heads with a kNN vote (the ``"knn"`` capability), else ``"classifier"``.
         return_probabilities
             Return a DataFrame (cells x classes) of classifier probabilities, or of the
             neighbours' vote shares for ``"knn"``, instead of labels.
@@ -390,18 +377,21 @@ class Model:
         import pandas as pd
 
         self._require_trained()
+        if method is None:
+            method = "knn" if self.head.supports("knn") else "classifier"
         if method not in ("knn", "classifier", "auto"):
             raise InputError(f"method must be 'knn', 'classifier' or 'auto', got {method!r}.")
-        if not hasattr(self.head, "predict_knn"):
+        if not self.head.supports("labels"):
             raise ScelmoError(f"The {self.head_name!r} head does not predict labels; use the 'annotation' head.")
         if method == "auto":  # the head's choice on its validation cells
-            method = getattr(self.head, "best_method", "knn")
+            method = self.head.best_method if self.head.supports("knn") else "classifier"
+        if method == "knn" and not self.head.supports("knn"):
+            raise ScelmoError(f"The {self.head_name!r} head has no kNN vote; use method='classifier' (or 'auto').")
         target = self.adata if adata is None else adata
         classes = list(self.head.classes)
         if method == "classifier":
             X, names, E = self.get_expression(target)
-            extra = {"gene_names": names} if _accepts(self.head.predict_proba, "gene_names") else {}
-            probs = np.asarray(self.head.predict_proba(X, gene_vectors=E, device=device, **extra))
+            probs = np.asarray(self.head.predict_proba(X, gene_vectors=E, gene_names=names, device=device))
         else:
             z = self.get_latent_representation(target, device=device)
             probs = self.head.knn_fractions(z, k=k)
@@ -439,7 +429,7 @@ class Model:
         import pandas as pd
 
         self._require_trained()
-        if not hasattr(self.head, "predict_mean"):
+        if not self.head.supports("perturbation"):
             raise ScelmoError(f"The {self.head_name!r} head does not predict perturbations; use head='perturbation'.")
         if perturbation is None:
             raise InputError("Say which perturbation to predict, e.g. predict_perturbation(ctrl, 'KLF1+CEBPA').")
@@ -454,7 +444,7 @@ class Model:
             )
         cols = np.array([pos[g] for g in self.train_genes])
         X = X[:, cols]
-        pred = np.asarray(self.head.predict(X, perturbation, device=device), dtype=np.float32)
+        pred = np.asarray(self.head.predict_expression(X, perturbation, device=device), dtype=np.float32)
         provenance.record(target, "predict_perturbation", {
             "head": self.head_name, "perturbation": perturbation if isinstance(perturbation, str) else "per cell",
             "n_cells": int(X.shape[0]),
@@ -487,7 +477,7 @@ class Model:
                 "head_options": self.head.options.model_dump(mode="json"),
                 "setup": asdict(self.setup),
                 "train_genes": self.train_genes,
-                "classes": list(getattr(self.head, "classes", []) or []),
+                "classes": list(self.head.classes),
                 "gene_embeddings_sha256": _sha256_array(self.gene_table.vectors),
                 "gene_embeddings_manifest": self.gene_table.manifest,
                 "train": self.train_info,
@@ -533,16 +523,6 @@ class Model:
         state = "trained" if self.is_trained else "not trained"
         n = getattr(self.adata, "n_obs", "?")
         return f"scelmo.Model(head={self.head_name!r}, {state}, genes={len(self.gene_table)} x {self.gene_table.dim}, cells={n})"
-
-
-def _accepts(func: Any, name: str) -> bool:
-    """Whether ``func`` takes the keyword ``name`` (heads written before it existed do not)."""
-
-    try:
-        params = inspect.signature(func).parameters
-    except (TypeError, ValueError):  # pragma: no cover - builtins
-        return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def _lookup_names(adata: Any, names: list[str]) -> list[str]:

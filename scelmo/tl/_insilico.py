@@ -39,7 +39,6 @@ genes are among the most expressed), which inflate the SD; ``z_robust`` uses the
 from __future__ import annotations
 
 import copy as _copy
-import inspect
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -125,15 +124,6 @@ class _Context:
         self.Xs, self.Xt = X[src], X[tgt]
 
 
-def _head_kwargs(fn: Any, names: list[str]) -> dict[str, Any]:
-    """``gene_names=`` for head methods that take it (heads that select their trained genes)."""
-
-    try:
-        return {"gene_names": names} if "gene_names" in inspect.signature(fn).parameters else {}
-    except (TypeError, ValueError):  # pragma: no cover - builtins
-        return {}
-
-
 def _used_columns(head: Any, E: np.ndarray, names: list[str]) -> np.ndarray:
     """Columns of the data the head embeds: genes with a vector, and among them the head's
     trained selection (e.g. its variable genes) when it keeps one."""
@@ -186,12 +176,12 @@ def _fast_setup(ctx: _Context) -> dict[str, Any]:
     _, st, Ut = embed(ctx.Xt)
     Z = normed(U, s)
     # the reconstruction must reproduce the head (float32 round-off apart)
-    z32 = np.asarray(head.transform(ctx.Xs, gene_vectors=E, **_head_kwargs(head.transform, names)), dtype=np.float64)
+    z32 = np.asarray(head.transform(ctx.Xs, gene_vectors=E, gene_names=names), dtype=np.float64)
     scale = max(1.0, float(np.abs(z32).max()))
     if z32.shape != Z.shape or float(np.abs(z32 - Z).max()) > 1e-4 * scale:
         raise _FastPathMismatch("the float64 reconstruction of the head's embedding differs from head.transform")
     if ctx.t is not None:
-        p32 = np.asarray(head.predict_proba(ctx.Xs, gene_vectors=E, **_head_kwargs(head.predict_proba, names)))
+        p32 = np.asarray(head.predict_proba(ctx.Xs, gene_vectors=E, gene_names=names))
         L = logits(Z)
         p = np.exp(L - L.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
@@ -266,18 +256,16 @@ def _brute_effects(ctx: _Context, factor: float, cols: np.ndarray) -> tuple[dict
     (the head's public ``transform`` / ``predict_proba``; float32 inside the head)."""
     head, E, t = ctx.head, ctx.E, ctx.t
     eps = 1e-12
-    kw_t = _head_kwargs(head.transform, ctx.names)
-    kw_p = _head_kwargs(head.predict_proba, ctx.names) if t is not None else {}
 
     def run(X: Any) -> tuple[np.ndarray, np.ndarray | None]:
-        z = np.asarray(head.transform(X, gene_vectors=E, **kw_t), dtype=np.float64)
+        z = np.asarray(head.transform(X, gene_vectors=E, gene_names=ctx.names), dtype=np.float64)
         if t is None:
             return z, None
-        p = np.clip(np.asarray(head.predict_proba(X, gene_vectors=E, **kw_p), dtype=np.float64), eps, 1.0)
+        p = np.clip(np.asarray(head.predict_proba(X, gene_vectors=E, gene_names=ctx.names), dtype=np.float64), eps, 1.0)
         return z, p
 
     z0, P0 = run(ctx.Xs)
-    zt_mean = np.asarray(head.transform(ctx.Xt, gene_vectors=E, **kw_t), dtype=np.float64).mean(0)
+    zt_mean = np.asarray(head.transform(ctx.Xt, gene_vectors=E, gene_names=ctx.names), dtype=np.float64).mean(0)
     n = z0.shape[0]
     base = {"z_mean": z0.mean(0), "zt_mean": zt_mean}
     acc = _Effects(E.shape[0], z0.shape[1])
@@ -443,8 +431,8 @@ def in_silico_deletion(
     if source == target:
         raise InputError("source and target must differ.")
     head = model.head
-    classes = list(getattr(head, "classes", []) or [])
-    use_clf = hasattr(head, "predict_proba") and target in classes
+    classes = list(head.classes)
+    use_clf = head.supports("labels") and target in classes
     if score != "cosine" and not use_clf:
         why = (f"its classes are {classes}" if classes else "it has no classifier")
         raise InputError(f"score={score!r} needs the model's classifier to know target={target!r}, but {why}. Train the "
