@@ -141,7 +141,7 @@ def run_kang(args: argparse.Namespace, rows: list[dict[str, Any]], log: dict[str
         X_ctrl = a.X[(ct == t) & (pert == "ctrl")]
         for name, opts in variants.items():
             head, secs = _fit(PerturbationHead(**opts, mmd_weight=args.mmd_weight), a.X[train],
-                              perturbations=pert[train], control="ctrl", groups=ct[train], embeddings=emb,
+                              perturbations=pert[train], control="ctrl", groups=ct[train], perturbation_embeddings=emb,
                               training={"max_epochs": args.epochs, "progress": False, "seed": args.seed})
             pred = head.predict_mean(X_ctrl, "IFN-beta")
             rows.append({**base, "method": name, **_score(pred, true, ctrl, de), "fit_s": secs,
@@ -184,7 +184,7 @@ def run_synthetic(args: argparse.Namespace, rows: list[dict[str, Any]], log: dic
     heads = {}
     for name, emb in variants.items():
         head, secs = _fit(PerturbationHead(mmd_weight=args.mmd_weight), adata.X[keep], perturbations=pert[keep],
-                          control="ctrl", embeddings=emb,
+                          control="ctrl", perturbation_embeddings=emb,
                           training={"max_epochs": args.epochs, "progress": False, "seed": args.seed})
         heads[name] = (head, secs)
         print(f"  synthetic {name}: {secs:.1f} s, {head.epoch_seconds():.2f} s/epoch", flush=True)

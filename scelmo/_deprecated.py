@@ -8,7 +8,6 @@ Nothing inside scelmo imports an old name; ``tests/test_architecture.py`` checks
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import importlib.machinery
 import sys
 import types
@@ -54,7 +53,7 @@ class _AliasModule(types.ModuleType):
         return dir(self.__dict__["_target"])
 
 
-class _AliasLoader(importlib.abc.Loader):
+class _AliasLoader:  # the loader protocol (importlib.abc is slow to import)
     def __init__(self, target: str) -> None:
         self.target = target
 
@@ -69,8 +68,11 @@ class _AliasLoader(importlib.abc.Loader):
     def exec_module(self, module: types.ModuleType) -> None:
         return None
 
+    def module_repr(self, module: types.ModuleType) -> str:
+        return f"<deprecated alias {module.__name__!r}>"
 
-class _AliasFinder(importlib.abc.MetaPathFinder):
+
+class _AliasFinder:  # the meta path finder protocol
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
         if fullname in ALIASES:
             return importlib.machinery.ModuleSpec(fullname, _AliasLoader(ALIASES[fullname]))

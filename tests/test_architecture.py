@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 import subprocess
 import sys
 import warnings
@@ -224,3 +225,46 @@ def test_public_subpackages_import(name):
         mod = importlib.import_module(f"scelmo.{name}")
     for attr in getattr(mod, "__all__", []):
         assert hasattr(mod, attr), f"scelmo.{name}.__all__ names {attr!r}, which it does not have"
+
+
+#: Dotted names in the docs that are not Python objects (R options, file names).
+NOT_PYTHON = {"scelmo.Rmd", "scelmo.max_nnz"}
+_DOTTED = re.compile(r"\b(scelmo(?:_[a-z]+)?(?:\.[A-Za-z_][A-Za-z0-9_]*)+)")
+_FILE_SUFFIXES = (".py", ".md", ".toml", ".csv", ".gz", ".h5ad", ".sqlite", ".npz", ".rds")
+
+
+def _exists(ref: str, aliases: dict[str, str]) -> bool:
+    parts = ref.split(".")
+    for i in range(len(parts), 0, -1):
+        mod = ".".join(parts[:i])
+        if mod in aliases:
+            return False
+        try:
+            obj = importlib.import_module(mod)
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+def test_docstrings_and_docs_name_only_modules_that_exist():
+    from scelmo._deprecated import ALIASES
+
+    files = [p for d in ("scelmo", "plugins", "docs") for p in (ROOT / d).rglob("*") if p.suffix in (".py", ".md")]
+    missing = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for f in [*files, ROOT / "README.md"]:
+            if f.name in ("_deprecated.py", "architecture.md"):  # these list the old names on purpose
+                continue
+            for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+                for ref in _DOTTED.findall(line):
+                    ref = ref.rstrip(".")
+                    if ref in NOT_PYTHON or ref.endswith(_FILE_SUFFIXES) or _exists(ref, ALIASES):
+                        continue
+                    missing.append(f"{f.relative_to(ROOT)}:{n} {ref}")
+    assert not missing, "names of modules or objects that do not exist:\n" + "\n".join(missing)

@@ -13,7 +13,7 @@ import pytest
 import scelmo
 from scelmo import datasets, keys, testing
 from scelmo.errors import InputError
-from scelmo.model._model import AnnDataSetup, _remember, _setup_of
+from scelmo.model._setup import AnnDataSetup, _remember, _setup_of
 
 N_GENES = 200  # the most expressed genes of pbmc68k_reduced: keeps a cold gene-vector cache fast
 

@@ -148,7 +148,7 @@ def trained(synthetic):
     keep = np.isin(pert, split["train"] + ["ctrl"])
     emb = P.gene_perturbation_embeddings(names, ge)  # unseen genes' vectors are known up front
     head = PerturbationHead(hidden=128, latent=32, mmd_weight=0.0)
-    head.fit(adata.X[keep], perturbations=pert[keep], control="ctrl", embeddings=emb,
+    head.fit(adata.X[keep], perturbations=pert[keep], control="ctrl", perturbation_embeddings=emb,
              training={"max_epochs": 40, "progress": False})
     return head, split
 
@@ -212,7 +212,7 @@ def test_held_out_group_uses_its_own_control_cells():
     train = ~((grp == "g3") & (pert == "stim"))
     head = PerturbationHead(hidden=32, latent=8, mmd_weight=0.0, dropout=0.0)
     head.fit(X[train], perturbations=pert[train], control="ctrl", groups=grp[train],
-             embeddings={"stim": np.ones(4)}, training={"max_epochs": 60, "progress": False, "lr": 3e-3})
+             perturbation_embeddings={"stim": np.ones(4)}, training={"max_epochs": 60, "progress": False, "lr": 3e-3})
     ctrl3 = X[(grp == "g3") & (pert == "ctrl")]
     true = X[(grp == "g3") & (pert == "stim")].mean(0)
     pred = head.predict_mean(ctrl3, "stim")
@@ -231,21 +231,21 @@ def test_bad_inputs_give_clear_errors(trained):
     emb = {"A": np.ones(3), "B": np.arange(3.0)}
     fresh = PerturbationHead()
     with pytest.raises(InputError, match="No control cells"):
-        fresh.fit(X, perturbations=pert, control="control", embeddings=emb)
+        fresh.fit(X, perturbations=pert, control="control", perturbation_embeddings=emb)
     with pytest.raises(InputError, match="No embedding for perturbation component"):
-        fresh.fit(X, perturbations=pert, control="ctrl", embeddings={"A": np.ones(3)})
+        fresh.fit(X, perturbations=pert, control="ctrl", perturbation_embeddings={"A": np.ones(3)})
     with pytest.raises(InputError, match="raw counts"):
-        fresh.fit(X * 1000, perturbations=pert, control="ctrl", embeddings=emb)
+        fresh.fit(X * 1000, perturbations=pert, control="ctrl", perturbation_embeddings=emb)
     with pytest.raises(InputError, match="negative"):
-        fresh.fit(-X, perturbations=pert, control="ctrl", embeddings=emb)
+        fresh.fit(-X, perturbations=pert, control="ctrl", perturbation_embeddings=emb)
     with pytest.raises(InputError, match="one per cell"):
-        fresh.fit(X, perturbations=pert[:5], control="ctrl", embeddings=emb)
+        fresh.fit(X, perturbations=pert[:5], control="ctrl", perturbation_embeddings=emb)
     with pytest.raises(InputError, match="perturbation of each cell"):
-        fresh.fit(X, control="ctrl", embeddings=emb)
+        fresh.fit(X, control="ctrl", perturbation_embeddings=emb)
     with pytest.raises(InputError, match="no control cells"):
-        fresh.fit(X, perturbations=pert, control="ctrl", groups=["a", "a", "b", "b", "b", "b"], embeddings=emb)
+        fresh.fit(X, perturbations=pert, control="ctrl", groups=["a", "a", "b", "b", "b", "b"], perturbation_embeddings=emb)
     with pytest.raises(InputError, match="same length"):
-        fresh.fit(X, perturbations=pert, control="ctrl", embeddings={"A": np.ones(3), "B": np.ones(4)})
+        fresh.fit(X, perturbations=pert, control="ctrl", perturbation_embeddings={"A": np.ones(3), "B": np.ones(4)})
     with pytest.raises(ConfigError, match="Allowed options"):
         PerturbationHead(hiden=3)
     with pytest.raises(InputError, match="trained on 765"):
@@ -254,8 +254,8 @@ def test_bad_inputs_give_clear_errors(trained):
     with pytest.raises(InputError, match="add_embeddings"):
         head.predict(Xg, "NOT_A_GENE")
     with pytest.raises(InputError, match="trained on 48-d"):
-        head.predict(Xg, "NEW", embeddings={"NEW": np.ones(7)})
-    assert head.predict(Xg, "NEW", embeddings={"NEW": np.ones(48)}).shape == (3, 765)
+        head.predict(Xg, "NEW", perturbation_embeddings={"NEW": np.ones(7)})
+    assert head.predict(Xg, "NEW", perturbation_embeddings={"NEW": np.ones(48)}).shape == (3, 765)
 
 
 def test_driven_by_scelmo_model(tmp_path, synthetic):

@@ -101,7 +101,7 @@ def test_head_predicts_held_out_knockouts_from_their_vectors(papalexi_small):
     X_ctrl = X[pert == CONTROL]
     # the prediction is a function of the vector alone: the same vector as a training target
     # gives that target's prediction, another vector another prediction
-    same = head.predict_mean(X_ctrl, "IFNGR2", embeddings={"IFNGR2": vec["IFNGR1"]})
+    same = head.predict_mean(X_ctrl, "IFNGR2", perturbation_embeddings={"IFNGR2": vec["IFNGR1"]})
     assert np.allclose(same, head.predict_mean(X_ctrl, "IFNGR1"), atol=1e-6)
     assert not np.allclose(same, pred["IFNGR2"], atol=1e-4)
     # shuffled vectors go through the same path (same seed): only the vectors differ

@@ -15,17 +15,6 @@ from scelmo.cli import _parse_value
 from scelmo.errors import ScelmoError
 
 
-def _read(path: str) -> Any:
-    import anndata as ad
-
-    if not Path(path).is_file():
-        raise ScelmoError(f"Input file {path} does not exist.")
-    try:
-        return ad.read_h5ad(path)
-    except Exception as exc:  # noqa: BLE001 - anndata raises many kinds
-        raise ScelmoError(f"Cannot read {path} as an .h5ad file: {exc}") from None
-
-
 def _ensure_gene_vectors(adata: Any, config: dict[str, Any]) -> None:
     if keys.GENE_EMBEDDING not in adata.varm:
         click.echo("No gene vectors in the input (varm['scelmo']): embedding its genes with the configured roles ...", err=True)
@@ -92,7 +81,7 @@ def add_commands(cli: Any) -> None:
                 raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--option")
             head_options[k.strip()] = _parse_value(v.strip())
         config = dict(ctx.obj or {})
-        adata = _read(input)
+        adata = io.read_input(input)
         if gene_embeddings is None:
             _ensure_gene_vectors(adata, config)
         if head == "perturbation" and perturbation_key and "perturbation_embeddings" not in head_options:
@@ -122,7 +111,8 @@ def add_commands(cli: Any) -> None:
     @click.argument("input", type=click.Path(dir_okay=False))
     @click.option("-m", "--model", "model_dir", required=True, type=click.Path(file_okay=False, exists=True), help="Saved model directory.")
     @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .h5ad.")
-    @click.option("--method", type=click.Choice(["knn", "classifier"]), default="knn", show_default=True)
+    @click.option("--method", type=click.Choice(["knn", "classifier"]), default=None,
+                  help="Label prediction: the head's kNN vote or its classifier (default: kNN when the head has one).")
     @click.option("--key-added", default="scelmo_label", show_default=True, help="obs column for labels (annotation head).")
     @click.option("--latent-key", help="obsm key for the learned embedding (default X_scelmo_finetuned / X_scelmo_integrated).")
     @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps.")
@@ -135,7 +125,7 @@ def add_commands(cli: Any) -> None:
         io.check_writable(output)
         if Path(output).resolve() == Path(input).resolve():
             raise ScelmoError("OUTPUT must differ from INPUT (the input is never modified).")
-        adata = _read(input)
+        adata = io.read_input(input)
         model = scelmo.Model.load(model_dir, adata=adata)
         if perturbation is not None or model.head_name == "perturbation":
             if perturbation is None:
@@ -160,6 +150,6 @@ def add_commands(cli: Any) -> None:
         msg = f"obsm[{key!r}]"
         if model.head.supports("labels"):
             model.predict(adata, method=method, key_added=key_added, device=device)
-            msg += f", obs[{key_added!r}] ({method})"
+            msg += f", obs[{key_added!r}] ({method or ('knn' if model.head.supports('knn') else 'classifier')})"
         io.write_h5ad(adata, output)
         click.echo(f"Wrote {msg} for {adata.n_obs} cells -> {output}")

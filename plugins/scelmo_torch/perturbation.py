@@ -314,25 +314,11 @@ class PerturbationHead(TorchHead):
         self.spec = {}
         X = self._check_matrix(X)
         n, G = X.shape
-        pert = np.asarray(perturbations, dtype=object)
-        if len(pert) != n:
-            raise InputError(f"X has {n} cells but {len(pert)} perturbation labels; give one per cell.")
-        import pandas as pd
-
-        if (pd.isna(pert) | (pert == None)).any():  # noqa: E711 - elementwise
-            raise InputError("Some cells have no perturbation label (missing); label them or drop them first.")
-        pert = pert.astype(str)
-        grp = np.full(n, "all") if groups is None else np.asarray(groups, dtype=object)
-        if len(grp) != n:
-            raise InputError(f"X has {n} cells but {len(grp)} group labels; give one per cell.")
-        if groups is not None and (pd.isna(grp) | (grp == None)).any():  # noqa: E711 - elementwise
-            raise InputError("Some cells have no group label (missing); label them or pass groups=None.")
-        grp = grp.astype(str)
+        pert, grp = _cell_labels(n, perturbations, groups)
         if gene_names is not None and len(gene_names) != G:
             raise InputError(f"gene_names has {len(gene_names)} entries but X has {G} genes.")
         if gene_vectors is not None and np.asarray(gene_vectors).shape[0] != G:
             raise InputError(f"gene_vectors has {np.asarray(gene_vectors).shape[0]} rows but X has {G} genes.")
-
         sep = self.options.separator
         is_ctrl = np.array([not split_components(p, sep=sep, control=control) for p in pert])
         if not is_ctrl.any():
@@ -347,37 +333,12 @@ class PerturbationHead(TorchHead):
         table = self._table_from(seen, embeddings, gene_vectors, gene_names)
         names = seen + sorted(k for k in table if k not in set(seen))
 
-        # units: (group, perturbation) pairs with perturbed cells and control cells in the group
-        ctrl_rows = {g: np.flatnonzero(is_ctrl & (grp == g)) for g in np.unique(grp)}
-        unit_keys = sorted({(g, p) for g, p, c in zip(grp, pert, is_ctrl, strict=True) if not c})
-        no_ctrl = sorted({g for g, _ in unit_keys if ctrl_rows[g].size == 0})
-        if no_ctrl:
-            raise InputError(
-                f"Group(s) {no_ctrl[:10]} have perturbed cells but no control cells, so their response "
-                "cannot be learned. Drop those cells or use coarser groups (or groups=None)."
-            )
-        unit_index = {k: i for i, k in enumerate(unit_keys)}
-        unit_of = np.full(n, -1, dtype=np.int64)
-        for i in np.flatnonzero(~is_ctrl):
-            unit_of[i] = unit_index[(grp[i], pert[i])]
-        unit_rows = [np.flatnonzero(unit_of == u) for u in range(len(unit_keys))]
+        unit_keys, unit_of, unit_rows, ctrl_rows = _units(grp, pert, is_ctrl)
         means = np.stack([np.asarray(X[r].mean(axis=0), dtype=np.float32).ravel() for r in unit_rows])
 
         vecs = np.stack([table[c] for c in names]).astype(np.float64)
-        v = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-        center = v.mean(axis=0) if (self.options.center_embeddings and len(names) >= 2) else np.zeros(v.shape[1])
-        norms = np.linalg.norm(v - center, axis=1)
-        scale = 1.0 / max(float(norms.mean()), 1e-6)
-        self.arrays = {
-            "component_vectors": vecs.astype(np.float32),
-            "center": center.astype(np.float32),
-            "scale": np.asarray(scale, dtype=np.float32),
-        }
-        if self.options.project_to_seen:
-            seen_rows = (v[: len(seen)] - center) * scale
-            _, sv, vt = np.linalg.svd(seen_rows, full_matrices=False)
-            keep = sv > 1e-6 * max(float(sv.max()), 1e-12)
-            self.arrays["seen_basis"] = vt[keep].astype(np.float32)
+        self.arrays = _vector_normalisation(vecs, len(seen), center=self.options.center_embeddings,
+                                            project_to_seen=self.options.project_to_seen)
         self.spec = {
             "n_genes": int(G),
             "dim": int(vecs.shape[1]),
@@ -674,3 +635,61 @@ def predict_held_out_targets(
         X_control = X[np.flatnonzero(pert == control)]
     extra = {c: vectors[c] for c in held_comps}
     return {h: head.predict_mean(X_control, h, perturbation_embeddings=extra) for h in held}, head
+
+
+def _cell_labels(n: int, perturbations: Sequence[Any], groups: Sequence[Any] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's perturbation and group as strings, checked: one per cell, none missing."""
+    import pandas as pd
+
+    pert = np.asarray(perturbations, dtype=object)
+    if len(pert) != n:
+        raise InputError(f"X has {n} cells but {len(pert)} perturbation labels; give one per cell.")
+    if (pd.isna(pert) | (pert == None)).any():  # noqa: E711 - elementwise
+        raise InputError("Some cells have no perturbation label (missing); label them or drop them first.")
+    grp = np.full(n, "all") if groups is None else np.asarray(groups, dtype=object)
+    if len(grp) != n:
+        raise InputError(f"X has {n} cells but {len(grp)} group labels; give one per cell.")
+    if groups is not None and (pd.isna(grp) | (grp == None)).any():  # noqa: E711 - elementwise
+        raise InputError("Some cells have no group label (missing); label them or pass groups=None.")
+    return pert.astype(str), grp.astype(str)
+
+
+def _units(grp: np.ndarray, pert: np.ndarray, is_ctrl: np.ndarray
+           ) -> tuple[list[tuple[str, str]], np.ndarray, list[np.ndarray], dict[str, np.ndarray]]:
+    """Training units: (group, perturbation) pairs with perturbed cells, each learned against the
+    control cells of its group. Returns the units, each cell's unit (-1: control), each unit's
+    rows and each group's control rows."""
+    ctrl_rows = {g: np.flatnonzero(is_ctrl & (grp == g)) for g in np.unique(grp)}
+    unit_keys = sorted({(g, p) for g, p, c in zip(grp, pert, is_ctrl, strict=True) if not c})
+    no_ctrl = sorted({g for g, _ in unit_keys if ctrl_rows[g].size == 0})
+    if no_ctrl:
+        raise InputError(
+            f"Group(s) {no_ctrl[:10]} have perturbed cells but no control cells, so their response "
+            "cannot be learned. Drop those cells or use coarser groups (or groups=None)."
+        )
+    unit_index = {k: i for i, k in enumerate(unit_keys)}
+    unit_of = np.full(len(pert), -1, dtype=np.int64)
+    for i in np.flatnonzero(~is_ctrl):
+        unit_of[i] = unit_index[(grp[i], pert[i])]
+    unit_rows = [np.flatnonzero(unit_of == u) for u in range(len(unit_keys))]
+    return unit_keys, unit_of, unit_rows, ctrl_rows
+
+
+def _vector_normalisation(vecs: np.ndarray, n_seen: int, *, center: bool, project_to_seen: bool
+                          ) -> dict[str, np.ndarray]:
+    """How perturbation vectors enter the network, fitted on the training components: unit length,
+    centred (with two or more components), scaled to mean norm 1, and optionally the basis of the
+    seen components' span (``project_to_seen``)."""
+    v = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+    mid = v.mean(axis=0) if (center and len(vecs) >= 2) else np.zeros(v.shape[1])
+    scale = 1.0 / max(float(np.linalg.norm(v - mid, axis=1).mean()), 1e-6)
+    arrays = {
+        "component_vectors": vecs.astype(np.float32),
+        "center": mid.astype(np.float32),
+        "scale": np.asarray(scale, dtype=np.float32),
+    }
+    if project_to_seen:
+        _, sv, vt = np.linalg.svd((v[:n_seen] - mid) * scale, full_matrices=False)
+        keep = sv > 1e-6 * max(float(sv.max()), 1e-12)
+        arrays["seen_basis"] = vt[keep].astype(np.float32)
+    return arrays

@@ -91,56 +91,17 @@ def synthetic_genetic_perturbations(
     if n_combo > n_single * (n_single - 1) // 2:
         raise InputError(f"n_combo={n_combo} exceeds the {n_single * (n_single - 1) // 2} possible pairs of {n_single} genes.")
 
-    # -- ground truth: activity of each candidate on each program from its embedding
-    emb, _ = gene_embeddings.aligned([genes[i] for i in candidates])
-    emb = emb.astype(np.float64)
-    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    centred = emb - emb.mean(axis=0)
-    u, s, _ = np.linalg.svd(centred, full_matrices=False)
-    k = min(n_programs, u.shape[1])
-    scores = u[:, :k] * s[:k]
-    scores /= np.maximum(scores.std(axis=0), 1e-12)
-    activity = np.tanh(scores)  # candidates x programs
-
+    activity = _program_activity(gene_embeddings, [genes[i] for i in candidates], n_programs)
+    k = activity.shape[1]
     lib = np.asarray(counts.sum(axis=1)).ravel()
-    mean_log = np.asarray(counts.multiply(1.0 / np.maximum(lib, 1.0)[:, None]).mean(axis=0)).ravel()
-    expressed = np.flatnonzero(mean_log > np.quantile(mean_log, 0.3))
-    loadings = np.zeros((k, n_genes))
-    for j in range(k):
-        chosen = rng.choice(expressed, size=min(genes_per_program, expressed.size), replace=False)
-        loadings[j, chosen] = rng.normal(0.0, 1.0, chosen.size)
-
-    picked = rng.choice(len(candidates), size=n_single, replace=False)
-    single_effects: dict[str, np.ndarray] = {}
-    for c in picked:
-        eff = effect_size * activity[c] @ loadings
-        eff[candidates[c]] -= knockdown
-        single_effects[genes[candidates[c]]] = eff
-    singles = list(single_effects)
-    pairs: list[tuple[str, str]] = []
-    all_pairs = [(a, b) for i, a in enumerate(singles) for b in singles[i + 1 :]]
-    for i in rng.choice(len(all_pairs), size=n_combo, replace=False) if n_combo else []:
-        pairs.append(all_pairs[int(i)])
-    effects = dict(single_effects)
-    for a, b in pairs:
-        effects[f"{a}+{b}"] = single_effects[a] + single_effects[b]
+    loadings = _program_loadings(counts, lib, k, genes_per_program, rng)
+    effects = _effects(activity, loadings, candidates, genes, n_single=n_single, n_combo=n_combo,
+                       effect_size=effect_size, knockdown=knockdown, rng=rng)
     names = list(effects)
-
-    # -- cells: base profiles mixed with their cell type's mean profile
     labels = np.asarray(adata.obs[labels_key]).astype(str)
-    frac = sp.diags(1.0 / np.maximum(lib, 1.0)) @ counts
-    type_mean = {t: np.asarray(frac[labels == t].mean(axis=0)).ravel() for t in np.unique(labels)}
-    base_idx = [np.arange(n_cells)] + [rng.integers(0, n_cells, cells_per_perturbation) for _ in names]
-    pert_of = [control] + names
-    rows, obs_pert, obs_type = [], [], []
-    for p, idx in zip(pert_of, base_idx, strict=True):
-        prof = own_cell_weight * frac[idx].toarray() + (1 - own_cell_weight) * np.stack([type_mean[t] for t in labels[idx]])
-        rate = prof * lib[idx, None]
-        if p != control:
-            rate = rate * np.exp(effects[p])[None, :]
-        rows.append(sp.csr_matrix(rng.poisson(rate).astype(np.float32)))
-        obs_pert += [p] * idx.size
-        obs_type += list(labels[idx])
+    rows, obs_pert, obs_type = _sample_cells(counts, lib, labels, effects, control=control,
+                                             cells_per_perturbation=cells_per_perturbation,
+                                             own_cell_weight=own_cell_weight, rng=rng)
     import anndata as ad
     import pandas as pd
 
@@ -158,3 +119,72 @@ def synthetic_genetic_perturbations(
         "own_cell_weight": own_cell_weight, "seed": seed,
     }
     return out
+
+
+def _program_activity(gene_embeddings: Any, candidates: list[str], n_programs: int) -> np.ndarray:
+    """Ground truth: each candidate target's activity on each program (candidates x programs), read
+    from its gene vector: the top principal directions of the unit-length vectors, squashed by tanh."""
+    emb, _ = gene_embeddings.aligned(candidates)
+    emb = emb.astype(np.float64)
+    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    u, s, _ = np.linalg.svd(emb - emb.mean(axis=0), full_matrices=False)
+    k = min(n_programs, u.shape[1])
+    scores = u[:, :k] * s[:k]
+    scores /= np.maximum(scores.std(axis=0), 1e-12)
+    return np.tanh(scores)
+
+
+def _program_loadings(counts: sp.csr_matrix, lib: np.ndarray, k: int, genes_per_program: int,
+                      rng: np.random.Generator) -> np.ndarray:
+    """Programs x genes log-fold loadings: each program moves ``genes_per_program`` random genes
+    among the 70% most expressed, by Normal(0, 1) amounts."""
+    n_genes = counts.shape[1]
+    mean_log = np.asarray(counts.multiply(1.0 / np.maximum(lib, 1.0)[:, None]).mean(axis=0)).ravel()
+    expressed = np.flatnonzero(mean_log > np.quantile(mean_log, 0.3))
+    loadings = np.zeros((k, n_genes))
+    for j in range(k):
+        chosen = rng.choice(expressed, size=min(genes_per_program, expressed.size), replace=False)
+        loadings[j, chosen] = rng.normal(0.0, 1.0, chosen.size)
+    return loadings
+
+
+def _effects(activity: np.ndarray, loadings: np.ndarray, candidates: list[int], genes: list[str], *,
+             n_single: int, n_combo: int, effect_size: float, knockdown: float,
+             rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Log-fold effect on every gene of each single perturbation (its programs, plus the knock-down
+    of the target itself) and of ``n_combo`` random pairs (the sum of their singles)."""
+    picked = rng.choice(len(candidates), size=n_single, replace=False)
+    single_effects: dict[str, np.ndarray] = {}
+    for c in picked:
+        eff = effect_size * activity[c] @ loadings
+        eff[candidates[c]] -= knockdown
+        single_effects[genes[candidates[c]]] = eff
+    singles = list(single_effects)
+    all_pairs = [(a, b) for i, a in enumerate(singles) for b in singles[i + 1 :]]
+    pairs = [all_pairs[int(i)] for i in rng.choice(len(all_pairs), size=n_combo, replace=False)] if n_combo else []
+    effects = dict(single_effects)
+    for a, b in pairs:
+        effects[f"{a}+{b}"] = single_effects[a] + single_effects[b]
+    return effects
+
+
+def _sample_cells(counts: sp.csr_matrix, lib: np.ndarray, labels: np.ndarray, effects: dict[str, np.ndarray], *,
+                  control: str, cells_per_perturbation: int, own_cell_weight: float,
+                  rng: np.random.Generator) -> tuple[list[sp.csr_matrix], list[str], list[str]]:
+    """Counts of every control cell and ``cells_per_perturbation`` perturbed cells per perturbation:
+    Poisson draws around each base cell's profile mixed with its cell type's mean profile."""
+    n_cells = counts.shape[0]
+    names = list(effects)
+    frac = sp.diags(1.0 / np.maximum(lib, 1.0)) @ counts
+    type_mean = {t: np.asarray(frac[labels == t].mean(axis=0)).ravel() for t in np.unique(labels)}
+    base_idx = [np.arange(n_cells)] + [rng.integers(0, n_cells, cells_per_perturbation) for _ in names]
+    rows, obs_pert, obs_type = [], [], []
+    for p, idx in zip([control, *names], base_idx, strict=True):
+        prof = own_cell_weight * frac[idx].toarray() + (1 - own_cell_weight) * np.stack([type_mean[t] for t in labels[idx]])
+        rate = prof * lib[idx, None]
+        if p != control:
+            rate = rate * np.exp(effects[p])[None, :]
+        rows.append(sp.csr_matrix(rng.poisson(rate).astype(np.float32)))
+        obs_pert += [p] * idx.size
+        obs_type += list(labels[idx])
+    return rows, obs_pert, obs_type

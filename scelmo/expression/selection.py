@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 from scelmo.errors import InputError
@@ -159,6 +158,8 @@ def highly_variable(stats: GeneStats, n_top_genes: int, *, n_bins: int = 20) -> 
         disp = stats.var_expm1 / mean
         disp[disp == 0] = np.nan
         disp = np.log(disp)
+    import pandas as pd  # slow to import; only HVG selection needs it
+
     df = pd.DataFrame({"means": np.log1p(mean), "dispersions": disp})
     df["mean_bin"] = pd.cut(df["means"], bins=n_bins)
     grouped = df.groupby("mean_bin", observed=True)["dispersions"].agg(avg="mean", dev="std")

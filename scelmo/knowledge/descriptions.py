@@ -27,7 +27,7 @@ from scelmo import plugin as plugins
 from scelmo.config import ScelmoSettings, get_settings
 from scelmo.errors import ConfigError, InputError, ScelmoWarning
 from scelmo.knowledge import roles
-from scelmo.llm.cache import open_cache, text_hash
+from scelmo.llm.cache import Cache, open_cache, text_hash
 from scelmo.llm.calls import Budget, Estimate, Usage, run_calls, with_retries
 from scelmo.plugin import Completion, KnowledgeSource, PromptTemplate, Provider
 from scelmo.progress import progress_bar
@@ -247,73 +247,88 @@ def describe(
     """
 
     plan = _plan(items, subject, prompt, config, using)
-    component, template, unique, subject = plan.component, plan.template, plan.unique, plan.subject
-    if isinstance(component, KnowledgeSource):
-        texts = component.describe(unique)
-        found = {i: texts[i] for i in unique if texts.get(i)}
-        failed = {i: "not in the knowledge table" for i in unique if i not in found}
-        return DescribeResult(found, component.model_id, None, subject, failed, cached=0)
-    assert template is not None
-    budget = budget if budget is not None else Budget(max_cost)
-    usage = Usage()
-    result = DescribeResult({}, component.model_id, template, subject, usage=usage)
+    if isinstance(plan.component, KnowledgeSource):
+        return _from_knowledge_source(plan)
+    result = DescribeResult({}, plan.component.model_id, plan.template, plan.subject, usage=Usage())
     with open_cache(plan.settings) as cache:
         result.texts.update(plan.cached(cache))
         result.cached = len(result.texts)
-        todo = [i for i in unique if i not in result.texts]
-        policy = component.retry_policy()
-        expected = component.expected_completion_tokens()
-
-        async def call(item: str) -> tuple[Completion, str | None]:
-            text = template.render(item)
-            problem: str | None = None
-            for _ in range(ANSWER_RETRIES + 1):
-                answer = await with_retries(
-                    lambda t=text: component.acomplete(t, system=template.system),
-                    policy,
-                    usage=usage,
-                    label=component.model_id,
-                )
-                usage.add(prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
-                          cost=answer.cost)
-                problem = answer_problem(answer.text)
-                if problem is None:
-                    return answer, None
-            return answer, problem
-
-        with progress_bar(total=len(todo), desc=f"describing {subject.replace('_', ' ')}s", unit="call",
-                          enabled=progress) as bar:
-
-            def on_result(item: str, out: tuple[Completion, str | None]) -> None:
-                answer, problem = out
-                if problem is None:
-                    text = answer.text.strip()
-                    if cache is not None:
-                        cache.put_texts(component.cache_key, template.hash, {text_hash(item): text})
-                    result.texts[item] = text
-                else:
-                    result.failed[item] = problem
-                bar.update(1)
-                bar.set_postfix(usage.postfix(), refresh=False)
-
-            run_calls(
-                todo,
-                call,
-                on_result=on_result,
-                concurrency=int(getattr(component.options, "concurrency", 8)),
-                budget=budget,
-                estimate_cost=lambda i: component.price(
-                    component.count_tokens(template.render(i), system=template.system), expected
-                ),
-                actual_cost=lambda out: out[0].cost,
-            )
-    result.texts = {i: result.texts[i] for i in unique if i in result.texts}  # input order
+        todo = [i for i in plan.unique if i not in result.texts]
+        _ask(plan, todo, result, cache, budget if budget is not None else Budget(max_cost), progress)
+    result.texts = {i: result.texts[i] for i in plan.unique if i in result.texts}  # input order
     if result.failed:
         sample = ", ".join(f"{k} ({v})" for k, v in list(result.failed.items())[:3])
         warnings.warn(
-            f"{len(result.failed)} of {len(unique)} descriptions failed and were left out: {sample}. "
+            f"{len(result.failed)} of {len(plan.unique)} descriptions failed and were left out: {sample}. "
             "They were not cached; run again to retry them, or try another prompt or model.",
             ScelmoWarning,
             stacklevel=2,
         )
     return result
+
+
+def _from_knowledge_source(plan: _Plan) -> DescribeResult:
+    """Texts straight from an offline knowledge table (no calls, nothing to cache)."""
+    texts = plan.component.describe(plan.unique)
+    found = {i: texts[i] for i in plan.unique if texts.get(i)}
+    failed = {i: "not in the knowledge table" for i in plan.unique if i not in found}
+    return DescribeResult(found, plan.component.model_id, None, plan.subject, failed, cached=0)
+
+
+async def _answer(component: Provider, template: PromptTemplate, item: str, policy: Any,
+                  usage: Usage) -> tuple[Completion, str | None]:
+    """One item's completion, asked again (up to ``ANSWER_RETRIES`` times) while it is a refusal or empty.
+
+    Returns the last answer and what is wrong with it (``None`` when it is usable).
+    """
+    text = template.render(item)
+    problem: str | None = None
+    for _ in range(ANSWER_RETRIES + 1):
+        answer = await with_retries(
+            lambda: component.acomplete(text, system=template.system), policy, usage=usage,
+            label=component.model_id,
+        )
+        usage.add(prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens, cost=answer.cost)
+        problem = answer_problem(answer.text)
+        if problem is None:
+            return answer, None
+    return answer, problem
+
+
+def _ask(plan: _Plan, todo: list[str], result: DescribeResult, cache: Cache | None, budget: Budget,
+         progress: bool | None) -> None:
+    """Ask the provider about ``todo``, concurrently, into ``result``.
+
+    Each usable answer is committed to the cache as it arrives, so a crash or a budget
+    stop never pays for it again; failed items go to ``result.failed`` and are not cached.
+    """
+    component, template, usage = plan.component, plan.template, result.usage
+    assert template is not None
+    policy = component.retry_policy()
+    expected = component.expected_completion_tokens()
+    with progress_bar(total=len(todo), desc=f"describing {plan.subject.replace('_', ' ')}s", unit="call",
+                      enabled=progress) as bar:
+
+        def on_result(item: str, out: tuple[Completion, str | None]) -> None:
+            answer, problem = out
+            if problem is None:
+                text = answer.text.strip()
+                if cache is not None:
+                    cache.put_texts(component.cache_key, template.hash, {text_hash(item): text})
+                result.texts[item] = text
+            else:
+                result.failed[item] = problem
+            bar.update(1)
+            bar.set_postfix(usage.postfix(), refresh=False)
+
+        run_calls(
+            todo,
+            lambda item: _answer(component, template, item, policy, usage),
+            on_result=on_result,
+            concurrency=int(getattr(component.options, "concurrency", 8)),
+            budget=budget,
+            estimate_cost=lambda i: component.price(
+                component.count_tokens(template.render(i), system=template.system), expected
+            ),
+            actual_cost=lambda out: out[0].cost,
+        )

@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
-from scelmo.model._model import AnnDataSetup, Model
+from scelmo.model._model import Model
+from scelmo.model._save_load import FORMAT, FORMAT_VERSION, read_model, save_model
+from scelmo.model._setup import AnnDataSetup
 from scelmo.plugin.heads import TaskHead
 
-__all__ = ["AnnDataSetup", "Model", "TaskHead"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "AnnDataSetup", "Model", "TaskHead", "read_model", "save_model"]

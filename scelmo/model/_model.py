@@ -32,13 +32,7 @@ by :meth:`Model.load` is registered in memory only, keyed by the object.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-import weakref
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -47,89 +41,11 @@ import scipy.sparse as sp
 
 from scelmo import keys, provenance, tl
 from scelmo import plugin as plugins
-from scelmo._version import __version__
 from scelmo.errors import InputError, ScelmoError
 from scelmo.expression.matrix import iter_row_chunks, select_matrix
 from scelmo.genes import GeneEmbeddings
-from scelmo.io import atomic_dir
-
-MODEL_FILE = "model.json"
-HEAD_DIR = "head"
-GENES_DIR = "gene_embeddings"
-FORMAT = "scelmo.Model"
-FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class AnnDataSetup:
-    """Which parts of an AnnData a :class:`Model` uses (see :meth:`Model.setup_anndata`)."""
-
-    labels_key: str | None = None
-    batch_key: str | None = None
-    layer: str | None = None
-    use_raw: bool | None = None
-    perturbation_key: str | None = None
-
-
-# object id -> (weak reference, setup); entries vanish with their AnnData
-_SETUPS: dict[int, tuple[Any, AnnDataSetup]] = {}
-
-
-def _remember(adata: Any, setup: AnnDataSetup) -> None:
-    key = id(adata)
-    try:
-        ref = weakref.ref(adata, lambda _r, k=key: _SETUPS.pop(k, None))
-    except TypeError:  # pragma: no cover - AnnData supports weak references
-        ref = lambda a=adata: a  # noqa: E731
-    _SETUPS[key] = (ref, setup)
-
-
-#: The fields of :class:`AnnDataSetup` and how they are written into ``uns`` (strings only).
-_SETUP_FORMAT = "scelmo.Model.setup_anndata"
-_SETUP_VERSION = "1"
-
-
-def _setup_to_uns(setup: AnnDataSetup) -> dict[str, str]:
-    """The registry written to ``adata.uns["scelmo_setup"]``: strings only (``None`` left out)."""
-    out = {"format": _SETUP_FORMAT, "format_version": _SETUP_VERSION}
-    for name, value in asdict(setup).items():
-        if value is None:
-            continue
-        out[name] = ("true" if value else "false") if isinstance(value, bool) else str(value)
-    return out
-
-
-def _setup_from_uns(adata: Any) -> AnnDataSetup | None:
-    uns = getattr(adata, "uns", None)
-    reg = uns.get(keys.SETUP) if uns is not None else None
-    if not isinstance(reg, Mapping) or str(reg.get("format", "")) != _SETUP_FORMAT:
-        return None
-    if int(str(reg.get("format_version", "1"))) > int(_SETUP_VERSION):
-        raise InputError(f"adata.uns[{keys.SETUP!r}] was written by a newer scelmo; call "
-                         "`scelmo.Model.setup_anndata(adata, ...)` again.")
-    values: dict[str, Any] = {}
-    for name in AnnDataSetup.__dataclass_fields__:
-        v = reg.get(name)
-        if v is None:
-            continue
-        v = str(v)
-        values[name] = (v.lower() == "true") if name == "use_raw" else v
-    return AnnDataSetup(**values)
-
-
-def _setup_of(adata: Any) -> AnnDataSetup | None:
-    """The setup of ``adata``: its ``uns`` registry, else one registered in memory."""
-    setup = _setup_from_uns(adata)
-    if setup is not None:
-        return setup
-    hit = _SETUPS.get(id(adata))
-    if hit is None or hit[0]() is not adata:
-        return None
-    return hit[1]
-
-
-def _sha256_array(a: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float32).tobytes()).hexdigest()
+from scelmo.model._save_load import read_model, save_model
+from scelmo.model._setup import AnnDataSetup, _remember, _setup_of, _setup_to_uns
 
 
 class Model:
@@ -464,26 +380,7 @@ class Model:
         """
 
         self._require_trained()
-        path = Path(path)
-        with atomic_dir(path, overwrite=overwrite) as tmp:
-            self.head.save_state(tmp / HEAD_DIR)
-            self.gene_table.save(tmp / GENES_DIR, overwrite=True)
-            info = {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "scelmo_version": __version__,
-                "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "head": self.head_name,
-                "head_options": self.head.options.model_dump(mode="json"),
-                "setup": asdict(self.setup),
-                "train_genes": self.train_genes,
-                "classes": list(self.head.classes),
-                "gene_embeddings_sha256": _sha256_array(self.gene_table.vectors),
-                "gene_embeddings_manifest": self.gene_table.manifest,
-                "train": self.train_info,
-            }
-            (tmp / MODEL_FILE).write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
-        return path
+        return save_model(self, path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path, adata: Any | None = None) -> Model:
@@ -493,18 +390,7 @@ class Model:
         table's checksums are verified.
         """
 
-        path = Path(path)
-        mfile = path / MODEL_FILE
-        if not mfile.is_file():
-            raise ScelmoError(f"{path} is not a saved scelmo model (no {MODEL_FILE}).")
-        info = json.loads(mfile.read_text(encoding="utf-8"))
-        if info.get("format") != FORMAT or int(info.get("format_version", 0)) > FORMAT_VERSION:
-            raise ScelmoError(f"{path}: unsupported model format {info.get('format')!r} v{info.get('format_version')}.")
-        table = GeneEmbeddings.load(path / GENES_DIR)
-        if _sha256_array(table.vectors) != info.get("gene_embeddings_sha256"):
-            raise ScelmoError(f"{path}: the gene table does not match the checksum in {MODEL_FILE}; the model is corrupt.")
-        head_cls = plugins.heads.get(info["head"])
-        head = head_cls.load_state(path / HEAD_DIR)
+        info, table, head = read_model(path)
         setup = AnnDataSetup(**info.get("setup", {}))
         self = cls.__new__(cls)
         self.setup = setup

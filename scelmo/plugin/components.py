@@ -1,4 +1,4 @@
-"""Base classes of plugin components.
+"""Base classes of plugin components (the task-head contract is in :mod:`scelmo.plugin.heads`).
 
 Each component has a ``name``, a nested pydantic ``Options`` model that forbids
 unknown keys, and one or two abstract methods. Batching, caching, validation and
@@ -14,7 +14,9 @@ base class             plugin implements                          base class pro
 :class:`Aggregator`    ``aggregate_chunk(chunk, prepared)``       row chunking of CSR/CSC/
                                                                   dense/backed data, empty-
                                                                   cell handling, coverage
-:class:`TaskHead`      ``fit`` / ``predict``                      -
+:class:`TaskHead`      ``fit``, ``save_state``, ``load_state``     data preparation, saving
+                       and what its capabilities promise          (:class:`scelmo.Model`;
+                       (see :mod:`scelmo.plugin.heads`)           contract in ``heads.py``)
 =====================  =========================================  ==========================
 """
 
@@ -219,8 +221,7 @@ class Provider(ModelComponent):
         return None
 
     def complete(self, prompts: Sequence[str], *, system: str | None = None) -> list[str]:
-        """One completion per prompt, in order (no cache; see :func:`scelmo.describe.describe`)."""
-
+        """One completion per prompt, in order (no cache; see :func:`scelmo.describe`)."""
         out: dict[int, str] = {}
         policy = self.retry_policy()
         run_calls(

@@ -36,7 +36,7 @@ def register_knowledge_sources(register: Register) -> None:
     """Register knowledge sources: objects that describe genes in text.
 
     Called once, the first time a knowledge source is looked up (for the
-    ``describe`` role). ``register`` takes a :class:`scelmo.plugin.components.KnowledgeSource`
+    ``describe`` role). ``register`` takes a :class:`scelmo.plugin.KnowledgeSource`
     subclass. A knowledge source may also provide a gene vocabulary (aliases,
     Ensembl IDs, orthologs) used to resolve the user's gene names.
     """
@@ -47,7 +47,7 @@ def register_providers(register: Register) -> None:
     """Register LLM text providers (the ``describe`` role when it is an LLM).
 
     Called once, on first look-up. ``register`` takes a
-    :class:`scelmo.plugin.components.Provider` subclass. Pass ``catch_all=True`` for a
+    :class:`scelmo.plugin.Provider` subclass. Pass ``catch_all=True`` for a
     provider that accepts any ``vendor/model`` string (e.g. one backed by litellm).
     """
 
@@ -57,7 +57,7 @@ def register_embedders(register: Register) -> None:
     """Register text embedders (the ``embed`` role).
 
     Called once, on first look-up. ``register`` takes a
-    :class:`scelmo.plugin.components.TextEmbedder` subclass; the config selects it by
+    :class:`scelmo.plugin.TextEmbedder` subclass; the config selects it by
     ``embed.model``, matched against the registered name, then the ``name/`` prefix,
     then a catch-all embedder.
     """
@@ -68,7 +68,7 @@ def register_aggregators(register: Register) -> None:
     """Register aggregators: genes x d vectors + cells x genes matrix -> cells x d.
 
     Called once, on first look-up. ``register`` takes a
-    :class:`scelmo.plugin.components.Aggregator` subclass, selected by
+    :class:`scelmo.plugin.Aggregator` subclass, selected by
     ``aggregate.method`` in the config or ``scelmo.tl.embed_cells(aggregator=...)``.
     """
 
@@ -78,7 +78,7 @@ def register_heads(register: Register) -> None:
     """Register task heads (zero-shot or trainable models on top of embeddings).
 
     Called once, on first look-up. ``register`` takes a
-    :class:`scelmo.plugin.components.TaskHead` subclass.
+    :class:`scelmo.plugin.TaskHead` subclass (the contract in :mod:`scelmo.plugin.heads`).
     """
 
 
@@ -87,7 +87,7 @@ def register_prompts(register: Register) -> None:
     """Register named, versioned prompt templates.
 
     Called once, on first look-up. ``register`` takes a
-    :class:`scelmo.plugin.components.PromptTemplate` *instance* (not a class).
+    :class:`scelmo.plugin.PromptTemplate` *instance* (not a class).
     """
 
 

@@ -274,57 +274,13 @@ def annotate(
     query = np.asarray(adata.obsm[use_rep], dtype=np.float32)
     info: dict[str, Any] = {"use_rep": use_rep, "min_score": min_score}
     if reference is not None:
-        if ref_labels is None:
-            raise InputError("`ref_labels` is required with `reference` (an obs column name or an array).")
-        if isinstance(ref_labels, str):
-            if ref_labels not in reference.obs:
-                raise InputError(f"Column {ref_labels!r} not found in reference.obs.")
-            labels = reference.obs[ref_labels].to_numpy()
-        else:
-            labels = np.asarray(ref_labels)
-        if len(labels) != reference.n_obs:
-            raise InputError(f"ref_labels has {len(labels)} entries but the reference has {reference.n_obs} cells.")
-        if use_rep not in reference.obsm:
-            embed_cells(reference, config=config, key_added=use_rep, progress=progress)
-        ref = np.asarray(reference.obsm[use_rep], dtype=np.float32)
-        if ref.shape[1] != query.shape[1]:
-            raise InputError(
-                f"Query ({query.shape[1]}-d) and reference ({ref.shape[1]}-d) embeddings differ in width; "
-                "embed both with the same gene embeddings."
-            )
-        keep = ~_is_missing(labels)
-        pred, score = knn_vote(query, ref[keep], labels[keep], k=k)
-        info.update({"method": "knn_transfer", "k": k, "n_reference": int(keep.sum())})
+        pred, score = _transfer_labels(query, reference, ref_labels, use_rep=use_rep, k=k, config=config,
+                                       progress=progress, info=info)
     else:
-        names, texts = _cell_type_texts(cell_types)
-        if describe_cell_types and not isinstance(cell_types, Mapping):
-            described = describe(names, subject="cell_type", config=config, progress=progress)
-            texts = [described.texts.get(n, n) for n in names]  # failures fall back to the name
-            info["cell_type_descriptions"] = described.provenance()
-        if method == "markers":
-            matrix, var_names, _ = select_matrix(adata, layer=layer, use_raw=None if layer is None else False)
-            frac = np.asarray((matrix[:] > 0).mean(axis=0)).ravel()
-            expressed = [str(g) for g, f in zip(var_names, frac, strict=True) if f >= 0.01]
-            markers = knowledge_markers(names, expressed, texts=texts, n_markers=n_markers, config=config,
-                                        progress=progress)
-            groups = _cluster_labels(adata, use_rep, groupby)
-            labels, score, _ = marker_match(adata, markers, groups, layer=layer)
-            pred = np.array([lab if lab is not None else unknown_label for lab in labels], dtype=object)
-            info.update({"method": "text_markers", "n_cell_types": len(names), "n_markers": n_markers,
-                         "groupby": groupby or "leiden(use_rep)", "n_groups": int(len(np.unique(groups)))})
-            info.update({f"markers_{t}": "; ".join(g) for t, g in markers.items()})
-            info["temperature"] = 0.25
-        elif method == "embedding":
-            vectors = _embed_texts(texts, config, progress)
-            if vectors.shape[1] != query.shape[1]:
-                raise ScelmoError(
-                    f"Cell-type text vectors are {vectors.shape[1]}-d but adata.obsm[{use_rep!r}] is "
-                    f"{query.shape[1]}-d: annotate with the same embedder that made the cell embedding."
-                )
-            pred, score, _ = prompt_match(query, vectors, names, temperature=temperature)
-            info.update({"method": "text_prompt", "n_cell_types": len(names), "temperature": temperature})
-        else:
-            raise InputError(f"method must be 'markers' or 'embedding', got {method!r}.")
+        pred, score = _labels_from_names(adata, query, cell_types, method=method, use_rep=use_rep, layer=layer,
+                                         groupby=groupby, n_markers=n_markers, temperature=temperature,
+                                         unknown_label=unknown_label, describe_cell_types=describe_cell_types,
+                                         config=config, progress=progress, info=info)
     pred = pred.astype(object)
     pred[score < min_score] = unknown_label
     import pandas as pd
@@ -335,6 +291,71 @@ def annotate(
     info["key_added"] = key_added
     provenance.record(adata, "annotate", info)
     return adata if copy else None
+
+
+def _transfer_labels(query: np.ndarray, reference: Any, ref_labels: str | Sequence[Any] | None, *, use_rep: str,
+                     k: int, config: Any, progress: bool | None, info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Labels of the ``k`` nearest reference cells (:func:`scelmo.knn.knn_vote`), and their vote share."""
+    if ref_labels is None:
+        raise InputError("`ref_labels` is required with `reference` (an obs column name or an array).")
+    if isinstance(ref_labels, str):
+        if ref_labels not in reference.obs:
+            raise InputError(f"Column {ref_labels!r} not found in reference.obs.")
+        labels = reference.obs[ref_labels].to_numpy()
+    else:
+        labels = np.asarray(ref_labels)
+    if len(labels) != reference.n_obs:
+        raise InputError(f"ref_labels has {len(labels)} entries but the reference has {reference.n_obs} cells.")
+    if use_rep not in reference.obsm:
+        embed_cells(reference, config=config, key_added=use_rep, progress=progress)
+    ref = np.asarray(reference.obsm[use_rep], dtype=np.float32)
+    if ref.shape[1] != query.shape[1]:
+        raise InputError(
+            f"Query ({query.shape[1]}-d) and reference ({ref.shape[1]}-d) embeddings differ in width; "
+            "embed both with the same gene embeddings."
+        )
+    keep = ~_is_missing(labels)
+    pred, score = knn_vote(query, ref[keep], labels[keep], k=k)
+    info.update({"method": "knn_transfer", "k": k, "n_reference": int(keep.sum())})
+    return pred, score
+
+
+def _labels_from_names(adata: Any, query: np.ndarray, cell_types: Sequence[str] | Mapping[str, str], *, method: str,
+                       use_rep: str, layer: str | None, groupby: str | None, n_markers: int, temperature: float,
+                       unknown_label: str, describe_cell_types: bool, config: Any, progress: bool | None,
+                       info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Labels from cell-type names alone: marker genes chosen by gene knowledge (``"markers"``)
+    or the cosine of cell and text vectors (``"embedding"``), and their scores."""
+    names, texts = _cell_type_texts(cell_types)
+    if describe_cell_types and not isinstance(cell_types, Mapping):
+        described = describe(names, subject="cell_type", config=config, progress=progress)
+        texts = [described.texts.get(n, n) for n in names]  # failures fall back to the name
+        info["cell_type_descriptions"] = described.provenance()
+    if method == "markers":
+        matrix, var_names, _ = select_matrix(adata, layer=layer, use_raw=None if layer is None else False)
+        frac = np.asarray((matrix[:] > 0).mean(axis=0)).ravel()
+        expressed = [str(g) for g, f in zip(var_names, frac, strict=True) if f >= 0.01]
+        markers = knowledge_markers(names, expressed, texts=texts, n_markers=n_markers, config=config,
+                                    progress=progress)
+        groups = _cluster_labels(adata, use_rep, groupby)
+        labels, score, _ = marker_match(adata, markers, groups, layer=layer)
+        pred = np.array([lab if lab is not None else unknown_label for lab in labels], dtype=object)
+        info.update({"method": "text_markers", "n_cell_types": len(names), "n_markers": n_markers,
+                     "groupby": groupby or "leiden(use_rep)", "n_groups": int(len(np.unique(groups)))})
+        info.update({f"markers_{t}": "; ".join(g) for t, g in markers.items()})
+        info["temperature"] = 0.25
+    elif method == "embedding":
+        vectors = _embed_texts(texts, config, progress)
+        if vectors.shape[1] != query.shape[1]:
+            raise ScelmoError(
+                f"Cell-type text vectors are {vectors.shape[1]}-d but adata.obsm[{use_rep!r}] is "
+                f"{query.shape[1]}-d: annotate with the same embedder that made the cell embedding."
+            )
+        pred, score, _ = prompt_match(query, vectors, names, temperature=temperature)
+        info.update({"method": "text_prompt", "n_cell_types": len(names), "temperature": temperature})
+    else:
+        raise InputError(f"method must be 'markers' or 'embedding', got {method!r}.")
+    return pred, score
 
 
 def _is_missing(labels: np.ndarray) -> np.ndarray:
