@@ -113,3 +113,16 @@ def test_encode_round_trip(tmp_path):
     assert cos.min() > 0.999 and abs(cos.min() - meta["row_cosine_min"]) < 1e-6
     with pytest.raises(ValueError, match="too fine"):
         precomputed.encode(X, step=1e-4)
+
+
+def test_estimate_counts_shipped_vectors_as_no_work(tmp_path):
+    """``estimate_embed_genes`` on an empty cache: protein-coding genes need no model run."""
+    import scelmo
+
+    _, est = scelmo.tl.estimate_embed_genes(genes=GENES, config={"cache.path": str(tmp_path / "empty.sqlite")})
+    assert est.items == len(GENES) and est.cached == len(GENES) and est.calls == 0
+    assert any("ship with the embedder" in n for n in est.notes)
+    _, exact = scelmo.tl.estimate_embed_genes(
+        genes=GENES, config={"cache.path": str(tmp_path / "empty.sqlite"), "embed.options": {"precomputed": False}}
+    )
+    assert exact.cached == 0 and exact.prompt_tokens > 0

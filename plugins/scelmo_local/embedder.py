@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -135,29 +134,14 @@ class LocalMiniLM(TextEmbedder):
             return None
         return table
 
-    def embed(
-        self,
-        texts: Sequence[str],
-        *,
-        cache: Any = None,
-        progress: bool | None = None,
-        desc: str = "embedding texts",
-        budget: Any = None,
-    ) -> np.ndarray:
-        """Vectors for ``texts``: shipped ones where they exist, the model (and cache) for the rest."""
+    def precomputed(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        """The shipped vectors of those ``texts`` the table holds (default model and length only)."""
         table = self._precomputed()
         if table is None:
-            return super().embed(texts, cache=cache, progress=progress, desc=desc, budget=budget)
-        texts = list(texts)
+            return None
         rows = table.rows(texts)
         hit = rows >= 0
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        out[hit] = table.decode(rows[hit])
-        if not hit.all():
-            rest = [t for t, h in zip(texts, hit, strict=True) if not h]
-            out[~hit] = super().embed(rest, cache=cache, progress=progress, desc=desc, budget=budget)
-        self.n_precomputed = getattr(self, "n_precomputed", 0) + int(hit.sum())
-        return out
+        return hit, table.decode(rows[hit])
 
     def provenance_record(self) -> dict[str, str | int | float]:
         out = super().provenance_record()

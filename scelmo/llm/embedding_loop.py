@@ -15,12 +15,28 @@ import numpy as np
 
 from scelmo.errors import ProviderError
 from scelmo.llm.cache import text_hash
-from scelmo.llm.calls import Usage, run_calls, with_retries
+from scelmo.llm.calls import run_calls, with_retries
 from scelmo.progress import progress_bar
 
 if TYPE_CHECKING:
     from scelmo.llm.cache import Cache
     from scelmo.plugin import EmbeddingBatch, TextEmbedder
+
+
+def shipped_vectors(embedder: TextEmbedder, unique: dict[str, str]) -> dict[str, np.ndarray]:
+    """Vectors the embedder ships for some of the texts (``{hash: vector}``; no model run, no cache)."""
+    if not unique:
+        return {}
+    known = embedder.precomputed(list(unique.values()))
+    if known is None:
+        return {}
+    hit, vectors = known
+    hit = np.asarray(hit, dtype=bool)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if hit.shape != (len(unique),) or vectors.shape[0] != int(hit.sum()):
+        raise ProviderError(f"Embedder {embedder.model_id!r}: precomputed() returned {vectors.shape[0]} vectors "
+                            f"for {int(hit.sum())} found texts of {len(unique)}; it must return one per found text.")
+    return dict(zip([h for h, f in zip(unique, hit, strict=True) if f], vectors, strict=True))
 
 
 def embed_cached(
@@ -34,7 +50,8 @@ def embed_cached(
 ) -> np.ndarray:
     """Vectors for ``texts`` from ``embedder`` (float32, ``(len(texts), d)``), using and filling ``cache``.
 
-    Deduplicates by text hash, serves cached vectors, embeds the rest in batches of
+    Deduplicates by text hash, takes the vectors the embedder ships
+    (:meth:`~scelmo.plugin.TextEmbedder.precomputed`), serves cached ones, embeds the rest in batches of
     ``options.batch_size`` (concurrently with retries for async embedders), commits each
     batch to the cache as it arrives and checks every vector (:func:`check_batch`).
 
@@ -46,14 +63,15 @@ def embed_cached(
     hashes = [text_hash(t) for t in texts]
     unique = dict(zip(hashes, texts, strict=True))
     key = embedder.cache_key
-    found: dict[str, np.ndarray] = (
-        cache.get_vectors(key, list(unique), legacy=embedder.legacy_cache_keys) if cache else {}
-    )
+    found = shipped_vectors(embedder, unique)
+    embedder.n_precomputed += sum(h in found for h in hashes)
+    rest = [h for h in unique if h not in found]
+    if cache is not None and rest:
+        found.update(cache.get_vectors(key, rest, legacy=embedder.legacy_cache_keys))
     todo = sorted((h for h in unique if h not in found), key=lambda h: len(unique[h]))
     dim = next(iter(found.values())).shape[0] if found else None
     bs = max(1, int(getattr(embedder.options, "batch_size", 32)))
     batches = [todo[i : i + bs] for i in range(0, len(todo), bs)]
-    embedder.usage = getattr(embedder, "usage", None) or Usage()
     with progress_bar(total=len(todo), desc=desc, unit="text", enabled=progress) as bar:
 
         def keep(batch: list[str], vecs: np.ndarray) -> None:

@@ -39,7 +39,7 @@ from scelmo.expression.aggregation import (
     AggregationResult,
     BlockPlan,
 )
-from scelmo.llm.calls import RetryPolicy, run_calls, with_retries
+from scelmo.llm.calls import RetryPolicy, Usage, run_calls, with_retries
 from scelmo.llm.embedding_loop import embed_cached
 from scelmo.redact import is_secret_name, mask
 
@@ -259,6 +259,22 @@ class TextEmbedder(ModelComponent):
 
     kind = "text embedder"
     Options = EmbedderOptions
+
+    def __init__(self, model: str = "", **options: Any) -> None:
+        super().__init__(model, **options)
+        #: Calls, tokens and cost of the remote requests made so far.
+        self.usage = Usage()
+        #: Texts answered from :meth:`precomputed` vectors so far (no model run).
+        self.n_precomputed = 0
+
+    def precomputed(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Vectors this embedder ships for some of ``texts``, without running the model.
+
+        Returns ``(found, vectors)``: a boolean mask over ``texts`` and one float vector per
+        found text, in order; ``None`` (the default) when it ships none. Found texts are
+        neither embedded nor cached, and :func:`scelmo.tl.estimate_embed_genes` does not count them.
+        """
+        return None
 
     def embed_batch(self, texts: list[str]) -> np.ndarray:
         """Vectors for ``texts``: a ``(len(texts), d)`` float array, in order."""

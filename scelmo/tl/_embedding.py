@@ -33,6 +33,7 @@ from scelmo.knowledge.descriptions import describe as describe_items
 from scelmo.knowledge.descriptions import estimate as estimate_describe
 from scelmo.llm.cache import open_cache, text_hash
 from scelmo.llm.calls import Budget, Estimate
+from scelmo.llm.embedding_loop import shipped_vectors
 from scelmo.plugin import KnowledgeSource
 from scelmo.progress import progress_bar
 from scelmo.tl._common import Config, _copy_of, _settings
@@ -215,7 +216,8 @@ def estimate_embed_genes(
     """What :func:`embed_genes` would send, per role, before anything is spent.
 
     Returns two :class:`~scelmo.llm.calls.Estimate` objects (describe, embed). Cached
-    answers are not counted. For the embed role the texts are not written yet when an
+    answers, and vectors the embedder ships (:meth:`scelmo.plugin.TextEmbedder.precomputed`),
+    are not counted as work to do. For the embed role the texts are not written yet when an
     LLM describes, so their length is assumed to be the describer's ``max_tokens``.
     """
 
@@ -227,14 +229,18 @@ def estimate_embed_genes(
     embedder = roles.embedder(settings)
     if isinstance(describer, KnowledgeSource):
         texts = list(describer.describe(symbols).values())
+        unique = {text_hash(t): t for t in texts}
+        done = shipped_vectors(embedder, unique)
+        n_shipped = len(done)
         with open_cache(settings) as cache:
-            hashes = [text_hash(t) for t in texts]
-            done = cache.get_vectors(embedder.cache_key, hashes, legacy=embedder.legacy_cache_keys) if cache else {}
-        todo = [t for t in texts if text_hash(t) not in done]
+            rest = [h for h in unique if h not in done]
+            if cache is not None and rest:
+                done.update(cache.get_vectors(embedder.cache_key, rest, legacy=embedder.legacy_cache_keys))
+        todo = [t for h, t in unique.items() if h not in done]
         tokens = embedder.count_tokens(todo)
-        n_items, cached = len(texts), len(texts) - len(todo)
+        n_items, cached = len(unique), len(unique) - len(todo)
     else:
-        n_items, cached = len(symbols), 0
+        n_items, cached, n_shipped = len(symbols), 0, 0
         todo_n = len(symbols)
         tokens = describer.expected_completion_tokens() * todo_n
         todo = [""] * todo_n
@@ -242,6 +248,8 @@ def estimate_embed_genes(
     calls = -(-len(todo) // bs) if embedder.requires_network else 0
     cost = embedder.price(tokens) if todo else 0.0
     notes = [] if embedder.requires_network else ["local model: no calls, no cost"]
+    if n_shipped:
+        notes.append(f"{n_shipped} of {n_items} vectors ship with the embedder (counted as cached; no model run)")
     est_e = Estimate("embed", embedder.model_id, calls, n_items, cached, tokens, 0, cost, notes)
     return [est_d, est_e]
 
