@@ -1,9 +1,9 @@
-"""Scale benchmark (issue 14): bfloat16 gene vectors, fused normalisation, dask.
+"""Scale benchmark (issue 14): 16-bit gene vectors, fused normalisation, dask.
 
 In one process, on the synthetic generator's counts (``_synthetic.py``), with every
 figure a ratio to a baseline measured in the same run:
 
-1. **bfloat16 E** vs float32 E through the same kernel (``csr_matmul``), 1 and 2
+1. **16-bit E** (bfloat16, float16) vs float32 E through the same kernel (``csr_matmul``), 1 and 2
    threads, d = 384 and 1536: wall time per 1M cells, the 2-core fp32 SGEMM bound
    (``aggregation.sgemm_probe``), and accuracy (max |C - C_fp32| / max |C_fp32| per row,
    minimum row cosine).
@@ -48,6 +48,7 @@ from _synthetic import gene_model, generate_csr, random_embedding  # noqa: E402
 from aggregation import loadavg, log, measure, sgemm_probe  # noqa: E402
 
 OUT = HERE / "results" / "scale"
+PRECISIONS = ("float32", "bfloat16", "float16")
 
 
 def _symbols(n: int) -> list[str]:
@@ -74,11 +75,10 @@ def section_bf16(cells: int, dims: list[int], repeats: int) -> dict[str, Any]:
     rows = []
     for d in dims:
         E = random_embedding(30_000, d, seed=1)
-        C32 = np.empty((cells, d), np.float32)
-        C16 = np.empty((cells, d), np.float32)
-        for prec in ("float32", "bfloat16"):
+        C = {p: np.empty((cells, d), np.float32) for p in PRECISIONS}
+        for prec in PRECISIONS:
             T = K.TiledEmbedding.from_matrix(E, precision=prec)
-            out = C32 if prec == "float32" else C16
+            out = C[prec]
             K.csr_matmul(X.indptr[:3], X.indices, X.data, T)  # compile outside the timings
             for t in (1, 2):
                 numba.set_num_threads(t)
@@ -88,17 +88,19 @@ def section_bf16(cells: int, dims: list[int], repeats: int) -> dict[str, Any]:
                 rows.append({"d": d, "precision": prec, "threads": t, "E_MB": T.nbytes / 1e6,
                              "wall_s_per_1M": m["wall_s"] / cells * 1e6, "x_2core_fp32_bound": m["wall_s"] / cells * 1e6 / bound,
                              "clean": m["clean"], "loadavg": m["loadavg_1min"][0]})
-                log(f"bf16 section d={d} {prec} {t} thr: {rows[-1]['wall_s_per_1M']:.1f} s/1M cells "
+                log(f"16-bit section d={d} {prec} {t} thr: {rows[-1]['wall_s_per_1M']:.1f} s/1M cells "
                     f"({rows[-1]['x_2core_fp32_bound']:.2f}x bound)")
+        C32 = C["float32"]
         scale = np.abs(C32).max(axis=1)
         scale[scale == 0] = 1
-        rel = float((np.abs(C16 - C32).max(axis=1) / scale).max())
-        cos = float(((C16 * C32).sum(1) / np.maximum(np.linalg.norm(C16, axis=1) * np.linalg.norm(C32, axis=1), 1e-30)).min())
-        for r in rows:
-            if r["d"] == d:
-                r.update({"max_rel_err_row": rel if r["precision"] == "bfloat16" else 0.0,
-                          "min_row_cosine": cos if r["precision"] == "bfloat16" else 1.0})
-        for prec in ("float32", "bfloat16"):
+        norms32 = np.linalg.norm(C32, axis=1)
+        for prec in PRECISIONS:
+            C16 = C[prec]
+            rel = float((np.abs(C16 - C32).max(axis=1) / scale).max())
+            cos = float(((C16 * C32).sum(1) / np.maximum(np.linalg.norm(C16, axis=1) * norms32, 1e-30)).min())
+            for r in rows:
+                if r["d"] == d and r["precision"] == prec:
+                    r.update({"max_rel_err_row": rel, "min_row_cosine": cos})
             one = [r for r in rows if r["d"] == d and r["precision"] == prec and r["threads"] == 1][0]
             two = [r for r in rows if r["d"] == d and r["precision"] == prec and r["threads"] == 2][0]
             two["wall_2thr_over_1thr"] = two["wall_s_per_1M"] / one["wall_s_per_1M"]
@@ -241,7 +243,7 @@ def main() -> None:
         tmp.write_text(json.dumps(res, indent=1, default=float))
         os.replace(tmp, old)
     md = ["# Scale benchmark (issue 14)", ""]
-    titles = {"bf16": "1. bfloat16 vs float32 gene vectors (synthetic 30k genes, 2k nnz/cell)",
+    titles = {"bf16": "1. 16-bit (bfloat16, float16) vs float32 gene vectors (synthetic 30k genes, 2k nnz/cell)",
               "normalize": "2. Fused normalisation: aggregate(normalize=True) over the raw product (wa, 2 threads)",
               "dask": "3. dask: 2-worker LocalCluster vs one streaming process (same .h5ad, 20k genes)",
               "memory": "4. Streaming memory: scelmo embed-cells --backed (child process peak RSS)"}

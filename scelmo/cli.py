@@ -308,7 +308,7 @@ def embed_genes_cmd(ctx, input, output, gene_list, genes_file, describe_model, e
 @click.option("--species", type=click.Choice(["auto", "human", "mouse"]))
 @click.option("--key-added", default=None, help="obsm key (default X_scelmo).")
 @click.option("--backed", is_flag=True, help="Stream an .h5ad INPUT from disk (bounded memory); OUTPUT is a copy with the results added.")
-@click.option("--precision", type=click.Choice(["float32", "bfloat16"]),
+@click.option("--precision", type=click.Choice(["float32", "bfloat16", "float16"]),
               help="Gene vectors while aggregating (bfloat16: half the memory, float32 sums).")
 @click.option("--scheduler", metavar="ADDRESS", help="Run on an existing dask.distributed cluster (e.g. tcp://host:8786); "
               "INPUT .h5ad/.zarr is read in blocks by the workers, OUTPUT (same format) written block by block.")

@@ -114,9 +114,10 @@ class AggregateConfig(_Section):
     condition: bool | None = None
     #: Principal directions removed when a table without a conditioning is fitted one.
     condition_components: int = Field(10, ge=0)
-    #: Storage of the gene vectors while aggregating: ``"float32"`` or ``"bfloat16"`` (half
-    #: the memory; accumulation stays float32).
-    precision: Literal["float32", "bfloat16"] = "float32"
+    #: Storage of the gene vectors while aggregating: ``"float32"``, ``"bfloat16"`` or
+    #: ``"float16"`` (half the memory; accumulation stays float32; float16 is the more
+    #: precise of the two, bfloat16 has float32's range).
+    precision: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
 class GenesConfig(_Section):

@@ -1,4 +1,4 @@
-"""bfloat16 gene vectors: half the memory, float32 accumulation, results within 2e-3."""
+"""16-bit gene vectors (bfloat16, float16): half the memory, float32 accumulation, results within 2e-3."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from scelmo.expression.matrix import from_bfloat16_bits, round_to_bfloat16, to_bfloat16_bits
+from scelmo.expression.matrix import (
+    from_bfloat16_bits,
+    round_to_bfloat16,
+    round_to_precision,
+    to_bfloat16_bits,
+)
 
 
 def test_bfloat16_rounding_is_nearest_and_bounded():
@@ -19,15 +24,17 @@ def test_bfloat16_rounding_is_nearest_and_bounded():
     assert to_bfloat16_bits(np.float32([1.0]))[0] == 0x3F80
 
 
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
 @pytest.mark.parametrize("d", [100, 384])
-def test_kernels_read_bfloat16_exactly(d):
+def test_kernels_read_16_bit_vectors_exactly(d, precision):
     from scelmo_zeroshot.kernels import TiledEmbedding, csr_matmul_gather, csr_matmul_scatter
 
     rng = np.random.default_rng(d)
     X = sp.random(600, 900, density=0.05, format="csr", dtype=np.float32, random_state=d)
     E = rng.standard_normal((900, d)).astype(np.float32)
-    t16 = TiledEmbedding.from_matrix(E, precision="bfloat16")
-    assert t16.precision == "bfloat16" and t16.nbytes * 2 == TiledEmbedding.from_matrix(E).nbytes
+    t16 = TiledEmbedding.from_matrix(E, precision=precision)
+    assert t16.precision == precision and t16.nbytes * 2 == TiledEmbedding.from_matrix(E).nbytes
+    np.testing.assert_array_equal(t16.to_matrix(), round_to_precision(E, precision))
     exact = X.astype(np.float64) @ t16.to_matrix().astype(np.float64)  # the product of the rounded vectors
     full = X.astype(np.float64) @ E.astype(np.float64)
     for fn in (csr_matmul_scatter, csr_matmul_gather):
@@ -38,16 +45,28 @@ def test_kernels_read_bfloat16_exactly(d):
         assert cos.min() >= 0.9999
 
 
-def test_embed_cells_bfloat16_matches_float32(pbmc):
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_embed_cells_16_bit_matches_float32(pbmc, precision):
     import scelmo
 
     genes = scelmo.tl.embed_genes(pbmc)
     a = scelmo.tl.embed_cells(pbmc, gene_embeddings=genes, copy=True).obsm["X_scelmo"]
-    b16 = scelmo.tl.embed_cells(pbmc, gene_embeddings=genes, copy=True, precision="bfloat16")
+    b16 = scelmo.tl.embed_cells(pbmc, gene_embeddings=genes, copy=True, precision=precision)
     b = b16.obsm["X_scelmo"]
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() >= 0.9999
-    assert b16.uns["scelmo"]["embed_cells"]["precision"] == "bfloat16"
+    rel = np.linalg.norm(a - b, axis=1) / np.linalg.norm(a, axis=1)
+    assert rel.max() <= (2e-3 if precision == "float16" else 1e-2)  # centred input: some cancellation
+    assert b16.uns["scelmo"]["embed_cells"]["precision"] == precision
+
+
+def test_float16_refuses_values_beyond_its_range():
+    from scelmo_zeroshot.kernels import TiledEmbedding
+
+    from scelmo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="bfloat16"):
+        TiledEmbedding.from_matrix(np.full((3, 8), 1e5, dtype=np.float32), precision="float16")
 
 
 def test_bfloat16_needs_an_aggregator_that_has_it(pbmc):
@@ -55,6 +74,6 @@ def test_bfloat16_needs_an_aggregator_that_has_it(pbmc):
     from scelmo.errors import ConfigError
 
     genes = scelmo.tl.embed_genes(pbmc)
-    with pytest.raises(ConfigError, match="bfloat16"):
+    with pytest.raises(ConfigError, match="16-bit"):
         scelmo.tl.embed_cells(pbmc, gene_embeddings=genes, copy=True, precision="bfloat16", aggregator="genept_s",
                               transform="none")

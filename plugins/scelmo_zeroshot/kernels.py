@@ -44,7 +44,12 @@ from typing import Any
 
 import numpy as np
 
-from scelmo.expression.matrix import from_bfloat16_bits, to_bfloat16_bits
+from scelmo.expression.matrix import (
+    PRECISIONS,
+    check_float16_range,
+    from_bfloat16_bits,
+    to_bfloat16_bits,
+)
 
 __all__ = [
     "TiledEmbedding",
@@ -63,6 +68,8 @@ __all__ = [
 DEFAULT_WIDTH = 64
 #: Widths for which a kernel can be built (multiples of 8 floats).
 SUPPORTED_WIDTHS = tuple(range(8, 257, 8))
+#: numpy dtype that stores E at each precision (bit patterns: bfloat16 in uint16, float16 in int16).
+_STORAGE = {"float32": np.float32, "bfloat16": np.uint16, "float16": np.int16}
 
 _VEC = 16  # lanes per vector op (<16 x float>, one zmm on AVX-512)
 _TILE_BYTES = 32 * 1024  # output tile per chunk, sized for L1
@@ -79,6 +86,15 @@ _SCATTER_MIN_NNZ_PER_GENE = 2.0
 
 def _chunk_rows(width: int) -> int:
     return max(16, _TILE_BYTES // (4 * width))
+
+
+def _stored(E: np.ndarray, precision: str) -> np.ndarray:
+    """``E`` as the bits :data:`_STORAGE` keeps for ``precision``."""
+    if precision == "bfloat16":
+        return to_bfloat16_bits(E)
+    if precision == "float16":
+        return np.asarray(E, dtype=np.float32).astype(np.float16).view(np.int16)
+    return E
 
 
 def _aligned_empty(shape: tuple[int, ...], dtype=np.float32, align: int = _ALIGN) -> np.ndarray:
@@ -108,9 +124,9 @@ class TiledEmbedding:
 
     def __init__(self, data: np.ndarray, n_genes: int, d: int, W: int):
         data = np.asarray(data)
-        if data.ndim != 3 or data.dtype not in (np.float32, np.uint16) or not data.flags.c_contiguous:
+        if data.ndim != 3 or data.dtype not in (np.float32, np.uint16, np.int16) or not data.flags.c_contiguous:
             raise ValueError(
-                "data must be a C-contiguous float32 (or uint16 bfloat16 bits) array of shape "
+                "data must be a C-contiguous float32 (uint16 bfloat16 bits, or int16 float16 bits) array of shape "
                 "(n_blocks, n_genes, W)"
             )
         if data.shape[1] != n_genes or data.shape[2] != W:
@@ -128,9 +144,11 @@ class TiledEmbedding:
     @classmethod
     def from_matrix(cls, E: np.ndarray, *, width: int | None = None, precision: str = "float32") -> TiledEmbedding:
         """Tile a ``(n_genes, d)`` matrix (any real dtype) stored as ``precision``:
-        ``"float32"`` or ``"bfloat16"`` (half the memory; see :func:`to_bfloat16_bits`)."""
-        if precision not in ("float32", "bfloat16"):
-            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
+        ``"float32"``, ``"bfloat16"`` (half the memory, 8 significant bits; see
+        :func:`to_bfloat16_bits`) or ``"float16"`` (half the memory, 11 significant bits,
+        values up to 65,504)."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         E = np.asarray(E)
         if E.ndim != 2:
             raise ValueError(f"E must be 2-D (genes x d), got shape {E.shape}")
@@ -141,21 +159,22 @@ class TiledEmbedding:
         if width not in SUPPORTED_WIDTHS:
             raise ValueError(f"width must be a multiple of {_VEC} in [8, 256], got {width}")
         n_blocks = max(1, -(-d // width))
-        bf16 = precision == "bfloat16"
-        data = _aligned_empty((n_blocks, n_genes, width), dtype=np.uint16 if bf16 else np.float32)
+        if precision == "float16":
+            check_float16_range(E)
+        data = _aligned_empty((n_blocks, n_genes, width), dtype=_STORAGE[precision])
         for b in range(n_blocks):
             c0 = b * width
             c1 = min(d, c0 + width)
             blk = data[b]
             if c1 > c0:
-                blk[:, : c1 - c0] = to_bfloat16_bits(E[:, c0:c1]) if bf16 else E[:, c0:c1]
+                blk[:, : c1 - c0] = _stored(E[:, c0:c1], precision)
             if c1 - c0 < width:
                 blk[:, max(0, c1 - c0) :] = 0
         return cls(data, n_genes, d, width)
 
     @property
     def precision(self) -> str:
-        return "bfloat16" if self.data.dtype == np.uint16 else "float32"
+        return {np.dtype(v): k for k, v in _STORAGE.items()}[self.data.dtype]
 
     @property
     def n_blocks(self) -> int:
@@ -174,7 +193,9 @@ class TiledEmbedding:
         full = self.data.transpose(1, 0, 2).reshape(self.n_genes, -1)[:, : self.d]
         if self.data.dtype == np.uint16:
             return from_bfloat16_bits(full)
-        return np.ascontiguousarray(full)
+        if self.data.dtype == np.int16:
+            return full.view(np.float16).astype(np.float32)
+        return np.ascontiguousarray(full, dtype=np.float32)
 
     def __repr__(self) -> str:
         return (f"TiledEmbedding(n_genes={self.n_genes}, d={self.d}, W={self.W}, blocks={self.n_blocks}, "
@@ -260,15 +281,23 @@ def _ensure_intrinsics() -> None:
     def _vptr(builder, base, k, W):
         return builder.bitcast(builder.gep(base, [ir.Constant(i64, k)]), _vty(W).as_pointer())
 
-    def _is_bf16(arr_type):
-        return arr_type.dtype == types.uint16
+    def _storage(arr_type):
+        """How E's values are stored: ``"f32"``, ``"bf16"`` (uint16 bit patterns) or ``"f16"``
+        (IEEE half bit patterns in int16: numba has no float16 arrays)."""
+        if arr_type.dtype == types.uint16:
+            return "bf16"
+        return "f16" if arr_type.dtype == types.int16 else "f32"
 
-    def _load_e(builder, base, k, W, bf16):
-        """<VL x float> of E at element ``k`` of ``base``; bfloat16 bits are widened exactly
-        (zero-extend to 32 bits, shift left 16, reinterpret)."""
-        if not bf16:
+    def _load_e(builder, base, k, W, storage):
+        """<VL x float> of E at element ``k`` of ``base``, widened exactly: bfloat16 bits are
+        zero-extended, shifted left 16 and reinterpreted; halves are ``fpext``-ed (F16C)."""
+        if storage == "f32":
             return builder.load(_vptr(builder, base, k, W), align=4)
         VL = _vl(W)
+        if storage == "f16":
+            ity = ir.VectorType(ir.IntType(16), VL)
+            h = builder.load(builder.bitcast(builder.gep(base, [ir.Constant(i64, k)]), ity.as_pointer()), align=2)
+            return builder.fpext(builder.bitcast(h, ir.VectorType(ir.HalfType(), VL)), _vty(W))
         hty = ir.VectorType(ir.IntType(16), VL)
         h = builder.load(builder.bitcast(builder.gep(base, [ir.Constant(i64, k)]), hty.as_pointer()), align=2)
         wide = builder.shl(builder.zext(h, ir.VectorType(i32, VL)), ir.Constant(ir.VectorType(i32, VL), [16] * VL))
@@ -284,7 +313,7 @@ def _ensure_intrinsics() -> None:
 
         def codegen(context, builder, signature, args):
             ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
-            size = 2 if _is_bf16(signature.args[0]) else 4
+            size = 4 if _storage(signature.args[0]) == "f32" else 2
             _prefetch_lines(builder, builder.gep(ptr, [_i64(builder, args[1])]), W, size)
             return context.get_dummy_value()
 
@@ -310,8 +339,8 @@ def _ensure_intrinsics() -> None:
             e_ptr = builder.gep(e_ptr, [_i64(builder, eoff_v)])
             t_ptr = context.make_array(signature.args[5])(context, builder, tile_v).data
             # the gene's W values of E stay in registers for all its rows
-            bf16 = _is_bf16(signature.args[3])
-            es = [_load_e(builder, e_ptr, q * VL, W, bf16) for q in range(W // VL)]
+            storage = _storage(signature.args[3])
+            es = [_load_e(builder, e_ptr, q * VL, W, storage) for q in range(W // VL)]
             cW = ir.Constant(i64, W)
             with cgutils.for_range_slice(
                 builder, _i64(builder, start_v), _i64(builder, end_v), ir.Constant(i64, 1)
@@ -343,7 +372,7 @@ def _ensure_intrinsics() -> None:
 
         def codegen(context, builder, signature, args):
             idx_v, dat_v, start_v, end_v, Et_v, eoff_v, dst_v, doff_v, _ = args
-            bf16 = _is_bf16(signature.args[4])
+            storage = _storage(signature.args[4])
             VL = _vl(W)
             vty = _vty(W)
             fma = _fma(builder, W)
@@ -366,12 +395,12 @@ def _ensure_intrinsics() -> None:
                 vv = _splat(builder, builder.load(builder.gep(dat_ptr, [j])), W)
                 row = builder.gep(e_ptr, [builder.mul(g, cW)])
                 for q in range(W // VL):
-                    e = _load_e(builder, row, q * VL, W, bf16)
+                    e = _load_e(builder, row, q * VL, W, storage)
                     builder.store(builder.call(fma, [vv, e, builder.load(accs[q])]), accs[q])
                 jp = builder.add(j, ir.Constant(i64, 8))
                 jp = builder.select(builder.icmp_signed("<", jp, end_v), jp, last)
                 gp = _i64(builder, builder.load(builder.gep(idx_ptr, [jp])))
-                _prefetch_lines(builder, builder.gep(e_ptr, [builder.mul(gp, cW)]), W, 2 if bf16 else 4)
+                _prefetch_lines(builder, builder.gep(e_ptr, [builder.mul(gp, cW)]), W, 4 if storage == "f32" else 2)
             for q in range(W // VL):
                 builder.store(builder.load(accs[q]), _vptr(builder, d_ptr, q * VL, W), align=4)
             return context.get_dummy_value()

@@ -23,11 +23,12 @@ import numpy as np
 
 from scelmo.errors import ConfigError
 from scelmo.expression.matrix import (
+    PRECISIONS,
     as_float32,
     check_values,
     iter_row_chunks,
     n_rows_cols,
-    round_to_bfloat16,
+    round_to_precision,
 )
 from scelmo.expression.selection import normalize_chunk
 from scelmo.progress import progress_bar
@@ -35,7 +36,6 @@ from scelmo.progress import progress_bar
 if TYPE_CHECKING:
     from scelmo.plugin import Aggregator
 
-PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -74,13 +74,13 @@ def plan(
 ) -> BlockPlan:
     """Everything a row block needs, prepared once (see :func:`aggregate` for the arguments).
 
-    ``precision="bfloat16"`` stores the prepared gene vectors in bfloat16 when the
-    aggregator supports it (accumulation stays float32).
+    ``precision="bfloat16"`` or ``"float16"`` stores the prepared gene vectors in 16 bits
+    when the aggregator supports it (accumulation stays float32).
     """
     if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be 'float32' or 'bfloat16', got {precision!r}.")
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
     if precision != "float32" and not aggregator.supports_bfloat16:
-        raise ConfigError(f"Aggregator {aggregator.name!r} has no bfloat16 path; use precision='float32'.")
+        raise ConfigError(f"Aggregator {aggregator.name!r} has no 16-bit path; use precision='float32'.")
     n_genes = int(embedding.shape[0])
     embedding = np.ascontiguousarray(embedding, dtype=np.float32)
     covered = np.abs(embedding).sum(axis=1) > 0
@@ -90,8 +90,8 @@ def plan(
     if scale is not None:
         s = np.asarray(scale, dtype=np.float64)[sel]
         E = E * np.divide(1.0, s, out=np.zeros_like(s), where=s > 0).astype(np.float32)[:, None]
-    if precision == "bfloat16":  # the centring offset must use the very vectors the kernel reads
-        E = round_to_bfloat16(E)
+    # the centring offset must use the very vectors the kernel reads
+    E = round_to_precision(E, precision)
     offset = None
     if center is not None:
         if not aggregator.linear:
@@ -148,8 +148,9 @@ def aggregate(
     only those genes (indices into the matrix's columns); ``center`` and ``scale``
     (per gene, aligned to the matrix's columns) turn X into ``(X - center) / scale``,
     computed as ``X @ (E / scale) - (center / scale) @ E`` for linear aggregators.
-    ``precision="bfloat16"`` keeps the gene vectors in bfloat16 (half the memory;
-    float32 accumulation) where the aggregator supports it.
+    ``precision="bfloat16"`` / ``"float16"`` keeps the gene vectors in 16 bits (half the
+    memory; float32 accumulation) where the aggregator supports it: bfloat16 has float32's
+    range and 8 significant bits, float16 11 bits and values up to 65,504.
     """
     n_cells, n_genes = n_rows_cols(matrix)
     if embedding.shape[0] != n_genes:

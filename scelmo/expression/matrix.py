@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from scelmo.errors import InputError
+from scelmo.errors import ConfigError, InputError
 
 _INT_OR_FLOAT = "biufc"
 
@@ -114,6 +114,32 @@ def iter_row_chunks(matrix: Any, chunk_size: int = 10_000) -> Iterator[tuple[int
         chunk = as_float32(matrix[start:stop])
         check_values(chunk, start)
         yield start, chunk
+
+
+#: Storage precisions of gene vectors while aggregating (accumulation is always float32).
+PRECISIONS = ("float32", "bfloat16", "float16")
+#: Largest finite float16.
+FLOAT16_MAX = 65504.0
+
+
+def check_float16_range(x: np.ndarray) -> None:
+    """Refuse values float16 cannot hold (|x| > 65,504) instead of storing infinities."""
+    big = float(np.max(np.abs(x))) if np.size(x) else 0.0
+    if not np.isfinite(big) or big > FLOAT16_MAX:
+        raise ConfigError(
+            f"Gene vectors reach {big:.3g}, beyond float16's range (65,504); use precision='bfloat16' "
+            "(float32's range) or 'float32'."
+        )
+
+
+def round_to_precision(x: np.ndarray, precision: str) -> np.ndarray:
+    """float32 values rounded to what ``precision`` stores (as float32); float32 unchanged."""
+    if precision == "bfloat16":
+        return round_to_bfloat16(x)
+    if precision == "float16":
+        check_float16_range(x)
+        return np.asarray(x, dtype=np.float32).astype(np.float16).astype(np.float32)
+    return x
 
 
 def to_bfloat16_bits(x: np.ndarray) -> np.ndarray:
