@@ -139,7 +139,7 @@ def vector_agreement(genes: list[str]) -> dict[str, float]:
     from scelmo_local.knowledge import LocalGeneKnowledge
     from scelmo_local.precomputed import shipped
 
-    texts = list(LocalGeneKnowledge().describe(genes).values())
+    texts = list(LocalGeneKnowledge().gene_texts(genes).values())
     table = shipped()
     rows = table.rows(texts)
     return {"n_texts": len(texts), "n_shipped": int((rows >= 0).sum()),
@@ -162,7 +162,7 @@ def model_options(genes: list[str], n: int, repeats: int) -> list[dict[str, Any]
     from scelmo_local.embedder import LocalMiniLM
     from scelmo_local.knowledge import LocalGeneKnowledge
 
-    texts = list(LocalGeneKnowledge().describe(genes).values())
+    texts = list(LocalGeneKnowledge().gene_texts(genes).values())
     sample = [texts[i] for i in np.random.default_rng(1).choice(len(texts), min(n, len(texts)), replace=False)]
     out = []
     ref = None

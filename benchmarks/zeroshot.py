@@ -422,7 +422,7 @@ def tfidf_table(ds: Dataset, dim: int = 384) -> tuple[Any, dict[str, Any]]:
         describe = roles.description_writer(settings)
         res = roles.vocabulary(describe).resolve([str(g) for g in ds.adata.var_names], species="human")
         symbols = sorted({s for s in res.symbols if s})
-        texts = describe.describe(symbols)
+        texts = describe.gene_texts(symbols)
         genes = [g for g in symbols if texts.get(g)]
         tf = TfidfVectorizer(sublinear_tf=True, min_df=2).fit_transform([texts[g] for g in genes])
         svd = TruncatedSVD(n_components=min(dim, tf.shape[1] - 1), random_state=SEED)

@@ -15,7 +15,7 @@ GENES = ["CD3E", "CD3D", "HBB", "HBA1", "MS4A1", "CD79A", "LYZ", "NKG7", "GAPDH"
 def gene_texts():
     from scelmo_local.knowledge import LocalGeneKnowledge
 
-    texts = LocalGeneKnowledge().describe(GENES)
+    texts = LocalGeneKnowledge().gene_texts(GENES)
     return [texts[g] for g in GENES]
 
 

@@ -20,7 +20,7 @@ def local_embedder():
 def test_real_model_is_semantic(local_embedder):
     from scelmo_local.knowledge import LocalGeneKnowledge
 
-    texts = LocalGeneKnowledge().describe(["CD3E", "CD3D", "HBB", "HBA1", "MS4A1", "CD79A"])
+    texts = LocalGeneKnowledge().gene_texts(["CD3E", "CD3D", "HBB", "HBA1", "MS4A1", "CD79A"])
     V = local_embedder.embed([texts[g] for g in texts], progress=False)
     assert V.shape == (6, 384) and V.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(V, axis=1), 1, rtol=1e-5)

@@ -190,3 +190,30 @@ def test_import_does_no_work():
 
 def test_main_module_exists():
     assert (Path(__file__).parents[1] / "scelmo" / "__main__.py").is_file()
+
+
+def test_knowledge_source_written_with_the_old_method_name_still_works():
+    from scelmo.plugin import KnowledgeSource
+
+    class Old(KnowledgeSource):
+        name = "old-style"
+
+        def describe(self, genes):
+            return {g: f"{g} is a gene; it does things." for g in genes}
+
+    class New(KnowledgeSource):
+        name = "new-style"
+
+        def gene_texts(self, genes):
+            return {g: f"{g} text" for g in genes}
+
+    assert Old().gene_texts(["CD3E"]) == {"CD3E": "CD3E is a gene; it does things."}
+    assert Old().phrases(["CD3E"]) == {"CD3E": ["CD3E is a gene", "it does things"]}
+    with pytest.warns(DeprecationWarning, match="gene_texts"):
+        assert New().describe(["A"]) == {"A": "A text"}
+
+    class Neither(KnowledgeSource):
+        name = "neither"
+
+    with pytest.raises(NotImplementedError, match="gene_texts"):
+        Neither().gene_texts(["A"])

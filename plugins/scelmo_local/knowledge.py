@@ -114,7 +114,7 @@ class LocalGeneKnowledge(KnowledgeSource):
         built = manifest().get("built", "?")
         return f"local/gene-knowledge@{built}/{self.options.style}"
 
-    def describe(self, genes: Sequence[str]) -> dict[str, str]:
+    def gene_texts(self, genes: Sequence[str]) -> dict[str, str]:
         table = human_table()
         fmt = compact_text if self.options.style == "compact" else full_text
         return {g: fmt(table[g]) for g in genes if g in table}

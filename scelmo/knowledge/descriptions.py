@@ -269,7 +269,7 @@ def describe(
 
 def _from_knowledge_source(plan: _Plan) -> DescribeResult:
     """Texts straight from an offline knowledge table (no calls, nothing to cache)."""
-    texts = plan.component.describe(plan.unique)
+    texts = plan.component.gene_texts(plan.unique)
     found = {i: texts[i] for i in plan.unique if texts.get(i)}
     failed = {i: "not in the knowledge table" for i in plan.unique if i not in found}
     return DescribeResult(found, plan.component.model_id, None, plan.subject, failed, cached=0)

@@ -7,7 +7,7 @@ progress live here, so a plugin implements only the part that is specific to it:
 =====================  =========================================  ==========================
 base class             plugin implements                          base class provides
 =====================  =========================================  ==========================
-:class:`KnowledgeSource`  ``describe(genes)`` (+ ``vocabulary()``)   -
+:class:`KnowledgeSource`  ``gene_texts(genes)`` (+ ``vocabulary()``) -
 :class:`Provider`      ``complete(prompts)``                      -
 :class:`TextEmbedder`  ``embed_batch(texts)``                     cache, batching, checks,
                                                                   progress (``embed``)
@@ -138,9 +138,20 @@ class KnowledgeSource(ModelComponent):
     #: A version string that changes whenever the texts could change (cache key).
     version: ClassVar[str] = "0"
 
-    @abstractmethod
+    def gene_texts(self, genes: Sequence[str]) -> dict[str, str]:
+        """Texts for the given (resolved) gene symbols; genes it knows nothing of are omitted.
+
+        Every knowledge source implements this. (A source written when it was called
+        ``describe`` still works: its ``describe`` is used.)
+        """
+        if type(self).describe is not KnowledgeSource.describe:
+            return self.describe(genes)
+        raise NotImplementedError(f"{type(self).__name__} implements neither gene_texts nor describe")
+
     def describe(self, genes: Sequence[str]) -> dict[str, str]:
-        """Texts for the given (resolved) gene symbols; genes it knows nothing of are omitted."""
+        """Deprecated name of :meth:`gene_texts`."""
+        warnings.warn("KnowledgeSource.describe() is now gene_texts().", DeprecationWarning, stacklevel=2)
+        return self.gene_texts(genes)
 
     def vocabulary(self) -> GeneVocabulary | None:
         """Gene-name vocabulary (aliases, Ensembl IDs, orthologs) for resolving names."""
@@ -149,7 +160,7 @@ class KnowledgeSource(ModelComponent):
     def phrases(self, genes: Sequence[str]) -> dict[str, list[str]]:
         """Short statements of what each gene does (processes, pathways), used to derive
         marker genes for cell-type names. Default: the description cut into clauses."""
-        return {g: split_phrases(t) for g, t in self.describe(genes).items()}
+        return {g: split_phrases(t) for g, t in self.gene_texts(genes).items()}
 
 
 _PHRASE_SPLIT = re.compile(r"[;.]\s+|\.$")

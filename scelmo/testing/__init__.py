@@ -54,7 +54,7 @@ class FakeKnowledge(KnowledgeSource):
 
     name = "fake-knowledge"
 
-    def describe(self, genes: Sequence[str]) -> dict[str, str]:
+    def gene_texts(self, genes: Sequence[str]) -> dict[str, str]:
         return {g: f"gene {g}" for g in genes}
 
     def vocabulary(self) -> GeneVocabulary | None:

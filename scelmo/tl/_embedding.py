@@ -228,7 +228,7 @@ def estimate_embed_genes(
     est_d = estimate_describe(symbols, subject="gene", prompt=prompt, config=settings, using=describer)
     embedder = roles.embedder(settings)
     if isinstance(describer, KnowledgeSource):
-        texts = list(describer.describe(symbols).values())
+        texts = list(describer.gene_texts(symbols).values())
         unique = {text_hash(t): t for t in texts}
         done = shipped_vectors(embedder, unique)
         n_shipped = len(done)
