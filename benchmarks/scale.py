@@ -15,6 +15,8 @@ figure a ratio to a baseline measured in the same run:
    (``scelmo.expression.distributed``, 1 thread each); results checked equal.
 4. **Streaming memory**: peak RSS of ``scelmo embed-cells --backed`` (a child process)
    at two sizes (e.g. 100k and 1M cells): flat when it does not grow with cells.
+5. **In-memory peak**: a child process reads the ``.h5ad`` into memory and runs
+   ``scelmo.tl.embed_cells``; its peak RSS against ``1.15 (X + E + C) + 0.3 GB``.
 
 Usage::
 
@@ -207,6 +209,50 @@ def section_memory(sizes: list[int], workdir: Path) -> dict[str, Any]:
     return {"rows": rows}
 
 
+_INMEMORY_CHILD = """
+import json, resource, sys, time
+import anndata as ad, numpy as np, scelmo
+path, genes_dir = sys.argv[1], sys.argv[2]
+a = ad.read_h5ad(path)
+table = scelmo.GeneEmbeddings.load(genes_dir)
+X = a.X
+x_bytes = X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
+loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.perf_counter()
+scelmo.tl.embed_cells(a, gene_embeddings=table, progress=False)
+wall = time.perf_counter() - t
+C = a.obsm["X_scelmo"]
+print(json.dumps({"x_bytes": x_bytes, "e_bytes": table.vectors.nbytes, "c_bytes": C.nbytes,
+                  "rss_after_read_kb": loaded, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "wall_s": wall}))
+"""
+
+
+def section_inmemory(sizes: list[int], workdir: Path) -> dict[str, Any]:
+    """Peak RSS of an in-memory ``tl.embed_cells`` (default flavor) against ``1.15 (X + E + C) + 0.3 GB``."""
+    import scelmo
+
+    genes = _symbols(20_000)
+    gdir = workdir / "genes"
+    scelmo.tl.embed_genes(genes=genes).save(gdir, overwrite=True)
+    rows = []
+    for n in sizes:
+        path = workdir / f"inmem_{n}.h5ad"
+        _write_h5ad(path, n, 200, genes)
+        out = subprocess.run([sys.executable, "-c", _INMEMORY_CHILD, str(path), str(gdir)], capture_output=True,
+                             text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        xec = (r["x_bytes"] + r["e_bytes"] + r["c_bytes"]) / 2**30
+        peak = r["peak_kb"] / 2**20
+        bound = 1.15 * xec + 0.3 * 1e9 / 2**30
+        rows.append({"cells": n, "X_E_C_GiB": xec, "rss_after_read_GiB": r["rss_after_read_kb"] / 2**20,
+                     "peak_rss_GiB": peak, "target_GiB": bound, "peak_over_target": peak / bound,
+                     "embed_wall_s": r["wall_s"]})
+        log(f"in-memory {n} cells: peak {peak:.2f} GiB, target {bound:.2f} GiB")
+        path.unlink()
+    return {"rows": rows}
+
+
 def _md(rows: list[dict[str, Any]]) -> list[str]:
     cols = list(rows[0])
 
@@ -232,7 +278,8 @@ def main() -> None:
     runs = {"bf16": lambda: section_bf16(args.cells, [384, 1536], args.repeats),
             "normalize": lambda: section_normalize(args.cells, args.repeats),
             "dask": lambda: section_dask(args.cells, work, args.repeats),
-            "memory": lambda: section_memory([args.cells, args.big_cells], work)}
+            "memory": lambda: section_memory([args.cells, args.big_cells], work),
+            "inmemory": lambda: section_inmemory([args.cells, args.big_cells], work)}
     for name in args.sections:
         t0 = time.perf_counter()
         res[name] = runs[name]()
@@ -246,7 +293,8 @@ def main() -> None:
     titles = {"bf16": "1. 16-bit (bfloat16, float16) vs float32 gene vectors (synthetic 30k genes, 2k nnz/cell)",
               "normalize": "2. Fused normalisation: aggregate(normalize=True) over the raw product (wa, 2 threads)",
               "dask": "3. dask: 2-worker LocalCluster vs one streaming process (same .h5ad, 20k genes)",
-              "memory": "4. Streaming memory: scelmo embed-cells --backed (child process peak RSS)"}
+              "memory": "4. Streaming memory: scelmo embed-cells --backed (child process peak RSS)",
+              "inmemory": "5. In-memory peak RSS of tl.embed_cells against 1.15 (X + E + C) + 0.3 GB (child process)"}
     for name, title in titles.items():
         if name in res:
             run = res[name]["run"]
