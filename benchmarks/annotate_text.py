@@ -50,7 +50,8 @@ def _tasks(kang_dir: str, which: list[str]):
         yield from _pbmc_tasks(sd)
     if "kang" in which:
         kang = sd.kang2018(kang_dir)
-        full = pd.read_csv(Path(sd.__file__).parent / "data" / "kang2018_cell_types.csv.gz", index_col="barcode")
+        data = Path(sd.__file__).parents[1] / "data"  # scelmo/data: the bundled published labels
+        full = pd.read_csv(data / "kang2018_cell_types.csv.gz", index_col="barcode")
         truth = full.loc[kang.obs_names, "cell_type"].map(KANG)
         yield "kang (7 types)", kang, truth, (kang.obs["cell_type_source"] == "scgen_valid").to_numpy()
 
