@@ -273,7 +273,7 @@ def _warn_coverage(gene_cov: float, expr_cov: float, n_genes: int, n_cov: int, t
             f"carrying {expr_cov:.1%} of the expression. Check that var_names are gene symbols "
             "or Ensembl IDs (and `species`), or use a richer knowledge source.",
             CoverageWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of embed_cells
         )
 
 
@@ -373,6 +373,55 @@ def _input_statistics(adata: Any, matrix: Any, source: str, gene_stats: GeneStat
                 stats = compute_gene_stats(matrix, normalize=do_norm, chunk_size=chunk_size,
                                            progress=bar.update)
     return stats
+
+
+def _embed_cells_record(adata: Any, result: Any, names: list[str], lookup: list[str], mask: np.ndarray,
+                        use: np.ndarray, res: Resolution, gene_embeddings: GeneEmbeddings, settings: ScelmoSettings,
+                        plan: dict[str, Any], *, how: str, agg: Any, source: str, do_norm: bool, lazy: bool,
+                        use_dask: bool, key_added: str) -> dict[str, Any]:
+    """Warn about empty cells and low coverage, and build the provenance record of an ``embed_cells`` run."""
+    agg_cfg = settings.aggregate
+    n_cells, n_genes = adata.n_obs, len(names)
+    emb = result.embedding
+    gene_cov = float(mask.mean())
+    expr_cov = result.expression_coverage
+    n_empty = int(result.empty_cells.size)
+    if n_empty:
+        warnings.warn(
+            f"{n_empty} of {n_cells} cells express none of the {int(use.sum())} selected genes that have "
+            f"a vector; they got a zero embedding (first: {adata.obs_names[int(result.empty_cells[0])]}). "
+            "Filter them with `sc.pp.filter_cells(adata, min_genes=1)`, select more genes "
+            "(`n_top_genes=`, `mask_var=`) or check coverage.",
+            EmptyCellsWarning,
+            stacklevel=3,  # the caller of embed_cells
+        )
+    if not np.isnan(expr_cov):  # lazy: nothing computed yet
+        _warn_coverage(gene_cov, expr_cov, n_genes, int(mask.sum()), settings.genes.min_coverage)
+    info = _coverage_info(names, lookup, mask, res)
+    info.update(
+        {
+            "aggregator": agg.name,
+            "aggregator_options": agg.provenance_record(),
+            "matrix": source,
+            "flavor": agg_cfg.flavor,
+            "gene_selection": how,
+            "n_genes_used": int(use.sum()),
+            "normalize": "log1p_cp10k" if do_norm else "none",
+            "transform": plan["transform"],
+            "conditioning": gene_embeddings.conditioning.provenance() if plan["condition"] else "none",
+            "l2_normalize": bool(agg_cfg.l2_normalize),
+            "precision": agg_cfg.precision,
+            "engine": ("dask (lazy)" if lazy else "dask") if use_dask else "in-process",
+            "expression_coverage": expr_cov,
+            "n_cells": n_cells,
+            "n_empty_cells": n_empty,
+            "dim": int(emb.shape[1]),
+            "key_added": key_added,
+            "embed_model": gene_embeddings.manifest.get("embed_model", "user-provided"),
+            "describe_model": gene_embeddings.manifest.get("describe_model", "user-provided"),
+        }
+    )
+    return info
 
 
 def embed_cells(
@@ -554,43 +603,8 @@ def embed_cells(
     if source != "raw.X":
         adata.var[keys.GENES_USED] = use
 
-    gene_cov = float(mask.mean())
-    expr_cov = result.expression_coverage
-    n_empty = int(result.empty_cells.size)
-    if n_empty:
-        warnings.warn(
-            f"{n_empty} of {n_cells} cells express none of the {int(use.sum())} selected genes that have "
-            f"a vector; they got a zero embedding (first: {adata.obs_names[int(result.empty_cells[0])]}). "
-            "Filter them with `sc.pp.filter_cells(adata, min_genes=1)`, select more genes "
-            "(`n_top_genes=`, `mask_var=`) or check coverage.",
-            EmptyCellsWarning,
-            stacklevel=2,
-        )
-    if not np.isnan(expr_cov):  # lazy: nothing computed yet
-        _warn_coverage(gene_cov, expr_cov, n_genes, int(mask.sum()), settings.genes.min_coverage)
-    info = _coverage_info(names, lookup, mask, res)
-    info.update(
-        {
-            "aggregator": agg.name,
-            "aggregator_options": agg.provenance_record(),
-            "matrix": source,
-            "flavor": agg_cfg.flavor,
-            "gene_selection": how,
-            "n_genes_used": int(use.sum()),
-            "normalize": "log1p_cp10k" if do_norm else "none",
-            "transform": plan["transform"],
-            "conditioning": gene_embeddings.conditioning.provenance() if plan["condition"] else "none",
-            "l2_normalize": bool(agg_cfg.l2_normalize),
-            "precision": agg_cfg.precision,
-            "engine": ("dask (lazy)" if lazy else "dask") if use_dask else "in-process",
-            "expression_coverage": expr_cov,
-            "n_cells": n_cells,
-            "n_empty_cells": n_empty,
-            "dim": int(emb.shape[1]),
-            "key_added": key_added,
-            "embed_model": gene_embeddings.manifest.get("embed_model", "user-provided"),
-            "describe_model": gene_embeddings.manifest.get("describe_model", "user-provided"),
-        }
-    )
+    info = _embed_cells_record(adata, result, names, lookup, mask, use, res, gene_embeddings, settings, plan,
+                               how=how, agg=agg, source=source, do_norm=do_norm, lazy=lazy, use_dask=use_dask,
+                               key_added=key_added)
     provenance.record(adata, "embed_cells", info)
     return adata if copy else None
