@@ -17,6 +17,9 @@ figure a ratio to a baseline measured in the same run:
    at two sizes (e.g. 100k and 1M cells): flat when it does not grow with cells.
 5. **In-memory peak**: a child process reads the ``.h5ad`` into memory and runs
    ``scelmo.tl.embed_cells``; its peak RSS against ``1.15 (X + E + C) + 0.3 GB``.
+6. **Gene statistics** (the default flavor's first pass): the fused numba kernel of
+   ``selection.gene_stats`` against the numpy implementation it replaced, 1 and 2 threads,
+   with the largest relative difference of the sums and whether the 2,000 HVGs agree.
 
 Usage::
 
@@ -177,6 +180,50 @@ def section_dask(cells: int, workdir: Path, repeats: int) -> dict[str, Any]:
     return {"rows": [row]}
 
 
+# ----------------------------------------------------------------------------- 6. gene statistics
+def _numpy_gene_sums(X: Any, normalize: bool) -> np.ndarray:
+    """The earlier numpy implementation (normalised copy, expm1, four bincounts): the baseline."""
+    from scelmo.expression.matrix import iter_row_chunks
+    from scelmo.expression.selection import normalize_chunk
+
+    acc = np.zeros((4, X.shape[1]))
+    for _, chunk in iter_row_chunks(X, 10_000):
+        if normalize:
+            chunk = normalize_chunk(chunk)
+        for lo in range(0, chunk.nnz, 1 << 22):
+            idx = chunk.indices[lo : lo + (1 << 22)]
+            v = chunk.data[lo : lo + (1 << 22)].astype(np.float64)
+            e = np.expm1(v)
+            for row, w in enumerate((v, v * v, e, e * e)):
+                acc[row] += np.bincount(idx, weights=w, minlength=X.shape[1])
+    return acc
+
+
+def section_stats(cells: int, repeats: int) -> dict[str, Any]:
+    """``selection.gene_stats`` (fused numba kernel) against the numpy implementation it replaced."""
+    import numba
+
+    from scelmo.expression.selection import gene_stats, highly_variable
+
+    X = generate_csr(cells, 30_000, 2_000, seed=0, model=gene_model(30_000, 2_000, seed=0))
+    gene_stats(X[:100], normalize=True)  # compile outside the timings
+    rows = []
+    for t in (1, 2):
+        numba.set_num_threads(t)
+        base = measure(lambda: _numpy_gene_sums(X, True), repeats, threads=t)
+        new = measure(lambda: gene_stats(X, normalize=True), repeats, threads=t)
+        rows.append({"cells": cells, "threads": t, "numpy_s": base["wall_s"], "kernel_s": new["wall_s"],
+                     "speedup": base["wall_s"] / new["wall_s"], "clean": base["clean"] and new["clean"]})
+        log(f"gene stats {t} thr: numpy {base['wall_s']:.2f} s, kernel {new['wall_s']:.2f} s")
+    ref, got = _numpy_gene_sums(X, True), gene_stats(X, normalize=True)
+    from scelmo.expression.selection import GeneStats
+
+    same_hvg = bool(np.array_equal(highly_variable(GeneStats(cells, ref), 2000), highly_variable(got, 2000)))
+    for r in rows:
+        r.update({"max_rel_diff": float(np.abs(ref - got.sums).max() / np.abs(ref).max()), "same_2000_hvg": same_hvg})
+    return {"rows": rows}
+
+
 # ----------------------------------------------------------------------------- 4. streaming memory
 def _peak_rss_child(cmd: list[str]) -> tuple[float, float]:
     code = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
@@ -282,7 +329,8 @@ def main() -> None:
             "normalize": lambda: section_normalize(args.cells, args.repeats),
             "dask": lambda: section_dask(args.cells, work, args.repeats),
             "memory": lambda: section_memory([args.cells, args.big_cells], work),
-            "inmemory": lambda: section_inmemory([args.cells, args.big_cells], work)}
+            "inmemory": lambda: section_inmemory([args.cells, args.big_cells], work),
+            "stats": lambda: section_stats(args.cells, args.repeats)}
     for name in args.sections:
         t0 = time.perf_counter()
         res[name] = runs[name]()
@@ -297,7 +345,8 @@ def main() -> None:
               "normalize": "2. Fused normalisation: aggregate(normalize=True) over the raw product (wa, 2 threads)",
               "dask": "3. dask: 2-worker LocalCluster vs one streaming process (same .h5ad, 20k genes)",
               "memory": "4. Streaming memory: scelmo embed-cells --backed (child process peak RSS)",
-              "inmemory": "5. In-memory peak RSS of tl.embed_cells against 1.15 (X + E + C) + 0.3 GB (child process)"}
+              "inmemory": "5. In-memory peak RSS of tl.embed_cells against 1.15 (X + E + C) + 0.3 GB (child process)",
+              "stats": "6. Gene statistics pass: fused numba kernel vs the numpy implementation it replaced"}
     for name, title in titles.items():
         if name in res:
             run = res[name]["run"]

@@ -15,6 +15,7 @@ so it works on backed files and its memory does not grow with the number of cell
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +27,6 @@ from scelmo.expression.matrix import iter_row_chunks, n_rows_cols
 
 #: Counts per cell after library-size normalisation (scanpy's and Seurat's usual 1e4).
 TARGET_SUM = 1e4
-#: Non-zeros per block when summing a sparse chunk (bounds the float64 temporaries to ~100 MB).
-_BLOCK = 1 << 22
 
 
 def looks_like_counts(matrix: Any, *, n_rows: int = 2000) -> bool:
@@ -116,6 +115,59 @@ class GeneStats:
         return self._moments(2)[1]
 
 
+#: Row ranges the sparse statistics kernel splits a chunk into (its threads share them out).
+PARTS = 4
+
+
+@functools.cache
+def _sparse_sums_kernel() -> Any:
+    """The compiled per-gene sums of a float32 CSR chunk (numba, compiled once, cached on disk).
+
+    For each non-zero, in row order: ``v`` = the value, or with ``normalize``
+    ``log1p(x * float32(target / row_total))`` in float32 exactly as :func:`normalize_chunk`
+    computes it; then ``v``, ``v**2``, ``expm1(v)`` and ``expm1(v)**2`` (float64) are added
+    to the gene's sums. One pass instead of a normalised copy, ``expm1`` and four bincounts,
+    on numba's threads over :data:`PARTS` fixed row ranges (so the sums do not depend on
+    the number of threads).
+    """
+    import numba
+
+    @numba.njit(nogil=True, cache=True)
+    def rows(indptr, indices, data, lo, hi, normalize, target, acc):  # pragma: no cover - compiled
+        for r in range(lo, hi):
+            a, b = indptr[r], indptr[r + 1]
+            scale = np.float32(1.0)
+            if normalize:
+                tot = 0.0
+                for p in range(a, b):
+                    tot += data[p]
+                scale = np.float32(target / tot) if tot > 0 else np.float32(0.0)
+            for p in range(a, b):
+                x = data[p]
+                if normalize:
+                    x = np.float32(np.log1p(np.float32(x * scale)))
+                v = np.float64(x)
+                e = np.expm1(v)
+                g = indices[p]  # acc is genes x 4: one cache line per non-zero
+                acc[g, 0] += v
+                acc[g, 1] += v * v
+                acc[g, 2] += e
+                acc[g, 3] += e * e
+
+    @numba.njit(nogil=True, parallel=True, cache=True)
+    def sums(indptr, indices, data, normalize, target, acc):  # pragma: no cover - compiled
+        # PARTS fixed row ranges, each with its own sums, added in order: the same result for
+        # any number of threads
+        n = indptr.shape[0] - 1
+        part = np.zeros((PARTS, acc.shape[0], 4))
+        for t in numba.prange(PARTS):
+            rows(indptr, indices, data, t * n // PARTS, (t + 1) * n // PARTS, normalize, target, part[t])
+        for t in range(PARTS):
+            acc += part[t]
+
+    return sums
+
+
 def gene_stats(matrix: Any, *, normalize: bool, chunk_size: int = 10_000, progress: Any = None) -> GeneStats:
     """One streaming pass: per-gene sums of the values (normalised first if ``normalize``).
 
@@ -123,22 +175,22 @@ def gene_stats(matrix: Any, *, normalize: bool, chunk_size: int = 10_000, progre
     """
     n_cells, n_genes = n_rows_cols(matrix)
     acc = np.zeros((4, n_genes), dtype=np.float64)
+    acc_g = None  # the sparse kernel's genes x 4 sums
     for _, chunk in iter_row_chunks(matrix, chunk_size):
-        if normalize:
-            chunk = normalize_chunk(chunk)
-        if sp.issparse(chunk):  # float64 temporaries over at most _BLOCK non-zeros at a time
-            for lo in range(0, chunk.nnz, _BLOCK):
-                idx = chunk.indices[lo : lo + _BLOCK]
-                v = chunk.data[lo : lo + _BLOCK].astype(np.float64)
-                e = np.expm1(v)
-                for row, w in enumerate((v, v * v, e, e * e)):
-                    acc[row] += np.bincount(idx, weights=w, minlength=n_genes)
+        if sp.issparse(chunk):  # one fused pass over the non-zeros (normalisation included)
+            if acc_g is None:
+                acc_g = np.zeros((n_genes, 4), dtype=np.float64)
+            _sparse_sums_kernel()(chunk.indptr, chunk.indices, chunk.data, normalize, np.float64(TARGET_SUM), acc_g)
         else:
+            if normalize:
+                chunk = normalize_chunk(chunk)
             v = np.asarray(chunk, dtype=np.float64)
             e = np.expm1(v)
             acc += np.stack([v.sum(0), (v * v).sum(0), e.sum(0), (e * e).sum(0)])
         if progress is not None:
             progress(chunk.shape[0])
+    if acc_g is not None:
+        acc += acc_g.T
     return GeneStats(n_cells, acc)
 
 
