@@ -46,8 +46,17 @@ class _AliasModule(types.ModuleType):
     def __getattr__(self, attr: str) -> Any:
         return getattr(self.__dict__["_target"], attr)
 
-    def __setattr__(self, attr: str, value: Any) -> None:  # monkeypatching reaches the real module
-        setattr(self.__dict__["_target"], attr, value)
+    def __setattr__(self, attr: str, value: Any) -> None:
+        if attr.startswith("__") and attr.endswith("__"):  # the import system's __spec__, __loader__, ...
+            self.__dict__[attr] = value
+        else:  # monkeypatching through the old name reaches the real module
+            setattr(self.__dict__["_target"], attr, value)
+
+    def __delattr__(self, attr: str) -> None:
+        if attr in self.__dict__:
+            del self.__dict__[attr]
+        else:
+            delattr(self.__dict__["_target"], attr)
 
     def __dir__(self) -> list[str]:
         return dir(self.__dict__["_target"])
