@@ -39,6 +39,18 @@ def shipped_vectors(embedder: TextEmbedder, unique: dict[str, str]) -> dict[str,
     return dict(zip([h for h, f in zip(unique, hit, strict=True) if f], vectors, strict=True))
 
 
+def known_vectors(embedder: TextEmbedder, unique: dict[str, str], cache: Cache | None
+                  ) -> tuple[dict[str, np.ndarray], set[str]]:
+    """Vectors available without running the model (``{hash: vector}``), and the hashes of those the
+    embedder ships: its :meth:`~scelmo.plugin.TextEmbedder.precomputed` ones, then the cache's."""
+    found = shipped_vectors(embedder, unique)
+    shipped = set(found)
+    rest = [h for h in unique if h not in shipped]
+    if cache is not None and rest:
+        found.update(cache.get_vectors(embedder.cache_key, rest, legacy=embedder.legacy_cache_keys))
+    return found, shipped
+
+
 def embed_cached(
     embedder: TextEmbedder,
     texts: Sequence[str],
@@ -63,11 +75,8 @@ def embed_cached(
     hashes = [text_hash(t) for t in texts]
     unique = dict(zip(hashes, texts, strict=True))
     key = embedder.cache_key
-    found = shipped_vectors(embedder, unique)
-    embedder.n_precomputed += sum(h in found for h in hashes)
-    rest = [h for h in unique if h not in found]
-    if cache is not None and rest:
-        found.update(cache.get_vectors(key, rest, legacy=embedder.legacy_cache_keys))
+    found, shipped = known_vectors(embedder, unique, cache)
+    embedder.n_precomputed += sum(h in shipped for h in hashes)
     todo = sorted((h for h in unique if h not in found), key=lambda h: len(unique[h]))
     dim = next(iter(found.values())).shape[0] if found else None
     bs = max(1, int(getattr(embedder.options, "batch_size", 32)))

@@ -33,7 +33,7 @@ from scelmo.knowledge.descriptions import describe as describe_items
 from scelmo.knowledge.descriptions import estimate as estimate_describe
 from scelmo.llm.cache import open_cache, text_hash
 from scelmo.llm.calls import Budget, Estimate
-from scelmo.llm.embedding_loop import shipped_vectors
+from scelmo.llm.embedding_loop import known_vectors
 from scelmo.plugin import KnowledgeSource
 from scelmo.progress import progress_bar
 from scelmo.tl._common import Config, _copy_of, _settings
@@ -230,12 +230,9 @@ def estimate_embed_genes(
     if isinstance(describer, KnowledgeSource):
         texts = list(describer.gene_texts(symbols).values())
         unique = {text_hash(t): t for t in texts}
-        done = shipped_vectors(embedder, unique)
-        n_shipped = len(done)
         with open_cache(settings) as cache:
-            rest = [h for h in unique if h not in done]
-            if cache is not None and rest:
-                done.update(cache.get_vectors(embedder.cache_key, rest, legacy=embedder.legacy_cache_keys))
+            done, shipped = known_vectors(embedder, unique, cache)
+        n_shipped = len(shipped)
         todo = [t for h, t in unique.items() if h not in done]
         tokens = embedder.count_tokens(todo)
         n_items, cached = len(unique), len(unique) - len(todo)
