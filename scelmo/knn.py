@@ -23,12 +23,12 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def knn_fractions(query: np.ndarray, ref: np.ndarray, codes: np.ndarray, n_classes: int, *, k: int = 10,
-                  chunk: int = 2048, tie_bonus: bool = True) -> np.ndarray:
+                  chunk: int = 2048) -> np.ndarray:
     """Share of each class among the ``k`` cosine-nearest reference rows (cells x classes, float32).
 
-    ``codes`` are the reference rows' class indices (``0..n_classes-1``). With ``tie_bonus``
-    the class that wins a tie (the nearest neighbour's among the tied classes) gets
-    :data:`TIE_BONUS` more, so ``argmax`` follows the tie rule.
+    ``codes`` are the reference rows' class indices (``0..n_classes-1``). The winning class
+    (on a tie, the nearest neighbour's among the tied classes) gets :data:`TIE_BONUS` more,
+    so ``argmax`` follows the tie rule.
     """
     if ref.shape[0] == 0:
         raise InputError("The reference has no cells.")
@@ -46,10 +46,9 @@ def knn_fractions(query: np.ndarray, ref: np.ndarray, codes: np.ndarray, n_class
         block = np.zeros((nn.shape[0], n_classes), dtype=np.float32)
         np.add.at(block, (np.repeat(rows, k), nn_classes.ravel()), 1.0)
         block /= k
-        if tie_bonus:
-            tied = block[rows[:, None], nn_classes] == block.max(axis=1, keepdims=True)
-            winner = nn_classes[rows, np.argmax(tied, axis=1)]
-            block[rows, winner] += TIE_BONUS
+        tied = block[rows[:, None], nn_classes] == block.max(axis=1, keepdims=True)
+        winner = nn_classes[rows, np.argmax(tied, axis=1)]
+        block[rows, winner] += TIE_BONUS
         out[s : s + chunk] = block
     return out
 
