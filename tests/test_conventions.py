@@ -236,3 +236,20 @@ def test_model_embeds_missing_gene_vectors(embedded):
     scelmo.Model.setup_anndata(bad, labels_key="bulk_labels")
     with pytest.raises(InputError, match="could be matched"):
         scelmo.Model(bad)
+
+
+def test_cluster_takes_a_knn_transformer(embedded):
+    """``transformer=`` reaches scanpy: a scikit-learn KNeighborsTransformer object gives the exact graph."""
+    from sklearn.neighbors import KNeighborsTransformer
+
+    a = embedded[0].copy()
+    knn = KNeighborsTransformer(n_neighbors=10, metric="cosine", algorithm="brute")
+    scelmo.tl.cluster(a, transformer=knn)
+    assert a.uns[keys.NEIGHBORS]["params"]["n_neighbors"] == 10  # scanpy takes k from the object
+    d = a.obsp[keys.NEIGHBORS + "_distances"]
+    x = a.obsm[keys.X_SCELMO] / np.linalg.norm(a.obsm[keys.X_SCELMO], axis=1, keepdims=True)
+    row = 1.0 - x @ x[0]
+    row[0] = np.inf
+    found = set(d[0].indices) - {0}  # the object's graph may list the cell itself at distance 0
+    assert found == set(np.argsort(row)[: len(found)]) and len(found) >= 9
+    assert a.obs[keys.CLUSTER].nunique() > 1

@@ -17,6 +17,7 @@ def cluster(
     metric: str = "cosine",
     resolution: float = 1.0,
     random_state: int = 0,
+    transformer: Any = None,
     neighbors_key: str = keys.NEIGHBORS,
     key_added: str = keys.CLUSTER,
     copy: bool = False,
@@ -27,6 +28,11 @@ def cluster(
     compared by angle) on ``adata.obsm[use_rep]`` with :func:`scanpy.pp.neighbors`
     and runs Leiden (igraph flavour, modularity) at ``resolution``. Resolution 1.0 is
     scanpy's default; raise it for more, smaller clusters. It is not tuned to labels.
+
+    ``transformer`` is passed to :func:`scanpy.pp.neighbors`: ``None`` (scanpy's choice:
+    exact below 4,096 cells, pynndescent above), ``"sklearn"``, ``"pynndescent"``, or any
+    scikit-learn ``KNeighborsTransformer``-like object, e.g. one over a faiss HNSW index for
+    atlas-sized data (docs/performance.md measures the choices on 1M cells).
 
     Sets ``adata.uns[neighbors_key]``, ``adata.obsp[neighbors_key + "_distances"]``,
     ``adata.obsp[neighbors_key + "_connectivities"]`` and ``adata.obs[key_added]``;
@@ -40,7 +46,7 @@ def cluster(
         adata = _copy_of(adata)
     sc.pp.neighbors(
         adata, n_neighbors=n_neighbors, use_rep=use_rep, metric=metric,
-        key_added=neighbors_key, random_state=random_state,
+        key_added=neighbors_key, random_state=random_state, transformer=transformer,
     )
     sc.tl.leiden(
         adata, resolution=resolution, flavor="igraph", n_iterations=2, directed=False,
