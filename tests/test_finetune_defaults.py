@@ -114,7 +114,8 @@ def test_models_saved_before_the_residual_adapter_load_with_their_behaviour(pbmc
     m = _train(a.copy(), max_epochs=2, options={"residual": False, "genes": "all", "center": False})
     path = m.save(tmp_path / "old")
     spec = json.loads((path / "head" / "head.json").read_text())
-    for k in ("residual", "genes", "center", "n_top_genes", "class_weight", "max_validation_cells", "max_reference_cells"):
+    for k in ("residual", "genes", "center", "n_top_genes", "class_weight", "max_validation_cells", "max_reference_cells",
+              "tune_genes", "gene_l2", "gene_lr"):
         spec["options"].pop(k)  # what an older scelmo wrote
     (path / "head" / "head.json").write_text(json.dumps(spec))
     loaded = scelmo.Model.load(path, adata=a.copy())
@@ -135,3 +136,53 @@ def test_integration_scores_plot(tmp_path):
     assert [round(b.get_width(), 3) for b in bars] == [0.61, 0.52]
     with pytest.raises(scelmo.ScelmoError, match="bio_score"):
         scelmo.pl.integration_scores([{"method": "x", "batch_score": 0.1}], show=False)
+
+
+def test_tune_genes_fast_path_equals_the_full_embedding_and_survives_save_load(pbmc, tmp_path):
+    """``tune_genes``: epoch 0 is still zero-shot; after training the fast training-time path, the
+    query path and a saved/loaded model agree; a query gene the model never trained gets no correction."""
+    a, ge = pbmc
+    a = a.copy()
+    start = _train(a, max_epochs=1, lr=1e-12, options={"n_top_genes": 300, "tune_genes": True})
+    scelmo.tl.embed_cells(a, gene_embeddings=ge, n_top_genes=300, gene_stats=gene_stats(a.X, normalize=False))
+    np.testing.assert_allclose(start.get_latent_representation(), a.obsm[keys.X_SCELMO], rtol=1e-4, atol=1e-6)
+
+    m = _train(a.copy(), max_epochs=6, check_every=1, patience=6, early_stopping=False,
+               options={"tune_genes": True, "gene_lr": 10.0})
+    D = m.head.module.adapter.gene_delta.detach().numpy()
+    assert D.shape == (len(m.head.spec["genes"]), 32) and np.abs(D).max() > 1e-3  # the table moved
+    head = m.head
+    E, genes = np.asarray(a.varm[keys.GENE_EMBEDDING]), list(a.var_names)
+    head._start(a.X, E, None, genes)  # the training-time (fast) path on the same inputs
+    head.prepare_training("cpu")
+    fast = head._latent_all()
+    head.finish_training()
+    head._clear_data()
+    np.testing.assert_allclose(fast, head.transform(a.X, gene_vectors=E, gene_names=genes), rtol=1e-4, atol=1e-5)
+    full = m.get_latent_representation(a)
+    loaded = scelmo.Model.load(m.save(tmp_path / "tuned"), adata=a)
+    np.testing.assert_allclose(loaded.get_latent_representation(a), full, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(loaded.predict(a, method="classifier"), m.predict(a, method="classifier"))
+    # a trained gene's correction reaches a query in any gene order; an unknown gene gets none
+    q = a[:, genes[::-1]].copy()
+    np.testing.assert_allclose(m.get_latent_representation(q), full, rtol=1e-4, atol=1e-5)
+    pos = head.module.adapter.delta(np.array([0, -1, 1]))
+    np.testing.assert_array_equal(pos[1].detach().numpy(), 0.0)
+    np.testing.assert_array_equal(pos[0].detach().numpy(), D[0])
+
+
+def test_tune_genes_needs_the_residual_adapter_and_old_models_load_without_it(pbmc, tmp_path):
+    a, _ = pbmc
+    with pytest.raises(scelmo.errors.ConfigError, match="residual"):
+        _train(a.copy(), max_epochs=1, options={"tune_genes": True, "residual": False})
+    paper = _train(a.copy(), max_epochs=1, options={"residual": False})  # the default "on" does not apply
+    assert paper.head.n_tuned_genes() == 0
+    m = _train(a.copy(), max_epochs=2, options={"tune_genes": False})
+    path = m.save(tmp_path / "before")
+    spec = json.loads((path / "head" / "head.json").read_text())
+    for k in ("tune_genes", "gene_l2", "gene_lr"):
+        spec["options"].pop(k)  # what scelmo wrote before the option existed
+    (path / "head" / "head.json").write_text(json.dumps(spec))
+    loaded = scelmo.Model.load(path, adata=a.copy())
+    assert loaded.head.options.tune_genes is False
+    np.testing.assert_array_equal(loaded.get_latent_representation(a[:50].copy()), m.get_latent_representation(a[:50].copy()))

@@ -16,6 +16,12 @@ Two adapters (option ``residual``):
 * ``residual=False``: the paper's adapter (scELMo ``cta_ft.ipynb``), ``A(E) =
   Linear(d, hidden) - ReLU - Linear(hidden, latent)``, trained from random weights.
 
+``tune_genes=True`` (residual adapter only) also fine-tunes the gene table itself, as
+transformer models fine-tune their gene-token embeddings: ``A(E)`` gains a free
+correction per training gene, ``D`` (genes x d, zero at the start), so the LLM vectors
+are the starting point and the data may move each gene. ``gene_l2`` penalises ``D``'s
+squared norm (mean over genes). A query's genes that were not trained get no correction.
+
 Options ``genes`` ("hvg" / "all"), ``n_top_genes`` and ``center`` choose the input as
 the zero-shot flavors do; models saved before these options existed load with the old
 behaviour (all covered genes, no centring, the paper's adapter).
@@ -42,7 +48,7 @@ from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from scelmo.errors import InputError
 from scelmo.expression.selection import gene_stats, highly_variable
@@ -74,6 +80,19 @@ class AdapterOptions(ComponentOptions):
     normalize: Literal["wa", "none"] = "wa"
     #: Weight of the triplet loss on the cell embedding (paper: 100 with a mean over all triplets).
     triplet_weight: float = Field(1.0, ge=0.0)
+    #: Fine-tune the gene table too: a free correction per training gene added to A(E),
+    #: zero at the start (residual adapter only; see the module docstring).
+    tune_genes: bool = False
+    #: Weight of the squared norm of the gene corrections (per gene, mean) in the loss.
+    gene_l2: float = Field(0.0, ge=0.0)
+    #: Learning rate of the gene corrections, as a multiple of the training ``lr``.
+    gene_lr: float = Field(1.0, gt=0.0)
+    @model_validator(mode="after")
+    def _tune_genes_needs_residual(self) -> AdapterOptions:
+        if self.tune_genes and not self.residual and "tune_genes" in self.model_fields_set:
+            raise ValueError("tune_genes=True needs the residual adapter (residual=True).")
+        return self
+
     #: Margin of the triplet loss on L2-normalised embeddings.
     triplet_margin: float = Field(0.2, ge=0.0)
     #: Neighbours for kNN prediction and the validation score (paper: 10, cosine).
@@ -90,26 +109,42 @@ class AdapterOptions(ComponentOptions):
 LEGACY_OPTIONS = {"residual": False, "genes": "all", "center": False}
 
 
-def build_adapter(d: int, hidden: int, latent: int, residual: bool = False) -> Any:
-    """The paper's ``Linear(d, hidden) - ReLU - Linear(hidden, latent)``, or the residual adapter."""
-    nn = import_torch().nn
+def build_adapter(d: int, hidden: int, latent: int, residual: bool = False, n_genes: int = 0) -> Any:
+    """The paper's ``Linear(d, hidden) - ReLU - Linear(hidden, latent)``, or the residual adapter.
+
+    ``n_genes > 0`` (residual only) adds the per-gene corrections ``D`` of ``tune_genes``.
+    """
+    torch = import_torch()
+    nn = torch.nn
     if not residual:
+        if n_genes:
+            raise InputError("tune_genes needs the residual adapter (residual=True).")
         return nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, latent))
 
     class ResidualAdapter(nn.Module):
-        """``A(E) = E + relu(E W1 + b1) W2`` with ``W2 = 0`` at the start."""
+        """``A(E) = E + relu(E W1 + b1) W2 (+ D)`` with ``W2 = 0`` (and ``D = 0``) at the start."""
 
         def __init__(self) -> None:
             super().__init__()
             self.inner = nn.Linear(d, hidden)
             self.out = nn.Linear(hidden, d, bias=False)
             nn.init.zeros_(self.out.weight)
+            self.gene_delta = nn.Parameter(torch.zeros(n_genes, d)) if n_genes else None
 
         def hidden_genes(self, E: Any) -> Any:
             return nn.functional.relu(self.inner(E))
 
-        def forward(self, E: Any) -> Any:
-            return E + self.out(self.hidden_genes(E))
+        def delta(self, pos: Any = None) -> Any:
+            """``D`` for the training genes (``pos=None``) or for ``pos`` (-1: an untrained gene, no correction)."""
+            if self.gene_delta is None or pos is None:
+                return self.gene_delta
+            pos = torch.as_tensor(pos, dtype=torch.long, device=self.gene_delta.device)
+            return torch.where((pos >= 0)[:, None], self.gene_delta[pos.clamp(min=0)], 0.0)
+
+        def forward(self, E: Any, pos: Any = None) -> Any:
+            A = E + self.out(self.hidden_genes(E))
+            D = self.delta(pos)
+            return A if D is None else A + D.to(A.dtype)
 
     return ResidualAdapter()
 
@@ -212,8 +247,10 @@ class GeneAdapterHead(TorchHead):
     @classmethod
     def load_state(cls, directory: Any) -> TorchHead:
         info = json.loads((Path(directory) / SPEC_FILE).read_text(encoding="utf-8")) if (Path(directory) / SPEC_FILE).is_file() else {}
-        legacy = "residual" not in (info.get("options") or {"residual": True})
-        return super().load_state(directory, option_defaults=LEGACY_OPTIONS if legacy else None)
+        saved = info.get("options") or {"residual": True}
+        defaults = dict(LEGACY_OPTIONS) if "residual" not in saved else {}
+        defaults["tune_genes"] = False  # saved before the option existed: no gene corrections in the weights
+        return super().load_state(directory, option_defaults=defaults)
 
     # -- data ------------------------------------------------------------------------
     def _select_genes(self, X: Any, gene_vectors: np.ndarray, gene_names: list[str] | None) -> np.ndarray:
@@ -284,9 +321,32 @@ class GeneAdapterHead(TorchHead):
         return Xk, np.ascontiguousarray(gene_vectors[keep]), w
 
     # -- network -----------------------------------------------------------------------
-    def adapted(self, E: Any) -> Any:
-        """``A(E)`` (genes x latent) with the current weights."""
-        return self.module.adapter(E)
+    def n_tuned_genes(self) -> int:
+        """Rows of the trainable gene corrections (``tune_genes``): the training genes, else 0."""
+        on = self.options.tune_genes and self.options.residual  # a default "on" is off for the paper's adapter
+        return len(self.spec.get("genes") or []) if on else 0
+
+    def adapted(self, E: Any, pos: Any = None) -> Any:
+        """``A(E)`` (genes x latent) with the current weights; ``pos``: E's rows' places among
+        the training genes (-1 for others), needed only with ``tune_genes`` for a query."""
+        return self.module.adapter(E, pos) if self.options.residual else self.module.adapter(E)
+
+    def configure_optimizer(self, params: Any, training: Any) -> Any:
+        """Adam; the gene corrections (``tune_genes``) learn at ``gene_lr`` x ``lr``."""
+        torch = import_torch()
+        D = self.module.adapter.delta() if self.options.residual else None
+        if D is None:
+            return super().configure_optimizer(params, training)
+        rest = [p for p in self.module.parameters() if p is not D]
+        return torch.optim.Adam([{"params": rest}, {"params": [D], "lr": training.lr * self.options.gene_lr}],
+                                lr=training.lr, weight_decay=training.weight_decay)
+
+    def _delta_penalty(self) -> Any:
+        """``gene_l2`` x the mean squared norm of the gene corrections (0 without ``tune_genes``)."""
+        D = self.module.adapter.delta() if self.options.residual else None
+        if D is None or not self.options.gene_l2:
+            return 0.0
+        return self.options.gene_l2 * D.pow(2).sum(1).mean()
 
     def _offset(self, A: np.ndarray) -> np.ndarray:
         mu = self.arrays.get("gene_mean")
@@ -304,12 +364,12 @@ class GeneAdapterHead(TorchHead):
             raise InputError(f"The {self.name!r} head needs `gene_vectors` (genes x d) aligned to X's columns.")
         torch = import_torch()
         Xk, E, w = self.prepare_matrix(X, gene_vectors, gene_names)
+        _, pos = self._query_columns(X.shape[1], np.asarray(gene_vectors, dtype=np.float32), gene_names)
         with self.inference(device) as dev:
-            A = self.adapted(torch.from_numpy(E).to(dev)).float().cpu().numpy()
+            A = self.adapted(torch.from_numpy(E).to(dev), pos).float().cpu().numpy()
         out = np.asarray(Xk @ A, dtype=np.float32)
         mu = self.arrays.get("gene_mean")
         if mu is not None:  # centre over the genes the query has (all of them for the training data)
-            _, pos = self._query_columns(X.shape[1], np.asarray(gene_vectors, dtype=np.float32), gene_names)
             offset = (mu[pos].astype(np.float64) @ A).astype(np.float32)
             out -= w[:, None] * offset[None, :]
             out[w == 0] = 0.0
@@ -387,7 +447,9 @@ class GeneAdapterHead(TorchHead):
             ad = self.module.adapter
             H = ad.hidden_genes(self._E)
             corr = xb @ H - wb * (self._mu @ H)[None, :]
-            return self._C0[rt] + ad.out(corr)
+            z = self._C0[rt] + ad.out(corr)
+            D = ad.delta()
+            return z if D is None else z + xb @ D - wb * (self._mu @ D)[None, :]
         A = self.adapted(self._E)
         return xb @ A - wb * (self._mu @ A)[None, :]
 
@@ -403,7 +465,12 @@ class GeneAdapterHead(TorchHead):
                 W2 = ad.out.weight.float().cpu().numpy()
                 corr = np.asarray(Xr @ H, dtype=np.float32) - w[:, None] * (self._mu_np @ H)[None, :]
                 C0 = self._C0_np if rows is None else self._C0_np[rows]
-                return C0 + corr @ W2.T
+                z = C0 + corr @ W2.T
+                D = ad.delta()
+                if D is not None:
+                    D = D.float().cpu().numpy()
+                    z += np.asarray(Xr @ D, dtype=np.float32) - w[:, None] * (self._mu_np @ D)[None, :]
+                return z
             A = self.adapted(self._E).float().cpu().numpy()
             return np.asarray(Xr @ A, dtype=np.float32) - w[:, None] * (self._mu_np @ A)[None, :]
 

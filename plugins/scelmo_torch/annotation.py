@@ -42,14 +42,15 @@ from .base import TrainingConfig, split_rows
 from .device import import_torch, torch_session
 
 
-def _net(d: int, hidden: int, latent: int, n_classes: int, norm: str, residual: bool = False) -> Any:
+def _net(d: int, hidden: int, latent: int, n_classes: int, norm: str, residual: bool = False,
+         n_genes: int = 0) -> Any:
     nn = import_torch().nn
     latent = d if residual else latent
 
     class AnnotationNet(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.adapter = build_adapter(d, hidden, latent, residual)
+            self.adapter = build_adapter(d, hidden, latent, residual, n_genes)
             if norm == "batchnorm":
                 self.classifier = nn.Sequential(nn.BatchNorm1d(latent), nn.Linear(latent, n_classes))
             elif norm == "layernorm":
@@ -61,6 +62,9 @@ def _net(d: int, hidden: int, latent: int, n_classes: int, norm: str, residual: 
 
 
 class AnnotationOptions(AdapterOptions):
+    #: Fine-tune the gene table too (see :mod:`scelmo_torch.adapter`). On by default for
+    #: annotation: measured on pbmc68k splits and Kang (docs/finetuning.md).
+    tune_genes: bool = True
     #: Normalisation of z before the linear classifier: "batchnorm", "layernorm" or "none" (paper).
     classifier_norm: Literal["batchnorm", "layernorm", "none"] = "batchnorm"
     #: After training, refit the classifier alone on the final (frozen) embeddings of the
@@ -140,7 +144,8 @@ class AnnotationHead(GeneAdapterHead):
 
     def build_module(self) -> Any:
         o = self.options
-        return _net(self.spec["dim"], o.hidden, o.latent, len(self.spec["classes"]), o.classifier_norm, o.residual)
+        return _net(self.spec["dim"], o.hidden, o.latent, len(self.spec["classes"]), o.classifier_norm, o.residual,
+                    self.n_tuned_genes())
 
     def prepare_training(self, device: Any) -> None:
         torch = import_torch()
@@ -152,7 +157,7 @@ class AnnotationHead(GeneAdapterHead):
         F = import_torch().nn.functional
         z = self._embed_rows(rows)
         y = self._y[rows]
-        ce = F.cross_entropy(self.module.classifier(z).float(), y, weight=self._cw)
+        ce = F.cross_entropy(self.module.classifier(z).float(), y, weight=self._cw) + self._delta_penalty()
         if self.options.triplet_weight > 0:
             tri = batch_hard_triplet_loss(z, y, self.options.triplet_margin)
             return ce + self.options.triplet_weight * tri, {"ce": float(ce.detach()), "triplet": float(tri.detach())}

@@ -100,14 +100,14 @@ def mutual_neighbours(Z: np.ndarray, batch: np.ndarray, k: int) -> list[np.ndarr
 
 
 def _net(d: int, hidden: int, latent: int, n_batches: int, n_classes: int, target_dim: int,
-         residual: bool = False) -> Any:
+         residual: bool = False, n_genes: int = 0) -> Any:
     nn = import_torch().nn
     latent = d if residual else latent
 
     class IntegrationNet(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.adapter = build_adapter(d, hidden, latent, residual)
+            self.adapter = build_adapter(d, hidden, latent, residual, n_genes)
             self.decoder = nn.Sequential(nn.Linear(latent + n_batches, hidden), nn.ReLU(), nn.Linear(hidden, target_dim))
             self.discriminator = nn.Sequential(nn.Linear(latent, hidden), nn.ReLU(), nn.Linear(hidden, n_batches))
             self.classifier = nn.Linear(latent, max(n_classes, 1))
@@ -206,7 +206,8 @@ class IntegrationHead(GeneAdapterHead):
 
     def build_module(self) -> Any:
         o, s = self.options, self.spec
-        return _net(s["dim"], o.hidden, o.latent, len(s["batches"]), len(s["classes"]), s["target_dim"], o.residual)
+        return _net(s["dim"], o.hidden, o.latent, len(s["batches"]), len(s["classes"]), s["target_dim"], o.residual,
+                    self.n_tuned_genes())
 
     def prepare_training(self, device: Any) -> None:
         torch = import_torch()
@@ -280,7 +281,7 @@ class IntegrationHead(GeneAdapterHead):
             adv = F.cross_entropy(logits, b)
             total = total + adv  # the reversal layer scales the adapter's gradient
             logs["adversary"] = float(adv.detach())
-        return total, logs
+        return total + self._delta_penalty(), logs
 
     def training_loss(self, rows: np.ndarray) -> Any:
         return self._losses(rows, train=True)
