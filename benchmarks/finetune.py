@@ -270,6 +270,8 @@ def bench_integration(name: str, rows: list[dict[str, Any]], args: argparse.Name
     if args.ablations:  # seed 0 only
         variants += [("integration head, labels, lr 1e-3", {}, {"lr": 1e-3}, True, 1),
                      ("integration head, no labels, lr 1e-3", {}, {"lr": 1e-3}, False, 1),
+                     ("integration head, labels, tune_genes", {"tune_genes": True}, {}, True, 1),
+                     ("integration head, no labels, tune_genes", {"tune_genes": True}, {}, False, 1),
                      ("integration head, labels, adversarial 0.3", {"adversarial_weight": 0.3}, {}, True, 1),
                      ("integration head, no labels, no MNN (adversarial 0.3)", {"mnn_weight": 0.0, "adversarial_weight": 0.3},
                       {}, False, 1),

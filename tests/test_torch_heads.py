@@ -56,6 +56,17 @@ def test_integration_mixes_batches_and_keeps_labels(batches, labels_key):
         assert purity > purity0 - 0.05  # unsupervised: cell types kept about as well as at the start
     with pytest.raises(scelmo.ScelmoError, match="does not predict labels"):
         m.predict()
+    # tune_genes=None (default): the gene table is fine-tuned with labels only
+    assert (m.head.module.adapter.gene_delta is not None) == bool(labels_key)
+
+
+def test_integration_with_a_tuned_gene_table_survives_save_load(batches, tmp_path):
+    a = batches.copy()
+    scelmo.Model.setup_anndata(a, batch_key="batch", labels_key=None)
+    m = scelmo.Model(a, head="integration", tune_genes=True).train(max_epochs=4, seed=0, early_stopping=False)
+    assert m.head.n_tuned_genes() == len(m.head.spec["genes"])
+    loaded = scelmo.Model.load(m.save(tmp_path / "integration"), adata=a)
+    np.testing.assert_array_equal(loaded.get_latent_representation(), m.get_latent_representation())
 
 
 def test_integration_needs_a_batch_key(batches):

@@ -82,7 +82,7 @@ class AdapterOptions(ComponentOptions):
     triplet_weight: float = Field(1.0, ge=0.0)
     #: Fine-tune the gene table too: a free correction per training gene added to A(E),
     #: zero at the start (residual adapter only; see the module docstring).
-    tune_genes: bool = False
+    tune_genes: bool | None = False
     #: Weight of the squared norm of the gene corrections (per gene, mean) in the loss.
     gene_l2: float = Field(0.0, ge=0.0)
     #: Learning rate of the gene corrections, as a multiple of the training ``lr``.
@@ -321,9 +321,13 @@ class GeneAdapterHead(TorchHead):
         return Xk, np.ascontiguousarray(gene_vectors[keep]), w
 
     # -- network -----------------------------------------------------------------------
+    def tunes_genes(self) -> bool:
+        """Whether this fit fine-tunes the gene table (a head may resolve ``tune_genes=None``)."""
+        return bool(self.options.tune_genes)
+
     def n_tuned_genes(self) -> int:
         """Rows of the trainable gene corrections (``tune_genes``): the training genes, else 0."""
-        on = self.options.tune_genes and self.options.residual  # a default "on" is off for the paper's adapter
+        on = self.tunes_genes() and self.options.residual  # a default "on" is off for the paper's adapter
         return len(self.spec.get("genes") or []) if on else 0
 
     def adapted(self, E: Any, pos: Any = None) -> Any:

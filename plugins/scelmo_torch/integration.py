@@ -116,6 +116,10 @@ def _net(d: int, hidden: int, latent: int, n_batches: int, n_classes: int, targe
 
 
 class IntegrationOptions(AdapterOptions):
+    #: Fine-tune the gene table (see :mod:`scelmo_torch.adapter`); None: on when labels are
+    #: given (semi-supervised), off without them, as measured on pbmc68k_sim and Kang
+    #: (docs/finetuning.md).
+    tune_genes: bool | None = None
     #: Weight of the gradient-reversed batch discriminator (0 turns it off).
     adversarial_weight: float = Field(0.0, ge=0.0)
     #: Weight of the batch-conditioned reconstruction of the zero-shot embedding (0: off).
@@ -143,6 +147,12 @@ class IntegrationHead(GeneAdapterHead):
     #: lr 3e-3 (the previous default): on pbmc68k_sim it beat 1e-3 on one seed, but its
     #: 3-seed mean equals 1e-3's single seed (docs/finetuning.md); checks every 2 epochs.
     training_defaults = {"batch_size": 256, "lr": 3e-3, "check_every": 2, "patience": 3}
+
+    def tunes_genes(self) -> bool:
+        """``tune_genes=None``: fine-tune the gene table in the semi-supervised mode only."""
+        if self.options.tune_genes is None:
+            return bool(self.spec.get("classes"))
+        return bool(self.options.tune_genes)
 
     def fit(self, X: Any = None, labels: Any = None, *, gene_vectors: np.ndarray | None = None,
             gene_names: list[str] | None = None, batch: Any = None, perturbations: Any = None,
