@@ -160,8 +160,11 @@ def bench_annotation(name: str, rows: list[dict[str, Any]], args: argparse.Names
     from sklearn.model_selection import train_test_split
 
     variants = [("", {})] + ([(", no class weights", {"class_weight": "none"}),
-                              (", paper adapter (residual=False)", {"residual": False, "genes": "all", "center": False})]
+                              (", paper adapter (residual=False)", {"residual": False, "genes": "all", "center": False}),
+                              (", tune_genes=False", {"tune_genes": False})]
                              if args.ablations else [])
+    if args.ablation_filter:
+        variants = variants[:1] + [v for v in variants[1:] if args.ablation_filter in v[0]]
     if name == "pbmc68k":
         ds = load_pbmc68k()
         embed_genes(ds)
@@ -270,8 +273,8 @@ def bench_integration(name: str, rows: list[dict[str, Any]], args: argparse.Name
     if args.ablations:  # seed 0 only
         variants += [("integration head, labels, lr 1e-3", {}, {"lr": 1e-3}, True, 1),
                      ("integration head, no labels, lr 1e-3", {}, {"lr": 1e-3}, False, 1),
-                     ("integration head, labels, tune_genes", {"tune_genes": True}, {}, True, 1),
-                     ("integration head, no labels, tune_genes", {"tune_genes": True}, {}, False, 1),
+                     ("integration head, labels, tune_genes=False", {"tune_genes": False}, {}, True, 1),
+                     ("integration head, no labels, tune_genes=True", {"tune_genes": True}, {}, False, 1),
                      ("integration head, labels, adversarial 0.3", {"adversarial_weight": 0.3}, {}, True, 1),
                      ("integration head, no labels, no MNN (adversarial 0.3)", {"mnn_weight": 0.0, "adversarial_weight": 0.3},
                       {}, False, 1),
@@ -451,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed-cells", type=int, default=100_000)
     ap.add_argument("--scib-max-cells", type=int, default=6000, help="score at most this many cells (random, seed 0)")
     ap.add_argument("--ablations", action="store_true", help="also the variants behind the defaults")
-    ap.add_argument("--ablation-filter", default="", help="only the integration ablations whose name contains this")
+    ap.add_argument("--ablation-filter", default="", help="only the ablations whose name contains this")
     ap.add_argument("--out", type=Path, default=OUT_DEFAULT)
     ap.add_argument("--kang-dir", default=str(_default_kang_dir()))
     ap.add_argument("--merge", nargs="+", type=Path, metavar="DIR", help="only combine these result folders into --out")

@@ -54,7 +54,8 @@ def test_best_validation_score_is_at_least_the_zero_shot_start(pbmc):
     assert m.head.best_score >= float(start.iloc[0])
     assert m.head.best_score == hist["val_score"].max()
     # a learning rate that wrecks the adapter: the head falls back to the zero-shot start
-    bad = _train(a.copy(), max_epochs=4, lr=5.0, check_every=1, patience=4)
+    # (the MLP alone: with the gene table tuned too, lr 5 happened to find a better epoch)
+    bad = _train(a.copy(), max_epochs=4, lr=5.0, check_every=1, patience=4, options={"tune_genes": False})
     assert bad.head.best_epoch == 0
     zs = _train(a.copy(), max_epochs=1, lr=1e-12)
     np.testing.assert_allclose(bad.get_latent_representation(), zs.get_latent_representation(), rtol=1e-4, atol=1e-6)
@@ -150,7 +151,7 @@ def test_tune_genes_fast_path_equals_the_full_embedding_and_survives_save_load(p
     m = _train(a.copy(), max_epochs=6, check_every=1, patience=6, early_stopping=False,
                options={"tune_genes": True, "gene_lr": 10.0})
     D = m.head.module.adapter.gene_delta.detach().numpy()
-    assert D.shape == (len(m.head.spec["genes"]), 32) and np.abs(D).max() > 1e-3  # the table moved
+    assert D.shape == (len(m.head.spec["genes"]), m.head.options.gene_rank) and np.abs(D).max() > 1e-3  # the table moved
     head = m.head
     E, genes = np.asarray(a.varm[keys.GENE_EMBEDDING]), list(a.var_names)
     head._start(a.X, E, None, genes)  # the training-time (fast) path on the same inputs

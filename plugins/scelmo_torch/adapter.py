@@ -85,6 +85,8 @@ class AdapterOptions(ComponentOptions):
     tune_genes: bool | None = False
     #: Weight of the squared norm of the gene corrections (per gene, mean) in the loss.
     gene_l2: float = Field(0.0, ge=0.0)
+    #: Rank of the gene corrections D = U V (U: genes x rank, zero at the start; V: rank x d).
+    gene_rank: int = Field(64, ge=1)
     #: Learning rate of the gene corrections, as a multiple of the training ``lr``.
     gene_lr: float = Field(1.0, gt=0.0)
     @model_validator(mode="after")
@@ -109,10 +111,11 @@ class AdapterOptions(ComponentOptions):
 LEGACY_OPTIONS = {"residual": False, "genes": "all", "center": False}
 
 
-def build_adapter(d: int, hidden: int, latent: int, residual: bool = False, n_genes: int = 0) -> Any:
+def build_adapter(d: int, hidden: int, latent: int, residual: bool = False, n_genes: int = 0,
+                  gene_rank: int = 64) -> Any:
     """The paper's ``Linear(d, hidden) - ReLU - Linear(hidden, latent)``, or the residual adapter.
 
-    ``n_genes > 0`` (residual only) adds the per-gene corrections ``D`` of ``tune_genes``.
+    ``n_genes > 0`` (residual only) adds the per-gene corrections ``D = U V`` of ``tune_genes``.
     """
     torch = import_torch()
     nn = torch.nn
@@ -129,13 +132,15 @@ def build_adapter(d: int, hidden: int, latent: int, residual: bool = False, n_ge
             self.inner = nn.Linear(d, hidden)
             self.out = nn.Linear(hidden, d, bias=False)
             nn.init.zeros_(self.out.weight)
-            self.gene_delta = nn.Parameter(torch.zeros(n_genes, d)) if n_genes else None
+            # D = U V (rank gene_rank, as LoRA): U zero at the start, V random, both trained
+            self.gene_delta = nn.Parameter(torch.zeros(n_genes, gene_rank)) if n_genes else None
+            self.gene_basis = nn.Parameter(torch.randn(gene_rank, d) / gene_rank**0.5) if n_genes else None
 
         def hidden_genes(self, E: Any) -> Any:
             return nn.functional.relu(self.inner(E))
 
         def delta(self, pos: Any = None) -> Any:
-            """``D`` for the training genes (``pos=None``) or for ``pos`` (-1: an untrained gene, no correction)."""
+            """``U`` for the training genes (``pos=None``) or for ``pos`` (-1: an untrained gene, no correction)."""
             if self.gene_delta is None or pos is None:
                 return self.gene_delta
             pos = torch.as_tensor(pos, dtype=torch.long, device=self.gene_delta.device)
@@ -143,8 +148,8 @@ def build_adapter(d: int, hidden: int, latent: int, residual: bool = False, n_ge
 
         def forward(self, E: Any, pos: Any = None) -> Any:
             A = E + self.out(self.hidden_genes(E))
-            D = self.delta(pos)
-            return A if D is None else A + D.to(A.dtype)
+            U = self.delta(pos)
+            return A if U is None else A + (U @ self.gene_basis).to(A.dtype)
 
     return ResidualAdapter()
 
@@ -325,6 +330,10 @@ class GeneAdapterHead(TorchHead):
         """Whether this fit fine-tunes the gene table (a head may resolve ``tune_genes=None``)."""
         return bool(self.options.tune_genes)
 
+    def saved_options(self) -> dict[str, Any]:
+        """Options as trained: ``tune_genes`` resolved to whether this fit tuned the gene table."""
+        return {**super().saved_options(), "tune_genes": self.n_tuned_genes() > 0}
+
     def n_tuned_genes(self) -> int:
         """Rows of the trainable gene corrections (``tune_genes``): the training genes, else 0."""
         on = self.tunes_genes() and self.options.residual  # a default "on" is off for the paper's adapter
@@ -343,7 +352,7 @@ class GeneAdapterHead(TorchHead):
             return super().configure_optimizer(params, training)
         rest = [p for p in self.module.parameters() if p is not D]
         return torch.optim.Adam([{"params": rest}, {"params": [D], "lr": training.lr * self.options.gene_lr}],
-                                lr=training.lr, weight_decay=training.weight_decay)
+                                lr=training.lr, weight_decay=training.weight_decay, foreach=True)
 
     def _delta_penalty(self) -> Any:
         """``gene_l2`` x the mean squared norm of the gene corrections (0 without ``tune_genes``)."""
@@ -450,10 +459,14 @@ class GeneAdapterHead(TorchHead):
         if self.options.residual:
             ad = self.module.adapter
             H = ad.hidden_genes(self._E)
+            U = ad.delta()
+            if U is not None:  # one sparse product for both: (genes x (hidden + rank))
+                H = torch.cat([H, U.to(H.dtype)], dim=1)
             corr = xb @ H - wb * (self._mu @ H)[None, :]
-            z = self._C0[rt] + ad.out(corr)
-            D = ad.delta()
-            return z if D is None else z + xb @ D - wb * (self._mu @ D)[None, :]
+            if U is None:
+                return self._C0[rt] + ad.out(corr)
+            k = ad.out.in_features
+            return self._C0[rt] + ad.out(corr[:, :k]) + corr[:, k:] @ ad.gene_basis
         A = self.adapted(self._E)
         return xb @ A - wb * (self._mu @ A)[None, :]
 
@@ -472,8 +485,8 @@ class GeneAdapterHead(TorchHead):
                 z = C0 + corr @ W2.T
                 D = ad.delta()
                 if D is not None:
-                    D = D.float().cpu().numpy()
-                    z += np.asarray(Xr @ D, dtype=np.float32) - w[:, None] * (self._mu_np @ D)[None, :]
+                    D, V = D.float().cpu().numpy(), ad.gene_basis.float().cpu().numpy()
+                    z += (np.asarray(Xr @ D, dtype=np.float32) - w[:, None] * (self._mu_np @ D)[None, :]) @ V
                 return z
             A = self.adapted(self._E).float().cpu().numpy()
             return np.asarray(Xr @ A, dtype=np.float32) - w[:, None] * (self._mu_np @ A)[None, :]

@@ -43,14 +43,14 @@ from .device import import_torch, torch_session
 
 
 def _net(d: int, hidden: int, latent: int, n_classes: int, norm: str, residual: bool = False,
-         n_genes: int = 0) -> Any:
+         n_genes: int = 0, gene_rank: int = 64) -> Any:
     nn = import_torch().nn
     latent = d if residual else latent
 
     class AnnotationNet(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.adapter = build_adapter(d, hidden, latent, residual, n_genes)
+            self.adapter = build_adapter(d, hidden, latent, residual, n_genes, gene_rank)
             if norm == "batchnorm":
                 self.classifier = nn.Sequential(nn.BatchNorm1d(latent), nn.Linear(latent, n_classes))
             elif norm == "layernorm":
@@ -145,7 +145,7 @@ class AnnotationHead(GeneAdapterHead):
     def build_module(self) -> Any:
         o = self.options
         return _net(self.spec["dim"], o.hidden, o.latent, len(self.spec["classes"]), o.classifier_norm, o.residual,
-                    self.n_tuned_genes())
+                    self.n_tuned_genes(), o.gene_rank)
 
     def prepare_training(self, device: Any) -> None:
         torch = import_torch()

@@ -327,6 +327,10 @@ class TorchHead(TaskHead):
             raise ScelmoError(f"The {self.name!r} head is not trained yet; call fit() (or Model.train()) first.")
 
     # -- persistence --------------------------------------------------------------------
+    def saved_options(self) -> dict[str, Any]:
+        """The options written by :meth:`save_state` (a subclass may resolve automatic ones)."""
+        return self.options.model_dump(mode="json")
+
     def save_state(self, directory: str | Path) -> None:
         """Write the weights (``weights.pt``) and spec/options/history (``head.json``) to ``directory``."""
         torch = import_torch()
@@ -338,7 +342,7 @@ class TorchHead(TaskHead):
             torch.save(state, tmp)
         info = {
             "head": self.name,
-            "options": self.options.model_dump(mode="json"),
+            "options": self.saved_options(),
             "spec": self.spec,
             "training": self.training.model_dump(mode="json") if self.training else None,
             "history": self.history,

@@ -100,14 +100,14 @@ def mutual_neighbours(Z: np.ndarray, batch: np.ndarray, k: int) -> list[np.ndarr
 
 
 def _net(d: int, hidden: int, latent: int, n_batches: int, n_classes: int, target_dim: int,
-         residual: bool = False, n_genes: int = 0) -> Any:
+         residual: bool = False, n_genes: int = 0, gene_rank: int = 64) -> Any:
     nn = import_torch().nn
     latent = d if residual else latent
 
     class IntegrationNet(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.adapter = build_adapter(d, hidden, latent, residual, n_genes)
+            self.adapter = build_adapter(d, hidden, latent, residual, n_genes, gene_rank)
             self.decoder = nn.Sequential(nn.Linear(latent + n_batches, hidden), nn.ReLU(), nn.Linear(hidden, target_dim))
             self.discriminator = nn.Sequential(nn.Linear(latent, hidden), nn.ReLU(), nn.Linear(hidden, n_batches))
             self.classifier = nn.Linear(latent, max(n_classes, 1))
@@ -217,7 +217,7 @@ class IntegrationHead(GeneAdapterHead):
     def build_module(self) -> Any:
         o, s = self.options, self.spec
         return _net(s["dim"], o.hidden, o.latent, len(s["batches"]), len(s["classes"]), s["target_dim"], o.residual,
-                    self.n_tuned_genes())
+                    self.n_tuned_genes(), o.gene_rank)
 
     def prepare_training(self, device: Any) -> None:
         torch = import_torch()
