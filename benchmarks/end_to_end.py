@@ -44,6 +44,7 @@ for p in (str(HERE), str(ROOT / "plugins"), str(ROOT)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+from _runinfo import portable_argv  # noqa: E402
 from aggregation import loadavg, log  # noqa: E402
 from scale import _symbols, _write_h5ad  # noqa: E402
 
@@ -227,7 +228,7 @@ def main() -> None:
            "embedding_share": stages[0]["share"], "dask_2_workers_embed_s": dask_s,
            "dask_vs_streaming": dask_s / stages[0]["seconds"], "dask_max_abs_diff": same, "neighbour_search": search,
            "search_chosen": chosen, "leiden_clusters": int(cells.obs["leiden"].nunique()),
-           "run": {"command": " ".join(["benchmarks/end_to_end.py", *sys.argv[1:]]), "python": platform.python_version(),
+           "run": {"command": " ".join(["benchmarks/end_to_end.py", *portable_argv(sys.argv[1:])]), "python": platform.python_version(),
                    "machine": f"{platform.machine()}, {os.cpu_count()} cores", "loadavg_end": loadavg(),
                    "wall_s": time.perf_counter() - t_all, "date": time.strftime("%Y-%m-%d %H:%M")}}
     OUT.mkdir(parents=True, exist_ok=True)

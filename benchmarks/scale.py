@@ -49,6 +49,7 @@ for p in (str(HERE), str(ROOT / "plugins"), str(ROOT)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+from _runinfo import portable_argv  # noqa: E402
 from _synthetic import gene_model, generate_csr, random_embedding  # noqa: E402
 from aggregation import loadavg, log, measure, sgemm_probe  # noqa: E402
 
@@ -349,7 +350,7 @@ def main() -> None:
             sizes = {r["cells"] for r in new["rows"]}
             new["rows"] = [r for r in res[name]["rows"] if r.get("cells") not in sizes] + new["rows"]
         res[name] = new
-        res[name]["run"] = {"command": " ".join(["benchmarks/scale.py", *sys.argv[1:]]), "seconds": time.perf_counter() - t0,
+        res[name]["run"] = {"command": " ".join(["benchmarks/scale.py", *portable_argv(sys.argv[1:])]), "seconds": time.perf_counter() - t0,
                             "loadavg_end": loadavg(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                             "date": time.strftime("%Y-%m-%d %H:%M")}
         tmp = OUT / ".results.json.tmp"
