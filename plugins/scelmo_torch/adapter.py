@@ -18,9 +18,11 @@ Two adapters (option ``residual``):
 
 ``tune_genes=True`` (residual adapter only) also fine-tunes the gene table itself, as
 transformer models fine-tune their gene-token embeddings: ``A(E)`` gains a free
-correction per training gene, ``D`` (genes x d, zero at the start), so the LLM vectors
-are the starting point and the data may move each gene. ``gene_l2`` penalises ``D``'s
-squared norm (mean over genes). A query's genes that were not trained get no correction.
+correction per training gene of rank ``gene_rank``, ``U V`` (as LoRA: ``U``, genes x rank,
+zero at the start; ``V``, rank x d, random), so the LLM vectors are the starting point and
+the data may move each gene. ``gene_l2`` penalises ``U``'s squared norm (mean over genes).
+A query's genes that were not trained get no correction. In the training loop ``U``
+rides in the same sparse product as the hidden layer (``xb @ [H | U]``).
 
 Options ``genes`` ("hvg" / "all"), ``n_top_genes`` and ``center`` choose the input as
 the zero-shot flavors do; models saved before these options existed load with the old
@@ -89,12 +91,6 @@ class AdapterOptions(ComponentOptions):
     gene_rank: int = Field(64, ge=1)
     #: Learning rate of the gene corrections, as a multiple of the training ``lr``.
     gene_lr: float = Field(1.0, gt=0.0)
-    @model_validator(mode="after")
-    def _tune_genes_needs_residual(self) -> AdapterOptions:
-        if self.tune_genes and not self.residual and "tune_genes" in self.model_fields_set:
-            raise ValueError("tune_genes=True needs the residual adapter (residual=True).")
-        return self
-
     #: Margin of the triplet loss on L2-normalised embeddings.
     triplet_margin: float = Field(0.2, ge=0.0)
     #: Neighbours for kNN prediction and the validation score (paper: 10, cosine).
@@ -106,6 +102,13 @@ class AdapterOptions(ComponentOptions):
     max_validation_cells: int = Field(2000, ge=10)
     max_reference_cells: int = Field(20000, ge=10)
 
+    @model_validator(mode="after")
+    def _tune_genes_needs_residual(self) -> AdapterOptions:
+        # only when asked for: a head whose default is "on" simply does not tune the paper's adapter
+        if self.tune_genes and not self.residual and "tune_genes" in self.model_fields_set:
+            raise ValueError("tune_genes=True needs the residual adapter (residual=True).")
+        return self
+
 
 #: Options of models saved before the residual adapter existed (their behaviour).
 LEGACY_OPTIONS = {"residual": False, "genes": "all", "center": False}
@@ -115,24 +118,22 @@ def build_adapter(d: int, hidden: int, latent: int, residual: bool = False, n_ge
                   gene_rank: int = 64) -> Any:
     """The paper's ``Linear(d, hidden) - ReLU - Linear(hidden, latent)``, or the residual adapter.
 
-    ``n_genes > 0`` (residual only) adds the per-gene corrections ``D = U V`` of ``tune_genes``.
+    ``n_genes > 0`` (residual only) adds the per-gene corrections ``U V`` of ``tune_genes``.
     """
     torch = import_torch()
     nn = torch.nn
     if not residual:
-        if n_genes:
-            raise InputError("tune_genes needs the residual adapter (residual=True).")
         return nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, latent))
 
     class ResidualAdapter(nn.Module):
-        """``A(E) = E + relu(E W1 + b1) W2 (+ D)`` with ``W2 = 0`` (and ``D = 0``) at the start."""
+        """``A(E) = E + relu(E W1 + b1) W2 (+ U V)`` with ``W2 = 0`` (and ``U = 0``) at the start."""
 
         def __init__(self) -> None:
             super().__init__()
             self.inner = nn.Linear(d, hidden)
             self.out = nn.Linear(hidden, d, bias=False)
             nn.init.zeros_(self.out.weight)
-            # D = U V (rank gene_rank, as LoRA): U zero at the start, V random, both trained
+            # U V (rank gene_rank, as LoRA): U zero at the start, V random, both trained
             self.gene_delta = nn.Parameter(torch.zeros(n_genes, gene_rank)) if n_genes else None
             self.gene_basis = nn.Parameter(torch.randn(gene_rank, d) / gene_rank**0.5) if n_genes else None
 
@@ -345,21 +346,21 @@ class GeneAdapterHead(TorchHead):
         return self.module.adapter(E, pos) if self.options.residual else self.module.adapter(E)
 
     def configure_optimizer(self, params: Any, training: Any) -> Any:
-        """Adam; the gene corrections (``tune_genes``) learn at ``gene_lr`` x ``lr``."""
+        """Adam; the per-gene corrections ``U`` (``tune_genes``) learn at ``gene_lr`` x ``lr``."""
         torch = import_torch()
-        D = self.module.adapter.delta() if self.options.residual else None
-        if D is None:
+        U = self.module.adapter.delta() if self.options.residual else None
+        if U is None:
             return super().configure_optimizer(params, training)
-        rest = [p for p in self.module.parameters() if p is not D]
-        return torch.optim.Adam([{"params": rest}, {"params": [D], "lr": training.lr * self.options.gene_lr}],
+        rest = [p for p in self.module.parameters() if p is not U]
+        return torch.optim.Adam([{"params": rest}, {"params": [U], "lr": training.lr * self.options.gene_lr}],
                                 lr=training.lr, weight_decay=training.weight_decay, foreach=True)
 
     def _delta_penalty(self) -> Any:
-        """``gene_l2`` x the mean squared norm of the gene corrections (0 without ``tune_genes``)."""
-        D = self.module.adapter.delta() if self.options.residual else None
-        if D is None or not self.options.gene_l2:
+        """``gene_l2`` x the mean squared row norm of ``U`` (0 without ``tune_genes``)."""
+        U = self.module.adapter.delta() if self.options.residual else None
+        if U is None or not self.options.gene_l2:
             return 0.0
-        return self.options.gene_l2 * D.pow(2).sum(1).mean()
+        return self.options.gene_l2 * U.pow(2).sum(1).mean()
 
     def _offset(self, A: np.ndarray) -> np.ndarray:
         mu = self.arrays.get("gene_mean")
@@ -478,15 +479,15 @@ class GeneAdapterHead(TorchHead):
             w = self._w_np if rows is None else self._w_np[rows]
             if self.options.residual:
                 ad = self.module.adapter
-                H = ad.hidden_genes(self._E).float().cpu().numpy()
-                W2 = ad.out.weight.float().cpu().numpy()
+                H = ad.hidden_genes(self._E)
+                U = ad.delta()
+                H = (H if U is None else torch.cat([H, U.to(H.dtype)], dim=1)).float().cpu().numpy()
                 corr = np.asarray(Xr @ H, dtype=np.float32) - w[:, None] * (self._mu_np @ H)[None, :]
                 C0 = self._C0_np if rows is None else self._C0_np[rows]
-                z = C0 + corr @ W2.T
-                D = ad.delta()
-                if D is not None:
-                    D, V = D.float().cpu().numpy(), ad.gene_basis.float().cpu().numpy()
-                    z += (np.asarray(Xr @ D, dtype=np.float32) - w[:, None] * (self._mu_np @ D)[None, :]) @ V
+                k = ad.out.in_features
+                z = C0 + corr[:, :k] @ ad.out.weight.float().cpu().numpy().T
+                if U is not None:
+                    z += corr[:, k:] @ ad.gene_basis.float().cpu().numpy()
                 return z
             A = self.adapted(self._E).float().cpu().numpy()
             return np.asarray(Xr @ A, dtype=np.float32) - w[:, None] * (self._mu_np @ A)[None, :]
