@@ -69,6 +69,25 @@ def test_integration_with_a_tuned_gene_table_survives_save_load(batches, tmp_pat
     np.testing.assert_array_equal(loaded.get_latent_representation(), m.get_latent_representation())
 
 
+def test_pseudo_labels_split_by_batch_are_merged_by_their_mnn_pairs():
+    from scelmo_torch.integration import merge_split_clusters, mutual_neighbours
+
+    rng = np.random.default_rng(0)
+    # population A: batch 0 and batch 1 shifted apart (one Leiden cluster each); population B: mixed
+    a0 = rng.normal(0, 0.1, (40, 8)) + np.eye(8)[0]
+    a1 = rng.normal(0, 0.1, (40, 8)) + np.eye(8)[0] + 0.6 * np.eye(8)[1]
+    b01 = rng.normal(0, 0.1, (80, 8)) + 3 * np.eye(8)[2]
+    Z = np.vstack([a0, a1, b01]).astype(np.float32)
+    batch = np.r_[np.zeros(40), np.ones(40), np.tile([0, 1], 40)].astype(np.int64)
+    clusters = np.r_[np.zeros(40), np.ones(40), np.full(80, 2)].astype(np.int64)
+    merged = merge_split_clusters(clusters, mutual_neighbours(Z, batch, 5))
+    assert merged[0] == merged[40] != merged[80]  # A's two halves are one population, B stays
+    assert len(np.unique(merged)) == 2
+    # a cluster whose cells pair mostly inside it, and clusters without MNN pairs, stay as they are
+    none = [np.zeros(0, dtype=np.int64)] * len(clusters)
+    np.testing.assert_array_equal(merge_split_clusters(clusters, none), clusters)
+
+
 def test_integration_needs_a_batch_key(batches):
     a = batches.copy()
     scelmo.Model.setup_anndata(a, labels_key="bulk_labels")
@@ -115,7 +134,7 @@ def test_training_config_and_devices():
 def test_early_stopping_keeps_the_best_checked_weights(batches):
     a = batches[:300].copy()
     scelmo.Model.setup_anndata(a, labels_key="bulk_labels")
-    m = scelmo.Model(a, head="annotation").train(max_epochs=30, check_every=2, patience=1, seed=0)
+    m = scelmo.Model(a, head="annotation").train(max_epochs=30, check_every=2, patience=1, seed=0, tolerance=0.0)
     hist = m.history
     checked = hist.dropna(subset=["val_score"])
     assert m.head.best_score == checked["val_score"].max()

@@ -12,7 +12,11 @@ the zero-shot embedding and training learns a correction. Two modes:
   Its Leiden clusters (:func:`scelmo.tl.cluster`, resolution ``pseudo_resolution``) are
   pseudo-labels, and cross-batch **mutual nearest neighbours** in it (``mnn_k``, as in
   MNN-correct / Scanorama) are the positives: each cell is pulled towards an MNN partner
-  in another batch and pushed from the nearest cell of another pseudo-label. In the
+  in another batch and pushed from the nearest cell of another pseudo-label. A strong
+  batch effect splits one cell type into one cluster per batch (Kang 2018: control and
+  stimulated monocytes); pushing those apart would fight the MNN pull, so clusters are
+  merged first where the MNN pairs say they are one population
+  (:func:`merge_split_clusters`, option ``merge_pseudo_labels``). In the
   semi-supervised mode the MNN term acts on the unlabelled cells.
 
 Optional terms: a batch discriminator behind gradient reversal (``adversarial_weight``,
@@ -99,6 +103,45 @@ def mutual_neighbours(Z: np.ndarray, batch: np.ndarray, k: int) -> list[np.ndarr
     return [np.asarray(v, dtype=np.int64) for v in out]
 
 
+def merge_split_clusters(clusters: np.ndarray, partners: list[np.ndarray]) -> np.ndarray:
+    """Merge clusters that are one population split by batch, judged by MNN pairs.
+
+    ``partners[i]`` are cell ``i``'s mutual nearest neighbours in other batches
+    (:func:`mutual_neighbours`). For each cluster, count where its cells' MNN partners
+    lie; when more than half of them lie in one *other* cluster, the cells' counterparts
+    in the other batches are there, so the two clusters are one population (a cluster
+    whose cells mostly pair inside it is already mixed). Merges are transitive (union-find);
+    the result is renumbered 0..k-1. Clusters without any
+    MNN pair are left alone.
+    """
+    clusters = np.asarray(clusters, dtype=np.int64)
+    k = int(clusters.max()) + 1 if clusters.size else 0
+    counts = np.zeros((k, k), dtype=np.int64)
+    for i, ps in enumerate(partners):
+        if ps.size:
+            np.add.at(counts[clusters[i]], clusters[ps], 1)
+    parent = list(range(k))
+
+    def root(c: int) -> int:
+        while parent[c] != c:
+            parent[c] = parent[parent[c]]
+            c = parent[c]
+        return c
+
+    for a in range(k):
+        total = counts[a].sum()
+        if total == 0:
+            continue
+        others = counts[a].copy()
+        others[a] = -1
+        b = int(others.argmax())
+        if 2 * others[b] > total:
+            parent[root(a)] = root(b)
+    roots = np.array([root(c) for c in range(k)], dtype=np.int64)
+    _, codes = np.unique(roots[clusters], return_inverse=True)
+    return codes.astype(np.int64)
+
+
 def _net(d: int, hidden: int, latent: int, n_batches: int, n_classes: int, target_dim: int,
          residual: bool = False, n_genes: int = 0, gene_rank: int = 64) -> Any:
     nn = import_torch().nn
@@ -134,6 +177,9 @@ class IntegrationOptions(AdapterOptions):
     mnn_k: int = Field(10, ge=1)
     #: Leiden resolution of the zero-shot pseudo-labels (unlabelled cells).
     pseudo_resolution: float = Field(1.0, gt=0)
+    #: Merge pseudo-label clusters that the cross-batch MNN pairs join (a cell type split
+    #: by batch; :func:`merge_split_clusters`).
+    merge_pseudo_labels: bool = True
     #: Weight of the batch score in the validation score (scib: 0.4).
     batch_score_weight: float = Field(0.4, ge=0.0, le=1.0)
 
@@ -193,6 +239,8 @@ class IntegrationHead(GeneAdapterHead):
         if unlabelled.any() and o.mnn_weight > 0:
             self._pseudo_np = _leiden(zs, o.pseudo_resolution, cfg.seed)
             self._partners = mutual_neighbours(zs, b_codes, o.mnn_k)
+            if o.merge_pseudo_labels:
+                self._pseudo_np = merge_split_clusters(self._pseudo_np, self._partners)
         rng = np.random.default_rng(cfg.seed)
         train, val = split_rows(X.shape[0], cfg.validation_fraction, rng, b_codes)
         self._validation_rows(train, val, rng)
