@@ -7,10 +7,13 @@ class-weighted cross-entropy + ``triplet_weight`` x batch-hard triplet loss on `
 Training holds out a stratified ``validation_fraction`` of the labelled cells and scores
 the mean of kNN accuracy and macro-F1 on them (k=10, cosine, reference = the other
 training cells) before training (epoch 0) and every ``check_every`` epochs; it keeps the
-best-scoring weights and stops after ``patience`` checks without improvement. So on
-the validation cells the head never ends below the zero-shot kNN: when no epoch beats
-epoch 0, the head *is* the zero-shot embedding. The defaults were chosen by measurement
-on pbmc68k splits and Kang (docs/finetuning.md).
+best-scoring weights and stops after ``patience`` checks without improvement. A score
+within one validation cell's worth (``1 / n_validation``, :meth:`validation_tolerance`)
+of the best counts as a tie, won by the later, more trained epoch: on ~50 validation
+cells the score dips in the first epochs and recovers while held-out accuracy rises. So
+on the validation cells the head never ends more than one cell below the zero-shot kNN:
+when no epoch reaches epoch 0's score, the head *is* the zero-shot embedding. The
+defaults were chosen by measurement on pbmc68k splits and Kang (docs/finetuning.md).
 
 Prediction: ``"knn"`` - majority label of the k nearest training cells in ``z``
 (reference = every labelled training cell, stored with the model); ``"classifier"`` -
@@ -84,8 +87,9 @@ class AnnotationHead(GeneAdapterHead):
     Options = AnnotationOptions
     #: Measured (docs/finetuning.md): the paper's batch of 512 gives one step per epoch
     #: on small data; 128 cells and lr 1e-3 train reliably on 500 to 100,000 cells;
-    #: a check every 2 epochs with patience 3 finds the best epoch without overshooting.
-    training_defaults = {"batch_size": 128, "lr": 1e-3, "check_every": 2, "patience": 3}
+    #: a check every 2 epochs, patience 5 (patience 3 stopped pbmc68k splits during the
+    #: early dip of the validation score, before the epochs that generalise best).
+    training_defaults = {"batch_size": 128, "lr": 1e-3, "check_every": 2, "patience": 5}
 
     @property
     def classes(self) -> list[str]:
@@ -194,6 +198,15 @@ class AnnotationHead(GeneAdapterHead):
     def best_method(self) -> str:
         """"knn" or "classifier", whichever scored better on the validation cells ("knn" if unknown)."""
         return str(self.spec.get("best_method", "knn"))
+
+    def validation_tolerance(self) -> float:
+        """One held-out cell's worth of accuracy, ``1 / n_validation``: the score's resolution.
+
+        A later epoch whose score is within it of the best is kept instead (measured on
+        pbmc68k splits: the score of ~50 validation cells dips in the first epochs and
+        recovers while held-out accuracy keeps rising; docs/finetuning.md).
+        """
+        return 1.0 / self._val_rows.size if self._val_rows.size else 0.0
 
     def validation_score(self) -> float | None:
         """Mean of kNN accuracy and macro-F1 on the held-out cells (reference: training cells)."""

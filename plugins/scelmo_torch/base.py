@@ -32,8 +32,8 @@ Stable API for heads in this plugin (and third-party heads):
 
   It gets: :meth:`train_module` (shuffled mini-batches from a numpy Generator, Adam,
   bf16 autocast on CUDA, validation every ``check_every`` epochs with the best
-  weights kept and restored, early stopping after ``patience`` checks without
-  improvement, a progress bar with loss and validation score, ``self.history`` with
+  weights kept and restored (a later check within ``tolerance`` of the best replaces
+  it), early stopping after ``patience`` checks without improvement, a progress bar with loss and validation score, ``self.history`` with
   the loss, score and seconds per epoch), :meth:`inference` (eval mode, no grad,
   on a device), :meth:`save_state` / :meth:`load_state` (weights + spec, and the
   named numpy arrays in ``self.arrays``, in a directory, written atomically), and
@@ -87,6 +87,11 @@ class TrainingConfig(BaseModel):
     check_every: int = Field(5, ge=1)
     #: Checks without improvement before stopping (paper: 1, stop at the first).
     patience: int = Field(1, ge=1)
+    #: Validation-score differences up to this are noise: a later check within
+    #: ``tolerance`` of the best score so far is kept instead of it (the more trained
+    #: weights) and counts as no worse. ``None``: the head's
+    #: :meth:`TorchHead.validation_tolerance` (0 unless the head says otherwise).
+    tolerance: float | None = Field(None, ge=0.0)
     #: Fraction of the training cells held out for validation (paper: 0.1).
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     #: "auto" (CUDA > MPS > CPU), "cpu", "cuda", "cuda:N", "mps".
@@ -172,6 +177,8 @@ class TorchHead(TaskHead):
         self.training: TrainingConfig | None = None
         self.best_score: float | None = None
         self.best_epoch: int | None = None
+        #: Validation-score differences treated as noise in the last training (see TrainingConfig.tolerance).
+        self.score_tolerance: float = 0.0
         #: Named numpy arrays saved with the head (e.g. a kNN reference); not weights.
         self.arrays: dict[str, np.ndarray] = {}
 
@@ -194,6 +201,13 @@ class TorchHead(TaskHead):
     def validation_score(self) -> float | None:
         """Validation metric, higher is better (``None``: no early stopping)."""
         return None
+
+    def validation_tolerance(self) -> float:
+        """Score differences that are noise, for ``TrainingConfig(tolerance=None)`` (default 0).
+
+        Called after :meth:`prepare_training`, during training.
+        """
+        return 0.0
 
     def prepare_training(self, device: Any) -> None:
         """Move the head's data tensors to ``device`` (called before the loop)."""
@@ -229,13 +243,16 @@ class TorchHead(TaskHead):
             optimizer = self.configure_optimizer(self.module.parameters(), cfg)
             best_state: dict[str, Any] | None = None
             bad_checks = 0
+            top: float | None = None  # best validation score so far
             try:
                 self.prepare_training(dev)
+                tol = cfg.tolerance if cfg.tolerance is not None else float(self.validation_tolerance())
+                self.score_tolerance = tol
                 if self.validate_before_training:
                     score0 = self._validate()
                     if score0 is not None:
                         self.history.append({"epoch": 0.0, "loss": float("nan"), "seconds": 0.0, "val_score": score0})
-                        self.best_score, self.best_epoch = score0, 0
+                        self.best_score, self.best_epoch, top = score0, 0, score0
                         if cfg.early_stopping:
                             best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
                 desc = f"training {self.name} on {describe_device(dev)}"
@@ -255,7 +272,8 @@ class TorchHead(TaskHead):
                         if score is not None:
                             record["val_score"] = score
                             postfix["val"] = f"{score:.4f}"
-                            if self.best_score is None or score > self.best_score:
+                            if top is None or score >= top - tol:  # as good as the best, within the noise
+                                top = score if top is None else max(top, score)
                                 self.best_score, self.best_epoch, bad_checks = score, epoch, 0
                                 if cfg.early_stopping:
                                     best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
