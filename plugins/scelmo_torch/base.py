@@ -33,8 +33,9 @@ Stable API for heads in this plugin (and third-party heads):
   It gets: :meth:`train_module` (shuffled mini-batches from a numpy Generator, Adam,
   bf16 autocast on CUDA, validation every ``check_every`` epochs with the best
   weights kept and restored (a later check within ``tolerance`` of the best replaces
-  it), early stopping after ``patience`` checks without improvement, a progress bar with loss and validation score, ``self.history`` with
-  the loss, score and seconds per epoch), :meth:`inference` (eval mode, no grad,
+  it), early stopping after ``patience`` checks without improvement, a progress bar
+  with loss and validation score, ``self.history`` with the loss, score and seconds
+  per epoch), :meth:`inference` (eval mode, no grad,
   on a device), :meth:`save_state` / :meth:`load_state` (weights + spec, and the
   named numpy arrays in ``self.arrays``, in a directory, written atomically), and
   the helpers :func:`rows_to_tensor` (dense float32 tensor of some rows of a

@@ -110,35 +110,25 @@ def merge_split_clusters(clusters: np.ndarray, partners: list[np.ndarray]) -> np
     (:func:`mutual_neighbours`). For each cluster, count where its cells' MNN partners
     lie; when more than half of them lie in one *other* cluster, the cells' counterparts
     in the other batches are there, so the two clusters are one population (a cluster
-    whose cells mostly pair inside it is already mixed). Merges are transitive (union-find);
-    the result is renumbered 0..k-1. Clusters without any
-    MNN pair are left alone.
+    whose cells mostly pair inside it is already mixed). Merges are transitive (connected
+    components of these links); the result is renumbered 0..k-1. Clusters without any MNN
+    pair are left alone.
     """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     clusters = np.asarray(clusters, dtype=np.int64)
     k = int(clusters.max()) + 1 if clusters.size else 0
-    counts = np.zeros((k, k), dtype=np.int64)
-    for i, ps in enumerate(partners):
-        if ps.size:
-            np.add.at(counts[clusters[i]], clusters[ps], 1)
-    parent = list(range(k))
-
-    def root(c: int) -> int:
-        while parent[c] != c:
-            parent[c] = parent[parent[c]]
-            c = parent[c]
-        return c
-
-    for a in range(k):
-        total = counts[a].sum()
-        if total == 0:
-            continue
-        others = counts[a].copy()
-        others[a] = -1
-        b = int(others.argmax())
-        if 2 * others[b] > total:
-            parent[root(a)] = root(b)
-    roots = np.array([root(c) for c in range(k)], dtype=np.int64)
-    _, codes = np.unique(roots[clusters], return_inverse=True)
+    sizes = np.fromiter((p.size for p in partners), dtype=np.int64, count=len(partners))
+    ends = np.concatenate(partners) if sizes.sum() else np.zeros(0, dtype=np.int64)
+    counts = coo_matrix((np.ones(ends.size), (np.repeat(clusters, sizes), clusters[ends])), shape=(k, k)).toarray()
+    total = counts.sum(axis=1)
+    np.fill_diagonal(counts, -1)
+    target = counts.argmax(axis=1)
+    join = np.flatnonzero(2 * counts[np.arange(k), target] > total)  # clusters without pairs never join
+    links = coo_matrix((np.ones(join.size), (join, target[join])), shape=(k, k))
+    _, component = connected_components(links, directed=True, connection="weak")  # merges chain
+    _, codes = np.unique(component[clusters], return_inverse=True)
     return codes.astype(np.int64)
 
 
