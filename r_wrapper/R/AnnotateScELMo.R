@@ -52,6 +52,7 @@ AnnotateScELMo.Seurat <- function(object, reference = NULL, ref.labels = NULL, c
   object[[label.name]] <- stats::setNames(res$labels, colnames(object))
   object[[paste0(label.name, "_score")]] <- stats::setNames(res$scores, colnames(object))
   object <- SeuratObject::LogSeuratCommand(object = object)
+  object <- .without_secrets(object)
   object
 }
 

@@ -85,6 +85,7 @@ PredictScELMo.Seurat <- function(object, model, method = "knn", prefix = "scelmo
     )
   }
   object <- SeuratObject::LogSeuratCommand(object = object)
+  object <- .without_secrets(object)
   object
 }
 

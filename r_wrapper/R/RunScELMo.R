@@ -94,6 +94,7 @@ RunScELMo.Seurat <- function(object, assay = NULL, layer = "counts", features = 
   # everything that can fail has run: only now is the object changed
   object[[reduction.name]] <- dr
   object <- SeuratObject::LogSeuratCommand(object = object)
+  object <- .without_secrets(object)
   object
 }
 

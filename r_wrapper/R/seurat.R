@@ -117,3 +117,46 @@
   }
   config
 }
+
+# --- secrets never reach object@commands -------------------------------------------------
+# SeuratObject::LogSeuratCommand() stores the calling function's arguments (our `config`)
+# and the deparsed call, both of which may hold an API key given inline; saveRDS() would
+# then write it to disk. It has to be called from the function being logged (it reads the
+# caller's frame), so each caller passes the logged object through .without_secrets()
+# in a separate statement (wrapping the call would change the frame it reads).
+
+.secret_name <- function(nm) {
+  # describe.api_key, api_key, token, secret, password (not api_key_env: a variable name)
+  grepl("(^|[._])(api[._]?key|token|secret|password)$", nm, ignore.case = TRUE)
+}
+
+.mask_secrets <- function(x) {
+  if (!is.list(x)) return(x)
+  nms <- names(x)
+  for (i in seq_along(x)) {
+    if (!is.null(nms) && !is.na(nms[i]) && .secret_name(nms[i]) && !is.null(x[[i]])) {
+      x[i] <- list("**********")
+    } else if (is.list(x[[i]])) {
+      x[i] <- list(.mask_secrets(x[[i]]))
+    }
+  }
+  x
+}
+
+.mask_call_string <- function(s) {
+  s <- paste(s, collapse = "\n")
+  gsub("((api[._]?key|token|secret|password)[`]?\\s*=\\s*)(\"[^\"]*\"|'[^']*')", "\\1\"**********\"", s,
+       ignore.case = TRUE, perl = TRUE)
+}
+
+.without_secrets <- function(object) {
+  cmds <- methods::slot(object, "commands")
+  for (nm in grep("ScELMo", names(cmds), value = TRUE)) {
+    cmd <- cmds[[nm]]
+    methods::slot(cmd, "params") <- .mask_secrets(methods::slot(cmd, "params"))
+    methods::slot(cmd, "call.string") <- .mask_call_string(methods::slot(cmd, "call.string"))
+    cmds[[nm]] <- cmd
+  }
+  methods::slot(object, "commands") <- cmds
+  object
+}

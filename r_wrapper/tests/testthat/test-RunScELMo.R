@@ -132,3 +132,30 @@ test_that("objects too large for one call are sent in batches of cells, with the
   expect_equal(prov$n_cells, 50)
   expect_equal(prov$expression_coverage, attr(whole, "scelmo")$expression_coverage, tolerance = 1e-6)
 })
+
+test_that("an API key given inline never reaches object@commands or the saved object", {
+  skip_if_no_python()
+  seu <- toy_seurat()
+  secret <- "sk-scelmo-test-0123456789"
+  # a remote describe model with its key: never called, because the gene table is given
+  table <- file.path(tempfile(), "genes")
+  reticulate::import("scelmo.testing")$random_gene_embeddings(toy_genes, dim = 16L)$save(table)
+  cfg <- list(gene.embeddings = table, describe.model = "openai/gpt-4o-mini", describe.api_key = secret)
+  # the key in a variable (logged in params) and written inline (logged in the call string)
+  a <- RunScELMo(seu, config = cfg, verbose = FALSE)
+  b <- RunScELMo(seu, config = list(gene.embeddings = table, describe.model = "openai/gpt-4o-mini",
+                                    describe.api_key = "sk-scelmo-test-0123456789"), verbose = FALSE)
+  expect_equal(ncol(SeuratObject::Embeddings(a, "scelmo")), 16)
+  for (o in list(a, b)) {
+    f <- tempfile(fileext = ".rds")
+    saveRDS(o, f, compress = FALSE)
+    bytes <- readBin(f, "raw", file.size(f))
+    expect_false(grepl(secret, rawToChar(bytes[bytes != as.raw(0)]), fixed = TRUE, useBytes = TRUE))
+    cmd <- o@commands[[grep("RunScELMo", names(o@commands))[1]]]
+    expect_identical(cmd@params$config$describe.api_key, "**********")
+    expect_identical(cmd@params$aggregator, "wa")  # other arguments are kept as they were
+  }
+  cmd <- b@commands[[grep("RunScELMo", names(b@commands))[1]]]
+  expect_match(cmd@call.string, "describe.api_key = \"**********\"", fixed = TRUE)
+  expect_match(cmd@call.string, "verbose = FALSE", fixed = TRUE)
+})
