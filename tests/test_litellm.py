@@ -562,3 +562,21 @@ def test_annotate_with_llm_cell_type_descriptions(server, tmp_path, pbmc):
     assert all(a.startswith("Please summarize the major function of cell type: ") for a in asked)
     assert set(small.obs["scelmo_label"]) <= {"T cell", "B cell", "monocyte", "unknown"}
     assert small.uns["scelmo"]["annotate"]["cell_type_descriptions"]["prompt"] == "cell-type"
+
+
+def test_offline_check_follows_the_endpoint_requests_go_to(tmp_path, monkeypatch):
+    """`extra.api_base` / `extra.base_url` override `api_base` in the call, so they decide too."""
+    monkeypatch.delenv("OPENAI_API_BASE", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    base = {"describe.model": "openai/gpt-4o-mini", "describe.api_key_env": "PATH", "offline": True,
+            "cache.path": str(tmp_path / "c.sqlite")}
+    loop = "http://127.0.0.1:9/v1"
+    for extra in ({"base_url": "https://api.example.com/v1"}, {"api_base": "https://api.example.com/v1"}):
+        s = get_settings({**base, "describe.api_base": loop, "describe.options": {"extra": extra}})
+        with pytest.raises(OfflineError, match="uses the network"):
+            roles.description_writer(s)
+    comp = roles.description_writer(get_settings({**base, "describe.options": {"extra": {"base_url": loop}}}))
+    assert not comp.requires_network
+    assert not roles.description_writer(get_settings({**base, "describe.api_base": loop})).requires_network
+    monkeypatch.setenv("OPENAI_API_BASE", loop)  # litellm's own variable, no api_base given
+    assert not roles.description_writer(get_settings(base)).requires_network

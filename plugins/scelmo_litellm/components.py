@@ -100,7 +100,9 @@ class _LiteLLMComponent:
                 f"Export it (`export {o.api_key_env}=...`) before running scelmo."
             )
         self._router: Any = None
-        local = self.model.startswith("scelmo/") or is_loopback(o.api_base)
+        # decided from where requests really go: an `extra` api_base/base_url overrides
+        # `api_base` in the call, and without either litellm reads the provider's variable
+        local = self.model.startswith("scelmo/") or is_loopback(self._base())
         if o.model_list:
             local = all(
                 is_loopback((d.get("litellm_params") or {}).get("api_base"))
