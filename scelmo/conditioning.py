@@ -115,8 +115,10 @@ class Conditioning:
 
     # -- persistence ---------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Write an ``.npz`` file (no pickles)."""
-        with open(path, "wb") as fh:
+        """Write an ``.npz`` file (no pickles), atomically."""
+        from scelmo.io import atomic_path
+
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, mean=self.mean, components=self.components, n_genes_fitted=np.int64(self.n_genes_fitted))
 
     @classmethod

@@ -55,6 +55,7 @@ from scelmo.expression.selection import (
     should_normalize,
 )
 from scelmo.expression.selection import gene_stats as compute
+from scelmo.io import atomic_dir
 from scelmo.model import Model
 from scelmo.redact import mask
 from scelmo.tl._embedding import flavor_plan
@@ -619,9 +620,16 @@ def save(model: Any, path: str, *, overwrite: bool = False) -> dict[str, Any]:
         target = Path(path).expanduser()
         if target.exists() and not overwrite:
             raise InputError(f"{target} exists; pass overwrite = TRUE to replace it, or choose another path.")
-        out = model.save(target, overwrite=bool(overwrite))
-        (out / SIDECAR).write_text(json.dumps({"format": "scelmo.r_bridge", **_extra(model)}), encoding="utf-8")
-        return {"path": str(out.resolve())}
+        # the model and its sidecar appear together: both are written into one temporary
+        # sibling folder that replaces `target` only when complete
+        with atomic_dir(target, overwrite=bool(overwrite)) as tmp:
+            staged = model.save(tmp / "model")
+            (staged / SIDECAR).write_text(json.dumps({"format": "scelmo.r_bridge", **_extra(model)}),
+                                          encoding="utf-8")
+            for item in staged.iterdir():
+                item.rename(tmp / item.name)
+            staged.rmdir()
+        return {"path": str(target.resolve())}
 
     return _call(run)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from scelmo.errors import IntegrityError
-from scelmo.io import sha256_file
+from scelmo.io import atomic_path, sha256_file
 
 DATA = Path(__file__).parent / "data"
 FILE = "minilm_protein_coding_vectors.npz.xz"
@@ -105,7 +105,8 @@ def write(path: Path, texts: Sequence[str], vectors: np.ndarray, meta: dict, ste
     buf = io.BytesIO()
     np.savez(buf, keys=text_keys(texts), codes_t=np.ascontiguousarray(codes.T), mean=mean, basis=basis,
              step=np.float32(step), meta=np.array(json.dumps(meta, sort_keys=True)))
-    path.write_bytes(lzma.compress(buf.getvalue(), preset=9 | lzma.PRESET_EXTREME))
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(lzma.compress(buf.getvalue(), preset=9 | lzma.PRESET_EXTREME))
     return meta
 
 
