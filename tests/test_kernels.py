@@ -155,15 +155,25 @@ def test_duplicates_and_unsorted_indices(rng, W):
     _assert_close(csr_matmul(indptr, indices, data, T), ref)
 
 
-def test_very_sparse_rows_auto_dispatch(rng):
-    # ~1 nnz per row over 2000 genes: csr_matmul picks the row-gather kernel
+def test_very_sparse_rows_auto_dispatch(rng, monkeypatch):
+    # ~1 nnz per row over 2000 genes: csr_matmul picks the row-gather kernel; dense rows
+    # go to the gene-scatter kernel
+    import scelmo_zeroshot.kernels as K
+
+    chosen: list[str] = []
+    real = K._get_kernel
+    monkeypatch.setattr(K, "_get_kernel", lambda kind, W: (chosen.append(kind), real(kind, W))[1])
     n, g, d = 500, 2000, 64
     indptr, indices, data = _random_csr(rng, n, g, 0.0005, empty_rows=(1, 2))
     E = rng.standard_normal((g, d)).astype(np.float32)
     T = TiledEmbedding.from_matrix(E)
     ref = _dense_ref(indptr, indices, data, E)
     _assert_close(csr_matmul(indptr, indices, data, T), ref)
+    assert chosen == ["gather"]
     _assert_close(csr_matmul_scatter(indptr, indices, data, T), ref)
+    indptr, indices, data = _random_csr(rng, 400, g, 0.3)
+    _assert_close(csr_matmul(indptr, indices, data, T), _dense_ref(indptr, indices, data, E))
+    assert chosen[-1] == "scatter"
 
 
 def test_zero_rows_and_no_nonzeros(rng):

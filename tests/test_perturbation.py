@@ -37,8 +37,11 @@ def test_delta_scores_on_hand_made_cases():
     expected_r2 = 1 - ((0.5 * dt) ** 2).sum() / ((dt - dt.mean()) ** 2).sum()
     assert half["r2_delta"] == pytest.approx(expected_r2)
     assert P.delta_scores(ctrl, true, ctrl)["r2_delta"] < 0  # "no change" is worse than the mean delta
-    sub = P.delta_scores(true, true, ctrl, genes=[0, 2])
-    assert sub["n_genes"] == 2
+    wrong = true.copy()
+    wrong[[1, 3]] += 5.0  # wrong only outside the scored genes
+    sub = P.delta_scores(wrong, true, ctrl, genes=[0, 2])
+    assert sub["n_genes"] == 2 and sub["r2_delta"] == pytest.approx(1.0) and sub["mse_delta"] == 0.0
+    assert P.delta_scores(wrong, true, ctrl)["r2_delta"] < 0
     with pytest.raises(InputError, match="one value per gene"):
         P.delta_scores(true[:3], true, ctrl)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -132,7 +130,6 @@ def test_embed_genes_and_config():
     assert r_bridge.info()["protocol"] == r_bridge.PROTOCOL
 
 
-@pytest.mark.skipif(not hasattr(scelmo.tl, "annotate"), reason="scelmo.tl.annotate does not exist yet (issue owned by another developer)")
 def test_annotate_zero_shot_and_transfer(small):
     X, cells, obs = small
     out = r_bridge.annotate(make_payload(X, cells, GENES), cell_types=_strings(["T cell", "B cell"]), n_cell_types=2)
@@ -150,6 +147,19 @@ def test_annotate_zero_shot_and_transfer(small):
     assert not missing["ok"] and "nope" in missing["message"]
 
 
+def test_annotate_transfer_gets_the_labels_right():
+    """Reference and query are different cells of three groups with their own marker genes."""
+    Xr, cells_r, obs_r = _blocks(90, seed=0)
+    Xq, cells_q, obs_q = _blocks(60, seed=1)
+    ref = make_payload(Xr, cells_r, GENES, obs_r)
+    out = r_bridge.annotate(make_payload(Xq, cells_q, GENES), reference=ref, ref_labels="type", k=5)
+    assert out["ok"], out
+    pred = np.array(r_bridge.decode_strings(out["labels"], len(cells_q)))
+    assert (pred == obs_q["type"].astype(str).to_numpy()).mean() >= 0.9
+    scores = np.frombuffer(out["scores"], dtype="<f8")
+    assert np.median(scores) >= 0.8  # vote shares: most neighbours agree
+
+
 def test_annotate_without_tl_annotate_is_a_clear_error(small, monkeypatch):
     monkeypatch.delattr(scelmo.tl, "annotate", raising=False)  # an older Python package
     X, cells, _ = small
@@ -157,7 +167,8 @@ def test_annotate_without_tl_annotate_is_a_clear_error(small, monkeypatch):
     assert not out["ok"] and "tl.annotate" in out["message"]
 
 
-def test_50k_cells_decode_in_well_under_a_second(rng):
+def test_50k_cells_decode(rng):
+    """The R-side crossing size; its speed is printed by the R tests, not asserted here."""
     n_cells, n_genes, per_cell = 50_000, 2_000, 100  # 5 M non-zeros, like the R-side test
     p = np.arange(0, (n_cells + 1) * per_cell, per_cell, dtype="<i4")
     i = np.tile(np.arange(0, n_genes, n_genes // per_cell, dtype="<i4"), n_cells)
@@ -167,12 +178,10 @@ def test_50k_cells_decode_in_well_under_a_second(rng):
         "p": bytearray(p.tobytes()), "obs_names": _strings(f"c{j}" for j in range(n_cells)),
         "var_names": _strings(f"g{j}" for j in range(n_genes)), "obs": [],
     }
-    t0 = time.perf_counter()
     adata = r_bridge.to_anndata(payload)
-    elapsed = time.perf_counter() - t0
     assert adata.shape == (n_cells, n_genes) and adata.X.nnz == x.size
     assert adata.X.sum() == x.sum()
-    assert elapsed < 5, elapsed
+    assert adata.obs_names[-1] == f"c{n_cells - 1}" and adata.var_names[-1] == f"g{n_genes - 1}"
 
 
 def test_rds_without_the_r_extra_is_a_clear_error(monkeypatch, tmp_path):

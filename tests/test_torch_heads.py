@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -12,7 +13,7 @@ from scelmo.errors import ConfigError, InputError
 
 torch = pytest.importorskip("torch")
 
-from scelmo_torch.adapter import batch_hard_triplet_loss  # noqa: E402
+from scelmo_torch.adapter import batch_hard_triplet_loss, knn_predict_codes, macro_f1_codes  # noqa: E402
 from scelmo_torch.base import TrainingConfig, split_rows  # noqa: E402
 from scelmo_torch.device import resolve_device, torch_session  # noqa: E402
 
@@ -139,7 +140,16 @@ def test_early_stopping_keeps_the_best_checked_weights(batches):
     checked = hist.dropna(subset=["val_score"])
     assert m.head.best_score == checked["val_score"].max()
     assert m.head.best_epoch in set(checked["epoch"].astype(int))
-    assert len(hist) == 30 or checked["val_score"].iloc[-1] <= m.head.best_score
+    # the weights kept are the best check's: re-scoring them on the validation cells gives
+    # the best score back (not the last check's, which early stopping left behind)
+    h, z = m.head, m.get_latent_representation()
+    assert a.obs["bulk_labels"].notna().all()  # so the head's rows are the cells of `a`
+    y, n = np.asarray(pd.Categorical(a.obs["bulk_labels"].astype(str), categories=h.classes).codes), len(h.classes)
+    pred = knn_predict_codes(z[h._val_rows], z[h._ref_rows], y[h._ref_rows], n, h.options.knn_k)
+    yv = y[h._val_rows]
+    rescored = 0.5 * (float((pred == yv).mean()) + macro_f1_codes(yv, pred, n))
+    assert rescored == pytest.approx(h.best_score, abs=1e-6)
+    assert len(checked) >= 2 and checked["val_score"].iloc[-1] < m.head.best_score or len(hist) == 30
 
 
 @pytest.mark.parametrize("fmt", ["csr", "dense"])
