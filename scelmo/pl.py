@@ -31,12 +31,20 @@ def embedding(
     basis
         ``obsm`` key with 2-D coordinates; default the UMAP of the scelmo graph
         (run :func:`scelmo.tl.cluster` and :func:`scelmo.tl.umap` first).
+    adata
+        Cells with ``adata.obsm[basis]``.
     color
         ``obs`` column(s) or gene name(s), as in :func:`scanpy.pl.embedding`.
+    title
+        Figure title.
     save
         Write the figure to this path (PNG, PDF, SVG... by extension), atomically.
     show
         Show the figure (default: only when not saving).
+    dpi
+        Resolution of the saved figure.
+    **kwargs
+        Passed to :func:`scanpy.pl.embedding`.
 
     Returns
     -------
@@ -102,6 +110,20 @@ def metrics_bar(
         column and one numeric column per metric.
     metrics
         Columns to plot (default: every numeric column).
+    method_col
+        Column naming the methods.
+    title
+        Figure title.
+    save
+        Write the figure to this path (PNG, PDF, SVG... by extension), atomically.
+    show
+        Show the figure (default: only when not saving).
+    dpi
+        Resolution of the saved figure.
+
+    Returns
+    -------
+    The matplotlib Figure.
     """
     show = _begin(save, show)
     import matplotlib.pyplot as plt
@@ -138,7 +160,21 @@ def confusion_matrix(
     show: bool | None = None,
     dpi: int = 150,
 ) -> Any:
-    """Heatmap of true vs predicted labels (rows normalised to fractions by default)."""
+    """Heatmap of true vs predicted labels (rows normalised to fractions by default).
+
+    Parameters
+    ----------
+    labels_true, labels_pred
+        One label per cell.
+    normalize
+        Show each true label's row as fractions (default) instead of cell counts.
+    title, save, show, dpi
+        As in :func:`metrics_bar`.
+
+    Returns
+    -------
+    The matplotlib Figure.
+    """
     show = _begin(save, show)
     import matplotlib.pyplot as plt
 
@@ -217,6 +253,14 @@ def in_silico_ranking(
         Draw the random-gene band (only for the column the null was computed on).
     robust
         Band and z from the null's median and robust SD (default) or its mean and SD.
+    key
+        ``uns`` key of the result when ``data`` is an AnnData.
+    title, save, show, dpi
+        As in :func:`metrics_bar`.
+
+    Returns
+    -------
+    The matplotlib Figure.
     """
     show = _begin(save, show)
     import matplotlib.pyplot as plt
@@ -294,6 +338,17 @@ def training_history(
     records them. Right: the validation score on the epochs it was checked (the one early
     stopping follows), with the best epoch marked. ``model`` may also be the history
     DataFrame itself (``model.history``).
+
+    Parameters
+    ----------
+    model
+        A trained :class:`scelmo.Model`, or its ``history`` DataFrame.
+    title, save, show, dpi
+        As in :func:`metrics_bar`.
+
+    Returns
+    -------
+    The matplotlib Figure.
     """
     show = _begin(save, show)
     import matplotlib.pyplot as plt
@@ -360,6 +415,8 @@ def perturbation_deltas(
         Panels to draw, in order (default: every key of ``observed``).
     ncols
         Panels per row.
+    title, save, show, dpi
+        As in :func:`metrics_bar`.
 
     Returns
     -------
@@ -427,6 +484,8 @@ def integration_scores(
         A pandas DataFrame (or list of dicts) with one row per method and the columns
         ``method_col``, ``bio_col``, ``batch_col`` and (optionally) ``total_col``, e.g.
         the aggregate columns of ``scib_metrics.benchmark.Benchmarker.get_results()``.
+    method_col, bio_col, batch_col
+        Columns of the method names, bio-conservation and batch-correction scores.
     total_col
         Column with the total score; where it is missing (``None``, no such column or
         NaN) the total is ``0.6 * bio + 0.4 * batch``.

@@ -102,6 +102,8 @@ class Model:
 
         Parameters
         ----------
+        adata
+            The AnnData to register (training data, or query data to predict on).
         labels_key
             ``obs`` column of cell types (annotation; optional for integration: cells
             with a missing label are used unsupervised).
@@ -203,14 +205,16 @@ class Model:
         max_epochs, batch_size, lr, early_stopping
             Training settings; ``None`` keeps the head's default (annotation: at most 30
             epochs, batch 128, lr 1e-3, a validation check every 2 epochs including the
-            untrained zero-shot start, the best epoch kept, stop after 3 checks without
-            improvement; see docs/finetuning.md).
+            untrained zero-shot start, the best epoch kept, stop after 5 checks without
+            improvement beyond a noise margin of 1 / validation cells; see docs/finetuning.md).
         device
             ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
         seed
             Seeds every random choice (split, batches, initial weights).
         num_threads
             torch CPU threads (default 1 on CPU, which was 3-5x faster on 2 cores).
+        progress
+            Show a progress bar (default: when attached to a terminal).
         **training
             Further settings of the head (e.g. ``check_every``, ``patience``,
             ``validation_fraction``, ``weight_decay``, ``amp``).
@@ -278,6 +282,8 @@ class Model:
 
         Parameters
         ----------
+        adata
+            Cells to label (default: the training data); embedded with the model's genes.
         method
             ``"knn"``: majority label of the ``k`` (default 10) cosine-nearest training
             cells in the learned space; ``"classifier"``: the head's classifier; ``"auto"``:
@@ -286,9 +292,14 @@ class Model:
         return_probabilities
             Return a DataFrame (cells x classes) of classifier probabilities, or of the
             neighbours' vote shares for ``"knn"``, instead of labels.
+        k
+            Neighbours for ``"knn"`` (default 10).
         key_added
             Also write ``adata.obs[key_added]`` (e.g. ``"scelmo_label"``) and
             ``adata.obs[key_added + "_score"]`` (the winning probability / vote share).
+        device
+            Torch device for the forward pass (default: the device it was trained on;
+            ``"auto"`` for a loaded model).
         """
         import pandas as pd
 
@@ -332,10 +343,14 @@ class Model:
         perturbation
             One name for all cells (``"KLF1"``, ``"KLF1+CEBPA"`` for a combination) or one
             per cell. Each component needs a vector: seen in training, a measured gene
-            (its gene vector), or given through ``perturbation_embeddings``.
+            (its gene vector), or given to the head when the model was made
+            (``Model(adata, head="perturbation", perturbation_embeddings={...})``).
         mean
             Return the mean over cells (a Series by gene) instead of the cells x genes
             prediction.
+        device
+            Torch device for the forward pass (default: the device it was trained on;
+            ``"auto"`` for a loaded model).
 
         Returns
         -------

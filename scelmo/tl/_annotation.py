@@ -90,6 +90,11 @@ def knowledge_markers(
     n_markers
         The ``n_markers`` genes most like each type are taken, less those more like
         another candidate.
+    config
+        Settings or a mapping of overrides: which knowledge source (or LLM) describes
+        the genes and which embedder compares the texts.
+    progress
+        Show progress bars (default: when attached to a terminal).
 
     Returns
     -------
@@ -245,16 +250,26 @@ def annotate(
         :func:`scelmo.tl.embed_cells`); counts are log-normalised first.
     k
         Neighbours for the reference vote (10, as in the paper).
+    use_rep
+        ``obsm`` key of the cell embedding (computed when missing).
     min_score
         Cells scoring below this get ``unknown_label`` (default 0: never).
+    unknown_label
+        Label of cells below ``min_score`` and of clusters expressing no candidate's
+        markers (``method="markers"``).
     temperature
         Softmax temperature turning prompt similarities into scores.
+    config
+        Settings or a mapping of overrides (see :mod:`scelmo.config`); also used for
+        the embeddings computed here.
     key_added
         ``obs`` column for labels; scores go to ``obs[key_added + "_score"]``.
     copy
         Leave ``adata`` (and ``reference``) untouched and return a modified copy of
         ``adata`` (scanpy's convention). Without it, missing embeddings are written to
         ``adata.obsm[use_rep]`` and ``reference.obsm[use_rep]``.
+    progress
+        Show progress bars (default: when attached to a terminal).
 
     Returns
     -------

@@ -508,10 +508,12 @@ def embed_cells(
     species
         ``"human"``, ``"mouse"`` or ``"auto"``.
     precision
-        Storage of the gene vectors during aggregation: ``"float32"`` (default) or
-        ``"bfloat16"`` (half the memory and cache footprint; float32 accumulation; cell
-        vectors within 2e-3 of the float32 ones relative to each row's largest value,
-        see docs/performance.md).
+        Storage of the gene vectors during aggregation: ``"float32"`` (default),
+        ``"float16"`` or ``"bfloat16"`` (half the memory and cache footprint; float32
+        accumulation). Measured against float32 (max difference relative to each row's
+        largest value, benchmarks/results/scale): float16 4.3e-4, bfloat16 3.4e-3
+        (8 significant bits); choose float16 unless the vectors exceed its range
+        (65,504). See docs/performance.md.
     config
         Settings or a mapping of overrides (``aggregate.*``, see :mod:`scelmo.config`).
     key_added
