@@ -35,14 +35,9 @@ def embedding(
         Cells with ``adata.obsm[basis]``.
     color
         ``obs`` column(s) or gene name(s), as in :func:`scanpy.pl.embedding`.
-    title
-        Figure title.
-    save
-        Write the figure to this path (PNG, PDF, SVG... by extension), atomically.
-    show
-        Show the figure (default: only when not saving).
-    dpi
-        Resolution of the saved figure.
+    title, save, show, dpi
+        As in :func:`metrics_bar` (``save`` writes the figure atomically; ``show``
+        defaults to showing only when not saving).
     **kwargs
         Passed to :func:`scanpy.pl.embedding`.
 
