@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from scelmo.errors import InputError
+from scelmo.io import atomic_path
 
 #: Default number of principal directions removed (see the module docstring).
 DEFAULT_COMPONENTS = 10
@@ -116,8 +117,6 @@ class Conditioning:
     # -- persistence ---------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write an ``.npz`` file (no pickles), atomically."""
-        from scelmo.io import atomic_path
-
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, mean=self.mean, components=self.components, n_genes_fitted=np.int64(self.n_genes_fitted))
 
