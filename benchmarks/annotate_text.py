@@ -7,7 +7,9 @@ scored on the 1,638 ``scgen_valid`` cells and on all cells). Each candidate list
 type names: no reference, no training. Both text-prompt methods are run (``markers``, the
 default, and ``embedding``), with the default scelmo embedding and the offline knowledge.
 A control: the same markers pipeline with the gene -> description assignment shuffled
-(the knowledge is wrong, the rest is the same).
+(the knowledge is wrong, the rest is the same). Whether the scores mean something is measured
+per run: the AUROC of a cell's score for "its label is right" and the accuracy of the cells
+scored above and below the median.
 
 Writes ``benchmarks/results/annotate_text/``: ``results.csv``, ``results.md`` and
 confusion-matrix PNGs.
@@ -93,6 +95,20 @@ def _shuffled_knowledge():
     return cm()
 
 
+def _score_reliability(score: np.ndarray, correct: np.ndarray) -> dict[str, float]:
+    """Do the scores mean something? AUROC of the score for "this call is right" (0.5: no
+    information) and the accuracy of the cells scored above / below the median."""
+    from sklearn.metrics import roc_auc_score
+
+    auc = float(roc_auc_score(correct, score)) if 0 < correct.mean() < 1 else float("nan")
+    hi = score > np.median(score)
+    if not hi.any() or hi.all():  # ties at the median: split at the mean instead
+        hi = score > score.mean()
+    return {"score_auroc": auc,
+            "accuracy_high_score": float(correct[hi].mean()) if hi.any() else float("nan"),
+            "accuracy_low_score": float(correct[~hi].mean()) if (~hi).any() else float("nan")}
+
+
 def main(argv: list[str] | None = None) -> int:
     import scelmo
     from scelmo import metrics as M
@@ -131,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 v = ok & valid
                 row.update({"accuracy_scgen_valid": M.accuracy(y[v], pred[v]),
                             "macro_f1_scgen_valid": M.macro_f1(y[v], pred[v])})
+            row.update(_score_reliability(a.obs["scelmo_label_score"].to_numpy()[ok], pred[ok] == y[ok]))
             rows.append(row)
             print(row, flush=True)
             if not control:
@@ -144,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     df = pd.DataFrame(rows)
     df.to_csv(args.out / "results.csv", index=False, float_format="%.4f")
     cols = ["task", "method", "n_types", "n_cells", "accuracy", "macro_f1", "accuracy_scgen_valid",
-            "macro_f1_scgen_valid", "unknown_frac", "seconds"]
+            "macro_f1_scgen_valid", "unknown_frac", "score_auroc", "accuracy_high_score", "accuracy_low_score",
+            "seconds"]
     cols = [c for c in cols if c in df.columns]
     lines = ["# Names-only text-prompt annotation", "",
              f"`benchmarks/annotate_text.py {' '.join(portable_argv(sys.argv[1:]))}`, "
