@@ -89,11 +89,44 @@ def test_text_prompt_markers_on_real_pbmc(pbmc):
         ({}, "either `reference`"),
         ({"cell_types": ["only one"]}, "at least two"),
         ({"cell_types": "B cell"}, "list of names"),
+        ({"cell_types": ["", "B cell"]}, "non-empty names"),
+        ({"cell_types": [None, "B cell"]}, "non-empty names"),
+        ({"cell_types": ["B cell", "b cell ", "T cell"]}, "case or spacing"),
+        ({"cell_types": ["B cell", "unknown"]}, "both a candidate and `unknown_label`"),
+        ({"cell_types": ["B cell", "T cell"], "k": 0}, "k must be a positive integer"),
+        ({"cell_types": ["B cell", "T cell"], "temperature": 0}, "temperature must be a positive"),
+        ({"cell_types": ["B cell", "T cell"], "key_added": None}, "key_added must be a non-empty string"),
+        ({"cell_types": ["B cell", "T cell"], "method": "bogus"}, "method must be"),
+        ({"reference": np.zeros((3, 3)), "ref_labels": "x"}, "reference must be an AnnData"),
     ],
 )
 def test_annotate_bad_input(pbmc, kwargs, match):
     with pytest.raises(InputError, match=match):
         scelmo.tl.annotate(pbmc, **kwargs)
+    if "cell_types" in kwargs and isinstance(kwargs["cell_types"], list) and kwargs.get("method") == "bogus":
+        assert keys.X_SCELMO not in pbmc.obsm  # refused before any embedding was computed
+
+
+def test_annotate_refuses_non_finite_embeddings(pbmc):
+    scelmo.tl.embed_cells(pbmc)
+    pbmc.obsm[keys.X_SCELMO][3, 0] = np.nan
+    for kwargs in ({"cell_types": ["B cell", "T cell"], "method": "embedding"},
+                   {"reference": pbmc[:100].copy(), "ref_labels": "bulk_labels"}):
+        with pytest.raises(InputError, match=r"NaN or infinite values in 1 cells \(e\.g\. " + pbmc.obs_names[3]):
+            scelmo.tl.annotate(pbmc, **kwargs)
+    with pytest.raises(InputError, match="NaN or infinite values"):
+        scelmo.tl.cluster(pbmc)
+
+
+def test_reference_transfer_to_a_one_type_query(pbmc):
+    """A query of one cell type is embedded with its reference's gene statistics, not its own
+    (centred on itself, its cells land among other types: 36% right before this)."""
+    ref, rest = pbmc[:500].copy(), pbmc[500:]
+    for label in ("CD19+ B", "CD14+ Monocyte"):
+        query = rest[rest.obs["bulk_labels"] == label].copy()
+        scelmo.tl.annotate(query, reference=ref, ref_labels="bulk_labels")
+        assert (query.obs[keys.LABEL].astype(str) == label).mean() >= 0.8, label
+        assert query.uns[keys.PROVENANCE]["annotate"]["query_gene_stats"] == "reference"
 
 
 def test_reference_needs_labels(pbmc):

@@ -39,8 +39,8 @@ from scelmo.knowledge import roles
 from scelmo.knowledge.descriptions import describe
 from scelmo.plugin import KnowledgeSource, split_phrases
 from scelmo.tl._clustering import cluster
-from scelmo.tl._common import _copy_of
-from scelmo.tl._embedding import embed_cells
+from scelmo.tl._common import _check_finite, _copy_of
+from scelmo.tl._embedding import embed_cells, reference_gene_stats
 
 
 def prompt_match(
@@ -227,7 +227,11 @@ def annotate(
         :func:`scelmo.tl.embed_cells` (same ``config``) if missing.
     reference, ref_labels
         Labelled reference AnnData and its labels (an ``obs`` column name or an array):
-        kNN label transfer. Reference embeddings are computed if missing.
+        kNN label transfer. Reference embeddings are computed if missing; a query
+        embedding computed here uses the reference's gene statistics (gene selection
+        and centring, :func:`scelmo.tl._embedding.reference_gene_stats`), so a query of
+        few cell types is placed as the reference would place it. A query embedded
+        beforehand on its own statistics is used as it is.
     cell_types
         Candidate cell types for text-prompt annotation: a list of names, or a mapping
         ``name -> description`` whose descriptions are embedded instead of the names.
@@ -284,10 +288,18 @@ def annotate(
         adata = _copy_of(adata)
         if reference is not None and use_rep not in reference.obsm:
             reference = _copy_of(reference)  # its embedding is computed below: not into the caller's object
-    if use_rep not in adata.obsm:
-        embed_cells(adata, config=config, key_added=use_rep, progress=progress)
-    query = np.asarray(adata.obsm[use_rep], dtype=np.float32)
+    _check_options(k=k, temperature=temperature, key_added=key_added, method=method, reference=reference)
     info: dict[str, Any] = {"use_rep": use_rep, "min_score": min_score}
+    if use_rep not in adata.obsm:
+        stats = None
+        if reference is not None:  # the query embedded as its reference: same genes selected, same centring
+            agg = get_settings(config).aggregate
+            _, query_genes, _ = select_matrix(adata, layer=agg.layer, use_raw=agg.use_raw)
+            stats = reference_gene_stats(reference, [str(g) for g in query_genes], config=config, progress=progress)
+            info["query_gene_stats"] = "reference"
+        embed_cells(adata, config=config, key_added=use_rep, gene_stats=stats, progress=progress)
+    query = np.asarray(adata.obsm[use_rep], dtype=np.float32)
+    _check_finite(query, use_rep, adata)
     if reference is not None:
         pred, score = _transfer_labels(query, reference, ref_labels, use_rep=use_rep, k=k, config=config,
                                        progress=progress, info=info)
@@ -308,6 +320,20 @@ def annotate(
     return adata if copy else None
 
 
+def _check_options(*, k: int, temperature: float, key_added: Any, method: str, reference: Any) -> None:
+    """Options checked before any work (an embedding computed for nothing is written to ``obsm``)."""
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise InputError(f"k must be a positive integer (neighbours in the vote), got {k!r}.")
+    if not np.isfinite(temperature) or temperature <= 0:
+        raise InputError(f"temperature must be a positive number, got {temperature!r}.")
+    if not isinstance(key_added, str) or not key_added:
+        raise InputError(f"key_added must be a non-empty string (an obs column name), got {key_added!r}.")
+    if method not in ("markers", "embedding"):
+        raise InputError(f"method must be 'markers' or 'embedding', got {method!r}.")
+    if reference is not None and not (hasattr(reference, "obs") and hasattr(reference, "n_obs")):
+        raise InputError(f"reference must be an AnnData with labelled cells, got {type(reference).__name__}.")
+
+
 def _transfer_labels(query: np.ndarray, reference: Any, ref_labels: str | Sequence[Any] | None, *, use_rep: str,
                      k: int, config: Any, progress: bool | None, info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Labels of the ``k`` nearest reference cells (:func:`scelmo.knn.knn_vote`), and their vote share."""
@@ -324,6 +350,7 @@ def _transfer_labels(query: np.ndarray, reference: Any, ref_labels: str | Sequen
     if use_rep not in reference.obsm:
         embed_cells(reference, config=config, key_added=use_rep, progress=progress)
     ref = np.asarray(reference.obsm[use_rep], dtype=np.float32)
+    _check_finite(ref, use_rep, reference)
     if ref.shape[1] != query.shape[1]:
         raise InputError(
             f"Query ({query.shape[1]}-d) and reference ({ref.shape[1]}-d) embeddings differ in width; "
@@ -342,6 +369,8 @@ def _labels_from_names(adata: Any, query: np.ndarray, cell_types: Sequence[str] 
     """Labels from cell-type names alone: marker genes chosen by gene knowledge (``"markers"``)
     or the cosine of cell and text vectors (``"embedding"``), and their scores."""
     names, texts = _cell_type_texts(cell_types)
+    if unknown_label in names:
+        raise InputError(f"{unknown_label!r} is both a candidate and `unknown_label`; rename one of them.")
     if describe_cell_types and not isinstance(cell_types, Mapping):
         described = describe(names, subject="cell_type", config=config, progress=progress)
         texts = [described.texts.get(n, n) for n in names]  # failures fall back to the name
@@ -391,6 +420,13 @@ def _cell_type_texts(cell_types: Sequence[str] | Mapping[str, str]) -> tuple[lis
         raise InputError("List at least two candidate cell types.")
     if len(set(names)) != len(names):
         raise InputError("Candidate cell types must be unique.")
+    raw = list(cell_types)
+    if any(n is None or not str(n).strip() or str(n).strip().lower() in ("none", "nan") for n in raw):
+        raise InputError("Candidate cell types must be non-empty names (got an empty string, None or NaN).")
+    folded = [" ".join(n.lower().split()) for n in names]
+    if len(set(folded)) != len(folded):
+        dup = sorted({n for n, f in zip(names, folded, strict=True) if folded.count(f) > 1})
+        raise InputError(f"Candidate cell types differ only in case or spacing: {dup}; list each type once.")
     return names, texts
 
 

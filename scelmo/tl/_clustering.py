@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from scelmo import keys, provenance
 from scelmo.errors import ScelmoError
-from scelmo.tl._common import _copy_of
+from scelmo.tl._common import _check_finite, _copy_of
 
 
 def cluster(
@@ -42,6 +44,7 @@ def cluster(
 
     if use_rep not in adata.obsm:
         raise ScelmoError(f"adata.obsm[{use_rep!r}] not found. Run `scelmo.tl.embed_cells` first.")
+    _check_finite(np.asarray(adata.obsm[use_rep]), use_rep, adata)
     if copy:
         adata = _copy_of(adata)
     sc.pp.neighbors(

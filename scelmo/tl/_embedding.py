@@ -372,6 +372,31 @@ def _input_statistics(adata: Any, matrix: Any, source: str, gene_stats: GeneStat
     return stats
 
 
+def reference_gene_stats(reference: Any, genes: Sequence[str], *, config: Config = None,
+                         progress: bool | None = None) -> GeneStats:
+    """The reference's per-gene statistics, laid out over ``genes`` (a query's genes).
+
+    What :func:`embed_cells` needs to embed a query exactly as its reference
+    (``embed_cells(query, gene_stats=...)``): the reference's gene selection and centring,
+    so that a query of one cell type is not centred on itself. Genes the reference lacks
+    get zero sums (never selected as variable, not centred).
+    """
+    settings = _settings(config)
+    agg_cfg = settings.aggregate
+    plan = flavor_plan(agg_cfg)
+    matrix, var_names, _ = select_matrix(reference, layer=agg_cfg.layer, use_raw=agg_cfg.use_raw)
+    do_norm = should_normalize(plan["normalize"], matrix)
+    with progress_bar(total=n_rows_cols(matrix)[0], desc="reference gene statistics", unit="cell",
+                      enabled=progress) as bar:
+        stats = compute_gene_stats(matrix, normalize=do_norm, chunk_size=agg_cfg.chunk_size, progress=bar.update)
+    col = {str(g): i for i, g in enumerate(var_names)}
+    idx = np.array([col.get(str(g), -1) for g in genes], dtype=np.int64)
+    sums = np.zeros((stats.sums.shape[0], len(idx)), dtype=np.float64)
+    have = idx >= 0
+    sums[:, have] = stats.sums[:, idx[have]]
+    return GeneStats(stats.n_cells, sums)
+
+
 def _embed_cells_record(adata: Any, result: Any, names: list[str], lookup: list[str], mask: np.ndarray,
                         use: np.ndarray, res: Resolution, gene_embeddings: GeneEmbeddings, settings: ScelmoSettings,
                         plan: dict[str, Any], *, how: str, agg: Any, source: str, do_norm: bool, lazy: bool,
