@@ -121,6 +121,8 @@ class GeneVocabulary:
             sym = self.ensembl.get(gid)
             return (sym, "ensembl") if sym else (None, "unknown_ensembl")
         key = name.upper()
+        if key in _MISSING_NAMES:  # what `var["symbol"].astype(str)` leaves for a missing symbol
+            return None, "missing_name"
         if species == "mouse":
             if key in self.mouse:
                 return self.mouse[key], "mouse_ortholog"
@@ -136,6 +138,11 @@ class GeneVocabulary:
         if key in self.mouse:
             return self.mouse[key], "mouse_ortholog"
         return None, "unknown"
+
+
+#: Placeholders for a missing gene name; some are aliases of real genes (NA -> XK), so they
+#: are never looked up.
+_MISSING_NAMES = frozenset({"", "NAN", "NA", "N/A", "<NA>", "NONE", "NULL"})
 
 
 # --------------------------------------------------------------------------- embeddings

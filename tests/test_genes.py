@@ -30,6 +30,10 @@ def test_bundled_vocabulary_is_large(vocab):
         ("ENSG00000198851", "CD3E", "ensembl"),    # human Ensembl
         ("ENSG00000198851.10", "CD3E", "ensembl"), # with version suffix
         ("ENSMUSG00000024673", "MS4A1", "ensembl"),  # mouse Ensembl -> human ortholog
+        ("nan", None, "missing_name"),            # str() of a missing symbol, not an alias of SCN11A
+        ("NA", None, "missing_name"),             # not XK (an alias)
+        ("None", None, "missing_name"),
+        ("", None, "missing_name"),
     ],
 )
 def test_resolve_human(vocab, name, symbol, how):
