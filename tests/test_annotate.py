@@ -129,6 +129,22 @@ def test_reference_transfer_to_a_one_type_query(pbmc):
         assert query.uns[keys.PROVENANCE]["annotate"]["query_gene_stats"] == "reference"
 
 
+def test_ref_labels_are_read_by_cell_name_and_missing_strings_are_missing(pbmc):
+    ref, query = pbmc[:500].copy(), pbmc[500:].copy()
+    scelmo.tl.annotate(query, reference=ref, ref_labels="bulk_labels", key_added="by_column")
+    shuffled = ref.obs["bulk_labels"].sample(frac=1, random_state=0)  # same labels, other order
+    scelmo.tl.annotate(query, reference=ref, ref_labels=shuffled, key_added="by_series")
+    assert (query.obs["by_series"] == query.obs["by_column"]).all()
+    with pytest.raises(InputError, match="index is not the reference's obs_names"):
+        scelmo.tl.annotate(query, reference=ref, ref_labels=shuffled.reset_index(drop=True))
+    labels = ref.obs["bulk_labels"].astype(str).to_numpy().copy()
+    labels[::2] = "nan"  # what .astype(str) leaves of NaN
+    scelmo.tl.annotate(query, reference=ref, ref_labels=labels, key_added="half")
+    assert "nan" not in set(query.obs["half"].astype(str))
+    with pytest.raises(InputError, match="Every entry of ref_labels is missing"):
+        scelmo.tl.annotate(query, reference=ref, ref_labels=np.full(ref.n_obs, "nan"))
+
+
 def test_reference_needs_labels(pbmc):
     with pytest.raises(InputError, match="ref_labels"):
         scelmo.tl.annotate(pbmc, reference=pbmc)

@@ -186,3 +186,29 @@ def test_failure_midway_leaves_no_partial_file(pbmc, monkeypatch):
     res = CliRunner().invoke(cli, ["embed-cells", "in.h5ad", "-o", "out.h5ad"])
     assert res.exit_code != 0 and "disk full" in res.output
     assert sorted(os.listdir(".")) == ["in.h5ad"]
+
+
+def test_normalised_but_not_logged_values_are_refused(pbmc):
+    import scanpy as sc
+
+    a = _counts(pbmc, n=200)
+    sc.pp.normalize_total(a, target_sum=1e4)  # no log1p
+    with pytest.raises(InputError, match=r"normalised but not log-transformed.*sc\.pp\.log1p"):
+        scelmo.tl.embed_cells(a)
+    scelmo.tl.embed_cells(a, normalize="log1p")  # the way out the message names
+    assert np.isfinite(a.obsm[keys.X_SCELMO]).all()
+
+
+def test_view_of_a_backed_file_is_refused_before_any_work(pbmc, tmp_path):
+    path = tmp_path / "b.h5ad"
+    _counts(pbmc, n=150).write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    try:
+        with pytest.raises(InputError, match=r"view of a backed AnnData.*to_memory"):
+            scelmo.tl.embed_cells(backed[:100])
+        view = backed[:100].to_memory()
+        scelmo.tl.embed_cells(view)
+        assert view.obsm[keys.X_SCELMO].shape[0] == 100
+    finally:
+        backed.file.close()
+

@@ -29,26 +29,52 @@ from scelmo.expression.matrix import iter_row_chunks, n_rows_cols
 TARGET_SUM = 1e4
 
 
-def looks_like_counts(matrix: Any, *, n_rows: int = 2000) -> bool:
-    """True when the first ``n_rows`` rows hold only whole numbers (and some above 1).
+#: Above this, values are not log-scale: log1p of counts per 10k (scanpy's usual) stays
+#: below ~10, of counts per million below ~14, log2(CPM + 1) below ~20.
+MAX_LOG_VALUE = 50.0
 
-    Log-normalised values are almost never all integers; raw UMI counts always are.
-    """
+
+def _head_nonzeros(matrix: Any, n_rows: int = 2000) -> np.ndarray:
+    """The non-zero values of the first ``n_rows`` rows."""
     n = min(n_rows_cols(matrix)[0], n_rows)
     if n == 0:
-        return False
+        return np.zeros(0)
     head = matrix[:n]
     if hasattr(head, "compute") and hasattr(head, "chunks"):  # a dask array: read these rows now
         head = head.compute()
     _, chunk = next(iter_row_chunks(head, n))
     vals = chunk.data if sp.issparse(chunk) else np.asarray(chunk).ravel()
-    vals = vals[vals != 0]
+    return vals[vals != 0]
+
+
+def looks_like_counts(matrix: Any, *, n_rows: int = 2000) -> bool:
+    """True when the first ``n_rows`` rows hold only whole numbers (and some above 1).
+
+    Log-normalised values are almost never all integers; raw UMI counts always are.
+    """
+    vals = _head_nonzeros(matrix, n_rows)
     return bool(vals.size) and bool(np.all(vals == np.round(vals))) and bool(vals.max() > 1)
 
 
 def should_normalize(mode: str, matrix: Any) -> bool:
-    """Resolve ``normalize="auto" | "log1p" | "none"`` for this matrix."""
-    return mode == "log1p" or (mode == "auto" and looks_like_counts(matrix))
+    """Resolve ``normalize="auto" | "log1p" | "none"`` for this matrix.
+
+    ``"auto"`` log-normalises counts and keeps log-scale values; values that are neither
+    (normalised per cell but not log-transformed, e.g. after ``sc.pp.normalize_total``
+    alone) are refused with what to do, instead of being read as log values.
+    """
+    if mode != "auto":
+        return mode == "log1p"
+    if looks_like_counts(matrix):
+        return True
+    vals = _head_nonzeros(matrix)
+    if vals.size and float(vals.max()) > MAX_LOG_VALUE:
+        raise InputError(
+            f"The values look normalised but not log-transformed (largest {float(vals.max()):.4g} in the first "
+            f"rows; log-scale data stays below {MAX_LOG_VALUE:g}). Run `sc.pp.log1p(adata)` first, or pass "
+            "normalize=\"log1p\" to normalise and log-transform them here."
+        )
+    return False
 
 
 def normalize_chunk(chunk: Any, target_sum: float = TARGET_SUM) -> Any:

@@ -343,10 +343,18 @@ def _transfer_labels(query: np.ndarray, reference: Any, ref_labels: str | Sequen
         if ref_labels not in reference.obs:
             raise InputError(f"Column {ref_labels!r} not found in reference.obs.")
         labels = reference.obs[ref_labels].to_numpy()
+    elif hasattr(ref_labels, "index") and hasattr(ref_labels, "reindex"):  # a pandas Series: by cell name
+        names = reference.obs_names
+        if len(ref_labels) != reference.n_obs or not ref_labels.index.isin(names).all():
+            raise InputError("ref_labels is a Series whose index is not the reference's obs_names; pass "
+                             "`reference.obs[column]`, a column name, or a plain array in the reference's cell order.")
+        labels = ref_labels.reindex(names).to_numpy()
     else:
         labels = np.asarray(ref_labels)
     if len(labels) != reference.n_obs:
         raise InputError(f"ref_labels has {len(labels)} entries but the reference has {reference.n_obs} cells.")
+    if _is_missing(labels).all():
+        raise InputError("Every entry of ref_labels is missing (NaN, None or empty); the reference has no labelled cells.")
     if use_rep not in reference.obsm:
         embed_cells(reference, config=config, key_added=use_rep, progress=progress)
     ref = np.asarray(reference.obsm[use_rep], dtype=np.float32)
@@ -405,7 +413,9 @@ def _labels_from_names(adata: Any, query: np.ndarray, cell_types: Sequence[str] 
 def _is_missing(labels: np.ndarray) -> np.ndarray:
     import pandas as pd
 
-    return pd.isna(labels) | (labels.astype(str) == "")
+    text = np.char.strip(np.asarray(labels).astype(str))
+    # what `.astype(str)` leaves of a missing label ("nan", "None", "<NA>") counts as missing too
+    return pd.isna(labels) | np.isin(np.char.lower(text), ["", "nan", "none", "<na>"])
 
 
 def _cell_type_texts(cell_types: Sequence[str] | Mapping[str, str]) -> tuple[list[str], list[str]]:

@@ -584,6 +584,12 @@ def embed_cells(
     agg = plugins.aggregators.create(agg_cfg.method, **agg_cfg.options)
     if not agg.linear and agg_cfg.transform is None:
         plan["transform"] = "none"  # a non-linear aggregator (e.g. genept_s) reads the values as they are
+    if getattr(adata, "isbacked", False) and getattr(adata, "is_view", False):
+        raise InputError(
+            "adata is a view of a backed AnnData, which cannot store results (anndata would have to copy it). "
+            "Load the cells first (`adata[...].to_memory()`), or embed the whole file "
+            "(`scelmo embed-cells in.h5ad -o out.h5ad --backed`)."
+        )
     if copy:
         adata = _copy_of(adata)
     matrix, var_names, source = select_matrix(
