@@ -64,8 +64,9 @@ class Conditioning:
             raise InputError(f"n_components must be >= 0, got {n_components}.")
         if V.shape[0] < n_components + 2:
             raise InputError(
-                f"Cannot remove {n_components} principal directions from a table of "
-                f"{V.shape[0]} gene vectors; use a larger table or fewer components."
+                f"Cannot condition a table of {V.shape[0]} gene vector(s): removing the mean and "
+                f"{n_components} principal directions needs at least {n_components + 2}. Embed with "
+                "`condition=False` (or `flavor=\"paper\"`), or use more genes."
             )
         mean = V.mean(axis=0)
         if n_components == 0:

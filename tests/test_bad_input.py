@@ -212,3 +212,18 @@ def test_view_of_a_backed_file_is_refused_before_any_work(pbmc, tmp_path):
     finally:
         backed.file.close()
 
+
+
+def test_gene_selection_edge_cases(pbmc):
+    a = _counts(pbmc, n=150)
+    with pytest.raises(InputError, match="found no variable genes in these 1 cells"):
+        scelmo.tl.embed_cells(a[:1].copy())
+    with pytest.raises(InputError, match="key_added must be a non-empty string"):
+        scelmo.tl.embed_cells(a, key_added=None)
+    # a highly_variable column as text (as R conversions leave it) is still scanpy's selection
+    b = a.copy()
+    hv = np.zeros(b.n_vars, dtype=bool)
+    hv[:300] = True
+    b.var["highly_variable"] = np.where(hv, "True", "False").astype(object)
+    scelmo.tl.embed_cells(b)
+    assert b.uns[keys.PROVENANCE]["embed_cells"]["gene_selection"] == "mask_var:highly_variable"

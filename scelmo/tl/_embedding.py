@@ -314,9 +314,22 @@ def _gene_mask(adata: Any, source: str, n_genes: int, mask_var: Any, plan: dict[
         return sel, how
     if plan["genes"] == "all":
         return np.ones(n_genes, dtype=bool), "all"
-    if "highly_variable" in var and var["highly_variable"].dtype == bool:  # scanpy's convention
-        return var["highly_variable"].to_numpy(), "mask_var:highly_variable"
+    hv = _as_bool_column(var["highly_variable"]) if "highly_variable" in var else None
+    if hv is not None:  # scanpy's convention (also as text or pandas' nullable boolean, e.g. from R)
+        return hv, "mask_var:highly_variable"
     return highly_variable(stats, n_top_genes), f"hvg:{n_top_genes}"
+
+
+def _as_bool_column(col: Any) -> np.ndarray | None:
+    """A True/False column as a bool array; ``None`` when it is not one (or has missing values)."""
+    if col.dtype == bool:
+        return col.to_numpy()
+    if col.isna().any():
+        return None
+    text = col.astype(str).str.strip().str.lower()
+    if text.isin(["true", "false"]).all():
+        return (text == "true").to_numpy()
+    return None
 
 
 def _aligned_gene_table(names: list[str], gene_embeddings: GeneEmbeddings | str | None, settings: ScelmoSettings,
@@ -584,6 +597,8 @@ def embed_cells(
     agg = plugins.aggregators.create(agg_cfg.method, **agg_cfg.options)
     if not agg.linear and agg_cfg.transform is None:
         plan["transform"] = "none"  # a non-linear aggregator (e.g. genept_s) reads the values as they are
+    if not isinstance(key_added, str) or not key_added:
+        raise InputError(f"key_added must be a non-empty string (an obsm key), got {key_added!r}.")
     if getattr(adata, "isbacked", False) and getattr(adata, "is_view", False):
         raise InputError(
             "adata is a view of a backed AnnData, which cannot store results (anndata would have to copy it). "
@@ -609,6 +624,12 @@ def embed_cells(
     use_dask = distributed.is_dask_array(matrix)
     selected, how = _gene_mask(adata, source, n_genes, mask_var, plan, stats, agg_cfg.n_top_genes)
     use = selected & mask
+    if not selected.any() and how.startswith("hvg"):
+        raise InputError(
+            f"Gene selection found no variable genes in these {n_cells} cells (a single cell, or values that do "
+            "not vary between cells?). Embed with the reference's statistics (`gene_stats=`), choose genes "
+            "(`mask_var=`), or use every gene (`flavor=\"paper\"`)."
+        )
     if not use.any():
         raise InputError(
             f"None of the {int(selected.sum())} selected genes has a gene vector; select other genes "
