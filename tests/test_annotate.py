@@ -150,3 +150,18 @@ def test_reference_needs_labels(pbmc):
         scelmo.tl.annotate(pbmc, reference=pbmc)
     with pytest.raises(InputError, match="not found"):
         scelmo.tl.annotate(pbmc, reference=pbmc, ref_labels="nope")
+
+
+def test_reference_and_query_embedded_differently_warns(pbmc):
+    from scelmo.errors import ScelmoWarning
+
+    ref, query = pbmc[:500].copy(), pbmc[500:].copy()
+    scelmo.tl.embed_cells(query, flavor="paper")
+    with pytest.warns(ScelmoWarning, match=r"made differently \(flavor: 'paper' vs 'scelmo'"):
+        scelmo.tl.annotate(query, reference=ref, ref_labels="bulk_labels")
+    del query.obsm[keys.X_SCELMO]  # the way out the warning names: embedded as the reference, no warning
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScelmoWarning)
+        scelmo.tl.annotate(query, reference=ref, ref_labels="bulk_labels")

@@ -24,6 +24,7 @@ Cells whose score is below ``min_score`` are labelled ``unknown_label``.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,7 +32,7 @@ import numpy as np
 
 from scelmo import keys, provenance
 from scelmo.config import get_settings
-from scelmo.errors import InputError, ScelmoError
+from scelmo.errors import InputError, ScelmoError, ScelmoWarning
 from scelmo.expression.matrix import select_matrix
 from scelmo.expression.selection import normalize_chunk, should_normalize
 from scelmo.knn import knn_vote, unit_rows
@@ -303,6 +304,7 @@ def annotate(
     if reference is not None:
         pred, score = _transfer_labels(query, reference, ref_labels, use_rep=use_rep, k=k, config=config,
                                        progress=progress, info=info)
+        _warn_if_embedded_differently(adata, reference, use_rep)
     else:
         pred, score = _labels_from_names(adata, query, cell_types, method=method, use_rep=use_rep, layer=layer,
                                          groupby=groupby, n_markers=n_markers, temperature=temperature,
@@ -332,6 +334,27 @@ def _check_options(*, k: int, temperature: float, key_added: Any, method: str, r
         raise InputError(f"method must be 'markers' or 'embedding', got {method!r}.")
     if reference is not None and not (hasattr(reference, "obs") and hasattr(reference, "n_obs")):
         raise InputError(f"reference must be an AnnData with labelled cells, got {type(reference).__name__}.")
+
+
+#: provenance fields that must agree for two embeddings to be compared
+_COMPARABLE = ("flavor", "aggregator", "transform", "condition", "conditioning", "embed_model", "describe_model",
+               "l2_normalize")
+
+
+def _warn_if_embedded_differently(adata: Any, reference: Any, use_rep: str) -> None:
+    """Warn when query and reference vectors under ``use_rep`` were made in different ways."""
+    q = (adata.uns.get(keys.PROVENANCE) or {}).get("embed_cells") or {}
+    r = (reference.uns.get(keys.PROVENANCE) or {}).get("embed_cells") or {}
+    if q.get("key_added") != use_rep or r.get("key_added") != use_rep:
+        return  # not both made by embed_cells under this key: nothing to compare
+    diff = [f"{f}: {q.get(f)!r} vs {r.get(f)!r}" for f in _COMPARABLE if str(q.get(f)) != str(r.get(f))]
+    if diff:
+        warnings.warn(
+            f"The query's and the reference's obsm[{use_rep!r}] were made differently ({'; '.join(diff)}); "
+            "labels transferred between them are unreliable. Delete the query's embedding and annotate again "
+            "(it is then embedded as the reference), or embed both with the same options.",
+            ScelmoWarning, stacklevel=3,
+        )
 
 
 def _transfer_labels(query: np.ndarray, reference: Any, ref_labels: str | Sequence[Any] | None, *, use_rep: str,
