@@ -52,7 +52,10 @@ def looks_like_counts(matrix: Any, *, n_rows: int = 2000) -> bool:
 
     Log-normalised values are almost never all integers; raw UMI counts always are.
     """
-    vals = _head_nonzeros(matrix, n_rows)
+    return _counts_like(_head_nonzeros(matrix, n_rows))
+
+
+def _counts_like(vals: np.ndarray) -> bool:
     return bool(vals.size) and bool(np.all(vals == np.round(vals))) and bool(vals.max() > 1)
 
 
@@ -65,9 +68,9 @@ def should_normalize(mode: str, matrix: Any) -> bool:
     """
     if mode != "auto":
         return mode == "log1p"
-    if looks_like_counts(matrix):
+    vals = _head_nonzeros(matrix)  # read once: the rows may come from disk or a dask cluster
+    if _counts_like(vals):
         return True
-    vals = _head_nonzeros(matrix)
     if vals.size and float(vals.max()) > MAX_LOG_VALUE:
         raise InputError(
             f"The values look normalised but not log-transformed (largest {float(vals.max()):.4g} in the first "

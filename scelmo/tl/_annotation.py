@@ -41,7 +41,7 @@ from scelmo.knowledge.descriptions import describe
 from scelmo.plugin import KnowledgeSource, split_phrases
 from scelmo.tl._clustering import cluster
 from scelmo.tl._common import _check_finite, _copy_of
-from scelmo.tl._embedding import embed_cells, reference_gene_stats
+from scelmo.tl._embedding import embed_cells, reference_gene_stats, stats_for_genes
 
 
 def prompt_match(
@@ -294,9 +294,12 @@ def annotate(
     if use_rep not in adata.obsm:
         stats = None
         if reference is not None:  # the query embedded as its reference: same genes selected, same centring
+            ref_stats, ref_genes = reference_gene_stats(reference, config=config, progress=progress)
+            if use_rep not in reference.obsm:  # the reference from the same statistics: read once
+                embed_cells(reference, config=config, key_added=use_rep, gene_stats=ref_stats, progress=progress)
             agg = get_settings(config).aggregate
             _, query_genes, _ = select_matrix(adata, layer=agg.layer, use_raw=agg.use_raw)
-            stats = reference_gene_stats(reference, [str(g) for g in query_genes], config=config, progress=progress)
+            stats = stats_for_genes(ref_stats, ref_genes, [str(g) for g in query_genes])
             info["query_gene_stats"] = "reference"
         embed_cells(adata, config=config, key_added=use_rep, gene_stats=stats, progress=progress)
     query = np.asarray(adata.obsm[use_rep], dtype=np.float32)
@@ -419,7 +422,7 @@ def _labels_from_names(adata: Any, query: np.ndarray, cell_types: Sequence[str] 
                      "groupby": groupby or "leiden(use_rep)", "n_groups": int(len(np.unique(groups)))})
         info.update({f"markers_{t}": "; ".join(g) for t, g in markers.items()})
         info["temperature"] = 0.25
-    elif method == "embedding":
+    else:  # "embedding" (the method was checked by _check_options)
         vectors = _embed_texts(texts, config, progress)
         if vectors.shape[1] != query.shape[1]:
             raise ScelmoError(
@@ -428,8 +431,6 @@ def _labels_from_names(adata: Any, query: np.ndarray, cell_types: Sequence[str] 
             )
         pred, score, _ = prompt_match(query, vectors, names, temperature=temperature)
         info.update({"method": "text_prompt", "n_cell_types": len(names), "temperature": temperature})
-    else:
-        raise InputError(f"method must be 'markers' or 'embedding', got {method!r}.")
     return pred, score
 
 
@@ -453,8 +454,7 @@ def _cell_type_texts(cell_types: Sequence[str] | Mapping[str, str]) -> tuple[lis
         raise InputError("List at least two candidate cell types.")
     if len(set(names)) != len(names):
         raise InputError("Candidate cell types must be unique.")
-    raw = list(cell_types)
-    if any(n is None or not str(n).strip() or str(n).strip().lower() in ("none", "nan") for n in raw):
+    if _is_missing(np.asarray(list(cell_types), dtype=object)).any():
         raise InputError("Candidate cell types must be non-empty names (got an empty string, None or NaN).")
     folded = [" ".join(n.lower().split()) for n in names]
     if len(set(folded)) != len(folded):

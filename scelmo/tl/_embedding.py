@@ -385,24 +385,27 @@ def _input_statistics(adata: Any, matrix: Any, source: str, gene_stats: GeneStat
     return stats
 
 
-def reference_gene_stats(reference: Any, genes: Sequence[str], *, config: Config = None,
-                         progress: bool | None = None) -> GeneStats:
-    """The reference's per-gene statistics, laid out over ``genes`` (a query's genes).
+def reference_gene_stats(reference: Any, *, config: Config = None,
+                         progress: bool | None = None) -> tuple[GeneStats, list[str]]:
+    """The reference's per-gene statistics (as :func:`embed_cells` computes them) and its genes.
 
-    What :func:`embed_cells` needs to embed a query exactly as its reference
+    With :func:`stats_for_genes` they embed a query exactly as its reference
     (``embed_cells(query, gene_stats=...)``): the reference's gene selection and centring,
-    so that a query of one cell type is not centred on itself. Genes the reference lacks
-    get zero sums (never selected as variable, not centred).
+    so that a query of one cell type is not centred on itself.
     """
-    settings = _settings(config)
-    agg_cfg = settings.aggregate
+    agg_cfg = _settings(config).aggregate
     plan = flavor_plan(agg_cfg)
-    matrix, var_names, _ = select_matrix(reference, layer=agg_cfg.layer, use_raw=agg_cfg.use_raw)
+    matrix, var_names, source = select_matrix(reference, layer=agg_cfg.layer, use_raw=agg_cfg.use_raw)
     do_norm = should_normalize(plan["normalize"], matrix)
-    with progress_bar(total=n_rows_cols(matrix)[0], desc="reference gene statistics", unit="cell",
-                      enabled=progress) as bar:
-        stats = compute_gene_stats(matrix, normalize=do_norm, chunk_size=agg_cfg.chunk_size, progress=bar.update)
-    col = {str(g): i for i, g in enumerate(var_names)}
+    stats = _input_statistics(reference, matrix, source, None, {**plan, "transform": "center"}, None, do_norm,
+                              False, progress, agg_cfg.chunk_size)
+    return stats, [str(g) for g in var_names]
+
+
+def stats_for_genes(stats: GeneStats, names: Sequence[str], genes: Sequence[str]) -> GeneStats:
+    """``stats`` over ``names`` laid out over ``genes``; genes not in ``names`` get zero sums
+    (never selected as variable, not centred)."""
+    col = {str(g): i for i, g in enumerate(names)}
     idx = np.array([col.get(str(g), -1) for g in genes], dtype=np.int64)
     sums = np.zeros((stats.sums.shape[0], len(idx)), dtype=np.float64)
     have = idx >= 0
