@@ -184,3 +184,30 @@ def test_config_show_on_an_invalid_config(tmp_path):
     assert "did you mean aggregate.method?" in res.output
     assert "aggregate.metod" in res.output and "./scelmo.toml" in res.output
     assert "sk-secret-value-123" not in res.output
+
+
+@pytest.mark.parametrize("fmt", ["h5ad", "zarr"])
+def test_text_columns_as_nullable_strings_are_written(counts, tmp_path, fmt):
+    """pandas >= 3 stores every text column as a nullable string array, which anndata refuses
+    to write by default: the CLI's outputs (and scelmo.io's writers) must still be written."""
+    import pandas as pd
+
+    from scelmo import io
+
+    X, genes, barcodes = counts
+    a = ad.AnnData(X.astype(np.float32))
+    a.obs_names, a.var_names = barcodes, genes
+    a.obs["donor"] = pd.array([f"d{i % 3}" for i in range(a.n_obs)], dtype="string")
+    a.var["symbol"] = pd.array(genes, dtype="string")
+    with pytest.raises(RuntimeError, match="allow_write_nullable_strings"):
+        a.write_h5ad(tmp_path / "plain.h5ad")  # what anndata does on its own
+    src = tmp_path / f"in.{fmt}"
+    (io.write_h5ad if fmt == "h5ad" else io.write_zarr)(a, src)
+    assert ad.settings.allow_write_nullable_strings is False  # the override does not leak
+    out = tmp_path / f"out.{fmt}"
+    res = CliRunner().invoke(cli, ["embed-cells", str(src), "-o", str(out), "--n-top-genes", "300"])
+    assert res.exit_code == 0, res.output
+    b = ad.read_h5ad(out) if fmt == "h5ad" else ad.read_zarr(out)
+    assert list(b.obs["donor"].astype(str)) == list(a.obs["donor"].astype(str))
+    assert list(b.var["symbol"].astype(str)) == genes
+    assert b.obsm[keys.X_SCELMO].shape[0] == a.n_obs

@@ -48,6 +48,25 @@ def estimated_h5ad_bytes(adata: Any) -> int:
     return total
 
 
+@contextlib.contextmanager
+def text_columns_writable() -> Iterator[None]:
+    """Let anndata write pandas' nullable string arrays (``dtype="string"``, and every text
+    column under pandas >= 3) for the duration of the block.
+
+    anndata refuses them by default (``settings.allow_write_nullable_strings``) because
+    anndata < 0.11 cannot read them back; refusing instead would make every write of a
+    pandas-3 AnnData fail after the work is done.
+    """
+    import anndata
+
+    settings = getattr(anndata, "settings", None)
+    if settings is None or not hasattr(settings, "allow_write_nullable_strings"):
+        yield
+        return
+    with settings.override(allow_write_nullable_strings=True):
+        yield
+
+
 def write_h5ad(adata: Any, path: str | os.PathLike[str]) -> Path:
     """Write ``adata`` to ``path`` atomically.
 
@@ -60,7 +79,8 @@ def write_h5ad(adata: Any, path: str | os.PathLike[str]) -> Path:
             if shutil.disk_usage(tmp.parent).free < estimated_h5ad_bytes(adata):
                 raise DiskFullError(path)
         try:
-            adata.write_h5ad(tmp)
+            with text_columns_writable():
+                adata.write_h5ad(tmp)
         except Exception as exc:  # noqa: BLE001 - anndata / h5py raise many kinds
             if is_disk_full(exc):
                 raise DiskFullError(path) from None  # atomic_path removes the temporary
@@ -129,7 +149,8 @@ class StreamedH5ad:
         grp = self._group("uns")
         if has_key(grp, key):
             del grp[key]
-        write_elem(grp, key, value)
+        with text_columns_writable():
+            write_elem(grp, key, value)
 
 
 @contextlib.contextmanager
@@ -179,7 +200,8 @@ def write_zarr(adata: Any, path: str | os.PathLike[str], *, overwrite: bool = Fa
     with atomic_dir(path, overwrite=overwrite) as tmp:
         store = tmp / "store.zarr"
         try:
-            adata.write_zarr(store)
+            with text_columns_writable():
+                adata.write_zarr(store)
         except Exception as exc:  # noqa: BLE001 - anndata / zarr raise many kinds
             if is_disk_full(exc):
                 raise DiskFullError(path) from None
