@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 import scelmo
 from scelmo import datasets, keys, metrics, testing
@@ -32,6 +33,36 @@ def test_annotation_trains_on_cuda(split, amp):
     z_gpu = m.get_latent_representation(test, device="cuda")
     z_cpu = m.get_latent_representation(test, device="cpu")
     np.testing.assert_allclose(z_gpu, z_cpu, rtol=1e-3, atol=1e-4)
+
+
+def test_batches_gathered_on_the_gpu_train_like_host_batches(split, monkeypatch):
+    """data_on_device=True (the CSR on the GPU, batches gathered there) = the host-densified batches."""
+    from scelmo_torch.base import DeviceRows
+
+    calls = []
+    gather = DeviceRows.dense
+    monkeypatch.setattr(DeviceRows, "dense", lambda self, rows: calls.append(len(rows)) or gather(self, rows))
+    train, test = split
+    train = train.copy()
+    train.X = sp.csr_matrix(train.X)
+    scelmo.Model.setup_anndata(train, labels_key="bulk_labels")
+    latents = []
+    for on_device in (True, False):
+        calls.clear()
+        m = scelmo.Model(train).train(max_epochs=4, device="cuda", amp=False, data_on_device=on_device)
+        assert bool(calls) == on_device
+        latents.append(m.get_latent_representation(test, device="cpu"))
+    np.testing.assert_allclose(latents[0], latents[1], rtol=1e-3, atol=1e-4)
+
+
+def test_device_rows_on_cuda_match_scipy():
+    from scelmo_torch.base import DeviceRows
+
+    X = sp.random(5000, 300, density=0.05, format="csr", random_state=0, dtype=np.float32)
+    d = DeviceRows(X, torch.device("cuda"))
+    rows = np.random.default_rng(0).choice(5000, 512, replace=False)
+    np.testing.assert_array_equal(d.dense(rows).cpu().numpy(), X[rows].toarray())
+    assert DeviceRows.fits(X, torch.device("cuda"))
 
 
 def test_integration_trains_on_cuda(split):

@@ -8,13 +8,13 @@ import pytest
 import scipy.sparse as sp
 
 import scelmo
-from scelmo import datasets, keys, metrics, testing
+from scelmo import datasets, io, keys, metrics, testing
 from scelmo.errors import ConfigError, InputError
 
 torch = pytest.importorskip("torch")
 
 from scelmo_torch.adapter import batch_hard_triplet_loss, knn_predict_codes, macro_f1_codes  # noqa: E402
-from scelmo_torch.base import TrainingConfig, split_rows  # noqa: E402
+from scelmo_torch.base import DeviceRows, TrainingConfig, split_rows  # noqa: E402
 from scelmo_torch.device import resolve_device, torch_session  # noqa: E402
 
 
@@ -67,7 +67,8 @@ def test_integration_with_a_tuned_gene_table_survives_save_load(batches, tmp_pat
     m = scelmo.Model(a, head="integration", tune_genes=True).train(max_epochs=4, seed=0, early_stopping=False)
     assert m.head.n_tuned_genes() == len(m.head.spec["genes"])
     loaded = scelmo.Model.load(m.save(tmp_path / "integration"), adata=a)
-    np.testing.assert_array_equal(loaded.get_latent_representation(), m.get_latent_representation())
+    # the same device for both (a GPU-trained model stays on the GPU; the loaded one is on CPU)
+    np.testing.assert_array_equal(loaded.get_latent_representation(device="cpu"), m.get_latent_representation(device="cpu"))
 
 
 def test_pseudo_labels_split_by_batch_are_merged_by_their_mnn_pairs():
@@ -116,6 +117,23 @@ def test_split_rows_is_stratified_and_seeded():
     np.testing.assert_array_equal(va, va2)
 
 
+def test_device_rows_gather_matches_scipy():
+    """The GPU batch gather is device-agnostic: on CPU it must equal scipy's row slice + toarray."""
+    rng = np.random.default_rng(3)
+    X = sp.random(200, 50, density=0.1, format="csr", random_state=4, dtype=np.float32)
+    X.data[:] = rng.random(X.nnz, dtype=np.float32) + 0.5
+    X[7] = 0  # an empty row
+    X.eliminate_zeros()
+    dup = sp.csr_matrix((np.array([1.0, 2.0], np.float32), np.array([3, 3]), np.array([0, 2])), shape=(1, 50))
+    X = sp.vstack([X, dup], format="csr")  # a row with a duplicate entry: summed, as toarray does
+    d = DeviceRows(X, "cpu")
+    for rows in (np.array([0, 7, 200, 5, 5, 199]), np.arange(201)[::-1], np.array([7]), np.array([200])):
+        np.testing.assert_array_equal(d.dense(rows).numpy(), X[rows].toarray())
+    assert d.nbytes(X) == X.nnz * 12 + (X.shape[0] + 1) * 8
+    assert not DeviceRows.fits(X, torch.device("cpu"))  # only CUDA memory is managed this way
+    assert not DeviceRows.fits(X.toarray(), torch.device("cpu"))
+
+
 def test_training_config_and_devices():
     assert TrainingConfig().batch_size == 512  # the paper's defaults
     with pytest.raises(ConfigError, match="bogus"):
@@ -130,6 +148,14 @@ def test_training_config_and_devices():
     with torch_session("cpu", num_threads=2):
         assert torch.get_num_threads() == 2
     assert torch.get_num_threads() == before
+    # deterministic inside, without the NaN fill of new tensors (a kernel per allocation); both restored
+    det_before = torch.are_deterministic_algorithms_enabled()
+    fill_before = torch.utils.deterministic.fill_uninitialized_memory
+    with torch_session("cpu"):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.utils.deterministic.fill_uninitialized_memory is False
+    assert torch.are_deterministic_algorithms_enabled() == det_before
+    assert torch.utils.deterministic.fill_uninitialized_memory == fill_before
 
 
 def test_early_stopping_keeps_the_best_checked_weights(batches):
@@ -178,9 +204,9 @@ def test_cli_train_and_predict(tmp_path, batches):
 
     plugins.add_commands(cli)
     a = batches[:300].copy()
-    a.write_h5ad(tmp_path / "train.h5ad")
+    io.write_h5ad(a, tmp_path / "train.h5ad")  # scelmo's writer: also text columns under pandas >= 3
     q = batches[300:400, batches.var_names[:600]].copy()
-    q.write_h5ad(tmp_path / "query.h5ad")
+    io.write_h5ad(q, tmp_path / "query.h5ad")
     runner = CliRunner()
     res = runner.invoke(cli, ["train", str(tmp_path / "train.h5ad"), "-o", str(tmp_path / "model"), "--labels-key",
                               "bulk_labels", "--max-epochs", "3", "--option", "latent=16", "--option", "residual=false"])

@@ -56,7 +56,7 @@ from scelmo.errors import InputError
 from scelmo.expression.selection import gene_stats, highly_variable
 from scelmo.plugin import ComponentOptions
 
-from .base import SPEC_FILE, TorchHead
+from .base import SPEC_FILE, DeviceRows, TorchHead
 from .device import import_torch
 
 
@@ -179,11 +179,11 @@ def hardest_triplets(zn: Any, dist: Any, pos_mask: Any, neg_mask: Any, margin: f
     negative under the given masks, averaged over anchors that have both (0 if none)."""
     torch = import_torch()
     has = pos_mask.any(1) & neg_mask.any(1)
-    if not bool(has.any()):
-        return zn.sum() * 0.0
     d_pos = torch.where(pos_mask, dist, torch.zeros_like(dist)).max(1).values
     d_neg = torch.where(neg_mask, dist, torch.full_like(dist, 1e4)).min(1).values
-    return torch.relu(d_pos - d_neg + margin)[has].mean()
+    # a masked mean, not loss[has].mean(): no data-dependent shape, so no host sync on a GPU
+    per_anchor = torch.relu(d_pos - d_neg + margin) * has
+    return per_anchor.sum() / has.sum().clamp(min=1)
 
 
 def encode_labels(labels: Any, classes: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
@@ -422,8 +422,8 @@ class GeneAdapterHead(TorchHead):
         the genes a query has)."""
         torch = import_torch()
         if "gene_mean" in self.arrays:
-            with self.inference("cpu"):
-                A = self.adapted(torch.from_numpy(self._E_np)).double().numpy()
+            with self.inference() as dev:  # on the training device: the model stays where it was trained
+                A = self.adapted(torch.from_numpy(self._E_np).to(dev)).double().cpu().numpy()
             self.arrays["offset_latent"] = (self.arrays["gene_mean"].astype(np.float64) @ A).astype(np.float32)
 
     def prepare_training(self, device: Any) -> None:
@@ -433,13 +433,18 @@ class GeneAdapterHead(TorchHead):
         self._w = torch.from_numpy(self._w_np).to(device)
         self._y = None if self._labels_np is None else torch.from_numpy(self._labels_np).to(device)
         self._C0 = torch.from_numpy(self._C0_np).to(device) if self.options.residual else None
+        want = getattr(self.training, "data_on_device", None)
+        on_gpu = getattr(device, "type", str(device)) == "cuda" and sp.issparse(self._X)
+        self._X_dev = DeviceRows(self._X, device) if on_gpu and (want or (want is None and DeviceRows.fits(self._X, device))) else None
 
     def finish_training(self) -> None:
-        self._E = self._mu = self._w = self._y = self._C0 = None
+        self._E = self._mu = self._w = self._y = self._C0 = self._X_dev = None
 
     def _rows_matrix(self, rows: np.ndarray) -> Any:
         """The (w x) rows of a mini-batch as a torch tensor (sparse CSR on CPU, dense elsewhere)."""
         torch = import_torch()
+        if getattr(self, "_X_dev", None) is not None:  # gathered on the GPU
+            return self._X_dev.dense(rows)
         X = self._X
         if sp.issparse(X):
             sub = X[rows]
@@ -500,6 +505,6 @@ class GeneAdapterHead(TorchHead):
                           if train.size > o.max_reference_cells else train)
 
     def _clear_data(self) -> None:
-        for attr in ("_X", "_E_np", "_w_np", "_mu_np", "_C0_np", "_labels_np", "_E", "_y", "_w", "_mu", "_C0", "_stats"):
+        for attr in ("_X", "_X_dev", "_E_np", "_w_np", "_mu_np", "_C0_np", "_labels_np", "_E", "_y", "_w", "_mu", "_C0", "_stats"):
             if hasattr(self, attr):
                 delattr(self, attr)

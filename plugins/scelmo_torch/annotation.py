@@ -164,8 +164,8 @@ class AnnotationHead(GeneAdapterHead):
         ce = F.cross_entropy(self.module.classifier(z).float(), y, weight=self._cw) + self._delta_penalty()
         if self.options.triplet_weight > 0:
             tri = batch_hard_triplet_loss(z, y, self.options.triplet_margin)
-            return ce + self.options.triplet_weight * tri, {"ce": float(ce.detach()), "triplet": float(tri.detach())}
-        return ce, {"ce": float(ce.detach())}
+            return ce + self.options.triplet_weight * tri, {"ce": ce.detach(), "triplet": tri.detach()}
+        return ce, {"ce": ce.detach()}
 
     def _refit_classifier(self, z: np.ndarray, y: np.ndarray, cfg: TrainingConfig) -> None:
         """Fit the classifier on frozen embeddings (the adapter's early stop comes before it converges)."""

@@ -16,10 +16,11 @@ Stable API for heads in this plugin (and third-party heads):
   ``build_module() -> torch.nn.Module``
       the network, built from ``self.spec`` and ``self.options`` only (so that
       :meth:`load_state` can rebuild it without the training data).
-  ``training_loss(rows) -> Tensor | (Tensor, dict[str, float])``
+  ``training_loss(rows) -> Tensor | (Tensor, dict[str, float | Tensor])``
       the loss on one mini-batch, given the indices ``rows`` (a numpy int array drawn
       from ``train_rows``); runs inside autocast on CUDA. The optional dict holds
-      parts of the loss to log (means over the epoch go into ``history``).
+      parts of the loss to log (means over the epoch go into ``history``); detached
+      0-d tensors avoid a host sync per batch on a GPU.
   ``validation_score() -> float | None``  (optional)
       higher is better; ``None`` (the default) disables early stopping.
   ``prepare_training(device)`` / ``finish_training()``  (optional)
@@ -39,7 +40,8 @@ Stable API for heads in this plugin (and third-party heads):
   on a device), :meth:`save_state` / :meth:`load_state` (weights + spec, and the
   named numpy arrays in ``self.arrays``, in a directory, written atomically), and
   the helpers :func:`rows_to_tensor` (dense float32 tensor of some rows of a
-  CSR/dense matrix, on a device) and :func:`split_rows` (train/validation split,
+  CSR/dense matrix, on a device), :class:`DeviceRows` (a CSR matrix held on a GPU,
+  dense mini-batches gathered there) and :func:`split_rows` (train/validation split,
   stratified when labels are given).
 
 torch is imported lazily inside methods, so importing this module is cheap.
@@ -102,6 +104,10 @@ class TrainingConfig(BaseModel):
     num_threads: int | None = Field(None, ge=1)
     #: bf16 autocast on CUDA (ignored elsewhere).
     amp: bool = True
+    #: Keep a sparse expression matrix on the GPU for the whole run and gather each
+    #: mini-batch there (no host densify + copy per batch). ``None``: when it takes at
+    #: most half of the free GPU memory. Ignored on CPU.
+    data_on_device: bool | None = None
     #: Progress bar (default: when stderr is a terminal).
     progress: bool | None = None
 
@@ -154,6 +160,62 @@ def rows_to_tensor(matrix: Any, rows: np.ndarray | slice | None, device: Any, *,
     if device is not None and str(device) != "cpu":
         t = t.to(device, non_blocking=True)
     return t if dtype is None else t.to(dtype)
+
+
+class DeviceRows:
+    """A CSR matrix held on a torch device; :meth:`dense` gathers rows there as a dense block.
+
+    For GPU training: the matrix is copied once, and each mini-batch is scattered into
+    a dense ``(len(rows), n_genes)`` float32 tensor on the device instead of being
+    sliced and densified on the host and copied per batch. Duplicate entries of a row
+    are summed, as :meth:`scipy.sparse.csr_matrix.toarray` does. A matrix without
+    entries (``nnz == 0``) gathers zeros.
+    """
+
+    def __init__(self, matrix: Any, device: Any) -> None:
+        torch = import_torch()
+        csr = sp.csr_matrix(matrix)
+        self.shape = csr.shape
+        self.device = device
+        self.indptr = torch.from_numpy(csr.indptr.astype(np.int64)).to(device)
+        self.indices = torch.from_numpy(csr.indices.astype(np.int64)).to(device)
+        self.data = torch.from_numpy(np.asarray(csr.data, dtype=np.float32)).to(device)
+        self.longest = int(np.diff(csr.indptr).max()) if csr.shape[0] else 0
+
+    @staticmethod
+    def nbytes(matrix: Any) -> int:
+        """Device bytes the copy of ``matrix`` takes (int64 indices, float32 values)."""
+        return int(matrix.nnz) * 12 + (int(matrix.shape[0]) + 1) * 8
+
+    @classmethod
+    def fits(cls, matrix: Any, device: Any, share: float = 0.5) -> bool:
+        """Whether ``matrix`` is sparse and takes at most ``share`` of the free memory of a CUDA ``device``."""
+        torch = import_torch()
+        if not sp.issparse(matrix) or getattr(device, "type", str(device)) != "cuda":
+            return False
+        free, _ = torch.cuda.mem_get_info(device)
+        return cls.nbytes(matrix) <= share * free
+
+    def dense(self, rows: Any) -> Any:
+        """Dense float32 rows ``rows`` (an int64 tensor on the device, or a numpy array).
+
+        Each row's entries are read through a ``(len(rows), longest row)`` grid of
+        positions (padding adds zeros), so the output size never depends on values on
+        the device: no host sync, and the launches queue ahead of the GPU.
+        """
+        torch = import_torch()
+        if not isinstance(rows, torch.Tensor):
+            rows = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+        rows = rows.to(device=self.device, dtype=torch.long)
+        out = torch.zeros((rows.numel(), self.shape[1]), dtype=torch.float32, device=self.device)
+        if self.longest == 0 or rows.numel() == 0:
+            return out
+        start = self.indptr[rows]
+        steps = torch.arange(self.longest, device=self.device)
+        inside = steps[None, :] < (self.indptr[rows + 1] - start)[:, None]
+        pos = torch.where(inside, start[:, None] + steps[None, :], 0)
+        out.scatter_add_(1, self.indices[pos], torch.where(inside, self.data[pos], 0.0))
+        return out
 
 
 class TorchHead(TaskHead):
@@ -299,7 +361,10 @@ class TorchHead(TaskHead):
         n_batches = max(1, int(np.ceil(len(order) / bs)))
         # spread the remainder so that no batch is tiny (triplets need pairs of a class)
         bounds = np.linspace(0, len(order), n_batches + 1).round().astype(int)
-        total, parts, seen = 0.0, {}, 0
+        # sums stay tensors on the device: no host sync per batch, one per epoch
+        total: Any = 0.0
+        parts: dict[str, Any] = {}
+        seen = 0
         for b in range(n_batches):
             rows = order[bounds[b] : bounds[b + 1]]
             optimizer.zero_grad(set_to_none=True)
@@ -309,12 +374,13 @@ class TorchHead(TaskHead):
             loss.backward()
             optimizer.step()
             w = len(rows)
-            total += float(loss.detach()) * w
+            total = total + loss.detach().float() * w
             for k, v in logs.items():
-                parts[k] = parts.get(k, 0.0) + float(v) * w
+                v = v.detach().float() if hasattr(v, "detach") else float(v)
+                parts[k] = parts.get(k, 0.0) + v * w
             seen += w
-        record = {"loss": total / seen}
-        record.update({k: v / seen for k, v in parts.items()})
+        record = {"loss": float(total) / seen}
+        record.update({k: float(v) / seen for k, v in parts.items()})
         return record
 
     def _validate(self) -> float | None:

@@ -295,7 +295,7 @@ class IntegrationHead(GeneAdapterHead):
             return None
         return torch.relu(d_pos - d_neg + self.options.triplet_margin)[ok].mean()
 
-    def _losses(self, rows: np.ndarray, *, train: bool) -> tuple[Any, dict[str, float]]:
+    def _losses(self, rows: np.ndarray, *, train: bool) -> tuple[Any, dict[str, Any]]:
         torch = import_torch()
         F = torch.nn.functional
         o, m = self.options, self.module
@@ -303,14 +303,14 @@ class IntegrationHead(GeneAdapterHead):
         rt = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.device)
         b = self._b[rt]
         total = z.sum() * 0.0
-        logs: dict[str, float] = {}
+        logs: dict[str, Any] = {}
         if o.reconstruction_weight > 0:
             onehot = F.one_hot(b, len(self.spec["batches"])).to(z.dtype)
             recon = m.decoder(torch.cat([z, onehot], dim=1)).float()
             tgt = rows_to_tensor(self._target_np, rows, self.device)
             loss_rec = (1 - F.cosine_similarity(recon, tgt, dim=1)).mean()
             total = total + o.reconstruction_weight * loss_rec
-            logs["recon"] = float(loss_rec.detach())
+            logs["recon"] = loss_rec.detach()
         y = self._y[rt]
         if self.classes and bool((y >= 0).any()):
             lab = y >= 0
@@ -318,17 +318,17 @@ class IntegrationHead(GeneAdapterHead):
             tri = (cross_batch_triplet_loss(z, y, b, o.triplet_margin) if o.mining == "cross_batch"
                    else batch_hard_triplet_loss(z, y, o.triplet_margin))
             total = total + o.label_weight * ce + o.triplet_weight * tri
-            logs.update({"ce": float(ce.detach()), "triplet": float(tri.detach())})
+            logs.update({"ce": ce.detach(), "triplet": tri.detach()})
         if train and o.mnn_weight > 0:
             mnn = self._mnn_loss(rows, z)
             if mnn is not None:
                 total = total + o.mnn_weight * mnn
-                logs["mnn"] = float(mnn.detach())
+                logs["mnn"] = mnn.detach()
         if train and o.adversarial_weight > 0:
             logits = m.discriminator(_grad_reverse(z, o.adversarial_weight)).float()
             adv = F.cross_entropy(logits, b)
             total = total + adv  # the reversal layer scales the adapter's gradient
-            logs["adversary"] = float(adv.detach())
+            logs["adversary"] = adv.detach()
         return total + self._delta_penalty(), logs
 
     def training_loss(self, rows: np.ndarray) -> Any:

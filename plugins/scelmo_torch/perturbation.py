@@ -419,14 +419,14 @@ class PerturbationHead(TorchHead):
         target = self._means[torch.from_numpy(units).to(dev)]
         mean_loss = (pred_mean - target.to(pred.dtype)).pow(2).mean()
         loss = mean_loss
-        logs = {"mean_mse": float(mean_loss.detach())}
+        logs = {"mean_mse": mean_loss.detach()}
         if self.options.mmd_weight > 0:
             y = rows_to_tensor(self._X, np.concatenate(obs_parts), dev)
             bounds = np.concatenate([[0], np.cumsum(sizes)])
             mmd = sum(_mmd(pred[bounds[i] : bounds[i + 1]].float(), y[bounds[i] : bounds[i + 1]])
                       for i in range(len(units))) / len(units)
             loss = loss + self.options.mmd_weight * mmd
-            logs["mmd"] = float(mmd.detach())
+            logs["mmd"] = mmd.detach()
         return loss, logs
 
     # -- prediction -----------------------------------------------------------------------------
