@@ -165,3 +165,39 @@ def test_reference_and_query_embedded_differently_warns(pbmc):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ScelmoWarning)
         scelmo.tl.annotate(query, reference=ref, ref_labels="bulk_labels")
+
+
+def test_use_rep_of_another_method_is_not_filled_with_a_scelmo_embedding(pbmc):
+    ref, query = pbmc[:500].copy(), pbmc[500:].copy()
+    del query.obsm["X_pca"]
+    with pytest.raises(InputError, match=r"adata.obsm has no 'X_pca'.*sc.pp.pca"):
+        scelmo.tl.annotate(query, reference=ref, ref_labels="bulk_labels", use_rep="X_pca")
+    assert "X_pca" not in query.obsm
+    ref_without = ref.copy()
+    del ref_without.obsm["X_pca"]
+    with pytest.raises(InputError, match=r"reference.obsm has no 'X_pca'"):
+        scelmo.tl.annotate(pbmc[500:].copy(), reference=ref_without, ref_labels="bulk_labels", use_rep="X_pca")
+    # a precomputed embedding of another method is used as it is; a scelmo-named one is computed
+    q2 = pbmc[500:].copy()
+    scelmo.tl.annotate(q2, reference=pbmc[:500].copy(), ref_labels="bulk_labels", use_rep="X_pca", key_added="by_pca")
+    assert (q2.obs["by_pca"].astype(str) == q2.obs["bulk_labels"].astype(str)).mean() > 0.6
+    q3 = pbmc[500:].copy()
+    scelmo.tl.annotate(q3, reference=pbmc[:500].copy(), ref_labels="bulk_labels", use_rep="X_scelmo_mine")
+    assert "X_scelmo_mine" in q3.obsm
+
+
+def test_query_sharing_few_or_no_genes_with_the_reference(pbmc):
+    ref = pbmc[:500].copy()
+    lognorm = pbmc.raw.to_adata()  # raw keeps every gene when the AnnData is sliced by genes
+    few = lognorm[500:, lognorm.var_names[:200]].copy()  # 200 of 765 genes
+    with pytest.warns(UserWarning, match=r"only 200 of the reference's 765 expressed genes") as seen:
+        scelmo.tl.annotate(few, reference=ref, ref_labels="bulk_labels")
+    # one gene table for both, so one conditioning (a table over the query's 200 genes had its own)
+    assert not [w for w in seen if "made differently" in str(w.message)]
+    cond = [o.uns[keys.PROVENANCE]["embed_cells"]["conditioning"] for o in (few, ref)]
+    assert cond[0]["checksum"] == cond[1]["checksum"]
+    assert few.uns[keys.PROVENANCE]["annotate"]["shared_genes"] == pytest.approx(200 / 765)
+    none = lognorm[500:].copy()
+    none.var_names = [f"ENSG{i:011d}" for i in range(none.n_vars)]
+    with pytest.raises(InputError, match="shares none of the reference's 765 expressed genes"):
+        scelmo.tl.annotate(none, reference=ref, ref_labels="bulk_labels")

@@ -227,3 +227,13 @@ def test_gene_selection_edge_cases(pbmc):
     b.var["highly_variable"] = np.where(hv, "True", "False").astype(object)
     scelmo.tl.embed_cells(b)
     assert b.uns[keys.PROVENANCE]["embed_cells"]["gene_selection"] == "mask_var:highly_variable"
+
+
+def test_use_raw_with_a_layer_is_refused_not_dropped(pbmc):
+    a = pbmc.copy()
+    a.layers["lognorm"] = a.raw.X.copy()  # raw (log-normalised) also as a layer
+    with pytest.raises(InputError, match="either `layer` or `use_raw=True`"):
+        scelmo.tl.embed_cells(a, layer="lognorm", use_raw=True)
+    scelmo.tl.embed_cells(a, layer="lognorm", use_raw=False)  # explicit and consistent: fine
+    scelmo.tl.embed_cells(a, layer="lognorm")  # the layer wins over raw's default, as in scanpy
+    assert "lognorm" in a.uns["scelmo"]["embed_cells"]["matrix"]

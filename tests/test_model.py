@@ -268,3 +268,19 @@ def test_renamed_head_keywords_still_work(split):
     with pytest.raises(InputError, match="give `X=` only"):
         head.predict(X, embeddings=X, gene_vectors=E)
     assert head.predict(X[:5], gene_vectors=E).shape == (5,)
+
+
+def test_predict_options_and_a_removed_labels_column_are_clear_errors(trained, split):
+    train, test = split
+    for k in (0, -3, 2.5, True):
+        with pytest.raises(InputError, match="k must be a whole number"):
+            trained.predict(test, k=k)
+    assert len(trained.predict(test, k=np.int64(3))) == test.n_obs  # numpy integers are fine
+    with pytest.raises(InputError, match="key_added"):
+        trained.predict(test, key_added="")
+    a = train.copy()
+    scelmo.Model.setup_anndata(a, labels_key="bulk_labels")
+    model = scelmo.Model(a)
+    del a.obs["bulk_labels"]
+    with pytest.raises(InputError, match=r"no column 'bulk_labels', registered as labels_key.*setup_anndata"):
+        model.train(max_epochs=1)

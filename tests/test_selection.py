@@ -100,6 +100,34 @@ def test_mask_var_gene_stats_and_pieces(pbmc):
         tl.embed_cells(b, gene_embeddings=ge, gene_stats=gene_stats(a.X[:, :10], normalize=True))
 
 
+def test_gene_stats_with_names_are_matched_by_name(pbmc):
+    """Statistics that carry gene names follow the genes, not the column positions."""
+    genes = list(map(str, pbmc.var_names))
+    ge = random_gene_embeddings(genes, dim=16)
+    a = ad.AnnData(pbmc.layers["counts"].copy(), var=pbmc.var[[]].copy())
+    named = gene_stats(a.X, normalize=True, genes=a.var_names)
+    assert named.genes == tuple(genes)
+    tl.embed_cells(a, gene_embeddings=ge, n_top_genes=300, gene_stats=named, key_added="ref")
+    order = np.random.default_rng(0).permutation(a.n_vars)
+    shuffled = a[:, order].copy()  # the same cells, genes in another order
+    tl.embed_cells(shuffled, gene_embeddings=ge, n_top_genes=300, gene_stats=named, key_added="ref")
+    np.testing.assert_allclose(shuffled.obsm["ref"], a.obsm["ref"], rtol=1e-5, atol=1e-6)
+    unnamed = gene_stats(a.X, normalize=True)  # the same numbers by position: wrong genes, other result
+    tl.embed_cells(shuffled, gene_embeddings=ge, n_top_genes=300, gene_stats=unnamed, key_added="by_position")
+    assert not np.allclose(shuffled.obsm["by_position"], a.obsm["ref"], atol=1e-3)
+    # a subset of the genes: the statistics are laid out over it
+    sub = a[:, a.var_names[:400]].copy()
+    tl.embed_cells(sub, gene_embeddings=ge, n_top_genes=300, gene_stats=named)
+    assert named.for_genes(sub.var_names).n_genes == 400
+    with pytest.raises(InputError, match="share no gene"):
+        named.for_genes(["NOT_A_GENE1", "NOT_A_GENE2"])
+    with pytest.raises(InputError, match="no gene names"):
+        unnamed.for_genes(genes)
+    with pytest.raises(InputError, match="different genes"):
+        _ = named + named.for_genes(genes[::-1])
+    assert (named + named).genes == named.genes and (named + named).n_cells == 2 * a.n_obs
+
+
 def test_paper_flavor_is_the_papers_formula(pbmc):
     from helpers import paper_wa
 

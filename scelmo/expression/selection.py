@@ -102,16 +102,52 @@ class GeneStats:
     Sums add up: the statistics of two pieces of one dataset are ``a + b``, so a dataset
     embedded in several pieces (or a query embedded with its reference's statistics,
     ``embed_cells(query, gene_stats=ref_stats)``) gets exactly the same transform.
-    ``sums`` rows: values, squared values, ``expm1`` of values, its square.
+    ``sums`` rows: values, squared values, ``expm1`` of values, its square. ``genes``
+    (optional) names the columns: statistics with names are matched to another dataset's
+    genes by name (:meth:`for_genes`), without names only by position.
     """
 
     n_cells: int
     sums: np.ndarray  # (4, n_genes) float64
+    genes: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.genes is not None:
+            self.genes = tuple(str(g) for g in self.genes)
+            if len(self.genes) != self.sums.shape[1]:
+                raise InputError(f"GeneStats has {self.sums.shape[1]} columns but {len(self.genes)} gene names.")
 
     def __add__(self, other: GeneStats) -> GeneStats:
         if self.sums.shape != other.sums.shape:
             raise InputError(f"Gene statistics over {self.n_genes} and {other.n_genes} genes cannot be added.")
-        return GeneStats(self.n_cells + other.n_cells, self.sums + other.sums)
+        if self.genes is not None and other.genes is not None and self.genes != other.genes:
+            raise InputError("Gene statistics over different genes (or another gene order) cannot be added; "
+                             "lay one out over the other's genes first (`stats.for_genes(other.genes)`).")
+        return GeneStats(self.n_cells + other.n_cells, self.sums + other.sums, self.genes or other.genes)
+
+    def for_genes(self, genes: Any) -> GeneStats:
+        """These statistics laid out over ``genes`` (matched by name); genes they do not cover
+        get zero sums (never selected as variable, not centred).
+
+        Raises
+        ------
+        InputError
+            If the statistics have no gene names, or share no gene with ``genes``.
+        """
+        genes = [str(g) for g in genes]
+        if self.genes is None:
+            raise InputError("These gene statistics have no gene names; compute them with "
+                             "`gene_stats(matrix, normalize=..., genes=var_names)` to match genes by name.")
+        col = {g: i for i, g in enumerate(self.genes)}
+        idx = np.array([col.get(g, -1) for g in genes], dtype=np.int64)
+        have = idx >= 0
+        if genes and not have.any():
+            raise InputError(f"The gene statistics ({self.n_genes} genes, e.g. {', '.join(self.genes[:3])}) share no "
+                             f"gene with the data ({len(genes)} genes, e.g. {', '.join(genes[:3])}). "
+                             "Are both in the same gene naming (symbols vs Ensembl IDs) and species?")
+        sums = np.zeros((self.sums.shape[0], len(idx)), dtype=np.float64)
+        sums[:, have] = self.sums[:, idx[have]]
+        return GeneStats(self.n_cells, sums, tuple(genes))
 
     @property
     def n_genes(self) -> int:
@@ -197,10 +233,13 @@ def _sparse_sums_kernel() -> Any:
     return sums
 
 
-def gene_stats(matrix: Any, *, normalize: bool, chunk_size: int = 10_000, progress: Any = None) -> GeneStats:
+def gene_stats(matrix: Any, *, normalize: bool, chunk_size: int = 10_000, progress: Any = None,
+               genes: Any = None) -> GeneStats:
     """One streaming pass: per-gene sums of the values (normalised first if ``normalize``).
 
-    ``progress`` is an optional callable taking the number of rows just read.
+    ``progress`` is an optional callable taking the number of rows just read. ``genes``
+    (e.g. ``adata.var_names``) names the columns, so that the statistics can be matched to
+    another dataset's genes by name (``embed_cells(query, gene_stats=...)`` does that).
     """
     n_cells, n_genes = n_rows_cols(matrix)
     acc = np.zeros((4, n_genes), dtype=np.float64)
@@ -220,7 +259,7 @@ def gene_stats(matrix: Any, *, normalize: bool, chunk_size: int = 10_000, progre
             progress(chunk.shape[0])
     if acc_g is not None:
         acc += acc_g.T
-    return GeneStats(n_cells, acc)
+    return GeneStats(n_cells, acc, None if genes is None else tuple(str(g) for g in genes))
 
 
 def highly_variable(stats: GeneStats, n_top_genes: int, *, n_bins: int = 20) -> np.ndarray:

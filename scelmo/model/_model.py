@@ -190,6 +190,12 @@ class Model:
     def _obs(self, key: str | None) -> np.ndarray | None:
         if key is None:
             return None
+        if key not in self.adata.obs:
+            role = next((f for f in ("labels_key", "batch_key", "perturbation_key") if getattr(self.setup, f) == key), "key")
+            raise InputError(
+                f"adata.obs has no column {key!r}, registered as {role} by setup_anndata; was it removed or renamed? "
+                f"Register the current columns again: `scelmo.Model.setup_anndata(adata, {role}=...)`, then build the Model."
+            )
         col = self.adata.obs[key]
         arr = col.astype(object).to_numpy()
         return np.array([None if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v) for v in arr], dtype=object)
@@ -304,6 +310,10 @@ class Model:
         import pandas as pd
 
         self._require_trained()
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1):
+            raise InputError(f"k must be a whole number >= 1 (neighbours for the kNN vote), got {k!r}.")
+        if key_added is not None and (not isinstance(key_added, str) or not key_added):
+            raise InputError(f"key_added must be a non-empty string (an obs column), got {key_added!r}.")
         if method is None:
             method = "knn" if self.head.supports("knn") else "classifier"
         if method not in ("knn", "classifier", "auto"):

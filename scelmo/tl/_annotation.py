@@ -41,7 +41,7 @@ from scelmo.knowledge.descriptions import describe
 from scelmo.plugin import KnowledgeSource, split_phrases
 from scelmo.tl._clustering import cluster
 from scelmo.tl._common import _check_finite, _copy_of
-from scelmo.tl._embedding import embed_cells, reference_gene_stats, stats_for_genes
+from scelmo.tl._embedding import embed_cells, reference_gene_stats, reference_gene_table
 
 
 def prompt_match(
@@ -256,7 +256,10 @@ def annotate(
     k
         Neighbours for the reference vote (10, as in the paper).
     use_rep
-        ``obsm`` key of the cell embedding (computed when missing).
+        ``obsm`` key of the cell embedding. Computed with :func:`~scelmo.tl.embed_cells`
+        when missing, if it is a scelmo key (``"X_scelmo"`` or a name starting with it);
+        another method's key (``"X_pca"``, ``"X_scVI"``) must already be there in both
+        ``adata`` and ``reference``.
     min_score
         Cells scoring below this get ``unknown_label`` (default 0: never).
     unknown_label
@@ -290,18 +293,24 @@ def annotate(
         if reference is not None and use_rep not in reference.obsm:
             reference = _copy_of(reference)  # its embedding is computed below: not into the caller's object
     _check_options(k=k, temperature=temperature, key_added=key_added, method=method, reference=reference)
+    _check_use_rep(use_rep, adata, reference)
     info: dict[str, Any] = {"use_rep": use_rep, "min_score": min_score}
     if use_rep not in adata.obsm:
-        stats = None
+        stats, table = None, None
         if reference is not None:  # the query embedded as its reference: same genes selected, same centring
-            ref_stats, ref_genes = reference_gene_stats(reference, config=config, progress=progress)
-            if use_rep not in reference.obsm:  # the reference from the same statistics: read once
-                embed_cells(reference, config=config, key_added=use_rep, gene_stats=ref_stats, progress=progress)
+            ref_stats = reference_gene_stats(reference, config=config, progress=progress)
             agg = get_settings(config).aggregate
             _, query_genes, _ = select_matrix(adata, layer=agg.layer, use_raw=agg.use_raw)
-            stats = stats_for_genes(ref_stats, ref_genes, [str(g) for g in query_genes])
+            info["shared_genes"] = _check_gene_overlap(ref_stats, [str(g) for g in query_genes])
+            # one gene table (and so one conditioning) for both: built over the reference's genes
+            table = reference_gene_table(reference, config=config, progress=progress)
+            if use_rep not in reference.obsm:  # the reference from the same statistics: read once
+                embed_cells(reference, config=config, key_added=use_rep, gene_stats=ref_stats, gene_embeddings=table,
+                            progress=progress)
+            stats = ref_stats  # matched to the query's genes by name inside embed_cells
             info["query_gene_stats"] = "reference"
-        embed_cells(adata, config=config, key_added=use_rep, gene_stats=stats, progress=progress)
+        embed_cells(adata, config=config, key_added=use_rep, gene_stats=stats, gene_embeddings=table,
+                    progress=progress)
     query = np.asarray(adata.obsm[use_rep], dtype=np.float32)
     _check_finite(query, use_rep, adata)
     if reference is not None:
@@ -342,6 +351,49 @@ def _check_options(*, k: int, temperature: float, key_added: Any, method: str, r
 #: provenance fields that must agree for two embeddings to be compared
 _COMPARABLE = ("flavor", "aggregator", "transform", "condition", "conditioning", "embed_model", "describe_model",
                "l2_normalize")
+
+
+def _check_use_rep(use_rep: Any, adata: Any, reference: Any) -> None:
+    """``use_rep`` must name an embedding that is there, or a scelmo key that can be computed."""
+    if not isinstance(use_rep, str) or not use_rep:
+        raise InputError(f"use_rep must be a non-empty string (an obsm key), got {use_rep!r}.")
+    if use_rep.startswith(keys.X_SCELMO):
+        return
+    for obj, what in ((adata, "adata"), (reference, "reference")):
+        if obj is not None and use_rep not in obj.obsm:
+            raise InputError(
+                f"{what}.obsm has no {use_rep!r}. scelmo computes a missing embedding only under a scelmo key "
+                f"({keys.X_SCELMO!r} or a name starting with it), not under another method's name. Compute "
+                f"{use_rep!r} first (e.g. `sc.pp.pca` for 'X_pca') in both objects, or leave use_rep at its default."
+            )
+
+
+#: Below this share of the reference's expressed genes, a query embedded here gets a warning.
+MIN_SHARED_GENES = 0.5
+
+
+def _check_gene_overlap(ref_stats: Any, query_genes: list[str]) -> float:
+    """The share of the reference's expressed genes that the query has; an error when none,
+    a warning below :data:`MIN_SHARED_GENES` (their embeddings would not be comparable)."""
+    expressed = [g for g, total in zip(ref_stats.genes, ref_stats.sums[0], strict=True) if total > 0]
+    have = set(query_genes)
+    shared = sum(g in have for g in expressed)
+    if not shared:
+        raise InputError(
+            f"The query shares none of the reference's {len(expressed)} expressed genes "
+            f"(reference e.g. {', '.join(expressed[:3])}; query e.g. {', '.join(query_genes[:3])}). "
+            "Use the same gene naming (symbols or Ensembl IDs) and species in both."
+        )
+    share = shared / max(len(expressed), 1)
+    if share < MIN_SHARED_GENES:
+        warnings.warn(
+            f"The query has only {shared} of the reference's {len(expressed)} expressed genes ({share:.0%}); "
+            "cells embedded from so different gene sets are hard to compare, so labels may be unreliable. "
+            "Annotate against a reference measured on a similar gene panel.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return share
 
 
 def _warn_if_embedded_differently(adata: Any, reference: Any, use_rep: str) -> None:

@@ -360,18 +360,22 @@ def _aligned_gene_table(names: list[str], gene_embeddings: GeneEmbeddings | str 
 
 
 def _input_statistics(adata: Any, matrix: Any, source: str, gene_stats: GeneStats | None, plan: dict[str, Any],
-                      mask_var: Any, normalize: bool, lazy: bool, progress: bool | None, chunk_size: int
-                      ) -> GeneStats | None:
-    """Per-gene statistics for gene selection and centring: the given ones, or one streamed pass
-    over the data (on dask when the matrix is a dask array); ``None`` when nothing needs them."""
+                      mask_var: Any, normalize: bool, lazy: bool, progress: bool | None, chunk_size: int,
+                      names: Sequence[str] | None = None) -> GeneStats | None:
+    """Per-gene statistics for gene selection and centring: the given ones (matched to ``names``
+    by name when they carry gene names), or one streamed pass over the data (on dask when the
+    matrix is a dask array; named by ``names``); ``None`` when nothing needs them."""
     n_cells, n_genes = n_rows_cols(matrix)
     do_norm = normalize
     need_stats = plan["transform"] != "none" or (
         mask_var is None and plan["genes"] == "hvg" and "highly_variable" not in _var_of(adata, source)
     )
     stats = gene_stats
+    if stats is not None and stats.genes is not None and names is not None:
+        stats = stats.for_genes(names)  # by name: another gene order or gene set is fine
     if stats is not None and stats.n_genes != n_genes:
-        raise InputError(f"gene_stats cover {stats.n_genes} genes but the data has {n_genes}; compute them on the same genes.")
+        raise InputError(f"gene_stats cover {stats.n_genes} genes but the data has {n_genes}; compute them on the "
+                         "same genes, or with gene names (`gene_stats(..., genes=var_names)`) to match them by name.")
     use_dask = distributed.is_dask_array(matrix)
     if lazy and not use_dask:
         raise InputError("lazy=True needs a dask array as the matrix (e.g. scelmo.expression.distributed.read_lazy(path)).")
@@ -382,35 +386,38 @@ def _input_statistics(adata: Any, matrix: Any, source: str, gene_stats: GeneStat
             with progress_bar(total=n_cells, desc="gene statistics", unit="cell", enabled=progress) as bar:
                 stats = compute_gene_stats(matrix, normalize=do_norm, chunk_size=chunk_size,
                                            progress=bar.update)
+        if names is not None:
+            stats = GeneStats(stats.n_cells, stats.sums, tuple(str(g) for g in names))
     return stats
 
 
-def reference_gene_stats(reference: Any, *, config: Config = None,
-                         progress: bool | None = None) -> tuple[GeneStats, list[str]]:
-    """The reference's per-gene statistics (as :func:`embed_cells` computes them) and its genes.
+def reference_gene_stats(reference: Any, *, config: Config = None, progress: bool | None = None) -> GeneStats:
+    """The reference's per-gene statistics (as :func:`embed_cells` computes them), with its gene names.
 
-    With :func:`stats_for_genes` they embed a query exactly as its reference
-    (``embed_cells(query, gene_stats=...)``): the reference's gene selection and centring,
-    so that a query of one cell type is not centred on itself.
+    ``embed_cells(query, gene_stats=...)`` then embeds a query exactly as its reference (the
+    reference's gene selection and centring, matched by gene name), so that a query of one
+    cell type is not centred on itself.
     """
     agg_cfg = _settings(config).aggregate
     plan = flavor_plan(agg_cfg)
     matrix, var_names, source = select_matrix(reference, layer=agg_cfg.layer, use_raw=agg_cfg.use_raw)
     do_norm = should_normalize(plan["normalize"], matrix)
-    stats = _input_statistics(reference, matrix, source, None, {**plan, "transform": "center"}, None, do_norm,
-                              False, progress, agg_cfg.chunk_size)
-    return stats, [str(g) for g in var_names]
+    return _input_statistics(reference, matrix, source, None, {**plan, "transform": "center"}, None, do_norm,
+                             False, progress, agg_cfg.chunk_size, names=[str(g) for g in var_names])
 
 
-def stats_for_genes(stats: GeneStats, names: Sequence[str], genes: Sequence[str]) -> GeneStats:
-    """``stats`` over ``names`` laid out over ``genes``; genes not in ``names`` get zero sums
-    (never selected as variable, not centred)."""
-    col = {str(g): i for i, g in enumerate(names)}
-    idx = np.array([col.get(str(g), -1) for g in genes], dtype=np.int64)
-    sums = np.zeros((stats.sums.shape[0], len(idx)), dtype=np.float64)
-    have = idx >= 0
-    sums[:, have] = stats.sums[:, idx[have]]
-    return GeneStats(stats.n_cells, sums)
+def reference_gene_table(reference: Any, *, config: Config = None, progress: bool | None = None) -> GeneEmbeddings:
+    """The gene table :func:`embed_cells` builds for ``reference`` (conditioned when the flavor says so).
+
+    Passed as ``embed_cells(query, gene_embeddings=...)``, it gives the query the same
+    conditioning: a conditioning is fitted per table, and the table built for a dataset
+    covers that dataset's genes, so a query with another gene set would otherwise get
+    a different one.
+    """
+    settings = _settings(config)
+    plan = flavor_plan(settings.aggregate)
+    _, var_names, _ = select_matrix(reference, layer=settings.aggregate.layer, use_raw=settings.aggregate.use_raw)
+    return _aligned_gene_table([str(g) for g in var_names], None, settings, plan, progress)[0]
 
 
 def _embed_cells_record(adata: Any, result: Any, names: list[str], lookup: list[str], mask: np.ndarray,
@@ -534,8 +541,11 @@ def embed_cells(
     gene_stats
         Per-gene statistics to use instead of this data's own (a
         :class:`scelmo.expression.selection.GeneStats`, e.g. ``scelmo.expression.selection.gene_stats(ref.X,
-        normalize=True)``): embeds a query with its reference's gene selection and
-        centring, or a dataset in pieces exactly as in one go.
+        normalize=True, genes=ref.var_names)``): embeds a query with its reference's gene
+        selection and centring, or a dataset in pieces exactly as in one go. Statistics
+        with gene names are matched to this data's genes by name (genes they lack are
+        neither selected nor centred); without names they must cover the same genes in
+        the same order.
     layer, use_raw
         Which expression values to use: ``adata.layers[layer]``, ``adata.raw.X``
         or ``adata.X``. ``use_raw=None`` uses ``adata.raw`` when present (scanpy's
@@ -610,8 +620,9 @@ def embed_cells(
         )
     if copy:
         adata = _copy_of(adata)
+    # a layer named in this call overrides a use_raw from the config, but not one named in this call
     matrix, var_names, source = select_matrix(
-        adata, layer=agg_cfg.layer, use_raw=agg_cfg.use_raw if layer is None else False
+        adata, layer=agg_cfg.layer, use_raw=agg_cfg.use_raw if layer is None or use_raw is not None else False
     )
     n_cells, n_genes = n_rows_cols(matrix)
     if n_cells == 0:
@@ -623,7 +634,7 @@ def embed_cells(
 
     do_norm = should_normalize(plan["normalize"], matrix)
     stats = _input_statistics(adata, matrix, source, gene_stats, plan, mask_var, do_norm, lazy, progress,
-                              agg_cfg.chunk_size)
+                              agg_cfg.chunk_size, names=names)
     use_dask = distributed.is_dask_array(matrix)
     selected, how = _gene_mask(adata, source, n_genes, mask_var, plan, stats, agg_cfg.n_top_genes)
     use = selected & mask
