@@ -140,7 +140,8 @@ def run_kang(args: argparse.Namespace, rows: list[dict[str, Any]], log: dict[str
         rows.append({**base, "method": "no change", **_score(ctrl, true, ctrl, de)})
         X_ctrl = a.X[(ct == t) & (pert == "ctrl")]
         for name, opts in variants.items():
-            head, secs = _fit(PerturbationHead(**opts, mmd_weight=args.mmd_weight), a.X[train],
+            head, secs = _fit(PerturbationHead(**{**json.loads(args.head_options), **opts, "mmd_weight": args.mmd_weight}),
+                              a.X[train],
                               perturbations=pert[train], control="ctrl", groups=ct[train], perturbation_embeddings=emb,
                               training={"max_epochs": args.epochs, "progress": False, "seed": args.seed})
             pred = head.predict_mean(X_ctrl, "IFN-beta")
@@ -183,7 +184,8 @@ def run_synthetic(args: argparse.Namespace, rows: list[dict[str, Any]], log: dic
     }
     heads = {}
     for name, emb in variants.items():
-        head, secs = _fit(PerturbationHead(mmd_weight=args.mmd_weight), adata.X[keep], perturbations=pert[keep],
+        head, secs = _fit(PerturbationHead(**{**json.loads(args.head_options), "mmd_weight": args.mmd_weight}),
+                          adata.X[keep], perturbations=pert[keep],
                           control="ctrl", perturbation_embeddings=emb,
                           training={"max_epochs": args.epochs, "progress": False, "seed": args.seed})
         heads[name] = (head, secs)
@@ -436,7 +438,8 @@ def write_report(df: pd.DataFrame, summary: pd.DataFrame, out: Path, log: dict[s
     parts = ["# Perturbation prediction benchmark", ""]
     if "kang" in log or "synthetic" in log:
         parts += [f"Kang and synthetic tasks: machine {log['machine']}; torch {log['torch']} on {log['device']}; "
-                  f"{log['epochs']} epochs; load average at start {log['loadavg_start']}, at end "
+                  f"{log['epochs']} epochs; head options {json.dumps(log.get('head_options') or {})} (on top of its "
+                  f"defaults); load average at start {log['loadavg_start']}, at end "
                   f"{log['loadavg_end']}. Total {log['total_s']:.0f} s.", ""]
     if papalexi is not None and "papalexi" in log:
         run = log["papalexi"].get("run", {})
@@ -532,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default 30; 10 with --quick)")
     ap.add_argument("--mmd-weight", type=float, default=None, help="the head's mmd_weight (default: the head's own)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--head-options", default="{}", help="Kang and synthetic: the head's options as JSON (default: its own)")
     ap.add_argument("--no-ablation", action="store_true", help="skip the head without cell state on Kang")
     ap.add_argument("--seeds", default="0,1,2", help="Papalexi: seeds (each its own split of targets into folds)")
     ap.add_argument("--folds", type=int, default=5, help="Papalexi: folds of targets")
@@ -596,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         log.update({"argv": portable_argv(sys.argv[1:]), "machine": machine,
                     "python": platform.python_version(), "torch": torch.__version__,
                     "device": "cpu (1 torch thread)", "epochs": args.epochs, "mmd_weight": args.mmd_weight,
+                    "head_options": json.loads(args.head_options),
                     "loadavg_start": loadavg(), "quick": args.quick})
     rows: list[dict[str, Any]] = []
     if "kang" in tasks:

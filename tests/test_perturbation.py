@@ -318,3 +318,48 @@ def test_cli_train_and_predict_perturbation(tmp_path, synthetic):
     assert res.exit_code == 0, res.output
     out = ad.read_h5ad(tmp_path / "pred.h5ad")
     assert out.shape == (20, adata.n_vars) and (out.obs["scelmo_perturbation"] == name).all()
+
+
+# --------------------------------------------------------------------------- shared response
+def _knowledge_free_knockouts(seed=0):
+    """12 knockouts that share one response plus a specific one unrelated to their vectors."""
+    rng = np.random.default_rng(seed)
+    G, n = 40, 60
+    common = np.r_[np.full(10, 1.0), np.zeros(30)]
+    ctrl_mu = rng.uniform(1.5, 3.0, G)
+    X, pert, vecs = [ctrl_mu + 0.2 * rng.normal(size=(2 * n, G))], ["ctrl"] * (2 * n), {}
+    for k in range(12):
+        specific = 0.5 * rng.normal(size=G) * (rng.random(G) < 0.2)
+        X.append(ctrl_mu + common + specific + 0.2 * rng.normal(size=(n, G)))
+        pert += [f"KO{k}"] * n
+        vecs[f"KO{k}"] = rng.normal(size=16)
+    return np.clip(np.vstack(X), 0, None).astype(np.float32), np.array(pert), vecs
+
+
+def test_shared_response_starts_unseen_perturbations_at_the_mean_shift(tmp_path):
+    X, pert, vecs = _knowledge_free_knockouts()
+    held = [f"KO{k}" for k in range(8, 12)]
+    train = ~np.isin(pert, held)
+    ctrl = X[pert == "ctrl"]
+    shifts = [X[pert == p].mean(0) - ctrl.mean(0) for p in np.unique(pert[train]) if p != "ctrl"]
+    ms = P.mean_shift(ctrl.mean(0), shifts)
+    opts = {"hidden": 32, "latent": 8, "mmd_weight": 0.0, "shared_response": True}
+    head = PerturbationHead(**opts, unseen_scale=0.0)
+    head.fit(X[train], perturbations=pert[train], control="ctrl", perturbation_embeddings=vecs,
+             training={"max_epochs": 10, "progress": False})
+    np.testing.assert_allclose(head.arrays["mean_shift"], np.mean(shifts, axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(head.predict_mean(ctrl, "KO9"), ms, rtol=1e-4, atol=1e-4)  # exactly the mean shift
+    np.testing.assert_allclose(head.predict_mean(ctrl, "ctrl"), ctrl.mean(0), atol=1e-5)  # control: no change
+    # chosen on held-out training knockouts: the vectors carry nothing here, so they are turned down
+    auto = PerturbationHead(**opts, unseen_scale=None)
+    auto.fit(X[train], perturbations=pert[train], control="ctrl", perturbation_embeddings=vecs,
+             training={"max_epochs": 40, "progress": False})
+    check = auto.spec["unseen_scale_validation"]
+    assert len(check["held_out"]) == 2 and set(check["mse"]) == {"0.0", "0.25", "0.5", "0.75", "1.0"}
+    assert auto.spec["unseen_scale"] == float(min(check["mse"], key=lambda a: (check["mse"][a], -float(a))))
+    err = np.mean([np.abs(auto.predict_mean(ctrl, k) - X[pert == k].mean(0)).mean() for k in held])
+    err_ms = np.mean([np.abs(ms - X[pert == k].mean(0)).mean() for k in held])
+    assert err <= 1.05 * err_ms, (err, err_ms)
+    auto.save_state(tmp_path / "h")
+    loaded = PerturbationHead.load_state(tmp_path / "h")
+    np.testing.assert_allclose(loaded.predict_mean(ctrl, "KO9"), auto.predict_mean(ctrl, "KO9"), rtol=1e-5, atol=1e-5)

@@ -76,6 +76,19 @@ class PerturbationOptions(ComponentOptions):
     cell_state: bool = True
     #: Add a learned latent per component seen in training (GEARS fork style).
     residual_embedding: bool = False
+    #: Start every perturbation at the shared response: the mean shift of the training
+    #: perturbations (mean over units of the unit's mean minus its group's control mean) is
+    #: added to any perturbed cell's prediction, so that the network learns how a
+    #: perturbation (and a cell state) differs from the mean shift. With ``unseen_scale=0``
+    #: an unseen perturbation is predicted as exactly the mean shift.
+    shared_response: bool = True
+    #: Weight of the vector-derived latent of a component *not seen in training* (1: as
+    #: learned; 0: such a perturbation gets only the shared response). ``None``: chosen on
+    #: the training data, by training once more with a quarter of the seen components held
+    #: out and scoring their units' mean response for each of ``UNSEEN_SCALES`` (needs at
+    #: least ``MIN_COMPONENTS_TO_VALIDATE`` seen components, else 1). Knowledge that does
+    #: not transfer to held-out components is thereby turned down, not trusted blindly.
+    unseen_scale: float | None = Field(None, ge=0.0, le=1.0)
     #: Centre component vectors on the mean of the fit-time table (needs >= 2 components).
     center_embeddings: bool = True
     #: Project every (normalised) component vector onto the span of the components seen in
@@ -95,6 +108,12 @@ class PerturbationOptions(ComponentOptions):
     clip: bool = True
     #: Cells per block at prediction.
     eval_batch_size: int = Field(4096, ge=1)
+
+
+#: Candidate weights of an unseen component's latent (``unseen_scale=None``).
+UNSEEN_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: Seen components needed to choose ``unseen_scale`` on held-out ones.
+MIN_COMPONENTS_TO_VALIDATE = 5
 
 
 def _build_network(n_genes: int, dim: int, opts: PerturbationOptions, n_seen: int) -> Any:
@@ -122,6 +141,11 @@ def _build_network(n_genes: int, dim: int, opts: PerturbationOptions, n_seen: in
                 res = self.residual(seen_index.clamp(min=0)) * seen[:, None].to(out.dtype)
                 out = out + res
             return out
+
+        def perturbation_latents(self, component_latents: Any, members: Sequence[Any]) -> Any:
+            """One latent per perturbation: the sum of its components' latents (rows of
+            ``component_latents`` listed in ``members``)."""
+            return torch.stack([component_latents[m].sum(0) for m in members])
 
         def forward(self, x: Any, p: Any) -> Any:
             delta = self.shift(p)
@@ -339,6 +363,10 @@ class PerturbationHead(TorchHead):
         vecs = np.stack([table[c] for c in names]).astype(np.float64)
         self.arrays = _vector_normalisation(vecs, len(seen), center=self.options.center_embeddings,
                                             project_to_seen=self.options.project_to_seen)
+        if self.options.shared_response:  # mean over units of (unit mean - its group's control mean)
+            ctrl_mean = {g: np.asarray(X[r].mean(axis=0), dtype=np.float64).ravel() for g, r in ctrl_rows.items()}
+            self.arrays["mean_shift"] = np.mean(
+                [means[i] - ctrl_mean[g] for i, (g, _) in enumerate(unit_keys)], axis=0).astype(np.float32)
         self.spec = {
             "n_genes": int(G),
             "dim": int(vecs.shape[1]),
@@ -358,12 +386,47 @@ class PerturbationHead(TorchHead):
         ]
         self._means_np = means
         cfg = self.training_config(training)
+        scale, scores = self.options.unseen_scale, None
+        if scale is None:
+            scale, scores = self._validated_unseen_scale(X, pert, grp, control, table, seen, comp_of, cfg)
+        self.spec["unseen_scale"] = float(scale)
+        if scores is not None:
+            self.spec["unseen_scale_validation"] = scores
         self._rng = np.random.default_rng(cfg.seed + 1)
         try:
             self.train_module(np.flatnonzero(~is_ctrl), cfg)
         finally:
             self._clear_data()
         return self
+
+    def _validated_unseen_scale(self, X: Any, pert: np.ndarray, grp: np.ndarray, control: str, table: Mapping[str, Any],
+                                seen: list[str], comp_of: Mapping[str, list[str]], cfg: TrainingConfig
+                                ) -> tuple[float, dict[str, Any] | None]:
+        """``unseen_scale`` chosen on held-out seen components (see :class:`PerturbationOptions`)."""
+        if len(seen) < MIN_COMPONENTS_TO_VALIDATE:
+            return 1.0, None
+        rng = np.random.default_rng(cfg.seed + 7)
+        held = set(rng.choice(seen, max(1, round(len(seen) / 4)), replace=False).tolist())
+        touches = np.array([bool(held & set(comp_of.get(p, ()))) for p in pert])
+        inner = PerturbationHead(**{**self.options.model_dump(), "unseen_scale": 1.0})
+        keep = np.flatnonzero(~touches)
+        inner.fit(X[keep], perturbations=pert[keep], control=control, groups=grp[keep],
+                  perturbation_embeddings=table, training={**cfg.model_dump(), "progress": False})
+        units = sorted({(g, p) for g, p, t in zip(grp, pert, touches, strict=True) if t})
+        errors = {a: [] for a in UNSEEN_SCALES}
+        for g, p in units:
+            ctrl = np.flatnonzero((grp == g) & (pert == control))
+            if ctrl.size == 0:
+                continue
+            observed = np.asarray(X[np.flatnonzero((grp == g) & (pert == p))].mean(axis=0), dtype=np.float64).ravel()
+            for a in UNSEEN_SCALES:
+                inner.spec["unseen_scale"] = a
+                errors[a].append(float(np.mean((inner.predict_mean(X[ctrl], p) - observed) ** 2)))
+        if not errors[1.0]:
+            return 1.0, None
+        mse = {a: float(np.mean(v)) for a, v in errors.items()}
+        best = min(UNSEEN_SCALES, key=lambda a: (mse[a], -a))  # ties: trust the vectors more
+        return best, {"held_out": sorted(held), "mse": {str(a): v for a, v in mse.items()}}
 
     def _clear_data(self) -> None:
         for attr in ("_X", "_unit_of", "_unit_rows", "_unit_group_ctrl", "_unit_members", "_means_np", "_means", "_vectors", "_seen_idx"):
@@ -390,9 +453,17 @@ class PerturbationHead(TorchHead):
         torch = import_torch()
         self._means = torch.from_numpy(self._means_np).to(device)
         self._vectors, self._seen_idx = self._component_tensors(self.spec["components"], device)
+        self._offset = self._mean_shift_offset(device)
 
     def finish_training(self) -> None:
-        self._means = self._vectors = self._seen_idx = None
+        self._means = self._vectors = self._seen_idx = self._offset = None
+
+    def _mean_shift_offset(self, device: Any) -> Any:
+        """The training perturbations' mean shift (genes,) on ``device``; ``None`` unless ``shared_response``."""
+        shift = self.arrays.get("mean_shift")
+        if not self.options.shared_response or shift is None:
+            return None
+        return import_torch().from_numpy(np.asarray(shift, dtype=np.float32)).to(device)
 
     def training_loss(self, rows: np.ndarray) -> Any:
         torch = import_torch()
@@ -411,9 +482,11 @@ class PerturbationHead(TorchHead):
         dev = self.device
         x = rows_to_tensor(self._X, np.concatenate(ctrl_parts), dev)
         latents = self.module.component_latents(self._vectors, self._seen_idx)
-        p_unit = torch.stack([latents[self._unit_members[u]].sum(0) for u in units])
+        p_unit = self.module.perturbation_latents(latents, [self._unit_members[u] for u in units])
         seg = torch.from_numpy(np.repeat(np.arange(len(units)), sizes)).to(dev)
         pred = self.module(x, p_unit[seg])
+        if self._offset is not None:  # every training unit is perturbed
+            pred = pred + self._offset
         size_t = torch.tensor(sizes, dtype=pred.dtype, device=dev)
         pred_mean = torch.zeros(len(units), pred.shape[1], dtype=pred.dtype, device=dev).index_add_(0, seg, pred) / size_t[:, None]
         target = self._means[torch.from_numpy(units).to(dev)]
@@ -445,13 +518,16 @@ class PerturbationHead(TorchHead):
                 "predict(..., perturbation_embeddings=...)."
             )
         out = torch.zeros(len(uniq), self.options.latent, device=device)
-        if needed:
+        perturbed = [i for i, cs in enumerate(comps) if cs]  # the control stays at zero: no change
+        if perturbed:
             vecs, seen_idx = self._component_tensors(needed, device)
             latents = self.module.component_latents(vecs, seen_idx).float()
+            scale = float(self.spec.get("unseen_scale", 1.0))
+            if scale != 1.0:  # components never trained on: their vector-derived latent, turned down
+                latents = latents * torch.where(seen_idx >= 0, 1.0, scale)[:, None]
             pos = {c: i for i, c in enumerate(needed)}
-            for i, cs in enumerate(comps):
-                for c in cs:
-                    out[i] += latents[pos[c]]
+            members = [torch.tensor([pos[c] for c in comps[i]], dtype=torch.long, device=device) for i in perturbed]
+            out[torch.tensor(perturbed, dtype=torch.long, device=device)] = self.module.perturbation_latents(latents, members)
         return out, inverse
 
     def predict(
@@ -515,13 +591,22 @@ class PerturbationHead(TorchHead):
         if perturbation_embeddings:
             self.add_embeddings(perturbation_embeddings)
         out = np.empty(X.shape, dtype=np.float32)
+        torch = import_torch()
+        sep, control = self.options.separator, self.spec["control"]
         with self.inference(device) as dev:
             P, inverse = self._perturbation_latents(perts, dev)
+            offset = self._mean_shift_offset(dev)
+            if offset is not None:  # the mean shift for perturbed cells, none for control cells
+                uniq = np.unique(np.asarray(perts, dtype=str))
+                perturbed = torch.tensor([bool(split_components(p, sep=sep, control=control)) for p in uniq],
+                                         dtype=torch.float32, device=dev)
             bs = self.options.eval_batch_size
             for s in range(0, X.shape[0], bs):
                 rows = slice(s, min(s + bs, X.shape[0]))
-                idx = import_torch().from_numpy(inverse[rows]).to(dev)
+                idx = torch.from_numpy(inverse[rows]).to(dev)
                 pred = self.module(rows_to_tensor(X, rows, dev), P[idx]).float()
+                if offset is not None:
+                    pred = pred + perturbed[idx][:, None] * offset
                 if self.options.clip:
                     pred = pred.clamp(min=0)
                 out[rows] = pred.cpu().numpy()
@@ -562,7 +647,7 @@ class PerturbationHead(TorchHead):
         return pred.mean(axis=0, dtype=np.float64)
 
     def perturbation_embedding(self, perturbation: str) -> np.ndarray:
-        """The learned latent of a perturbation (sum of its components' latents)."""
+        """The learned latent of a perturbation (sum of its components' latents, plus the shared one)."""
         with self.inference():
             P, _ = self._perturbation_latents([perturbation], self.device)
         return P[0].cpu().numpy()
