@@ -15,6 +15,20 @@ import pytest
 os.environ.setdefault("SCELMO_NO_PROGRESS", "1")
 
 
+def _allow_text_columns_in_fixture_files() -> None:
+    """Under pandas >= 3 every text column is a nullable string array, which anndata writes only
+    when allowed; the tests' own fixture files (``a.write_h5ad`` in test code) need that. The
+    package's writers allow it themselves (tests/test_cli_formats.py checks that with it off)."""
+    import anndata
+    import pandas as pd
+
+    if int(pd.__version__.split(".")[0]) >= 3 and hasattr(anndata.settings, "allow_write_nullable_strings"):
+        anndata.settings.allow_write_nullable_strings = True
+
+
+_allow_text_columns_in_fixture_files()
+
+
 @pytest.fixture(scope="session")
 def session_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache") / "cache.sqlite"

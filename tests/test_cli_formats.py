@@ -199,13 +199,14 @@ def test_text_columns_as_nullable_strings_are_written(counts, tmp_path, fmt):
     a.obs_names, a.var_names = barcodes, genes
     a.obs["donor"] = pd.array([f"d{i % 3}" for i in range(a.n_obs)], dtype="string")
     a.var["symbol"] = pd.array(genes, dtype="string")
-    with pytest.raises(RuntimeError, match="allow_write_nullable_strings"):
-        a.write_h5ad(tmp_path / "plain.h5ad")  # what anndata does on its own
-    src = tmp_path / f"in.{fmt}"
-    (io.write_h5ad if fmt == "h5ad" else io.write_zarr)(a, src)
-    assert ad.settings.allow_write_nullable_strings is False  # the override does not leak
-    out = tmp_path / f"out.{fmt}"
-    res = CliRunner().invoke(cli, ["embed-cells", str(src), "-o", str(out), "--n-top-genes", "300"])
+    with ad.settings.override(allow_write_nullable_strings=False):  # anndata's default
+        with pytest.raises(RuntimeError, match="allow_write_nullable_strings"):
+            a.write_h5ad(tmp_path / "plain.h5ad")  # what anndata does on its own
+        src = tmp_path / f"in.{fmt}"
+        (io.write_h5ad if fmt == "h5ad" else io.write_zarr)(a, src)
+        assert ad.settings.allow_write_nullable_strings is False  # the override does not leak
+        out = tmp_path / f"out.{fmt}"
+        res = CliRunner().invoke(cli, ["embed-cells", str(src), "-o", str(out), "--n-top-genes", "300"])
     assert res.exit_code == 0, res.output
     b = ad.read_h5ad(out) if fmt == "h5ad" else ad.read_zarr(out)
     assert list(b.obs["donor"].astype(str)) == list(a.obs["donor"].astype(str))
