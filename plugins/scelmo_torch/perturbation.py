@@ -18,6 +18,10 @@ embeddings, combinations by summing), written here:
   the bracket (``cell_state=True``) lets the response depend on the cell's state and
   is exactly zero for ``p = 0``, so "no perturbation" means "no change". Predictions
   are clipped at 0 (log expression).
+* **Starting at the mean shift** (``shared_response``, default). A perturbed cell's
+  prediction also gets the training perturbations' mean shift, so the network learns
+  deviations from it; the latent of a component never seen in training is scaled by
+  ``unseen_scale``, chosen on held-out training components (0 = exactly the mean shift).
 * **Training without paired cells.** Control and perturbed cells are different cells,
   so the loss compares distributions within each *unit* (a cell group, e.g. a cell
   type, under one perturbation): control cells of the unit's group are pushed through
