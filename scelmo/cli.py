@@ -49,7 +49,15 @@ def _overrides(ctx: click.Context) -> dict[str, Any]:
 
 
 def _echo_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    """Warnings as one yellow line each; other packages' deprecation notices (meant for their
+    developers, e.g. anndata's about pandas 3 options) are not shown to command-line users."""
+    deprecation = issubclass(category, DeprecationWarning | PendingDeprecationWarning)
+    if deprecation and _PACKAGE_DIR not in str(Path(filename).resolve()):
+        return
     click.secho(f"Warning: {mask(str(message))}", fg="yellow", err=True)
+
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
 
 #: Python keyword names whose CLI option has another name.

@@ -5,6 +5,7 @@ exit codes, config suggestions and `scelmo config show` on a broken config."""
 from __future__ import annotations
 
 import gzip
+from pathlib import Path
 
 import anndata as ad
 import h5py
@@ -212,3 +213,19 @@ def test_text_columns_as_nullable_strings_are_written(counts, tmp_path, fmt):
     assert list(b.obs["donor"].astype(str)) == list(a.obs["donor"].astype(str))
     assert list(b.var["symbol"].astype(str)) == genes
     assert b.obsm[keys.X_SCELMO].shape[0] == a.n_obs
+
+
+def test_cli_warnings_leave_out_other_packages_deprecation_notices(capsys):
+    """A library's DeprecationWarning (anndata about pandas 3 options) is for its developers;
+    scelmo's own warnings, and other packages' user warnings, reach the command line."""
+    import scelmo.cli as scli
+
+    scli._echo_warning("The 'future.infer_string' option is deprecated", DeprecationWarning,
+                       "/venv/lib/python3.11/site-packages/anndata/compat/__init__.py", 259)
+    scli._echo_warning("3 cells express none of the selected genes", UserWarning,
+                       "/venv/lib/python3.11/site-packages/anndata/_core/anndata.py", 1)
+    scli._echo_warning("`old_name` is deprecated; use `new_name`", DeprecationWarning,
+                       str(Path(scli.__file__).parent / "tl" / "_embedding.py"), 1)
+    err = capsys.readouterr().err
+    assert "future.infer_string" not in err
+    assert "3 cells express none" in err and "old_name" in err
