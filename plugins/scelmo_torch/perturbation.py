@@ -89,9 +89,10 @@ class PerturbationOptions(ComponentOptions):
     #: Weight of the vector-derived latent of a component *not seen in training* (1: as
     #: learned; 0: such a perturbation gets only the shared response). ``None``: chosen on
     #: the training data, by training once more with a quarter of the seen components held
-    #: out and scoring their units' mean response for each of ``UNSEEN_SCALES`` (needs at
-    #: least ``MIN_COMPONENTS_TO_VALIDATE`` seen components, else 1). Knowledge that does
-    #: not transfer to held-out components is thereby turned down, not trusted blindly.
+    #: out and scoring their units' mean response for each of ``UNSEEN_SCALES``; the
+    #: smallest scale within one standard error of the best is kept (needs at least
+    #: ``MIN_COMPONENTS_TO_VALIDATE`` seen components, else 1). Knowledge that does not
+    #: transfer to held-out components is thereby turned down, not trusted blindly.
     unseen_scale: float | None = Field(None, ge=0.0, le=1.0)
     #: Centre component vectors on the mean of the fit-time table (needs >= 2 components).
     center_embeddings: bool = True
@@ -429,8 +430,13 @@ class PerturbationHead(TorchHead):
         if not errors[1.0]:
             return 1.0, None
         mse = {a: float(np.mean(v)) for a, v in errors.items()}
-        best = min(UNSEEN_SCALES, key=lambda a: (mse[a], -a))  # ties: trust the vectors more
-        return best, {"held_out": sorted(held), "mse": {str(a): v for a, v in mse.items()}}
+        best = min(UNSEEN_SCALES, key=lambda a: (mse[a], -a))
+        # the one-standard-error rule (as glmnet's lambda.1se): the smallest scale whose error is
+        # within one standard error (over the held-out units) of the best one's
+        se = float(np.std(errors[best], ddof=1) / np.sqrt(len(errors[best]))) if len(errors[best]) > 1 else 0.0
+        chosen = min(a for a in UNSEEN_SCALES if mse[a] <= mse[best] + se)
+        return chosen, {"held_out": sorted(held), "mse": {str(a): v for a, v in mse.items()},
+                        "best": best, "standard_error": se}
 
     def _clear_data(self) -> None:
         for attr in ("_X", "_unit_of", "_unit_rows", "_unit_group_ctrl", "_unit_members", "_means_np", "_means", "_vectors", "_seen_idx"):
