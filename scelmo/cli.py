@@ -48,6 +48,10 @@ def _overrides(ctx: click.Context) -> dict[str, Any]:
     return dict(ctx.obj or {})
 
 
+#: Warnings raised from files under this folder are scelmo's own.
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+
 def _echo_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
     """Warnings as one yellow line each; other packages' deprecation notices (meant for their
     developers, e.g. anndata's about pandas 3 options) are not shown to command-line users."""
@@ -55,9 +59,6 @@ def _echo_warning(message: Any, category: type, filename: str, lineno: int, file
     if deprecation and _PACKAGE_DIR not in str(Path(filename).resolve()):
         return
     click.secho(f"Warning: {mask(str(message))}", fg="yellow", err=True)
-
-
-_PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
 
 #: Python keyword names whose CLI option has another name.

@@ -433,9 +433,10 @@ class GeneAdapterHead(TorchHead):
         self._w = torch.from_numpy(self._w_np).to(device)
         self._y = None if self._labels_np is None else torch.from_numpy(self._labels_np).to(device)
         self._C0 = torch.from_numpy(self._C0_np).to(device) if self.options.residual else None
-        want = getattr(self.training, "data_on_device", None)
+        want = self.training.data_on_device
         on_gpu = getattr(device, "type", str(device)) == "cuda" and sp.issparse(self._X)
-        self._X_dev = DeviceRows(self._X, device) if on_gpu and (want or (want is None and DeviceRows.fits(self._X, device))) else None
+        use = on_gpu and (want if want is not None else DeviceRows.fits(self._X, device))
+        self._X_dev = DeviceRows(self._X, device) if use else None
 
     def finish_training(self) -> None:
         self._E = self._mu = self._w = self._y = self._C0 = self._X_dev = None

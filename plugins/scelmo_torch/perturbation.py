@@ -469,9 +469,10 @@ class PerturbationHead(TorchHead):
         self._means = self._vectors = self._seen_idx = self._offset = None
 
     def _mean_shift_offset(self, device: Any) -> Any:
-        """The training perturbations' mean shift (genes,) on ``device``; ``None`` unless ``shared_response``."""
+        """The training perturbations' mean shift (genes,) on ``device``; ``None`` when the head has none
+        (``shared_response=False``, or a head saved before the option existed)."""
         shift = self.arrays.get("mean_shift")
-        if not self.options.shared_response or shift is None:
+        if shift is None:
             return None
         return import_torch().from_numpy(np.asarray(shift, dtype=np.float32)).to(device)
 
@@ -657,7 +658,8 @@ class PerturbationHead(TorchHead):
         return pred.mean(axis=0, dtype=np.float64)
 
     def perturbation_embedding(self, perturbation: str) -> np.ndarray:
-        """The learned latent of a perturbation (sum of its components' latents, plus the shared one)."""
+        """The learned latent of a perturbation (sum of its components' latents; the mean shift is added
+        to the expression, not to this latent)."""
         with self.inference():
             P, _ = self._perturbation_latents([perturbation], self.device)
         return P[0].cpu().numpy()

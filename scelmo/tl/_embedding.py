@@ -387,7 +387,7 @@ def _input_statistics(adata: Any, matrix: Any, source: str, gene_stats: GeneStat
                 stats = compute_gene_stats(matrix, normalize=do_norm, chunk_size=chunk_size,
                                            progress=bar.update)
         if names is not None:
-            stats = GeneStats(stats.n_cells, stats.sums, tuple(str(g) for g in names))
+            stats = GeneStats(stats.n_cells, stats.sums, tuple(names))
     return stats
 
 
