@@ -311,10 +311,11 @@ class IntegrationHead(GeneAdapterHead):
             loss_rec = (1 - F.cosine_similarity(recon, tgt, dim=1)).mean()
             total = total + o.reconstruction_weight * loss_rec
             logs["recon"] = loss_rec.detach()
-        y = self._y[rt]
-        if self.classes and bool((y >= 0).any()):
-            lab = y >= 0
-            ce = F.cross_entropy(m.classifier(z[lab]).float(), y[lab])
+        # whether the batch has labelled cells is read on the host, and the cross-entropy
+        # ignores the unlabelled ones (-1) instead of indexing them out: no host sync on a GPU
+        if self.classes and bool((self._labels_np[rows] >= 0).any()):
+            y = self._y[rt]
+            ce = F.cross_entropy(m.classifier(z).float(), y, ignore_index=-1)
             tri = (cross_batch_triplet_loss(z, y, b, o.triplet_margin) if o.mining == "cross_batch"
                    else batch_hard_triplet_loss(z, y, o.triplet_margin))
             total = total + o.label_weight * ce + o.triplet_weight * tri
