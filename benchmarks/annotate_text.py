@@ -6,8 +6,10 @@ are left out of the coarse score), and Kang 2018 (7 types, published names spell
 scored on the 1,638 ``scgen_valid`` cells and on all cells). Each candidate list is only the
 type names: no reference, no training. Both text-prompt methods are run (``markers``, the
 default, and ``embedding``), with the default scelmo embedding and the offline knowledge.
-A control: the same markers pipeline with the gene -> description assignment shuffled
-(the knowledge is wrong, the rest is the same). Whether the scores mean something is measured
+Two more runs of the markers pipeline: a control with the knowledge shuffled (the gene ->
+description assignment, and the genes of the curated cell-type marker sets permuted among
+themselves: the knowledge is wrong, the rest is the same), and the gene descriptions alone
+(no curated marker sets: what the method did before they were shipped). Whether the scores mean something is measured
 per run: the AUROC of a cell's score for "its label is right" and the accuracy of the cells
 scored above and below the median.
 
@@ -67,30 +69,45 @@ def _pbmc_tasks(sd):
     yield "pbmc68k (coarse 5)", pb, pb.obs["bulk_labels"].astype(str).map(PBMC_COARSE), None
 
 
-def _shuffled_knowledge():
-    """Context manager: the knowledge source gives each gene a random other gene's phrases."""
+def _patched_knowledge(*, shuffle: bool = False, curated: bool = True):
+    """Context manager on the configured knowledge source. ``shuffle``: each gene gets a
+    random other gene's phrases, and each curated marker gene is replaced by a random other
+    curated marker gene (the sets keep their sizes; which genes mark which type is lost).
+    ``curated=False``: no curated cell-type marker sets (descriptions only)."""
     import contextlib
+    import dataclasses
 
     from scelmo.config import get_settings
     from scelmo.knowledge import roles
 
     describer = roles.description_writer(get_settings())
     cls = type(describer)
-    orig = cls.phrases
+    orig_phrases, orig_sets = cls.phrases, cls.cell_type_markers
 
-    def shuffled(self, genes):
-        texts = orig(self, genes)
+    def phrases(self, genes):
+        texts = orig_phrases(self, genes)
         keys = list(texts)
         perm = np.random.default_rng(0).permutation(len(keys))
         return {k: texts[keys[j]] for k, j in zip(keys, perm, strict=True)}
 
+    def sets(self):
+        if not curated:
+            return []
+        known = orig_sets(self)
+        pool = sorted({g for k in known for g in k.markers})
+        swap = dict(zip(pool, np.random.default_rng(0).permutation(pool), strict=True))
+        return [dataclasses.replace(k, markers=tuple(str(swap[g]) for g in k.markers)) for k in known]
+
     @contextlib.contextmanager
     def cm():
-        cls.phrases = shuffled
+        if shuffle:
+            cls.phrases = phrases
+        if shuffle or not curated:
+            cls.cell_type_markers = sets
         try:
             yield
         finally:
-            cls.phrases = orig
+            cls.phrases, cls.cell_type_markers = orig_phrases, orig_sets
 
     return cm()
 
@@ -128,18 +145,17 @@ def main(argv: list[str] | None = None) -> int:
             scelmo.tl.embed_cells(a, progress=False)
         types = sorted(set(truth.dropna()))
         ok = truth.notna().to_numpy()
-        for method, control in (("markers", False), ("embedding", False), ("markers", True)):
+        variants = (("markers", None), ("embedding", None), ("markers", "shuffled knowledge"),
+                    ("markers", "gene descriptions only"))
+        for method, control in variants:
             t0 = time.perf_counter()
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _patched_knowledge(shuffle=control == "shuffled knowledge",
+                                                               curated=control != "gene descriptions only"):
                 warnings.simplefilter("ignore")
-                if control:
-                    with _shuffled_knowledge():
-                        scelmo.tl.annotate(a, cell_types=types, method=method, progress=False)
-                else:
-                    scelmo.tl.annotate(a, cell_types=types, method=method, progress=False)
+                scelmo.tl.annotate(a, cell_types=types, method=method, progress=False)
             pred = a.obs["scelmo_label"].astype(str).to_numpy()
             y = truth.to_numpy()
-            label = method + (" (shuffled knowledge)" if control else "")
+            label = method + (f" ({control})" if control else "")
             row = {"task": name, "method": label, "n_types": len(types), "n_cells": int(ok.sum()),
                    "accuracy": M.accuracy(y[ok], pred[ok]), "macro_f1": M.macro_f1(y[ok], pred[ok]),
                    "unknown_frac": float((pred[ok] == "unknown").mean()), "seconds": time.perf_counter() - t0}

@@ -77,13 +77,29 @@ class GeneVocabulary:
             if a and a not in self.symbols and symbol.upper() in self.symbols:
                 alias_targets.setdefault(a, set()).add(self.symbols[symbol.upper()])
         self.aliases = {a: next(iter(t)) for a, t in alias_targets.items() if len(t) == 1}
-        self.n_ambiguous_aliases = sum(len(t) > 1 for t in alias_targets.values())
+        #: Aliases shared by several genes -> all of them (never used to resolve a gene name).
+        self.ambiguous_aliases = {a: tuple(sorted(t)) for a, t in alias_targets.items() if len(t) > 1}
+        self.n_ambiguous_aliases = len(self.ambiguous_aliases)
         items = ensembl.items() if isinstance(ensembl, Mapping) else ensembl
         self.ensembl: dict[str, str] = {}
         for gid, symbol in items:  # an ID listed for several genes: the first pair wins
             self.ensembl.setdefault(gid.upper(), symbol)
         items = mouse.items() if isinstance(mouse, Mapping) else mouse
         self.mouse = {k.upper(): v for k, v in items}
+
+    def candidates(self, name: str) -> tuple[str, ...]:
+        """Every canonical symbol ``name`` may denote: itself, its alias target(s) (all genes
+        sharing an ambiguous alias, e.g. CD16 -> FCGR3A, FCGR3B) or its human ortholog."""
+        key = str(name).strip().upper()
+        if key in self.symbols:
+            return (self.symbols[key],)
+        if key in self.aliases:
+            return (self.aliases[key],)
+        if key in self.ambiguous_aliases:
+            return self.ambiguous_aliases[key]
+        if key in self.mouse:
+            return (self.mouse[key],)
+        return ()
 
     def __len__(self) -> int:
         return len(self.symbols)

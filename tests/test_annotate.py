@@ -53,9 +53,26 @@ def test_text_prompt_assigns_only_candidates(pbmc):
         scelmo.tl.annotate(pbmc, cell_types=types, method="psychic")
 
 
-def test_knowledge_markers_come_from_gene_knowledge(pbmc):
+def test_knowledge_markers_come_from_curated_sets_first(pbmc):
     from scelmo.tl._annotation import knowledge_markers
 
+    genes = list(map(str, pbmc.raw.var_names))
+    m = knowledge_markers(["B cell", "T cell", "FCGR3A+ monocyte", "CD14+ monocyte", "alpha cell"], genes)
+    assert {"MS4A1", "CD79A", "CD79B"} <= set(m["B cell"])
+    assert {"CD3E", "CD3D"} <= set(m["T cell"])
+    assert {"FCGR3A", "IFITM3"} <= set(m["FCGR3A+ monocyte"]) and "CD14" not in m["FCGR3A+ monocyte"]
+    assert {"S100A8", "S100A9", "FCN1"} <= set(m["CD14+ monocyte"])  # (CD14 is not among the 765 genes)
+    assert m["alpha cell"]  # no curated set: markers from the gene descriptions instead
+    assert all(w > 0 for marks in m.values() for w in marks.values())
+
+
+def test_knowledge_markers_come_from_gene_knowledge(pbmc, monkeypatch):
+    """Without curated sets (or for a name none matches), the genes' descriptions decide."""
+    from scelmo_local.knowledge import LocalGeneKnowledge
+
+    from scelmo.tl._annotation import knowledge_markers
+
+    monkeypatch.setattr(LocalGeneKnowledge, "cell_type_markers", lambda self: [])
     genes = list(map(str, pbmc.raw.var_names))
     m = knowledge_markers(["B cell", "T cell", "FCGR3A+ monocyte"], genes, n_markers=30)
     assert {"MS4A1", "CD79A", "CD79B"} <= set(m["B cell"])
@@ -75,9 +92,17 @@ def test_text_prompt_markers_on_real_pbmc(pbmc):
     assert set(pred) <= set(types) | {"unknown"}
     score = pbmc.obs[keys.LABEL + "_score"].to_numpy()
     assert ((score >= 0) & (score <= 1)).all()
-    # B cells and NK cells have knowledge markers that identify them
+    # B cells, NK cells and monocytes have markers that identify them
     assert (pred[truth == "CD19+ B"] == "B cell").mean() > 0.9
     assert (pred[truth == "CD56+ NK"] == "NK cell").mean() > 0.8
+    assert (pred[truth == "CD14+ Monocyte"] == "monocyte").mean() > 0.9
+    assert (pred[truth == "CD34+"] == "unknown").mean() > 0.5  # no candidate fits progenitors
+    coarse = {"CD14+ Monocyte": "monocyte", "CD19+ B": "B cell", "CD56+ NK": "NK cell", "Dendritic": "dendritic cell"}
+    coarse_truth = np.array([coarse.get(t, "T cell") for t in truth])  # the other 5 are T cells
+    ok = truth != "CD34+"
+    # the issue's target is 0.70: 0.77 on this input (scanpy's scaled X, log-normalised raw),
+    # 0.85 from the counts in benchmarks/annotate_text.py
+    assert (pred[ok] == coarse_truth[ok]).mean() > 0.7
     # a query with no candidate matching a cluster: it is unknown, not forced into a type
     scelmo.tl.annotate(pbmc, cell_types=["B cell", "NK cell"], key_added="bn")
     assert (pbmc.obs["bn"].astype(str) == "unknown").any()

@@ -13,6 +13,7 @@ from typing import ClassVar, Literal
 from scelmo.errors import IntegrityError
 from scelmo.genes import GeneVocabulary
 from scelmo.io import sha256_file
+from scelmo.knowledge.cell_types import CellTypeMarkers, resolve_marker_sets
 from scelmo.plugin import ComponentOptions, KnowledgeSource
 
 DATA = Path(__file__).parent / "data"
@@ -77,6 +78,15 @@ def vocabulary() -> GeneVocabulary:
     return GeneVocabulary(table, aliases=aliases, ensembl=ensembl, mouse=mouse)
 
 
+@lru_cache(maxsize=1)
+def cell_type_markers() -> tuple[CellTypeMarkers, ...]:
+    """The curated marker sets of ``cell_type_markers.json.gz`` (human and mouse immune,
+    lung, brain and liver cell types from pegasus; see NOTICE), markers as human symbols."""
+    with gzip.open(_verify("cell_type_markers.json.gz"), "rt", encoding="utf-8") as fh:
+        records = json.load(fh)["cell_types"]
+    return tuple(resolve_marker_sets(records, vocabulary()))
+
+
 def _terms(row: dict[str, str], key: str) -> str:
     return row.get(key, "").strip()
 
@@ -131,6 +141,9 @@ class LocalGeneKnowledge(KnowledgeSource):
             if row is not None:
                 out[g] = [t.strip() for key in ("bp", "pathways") for t in (row.get(key) or "").split(";") if t.strip()]
         return out
+
+    def cell_type_markers(self) -> list[CellTypeMarkers]:
+        return list(cell_type_markers())
 
     def provenance_record(self) -> dict[str, str | int | float]:
         out = super().provenance_record()

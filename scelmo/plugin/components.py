@@ -45,6 +45,7 @@ from scelmo.redact import is_secret_name, mask
 
 if TYPE_CHECKING:
     from scelmo.genes import GeneVocabulary
+    from scelmo.knowledge.cell_types import CellTypeMarkers
     from scelmo.llm.cache import Cache
 
 
@@ -161,6 +162,11 @@ class KnowledgeSource(ModelComponent):
         """Short statements of what each gene does (processes, pathways), used to derive
         marker genes for cell-type names. Default: the description cut into clauses."""
         return {g: split_phrases(t) for g, t in self.gene_texts(genes).items()}
+
+    def cell_type_markers(self) -> list[CellTypeMarkers]:
+        """Curated marker genes of known cell types (canonical human symbols), used first
+        by names-only annotation (:mod:`scelmo.knowledge.cell_types`). Default: none."""
+        return []
 
 
 _PHRASE_SPLIT = re.compile(r"[;.]\s+|\.$")

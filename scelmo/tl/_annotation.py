@@ -37,6 +37,7 @@ from scelmo.expression.matrix import select_matrix
 from scelmo.expression.selection import normalize_chunk, should_normalize
 from scelmo.knn import knn_vote, unit_rows
 from scelmo.knowledge import roles
+from scelmo.knowledge.cell_types import cell_type_marker_genes
 from scelmo.knowledge.descriptions import describe
 from scelmo.plugin import KnowledgeSource, split_phrases
 from scelmo.tl._clustering import cluster
@@ -77,8 +78,15 @@ def knowledge_markers(
     n_markers: int = 30,
     config: Any = None,
     progress: bool | None = None,
+    curated_genes: Sequence[str] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Weighted marker genes for each candidate cell type, from the genes' descriptions only.
+    """Weighted marker genes for each candidate cell type, from gene and cell-type knowledge.
+
+    A name that matches cell types whose marker genes the knowledge source knows
+    (:meth:`~scelmo.plugin.KnowledgeSource.cell_type_markers`, matched by words and named
+    genes as :mod:`scelmo.knowledge.cell_types` describes) gets those markers (weight 1;
+    its parent types' markers 0.5) and the genes its name mentions. Any other name gets
+    the genes whose descriptions are most like it.
 
     Parameters
     ----------
@@ -96,12 +104,15 @@ def knowledge_markers(
         the genes and which embedder compares the texts.
     progress
         Show progress bars (default: when attached to a terminal).
+    curated_genes
+        Genes the curated marker sets may use (default: ``genes``). A rare type's markers
+        are expressed in few cells, so annotation passes every detected gene here.
 
     Returns
     -------
-    ``{type: {gene: weight}}``: each type's knowledge markers weighted by specificity
-    (its phrase similarity to this type minus that to the closest other candidate), and
-    the genes its name mentions (with the top weight).
+    ``{type: {gene: weight}}``: curated markers as above, or the knowledge markers weighted
+    by specificity (their phrase similarity to this type minus that to the closest other
+    candidate); with the genes the name mentions (top weight).
     """
     settings = get_settings(config)
     describer = roles.description_writer(settings)
@@ -109,6 +120,19 @@ def knowledge_markers(
     genes = [str(g) for g in genes]
     res = vocab.resolve(genes, species=settings.genes.species) if vocab is not None else None
     symbols = res.symbols if res is not None else genes
+    present = set(genes)
+    # curated markers of the known cell types a name matches come first ...
+    if curated_genes is None:
+        curated = _curated_markers(describer, vocab, cell_types, genes, symbols)
+    else:
+        pool = [str(g) for g in curated_genes]
+        pool_res = vocab.resolve(pool, species=settings.genes.species) if vocab is not None else None
+        curated = _curated_markers(describer, vocab, cell_types, pool, pool_res.symbols if pool_res else pool)
+    out = {name: w for name, w in curated.items() if w}
+    rest = [t for t in cell_types if str(t) not in out]
+    if not rest:
+        return {str(t): out[str(t)] for t in cell_types}
+    # ... the other names get markers derived from what the genes' descriptions say
     wanted = sorted({s for s in symbols if s})
     if isinstance(describer, KnowledgeSource):
         by_symbol = describer.phrases(wanted)
@@ -126,9 +150,9 @@ def knowledge_markers(
     index = {p: j for j, p in enumerate(unique)}
     cand = [g for g in genes if gene_phrases.get(g)]
     A = np.stack([sim[:, [index[p] for p in gene_phrases[g]]].max(axis=1) for g in cand], axis=1)
-    present = set(genes)
-    out: dict[str, dict[str, float]] = {}
     for t, name in enumerate(cell_types):
+        if str(name) in out:
+            continue
         others = np.delete(A, t, axis=0).max(axis=0) if len(cell_types) > 1 else np.zeros(A.shape[1])
         # the n genes most like this type, less any that are more like another candidate;
         # each weighted by how much more like this type it is (its specificity)
@@ -138,6 +162,27 @@ def knowledge_markers(
         top = max(w.values(), default=1.0)
         w.update({g: top for g in named})  # a gene the name itself mentions: as specific as the best
         out[str(name)] = w
+    return {str(t): out[str(t)] for t in cell_types}
+
+
+def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], genes: list[str],
+                     symbols: Sequence[str | None]) -> dict[str, dict[str, float]]:
+    """``{type: {gene: weight}}`` from the knowledge source's curated cell-type marker sets
+    (:mod:`scelmo.knowledge.cell_types`), restricted to ``genes``; empty where no set matches."""
+    known = describer.cell_type_markers() if isinstance(describer, KnowledgeSource) else []
+    if not known:
+        return {}
+    gene_of: dict[str, str] = {}
+    for g, s in zip(genes, symbols, strict=True):
+        if s:
+            gene_of.setdefault(s, g)
+    by_symbol = cell_type_marker_genes([str(t) for t in cell_types], known, vocab)
+    out = {}
+    for name, w in by_symbol.items():
+        marks = {gene_of[s]: v for s, v in w.items() if s in gene_of}
+        named = _named_genes(name, vocab, set(genes))
+        marks.update({g: 1.0 for g in named})
+        out[name] = marks if len(marks) > len(named) else {}
     return out
 
 
@@ -465,8 +510,9 @@ def _labels_from_names(adata: Any, query: np.ndarray, cell_types: Sequence[str] 
         matrix, var_names, _ = select_matrix(adata, layer=layer, use_raw=None if layer is None else False)
         frac = np.asarray((matrix[:] > 0).mean(axis=0)).ravel()
         expressed = [str(g) for g, f in zip(var_names, frac, strict=True) if f >= 0.01]
+        detected = [str(g) for g, f in zip(var_names, frac, strict=True) if f > 0]
         markers = knowledge_markers(names, expressed, texts=texts, n_markers=n_markers, config=config,
-                                    progress=progress)
+                                    progress=progress, curated_genes=detected)
         groups = _cluster_labels(adata, use_rep, groupby)
         labels, score, _ = marker_match(adata, markers, groups, layer=layer)
         pred = np.array([lab if lab is not None else unknown_label for lab in labels], dtype=object)

@@ -1,0 +1,181 @@
+"""Cell-type marker knowledge: curated marker sets, and matching cell-type names to them.
+
+A knowledge source may know, besides what each gene does, which genes mark which cell
+types (:meth:`~scelmo.plugin.KnowledgeSource.cell_type_markers`; the offline default
+ships curated sets for human and mouse immune, lung, brain and liver cells). Names-only
+annotation (:func:`scelmo.tl.annotate` with ``cell_types=``) then matches each candidate
+name to the known types by its words and the genes it names, not by free-text similarity
+(text embeddings place "FCGR3A+ monocyte" as near "CD14+ Monocyte" as "CD16+ Monocyte"):
+
+* words are compared after lower-casing, singular forms and a few standard abbreviations
+  (NK, DC, pDC, Treg, TCM, TEM, CTL, ...); "cell" and "+/-" carry no meaning;
+* a token such as ``CD14``, ``CD16`` or ``FCGR3A`` is a gene, resolved through the gene
+  vocabulary (ambiguous aliases to every gene they may mean: CD16 -> FCGR3A, FCGR3B);
+* a known type is compatible with a candidate when it contains the candidate's last word
+  (its noun: "monocyte" in "CD14+ monocyte") and, when both name genes, they share one;
+* among compatible types, those with the most shared words and genes, least extra words,
+  are the match (ties: all of them; e.g. the human and the mouse "B cell").
+
+The matched types' markers, and at half weight their parent types' markers, are the
+candidate's marker genes. A candidate with no compatible type gets none from here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["CellTypeMarkers", "CellTypeMatch", "match_cell_types", "cell_type_marker_genes", "name_terms"]
+
+
+@dataclass(frozen=True)
+class CellTypeMarkers:
+    """One known cell type: its name, positive marker genes (canonical human symbols),
+    parent type (``None`` at the top of its hierarchy), species and tissue of the source set."""
+
+    name: str
+    markers: tuple[str, ...]
+    parent: str | None = None
+    species: str = "human"
+    tissue: str = ""
+
+
+#: Standard abbreviations in cell-type names, spelt out (both sides are expanded).
+SYNONYMS: Mapping[str, tuple[str, ...]] = {
+    "nk": ("natural", "killer"), "ilc": ("innate", "lymphoid"), "dc": ("dendritic",),
+    "cdc": ("conventional", "dendritic"), "pdc": ("plasmacytoid", "dendritic"),
+    "treg": ("regulatory", "t"), "tfh": ("follicular", "helper", "t"), "tcm": ("central", "memory", "t"),
+    "tem": ("effector", "memory", "t"), "ctl": ("cytotoxic", "t"), "mait": ("mucosal", "invariant", "t"),
+    "hsc": ("hematopoietic", "stem"),
+    "opc": ("oligodendrocyte", "precursor"), "ec": ("endothelial",), "mono": ("monocyte",),
+    "gdt": ("gamma", "delta", "t"), "rbc": ("erythrocyte",),
+    "haematopoietic": ("hematopoietic",),
+}
+_STOP = frozenset({"cell", "cells", "positive", "negative", "and", "of", "the", "like", "type", "lineage", "derived"})
+_TOKEN = re.compile(r"[A-Za-z0-9]+")
+_GENE_LIKE = re.compile(r"^[A-Za-z]+[0-9][A-Za-z0-9]*$")
+
+
+def _singular(word: str) -> str:
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
+
+
+def name_terms(name: str, vocab: Any) -> tuple[list[str], list[frozenset[str]]]:
+    """The words (in order, normalised) and the genes (each a set of symbols) of a name."""
+    words: list[str] = []
+    genes: list[frozenset[str]] = []
+    for tok in _TOKEN.findall(str(name)):
+        if _GENE_LIKE.match(tok) and vocab is not None:
+            syms = frozenset(vocab.candidates(tok))
+            if syms:
+                genes.append(syms)
+                continue
+        w = _singular(tok.lower())
+        if w in _STOP:
+            continue
+        words.extend(SYNONYMS.get(w, (w,)))
+    return words, genes
+
+
+def _shares_gene(a: Sequence[frozenset[str]], b: Sequence[frozenset[str]]) -> int:
+    return sum(any(x & y for y in b) for x in a)
+
+
+@dataclass(frozen=True)
+class CellTypeMatch:
+    """The known types a candidate name matches; ``exact`` when one of them says no more
+    than the name (no extra words), else the name is broader than each of them."""
+
+    types: tuple[CellTypeMarkers, ...]
+    exact: bool
+
+
+def match_cell_types(
+    candidates: Sequence[str], known: Sequence[CellTypeMarkers], vocab: Any
+) -> dict[str, CellTypeMatch]:
+    """For each candidate name, the known cell types it matches (see the module docstring).
+
+    A known type is scored ``shared words + shared genes - 0.5 x its extra words``. When a
+    best-scoring type has no extra words, the best-scoring types are the match (exact).
+    Otherwise the name is broader than every known type (``"CD8 T cell"`` against naive,
+    central- and effector-memory CD8 T cells) and all types within 0.5 of the best match.
+    """
+    terms = []
+    for k in known:
+        own, genes = name_terms(k.name, vocab)
+        parent_words = name_terms(k.parent, vocab)[0] if k.parent else []
+        terms.append((set(own), set(own) | set(parent_words), genes))
+    out: dict[str, CellTypeMatch] = {}
+    for cand in candidates:
+        words, genes = name_terms(cand, vocab)
+        scored = []
+        for k, (own, allw, kgenes) in zip(known, terms, strict=True):
+            if not words or words[-1] not in allw:
+                continue  # the name's noun ("monocyte" in "CD14+ monocyte") must be there
+            shared = _shares_gene(genes, kgenes)
+            if genes and kgenes and not shared:
+                continue  # both name genes, different ones: CD14+ vs CD16+ monocytes
+            extra = len(own - set(words))
+            scored.append((len(set(words) & allw) + shared - 0.5 * extra, extra, k))
+        if not scored:
+            out[str(cand)] = CellTypeMatch((), False)
+            continue
+        best = max(sc for sc, _, _ in scored)
+        top = [(extra, k) for sc, extra, k in scored if sc >= best - 1e-9]
+        if any(extra == 0 for extra, _ in top):
+            out[str(cand)] = CellTypeMatch(tuple(k for _, k in top), True)
+        else:
+            out[str(cand)] = CellTypeMatch(tuple(k for sc, _, k in scored if sc >= best - 0.5 - 1e-9), False)
+    return out
+
+
+def cell_type_marker_genes(
+    candidates: Sequence[str], known: Sequence[CellTypeMarkers], vocab: Any, *, parent_weight: float = 0.5
+) -> dict[str, dict[str, float]]:
+    """``{candidate: {symbol: weight}}`` (empty for a candidate with no match).
+
+    An exact match's markers weigh 1. A broader name weighs each gene by the share of its
+    matched types that list it (``"CD4 T cell"``: CD4 1, a marker of naive CD4 T cells
+    only 1/4). The matched types' parents' markers weigh at most ``parent_weight``.
+    """
+    index: dict[tuple[str, str, str], CellTypeMarkers] = {(k.name, k.species, k.tissue): k for k in known}
+    out: dict[str, dict[str, float]] = {}
+    for cand, match in match_cell_types(candidates, known, vocab).items():
+        w: dict[str, float] = {}
+        share = 1.0 if match.exact else 1.0 / max(1, len(match.types))
+        for k in match.types:
+            parent = index.get((k.parent, k.species, k.tissue)) if k.parent else None
+            for g in parent.markers if parent is not None else ():
+                w[g] = max(w.get(g, 0.0), parent_weight)
+        own: dict[str, float] = {}
+        for k in match.types:
+            for g in set(k.markers):
+                own[g] = min(1.0, own.get(g, 0.0) + share)
+        for g, v in own.items():
+            w[g] = max(w.get(g, 0.0), v)
+        out[cand] = w
+    # a gene is a marker of a candidate only as far as it marks it more than any other
+    # candidate: genes shared by all T cells do not tell CD4 from CD8 T cells
+    specific = {}
+    for cand, w in out.items():
+        others = [o for c, o in out.items() if c != cand]
+        specific[cand] = {g: v - max((o.get(g, 0.0) for o in others), default=0.0) for g, v in w.items()}
+        specific[cand] = {g: v for g, v in specific[cand].items() if v > 1e-9}
+    return specific
+
+
+def resolve_marker_sets(records: Iterable[Mapping[str, Any]], vocab: Any) -> list[CellTypeMarkers]:
+    """Records ``{name, parent, species, tissue, markers}`` (markers as the source spells
+    them, e.g. mouse symbols) as :class:`CellTypeMarkers` with canonical human symbols."""
+    out = []
+    for r in records:
+        species = str(r.get("species", "human"))
+        markers = [str(g) for g in r.get("markers", ())]
+        if vocab is not None and markers:
+            res = vocab.resolve(markers, species=species)
+            markers = [s for s in res.symbols if s]
+        out.append(CellTypeMarkers(str(r["name"]), tuple(dict.fromkeys(markers)), r.get("parent"), species,
+                                   str(r.get("tissue", ""))))
+    return out

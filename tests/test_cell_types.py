@@ -1,0 +1,114 @@
+"""Curated cell-type marker sets and matching cell-type names to them."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from scelmo.genes import GeneVocabulary
+from scelmo.knowledge.cell_types import (
+    CellTypeMarkers,
+    cell_type_marker_genes,
+    match_cell_types,
+    name_terms,
+    resolve_marker_sets,
+)
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    from scelmo_local.knowledge import vocabulary
+
+    return vocabulary()
+
+
+@pytest.fixture(scope="module")
+def known():
+    from scelmo_local.knowledge import cell_type_markers
+
+    return cell_type_markers()
+
+
+def _names(match):
+    return sorted({k.name for k in match.types})
+
+
+def test_vocabulary_candidates_include_every_gene_an_ambiguous_alias_means(vocab):
+    assert vocab.candidates("CD16") == ("FCGR3A", "FCGR3B")  # ambiguous: never resolved ...
+    assert vocab.resolve(["CD16"], species="human").symbols == [None]  # ... as a gene name
+    assert vocab.candidates("cd14") == ("CD14",)  # a symbol is itself, whatever its other aliases
+    assert vocab.candidates("CD56") == ("NCAM1",)
+    assert vocab.candidates("Lyz2") and vocab.candidates("no-such-gene") == ()
+    small = GeneVocabulary(["A1", "B2"], aliases=[("X", "A1"), ("X", "B2"), ("Y", "B2")])
+    assert small.candidates("x") == ("A1", "B2") and small.candidates("Y") == ("B2",)
+    assert small.n_ambiguous_aliases == 1
+
+
+def test_name_terms_split_words_genes_and_abbreviations(vocab):
+    assert name_terms("CD14+ monocytes", vocab) == (["monocyte"], [frozenset({"CD14"})])
+    assert name_terms("NK cell", vocab) == (["natural", "killer"], [])
+    assert name_terms("CD56-dim NK cell", vocab) == (["dim", "natural", "killer"], [frozenset({"NCAM1"})])
+    assert name_terms("pDC", vocab)[0] == ["plasmacytoid", "dendritic"]
+    assert name_terms("Tregs", vocab)[0] == ["regulatory", "t"]
+
+
+def test_names_match_known_types_by_words_and_named_genes(vocab, known):
+    m = match_cell_types(["CD14+ monocyte", "FCGR3A+ monocyte", "monocyte", "NK cell", "B cell", "CD4 T cell",
+                          "CD8+ naive T cell", "alpha cell", "megakaryocyte"], known, vocab)
+    # a named gene picks the subset; FCGR3A is one of the genes CD16 may mean
+    assert _names(m["CD14+ monocyte"]) == ["CD14+ Monocyte"] and m["CD14+ monocyte"].exact
+    assert _names(m["FCGR3A+ monocyte"]) == ["CD16+ Monocyte"]
+    assert _names(m["monocyte"]) == ["CD14+ Monocyte", "CD16+ Monocyte"]
+    assert _names(m["NK cell"]) == ["Natural killer cell"]  # the abbreviation is spelt out
+    assert {k.species for k in m["B cell"].types} == {"human", "mouse"}  # ties: both sets
+    # a name broader than every known type takes all close ones: every CD4 T cell subset
+    assert not m["CD4 T cell"].exact
+    assert {"CD4 Naive T cell", "CD4 TCM", "CD4 TEM"} <= set(_names(m["CD4 T cell"]))
+    assert not any("CD8" in n for n in _names(m["CD4 T cell"]))  # CD4 vs CD8: different genes
+    assert _names(m["CD8+ naive T cell"]) == ["CD8 Naive T cell"]
+    assert m["alpha cell"].types == () and m["megakaryocyte"].types == ()  # not in the sets: no guess
+
+
+def test_marker_weights_shares_and_specificity(vocab):
+    known = [
+        CellTypeMarkers("T cell", ("CD3E", "CD3D")),
+        CellTypeMarkers("CD4 naive T cell", ("CD4", "CCR7", "SELL"), parent="T cell"),
+        CellTypeMarkers("CD4 memory T cell", ("CD4", "IL7R"), parent="T cell"),
+        CellTypeMarkers("CD8 naive T cell", ("CD8A", "CCR7", "SELL"), parent="T cell"),
+        CellTypeMarkers("B cell", ("MS4A1", "CD79A", "CD3E")),
+    ]
+    w = cell_type_marker_genes(["CD4 T cell", "CD8+ naive T cell", "B cell"], known, vocab)
+    # CD4 T cell is broader than the known types it matches (both CD4 sets and T cell): each
+    # gene counts by the share of them that list it (CD4 2/3, IL7R 1/3) ...
+    assert _names(match_cell_types(["CD4 T cell"], known, vocab)["CD4 T cell"]) == [
+        "CD4 memory T cell", "CD4 naive T cell", "T cell"]
+    assert w["CD4 T cell"]["CD4"] == pytest.approx(2 / 3) and w["CD4 T cell"]["IL7R"] == pytest.approx(1 / 3)
+    # ... and a gene shared with another candidate counts only as far as it marks this one
+    # more: CCR7 (1/3 here, 1 for the naive CD8 candidate) and the parent's CD3 genes go
+    assert "CCR7" not in w["CD4 T cell"] and "CD3D" not in w["CD4 T cell"]
+    assert w["CD8+ naive T cell"]["CD8A"] == 1.0 and w["CD8+ naive T cell"]["CCR7"] == pytest.approx(2 / 3)
+    assert w["B cell"] == {"MS4A1": 1.0, "CD79A": 1.0, "CD3E": 0.5}  # CD3E: also the T cells' parent's
+    assert all(v > 0 for marks in w.values() for v in marks.values())
+
+
+def test_marker_sets_resolve_mouse_symbols_to_human(vocab):
+    recs = [{"name": "Classical monocyte", "species": "mouse", "tissue": "immune", "markers": ["Ccr2", "Gm9733"]},
+            {"name": "B cell", "species": "human", "markers": ["MS4A1", "not-a-gene"]}]
+    out = resolve_marker_sets(recs, vocab)
+    assert out[0].markers == ("CCR2",) and out[0].species == "mouse"  # Gm9733: no human ortholog
+    assert out[1].markers == ("MS4A1",) and out[1].parent is None
+
+
+def test_shipped_marker_sets_are_checked_and_cover_blood_types(known):
+    from scelmo_local import knowledge
+
+    with gzip.open(knowledge.DATA / "cell_type_markers.json.gz") as fh:
+        doc = json.load(fh)
+    assert "BSD 3-Clause" in doc["licence"] and len(doc["cell_types"]) == len(known) >= 150
+    names = {k.name for k in known}
+    assert {"B cell", "T cell", "Natural killer cell", "CD14+ Monocyte", "CD16+ Monocyte", "Platelet",
+            "Plasmacytoid dendritic cell", "Hepatocyte", "Astrocyte", "Alveolar type II cell"} <= names
+    assert {"CD14", "VCAN", "S100A8", "FCN1"} <= set(next(k for k in known if k.name == "CD14+ Monocyte").markers)
+    assert "BSD 3-Clause" in (knowledge.DATA / "NOTICE").read_text(encoding="utf-8")
