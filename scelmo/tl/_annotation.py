@@ -6,15 +6,18 @@ Exposed as :func:`scelmo.tl.annotate`.
   majority label of its ``k`` (default 10) nearest reference cells by cosine distance
   on the scelmo embedding. Score = fraction of those neighbours that carry the label.
 * **Text prompts, from gene knowledge** (``method="markers"``, the default): each
-  candidate cell type's text is compared with every phrase of every gene's description
-  (GO processes, pathways, the gene's name...) by the same text embedder; a gene's
-  affinity to a type is its best phrase's cosine, and the genes most specific to a type
-  among the candidates (plus genes the name itself mentions, e.g. CD14 in "CD14+
-  monocyte") become its marker set (:func:`knowledge_markers`). Cells are scored on each
-  marker set (:func:`scanpy.tl.score_genes`, standardised per type) and each cluster of
-  the scelmo embedding takes the type whose markers it expresses most. Score = softmax
-  probability of that type for the cluster; clusters expressing no candidate's markers
-  above average are ``unknown``.
+  candidate cell type gets a marker set (:func:`knowledge_markers`). A name that matches
+  cell types in the knowledge source's curated marker sets (the offline default ships
+  183 human and mouse types; matched by words, abbreviations and the genes the name
+  mentions, :mod:`scelmo.knowledge.cell_types`) takes their markers. Any other name is
+  compared with every phrase of every gene's description (GO processes, pathways...) by
+  the text embedder; a gene's affinity to a type is its best phrase's cosine, and the
+  genes most specific to the type among the candidates (plus genes the name mentions,
+  e.g. CD14 in "CD14+ monocyte") are its markers. Each cell's score for a type is the
+  weighted mean of its markers' standardised expression (:func:`marker_match`); each
+  cluster of the scelmo embedding takes the type whose markers it expresses most. Score =
+  softmax probability of that type for the cluster; clusters expressing no candidate's
+  markers above average are ``unknown``.
 * **Text prompts, by embedding similarity** (``method="embedding"``): the cell-type
   texts and the cell embeddings are compared directly (both centred on their own mean).
 
@@ -287,14 +290,15 @@ def annotate(
         ``cell-type``, cached like gene descriptions; see :func:`scelmo.describe`) and
         embed the descriptions instead of the bare names.
     method
-        For ``cell_types``: ``"markers"`` (default: knowledge-derived marker genes scored
-        per cluster, see the module docstring) or ``"embedding"`` (cell vectors against
+        For ``cell_types``: ``"markers"`` (default: curated or knowledge-derived marker
+        genes scored per cluster, see the module docstring) or ``"embedding"`` (cell vectors against
         the type texts' vectors).
     groupby
         With ``method="markers"``: an ``obs`` column of clusters to label (default:
         Leiden clusters of ``adata.obsm[use_rep]``, resolution 1).
     n_markers
-        Knowledge marker genes per cell type.
+        Marker genes per cell type taken from the gene descriptions (names without a
+        curated marker set).
     layer
         Expression values for marker scoring (default ``adata.raw`` or ``X``, as
         :func:`scelmo.tl.embed_cells`); counts are log-normalised first.
