@@ -57,7 +57,10 @@ def test_knowledge_markers_come_from_curated_sets_first(pbmc):
     from scelmo.tl._annotation import knowledge_markers
 
     genes = list(map(str, pbmc.raw.var_names))
-    m = knowledge_markers(["B cell", "T cell", "FCGR3A+ monocyte", "CD14+ monocyte", "alpha cell"], genes)
+    from scelmo.errors import ScelmoWarning
+
+    with pytest.warns(ScelmoWarning, match="No curated marker set matches 'alpha cell'"):
+        m = knowledge_markers(["B cell", "T cell", "FCGR3A+ monocyte", "CD14+ monocyte", "alpha cell"], genes)
     assert {"MS4A1", "CD79A", "CD79B"} <= set(m["B cell"])
     assert {"CD3E", "CD3D"} <= set(m["T cell"])
     assert {"FCGR3A", "IFITM3"} <= set(m["FCGR3A+ monocyte"]) and "CD14" not in m["FCGR3A+ monocyte"]
