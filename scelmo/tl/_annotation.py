@@ -140,7 +140,7 @@ def knowledge_markers(
         warnings.warn(
             f"No curated marker set matches {', '.join(repr(str(t)) for t in rest)}: their markers come from "
             "the genes' GO terms and pathways, which find few real markers outside immune cells (a pancreas "
-            "benchmark scored 1% with them). Prefer a labelled `reference`, give each name a description "
+            "benchmark scored under 1% with them). Prefer a labelled `reference`, give each name a description "
             "(`cell_types={name: description}`), or describe the names with an LLM (`describe_cell_types=True`).",
             ScelmoWarning, stacklevel=3,
         )
