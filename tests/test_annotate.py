@@ -66,6 +66,14 @@ def test_knowledge_markers_come_from_curated_sets_first(pbmc):
     assert {"FCGR3A", "IFITM3"} <= set(m["FCGR3A+ monocyte"]) and "CD14" not in m["FCGR3A+ monocyte"]
     assert {"S100A8", "S100A9", "FCN1"} <= set(m["CD14+ monocyte"])  # (CD14 is not among the 765 genes)
     assert m["alpha cell"]  # no curated set: markers from the gene descriptions instead
+    # a name given a description is not warned about; a negated gene is no marker
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScelmoWarning)
+        d = knowledge_markers(["B cell", "alpha cell", "CD14-negative monocyte"], genes,
+                              texts=["B cell", "pancreatic islet cell that secretes glucagon", "CD14-negative monocyte"])
+    assert d["alpha cell"] and "CD14" not in d["CD14-negative monocyte"]
     assert all(w > 0 for marks in m.values() for w in marks.values())
 
 

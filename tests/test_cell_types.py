@@ -112,3 +112,22 @@ def test_shipped_marker_sets_are_checked_and_cover_blood_types(known):
             "Plasmacytoid dendritic cell", "Hepatocyte", "Astrocyte", "Alveolar type II cell"} <= names
     assert {"CD14", "VCAN", "S100A8", "FCN1"} <= set(next(k for k in known if k.name == "CD14+ Monocyte").markers)
     assert "BSD 3-Clause" in (knowledge.DATA / "NOTICE").read_text(encoding="utf-8")
+
+
+def test_negations_nouns_abbreviations_and_synonyms(vocab, known):
+    """Review findings: negated genes, a noun that only occurs as a modifier, abbreviations
+    with digits, plurals of abbreviations, and two names for one type."""
+    m = match_cell_types(["CD14-negative monocyte", "CD8- T cell", "non-classical monocyte", "delta cell",
+                          "gamma cell", "cDC1", "DCs", "NKs", "RBC"], known, vocab)
+    assert _names(m["CD14-negative monocyte"]) == ["CD16+ Monocyte"]  # not the CD14+ one
+    assert not any("CD8" in n for n in _names(m["CD8- T cell"]))
+    assert name_terms("non-classical monocyte", vocab)[0] == ["nonclassical", "monocyte"]
+    assert "Classical monocyte" not in _names(m["non-classical monocyte"])
+    assert m["delta cell"].types == () and m["gamma cell"].types == ()  # not gamma-delta T cells
+    assert name_terms("cDC1", vocab) == (["conventional", "1", "dendritic"], [])  # not the gene MPPE1
+    assert _names(m["DCs"]) == ["CD1C+ dendritic cell", "CLEC9A+ dendritic cell"]
+    assert _names(m["NKs"]) == ["Natural killer cell"] and _names(m["RBC"]) == ["Red blood cell"]
+    w = cell_type_marker_genes(["CD14-negative monocyte", "NK cell", "natural killer cell", "B cell"], known, vocab)
+    assert "CD14" not in w["CD14-negative monocyte"]
+    # synonyms match the same types: they keep their markers instead of cancelling out
+    assert w["NK cell"] == w["natural killer cell"] and {"GNLY", "KLRD1", "NCR1"} <= set(w["NK cell"])

@@ -72,6 +72,9 @@ def test_archive_members_are_extracted_once_and_verified(tmp_path):
     with pytest.raises(IntegrityError, match="does not match its pinned SHA-256"):
         _real._extract_member(archive, "pkg-1.0/data/x.h5ad", "0" * 64, tmp_path / "y.h5ad")
     assert not (tmp_path / "y.h5ad").exists() and not (tmp_path / "y.part").exists()
+    with pytest.raises(IntegrityError, match="has no pkg-1.0/data/missing.h5ad"):
+        _real._extract_member(archive, "pkg-1.0/data/missing.h5ad", digest, tmp_path / "z.h5ad")
+    assert not (tmp_path / "z.part").exists()
     with pytest.raises(IntegrityError, match="pinned SHA-256"):
         _real._check_pinned(archive, "0" * 64)
 

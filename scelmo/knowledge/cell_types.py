@@ -27,7 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CellTypeMarkers", "CellTypeMatch", "match_cell_types", "cell_type_marker_genes", "name_terms"]
+__all__ = ["CellTypeMarkers", "CellTypeMatch", "match_cell_types", "cell_type_marker_genes", "name_terms",
+           "negated_genes"]
 
 
 @dataclass(frozen=True)
@@ -50,33 +51,78 @@ SYNONYMS: Mapping[str, tuple[str, ...]] = {
     "tem": ("effector", "memory", "t"), "ctl": ("cytotoxic", "t"), "mait": ("mucosal", "invariant", "t"),
     "hsc": ("hematopoietic", "stem"),
     "opc": ("oligodendrocyte", "precursor"), "ec": ("endothelial",), "mono": ("monocyte",),
-    "gdt": ("gamma", "delta", "t"), "rbc": ("erythrocyte",),
+    "gdt": ("gamma", "delta", "t"), "rbc": ("red", "blood"), "erythrocyte": ("red", "blood"),
+    "cdc1": ("conventional", "1", "dendritic"), "cdc2": ("conventional", "2", "dendritic"),
+    "th1": ("helper", "1", "t"), "th2": ("helper", "2", "t"), "th17": ("helper", "17", "t"),
+    "ilc1": ("innate", "lymphoid", "1"), "ilc2": ("innate", "lymphoid", "2"), "ilc3": ("innate", "lymphoid", "3"),
     "haematopoietic": ("hematopoietic",),
 }
-_STOP = frozenset({"cell", "cells", "positive", "negative", "and", "of", "the", "like", "type", "lineage", "derived"})
-_TOKEN = re.compile(r"[A-Za-z0-9]+")
+_STOP = frozenset({"cell", "cells", "positive", "and", "of", "the", "like", "type", "lineage", "derived"})
+_NEGATIONS = frozenset({"negative", "neg", "non"})
+# a token, and the sign or word right after it: "CD14-" / "CD14-negative" / "CD14neg" negate CD14
+_TOKEN = re.compile(r"([A-Za-z0-9]+)([+-]?)")
 _GENE_LIKE = re.compile(r"^[A-Za-z]+[0-9][A-Za-z0-9]*$")
 
 
 def _singular(word: str) -> str:
+    if word.endswith("s") and word[:-1] in SYNONYMS:  # DCs, NKs, Tregs
+        return word[:-1]
     return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
 
 
 def name_terms(name: str, vocab: Any) -> tuple[list[str], list[frozenset[str]]]:
-    """The words (in order, normalised) and the genes (each a set of symbols) of a name."""
+    """The words (in order, normalised) and the genes (each a set of symbols) of a name.
+
+    Negated genes ("CD14-", "CD14-negative", "CD14neg") are left out (see
+    :func:`negated_genes`); "non-classical" becomes the one word "nonclassical", so it
+    does not match "classical".
+    """
+    return _parse(name, vocab)[:2]
+
+
+def negated_genes(name: str, vocab: Any) -> list[frozenset[str]]:
+    """The genes a name says are absent ("CD14-negative monocyte" -> CD14)."""
+    return _parse(name, vocab)[2]
+
+
+def _parse(name: str, vocab: Any) -> tuple[list[str], list[frozenset[str]], list[frozenset[str]]]:
     words: list[str] = []
     genes: list[frozenset[str]] = []
-    for tok in _TOKEN.findall(str(name)):
-        if _GENE_LIKE.match(tok) and vocab is not None:
-            syms = frozenset(vocab.candidates(tok))
+    negated: list[frozenset[str]] = []
+    text = str(name)
+    found = list(_TOKEN.finditer(text))
+    toks = [m.groups() for m in found]
+    skip = False
+    for i, (tok, sign) in enumerate(toks):
+        if skip:
+            skip = False
+            continue
+        low = tok.lower()
+        nxt = toks[i + 1][0].lower() if i + 1 < len(toks) else ""
+        if low == "non" and nxt:
+            words.append("non" + _singular(nxt))
+            skip = True
+            continue
+        if low in SYNONYMS or _singular(low) in SYNONYMS:
+            words.extend(SYNONYMS[low if low in SYNONYMS else _singular(low)])
+            continue
+        gene_tok, neg = tok, False
+        if low.endswith("neg") and _GENE_LIKE.match(tok[:-3] or "-"):
+            gene_tok, neg = tok[:-3], True
+        if _GENE_LIKE.match(gene_tok) and vocab is not None:
+            syms = frozenset(vocab.candidates(gene_tok))
             if syms:
-                genes.append(syms)
+                end = found[i].end()
+                alone = end >= len(text) or not text[end].isalnum()  # "CD8- T cell", "CD8-"
+                neg = neg or (sign == "-" and (alone or nxt in _NEGATIONS))
+                neg = neg or (sign == "" and nxt in _NEGATIONS)
+                (negated if neg else genes).append(syms)
                 continue
-        w = _singular(tok.lower())
-        if w in _STOP:
+        w = _singular(low)
+        if w in _STOP or w in _NEGATIONS:
             continue
         words.extend(SYNONYMS.get(w, (w,)))
-    return words, genes
+    return words, genes, negated
 
 
 def _shares_gene(a: Sequence[frozenset[str]], b: Sequence[frozenset[str]]) -> int:
@@ -106,14 +152,20 @@ def match_cell_types(
     for k in known:
         own, genes = name_terms(k.name, vocab)
         parent_words = name_terms(k.parent, vocab)[0] if k.parent else []
-        terms.append((set(own), set(own) | set(parent_words), genes))
+        nouns = {w[-1] for w in (own, parent_words) if w}
+        terms.append((set(own), set(own) | set(parent_words), genes, nouns))
     out: dict[str, CellTypeMatch] = {}
     for cand in candidates:
         words, genes = name_terms(cand, vocab)
+        absent = negated_genes(cand, vocab)
         scored = []
-        for k, (own, allw, kgenes) in zip(known, terms, strict=True):
-            if not words or words[-1] not in allw:
-                continue  # the name's noun ("monocyte" in "CD14+ monocyte") must be there
+        for k, (own, allw, kgenes, nouns) in zip(known, terms, strict=True):
+            # the nouns must agree: "monocyte" in "CD14+ monocyte"; "delta cell" is not a
+            # gamma-delta T cell, but "Treg" is a "T regulatory cell"
+            if not words or not (words[-1] in nouns or nouns & set(words)):
+                continue
+            if _shares_gene(absent, kgenes) or any(g in k.markers for a in absent for g in a):
+                continue  # "CD14-negative monocyte" is not the CD14+ one
             shared = _shares_gene(genes, kgenes)
             if genes and kgenes and not shared:
                 continue  # both name genes, different ones: CD14+ vs CD16+ monocytes
@@ -137,12 +189,15 @@ def cell_type_marker_genes(
     """``{candidate: {symbol: weight}}`` (empty for a candidate with no match).
 
     An exact match's markers weigh 1. A broader name weighs each gene by the share of its
-    matched types that list it (``"CD4 T cell"``: CD4 1, a marker of naive CD4 T cells
-    only 1/4). The matched types' parents' markers weigh at most ``parent_weight``.
+    matched types that list it: "CD4 T cell" matches the four human CD4 T-cell subsets and
+    (within half a point) the human and mouse "T cell", so CD4 weighs 4/6 and a marker of
+    naive CD4 T cells only 1/6. The matched types' parents' markers weigh at most
+    ``parent_weight``. Genes the name negates ("CD14-negative") are dropped.
     """
     index: dict[tuple[str, str, str], CellTypeMarkers] = {(k.name, k.species, k.tissue): k for k in known}
     out: dict[str, dict[str, float]] = {}
-    for cand, match in match_cell_types(candidates, known, vocab).items():
+    matches = match_cell_types(candidates, known, vocab)
+    for cand, match in matches.items():
         w: dict[str, float] = {}
         share = 1.0 if match.exact else 1.0 / max(1, len(match.types))
         for k in match.types:
@@ -155,12 +210,17 @@ def cell_type_marker_genes(
                 own[g] = min(1.0, own.get(g, 0.0) + share)
         for g, v in own.items():
             w[g] = max(w.get(g, 0.0), v)
+        for a in negated_genes(cand, vocab):
+            for g in a:
+                w.pop(g, None)
         out[cand] = w
     # a gene is a marker of a candidate only as far as it marks it more than any other
-    # candidate: genes shared by all T cells do not tell CD4 from CD8 T cells
+    # candidate: genes shared by all T cells do not tell CD4 from CD8 T cells. Candidates
+    # that match the same known types (synonyms: "NK cell", "natural killer cell") keep theirs.
+    same = {c: frozenset(id(k) for k in m.types) for c, m in matches.items()}
     specific = {}
     for cand, w in out.items():
-        others = [o for c, o in out.items() if c != cand]
+        others = [o for c, o in out.items() if c != cand and same[c] != same[cand]]
         specific[cand] = {g: v - max((o.get(g, 0.0) for o in others), default=0.0) for g, v in w.items()}
         specific[cand] = {g: v for g, v in specific[cand].items() if v > 1e-9}
     return specific

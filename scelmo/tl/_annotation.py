@@ -40,7 +40,13 @@ from scelmo.expression.matrix import select_matrix
 from scelmo.expression.selection import normalize_chunk, should_normalize
 from scelmo.knn import knn_vote, unit_rows
 from scelmo.knowledge import roles
-from scelmo.knowledge.cell_types import cell_type_marker_genes
+from scelmo.knowledge.cell_types import (
+    SYNONYMS,
+    cell_type_marker_genes,
+    match_cell_types,
+    name_terms,
+    negated_genes,
+)
 from scelmo.knowledge.descriptions import describe
 from scelmo.plugin import KnowledgeSource, split_phrases
 from scelmo.tl._clustering import cluster
@@ -70,7 +76,10 @@ def _named_genes(name: str, vocab: Any, present: set[str]) -> list[str]:
         return []
     tokens = [t for t in re.findall(r"[A-Za-z][A-Za-z0-9-]*[0-9][A-Za-z0-9-]*|[A-Z]{2,}[0-9A-Z-]*", name)]
     res = vocab.resolve(tokens, species="human") if tokens else None
-    return [s for s in (res.symbols if res else []) if s and s in present]
+    absent = {g for a in negated_genes(name, vocab) for g in a}  # "CD14-negative": not a marker
+    words = set(name_terms(name, vocab)[0])  # "cDC1", "Th1": cell-type abbreviations, not genes
+    return [s for t, s in zip(tokens, res.symbols if res else [], strict=True)
+            if s and s in present and s not in absent and t.lower() not in SYNONYMS and t.lower() not in words]
 
 
 def knowledge_markers(
@@ -136,13 +145,15 @@ def knowledge_markers(
     if not rest:
         return {str(t): out[str(t)] for t in cell_types}
     # ... the other names get markers derived from what the genes' descriptions say
-    if curated and isinstance(describer, KnowledgeSource):
+    described = {str(t) for t, x in zip(cell_types, texts or cell_types, strict=True) if str(x) != str(t)}
+    unmatched = [t for t in rest if str(t) in curated.get(_UNMATCHED, {}) and str(t) not in described]
+    if unmatched:
         warnings.warn(
-            f"No curated marker set matches {', '.join(repr(str(t)) for t in rest)}: their markers come from "
+            f"No curated marker set matches {', '.join(repr(str(t)) for t in unmatched)}: their markers come from "
             "the genes' GO terms and pathways, which find few real markers outside immune cells (a pancreas "
             "benchmark scored under 1% with them). Prefer a labelled `reference`, give each name a description "
             "(`cell_types={name: description}`), or describe the names with an LLM (`describe_cell_types=True`).",
-            ScelmoWarning, stacklevel=3,
+            ScelmoWarning, stacklevel=2,
         )
     wanted = sorted({s for s in symbols if s})
     if isinstance(describer, KnowledgeSource):
@@ -187,14 +198,20 @@ def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], gene
     for g, s in zip(genes, symbols, strict=True):
         if s:
             gene_of.setdefault(s, g)
-    by_symbol = cell_type_marker_genes([str(t) for t in cell_types], known, vocab)
-    out = {}
+    names = [str(t) for t in cell_types]
+    by_symbol = cell_type_marker_genes(names, known, vocab)
+    out: dict[str, dict[str, float]] = {}
     for name, w in by_symbol.items():
         marks = {gene_of[s]: v for s, v in w.items() if s in gene_of}
         named = _named_genes(name, vocab, set(genes))
         marks.update({g: 1.0 for g in named})
         out[name] = marks if len(marks) > len(named) else {}
+    # which names no known type matches at all (not: matched, but no marker in the data)
+    out[_UNMATCHED] = {n: 0.0 for n, m in match_cell_types(names, known, vocab).items() if not m.types}
     return out
+
+
+_UNMATCHED = "\0unmatched"  # a key no cell-type name can be (names are checked to be printable)
 
 
 def _cluster_labels(adata: Any, use_rep: str, groupby: str | None) -> np.ndarray:
@@ -520,9 +537,11 @@ def _labels_from_names(adata: Any, query: np.ndarray, cell_types: Sequence[str] 
         info["cell_type_descriptions"] = described.provenance()
     if method == "markers":
         matrix, var_names, _ = select_matrix(adata, layer=layer, use_raw=None if layer is None else False)
-        frac = np.asarray((matrix[:] > 0).mean(axis=0)).ravel()
+        n_cells = np.asarray((matrix[:] > 0).sum(axis=0)).ravel()
+        frac = n_cells / max(1, matrix.shape[0])
         expressed = [str(g) for g, f in zip(var_names, frac, strict=True) if f >= 0.01]
-        detected = [str(g) for g, f in zip(var_names, frac, strict=True) if f > 0]
+        # curated markers may be rare (a rare type's), but not seen in a cell or two only
+        detected = [str(g) for g, c in zip(var_names, n_cells, strict=True) if c >= 3]
         markers = knowledge_markers(names, expressed, texts=texts, n_markers=n_markers, config=config,
                                     progress=progress, curated_genes=detected)
         groups = _cluster_labels(adata, use_rep, groupby)
