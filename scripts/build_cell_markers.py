@@ -3,8 +3,8 @@
 The table is the curated cell-type marker sets that the pegasus package (Broad
 Institute, BSD 3-Clause) ships in its wheel, read without installing pegasus::
 
-    pip download --no-deps --only-binary=:all: pegasuspy==1.10.2 -d /tmp/pegasus
-    python scripts/build_cell_markers.py /tmp/pegasus/pegasuspy-1.10.2-*.whl
+    pip download --no-deps --only-binary=:all: pegasuspy==1.10.2 -d wheels
+    python scripts/build_cell_markers.py wheels/pegasuspy-1.10.2-*.whl
 
 Each record keeps the source's cell-type name, its parent type (the source's hierarchy),
 species, tissue and the *positive* marker genes as the source spells them (mouse symbols

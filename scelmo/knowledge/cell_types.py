@@ -27,8 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CellTypeMarkers", "CellTypeMatch", "match_cell_types", "cell_type_marker_genes", "name_terms",
-           "negated_genes"]
+__all__ = ["CellTypeMarkers", "CellTypeMatch", "match_cell_types", "marker_weights", "cell_type_marker_genes",
+           "name_terms", "parse_name"]
 
 
 @dataclass(frozen=True)
@@ -71,21 +71,16 @@ def _singular(word: str) -> str:
 
 
 def name_terms(name: str, vocab: Any) -> tuple[list[str], list[frozenset[str]]]:
-    """The words (in order, normalised) and the genes (each a set of symbols) of a name.
+    """The words (in order, normalised) and the genes (each a set of symbols) of a name
+    (:func:`parse_name` without its negated genes)."""
+    return parse_name(name, vocab)[:2]
 
-    Negated genes ("CD14-", "CD14-negative", "CD14neg") are left out (see
-    :func:`negated_genes`); "non-classical" becomes the one word "nonclassical", so it
-    does not match "classical".
+
+def parse_name(name: str, vocab: Any) -> tuple[list[str], list[frozenset[str]], list[frozenset[str]]]:
+    """The words (in order, normalised), the genes (each a set of symbols) and the genes the
+    name says are absent. "CD14-", "CD14-negative" and "CD14neg" negate CD14;
+    "non-classical" becomes the one word "nonclassical", so it does not match "classical".
     """
-    return _parse(name, vocab)[:2]
-
-
-def negated_genes(name: str, vocab: Any) -> list[frozenset[str]]:
-    """The genes a name says are absent ("CD14-negative monocyte" -> CD14)."""
-    return _parse(name, vocab)[2]
-
-
-def _parse(name: str, vocab: Any) -> tuple[list[str], list[frozenset[str]], list[frozenset[str]]]:
     words: list[str] = []
     genes: list[frozenset[str]] = []
     negated: list[frozenset[str]] = []
@@ -136,6 +131,8 @@ class CellTypeMatch:
 
     types: tuple[CellTypeMarkers, ...]
     exact: bool
+    #: Genes the name says are absent ("CD14-negative"): never its markers.
+    absent: tuple[frozenset[str], ...] = ()
 
 
 def match_cell_types(
@@ -156,8 +153,7 @@ def match_cell_types(
         terms.append((set(own), set(own) | set(parent_words), genes, nouns))
     out: dict[str, CellTypeMatch] = {}
     for cand in candidates:
-        words, genes = name_terms(cand, vocab)
-        absent = negated_genes(cand, vocab)
+        words, genes, absent = parse_name(cand, vocab)
         scored = []
         for k, (own, allw, kgenes, nouns) in zip(known, terms, strict=True):
             # the nouns must agree: "monocyte" in "CD14+ monocyte"; "delta cell" is not a
@@ -172,21 +168,30 @@ def match_cell_types(
             extra = len(own - set(words))
             scored.append((len(set(words) & allw) + shared - 0.5 * extra, extra, k))
         if not scored:
-            out[str(cand)] = CellTypeMatch((), False)
+            out[str(cand)] = CellTypeMatch((), False, tuple(absent))
             continue
         best = max(sc for sc, _, _ in scored)
         top = [(extra, k) for sc, extra, k in scored if sc >= best - 1e-9]
         if any(extra == 0 for extra, _ in top):
-            out[str(cand)] = CellTypeMatch(tuple(k for _, k in top), True)
+            out[str(cand)] = CellTypeMatch(tuple(k for _, k in top), True, tuple(absent))
         else:
-            out[str(cand)] = CellTypeMatch(tuple(k for sc, _, k in scored if sc >= best - 0.5 - 1e-9), False)
+            close = tuple(k for sc, _, k in scored if sc >= best - 0.5 - 1e-9)
+            out[str(cand)] = CellTypeMatch(close, False, tuple(absent))
     return out
 
 
 def cell_type_marker_genes(
     candidates: Sequence[str], known: Sequence[CellTypeMarkers], vocab: Any, *, parent_weight: float = 0.5
 ) -> dict[str, dict[str, float]]:
-    """``{candidate: {symbol: weight}}`` (empty for a candidate with no match).
+    """``{candidate: {symbol: weight}}`` for candidate names (:func:`match_cell_types`, then
+    :func:`marker_weights`)."""
+    return marker_weights(match_cell_types(candidates, known, vocab), known, parent_weight=parent_weight)
+
+
+def marker_weights(
+    matches: Mapping[str, CellTypeMatch], known: Sequence[CellTypeMarkers], *, parent_weight: float = 0.5
+) -> dict[str, dict[str, float]]:
+    """``{candidate: {symbol: weight}}`` from the candidates' matches (empty for no match).
 
     An exact match's markers weigh 1. A broader name weighs each gene by the share of its
     matched types that list it: "CD4 T cell" matches the four human CD4 T-cell subsets and
@@ -196,7 +201,6 @@ def cell_type_marker_genes(
     """
     index: dict[tuple[str, str, str], CellTypeMarkers] = {(k.name, k.species, k.tissue): k for k in known}
     out: dict[str, dict[str, float]] = {}
-    matches = match_cell_types(candidates, known, vocab)
     for cand, match in matches.items():
         w: dict[str, float] = {}
         share = 1.0 if match.exact else 1.0 / max(1, len(match.types))
@@ -206,13 +210,12 @@ def cell_type_marker_genes(
                 w[g] = max(w.get(g, 0.0), parent_weight)
         own: dict[str, float] = {}
         for k in match.types:
-            for g in set(k.markers):
+            for g in dict.fromkeys(k.markers):  # (not a set: a stable order)
                 own[g] = min(1.0, own.get(g, 0.0) + share)
         for g, v in own.items():
             w[g] = max(w.get(g, 0.0), v)
-        for a in negated_genes(cand, vocab):
-            for g in a:
-                w.pop(g, None)
+        for g in (g for a in match.absent for g in a):
+            w.pop(g, None)
         out[cand] = w
     # a gene is a marker of a candidate only as far as it marks it more than any other
     # candidate: genes shared by all T cells do not tell CD4 from CD8 T cells. Candidates

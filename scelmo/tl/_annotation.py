@@ -40,13 +40,7 @@ from scelmo.expression.matrix import select_matrix
 from scelmo.expression.selection import normalize_chunk, should_normalize
 from scelmo.knn import knn_vote, unit_rows
 from scelmo.knowledge import roles
-from scelmo.knowledge.cell_types import (
-    SYNONYMS,
-    cell_type_marker_genes,
-    match_cell_types,
-    name_terms,
-    negated_genes,
-)
+from scelmo.knowledge.cell_types import SYNONYMS, marker_weights, match_cell_types, parse_name
 from scelmo.knowledge.descriptions import describe
 from scelmo.plugin import KnowledgeSource, split_phrases
 from scelmo.tl._clustering import cluster
@@ -76,8 +70,9 @@ def _named_genes(name: str, vocab: Any, present: set[str]) -> list[str]:
         return []
     tokens = [t for t in re.findall(r"[A-Za-z][A-Za-z0-9-]*[0-9][A-Za-z0-9-]*|[A-Z]{2,}[0-9A-Z-]*", name)]
     res = vocab.resolve(tokens, species="human") if tokens else None
-    absent = {g for a in negated_genes(name, vocab) for g in a}  # "CD14-negative": not a marker
-    words = set(name_terms(name, vocab)[0])  # "cDC1", "Th1": cell-type abbreviations, not genes
+    words, _, negated = parse_name(name, vocab)
+    absent = {g for a in negated for g in a}  # "CD14-negative": not a marker
+    words = set(words)  # "cDC1", "Th1": cell-type abbreviations, not genes
     return [s for t, s in zip(tokens, res.symbols if res else [], strict=True)
             if s and s in present and s not in absent and t.lower() not in SYNONYMS and t.lower() not in words]
 
@@ -134,19 +129,18 @@ def knowledge_markers(
     symbols = res.symbols if res is not None else genes
     present = set(genes)
     # curated markers of the known cell types a name matches come first ...
-    if curated_genes is None:
-        curated = _curated_markers(describer, vocab, cell_types, genes, symbols)
-    else:
+    pool, pool_symbols = genes, symbols
+    if curated_genes is not None:
         pool = [str(g) for g in curated_genes]
-        pool_res = vocab.resolve(pool, species=settings.genes.species) if vocab is not None else None
-        curated = _curated_markers(describer, vocab, cell_types, pool, pool_res.symbols if pool_res else pool)
+        pool_symbols = vocab.resolve(pool, species=settings.genes.species).symbols if vocab is not None else pool
+    curated, unmatched = _curated_markers(describer, vocab, cell_types, pool, pool_symbols)
     out = {name: w for name, w in curated.items() if w}
     rest = [t for t in cell_types if str(t) not in out]
     if not rest:
         return {str(t): out[str(t)] for t in cell_types}
     # ... the other names get markers derived from what the genes' descriptions say
     described = {str(t) for t, x in zip(cell_types, texts or cell_types, strict=True) if str(x) != str(t)}
-    unmatched = [t for t in rest if str(t) in curated.get(_UNMATCHED, {}) and str(t) not in described]
+    unmatched = [t for t in unmatched if t not in described]
     if unmatched:
         warnings.warn(
             f"No curated marker set matches {', '.join(repr(str(t)) for t in unmatched)}: their markers come from "
@@ -188,30 +182,26 @@ def knowledge_markers(
 
 
 def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], genes: list[str],
-                     symbols: Sequence[str | None]) -> dict[str, dict[str, float]]:
+                     symbols: Sequence[str | None]) -> tuple[dict[str, dict[str, float]], list[str]]:
     """``{type: {gene: weight}}`` from the knowledge source's curated cell-type marker sets
-    (:mod:`scelmo.knowledge.cell_types`), restricted to ``genes``; empty where no set matches."""
+    (:mod:`scelmo.knowledge.cell_types`), restricted to ``genes`` and empty where none is
+    usable; and the names no known type matches at all (not: matched, but no marker here)."""
     known = describer.cell_type_markers() if isinstance(describer, KnowledgeSource) else []
     if not known:
-        return {}
+        return {}, []
     gene_of: dict[str, str] = {}
     for g, s in zip(genes, symbols, strict=True):
         if s:
             gene_of.setdefault(s, g)
-    names = [str(t) for t in cell_types]
-    by_symbol = cell_type_marker_genes(names, known, vocab)
+    present = set(genes)
+    matches = match_cell_types([str(t) for t in cell_types], known, vocab)
     out: dict[str, dict[str, float]] = {}
-    for name, w in by_symbol.items():
+    for name, w in marker_weights(matches, known).items():
         marks = {gene_of[s]: v for s, v in w.items() if s in gene_of}
-        named = _named_genes(name, vocab, set(genes))
+        named = _named_genes(name, vocab, present)
         marks.update({g: 1.0 for g in named})
         out[name] = marks if len(marks) > len(named) else {}
-    # which names no known type matches at all (not: matched, but no marker in the data)
-    out[_UNMATCHED] = {n: 0.0 for n, m in match_cell_types(names, known, vocab).items() if not m.types}
-    return out
-
-
-_UNMATCHED = "\0unmatched"  # a key no cell-type name can be (names are checked to be printable)
+    return out, [n for n, m in matches.items() if not m.types]
 
 
 def _cluster_labels(adata: Any, use_rep: str, groupby: str | None) -> np.ndarray:
