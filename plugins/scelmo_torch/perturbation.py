@@ -514,8 +514,9 @@ class PerturbationHead(TorchHead):
         return loss, logs
 
     # -- prediction -----------------------------------------------------------------------------
-    def _perturbation_latents(self, perts: Sequence[str], device: Any) -> tuple[Any, np.ndarray]:
-        """Latent of each unique perturbation in ``perts`` and the index of each entry."""
+    def _perturbation_latents(self, perts: Sequence[str], device: Any) -> tuple[Any, np.ndarray, list[int]]:
+        """Latent of each unique perturbation in ``perts``, the index of each entry, and which
+        unique perturbations are not the control."""
         torch = import_torch()
         sep, control = self.options.separator, self.spec["control"]
         uniq, inverse = np.unique(np.asarray(perts, dtype=str), return_inverse=True)
@@ -539,7 +540,7 @@ class PerturbationHead(TorchHead):
             pos = {c: i for i, c in enumerate(needed)}
             members = [torch.tensor([pos[c] for c in comps[i]], dtype=torch.long, device=device) for i in perturbed]
             out[torch.tensor(perturbed, dtype=torch.long, device=device)] = self.module.perturbation_latents(latents, members)
-        return out, inverse
+        return out, inverse, perturbed
 
     def predict(
         self,
@@ -603,14 +604,12 @@ class PerturbationHead(TorchHead):
             self.add_embeddings(perturbation_embeddings)
         out = np.empty(X.shape, dtype=np.float32)
         torch = import_torch()
-        sep, control = self.options.separator, self.spec["control"]
         with self.inference(device) as dev:
-            P, inverse = self._perturbation_latents(perts, dev)
+            P, inverse, perturbed_rows = self._perturbation_latents(perts, dev)
             offset = self._mean_shift_offset(dev)
             if offset is not None:  # the mean shift for perturbed cells, none for control cells
-                uniq = np.unique(np.asarray(perts, dtype=str))
-                perturbed = torch.tensor([bool(split_components(p, sep=sep, control=control)) for p in uniq],
-                                         dtype=torch.float32, device=dev)
+                perturbed = torch.zeros(P.shape[0], dtype=torch.float32, device=dev)
+                perturbed[perturbed_rows] = 1.0
             bs = self.options.eval_batch_size
             for s in range(0, X.shape[0], bs):
                 rows = slice(s, min(s + bs, X.shape[0]))
@@ -661,7 +660,7 @@ class PerturbationHead(TorchHead):
         """The learned latent of a perturbation (sum of its components' latents; the mean shift is added
         to the expression, not to this latent)."""
         with self.inference():
-            P, _ = self._perturbation_latents([perturbation], self.device)
+            P, _, _ = self._perturbation_latents([perturbation], self.device)
         return P[0].cpu().numpy()
 
 
