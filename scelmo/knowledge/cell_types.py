@@ -17,10 +17,7 @@ name to the known types by its words and the genes it names, not by free-text si
   are the match (ties: all of them; e.g. the human and the mouse "B cell").
 
 The matched types' markers, and at half weight their parent types' markers, are the
-candidate's marker genes (for a name broader than the types it matches, those most of them
-list). A candidate with no compatible type gets none from here. Names sharing a noun
-(:func:`name_family`: "CD4 T cell" and "CD8 T cell") are siblings: annotation tells them
-apart among the cells of their family only.
+candidate's marker genes. A candidate with no compatible type gets none from here.
 """
 
 from __future__ import annotations
@@ -30,8 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CellTypeMarkers", "CellTypeMatch", "match_cell_types", "marker_weights", "own_marker_weights",
-           "specific_weights", "name_family", "cell_type_marker_genes", "name_terms", "parse_name"]
+__all__ = ["CellTypeMarkers", "CellTypeMatch", "match_cell_types", "marker_weights", "cell_type_marker_genes",
+           "name_terms", "parse_name"]
 
 
 @dataclass(frozen=True)
@@ -191,73 +188,45 @@ def cell_type_marker_genes(
     return marker_weights(match_cell_types(candidates, known, vocab), known, parent_weight=parent_weight)
 
 
-def own_marker_weights(
-    match: CellTypeMatch, known: Sequence[CellTypeMarkers], *, parent_weight: float = 0.5, min_share: float = 0.5
-) -> dict[str, float]:
-    """``{symbol: weight}`` of one candidate's matched types, before any comparison with
-    other candidates (see :func:`marker_weights`)."""
-    index = {(k.name, k.species, k.tissue): k for k in known}
-    w: dict[str, float] = {}
-    share = 1.0 if match.exact else 1.0 / max(1, len(match.types))
-    for k in match.types:
-        parent = index.get((k.parent, k.species, k.tissue)) if k.parent else None
-        for g in parent.markers if parent is not None else ():
-            w[g] = max(w.get(g, 0.0), parent_weight)
-    own: dict[str, float] = {}
-    for k in match.types:
-        for g in dict.fromkeys(k.markers):  # (not a set: a stable order)
-            own[g] = min(1.0, own.get(g, 0.0) + share)
-    for g, v in own.items():
-        if match.exact or v >= min_share - 1e-9:
-            w[g] = max(w.get(g, 0.0), v)
-    for g in (g for a in match.absent for g in a):
-        w.pop(g, None)
-    return w
-
-
-def specific_weights(
-    raw: Mapping[str, Mapping[str, float]], same: Mapping[str, Any] | None = None
-) -> dict[str, dict[str, float]]:
-    """Each candidate's weights less the highest weight any other candidate gives the same
-    gene (genes left with no weight are dropped): a gene shared by all T cells does not tell
-    CD4 from CD8 T cells. Candidates with equal ``same`` keys (synonyms) do not cancel out."""
-    same = same or {c: c for c in raw}
-    out = {}
-    for cand, w in raw.items():
-        others = [o for c, o in raw.items() if c != cand and same[c] != same[cand]]
-        spec = {g: v - max((o.get(g, 0.0) for o in others), default=0.0) for g, v in w.items()}
-        out[cand] = {g: v for g, v in spec.items() if v > 1e-9}
-    return out
-
-
 def marker_weights(
-    matches: Mapping[str, CellTypeMatch], known: Sequence[CellTypeMarkers], *, parent_weight: float = 0.5,
-    min_share: float = 0.5,
+    matches: Mapping[str, CellTypeMatch], known: Sequence[CellTypeMarkers], *, parent_weight: float = 0.5
 ) -> dict[str, dict[str, float]]:
     """``{candidate: {symbol: weight}}`` from the candidates' matches (empty for no match).
 
     An exact match's markers weigh 1. A broader name weighs each gene by the share of its
-    matched types that list it, and keeps only the genes at least ``min_share`` of them
-    list: "CD4 T cell" matches the four human CD4 T-cell subsets and (within half a point)
-    the human and mouse "T cell", so CD4 weighs 4/6 and a marker of naive CD4 T cells alone
-    (1/6) is not a marker of CD4 T cells. (Without that rule the subsets' own genes, some
-    dozens at 1/6 each, outweighed CD8A and CD8B and called Kang's CD4 T cells CD8.) The
-    matched types' parents' markers weigh at most ``parent_weight``. Genes the name negates
-    ("CD14-negative") are dropped. Then :func:`specific_weights` across the candidates;
-    candidates that match the same known types (synonyms: "NK cell", "natural killer
-    cell") keep theirs.
+    matched types that list it: "CD4 T cell" matches the four human CD4 T-cell subsets and
+    (within half a point) the human and mouse "T cell", so CD4 weighs 4/6 and a marker of
+    naive CD4 T cells only 1/6. The matched types' parents' markers weigh at most
+    ``parent_weight``. Genes the name negates ("CD14-negative") are dropped.
     """
-    raw = {c: own_marker_weights(m, known, parent_weight=parent_weight, min_share=min_share)
-           for c, m in matches.items()}
-    return specific_weights(raw, {c: frozenset(id(k) for k in m.types) for c, m in matches.items()})
-
-
-def name_family(name: str, vocab: Any) -> str:
-    """The noun of a cell-type name, which its subtypes share: ``"t"`` for "CD4 T cell" and
-    "regulatory T cell", ``"monocyte"`` for "CD14+ monocyte", ``"killer"`` for "NK cell"
-    (abbreviations are spelt out; "cell" is no noun). A name with no word is its own family."""
-    words = name_terms(name, vocab)[0]
-    return words[-1] if words else str(name)
+    index: dict[tuple[str, str, str], CellTypeMarkers] = {(k.name, k.species, k.tissue): k for k in known}
+    out: dict[str, dict[str, float]] = {}
+    for cand, match in matches.items():
+        w: dict[str, float] = {}
+        share = 1.0 if match.exact else 1.0 / max(1, len(match.types))
+        for k in match.types:
+            parent = index.get((k.parent, k.species, k.tissue)) if k.parent else None
+            for g in parent.markers if parent is not None else ():
+                w[g] = max(w.get(g, 0.0), parent_weight)
+        own: dict[str, float] = {}
+        for k in match.types:
+            for g in dict.fromkeys(k.markers):  # (not a set: a stable order)
+                own[g] = min(1.0, own.get(g, 0.0) + share)
+        for g, v in own.items():
+            w[g] = max(w.get(g, 0.0), v)
+        for g in (g for a in match.absent for g in a):
+            w.pop(g, None)
+        out[cand] = w
+    # a gene is a marker of a candidate only as far as it marks it more than any other
+    # candidate: genes shared by all T cells do not tell CD4 from CD8 T cells. Candidates
+    # that match the same known types (synonyms: "NK cell", "natural killer cell") keep theirs.
+    same = {c: frozenset(id(k) for k in m.types) for c, m in matches.items()}
+    specific = {}
+    for cand, w in out.items():
+        others = [o for c, o in out.items() if c != cand and same[c] != same[cand]]
+        specific[cand] = {g: v - max((o.get(g, 0.0) for o in others), default=0.0) for g, v in w.items()}
+        specific[cand] = {g: v for g, v in specific[cand].items() if v > 1e-9}
+    return specific
 
 
 def resolve_marker_sets(records: Iterable[Mapping[str, Any]], vocab: Any) -> list[CellTypeMarkers]:

@@ -15,11 +15,9 @@ Exposed as :func:`scelmo.tl.annotate`.
   genes most specific to the type among the candidates (plus genes the name mentions,
   e.g. CD14 in "CD14+ monocyte") are its markers. Each cell's score for a type is the
   weighted mean of its markers' standardised expression (:func:`marker_match`); each
-  cluster of the scelmo embedding takes the type whose markers it expresses most.
-  Candidates whose names share a noun ("CD4 T cell", "CD8 T cell") are decided in two
-  steps: first their family against the other candidates, then among the family's cells
-  only. Score = each cell's softmax probability of its cluster's type; clusters
-  expressing no candidate's markers above average are ``unknown``.
+  cluster of the scelmo embedding takes the type whose markers it expresses most. Score =
+  softmax probability of that type for the cluster; clusters expressing no candidate's
+  markers above average are ``unknown``.
 * **Text prompts, by embedding similarity** (``method="embedding"``): the cell-type
   texts and the cell embeddings are compared directly (both centred on their own mean).
 
@@ -31,7 +29,6 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,14 +40,7 @@ from scelmo.expression.matrix import select_matrix
 from scelmo.expression.selection import normalize_chunk, should_normalize
 from scelmo.knn import knn_vote, unit_rows
 from scelmo.knowledge import roles
-from scelmo.knowledge.cell_types import (
-    SYNONYMS,
-    match_cell_types,
-    name_family,
-    own_marker_weights,
-    parse_name,
-    specific_weights,
-)
+from scelmo.knowledge.cell_types import SYNONYMS, marker_weights, match_cell_types, parse_name
 from scelmo.knowledge.descriptions import describe
 from scelmo.plugin import KnowledgeSource, split_phrases
 from scelmo.tl._clustering import cluster
@@ -129,46 +119,8 @@ def knowledge_markers(
     -------
     ``{type: {gene: weight}}``: curated markers as above, or the knowledge markers weighted
     by specificity (their phrase similarity to this type minus that to the closest other
-    candidate); with the genes the name mentions (top weight). :func:`marker_sets` gives
-    the same markers with the family structure annotation uses.
+    candidate); with the genes the name mentions (top weight).
     """
-    return marker_sets(cell_types, genes, texts=texts, n_markers=n_markers, config=config, progress=progress,
-                       curated_genes=curated_genes).markers
-
-
-@dataclass(frozen=True)
-class MarkerSets:
-    """Marker genes of candidate cell types, flat and by family.
-
-    ``markers`` sets each candidate against all others (:func:`knowledge_markers`).
-    Candidates whose names share a noun (:func:`~scelmo.knowledge.cell_types.name_family`:
-    "CD4 T cell", "CD8 T cell") form a family: ``family_markers`` sets each family against
-    the other families (the T-cell genes CD3D/E count for the T-cell family, though they
-    tell neither T-cell candidate from the other), and ``member_markers`` sets each
-    candidate of a family of several against its siblings only.
-    """
-
-    markers: dict[str, dict[str, float]]
-    families: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    family_markers: dict[str, dict[str, float]] = field(default_factory=dict)
-    member_markers: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    def hierarchical(self) -> bool:
-        """Whether any family has several candidates (else the flat markers decide alone)."""
-        return any(len(m) > 1 for m in self.families.values())
-
-
-def marker_sets(
-    cell_types: Sequence[str],
-    genes: Sequence[str],
-    *,
-    texts: Sequence[str] | None = None,
-    n_markers: int = 30,
-    config: Any = None,
-    progress: bool | None = None,
-    curated_genes: Sequence[str] | None = None,
-) -> MarkerSets:
-    """:class:`MarkerSets` for candidate names (parameters as :func:`knowledge_markers`)."""
     settings = get_settings(config)
     describer = roles.description_writer(settings)
     vocab = roles.vocabulary(describer)
@@ -181,11 +133,11 @@ def marker_sets(
     if curated_genes is not None:
         pool = [str(g) for g in curated_genes]
         pool_symbols = vocab.resolve(pool, species=settings.genes.species).symbols if vocab is not None else pool
-    raw, same, unmatched = _curated_markers(describer, vocab, cell_types, pool, pool_symbols)
-    out = dict(raw)  # each candidate's own weights, before comparison with the others
+    curated, unmatched = _curated_markers(describer, vocab, cell_types, pool, pool_symbols)
+    out = {name: w for name, w in curated.items() if w}
     rest = [t for t in cell_types if str(t) not in out]
     if not rest:
-        return _arrange(cell_types, out, same, vocab, present)
+        return {str(t): out[str(t)] for t in cell_types}
     # ... the other names get markers derived from what the genes' descriptions say
     described = {str(t) for t, x in zip(cell_types, texts or cell_types, strict=True) if str(x) != str(t)}
     unmatched = [t for t in unmatched if t not in described]
@@ -226,68 +178,30 @@ def marker_sets(
         top = max(w.values(), default=1.0)
         w.update({g: top for g in named})  # a gene the name itself mentions: as specific as the best
         out[str(name)] = w
-    return _arrange(cell_types, out, same, vocab, present)
-
-
-def _arrange(cell_types: Sequence[str], raw: dict[str, dict[str, float]], same: dict[str, Any], vocab: Any,
-             present: set[str]) -> MarkerSets:
-    """Flat and family marker sets from each candidate's own weights (``raw``; ``same``
-    holds a key for each name with curated markers): each set keeps what marks it more than
-    the others it is compared with, and the genes a name mentions weigh as much as its best
-    marker."""
-    names = [str(t) for t in cell_types]
-    curated = set(same)  # names with curated markers: only they form families (see below)
-    same = {n: same.get(n, n) for n in names}
-    named = {n: _named_genes(n, vocab, present) for n in names}
-    raw = {n: {**raw[n], **{g: max(raw[n].values(), default=1.0) for g in named[n]}} for n in names}
-
-    def with_named(sets: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-        for n, w in sets.items():
-            top = max(w.values(), default=1.0)
-            w.update({g: top for g in named[n]})
-        return sets
-
-    markers = with_named(specific_weights({n: raw[n] for n in names}, same))
-    # a family's markers are what its members share (the T-cell genes of CD4 and CD8 T
-    # cells); description-derived markers are already set against the other candidates,
-    # so they have nothing shared left: such a name is its own family (on Kang, families
-    # of description-derived names scored 0.31 against 0.56 without)
-    families: dict[str, list[str]] = {}
-    for n in names:
-        families.setdefault(name_family(n, vocab) if n in curated else f"name:{n}", []).append(n)
-    fam_raw: dict[str, dict[str, float]] = {}
-    for f, members in families.items():
-        fam_raw[f] = {}
-        for n in members:
-            for g, v in raw[n].items():
-                fam_raw[f][g] = max(fam_raw[f].get(g, 0.0), v)
-    member: dict[str, dict[str, float]] = {}
-    for members in (m for m in families.values() if len(m) > 1):
-        member.update(with_named(specific_weights({n: raw[n] for n in members}, same)))
-    return MarkerSets(markers, {f: tuple(m) for f, m in families.items()}, specific_weights(fam_raw), member)
+    return {str(t): out[str(t)] for t in cell_types}
 
 
 def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], genes: list[str],
-                     symbols: Sequence[str | None]) -> tuple[dict[str, dict[str, float]], dict[str, Any], list[str]]:
-    """Each name's own weights ``{gene: weight}`` from the knowledge source's curated cell-type
-    marker sets (:mod:`scelmo.knowledge.cell_types`), restricted to ``genes``, for the names
-    with usable markers; a key per name that synonyms share (the types they match); and the
-    names no known type matches at all (not: matched, but no marker here)."""
+                     symbols: Sequence[str | None]) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """``{type: {gene: weight}}`` from the knowledge source's curated cell-type marker sets
+    (:mod:`scelmo.knowledge.cell_types`), restricted to ``genes`` and empty where none is
+    usable; and the names no known type matches at all (not: matched, but no marker here)."""
     known = describer.cell_type_markers() if isinstance(describer, KnowledgeSource) else []
     if not known:
-        return {}, {}, []
+        return {}, []
     gene_of: dict[str, str] = {}
     for g, s in zip(genes, symbols, strict=True):
         if s:
             gene_of.setdefault(s, g)
+    present = set(genes)
     matches = match_cell_types([str(t) for t in cell_types], known, vocab)
     out: dict[str, dict[str, float]] = {}
-    for name, match in matches.items():
-        marks = {gene_of[s]: v for s, v in own_marker_weights(match, known).items() if s in gene_of}
-        if marks:
-            out[name] = marks
-    same = {n: frozenset(id(k) for k in m.types) for n, m in matches.items() if n in out}
-    return out, same, [n for n, m in matches.items() if not m.types]
+    for name, w in marker_weights(matches, known).items():
+        marks = {gene_of[s]: v for s, v in w.items() if s in gene_of}
+        named = _named_genes(name, vocab, present)
+        marks.update({g: 1.0 for g in named})
+        out[name] = marks if len(marks) > len(named) else {}
+    return out, [n for n, m in matches.items() if not m.types]
 
 
 def _cluster_labels(adata: Any, use_rep: str, groupby: str | None) -> np.ndarray:
@@ -305,67 +219,27 @@ def _cluster_labels(adata: Any, use_rep: str, groupby: str | None) -> np.ndarray
 
 def marker_match(
     adata: Any,
-    markers: Mapping[str, Mapping[str, float]] | MarkerSets,
+    markers: Mapping[str, Mapping[str, float]],
     groups: np.ndarray,
     *,
     layer: str | None = None,
     temperature: float = 0.25,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Type per group from its cells' marker scores, and each cell's score for it.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Type per group from its cells' marker scores; the group's softmax score; the cells x types scores.
 
     A cell's score for a type is the specificity-weighted mean of its markers' standardised
     log-expression (each gene centred and scaled over the cells); a group takes the type
     with the highest mean score, or ``None`` when no type's markers are above average.
-
-    With :class:`MarkerSets` whose candidates form families (:attr:`MarkerSets.families`),
-    the decision is made in two steps, as a marker hierarchy (Garnett's, Pliner et al.
-    2019) does: each group first takes a family by the family markers; then the family's
-    cells are compared among themselves (genes standardised over those cells only) on the
-    member markers, and each group takes its best member. A family that holds one group
-    only has no other group to contrast with: its cells take their own best member.
-
-    The score of a cell is the softmax probability (``temperature``) of its label among
-    the candidates from the cell's own scores; in two steps, the family's times the
-    member's. Measured against a score shared by the whole group (the group mean's
-    softmax), it ranks right above wrong labels better on Kang and coarse pbmc68k (AUROC
-    0.53 -> 0.75, 0.65 -> 0.73) and a little worse on pbmc68k's 10 labels (0.74 -> 0.71).
     """
     matrix, var_names, _ = select_matrix(adata, layer=layer, use_raw=None if layer is None else False)
     X = matrix[:] if not hasattr(matrix, "to_memory") else matrix.to_memory()
     if should_normalize("auto", X):
         X = normalize_chunk(X)
     col = {str(v): i for i, v in enumerate(var_names)}
-    groups = np.asarray(groups)
-    if not isinstance(markers, MarkerSets):
-        markers = MarkerSets({str(t): dict(w) for t, w in markers.items()})
-    if not markers.hierarchical():
-        names = list(markers.markers)
-        return _decide(_marker_scores(X, col, markers.markers, names), groups, names, temperature)
-    fams = list(markers.families)
-    fam, score = _decide(_marker_scores(X, col, markers.family_markers, fams), groups, fams, temperature)
-    labels = np.empty(adata.n_obs, dtype=object)
-    for f in fams:
-        rows = fam == f
-        members = list(markers.families[f])
-        if not rows.any():
-            continue
-        if len(members) == 1:
-            labels[rows] = members[0]
-            continue
-        S = _marker_scores(X[np.flatnonzero(rows)], col, markers.member_markers, members)
-        sub = groups[rows] if len(np.unique(groups[rows])) > 1 else np.arange(int(rows.sum()))
-        lab, p = _decide(S, sub, members, temperature, require_positive=False)
-        labels[rows] = lab
-        score[rows] *= p
-    return labels, score
-
-
-def _marker_scores(X: Any, col: Mapping[str, int], markers: Mapping[str, Mapping[str, float]],
-                   names: Sequence[str]) -> np.ndarray:
-    """Cells x ``names``: the weighted mean of each name's markers, standardised over ``X``'s rows."""
-    S = np.zeros((X.shape[0], len(names)))
+    names = list(markers)
+    S = np.zeros((adata.n_obs, len(names)))
     for j, t in enumerate(names):
-        pairs = [(col[g], w) for g, w in markers.get(t, {}).items() if g in col and w > 0]
+        pairs = [(col[g], w) for g, w in markers[t].items() if g in col and w > 0]
         if not pairs:
             continue
         idx, w = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
@@ -374,26 +248,17 @@ def _marker_scores(X: Any, col: Mapping[str, int], markers: Mapping[str, Mapping
         sd = sub.std(axis=0)
         z = np.divide(sub - sub.mean(axis=0), sd, out=np.zeros_like(sub), where=sd > 0)
         S[:, j] = z @ w / w.sum()
-    return S
-
-
-def _decide(S: np.ndarray, groups: np.ndarray, names: Sequence[str], temperature: float, *,
-            require_positive: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Each group's best name by its cells' mean score (``None`` where no mean is above 0
-    and ``require_positive``), and per cell that name's softmax probability from the cell's
-    own scores (cells of one group differ in how well they fit its label)."""
-    labels = np.empty(S.shape[0], dtype=object)
-    score = np.zeros(S.shape[0], dtype=np.float32)
+    labels = np.empty(adata.n_obs, dtype=object)
+    score = np.zeros(adata.n_obs, dtype=np.float32)
     for g in np.unique(groups):
         idx = groups == g
         m = S[idx].mean(axis=0)
+        p = np.exp((m - m.max()) / temperature)
+        p /= p.sum()
         best = int(m.argmax())
-        if m[best] > 0 or not require_positive:
-            labels[idx] = names[best]
-            z = S[idx] / temperature  # each cell's own support for its group's choice
-            p = np.exp(z - z.max(axis=1, keepdims=True))
-            score[idx] = p[:, best] / p.sum(axis=1)
-    return labels, score
+        labels[idx] = names[best] if m[best] > 0 else None
+        score[idx] = p[best] if m[best] > 0 else 0.0
+    return labels, score, S
 
 
 def annotate(
@@ -667,19 +532,14 @@ def _labels_from_names(adata: Any, query: np.ndarray, cell_types: Sequence[str] 
         expressed = [str(g) for g, f in zip(var_names, frac, strict=True) if f >= 0.01]
         # curated markers may be rare (a rare type's), but not seen in a cell or two only
         detected = [str(g) for g, c in zip(var_names, n_cells, strict=True) if c >= 3]
-        sets = marker_sets(names, expressed, texts=texts, n_markers=n_markers, config=config,
-                           progress=progress, curated_genes=detected)
-        markers = sets.markers
+        markers = knowledge_markers(names, expressed, texts=texts, n_markers=n_markers, config=config,
+                                    progress=progress, curated_genes=detected)
         groups = _cluster_labels(adata, use_rep, groupby)
-        labels, score = marker_match(adata, sets, groups, layer=layer)
+        labels, score, _ = marker_match(adata, markers, groups, layer=layer)
         pred = np.array([lab if lab is not None else unknown_label for lab in labels], dtype=object)
         info.update({"method": "text_markers", "n_cell_types": len(names), "n_markers": n_markers,
                      "groupby": groupby or "leiden(use_rep)", "n_groups": int(len(np.unique(groups)))})
         info.update({f"markers_{t}": "; ".join(g) for t, g in markers.items()})
-        info.update({f"family_{f}": "; ".join(m) for f, m in sets.families.items() if len(m) > 1})
-        info.update({f"family_markers_{f}": "; ".join(sets.family_markers[f])
-                     for f, m in sets.families.items() if len(m) > 1})
-        info.update({f"sibling_markers_{t}": "; ".join(g) for t, g in sets.member_markers.items()})
         info["temperature"] = 0.25
     else:  # "embedding" (the method was checked by _check_options)
         vectors = _embed_texts(texts, config, progress)
