@@ -59,22 +59,45 @@ def test_knowledge_markers_come_from_curated_sets_first(pbmc):
     genes = list(map(str, pbmc.raw.var_names))
     from scelmo.errors import ScelmoWarning
 
-    with pytest.warns(ScelmoWarning, match="No curated marker set matches 'alpha cell'"):
-        m = knowledge_markers(["B cell", "T cell", "FCGR3A+ monocyte", "CD14+ monocyte", "alpha cell"], genes)
+    with pytest.warns(ScelmoWarning, match="No curated marker set or cell-type definition names marker genes "
+                                           "for 'ductal cell'"):
+        m = knowledge_markers(["B cell", "T cell", "FCGR3A+ monocyte", "CD14+ monocyte", "ductal cell"], genes)
     assert {"MS4A1", "CD79A", "CD79B"} <= set(m["B cell"])
     assert {"CD3E", "CD3D"} <= set(m["T cell"])
     assert {"FCGR3A", "IFITM3"} <= set(m["FCGR3A+ monocyte"]) and "CD14" not in m["FCGR3A+ monocyte"]
     assert {"S100A8", "S100A9", "FCN1"} <= set(m["CD14+ monocyte"])  # (CD14 is not among the 765 genes)
-    assert m["alpha cell"]  # no curated set: markers from the gene descriptions instead
+    assert m["ductal cell"]  # no curated set, and the ontology's definition names no gene: descriptions
     # a name given a description is not warned about; a negated gene is no marker
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", ScelmoWarning)
-        d = knowledge_markers(["B cell", "alpha cell", "CD14-negative monocyte"], genes,
-                              texts=["B cell", "pancreatic islet cell that secretes glucagon", "CD14-negative monocyte"])
-    assert d["alpha cell"] and "CD14" not in d["CD14-negative monocyte"]
+        d = knowledge_markers(["B cell", "ductal cell", "CD14-negative monocyte"], genes,
+                              texts=["B cell", "epithelial cell of the pancreatic ducts", "CD14-negative monocyte"])
+    assert d["ductal cell"] and "CD14" not in d["CD14-negative monocyte"]
     assert all(w > 0 for marks in m.values() for w in marks.values())
+
+
+def test_names_no_curated_set_knows_take_the_genes_their_definitions_name():
+    """The Cell Ontology tier: "secretes glucagon" -> GCG; only for names the curated sets miss."""
+    from scelmo.tl._annotation import knowledge_markers
+
+    genes = ["GCG", "INS", "SST", "PPY", "KRT19", "MS4A1", "CD79A", "CD3E", "IFNG", "CD4", "PECAM1"]
+    m = knowledge_markers(["alpha cell", "beta cell", "delta cell", "PP cell", "B cell"], genes)
+    # (weights below 1: the PP cell's parent, "enteroendocrine cell", names several hormones)
+    assert set(m["alpha cell"]) == {"GCG"} and set(m["delta cell"]) == {"SST"} and set(m["PP cell"]) == {"PPY"}
+    assert set(m["beta cell"]) == {"INS"}
+    assert {"MS4A1", "CD79A"} <= set(m["B cell"])  # the curated set, not the ontology's
+    # a trailing clause is not the noun: "gamma cell" is no "NKT cell secreting interferon-gamma"
+    import warnings
+
+    from scelmo.errors import ScelmoWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        g = knowledge_markers(["gamma cell", "beta cell"], genes)
+    assert g["gamma cell"]  # from the gene descriptions (which go by the word: "gamma" -> IFNG, as warned)
+    assert any(issubclass(w.category, ScelmoWarning) and "'gamma cell'" in str(w.message) for w in caught)
 
 
 def test_knowledge_markers_come_from_gene_knowledge(pbmc, monkeypatch):
@@ -84,6 +107,7 @@ def test_knowledge_markers_come_from_gene_knowledge(pbmc, monkeypatch):
     from scelmo.tl._annotation import knowledge_markers
 
     monkeypatch.setattr(LocalGeneKnowledge, "cell_type_markers", lambda self: [])
+    monkeypatch.setattr(LocalGeneKnowledge, "cell_type_definition_markers", lambda self: [])
     genes = list(map(str, pbmc.raw.var_names))
     m = knowledge_markers(["B cell", "T cell", "FCGR3A+ monocyte"], genes, n_markers=30)
     assert {"MS4A1", "CD79A", "CD79B"} <= set(m["B cell"])

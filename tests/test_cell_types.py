@@ -131,3 +131,20 @@ def test_negations_nouns_abbreviations_and_synonyms(vocab, known):
     assert "CD14" not in w["CD14-negative monocyte"]
     # synonyms match the same types: they keep their markers instead of cancelling out
     assert w["NK cell"] == w["natural killer cell"] and {"GNLY", "KLRD1", "NCR1"} <= set(w["NK cell"])
+
+
+def test_shipped_cell_ontology_definitions_name_genes():
+    from scelmo_local import knowledge
+
+    with gzip.open(knowledge.DATA / "cell_ontology_markers.json.gz") as fh:
+        doc = json.load(fh)
+    assert "CC BY 4.0" in doc["licence"] and len(doc["cell_types"]) > 2000
+    by_name = {r["name"]: r for r in doc["cell_types"]}
+    assert by_name["pancreatic A cell"]["markers"] == ["GCG"] and "glucagon" in by_name["pancreatic A cell"]["text"]
+    assert by_name["PP cell"]["markers"] == ["PPY"]
+    assert by_name["pancreatic ductal cell"]["markers"] == []  # known, but its definition names no gene
+    # "CCR7-negative": an absent gene is no marker
+    assert "CCR7" not in by_name["effector CD8-positive, alpha-beta T cell"]["markers"]
+    types = knowledge.cell_ontology_markers()  # each under its name and every synonym
+    assert {"pancreatic alpha cell", "beta cell"} <= {k.name for k in types}
+    assert "Cell Ontology" in (knowledge.DATA / "NOTICE").read_text(encoding="utf-8")

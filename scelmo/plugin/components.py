@@ -168,6 +168,12 @@ class KnowledgeSource(ModelComponent):
         by names-only annotation (:mod:`scelmo.knowledge.cell_types`). Default: none."""
         return []
 
+    def cell_type_definition_markers(self) -> list[CellTypeMarkers]:
+        """Genes that definitions of cell types name ("A cell that secretes glucagon" ->
+        GCG; the offline default reads the Cell Ontology), used by names-only annotation
+        for names that no :meth:`cell_type_markers` set matches. Default: none."""
+        return []
+
 
 _PHRASE_SPLIT = re.compile(r"[;.]\s+|\.$")
 

@@ -9,8 +9,9 @@ Exposed as :func:`scelmo.tl.annotate`.
   candidate cell type gets a marker set (:func:`knowledge_markers`). A name that matches
   cell types in the knowledge source's curated marker sets (the offline default ships
   183 human and mouse types; matched by words, abbreviations and the genes the name
-  mentions, :mod:`scelmo.knowledge.cell_types`) takes their markers. Any other name is
-  compared with every phrase of every gene's description (GO processes, pathways...) by
+  mentions, :mod:`scelmo.knowledge.cell_types`) takes their markers. A name none of them
+  matches is matched to cell-type definitions (the offline default: the Cell Ontology's) and
+  takes the genes they name ("secretes glucagon": GCG). Any other name is compared with every phrase of every gene's description (GO processes, pathways...) by
   the text embedder; a gene's affinity to a type is its best phrase's cosine, and the
   genes most specific to the type among the candidates (plus genes the name mentions,
   e.g. CD14 in "CD14+ monocyte") are its markers. Each cell's score for a type is the
@@ -143,9 +144,10 @@ def knowledge_markers(
     unmatched = [t for t in unmatched if t not in described]
     if unmatched:
         warnings.warn(
-            f"No curated marker set matches {', '.join(repr(str(t)) for t in unmatched)}: their markers come from "
-            "the genes' GO terms and pathways, which find few real markers outside immune cells (a pancreas "
-            "benchmark scored under 1% with them). Prefer a labelled `reference`, give each name a description "
+            f"No curated marker set or cell-type definition names marker genes for "
+            f"{', '.join(repr(str(t)) for t in unmatched)}: their markers come from the genes' GO terms and "
+            "pathways, which find few real markers outside immune cells (a pancreas benchmark scored under 1% "
+            "with them). Prefer a labelled `reference`, give each name a description "
             "(`cell_types={name: description}`), or describe the names with an LLM (`describe_cell_types=True`).",
             ScelmoWarning, stacklevel=2,
         )
@@ -181,12 +183,34 @@ def knowledge_markers(
     return {str(t): out[str(t)] for t in cell_types}
 
 
+#: the share of a name's matched cell-type definitions that must name a gene for it to be a marker
+_DEFINITION_CONSENSUS = 0.5
+
+
 def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], genes: list[str],
                      symbols: Sequence[str | None]) -> tuple[dict[str, dict[str, float]], list[str]]:
     """``{type: {gene: weight}}`` from the knowledge source's curated cell-type marker sets
-    (:mod:`scelmo.knowledge.cell_types`), restricted to ``genes`` and empty where none is
-    usable; and the names no known type matches at all (not: matched, but no marker here)."""
-    known = describer.cell_type_markers() if isinstance(describer, KnowledgeSource) else []
+    (:mod:`scelmo.knowledge.cell_types`) and, for names none of them matches, from the genes
+    cell-type definitions name (:meth:`~scelmo.plugin.KnowledgeSource.cell_type_definition_markers`),
+    restricted to ``genes`` and empty where none is usable; and the names that no known type
+    with markers matches (not: matched, but its markers are not in ``genes``)."""
+    if not isinstance(describer, KnowledgeSource):
+        return {}, []
+    names = [str(t) for t in cell_types]
+    known: list[Any] = []
+    matches: dict[str, Any] = {}
+    consensus: dict[str, float] = {}
+    for tier in (describer.cell_type_markers, describer.cell_type_definition_markers):
+        rest = [n for n in names if n not in matches or not matches[n].types]
+        types = tier() if rest else []
+        if types:  # the first tier that matches a name decides its markers
+            known += types
+            found = {n: m for n, m in match_cell_types(rest, types, vocab).items() if m.types or n not in matches}
+            matches.update(found)
+            if tier == describer.cell_type_definition_markers:
+                # definitions mention genes in passing ("reportedly CD7-positive"): a name
+                # takes only the genes most of its matched definitions name
+                consensus.update(dict.fromkeys(found, _DEFINITION_CONSENSUS))
     if not known:
         return {}, []
     gene_of: dict[str, str] = {}
@@ -194,14 +218,13 @@ def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], gene
         if s:
             gene_of.setdefault(s, g)
     present = set(genes)
-    matches = match_cell_types([str(t) for t in cell_types], known, vocab)
     out: dict[str, dict[str, float]] = {}
-    for name, w in marker_weights(matches, known).items():
+    for name, w in marker_weights(matches, known, consensus=consensus).items():
         marks = {gene_of[s]: v for s, v in w.items() if s in gene_of}
         named = _named_genes(name, vocab, present)
         marks.update({g: 1.0 for g in named})
         out[name] = marks if len(marks) > len(named) else {}
-    return out, [n for n, m in matches.items() if not m.types]
+    return out, [n for n, m in matches.items() if not any(k.markers for k in m.types)]
 
 
 def _cluster_labels(adata: Any, use_rep: str, groupby: str | None) -> np.ndarray:
