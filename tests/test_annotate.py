@@ -100,6 +100,18 @@ def test_names_no_curated_set_knows_take_the_genes_their_definitions_name():
     assert any(issubclass(w.category, ScelmoWarning) and "'gamma cell'" in str(w.message) for w in caught)
 
 
+def test_a_plugin_serving_one_list_for_both_tiers_keeps_curated_weights(monkeypatch):
+    """The tiers are told apart by position, not by comparing the plugin's methods."""
+    from scelmo_local.knowledge import LocalGeneKnowledge
+
+    from scelmo.tl._annotation import knowledge_markers
+
+    genes = ["CD4", "CD8A", "CD8B", "CD3E", "CD3D", "IL7R", "CCR7", "MS4A1"]
+    before = knowledge_markers(["CD4 T cell", "CD8 T cell", "B cell"], genes)
+    monkeypatch.setattr(LocalGeneKnowledge, "cell_type_definition_markers", LocalGeneKnowledge.cell_type_markers)
+    assert knowledge_markers(["CD4 T cell", "CD8 T cell", "B cell"], genes) == before
+
+
 def test_knowledge_markers_come_from_gene_knowledge(pbmc, monkeypatch):
     """Without curated sets (or for a name none matches), the genes' descriptions decide."""
     from scelmo_local.knowledge import LocalGeneKnowledge

@@ -11,6 +11,7 @@ from scelmo.genes import GeneVocabulary
 from scelmo.knowledge.cell_types import (
     CellTypeMarkers,
     cell_type_marker_genes,
+    marker_weights,
     match_cell_types,
     name_terms,
     resolve_marker_sets,
@@ -143,8 +144,25 @@ def test_shipped_cell_ontology_definitions_name_genes():
     assert by_name["pancreatic A cell"]["markers"] == ["GCG"] and "glucagon" in by_name["pancreatic A cell"]["text"]
     assert by_name["PP cell"]["markers"] == ["PPY"]
     assert by_name["pancreatic ductal cell"]["markers"] == []  # known, but its definition names no gene
-    # "CCR7-negative": an absent gene is no marker
-    assert "CCR7" not in by_name["effector CD8-positive, alpha-beta T cell"]["markers"]
+    # absent, lost or inhibited genes and parts of other molecules' names are no markers
+    assert "CCR7" not in by_name["effector CD8-positive, alpha-beta T cell"]["markers"]  # CCR7-negative
+    assert by_name["double negative thymocyte"]["markers"] == []  # "lacks expression of CD4 and CD8"
+    assert by_name["type D enteroendocrine cell"]["markers"] == ["SST"]  # "inhibits gastrin, ... insulin"
+    assert "TNF" not in by_name["osteoclast"]["markers"]  # "tumor necrosis factor receptor superfamily ..."
+    assert "CD14" not in by_name["eosinophil"]["markers"]  # "lineage-negative (B220, CD2, CD14, ...)"
     types = knowledge.cell_ontology_markers()  # each under its name and every synonym
     assert {"pancreatic alpha cell", "beta cell"} <= {k.name for k in types}
     assert "Cell Ontology" in (knowledge.DATA / "NOTICE").read_text(encoding="utf-8")
+
+
+def test_definition_votes_count_types_not_synonyms(vocab):
+    """A consensus over definitions: the synonyms of one type vote once."""
+    known = [CellTypeMarkers("pancreatic alpha cell", ("GCG", "TTR"), source="CL:1"),
+             CellTypeMarkers("alpha cell of islet", ("GCG", "TTR"), source="CL:1"),
+             CellTypeMarkers("alpha cell of islet, variant", ("GCG", "TTR"), source="CL:1"),
+             CellTypeMarkers("gut alpha cell", ("GCG",), source="CL:2"),
+             CellTypeMarkers("pituitary alpha cell", (), source="CL:3")]
+    m = match_cell_types(["alpha cell"], known, vocab)
+    w = marker_weights(m, known, consensus={"alpha cell": 0.6})["alpha cell"]
+    # two types name genes (CL:3 names none): GCG 2/2, TTR 1/2 < 0.6 (by synonyms it would be 3/4)
+    assert w == {"GCG": 1.0}

@@ -89,8 +89,9 @@ def cell_type_markers() -> tuple[CellTypeMarkers, ...]:
 
 @lru_cache(maxsize=1)
 def cell_ontology_markers() -> tuple[CellTypeMarkers, ...]:
-    """Cell types of the Cell Ontology whose definitions name genes (``cell_ontology_markers.json.gz``;
-    CC BY 4.0, see NOTICE), each under its name and under each synonym, with those genes."""
+    """The Cell Ontology's cell types (``cell_ontology_markers.json.gz``; CC BY 4.0, see
+    NOTICE), each under its name and under each synonym (one ``source``, its CL id), with
+    the genes its definition names (none for most)."""
     with gzip.open(_verify("cell_ontology_markers.json.gz"), "rt", encoding="utf-8") as fh:
         records = json.load(fh)["cell_types"]
     expanded = [{**r, "name": name, "species": "human", "tissue": "cell ontology"}

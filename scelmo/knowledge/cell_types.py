@@ -41,6 +41,9 @@ class CellTypeMarkers:
     parent: str | None = None
     species: str = "human"
     tissue: str = ""
+    #: The source's identifier of the type (e.g. ``CL:0000171``), shared by the records of
+    #: its synonyms; empty where each record is its own type.
+    source: str = ""
 
 
 #: Standard abbreviations in cell-type names, spelt out (both sides are expanded).
@@ -121,12 +124,17 @@ def parse_name(name: str, vocab: Any) -> tuple[list[str], list[frozenset[str]], 
 
 
 # where a cell-type name's head ends: "epithelial cell of pancreas", "NKT cell secreting
-# interferon-gamma", "common myeloid progenitor, CD34-positive" (Cell Ontology style)
-_HEAD_END = re.compile(r",|\b(?:of|in|from|secreting|producing|expressing|that|with)\b", re.IGNORECASE)
+# interferon-gamma" (Cell Ontology style); before a comma only markers may stand
+# ("CD8-positive, alpha-beta T cell"), else the head ends there ("common myeloid
+# progenitor, CD34-positive")
+_HEAD_END = re.compile(r"\b(?:of|in|from|secreting|producing|expressing|that|with)\b", re.IGNORECASE)
+_MARKER_WORDS = re.compile(r"\b[A-Za-z]*\d[\w-]*|\b(?:positive|negative|low|high|dim|bright)\b", re.IGNORECASE)
 
 
 def _head(name: str) -> str:
-    return _HEAD_END.split(str(name), maxsplit=1)[0].strip() or str(name)
+    parts = [p.strip() for p in str(name).split(",")]
+    part = next((p for p in parts if re.search(r"[A-Za-z]{2,}", _MARKER_WORDS.sub(" ", p))), parts[0])
+    return _HEAD_END.split(part, maxsplit=1)[0].strip() or str(name)
 
 
 def _shares_gene(a: Sequence[frozenset[str]], b: Sequence[frozenset[str]]) -> int:
@@ -212,18 +220,21 @@ def marker_weights(
 
     ``consensus`` gives candidates (those matched to definitions rather than curated sets)
     a share every gene must reach: shares are then counted over the matched types that
-    name any gene, exact match or not ("CD34+ progenitor cell" matches "progenitor cell",
+    name any gene, one vote per source type (:attr:`CellTypeMarkers.source`: synonyms do
+    not vote twice), exact match or not ("CD34+ progenitor cell" matches "progenitor cell",
     which names none, and eight CD34-positive progenitors: CD34 weighs 1, and CD7, which
-    two of the eight mention, is no marker at a consensus of 0.5); their parents' markers
-    are not used.
+    two of the eight mention, is no marker at a consensus of 0.5; an exact match to two
+    definitions weighs each gene only one names 0.5); their parents' markers are not used.
     """
     index: dict[tuple[str, str, str], CellTypeMarkers] = {(k.name, k.species, k.tissue): k for k in known}
     out: dict[str, dict[str, float]] = {}
     for cand, match in matches.items():
         w: dict[str, float] = {}
         least = (consensus or {}).get(cand, 0.0)
-        if least:
-            share = 1.0 / max(1, sum(1 for k in match.types if k.markers))
+        types: Sequence[CellTypeMarkers] = match.types
+        if least:  # one vote per source type with markers, however many synonyms matched
+            types = list({k.source or id(k): k for k in match.types if k.markers}.values())
+            share = 1.0 / max(1, len(types))
         else:
             share = 1.0 if match.exact else 1.0 / max(1, len(match.types))
         for k in match.types if not least else ():  # (a definition's parent: a general type)
@@ -231,7 +242,7 @@ def marker_weights(
             for g in parent.markers if parent is not None else ():
                 w[g] = max(w.get(g, 0.0), parent_weight)
         own: dict[str, float] = {}
-        for k in match.types:
+        for k in types:
             for g in dict.fromkeys(k.markers):  # (not a set: a stable order)
                 own[g] = min(1.0, own.get(g, 0.0) + share)
         for g, v in own.items():
@@ -253,8 +264,9 @@ def marker_weights(
 
 
 def resolve_marker_sets(records: Iterable[Mapping[str, Any]], vocab: Any) -> list[CellTypeMarkers]:
-    """Records ``{name, parent, species, tissue, markers}`` (markers as the source spells
-    them, e.g. mouse symbols) as :class:`CellTypeMarkers` with canonical human symbols."""
+    """Records ``{name, parent, species, tissue, markers}`` and optionally ``id`` (markers as
+    the source spells them, e.g. mouse symbols) as :class:`CellTypeMarkers` with canonical
+    human symbols."""
     out = []
     for r in records:
         species = str(r.get("species", "human"))
@@ -263,5 +275,5 @@ def resolve_marker_sets(records: Iterable[Mapping[str, Any]], vocab: Any) -> lis
             res = vocab.resolve(markers, species=species)
             markers = [s for s in res.symbols if s]
         out.append(CellTypeMarkers(str(r["name"]), tuple(dict.fromkeys(markers)), r.get("parent"), species,
-                                   str(r.get("tissue", ""))))
+                                   str(r.get("tissue", "")), str(r.get("id", ""))))
     return out

@@ -200,14 +200,14 @@ def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], gene
     known: list[Any] = []
     matches: dict[str, Any] = {}
     consensus: dict[str, float] = {}
-    for tier in (describer.cell_type_markers, describer.cell_type_definition_markers):
+    for level, tier in enumerate((describer.cell_type_markers, describer.cell_type_definition_markers)):
         rest = [n for n in names if n not in matches or not matches[n].types]
         types = tier() if rest else []
         if types:  # the first tier that matches a name decides its markers
             known += types
             found = {n: m for n, m in match_cell_types(rest, types, vocab).items() if m.types or n not in matches}
             matches.update(found)
-            if tier == describer.cell_type_definition_markers:
+            if level == 1:
                 # definitions mention genes in passing ("reportedly CD7-positive"): a name
                 # takes only the genes most of its matched definitions name
                 consensus.update(dict.fromkeys(found, _DEFINITION_CONSENSUS))
