@@ -189,28 +189,28 @@ def load_kang(kang_dir: str, n_cells: int | None) -> Dataset:
     return Dataset("kang", a, "cell_type", "condition", train, ~train, valid, "scgen_valid cells", notes)
 
 
+def _donor_split(name: str, a: Any, train_donors: list[str], notes: list[str]) -> Dataset:
+    """A dataset with donors as batches: annotation trains on ``train_donors``, tests on the rest."""
+    _lognorm(a)
+    train = a.obs["donor"].isin(train_donors).to_numpy()
+    allc = np.ones(a.n_obs, bool)
+    return Dataset(name, a, "cell_type", "donor", train, ~train, allc, "all cells", notes)
+
+
 def load_muraro(data_dir: str) -> Dataset:
     import scelmo.datasets as sd
 
-    a = sd.muraro2016(data_dir)
-    _lognorm(a)
-    train = a.obs["donor"].isin(["D30", "D31"]).to_numpy()
-    allc = np.ones(a.n_obs, bool)
-    return Dataset("muraro", a, "cell_type", "donor", train, ~train, allc, "all cells",
-                   ["human pancreas (CEL-seq2), 1,998 genes as shipped; batch = donor (4)",
-                    "annotation: train on donors D30+D31, test on D28+D29"])
+    return _donor_split("muraro", sd.muraro2016(data_dir), ["D30", "D31"],
+                        ["human pancreas (CEL-seq2), 1,998 genes as shipped; batch = donor (4)",
+                         "annotation: train on donors D30+D31, test on D28+D29"])
 
 
 def load_baron(data_dir: str) -> Dataset:
     import scelmo.datasets as sd
 
-    a = sd.baron2016(data_dir)
-    _lognorm(a)
-    train = a.obs["donor"].isin(["human1", "human2"]).to_numpy()
-    allc = np.ones(a.n_obs, bool)
-    return Dataset("baron", a, "cell_type", "donor", train, ~train, allc, "all cells",
-                   ["human pancreas (inDrop), 20,125 genes; batch = donor (4); held out: added after the defaults",
-                    "annotation: train on donors human1+human2, test on human3+human4"])
+    return _donor_split("baron", sd.baron2016(data_dir), ["human1", "human2"],
+                        ["human pancreas (inDrop), 20,125 genes; batch = donor (4); held out: added after the defaults",
+                         "annotation: train on donors human1+human2, test on human3+human4"])
 
 
 # --------------------------------------------------------------------------- metrics
