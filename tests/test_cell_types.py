@@ -125,6 +125,8 @@ def test_negations_nouns_abbreviations_and_synonyms(vocab, known):
     assert name_terms("non-classical monocyte", vocab)[0] == ["nonclassical", "monocyte"]
     assert "Classical monocyte" not in _names(m["non-classical monocyte"])
     assert m["delta cell"].types == () and m["gamma cell"].types == ()  # not gamma-delta T cells
+    # each has a modifier the other lacks, and no gene in common: a different type
+    assert match_cell_types(["cardiac muscle cell"], known, vocab)["cardiac muscle cell"].types == ()
     assert name_terms("cDC1", vocab) == (["conventional", "1", "dendritic"], [])  # not the gene MPPE1
     assert _names(m["DCs"]) == ["CD1C+ dendritic cell", "CLEC9A+ dendritic cell"]
     assert _names(m["NKs"]) == ["Natural killer cell"] and _names(m["RBC"]) == ["Red blood cell"]

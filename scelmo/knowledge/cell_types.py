@@ -184,6 +184,8 @@ def match_cell_types(
             if genes and kgenes and not shared:
                 continue  # both name genes, different ones: CD14+ vs CD16+ monocytes
             extra = len(own - set(words))
+            if extra and not shared and set(words) - allw:
+                continue  # each has a modifier the other lacks: cardiac vs smooth muscle cell
             scored.append((len(set(words) & allw) + shared - 0.5 * extra, extra, k))
         if not scored:
             out[str(cand)] = CellTypeMatch((), False, tuple(absent))
