@@ -15,7 +15,9 @@ relations name (canonical human symbols, from the bundled gene table: full gene
 names such as "glucagon" or "cadherin 5", longest first, and symbols or aliases such as
 CD31; genes said to be absent, low or lost, "CD34-negative", "lacks CD4", "CD14-low", and
 full names inside another molecule's name, "... receptor", are left out). The text the genes were read
-from is kept beside them; types that name no gene have no markers. The script prints the SHA-256 to enter in ``data/MANIFEST.json``.
+from is kept beside them; types that name no gene have no markers. Every type keeps its
+definition (annotation compares it, not the bare name, with the genes' descriptions when
+no type names genes). The script prints the SHA-256 to enter in ``data/MANIFEST.json``.
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ def parse_obo(text: str) -> dict[str, dict[str, list[str]]]:
         if tags["id"] and tags["id"][0].startswith("CL:") and not tags.get("is_obsolete"):
             terms[tags["id"][0]] = dict(tags)
     return terms
+
+
+def definition(tags: dict[str, list[str]]) -> str:
+    """The definition without its references."""
+    return " ".join(re.sub(r'"\s*\[[^\]]*\]\s*$', "", v).strip('" ') for v in tags.get("def", [])[:1])
 
 
 def term_text(tags: dict[str, list[str]]) -> str:
@@ -140,7 +147,7 @@ def build(wheel: Path, out: Path = OUT) -> tuple[str, int]:
         # a type whose text names no gene is kept (no markers, no text): a name that matches
         # it exactly is known, and is not read as a broader name of its gene-naming subtypes
         records.append({"id": tid, "name": tags["name"][0], "synonyms": synonyms, "parent": parent,
-                        "markers": markers, **({"text": text} if markers else {})})
+                        "markers": markers, "definition": definition(tags), **({"text": text} if markers else {})})
     doc = {"source": f"Cell Ontology release 2018-07-07 as shipped in cello-classify 2.1.1 ({WHEEL}, sha256 "
                      f"{WHEEL_SHA256}), {MEMBER}",
            "licence": "Cell Ontology: CC BY 4.0 (see NOTICE); cello-classify: MIT",

@@ -100,6 +100,24 @@ def test_names_no_curated_set_knows_take_the_genes_their_definitions_name():
     assert any(issubclass(w.category, ScelmoWarning) and "'gamma cell'" in str(w.message) for w in caught)
 
 
+def test_names_with_no_gene_take_the_definition_of_the_one_type_they_match():
+    """The descriptions path compares genes with "Epithelial cell found in the ducts of the
+    pancreas ...", not with the bare words of "ductal cell"."""
+    from scelmo.config import get_settings
+    from scelmo.knowledge import roles
+    from scelmo.tl._annotation import _curated_markers
+
+    describer = roles.description_writer(get_settings())
+    genes = ["KRT7", "CA2", "GCG", "CD34", "CD38"]
+    _, unmatched, definitions = _curated_markers(describer, roles.vocabulary(describer),
+                                                 ["ductal cell", "gamma cell", "CD34+ progenitor cell", "alpha cell"],
+                                                 genes, genes)
+    assert "ducts of the pancreas" in definitions["ductal cell"]
+    assert "gamma cell" not in definitions  # matches no type: the name itself
+    assert "CD34+ progenitor cell" not in definitions  # several types: no single definition
+    assert "ductal cell" in unmatched and "alpha cell" not in unmatched  # alpha: GCG from its definition
+
+
 def test_a_plugin_serving_one_list_for_both_tiers_keeps_curated_weights(monkeypatch):
     """The tiers are told apart by position, not by comparing the plugin's methods."""
     from scelmo_local.knowledge import LocalGeneKnowledge

@@ -44,6 +44,9 @@ class CellTypeMarkers:
     #: The source's identifier of the type (e.g. ``CL:0000171``), shared by the records of
     #: its synonyms; empty where each record is its own type.
     source: str = ""
+    #: The source's definition of the type ("Epithelial cell found in the ducts of the
+    #: pancreas ..."), if it has one.
+    definition: str = ""
 
 
 #: Standard abbreviations in cell-type names, spelt out (both sides are expanded).
@@ -266,7 +269,8 @@ def marker_weights(
 
 
 def resolve_marker_sets(records: Iterable[Mapping[str, Any]], vocab: Any) -> list[CellTypeMarkers]:
-    """Records ``{name, parent, species, tissue, markers}`` and optionally ``id`` (markers as
+    """Records ``{name, parent, species, tissue, markers}`` and optionally ``id`` and
+    ``definition`` (markers as
     the source spells them, e.g. mouse symbols) as :class:`CellTypeMarkers` with canonical
     human symbols."""
     out = []
@@ -277,5 +281,5 @@ def resolve_marker_sets(records: Iterable[Mapping[str, Any]], vocab: Any) -> lis
             res = vocab.resolve(markers, species=species)
             markers = [s for s in res.symbols if s]
         out.append(CellTypeMarkers(str(r["name"]), tuple(dict.fromkeys(markers)), r.get("parent"), species,
-                                   str(r.get("tissue", "")), str(r.get("id", ""))))
+                                   str(r.get("tissue", "")), str(r.get("id", "")), str(r.get("definition", ""))))
     return out
