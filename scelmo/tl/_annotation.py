@@ -10,9 +10,11 @@ Exposed as :func:`scelmo.tl.annotate`.
   cell types in the knowledge source's curated marker sets (the offline default ships
   183 human and mouse types; matched by words, abbreviations and the genes the name
   mentions, :mod:`scelmo.knowledge.cell_types`) takes their markers. A name none of them
-  matches is matched to cell-type definitions (the offline default: the Cell Ontology's) and
-  takes the genes they name ("secretes glucagon": GCG). Any other name is compared with every phrase of every gene's description (GO processes, pathways...) by
-  the text embedder; a gene's affinity to a type is its best phrase's cosine, and the
+  matches is matched to cell-type definitions (the offline default: the Cell Ontology's)
+  and takes the genes they name ("secretes glucagon": GCG). Any other name (or the
+  definition of the one type it matches, or the user's description) is compared with
+  every phrase of every gene's description (GO processes, pathways...) by the text
+  embedder; a gene's affinity to a type is its best phrase's cosine, and the
   genes most specific to the type among the candidates (plus genes the name mentions,
   e.g. CD14 in "CD14+ monocyte") are its markers. Each cell's score for a type is the
   weighted mean of its markers' standardised expression (:func:`marker_match`); each
