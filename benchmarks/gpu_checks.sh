@@ -15,7 +15,8 @@ export PYTHONUNBUFFERED=1 SCELMO_NO_PROGRESS=1
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"; } | tee "$out/gpu.txt"
 "$py" -m pytest -q -p no:cacheprovider tests/test_torch_gpu.py tests/test_torch_heads.py tests/test_model.py 2>&1 | tee "$out/pytest.txt"
 rc=${PIPESTATUS[0]}
-sed -i "s#$PWD/##g; s#/tmp/pytest-of-[^/]*/pytest-[0-9]*/#<tmp>/#g" "$out/pytest.txt"  # no machine paths in results
+# no machine paths in results: the checkout, pytest's temporary folders, the interpreter's packages
+sed -i "s#$PWD/##g; s#[^ ]*/pytest-of-[^/]*/pytest-[0-9]*/#<tmp>/#g; s#[^ ]*/site-packages/#<site-packages>/#g" "$out/pytest.txt"
 "$py" benchmarks/finetune.py --parts speed --speed-device cuda --out "$out/finetune" 2>&1 | tail -n 12
 rc=$(( rc || PIPESTATUS[0] ))
 # profiles: the annotation head at its default batch, the integration head at its default batch,
