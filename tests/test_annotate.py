@@ -100,6 +100,24 @@ def test_names_no_curated_set_knows_take_the_genes_their_definitions_name():
     assert any(issubclass(w.category, ScelmoWarning) and "'gamma cell'" in str(w.message) for w in caught)
 
 
+@pytest.mark.parametrize("species, names", [
+    ("human", {"CD38": "ENSG00000004468", "MS4A1": "ENSG00000156738", "CD79A": "ENSG00000105369",
+               "CD79B": "ENSG00000007312", "CD19": "ENSG00000177455", "CD3E": "ENSG00000198851"}),
+    ("mouse", {"CD38": "Cd38", "MS4A1": "Ms4a1", "CD79A": "Cd79a", "CD79B": "Cd79b", "CD19": "Cd19", "CD3E": "Cd3e"}),
+])
+def test_genes_a_name_mentions_are_found_under_the_datas_own_gene_names(species, names):
+    """Ensembl IDs or mouse symbols: "CD38+ B cell" takes CD38 (no curated B-cell marker) as
+    the data names it, at the top weight, as it does with human symbols."""
+    from scelmo.tl._annotation import knowledge_markers
+
+    types = ["CD38+ B cell", "T cell"]
+    by_symbol = knowledge_markers(types, list(names))
+    assert by_symbol["CD38+ B cell"]["CD38"] == 1.0
+    m = knowledge_markers(types, list(names.values()), config={"genes.species": species})
+    assert m["CD38+ B cell"][names["CD38"]] == 1.0
+    assert {names[g]: w for g, w in by_symbol["CD38+ B cell"].items()} == m["CD38+ B cell"]
+
+
 def test_names_with_no_gene_take_the_definition_of_the_one_type_they_match():
     """The descriptions path compares genes with "Epithelial cell found in the ducts of the
     pancreas ...", not with the bare words of "ductal cell"."""

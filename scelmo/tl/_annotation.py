@@ -67,8 +67,10 @@ def prompt_match(
 
 
 
-def _named_genes(name: str, vocab: Any, present: set[str]) -> list[str]:
-    """Genes a cell-type name mentions (``"CD14+ monocyte"`` -> CD14), if the data has them."""
+def _named_genes(name: str, vocab: Any, gene_of: Mapping[str, str]) -> list[str]:
+    """The data's genes a cell-type name mentions (``"CD14+ monocyte"`` -> CD14, or the
+    data's own name for it: ``ENSG00000170458``, ``Cd14``); ``gene_of`` maps canonical human
+    symbols to the data's gene names."""
     if vocab is None:
         return []
     tokens = [t for t in re.findall(r"[A-Za-z][A-Za-z0-9-]*[0-9][A-Za-z0-9-]*|[A-Z]{2,}[0-9A-Z-]*", name)]
@@ -76,8 +78,17 @@ def _named_genes(name: str, vocab: Any, present: set[str]) -> list[str]:
     words, _, negated = parse_name(name, vocab)
     absent = {g for a in negated for g in a}  # "CD14-negative": not a marker
     words = set(words)  # "cDC1", "Th1": cell-type abbreviations, not genes
-    return [s for t, s in zip(tokens, res.symbols if res else [], strict=True)
-            if s and s in present and s not in absent and t.lower() not in SYNONYMS and t.lower() not in words]
+    return [gene_of[s] for t, s in zip(tokens, res.symbols if res else [], strict=True)
+            if s and s in gene_of and s not in absent and t.lower() not in SYNONYMS and t.lower() not in words]
+
+
+def _genes_by_symbol(genes: Sequence[str], symbols: Sequence[str | None]) -> dict[str, str]:
+    """Canonical symbol -> the data's (first) gene name for it."""
+    gene_of: dict[str, str] = {}
+    for g, s in zip(genes, symbols, strict=True):
+        if s:
+            gene_of.setdefault(s, g)
+    return gene_of
 
 
 def knowledge_markers(
@@ -130,7 +141,7 @@ def knowledge_markers(
     genes = [str(g) for g in genes]
     res = vocab.resolve(genes, species=settings.genes.species) if vocab is not None else None
     symbols = res.symbols if res is not None else genes
-    present = set(genes)
+    named_of = _genes_by_symbol(genes, symbols)
     # curated markers of the known cell types a name matches come first ...
     pool, pool_symbols = genes, symbols
     if curated_genes is not None:
@@ -182,7 +193,7 @@ def knowledge_markers(
         # each weighted by how much more like this type it is (its specificity)
         order = [c for c in np.argsort(-A[t])[:n_markers] if A[t, c] > others[c]]
         w = {cand[c]: float(A[t, c] - others[c]) for c in order}
-        named = _named_genes(str(name), vocab, present)
+        named = _named_genes(str(name), vocab, named_of)
         top = max(w.values(), default=1.0)
         w.update({g: top for g in named})  # a gene the name itself mentions: as specific as the best
         out[str(name)] = w
@@ -225,15 +236,11 @@ def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], gene
         defined = {k.source or k.name: k.definition for k in m.types if k.definition}
         if len(defined) == 1:  # one type (however many of its synonyms matched)
             definitions[n] = next(iter(defined.values()))
-    gene_of: dict[str, str] = {}
-    for g, s in zip(genes, symbols, strict=True):
-        if s:
-            gene_of.setdefault(s, g)
-    present = set(genes)
+    gene_of = _genes_by_symbol(genes, symbols)
     out: dict[str, dict[str, float]] = {}
     for name, w in marker_weights(matches, known, consensus=consensus).items():
         marks = {gene_of[s]: v for s, v in w.items() if s in gene_of}
-        named = _named_genes(name, vocab, present)
+        named = _named_genes(name, vocab, gene_of)
         marks.update({g: 1.0 for g in named})
         out[name] = marks if len(marks) > len(named) else {}
     return out, [n for n, m in matches.items() if not any(k.markers for k in m.types)], definitions
