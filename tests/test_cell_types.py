@@ -94,6 +94,20 @@ def test_marker_weights_shares_and_specificity(vocab):
     assert all(v > 0 for marks in w.values() for v in marks.values())
 
 
+def test_a_broader_candidate_does_not_take_a_narrower_ones_markers(vocab, known):
+    """ "non-classical monocyte" matches both the CD14+ and the CD16+ monocyte sets: beside
+    "CD14+ monocyte" it keeps only what tells CD16+ monocytes apart, and CD14 keeps its own."""
+    alone = cell_type_marker_genes(["CD14+ monocyte", "B cell"], known, vocab)
+    w = cell_type_marker_genes(["CD14+ monocyte", "non-classical monocyte", "B cell"], known, vocab)
+    assert w["CD14+ monocyte"] == alone["CD14+ monocyte"]
+    assert {"CD14", "VCAN", "S100A8"} <= set(w["CD14+ monocyte"])
+    broad = w["non-classical monocyte"]
+    assert "FCGR3A" in broad and not {"CD14", "VCAN", "S100A8"} & set(broad)
+    # two names that match the same types still keep the same markers
+    same = cell_type_marker_genes(["NK cell", "natural killer cell", "B cell"], known, vocab)
+    assert same["NK cell"] == same["natural killer cell"] and "GNLY" in same["NK cell"]
+
+
 def test_marker_sets_resolve_mouse_symbols_to_human(vocab):
     recs = [{"name": "Classical monocyte", "species": "mouse", "tissue": "immune", "markers": ["Ccr2", "Gm9733"]},
             {"name": "B cell", "species": "human", "markers": ["MS4A1", "not-a-gene"]}]

@@ -258,11 +258,14 @@ def marker_weights(
         out[cand] = w
     # a gene is a marker of a candidate only as far as it marks it more than any other
     # candidate: genes shared by all T cells do not tell CD4 from CD8 T cells. Candidates
-    # that match the same known types (synonyms: "NK cell", "natural killer cell") keep theirs.
+    # that match the same known types (synonyms: "NK cell", "natural killer cell") keep theirs,
+    # and a candidate is not weighed against a broader one whose matches include all of its
+    # own ("CD14+ monocyte" keeps CD14 beside "non-classical monocyte", which matches both
+    # the CD14+ and the CD16+ monocyte sets and so keeps only what tells CD16+ ones apart).
     same = {c: frozenset(id(k) for k in m.types) for c, m in matches.items()}
     specific = {}
     for cand, w in out.items():
-        others = [o for c, o in out.items() if c != cand and same[c] != same[cand]]
+        others = [o for c, o in out.items() if c != cand and not same[c] >= same[cand]]
         specific[cand] = {g: v - max((o.get(g, 0.0) for o in others), default=0.0) for g, v in w.items()}
         specific[cand] = {g: v for g, v in specific[cand].items() if v > 1e-9}
     return specific
