@@ -25,6 +25,8 @@ from scelmo.errors import InputError, IntegrityError, ScelmoError
 from scelmo.io import atomic_dir, sha256_file
 
 _ENSEMBL = re.compile(r"^(ENS(?:MUS)?G\d{11})(?:\.\d+)?$", re.IGNORECASE)
+# a copy made unique by anndata's var_names_make_unique ("APP-1") or R's make.unique ("APP.1")
+_COPY_SUFFIX = re.compile(r"^(.+)[-.]\d+$")
 Species = Literal["auto", "human", "mouse"]
 
 
@@ -124,13 +126,14 @@ class GeneVocabulary:
         sp_ = self.guess_species(names) if species == "auto" else species
         symbols: list[str | None] = []
         how: list[str] = []
+        present = {n.strip().upper() for n in names}
         for name in names:
-            sym, why = self._resolve_one(name.strip(), sp_)
+            sym, why = self._resolve_one(name.strip(), sp_, present)
             symbols.append(sym)
             how.append(why)
         return Resolution(names=names, symbols=symbols, how=how, species=sp_)
 
-    def _resolve_one(self, name: str, species: str) -> tuple[str | None, str]:
+    def _resolve_one(self, name: str, species: str, present: frozenset[str] | set[str] = frozenset()) -> tuple[str | None, str]:
         m = _ENSEMBL.match(name)
         if m:
             gid = m.group(1).upper()
@@ -139,6 +142,11 @@ class GeneVocabulary:
         key = name.upper()
         if key in _MISSING_NAMES:  # what `var["symbol"].astype(str)` leaves for a missing symbol
             return None, "missing_name"
+        copy = _COPY_SUFFIX.match(key)
+        if copy and copy.group(1) in present and key not in self.symbols and key not in self.mouse:
+            # "APP-1" beside "APP" is a second copy of APP, not the gene whose alias it happens
+            # to be (PABPC4): it gets no vector rather than another gene's
+            return None, "duplicate_copy"
         if species == "mouse":
             if key in self.mouse:
                 return self.mouse[key], "mouse_ortholog"

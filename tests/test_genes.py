@@ -56,6 +56,18 @@ def test_unknown_and_ambiguous(vocab):
     assert res.how == ["unknown", "unknown_ensembl"]
 
 
+def test_copies_made_unique_are_not_read_as_another_genes_alias(vocab):
+    """var_names_make_unique ("APP-1") and R's make.unique ("CAV1.1") copies of a gene in the
+    same data get no vector; they used to resolve as aliases of other genes (PABPC4, CACNA1S)."""
+    res = vocab.resolve(["APP", "APP-1", "CAV1", "CAV1.1", "GAPDH", "GAPDH-2"], species="human")
+    assert res.symbols == ["APP", None, "CAV1", None, "GAPDH", None]
+    assert res.how[1::2] == ["duplicate_copy"] * 3
+    # without the base gene, or for symbols that end in a number themselves, nothing changes
+    assert vocab.resolve(["APP-1"], species="human").symbols == ["PABPC4"]
+    assert vocab.resolve(["NKX2", "NKX2-1", "HLA-A"], species="human").symbols[1:] == ["NKX2-1", "HLA-A"]
+    assert vocab.resolve(["Nkx2", "Nkx2-1"], species="mouse").symbols[1] == "NKX2-1"
+
+
 def test_alias_ambiguity_and_symbol_priority():
     v = GeneVocabulary(["A1", "B1", "C1"], aliases=[("X", "A1"), ("X", "B1"), ("Y", "C1"), ("B1", "C1")])
     assert "X" not in v.aliases and v.n_ambiguous_aliases == 1
