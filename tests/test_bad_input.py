@@ -229,6 +229,28 @@ def test_gene_selection_edge_cases(pbmc):
     assert b.uns[keys.PROVENANCE]["embed_cells"]["gene_selection"] == "mask_var:highly_variable"
 
 
+def test_hvg_flags_of_a_subset_x_choose_the_raw_genes_by_name(pbmc):
+    """scanpy's usual state: log-normalised `raw`, `X` subset to its HVG flags and scaled.
+    The flags (in `adata.var`, not `raw.var`) choose the genes embedded from `raw`."""
+    import scanpy as sc
+
+    a = pbmc.copy()
+    a.X = a.raw.X.copy()
+    a.var = a.var[[]]
+    a.raw = a  # before the HVG step, as in scanpy's tutorials: raw.var has no flags
+    sc.pp.highly_variable_genes(a, n_top_genes=300)
+    a = a[:, a.var["highly_variable"]].copy()
+    sc.pp.scale(a)
+    scelmo.tl.embed_cells(a)
+    info = a.uns[keys.PROVENANCE]["embed_cells"]
+    assert info["matrix"] == "raw.X"
+    assert info["gene_selection"] == "mask_var:highly_variable (adata.var, by name)"
+    assert 0 < info["n_genes_used"] <= 300
+    b = a.copy()
+    scelmo.tl.embed_cells(b, mask_var="highly_variable")  # named explicitly: the same genes
+    np.testing.assert_array_equal(a.obsm[keys.X_SCELMO], b.obsm[keys.X_SCELMO])
+
+
 def test_use_raw_with_a_layer_is_refused_not_dropped(pbmc):
     a = pbmc.copy()
     a.layers["lognorm"] = a.raw.X.copy()  # raw (log-normalised) also as a layer

@@ -295,18 +295,36 @@ def _var_of(adata: Any, source: str) -> Any:
     return adata.raw.var if source == "raw.X" else adata.var
 
 
+def _var_flags(adata: Any, source: str, column: str) -> tuple[np.ndarray | None, str]:
+    """A boolean ``var`` column for the matrix's genes, and where it came from. Embedding from
+    ``adata.raw``, a column only ``adata.var`` has (scanpy's ``highly_variable`` after subsetting
+    ``X`` to those genes) is matched to the raw genes by name, ``False`` for the others."""
+    var = _var_of(adata, source)
+    if column in var:
+        return _as_bool_column(var[column]), column
+    if source == "raw.X" and column in adata.var:
+        flags = _as_bool_column(adata.var[column])
+        if flags is None:
+            return None, column
+        by_name = dict(zip(map(str, adata.var_names), flags, strict=True))
+        return np.array([by_name.get(str(g), False) for g in var.index], dtype=bool), f"{column} (adata.var, by name)"
+    return None, column
+
+
 def _gene_mask(adata: Any, source: str, n_genes: int, mask_var: Any, plan: dict[str, Any],
                stats: Any, n_top_genes: int) -> tuple[np.ndarray, str]:
     """Which genes to embed from, and how they were chosen (for provenance)."""
     var = _var_of(adata, source)
     if mask_var is not None:
         if isinstance(mask_var, str):
-            if mask_var not in var:
+            if mask_var not in var and not (source == "raw.X" and mask_var in adata.var):
                 raise InputError(
                     f"mask_var={mask_var!r} is not a column of adata.{'raw.' if source == 'raw.X' else ''}var; "
                     "pass a boolean column name or a boolean array with one entry per gene."
                 )
-            sel, how = var[mask_var].to_numpy(), f"mask_var:{mask_var}"
+            flags, where = _var_flags(adata, source, mask_var)
+            sel = flags if flags is not None else var[mask_var].to_numpy() if mask_var in var else np.array([])
+            how = f"mask_var:{where}"
         else:
             sel, how = np.asarray(mask_var), "mask_var:array"
         if sel.dtype != bool or sel.shape != (n_genes,):
@@ -314,9 +332,10 @@ def _gene_mask(adata: Any, source: str, n_genes: int, mask_var: Any, plan: dict[
         return sel, how
     if plan["genes"] == "all":
         return np.ones(n_genes, dtype=bool), "all"
-    hv = _as_bool_column(var["highly_variable"]) if "highly_variable" in var else None
-    if hv is not None:  # scanpy's convention (also as text or pandas' nullable boolean, e.g. from R)
-        return hv, "mask_var:highly_variable"
+    # scanpy's convention (also as text or pandas' nullable boolean, e.g. from R)
+    hv, where = _var_flags(adata, source, "highly_variable")
+    if hv is not None:
+        return hv, f"mask_var:{where}"
     return highly_variable(stats, n_top_genes), f"hvg:{n_top_genes}"
 
 
@@ -368,7 +387,7 @@ def _input_statistics(adata: Any, matrix: Any, source: str, gene_stats: GeneStat
     n_cells, n_genes = n_rows_cols(matrix)
     do_norm = normalize
     need_stats = plan["transform"] != "none" or (
-        mask_var is None and plan["genes"] == "hvg" and "highly_variable" not in _var_of(adata, source)
+        mask_var is None and plan["genes"] == "hvg" and _var_flags(adata, source, "highly_variable")[0] is None
     )
     stats = gene_stats
     if stats is not None and stats.genes is not None and names is not None:
@@ -524,7 +543,8 @@ def embed_cells(
         selection, ``normalize``, ``transform`` and ``condition`` together.
     mask_var
         Genes to embed from: a boolean ``var`` column name or a boolean array (scanpy's
-        convention). Default: ``var["highly_variable"]`` when present, else the
+        convention; embedding from ``adata.raw``, a column of ``adata.var`` is matched to
+        the raw genes by name). Default: ``var["highly_variable"]`` when present, else the
         ``n_top_genes`` most variable genes (Seurat dispersion, as
         ``sc.pp.highly_variable_genes(flavor="seurat")``); all genes with ``flavor="paper"``.
     n_top_genes
