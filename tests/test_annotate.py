@@ -309,3 +309,50 @@ def test_query_sharing_few_or_no_genes_with_the_reference(pbmc):
     none.var_names = [f"ENSG{i:011d}" for i in range(none.n_vars)]
     with pytest.raises(InputError, match="shares none of the reference's 765 expressed genes"):
         scelmo.tl.annotate(none, reference=ref, ref_labels="bulk_labels")
+
+
+def _counts_with_empty_cells(pbmc, n_empty=5):
+    """pbmc68k as counts in `layers["counts"]`, scaled `X`, no `raw`; the first cells empty."""
+    import anndata as ad
+    import scanpy as sc
+
+    X = pbmc.raw.X.copy().tolil()
+    X[:n_empty] = 0
+    X = X.tocsr()
+    X.data = np.round(np.expm1(X.data))
+    a = ad.AnnData(X.astype(np.float32), obs=pbmc.obs[["bulk_labels"]].copy())
+    a.var_names = pbmc.raw.var_names
+    a.layers["counts"] = a.X.copy()
+    sc.pp.normalize_total(a)
+    sc.pp.log1p(a)
+    sc.pp.scale(a)  # X as scanpy leaves it before PCA: negative values
+    return a
+
+
+def test_names_only_on_scaled_x_uses_the_layer_for_the_embedding_too(pbmc):
+    """`layer=` is what a user passes when X is scaled: the embedding computed here uses it too."""
+    import warnings
+
+    a = _counts_with_empty_cells(pbmc, n_empty=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scelmo.tl.annotate(a, cell_types=["B cell", "T cell", "NK cell", "monocyte", "dendritic cell"], layer="counts")
+    assert a.uns[keys.PROVENANCE]["embed_cells"]["matrix"] == "layers['counts']"
+    pred = a.obs[keys.LABEL].astype(str).to_numpy()
+    assert (pred[a.obs["bulk_labels"] == "CD19+ B"] == "B cell").mean() > 0.9
+
+
+def test_cells_with_no_expression_are_unknown(pbmc):
+    from scelmo.errors import EmptyCellsWarning
+
+    a = _counts_with_empty_cells(pbmc)
+    with pytest.warns(EmptyCellsWarning):
+        scelmo.tl.embed_cells(a, layer="counts")
+    scelmo.tl.annotate(a, cell_types=["B cell", "T cell", "NK cell", "monocyte"], layer="counts")
+    assert (a.obs[keys.LABEL].astype(str)[:5] == "unknown").all()
+    assert (a.obs[f"{keys.LABEL}_score"][:5] == 0).all() and (a.obs[keys.LABEL].astype(str)[5:] != "unknown").any()
+    assert a.uns[keys.PROVENANCE]["annotate"]["n_empty"] == 5
+    ref = _counts_with_empty_cells(pbmc, n_empty=0)[100:]
+    scelmo.tl.embed_cells(ref, layer="counts")
+    scelmo.tl.annotate(a, reference=ref, ref_labels="bulk_labels", key_added="ref_label")
+    assert (a.obs["ref_label"].astype(str)[:5] == "unknown").all()

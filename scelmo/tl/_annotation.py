@@ -358,7 +358,8 @@ def annotate(
         curated marker set).
     layer
         Expression values for marker scoring (default ``adata.raw`` or ``X``, as
-        :func:`scelmo.tl.embed_cells`); counts are log-normalised first.
+        :func:`scelmo.tl.embed_cells`); counts are log-normalised first. With
+        ``cell_types``, also what the embedding is computed from when it is missing.
     k
         Neighbours for the reference vote (10, as in the paper).
     use_rep
@@ -387,7 +388,8 @@ def annotate(
 
     Returns
     -------
-    ``None`` (or the copy). Sets ``adata.obs[key_added]`` (categorical), ``adata.obs[key_added + "_score"]``
+    ``None`` (or the copy). Sets ``adata.obs[key_added]`` (categorical; ``unknown_label``, score 0,
+    for cells expressing none of the embedded genes), ``adata.obs[key_added + "_score"]``
     and ``adata.uns["scelmo"]["annotate"]`` (with ``method="markers"``, the marker genes
     of each type as ``markers_<type>`` strings).
     """
@@ -416,7 +418,7 @@ def annotate(
             stats = ref_stats  # matched to the query's genes by name inside embed_cells
             info["query_gene_stats"] = "reference"
         embed_cells(adata, config=config, key_added=use_rep, gene_stats=stats, gene_embeddings=table,
-                    progress=progress)
+                    layer=layer if reference is None else None, progress=progress)
     query = np.asarray(adata.obsm[use_rep], dtype=np.float32)
     _check_finite(query, use_rep, adata)
     if reference is not None:
@@ -428,8 +430,13 @@ def annotate(
                                          groupby=groupby, n_markers=n_markers, temperature=temperature,
                                          unknown_label=unknown_label, describe_cell_types=describe_cell_types,
                                          config=config, progress=progress, info=info)
-    pred = pred.astype(object)
+    pred, score = pred.astype(object), np.array(score, dtype=np.float32)
     pred[score < min_score] = unknown_label
+    # cells with no expression of any embedded gene (a zero vector, EmptyCellsWarning) carry
+    # no evidence for any type
+    empty = ~np.any(query != 0, axis=1)
+    pred[empty], score[empty] = unknown_label, 0.0
+    info["n_empty"] = int(empty.sum())
     import pandas as pd
 
     adata.obs[key_added] = pd.Categorical(pred.astype(str))
