@@ -386,6 +386,14 @@ def annotate(
     progress
         Show progress bars (default: when attached to a terminal).
 
+    Notes
+    -----
+    Names-only scores (``method="markers"``) are relative: each marker is standardised over the
+    query's own cells, so a cluster takes the candidate whose markers it expresses more than
+    the other cells do. A query of one population is therefore spread over the candidates;
+    annotate it within its full dataset or against a ``reference``
+    (docs/benchmarks.md, "Names-only scores are relative to the cells given").
+
     Returns
     -------
     ``None`` (or the copy). Sets ``adata.obs[key_added]`` (categorical; ``unknown_label``, score 0,
