@@ -71,6 +71,7 @@ class GeneVocabulary:
         aliases: Iterable[tuple[str, str]] = (),
         ensembl: Mapping[str, str] | Iterable[tuple[str, str]] = (),
         mouse: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+        full_names: Mapping[str, str] | Iterable[tuple[str, str]] = (),
     ) -> None:
         self.symbols: dict[str, str] = {s.upper(): s for s in symbols}
         alias_targets: dict[str, set[str]] = {}
@@ -88,6 +89,34 @@ class GeneVocabulary:
             self.ensembl.setdefault(gid.upper(), symbol)
         items = mouse.items() if isinstance(mouse, Mapping) else mouse
         self.mouse = {k.upper(): v for k, v in items}
+        items = full_names.items() if isinstance(full_names, Mapping) else full_names
+        named: dict[str, set[str]] = {}
+        for full, symbol in items:
+            key = _words_key(full)
+            if key and symbol.upper() in self.symbols:
+                named.setdefault(key, set()).add(self.symbols[symbol.upper()])
+        #: A gene's full name, as lower-case words ("pancreatic polypeptide") -> its symbol
+        #: (names shared by several genes are left out).
+        self.full_names = {k: next(iter(v)) for k, v in named.items() if len(v) == 1}
+
+    def genes_named_in(self, text: str) -> list[str]:
+        """Symbols of the genes whose full names ``text`` spells out as whole words
+        ("glucagon-producing cell" -> GCG, "pancreatic polypeptide cell" -> PPY), longest
+        names first, without overlaps."""
+        words = _words_key(text).split()
+        longest = max((k.count(" ") + 1 for k in self.full_names), default=0)
+        found: list[str] = []
+        i = 0
+        while i < len(words):
+            for n in range(min(longest, len(words) - i), 0, -1):
+                sym = self.full_names.get(" ".join(words[i : i + n]))
+                if sym is not None:
+                    found.append(sym)
+                    i += n
+                    break
+            else:
+                i += 1
+        return list(dict.fromkeys(found))
 
     def candidates(self, name: str) -> tuple[str, ...]:
         """Every canonical symbol ``name`` may denote: itself, its alias target(s) (all genes
@@ -162,6 +191,11 @@ class GeneVocabulary:
         if key in self.mouse:
             return self.mouse[key], "mouse_ortholog"
         return None, "unknown"
+
+
+def _words_key(text: str) -> str:
+    """Lower-case words of ``text`` joined by single spaces ("Interferon-gamma" -> "interferon gamma")."""
+    return " ".join(re.findall(r"[a-z0-9]+", str(text).lower()))
 
 
 #: Placeholders for a missing gene name; some are aliases of real genes (NA -> XK), so they

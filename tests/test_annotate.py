@@ -118,6 +118,25 @@ def test_genes_a_name_mentions_are_found_under_the_datas_own_gene_names(species,
     assert {names[g]: w for g, w in by_symbol["CD38+ B cell"].items()} == m["CD38+ B cell"]
 
 
+def test_names_that_spell_a_gene_out_are_marked_by_it():
+    """ "glucagon-producing cell" matches no known type but names GCG; "somatostatin-secreting
+    cell" matches the ontology's type, whose definition names SST, and names SST too."""
+    import warnings
+
+    from scelmo.errors import ScelmoWarning
+    from scelmo.tl._annotation import knowledge_markers
+
+    genes = ["GCG", "INS", "SST", "PPY", "KRT19", "MS4A1", "CD79A", "CD3E"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScelmoWarning)  # no "no marker genes" warning: the names name them
+        m = knowledge_markers(["glucagon-producing cells", "somatostatin-secreting cell",
+                               "pancreatic polypeptide cell", "B cell"], genes)
+    assert m["glucagon-producing cells"] == {"GCG": 1.0}
+    assert m["somatostatin-secreting cell"] == {"SST": 1.0}
+    assert m["pancreatic polypeptide cell"] == {"PPY": 1.0}
+    assert {"MS4A1", "CD79A"} <= set(m["B cell"])
+
+
 def test_names_with_no_gene_take_the_definition_of_the_one_type_they_match():
     """The descriptions path compares genes with "Epithelial cell found in the ducts of the
     pancreas ...", not with the bare words of "ductal cell"."""

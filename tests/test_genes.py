@@ -68,6 +68,16 @@ def test_copies_made_unique_are_not_read_as_another_genes_alias(vocab):
     assert vocab.resolve(["Nkx2", "Nkx2-1"], species="mouse").symbols[1] == "NKX2-1"
 
 
+def test_full_gene_names_in_text(vocab):
+    assert vocab.genes_named_in("Glucagon-producing cells") == ["GCG"]
+    assert vocab.genes_named_in("interferon-gamma secreting T cell") == ["IFNG"]
+    assert vocab.genes_named_in("pancreatic polypeptide cell") == ["PPY"]  # the longest name wins
+    for name in ("B cell", "CD8 T cell", "plasma cell", "stellate cell", "platelet", "macrophage", "hepatocyte"):
+        assert vocab.genes_named_in(name) == []
+    v = GeneVocabulary(["A1", "B1"], full_names=[("shared name", "A1"), ("shared name", "B1"), ("own", "B1")])
+    assert v.genes_named_in("own shared name cell") == ["B1"]  # a name two genes share is no gene
+
+
 def test_alias_ambiguity_and_symbol_priority():
     v = GeneVocabulary(["A1", "B1", "C1"], aliases=[("X", "A1"), ("X", "B1"), ("Y", "C1"), ("B1", "C1")])
     assert "X" not in v.aliases and v.n_ambiguous_aliases == 1

@@ -75,7 +75,10 @@ def vocabulary() -> GeneVocabulary:
         if r["human_symbol"] in table:
             mouse.append((r["mouse_symbol"], r["human_symbol"]))
             ensembl.extend((e, r["human_symbol"]) for e in r["mouse_ensembl"].split("|") if e)
-    return GeneVocabulary(table, aliases=aliases, ensembl=ensembl, mouse=mouse)
+    # full names of protein-coding genes, for names that spell a gene out ("insulin-producing
+    # cell"); among the Cell Ontology's 2,199 names and synonyms every match is a real mention
+    full = [(r["name"], s) for s, r in table.items() if r["type"] == "protein-coding" and r["name"]]
+    return GeneVocabulary(table, aliases=aliases, ensembl=ensembl, mouse=mouse, full_names=full)
 
 
 @lru_cache(maxsize=1)

@@ -68,9 +68,9 @@ def prompt_match(
 
 
 def _named_genes(name: str, vocab: Any, gene_of: Mapping[str, str]) -> list[str]:
-    """The data's genes a cell-type name mentions (``"CD14+ monocyte"`` -> CD14, or the
-    data's own name for it: ``ENSG00000170458``, ``Cd14``); ``gene_of`` maps canonical human
-    symbols to the data's gene names."""
+    """The data's genes a cell-type name mentions by symbol (``"CD14+ monocyte"`` -> CD14) or
+    full name (``"insulin-producing cell"`` -> INS), under the data's own names
+    (``ENSG00000170458``, ``Cd14``); ``gene_of`` maps canonical human symbols to them."""
     if vocab is None:
         return []
     tokens = [t for t in re.findall(r"[A-Za-z][A-Za-z0-9-]*[0-9][A-Za-z0-9-]*|[A-Z]{2,}[0-9A-Z-]*", name)]
@@ -78,8 +78,10 @@ def _named_genes(name: str, vocab: Any, gene_of: Mapping[str, str]) -> list[str]
     words, _, negated = parse_name(name, vocab)
     absent = {g for a in negated for g in a}  # "CD14-negative": not a marker
     words = set(words)  # "cDC1", "Th1": cell-type abbreviations, not genes
-    return [gene_of[s] for t, s in zip(tokens, res.symbols if res else [], strict=True)
-            if s and s in gene_of and s not in absent and t.lower() not in SYNONYMS and t.lower() not in words]
+    symbols = [s for t, s in zip(tokens, res.symbols if res else [], strict=True)
+               if s and t.lower() not in SYNONYMS and t.lower() not in words]
+    symbols += vocab.genes_named_in(name) if hasattr(vocab, "genes_named_in") else []  # "insulin-producing"
+    return list(dict.fromkeys(gene_of[s] for s in symbols if s in gene_of and s not in absent))
 
 
 def _genes_by_symbol(genes: Sequence[str], symbols: Sequence[str | None]) -> dict[str, str]:
@@ -158,7 +160,7 @@ def knowledge_markers(
     described = {str(t) for t, x in zip(cell_types, texts or cell_types, strict=True) if str(x) != str(t)}
     texts = [str(x) if str(t) in described else definitions.get(str(t), str(t))
              for t, x in zip(cell_types, texts or cell_types, strict=True)]
-    unmatched = [t for t in unmatched if t not in described]
+    unmatched = [t for t in unmatched if t not in described and t in {str(r) for r in rest}]
     if unmatched:
         warnings.warn(
             f"No curated marker set or cell-type definition names marker genes for "
@@ -209,7 +211,8 @@ def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], gene
     """``{type: {gene: weight}}`` from the knowledge source's curated cell-type marker sets
     (:mod:`scelmo.knowledge.cell_types`) and, for names none of them matches, from the genes
     cell-type definitions name (:meth:`~scelmo.plugin.KnowledgeSource.cell_type_definition_markers`),
-    restricted to ``genes`` and empty where none is usable; the names that no known type
+    restricted to ``genes``, with the genes the name itself names (weight 1), and empty
+    where none is usable; the names that no known type
     with markers matches (not: matched, but its markers are not in ``genes``); and, for
     names matched to one defined type only, its definition."""
     if not isinstance(describer, KnowledgeSource):
@@ -239,10 +242,12 @@ def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], gene
     gene_of = _genes_by_symbol(genes, symbols)
     out: dict[str, dict[str, float]] = {}
     for name, w in marker_weights(matches, known, consensus=consensus).items():
+        # the known types' markers that the data has, and the genes the name itself names
+        # ("GCG+ cell", "insulin-producing cell"): a name naming a gene is marked by it even
+        # when no known type matches
         marks = {gene_of[s]: v for s, v in w.items() if s in gene_of}
-        named = _named_genes(name, vocab, gene_of)
-        marks.update({g: 1.0 for g in named})
-        out[name] = marks if len(marks) > len(named) else {}
+        marks.update({g: 1.0 for g in _named_genes(name, vocab, gene_of)})
+        out[name] = marks
     return out, [n for n, m in matches.items() if not any(k.markers for k in m.types)], definitions
 
 
