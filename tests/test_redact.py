@@ -14,7 +14,8 @@ def test_secret_names(name):
 
 
 @pytest.mark.parametrize("name", ["api_key_env", "max_tokens", "prompt_tokens", "usage_completion_tokens",
-                                  "input_cost_per_token", "api_base", "model", "timeout", "keys_in_environment"])
+                                  "input_cost_per_token", "api_base", "model", "timeout", "keys_in_environment",
+                                  "PWD", "OLDPWD"])
 def test_names_that_are_not_secrets(name):
     assert not is_secret_name(name)
 
@@ -51,3 +52,12 @@ def test_data_keys_are_not_secrets(name):
                                   "secret_key"])
 def test_key_names_that_stay_secret(name):
     assert is_secret_name(name)
+
+
+def test_the_working_directory_is_not_a_secret(monkeypatch, tmp_path):
+    """PWD holds the shell's working directory: paths in messages stay readable (DB_PWD is still a secret)."""
+    monkeypatch.setenv("PWD", str(tmp_path))
+    monkeypatch.setenv("DB_PWD", "hunter2-hunter2")
+    assert mask(f"{tmp_path}/model is not a directory") == f"{tmp_path}/model is not a directory"
+    assert mask("login with hunter2-hunter2") == "login with ***"
+    assert is_secret_name("DB_PWD")
