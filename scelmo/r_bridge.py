@@ -375,7 +375,14 @@ def annotate(
                 "package (scelmo::install_scelmo()) to use AnnotateScELMo."
             )
         cfg = _config(config)
-        adata = _embedded(payload, embedding, aggregator, cfg)
+        if reference is not None and embedding is None:
+            # as scelmo.tl.annotate does for a query with no embedding: it is embedded with the
+            # reference's gene selection, centring and gene table (embedding it alone first
+            # placed a query of few cell types differently from its reference)
+            adata = to_anndata(payload)
+            cfg = _with_aggregator(cfg, aggregator)
+        else:
+            adata = _embedded(payload, embedding, aggregator, cfg)
         ref = _embedded(reference, reference_embedding, aggregator, cfg) if reference is not None else None
         if ref is not None and ref_labels is not None and ref_labels not in ref.obs:
             raise ScelmoError(f"The reference has no metadata column {ref_labels!r}.")
@@ -398,6 +405,13 @@ def annotate(
         }
 
     return _call(run)
+
+
+def _with_aggregator(cfg: Any, aggregator: str | None) -> Any:
+    """``cfg`` with ``aggregate.method`` set to ``aggregator`` (R's argument wins, as in ``_embedded``)."""
+    if aggregator is None:
+        return cfg
+    return {**dict(cfg or {}), "aggregate.method": aggregator}
 
 
 def _embedded(payload: Mapping[str, Any], embedding: Any, aggregator: str | None, cfg: Any) -> Any:
@@ -552,8 +566,11 @@ def predict(
                               "LoadScELMoModel().")
         if method not in ("knn", "classifier"):
             raise InputError(f"method must be \"knn\" or \"classifier\"; got {method!r}.")
+        if normalize not in _NORMALIZE:
+            raise InputError(f"normalize must be one of {', '.join(_NORMALIZE)}; got {normalize!r}.")
+        if isinstance(min_overlap, bool) or not 0 < float(min_overlap) <= 1:
+            raise InputError(f"min_overlap (R: min.overlap) must be a share in (0, 1]; got {min_overlap!r}.")
         query = to_anndata(payload)
-        _normalized(query, str(normalize))
         genes = [str(g) for g in model.train_genes]
         pos = {str(g): j for j, g in enumerate(query.var_names)}
         have = np.array([g in pos for g in genes], dtype=bool)
@@ -561,11 +578,14 @@ def predict(
         if not genes or n_found < max(1, float(min_overlap) * len(genes)):
             example = ", ".join(genes[:3])
             qexample = ", ".join(map(str, query.var_names[:3]))
+            hint = (f"the model was trained on other genes (model: {example}, ...; query: {qexample}, ...). Use a "
+                    "query with the same gene naming (symbols vs Ensembl IDs, same species), or train a model on "
+                    "genes the query has." if n_found == 0 else
+                    "Lower `min_overlap` (R: `min.overlap`) to predict from the genes it has, or train a model on "
+                    "genes the query has.")
             raise InputError(
                 f"The query shares {n_found} of the model's {len(genes)} genes (needed: at least "
-                f"{100 * float(min_overlap):.0f}%): the model was trained on other genes (model: {example}, ...; "
-                f"query: {qexample}, ...). Use a query with the same gene naming (symbols vs Ensembl IDs, "
-                "same species), or train a model on genes the query has."
+                f"{100 * float(min_overlap):.0f}%): {hint}"
             )
         n_missing = len(genes) - n_found
         if n_missing:
@@ -581,6 +601,7 @@ def predict(
         S = sp.csr_matrix((np.ones(len(cols), dtype=np.float32), (np.arange(len(cols)), target)),
                           shape=(len(cols), len(genes)))
         aligned = sp.csr_matrix(X @ S, dtype=np.float32)
+        empty = np.diff(aligned.indptr) == 0  # cells expressing none of the model's genes
         symbols = _extra(model).get("symbols", {})
         var = pd.DataFrame(index=pd.Index(genes, dtype=object))
         if symbols:
@@ -590,6 +611,9 @@ def predict(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             aligned_adata = ad.AnnData(X=aligned, obs=pd.DataFrame(index=query.obs_names), var=var)
+        # normalised over the model's genes, as the training cells were over theirs (the
+        # query's other genes would change its library sizes)
+        _normalized(aligned_adata, str(normalize))
         Z = model.get_latent_representation(aligned_adata)
         out: dict[str, Any] = {
             "Z": _matrix_bytes(Z), "dim": [int(Z.shape[0]), int(Z.shape[1])],
@@ -603,7 +627,13 @@ def predict(
             score = P.max(1)
             if method == "knn":  # vote shares, less the 1e-6 tie-break the head adds to the nearest cell's class
                 score = np.minimum(np.round(score, 5), 1.0)
-            out["labels"] = encode_strings([classes[i] for i in P.argmax(1)])
+            labels = [classes[i] for i in P.argmax(1)]
+            if empty.any():  # no evidence for any class: NA in R (not one of the model's classes)
+                warnings.warn(f"{int(empty.sum())} query cells express none of the model's genes; their labels "
+                              "are NA (score NaN).", stacklevel=2)
+                labels = ["" if e else lab for lab, e in zip(labels, empty, strict=True)]
+                score = np.where(empty, np.nan, score)
+            out["labels"] = encode_strings(labels)
             out["scores"] = bytearray(score.astype("<f8").tobytes())
             out["classes"] = classes
         return out
