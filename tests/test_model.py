@@ -155,6 +155,8 @@ def test_threads_are_restored_after_training(split):
     m = scelmo.Model(a, head="annotation").train(max_epochs=1, early_stopping=False)
     assert torch.get_num_threads() == before
     assert m.train_info["device"] == "cpu" or torch.cuda.is_available()
+    # the epoch-0 row (the untrained start, validated only) is not counted as an epoch
+    assert list(m.history["epoch"]) == [0.0, 1.0] and m.train_info["epochs"] == 1
 
 
 def test_errors_are_clear(split):

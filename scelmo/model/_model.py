@@ -242,7 +242,8 @@ class Model:
             "n_cells": int(X.shape[0]),
             "n_genes": int(X.shape[1]),
             "n_genes_with_vector": int((np.abs(E).sum(1) > 0).sum()),
-            "epochs": len(history),
+            # (a head may log an "epoch 0" row, its score before training: not an epoch)
+            "epochs": sum(1 for h in history if float(h.get("epoch", 1) or 0) > 0),
             "seconds": time.perf_counter() - t0,
             "device": "" if self.head.device is None else str(self.head.device),
             **{f"setting_{k}": v for k, v in settings.items() if isinstance(v, str | int | float | bool)},
