@@ -20,7 +20,9 @@
 #'   a named character vector `c(name = "description", ...)` whose descriptions
 #'   are embedded instead of the names (names alone carry little signal).
 #' @param assay,layer,aggregator,config As in [RunScELMo()] (used for both
-#'   objects when they are embedded here).
+#'   objects when they are embedded here). An `assay` named here is read from the
+#'   reference too, and a scelmo reduction computed on another assay is not reused
+#'   (a message says so); without it, each object's default assay.
 #' @param reduction Name of an existing scelmo DimReduc to reuse.
 #' @param k Neighbours for kNN transfer.
 #' @param label.name Name of the label column (the score goes to
@@ -46,9 +48,14 @@ AnnotateScELMo.Seurat <- function(object, reference = NULL, ref.labels = NULL, c
                                   aggregator = "wa", config = NULL, label.name = "scelmo_label",
                                   verbose = TRUE, ...) {
   .check_seurat(object)
+  # an assay named here is used for the reference too, and a reduction computed on another
+  # assay is not reused; without one, each object's default assay
+  explicit <- !is.null(assay)
+  ref.assay <- assay
   assay <- .resolve_assay(object, assay)
   res <- .annotate(object, reference, ref.labels, cell.types, assay, layer, reduction, k,
-                   aggregator, .dots_config(config, list(...)), label.name, verbose)
+                   aggregator, .dots_config(config, list(...)), label.name, verbose,
+                   ref.assay = ref.assay, explicit = explicit)
   object[[label.name]] <- stats::setNames(res$labels, colnames(object))
   object[[paste0(label.name, "_score")]] <- stats::setNames(res$scores, colnames(object))
   object <- SeuratObject::LogSeuratCommand(object = object)
@@ -69,15 +76,21 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
 }
 
 # payload (+ embedding bytes) for one object
-.annotate_input <- function(x, assay, layer, reduction, meta = NULL, what) {
+.annotate_input <- function(x, assay, layer, reduction, meta = NULL, what, explicit = FALSE) {
   if (inherits(x, "Seurat")) {
     .check_seurat(x)
     assay <- .resolve_assay(x, assay)
     m <- .get_layer(x, assay, layer)
     emb <- NULL
     if (!is.null(reduction) && reduction %in% SeuratObject::Reductions(x)) {
-      E <- SeuratObject::Embeddings(x, reduction = reduction)[colnames(x), , drop = FALSE]
-      emb <- .encode_matrix(E)
+      used <- SeuratObject::DefaultAssay(x[[reduction]])
+      if (explicit && length(used) == 1 && nzchar(used) && !identical(used, assay)) {
+        message("scelmo: the '", reduction, "' reduction of ", what, " was computed on assay '", used,
+                "'; embedding assay '", assay, "' here instead")
+      } else {
+        E <- SeuratObject::Embeddings(x, reduction = reduction)[colnames(x), , drop = FALSE]
+        emb <- .encode_matrix(E)
+      }
     }
   } else {
     m <- x
@@ -87,7 +100,7 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
 }
 
 .annotate <- function(object, reference, ref.labels, cell.types, assay, layer, reduction, k,
-                      aggregator, config, label.name, verbose) {
+                      aggregator, config, label.name, verbose, ref.assay = NULL, explicit = FALSE) {
   if (is.null(reference) == is.null(cell.types)) {
     .abort("Give either `reference` (with `ref.labels`) or `cell.types`, not both and not neither.",
            "scelmo_input_error")
@@ -95,7 +108,7 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
   if (!is.character(label.name) || length(label.name) != 1 || !nzchar(label.name)) {
     .abort("`label.name` must be one non-empty string.", "scelmo_input_error")
   }
-  query <- .annotate_input(object, assay, layer, reduction, what = "the query")
+  query <- .annotate_input(object, assay, layer, reduction, what = "the query", explicit = explicit)
   args <- list(query$payload, embedding = query$embedding, k = as.integer(k), aggregator = aggregator,
                config = if (length(config)) config else NULL, key_added = label.name)
   if (!is.null(reference)) {
@@ -121,7 +134,8 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
     if (all(is.na(labels))) .abort("All reference labels are NA.", "scelmo_input_error")
     meta <- data.frame(as.character(labels), stringsAsFactors = FALSE)
     names(meta) <- col
-    ref <- .annotate_input(reference, NULL, layer, reduction, meta = meta, what = "the reference")
+    ref <- .annotate_input(reference, ref.assay, layer, reduction, meta = meta, what = "the reference",
+                           explicit = explicit)
     args <- c(args, list(reference = ref$payload, reference_embedding = ref$embedding, ref_labels = col))
   } else {
     texts <- NULL

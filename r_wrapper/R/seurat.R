@@ -98,7 +98,7 @@
 # Extra arguments (...) -> config overrides
 .dots_config <- function(config, dots) {
   config <- as.list(config %||% list())
-  if (length(dots) == 0) return(config)
+  if (length(dots) == 0) return(.check_config_values(config))
   if (is.null(names(dots)) || any(!nzchar(names(dots)))) {
     .abort("Extra arguments must be named (e.g. species = \"mouse\").", "scelmo_input_error")
   }
@@ -115,7 +115,24 @@
     }
     config[[key]] <- dots[[nm]]
   }
+  .check_config_values(config)
   config
+}
+
+# NA reaches Python as True through reticulate: refuse it rather than switch a setting on
+.check_config_values <- function(config, path = NULL) {
+  nms <- names(config)
+  for (i in seq_along(config)) {
+    key <- paste(c(path, if (!is.null(nms) && nzchar(nms[i])) nms[i] else as.character(i)), collapse = ".")
+    v <- config[[i]]
+    if (is.list(v)) {
+      .check_config_values(v, key)
+    } else if (is.atomic(v) && length(v) > 0 && anyNA(v)) {
+      .abort(paste0("The setting `", key, "` is NA; give a value (TRUE or FALSE for a switch), or leave it ",
+                    "out for its default."), "scelmo_input_error")
+    }
+  }
+  invisible(config)
 }
 
 # --- secrets never reach object@commands -------------------------------------------------

@@ -92,6 +92,10 @@ test_that("bad input gives classed R errors and leaves the object unchanged", {
   neg <- toy_counts()
   neg[1, 1] <- -1
   expect_error(RunScELMo(neg, verbose = FALSE), class = "scelmo_input_error", regexp = "negative")
+  # NA would reach Python as True: refused, in config lists and in shortcuts alike
+  expect_error(RunScELMo(seu, config = list(aggregate.l2_normalize = NA), verbose = FALSE),
+               class = "scelmo_input_error", regexp = "aggregate.l2_normalize. is NA")
+  expect_error(RunScELMo(seu, l2.normalize = NA, verbose = FALSE), class = "scelmo_input_error", regexp = "is NA")
   expect_identical(seu, before)
 })
 

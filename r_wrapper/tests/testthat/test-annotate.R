@@ -45,3 +45,29 @@ test_that("ScELMoGeneEmbeddings returns one row per matched gene", {
   expect_equal(attr(E, "manifest")$n_genes_with_vector, 2)
   expect_error(ScELMoGeneEmbeddings(character()), class = "scelmo_input_error")
 })
+
+test_that("AnnotateScELMo: a named assay is read from the reference too; a reduction of another assay is not reused", {
+  skip_if_no_annotate()
+  with_adt <- function(seu) {
+    adt <- matrix(stats::rpois(5 * ncol(seu), 20), 5, ncol(seu),
+                  dimnames = list(c("CD3", "CD4", "CD8a", "CD19", "CD14"), colnames(seu)))
+    seu[["ADT"]] <- SeuratObject::CreateAssayObject(counts = adt)
+    seu
+  }
+  ref <- toy_seurat(90)
+  query <- with_adt(toy_seurat(30))
+  SeuratObject::DefaultAssay(query) <- "ADT"
+  query <- suppressWarnings(RunScELMo(query, verbose = FALSE))  # on the 5 protein names
+  SeuratObject::DefaultAssay(query) <- "RNA"
+  expect_message(out <- AnnotateScELMo(query, reference = ref, ref.labels = "group", assay = "RNA", k = 5),
+                 "computed on assay 'ADT'")
+  expect_gt(mean(out$scelmo_label == as.character(query$group)), 0.8)
+  # the reference's default assay is ADT here: assay = "RNA" reads its RNA counts
+  ref_adt <- with_adt(ref)
+  SeuratObject::DefaultAssay(ref_adt) <- "ADT"
+  same <- AnnotateScELMo(query, reference = ref_adt, ref.labels = "group", assay = "RNA", k = 5,
+                         reduction = NULL, verbose = FALSE)
+  plain <- AnnotateScELMo(query, reference = ref, ref.labels = "group", assay = "RNA", k = 5,
+                          reduction = NULL, verbose = FALSE)
+  expect_identical(same$scelmo_label, plain$scelmo_label)
+})
