@@ -23,7 +23,8 @@
 #'   objects when they are embedded here). An `assay` named here is read from the
 #'   reference too, and a scelmo reduction computed on another assay is not reused
 #'   (a message says so); without it, each object's default assay.
-#' @param reduction Name of an existing scelmo DimReduc to reuse.
+#' @param reduction Name of a DimReduc to reuse: a scelmo one (computed when missing) or
+#'   another method's, which must exist in both objects.
 #' @param k Neighbours for kNN transfer.
 #' @param label.name Name of the label column (the score goes to
 #'   `paste0(label.name, "_score")`).
@@ -82,6 +83,11 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
     assay <- .resolve_assay(x, assay)
     m <- .get_layer(x, assay, layer)
     emb <- NULL
+    if (!is.null(reduction) && !reduction %in% SeuratObject::Reductions(x) && !startsWith(reduction, "scelmo")) {
+      # only scelmo embeddings are computed here; another method's reduction must exist
+      .abort(paste0(what, " has no '", reduction, "' reduction; compute it in both objects first, or use ",
+                    "reduction = \"scelmo\" (computed here when missing)."), "scelmo_input_error")
+    }
     if (!is.null(reduction) && reduction %in% SeuratObject::Reductions(x)) {
       used <- SeuratObject::DefaultAssay(x[[reduction]])
       if (explicit && length(used) == 1 && nzchar(used) && !identical(used, assay)) {

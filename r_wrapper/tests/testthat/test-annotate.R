@@ -33,6 +33,9 @@ test_that("AnnotateScELMo: argument errors are classed and leave the object unch
   expect_error(AnnotateScELMo(seu, reference = seu), class = "scelmo_input_error", regexp = "ref.labels")
   expect_error(AnnotateScELMo(seu, reference = seu, ref.labels = "nope"), class = "scelmo_input_error")
   expect_error(AnnotateScELMo(seu, cell.types = c("T", NA)), class = "scelmo_input_error")
+  # another method's reduction is not made up from scelmo embeddings when it is missing
+  expect_error(AnnotateScELMo(seu, reference = seu, ref.labels = "group", reduction = "pca"),
+               class = "scelmo_input_error", regexp = "has no 'pca' reduction")
   expect_false("scelmo_label" %in% colnames(seu[[]]))
 })
 
