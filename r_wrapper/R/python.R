@@ -109,15 +109,33 @@
              "This is a bug or a version mismatch between the R and Python packages; please report it."),
            class = "scelmo_python_error")
   })
-  for (w in unlist(res$warnings)) .warn(w)
+  for (w in unlist(res$warnings)) .warn(.in_r(w))
   if (!isTRUE(res$ok)) {
-    msg <- res$message %||% "unknown error"
+    msg <- .in_r(res$message %||% "unknown error")
     if (identical(res$error_class, "InternalError") && !is.null(res$traceback)) {
       msg <- c(paste0("Python failed: ", msg), "(Python traceback follows)", res$traceback)
     }
     .abort(msg, class = .error_class(res$error_class %||% ""))
   }
   res
+}
+
+# Python messages name Python arguments; say what the R user passes instead
+.R_ADVICE <- c(
+  "n_top_genes=" = "`n.top.genes =`",
+  "mask_var=" = "`features =` (RunScELMo)",
+  "flavor=" = "`flavor =`",
+  "condition=False" = "`aggregate.condition = FALSE`",
+  "species=" = "`species =`",
+  "scelmo config show" = "`scelmo_config_show()`",
+  "sc.pp.filter_cells" = "`subset(object, subset = nFeature_RNA > 0)` (cells with no counts)",
+  "adata.var_names" = "row names of the counts that are gene symbols or Ensembl IDs"
+)
+
+.in_r <- function(msg) {
+  hit <- vapply(names(.R_ADVICE), function(k) grepl(k, msg, fixed = TRUE), logical(1))
+  if (!any(hit)) return(msg)
+  paste0(msg, "\nIn R: ", paste(unique(.R_ADVICE[hit]), collapse = "; "), ".")
 }
 
 #' Is the scelmo Python package available?

@@ -92,6 +92,10 @@ test_that("bad input gives classed R errors and leaves the object unchanged", {
   neg <- toy_counts()
   neg[1, 1] <- -1
   expect_error(RunScELMo(neg, verbose = FALSE), class = "scelmo_input_error", regexp = "negative")
+  # Python's advice names Python arguments: the R equivalents are added
+  e <- expect_error(RunScELMo(toy_counts()[, 1, drop = FALSE], verbose = FALSE), class = "scelmo_input_error")
+  expect_match(conditionMessage(e), "In R: `features =` \\(RunScELMo\\); `flavor =`")
+  expect_identical(scelmo:::.in_r("nothing Pythonic here"), "nothing Pythonic here")
   # NA would reach Python as True: refused, in config lists and in shortcuts alike
   expect_error(RunScELMo(seu, config = list(aggregate.l2_normalize = NA), verbose = FALSE),
                class = "scelmo_input_error", regexp = "aggregate.l2_normalize. is NA")
