@@ -102,18 +102,26 @@ class GeneVocabulary:
     def genes_named_in(self, text: str) -> list[str]:
         """Symbols of the genes whose full names ``text`` spells out as whole words
         ("glucagon-producing cell" -> GCG, "pancreatic polypeptide cell" -> PPY), longest
-        names first, without overlaps."""
-        words = _words_key(text).split()
+        names first, without overlaps; not those it negates ("insulin-negative",
+        "non-insulin-producing", "desmin- cell")."""
+        found_words = list(re.finditer(r"[a-z0-9]+", str(text).lower()))
+        words = [m.group() for m in found_words]
+        low = str(text).lower()
         longest = max((k.count(" ") + 1 for k in self.full_names), default=0)
         found: list[str] = []
         i = 0
         while i < len(words):
             for n in range(min(longest, len(words) - i), 0, -1):
                 sym = self.full_names.get(" ".join(words[i : i + n]))
-                if sym is not None:
+                if sym is None:
+                    continue
+                end = found_words[i + n - 1].end()
+                after = words[i + n] if i + n < len(words) else ""
+                dangling = low[end : end + 1] == "-" and not low[end + 1 : end + 2].isalnum()  # "desmin- cell"
+                if not (after in _NEGATING_AFTER or (i and words[i - 1] in _NEGATING_BEFORE) or dangling):
                     found.append(sym)
-                    i += n
-                    break
+                i += n
+                break
             else:
                 i += 1
         return list(dict.fromkeys(found))
@@ -191,6 +199,10 @@ class GeneVocabulary:
         if key in self.mouse:
             return self.mouse[key], "mouse_ortholog"
         return None, "unknown"
+
+
+_NEGATING_AFTER = frozenset({"negative", "neg", "low", "lo", "deficient", "null"})
+_NEGATING_BEFORE = frozenset({"non", "not", "no", "without"})
 
 
 def _words_key(text: str) -> str:

@@ -568,7 +568,11 @@ def predict(
             raise InputError(f"method must be \"knn\" or \"classifier\"; got {method!r}.")
         if normalize not in _NORMALIZE:
             raise InputError(f"normalize must be one of {', '.join(_NORMALIZE)}; got {normalize!r}.")
-        if isinstance(min_overlap, bool) or not 0 < float(min_overlap) <= 1:
+        try:
+            share = float(min_overlap)
+        except (TypeError, ValueError):
+            share = float("nan")
+        if isinstance(min_overlap, bool) or not 0 < share <= 1:
             raise InputError(f"min_overlap (R: min.overlap) must be a share in (0, 1]; got {min_overlap!r}.")
         query = to_anndata(payload)
         genes = [str(g) for g in model.train_genes]

@@ -40,8 +40,9 @@ _NOT_SECRET_KEY_PREFIXES = frozenset({
 _URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^\s/?#@:]*)(?::(?P<pw>[^\s/?#@]*))?@")
 _QUERY = re.compile(r"(?P<lead>[?&;])(?P<name>[A-Za-z0-9_.-]+)=(?P<value>[^&;#\s\"']*)")
 _BEARER = re.compile(r"(?P<lead>\bBearer\s+)[A-Za-z0-9._~+/=-]{6,}")
-#: Shell variables whose names contain a secret word but hold no secret: the working
-#: directory (masking it turned every path in an error message into ``***/...``).
+#: Environment variables whose names contain a secret word but hold no secret: the shell's
+#: working directory (masking its value turned every path in an error message into
+#: ``***/...``). A ``pwd`` setting, key or URL parameter is still a secret.
 _NOT_SECRET_NAMES = frozenset({"pwd", "oldpwd"})
 #: Environment values shorter than this are not treated as secrets (``none``, ``1``, ...).
 _MIN_ENV_SECRET = 8
@@ -61,8 +62,6 @@ def is_secret_name(name: str) -> bool:
     (``key_added``, ``labels_key``, ``cache_key``) do not.
     """
     words = _words(name)
-    if str(name).lower() in _NOT_SECRET_NAMES:
-        return False
     if not words or words[-1] == "env" or "per" in words or "cost" in words:
         return False
     if any(w in _SECRET_WORDS for w in words):
@@ -80,7 +79,8 @@ def is_secret_name(name: str) -> bool:
 
 def env_secrets() -> list[str]:
     """Values of environment variables whose names say they are secrets."""
-    return [v for k, v in os.environ.items() if len(v) >= _MIN_ENV_SECRET and is_secret_name(k)]
+    return [v for k, v in os.environ.items()
+            if len(v) >= _MIN_ENV_SECRET and k.lower() not in _NOT_SECRET_NAMES and is_secret_name(k)]
 
 
 def url_secrets(url: str | None) -> list[str]:

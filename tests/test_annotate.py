@@ -135,6 +135,11 @@ def test_names_that_spell_a_gene_out_are_marked_by_it():
     assert m["somatostatin-secreting cell"] == {"SST": 1.0}
     assert m["pancreatic polypeptide cell"] == {"PPY": 1.0}
     assert {"MS4A1", "CD79A"} <= set(m["B cell"])
+    # an alias alone is no marker set ("CAF" is one of KAT2B's; "DN1" one of IGHD6-13's), and
+    # only whole tokens are genes ("myCAF" holds no "CAF")
+    more = ["KAT2B", "IGHD6-13", "IL7R", "IL6", "MYH11", "ACTA2"]
+    m = knowledge_markers(["myCAF", "iCAF", "DN1 thymocyte", "B cell"], genes + more)
+    assert "KAT2B" not in m["myCAF"] and "KAT2B" not in m["iCAF"] and m["DN1 thymocyte"] != {"IGHD6-13": 1.0}
 
 
 def test_names_with_no_gene_take_the_definition_of_the_one_type_they_match():

@@ -244,11 +244,20 @@ def test_hvg_flags_of_a_subset_x_choose_the_raw_genes_by_name(pbmc):
     scelmo.tl.embed_cells(a)
     info = a.uns[keys.PROVENANCE]["embed_cells"]
     assert info["matrix"] == "raw.X"
-    assert info["gene_selection"] == "mask_var:highly_variable (adata.var, by name)"
+    assert info["gene_selection"] == "mask_var:highly_variable (adata.var, by name: 300 of 300)"
     assert 0 < info["n_genes_used"] <= 300
     b = a.copy()
     scelmo.tl.embed_cells(b, mask_var="highly_variable")  # named explicitly: the same genes
     np.testing.assert_array_equal(a.obsm[keys.X_SCELMO], b.obsm[keys.X_SCELMO])
+    # X renamed after raw was set: its flags name no raw gene, so they are not used (warned)
+    c = a.copy()
+    c.var_names = [f"id{i}" for i in range(c.n_vars)]
+    with pytest.warns(ScelmoWarning, match="0 of them among adata.raw's genes"):
+        scelmo.tl.embed_cells(c)
+    assert c.uns[keys.PROVENANCE]["embed_cells"]["gene_selection"].startswith("hvg:")
+    c.var["score"] = 1.5
+    with pytest.raises(InputError, match="'score' is not a True/False column"):
+        scelmo.tl.embed_cells(c, mask_var="score")
 
 
 def test_use_raw_with_a_layer_is_refused_not_dropped(pbmc):

@@ -103,6 +103,10 @@ def test_a_broader_candidate_does_not_take_a_narrower_ones_markers(vocab, known)
     assert {"CD14", "VCAN", "S100A8"} <= set(w["CD14+ monocyte"])
     broad = w["non-classical monocyte"]
     assert "FCGR3A" in broad and not {"CD14", "VCAN", "S100A8"} & set(broad)
+    # "CD4 T cell" also takes in the general "T cell" types, but it is no broader than "T cell":
+    # the T-cell genes "T cell" shares with it still count only as far as they mark it more
+    t = cell_type_marker_genes(["T cell", "CD4 T cell", "CD8 T cell", "B cell"], known, vocab)
+    assert t["T cell"]["CD3D"] < 1.0 and "CD3D" not in t["CD4 T cell"]
     # two names that match the same types still keep the same markers
     same = cell_type_marker_genes(["NK cell", "natural killer cell", "B cell"], known, vocab)
     assert same["NK cell"] == same["natural killer cell"] and "GNLY" in same["NK cell"]

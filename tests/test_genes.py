@@ -74,6 +74,8 @@ def test_full_gene_names_in_text(vocab):
     assert vocab.genes_named_in("pancreatic polypeptide cell") == ["PPY"]  # the longest name wins
     for name in ("B cell", "CD8 T cell", "plasma cell", "stellate cell", "platelet", "macrophage", "hepatocyte"):
         assert vocab.genes_named_in(name) == []
+    for negated in ("insulin-negative cell", "non-insulin-producing cell", "desmin- fibroblast", "nestin low cell"):
+        assert vocab.genes_named_in(negated) == []
     v = GeneVocabulary(["A1", "B1"], full_names=[("shared name", "A1"), ("shared name", "B1"), ("own", "B1")])
     assert v.genes_named_in("own shared name cell") == ["B1"]  # a name two genes share is no gene
 

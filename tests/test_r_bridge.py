@@ -329,4 +329,6 @@ def test_predict_normalises_over_the_models_genes_and_leaves_empty_cells_unlabel
     assert any("2 query cells express none of the model's genes" in w for w in plain["warnings"])
     few = r_bridge.predict(make_payload(Xq[:, :1], qcells, GENES[:1]), fit["model"])
     assert not few["ok"] and "min.overlap" in few["message"]
-    assert "(0, 1]" in r_bridge.predict(make_payload(Xq, qcells, GENES), fit["model"], min_overlap=2)["message"]
+    for bad in (2, None, [], "half"):
+        out = r_bridge.predict(make_payload(Xq, qcells, GENES), fit["model"], min_overlap=bad)
+        assert out["error_class"] == "InputError" and "(0, 1]" in out["message"], out

@@ -14,8 +14,7 @@ def test_secret_names(name):
 
 
 @pytest.mark.parametrize("name", ["api_key_env", "max_tokens", "prompt_tokens", "usage_completion_tokens",
-                                  "input_cost_per_token", "api_base", "model", "timeout", "keys_in_environment",
-                                  "PWD", "OLDPWD"])
+                                  "input_cost_per_token", "api_base", "model", "timeout", "keys_in_environment"])
 def test_names_that_are_not_secrets(name):
     assert not is_secret_name(name)
 
@@ -61,3 +60,7 @@ def test_the_working_directory_is_not_a_secret(monkeypatch, tmp_path):
     assert mask(f"{tmp_path}/model is not a directory") == f"{tmp_path}/model is not a directory"
     assert mask("login with hunter2-hunter2") == "login with ***"
     assert is_secret_name("DB_PWD")
+    # a pwd setting, key or URL parameter is still a secret
+    assert mask({"pwd": "hunter2hunter2"}) == {"pwd": MASK}
+    assert mask("GET https://db.example.org/api?user=bob&pwd=hunter2hunter2 failed") == (
+        "GET https://db.example.org/api?user=bob&pwd=*** failed")

@@ -262,7 +262,10 @@ def marker_weights(
     # and a candidate is not weighed against a broader one whose matches include all of its
     # own ("CD14+ monocyte" keeps CD14 beside "non-classical monocyte", which matches both
     # the CD14+ and the CD16+ monocyte sets and so keeps only what tells CD16+ ones apart).
-    same = {c: frozenset(id(k) for k in m.types) for c, m in matches.items()}
+    # (a match's own types: without the general types a broader name also took in, such
+    # as "T cell" beside the CD4 T-cell subsets "CD4 T cell" matches)
+    same = {c: frozenset(id(k) for k in m.types if not any(o.parent == k.name for o in m.types))
+            for c, m in matches.items()}
     specific = {}
     for cand, w in out.items():
         others = [o for c, o in out.items() if c != cand and not same[c] >= same[cand]]

@@ -67,19 +67,23 @@ def prompt_match(
 
 
 
-def _named_genes(name: str, vocab: Any, gene_of: Mapping[str, str]) -> list[str]:
+def _named_genes(name: str, vocab: Any, gene_of: Mapping[str, str], *, exact: bool = False) -> list[str]:
     """The data's genes a cell-type name mentions by symbol (``"CD14+ monocyte"`` -> CD14) or
     full name (``"insulin-producing cell"`` -> INS), under the data's own names
-    (``ENSG00000170458``, ``Cd14``); ``gene_of`` maps canonical human symbols to them."""
+    (``ENSG00000170458``, ``Cd14``); ``gene_of`` maps canonical human symbols to them.
+    ``exact``: only current symbols and full names, not aliases ("DN1", "CAF" are aliases of
+    genes but, in a cell-type name, rarely mean them)."""
     if vocab is None:
         return []
-    tokens = [t for t in re.findall(r"[A-Za-z][A-Za-z0-9-]*[0-9][A-Za-z0-9-]*|[A-Z]{2,}[0-9A-Z-]*", name)]
+    # whole tokens only: "CAF" inside "myCAF" is no gene
+    tokens = re.findall(r"(?<![A-Za-z0-9])(?:[A-Za-z][A-Za-z0-9-]*[0-9][A-Za-z0-9-]*|[A-Z]{2,}[0-9A-Z-]*)(?![A-Za-z0-9])",
+                        name)
     res = vocab.resolve(tokens, species="human") if tokens else None
     words, _, negated = parse_name(name, vocab)
     absent = {g for a in negated for g in a}  # "CD14-negative": not a marker
     words = set(words)  # "cDC1", "Th1": cell-type abbreviations, not genes
-    symbols = [s for t, s in zip(tokens, res.symbols if res else [], strict=True)
-               if s and t.lower() not in SYNONYMS and t.lower() not in words]
+    symbols = [s for t, s, how in zip(tokens, res.symbols if res else [], res.how if res else [], strict=True)
+               if s and t.lower() not in SYNONYMS and t.lower() not in words and (not exact or how == "symbol")]
     symbols += vocab.genes_named_in(name) if hasattr(vocab, "genes_named_in") else []  # "insulin-producing"
     return list(dict.fromkeys(gene_of[s] for s in symbols if s in gene_of and s not in absent))
 
@@ -246,8 +250,10 @@ def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], gene
         # ("GCG+ cell", "insulin-producing cell"): a name naming a gene is marked by it even
         # when no known type matches
         marks = {gene_of[s]: v for s, v in w.items() if s in gene_of}
+        known_marks = bool(marks)
         marks.update({g: 1.0 for g in _named_genes(name, vocab, gene_of)})
-        out[name] = marks
+        # alone, a gene the name names counts only by its symbol or full name, not by an alias
+        out[name] = marks if known_marks or _named_genes(name, vocab, gene_of, exact=True) else {}
     return out, [n for n, m in matches.items() if not any(k.markers for k in m.types)], definitions
 
 

@@ -295,10 +295,11 @@ def _var_of(adata: Any, source: str) -> Any:
     return adata.raw.var if source == "raw.X" else adata.var
 
 
-def _var_flags(adata: Any, source: str, column: str) -> tuple[np.ndarray | None, str]:
+def _var_flags(adata: Any, source: str, column: str, *, warn: bool = False) -> tuple[np.ndarray | None, str]:
     """A boolean ``var`` column for the matrix's genes, and where it came from. Embedding from
     ``adata.raw``, a column only ``adata.var`` has (scanpy's ``highly_variable`` after subsetting
-    ``X`` to those genes) is matched to the raw genes by name, ``False`` for the others."""
+    ``X`` to those genes) is matched to the raw genes by name, ``False`` for the others; when
+    under half of its flagged genes are raw genes (``X`` renamed), it is not used (``None``)."""
     var = _var_of(adata, source)
     if column in var:
         return _as_bool_column(var[column]), column
@@ -306,8 +307,19 @@ def _var_flags(adata: Any, source: str, column: str) -> tuple[np.ndarray | None,
         flags = _as_bool_column(adata.var[column])
         if flags is None:
             return None, column
+        raw = {str(g) for g in var.index}
+        flagged = [str(g) for g, f in zip(adata.var_names, flags, strict=True) if f]
+        found = sum(g in raw for g in flagged)
+        if not flagged or found < 0.5 * len(flagged):
+            if warn:
+                warnings.warn(f"adata.var[{column!r}] flags {len(flagged)} genes, {found} of them among adata.raw's "
+                              "genes by name, so it does not choose the genes embedded from adata.raw. Pass "
+                              "`mask_var=` as a boolean array over adata.raw.var_names, or `use_raw=False`.",
+                              ScelmoWarning, stacklevel=4)
+            return None, column
         by_name = dict(zip(map(str, adata.var_names), flags, strict=True))
-        return np.array([by_name.get(str(g), False) for g in var.index], dtype=bool), f"{column} (adata.var, by name)"
+        sel = np.array([by_name.get(str(g), False) for g in var.index], dtype=bool)
+        return sel, f"{column} (adata.var, by name: {found} of {len(flagged)})"
     return None, column
 
 
@@ -322,9 +334,14 @@ def _gene_mask(adata: Any, source: str, n_genes: int, mask_var: Any, plan: dict[
                     f"mask_var={mask_var!r} is not a column of adata.{'raw.' if source == 'raw.X' else ''}var; "
                     "pass a boolean column name or a boolean array with one entry per gene."
                 )
-            flags, where = _var_flags(adata, source, mask_var)
-            sel = flags if flags is not None else var[mask_var].to_numpy() if mask_var in var else np.array([])
-            how = f"mask_var:{where}"
+            flags, where = _var_flags(adata, source, mask_var, warn=True)
+            if flags is None:
+                raise InputError(
+                    f"mask_var={mask_var!r} is not a True/False column of the genes embedded (adata."
+                    f"{'raw.' if source == 'raw.X' else ''}var); pass a boolean column name or a boolean array "
+                    "with one entry per gene."
+                )
+            sel, how = flags, f"mask_var:{where}"
         else:
             sel, how = np.asarray(mask_var), "mask_var:array"
         if sel.dtype != bool or sel.shape != (n_genes,):
@@ -333,7 +350,7 @@ def _gene_mask(adata: Any, source: str, n_genes: int, mask_var: Any, plan: dict[
     if plan["genes"] == "all":
         return np.ones(n_genes, dtype=bool), "all"
     # scanpy's convention (also as text or pandas' nullable boolean, e.g. from R)
-    hv, where = _var_flags(adata, source, "highly_variable")
+    hv, where = _var_flags(adata, source, "highly_variable", warn=True)
     if hv is not None:
         return hv, f"mask_var:{where}"
     return highly_variable(stats, n_top_genes), f"hvg:{n_top_genes}"
