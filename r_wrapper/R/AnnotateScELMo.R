@@ -83,6 +83,10 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
     assay <- .resolve_assay(x, assay)
     m <- .get_layer(x, assay, layer)
     emb <- NULL
+    if (!is.null(reduction) && (!is.character(reduction) || length(reduction) != 1 || is.na(reduction) ||
+                                !nzchar(reduction))) {
+      .abort("`reduction` must be one reduction name (or NULL to embed here).", "scelmo_input_error")
+    }
     if (!is.null(reduction) && !reduction %in% SeuratObject::Reductions(x) && !startsWith(reduction, "scelmo")) {
       # only scelmo embeddings are computed here; another method's reduction must exist
       .abort(paste0(what, " has no '", reduction, "' reduction; compute it in both objects first, or use ",
@@ -90,7 +94,9 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
     }
     if (!is.null(reduction) && reduction %in% SeuratObject::Reductions(x)) {
       used <- SeuratObject::DefaultAssay(x[[reduction]])
-      if (explicit && length(used) == 1 && nzchar(used) && !identical(used, assay)) {
+      # (a scelmo reduction can be recomputed on the assay asked for; another method's is used as given)
+      if (explicit && startsWith(reduction, "scelmo") && length(used) == 1 && nzchar(used) &&
+          !identical(used, assay)) {
         message("scelmo: the '", reduction, "' reduction of ", what, " was computed on assay '", used,
                 "'; embedding assay '", assay, "' here instead")
       } else {

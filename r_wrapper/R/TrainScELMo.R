@@ -172,6 +172,8 @@ TrainScELMo.default <- function(object, labels = NULL, batch = NULL, head = "ann
     settings[names(training)] <- training
   }
   cfg <- .dots_config(config, list())
+  .check_config_values(settings)  # NA would reach Python as True (early.stopping = NA)
+  .check_config_values(head_options)
   if (verbose) {
     message(sprintf("scelmo: training the '%s' head on %d cells x %d genes (%s)", head, n, nrow(m), source))
   }

@@ -121,21 +121,23 @@
 }
 
 # Python messages name Python arguments; say what the R user passes instead
+# (patterns: the Python name as a whole word)
 .R_ADVICE <- c(
-  "n_top_genes=" = "`n.top.genes =`",
-  "mask_var=" = "`features =` (RunScELMo)",
-  "flavor=" = "`flavor =`",
-  "condition=False" = "`aggregate.condition = FALSE`",
-  "species=" = "`species =`",
-  "scelmo config show" = "`scelmo_config_show()`",
-  "sc.pp.filter_cells" = "`subset(object, subset = nFeature_RNA > 0)` (cells with no counts)",
-  "adata.var_names" = "row names of the counts that are gene symbols or Ensembl IDs"
+  "\\bn_top_genes=" = "`n.top.genes =`",
+  "\\bmask_var=" = "`features =` (RunScELMo)",
+  "\\bflavor=" = "`flavor =`",
+  "\\bcondition=False" = "`aggregate.condition = FALSE`",
+  "\\bspecies=" = "`species =`",
+  "\\bscelmo config show\\b" = "`scelmo_config_show()`",
+  "\\bsc\\.pp\\.filter_cells\\b" = "`subset(object, subset = nFeature_RNA > 0)` (cells with no counts)",
+  "\\badata\\.var_names\\b" = "row names of the counts that are gene symbols or Ensembl IDs"
 )
 
 .in_r <- function(msg) {
-  hit <- vapply(names(.R_ADVICE), function(k) grepl(k, msg, fixed = TRUE), logical(1))
+  text <- paste(msg, collapse = "\n")
+  hit <- vapply(names(.R_ADVICE), function(k) grepl(k, text, perl = TRUE), logical(1))
   if (!any(hit)) return(msg)
-  paste0(msg, "\nIn R: ", paste(unique(.R_ADVICE[hit]), collapse = "; "), ".")
+  c(msg[-length(msg)], paste0(msg[length(msg)], "\nIn R: ", paste(unique(.R_ADVICE[hit]), collapse = "; "), "."))
 }
 
 #' Is the scelmo Python package available?

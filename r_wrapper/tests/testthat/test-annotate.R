@@ -36,6 +36,8 @@ test_that("AnnotateScELMo: argument errors are classed and leave the object unch
   # another method's reduction is not made up from scelmo embeddings when it is missing
   expect_error(AnnotateScELMo(seu, reference = seu, ref.labels = "group", reduction = "pca"),
                class = "scelmo_input_error", regexp = "has no 'pca' reduction")
+  expect_error(AnnotateScELMo(seu, reference = seu, ref.labels = "group", reduction = NA_character_),
+               class = "scelmo_input_error", regexp = "one reduction name")
   expect_false("scelmo_label" %in% colnames(seu[[]]))
 })
 
