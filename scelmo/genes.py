@@ -98,20 +98,20 @@ class GeneVocabulary:
         #: A gene's full name, as lower-case words ("pancreatic polypeptide") -> its symbol
         #: (names shared by several genes are left out).
         self.full_names = {k: next(iter(v)) for k, v in named.items() if len(v) == 1}
+        self._longest_full_name = max((k.count(" ") + 1 for k in self.full_names), default=0)
 
     def genes_named_in(self, text: str) -> list[str]:
         """Symbols of the genes whose full names ``text`` spells out as whole words
         ("glucagon-producing cell" -> GCG, "pancreatic polypeptide cell" -> PPY), longest
         names first, without overlaps; not those it negates ("insulin-negative",
         "non-insulin-producing", "desmin- cell")."""
-        found_words = list(re.finditer(r"[a-z0-9]+", str(text).lower()))
-        words = [m.group() for m in found_words]
         low = str(text).lower()
-        longest = max((k.count(" ") + 1 for k in self.full_names), default=0)
+        found_words = list(re.finditer(r"[a-z0-9]+", low))
+        words = [m.group() for m in found_words]
         found: list[str] = []
         i = 0
         while i < len(words):
-            for n in range(min(longest, len(words) - i), 0, -1):
+            for n in range(min(self._longest_full_name, len(words) - i), 0, -1):
                 sym = self.full_names.get(" ".join(words[i : i + n]))
                 if sym is None:
                     continue

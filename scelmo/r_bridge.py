@@ -451,11 +451,15 @@ SIDECAR = "r_bridge.json"
 _NORMALIZE = ("auto", "log1p", "none")
 
 
+def _check_normalize(normalize: str) -> None:
+    if normalize not in _NORMALIZE:
+        raise InputError(f"normalize must be one of {', '.join(_NORMALIZE)}; got {normalize!r}.")
+
+
 def _normalized(adata: Any, normalize: str) -> str:
     """Log-normalise ``adata.X`` in place when asked (``auto``: when it holds counts)."""
 
-    if normalize not in _NORMALIZE:
-        raise InputError(f"normalize must be one of {', '.join(_NORMALIZE)}; got {normalize!r}.")
+    _check_normalize(normalize)
     if normalize == "log1p" or (normalize == "auto" and looks_like_counts(adata.X)):
         adata.X = normalize_chunk(adata.X)
         return "log1p"
@@ -566,8 +570,7 @@ def predict(
                               "LoadScELMoModel().")
         if method not in ("knn", "classifier"):
             raise InputError(f"method must be \"knn\" or \"classifier\"; got {method!r}.")
-        if normalize not in _NORMALIZE:
-            raise InputError(f"normalize must be one of {', '.join(_NORMALIZE)}; got {normalize!r}.")
+        _check_normalize(str(normalize))  # before any work (the query is normalised after alignment)
         try:
             share = float(min_overlap)
         except (TypeError, ValueError):
@@ -579,7 +582,7 @@ def predict(
         pos = {str(g): j for j, g in enumerate(query.var_names)}
         have = np.array([g in pos for g in genes], dtype=bool)
         n_found = int(have.sum())
-        if not genes or n_found < max(1, float(min_overlap) * len(genes)):
+        if not genes or n_found < max(1, share * len(genes)):
             example = ", ".join(genes[:3])
             qexample = ", ".join(map(str, query.var_names[:3]))
             hint = (f"the model was trained on other genes (model: {example}, ...; query: {qexample}, ...). Use a "
@@ -589,7 +592,7 @@ def predict(
                     "genes the query has.")
             raise InputError(
                 f"The query shares {n_found} of the model's {len(genes)} genes (needed: at least "
-                f"{100 * float(min_overlap):.0f}%): {hint}"
+                f"{100 * share:.0f}%): {hint}"
             )
         n_missing = len(genes) - n_found
         if n_missing:

@@ -52,11 +52,9 @@ AnnotateScELMo.Seurat <- function(object, reference = NULL, ref.labels = NULL, c
   # an assay named here is used for the reference too, and a reduction computed on another
   # assay is not reused; without one, each object's default assay
   explicit <- !is.null(assay)
-  ref.assay <- assay
   assay <- .resolve_assay(object, assay)
   res <- .annotate(object, reference, ref.labels, cell.types, assay, layer, reduction, k,
-                   aggregator, .dots_config(config, list(...)), label.name, verbose,
-                   ref.assay = ref.assay, explicit = explicit)
+                   aggregator, .dots_config(config, list(...)), label.name, verbose, explicit = explicit)
   object[[label.name]] <- stats::setNames(res$labels, colnames(object))
   object[[paste0(label.name, "_score")]] <- stats::setNames(res$scores, colnames(object))
   object <- SeuratObject::LogSeuratCommand(object = object)
@@ -112,7 +110,7 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
 }
 
 .annotate <- function(object, reference, ref.labels, cell.types, assay, layer, reduction, k,
-                      aggregator, config, label.name, verbose, ref.assay = NULL, explicit = FALSE) {
+                      aggregator, config, label.name, verbose, explicit = FALSE) {
   if (is.null(reference) == is.null(cell.types)) {
     .abort("Give either `reference` (with `ref.labels`) or `cell.types`, not both and not neither.",
            "scelmo_input_error")
@@ -146,8 +144,8 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
     if (all(is.na(labels))) .abort("All reference labels are NA.", "scelmo_input_error")
     meta <- data.frame(as.character(labels), stringsAsFactors = FALSE)
     names(meta) <- col
-    ref <- .annotate_input(reference, ref.assay, layer, reduction, meta = meta, what = "the reference",
-                           explicit = explicit)
+    ref <- .annotate_input(reference, if (explicit) assay else NULL, layer, reduction, meta = meta,
+                           what = "the reference", explicit = explicit)
     args <- c(args, list(reference = ref$payload, reference_embedding = ref$embedding, ref_labels = col))
   } else {
     texts <- NULL

@@ -164,7 +164,8 @@ def knowledge_markers(
     described = {str(t) for t, x in zip(cell_types, texts or cell_types, strict=True) if str(x) != str(t)}
     texts = [str(x) if str(t) in described else definitions.get(str(t), str(t))
              for t, x in zip(cell_types, texts or cell_types, strict=True)]
-    unmatched = [t for t in unmatched if t not in described and t in {str(r) for r in rest}]
+    rest_names = {str(t) for t in rest}
+    unmatched = [t for t in unmatched if t not in described and t in rest_names]
     if unmatched:
         warnings.warn(
             f"No curated marker set or cell-type definition names marker genes for "
