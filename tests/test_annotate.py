@@ -88,7 +88,8 @@ def test_names_no_curated_set_knows_take_the_genes_their_definitions_name():
     assert set(m["alpha cell"]) == {"GCG"} and set(m["delta cell"]) == {"SST"} and set(m["PP cell"]) == {"PPY"}
     assert set(m["beta cell"]) == {"INS"}
     assert {"MS4A1", "CD79A"} <= set(m["B cell"])  # the curated set, not the ontology's
-    # a trailing clause is not the noun: "gamma cell" is no "NKT cell secreting interferon-gamma"
+    # "gamma cell" is the islet's PP cell (its other name), not "NKT cell secreting
+    # interferon-gamma" (a trailing clause is not the noun), and not IFNG by the word
     import warnings
 
     from scelmo.errors import ScelmoWarning
@@ -96,8 +97,13 @@ def test_names_no_curated_set_knows_take_the_genes_their_definitions_name():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         g = knowledge_markers(["gamma cell", "beta cell"], genes)
-    assert g["gamma cell"]  # from the gene descriptions (which go by the word: "gamma" -> IFNG, as warned)
-    assert any(issubclass(w.category, ScelmoWarning) and "'gamma cell'" in str(w.message) for w in caught)
+    assert set(g["gamma cell"]) == {"PPY"}
+    assert not any(issubclass(w.category, ScelmoWarning) for w in caught)
+    # a name no tier knows still falls back to the descriptions, with the warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        knowledge_markers(["zeta cell", "beta cell"], genes)
+    assert any(issubclass(w.category, ScelmoWarning) and "'zeta cell'" in str(w.message) for w in caught)
 
 
 @pytest.mark.parametrize("species, names", [
@@ -155,7 +161,10 @@ def test_names_with_no_gene_take_the_definition_of_the_one_type_they_match():
                                                  ["ductal cell", "gamma cell", "CD34+ progenitor cell", "alpha cell"],
                                                  genes, genes)
     assert "ducts of the pancreas" in definitions["ductal cell"]
-    assert "gamma cell" not in definitions  # matches no type: the name itself
+    assert "pancreatic polypeptide" in definitions["gamma cell"]  # its other name: the PP cell
+    _, _, definitions = _curated_markers(describer, roles.vocabulary(describer), ["zeta cell", "alpha cell"],
+                                         genes, genes)
+    assert "zeta cell" not in definitions  # matches no type: the name itself
     assert "CD34+ progenitor cell" not in definitions  # several types: no single definition
     assert "ductal cell" in unmatched and "alpha cell" not in unmatched  # alpha: GCG from its definition
 

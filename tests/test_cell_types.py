@@ -95,13 +95,13 @@ def test_marker_weights_shares_and_specificity(vocab):
 
 
 def test_a_broader_candidate_does_not_take_a_narrower_ones_markers(vocab, known):
-    """ "non-classical monocyte" matches both the CD14+ and the CD16+ monocyte sets: beside
-    "CD14+ monocyte" it keeps only what tells CD16+ monocytes apart, and CD14 keeps its own."""
+    """ "monocyte" matches both the CD14+ and the CD16+ monocyte sets: beside "CD14+ monocyte"
+    it keeps only what tells CD16+ monocytes apart, and CD14 keeps its own."""
     alone = cell_type_marker_genes(["CD14+ monocyte", "B cell"], known, vocab)
-    w = cell_type_marker_genes(["CD14+ monocyte", "non-classical monocyte", "B cell"], known, vocab)
+    w = cell_type_marker_genes(["CD14+ monocyte", "monocyte", "B cell"], known, vocab)
     assert w["CD14+ monocyte"] == alone["CD14+ monocyte"]
     assert {"CD14", "VCAN", "S100A8"} <= set(w["CD14+ monocyte"])
-    broad = w["non-classical monocyte"]
+    broad = w["monocyte"]
     assert "FCGR3A" in broad and not {"CD14", "VCAN", "S100A8"} & set(broad)
     # "CD4 T cell" also takes in the general "T cell" types, but it is no broader than "T cell":
     # the T-cell genes "T cell" shares with it still count only as far as they mark it more
@@ -110,6 +110,28 @@ def test_a_broader_candidate_does_not_take_a_narrower_ones_markers(vocab, known)
     # two names that match the same types still keep the same markers
     same = cell_type_marker_genes(["NK cell", "natural killer cell", "B cell"], known, vocab)
     assert same["NK cell"] == same["natural killer cell"] and "GNLY" in same["NK cell"]
+
+
+def test_other_names_short_forms_and_the_datas_species(vocab, known):
+    """Trial findings: "classical monocyte" matched only the mouse set (Ly6C-high markers) in
+    human data; "non-classical monocyte" took the CD14+ set beside the CD16+ one; "Macro" and
+    "Neutro" matched nothing."""
+    m = match_cell_types(["classical monocyte", "non-classical monocyte", "Macro", "Neutro"], known, vocab)
+    assert _names(m["non-classical monocyte"]) == ["CD16+ Monocyte"] and m["non-classical monocyte"].exact
+    assert {("CD14+ Monocyte", "human"), ("Classical monocyte", "mouse")} == {
+        (k.name, k.species) for k in m["classical monocyte"].types}
+    assert "Macrophage" in _names(m["Macro"]) and _names(m["Neutro"]) == ["Neutrophil"]
+    human = match_cell_types(["classical monocyte", "B cell", "Macro"], known, vocab, species="human")
+    assert {(k.name, k.species) for k in human["classical monocyte"].types} == {("CD14+ Monocyte", "human")}
+    assert {k.species for k in human["B cell"].types} == {"human"}
+    mouse = match_cell_types(["classical monocyte", "B cell"], known, vocab, species="mouse")
+    assert {(k.name, k.species) for k in mouse["classical monocyte"].types} == {("Classical monocyte", "mouse")}
+    assert {k.species for k in mouse["B cell"].types} == {"mouse"}
+    # a species no set of the name has keeps every match
+    only_mouse = match_cell_types(["patrolling monocyte"], known, vocab, species="human")["patrolling monocyte"]
+    assert {k.species for k in only_mouse.types} == {"mouse"}
+    w = marker_weights(human, known)
+    assert {"CD14", "VCAN", "S100A8"} <= set(w["classical monocyte"]) and "CCR2" not in w["classical monocyte"]
 
 
 def test_marker_sets_resolve_mouse_symbols_to_human(vocab):

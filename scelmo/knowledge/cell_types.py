@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CellTypeMarkers", "CellTypeMatch", "match_cell_types", "marker_weights", "cell_type_marker_genes",
+__all__ = ["CellTypeMarkers", "CellTypeMatch", "EQUIVALENT_NAMES", "match_cell_types", "marker_weights", "cell_type_marker_genes",
            "name_terms", "parse_name"]
 
 
@@ -62,6 +62,18 @@ SYNONYMS: Mapping[str, tuple[str, ...]] = {
     "th1": ("helper", "1", "t"), "th2": ("helper", "2", "t"), "th17": ("helper", "17", "t"),
     "ilc1": ("innate", "lymphoid", "1"), "ilc2": ("innate", "lymphoid", "2"), "ilc3": ("innate", "lymphoid", "3"),
     "haematopoietic": ("hematopoietic",),
+    # short forms common in annotation labels ("Macro", "Neutro", "Endo")
+    "macro": ("macrophage",), "neutro": ("neutrophil",), "fibro": ("fibroblast",), "endo": ("endothelial",),
+    "epi": ("epithelial",), "baso": ("basophil",), "eos": ("eosinophil",), "mk": ("megakaryocyte",),
+    "lympho": ("lymphocyte",),
+}
+
+#: Names for one type that share no words, keyed by the normalised words of one of them
+#: (:func:`parse_name`): a candidate also matches what its other name matches.
+EQUIVALENT_NAMES: Mapping[tuple[str, ...], str] = {
+    ("classical", "monocyte"): "CD14+ monocyte",
+    ("nonclassical", "monocyte"): "CD16+ monocyte",
+    ("gamma",): "PP cell",  # the pancreatic islet's gamma cell (not a gamma-delta T cell)
 }
 _STOP = frozenset({"cell", "cells", "positive", "and", "of", "the", "like", "type", "lineage", "derived"})
 _NEGATIONS = frozenset({"negative", "neg", "non"})
@@ -156,7 +168,7 @@ class CellTypeMatch:
 
 
 def match_cell_types(
-    candidates: Sequence[str], known: Sequence[CellTypeMarkers], vocab: Any
+    candidates: Sequence[str], known: Sequence[CellTypeMarkers], vocab: Any, *, species: str | None = None
 ) -> dict[str, CellTypeMatch]:
     """For each candidate name, the known cell types it matches (see the module docstring).
 
@@ -164,7 +176,33 @@ def match_cell_types(
     best-scoring type has no extra words, the best-scoring types are the match (exact).
     Otherwise the name is broader than every known type (``"CD8 T cell"`` against naive,
     central- and effector-memory CD8 T cells) and all types within 0.5 of the best match.
+    A name with another name in :data:`EQUIVALENT_NAMES` ("classical monocyte": "CD14+
+    monocyte") also matches what that one matches. With ``species`` (the data's), a name that
+    matches types of that species drops the other species' matches: a human "classical
+    monocyte" takes the human CD14+ monocyte markers, not the mouse Ly6C-high ones.
     """
+    out = _match(candidates, known, vocab)
+    words = {str(c): parse_name(c, vocab)[0] for c in candidates}
+    alt = {c: EQUIVALENT_NAMES.get(tuple(w)) for c, w in words.items()}
+    other = _match(sorted({a for a in alt.values() if a}), known, vocab)
+    for cand, a in alt.items():
+        if a is None or not other[a].types:
+            continue
+        # the other name's matches, and those of its own that have all its words (the mouse
+        # "Classical monocyte"; not "CD14+ Monocyte" for "non-classical monocyte")
+        mine = tuple(k for k in out[cand].types if set(words[cand]) <= set(name_terms(k.name, vocab)[0]))
+        theirs = other[a]
+        out[cand] = CellTypeMatch(tuple(dict.fromkeys(mine + theirs.types)),
+                                  theirs.exact or (bool(mine) and out[cand].exact), out[cand].absent)
+    if species is not None:
+        for cand, m in out.items():
+            own = tuple(k for k in m.types if k.species == species)
+            if own and len(own) < len(m.types):
+                out[cand] = CellTypeMatch(own, m.exact, m.absent)
+    return out
+
+
+def _match(candidates: Sequence[str], known: Sequence[CellTypeMarkers], vocab: Any) -> dict[str, CellTypeMatch]:
     terms = []
     for k in known:
         own, genes = name_terms(k.name, vocab)

@@ -153,7 +153,8 @@ def knowledge_markers(
     if curated_genes is not None:
         pool = [str(g) for g in curated_genes]
         pool_symbols = vocab.resolve(pool, species=settings.genes.species).symbols if vocab is not None else pool
-    curated, unmatched, definitions = _curated_markers(describer, vocab, cell_types, pool, pool_symbols)
+    curated, unmatched, definitions = _curated_markers(describer, vocab, cell_types, pool, pool_symbols,
+                                                       species=res.species if res is not None else None)
     out = {name: w for name, w in curated.items() if w}
     rest = [t for t in cell_types if str(t) not in out]
     if not rest:
@@ -212,14 +213,16 @@ _DEFINITION_CONSENSUS = 0.5
 
 
 def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], genes: list[str],
-                     symbols: Sequence[str | None]) -> tuple[dict[str, dict[str, float]], list[str], dict[str, str]]:
+                     symbols: Sequence[str | None], *, species: str | None = None,
+                     ) -> tuple[dict[str, dict[str, float]], list[str], dict[str, str]]:
     """``{type: {gene: weight}}`` from the knowledge source's curated cell-type marker sets
     (:mod:`scelmo.knowledge.cell_types`) and, for names none of them matches, from the genes
     cell-type definitions name (:meth:`~scelmo.plugin.KnowledgeSource.cell_type_definition_markers`),
     restricted to ``genes``, with the genes the name itself names (weight 1), and empty
     where none is usable; the names that no known type
     with markers matches (not: matched, but its markers are not in ``genes``); and, for
-    names matched to one defined type only, its definition."""
+    names matched to one defined type only, its definition. A curated set of the data's
+    ``species`` is preferred to the other species' set for the same name."""
     if not isinstance(describer, KnowledgeSource):
         return {}, [], {}
     names = [str(t) for t in cell_types]
@@ -231,7 +234,8 @@ def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], gene
         types = tier() if rest else []
         if types:  # the first tier that matches a name decides its markers
             known += types
-            found = {n: m for n, m in match_cell_types(rest, types, vocab).items() if m.types or n not in matches}
+            found = {n: m for n, m in match_cell_types(rest, types, vocab, species=species if level == 0 else None).items()
+                     if m.types or n not in matches}
             matches.update(found)
             if level == 1:
                 # definitions mention genes in passing ("reportedly CD7-positive"): a name
