@@ -36,6 +36,8 @@ GENE_SYMBOL = "scelmo_symbol"
 GENES_USED = "scelmo_genes_used"
 #: ``obs`` column of predicted labels.
 LABEL = "scelmo_label"
+#: The label of a cell no type fits, or with no evidence for any (it expresses none of the genes).
+UNKNOWN_LABEL = "unknown"
 #: ``obsm`` key of the embedding learned by a fine-tuned annotation model (``scelmo.Model``).
 X_SCELMO_FINETUNED = "X_scelmo_finetuned"
 #: ``obsm`` key of the batch-corrected embedding of an integration model.

@@ -627,9 +627,12 @@ def predict(
             "n_missing": n_missing, "n_model_genes": len(genes),
         }
         if model.head.supports("labels"):
-            probs = model.predict(aligned_adata, method=method, return_probabilities=True,
-                                  k=None if k is None else int(k))
+            with warnings.catch_warnings():  # (said below, in R's terms)
+                warnings.filterwarnings("ignore", message=".*express none of the genes the model has vectors")
+                probs = model.predict(aligned_adata, method=method, return_probabilities=True,
+                                      k=None if k is None else int(k))
             P = probs.to_numpy(dtype=np.float64)
+            empty = empty | np.isnan(P).all(1)  # (also cells whose only genes have no vector)
             classes = [str(c) for c in probs.columns]
             score = P.max(1)
             if method == "knn":  # vote shares, less the 1e-6 tie-break the head adds to the nearest cell's class

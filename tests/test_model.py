@@ -290,3 +290,27 @@ def test_predict_options_and_a_removed_labels_column_are_clear_errors(trained, s
     del a.obs["bulk_labels"]
     with pytest.raises(InputError, match=r"no column 'bulk_labels', registered as labels_key.*setup_anndata"):
         model.train(max_epochs=1)
+
+
+@pytest.mark.parametrize("method", ["knn", "classifier"])
+def test_cells_expressing_none_of_the_models_genes_are_unknown(trained, split, method):
+    """Trial finding: an empty cell got a class (the one its zero vector happened to be
+    nearest) with a confident score; now it is "unknown", score 0, probabilities NaN."""
+    from scelmo.errors import ScelmoWarning
+
+    _, test = split
+    q = test[:12].copy()
+    X = q.X.toarray() if hasattr(q.X, "toarray") else np.array(q.X)
+    X[[2, 7]] = 0.0
+    q.X = X
+    if q.raw is not None:
+        q.raw = q.copy()  # (the model reads raw when set up so; keep it in step)
+    with pytest.warns(ScelmoWarning, match=r"2 of 12 cells express none of the genes"):
+        probs = trained.predict(q, method=method, return_probabilities=True, key_added=keys.LABEL)
+    assert np.isnan(probs.iloc[[2, 7]].to_numpy()).all() and not np.isnan(probs.drop(probs.index[[2, 7]])).any().any()
+    labels = q.obs[keys.LABEL].astype(str).to_numpy()
+    assert (labels[[2, 7]] == "unknown").all() and "unknown" not in np.delete(labels, [2, 7])
+    assert (q.obs[f"{keys.LABEL}_score"].to_numpy()[[2, 7]] == 0).all()
+    assert list(q.obs[keys.LABEL].cat.categories) == [*trained.head.classes, "unknown"]
+    with pytest.warns(ScelmoWarning):
+        assert list(trained.predict(q, method=method)[[2, 7]]) == ["unknown", "unknown"]

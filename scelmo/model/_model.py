@@ -33,6 +33,7 @@ by :meth:`Model.load` is registered in memory only, keyed by the object.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ import scipy.sparse as sp
 
 from scelmo import keys, provenance, tl
 from scelmo import plugin as plugins
-from scelmo.errors import InputError, ScelmoError
+from scelmo.errors import InputError, ScelmoError, ScelmoWarning
 from scelmo.expression.matrix import iter_row_chunks, select_matrix
 from scelmo.genes import GeneEmbeddings
 from scelmo.model._save_load import read_model, save_model
@@ -307,6 +308,9 @@ class Model:
         device
             Torch device for the forward pass (default: the device it was trained on;
             ``"auto"`` for a loaded model).
+
+        Cells that express none of the genes the model has vectors for carry no evidence:
+        they are labelled ``"unknown"`` with score 0 (probabilities NaN), with a warning.
         """
         import pandas as pd
 
@@ -327,16 +331,30 @@ class Model:
             raise ScelmoError(f"The {self.head_name!r} head has no kNN vote; use method='classifier' (or 'auto').")
         target = self.adata if adata is None else adata
         classes = list(self.head.classes)
+        X, names, E = self.get_expression(target)
         if method == "classifier":
-            X, names, E = self.get_expression(target)
             probs = np.asarray(self.head.predict_proba(X, gene_vectors=E, gene_names=names, device=device))
         else:
-            z = self.get_latent_representation(target, device=device)
+            z = np.asarray(self.head.transform(X, gene_vectors=E, gene_names=names, device=device), dtype=np.float32)
             probs = self.head.knn_fractions(z, k=k)
-        labels = np.asarray(classes, dtype=object)[probs.argmax(1)].astype(str)
+        probs = np.array(probs, dtype=np.float64)
+        labels = np.asarray(classes, dtype=object)[probs.argmax(1)].astype(object)
+        score = probs.max(1)
+        empty = _expresses_none(X, E)
+        if empty.any():  # no evidence for any class (tl.annotate's convention)
+            warnings.warn(
+                f"{int(empty.sum())} of {len(empty)} cells express none of the genes the model has vectors for; "
+                f"they are labelled {keys.UNKNOWN_LABEL!r} with score 0 (probabilities NaN). Filter them first "
+                "(`sc.pp.filter_cells(adata, min_genes=1)`) or check the gene names match the model's.",
+                ScelmoWarning, stacklevel=2)
+            labels[empty] = keys.UNKNOWN_LABEL
+            score[empty] = 0.0
+            probs[empty] = np.nan
+        labels = labels.astype(str)
         if key_added:
-            target.obs[key_added] = pd.Categorical(labels, categories=classes)
-            target.obs[f"{key_added}_score"] = probs.max(1).astype(np.float32)
+            cats = classes + ([keys.UNKNOWN_LABEL] if empty.any() and keys.UNKNOWN_LABEL not in classes else [])
+            target.obs[key_added] = pd.Categorical(labels, categories=cats)
+            target.obs[f"{key_added}_score"] = score.astype(np.float32)
             provenance.record(target, "predict", {"head": self.head_name, "method": method, "key_added": key_added})
         if return_probabilities:
             return pd.DataFrame(probs, index=target.obs_names, columns=classes)
@@ -435,6 +453,14 @@ class Model:
         state = "trained" if self.is_trained else "not trained"
         n = getattr(self.adata, "n_obs", "?")
         return f"scelmo.Model(head={self.head_name!r}, {state}, genes={len(self.gene_table)} x {self.gene_table.dim}, cells={n})"
+
+
+def _expresses_none(X: Any, E: np.ndarray) -> np.ndarray:
+    """Cells (rows of ``X``) with no non-zero value in a gene that has a vector (a row of ``E``)."""
+    cols = np.flatnonzero(np.abs(E).sum(1) > 0)
+    sub = X[:, cols]
+    nnz = (sp.csr_matrix(sub) != 0).getnnz(axis=1) if sp.issparse(sub) else np.count_nonzero(np.nan_to_num(sub), axis=1)
+    return np.asarray(nnz).ravel() == 0
 
 
 def _lookup_names(adata: Any, names: list[str]) -> list[str]:

@@ -333,7 +333,7 @@ def annotate(
     k: int = 10,
     use_rep: str = keys.X_SCELMO,
     min_score: float = 0.0,
-    unknown_label: str = "unknown",
+    unknown_label: str = keys.UNKNOWN_LABEL,
     temperature: float = 0.05,
     config: Any = None,
     key_added: str = keys.LABEL,
