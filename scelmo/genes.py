@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from scelmo.conditioning import DEFAULT_COMPONENTS, Conditioning
-from scelmo.errors import InputError, IntegrityError, ScelmoError
+from scelmo.errors import InputError, IntegrityError
 from scelmo.io import atomic_dir, sha256_file
 
 _ENSEMBL = re.compile(r"^(ENS(?:MUS)?G\d{11})(?:\.\d+)?$", re.IGNORECASE)
@@ -348,8 +348,10 @@ class GeneEmbeddings:
         """Read a directory written by :meth:`save`, verifying its checksums."""
         path = Path(path)
         mpath = path / "manifest.json"
-        if not mpath.is_file():
-            raise ScelmoError(f"{path} is not a saved GeneEmbeddings directory (no manifest.json).")
+        if not mpath.is_file():  # a wrong path is the caller's input, not a failure here
+            what = "does not exist" if not path.exists() else "is not a saved GeneEmbeddings directory (no manifest.json)"
+            raise InputError(f"{path} {what}. Pass a directory written by `GeneEmbeddings.save` or "
+                             "`scelmo embed-genes`, or leave it out to use the configured gene table.")
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
         for fname, digest in manifest.get("files", {}).items():
             fpath = path / fname

@@ -99,6 +99,11 @@ def test_gene_embeddings_roundtrip_and_checksum(tmp_path):
     with pytest.raises(IntegrityError, match="checksum"):
         GeneEmbeddings.load(path)
     assert not list(tmp_path.glob(".ge*"))  # no temporary leftovers
+    # a wrong path is an input error (R: scelmo_input_error), saying what to pass
+    with pytest.raises(InputError, match="does not exist.*scelmo embed-genes"):
+        GeneEmbeddings.load(tmp_path / "nowhere")
+    with pytest.raises(InputError, match="not a saved GeneEmbeddings directory"):
+        GeneEmbeddings.load(tmp_path)
 
 
 def test_gene_embeddings_validation_and_alignment():

@@ -3,8 +3,9 @@
 #' Two modes: **kNN label transfer** from an annotated `reference` Seurat
 #' object (its `ref.labels` metadata column), or **zero-shot** annotation from
 #' a character vector of `cell.types` (each cell gets the type whose text
-#' embedding is most similar). Adds the columns `label.name` (the label) and
-#' `paste0(label.name, "_score")` (its score) to `meta.data`.
+#' embedding is most similar). Adds the columns `label.name` (the label, a factor
+#' whose levels are the candidate types or the reference's labels, then "unknown")
+#' and `paste0(label.name, "_score")` (its score) to `meta.data`.
 #'
 #' An existing scelmo reduction (`object[[reduction]]`, and
 #' `reference[[reduction]]`) is reused; otherwise cells are embedded first.
@@ -142,6 +143,7 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
       col <- "scelmo_ref_labels"
     }
     if (all(is.na(labels))) .abort("All reference labels are NA.", "scelmo_input_error")
+    known <- if (is.factor(labels)) levels(labels) else sort(unique(as.character(labels[!is.na(labels)])))
     meta <- data.frame(as.character(labels), stringsAsFactors = FALSE)
     names(meta) <- col
     ref <- .annotate_input(reference, if (explicit) assay else NULL, layer, reduction, meta = meta,
@@ -154,6 +156,7 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
       cell.types <- names(cell.types)
     }
     cell.types <- as.character(cell.types)
+    known <- unique(cell.types)
     if (length(cell.types) == 0 || anyNA(cell.types) || any(!nzchar(cell.types)) ||
         anyNA(texts) || any(!nzchar(texts %||% "x"))) {
       .abort("`cell.types` must be non-empty, non-NA cell-type names.", "scelmo_input_error")
@@ -167,5 +170,8 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
   labels <- .decode_strings(res$labels, n)
   labels[as.logical(as.integer(res$label_na))] <- NA_character_
   scores <- readBin(res$scores, "double", n = n, size = 8, endian = "little")
-  list(labels = labels, scores = scores)
+  # a factor, as Seurat's own labels (Idents, PredictScELMo): the candidate types or the
+  # reference's labels in their order, then any other label given ("unknown")
+  found <- unique(labels[!is.na(labels)])
+  list(labels = factor(labels, levels = c(known, sort(setdiff(found, known)))), scores = scores)
 }

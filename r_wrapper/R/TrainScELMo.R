@@ -221,8 +221,25 @@ TrainScELMo.default <- function(object, labels = NULL, batch = NULL, head = "ann
     history = history,
     normalize = info$normalize,
     version = info$version,
-    path = path
+    # where it was saved: kept in an environment, so SaveScELMoModel(model, path) records it
+    # in every copy of the handle (R copies the list; the Python model is one object)
+    state = .model_state(path)
   ), class = "scelmo_model")
+}
+
+.model_state <- function(path) {
+  state <- new.env(parent = emptyenv())
+  state$path <- path
+  state
+}
+
+#' @export
+`$.scelmo_model` <- function(x, name) {
+  if (identical(name, "path")) {
+    state <- .subset2(x, "state")
+    return(if (is.environment(state)) state$path else .subset2(x, "path"))
+  }
+  .subset2(x, name)
 }
 
 .train_line <- function(model) {
@@ -295,7 +312,8 @@ print.scelmo_model <- function(x, ...) {
 #' @param model A `scelmo_model` from [TrainScELMo()] or `LoadScELMoModel()`.
 #' @param path Directory to write / read.
 #' @param overwrite Replace an existing directory.
-#' @return `SaveScELMoModel()`: the model with `path` set, invisibly.
+#' @return `SaveScELMoModel()`: the model, invisibly; its `path` is set in every
+#'   copy of the handle (no need to reassign `model`).
 #'   `LoadScELMoModel()`: a `scelmo_model`.
 #' @examples
 #' \dontrun{
@@ -309,7 +327,12 @@ SaveScELMoModel <- function(model, path, overwrite = FALSE) {
     .abort("`path` must be one directory name.", "scelmo_input_error")
   }
   res <- .call_bridge("save", py, path.expand(path), overwrite = isTRUE(overwrite))
-  model$path <- res$path
+  state <- .subset2(model, "state")
+  if (is.environment(state)) {
+    state$path <- res$path  # (every copy of the handle, the caller's included)
+  } else {
+    model$path <- res$path
+  }
   invisible(model)
 }
 

@@ -130,7 +130,9 @@
   "\\bspecies=" = "`species =`",
   "\\bscelmo config show\\b" = "`scelmo_config_show()`",
   "\\bsc\\.pp\\.filter_cells\\b" = "`subset(object, subset = nFeature_RNA > 0)` (cells with no counts)",
-  "\\badata\\.var_names\\b" = "row names of the counts that are gene symbols or Ensembl IDs"
+  "\\badata\\.var_names\\b" = "row names of the counts that are gene symbols or Ensembl IDs",
+  "\\bgene_stats=" = "`AnnotateScELMo(object, reference = ref, ...)` (the query is embedded with the reference's statistics)",
+  "\\buse_raw=True\\b" = "`layer = \"counts\"` (raw counts)"
 )
 
 .in_r <- function(msg) {

@@ -95,9 +95,14 @@ test_that("bad input gives classed R errors and leaves the object unchanged", {
   # Python's advice names Python arguments: the R equivalents are added
   e <- expect_error(RunScELMo(toy_counts()[, 1, drop = FALSE], verbose = FALSE), class = "scelmo_input_error")
   expect_match(conditionMessage(e), "In R: `features =` \\(RunScELMo\\); `flavor =`")
+  expect_match(conditionMessage(e), "reference = ref")  # for `gene_stats=`
+  expect_match(scelmo:::.in_r("Pass `layer=` with counts, or `use_raw=True`."), "In R: `layer = \"counts\"`", fixed = FALSE)
   expect_identical(scelmo:::.in_r("nothing Pythonic here"), "nothing Pythonic here")
   expect_identical(scelmo:::.in_r("set n_species=3"), "set n_species=3")  # whole names only
   expect_length(scelmo:::.in_r(c("first line", "use `n_top_genes=`")), 2)
+  # a gene.embeddings directory that is not there is the caller's input, not a Python failure
+  expect_error(RunScELMo(seu, config = list(gene.embeddings = file.path(tempdir(), "no_such_table")),
+                         verbose = FALSE), class = "scelmo_input_error", regexp = "does not exist")
   # NA would reach Python as True: refused, in config lists and in shortcuts alike
   expect_error(RunScELMo(seu, config = list(aggregate.l2_normalize = NA), verbose = FALSE),
                class = "scelmo_input_error", regexp = "aggregate.l2_normalize. is NA")

@@ -6,6 +6,9 @@ test_that("AnnotateScELMo: kNN transfer from a reference adds label and score co
   expect_true(all(c("scelmo_label", "scelmo_label_score") %in% colnames(out[[]])))
   expect_true(all(out$scelmo_label %in% c("T", "B", "Mono")))
   expect_gt(mean(out$scelmo_label == as.character(query$group)), 0.8)
+  # a factor, as PredictScELMo's and Seurat's own labels; levels: the reference's labels
+  expect_s3_class(out$scelmo_label, "factor")
+  expect_identical(levels(out$scelmo_label)[1:3], levels(ref$group))
   expect_true(all(out$scelmo_label_score >= 0 & out$scelmo_label_score <= 1))
   # labels as a vector, and a reference without a scelmo reduction
   out2 <- AnnotateScELMo(query, reference = toy_seurat(90), ref.labels = as.character(ref$group),
@@ -19,6 +22,7 @@ test_that("AnnotateScELMo: zero-shot from cell-type names", {
   out <- AnnotateScELMo(seu, cell.types = c("T cell", "B cell", "monocyte"), verbose = FALSE)
   # knowledge-derived marker genes, per cluster; a cluster no candidate fits is "unknown"
   expect_true(all(out$scelmo_label %in% c("T cell", "B cell", "monocyte", "unknown")))
+  expect_identical(levels(out$scelmo_label)[1:3], c("T cell", "B cell", "monocyte"))  # the order given
   expect_gt(mean(out$scelmo_label[out$group == "B"] == "B cell"), 0.5)
   lab <- AnnotateScELMo(toy_counts(10), cell.types = c(T = "T lymphocyte", B = "B lymphocyte"),
                         verbose = FALSE)
