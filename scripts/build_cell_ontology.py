@@ -9,7 +9,7 @@ enteroendocrine cell ... that secretes glucagon", "... contains somatostatin",
     python scripts/build_cell_ontology.py wheels/cello_classify-2.1.1-py3-none-any.whl
 
 and keeps, for every CL cell type, its name, its exact, broad and narrow synonyms, its
-first ``is_a`` parent and the human protein-coding genes (or their products) that its
+``is_a`` parents (the first as ``parent``, any others as ``other_parents``) and the human protein-coding genes (or their products) that its
 definition, comment or ``capable_of`` / ``has_plasma_membrane_part`` / ``has_part``
 relations name (canonical human symbols, from the bundled gene table: full gene
 names such as "glucagon" or "cadherin 5", longest first, and symbols or aliases such as
@@ -125,13 +125,14 @@ def build(wheel: Path, out: Path = OUT) -> tuple[str, int]:
     for tid, tags in sorted(terms.items()):
         text = term_text(tags)
         markers = mentioned_genes(text, names, by_length, vocab, coding)
-        parents = [v.split()[0] for v in tags.get("is_a", [])]
-        parent = next((terms[p]["name"][0] for p in parents if p in terms), None)
+        parents = [terms[p]["name"][0] for p in (v.split()[0] for v in tags.get("is_a", [])) if p in terms]
+        parent = parents[0] if parents else None
         synonyms = [m.group(1) for m in (re.match(r'"([^"]+)" (EXACT|BROAD|NARROW)', s) for s in tags.get("synonym", []))
                     if m]
         # a type whose text names no gene is kept (no markers, no text): a name that matches
         # it exactly is known, and is not read as a broader name of its gene-naming subtypes
         records.append({"id": tid, "name": tags["name"][0], "synonyms": synonyms, "parent": parent,
+                        **({"other_parents": parents[1:]} if len(parents) > 1 else {}),
                         "markers": markers, "definition": definition(tags), **({"text": text} if markers else {})})
     doc = {"source": f"Cell Ontology release 2018-07-07 as shipped in cello-classify 2.1.1 ({WHEEL}, sha256 "
                      f"{WHEEL_SHA256}), {MEMBER}",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from scelmo.genes import GeneVocabulary
@@ -208,3 +210,57 @@ def test_definition_votes_count_types_not_synonyms(vocab):
     w = marker_weights(m, known, consensus={"alpha cell": 0.6})["alpha cell"]
     # two types name genes (CL:3 names none): GCG 2/2, TTR 1/2 < 0.6 (by synonyms it would be 3/4)
     assert w == {"GCG": 1.0}
+
+
+@pytest.fixture(scope="module")
+def ontology():
+    from scelmo_local.knowledge import cell_ontology_markers
+
+    return cell_ontology_markers()
+
+
+def test_broad_names_take_in_the_curated_types_below_them_in_the_ontology(vocab, known, ontology):
+    """ "lymphocyte" and "myeloid cell" name no gene in their definitions: they take in the
+    curated types the Cell Ontology puts below them, one per lineage, each a part of a
+    MarkerSet (a cell is scored by its best-fitting part)."""
+    from scelmo.knowledge.cell_types import MarkerSet, match_descendants
+
+    m = match_cell_types(["lymphocyte", "myeloid cell", "endocrine cell"], ontology, vocab)
+    d = match_descendants(m, ontology, known, vocab, species="human")
+    lymph = {k.name for k in d["lymphocyte"].types}
+    assert {"T cell", "B cell", "Natural killer cell"} <= lymph
+    assert not any(k.parent == "T cell" for k in d["lymphocyte"].types)  # one share per lineage
+    assert {k.species for t in d.values() for k in t.types} == {"human"}
+    myeloid = {k.name for k in d["myeloid cell"].types}
+    assert {"CD14+ Monocyte", "CD16+ Monocyte"} <= myeloid and not myeloid & lymph
+    # placed by primary names: the ontology's pancreatic beta cell has the synonym "B cell"
+    assert "B cell" not in {k.name for k in d["endocrine cell"].types}
+    w = marker_weights(d, known)
+    assert isinstance(w["lymphocyte"], MarkerSet) and len(w["lymphocyte"].parts) >= 3
+    t_part = next(p for p in w["lymphocyte"].parts if "CD3E" in p)
+    assert "MS4A1" not in t_part and all(g in w["lymphocyte"] for g in t_part)
+    renamed = w["lymphocyte"].renamed({"CD3E": "ENSG00000198851"})
+    assert dict(renamed) == {"ENSG00000198851": w["lymphocyte"]["CD3E"]} and len(renamed.parts) == 1
+
+
+def test_a_broad_name_is_scored_by_its_best_fitting_part():
+    """A T cell expresses no B-cell gene: "lymphocyte" scores it by its T-cell part, not by
+    the mean over T- and B-cell genes (which put Kang's T cells below average: 0.62 -> 0.97)."""
+    import anndata as ad
+
+    from scelmo.knowledge.cell_types import MarkerSet
+    from scelmo.tl._annotation import marker_match
+
+    rng = np.random.default_rng(0)
+    X = rng.poisson(0.05, size=(90, 6)).astype(np.float32)
+    X[:30, 0:2] += 8  # T cells: CD3D, CD3E
+    X[30:45, 2:4] += 8  # B cells: MS4A1, CD79A (fewer cells)
+    X[45:, 4:6] += 8  # monocytes: LYZ, CD14
+    a = ad.AnnData(X, var=pd.DataFrame(index=["CD3D", "CD3E", "MS4A1", "CD79A", "LYZ", "CD14"]))
+    groups = np.repeat(["t", "b", "m"], [30, 15, 45])
+    t, b = {"CD3D": 1.0, "CD3E": 1.0}, {"MS4A1": 1.0, "CD79A": 1.0, "CD19": 1.0}
+    lymph = MarkerSet({**t, **b}, [t, b])
+    labels, _, S = marker_match(a, {"lymphocyte": lymph, "monocyte": {"LYZ": 1.0, "CD14": 1.0}}, groups)
+    assert list(labels[[0, 30, 60]]) == ["lymphocyte", "lymphocyte", "monocyte"]
+    mean_only = marker_match(a, {"lymphocyte": dict(lymph), "monocyte": {"LYZ": 1.0, "CD14": 1.0}}, groups)[2]
+    assert S[:30, 0].mean() > mean_only[:30, 0].mean() + 0.3

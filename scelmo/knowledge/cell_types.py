@@ -23,11 +23,13 @@ candidate's marker genes. A candidate with no compatible type gets none from her
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CellTypeMarkers", "CellTypeMatch", "EQUIVALENT_NAMES", "match_cell_types", "marker_weights", "cell_type_marker_genes",
+__all__ = ["CellTypeMarkers", "CellTypeMatch", "EQUIVALENT_NAMES", "MarkerSet", "match_cell_types", "match_descendants",
+           "marker_weights", "cell_type_marker_genes",
            "name_terms", "parse_name"]
 
 
@@ -47,6 +49,25 @@ class CellTypeMarkers:
     #: The source's definition of the type ("Epithelial cell found in the ducts of the
     #: pancreas ..."), if it has one.
     definition: str = ""
+    #: Parents besides ``parent``, in an ontology where a type has several (the Cell
+    #: Ontology's monocyte is a myeloid leukocyte and a mononuclear cell).
+    other_parents: tuple[str, ...] = ()
+
+
+class MarkerSet(dict):
+    """A name's ``{gene: weight}``; for a name that covers several types (``"lymphocyte"``:
+    T, B and NK cells, :func:`match_descendants`) also ``parts``, each covered type's own
+    ``{gene: weight}``: a cell is as much the name as it is its best-fitting part, not the
+    average of all (a T cell expresses no B-cell gene)."""
+
+    def __init__(self, weights: Mapping[str, float] | None = None, parts: Sequence[Mapping[str, float]] = ()):
+        super().__init__(weights or {})
+        self.parts: tuple[dict[str, float], ...] = tuple(dict(p) for p in parts if p)
+
+    def renamed(self, names: Mapping[str, str]) -> MarkerSet:
+        """The same set with each gene as ``names`` calls it (genes not in ``names`` dropped)."""
+        return MarkerSet({names[g]: v for g, v in self.items() if g in names},
+                         [{names[g]: v for g, v in p.items() if g in names} for p in self.parts])
 
 
 #: Standard abbreviations in cell-type names, spelt out (both sides are expanded).
@@ -152,6 +173,11 @@ def _head(name: str) -> str:
     return _HEAD_END.split(part, maxsplit=1)[0].strip() or str(name)
 
 
+def _noun(name: str, vocab: Any) -> str:
+    words = name_terms(_head(name), vocab)[0]
+    return words[-1] if words else ""
+
+
 def _shares_gene(a: Sequence[frozenset[str]], b: Sequence[frozenset[str]]) -> int:
     return sum(any(x & y for y in b) for x in a)
 
@@ -165,6 +191,9 @@ class CellTypeMatch:
     exact: bool
     #: Genes the name says are absent ("CD14-negative"): never its markers.
     absent: tuple[frozenset[str], ...] = ()
+    #: Whether the types' parents' markers count too (not when the types are all the
+    #: descendants of the name, :func:`match_descendants`: the parents are among them).
+    parents: bool = True
 
 
 def match_cell_types(
@@ -241,6 +270,57 @@ def _match(candidates: Sequence[str], known: Sequence[CellTypeMarkers], vocab: A
     return out
 
 
+def match_descendants(
+    matches: Mapping[str, CellTypeMatch], ontology: Sequence[CellTypeMarkers], known: Sequence[CellTypeMarkers],
+    vocab: Any, *, species: str | None = None,
+) -> dict[str, CellTypeMatch]:
+    """For names matched to ontology types (records linked by ``parent`` and
+    ``other_parents`` names, e.g. the Cell Ontology's), the ``known`` types that fall below
+    those types, as a broader name's match: "lymphocyte" (whose definition names no gene)
+    takes in the curated T-, B- and NK-cell types (:func:`marker_weights` then scores it by
+    the best-fitting of them, :class:`MarkerSet`).
+
+    A known type falls below when the ontology type its name matches (by primary names only:
+    the ontology's pancreatic beta cell has the synonym "B cell") is a descendant. A type
+    whose parent is among them is left to its parent, so each lineage counts once (the
+    curated sets split T cells ten ways); types of ``species`` are preferred when there
+    are any. Names with no known type below them are left out (the descendants' own
+    definitions are not used: measured on the pancreas sets, "endocrine cell" then took
+    every cluster, as some of its hundreds of definitions fit any).
+    """
+    canonical: dict[str, str] = {}  # an ontology type (its source id) -> its own name
+    children: dict[str, set[str]] = defaultdict(set)  # a type's name -> its child types
+    primary = []
+    for k in ontology:
+        src = k.source or k.name
+        if src not in canonical:
+            canonical[src] = k.name
+            primary.append(k)
+        for parent in (k.parent, *k.other_parents) if k.parent else ():
+            children[parent].add(src)
+    if not matches:
+        return {}
+    placed = match_cell_types([k.name for k in known], primary, vocab)  # each known type in the ontology
+    out: dict[str, CellTypeMatch] = {}
+    for cand, m in matches.items():
+        roots = {k.source or k.name for k in m.types}
+        seen, todo = set(roots), sorted(roots)
+        while todo:
+            for child in sorted(children.get(canonical.get(todo.pop(), ""), ())):
+                if child not in seen:
+                    seen.add(child)
+                    todo.append(child)
+        below = seen - roots
+        types = [k for k in known if any((o.source or o.name) in below for o in placed[k.name].types)]
+        if species is not None and any(k.species == species for k in types):
+            types = [k for k in types if k.species == species]
+        top = {(k.name, k.species) for k in types}
+        types = [k for k in types if not (k.parent and (k.parent, k.species) in top)]
+        if types:
+            out[cand] = CellTypeMatch(tuple(types), False, m.absent, parents=False)
+    return out
+
+
 def cell_type_marker_genes(
     candidates: Sequence[str], known: Sequence[CellTypeMarkers], vocab: Any, *, parent_weight: float = 0.5
 ) -> dict[str, dict[str, float]]:
@@ -280,7 +360,7 @@ def marker_weights(
             share = 1.0 / max(1, len(types))
         else:
             share = 1.0 if match.exact else 1.0 / max(1, len(match.types))
-        for k in match.types if not least else ():  # (a definition's parent: a general type)
+        for k in match.types if not least and match.parents else ():  # (a definition's parent: a general type)
             parent = index.get((k.parent, k.species, k.tissue)) if k.parent else None
             for g in parent.markers if parent is not None else ():
                 w[g] = max(w.get(g, 0.0), parent_weight)
@@ -304,17 +384,21 @@ def marker_weights(
     # as "T cell" beside the CD4 T-cell subsets "CD4 T cell" matches)
     same = {c: frozenset(id(k) for k in m.types if not any(o.parent == k.name for o in m.types))
             for c, m in matches.items()}
-    specific = {}
+    specific: dict[str, dict[str, float]] = {}
     for cand, w in out.items():
         others = [o for c, o in out.items() if c != cand and not same[c] >= same[cand]]
-        specific[cand] = {g: v - max((o.get(g, 0.0) for o in others), default=0.0) for g, v in w.items()}
-        specific[cand] = {g: v for g, v in specific[cand].items() if v > 1e-9}
+        kept = {g: v - max((o.get(g, 0.0) for o in others), default=0.0) for g, v in w.items()}
+        kept = {g: v for g, v in kept.items() if v > 1e-9}
+        match = matches[cand]
+        # a name covering several lineages is scored by its best-fitting one (MarkerSet.parts)
+        parts = [{g: kept[g] for g in k.markers if g in kept} for k in match.types] if not match.parents else []
+        specific[cand] = MarkerSet(kept, parts) if len([p for p in parts if p]) > 1 else kept
     return specific
 
 
 def resolve_marker_sets(records: Iterable[Mapping[str, Any]], vocab: Any) -> list[CellTypeMarkers]:
-    """Records ``{name, parent, species, tissue, markers}`` and optionally ``id`` and
-    ``definition`` (markers as
+    """Records ``{name, parent, species, tissue, markers}`` and optionally ``id``,
+    ``definition`` and ``other_parents`` (markers as
     the source spells them, e.g. mouse symbols) as :class:`CellTypeMarkers` with canonical
     human symbols."""
     out = []
@@ -325,5 +409,6 @@ def resolve_marker_sets(records: Iterable[Mapping[str, Any]], vocab: Any) -> lis
             res = vocab.resolve(markers, species=species)
             markers = [s for s in res.symbols if s]
         out.append(CellTypeMarkers(str(r["name"]), tuple(dict.fromkeys(markers)), r.get("parent"), species,
-                                   str(r.get("tissue", "")), str(r.get("id", "")), str(r.get("definition", ""))))
+                                   str(r.get("tissue", "")), str(r.get("id", "")), str(r.get("definition", "")),
+                                   tuple(str(p) for p in r.get("other_parents", ()))))
     return out

@@ -43,7 +43,14 @@ from scelmo.expression.matrix import select_matrix
 from scelmo.expression.selection import normalize_chunk, should_normalize
 from scelmo.knn import knn_vote, unit_rows
 from scelmo.knowledge import roles
-from scelmo.knowledge.cell_types import SYNONYMS, marker_weights, match_cell_types, parse_name
+from scelmo.knowledge.cell_types import (
+    SYNONYMS,
+    MarkerSet,
+    marker_weights,
+    match_cell_types,
+    match_descendants,
+    parse_name,
+)
 from scelmo.knowledge.descriptions import describe
 from scelmo.plugin import KnowledgeSource, split_phrases
 from scelmo.tl._clustering import cluster
@@ -227,11 +234,13 @@ def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], gene
         return {}, [], {}
     names = [str(t) for t in cell_types]
     known: list[Any] = []
+    tiers: list[list[Any]] = []
     matches: dict[str, Any] = {}
     consensus: dict[str, float] = {}
     for level, tier in enumerate((describer.cell_type_markers, describer.cell_type_definition_markers)):
         rest = [n for n in names if n not in matches or not matches[n].types]
         types = tier() if rest else []
+        tiers.append(types)
         if types:  # the first tier that matches a name decides its markers
             known += types
             found = {n: m for n, m in match_cell_types(rest, types, vocab, species=species if level == 0 else None).items()
@@ -243,6 +252,13 @@ def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], gene
                 consensus.update(dict.fromkeys(found, _DEFINITION_CONSENSUS))
     if not known:
         return {}, [], {}
+    if len(tiers) == 2 and tiers[0] and tiers[1]:
+        # a broad name whose definitions name no gene ("lymphocyte", "myeloid cell") takes in
+        # the curated types of the ontology types below it (T, B, NK cells ...)
+        bare = {n: m for n, m in matches.items() if n in consensus and m.types and not any(k.markers for k in m.types)}
+        for n, m in match_descendants(bare, tiers[1], tiers[0], vocab, species=species).items():
+            matches[n] = m
+            consensus.pop(n)
     definitions = {}
     for n, m in matches.items():
         defined = {k.source or k.name: k.definition for k in m.types if k.definition}
@@ -254,7 +270,7 @@ def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], gene
         # the known types' markers that the data has, and the genes the name itself names
         # ("GCG+ cell", "insulin-producing cell"): a name naming a gene is marked by it even
         # when no known type matches
-        marks = {gene_of[s]: v for s, v in w.items() if s in gene_of}
+        marks = w.renamed(gene_of) if isinstance(w, MarkerSet) else {gene_of[s]: v for s, v in w.items() if s in gene_of}
         known_marks = bool(marks)
         marks.update({g: 1.0 for g in _named_genes(name, vocab, gene_of)})
         # alone, a gene the name names counts only by its symbol or full name, not by an alias
@@ -286,8 +302,10 @@ def marker_match(
     """Type per group from its cells' marker scores; the group's softmax score; the cells x types scores.
 
     A cell's score for a type is the specificity-weighted mean of its markers' standardised
-    log-expression (each gene centred and scaled over the cells); a group takes the type
-    with the highest mean score, or ``None`` when no type's markers are above average.
+    log-expression (each gene centred and scaled over the cells); for a name covering
+    several types (a :class:`~scelmo.knowledge.cell_types.MarkerSet` with ``parts``), the
+    best of its parts' scores. A group takes the type with the highest mean score, or
+    ``None`` when no type's markers are above average.
     """
     matrix, var_names, _ = select_matrix(adata, layer=layer, use_raw=None if layer is None else False)
     X = matrix[:] if not hasattr(matrix, "to_memory") else matrix.to_memory()
@@ -296,16 +314,25 @@ def marker_match(
     col = {str(v): i for i, v in enumerate(var_names)}
     names = list(markers)
     S = np.zeros((adata.n_obs, len(names)))
-    for j, t in enumerate(names):
-        pairs = [(col[g], w) for g, w in markers[t].items() if g in col and w > 0]
+
+    def score(weights: Mapping[str, float]) -> np.ndarray | None:
+        pairs = [(col[g], w) for g, w in weights.items() if g in col and w > 0]
         if not pairs:
-            continue
+            return None
         idx, w = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
         sub = X[:, idx]
         sub = np.asarray(sub.toarray() if hasattr(sub, "toarray") else sub, dtype=np.float64)
         sd = sub.std(axis=0)
         z = np.divide(sub - sub.mean(axis=0), sd, out=np.zeros_like(sub), where=sd > 0)
-        S[:, j] = z @ w / w.sum()
+        return z @ w / w.sum()
+
+    for j, t in enumerate(names):
+        parts = [p for p in (score(part) for part in getattr(markers[t], "parts", ())) if p is not None]
+        whole = score(markers[t]) if not parts else None
+        if parts:  # a name covering several types: each cell's best-fitting one
+            S[:, j] = np.max(parts, axis=0)
+        elif whole is not None:
+            S[:, j] = whole
     labels = np.empty(adata.n_obs, dtype=object)
     score = np.zeros(adata.n_obs, dtype=np.float32)
     for g in np.unique(groups):
