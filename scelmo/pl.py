@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from typing import Any
 
 import numpy as np
 
 from scelmo import keys
-from scelmo.errors import ScelmoError
+from scelmo.errors import InputError, ScelmoError
 from scelmo.io import atomic_path
 from scelmo.metrics import confusion
 
@@ -30,7 +32,9 @@ def embedding(
     ----------
     basis
         ``obsm`` key with 2-D coordinates; default the UMAP of the scelmo graph
-        (run :func:`scelmo.tl.cluster` and :func:`scelmo.tl.umap` first).
+        (run :func:`scelmo.tl.cluster` and :func:`scelmo.tl.umap` first). As in scanpy,
+        the ``X_`` prefix may be left out: ``basis="umap"`` reads ``obsm["X_umap"]``
+        (``obsm["umap"]`` when that key exists itself).
     adata
         Cells with ``adata.obsm[basis]``.
     color
@@ -48,9 +52,7 @@ def embedding(
     show = _begin(save, show)
     import scanpy as sc
 
-    if basis not in adata.obsm:
-        hint = "Run `scelmo.tl.cluster(adata)` and `scelmo.tl.umap(adata)` first." if basis == keys.UMAP else ""
-        raise ScelmoError(f"adata.obsm[{basis!r}] not found. {hint}".strip())
+    basis = _resolve_basis(adata, basis)
     if adata.obsm[basis].shape[1] < 2:
         raise ScelmoError(f"adata.obsm[{basis!r}] has fewer than 2 columns; cannot plot it.")
     if color is not None:
@@ -60,6 +62,22 @@ def embedding(
             raise ScelmoError(f"Cannot colour by {missing}: not in adata.obs columns or var_names.")
     fig = sc.pl.embedding(adata, basis=basis, color=color, title=title, show=False, return_fig=True, **kwargs)
     return _finish(fig, save, show, dpi)
+
+
+def _resolve_basis(adata: Any, basis: str) -> str:
+    """The ``obsm`` key of ``basis``: ``basis`` itself, else ``"X_" + basis`` (scanpy's rule)."""
+    for key in (basis, f"X_{basis}"):
+        if key in adata.obsm:
+            return key
+    tried = f"adata.obsm[{basis!r}]" + ("" if basis.startswith("X_") else f" (or [{'X_' + basis!r}])")
+    available = ", ".join(map(repr, adata.obsm.keys())) or "none"
+    if basis in (keys.UMAP, keys.UMAP[2:]):
+        hint = "Run `scelmo.tl.cluster(adata)` and `scelmo.tl.umap(adata)` first, or pass basis=."
+    elif basis in (keys.SCANPY_UMAP, keys.SCANPY_UMAP[2:]):
+        hint = "Run `scelmo.tl.umap(adata)` (it also writes obsm['X_umap']) or `sc.tl.umap(adata)` first, or pass basis=."
+    else:
+        hint = "Pass basis= one of the available keys."
+    raise ScelmoError(f"{tried} not found (available obsm keys: {available}). {hint}")
 
 
 def _begin(save: str | os.PathLike[str] | None, show: bool | None) -> bool:
@@ -86,6 +104,36 @@ def _finish(fig: Any, save: str | os.PathLike[str] | None, show: bool | None, dp
     return fig
 
 
+#: scib-metrics' ``Benchmarker.get_results()``: the row that names each column's kind of metric.
+_SCIB_METRIC_TYPE = "Metric Type"
+#: scib-metrics' names of the aggregate columns, under the column names scelmo uses by default.
+_SCIB_AGGREGATES = {"bio_score": "Bio conservation", "batch_score": "Batch correction", "total": "Total"}
+
+
+def _method_table(table: Any, method_col: str) -> Any:
+    """A table of one row per method, with a ``method_col`` column and float metric columns.
+
+    Takes a tidy table (a DataFrame or list of dicts with a ``method_col`` column) or a
+    DataFrame whose index names the methods (a named or non-numeric index), such as
+    scib-metrics' ``Benchmarker.get_results()`` (index ``"Embedding"``): its
+    ``"Metric Type"`` row is dropped and its object columns, all numbers once that row is
+    gone, become floats. Text columns stay text.
+    """
+    import pandas as pd
+
+    df = pd.DataFrame(table)
+    if _SCIB_METRIC_TYPE in df.index:
+        df = df.drop(index=_SCIB_METRIC_TYPE)
+    index_names_methods = df.index.name is not None or not pd.api.types.is_numeric_dtype(df.index.dtype)
+    if method_col not in df.columns and index_names_methods and len(df):
+        df = df.rename_axis(method_col).reset_index()
+    for c in df.columns:
+        if c != method_col and pd.api.types.is_object_dtype(df[c].dtype):
+            with contextlib.suppress(TypeError, ValueError):  # else a text column: not a metric
+                df[c] = pd.to_numeric(df[c]).astype(float)
+    return df
+
+
 def metrics_bar(
     table: Any,
     *,
@@ -102,11 +150,13 @@ def metrics_bar(
     ----------
     table
         A pandas DataFrame (or list of dicts) with one row per method, a ``method_col``
-        column and one numeric column per metric.
+        column and one numeric column per metric. The methods may instead be the index
+        (a named or text index), as in scib-metrics' ``Benchmarker.get_results()``,
+        which is taken as it is (its ``"Metric Type"`` row is dropped).
     metrics
         Columns to plot (default: every numeric column).
     method_col
-        Column naming the methods.
+        Column naming the methods (used when the table has it; else the index).
     title
         Figure title.
     save
@@ -124,10 +174,19 @@ def metrics_bar(
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    df = pd.DataFrame(table)
+    df = _method_table(table, method_col)
     if method_col not in df:
-        raise ScelmoError(f"Column {method_col!r} not found; pass method_col=.")
-    metrics = metrics or [c for c in df.columns if c != method_col and pd.api.types.is_numeric_dtype(df[c])]
+        raise ScelmoError(f"Column {method_col!r} not found (columns: {', '.join(map(str, df.columns))}); "
+                          "pass method_col=, or give the methods as the table's index.")
+    numeric = [c for c in df.columns if c != method_col and pd.api.types.is_numeric_dtype(df[c])]
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    if metrics:
+        absent = [m for m in metrics if m not in numeric]
+        if absent:
+            raise InputError(f"Metric(s) {absent} not numeric columns of the table (available: "
+                             f"{', '.join(map(str, numeric)) or 'none'}); pass metrics= from those.")
+    metrics = list(metrics) if metrics else numeric
     if not metrics:
         raise ScelmoError("No numeric metric columns to plot.")
     n_m, n_x = len(df), len(metrics)
@@ -157,10 +216,15 @@ def confusion_matrix(
 ) -> Any:
     """Heatmap of true vs predicted labels (rows normalised to fractions by default).
 
+    Rows and columns follow the category order of a pandas Categorical (or a Series of
+    category dtype; categories no cell has are left out); other labels are sorted
+    naturally, numbers by value, so Leiden clusters read ``0, 1, 2, ..., 10``. Missing
+    labels (``None``, NaN) are counted in a last row / column named ``"(missing)"``.
+
     Parameters
     ----------
     labels_true, labels_pred
-        One label per cell.
+        One label per cell (a sequence, array, Categorical or Series).
     normalize
         Show each true label's row as fractions (default) instead of cell counts.
     title, save, show, dpi
@@ -173,7 +237,9 @@ def confusion_matrix(
     show = _begin(save, show)
     import matplotlib.pyplot as plt
 
-    cm = confusion(labels_true, labels_pred)
+    true, rows = _ordered_labels(labels_true)
+    pred, cols = _ordered_labels(labels_pred)
+    cm = confusion(true, pred).reindex(index=rows, columns=cols, fill_value=0)
     values = cm.div(cm.sum(axis=1), axis=0) if normalize else cm
     fig, ax = plt.subplots(figsize=(0.5 * cm.shape[1] + 3, 0.45 * cm.shape[0] + 2))
     im = ax.imshow(values.to_numpy(dtype=float), cmap="Blues", vmin=0, aspect="auto")
@@ -191,6 +257,42 @@ def confusion_matrix(
     if title:
         ax.set_title(title)
     return _finish(fig, save, show, dpi)
+
+
+#: Row / column of :func:`confusion_matrix` that counts the cells without a label.
+MISSING_LABEL = "(missing)"
+
+
+def _natural_key(label: str) -> list[Any]:
+    """Sort key: digit runs compare as numbers ("2" < "10", "c2" < "c10")."""
+    return [int(t) if i % 2 else t for i, t in enumerate(re.split(r"(\d+)", label))]
+
+
+def _ordered_labels(labels: Any) -> tuple[np.ndarray, list[str]]:
+    """Labels as text (missing ones as :data:`MISSING_LABEL`) and the order to show them in.
+
+    Categorical labels keep their category order (categories no cell has are dropped); others
+    are sorted by value when all are numbers, else naturally. Missing labels come last.
+    """
+    import pandas as pd
+
+    if np.ndim(labels) != 1:
+        raise InputError(f"Labels must be one-dimensional (one per cell), got shape {np.shape(labels)}.")
+    s = pd.Series(labels.array if isinstance(labels, pd.Series | pd.Index) else labels)  # (the index is not a label)
+    missing = s.isna().to_numpy()
+    text = s.astype(object).where(~missing, MISSING_LABEL).astype(str).to_numpy()
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        present = set(text[~missing])
+        order = [str(c) for c in s.cat.categories if str(c) in present]
+    else:
+        order = sorted(set(text[~missing]))
+        try:
+            order.sort(key=float)
+        except ValueError:
+            order.sort(key=_natural_key)
+    if missing.any():
+        order.append(MISSING_LABEL)
+    return text, order
 
 
 _IN_SILICO_LABELS = {
@@ -297,13 +399,20 @@ def in_silico_ranking(
     ax.set_yticklabels(top.index.astype(str), fontsize=9)
     ax.set_ylim(-0.7, len(top) - 0.3)
     span = max(float(np.nanmax(np.abs(vals))), 1e-300)
+    labelled = np.zeros(len(vals), dtype=bool)  # bars with a z label at their end
     if band and zcol in top:
-        for yi, v, zv in zip(y, vals, top[zcol].to_numpy(dtype=float), strict=True):
+        for i, (yi, v, zv) in enumerate(zip(y, vals, top[zcol].to_numpy(dtype=float), strict=True)):
             if np.isfinite(zv):
+                labelled[i] = True
                 ax.text(v + 0.01 * span if v >= 0 else v - 0.01 * span, yi, f"z={zv:.0f}" if abs(zv) >= 10 else f"z={zv:.1f}",
                         va="center", ha="left" if v >= 0 else "right", fontsize=7, color="#444444", zorder=4)
-        right = max(float(np.nanmax(vals)), float(np.nanmax(hi)) if np.isfinite(hi).any() else 0.0, 0.0)
-        ax.set_xlim(right=right + 0.18 * span)
+    # x-limits around every bar, band and z label (autoscaling puts a band's end on the axes' edge)
+    left, right = min(float(np.nanmin(vals)), 0.0), max(float(np.nanmax(vals)), 0.0)
+    if band and ok.any():
+        left, right = min(left, float(lo[ok].min())), max(right, float(hi[ok].max()))
+    width = right - left if np.isfinite(right - left) and right > left else 1.0
+    ax.set_xlim(left - (0.18 * span if (labelled & (vals < 0)).any() else 0.04 * width),
+                right + (0.18 * span if (labelled & (vals >= 0)).any() else 0.04 * width))
     _plain_ticks(ax)
     ax.tick_params(axis="x", labelsize=8)
     ax.set_xlabel(_IN_SILICO_LABELS.get(by, by))
@@ -319,6 +428,30 @@ def in_silico_ranking(
     return _finish(fig, save, show, dpi)
 
 
+def _is_timing(column: Any) -> bool:
+    """A history column that times the epoch (``seconds``, ``cpu_seconds``, ``*_s``): not a loss."""
+    return str(column) == "seconds" or str(column).endswith(("_seconds", "_s"))
+
+
+def _kept_epoch(model: Any, scores: Any) -> Any:
+    """Index (in ``scores``, the checked epochs' validation scores) of the epoch the model kept.
+
+    The model keeps the later epoch when scores tie within its tolerance, so the kept epoch
+    is the last one whose score is the kept best score (``train_info["best_validation_score"]``
+    or ``head.best_score``); without one (a bare history), the last epoch with the top score.
+    """
+    values = scores.to_numpy(dtype=float)
+    info = getattr(model, "train_info", None)
+    kept = info.get("best_validation_score") if isinstance(info, dict) else None
+    if kept is None:
+        kept = getattr(getattr(model, "head", None), "best_score", None)
+    if kept is not None and np.isfinite(float(kept)):
+        same = np.flatnonzero(np.isclose(values, float(kept), rtol=1e-9, atol=1e-12))
+        if same.size:
+            return scores.index[same[-1]]
+    return scores.index[np.flatnonzero(values == np.nanmax(values))[-1]]
+
+
 def training_history(
     model: Any,
     *,
@@ -330,9 +463,13 @@ def training_history(
     """Loss curves and the validation score of a trained :class:`scelmo.Model`, per epoch.
 
     Left: the total loss and each of its parts (``ce``, ``triplet``, ...), as the head
-    records them. Right: the validation score on the epochs it was checked (the one early
-    stopping follows), with the best epoch marked. ``model`` may also be the history
-    DataFrame itself (``model.history``).
+    records them (timing columns such as ``seconds`` and ``cpu_seconds`` are left out).
+    Right: the validation score on the epochs it was checked (the one early stopping
+    follows), with the kept epoch marked: the last epoch whose score is the model's kept
+    best score (``model.train_info["best_validation_score"]`` or ``model.head.best_score``;
+    a later score within the tolerance of the best wins a tie), else the last epoch with
+    the highest score. ``model`` may also be the history DataFrame itself
+    (``model.history``); then the last epoch with the highest score is marked.
 
     Parameters
     ----------
@@ -348,19 +485,22 @@ def training_history(
     show = _begin(save, show)
     import matplotlib.pyplot as plt
     import pandas as pd
+    from matplotlib.ticker import MaxNLocator
 
     hist = model if isinstance(model, pd.DataFrame) else getattr(model, "history", None)
     if hist is None or len(hist) == 0:
         raise ScelmoError("This model has no training history. Run `model.train()` first.")
     hist = pd.DataFrame(hist)
     epoch = hist["epoch"] if "epoch" in hist else pd.Series(range(1, len(hist) + 1))
-    losses = [c for c in hist.columns if c not in ("epoch", "seconds", "val_score") and pd.api.types.is_numeric_dtype(hist[c])]
+    losses = [c for c in hist.columns if c not in ("epoch", "val_score") and not _is_timing(c)
+              and pd.api.types.is_numeric_dtype(hist[c])]
     has_val = "val_score" in hist and hist["val_score"].notna().any()
     fig, axes = plt.subplots(1, 2 if has_val else 1, figsize=(9 if has_val else 5, 3.4), squeeze=False)
     ax = axes[0, 0]
     for c in losses:
         ax.plot(epoch, hist[c], marker="o", ms=3, lw=1.5 if c == "loss" else 1, label=c)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("training loss")
     ax.legend(frameon=False, fontsize="small")
     ax.spines[["top", "right"]].set_visible(False)
@@ -369,10 +509,11 @@ def training_history(
         v = hist[hist["val_score"].notna()]
         ev = epoch[v.index]
         ax.plot(ev, v["val_score"], marker="o", color="C3")
-        best = v["val_score"].idxmax()
+        best = _kept_epoch(model, v["val_score"])
         ax.scatter([epoch[best]], [v.at[best, "val_score"]], s=90, facecolors="none", edgecolors="k",
                    label=f"best: {v.at[best, 'val_score']:.3f} (epoch {int(epoch[best])})", zorder=3)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("validation score")
         ax.legend(frameon=False, fontsize="small")
         ax.spines[["top", "right"]].set_visible(False)
@@ -469,18 +610,22 @@ def integration_scores(
     """Integration benchmark at a glance: bio conservation vs batch correction per method.
 
     Left, a scatter of each method's batch-correction score (x) against its
-    bio-conservation score (y), as in scib's summary plots (up and right is better);
-    right, horizontal bars of the total score (``0.6 bio + 0.4 batch`` in
-    scib-metrics), best first.
+    bio-conservation score (y), as in scib's summary plots (up and right is better),
+    with a legend naming the methods (in the colours of their bars); right, horizontal
+    bars of the total score (``0.6 bio + 0.4 batch`` in scib-metrics), best first.
 
     Parameters
     ----------
     table
         A pandas DataFrame (or list of dicts) with one row per method and the columns
-        ``method_col``, ``bio_col``, ``batch_col`` and (optionally) ``total_col``, e.g.
-        the aggregate columns of ``scib_metrics.benchmark.Benchmarker.get_results()``.
+        ``method_col``, ``bio_col``, ``batch_col`` and (optionally) ``total_col``; or
+        the DataFrame of ``scib_metrics.benchmark.Benchmarker.get_results()`` as it is:
+        methods in the index (``"Embedding"``), its ``"Metric Type"`` row dropped and its
+        aggregate columns ``"Bio conservation"``, ``"Batch correction"`` and ``"Total"``
+        read where the default column names are absent.
     method_col, bio_col, batch_col
-        Columns of the method names, bio-conservation and batch-correction scores.
+        Columns of the method names (else the index), bio-conservation and
+        batch-correction scores.
     total_col
         Column with the total score; where it is missing (``None``, no such column or
         NaN) the total is ``0.6 * bio + 0.4 * batch``.
@@ -495,7 +640,13 @@ def integration_scores(
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    df = pd.DataFrame(table)
+    df = _method_table(table, method_col)
+
+    def scib_name(col: str) -> str:  # scib-metrics' name of a default column, when only that is there
+        return _SCIB_AGGREGATES[col] if col not in df and _SCIB_AGGREGATES.get(col, col) in df else col
+
+    bio_col, batch_col = scib_name(bio_col), scib_name(batch_col)
+    total_col = scib_name(total_col) if total_col else total_col
     for col in (method_col, bio_col, batch_col):
         if col not in df:
             raise ScelmoError(f"Column {col!r} not found (columns: {', '.join(map(str, df.columns))}); "
@@ -516,6 +667,7 @@ def integration_scores(
     ax1.set_xlabel("batch correction")
     ax1.set_ylabel("bio conservation")
     ax1.grid(alpha=0.3)
+    ax1.legend(fontsize="small", framealpha=0.8, loc="best", title="method", title_fontsize="small")
     ax1.spines[["top", "right"]].set_visible(False)
     order = np.argsort(-np.nan_to_num(total, nan=-np.inf))
     pos = np.arange(len(order))

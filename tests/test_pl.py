@@ -1,0 +1,188 @@
+"""The plots draw what they say: the kept epoch, scanpy's basis names, scib-metrics' results table,
+clear errors for absent metrics, label order in the confusion matrix, and the whole null band."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+import scelmo
+from scelmo.errors import InputError
+
+matplotlib.use("Agg")
+
+
+def _history(scores):
+    n = len(scores)
+    return pd.DataFrame({"epoch": np.arange(1.0, n + 1), "loss": np.linspace(1.0, 0.5, n), "ce": np.linspace(0.8, 0.4, n),
+                         "triplet": np.linspace(0.2, 0.1, n), "val_score": scores, "seconds": np.full(n, 30.0),
+                         "cpu_seconds": np.full(n, 90.0), "gpu_s": np.full(n, 5.0)})
+
+
+def _marked(fig):
+    """(epoch, score) of the circled best epoch on the validation panel."""
+    x, y = fig.axes[1].collections[-1].get_offsets()[0]
+    return float(x), float(y)
+
+
+# --------------------------------------------------------------------------- training_history
+def test_training_history_marks_the_kept_epoch_on_a_tie():
+    # tolerance 0.01 (one validation cell of 100): 0.795 at epoch 3 ties the 0.80 of epoch 2, and the later wins
+    hist = _history([0.70, 0.80, 0.795, 0.60])
+    model = SimpleNamespace(history=hist, train_info={"best_validation_score": 0.795},
+                            head=SimpleNamespace(best_score=0.795))
+    fig = scelmo.pl.training_history(model, show=False)
+    assert _marked(fig) == (3.0, 0.795)
+    assert "epoch 3" in fig.axes[1].get_legend().get_texts()[0].get_text()
+    # only the head's kept score known
+    fig = scelmo.pl.training_history(SimpleNamespace(history=hist, head=SimpleNamespace(best_score=0.795)), show=False)
+    assert _marked(fig) == (3.0, 0.795)
+
+
+def test_training_history_of_a_bare_history_marks_the_last_top_epoch():
+    fig = scelmo.pl.training_history(_history([0.70, 0.80, 0.80, 0.60]), show=False)
+    assert _marked(fig) == (3.0, 0.80)
+
+
+def test_training_history_plots_no_timing_columns():
+    fig = scelmo.pl.training_history(_history([0.7, 0.8, 0.75]), show=False)
+    curves = {t.get_text() for t in fig.axes[0].get_legend().get_texts()}
+    assert curves == {"loss", "ce", "triplet"}
+
+
+def test_training_history_epoch_ticks_are_integers():
+    fig = scelmo.pl.training_history(_history([0.7, 0.8, 0.75]), show=False)
+    fig.canvas.draw()
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+# --------------------------------------------------------------------------- embedding
+@pytest.fixture
+def small_adata():
+    import anndata as ad
+
+    rng = np.random.default_rng(0)
+    a = ad.AnnData(rng.random((40, 5)).astype(np.float32))
+    a.obs["group"] = pd.Categorical(rng.choice(["x", "y"], 40))
+    a.obsm["X_umap"] = rng.normal(size=(40, 2))
+    return a
+
+
+def test_embedding_takes_the_basis_without_the_x_prefix(small_adata):
+    for basis in ("umap", "X_umap"):
+        fig = scelmo.pl.embedding(small_adata, basis=basis, color="group", show=False)
+        assert fig is not None
+    with pytest.raises(scelmo.ScelmoError, match=r"'tsne'.*available obsm keys: 'X_umap'"):
+        scelmo.pl.embedding(small_adata, basis="tsne", show=False)
+
+
+# --------------------------------------------------------------------------- integration_scores / metrics_bar
+def _scib_results():
+    """The shape of scib-metrics' ``Benchmarker.get_results()``: methods in the index, a "Metric Type" row."""
+    df = pd.DataFrame(
+        {"Isolated labels": [0.50, 0.60, "Bio conservation"], "KMeans NMI": [0.70, 0.72, "Bio conservation"],
+         "iLISI": [0.10, 0.30, "Batch correction"], "Batch correction": [0.10, 0.30, "Aggregate score"],
+         "Bio conservation": [0.60, 0.66, "Aggregate score"], "Total": [0.40, 0.516, "Aggregate score"]},
+        index=pd.Index(["X_pca", "X_scelmo", "Metric Type"], name="Embedding"))
+    assert all(pd.api.types.is_object_dtype(t) for t in df.dtypes)
+    return df
+
+
+def test_integration_scores_takes_scib_get_results():
+    fig = scelmo.pl.integration_scores(_scib_results(), show=False)
+    ax1, ax2 = fig.axes
+    assert [round(b.get_width(), 3) for b in ax2.patches] == [0.516, 0.4]
+    assert [t.get_text() for t in ax2.get_yticklabels()] == ["X_scelmo", "X_pca"]
+    np.testing.assert_allclose([c.get_offsets()[0] for c in ax1.collections], [[0.10, 0.60], [0.30, 0.66]])
+
+
+def test_integration_scores_names_the_methods_in_the_scatter():
+    table = [{"method": "zero-shot", "bio_score": 0.6, "batch_score": 0.4}, {"method": "head", "bio_score": 0.65,
+                                                                              "batch_score": 0.55}]
+    fig = scelmo.pl.integration_scores(table, show=False)
+    legend = fig.axes[0].get_legend()
+    assert legend is not None and [t.get_text() for t in legend.get_texts()] == ["zero-shot", "head"]
+
+
+def test_metrics_bar_names_an_absent_metric():
+    table = [{"method": "scelmo", "ari": 0.5, "nmi": 0.6}, {"method": "pca", "ari": 0.4, "nmi": 0.63}]
+    with pytest.raises(InputError, match=r"'NMI'.*available: ari, nmi"):
+        scelmo.pl.metrics_bar(table, metrics=["NMI"], show=False)
+    with pytest.raises(ValueError, match="NMI"):  # InputError is a ValueError
+        scelmo.pl.metrics_bar(table, metrics=["ari", "NMI"], show=False)
+
+
+def test_metrics_bar_takes_methods_in_the_index():
+    df = pd.DataFrame({"ari": [0.5, 0.4], "nmi": [0.6, 0.63]}, index=pd.Index(["scelmo", "pca"], name="method"))
+    fig = scelmo.pl.metrics_bar(df, show=False)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["scelmo", "pca"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["ari", "nmi"]
+    fig = scelmo.pl.metrics_bar(df.rename_axis(None), metrics=["nmi"], show=False)  # unnamed text index
+    assert [round(p.get_height(), 2) for p in fig.axes[0].patches] == [0.6, 0.63]
+
+
+def test_metrics_bar_takes_scib_get_results():
+    fig = scelmo.pl.metrics_bar(_scib_results(), show=False)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["X_pca", "X_scelmo"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["Isolated labels", "KMeans NMI", "iLISI", "Batch correction",
+                                                            "Bio conservation", "Total"]
+    fig = scelmo.pl.metrics_bar(_scib_results(), metrics=["Total"], show=False)
+    assert [round(p.get_height(), 3) for p in fig.axes[0].patches] == [0.4, 0.516]
+
+
+# --------------------------------------------------------------------------- confusion_matrix
+def _ticks(fig):
+    ax = fig.axes[0]
+    return [t.get_text() for t in ax.get_yticklabels()], [t.get_text() for t in ax.get_xticklabels()]
+
+
+def test_confusion_matrix_follows_the_category_order():
+    cats = ["T", "B", "NK"]
+    true = pd.Categorical(["B", "T", "NK", "T", "B"], categories=cats)
+    pred = pd.Series(pd.Categorical(["B", "T", "T", "T", "NK"], categories=cats), index=list("vwxyz"))
+    rows, cols = _ticks(scelmo.pl.confusion_matrix(true, pred, show=False))
+    assert rows == cats and cols == cats
+    # categories no cell has are left out
+    rows, _ = _ticks(scelmo.pl.confusion_matrix(pd.Categorical(["B", "T"], categories=cats), ["B", "T"], show=False))
+    assert rows == ["T", "B"]
+
+
+def test_confusion_matrix_sorts_cluster_numbers_naturally():
+    leiden = ["10", "2", "0", "1", "2", "10", "11"]
+    rows, cols = _ticks(scelmo.pl.confusion_matrix(leiden, ["c10", "c2", "c1", "c1", "c2", "c10", "c2"], show=False))
+    assert rows == ["0", "1", "2", "10", "11"]
+    assert cols == ["c1", "c2", "c10"]
+
+
+def test_confusion_matrix_counts_missing_labels_in_their_own_row():
+    fig = scelmo.pl.confusion_matrix(["a", None, "b", np.nan], ["a", "a", None, "b"], normalize=False, show=False)
+    rows, cols = _ticks(fig)
+    assert rows == ["a", "b", "(missing)"] and cols == ["a", "b", "(missing)"]
+    assert "None" not in rows + cols and "nan" not in rows + cols
+    counts = fig.axes[0].images[0].get_array()
+    np.testing.assert_array_equal(counts, [[1, 0, 0], [0, 0, 1], [1, 1, 0]])
+
+
+# --------------------------------------------------------------------------- in_silico_ranking
+def test_in_silico_ranking_x_limits_hold_every_band_and_bar():
+    df = pd.DataFrame({"logit_shift": [0.5, 0.3, 0.1, -0.05], "null_median": [0.0, -0.05, 0.02, 0.0],
+                       "null_robust_sd": [0.05, 0.2, 0.01, 0.01], "z_robust": [10.0, 1.75, 8.0, -5.0]},
+                      index=["A", "B", "C", "D"])
+    df.attrs.update(score="logit", source="s", target="t")
+    fig = scelmo.pl.in_silico_ranking(df, show=False)
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    edges = [(p.get_x(), p.get_x() + p.get_width()) for p in ax.patches]
+    assert min(e[0] for e in edges) == pytest.approx(-0.45)  # gene B's band: -0.05 - 2 * 0.2
+    width = hi - lo
+    assert lo < min(min(e) for e in edges) - 0.02 * width  # a margin, not the band's end on the edge
+    assert hi > max(max(e) for e in edges) + 0.02 * width
