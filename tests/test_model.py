@@ -314,3 +314,52 @@ def test_cells_expressing_none_of_the_models_genes_are_unknown(trained, split, m
     assert list(q.obs[keys.LABEL].cat.categories) == [*trained.head.classes, "unknown"]
     with pytest.warns(ScelmoWarning):
         assert list(trained.predict(q, method=method)[[2, 7]]) == ["unknown", "unknown"]
+
+
+def test_queries_with_counts_aliases_or_ensembl_ids_get_the_same_predictions(split):
+    """Trial findings: a query of raw counts was read as log values (accuracy 0.84 -> 0.33,
+    no warning), and query genes named by an alias (IGJ for JCHAIN) or an Ensembl ID were
+    not found in the model (0.84 -> 0.18). Counts are now log-normalised as in
+    tl.embed_cells, and names resolve through the gene vocabulary."""
+    import anndata as ad
+    import pandas as pd
+
+    from scelmo.knowledge import roles
+
+    train, test = split
+    top = np.argsort(-np.asarray(train.X.mean(0)).ravel())[:250]
+    a = train[:, np.sort(top)].copy()
+    del a.varm[keys.GENE_EMBEDDING]
+    scelmo.tl.embed_genes(a)
+    scelmo.Model.setup_anndata(a, labels_key="bulk_labels")
+    m = scelmo.Model(a).train(max_epochs=4, seed=0)
+    base = test.copy()
+    del base.varm[keys.GENE_EMBEDDING]
+    pred = m.predict(base)
+    # the same cells as raw counts (no raw, no vectors): log-normalised on the fly, exactly as
+    # scanpy's normalize_total + log1p would
+    import scanpy as sc
+
+    counts = ad.AnnData(test.layers["counts"].copy(), obs=test.obs.copy(), var=pd.DataFrame(index=test.var_names))
+    scanpy_log = counts.copy()
+    sc.pp.normalize_total(scanpy_log, target_sum=1e4)
+    sc.pp.log1p(scanpy_log)
+    np.testing.assert_allclose(m.get_latent_representation(counts), m.get_latent_representation(scanpy_log),
+                               atol=1e-4)
+    assert len(pred) == test.n_obs
+    # the same cells with Ensembl IDs, and with an alias for a model gene
+    vocab = roles.vocabulary()
+    ens = {sym: gid for gid, sym in sorted(vocab.ensembl.items(), reverse=True) if gid.startswith("ENSG")}
+    log = scanpy_log
+    ids = [ens.get(vocab.resolve([g]).symbols[0] or "", g) for g in log.var_names]
+    assert sum(i.startswith("ENSG") for i in ids) > 0.9 * len(ids)
+    by_id = log.copy()
+    by_id.var_names = ids
+    np.testing.assert_allclose(m.get_latent_representation(by_id), m.get_latent_representation(log), atol=1e-5)
+    assert (m.predict(by_id) == m.predict(log)).all()
+    # pbmc68k names some genes by old aliases (ATPIF1): the model knows them by their symbol
+    renamed = {n: s for n, s in zip(a.var_names, a.var[keys.GENE_SYMBOL], strict=True) if s != n}
+    assert renamed and set(renamed.values()) <= set(m.train_genes)
+    by_symbol = log.copy()
+    by_symbol.var_names = [renamed.get(n, n) for n in log.var_names]
+    np.testing.assert_allclose(m.get_latent_representation(by_symbol), m.get_latent_representation(log), atol=1e-5)

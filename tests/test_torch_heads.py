@@ -221,7 +221,41 @@ def test_cli_train_and_predict(tmp_path, batches):
     assert out.obsm[keys.X_SCELMO_FINETUNED].shape == (100, 16)
     assert out.obs[keys.LABEL].notna().all()
     res = runner.invoke(cli, ["train", str(tmp_path / "train.h5ad"), "-o", str(tmp_path / "model"), "--labels-key", "bulk_labels"])
-    assert res.exit_code != 0 and "exists" in res.output
+    assert res.exit_code == 3 and "exists" in res.output  # an existing OUTPUT: exit code 3, as embed-cells
+    # trial findings: predict replaced an existing OUTPUT, --latent-output replaced INPUT itself
+    before = (tmp_path / "query.h5ad").read_bytes()
+    res = runner.invoke(cli, ["predict", str(tmp_path / "query.h5ad"), "-m", str(tmp_path / "model"),
+                              "-o", str(tmp_path / "out.h5ad")])
+    assert res.exit_code == 3 and "--overwrite" in res.output
+    res = runner.invoke(cli, ["predict", str(tmp_path / "query.h5ad"), "-m", str(tmp_path / "model"),
+                              "-o", str(tmp_path / "out.h5ad"), "--overwrite"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["predict", str(tmp_path / "query.h5ad"), "-m", str(tmp_path / "model"),
+                              "-o", str(tmp_path / "query.h5ad"), "--overwrite"])
+    assert res.exit_code == 3 and "differ from INPUT" in res.output
+    res = runner.invoke(cli, ["train", str(tmp_path / "train.h5ad"), "-o", str(tmp_path / "m2"), "--labels-key",
+                              "bulk_labels", "--latent-output", str(tmp_path / "query.h5ad")])
+    assert res.exit_code == 3 and "exists" in res.output
+    assert (tmp_path / "query.h5ad").read_bytes() == before
+    # options are checked before any gene is embedded; errors name the CLI flags
+    for args, match in ((["--labels-key", "no_such_column"], "no_such_column"), ([], "--labels-key"),
+                        (["--labels-key", "bulk_labels", "--head", "nope"], "nope"),
+                        (["--labels-key", "bulk_labels", "--option", "nope=1"], "nope"),
+                        (["--labels-key", "bulk_labels", "--device", "cuda:7"], "cuda")):
+        res = runner.invoke(cli, ["train", str(tmp_path / "train.h5ad"), "-o", str(tmp_path / "m3"), *args])
+        assert res.exit_code != 0 and match in res.output, (args, res.output)
+        assert not (tmp_path / "m3").exists()
+    # an integration model predicts no labels: --method is refused, not silently ignored
+    res = runner.invoke(cli, ["train", str(tmp_path / "train.h5ad"), "-o", str(tmp_path / "mi"), "--head",
+                              "integration", "--batch-key", "batch", "--max-epochs", "1"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["predict", str(tmp_path / "query.h5ad"), "-m", str(tmp_path / "mi"),
+                              "-o", str(tmp_path / "oi.h5ad"), "--method", "classifier"])
+    assert res.exit_code == 2 and "--method" in res.output and not (tmp_path / "oi.h5ad").exists()
+    # a layer the query lacks: --layer names the query's own
+    res = runner.invoke(cli, ["predict", str(tmp_path / "query.h5ad"), "-m", str(tmp_path / "mi"),
+                              "-o", str(tmp_path / "oi.h5ad"), "--layer", "nope"])
+    assert res.exit_code == 3 and "nope" in res.output
 
 
 def test_sparse_training_matrix_stays_sparse(batches):

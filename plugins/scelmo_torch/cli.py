@@ -11,8 +11,11 @@ import click
 import scelmo
 from scelmo import Model, io, keys, tl
 from scelmo import perturbation as P
+from scelmo import plugin as plugins
 from scelmo.cli import _parse_value
-from scelmo.errors import ScelmoError
+from scelmo.errors import InputError, ScelmoError
+
+from .device import resolve_device
 
 
 def _ensure_gene_vectors(adata: Any, config: dict[str, Any]) -> None:
@@ -70,25 +73,32 @@ def add_commands(cli: Any) -> None:
                   batch_size, lr, no_early_stopping, device, seed, threads, options, latent_output, overwrite):
         """Train a fine-tuning head on INPUT (.h5ad) and save the model to OUTPUT."""
 
+        # every option is checked before the input is read or any gene is embedded (which may cost money)
         if Path(output).exists() and not overwrite:
-            raise ScelmoError(f"{output} exists; pass --overwrite to replace it.")
+            raise InputError(f"{output} exists; pass --overwrite to replace it.")
         if latent_output:
-            io.check_writable(latent_output)
+            io.check_writable(latent_output, overwrite=overwrite)
+            if Path(latent_output).resolve() == Path(input).resolve():
+                raise InputError("--latent-output must differ from INPUT (the input is never modified).")
         head_options = {}
         for item in options:
             k, sep, v = item.partition("=")
             if not sep:
                 raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--option")
             head_options[k.strip()] = _parse_value(v.strip())
+        probe = plugins.heads.create(head, **head_options)  # an unknown head or option fails here
+        if getattr(probe, "requires_labels", False) and labels_key is None:
+            raise InputError(f"The {head!r} head needs labels: pass --labels-key COLUMN (an obs column of cell types).")
+        resolve_device(device)  # a device that is not here fails here
         config = dict(ctx.obj or {})
         adata = io.read_input(input)
+        scelmo.Model.setup_anndata(adata, labels_key=labels_key, batch_key=batch_key, layer=layer,
+                                   perturbation_key=perturbation_key)  # checks the columns and the layer
         if gene_embeddings is None:
             _ensure_gene_vectors(adata, config)
         if head == "perturbation" and perturbation_key and "perturbation_embeddings" not in head_options:
             head_options["perturbation_embeddings"] = _unmeasured_gene_vectors(
                 adata, perturbation_key, head_options.get("control"), config, gene_embeddings)
-        scelmo.Model.setup_anndata(adata, labels_key=labels_key, batch_key=batch_key, layer=layer,
-                                   perturbation_key=perturbation_key)
         model = scelmo.Model(adata, head=head, gene_embeddings=gene_embeddings, **head_options)
         t0 = time.perf_counter()
         model.train(max_epochs=max_epochs, batch_size=batch_size, lr=lr,
@@ -118,15 +128,26 @@ def add_commands(cli: Any) -> None:
     @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps.")
     @click.option("--perturbation", help="Perturbation head: predict INPUT's (control) cells under this perturbation "
                   "(e.g. KLF1 or KLF1+CEBPA); OUTPUT then holds the predicted expression.")
+    @click.option("--layer", help="INPUT's layer to read (default: the layer the model was trained on if INPUT has it, "
+                  "else raw if present, else X). Counts are log-normalised.")
+    @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
     @click.pass_context
-    def predict_cmd(ctx, input, model_dir, output, method, key_added, latent_key, device, perturbation):
+    def predict_cmd(ctx, input, model_dir, output, method, key_added, latent_key, device, perturbation, layer, overwrite):
         """Apply a saved model to INPUT (.h5ad; genes may differ from training) and write OUTPUT."""
 
-        io.check_writable(output)
+        io.check_writable(output, overwrite=overwrite)
         if Path(output).resolve() == Path(input).resolve():
-            raise ScelmoError("OUTPUT must differ from INPUT (the input is never modified).")
+            raise InputError("OUTPUT must differ from INPUT (the input is never modified).")
+        explicit = {p for p in ("method", "key_added")
+                    if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT}
         adata = io.read_input(input)
+        if layer is not None:
+            scelmo.Model.setup_anndata(adata, layer=layer)
         model = scelmo.Model.load(model_dir, adata=adata)
+        if explicit and not model.head.supports("labels"):
+            flags = " and ".join(f"--{p.replace('_', '-')}" for p in sorted(explicit))
+            raise click.UsageError(f"The {model.head_name!r} model predicts no labels, so {flags} "
+                                   "does not apply; leave it out (the learned embedding goes to --latent-key).")
         if perturbation is not None or model.head_name == "perturbation":
             if perturbation is None:
                 raise ScelmoError("This is a perturbation model: say which perturbation with --perturbation NAME.")

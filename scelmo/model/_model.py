@@ -44,7 +44,9 @@ from scelmo import keys, provenance, tl
 from scelmo import plugin as plugins
 from scelmo.errors import InputError, ScelmoError, ScelmoWarning
 from scelmo.expression.matrix import iter_row_chunks, select_matrix
+from scelmo.expression.selection import normalize_chunk, should_normalize
 from scelmo.genes import GeneEmbeddings
+from scelmo.knowledge import roles
 from scelmo.model._save_load import read_model, save_model
 from scelmo.model._setup import AnnDataSetup, _remember, _setup_of, _setup_to_uns
 
@@ -155,24 +157,48 @@ class Model:
         """The checked expression matrix, its gene names and the aligned gene vectors.
 
         Uses the layer / raw choice of :meth:`setup_anndata` (the model's own, for a
-        query that was not set up). Genes are matched to the model's gene table by
-        ``var["scelmo_symbol"]`` (else the name); genes the table lacks take the query's
-        own ``varm["scelmo"]`` vectors when present. The vectors are the table's conditioned
-        ones (:mod:`scelmo.conditioning`), as in :func:`scelmo.tl.embed_cells`. Sparse input
-        stays sparse.
+        query that was not set up). Raw counts are log-normalised (library size 10,000,
+        then ``log1p``, as :func:`scelmo.tl.embed_cells` does), so a model applies to counts
+        and log-normalised data alike. Genes are matched to the model's gene table by
+        ``var["scelmo_symbol"]``, else by the symbol the gene vocabulary resolves the name
+        to (aliases such as IGJ, Ensembl IDs), else the name; genes the table lacks take
+        the query's own ``varm["scelmo"]`` vectors when present. The vectors are the
+        table's conditioned ones (:mod:`scelmo.conditioning`), as in
+        :func:`scelmo.tl.embed_cells`. Sparse input stays sparse.
         """
+        X, names, E, _ = self.head_expression(adata)
+        return X, names, E
 
+    def head_expression(self, adata: Any | None = None) -> tuple[Any, list[str], np.ndarray, list[str]]:
+        """:meth:`get_expression` and the name the head knows each gene by: the resolved
+        symbol (so "IGJ" in a query is the model's JCHAIN), or the name itself where the
+        model was trained on it."""
         adata = self.adata if adata is None else adata
         if adata is None:
             raise InputError("This model is bound to no AnnData; pass `adata=` (e.g. the query cells).")
         setup = _setup_of(adata) or self.setup
+        if setup.layer is not None and setup.layer not in adata.layers:
+            raise InputError(
+                f"The expression is registered as layer {setup.layer!r} (the training data's), which this data lacks "
+                f"(layers: {', '.join(adata.layers) or 'none'}). Register this data's own: "
+                "`scelmo.Model.setup_anndata(adata, layer=None)` for X (or the layer that holds it); on the command "
+                "line `scelmo predict --layer NAME`."
+            )
         matrix, var_names, _ = select_matrix(adata, layer=setup.layer, use_raw=setup.use_raw)
         names = [str(v) for v in var_names]
         if len(names) == 0 or adata.n_obs == 0:
             raise InputError(f"The data has {adata.n_obs} cells and {len(names)} genes; nothing to do.")
         chunks = [c for _, c in iter_row_chunks(matrix, 20_000)]
         X = sp.vstack(chunks, format="csr") if sp.issparse(chunks[0]) else np.vstack(chunks)
+        if should_normalize("auto", X):  # counts: log-normalised, as tl.embed_cells does
+            X = normalize_chunk(X)
         lookup = _lookup_names(adata, names)
+        if keys.GENE_SYMBOL not in adata.var:  # aliases and Ensembl IDs: the vocabulary's symbol
+            vocab = roles.vocabulary()
+            if vocab is not None:
+                resolved = vocab.resolve(names).symbols
+                lookup = [s if (s is not None and s in self.gene_table) else n
+                          for s, n in zip(resolved, names, strict=True)]
         # conditioned vectors (mean and top directions removed, fitted once per table), as tl.embed_cells
         E, mask = self.gene_table.aligned(lookup, conditioned=True)
         own = _table_from_varm(adata)
@@ -186,7 +212,24 @@ class Model:
                 "None of the data's genes has a gene vector in this model's gene table. Run "
                 "`scelmo.tl.embed_genes(adata)` on it (same embedder as for training) or check var_names."
             )
-        return X, names, E
+        trained = set(self.train_genes)
+        head_names: list[str] = []
+        taken: set[str] = set()
+        for n, key in zip(names, lookup, strict=True):
+            key = n if (n in trained or not key) else key
+            key = n if key in taken else key  # (a second column of one gene keeps its own name)
+            taken.add(key)
+            head_names.append(key)
+        if self.train_genes and adata is not self.adata:
+            have = set(head_names)
+            missing = [g for g in self.train_genes if g not in have]
+            if len(missing) > 0.1 * len(self.train_genes):
+                warnings.warn(
+                    f"{len(missing)} of the model's {len(self.train_genes)} genes are not in the data (e.g. "
+                    f"{', '.join(missing[:5])}); they count as not expressed, which may change predictions. Check "
+                    "that var_names are gene symbols or Ensembl IDs of the same species as the training data.",
+                    ScelmoWarning, stacklevel=3)
+        return X, names, E, head_names
 
     def _obs(self, key: str | None) -> np.ndarray | None:
         if key is None:
@@ -227,7 +270,7 @@ class Model:
             ``validation_fraction``, ``weight_decay``, ``amp``).
         """
 
-        X, names, E = self.get_expression()
+        X, _, E, names = self.head_expression()
         settings = {"max_epochs": max_epochs, "batch_size": batch_size, "lr": lr, "early_stopping": early_stopping,
                     "device": device, "seed": seed, "num_threads": num_threads, "progress": progress, **training}
         settings = {k: v for k, v in settings.items() if v is not None}
@@ -277,7 +320,7 @@ class Model:
         """
         self._require_trained()
         target = self.adata if adata is None else adata
-        X, names, E = self.get_expression(target)
+        X, _, E, names = self.head_expression(target)
         z = np.asarray(self.head.transform(X, gene_vectors=E, gene_names=names, device=device), dtype=np.float32)
         if key_added:
             target.obsm[key_added] = z
@@ -331,7 +374,7 @@ class Model:
             raise ScelmoError(f"The {self.head_name!r} head has no kNN vote; use method='classifier' (or 'auto').")
         target = self.adata if adata is None else adata
         classes = list(self.head.classes)
-        X, names, E = self.get_expression(target)
+        X, _, E, names = self.head_expression(target)
         if method == "classifier":
             probs = np.asarray(self.head.predict_proba(X, gene_vectors=E, gene_names=names, device=device))
         else:
@@ -394,7 +437,7 @@ class Model:
         if perturbation is None:
             raise InputError("Say which perturbation to predict, e.g. predict_perturbation(ctrl, 'KLF1+CEBPA').")
         target = self.adata if adata is None else adata
-        X, names, _ = self.get_expression(target)
+        X, _, _, names = self.head_expression(target)
         pos = {n: i for i, n in enumerate(names)}
         missing = [g for g in self.train_genes if g not in pos]
         if missing:

@@ -449,11 +449,11 @@ def in_silico_deletion(
             raise InputError("Give at least one candidate gene, or genes=None for every gene the model uses.")
     if copy:
         adata = _copy_of(adata)
-    X, names, E = model.get_expression(adata)
+    X, names, E, head_names = model.head_expression(adata)
     col = {n: i for i, n in enumerate(names)}
     has_vec = np.abs(E).sum(axis=1) > 0
     used = np.zeros(E.shape[0], dtype=bool)
-    used[_used_columns(head, E, names)] = True
+    used[_used_columns(head, E, head_names)] = True
     if genes is None:
         cand = np.flatnonzero(used)
     else:
@@ -471,7 +471,7 @@ def in_silico_deletion(
         return idx
 
     src, tgt = pick(source), pick(target)
-    ctx = _Context(head, X, names, E, src, tgt, classes.index(target) if use_clf else None)
+    ctx = _Context(head, X, head_names, E, src, tgt, classes.index(target) if use_clf else None)
     Xs = sp.csc_matrix(ctx.Xs) if sp.issparse(ctx.Xs) else np.asarray(ctx.Xs)
     n_expr = np.asarray((Xs > 0).sum(axis=0)).ravel().astype(np.int64)
     level = np.asarray(Xs.mean(axis=0), dtype=np.float64).ravel()
