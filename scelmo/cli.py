@@ -234,7 +234,7 @@ def _embed_cells_distributed(input: str, output: str, fmt: str, key: str, *, sch
             input, output, overwrite=overwrite)
         with copy as dest:
             tl.embed_cells(lazy, out=dest.obsm(key, lazy.n_obs), key_added=key, **options)
-            dest.write_uns(keys.PROVENANCE, lazy.uns[keys.PROVENANCE])
+            dest.write_results(lazy)
     info = lazy.uns[keys.PROVENANCE]["embed_cells"]
     where = f"dask cluster at {scheduler}" if scheduler else "local dask cluster"
     click.echo(
@@ -298,6 +298,13 @@ def embed_genes_cmd(ctx, input, output, gene_list, genes_file, describe_model, e
     )
     ge.save(out, overwrite=overwrite)
     click.echo(f"Wrote {len(ge)} gene vectors (d={ge.dim}, {ge.manifest.get('embed_model')}) to {out}")
+    vocab = roles.vocabulary() if genes else None
+    if vocab is not None:  # names given one by one: say which ones no vector was made for
+        res = vocab.resolve(list(genes), species=species or "auto")
+        unknown = [n for n, sym in zip(res.names, res.symbols, strict=True) if sym is None]
+        if unknown:
+            click.echo(f"{len(unknown)} of the {len(res.names)} names given are not known genes and got no vector: "
+                       f"{', '.join(unknown[:10])}{', ...' if len(unknown) > 10 else ''}.", err=True)
 
 
 @cli.command("embed-cells")
@@ -383,7 +390,7 @@ def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, flavor, n_t
     if backed:  # stream rows in and cell vectors out: memory independent of the number of cells
         with io.streamed_h5ad_copy(input, output) as dest:
             tl.embed_cells(adata, out=dest.obsm(key, adata.n_obs), **options)
-            dest.write_uns(keys.PROVENANCE, adata.uns[keys.PROVENANCE])
+            dest.write_results(adata)
         adata.file.close()
     else:
         tl.embed_cells(adata, **options)

@@ -33,6 +33,11 @@ def test_embed_genes_from_list(tmp_path):
                                    "--genes", "HBB", "-o", str(tmp_path / "ge")])
     assert res.exit_code == 0, res.output
     assert GeneEmbeddings.load(tmp_path / "ge").genes == ["CD3E", "HBB", "MS4A1", "NKG7"]
+    assert "not known genes" not in res.output
+    # a name that is no gene is said, not dropped in silence
+    res = CliRunner().invoke(cli, ["embed-genes", "--genes", "CD3E", "--genes", "NOTAGENE", "-o", str(tmp_path / "g2")])
+    assert res.exit_code == 0, res.output
+    assert "1 of the 2 names given are not known genes and got no vector: NOTAGENE" in res.output
 
 
 def test_backed_embed_cells_matches_in_memory(pbmc, tmp_path):
@@ -47,6 +52,15 @@ def test_backed_embed_cells_matches_in_memory(pbmc, tmp_path):
     np.testing.assert_allclose(m.obsm[keys.X_SCELMO], b.obsm[keys.X_SCELMO], rtol=1e-5, atol=1e-7)
     assert b.uns[keys.PROVENANCE]["embed_cells"]["n_cells"] == 120
     np.testing.assert_array_equal(b.X.toarray() if hasattr(b.X, "toarray") else b.X, small.X)
+    # from X (no raw): the genes used, as the in-memory run writes them (a trial found the
+    # backed file without)
+    small.raw.to_adata().write_h5ad(tmp_path / "x.h5ad")
+    for extra, out in (([], "mx.h5ad"), (["--backed"], "bx.h5ad")):
+        res = r.invoke(cli, ["embed-cells", str(tmp_path / "x.h5ad"), "-o", str(tmp_path / out), *extra])
+        assert res.exit_code == 0, res.output
+    m, b = ad.read_h5ad(tmp_path / "mx.h5ad"), ad.read_h5ad(tmp_path / "bx.h5ad")
+    assert keys.GENES_USED in m.var and list(b.var.columns) == list(m.var.columns)
+    np.testing.assert_array_equal(b.var[keys.GENES_USED].to_numpy(), m.var[keys.GENES_USED].to_numpy())
 
 
 def test_plugins_command():

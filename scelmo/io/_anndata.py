@@ -15,6 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from scelmo import keys
 from scelmo.errors import DiskFullError, InputError, ScelmoError
 from scelmo.io import _rds
 from scelmo.io._atomic import atomic_dir, atomic_path, is_disk_full, replace_dir
@@ -141,6 +144,26 @@ class StreamedH5ad:
     def obsm(self, key: str, n_rows: int) -> StreamedArray:
         """A :class:`StreamedArray` for ``obsm[key]``."""
         return StreamedArray(self._group("obsm"), key, n_rows)
+
+    def write_var_column(self, key: str, values: Any) -> None:
+        """Write (or replace) the ``var`` column ``key`` (one value per gene), listed in the
+        dataframe's ``column-order`` as anndata expects."""
+        from anndata.io import write_elem
+
+        grp = self.h5["var"]
+        if has_key(grp, key):
+            del grp[key]
+        write_elem(grp, key, np.asarray(values))
+        order = [str(c) for c in np.asarray(grp.attrs.get("column-order", []), dtype=object).ravel()]
+        if key not in order:
+            grp.attrs["column-order"] = [*order, key]  # (a list: h5py and zarr both store it)
+
+    def write_results(self, adata: Any) -> None:
+        """What :func:`scelmo.tl.embed_cells` wrote besides the cell vectors: its provenance in
+        ``uns`` and the ``var`` column of the genes it used (when it wrote one)."""
+        self.write_uns(keys.PROVENANCE, adata.uns[keys.PROVENANCE])
+        if keys.GENES_USED in adata.var:
+            self.write_var_column(keys.GENES_USED, adata.var[keys.GENES_USED].to_numpy(dtype=bool))
 
     def write_uns(self, key: str, value: Any) -> None:
         """Write ``uns[key]`` (replacing it)."""
