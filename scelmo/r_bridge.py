@@ -466,9 +466,18 @@ def _normalized(adata: Any, normalize: str) -> str:
     return "none"
 
 
+def _r_genes(model: Any) -> list[str]:
+    """The model's genes as the training data named them (the Model knows them by their
+    resolved symbols: PLPP5 for a Seurat object's PPAPDC1B); R queries are aligned to these."""
+    original: dict[str, str] = {}
+    for name, symbol in _extra(model).get("symbols", {}).items():
+        original.setdefault(str(symbol), str(name))
+    return [original.get(str(g), str(g)) for g in model.train_genes]
+
+
 def _model_info(model: Any, extra: Mapping[str, Any]) -> dict[str, Any]:
     """What the R handle shows and checks (primitives only)."""
-    genes = [str(g) for g in model.train_genes]
+    genes = _r_genes(model)
     hist = model.history
     history = {str(c): [float(v) for v in hist[c].to_numpy(dtype=float)] for c in hist.columns
                if np.issubdtype(hist[c].dtype, np.number)}
@@ -578,7 +587,7 @@ def predict(
         if isinstance(min_overlap, bool) or not 0 < share <= 1:
             raise InputError(f"min_overlap (R: min.overlap) must be a share in (0, 1]; got {min_overlap!r}.")
         query = to_anndata(payload)
-        genes = [str(g) for g in model.train_genes]
+        genes = _r_genes(model)
         pos = {str(g): j for j, g in enumerate(query.var_names)}
         have = np.array([g in pos for g in genes], dtype=bool)
         n_found = int(have.sum())
