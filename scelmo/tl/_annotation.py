@@ -302,10 +302,13 @@ def marker_match(
     """Type per group from its cells' marker scores; the group's softmax score; the cells x types scores.
 
     A cell's score for a type is the specificity-weighted mean of its markers' standardised
-    log-expression (each gene centred and scaled over the cells); for a name covering
-    several types (a :class:`~scelmo.knowledge.cell_types.MarkerSet` with ``parts``), the
-    best of its parts' scores. A group takes the type with the highest mean score, or
-    ``None`` when no type's markers are above average.
+    log-expression (each gene centred and scaled over the cells, clipped at 10 as
+    ``sc.pp.scale(max_value=10)``). A group takes the type with the highest mean score when
+    that mean stays above average without its top and bottom 10% of cells (a few cells that
+    express a rare marker do not make their cluster that type), else ``None``. A name
+    covering several types (a :class:`~scelmo.knowledge.cell_types.MarkerSet` with
+    ``parts``) is scored in each group by its best-fitting part (best by the group's mean:
+    a per-cell best of many parts would favour it by chance).
     """
     matrix, var_names, _ = select_matrix(adata, layer=layer, use_raw=None if layer is None else False)
     X = matrix[:] if not hasattr(matrix, "to_memory") else matrix.to_memory()
@@ -313,7 +316,6 @@ def marker_match(
         X = normalize_chunk(X)
     col = {str(v): i for i, v in enumerate(var_names)}
     names = list(markers)
-    S = np.zeros((adata.n_obs, len(names)))
 
     def score(weights: Mapping[str, float]) -> np.ndarray | None:
         pairs = [(col[g], w) for g, w in weights.items() if g in col and w > 0]
@@ -326,24 +328,27 @@ def marker_match(
         z = np.divide(sub - sub.mean(axis=0), sd, out=np.zeros_like(sub), where=sd > 0)
         return z @ w / w.sum()
 
-    for j, t in enumerate(names):
+    # per name: one score column, or one per part
+    columns: list[list[np.ndarray]] = []
+    for t in names:
         parts = [p for p in (score(part) for part in getattr(markers[t], "parts", ())) if p is not None]
         whole = score(markers[t]) if not parts else None
-        if parts:  # a name covering several types: each cell's best-fitting one
-            S[:, j] = np.max(parts, axis=0)
-        elif whole is not None:
-            S[:, j] = whole
+        columns.append(parts or ([whole] if whole is not None else [np.zeros(adata.n_obs)]))
+    S = np.zeros((adata.n_obs, len(names)))
     labels = np.empty(adata.n_obs, dtype=object)
-    score = np.zeros(adata.n_obs, dtype=np.float32)
+    score_ = np.zeros(adata.n_obs, dtype=np.float32)
     for g in np.unique(groups):
         idx = groups == g
+        for j, cols in enumerate(columns):  # a name's best-fitting part in this group
+            S[idx, j] = cols[int(np.argmax([c[idx].mean() for c in cols]))][idx] if len(cols) > 1 else cols[0][idx]
         m = S[idx].mean(axis=0)
         p = np.exp((m - m.max()) / temperature)
         p /= p.sum()
         best = int(m.argmax())
-        labels[idx] = names[best] if m[best] > 0 else None
-        score[idx] = p[best] if m[best] > 0 else 0.0
-    return labels, score, S
+        ok = m[best] > 0 and float((S[idx, best] > 0).mean()) >= 0.1
+        labels[idx] = names[best] if ok else None
+        score_[idx] = p[best] if ok else 0.0
+    return labels, score_, S
 
 
 def annotate(
