@@ -47,7 +47,7 @@ AnnotateScELMo <- function(object, reference = NULL, ref.labels = NULL, cell.typ
 #' @export
 AnnotateScELMo.Seurat <- function(object, reference = NULL, ref.labels = NULL, cell.types = NULL,
                                   assay = NULL, layer = "counts", reduction = "scelmo", k = 10,
-                                  aggregator = "wa", config = NULL, label.name = "scelmo_label",
+                                  aggregator = NULL, config = NULL, label.name = "scelmo_label",
                                   verbose = TRUE, ...) {
   .check_seurat(object)
   # an assay named here is used for the reference too, and a reduction computed on another
@@ -66,7 +66,7 @@ AnnotateScELMo.Seurat <- function(object, reference = NULL, ref.labels = NULL, c
 #' @rdname AnnotateScELMo
 #' @export
 AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, cell.types = NULL,
-                                   k = 10, aggregator = "wa", config = NULL,
+                                   k = 10, aggregator = NULL, config = NULL,
                                    label.name = "scelmo_label", verbose = TRUE, ...) {
   res <- .annotate(object, reference, ref.labels, cell.types, NULL, "counts", NULL, k,
                    aggregator, .dots_config(config, list(...)), label.name, verbose)
@@ -119,6 +119,7 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
   if (!is.character(label.name) || length(label.name) != 1 || !nzchar(label.name)) {
     .abort("`label.name` must be one non-empty string.", "scelmo_input_error")
   }
+  aggregator <- .aggregator(aggregator, config)
   query <- .annotate_input(object, assay, layer, reduction, what = "the query", explicit = explicit)
   args <- list(query$payload, embedding = query$embedding, k = as.integer(k), aggregator = aggregator,
                config = if (length(config)) config else NULL, key_added = label.name)
@@ -143,7 +144,7 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
       col <- "scelmo_ref_labels"
     }
     if (all(is.na(labels))) .abort("All reference labels are NA.", "scelmo_input_error")
-    known <- if (is.factor(labels)) levels(labels) else sort(unique(as.character(labels[!is.na(labels)])))
+    known <- if (is.factor(labels)) levels(labels) else .natural_order(sort(unique(as.character(labels[!is.na(labels)]))))
     meta <- data.frame(as.character(labels), stringsAsFactors = FALSE)
     names(meta) <- col
     ref <- .annotate_input(reference, if (explicit) assay else NULL, layer, reduction, meta = meta,

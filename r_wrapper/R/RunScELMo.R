@@ -23,8 +23,9 @@
 #' @param layer Layer (Seurat v5) or slot (v4) holding counts or normalised
 #'   values: `"counts"` (default) or `"data"`.
 #' @param features Genes to use (default: all genes of the assay).
-#' @param aggregator `"wa"` (expression-weighted mean, default) or `"aa"` (the
-#'   paper's arithmetic average), or an aggregator from a Python plugin.
+#' @param aggregator `"wa"` (expression-weighted mean) or `"aa"` (the paper's
+#'   arithmetic average), or an aggregator from a Python plugin. Default: the
+#'   config's `aggregate.method` when given, else `"wa"`.
 #' @param config A named list of scelmo settings (see [scelmo_config()]).
 #' @param reduction.name Name of the DimReduc (default `"scelmo"`).
 #' @param reduction.key Key (column prefix) of the DimReduc (default `"scelmo_"`).
@@ -56,7 +57,7 @@ RunScELMo <- function(object, ...) {
 
 #' @rdname RunScELMo
 #' @export
-RunScELMo.default <- function(object, features = NULL, aggregator = "wa", config = NULL,
+RunScELMo.default <- function(object, features = NULL, aggregator = NULL, config = NULL,
                               verbose = TRUE, ...) {
   if (inherits(object, "Seurat")) return(RunScELMo.Seurat(object, features = features, aggregator = aggregator,
                                                           config = config, verbose = verbose, ...))
@@ -72,7 +73,7 @@ RunScELMo.default <- function(object, features = NULL, aggregator = "wa", config
 
 #' @rdname RunScELMo
 #' @export
-RunScELMo.Seurat <- function(object, assay = NULL, layer = "counts", features = NULL, aggregator = "wa",
+RunScELMo.Seurat <- function(object, assay = NULL, layer = "counts", features = NULL, aggregator = NULL,
                              config = NULL, reduction.name = "scelmo", reduction.key = "scelmo_",
                              verbose = TRUE, ...) {
   .check_seurat(object)
@@ -99,10 +100,23 @@ RunScELMo.Seurat <- function(object, assay = NULL, layer = "counts", features = 
 }
 
 # m: genes x cells; returns list(Z = cells x d matrix, provenance = list)
-.embed <- function(m, aggregator, config, verbose, source, what) {
-  if (!is.character(aggregator) || length(aggregator) != 1) {
+# The aggregator: the argument, else the config's aggregate.method, else "wa"; both given
+# and different is an error (the argument used to win silently over the config).
+.aggregator <- function(aggregator, config) {
+  from_config <- config[["aggregate.method"]]
+  if (!is.null(aggregator) && !is.null(from_config) && !identical(aggregator, from_config)) {
+    .abort(paste0("`aggregator = \"", aggregator, "\"` and the config's `aggregate.method = \"", from_config,
+                  "\"` disagree; give one of them."), "scelmo_input_error")
+  }
+  aggregator <- aggregator %||% from_config %||% "wa"
+  if (!is.character(aggregator) || length(aggregator) != 1 || is.na(aggregator) || !nzchar(aggregator)) {
     .abort("`aggregator` must be one name, e.g. \"wa\" or \"aa\".", "scelmo_input_error")
   }
+  aggregator
+}
+
+.embed <- function(m, aggregator, config, verbose, source, what) {
+  aggregator <- .aggregator(aggregator, config)
   gene_embeddings <- config[["gene.embeddings"]]
   config[["gene.embeddings"]] <- NULL
   t0 <- proc.time()[["elapsed"]]

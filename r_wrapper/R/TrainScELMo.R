@@ -183,6 +183,9 @@ TrainScELMo.default <- function(object, labels = NULL, batch = NULL, head = "ann
                       training = settings, config = if (length(cfg)) cfg else NULL,
                       gene_embeddings = gene.embeddings, normalize = normalize)
   model <- .new_model(res$model, res$info, path = NULL)
+  if (!is.null(lab) && is.factor(lab$values)) {  # a factor's level order (seurat_clusters, ...)
+    model$classes <- c(intersect(levels(lab$values), model$classes), setdiff(model$classes, levels(lab$values)))
+  }
   model$labels <- lab$name
   model$batch <- bat$name
   if (verbose) message(.train_line(model))
@@ -205,6 +208,14 @@ TrainScELMo.default <- function(object, labels = NULL, batch = NULL, head = "ann
   dots
 }
 
+# Labels in natural order: numbers by value ("0", "1", ..., "10", as Seurat's cluster IDs),
+# else as given.
+.natural_order <- function(x) {
+  x <- as.character(x)
+  num <- suppressWarnings(as.numeric(x))
+  if (length(x) && !anyNA(num)) x[order(num)] else x
+}
+
 .new_model <- function(py, info, path) {
   genes <- .decode_strings(info$genes, as.integer(info$n_genes))
   hist <- info$history
@@ -212,7 +223,7 @@ TrainScELMo.default <- function(object, labels = NULL, batch = NULL, head = "ann
   structure(list(
     py = py,
     head = info$head,
-    classes = as.character(unlist(info$classes)),
+    classes = .natural_order(unlist(info$classes)),
     predicts.labels = isTRUE(info$predicts_labels),
     genes = genes,
     labels = info$labels_key,

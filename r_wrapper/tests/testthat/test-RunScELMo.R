@@ -41,6 +41,15 @@ test_that("the default method embeds a plain genes x cells matrix", {
   Za <- suppressWarnings(RunScELMo(m, aggregator = "aa", features = toy_genes[1:6], verbose = FALSE))
   expect_equal(attr(Za, "scelmo")$aggregator, "aa")
   expect_equal(as.integer(attr(Za, "scelmo")$n_genes), 6L)
+  # the config's aggregate.method is used when aggregator= is not given (it was ignored)
+  Zc <- suppressWarnings(RunScELMo(m, config = scelmo_config(aggregate.method = "aa"), features = toy_genes[1:6],
+                                   verbose = FALSE))
+  expect_equal(attr(Zc, "scelmo")$aggregator, "aa")
+  expect_equal(unclass(Zc)[, ], unclass(Za)[, ], ignore_attr = TRUE)
+  expect_equal(attr(suppressWarnings(RunScELMo(m, aggregate.method = "aa", features = toy_genes[1:6],
+                                               verbose = FALSE)), "scelmo")$aggregator, "aa")
+  expect_error(RunScELMo(m, aggregator = "wa", aggregate.method = "aa", verbose = FALSE),
+               class = "scelmo_input_error", regexp = "disagree")
   Zl <- RunScELMo(m, l2.normalize = TRUE, verbose = FALSE)
   expect_equal(unname(sqrt(rowSums(Zl^2))), rep(1, 30), tolerance = 1e-5)
 })
@@ -168,7 +177,7 @@ test_that("an API key given inline never reaches object@commands or the saved ob
     expect_false(grepl(secret, rawToChar(bytes[bytes != as.raw(0)]), fixed = TRUE, useBytes = TRUE))
     cmd <- o@commands[[grep("RunScELMo", names(o@commands))[1]]]
     expect_identical(cmd@params$config$describe.api_key, "**********")
-    expect_identical(cmd@params$aggregator, "wa")  # other arguments are kept as they were
+    expect_identical(cmd@params$layer, "counts")  # other arguments are kept as they were
   }
   cmd <- b@commands[[grep("RunScELMo", names(b@commands))[1]]]
   expect_match(cmd@call.string, "describe.api_key = \"**********\"", fixed = TRUE)

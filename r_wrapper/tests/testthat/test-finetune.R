@@ -31,6 +31,14 @@ test_that("TrainScELMo + PredictScELMo on pbmc_small: labels, scores, DimReduc, 
   expect_true(is.data.frame(model$history) && nrow(model$history) >= 1 && "loss" %in% names(model$history))
   expect_output(print(model), "'annotation' head")
   expect_output(print(model), "3 classes \\(0, 1, 2\\)")
+  # labels keep a factor's level order and numbers sort by value (Seurat cluster IDs)
+  expect_identical(scelmo:::.natural_order(c("0", "10", "2", "1")), c("0", "1", "2", "10"))
+  expect_identical(scelmo:::.natural_order(c("T", "B")), c("T", "B"))
+  r2 <- s$ref
+  r2$rev <- factor(as.character(r2$RNA_snn_res.1), levels = c("2", "1", "0"))
+  m2 <- TrainScELMo(r2, labels = "rev", max.epochs = 1, verbose = FALSE)
+  expect_identical(m2$classes, c("2", "1", "0"))
+  expect_identical(levels(PredictScELMo(s$query, m2, verbose = FALSE)$scelmo_label), c("2", "1", "0"))
 
   q <- PredictScELMo(s$query, model, verbose = FALSE)
   expect_true(all(c("scelmo_label", "scelmo_score") %in% colnames(q[[]])))
