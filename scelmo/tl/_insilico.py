@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.special import logsumexp
 
 from scelmo import keys, provenance
 from scelmo.errors import InputError, ScelmoError
@@ -251,33 +252,53 @@ def _summarise(acc: _Effects, n: int, base: dict[str, Any]) -> dict[str, np.ndar
             "paired_t": paired_t, "cosine": cos, "delta_cosine": cos - _cos(base["z_mean"], base["zt_mean"])}
 
 
+def _classifier64(head: Any) -> Any:
+    """The head's classifier on latent vectors in float64 (logits), or ``None`` for a head
+    without one (``head.module.classifier``)."""
+    module = getattr(head, "module", None)
+    if module is None or getattr(module, "classifier", None) is None:
+        return None
+    import torch
+
+    clf = _copy.deepcopy(module.classifier).to("cpu").double().eval()
+
+    def logits(Z: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return clf(torch.from_numpy(np.ascontiguousarray(Z, dtype=np.float64))).numpy()
+
+    return logits
+
+
 def _brute_effects(ctx: _Context, factor: float, cols: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """The same effects by re-embedding and re-classifying the source cells once per gene
     (the head's public ``transform`` / ``predict_proba``; float32 inside the head)."""
     head, E, t = ctx.head, ctx.E, ctx.t
     eps = 1e-12
+    clf = _classifier64(head)
 
-    def run(X: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    def run(X: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         z = np.asarray(head.transform(X, gene_vectors=E, gene_names=ctx.names), dtype=np.float64)
         if t is None:
-            return z, None
+            return z, None, None
+        if clf is not None:  # the log-odds from the logits: float32 probabilities saturate near 0 and 1
+            L = clf(z)
+            P = np.exp(L - logsumexp(L, axis=1, keepdims=True))
+            return z, P, L[:, t] - logsumexp(np.delete(L, t, axis=1), axis=1)
         p = np.clip(np.asarray(head.predict_proba(X, gene_vectors=E, gene_names=ctx.names), dtype=np.float64), eps, 1.0)
-        return z, p
+        return z, p, np.log(p[:, t]) - np.log(np.clip(1.0 - p[:, t], eps, 1.0))
 
-    z0, P0 = run(ctx.Xs)
+    z0, P0, lo0 = run(ctx.Xs)
     zt_mean = np.asarray(head.transform(ctx.Xt, gene_vectors=E, gene_names=ctx.names), dtype=np.float64).mean(0)
     n = z0.shape[0]
     base = {"z_mean": z0.mean(0), "zt_mean": zt_mean}
     acc = _Effects(E.shape[0], z0.shape[1])
     if t is not None:
-        lo0 = np.log(P0[:, t]) - np.log(np.clip(1.0 - P0[:, t], eps, 1.0))
         hit0 = (P0.argmax(1) == t).astype(np.float64)
     for c in cols:
         Xd = _scale_column(ctx.Xs, int(c), factor)
-        z, P = run(Xd)
+        z, P, lo = run(Xd)
         cc = np.full(n, int(c))
         if t is not None:
-            lo = np.log(P[:, t]) - np.log(np.clip(1.0 - P[:, t], eps, 1.0))
             acc.add(cc, lo - lo0, P[:, t] - P0[:, t], (P.argmax(1) == t) - hit0, z - z0)
         else:
             acc.add(cc, np.zeros(n), np.zeros(n), np.zeros(n), z - z0)
@@ -419,6 +440,8 @@ def in_silico_deletion(
     if not np.isfinite(factor) or factor < 0 or factor == 1.0:
         raise InputError(f"factor={factor!r}: use 0 to delete a gene, a value in (0, 1) to down-weight it or > 1 to "
                          "over-express it (1 would change nothing).")
+    if max_cells is not None and (isinstance(max_cells, bool) or int(max_cells) < 1):
+        raise InputError(f"max_cells must be a whole number >= 1, or None for every cell (got {max_cells!r}).")
     if int(n_null) < 2 or int(null_bins) < 1:
         raise InputError(f"n_null must be >= 2 and null_bins >= 1 (got n_null={n_null}, null_bins={null_bins}).")
     groupby = groupby or model.setup.labels_key
