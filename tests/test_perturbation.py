@@ -288,6 +288,14 @@ def test_driven_by_scelmo_model(tmp_path, synthetic):
     np.testing.assert_allclose(again.predict_perturbation(ctrl, names[0]).to_numpy(), pred.to_numpy(), atol=1e-6)
     with pytest.raises(InputError, match="missing from the data"):
         model.predict_perturbation(ctrl[:, :10].copy(), names[0])
+    # trial findings: a knockout of a measured gene held out of training takes its gene vector
+    # (it was refused, with a hint naming an argument that does not exist); empty names are errors
+    held_out = next(g for g in adata.var_names if g not in model.head.components and g not in names)
+    out = model.predict_perturbation(ctrl, held_out, mean=True)
+    assert np.isfinite(out).all() and held_out in model.head.components
+    for bad in ("", " ", "+", f"{names[0]}+"):
+        with pytest.raises(InputError, match="empty"):
+            model.predict_perturbation(ctrl, bad)
 
 
 def test_cli_train_and_predict_perturbation(tmp_path, synthetic):

@@ -526,8 +526,8 @@ class PerturbationHead(TorchHead):
         if unknown:
             raise InputError(
                 f"No embedding for component(s) {unknown[:10]}; the head knows {len(self.spec['components'])} "
-                "(see .components). Give their vectors with head.add_embeddings({name: vector}) or "
-                "predict(..., perturbation_embeddings=...)."
+                "(see .components). Give their vectors with head.add_embeddings({name: vector}) (scelmo.Model "
+                "adds those of genes its gene table has by itself)."
             )
         out = torch.zeros(len(uniq), self.options.latent, device=device)
         perturbed = [i for i, cs in enumerate(comps) if cs]  # the control stays at zero: no change

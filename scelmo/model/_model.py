@@ -49,6 +49,7 @@ from scelmo.genes import GeneEmbeddings
 from scelmo.knowledge import roles
 from scelmo.model._save_load import read_model, save_model
 from scelmo.model._setup import AnnDataSetup, _remember, _setup_of, _setup_to_uns
+from scelmo.perturbation import components
 
 
 class Model:
@@ -447,6 +448,7 @@ class Model:
             )
         cols = np.array([pos[g] for g in self.train_genes])
         X = X[:, cols]
+        self._add_measured_components(perturbation)
         pred = np.asarray(self.head.predict_expression(X, perturbation, device=device), dtype=np.float32)
         provenance.record(target, "predict_perturbation", {
             "head": self.head_name, "perturbation": perturbation if isinstance(perturbation, str) else "per cell",
@@ -455,6 +457,29 @@ class Model:
         if mean:
             return pd.Series(pred.mean(axis=0, dtype=np.float64), index=self.train_genes, name=str(perturbation))
         return pd.DataFrame(pred, index=target.obs_names, columns=self.train_genes)
+
+    def _add_measured_components(self, perturbation: str | Any) -> None:
+        """Check the perturbation names, and give the head the (conditioned) vector of each
+        component it did not see in training that the model's gene table has: a held-out
+        knockout of a measured gene (also under an older symbol, MARCH8 for MARCHF8)."""
+        sep = str(getattr(getattr(self.head, "options", None), "separator", "+"))
+        control = (getattr(self.head, "spec", None) or {}).get("control")
+        perts = [perturbation] if isinstance(perturbation, str) else [str(p) for p in np.asarray(perturbation).ravel()]
+        bad = sorted({p for p in perts if not p.strip() or (p != control and any(not c.strip() for c in p.split(sep)))})
+        if bad:
+            raise InputError(f"Perturbation name(s) {bad[:5]} are empty or have an empty component; give names such "
+                             f"as 'KLF1' or 'KLF1{sep}CEBPA' (or the control, {control!r}).")
+        known = set(getattr(self.head, "components", ()) or ())
+        unknown = sorted({c for p in set(perts) for c in components(p, sep=sep, control=control)} - known)
+        if not unknown or not hasattr(self.head, "add_embeddings"):
+            return
+        vocab = roles.vocabulary()
+        symbols = vocab.resolve(unknown).symbols if vocab is not None else unknown
+        lookup = [s if (s is not None and s in self.gene_table) else u for s, u in zip(symbols, unknown, strict=True)]
+        vectors, found = self.gene_table.aligned(lookup, conditioned=True)
+        extra = {u: vectors[i] for i, u in enumerate(unknown) if found[i]}
+        if extra:
+            self.head.add_embeddings(extra)
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
