@@ -395,3 +395,28 @@ def test_cells_with_no_expression_are_unknown(pbmc):
     scelmo.tl.embed_cells(ref, layer="counts")
     scelmo.tl.annotate(a, reference=ref, ref_labels="bulk_labels", key_added="ref_label")
     assert (a.obs["ref_label"].astype(str)[:5] == "unknown").all()
+
+
+def test_descriptions_naming_genes_give_those_markers_and_missing_markers_are_said():
+    """Trial findings: genes spelt out in a description were ignored (acinar cell got no
+    marker, ductal cell ARHGEF6, PEBP1 ...), and a name whose known markers the data lacks
+    ("stellate": COLEC10, RSPO3, ...) fell back to ribosomal genes without a warning."""
+    import warnings
+
+    from scelmo.errors import ScelmoWarning
+    from scelmo.tl._annotation import knowledge_markers
+
+    genes = ["PRSS1", "CPA1", "CELA3A", "KRT19", "SOX9", "INS", "GCG", "RPL38", "RPS20", "COL1A1", "ACTA2"]
+    m = knowledge_markers(["acinar cell", "ductal cell", "beta cell"], genes,
+                          texts=["Pancreatic acinar cell secreting digestive enzymes: PRSS1, CPA1, CELA3A, CTRB1.",
+                                 "Duct cell expressing KRT19, CFTR and SOX9.", "beta cell"])
+    assert m["acinar cell"] == {"PRSS1": 1.0, "CPA1": 1.0, "CELA3A": 1.0}  # (CTRB1 is not in the data)
+    assert set(m["ductal cell"]) == {"KRT19", "SOX9"} and set(m["beta cell"]) == {"INS"}
+    # the user's genes win over a curated set the name also matches
+    told = knowledge_markers(["stellate cell", "beta cell"], genes, texts=["Stellate cell: COL1A1, ACTA2.", "beta cell"])
+    assert set(told["stellate cell"]) == {"COL1A1", "ACTA2"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        knowledge_markers(["stellate cell", "beta cell"], genes)
+    assert any(issubclass(w.category, ScelmoWarning) and "known marker genes of 'stellate cell'" in str(w.message)
+               for w in caught)

@@ -163,16 +163,33 @@ def knowledge_markers(
     curated, unmatched, definitions = _curated_markers(describer, vocab, cell_types, pool, pool_symbols,
                                                        species=res.species if res is not None else None)
     out = {name: w for name, w in curated.items() if w}
+    described = {str(t) for t, x in zip(cell_types, texts or cell_types, strict=True) if str(x) != str(t)}
+    # a description that names genes ("acinar cell secreting PRSS1, CPA1 and CELA3A") says
+    # what marks the type: those genes (the data has) are its markers, whatever else it matches
+    for name, text in zip(cell_types, texts or cell_types, strict=True):
+        told = _named_genes(str(text), vocab, named_of, exact=True) if str(name) in described else []
+        if told:
+            out[str(name)] = dict.fromkeys(told, 1.0)
     rest = [t for t in cell_types if str(t) not in out]
     if not rest:
         return {str(t): out[str(t)] for t in cell_types}
     # ... the other names get markers derived from what the genes' descriptions say, compared
     # with the name's description: the user's, else the definition of the one known type it
     # matches (pancreas: 0.664 -> 0.814 on Muraro, 0.800 -> 0.824 on Baron), else the name
-    described = {str(t) for t, x in zip(cell_types, texts or cell_types, strict=True) if str(x) != str(t)}
     texts = [str(x) if str(t) in described else definitions.get(str(t), str(t))
              for t, x in zip(cell_types, texts or cell_types, strict=True)]
     rest_names = {str(t) for t in rest}
+    if not rest:
+        return {str(t): out[str(t)] for t in cell_types}
+    # names a known type matches whose marker genes the data lacks fall back too: say so
+    absent = [t for t in rest if t not in described and t not in unmatched]
+    if absent:
+        warnings.warn(
+            f"The known marker genes of {', '.join(repr(str(t)) for t in absent)} are not among the data's "
+            "(detected) genes; their markers come from the genes' GO terms and pathways instead. Give each a "
+            "description naming marker genes the data has (`cell_types={name: 'cell expressing GENE1, GENE2'}`) "
+            "or use a labelled `reference`.", ScelmoWarning, stacklevel=2,
+        )
     unmatched = [t for t in unmatched if t not in described and t in rest_names]
     if unmatched:
         warnings.warn(
@@ -212,6 +229,13 @@ def knowledge_markers(
         top = max(w.values(), default=1.0)
         w.update({g: top for g in named})  # a gene the name itself mentions: as specific as the best
         out[str(name)] = w
+    empty = [str(t) for t in cell_types if not out[str(t)]]
+    if empty:
+        warnings.warn(
+            f"No marker gene of the data was found for {', '.join(map(repr, empty))}: no cluster can be given "
+            "that name. Describe it with marker genes the data has (`cell_types={name: 'cell expressing GENE1, "
+            "GENE2'}`) or use a labelled `reference`.", ScelmoWarning, stacklevel=2,
+        )
     return {str(t): out[str(t)] for t in cell_types}
 
 
@@ -388,7 +412,10 @@ def annotate(
         beforehand on its own statistics is used as it is.
     cell_types
         Candidate cell types for text-prompt annotation: a list of names, or a mapping
-        ``name -> description`` whose descriptions are embedded instead of the names.
+        ``name -> description`` whose descriptions are embedded instead of the names. A
+        description that names marker genes (``"acinar cell secreting PRSS1, CPA1"``) gives
+        exactly those genes (the ones the data has) as the type's markers. A name left
+        with no marker gene in the data is warned about (no cluster can get it).
         Only these types can be assigned.
     describe_cell_types
         Have the ``describe`` role's LLM write a description of each listed name (prompt
@@ -421,7 +448,9 @@ def annotate(
         Label of cells below ``min_score`` and of clusters expressing no candidate's
         markers (``method="markers"``).
     temperature
-        Softmax temperature turning prompt similarities into scores.
+        Softmax temperature turning prompt similarities into scores (``method="embedding"``;
+        the marker method's group scores use a fixed 0.25 on its mean z-scores, recorded in
+        ``uns``).
     config
         Settings or a mapping of overrides (see :mod:`scelmo.config`); also used for
         the embeddings computed here.
