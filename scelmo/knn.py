@@ -8,9 +8,11 @@ classes go to the class of the nearest neighbour among the tied classes. Both
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
-from scelmo.errors import InputError
+from scelmo.errors import InputError, ScelmoWarning
 
 #: Added to the tie-winning class's share so that ``argmax`` picks it (far below 1/k).
 TIE_BONUS = 1e-6
@@ -32,6 +34,10 @@ def knn_fractions(query: np.ndarray, ref: np.ndarray, codes: np.ndarray, n_class
     """
     if ref.shape[0] == 0:
         raise InputError("The reference has no cells.")
+    if int(k) >= ref.shape[0] and ref.shape[0] > 1:
+        warnings.warn(f"k={int(k)} neighbours is not below the reference's {ref.shape[0]} cells: every cell's vote is "
+                      "the whole reference, the same for all. Pass a smaller k (10 by default).",
+                      ScelmoWarning, stacklevel=3)
     k = min(int(k), ref.shape[0])
     codes = np.asarray(codes, dtype=np.int64)
     R = unit_rows(np.asarray(ref, dtype=np.float32))

@@ -18,6 +18,11 @@ def test_knn_vote_majority_ties_and_share():
     np.testing.assert_allclose(share, [2 / 3, 1.0])
     pred, share = knn_vote(np.array([[1, 0.0]], dtype=np.float32), ref, labels, k=2)
     assert pred.tolist() == ["a"] and share[0] == 1.0
+    # k not below the reference's size: every cell gets the same vote, which is said
+    from scelmo.errors import ScelmoWarning
+
+    with pytest.warns(ScelmoWarning, match="k=50 neighbours is not below the reference's 5 cells"):
+        knn_vote(np.array([[1, 0.0]], dtype=np.float32), ref, labels, k=50)
 
 
 def test_prompt_match_only_listed_types():

@@ -120,6 +120,7 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
     .abort("`label.name` must be one non-empty string.", "scelmo_input_error")
   }
   aggregator <- .aggregator(aggregator, config)
+  .check_k(k)
   query <- .annotate_input(object, assay, layer, reduction, what = "the query", explicit = explicit)
   args <- list(query$payload, embedding = query$embedding, k = as.integer(k), aggregator = aggregator,
                config = if (length(config)) config else NULL, key_added = label.name)
@@ -155,6 +156,10 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
     if (!is.null(names(cell.types))) {
       texts <- as.character(cell.types)
       cell.types <- names(cell.types)
+    }
+    if (anyDuplicated(cell.types)) {
+      .abort(paste0("`cell.types` names ", paste(unique(cell.types[duplicated(cell.types)]), collapse = ", "),
+                    " more than once; candidate cell types must be unique."), "scelmo_input_error")
     }
     cell.types <- as.character(cell.types)
     known <- unique(cell.types)

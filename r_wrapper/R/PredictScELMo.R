@@ -122,6 +122,11 @@ PredictScELMo.default <- function(object, model, method = "knn", k = NULL, norma
   if (!is.character(method) || length(method) != 1 || !method %in% c("knn", "classifier")) {
     .abort("`method` must be \"knn\" or \"classifier\".", "scelmo_input_error")
   }
+  .check_k(k)
+  if (identical(method, "classifier") && !isTRUE(model$predicts.labels)) {
+    .warn(paste0("`method = \"classifier\"` does not apply: the '", model$head, "' model predicts no labels ",
+                 "(its embedding is added as a reduction)."))
+  }
   m <- .check_matrix(.as_dgc(m), "the query")
   if (verbose) {
     message(sprintf("scelmo: applying the '%s' model to %d cells x %d genes", model$head, ncol(m), nrow(m)))
@@ -138,4 +143,14 @@ PredictScELMo.default <- function(object, model, method = "knn", k = NULL, norma
     out$scores <- readBin(res$scores, "double", n = n, size = 8, endian = "little")
   }
   out
+}
+
+# k: NULL (the default) or one whole number >= 1 (NA read as an integer became -2147483648)
+.check_k <- function(k) {
+  if (is.null(k)) return(invisible(NULL))
+  if (!is.numeric(k) || length(k) != 1 || is.na(k) || k < 1 || k != round(k)) {
+    .abort(paste0("`k` must be one whole number >= 1 (neighbours), not ", paste(format(k), collapse = ", "), "."),
+           "scelmo_input_error")
+  }
+  invisible(k)
 }

@@ -23,6 +23,7 @@ scelmo_config <- function(..., validate = TRUE) {
     .abort("Every setting must be named, e.g. scelmo_config(aggregate.method = \"aa\").",
            "scelmo_config_error")
   }
+  .check_config_values(cfg)  # NA would reach Python as True
   if (validate) .call_bridge("config_show", if (length(cfg)) cfg else NULL)
   structure(cfg, class = c("scelmo_config", "list"))
 }

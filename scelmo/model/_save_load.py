@@ -19,7 +19,7 @@ import numpy as np
 
 from scelmo import plugin as plugins
 from scelmo._version import __version__
-from scelmo.errors import ScelmoError
+from scelmo.errors import InputError, ScelmoError
 from scelmo.genes import GeneEmbeddings
 from scelmo.io import atomic_dir
 from scelmo.plugin import TaskHead
@@ -67,7 +67,8 @@ def read_model(path: str | Path) -> tuple[dict[str, Any], GeneEmbeddings, TaskHe
     path = Path(path)
     mfile = path / MODEL_FILE
     if not mfile.is_file():
-        raise ScelmoError(f"{path} is not a saved scelmo model (no {MODEL_FILE}).")
+        raise InputError(f"{path} is not a saved scelmo model (no {MODEL_FILE}); pass the directory `Model.save` or "
+                         "`scelmo train -o` wrote.")
     info = json.loads(mfile.read_text(encoding="utf-8"))
     if info.get("format") != FORMAT or int(info.get("format_version", 0)) > FORMAT_VERSION:
         raise ScelmoError(f"{path}: unsupported model format {info.get('format')!r} v{info.get('format_version')}.")

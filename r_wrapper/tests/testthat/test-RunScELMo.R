@@ -112,6 +112,7 @@ test_that("bad input gives classed R errors and leaves the object unchanged", {
   # a gene.embeddings directory that is not there is the caller's input, not a Python failure
   expect_error(RunScELMo(seu, config = list(gene.embeddings = file.path(tempdir(), "no_such_table")),
                          verbose = FALSE), class = "scelmo_input_error", regexp = "does not exist")
+  expect_error(scelmo_config(aggregate.l2_normalize = NA), class = "scelmo_input_error", regexp = "is NA")
   # NA would reach Python as True: refused, in config lists and in shortcuts alike
   expect_error(RunScELMo(seu, config = list(aggregate.l2_normalize = NA), verbose = FALSE),
                class = "scelmo_input_error", regexp = "aggregate.l2_normalize. is NA")

@@ -28,6 +28,9 @@ test_that("AnnotateScELMo: zero-shot from cell-type names", {
                         verbose = FALSE)
   expect_s3_class(lab, "data.frame")
   expect_true(all(lab$scelmo_label %in% c("T", "B", "unknown")))
+  # a name given twice in a named vector is refused, as unnamed duplicates are
+  expect_error(AnnotateScELMo(toy_counts(10), cell.types = c(T = "T lymphocyte", T = "CD8 T cell", B = "B cell"),
+                              verbose = FALSE), class = "scelmo_input_error", regexp = "more than once")
 })
 
 test_that("AnnotateScELMo: argument errors are classed and leave the object unchanged", {

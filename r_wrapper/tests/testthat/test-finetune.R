@@ -84,6 +84,12 @@ test_that("TrainScELMo + PredictScELMo on pbmc_small: labels, scores, DimReduc, 
   expect_match(conditionMessage(err), "LoadScELMoModel(\"", fixed = TRUE)
   expect_match(conditionMessage(err), "saveRDS", fixed = TRUE)
   expect_error(SaveScELMoModel(dead, tempfile()), class = "scelmo_dead_model")
+  # a directory that is no model is the caller's input; k must be a whole number (NA showed -2147483648)
+  notmodel <- tempfile("not_a_model_")
+  dir.create(notmodel)
+  expect_error(LoadScELMoModel(notmodel), class = "scelmo_input_error", regexp = "not a saved scelmo model")
+  expect_error(PredictScELMo(s$query, loaded, k = NA, verbose = FALSE), class = "scelmo_input_error",
+               regexp = "`k` must be one whole number")
 })
 
 test_that("the integration head returns an integrated DimReduc and no labels", {
@@ -101,6 +107,9 @@ test_that("the integration head returns an integrated DimReduc and no labels", {
   expect_true(ncol(E) >= 2 && all(is.finite(E)))
   expect_false(any(c("scelmo_label", "scelmo_score") %in% colnames(seu[[]])))
   expect_identical(SeuratObject::Misc(dr)$scelmo$head, "integration")
+  # method = "classifier" does not apply to it: said, not ignored in silence
+  expect_warning(PredictScELMo(pbmc_small, model, method = "classifier", verbose = FALSE), "does not apply",
+                 class = "scelmo_warning")
 })
 
 test_that("Kang 2018 subset: trained on control cells, labels stimulated cells well above chance", {
