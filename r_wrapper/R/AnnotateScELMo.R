@@ -4,7 +4,8 @@
 #' object (its `ref.labels` metadata column), or **zero-shot** annotation from
 #' a character vector of `cell.types` (each cell gets the type whose text
 #' embedding is most similar). Adds the columns `label.name` (the label, a factor
-#' whose levels are the candidate types or the reference's labels, then "unknown")
+#' whose levels are the candidate types or the reference's labels, then "unknown",
+#' always a level)
 #' and `paste0(label.name, "_score")` (its score) to `meta.data`.
 #'
 #' An existing scelmo reduction (`object[[reduction]]`, and
@@ -179,5 +180,6 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
   # a factor, as Seurat's own labels (Idents, PredictScELMo): the candidate types or the
   # reference's labels in their order, then any other label given ("unknown")
   found <- unique(labels[!is.na(labels)])
-  list(labels = factor(labels, levels = c(known, sort(setdiff(found, known)))), scores = scores)
+  levels <- c(known, setdiff("unknown", known), sort(setdiff(found, c(known, "unknown"))))  # "unknown" always a level
+  list(labels = factor(labels, levels = levels), scores = scores)
 }

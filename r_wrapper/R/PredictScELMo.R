@@ -141,6 +141,7 @@ PredictScELMo.default <- function(object, model, method = "knn", k = NULL, norma
   if (!is.null(res$labels)) {
     out$labels <- .decode_strings(res$labels, n)
     out$scores <- readBin(res$scores, "double", n = n, size = 8, endian = "little")
+    out$scores[is.nan(out$scores)] <- NA_real_  # (a cell with no evidence: NA, as its label)
   }
   out
 }

@@ -44,6 +44,14 @@ test_that("TrainScELMo + PredictScELMo on pbmc_small: labels, scores, DimReduc, 
   expect_true(all(c("scelmo_label", "scelmo_score") %in% colnames(q[[]])))
   expect_true(all(as.character(q$scelmo_label) %in% model$classes))
   expect_true(all(q$scelmo_score > 0 & q$scelmo_score <= 1))
+  # cells with no counts: NA label and NA (not NaN) score, with a warning
+  qz <- s$query
+  counts <- SeuratObject::GetAssayData(qz, slot = "counts")
+  counts[, 1:2] <- 0
+  qz <- SeuratObject::SetAssayData(qz, slot = "counts", new.data = counts)
+  pz <- suppressWarnings(PredictScELMo(qz, model, verbose = FALSE))
+  expect_true(all(is.na(pz$scelmo_label[1:2])) && all(is.na(pz$scelmo_score[1:2])))
+  expect_false(any(is.nan(pz$scelmo_score)))
   # measured 17/19 correct (seed 0); majority class is 8/19
   expect_gt(mean(as.character(q$scelmo_label) == as.character(q$RNA_snn_res.1)), 0.6)
   expect_true("scelmo_finetuned" %in% SeuratObject::Reductions(q))
