@@ -158,6 +158,9 @@ TrainScELMo.default <- function(object, labels = NULL, batch = NULL, head = "ann
   if (!is.null(bat)) cols[[bat$name]] <- as.character(bat$values)
   md <- if (length(cols)) as.data.frame(cols, stringsAsFactors = FALSE, optional = TRUE) else NULL
   head_options <- .head_options(dots)
+  # (checked under the R names first: NA would reach Python as True, early.stopping = NA)
+  .check_config_values(list(max.epochs = max.epochs, batch.size = batch.size, lr = lr, early.stopping = early.stopping,
+                            seed = seed, device = device, num.threads = num.threads))
   settings <- list(max_epochs = max.epochs, batch_size = batch.size, lr = lr, early_stopping = early.stopping,
                    seed = seed, device = device, num_threads = num.threads)
   settings <- settings[!vapply(settings, is.null, logical(1))]
@@ -172,10 +175,13 @@ TrainScELMo.default <- function(object, labels = NULL, batch = NULL, head = "ann
     settings[names(training)] <- training
   }
   cfg <- .dots_config(config, list())
-  .check_config_values(settings)  # NA would reach Python as True (early.stopping = NA)
+  .check_config_values(settings)  # (the training list's entries)
   .check_config_values(head_options)
   if (verbose) {
-    message(sprintf("scelmo: training the '%s' head on %d cells x %d genes (%s)", head, n, nrow(m), source))
+    n_lab <- if (!is.null(lab)) sum(!is.na(lab$values)) else n
+    message(sprintf("scelmo: training the '%s' head on %d cells%s x %d genes (%s)", head, n,
+                    if (n_lab < n) sprintf(" (%d labelled; the others unsupervised or skipped)", n_lab) else "",
+                    nrow(m), source))
   }
   res <- .call_bridge("train", .scelmo_payload(m, meta = md, what = "the training data"),
                       head = head, labels_key = lab$name, batch_key = bat$name,

@@ -144,7 +144,9 @@ test_that("fine-tuning errors say what to do next", {
   expect_error(TrainScELMo(s$ref, verbose = FALSE), class = "scelmo_input_error", regexp = "needs `labels`")
   # NA would reach Python as True
   expect_error(TrainScELMo(s$ref, labels = "groups", early.stopping = NA, verbose = FALSE),
-               class = "scelmo_input_error", regexp = "early_stopping. is NA")
+               class = "scelmo_input_error", regexp = "`early.stopping` is NA")  # the R name
+  expect_error(TrainScELMo(s$ref, labels = "groups", max.epochs = NA, verbose = FALSE),
+               class = "scelmo_input_error", regexp = "`max.epochs` is NA")
   expect_error(TrainScELMo(s$ref, labels = "groups", training = list(patience = NA), verbose = FALSE),
                class = "scelmo_input_error", regexp = "patience. is NA")
   expect_error(TrainScELMo(s$ref, head = "integration", verbose = FALSE), class = "scelmo_input_error",
