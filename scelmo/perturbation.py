@@ -240,18 +240,27 @@ def gene_perturbation_embeddings(
     sep: str = "+",
     control: str | None = None,
 ) -> dict[str, np.ndarray]:
-    """One vector per component gene of ``names``, from a :class:`~scelmo.genes.GeneEmbeddings`.
+    """One vector per component gene of ``names``, from a :class:`~scelmo.genes.GeneEmbeddings`,
+    keyed by the names as given: a gene under an older symbol or alias is found under its
+    current one (MARCH8 in a table that ``embed_genes`` keyed by MARCHF8).
 
     Raises :class:`~scelmo.errors.InputError` naming the genes the table lacks.
     """
     wanted = sorted({c for n in names for c in components(n, sep=sep, control=control)})
-    missing = [g for g in wanted if g not in gene_embeddings]
+    lookup = {g: g for g in wanted if g in gene_embeddings}
+    rest = [g for g in wanted if g not in lookup]
+    vocab = roles.vocabulary() if rest else None
+    if vocab is not None:
+        for g, sym in zip(rest, vocab.resolve(rest).symbols, strict=True):
+            if sym is not None and sym in gene_embeddings:
+                lookup[g] = sym
+    missing = [g for g in wanted if g not in lookup]
     if missing:
         raise InputError(
             f"{len(missing)} perturbed gene(s) have no gene embedding: {missing[:10]}. Embed them with "
             "`scelmo.tl.embed_genes(genes=[...])`, or give their vectors explicitly."
         )
-    mat, _ = gene_embeddings.aligned(wanted)
+    mat, _ = gene_embeddings.aligned([lookup[g] for g in wanted])
     return {g: mat[i] for i, g in enumerate(wanted)}
 
 

@@ -125,6 +125,12 @@ def test_synthetic_bad_inputs(synthetic):
         P.synthetic_genetic_perturbations(ge, adata=base, n_single=3, n_combo=10)
     with pytest.raises(InputError, match="no gene embedding"):
         P.gene_perturbation_embeddings(["NOT_A_GENE"], ge)
+    # an older symbol finds the current one (the Papalexi knockout "MARCH8", a table keyed by MARCHF8)
+    from scelmo.genes import GeneEmbeddings
+
+    table = GeneEmbeddings(["MARCHF8", "STAT1"], np.eye(2, 4, dtype=np.float32))
+    emb = P.gene_perturbation_embeddings(["MARCH8", "STAT1"], table)
+    assert set(emb) == {"MARCH8", "STAT1"} and emb["MARCH8"][0] == 1.0
 
 
 # --------------------------------------------------------------------------- the torch head
