@@ -239,8 +239,10 @@ def test_bad_inputs_give_clear_errors(trained):
     pert = ["ctrl", "ctrl", "A", "A", "B", "B"]
     emb = {"A": np.ones(3), "B": np.arange(3.0)}
     fresh = PerturbationHead()
-    with pytest.raises(InputError, match="No control cells"):
+    with pytest.raises(InputError, match="No control cells") as err:
         fresh.fit(X, perturbations=pert, control="control", perturbation_embeddings=emb)
+    # the likely control is named, and the names read as plain text (they showed np.str_('A'))
+    assert "likely: 'ctrl'" in str(err.value) and "np.str_" not in str(err.value)
     with pytest.raises(InputError, match="No embedding for perturbation component"):
         fresh.fit(X, perturbations=pert, control="ctrl", perturbation_embeddings={"A": np.ones(3)})
     with pytest.raises(InputError, match="raw counts"):

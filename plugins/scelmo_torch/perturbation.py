@@ -47,6 +47,7 @@ components are measured genes take their vectors from the model's gene vectors w
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -351,9 +352,14 @@ class PerturbationHead(TorchHead):
         sep = self.options.separator
         is_ctrl = np.array([not split_components(p, sep=sep, control=control) for p in pert])
         if not is_ctrl.any():
+            found = sorted({str(p) for p in pert})
+            likely = [p for p in found if re.search(r"ctrl|control|non-?target|^nt$|scrambl|safe|dmso|vehicle|unstim",
+                                                   p, re.IGNORECASE)]
             raise InputError(
-                f"No control cells: no cell has perturbation {control!r}. Pass control= with the name "
-                f"of the control condition (found: {sorted(set(pert))[:10]})."
+                f"No control cells: no cell has perturbation {control!r}. Pass control= with the name of the "
+                f"control condition (the head option, e.g. --option control=NAME)"
+                + (f"; likely: {', '.join(repr(p) for p in likely[:3])}" if likely else "")
+                + f". Found {len(found)} names: {', '.join(found[:10])}{', ...' if len(found) > 10 else ''}."
             )
         if is_ctrl.all():
             raise InputError("Every cell is a control cell; the data needs perturbed cells to learn from.")
