@@ -132,7 +132,10 @@
   "\\bsc\\.pp\\.filter_cells\\b" = "`subset(object, subset = nFeature_RNA > 0)` (cells with no counts)",
   "\\badata\\.var_names\\b" = "row names of the counts that are gene symbols or Ensembl IDs",
   "\\bgene_stats=" = "`AnnotateScELMo(object, reference = ref, ...)` (the query is embedded with the reference's statistics)",
-  "\\buse_raw=True\\b" = "`layer = \"counts\"` (raw counts)"
+  "\\buse_raw=True\\b" = "`layer = \"counts\"` (raw counts)",
+  "\\bvar_names_make_unique\\b" = "`rownames(counts) <- make.unique(rownames(counts))`",
+  "None of the \\d+ genes could be matched" = "rows must be genes and columns cells (`Matrix::t(counts)` if transposed)",
+  "\\bscelmo plugins\\b" = "run `scelmo plugins` in a shell (the scelmo Python package's command) to list them"
 )
 
 .in_r <- function(msg) {

@@ -109,6 +109,8 @@ test_that("bad input gives classed R errors and leaves the object unchanged", {
   expect_identical(scelmo:::.in_r("nothing Pythonic here"), "nothing Pythonic here")
   expect_identical(scelmo:::.in_r("set n_species=3"), "set n_species=3")  # whole names only
   expect_length(scelmo:::.in_r(c("first line", "use `n_top_genes=`")), 2)
+  expect_match(scelmo:::.in_r("Run `adata.var_names_make_unique()`."), "make.unique(rownames(counts))", fixed = TRUE)
+  expect_match(scelmo:::.in_r("None of the 20 genes could be matched to a known gene"), "Matrix::t(counts)", fixed = TRUE)
   # a gene.embeddings directory that is not there is the caller's input, not a Python failure
   expect_error(RunScELMo(seu, config = list(gene.embeddings = file.path(tempdir(), "no_such_table")),
                          verbose = FALSE), class = "scelmo_input_error", regexp = "does not exist")
