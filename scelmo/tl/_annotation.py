@@ -179,8 +179,6 @@ def knowledge_markers(
     texts = [str(x) if str(t) in described else definitions.get(str(t), str(t))
              for t, x in zip(cell_types, texts or cell_types, strict=True)]
     rest_names = {str(t) for t in rest}
-    if not rest:
-        return {str(t): out[str(t)] for t in cell_types}
     # names a known type matches whose marker genes the data lacks fall back too: say so
     absent = [t for t in rest if t not in described and t not in unmatched]
     if absent:
@@ -326,10 +324,10 @@ def marker_match(
     """Type per group from its cells' marker scores; the group's softmax score; the cells x types scores.
 
     A cell's score for a type is the specificity-weighted mean of its markers' standardised
-    log-expression (each gene centred and scaled over the cells, clipped at 10 as
-    ``sc.pp.scale(max_value=10)``). A group takes the type with the highest mean score when
-    that mean stays above average without its top and bottom 10% of cells (a few cells that
-    express a rare marker do not make their cluster that type), else ``None``. A name
+    log-expression (each gene centred and scaled over the cells). A group takes the type with
+    the highest mean score when that mean is positive and at least 10% of its cells score
+    above average for the type (one cell that expresses a rare marker does not make its
+    cluster that type), else ``None``. A name
     covering several types (a :class:`~scelmo.knowledge.cell_types.MarkerSet` with
     ``parts``) is scored in each group by its best-fitting part (best by the group's mean:
     a per-cell best of many parts would favour it by chance).

@@ -71,8 +71,6 @@ def _cos_rows(M: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _log_odds(L: np.ndarray, t: int) -> np.ndarray:
     """log(p_t / (1 - p_t)) from logits ``L`` (cells x classes), stably."""
-    from scipy.special import logsumexp
-
     others = np.delete(L, t, axis=1)
     return L[:, t] - logsumexp(others, axis=1)
 
@@ -141,6 +139,23 @@ class _FastPathMismatch(ScelmoError):
     """The float64 reconstruction of the head does not reproduce its own output."""
 
 
+def _classifier64(head: Any) -> Any:
+    """The head's classifier on latent vectors in float64 (logits), or ``None`` for a head
+    without one (``head.module.classifier``)."""
+    module = getattr(head, "module", None)
+    if module is None or getattr(module, "classifier", None) is None:
+        return None
+    import torch
+
+    clf = _copy.deepcopy(module.classifier).to("cpu").double().eval()
+
+    def logits(Z: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return clf(torch.from_numpy(np.ascontiguousarray(Z, dtype=np.float64))).numpy()
+
+    return logits
+
+
 def _fast_setup(ctx: _Context) -> dict[str, Any]:
     """float64 copies of the adapter and classifier; the source cells' pre-normalisation embeddings.
 
@@ -154,7 +169,7 @@ def _fast_setup(ctx: _Context) -> dict[str, Any]:
     head, E, names = ctx.head, ctx.E, ctx.names
     cols = _used_columns(head, E, names)
     adapter = _copy.deepcopy(head.module.adapter).to("cpu").double().eval()
-    clf = _copy.deepcopy(head.module.classifier).to("cpu").double().eval()
+    logits = _classifier64(head)
     with torch.no_grad():
         A = adapter(torch.from_numpy(np.asarray(E[cols], dtype=np.float64))).numpy()
     offset = np.asarray((getattr(head, "arrays", None) or {}).get("offset_latent", np.zeros(A.shape[1])), dtype=np.float64)
@@ -165,10 +180,6 @@ def _fast_setup(ctx: _Context) -> dict[str, Any]:
         s = np.asarray(Xk.sum(axis=1)).ravel() if wa else np.ones(Xk.shape[0])
         U = np.asarray(Xk @ A) - offset[None, :]
         return Xk, s, U
-
-    def logits(Z: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return clf(torch.from_numpy(np.ascontiguousarray(Z))).numpy()
 
     def normed(U: np.ndarray, s: np.ndarray) -> np.ndarray:
         return np.divide(U, s[:, None], out=np.zeros_like(U), where=s[:, None] > 1e-12)
@@ -252,23 +263,6 @@ def _summarise(acc: _Effects, n: int, base: dict[str, Any]) -> dict[str, np.ndar
             "paired_t": paired_t, "cosine": cos, "delta_cosine": cos - _cos(base["z_mean"], base["zt_mean"])}
 
 
-def _classifier64(head: Any) -> Any:
-    """The head's classifier on latent vectors in float64 (logits), or ``None`` for a head
-    without one (``head.module.classifier``)."""
-    module = getattr(head, "module", None)
-    if module is None or getattr(module, "classifier", None) is None:
-        return None
-    import torch
-
-    clf = _copy.deepcopy(module.classifier).to("cpu").double().eval()
-
-    def logits(Z: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return clf(torch.from_numpy(np.ascontiguousarray(Z, dtype=np.float64))).numpy()
-
-    return logits
-
-
 def _brute_effects(ctx: _Context, factor: float, cols: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """The same effects by re-embedding and re-classifying the source cells once per gene
     (the head's public ``transform`` / ``predict_proba``; float32 inside the head)."""
@@ -282,8 +276,7 @@ def _brute_effects(ctx: _Context, factor: float, cols: np.ndarray) -> tuple[dict
             return z, None, None
         if clf is not None:  # the log-odds from the logits: float32 probabilities saturate near 0 and 1
             L = clf(z)
-            P = np.exp(L - logsumexp(L, axis=1, keepdims=True))
-            return z, P, L[:, t] - logsumexp(np.delete(L, t, axis=1), axis=1)
+            return z, np.exp(L - logsumexp(L, axis=1, keepdims=True)), _log_odds(L, t)
         p = np.clip(np.asarray(head.predict_proba(X, gene_vectors=E, gene_names=ctx.names), dtype=np.float64), eps, 1.0)
         return z, p, np.log(p[:, t]) - np.log(np.clip(1.0 - p[:, t], eps, 1.0))
 
