@@ -259,6 +259,12 @@ class GeneEmbeddings:
     def __contains__(self, gene: str) -> bool:
         return gene.upper() in self._index
 
+    def keys_for(self, names: Sequence[str], symbols: Sequence[str | None]) -> list[str]:
+        """The key to look each of ``names`` up by: its resolved symbol (``symbols``, e.g.
+        :meth:`GeneVocabulary.resolve`'s) when the table has it, else the name as given (a
+        user's table may be keyed by other names)."""
+        return [s if (s is not None and s in self) else str(n) for s, n in zip(symbols, names, strict=True)]
+
     def __repr__(self) -> str:
         model = self.manifest.get("embed_model", "?")
         return f"GeneEmbeddings({len(self)} genes x {self.dim}, embed_model={model!r})"

@@ -247,20 +247,15 @@ def gene_perturbation_embeddings(
     Raises :class:`~scelmo.errors.InputError` naming the genes the table lacks.
     """
     wanted = sorted({c for n in names for c in components(n, sep=sep, control=control)})
-    lookup = {g: g for g in wanted if g in gene_embeddings}
-    rest = [g for g in wanted if g not in lookup]
-    vocab = roles.vocabulary() if rest else None
-    if vocab is not None:
-        for g, sym in zip(rest, vocab.resolve(rest).symbols, strict=True):
-            if sym is not None and sym in gene_embeddings:
-                lookup[g] = sym
-    missing = [g for g in wanted if g not in lookup]
+    vocab = roles.vocabulary() if any(g not in gene_embeddings for g in wanted) else None
+    symbols = vocab.resolve(wanted).symbols if vocab is not None else wanted
+    mat, found = gene_embeddings.aligned(gene_embeddings.keys_for(wanted, symbols))
+    missing = [g for g, f in zip(wanted, found, strict=True) if not f]
     if missing:
         raise InputError(
             f"{len(missing)} perturbed gene(s) have no gene embedding: {missing[:10]}. Embed them with "
             "`scelmo.tl.embed_genes(genes=[...])`, or give their vectors explicitly."
         )
-    mat, _ = gene_embeddings.aligned([lookup[g] for g in wanted])
     return {g: mat[i] for i, g in enumerate(wanted)}
 
 

@@ -198,8 +198,7 @@ class Model:
             vocab = roles.vocabulary()
             if vocab is not None:
                 resolved = vocab.resolve(names).symbols
-                lookup = [s if (s is not None and s in self.gene_table) else n
-                          for s, n in zip(resolved, names, strict=True)]
+                lookup = self.gene_table.keys_for(names, resolved)
         # conditioned vectors (mean and top directions removed, fitted once per table), as tl.embed_cells
         E, mask = self.gene_table.aligned(lookup, conditioned=True)
         own = _table_from_varm(adata)
@@ -475,8 +474,7 @@ class Model:
             return
         vocab = roles.vocabulary()
         symbols = vocab.resolve(unknown).symbols if vocab is not None else unknown
-        lookup = [s if (s is not None and s in self.gene_table) else u for s, u in zip(symbols, unknown, strict=True)]
-        vectors, found = self.gene_table.aligned(lookup, conditioned=True)
+        vectors, found = self.gene_table.aligned(self.gene_table.keys_for(unknown, symbols), conditioned=True)
         extra = {u: vectors[i] for i, u in enumerate(unknown) if found[i]}
         if extra:
             self.head.add_embeddings(extra)

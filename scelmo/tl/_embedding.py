@@ -384,9 +384,7 @@ def _aligned_gene_table(names: list[str], gene_embeddings: GeneEmbeddings | str 
     if gene_embeddings is None:
         gene_embeddings = _build_gene_embeddings([s for s in res.symbols if s], settings, describe, progress)
     # fall back to the name as given when the resolved symbol is not in a user's table
-    lookup = [
-        s if (s is not None and s in gene_embeddings) else n for s, n in zip(res.symbols, names, strict=True)
-    ]
+    lookup = gene_embeddings.keys_for(names, res.symbols)
     if plan["condition"] and gene_embeddings.conditioning is None:  # fitted once per table, kept with it
         gene_embeddings.condition(n_components=agg_cfg.condition_components)
     E, mask = gene_embeddings.aligned(lookup, conditioned=bool(plan["condition"]))
