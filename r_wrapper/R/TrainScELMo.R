@@ -344,12 +344,8 @@ SaveScELMoModel <- function(model, path, overwrite = FALSE) {
     .abort("`path` must be one directory name.", "scelmo_input_error")
   }
   res <- .call_bridge("save", py, path.expand(path), overwrite = isTRUE(overwrite))
-  state <- .subset2(model, "state")
-  if (is.environment(state)) {
-    state$path <- res$path  # (every copy of the handle, the caller's included)
-  } else {
-    model$path <- res$path
-  }
+  # (a handle without this state is one from an older version: dead, refused by .model_py above)
+  assign("path", res$path, envir = .subset2(model, "state"))  # every copy of the handle, the caller's too
   invisible(model)
 }
 
