@@ -306,6 +306,24 @@ def test_driven_by_scelmo_model(tmp_path, synthetic):
             model.predict_perturbation(ctrl, bad)
 
 
+def test_model_checks_perturbation_columns_before_embedding_genes(synthetic):
+    """Trial finding: a control name no cell has failed only in train(), after every gene was
+    embedded (minutes on a real dataset). Model(...) now refuses it before touching the genes."""
+    from scelmo.model import Model
+
+    adata, _ = synthetic
+    adata = adata[:900].copy()
+    adata.obs["perturbation"] = adata.obs["perturbation"].astype(str).replace({"ctrl": "non-targeting"})
+    Model.setup_anndata(adata, perturbation_key="perturbation")
+    with pytest.raises(InputError, match="No control cells.*likely: 'non-targeting'"):
+        Model(adata, head="perturbation")  # the default control is "ctrl"
+    assert "scelmo" not in adata.varm  # refused before the genes were embedded
+    Model.setup_anndata(adata)
+    with pytest.raises(InputError, match="perturbation_key="):
+        Model(adata, head="perturbation", control="non-targeting")
+    assert "scelmo" not in adata.varm
+
+
 def test_cli_train_and_predict_perturbation(tmp_path, synthetic):
     import anndata as ad
     from click.testing import CliRunner

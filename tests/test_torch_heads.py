@@ -94,7 +94,11 @@ def test_integration_needs_a_batch_key(batches):
     a = batches.copy()
     scelmo.Model.setup_anndata(a, labels_key="bulk_labels")
     with pytest.raises(InputError, match="batch_key"):
-        scelmo.Model(a, head="integration").train(max_epochs=1)
+        scelmo.Model(a, head="integration")  # refused when built, not after embedding genes in train()
+    a.obs["one"] = "b1"
+    scelmo.Model.setup_anndata(a, batch_key="one")
+    with pytest.raises(InputError, match="at least two batches"):
+        scelmo.Model(a, head="integration")
 
 
 def test_batch_hard_triplet_loss():

@@ -190,6 +190,12 @@ class IntegrationHead(GeneAdapterHead):
             return bool(self.spec.get("classes"))
         return bool(self.options.tune_genes)
 
+    def check_inputs(self, *, labels: np.ndarray | None = None, batch: np.ndarray | None = None,
+                     perturbations: np.ndarray | None = None) -> None:
+        """Every cell needs a batch, and there must be two batches or more."""
+        del labels, perturbations
+        _batch_codes(batch)
+
     def fit(self, X: Any = None, labels: Any = None, *, gene_vectors: np.ndarray | None = None,
             gene_names: list[str] | None = None, batch: Any = None, perturbations: Any = None,
             training: TrainingConfig | dict[str, Any] | None = None, **kwargs: Any) -> IntegrationHead:
@@ -200,13 +206,7 @@ class IntegrationHead(GeneAdapterHead):
             raise InputError("IntegrationHead.fit needs the expression matrix X (cells x genes).")
         if gene_vectors is None:
             raise InputError("The integration head needs `gene_vectors` (genes x d) aligned to X's columns.")
-        if batch is None:
-            raise InputError("The integration head needs batches: `Model.setup_anndata(adata, batch_key=...)`.")
-        b_codes, batches = encode_labels(batch)
-        if (b_codes < 0).any():
-            raise InputError("Some cells have no batch; fill the batch column (every cell needs one).")
-        if len(batches) < 2:
-            raise InputError(f"Integration needs at least two batches; got {batches}.")
+        b_codes, batches = _batch_codes(batch)
         if labels is not None:
             y_codes, classes = encode_labels(labels)
         else:
@@ -379,3 +379,15 @@ def _leiden(Z: np.ndarray, resolution: float, seed: int) -> np.ndarray:
     a.obsm["Z"] = np.asarray(Z, dtype=np.float32)
     tl.cluster(a, use_rep="Z", resolution=resolution, random_state=seed, key_added="pseudo")
     return a.obs["pseudo"].astype(str).astype("category").cat.codes.to_numpy().astype(np.int64)
+
+
+def _batch_codes(batch: Any) -> tuple[np.ndarray, list[str]]:
+    """Integer code and names of each cell's batch; an error when a cell has none or there is one batch."""
+    if batch is None:
+        raise InputError("The integration head needs batches: `Model.setup_anndata(adata, batch_key=...)`.")
+    b_codes, batches = encode_labels(batch)
+    if (b_codes < 0).any():
+        raise InputError("Some cells have no batch; fill the batch column (every cell needs one).")
+    if len(batches) < 2:
+        raise InputError(f"Integration needs at least two batches; got {batches}.")
+    return b_codes, batches

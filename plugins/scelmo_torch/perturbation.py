@@ -279,6 +279,19 @@ class PerturbationHead(TorchHead):
             )
         return X
 
+    def check_inputs(self, *, labels: np.ndarray | None = None, batch: np.ndarray | None = None,
+                     perturbations: np.ndarray | None = None) -> None:
+        """Each cell must have a perturbation, and some (not all) must be ``options.control``."""
+        del labels
+        pert = perturbations if perturbations is not None else batch
+        if pert is None:
+            raise InputError(
+                "The perturbation head needs each cell's perturbation: "
+                "`scelmo.Model.setup_anndata(adata, perturbation_key=<column>)` (e.g. 'condition'), then build the Model."
+            )
+        pert, _ = _cell_labels(len(pert), pert, None)
+        _control_cells(pert, self.options.control, self.options.separator)
+
     def fit(
         self,
         X: Any,
@@ -350,19 +363,7 @@ class PerturbationHead(TorchHead):
         if gene_vectors is not None and np.asarray(gene_vectors).shape[0] != G:
             raise InputError(f"gene_vectors has {np.asarray(gene_vectors).shape[0]} rows but X has {G} genes.")
         sep = self.options.separator
-        is_ctrl = np.array([not split_components(p, sep=sep, control=control) for p in pert])
-        if not is_ctrl.any():
-            found = sorted({str(p) for p in pert})
-            likely = [p for p in found if re.search(r"ctrl|control|non-?target|^nt$|scrambl|safe|dmso|vehicle|unstim",
-                                                   p, re.IGNORECASE)]
-            raise InputError(
-                f"No control cells: no cell has perturbation {control!r}. Pass control= with the name of the "
-                f"control condition (the head option, e.g. --option control=NAME)"
-                + (f"; likely: {', '.join(repr(p) for p in likely[:3])}" if likely else "")
-                + f". Found {len(found)} names: {', '.join(found[:10])}{', ...' if len(found) > 10 else ''}."
-            )
-        if is_ctrl.all():
-            raise InputError("Every cell is a control cell; the data needs perturbed cells to learn from.")
+        is_ctrl = _control_cells(pert, control, sep)
         comp_of = {p: split_components(p, sep=sep, control=control) for p in np.unique(pert[~is_ctrl])}
         seen = sorted({c for cs in comp_of.values() for c in cs})
         table = self._table_from(seen, embeddings, gene_vectors, gene_names)
@@ -737,6 +738,24 @@ def predict_held_out_targets(
         X_control = X[np.flatnonzero(pert == control)]
     extra = {c: vectors[c] for c in held_comps}
     return {h: head.predict_mean(X_control, h, perturbation_embeddings=extra) for h in held}, head
+
+
+def _control_cells(pert: np.ndarray, control: str, sep: str) -> np.ndarray:
+    """Which cells are control cells; an error naming likely control names when none or all are."""
+    is_ctrl = np.array([not split_components(p, sep=sep, control=control) for p in pert])
+    if not is_ctrl.any():
+        found = sorted({str(p) for p in pert})
+        likely = [p for p in found if re.search(r"ctrl|control|non-?target|^nt$|scrambl|safe|dmso|vehicle|unstim",
+                                               p, re.IGNORECASE)]
+        raise InputError(
+            f"No control cells: no cell has perturbation {control!r}. Pass control= with the name of the "
+            f"control condition (the head option, e.g. --option control=NAME)"
+            + (f"; likely: {', '.join(repr(p) for p in likely[:3])}" if likely else "")
+            + f". Found {len(found)} names: {', '.join(found[:10])}{', ...' if len(found) > 10 else ''}."
+        )
+    if is_ctrl.all():
+        raise InputError("Every cell is a control cell; the data needs perturbed cells to learn from.")
+    return is_ctrl
 
 
 def _cell_labels(n: int, perturbations: Sequence[Any], groups: Sequence[Any] | None) -> tuple[np.ndarray, np.ndarray]:

@@ -86,12 +86,15 @@ class Model:
                 "This AnnData is not registered. Call `scelmo.Model.setup_anndata(adata, labels_key=..., "
                 "batch_key=...)` first."
             )
-        self.adata = adata
         self.setup = setup
         self.head_name = head
         self.head = plugins.heads.create(head, **head_options)
         if self.head.requires_labels and setup.labels_key is None:
             raise InputError(f"The {head!r} head needs labels: call `Model.setup_anndata(adata, labels_key=...)`.")
+        self.adata = adata
+        # the head's own checks of the obs columns, before the genes are embedded (minutes)
+        self.head.check_inputs(labels=self._obs(setup.labels_key), batch=self._obs(setup.batch_key),
+                               perturbations=self._obs(setup.perturbation_key))
         self.gene_table = self._gene_table(adata, gene_embeddings, config)
         self.is_trained = False
         self.train_info: dict[str, Any] = {}

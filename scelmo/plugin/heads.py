@@ -117,6 +117,18 @@ class TaskHead(Component):
         return ScelmoError(f"The {self.name!r} head does not {what}; {use}.")
 
     # -- training (every head) ----------------------------------------------------------------
+    def check_inputs(self, *, labels: np.ndarray | None = None, batch: np.ndarray | None = None,
+                     perturbations: np.ndarray | None = None) -> None:
+        """Refuse ``obs`` columns :meth:`fit` could not train on, before any costly step.
+
+        Called by ``Model(adata, head=...)`` with the same per-cell columns :meth:`fit` will
+        get, before the genes are embedded, so that a wrong option (a control name no cell
+        has, say) fails at once rather than after minutes of work. Raise
+        :class:`~scelmo.errors.InputError` saying what to pass instead; the default accepts
+        everything.
+        """
+        del labels, batch, perturbations
+
     @abstractmethod
     def fit(self, X: Any, labels: np.ndarray | None = None, *, gene_vectors: np.ndarray | None = None,
             gene_names: Sequence[str] | None = None, batch: np.ndarray | None = None,
