@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import scelmo
@@ -243,7 +244,10 @@ def test_text_prompt_markers_on_real_pbmc(pbmc):
         ({"cell_types": "B cell"}, "list of names"),
         ({"cell_types": ["", "B cell"]}, "non-empty names"),
         ({"cell_types": [None, "B cell"]}, "non-empty names"),
-        ({"cell_types": ["B cell", "b cell ", "T cell"]}, "case or spacing"),
+        ({"cell_types": ["B cell", "b cell ", "T cell"]}, "case, spacing"),
+        ({"cell_types": ["Alpha cells", "Alpha cell", "Beta"]}, "plural"),  # trial: the second was never given
+        ({"cell_types": ["alpha", "Alpha cells", "Beta"]}, "the word 'cell'"),
+        ({"cell_types": ["B cell", "T cell"], "n_markers": 0}, "n_markers must be a positive integer"),
         ({"cell_types": ["B cell", "unknown"]}, "both a candidate and `unknown_label`"),
         ({"cell_types": ["B cell", "T cell"], "k": 0}, "k must be a positive integer"),
         ({"cell_types": ["B cell", "T cell"], "temperature": 0}, "temperature must be a positive"),
@@ -425,3 +429,49 @@ def test_descriptions_naming_genes_give_those_markers_and_missing_markers_are_sa
         knowledge_markers(["stellate cell", "beta cell"], genes)
     assert any(issubclass(w.category, ScelmoWarning) and "known marker genes of 'stellate cell'" in str(w.message)
                for w in caught)
+    # trial finding: symbols without a digit (CFTR, PDGFRB, DCN, VWF, PTPRC) were read as words
+    genes += ["CFTR", "PDGFRB", "DCN", "LUM", "VWF", "PTPRC"]
+    m = knowledge_markers(["ductal cell", "stellate cell", "immune cell"], genes,
+                          texts=["cell expressing KRT19, SOX9 and CFTR", "cell expressing PDGFRB, DCN and LUM",
+                                 "cell expressing PTPRC"])
+    assert set(m["ductal cell"]) == {"KRT19", "SOX9", "CFTR"} and set(m["stellate cell"]) == {"PDGFRB", "DCN", "LUM"}
+    assert set(m["immune cell"]) == {"PTPRC"}
+
+
+def test_a_known_type_whose_markers_the_data_lacks_gets_none():
+    """Trial finding: "T cells" on pancreas data whose genes lack CD3D/E/G and TRAC took
+    GO-derived markers (DDOST, KDELR1, MSN) and then every acinar cell. A name matched to a
+    known type whose markers the data does not detect now gets no marker, so no cluster is
+    given it, and one warning says so."""
+    import warnings
+
+    from scelmo.errors import ScelmoWarning
+    from scelmo.tl._annotation import knowledge_markers
+
+    genes = ["INS", "GCG", "DDOST", "KDELR1", "MSN", "RPL38", "PRSS1"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = knowledge_markers(["T cell", "beta cell", "alpha cell"], genes)
+    assert m["T cell"] == {} and set(m["beta cell"]) == {"INS"} and set(m["alpha cell"]) == {"GCG"}
+    said = [str(w.message) for w in caught if issubclass(w.category, ScelmoWarning)]
+    assert len(said) == 1 and "'T cell'" in said[0] and "no cluster will be given that name" in said[0]
+
+
+def test_a_group_takes_the_best_type_that_passes_the_share_rule():
+    """Trial finding: one sparse marker of an absent type (MEG3 for "Neurons": mean z 1.03 from
+    8% of the cells) made a monocyte cluster "unknown" instead of "Monocytes" (mean 0.58, every
+    cell). The group now takes the best type among those carried by 10% of its cells."""
+    import anndata as ad
+
+    from scelmo.tl._annotation import marker_match
+
+    rng = np.random.default_rng(3)
+    X = rng.poisson(0.05, size=(200, 3)).astype(np.float32)
+    X[:100, 0] += 2  # group "m": LYZ in every cell
+    X[:6, 1] += 60  # ... and MEG3 in 6% of them, very high
+    X[100:, 2] += 3  # group "b": MS4A1
+    a = ad.AnnData(X, var=pd.DataFrame(index=["LYZ", "MEG3", "MS4A1"]))
+    groups = np.repeat(["m", "b"], 100)
+    labels, score, _ = marker_match(a, {"monocyte": {"LYZ": 1.0}, "neuron": {"MEG3": 1.0}, "B cell": {"MS4A1": 1.0}},
+                                    groups)
+    assert labels[50] == "monocyte" and score[50] > 0.5 and labels[150] == "B cell"

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["CellTypeMarkers", "CellTypeMatch", "EQUIVALENT_NAMES", "MarkerSet", "match_cell_types", "match_descendants",
-           "marker_weights", "cell_type_marker_genes",
+           "marker_weights", "cell_type_marker_genes", "name_key",
            "name_terms", "parse_name"]
 
 
@@ -58,16 +58,26 @@ class MarkerSet(dict):
     """A name's ``{gene: weight}``; for a name that covers several types (``"lymphocyte"``:
     T, B and NK cells, :func:`match_descendants`) also ``parts``, each covered type's own
     ``{gene: weight}``: a cell is as much the name as it is its best-fitting part, not the
-    average of all (a T cell expresses no B-cell gene)."""
+    average of all (a T cell expresses no B-cell gene). ``listed``: each part's total
+    weight over the genes the data measures, before :meth:`renamed` kept only those it
+    detects (a part whose measured markers the data mostly does not detect is weak evidence)."""
 
-    def __init__(self, weights: Mapping[str, float] | None = None, parts: Sequence[Mapping[str, float]] = ()):
+    def __init__(self, weights: Mapping[str, float] | None = None, parts: Sequence[Mapping[str, float]] = (),
+                 listed: Sequence[float] | None = None):
         super().__init__(weights or {})
-        self.parts: tuple[dict[str, float], ...] = tuple(dict(p) for p in parts if p)
+        kept = [i for i, p in enumerate(parts) if p]
+        self.parts: tuple[dict[str, float], ...] = tuple(dict(parts[i]) for i in kept)
+        totals = [float(sum(p.values())) for p in parts] if listed is None else [float(x) for x in listed]
+        self.listed: tuple[float, ...] = tuple(totals[i] for i in kept)
 
-    def renamed(self, names: Mapping[str, str]) -> MarkerSet:
-        """The same set with each gene as ``names`` calls it (genes not in ``names`` dropped)."""
+    def renamed(self, names: Mapping[str, str], measured: Container[str] | None = None) -> MarkerSet:
+        """The same set with each gene as ``names`` calls it (genes not in ``names`` dropped);
+        ``measured``: the genes (as this set calls them) the data measures, detected or not,
+        over which :attr:`listed` is counted (default: ``names``)."""
+        measured = names if measured is None else measured
         return MarkerSet({names[g]: v for g, v in self.items() if g in names},
-                         [{names[g]: v for g, v in p.items() if g in names} for p in self.parts])
+                         [{names[g]: v for g, v in p.items() if g in names} for p in self.parts],
+                         [sum(v for g, v in p.items() if g in measured) for p in self.parts])
 
 
 #: Standard abbreviations in cell-type names, spelt out (both sides are expanded).
@@ -94,6 +104,8 @@ SYNONYMS: Mapping[str, tuple[str, ...]] = {
 EQUIVALENT_NAMES: Mapping[tuple[str, ...], str] = {
     ("classical", "monocyte"): "CD14+ monocyte",
     ("nonclassical", "monocyte"): "CD16+ monocyte",
+    ("patrolling", "monocyte"): "CD16+ monocyte",  # the mouse name of the same cells
+    ("inflammatory", "monocyte"): "CD14+ monocyte",
     ("gamma",): "PP cell",  # the pancreatic islet's gamma cell (not a gamma-delta T cell)
 }
 _STOP = frozenset({"cell", "cells", "positive", "and", "of", "the", "like", "type", "lineage", "derived"})
@@ -101,12 +113,22 @@ _NEGATIONS = frozenset({"negative", "neg", "non"})
 # a token, and the sign or word right after it: "CD14-" / "CD14-negative" / "CD14neg" negate CD14
 _TOKEN = re.compile(r"([A-Za-z0-9]+)([+-]?)")
 _GENE_LIKE = re.compile(r"^[A-Za-z]+[0-9][A-Za-z0-9]*$")
+# a marker glued to the type's word: "CD4T", "CD14Mono"
+_GLUED = re.compile(r"^([A-Za-z]+[0-9]+)([A-Za-z]+)$")
 
 
 def _singular(word: str) -> str:
     if word.endswith("s") and word[:-1] in SYNONYMS:  # DCs, NKs, Tregs
         return word[:-1]
     return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
+
+
+def name_key(name: str) -> str:
+    """A cell-type name as a key two spellings of one name share: case, spacing, hyphens,
+    plurals and the word "cell" aside ("Alpha cells", "alpha-cell", "Alpha")."""
+    text = re.sub(r"(?<=[a-z])-(?=[a-z])", " ", str(name).lower())  # "alpha-cell"; not the sign in "CD4- T"
+    words = (_singular(w) for w in re.split(r"[\s_]+", text) if w)
+    return " ".join(w for w in words if w != "cell")
 
 
 def name_terms(name: str, vocab: Any) -> tuple[list[str], list[frozenset[str]]]:
@@ -143,7 +165,11 @@ def parse_name(name: str, vocab: Any) -> tuple[list[str], list[frozenset[str]], 
         gene_tok, neg = tok, False
         if low.endswith("neg") and _GENE_LIKE.match(tok[:-3] or "-"):
             gene_tok, neg = tok[:-3], True
-        if _GENE_LIKE.match(gene_tok) and vocab is not None:
+        # a symbol with a digit ("CD14"), or one without, written in capitals and signed
+        # ("PDGFRB+ cell", "KIT- cell"; unsigned, "CAF" or "DCN" may be a word)
+        signed_symbol = (sign != "" and len(gene_tok) >= 3 and gene_tok.isupper() and vocab is not None
+                         and gene_tok in getattr(vocab, "symbols", {}))
+        if (_GENE_LIKE.match(gene_tok) or signed_symbol) and vocab is not None:
             syms = frozenset(vocab.candidates(gene_tok))
             if syms:
                 end = found[i].end()
@@ -152,6 +178,14 @@ def parse_name(name: str, vocab: Any) -> tuple[list[str], list[frozenset[str]], 
                 neg = neg or (sign == "" and nxt in _NEGATIONS)
                 (negated if neg else genes).append(syms)
                 continue
+        glued = _GLUED.match(tok)
+        if glued and vocab is not None and vocab.candidates(glued.group(1)) and (
+                glued.group(2).lower() in ("t", "b") or _singular(glued.group(2).lower()) in SYNONYMS):
+            # a label written without a space: "CD4T", "CD8T", "CD14Mono" (Kang's own labels)
+            genes.append(frozenset(vocab.candidates(glued.group(1))))
+            suffix = _singular(glued.group(2).lower())
+            words.extend(SYNONYMS.get(suffix, (suffix,)))
+            continue
         w = _singular(low)
         if w in _STOP or w in _NEGATIONS:
             continue

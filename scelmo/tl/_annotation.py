@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,7 @@ from scelmo.knowledge.cell_types import (
     marker_weights,
     match_cell_types,
     match_descendants,
+    name_key,
     parse_name,
 )
 from scelmo.knowledge.descriptions import describe
@@ -79,7 +80,8 @@ def _named_genes(name: str, vocab: Any, gene_of: Mapping[str, str], *, exact: bo
     full name (``"insulin-producing cell"`` -> INS), under the data's own names
     (``ENSG00000170458``, ``Cd14``); ``gene_of`` maps canonical human symbols to them.
     ``exact``: only current symbols and full names, not aliases ("DN1", "CAF" are aliases of
-    genes but, in a cell-type name, rarely mean them)."""
+    genes but, in a cell-type name, rarely mean them), and any symbol written in capitals,
+    digit or not ("cell expressing CFTR and PDGFRB": a description)."""
     if vocab is None:
         return []
     # whole tokens only: "CAF" inside "myCAF" is no gene
@@ -90,7 +92,8 @@ def _named_genes(name: str, vocab: Any, gene_of: Mapping[str, str], *, exact: bo
     absent = {g for a in negated for g in a}  # "CD14-negative": not a marker
     words = set(words)  # "cDC1", "Th1": cell-type abbreviations, not genes
     symbols = [s for t, s, how in zip(tokens, res.symbols if res else [], res.how if res else [], strict=True)
-               if s and t.lower() not in SYNONYMS and t.lower() not in words and (not exact or how == "symbol")]
+               if s and t.lower() not in SYNONYMS and (not exact or how == "symbol")
+               and (t.lower() not in words or (exact and t.isupper() and len(t) >= 3))]
     symbols += vocab.genes_named_in(name) if hasattr(vocab, "genes_named_in") else []  # "insulin-producing"
     return list(dict.fromkeys(gene_of[s] for s in symbols if s in gene_of and s not in absent))
 
@@ -113,6 +116,7 @@ def knowledge_markers(
     config: Any = None,
     progress: bool | None = None,
     curated_genes: Sequence[str] | None = None,
+    measured_genes: Sequence[str] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Weighted marker genes for each candidate cell type, from gene and cell-type knowledge.
 
@@ -141,6 +145,10 @@ def knowledge_markers(
     curated_genes
         Genes the curated marker sets may use (default: ``genes``). A rare type's markers
         are expressed in few cells, so annotation passes every detected gene here.
+    measured_genes
+        Every gene the data measures, detected or not (default: ``genes`` and
+        ``curated_genes``): a broad name's part whose measured markers the data mostly
+        does not detect is weak evidence (:class:`~scelmo.knowledge.cell_types.MarkerSet`).
 
     Returns
     -------
@@ -160,8 +168,14 @@ def knowledge_markers(
     if curated_genes is not None:
         pool = [str(g) for g in curated_genes]
         pool_symbols = vocab.resolve(pool, species=settings.genes.species).symbols if vocab is not None else pool
+    measured = set(pool_symbols) | set(symbols)
+    if measured_genes is not None and vocab is not None:
+        measured |= set(vocab.resolve([str(g) for g in measured_genes], species=settings.genes.species).symbols)
+    elif measured_genes is not None:
+        measured |= {str(g) for g in measured_genes}
     curated, unmatched, definitions = _curated_markers(describer, vocab, cell_types, pool, pool_symbols,
-                                                       species=res.species if res is not None else None)
+                                                       species=res.species if res is not None else None,
+                                                       measured=measured - {None})
     out = {name: w for name, w in curated.items() if w}
     described = {str(t) for t, x in zip(cell_types, texts or cell_types, strict=True) if str(x) != str(t)}
     # a description that names genes ("acinar cell secreting PRSS1, CPA1 and CELA3A") says
@@ -178,16 +192,23 @@ def knowledge_markers(
     # matches (pancreas: 0.664 -> 0.814 on Muraro, 0.800 -> 0.824 on Baron), else the name
     texts = [str(x) if str(t) in described else definitions.get(str(t), str(t))
              for t, x in zip(cell_types, texts or cell_types, strict=True)]
-    rest_names = {str(t) for t in rest}
-    # names a known type matches whose marker genes the data lacks fall back too: say so
-    absent = [t for t in rest if t not in described and t not in unmatched]
+    # a name a known type matches whose marker genes the data does not detect gets none: the
+    # genes whose GO terms read like it are no substitute (Muraro's acinar cells went to a
+    # "T cell" marked by DDOST and MSN); it is then never given out, as the warning says
+    absent = [t for t in rest if str(t) in curated and t not in described and t not in unmatched]
     if absent:
         warnings.warn(
             f"The known marker genes of {', '.join(repr(str(t)) for t in absent)} are not among the data's "
-            "(detected) genes; their markers come from the genes' GO terms and pathways instead. Give each a "
+            "(detected) genes, so no cluster will be given "
+            f"{'that name' if len(absent) == 1 else 'those names'}. If the cells are there, give each a "
             "description naming marker genes the data has (`cell_types={name: 'cell expressing GENE1, GENE2'}`) "
             "or use a labelled `reference`.", ScelmoWarning, stacklevel=2,
         )
+        out.update({str(t): {} for t in absent})
+        rest = [t for t in rest if t not in absent]
+        if not rest:
+            return {str(t): out[str(t)] for t in cell_types}
+    rest_names = {str(t) for t in rest}
     unmatched = [t for t in unmatched if t not in described and t in rest_names]
     if unmatched:
         warnings.warn(
@@ -227,7 +248,7 @@ def knowledge_markers(
         top = max(w.values(), default=1.0)
         w.update({g: top for g in named})  # a gene the name itself mentions: as specific as the best
         out[str(name)] = w
-    empty = [str(t) for t in cell_types if not out[str(t)]]
+    empty = [str(t) for t in cell_types if not out[str(t)] and t not in absent]
     if empty:
         warnings.warn(
             f"No marker gene of the data was found for {', '.join(map(repr, empty))}: no cluster can be given "
@@ -243,6 +264,7 @@ _DEFINITION_CONSENSUS = 0.5
 
 def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], genes: list[str],
                      symbols: Sequence[str | None], *, species: str | None = None,
+                     measured: Container[str] | None = None,
                      ) -> tuple[dict[str, dict[str, float]], list[str], dict[str, str]]:
     """``{type: {gene: weight}}`` from the knowledge source's curated cell-type marker sets
     (:mod:`scelmo.knowledge.cell_types`) and, for names none of them matches, from the genes
@@ -251,7 +273,8 @@ def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], gene
     where none is usable; the names that no known type
     with markers matches (not: matched, but its markers are not in ``genes``); and, for
     names matched to one defined type only, its definition. A curated set of the data's
-    ``species`` is preferred to the other species' set for the same name."""
+    ``species`` is preferred to the other species' set for the same name. ``measured``: the
+    symbols of every gene the data measures (see :class:`MarkerSet`)."""
     if not isinstance(describer, KnowledgeSource):
         return {}, [], {}
     names = [str(t) for t in cell_types]
@@ -292,7 +315,7 @@ def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], gene
         # the known types' markers that the data has, and the genes the name itself names
         # ("GCG+ cell", "insulin-producing cell"): a name naming a gene is marked by it even
         # when no known type matches
-        marks = w.renamed(gene_of) if isinstance(w, MarkerSet) else {gene_of[s]: v for s, v in w.items() if s in gene_of}
+        marks = w.renamed(gene_of, measured) if isinstance(w, MarkerSet) else {gene_of[s]: v for s, v in w.items() if s in gene_of}
         known_marks = bool(marks)
         marks.update({g: 1.0 for g in _named_genes(name, vocab, gene_of)})
         # alone, a gene the name names counts only by its symbol or full name, not by an alias
@@ -313,6 +336,24 @@ def _cluster_labels(adata: Any, use_rep: str, groupby: str | None) -> np.ndarray
     return tmp.obs[keys.CLUSTER].astype(str).to_numpy()
 
 
+#: a broad name's score in a group that expresses none of its parts (see :func:`_best_part`)
+_NO_FIT = -1e3
+
+
+def _best_part(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, float]], idx: np.ndarray) -> np.ndarray:
+    """The cells' scores for a name covering several types: its best-fitting part in the
+    group ``idx`` by the group's mean, among the parts the group expresses most markers of
+    above average (by weight, out of all the markers the knowledge lists for the part,
+    whether the data has them or not). With many parts, one of them often has a marker or
+    two another tissue also expresses (LCN2 and SLPI of neutrophil precursors in pancreatic
+    duct cells, whose other markers the data lacks); a type the group really is expresses
+    most of its markers. No such part: a score below every cell's (the name does not fit)."""
+    fits = [c[idx].mean() if w.size and float(w[z[idx].mean(axis=0) > 0].sum()) >= 0.5 * max(listed, float(w.sum()))
+            else -np.inf for c, z, w, listed in parts]
+    best = int(np.argmax(fits))
+    return parts[best][0][idx] if np.isfinite(fits[best]) else np.full(int(idx.sum()), _NO_FIT)
+
+
 def marker_match(
     adata: Any,
     markers: Mapping[str, Mapping[str, float]],
@@ -325,12 +366,13 @@ def marker_match(
 
     A cell's score for a type is the specificity-weighted mean of its markers' standardised
     log-expression (each gene centred and scaled over the cells). A group takes the type with
-    the highest mean score when that mean is positive and at least 10% of its cells score
-    above average for the type (one cell that expresses a rare marker does not make its
-    cluster that type), else ``None``. A name
+    the highest mean score among those whose mean is positive and for which at least 10% of
+    its cells score above average (one cell that expresses a rare marker does not make its
+    cluster that type), else ``None``; its score is that type's softmax among them. A name
     covering several types (a :class:`~scelmo.knowledge.cell_types.MarkerSet` with
     ``parts``) is scored in each group by its best-fitting part (best by the group's mean:
-    a per-cell best of many parts would favour it by chance).
+    a per-cell best of many parts would favour it by chance), among the parts the group
+    expresses most markers of; where it expresses none, the name's score is ``-1000``.
     """
     matrix, var_names, _ = select_matrix(adata, layer=layer, use_raw=None if layer is None else False)
     X = matrix[:] if not hasattr(matrix, "to_memory") else matrix.to_memory()
@@ -339,7 +381,8 @@ def marker_match(
     col = {str(v): i for i, v in enumerate(var_names)}
     names = list(markers)
 
-    def score(weights: Mapping[str, float]) -> np.ndarray | None:
+    def score(weights: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Each cell's score, and the standardised markers with their weights."""
         pairs = [(col[g], w) for g, w in weights.items() if g in col and w > 0]
         if not pairs:
             return None
@@ -348,28 +391,38 @@ def marker_match(
         sub = np.asarray(sub.toarray() if hasattr(sub, "toarray") else sub, dtype=np.float64)
         sd = sub.std(axis=0)
         z = np.divide(sub - sub.mean(axis=0), sd, out=np.zeros_like(sub), where=sd > 0)
-        return z @ w / w.sum()
+        return z @ w / w.sum(), z, w
 
     # per name: one score column, or one per part
-    columns: list[list[np.ndarray]] = []
+    columns: list[list[tuple[np.ndarray, ...]]] = []
     for t in names:
-        parts = [p for p in (score(part) for part in getattr(markers[t], "parts", ())) if p is not None]
-        whole = score(markers[t]) if not parts else None
-        columns.append(parts or ([whole] if whole is not None else [np.zeros(adata.n_obs)]))
+        ms = markers[t]
+        listed = getattr(ms, "listed", ()) or [sum(p.values()) for p in getattr(ms, "parts", ())]
+        parts = [(*p, float(n)) for p, n in ((score(part), n) for part, n in zip(getattr(ms, "parts", ()), listed,
+                                                                                  strict=True)) if p is not None]
+        whole = score(ms) if not parts else None
+        empty = (np.zeros(adata.n_obs), np.zeros((adata.n_obs, 0)), np.zeros(0))
+        columns.append(parts or [whole if whole is not None else empty])
     S = np.zeros((adata.n_obs, len(names)))
     labels = np.empty(adata.n_obs, dtype=object)
     score_ = np.zeros(adata.n_obs, dtype=np.float32)
     for g in np.unique(groups):
         idx = groups == g
-        for j, cols in enumerate(columns):  # a name's best-fitting part in this group
-            S[idx, j] = cols[int(np.argmax([c[idx].mean() for c in cols]))][idx] if len(cols) > 1 else cols[0][idx]
+        for j, cols in enumerate(columns):
+            S[idx, j] = cols[0][0][idx] if len(cols) == 1 else _best_part(cols, idx)
         m = S[idx].mean(axis=0)
-        p = np.exp((m - m.max()) / temperature)
+        # the types the group could be: a positive mean, carried by 10% of its cells or more;
+        # the best of those (a rare marker of an absent type in a few cells does not make
+        # the group unknown), its softmax among them as the score
+        fits = (m > 0) & ((S[idx] > 0).mean(axis=0) >= 0.1)
+        if not fits.any():
+            labels[idx], score_[idx] = None, 0.0
+            continue
+        mf = np.where(fits, m, -np.inf)
+        p = np.exp((mf - mf.max()) / temperature)
         p /= p.sum()
-        best = int(m.argmax())
-        ok = m[best] > 0 and float((S[idx, best] > 0).mean()) >= 0.1
-        labels[idx] = names[best] if ok else None
-        score_[idx] = p[best] if ok else 0.0
+        best = int(mf.argmax())
+        labels[idx], score_[idx] = names[best], p[best]
     return labels, score_, S
 
 
@@ -483,7 +536,8 @@ def annotate(
         adata = _copy_of(adata)
         if reference is not None and use_rep not in reference.obsm:
             reference = _copy_of(reference)  # its embedding is computed below: not into the caller's object
-    _check_options(k=k, temperature=temperature, key_added=key_added, method=method, reference=reference)
+    _check_options(k=k, temperature=temperature, key_added=key_added, method=method, reference=reference,
+                   n_markers=n_markers)
     _check_use_rep(use_rep, adata, reference)
     info: dict[str, Any] = {"use_rep": use_rep, "min_score": min_score}
     if use_rep not in adata.obsm:
@@ -530,10 +584,13 @@ def annotate(
     return adata if copy else None
 
 
-def _check_options(*, k: int, temperature: float, key_added: Any, method: str, reference: Any) -> None:
+def _check_options(*, k: int, temperature: float, key_added: Any, method: str, reference: Any,
+                   n_markers: int = 30) -> None:
     """Options checked before any work (an embedding computed for nothing is written to ``obsm``)."""
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise InputError(f"k must be a positive integer (neighbours in the vote), got {k!r}.")
+    if not isinstance(n_markers, (int, np.integer)) or isinstance(n_markers, bool) or n_markers < 1:
+        raise InputError(f"n_markers must be a positive integer (marker genes per name), got {n_markers!r}.")
     if not np.isfinite(temperature) or temperature <= 0:
         raise InputError(f"temperature must be a positive number, got {temperature!r}.")
     if not isinstance(key_added, str) or not key_added:
@@ -665,7 +722,7 @@ def _labels_from_names(adata: Any, query: np.ndarray, cell_types: Sequence[str] 
         # curated markers may be rare (a rare type's), but not seen in a cell or two only
         detected = [str(g) for g, c in zip(var_names, n_cells, strict=True) if c >= 3]
         markers = knowledge_markers(names, expressed, texts=texts, n_markers=n_markers, config=config,
-                                    progress=progress, curated_genes=detected)
+                                    progress=progress, curated_genes=detected, measured_genes=list(map(str, var_names)))
         groups = _cluster_labels(adata, use_rep, groupby)
         labels, score, _ = marker_match(adata, markers, groups, layer=layer)
         pred = np.array([lab if lab is not None else unknown_label for lab in labels], dtype=object)
@@ -707,10 +764,11 @@ def _cell_type_texts(cell_types: Sequence[str] | Mapping[str, str]) -> tuple[lis
         raise InputError("Candidate cell types must be unique.")
     if _is_missing(np.asarray(list(cell_types), dtype=object)).any():
         raise InputError("Candidate cell types must be non-empty names (got an empty string, None or NaN).")
-    folded = [" ".join(n.lower().split()) for n in names]
+    folded = [name_key(n) or " ".join(n.lower().split()) for n in names]
     if len(set(folded)) != len(folded):
         dup = sorted({n for n, f in zip(names, folded, strict=True) if folded.count(f) > 1})
-        raise InputError(f"Candidate cell types differ only in case or spacing: {dup}; list each type once.")
+        raise InputError(f"Candidate cell types name the same type (they differ only in case, spacing, plural or "
+                         f"the word 'cell'): {dup}; list each type once.")
     return names, texts
 
 
