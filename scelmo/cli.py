@@ -7,6 +7,7 @@ bars on stderr. Heavy libraries are imported inside commands.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -121,8 +122,12 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except OSError as exc:  # a full disk anywhere else: one line, not a traceback
-
+        except OSError as exc:  # a full disk or a refused write anywhere else: one line, not a traceback
+            if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                where = f" {exc.filename}" if exc.filename else ""
+                click.secho(f"Error: cannot write{where}: {exc.strerror or exc}. Choose a writable output path.",
+                            fg="red", err=True)
+                ctx.exit(InputError.exit_code)
             if not is_disk_full(exc):
                 raise
             _exit_disk_full(DiskFullError())
@@ -278,9 +283,7 @@ def embed_genes_cmd(ctx, input, output, gene_list, genes_file, describe_model, e
         genes += [g.strip() for g in Path(genes_file).read_text().splitlines() if g.strip()]
     if input is None and not genes:
         raise InputError(f"Give an INPUT ({_INPUT_HELP}), --genes or --genes-file.")
-    out = Path(output)
-    if out.exists() and not overwrite:
-        raise InputError(f"{out} exists; pass --overwrite to replace it.")
+    out = io.check_output_dir(output, overwrite=overwrite, marker="manifest.json")  # before any gene is embedded
     if max_cost is not None and max_cost < 0:
         raise InputError("--max-cost must be >= 0.")
     _settings(ctx)

@@ -329,7 +329,7 @@ class GeneEmbeddings:
         ``conditioning.npz`` beside the vectors.
         """
         path = Path(path)
-        with atomic_dir(path, overwrite=overwrite) as tmp:
+        with atomic_dir(path, overwrite=overwrite, marker="manifest.json") as tmp:
             np.save(tmp / "vectors.npy", self.vectors, allow_pickle=False)
             (tmp / "genes.txt").write_text("\n".join(self.genes) + "\n", encoding="utf-8")
             files = ["vectors.npy", "genes.txt"]
@@ -358,7 +358,13 @@ class GeneEmbeddings:
             what = "does not exist" if not path.exists() else "is not a saved GeneEmbeddings directory (no manifest.json)"
             raise InputError(f"{path} {what}. Pass a directory written by `GeneEmbeddings.save` or "
                              "`scelmo embed-genes`, or leave it out to use the configured gene table.")
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        try:
+            manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise IntegrityError(f"{mpath} is not valid JSON ({exc}); the saved embeddings are corrupt or were "
+                                 "edited. Re-create them with `scelmo embed-genes`.") from None
+        if not isinstance(manifest, dict):
+            raise IntegrityError(f"{mpath} is not a GeneEmbeddings manifest. Re-create it with `scelmo embed-genes`.")
         for fname, digest in manifest.get("files", {}).items():
             fpath = path / fname
             if not fpath.is_file() or sha256_file(fpath) != digest:

@@ -671,7 +671,7 @@ def save(model: Any, path: str, *, overwrite: bool = False) -> dict[str, Any]:
             raise InputError(f"{target} exists; pass overwrite = TRUE to replace it, or choose another path.")
         # the model and its sidecar appear together: both are written into one temporary
         # sibling folder that replaces `target` only when complete
-        with atomic_dir(target, overwrite=bool(overwrite)) as tmp:
+        with atomic_dir(target, overwrite=bool(overwrite), marker="model.json") as tmp:
             staged = model.save(tmp / "model")
             (staged / SIDECAR).write_text(json.dumps({"format": "scelmo.r_bridge", **_extra(model)}),
                                           encoding="utf-8")

@@ -109,3 +109,23 @@ def test_embed_cells_flavor_options(tmp_path):
         info = out.uns["scelmo"]["embed_cells"]
         assert (info["flavor"], info["gene_selection"]) == check
         assert np.isfinite(out.obsm["X_scelmo"]).all()
+
+
+def test_outputs_never_replace_what_scelmo_did_not_write(pbmc, tmp_path):
+    """Trial findings: `embed-genes w/in.h5ad -o w --overwrite` deleted the input and every other
+    file in w; an unwritable output was found only after the work, as a traceback."""
+    import os
+
+    import pytest
+
+    w = tmp_path / "w"
+    w.mkdir()
+    pbmc[:30].copy().write_h5ad(w / "in.h5ad")
+    (w / "notes.txt").write_text("keep")
+    res = CliRunner().invoke(cli, ["embed-genes", str(w / "in.h5ad"), "-o", str(w), "--overwrite"])
+    assert res.exit_code == 3 and "holds other files" in res.output
+    assert sorted(p.name for p in w.iterdir()) == ["in.h5ad", "notes.txt"]
+    if not os.path.isdir("/sys/kernel"):
+        pytest.skip("no /sys here to stand for an unwritable directory")
+    res = CliRunner().invoke(cli, ["embed-cells", str(w / "in.h5ad"), "-o", "/sys/kernel/out.h5ad"])
+    assert res.exit_code == 3 and "not writable" in res.output and "Traceback" not in res.output

@@ -104,6 +104,23 @@ def test_gene_embeddings_roundtrip_and_checksum(tmp_path):
         GeneEmbeddings.load(tmp_path / "nowhere")
     with pytest.raises(InputError, match="not a saved GeneEmbeddings directory"):
         GeneEmbeddings.load(tmp_path)
+    # trial findings: overwrite=True replaced any directory (the input beside it, the user's
+    # notes) and turned a file into a directory, leaving a hidden copy of the file behind
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match="holds other files.*notes.txt"):
+        ge.save(tmp_path / "results", overwrite=True)
+    assert (tmp_path / "results" / "notes.txt").read_text() == "keep me"
+    (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        ge.save(tmp_path / "a.txt", overwrite=True)
+    assert (tmp_path / "a.txt").read_text() == "x" and not list(tmp_path.glob(".a.txt*"))
+    (tmp_path / "empty").mkdir()
+    ge.save(tmp_path / "empty", overwrite=True)  # an empty directory may be filled
+    # a corrupt manifest is an integrity error, not a raw JSONDecodeError
+    (path / "manifest.json").write_text("{oops")
+    with pytest.raises(IntegrityError, match="not valid JSON"):
+        GeneEmbeddings.load(path)
 
 
 def test_gene_embeddings_validation_and_alignment():

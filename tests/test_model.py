@@ -104,6 +104,9 @@ def test_save_load_round_trip_gives_identical_predictions(trained, split, tmp_pa
     trained.save(path, overwrite=True)
     with pytest.raises(ScelmoError, match="not a saved"):
         scelmo.Model.load(tmp_path)
+    with pytest.raises(InputError, match="holds other files"):  # never replaces a folder it did not write
+        trained.save(tmp_path, overwrite=True)
+    assert path.exists()
 
 
 def test_corrupt_saved_gene_table_is_detected(trained, tmp_path):

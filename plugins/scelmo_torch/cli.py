@@ -74,8 +74,7 @@ def add_commands(cli: Any) -> None:
         """Train a fine-tuning head on INPUT (.h5ad) and save the model to OUTPUT."""
 
         # every option is checked before the input is read or any gene is embedded (which may cost money)
-        if Path(output).exists() and not overwrite:
-            raise InputError(f"{output} exists; pass --overwrite to replace it.")
+        io.check_output_dir(output, overwrite=overwrite, marker="model.json")
         if latent_output:
             io.check_writable(latent_output, overwrite=overwrite)
             if Path(latent_output).resolve() == Path(input).resolve():

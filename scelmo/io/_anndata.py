@@ -217,10 +217,14 @@ INPUT_FORMATS = (".h5ad, .zarr (AnnData zarr store), .h5 (10x Genomics HDF5), a 
                  "(matrix.mtx[.gz] + features/genes.tsv[.gz] + barcodes.tsv[.gz]) or .rds (with scelmo[r])")
 
 
+#: files an AnnData zarr store has at its root (zarr v2 / v3): what ``--overwrite`` may replace
+ZARR_MARKERS = (".zgroup", "zarr.json", ".zattrs")
+
+
 def write_zarr(adata: Any, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Write ``adata`` as an AnnData zarr store at ``path`` atomically (a directory)."""
     path = Path(path)
-    with atomic_dir(path, overwrite=overwrite) as tmp:
+    with atomic_dir(path, overwrite=overwrite, marker=ZARR_MARKERS) as tmp:
         store = tmp / "store.zarr"
         try:
             with text_columns_writable():
@@ -246,7 +250,7 @@ def streamed_zarr_copy(source: str | os.PathLike[str], path: str | os.PathLike[s
     import zarr
 
     path = Path(path)
-    with atomic_dir(path, overwrite=overwrite) as tmp:
+    with atomic_dir(path, overwrite=overwrite, marker=ZARR_MARKERS) as tmp:
         store = tmp / "store.zarr"
         try:
             shutil.copytree(source, store)

@@ -20,7 +20,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from scelmo.errors import DiskFullError, InputError, ScelmoError
@@ -120,8 +120,11 @@ def check_writable(path: str | os.PathLike[str], *, overwrite: bool = True) -> P
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"Cannot write {path}: directory {parent} does not exist.")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"Cannot write {path}: directory {parent} is not writable.")
+    try:  # a real file, not os.access: root passes that check where the file system refuses (/sys, read-only mounts)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise InputError(f"Cannot write {path}: directory {parent} is not writable ({exc.strerror}).") from None
     return path
 
 
@@ -164,15 +167,20 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False,
+               marker: str | Sequence[str] = ()) -> Iterator[Path]:
     """Yield a temporary sibling directory; it replaces ``path`` on success only.
 
     The temporary directory is removed on every exit path; a full file system raises
-    :class:`~scelmo.errors.DiskFullError` naming ``path``.
+    :class:`~scelmo.errors.DiskFullError` naming ``path``. ``overwrite`` replaces only a
+    directory this kind of writer made: an empty one, or one holding a ``marker`` file
+    (e.g. ``manifest.json``); never a file or a folder of other files (``-o results
+    --overwrite`` must not delete the input that sits in ``results``).
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise ScelmoError(f"{path} already exists; pass overwrite=True to replace it.")
+    check_output_dir(path, overwrite=True, marker=marker)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_temps(path)
     tmp: Path | None = None
@@ -191,6 +199,27 @@ def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iter
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_output_dir(path: str | os.PathLike[str], *, overwrite: bool, marker: str | Sequence[str] = ()) -> Path:
+    """Raise a clear error now, before any work, if the directory ``path`` cannot be written:
+    it exists and ``overwrite`` is off, it is a file, or it holds files but no ``marker`` (see
+    :func:`atomic_dir`)."""
+    path = Path(path)
+    if not path.exists():
+        return path
+    if not overwrite:
+        raise InputError(f"{path} exists; pass --overwrite (overwrite=True) to replace it.")
+    markers = (marker,) if isinstance(marker, str) else tuple(marker)
+    if not path.is_dir():
+        raise InputError(f"{path} is a file, not an output directory; refusing to replace it. Choose another "
+                         "path (a directory is written there).")
+    held = sorted(p.name for p in path.iterdir()) if markers else []
+    if held and not any((path / m).exists() for m in markers):
+        shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        raise InputError(f"{path} holds other files ({shown}), not an earlier output of this kind; refusing to "
+                         "replace it even with overwrite. Choose a new or empty directory.")
+    return path
 
 
 def replace_dir(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:

@@ -41,7 +41,7 @@ def _sha256_array(a: np.ndarray) -> str:
 def save_model(model: Model, path: str | Path, *, overwrite: bool = False) -> Path:
     """Write a trained ``model`` to the directory ``path`` (appears atomically); returns ``path``."""
     path = Path(path)
-    with atomic_dir(path, overwrite=overwrite) as tmp:
+    with atomic_dir(path, overwrite=overwrite, marker=MODEL_FILE) as tmp:
         model.head.save_state(tmp / HEAD_DIR)
         model.gene_table.save(tmp / GENES_DIR, overwrite=True)
         info = {
