@@ -368,7 +368,7 @@ def marker_match(
     log-expression (each gene centred and scaled over the cells). A group takes the type with
     the highest mean score among those whose mean is positive and for which at least 10% of
     its cells score above average (one cell that expresses a rare marker does not make its
-    cluster that type), else ``None``; its score is that type's softmax among them. A name
+    cluster that type), else ``None``; its score is that type's softmax among all. A name
     covering several types (a :class:`~scelmo.knowledge.cell_types.MarkerSet` with
     ``parts``) is scored in each group by its best-fitting part (best by the group's mean:
     a per-cell best of many parts would favour it by chance), among the parts the group
@@ -413,15 +413,15 @@ def marker_match(
         m = S[idx].mean(axis=0)
         # the types the group could be: a positive mean, carried by 10% of its cells or more;
         # the best of those (a rare marker of an absent type in a few cells does not make
-        # the group unknown), its softmax among them as the score
+        # the group unknown), with its softmax among all types as the score (a close or
+        # higher rival lowers it)
         fits = (m > 0) & ((S[idx] > 0).mean(axis=0) >= 0.1)
         if not fits.any():
             labels[idx], score_[idx] = None, 0.0
             continue
-        mf = np.where(fits, m, -np.inf)
-        p = np.exp((mf - mf.max()) / temperature)
+        p = np.exp((m - m.max()) / temperature)
         p /= p.sum()
-        best = int(mf.argmax())
+        best = int(np.where(fits, m, -np.inf).argmax())
         labels[idx], score_[idx] = names[best], p[best]
     return labels, score_, S
 
