@@ -39,6 +39,10 @@ _NOT_SECRET_KEY_PREFIXES = frozenset({
 })
 _URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^\s/?#@:]*)(?::(?P<pw>[^\s/?#@]*))?@")
 _QUERY = re.compile(r"(?P<lead>[?&;])(?P<name>[A-Za-z0-9_.-]+)=(?P<value>[^&;#\s\"']*)")
+#: ``"api_key": "sk-..."``, ``api_key='sk-...'``, ``token: abc``: a name, ``:`` or ``=``, a value
+#: (a setting written as JSON or Python inside a string, e.g. a value that failed to parse)
+_PAIR = re.compile(r"""(?P<name>\\?["']?[A-Za-z][A-Za-z0-9_.-]*\\?["']?)(?P<sep>\s*[:=]\s*)"""
+                   r"""(?P<q>\\?["']?)(?P<value>[^\s"'\\,;&}\]]+)""")
 _BEARER = re.compile(r"(?P<lead>\bBearer\s+)[A-Za-z0-9._~+/=-]{6,}")
 #: Environment variables whose names contain a secret word but hold no secret: the shell's
 #: working directory (masking its value turned every path in an error message into
@@ -116,7 +120,13 @@ def _mask_text(text: str, secrets: Iterable[str]) -> str:
         else m.group(0),
         text,
     )
-    return _BEARER.sub(lambda m: m.group("lead") + _SHORT, text)
+    text = _BEARER.sub(lambda m: m.group("lead") + _SHORT, text)
+    return _PAIR.sub(
+        lambda m: f"{m.group('name')}{m.group('sep')}{m.group('q')}{_SHORT}"
+        if is_secret_name(m.group("name").strip("\\\"'")) and m.group("value") not in (_SHORT, "Bearer")
+        else m.group(0),
+        text,
+    )
 
 
 def mask(value: Any, secrets: Iterable[str] | None = None, *, key: str = "") -> Any:

@@ -64,3 +64,14 @@ def test_the_working_directory_is_not_a_secret(monkeypatch, tmp_path):
     assert mask({"pwd": "hunter2hunter2"}) == {"pwd": MASK}
     assert mask("GET https://db.example.org/api?user=bob&pwd=hunter2hunter2 failed") == (
         "GET https://db.example.org/api?user=bob&pwd=*** failed")
+
+
+def test_secrets_written_as_pairs_inside_text_are_masked():
+    """Trial finding: `--set 'describe.options.extra={"api_key":"sk-..."}'` (a value that failed to
+    parse, so a string) was shown in clear by `scelmo config show`."""
+    assert mask('{"api_key":"sk-SECRET1"}') == '{"api_key":"***"}'
+    assert mask('extra = "{\\"api_key\\":\\"sk-SECRET1\\"}"') == 'extra = "{\\"api_key\\":\\"***\\"}"'
+    assert mask("api_key='sk-SECRET1', token: abcdef123") == "api_key='***', token: ***"
+    assert mask("Authorization: Bearer abcdefghij") == "Authorization: Bearer ***"
+    for kept in ("labels_key=cell_type", "max_tokens=200", "key_added: X_scelmo", "api_key_env=OPENAI_API_KEY"):
+        assert mask(kept) == kept
