@@ -223,7 +223,9 @@ def _read_input(path: str, backed: bool = False) -> Any:
 def _settings(ctx: click.Context) -> Any:
     """Resolve (and so validate) the configuration before any expensive work."""
 
-    return get_settings(_overrides(ctx))
+    settings = get_settings(_overrides(ctx))
+    plugins.check_strict(settings)
+    return settings
 
 
 def _embed_cells_distributed(input: str, output: str, fmt: str, key: str, *, scheduler: str | None,
@@ -704,7 +706,11 @@ def demo_cmd(ctx: click.Context, out_dir: str, resolution: float) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``scelmo`` console script."""
 
-    plugins.add_commands(cli)
+    try:
+        plugins.add_commands(cli)
+    except ScelmoError as exc:  # plugins.strict and a broken plugin: one line, not a traceback
+        click.secho(f"Error: {mask(str(exc))}", fg="red", err=True)
+        sys.exit(exc.exit_code)
     cli.main(args=argv, prog_name="scelmo")
 
 

@@ -50,6 +50,8 @@ class UnknownComponentError(ScelmoError, KeyError):
 class PluginError(ScelmoError):
     """A plugin failed to load (raised only with ``plugins.strict = true``)."""
 
+    exit_code = 2
+
 
 class IntegrityError(ScelmoError):
     """A file on disk does not match its recorded checksum."""

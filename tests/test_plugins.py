@@ -167,10 +167,16 @@ def test_third_party_plugin_listed_and_selected_from_config(third_party_site, tm
     assert out.obsm[keys.X_SCELMO].shape == (60, 384)
 
 
-def test_strict_mode_turns_broken_plugin_into_error(third_party_site, tmp_path):
+def test_strict_mode_turns_broken_plugin_into_error(third_party_site, tmp_path, pbmc):
     res = _run_scelmo(["plugins"], third_party_site, tmp_path, {"SCELMO_STRICT_PLUGINS": "1"})
-    assert res.returncode != 0
-    assert "broken" in res.stderr
+    assert res.returncode == 2, res.stderr
+    assert "broken" in res.stderr and "Traceback" not in res.stderr and "skipped" not in res.stderr
+    # trial finding: strict mode set for one run (--set) was ignored: plugins had loaded already
+    pbmc[:20].copy().write_h5ad(tmp_path / "in.h5ad")
+    res = _run_scelmo(["--set", "plugins.strict=true", "embed-cells", "in.h5ad", "-o", "out.h5ad"],
+                      third_party_site, tmp_path)
+    assert res.returncode == 2 and "plugins.strict is on" in res.stderr and "'broken'" in res.stderr, res.stderr
+    assert not (tmp_path / "out.h5ad").exists()
 
 
 def test_load_plugins_env_limits_loading(third_party_site, tmp_path):
@@ -217,3 +223,18 @@ def test_knowledge_source_written_with_the_old_method_name_still_works():
 
     with pytest.raises(NotImplementedError, match="gene_texts"):
         Neither().gene_texts(["A"])
+
+
+def test_strict_mode_given_per_call_refuses_after_a_failed_plugin(monkeypatch):
+    """`config={"plugins.strict": True}` is read after plugins loaded: the roles check it."""
+    from scelmo.config import get_settings
+    from scelmo.errors import PluginError
+    from scelmo.knowledge import roles
+    from scelmo.plugin import manager
+
+    manager.get_plugin_manager()
+    monkeypatch.setitem(manager._state.infos, "broken-x",
+                        manager.PluginInfo("broken-x", "dist", "1", "mod", error="ImportError: no"))
+    roles.embedder(get_settings())  # not strict: goes on
+    with pytest.raises(PluginError, match="plugins.strict is on.*'broken-x'"):
+        roles.embedder(get_settings({"plugins.strict": True}))

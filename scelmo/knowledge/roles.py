@@ -53,6 +53,7 @@ def _check_offline(settings: ScelmoSettings, role: str, component: Any) -> None:
 
 def description_writer(settings: ScelmoSettings) -> KnowledgeSource | Provider:
     """The component serving the ``describe`` role: a knowledge source (offline) or an LLM provider."""
+    plugins.check_strict(settings)
     role = settings.describe
     try:
         entry, model = plugins.knowledge_sources.resolve_model(role.model)
@@ -72,6 +73,7 @@ describer = description_writer
 
 def embedder(settings: ScelmoSettings) -> TextEmbedder:
     """The component serving the ``embed`` role."""
+    plugins.check_strict(settings)
     role = settings.embed
     entry, model = plugins.embedders.resolve_model(role.model)
     component = entry.obj(model, **_options(role, entry.obj, "embed"))

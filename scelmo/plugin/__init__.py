@@ -58,6 +58,7 @@ from scelmo.plugin.manager import (
     PluginInfo,
     Registry,
     add_commands,
+    check_strict,
     aggregators,
     embedders,
     fill_registry,
@@ -76,7 +77,7 @@ __all__ = [
     "ENTRY_POINT_GROUP", "PROJECT", "REGISTRIES", "AggregationContext", "AggregationResult", "Aggregator",
     "BlockPart", "BlockPlan", "Completion", "Component", "ComponentOptions", "EmbedderOptions", "EmbeddingBatch",
     "Entry", "KnowledgeSource", "ModelComponent", "PluginInfo", "PromptTemplate", "Provider", "Register",
-    "Registry", "RemoteOptions", "TaskHead", "TextEmbedder", "add_commands", "aggregators", "embedders",
+    "Registry", "RemoteOptions", "TaskHead", "TextEmbedder", "add_commands", "aggregators", "check_strict", "embedders",
     "fill_registry", "get_plugin_manager", "heads", "hookimpl", "hookspec", "knowledge_sources", "plugin_infos",
     "prompts", "providers", "register_plugin", "reset", "split_phrases", "unregister_plugin",
 ]

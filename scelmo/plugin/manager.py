@@ -256,14 +256,33 @@ def _strict() -> bool:
 
 
 def _report_failure(name: str, exc: BaseException, what: str) -> None:
+    strict = _strict()
     message = (
-        f"scelmo plugin {name!r} failed to {what} and was skipped: "
+        f"scelmo plugin {name!r} failed to {what}{'' if strict else ' and was skipped'}: "
         f"{type(exc).__name__}: {exc}. Fix or uninstall it, or exclude it with "
-        "SCELMO_LOAD_PLUGINS."
+        "SCELMO_LOAD_PLUGINS" + (" (plugins.strict is on: a failing plugin stops scelmo)." if strict else ".")
     )
-    if _strict():
+    if strict:
         raise PluginError(message) from exc
     warnings.warn(message, PluginWarning, stacklevel=3)
+
+
+def check_strict(settings: Any) -> None:
+    """With ``settings.plugins.strict``, refuse to go on when a plugin failed to load.
+
+    Plugins load once per process, at first use, reading ``plugins.strict`` from the
+    environment and config file; a run's own settings (``scelmo --set plugins.strict=true``,
+    ``config={"plugins.strict": True}``) come later, so the roles and the CLI call this
+    with them.
+    """
+    if not getattr(getattr(settings, "plugins", None), "strict", False):
+        return
+    get_plugin_manager()
+    failed = sorted((i for i in _state.infos.values() if i.error), key=lambda i: i.name)
+    if failed:
+        listing = "; ".join(f"{i.name!r} ({i.error})" for i in failed)
+        raise PluginError(f"plugins.strict is on and {len(failed)} plugin(s) failed: {listing}. Fix or uninstall "
+                          "them, exclude them with SCELMO_LOAD_PLUGINS, or turn plugins.strict off.")
 
 
 def _allowed() -> set[str] | None:
