@@ -609,6 +609,7 @@ def config_show(ctx: click.Context, as_json: bool) -> None:
         except ScelmoError:
             data = {}
     origin = config.origins(data, config_layers)
+    unresolved: list[str] = []  # a role that cannot be built fails every run: an invalid configuration
     if settings is not None:
         resolved: dict[str, str] = {}
         for role, fn in (("describe", roles.description_writer), ("embed", roles.embedder)):
@@ -617,9 +618,11 @@ def config_show(ctx: click.Context, as_json: bool) -> None:
                 resolved[role] = f"{comp.kind} {comp.name!r} -> {comp.model_id}"
             except ScelmoError as exc:
                 resolved[role] = f"unresolved: {mask(str(exc))}"
+                unresolved.append(f"the {role!r} role cannot be set up: {mask(str(exc))}")
         data["resolved"] = resolved
         data["cache"]["resolved_path"] = str(settings.cache.resolved_path())
     messages = [mask(str(error))] if error is not None else []
+    messages += unresolved
     messages += [mask(p) for p in problems if not messages or mask(p) not in messages[0]]
     if as_json:
         click.echo(json.dumps({**data, "origin": origin, **({"errors": messages} if messages else {})}, indent=2))

@@ -87,7 +87,8 @@ def test_show_masks_secrets(monkeypatch):
     assert secret not in shown and "tok-123456" not in shown
     assert "**********" in shown
     result = CliRunner().invoke(cli, ["config", "show"])
-    assert result.exit_code == 0, result.output
+    # (an api_key on the local embedder is an invalid configuration: shown, then exit 2)
+    assert result.exit_code == 2 and "takes no api_key" in result.output, result.output
     assert secret not in result.output
     assert "resolved" in result.output and "all-MiniLM" in result.output
 
@@ -96,6 +97,16 @@ def test_cli_set_and_bad_value():
     res = CliRunner().invoke(cli, ["--set", "aggregate.chunk_size=0", "config", "show"])
     assert res.exit_code == 2
     assert "chunk_size" in res.output
+
+
+@pytest.mark.parametrize(("setting", "said"), [("describe.model=locl", "did you mean 'local'"),
+                                               ("describe.model=lokal/x", "did you mean 'local'"),
+                                               ("embed.model=litelm/text-embedding-3-small", "did you mean 'litellm'")])
+def test_a_misspelt_component_is_a_configuration_error(setting, said):
+    """Trial findings: `--describe-model locl` went to litellm as a remote model and failed only when
+    called (exit 5, 'provider failed'); `config show` printed the role as unresolved with exit 0."""
+    res = CliRunner().invoke(cli, ["--set", setting, "config", "show"])
+    assert res.exit_code == 2 and said in res.output
 
 
 @pytest.mark.parametrize("var", ["SCELMO_VENV", "SCELMO_DATA_DIR", "SCELMO_KANG_DIR", "SCELMO_CI_SKIP_R"])

@@ -242,7 +242,8 @@ def test_api_key_is_used_but_never_written(server, tmp_path, monkeypatch, capsys
         describe(["GNLY"], config=bad)
     assert SECRET not in str(err.value)
     adata.write_h5ad(tmp_path / "out.h5ad")
-    res = CliRunner().invoke(cli, ["--set", "describe.api_key=" + repr(SECRET).replace("'", '"'), "config", "show"])
+    res = CliRunner().invoke(cli, ["--set", "describe.model=openai/gpt-4o-mini", "--set",
+                                   "describe.api_key=" + repr(SECRET).replace("'", '"'), "config", "show"])
     assert res.exit_code == 0 and SECRET not in res.output and "**********" in res.output
     out = capsys.readouterr()
     assert SECRET not in out.out + out.err

@@ -9,6 +9,8 @@ the first request.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -51,10 +53,26 @@ def _check_offline(settings: ScelmoSettings, role: str, component: Any) -> None:
         )
 
 
+def _check_typo(model: str, role: str, registries: Sequence[Any]) -> None:
+    """Refuse a model name whose component part is one edit or so from a registered component
+    (``"locl"``, ``"lokal/..."``, ``"litelm/..."``): the catch-all LLM provider would take it as
+    a remote model and fail only when called."""
+    prefix = model.partition("/")[0].lower()
+    if not prefix or any(prefix in reg for reg in registries):
+        return
+    known = sorted({n for reg in registries for n in reg.names()})
+    close = difflib.get_close_matches(prefix, known, n=1, cutoff=0.75)
+    if close:
+        raise ConfigError(f"{role}.model = {model!r}: no component is called {prefix!r}; did you mean {close[0]!r}? "
+                          f"Installed: {', '.join(known)} (and any litellm model, e.g. 'openai/gpt-4o-mini'). Run "
+                          "`scelmo plugins` to see what is installed.")
+
+
 def description_writer(settings: ScelmoSettings) -> KnowledgeSource | Provider:
     """The component serving the ``describe`` role: a knowledge source (offline) or an LLM provider."""
     plugins.check_strict(settings)
     role = settings.describe
+    _check_typo(role.model, "describe", (plugins.knowledge_sources, plugins.providers))
     try:
         entry, model = plugins.knowledge_sources.resolve_model(role.model)
     except UnknownComponentError as ks_error:
@@ -75,6 +93,7 @@ def embedder(settings: ScelmoSettings) -> TextEmbedder:
     """The component serving the ``embed`` role."""
     plugins.check_strict(settings)
     role = settings.embed
+    _check_typo(role.model, "embed", (plugins.embedders,))
     entry, model = plugins.embedders.resolve_model(role.model)
     component = entry.obj(model, **_options(role, entry.obj, "embed"))
     _check_offline(settings, "embed", component)
