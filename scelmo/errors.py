@@ -60,6 +60,8 @@ class IntegrityError(ScelmoError):
 class OfflineError(ScelmoError):
     """A network role was requested while ``offline = true``."""
 
+    exit_code = 2  # the configuration contradicts itself
+
 
 class ProviderError(ScelmoError):
     """A provider (LLM or embedding service) failed after retries, or answered wrongly."""

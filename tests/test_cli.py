@@ -129,3 +129,10 @@ def test_outputs_never_replace_what_scelmo_did_not_write(pbmc, tmp_path):
         pytest.skip("no /sys here to stand for an unwritable directory")
     res = CliRunner().invoke(cli, ["embed-cells", str(w / "in.h5ad"), "-o", "/sys/kernel/out.h5ad"])
     assert res.exit_code == 3 and "not writable" in res.output and "Traceback" not in res.output
+
+
+def test_offline_refusal_is_a_configuration_error(tmp_path):
+    """Trial finding: `--offline` with a network model exited 1 (a general error), not 2."""
+    res = CliRunner().invoke(cli, ["--offline", "--set", "describe.model=openai/gpt-4o-mini", "embed-genes",
+                                   "--genes", "CD3E", "-o", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "offline = true" in res.output
