@@ -48,6 +48,10 @@ def litellm() -> Any:
                 ) from None
             # litellm's Ollama types trip a harmless pydantic warning on first use
             warnings.filterwarnings("ignore", message=r".*using the `ReadOnly` qualifier", category=UserWarning)
+            # a request abandoned at its timeout leaves litellm's inner coroutine unawaited (the
+            # request itself is reported as timed out and retried)
+            warnings.filterwarnings("ignore", message=r"coroutine '\w+\.a(?:completion|embedding)' was never awaited",
+                                    category=RuntimeWarning)
             lib.suppress_debug_info = True
             lib.DEFAULT_MAX_RETRIES = 0
             lib.telemetry = False
