@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import numpy as np
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from scelmo.errors import ConfigError, ProviderError
 from scelmo.plugin import (
@@ -78,6 +78,23 @@ class ConnectionOptions(RemoteOptions):
     output_cost_per_token: float | None = Field(None, ge=0)
     #: Further keyword arguments passed to litellm as they are.
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("api_base")
+    @classmethod
+    def _no_credentials_in_url(cls, value: str | None) -> str | None:
+        # litellm's HTTP clients do not send a URL's user:password: every request failed as a
+        # "connection error", retried as if the server were busy
+        if value and "@" in value:
+            try:
+                parts = urlsplit(value if "//" in value else "//" + value)
+                has_userinfo = parts.username is not None or parts.password is not None
+            except ValueError:
+                has_userinfo = False
+            if has_userinfo:
+                raise ValueError("api_base must not carry credentials (user:password@): litellm does not send "
+                                 "them. Give the key with api_key_env (the server's bearer token), or headers "
+                                 "with extra = {extra_headers = {...}}")
+        return value
 
 
 class _LiteLLMComponent:
