@@ -263,6 +263,18 @@ def test_dry_run_estimates_without_sending(server, tmp_path):
     assert server.total_requests == n
     describe(GENES[:3], config=s)
     assert estimate(GENES, config=s).calls == len(GENES) - 3
+    # trial finding: an embedding server on this machine (no network needed) was estimated at 0
+    # calls with a price, and "local model: no calls, no cost"
+    import anndata as ad
+
+    from scelmo.tl import estimate_embed_genes
+
+    adata = ad.AnnData(np.ones((2, len(GENES)), np.float32))
+    adata.var_names = GENES
+    local = _cfg(server, tmp_path, describe_model="local", **{"describe.api_base": None, "describe.options": {}})
+    est_e = estimate_embed_genes(adata, config=local)[1]
+    assert est_e.calls >= 1 and not any("no calls" in n for n in est_e.notes)
+    assert server.total_requests == n + 3
 
 
 def test_max_cost_stops_cleanly_and_resumes(server, tmp_path):

@@ -242,9 +242,10 @@ def estimate_embed_genes(
         tokens = describer.expected_completion_tokens() * todo_n
         todo = [""] * todo_n
     bs = max(1, int(getattr(embedder.options, "batch_size", 32)))
-    calls = -(-len(todo) // bs) if embedder.requires_network else 0
+    # a service's requests count (a server on this machine too: it needs no network, but is called)
+    calls = -(-len(todo) // bs) if embedder.requires_network or embedder.is_async else 0
     cost = embedder.price(tokens) if todo else 0.0
-    notes = [] if embedder.requires_network else ["local model: no calls, no cost"]
+    notes = [] if embedder.requires_network or embedder.is_async else ["local model: no calls, no cost"]
     if n_shipped:
         notes.append(f"{n_shipped} of {n_items} vectors ship with the embedder (counted as cached; no model run)")
     est_e = Estimate("embed", embedder.model_id, calls, n_items, cached, tokens, 0, cost, notes)
