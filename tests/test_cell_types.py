@@ -339,3 +339,21 @@ def test_a_broad_name_needs_most_of_a_parts_measured_markers():
     panel = full.renamed(detected)
     assert panel.listed == (1.0, 2.0)
     assert marker_match(a, {"ductal cell": {"C1QA": 1.0}, "immune cell": panel}, groups)[0][0] == "immune cell"
+
+
+def test_islet_letter_names_beside_other_islet_names(vocab, known, ontology):
+    """Trial finding: Baron with "A cells, B cells, D cells, PP cells, ..." scored 0.26: "B cells"
+    took B-lymphocyte markers and "A cells" gastric A-like cells. Beside another islet name the
+    letters are the islet's alpha, beta and delta cells (said in a warning); alone, B cells
+    stay lymphocytes."""
+    from scelmo.errors import ScelmoWarning
+
+    with pytest.warns(ScelmoWarning, match="'B cells' = 'beta cell'"):
+        m = match_cell_types(["A cells", "B cells", "D cells", "PP cells"], ontology, vocab)
+    assert [k.markers for k in m["B cells"].types] == [("INS", "TLR4")]  # CL's beta cell, no B lymphocyte
+    assert ("GCG",) in {k.markers for k in m["A cells"].types} and ("SST",) in {k.markers for k in m["D cells"].types}
+    with pytest.warns(ScelmoWarning):  # the curated (immune) tier has no islet type: no match there
+        assert not match_cell_types(["A cells", "B cells", "PP cells"], known, vocab)["B cells"].types
+    assert "B cell" in _names(match_cell_types(["B cells", "T cells"], known, vocab)["B cells"])
+    # one letter name beside an islet name and blood types keeps its usual meaning
+    assert "B cell" in _names(match_cell_types(["B cell", "alpha cell", "NK cell"], known, vocab)["B cell"])

@@ -23,10 +23,13 @@ candidate's marker genes. A candidate with no compatible type gets none from her
 from __future__ import annotations
 
 import re
+import warnings
 from collections import defaultdict
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from scelmo.errors import ScelmoWarning
 
 __all__ = ["CellTypeMarkers", "CellTypeMatch", "EQUIVALENT_NAMES", "MarkerSet", "match_cell_types", "match_descendants",
            "marker_weights", "cell_type_marker_genes", "name_key",
@@ -247,8 +250,13 @@ def match_cell_types(
     out = _match(candidates, known, vocab)
     words = {str(c): parse_name(c, vocab)[0] for c in candidates}
     alt = {c: EQUIVALENT_NAMES.get(tuple(w)) for c, w in words.items()}
+    letters = _islet_letters(words)
+    alt.update(letters)
     other = _match(sorted({a for a in alt.values() if a}), known, vocab)
     for cand, a in alt.items():
+        if cand in letters:  # "B cells" beside "PP cells": the beta cell only (or nothing), not B lymphocytes
+            out[cand] = other[a]
+            continue
         if a is None or not other[a].types:
             continue
         # the other name's matches, and those of its own that have all its words (the mouse
@@ -263,6 +271,32 @@ def match_cell_types(
             if own and len(own) < len(m.types):
                 out[cand] = CellTypeMatch(own, m.exact, m.absent)
     return out
+
+
+#: the islet's own one-word names: a list holding one of them is about pancreatic islets
+_ISLET_WORDS = frozenset({"alpha", "beta", "delta", "gamma", "epsilon", "pp", "islet", "acinar", "ductal"})
+#: the islet cells' one-letter names (A, B, D cells), read so only beside another islet name
+_ISLET_LETTERS = {("a",): "alpha cell", ("b",): "beta cell", ("d",): "delta cell"}
+
+
+def _islet_letters(words: Mapping[str, list[str]]) -> dict[str, str]:
+    """``{candidate: other name}`` for "A cells", "B cells", "D cells" when two of them stand in a
+    list that also names an islet type ("PP cells", "alpha cell", "acinar"): there they are the
+    islet's alpha, beta and delta cells (with a warning), not gastric A-like cells or B
+    lymphocytes ("B cell" beside "alpha cell" and blood types keeps its usual meaning)."""
+    if not any(len(w) == 1 and w[0] in _ISLET_WORDS for w in words.values()):
+        return {}
+    found = {c: _ISLET_LETTERS[tuple(w)] for c, w in words.items() if tuple(w) in _ISLET_LETTERS}
+    if len(found) < 2:
+        return {}
+    if found:
+        warnings.warn(
+            "Read as islet cells, since other candidates name pancreatic islet types: "
+            + ", ".join(f"{c!r} = {n!r}" for c, n in found.items())
+            + ". For B lymphocytes write 'B lymphocyte'; or spell every type out ('alpha cell').",
+            ScelmoWarning, stacklevel=3,
+        )
+    return found
 
 
 def _match(candidates: Sequence[str], known: Sequence[CellTypeMarkers], vocab: Any) -> dict[str, CellTypeMatch]:
