@@ -220,7 +220,7 @@ def _config_files() -> list[Path]:
     project = os.environ.get("SCELMO_CONFIG_FILE")
     first = Path(project).expanduser() if project else Path.cwd() / "scelmo.toml"
     if project and not first.is_file():
-        raise ConfigError(f"SCELMO_CONFIG_FILE points to {first}, which does not exist.")
+        raise ConfigError(f"The config file {first} does not exist (given with --config or SCELMO_CONFIG_FILE).")
     return [first, user_config_dir() / "config.toml"]
 
 
@@ -264,8 +264,13 @@ def _check_env() -> None:
             continue
         top = var[len(ENV_PREFIX) :].split("__", 1)[0].lower()
         if top not in fields:
-            close = difflib.get_close_matches(top, sorted(fields), n=2)
-            hint = f" Did you mean SCELMO_{close[0].upper()}?" if close else ""
+            # "SCELMO_AGGREGATE_METHOD": a section and its field joined by one underscore
+            section = next((f for f in sorted(fields, key=len, reverse=True) if top.startswith(f + "_")), None)
+            if section is not None:
+                hint = f" Nested settings take two underscores: SCELMO_{section.upper()}__{top[len(section) + 1:].upper()}."
+            else:
+                close = difflib.get_close_matches(top, sorted(fields), n=2)
+                hint = f" Did you mean SCELMO_{close[0].upper()}?" if close else ""
             raise ConfigError(f"Unknown setting in environment variable {var}.{hint}")
 
 

@@ -114,3 +114,10 @@ def test_process_variables_are_not_settings(monkeypatch, var):
     """Variables of the scripts and helpers (scripts/run's SCELMO_VENV ...) do not break the config."""
     monkeypatch.setenv(var, "1")
     assert get_settings().aggregate.method == "wa"
+
+
+def test_a_nested_setting_with_one_underscore_says_two(monkeypatch):
+    """Trial finding: SCELMO_AGGREGATE_METHOD suggested SCELMO_AGGREGATE."""
+    monkeypatch.setenv("SCELMO_AGGREGATE_METHOD", "aa")
+    with pytest.raises(ConfigError, match="SCELMO_AGGREGATE__METHOD"):
+        get_settings()

@@ -184,6 +184,9 @@ def test_load_plugins_env_limits_loading(third_party_site, tmp_path):
     assert res.returncode == 0, res.stderr
     assert {r["plugin"] for r in json.loads(res.stdout)} == {"local", "zeroshot"}
     assert "broken" not in res.stderr
+    # a name no plugin has is said, not ignored (trial finding)
+    res = _run_scelmo(["plugins", "--json"], third_party_site, tmp_path, {"SCELMO_LOAD_PLUGINS": "local,zeroshott"})
+    assert res.returncode == 0 and "'zeroshott', which no installed plugin is called" in res.stderr
 
 
 def test_import_does_no_work():
@@ -238,3 +241,19 @@ def test_strict_mode_given_per_call_refuses_after_a_failed_plugin(monkeypatch):
     roles.embedder(get_settings())  # not strict: goes on
     with pytest.raises(PluginError, match="plugins.strict is on.*'broken-x'"):
         roles.embedder(get_settings({"plugins.strict": True}))
+
+
+def test_registering_a_taken_name_is_a_clear_error():
+    """Trial finding: a second register_plugin under the same name raised pluggy's raw ValueError."""
+    from scelmo.errors import PluginError
+    from scelmo.plugin import register_plugin, unregister_plugin
+
+    class P:
+        pass
+
+    register_plugin(P(), "twice-x")
+    try:
+        with pytest.raises(PluginError, match="already registered.*unregister_plugin"):
+            register_plugin(P(), "twice-x")
+    finally:
+        unregister_plugin("twice-x")

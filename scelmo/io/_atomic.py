@@ -119,7 +119,8 @@ def check_writable(path: str | os.PathLike[str], *, overwrite: bool = True) -> P
         raise InputError(f"Output file {path} exists; pass --overwrite to replace it.")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise InputError(f"Cannot write {path}: directory {parent} does not exist.")
+        what = "is a file, not a directory" if parent.exists() else "does not exist"
+        raise InputError(f"Cannot write {path}: {parent} {what}.")
     try:  # a real file, not os.access: root passes that check where the file system refuses (/sys, read-only mounts)
         with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.name}.", suffix=".probe"):
             pass

@@ -322,11 +322,19 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
         except Exception as exc:  # noqa: BLE001 - any failure must be isolated
             info.error = f"{type(exc).__name__}: {exc}"
             _report_failure(ep.name, exc, "load")
+    unknown = sorted((allowed or set()) - {ep.name for ep in eps})
+    if unknown:
+        warnings.warn(f"SCELMO_LOAD_PLUGINS names {', '.join(map(repr, unknown))}, which no installed plugin is "
+                      f"called; installed: {', '.join(sorted(ep.name for ep in eps)) or 'none'}.",
+                      PluginWarning, stacklevel=3)
 
 
 def register_plugin(obj: Any, name: str, *, distribution: str = "<runtime>") -> None:
-    """Register a plugin object at run time (tests, notebooks)."""
+    """Register a plugin object at run time (tests, notebooks); a name already taken is an error."""
     pm = get_plugin_manager()
+    if pm.has_plugin(name):
+        raise PluginError(f"A plugin named {name!r} is already registered; unregister_plugin({name!r}) first, "
+                          "or choose another name.")
     pm.register(obj, name=name)
     _state.infos[name] = PluginInfo(name=name, distribution=distribution, version="", module=repr(obj))
     for reg in REGISTRIES.values():
