@@ -16,6 +16,7 @@ so it works on backed files and its memory does not grow with the number of cell
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,6 +153,14 @@ class GeneStats:
     @property
     def n_genes(self) -> int:
         return int(self.sums.shape[1])
+
+    def fingerprint(self) -> str:
+        """A short hash of these statistics (cells, sums, gene names): two embeddings whose
+        provenance records the same one were selected and centred alike."""
+        h = hashlib.sha256(str(self.n_cells).encode())
+        h.update(np.ascontiguousarray(self.sums, dtype=np.float64).tobytes())
+        h.update("\n".join(self.genes or ()).encode())
+        return h.hexdigest()[:16]
 
     def _moments(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         n = max(self.n_cells, 1)

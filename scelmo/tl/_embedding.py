@@ -707,5 +707,9 @@ def embed_cells(
     info = _embed_cells_record(adata, result, names, lookup, mask, use, res, gene_embeddings, settings, plan,
                                how=how, agg=agg, source=source, do_norm=do_norm, lazy=lazy, use_dask=use_dask,
                                key_added=key_added)
+    # which statistics selected and centred the genes (given ones: the reference's, before they
+    # were laid out over this data's genes): embeddings with different ones are not comparable
+    made_by = gene_stats if gene_stats is not None else stats
+    info["gene_stats_id"] = made_by.fingerprint() if made_by is not None else None
     provenance.record(adata, "embed_cells", info)
     return adata if copy else None
