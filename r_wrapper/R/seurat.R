@@ -170,7 +170,17 @@
   cmds <- methods::slot(object, "commands")
   for (nm in grep("ScELMo", names(cmds), value = TRUE)) {
     cmd <- cmds[[nm]]
-    methods::slot(cmd, "params") <- .mask_secrets(methods::slot(cmd, "params"))
+    params <- .mask_secrets(methods::slot(cmd, "params"))
+    # a model handle (a Python pointer and its gene list) as a line: the command prints, and
+    # a saved object does not carry a dead pointer
+    for (p in names(params)) {
+      if (inherits(params[[p]], "scelmo_model")) {
+        params[[p]] <- paste0("scelmo_model (", params[[p]]$head, " head",
+                              if (nzchar(params[[p]]$path %||% "")) paste0(", saved at ", params[[p]]$path) else "",
+                              ")")
+      }
+    }
+    methods::slot(cmd, "params") <- params
     methods::slot(cmd, "call.string") <- .mask_call_string(methods::slot(cmd, "call.string"))
     cmds[[nm]] <- cmd
   }

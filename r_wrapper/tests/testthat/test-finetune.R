@@ -42,6 +42,10 @@ test_that("TrainScELMo + PredictScELMo on pbmc_small: labels, scores, DimReduc, 
 
   q <- PredictScELMo(s$query, model, verbose = FALSE)
   expect_true(all(c("scelmo_label", "scelmo_score") %in% colnames(q[[]])))
+  # trial finding: the command log held the model handle itself, and printing it failed
+  logged <- q@commands[[grep("PredictScELMo", names(q@commands))[1]]]
+  expect_match(logged@params$model, "^scelmo_model \\(annotation head")
+  expect_output(print(logged))
   expect_true(all(as.character(q$scelmo_label) %in% model$classes))
   expect_true(all(q$scelmo_score > 0 & q$scelmo_score <= 1))
   # cells with no counts: NA label and NA (not NaN) score, with a warning
