@@ -121,7 +121,9 @@ def check_writable(path: str | os.PathLike[str], *, overwrite: bool = True) -> P
     if not parent.is_dir():
         what = "is a file, not a directory" if parent.exists() else "does not exist"
         raise InputError(f"Cannot write {path}: {parent} {what}.")
-    try:  # a real file, not os.access: root passes that check where the file system refuses (/sys, read-only mounts)
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"Cannot write {path}: directory {parent} is not writable.")
+    try:  # and a real file: root passes os.access where the file system refuses (/sys, read-only mounts)
         with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.name}.", suffix=".probe"):
             pass
     except OSError as exc:
