@@ -28,9 +28,9 @@ def knn_fractions(query: np.ndarray, ref: np.ndarray, codes: np.ndarray, n_class
                   chunk: int = 2048) -> np.ndarray:
     """Share of each class among the ``k`` cosine-nearest reference rows (cells x classes, float32).
 
-    ``codes`` are the reference rows' class indices (``0..n_classes-1``). The winning class
-    (on a tie, the nearest neighbour's among the tied classes) gets :data:`TIE_BONUS` more,
-    so ``argmax`` follows the tie rule.
+    ``codes`` are the reference rows' class indices (``0..n_classes-1``). On a tie, the winning
+    class (the nearest neighbour's among the tied classes) gets :data:`TIE_BONUS` more, so
+    ``argmax`` follows the tie rule; shares never exceed 1.
     """
     if ref.shape[0] == 0:
         raise InputError("The reference has no cells.")
@@ -54,7 +54,9 @@ def knn_fractions(query: np.ndarray, ref: np.ndarray, codes: np.ndarray, n_class
         block /= k
         tied = block[rows[:, None], nn_classes] == block.max(axis=1, keepdims=True)
         winner = nn_classes[rows, np.argmax(tied, axis=1)]
-        block[rows, winner] += TIE_BONUS
+        # only where classes tie (a tied share is at most 0.5): a unanimous vote stays 1, not above
+        n_top = (block == block.max(axis=1, keepdims=True)).sum(axis=1)
+        block[rows, winner] += TIE_BONUS * (n_top > 1)
         out[s : s + chunk] = block
     return out
 

@@ -19,6 +19,13 @@ def test_knn_vote_majority_ties_and_share():
     np.testing.assert_allclose(share, [2 / 3, 1.0])
     pred, share = knn_vote(np.array([[1, 0.0]], dtype=np.float32), ref, labels, k=2)
     assert pred.tolist() == ["a"] and share[0] == 1.0
+    # trial finding: a unanimous vote scored 1.000001 (the tie bonus was added without a tie)
+    from scelmo.knn import knn_fractions
+
+    fr = knn_fractions(np.array([[0, 1.0], [1, 0.02]], dtype=np.float32), ref, np.array([0, 0, 1, 1, 1]), 2, k=3)
+    assert fr.max() <= 1.0 and fr[0, 1] == 1.0
+    tie = knn_fractions(np.array([[1, 0.0]], dtype=np.float32), ref, np.array([0, 1, 1, 0, 0]), 2, k=2)
+    assert tie[0].argmax() == 0 and tie[0].max() <= 1.0  # a tie: the nearest neighbour's class
     # k not below the reference's size: every cell gets the same vote, which is said
     from scelmo.errors import ScelmoWarning
 

@@ -23,12 +23,14 @@ scored better on the validation cells (:attr:`AnnotationHead.best_method`).
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
-from scelmo.errors import InputError
+from scelmo.errors import InputError, ScelmoWarning
 from scelmo.knn import knn_fractions, knn_vote
 from scelmo.plugin.heads import renamed_keyword
 
@@ -111,6 +113,7 @@ class AnnotationHead(GeneAdapterHead):
         if len(classes) < 2:
             raise InputError(f"Annotation needs at least two cell types; got {classes}.")
         labelled = np.flatnonzero(codes >= 0)
+        _warn_about_labels(codes, classes, self.options.knn_k)
         cfg = self.training_config(training)
         self.spec = {"dim": int(gene_vectors.shape[1]), "classes": classes}
         X = X[labelled] if labelled.size < X.shape[0] else X
@@ -264,3 +267,19 @@ class AnnotationHead(GeneAdapterHead):
         if method == "knn":
             return self.predict_knn(self.transform(X, **given))[0]
         raise InputError(f"method must be 'knn', 'classifier' or 'auto', got {method!r}.")
+
+
+def _warn_about_labels(codes: np.ndarray, classes: Sequence[str], k: int) -> None:
+    """Say what training will not see: cells without a label (left out), and classes with
+    fewer cells than the kNN vote's ``k`` (a vote of ``k`` neighbours rarely elects them)."""
+    missing = int((codes < 0).sum())
+    if missing:
+        warnings.warn(f"{missing} of {codes.size} cells have no label and are left out of training.",
+                      ScelmoWarning, stacklevel=4)
+    counts = np.bincount(codes[codes >= 0], minlength=len(classes))
+    small = [f"{c} ({n})" for c, n in zip(classes, counts, strict=True) if n < k]
+    if small:
+        warnings.warn(
+            f"{len(small)} class(es) have fewer training cells than the kNN vote's k={k}: {', '.join(small)}. The "
+            "kNN labels (the default method) rarely give them; predict with `method=\"classifier\"`, lower "
+            "`knn_k`, or add cells of those types.", ScelmoWarning, stacklevel=4)
