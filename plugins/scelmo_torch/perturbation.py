@@ -48,6 +48,7 @@ components are measured genes take their vectors from the model's gene vectors w
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -55,7 +56,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from scelmo.errors import InputError
+from scelmo.errors import InputError, ScelmoWarning
 from scelmo.perturbation import components as split_components
 from scelmo.plugin import ComponentOptions
 from scelmo.plugin.heads import renamed_keyword
@@ -542,6 +543,14 @@ class PerturbationHead(TorchHead):
             vecs, seen_idx = self._component_tensors(needed, device)
             latents = self.module.component_latents(vecs, seen_idx).float()
             scale = float(self.spec.get("unseen_scale", 1.0))
+            unseen = [c for c, i in zip(needed, seen_idx.tolist(), strict=True) if i < 0]
+            if unseen and scale == 0.0:
+                warnings.warn(
+                    f"{', '.join(unseen[:5])}{' ...' if len(unseen) > 5 else ''} were not trained on, and the head's "
+                    "unseen_scale is 0 (chosen on held-out training components: their gene vectors did not beat the "
+                    "mean shift), so each is predicted as the mean shift of the training perturbations, all alike. "
+                    "Train with more perturbations, or set unseen_scale (0-1) to use the vectors anyway.",
+                    ScelmoWarning, stacklevel=4)
             if scale != 1.0:  # components never trained on: their vector-derived latent, turned down
                 latents = latents * torch.where(seen_idx >= 0, 1.0, scale)[:, None]
             pos = {c: i for i, c in enumerate(needed)}
