@@ -49,6 +49,7 @@ from scipy.special import logsumexp
 
 from scelmo import keys, provenance
 from scelmo.errors import InputError, ScelmoError
+from scelmo.progress import progress_bar
 from scelmo.tl._common import _copy_of
 
 #: ``score=`` value -> result column it ranks by.
@@ -263,7 +264,8 @@ def _summarise(acc: _Effects, n: int, base: dict[str, Any]) -> dict[str, np.ndar
             "paired_t": paired_t, "cosine": cos, "delta_cosine": cos - _cos(base["z_mean"], base["zt_mean"])}
 
 
-def _brute_effects(ctx: _Context, factor: float, cols: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def _brute_effects(ctx: _Context, factor: float, cols: np.ndarray, *, progress: bool | None = None,
+                   ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """The same effects by re-embedding and re-classifying the source cells once per gene
     (the head's public ``transform`` / ``predict_proba``; float32 inside the head)."""
     head, E, t = ctx.head, ctx.E, ctx.t
@@ -287,14 +289,16 @@ def _brute_effects(ctx: _Context, factor: float, cols: np.ndarray) -> tuple[dict
     acc = _Effects(E.shape[0], z0.shape[1])
     if t is not None:
         hit0 = (P0.argmax(1) == t).astype(np.float64)
-    for c in cols:
-        Xd = _scale_column(ctx.Xs, int(c), factor)
-        z, P, lo = run(Xd)
-        cc = np.full(n, int(c))
-        if t is not None:
-            acc.add(cc, lo - lo0, P[:, t] - P0[:, t], (P.argmax(1) == t) - hit0, z - z0)
-        else:
-            acc.add(cc, np.zeros(n), np.zeros(n), np.zeros(n), z - z0)
+    with progress_bar(total=len(cols), desc="in silico: one pass per gene", unit="gene", enabled=progress) as bar:
+        for c in cols:
+            Xd = _scale_column(ctx.Xs, int(c), factor)
+            z, P, lo = run(Xd)
+            cc = np.full(n, int(c))
+            if t is not None:
+                acc.add(cc, lo - lo0, P[:, t] - P0[:, t], (P.argmax(1) == t) - hit0, z - z0)
+            else:
+                acc.add(cc, np.zeros(n), np.zeros(n), np.zeros(n), z - z0)
+            bar.update(1)
     summary = {"baseline_cosine": _cos(base["z_mean"], zt_mean)}
     if t is not None:
         summary.update(baseline_target_probability=float(P0[:, t].mean()), baseline_target_logodds=float(lo0.mean()),
@@ -328,6 +332,7 @@ def in_silico_deletion(
     seed: int = 0,
     key_added: str = keys.IN_SILICO,
     copy: bool = False,
+    progress: bool | None = None,
 ) -> Any:
     """Rank genes by how far deleting (or down-weighting) each one moves ``source`` cells to ``target``.
 
@@ -382,6 +387,9 @@ def in_silico_deletion(
     copy
         Leave ``adata`` untouched and return a modified copy of it, whose
         ``uns[key_added]`` holds the table (scanpy's convention), instead of the DataFrame.
+    progress
+        Show a progress bar for ``method="brute"``'s one pass per gene (default: when attached
+        to a terminal).
 
     Returns
     -------
@@ -508,11 +516,14 @@ def in_silico_deletion(
         except _FastPathMismatch as exc:
             if method == "fast":
                 raise ScelmoError(f"method='fast' cannot be used with this head: {exc}. Use method='brute'.") from None
-            warnings.warn(f"in_silico_deletion: {exc}; using the slower method='brute'.", stacklevel=2)
+            n_pass = np.unique(np.concatenate([cand[used[cand] & (n_expr[cand] > 0)], null_idx])).size
+            warnings.warn(f"in_silico_deletion: {exc}; using the slower method='brute', which re-embeds and "
+                          f"re-classifies the {src.size} source cells once per gene ({n_pass} passes; fewer with "
+                          "`genes=` or `max_cells=`).", stacklevel=2)
             fast = False
     if not fast:
         need = np.unique(np.concatenate([cand[used[cand] & (n_expr[cand] > 0)], null_idx]))
-        eff, summary = _brute_effects(ctx, factor, need)  # genes not computed have no effect (0)
+        eff, summary = _brute_effects(ctx, factor, need, progress=progress)  # genes not computed have no effect (0)
     col_name = SCORES[score]
     effect = eff[col_name]
     null_eff = effect[null_idx]
