@@ -135,7 +135,11 @@
   "\\buse_raw=True\\b" = "`layer = \"counts\"` (raw counts)",
   "\\bvar_names_make_unique\\b" = "`rownames(counts) <- make.unique(rownames(counts))`",
   "None of the \\d+ genes could be matched" = "rows must be genes and columns cells (`Matrix::t(counts)` if transposed)",
-  "\\bscelmo plugins\\b" = "run `scelmo plugins` in a shell (the scelmo Python package's command) to list them"
+  "\\bscelmo plugins\\b" = "run `scelmo plugins` in a shell (the scelmo Python package's command) to list them",
+  "\\bcell_types=\\{" = "`cell.types = c(name = \"cell expressing GENE1, GENE2\")`",
+  "`Model\\.save`|\\bscelmo train -o\\b" = "a directory written by `SaveScELMoModel()`",
+  "\\bmax_epochs\\b" = "`max.epochs =`",
+  "\\bknn_k\\b" = "`knn.k =` (a head option of TrainScELMo)"
 )
 
 .in_r <- function(msg) {

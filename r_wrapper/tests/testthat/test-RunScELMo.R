@@ -109,6 +109,10 @@ test_that("bad input gives classed R errors and leaves the object unchanged", {
   expect_identical(scelmo:::.in_r("nothing Pythonic here"), "nothing Pythonic here")
   expect_identical(scelmo:::.in_r("set n_species=3"), "set n_species=3")  # whole names only
   expect_length(scelmo:::.in_r(c("first line", "use `n_top_genes=`")), 2)
+  # trial findings: Python advice in names-only warnings and model errors
+  expect_match(scelmo:::.in_r("Describe it (`cell_types={name: 'cell expressing GENE1'}`)."), "In R: `cell.types = c\\(name")
+  expect_match(scelmo:::.in_r("pass the directory `Model.save` or `scelmo train -o` wrote"), "SaveScELMoModel")
+  expect_match(scelmo:::.in_r("Allowed: max_epochs, knn_k."), "`max.epochs =`; `knn.k =`")
   expect_match(scelmo:::.in_r("Run `adata.var_names_make_unique()`."), "make.unique(rownames(counts))", fixed = TRUE)
   expect_match(scelmo:::.in_r("None of the 20 genes could be matched to a known gene"), "Matrix::t(counts)", fixed = TRUE)
   # a gene.embeddings directory that is not there is the caller's input, not a Python failure
