@@ -52,11 +52,11 @@ def knn_fractions(query: np.ndarray, ref: np.ndarray, codes: np.ndarray, n_class
         block = np.zeros((nn.shape[0], n_classes), dtype=np.float32)
         np.add.at(block, (np.repeat(rows, k), nn_classes.ravel()), 1.0)
         block /= k
-        tied = block[rows[:, None], nn_classes] == block.max(axis=1, keepdims=True)
+        top = block.max(axis=1, keepdims=True)
+        tied = block[rows[:, None], nn_classes] == top
         winner = nn_classes[rows, np.argmax(tied, axis=1)]
         # only where classes tie (a tied share is at most 0.5): a unanimous vote stays 1, not above
-        n_top = (block == block.max(axis=1, keepdims=True)).sum(axis=1)
-        block[rows, winner] += TIE_BONUS * (n_top > 1)
+        block[rows, winner] += TIE_BONUS * ((block == top).sum(axis=1) > 1)
         out[s : s + chunk] = block
     return out
 

@@ -56,7 +56,7 @@ from scelmo.expression.selection import (
 )
 from scelmo.expression.selection import gene_stats as compute
 from scelmo.io import atomic_dir
-from scelmo.model import Model
+from scelmo.model import MODEL_FILE, Model
 from scelmo.redact import mask
 from scelmo.tl._embedding import flavor_plan
 
@@ -671,7 +671,7 @@ def save(model: Any, path: str, *, overwrite: bool = False) -> dict[str, Any]:
             raise InputError(f"{target} exists; pass overwrite = TRUE to replace it, or choose another path.")
         # the model and its sidecar appear together: both are written into one temporary
         # sibling folder that replaces `target` only when complete
-        with atomic_dir(target, overwrite=bool(overwrite), marker="model.json") as tmp:
+        with atomic_dir(target, overwrite=bool(overwrite), marker=MODEL_FILE) as tmp:
             staged = model.save(tmp / "model")
             (staged / SIDECAR).write_text(json.dumps({"format": "scelmo.r_bridge", **_extra(model)}),
                                           encoding="utf-8")

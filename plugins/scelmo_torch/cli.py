@@ -14,6 +14,7 @@ from scelmo import perturbation as P
 from scelmo import plugin as plugins
 from scelmo.cli import _parse_value
 from scelmo.errors import InputError, ScelmoError
+from scelmo.model import MODEL_FILE
 
 from .device import resolve_device
 
@@ -74,7 +75,7 @@ def add_commands(cli: Any) -> None:
         """Train a fine-tuning head on INPUT (.h5ad) and save the model to OUTPUT."""
 
         # every option is checked before the input is read or any gene is embedded (which may cost money)
-        io.check_output_dir(output, overwrite=overwrite, marker="model.json")
+        io.check_output_dir(output, overwrite=overwrite, marker=MODEL_FILE)
         if latent_output:
             io.check_writable(latent_output, overwrite=overwrite)
             if Path(latent_output).resolve() == Path(input).resolve():

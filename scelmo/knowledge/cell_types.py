@@ -289,13 +289,12 @@ def _islet_letters(words: Mapping[str, list[str]]) -> dict[str, str]:
     found = {c: _ISLET_LETTERS[tuple(w)] for c, w in words.items() if tuple(w) in _ISLET_LETTERS}
     if len(found) < 2:
         return {}
-    if found:
-        warnings.warn(
-            "Read as islet cells, since other candidates name pancreatic islet types: "
-            + ", ".join(f"{c!r} = {n!r}" for c, n in found.items())
-            + ". For B lymphocytes write 'B lymphocyte'; or spell every type out ('alpha cell').",
-            ScelmoWarning, stacklevel=3,
-        )
+    warnings.warn(
+        "Read as islet cells, since other candidates name pancreatic islet types: "
+        + ", ".join(f"{c!r} = {n!r}" for c, n in found.items())
+        + ". For B lymphocytes write 'B lymphocyte'; or spell every type out ('alpha cell').",
+        ScelmoWarning, stacklevel=3,
+    )
     return found
 
 

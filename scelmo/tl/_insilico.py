@@ -510,19 +510,18 @@ def in_silico_deletion(
         np.sort(rng.choice(m, min(int(n_null), m.size), replace=False))
         for m in (np.flatnonzero(bins == b) for b in range(n_bins)) if m.size
     ])
+    need = np.unique(np.concatenate([cand[used[cand] & (n_expr[cand] > 0)], null_idx]))  # the brute path's genes
     if fast:
         try:
             eff, summary = _fast_effects(ctx, factor)
         except _FastPathMismatch as exc:
             if method == "fast":
                 raise ScelmoError(f"method='fast' cannot be used with this head: {exc}. Use method='brute'.") from None
-            n_pass = np.unique(np.concatenate([cand[used[cand] & (n_expr[cand] > 0)], null_idx])).size
             warnings.warn(f"in_silico_deletion: {exc}; using the slower method='brute', which re-embeds and "
-                          f"re-classifies the {src.size} source cells once per gene ({n_pass} passes; fewer with "
-                          "`genes=` or `max_cells=`).", stacklevel=2)
+                          f"re-classifies the {src.size} source cells once per gene ({need.size} passes; fewer "
+                          "with `genes=` or `max_cells=`).", stacklevel=2)
             fast = False
     if not fast:
-        need = np.unique(np.concatenate([cand[used[cand] & (n_expr[cand] > 0)], null_idx]))
         eff, summary = _brute_effects(ctx, factor, need, progress=progress)  # genes not computed have no effect (0)
     col_name = SCORES[score]
     effect = eff[col_name]
