@@ -60,8 +60,30 @@ def embedding(
                    if c not in adata.obs.columns and c not in adata.var_names]
         if missing:
             raise ScelmoError(f"Cannot colour by {missing}: not in adata.obs columns or var_names.")
+    colors = [color] if isinstance(color, str) else list(color or [])
+    if len(colors) > 1 and "wspace" not in kwargs:  # room for each panel's legend before the next panel
+        kwargs["wspace"] = _legend_space(adata, colors, kwargs.get("legend_loc", "right margin"))
     fig = sc.pl.embedding(adata, basis=basis, color=color, title=title, show=False, return_fig=True, **kwargs)
     return _finish(fig, save, show, dpi)
+
+
+def _legend_space(adata: Any, colors: list[str], legend_loc: str | None) -> float:
+    """scanpy's ``wspace`` (a share of a panel's width) that fits the widest right-margin
+    legend among ``colors``: its longest category name (scanpy's default, 0.1, lets the
+    next panel cover long names)."""
+    import pandas as pd
+
+    if legend_loc != "right margin":
+        return 0.25
+    longest = 0
+    for c in colors:
+        col = adata.obs[c] if c in adata.obs.columns else None
+        if col is not None and (isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object):
+            cats = col.astype("category").cat.categories
+            n_cols = 1 if len(cats) <= 14 else 2 if len(cats) <= 30 else 3  # scanpy's legend columns
+            longest = max(longest, n_cols * max((len(str(x)) for x in cats), default=0))
+    # measured on scanpy's default panel and legend font: ~0.01 of a panel's width per character
+    return 0.15 + 0.01 * longest if longest else 0.25
 
 
 def _resolve_basis(adata: Any, basis: str) -> str:

@@ -382,3 +382,23 @@ def test_training_says_what_it_leaves_out(split):
     said = " ".join(str(w.message) for w in caught)
     assert "7 of 200 cells have no label" in said
     assert "fewer training cells than the kNN vote's k=10" in said and "CD34+" in said
+
+
+def test_integer_labels_come_back_as_integers_in_their_own_order(split, tmp_path):
+    train, test = split
+    t = train.copy()
+    # 10 clusters coded 0..9: as text, "10" would sort before "2"
+    codes = {c: i for i, c in enumerate(sorted(set(t.obs["bulk_labels"].astype(str))))}
+    t.obs["code"] = t.obs["bulk_labels"].astype(str).map(codes).astype(np.int64).to_numpy()
+    scelmo.Model.setup_anndata(t, labels_key="code")
+    model = scelmo.Model(t, head="annotation")
+    model.train(max_epochs=2, seed=0)
+    q = test.copy()
+    pred = model.predict(q, key_added="pred")
+    assert pred.dtype.kind == "i" and set(pred) <= set(codes.values())
+    assert list(q.obs["pred"].cat.categories) == sorted(set(t.obs["code"]))
+    probs = model.predict(q, method="classifier", return_probabilities=True)
+    assert list(probs.columns) == sorted(set(t.obs["code"]))
+    np.testing.assert_array_equal(probs.to_numpy().argmax(1), model.predict(q, method="classifier"))
+    loaded = scelmo.Model.load(model.save(tmp_path / "m"), adata=q)
+    np.testing.assert_array_equal(loaded.predict(q), pred)

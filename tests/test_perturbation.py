@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from scelmo import perturbation as P
@@ -402,3 +405,33 @@ def test_shared_response_starts_unseen_perturbations_at_the_mean_shift(tmp_path)
     auto.save_state(tmp_path / "h")
     loaded = PerturbationHead.load_state(tmp_path / "h")
     np.testing.assert_allclose(loaded.predict_mean(ctrl, "KO9"), auto.predict_mean(ctrl, "KO9"), rtol=1e-5, atol=1e-5)
+
+
+def test_counts_query_is_normalised_over_the_models_genes_and_a_view_is_left_alone(synthetic):
+    """Trial finding: a counts query was normalised over all its genes, so genes the model
+    never saw changed its predictions; and predicting for a view wrote provenance into it."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    from scelmo.model import Model
+
+    adata, ge = synthetic
+    adata = adata[:800].copy()
+    X = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
+    adata.X = sp.csr_matrix(np.rint(np.expm1(np.clip(X, 0, None)) * 3).astype(np.float32))  # counts
+    adata.varm["scelmo"], _ = ge.aligned(list(adata.var_names))
+    names = list(adata.obs["perturbation"].cat.remove_unused_categories().cat.categories[1:])
+    Model.setup_anndata(adata, perturbation_key="perturbation")
+    model = Model(adata, head="perturbation", hidden=16, latent=4, control="ctrl")
+    model.train(max_epochs=1, progress=False)
+    ctrl = adata[adata.obs["perturbation"] == "ctrl"][:6].copy()
+    pred = model.predict_perturbation(ctrl, names[0]).to_numpy()
+    extra = ad.AnnData(sp.csr_matrix(np.full((ctrl.n_obs, 5), 500.0, np.float32)), obs=ctrl.obs[[]],
+                       var=pd.DataFrame(index=[f"EXTRA{i}" for i in range(5)]))
+    wider = ad.concat([ctrl, extra], axis=1, merge="first")
+    np.testing.assert_allclose(model.predict_perturbation(wider, names[0]).to_numpy(), pred, atol=1e-5)
+    view = adata[adata.obs["perturbation"] == "ctrl"][:6]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # anndata's "initializing view as actual"
+        np.testing.assert_allclose(model.predict_perturbation(view, names[0]).to_numpy(), pred, atol=1e-5)
+    assert view.is_view

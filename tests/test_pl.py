@@ -83,6 +83,22 @@ def test_embedding_takes_the_basis_without_the_x_prefix(small_adata):
         scelmo.pl.embedding(small_adata, basis="tsne", show=False)
 
 
+def test_embedding_panels_leave_room_for_long_legends(small_adata):
+    """Trial finding: with several colours, each panel's legend ran under the next panel."""
+    a = small_adata
+    a.obs["long"] = pd.Categorical([f"{g} cells of a long and descriptive type name" for g in a.obs["group"]])
+    fig = scelmo.pl.embedding(a, basis="umap", color=["long", "group", "long"], show=False)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    panels = sorted((ax for ax in fig.axes if ax.get_legend() is not None), key=lambda ax: ax.get_position().x0)
+    assert len(panels) == 3
+    for left, right in zip(panels[:-1], panels[1:], strict=True):
+        legend = left.get_legend().get_window_extent(renderer)
+        assert legend.x1 <= right.get_window_extent(renderer).x0, (legend, right.get_window_extent(renderer))
+
+
 # --------------------------------------------------------------------------- integration_scores / metrics_bar
 def _scib_results():
     """The shape of scib-metrics' ``Benchmarker.get_results()``: methods in the index, a "Metric Type" row."""

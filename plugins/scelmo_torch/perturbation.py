@@ -546,7 +546,7 @@ class PerturbationHead(TorchHead):
             unseen = [c for c, i in zip(needed, seen_idx.tolist(), strict=True) if i < 0]
             if unseen and scale == 0.0:
                 warnings.warn(
-                    f"{', '.join(unseen[:5])}{' ...' if len(unseen) > 5 else ''} were not trained on, and the head's "
+                    f"{', '.join(unseen[:5])}{' ...' if len(unseen) > 5 else ''} {'was' if len(unseen) == 1 else 'were'} not trained on, and the head's "
                     "unseen_scale is 0 (chosen on held-out training components: their gene vectors did not beat the "
                     "mean shift), so each is predicted as the mean shift of the training perturbations, all alike. "
                     "Train with more perturbations, or set unseen_scale (0-1) to use the vectors anyway.",

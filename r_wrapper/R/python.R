@@ -139,7 +139,9 @@
   "\\bcell_types=\\{" = "`cell.types = c(name = \"cell expressing GENE1, GENE2\")`",
   "`Model\\.save`|\\bscelmo train -o\\b" = "a directory written by `SaveScELMoModel()`",
   "\\bmax_epochs\\b" = "`max.epochs =`",
-  "\\bknn_k\\b" = "`knn.k =` (a head option of TrainScELMo)"
+  "\\bknn_k\\b" = "`knn.k =` (a head option of TrainScELMo)",
+  "row index \\d+, counting from 0" = "R's cell number is that index + 1",
+  "\\bsetup_anndata\\(adata, layer=" = "`layer = \"counts\"` (the counts slot)"
 )
 
 .in_r <- function(msg) {

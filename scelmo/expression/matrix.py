@@ -71,8 +71,13 @@ def as_float32(chunk: Any) -> Any:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def check_values(chunk: Any, start: int) -> None:
-    """Raise :class:`InputError` for NaN, infinite or negative values in a float32 chunk."""
+#: What to do about negative values, said by :func:`check_values` unless the caller knows better.
+SCALED_DATA_FIX = "Pass `layer=` with counts, or `use_raw=True`."
+
+
+def check_values(chunk: Any, start: int, *, fix: str = SCALED_DATA_FIX) -> None:
+    """Raise :class:`InputError` for NaN, infinite or negative values in a float32 chunk;
+    ``fix`` says how to pass unscaled values instead."""
     values = chunk.data if sp.issparse(chunk) else chunk
     if values.size == 0:
         return
@@ -80,15 +85,15 @@ def check_values(chunk: Any, start: int) -> None:
     if not finite.all():
         row = _first_bad_row(chunk, ~finite) + start
         raise InputError(
-            f"The expression matrix contains NaN or infinite values (first in cell {row}). "
+            f"The expression matrix contains NaN or infinite values (first at row index {row}, counting from 0). "
             "Fix or remove those cells (e.g. `adata = adata[np.isfinite(X).all(1)]`) first."
         )
     if (values < 0).any():
         row = _first_bad_row(chunk, values < 0) + start
         raise InputError(
-            f"The expression matrix contains negative values (first in cell {row}); scelmo "
-            "weights genes by expression, so it needs counts or normalised/log values, not "
-            "scaled (z-scored) data. Pass `layer=` with counts, or `use_raw=True`."
+            f"The expression matrix contains negative values (first at row index {row}, counting from 0); "
+            "scelmo weights genes by expression, so it needs counts or normalised/log values, not "
+            f"scaled (z-scored) data. {fix}"
         )
 
 
@@ -99,10 +104,11 @@ def _first_bad_row(chunk: Any, bad_values: np.ndarray) -> int:
     return int(np.flatnonzero(bad_values.any(axis=1))[0])
 
 
-def iter_row_chunks(matrix: Any, chunk_size: int = 10_000) -> Iterator[tuple[int, Any]]:
+def iter_row_chunks(matrix: Any, chunk_size: int = 10_000, *, fix: str = SCALED_DATA_FIX) -> Iterator[tuple[int, Any]]:
     """Yield ``(start, chunk)`` with float32 CSR (sparse input) or ndarray (dense input).
 
-    Values are checked as they stream (NaN, inf, negative -> :class:`InputError`).
+    Values are checked as they stream (NaN, inf, negative -> :class:`InputError`, with
+    ``fix`` saying how to pass unscaled values).
     """
     n_rows, _ = n_rows_cols(matrix)
     if chunk_size < 1:
@@ -112,7 +118,7 @@ def iter_row_chunks(matrix: Any, chunk_size: int = 10_000) -> Iterator[tuple[int
     for start in range(0, n_rows, chunk_size):
         stop = min(start + chunk_size, n_rows)
         chunk = as_float32(matrix[start:stop])
-        check_values(chunk, start)
+        check_values(chunk, start, fix=fix)
         yield start, chunk
 
 

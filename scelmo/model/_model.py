@@ -173,10 +173,12 @@ class Model:
         X, names, E, _ = self.head_expression(adata)
         return X, names, E
 
-    def head_expression(self, adata: Any | None = None) -> tuple[Any, list[str], np.ndarray, list[str]]:
+    def head_expression(self, adata: Any | None = None, *, normalize: bool = True,
+                        ) -> tuple[Any, list[str], np.ndarray, list[str]]:
         """:meth:`get_expression` and the name the head knows each gene by: the resolved
         symbol (so "IGJ" in a query is the model's JCHAIN), or the name itself where the
-        model was trained on it."""
+        model was trained on it. ``normalize=False``: counts stay counts (the caller
+        normalises them over the genes it keeps)."""
         adata = self.adata if adata is None else adata
         if adata is None:
             raise InputError("This model is bound to no AnnData; pass `adata=` (e.g. the query cells).")
@@ -192,9 +194,11 @@ class Model:
         names = [str(v) for v in var_names]
         if len(names) == 0 or adata.n_obs == 0:
             raise InputError(f"The data has {adata.n_obs} cells and {len(names)} genes; nothing to do.")
-        chunks = [c for _, c in iter_row_chunks(matrix, 20_000)]
+        fix = ("Register the counts or log-normalised values: `scelmo.Model.setup_anndata(adata, layer=\"counts\")` "
+               "(or `use_raw=True`); on the command line `--layer counts`.")
+        chunks = [c for _, c in iter_row_chunks(matrix, 20_000, fix=fix)]
         X = sp.vstack(chunks, format="csr") if sp.issparse(chunks[0]) else np.vstack(chunks)
-        if should_normalize("auto", X):  # counts: log-normalised, as tl.embed_cells does
+        if normalize and should_normalize("auto", X):  # counts: log-normalised, as tl.embed_cells does
             X = normalize_chunk(X)
         lookup = _lookup_names(adata, names)
         if keys.GENE_SYMBOL not in adata.var:  # aliases and Ensembl IDs: the vocabulary's symbol
@@ -223,12 +227,15 @@ class Model:
             key = n if key in taken else key  # (a second column of one gene keeps its own name)
             taken.add(key)
             head_names.append(key)
-        if self.train_genes and adata is not self.adata:
+        if self.train_genes and adata is not self.adata and getattr(self, "_warned_missing", None) != id(adata):
+            # (genes without a vector carry no weight: only those with one count)
             have = set(head_names)
-            missing = [g for g in self.train_genes if g not in have]
-            if len(missing) > 0.1 * len(self.train_genes):
+            weighed = [g for g in self.train_genes if g in self.gene_table]
+            missing = [g for g in weighed if g not in have]
+            if len(missing) > 0.1 * len(weighed):
+                self._warned_missing = id(adata)  # once per query, however many calls read it
                 warnings.warn(
-                    f"{len(missing)} of the model's {len(self.train_genes)} genes are not in the data (e.g. "
+                    f"{len(missing)} of the {len(weighed)} genes the model weighs are not in the data (e.g. "
                     f"{', '.join(missing[:5])}); they count as not expressed, which may change predictions. Check "
                     "that var_names are gene symbols or Ensembl IDs of the same species as the training data.",
                     ScelmoWarning, stacklevel=3)
@@ -297,6 +304,8 @@ class Model:
         }
         if self.head.best_score is not None:
             self.train_info["best_validation_score"] = float(self.head.best_score)
+        if self.setup.labels_key is not None:  # predictions come back as the labels went in (0, 1, 2 ...)
+            self.train_info["label_dtype"] = _label_dtype(self.adata.obs[self.setup.labels_key])
         provenance.record(self.adata, "train", self.train_info)
         return self
 
@@ -397,13 +406,20 @@ class Model:
             score[empty] = 0.0
             probs[empty] = np.nan
         labels = labels.astype(str)
+        values = _label_values(classes, self.train_info.get("label_dtype"))
+        order = sorted(range(len(classes)), key=lambda i: values[i]) if values is not None else list(range(len(classes)))
+        if values is not None:  # integer / boolean labels: the original values, in their own order
+            lookup = dict(zip(classes, values, strict=True))
+            typed = [lookup.get(lab, lab) for lab in labels]
+            labels = np.array(typed, dtype=np.asarray(values).dtype if not empty.any() else object)
+        cats = [values[i] if values is not None else classes[i] for i in order]
         if key_added:
-            cats = classes + ([keys.UNKNOWN_LABEL] if empty.any() and keys.UNKNOWN_LABEL not in classes else [])
-            target.obs[key_added] = pd.Categorical(labels, categories=cats)
+            cats_all = cats + ([keys.UNKNOWN_LABEL] if empty.any() and keys.UNKNOWN_LABEL not in classes else [])
+            target.obs[key_added] = pd.Categorical(labels, categories=cats_all)
             target.obs[f"{key_added}_score"] = score.astype(np.float32)
             provenance.record(target, "predict", {"head": self.head_name, "method": method, "key_added": key_added})
         if return_probabilities:
-            return pd.DataFrame(probs, index=target.obs_names, columns=classes)
+            return pd.DataFrame(probs[:, order], index=target.obs_names, columns=cats)
         return labels
 
     def predict_perturbation(self, adata: Any | None = None, perturbation: str | Any = None, *,
@@ -440,7 +456,7 @@ class Model:
         if perturbation is None:
             raise InputError("Say which perturbation to predict, e.g. predict_perturbation(ctrl, 'KLF1+CEBPA').")
         target = self.adata if adata is None else adata
-        X, _, _, names = self.head_expression(target)
+        X, _, _, names = self.head_expression(target, normalize=False)
         pos = {n: i for i, n in enumerate(names)}
         missing = [g for g in self.train_genes if g not in pos]
         if missing:
@@ -450,12 +466,15 @@ class Model:
             )
         cols = np.array([pos[g] for g in self.train_genes])
         X = X[:, cols]
+        if should_normalize("auto", X):  # counts: normalised over the model's genes, as the training cells were
+            X = normalize_chunk(X)
         self._add_measured_components(perturbation)
         pred = np.asarray(self.head.predict_expression(X, perturbation, device=device), dtype=np.float32)
-        provenance.record(target, "predict_perturbation", {
-            "head": self.head_name, "perturbation": perturbation if isinstance(perturbation, str) else "per cell",
-            "n_cells": int(X.shape[0]),
-        })
+        if not getattr(target, "is_view", False):  # (a view would turn into a copy; nothing else is written)
+            provenance.record(target, "predict_perturbation", {
+                "head": self.head_name, "perturbation": perturbation if isinstance(perturbation, str) else "per cell",
+                "n_cells": int(X.shape[0]),
+            })
         if mean:
             return pd.Series(pred.mean(axis=0, dtype=np.float64), index=self.train_genes, name=str(perturbation))
         return pd.DataFrame(pred, index=target.obs_names, columns=self.train_genes)
@@ -522,6 +541,28 @@ class Model:
         state = "trained" if self.is_trained else "not trained"
         n = getattr(self.adata, "n_obs", "?")
         return f"scelmo.Model(head={self.head_name!r}, {state}, genes={len(self.gene_table)} x {self.gene_table.dim}, cells={n})"
+
+
+def _label_dtype(col: Any) -> str:
+    """What a labels column holds: ``"integer"``, ``"boolean"`` or ``"text"`` (a categorical:
+    its categories)."""
+    from pandas.api.types import is_bool_dtype, is_integer_dtype
+
+    dtype = col.cat.categories.dtype if hasattr(col, "cat") else col.dtype
+    return "boolean" if is_bool_dtype(dtype) else "integer" if is_integer_dtype(dtype) else "text"
+
+
+def _label_values(classes: list[str], kind: str | None) -> list[Any] | None:
+    """The classes (stored as text) as the integer or boolean values the labels had in
+    training; ``None`` for text labels (or a model saved before this was recorded)."""
+    try:
+        if kind == "integer":
+            return [int(c) for c in classes]
+        if kind == "boolean":
+            return [c == "True" for c in classes]
+    except ValueError:
+        return None
+    return None
 
 
 def _expresses_none(X: Any, E: np.ndarray) -> np.ndarray:
