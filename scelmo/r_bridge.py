@@ -56,6 +56,7 @@ from scelmo.expression.selection import (
 )
 from scelmo.expression.selection import gene_stats as compute
 from scelmo.io import atomic_dir
+from scelmo.knowledge import roles
 from scelmo.model import MODEL_FILE, Model
 from scelmo.redact import mask
 from scelmo.tl._embedding import flavor_plan
@@ -589,6 +590,16 @@ def predict(
         query = to_anndata(payload)
         genes = _r_genes(model)
         pos = {str(g): j for j, g in enumerate(query.var_names)}
+        if any(g not in pos for g in genes):  # a query named otherwise (Ensembl IDs, aliases): by symbol
+            vocab = roles.vocabulary()
+            if vocab is not None:
+                by_symbol: dict[str, int] = {}
+                for j, sym in enumerate(vocab.resolve([str(v) for v in query.var_names]).symbols):
+                    if sym:
+                        by_symbol.setdefault(sym, j)
+                for g, sym in zip(genes, model.train_genes, strict=True):
+                    if g not in pos and str(sym) in by_symbol:
+                        pos[g] = by_symbol[str(sym)]
         have = np.array([g in pos for g in genes], dtype=bool)
         n_found = int(have.sum())
         if not genes or n_found < max(1, share * len(genes)):
@@ -649,7 +660,7 @@ def predict(
             labels = [classes[i] for i in P.argmax(1)]
             if empty.any():  # no evidence for any class: NA in R (not one of the model's classes)
                 warnings.warn(f"{int(empty.sum())} query cells express none of the model's genes; their labels "
-                              "are NA (score NaN).", stacklevel=2)
+                              "and scores are NA.", stacklevel=2)
                 labels = ["" if e else lab for lab, e in zip(labels, empty, strict=True)]
                 score = np.where(empty, np.nan, score)
             out["labels"] = encode_strings(labels)

@@ -249,6 +249,19 @@ def test_train_predict_save_load_round_trip(tmp_path):
     cls = r_bridge.predict(payload, model, method="classifier")
     assert cls["ok"] and np.mean(np.array(r_bridge.decode_strings(cls["labels"], 60)) == qobs["type"].astype(str).to_numpy()) > 0.9
 
+    # a query named by Ensembl IDs meets the symbol-trained model by symbol (trial finding:
+    # it shared "0 of the model's genes")
+    from scelmo.knowledge import roles
+
+    ensembl: dict[str, str] = {}
+    for gene_id, symbol in roles.vocabulary().ensembl.items():
+        if gene_id.startswith("ENSG"):
+            ensembl.setdefault(symbol, gene_id)
+    ids = [ensembl[g] for g in qgenes[:-1]] + ["EXTRA1"]
+    by_id = r_bridge.predict(make_payload(sp.hstack([Xq[:, keep], extra], format="csr"), qcells, ids), model)
+    assert by_id["ok"], by_id
+    assert by_id["labels"] == out["labels"] and by_id["Z"] == out["Z"]
+
     saved = r_bridge.save(model, str(tmp_path / "m"))
     assert saved["ok"], saved
     assert not r_bridge.save(model, str(tmp_path / "m"))["ok"]  # exists, no overwrite

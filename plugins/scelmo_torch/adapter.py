@@ -194,7 +194,7 @@ def encode_labels(labels: Any, classes: list[str] | None = None) -> tuple[np.nda
     missing = pd.isna(arr) | (arr.astype(str) == "")
     names = arr.astype(str)
     if classes is None:
-        classes = sorted(set(names[~missing]))
+        classes = sorted({str(n) for n in names[~missing]})  # (plain str, not np.str_: they appear in messages)
     index = {c: i for i, c in enumerate(classes)}
     codes = np.array([index.get(n, -1) if not m else -1 for n, m in zip(names, missing, strict=True)], dtype=np.int64)
     return codes, list(classes)

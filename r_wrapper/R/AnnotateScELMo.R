@@ -37,7 +37,9 @@
 #'   `paste0(label.name, "_score")`).
 #' @param verbose Print progress messages.
 #' @param ... Settings shortcuts as in [RunScELMo()].
-#' @return The object with the two metadata columns added.
+#' @return The object with the two metadata columns added, and what was done
+#'   (method, marker genes per type, timing) in `Misc(object, "scelmo")[[label.name]]`;
+#'   for a matrix, the data.frame with it in `attr(, "scelmo")`.
 #' @examples
 #' \dontrun{
 #' query <- AnnotateScELMo(query, reference = ref, ref.labels = "celltype")
@@ -64,6 +66,10 @@ AnnotateScELMo.Seurat <- function(object, reference = NULL, ref.labels = NULL, c
                    aggregator, .dots_config(config, list(...)), label.name, verbose, explicit = explicit)
   object[[label.name]] <- stats::setNames(res$labels, colnames(object))
   object[[paste0(label.name, "_score")]] <- stats::setNames(res$scores, colnames(object))
+  # what was done (method, markers per type, reference, timing), as Python's uns["scelmo"]["annotate"]
+  prov <- SeuratObject::Misc(object, slot = "scelmo") %||% list()
+  prov[[label.name]] <- res$provenance
+  suppressWarnings(SeuratObject::Misc(object, slot = "scelmo") <- prov)  # (warns when replacing the slot)
   object <- SeuratObject::LogSeuratCommand(object = object)
   object <- .without_secrets(object)
   object
@@ -78,6 +84,7 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
                    aggregator, .dots_config(config, list(...)), label.name, verbose)
   out <- data.frame(res$labels, res$scores, row.names = colnames(object))
   names(out) <- c(label.name, paste0(label.name, "_score"))
+  attr(out, "scelmo") <- res$provenance
   out
 }
 
@@ -197,5 +204,5 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
   # reference's labels in their order, then any other label given ("unknown")
   found <- unique(labels[!is.na(labels)])
   levels <- c(known, setdiff("unknown", known), sort(setdiff(found, c(known, "unknown"))))  # "unknown" always a level
-  list(labels = factor(labels, levels = levels), scores = scores)
+  list(labels = factor(labels, levels = levels), scores = scores, provenance = res$provenance)
 }

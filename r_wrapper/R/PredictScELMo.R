@@ -8,7 +8,7 @@
 #' present the call stops (the model was trained on other genes).
 #'
 #' For an annotation head, adds to the metadata `paste0(prefix, "label")` (the
-#' predicted cell type) and `paste0(prefix, "score")` (the share of the `k`
+#' predicted cell type) and `paste0(prefix, "label_score")` (the share of the `k`
 #' nearest training cells with that label for `method = "knn"`, the classifier's
 #' probability for `method = "classifier"`). For every head, the learned
 #' embedding is added as a DimReduc: `reduction.name` defaults to
@@ -21,7 +21,7 @@
 #' @param method `"knn"` (default; majority of the `k` nearest training cells in
 #'   the learned space) or `"classifier"` (the head's classifier).
 #' @param prefix Prefix of the metadata columns (default `"scelmo_"`: columns
-#'   `scelmo_label` and `scelmo_score`).
+#'   `scelmo_label` and `scelmo_label_score`, as [AnnotateScELMo()] and Python name them).
 #' @param assay,layer Assay and layer / slot with counts or log-normalised values.
 #' @param k Neighbours for `method = "knn"` (default: the model's, 10).
 #' @param reduction.name,reduction.key Name and key of the DimReduc (`NULL`: the
@@ -39,7 +39,7 @@
 #' \dontrun{
 #' model <- TrainScELMo(ref, labels = "celltype")
 #' query <- PredictScELMo(query, model)
-#' table(query$scelmo_label, query$scelmo_score > 0.7)
+#' table(query$scelmo_label, query$scelmo_label_score > 0.7)
 #' integ <- TrainScELMo(seu, batch = "donor", head = "integration")
 #' seu <- PredictScELMo(seu, integ)
 #' seu <- Seurat::RunUMAP(seu, reduction = "scelmo_integrated", dims = 1:32)
@@ -73,7 +73,7 @@ PredictScELMo.Seurat <- function(object, model, method = "knn", prefix = "scelmo
   if (!is.null(res$labels)) {
     object[[paste0(prefix, "label")]] <- stats::setNames(factor(res$labels, levels = model$classes),
                                                          colnames(object))
-    object[[paste0(prefix, "score")]] <- stats::setNames(res$scores, colnames(object))
+    object[[paste0(prefix, "label_score")]] <- stats::setNames(res$scores, colnames(object))
   }
   if (add_reduction) {
     Z <- res$latent
@@ -115,6 +115,10 @@ PredictScELMo.default <- function(object, model, method = "knn", k = NULL, norma
 .check_prefix <- function(prefix) {
   if (!is.character(prefix) || length(prefix) != 1 || is.na(prefix)) {
     .abort("`prefix` must be one string, e.g. \"scelmo_\".", "scelmo_input_error")
+  }
+  if (nzchar(prefix) && !grepl("^[A-Za-z.][A-Za-z0-9._]*$", prefix)) {  # `object$col` must work on the columns
+    .abort(sprintf("`prefix` must be letters, digits, `.` and `_` (starting with a letter or `.`), e.g. \"scelmo_\"; got \"%s\".",
+                   prefix), "scelmo_input_error")
   }
 }
 

@@ -5,7 +5,11 @@
 #' the paper's default) and returns a cells x d embedding (d = 384 for the
 #' bundled offline model). For a Seurat object the result is stored as the
 #' DimReduc `object[[reduction.name]]` with the provenance (models, coverage,
-#' options) in its `misc` slot, and the call is logged in `object@commands`.
+#' options) in its `misc` slot and each dimension's standard deviation in
+#' `stdev`, and the call is logged in `object@commands`. The dimensions are not
+#' ordered by variance as principal components are: use all of them downstream
+#' (`FindNeighbors(object, reduction = "scelmo", dims = 1:384)`); Seurat's
+#' default `dims = 1:10` keeps an arbitrary few and clusters poorly.
 #'
 #' Genes must be named by symbols (human or mouse) or Ensembl gene IDs; when
 #' none of them can be matched the call stops with an error that says so. The
@@ -88,10 +92,18 @@ RunScELMo.Seurat <- function(object, assay = NULL, layer = "counts", features = 
                 what = paste0("assay '", assay, "' layer '", layer, "'"))
   Z <- res$Z
   colnames(Z) <- paste0(reduction.key, seq_len(ncol(Z)))
+  # (stdev for ElbowPlot and friends; the dimensions are not ordered by it, as a PCA's are)
   dr <- SeuratObject::CreateDimReducObject(
-    embeddings = Z, key = reduction.key, assay = assay,
+    embeddings = Z, key = reduction.key, assay = assay, stdev = unname(apply(Z, 2, stats::sd)),
     misc = list(scelmo = res$provenance)
   )
+  if (verbose) {
+    message(sprintf("scelmo: added the reduction '%s' (%d dimensions); use all of them downstream, e.g. ",
+                    reduction.name, ncol(Z)),
+            sprintf("FindNeighbors(object, reduction = \"%s\", dims = 1:%d): unlike PCs they are not ordered, ",
+                    reduction.name, ncol(Z)),
+            "so the default dims = 1:10 keeps an arbitrary tenth of them.")
+  }
   # everything that can fail has run: only now is the object changed
   object[[reduction.name]] <- dr
   object <- SeuratObject::LogSeuratCommand(object = object)

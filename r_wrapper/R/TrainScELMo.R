@@ -165,7 +165,13 @@ TrainScELMo.default <- function(object, labels = NULL, batch = NULL, head = "ann
                    seed = seed, device = device, num_threads = num.threads)
   settings <- settings[!vapply(settings, is.null, logical(1))]
   for (nm in c("max_epochs", "batch_size", "seed", "num_threads")) {
-    if (!is.null(settings[[nm]])) settings[[nm]] <- as.integer(settings[[nm]])
+    v <- settings[[nm]]
+    if (is.null(v)) next
+    if (!is.numeric(v) || length(v) != 1 || is.na(v) || v != round(v)) {  # (as.integer would cut 2.5 to 2)
+      .abort(sprintf("`%s` must be one whole number; got %s.", gsub("_", ".", nm, fixed = TRUE),
+                     paste(format(v), collapse = ", ")), "scelmo_input_error")
+    }
+    settings[[nm]] <- as.integer(v)
   }
   if (!is.null(training)) {
     if (!is.list(training) || is.null(names(training)) || any(!nzchar(names(training)))) {

@@ -8,6 +8,9 @@ test_that("RunScELMo adds a DimReduc with provenance and logs the command", {
   expect_identical(rownames(E), colnames(seu))
   expect_identical(colnames(E)[1:2], c("scelmo_1", "scelmo_2"))
   expect_identical(SeuratObject::Key(out[["scelmo"]]), "scelmo_")
+  # each dimension's SD (ElbowPlot); the message says to use every dimension
+  expect_equal(SeuratObject::Stdev(out[["scelmo"]]), unname(apply(E, 2, stats::sd)))
+  expect_message(RunScELMo(seu), "use all of them downstream.*dims = 1:384")
   prov <- SeuratObject::Misc(out[["scelmo"]])$scelmo
   expect_equal(prov$aggregator, "wa")
   expect_equal(prov$matrix, "RNA/counts")

@@ -39,9 +39,14 @@ test_that("AnnotateScELMo: zero-shot from cell-type names", {
   expect_true(all(out$scelmo_label %in% c("T cell", "B cell", "monocyte", "unknown")))
   expect_identical(levels(out$scelmo_label), c("T cell", "B cell", "monocyte", "unknown"))  # the order given
   expect_gt(mean(out$scelmo_label[out$group == "B"] == "B cell"), 0.5)
+  # what was done travels with the object, as uns["scelmo"]["annotate"] does in Python
+  prov <- SeuratObject::Misc(out, "scelmo")$scelmo_label
+  expect_identical(prov$method, "text_markers")
+  expect_match(prov[["markers_B cell"]], "MS4A1")
   lab <- AnnotateScELMo(toy_counts(10), cell.types = c(T = "T lymphocyte", B = "B lymphocyte"),
                         verbose = FALSE)
   expect_s3_class(lab, "data.frame")
+  expect_identical(attr(lab, "scelmo")$method, "text_markers")
   expect_true(all(lab$scelmo_label %in% c("T", "B", "unknown")))
   # a name given twice in a named vector is refused, as unnamed duplicates are
   expect_error(AnnotateScELMo(toy_counts(10), cell.types = c(T = "T lymphocyte", T = "CD8 T cell", B = "B cell"),

@@ -41,21 +41,21 @@ test_that("TrainScELMo + PredictScELMo on pbmc_small: labels, scores, DimReduc, 
   expect_identical(levels(PredictScELMo(s$query, m2, verbose = FALSE)$scelmo_label), c("2", "1", "0"))
 
   q <- PredictScELMo(s$query, model, verbose = FALSE)
-  expect_true(all(c("scelmo_label", "scelmo_score") %in% colnames(q[[]])))
+  expect_true(all(c("scelmo_label", "scelmo_label_score") %in% colnames(q[[]])))
   # trial finding: the command log held the model handle itself, and printing it failed
   logged <- q@commands[[grep("PredictScELMo", names(q@commands))[1]]]
   expect_match(logged@params$model, "^scelmo_model \\(annotation head")
   expect_output(print(logged))
   expect_true(all(as.character(q$scelmo_label) %in% model$classes))
-  expect_true(all(q$scelmo_score > 0 & q$scelmo_score <= 1))
+  expect_true(all(q$scelmo_label_score > 0 & q$scelmo_label_score <= 1))
   # cells with no counts: NA label and NA (not NaN) score, with a warning
   qz <- s$query
   counts <- SeuratObject::GetAssayData(qz, slot = "counts")
   counts[, 1:2] <- 0
   qz <- SeuratObject::SetAssayData(qz, slot = "counts", new.data = counts)
   pz <- suppressWarnings(PredictScELMo(qz, model, verbose = FALSE))
-  expect_true(all(is.na(pz$scelmo_label[1:2])) && all(is.na(pz$scelmo_score[1:2])))
-  expect_false(any(is.nan(pz$scelmo_score)))
+  expect_true(all(is.na(pz$scelmo_label[1:2])) && all(is.na(pz$scelmo_label_score[1:2])))
+  expect_false(any(is.nan(pz$scelmo_label_score)))
   # measured 17/19 correct (seed 0); majority class is 8/19
   expect_gt(mean(as.character(q$scelmo_label) == as.character(q$RNA_snn_res.1)), 0.6)
   expect_true("scelmo_finetuned" %in% SeuratObject::Reductions(q))
@@ -67,7 +67,10 @@ test_that("TrainScELMo + PredictScELMo on pbmc_small: labels, scores, DimReduc, 
   expect_identical(SeuratObject::GetAssayData(q, slot = "counts"), SeuratObject::GetAssayData(s$query, slot = "counts"))
 
   cl <- PredictScELMo(s$query, model, method = "classifier", prefix = "ft_", reduction.name = NA, verbose = FALSE)
-  expect_true(all(c("ft_label", "ft_score") %in% colnames(cl[[]])))
+  expect_true(all(c("ft_label", "ft_label_score") %in% colnames(cl[[]])))
+  # the names Python and AnnotateScELMo use; a prefix `q$...` could not reach is refused
+  expect_error(PredictScELMo(s$query, model, prefix = "my prefix ", verbose = FALSE), class = "scelmo_input_error",
+               regexp = "letters, digits")
   expect_false("scelmo_finetuned" %in% SeuratObject::Reductions(cl))
 
   dir <- file.path(tempfile("scelmo_model_"), "m")
@@ -84,7 +87,7 @@ test_that("TrainScELMo + PredictScELMo on pbmc_small: labels, scores, DimReduc, 
   expect_output(print(loaded), "path: ")
   q2 <- PredictScELMo(s$query, loaded, verbose = FALSE)
   expect_identical(q2$scelmo_label, q$scelmo_label)
-  expect_identical(q2$scelmo_score, q$scelmo_score)
+  expect_identical(q2$scelmo_label_score, q$scelmo_label_score)
   expect_identical(SeuratObject::Embeddings(q2, "scelmo_finetuned"), E)
 
   # a handle through saveRDS is dead: a clear error naming LoadScELMoModel and the path
@@ -117,7 +120,7 @@ test_that("the integration head returns an integrated DimReduc and no labels", {
   E <- SeuratObject::Embeddings(dr)
   expect_identical(rownames(E), colnames(pbmc_small))
   expect_true(ncol(E) >= 2 && all(is.finite(E)))
-  expect_false(any(c("scelmo_label", "scelmo_score") %in% colnames(seu[[]])))
+  expect_false(any(c("scelmo_label", "scelmo_label_score") %in% colnames(seu[[]])))
   expect_identical(SeuratObject::Misc(dr)$scelmo$head, "integration")
   # method = "classifier" does not apply to it: said, not ignored in silence
   expect_warning(PredictScELMo(pbmc_small, model, method = "classifier", verbose = FALSE), "does not apply",
@@ -151,6 +154,8 @@ test_that("fine-tuning errors say what to do next", {
                class = "scelmo_input_error", regexp = "`early.stopping` is NA")  # the R name
   expect_error(TrainScELMo(s$ref, labels = "groups", max.epochs = NA, verbose = FALSE),
                class = "scelmo_input_error", regexp = "`max.epochs` is NA")
+  expect_error(TrainScELMo(s$ref, labels = "groups", max.epochs = 2.5, verbose = FALSE),
+               class = "scelmo_input_error", regexp = "`max.epochs` must be one whole number; got 2.5")  # not cut to 2
   expect_error(TrainScELMo(s$ref, labels = "groups", training = list(patience = NA), verbose = FALSE),
                class = "scelmo_input_error", regexp = "patience. is NA")
   expect_error(TrainScELMo(s$ref, head = "integration", verbose = FALSE), class = "scelmo_input_error",
