@@ -9,8 +9,9 @@ Protocol (per seed; seeds 0, 1, 2):
 3. ``scelmo.tl.in_silico_deletion(model, held_out, genes=None, source="stimulated",
    target="control", max_cells=None)``: every gene the model uses is deleted in every
    held-out stimulated cell; genes are ranked by the mean change of the log-odds of
-   "control" (the move stimulated -> control), with a null of random genes matched on
-   expression (``n_null=100`` per bin, 10 bins).
+   "control" (the move stimulated -> control), with a null of the genes matched on
+   expression (10 bins; every gene of the bin with the fast path, 100 random ones with the
+   brute path).
 4. Compare with the data's differential expression: scanpy ``rank_genes_groups``
    (stimulated vs control, Wilcoxon, log-normalised, all cells), genes ranked by the
    Wilcoxon score (up in stimulated first). Reported: overlap of the top 20 / top 50 with

@@ -168,3 +168,34 @@ def test_bad_arguments(disease):
     df = scelmo.tl.in_silico_deletion(model, a, genes=[DRIVER, "LYZ"], groupby="bulk_labels", source="CD14+ Monocyte",
                                       target="Dendritic", score="cosine")
     assert df["logit_shift"].isna().all() and np.isfinite(df["delta_cosine"]).all()
+
+
+def test_fast_path_follows_trained_gene_corrections_and_reports_fdr(cell_types):
+    """Trial finding: after full training with the head's per-gene corrections (tune_genes),
+    the fast path's float64 check failed (it rebuilt the adapter without them) and every run
+    fell back to the brute path. Its null is now every gene of the bin, with an FDR column."""
+    import torch
+
+    a, model = cell_types
+    assert model.head.module.adapter.gene_delta is not None  # tune_genes is on by default
+    with torch.no_grad():  # corrections the size of a long training run's
+        g = torch.Generator().manual_seed(0)
+        model.head.module.adapter.gene_delta.add_(torch.randn(model.head.module.adapter.gene_delta.shape, generator=g))
+    try:
+        genes = list(a.var_names[::60])
+        kw = {"genes": genes, "source": "CD14+ Monocyte", "target": "Dendritic"}
+        fast = scelmo.tl.in_silico_deletion(model, a, method="fast", **kw)
+        null = set(a.uns[keys.IN_SILICO]["null"]["genes"])
+        brute = scelmo.tl.in_silico_deletion(model, a, method="brute", n_null=2, **kw).loc[fast.index]
+        np.testing.assert_allclose(fast["logit_shift"], brute["logit_shift"], atol=2e-5, rtol=1e-3)
+        tested = fast["p_null"].notna()
+        assert tested.sum() >= 3 and set(fast.index[tested]) <= null  # every gene of the bins, not a draw
+        assert len(a.uns[keys.IN_SILICO]["null"]["genes"]) < len(null)  # the brute path's draw: 2 per bin
+        assert fast.loc[tested, "p_null"].min() >= 1 / len(null)
+        assert ((fast.loc[tested, "fdr"] >= fast.loc[tested, "p_null"] - 1e-12) & (fast.loc[tested, "fdr"] <= 1)).all()
+        assert fast.loc[~tested, "fdr"].isna().all()
+    finally:  # (the module fixture is shared)
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(0)
+            model.head.module.adapter.gene_delta.sub_(torch.randn(model.head.module.adapter.gene_delta.shape,
+                                                                  generator=g))
