@@ -177,12 +177,53 @@ class ScelmoSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         files = _config_files()
-        return (
+        return (_RoleAwareSources(settings_cls, [
             init_settings,
             env_settings,
             *(_TomlSource(settings_cls, f) for f in files),
             _TomlSource(settings_cls, _profile_file(_selected_profile(init_settings, files))),
-        )
+        ]),)
+
+
+#: Sections whose settings belong to the model set beside them.
+_ROLES = ("describe", "embed")
+
+
+def _merge_roles(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base`` (nested dicts merged), except that a role section of ``top``
+    naming another ``model`` replaces ``base``'s whole section: the endpoint, key and
+    options set beside one model do not follow the user to another (``--describe-model
+    local`` over a file that points ``describe`` at a remote server)."""
+    out = _deep_merge(base, {k: v for k, v in top.items() if k not in _ROLES})
+    for role in _ROLES:
+        if role not in top:
+            continue
+        mine, theirs = top[role], out.get(role)
+        if isinstance(mine, Mapping) and isinstance(theirs, Mapping) and mine.get("model") not in (
+                None, theirs.get("model")):
+            out[role] = dict(mine)
+        elif isinstance(mine, Mapping) and isinstance(theirs, Mapping):
+            out[role] = _deep_merge(dict(theirs), mine)
+        else:
+            out[role] = mine
+    return out
+
+
+class _RoleAwareSources(PydanticBaseSettingsSource):
+    """The sources merged lowest first, by :func:`_merge_roles`."""
+
+    def __init__(self, settings_cls: type[BaseSettings], sources: list[PydanticBaseSettingsSource]) -> None:
+        super().__init__(settings_cls)
+        self.sources = sources
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for source in reversed(self.sources):
+            out = _merge_roles(out, source())
+        return out
 
 
 class _TomlSource(PydanticBaseSettingsSource):
@@ -305,7 +346,7 @@ def get_settings(config: ScelmoSettings | Mapping[str, Any] | None = None, /, **
     if isinstance(config, ScelmoSettings):
         if not overrides:
             return config
-        merged = _deep_merge(config.model_dump(exclude_unset=False), _nest(overrides))
+        merged = _merge_roles(config.model_dump(exclude_unset=False), _nest(overrides))
         return _build(merged)
     values = _nest(dict(config or {}))
     values = _deep_merge(values, _nest(overrides))

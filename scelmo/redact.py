@@ -43,6 +43,8 @@ _QUERY = re.compile(r"(?P<lead>[?&;])(?P<name>[A-Za-z0-9_.-]+)=(?P<value>[^&;#\s
 #: (a setting written as JSON or Python inside a string, e.g. a value that failed to parse)
 _PAIR = re.compile(r"""(?P<name>\\?["']?[A-Za-z][A-Za-z0-9_.-]*\\?["']?)(?P<sep>\s*[:=]\s*)"""
                    r"""(?P<q>\\?["']?)(?P<value>[^\s"'\\,;&}\]]+)""")
+#: What a hint writes where the user's secret goes: ``...``, ``<your key>``, ``$OPENAI_API_KEY``.
+_PLACEHOLDER = re.compile(r"\.{2,}|<[a-z_ -]*>?|\$\{?[A-Z_][A-Z0-9_]*\}?|\*+")
 _BEARER = re.compile(r"(?P<lead>\bBearer\s+)[A-Za-z0-9._~+/=-]{6,}")
 #: Environment variables whose names contain a secret word but hold no secret: the shell's
 #: working directory (masking its value turned every path in an error message into
@@ -121,12 +123,19 @@ def _mask_text(text: str, secrets: Iterable[str]) -> str:
         text,
     )
     text = _BEARER.sub(lambda m: m.group("lead") + _SHORT, text)
-    return _PAIR.sub(
-        lambda m: f"{m.group('name')}{m.group('sep')}{m.group('q')}{_SHORT}"
-        if is_secret_name(m.group("name").strip("\\\"'")) and m.group("value") not in (_SHORT, "Bearer")
-        else m.group(0),
-        text,
-    )
+
+    def pair(m: re.Match[str]) -> str:
+        value = m.group("value")
+        if not is_secret_name(m.group("name").strip("\\\"'")) or value in (_SHORT, "Bearer"):
+            return m.group(0)
+        # closing punctuation of the sentence stays: "(token=sk-123)." -> "(token=***)."; and a
+        # placeholder in a hint ("`export OPENAI_API_KEY=...`", "=<your key>") is no secret
+        head = value.rstrip("`)].,:!?")
+        if _PLACEHOLDER.fullmatch(head) or not head:
+            return m.group(0)
+        return f"{m.group('name')}{m.group('sep')}{m.group('q')}{_SHORT}{value[len(head):]}"
+
+    return _PAIR.sub(pair, text)
 
 
 def mask(value: Any, secrets: Iterable[str] | None = None, *, key: str = "") -> Any:

@@ -121,3 +121,31 @@ def test_a_nested_setting_with_one_underscore_says_two(monkeypatch):
     monkeypatch.setenv("SCELMO_AGGREGATE_METHOD", "aa")
     with pytest.raises(ConfigError, match="SCELMO_AGGREGATE__METHOD"):
         get_settings()
+
+
+def test_another_model_does_not_inherit_the_files_endpoint_and_options(tmp_path, monkeypatch):
+    """Trial finding: with `api_base` and options for a remote model under [describe] in
+    scelmo.toml, `--describe-model local` (or describe="local") failed with "describe.api_base
+    is set ... Remove it", and no override could clear it."""
+    import os
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from scelmo.cli import cli
+
+    _write(Path(os.getcwd()) / "scelmo.toml", "[describe]\nmodel = 'openai/gpt-4o-mini'\n"
+           "api_base = 'http://127.0.0.1:9/v1'\n[describe.options]\nconcurrency = 4\ntimeout = 30\n")
+    s = get_settings()
+    assert s.describe.api_base == "http://127.0.0.1:9/v1" and s.describe.options["timeout"] == 30
+    for local in (get_settings(**{"describe.model": "local"}), get_settings(s, **{"describe.model": "local"})):
+        assert local.describe.model == "local" and local.describe.api_base is None and local.describe.options == {}
+    # the same model keeps what the file says beside it; an option set on top is merged
+    same = get_settings(**{"describe.model": "openai/gpt-4o-mini", "describe.options": {"timeout": 5}})
+    assert same.describe.api_base == "http://127.0.0.1:9/v1" and same.describe.options == {"concurrency": 4, "timeout": 5}
+    monkeypatch.setenv("SCELMO_DESCRIBE__MODEL", "local")
+    assert get_settings().describe.api_base is None
+    monkeypatch.delenv("SCELMO_DESCRIBE__MODEL")
+    res = CliRunner().invoke(cli, ["describe", "genes", "CD3E", "-o", str(tmp_path / "d.tsv"), "--model",
+                                   "local"])
+    assert res.exit_code == 0, res.output

@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -570,9 +571,11 @@ def test_annotate_with_llm_cell_type_descriptions(server, tmp_path, pbmc):
     cfg = {"describe.model": "openai/gpt-4o-mini", "describe.api_base": server.openai_base,
            "cache.path": str(tmp_path / "c.sqlite")}
     small = pbmc[:60].copy()
+    n = len(server.bodies)
     scelmo.tl.annotate(small, cell_types=["T cell", "B cell", "monocyte"], describe_cell_types=True, config=cfg)
-    asked = [b["messages"][-1]["content"] for b in server.bodies[-3:]]
-    assert all(a.startswith("Please summarize the major function of cell type: ") for a in asked)
+    asked = [b["messages"][-1]["content"] for b in server.bodies[n:] if "messages" in b]
+    prefix = "Please summarize the major function of cell type: "
+    assert sorted(a[len(prefix):].split(".")[0] for a in asked if a.startswith(prefix)) == ["B cell", "T cell", "monocyte"]
     assert set(small.obs["scelmo_label"]) <= {"T cell", "B cell", "monocyte", "unknown"}
     assert small.uns["scelmo"]["annotate"]["cell_type_descriptions"]["prompt"] == "cell-type"
 
@@ -593,3 +596,31 @@ def test_offline_check_follows_the_endpoint_requests_go_to(tmp_path, monkeypatch
     assert not roles.description_writer(get_settings({**base, "describe.api_base": loop})).requires_network
     monkeypatch.setenv("OPENAI_API_BASE", loop)  # litellm's own variable, no api_base given
     assert not roles.description_writer(get_settings(base)).requires_network
+
+
+def test_embed_cells_describes_only_the_genes_it_reads(server, tmp_path):
+    """Trial finding: with an LLM, `embed_cells` described every gene of the data (751 paid calls
+    to use 55 genes); it now describes the selected genes only (a second run: nothing)."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    import scelmo
+
+    rng = np.random.default_rng(0)
+    genes = ["CD3E", "CD3D", "MS4A1", "CD79A", "NKG7", "GNLY", "LYZ", "CD14", "FCGR3A", "PPBP", "HBB", "IL7R",
+             "CCR7", "S100A8", "S100A9", "CST3", "FCER1A", "GZMB", "PRF1", "CD8A"]
+    X = rng.poisson(0.2, size=(60, len(genes))).astype(np.float32)
+    X[:30, :4] += rng.poisson(6, size=(30, 4))  # four variable genes
+    X[30:, 6:10] += rng.poisson(6, size=(30, 4))
+    a = ad.AnnData(sp.csr_matrix(X), var=pd.DataFrame(index=genes))
+    cfg = _cfg(server, tmp_path)
+    before = server.total_requests
+    scelmo.tl.embed_cells(a, n_top_genes=6, config=cfg, progress=False)
+    used = a.var[scelmo.keys.GENES_USED]
+    assert used.sum() == 6
+    asked = [b["messages"][-1]["content"] for b in server.bodies[-(server.total_requests - before):] if "messages" in b]
+    described = {g for g in genes if any(f"gene: {g}." in q for q in asked)}
+    assert len(asked) == 6 and described == set(used[used].index), asked
+    n = server.total_requests
+    scelmo.tl.embed_cells(a, n_top_genes=6, config=cfg, progress=False)
+    assert server.total_requests == n  # descriptions and their vectors come from the cache

@@ -257,3 +257,32 @@ def test_registering_a_taken_name_is_a_clear_error():
             register_plugin(P(), "twice-x")
     finally:
         unregister_plugin("twice-x")
+
+
+def test_a_plugins_options_are_part_of_its_cache_key_unless_they_only_shape_calls():
+    """Trial finding: a plugin embedder run with dim=8, then dim=12, got the 8-d vectors back from
+    the cache (the key was the model id alone)."""
+    import numpy as np
+    from pydantic import Field
+
+    from scelmo.plugin import TextEmbedder
+    from scelmo.plugin.components import EmbedderOptions
+
+    class HashOptions(EmbedderOptions):
+        dim: int = Field(8, ge=1)
+        endpoint: str = "http://127.0.0.1:8765"
+
+    class HashEmbedder(TextEmbedder):
+        name = "hashemb"
+        Options = HashOptions
+
+        def embed_batch(self, texts: list[str]) -> np.ndarray:
+            return np.ones((len(texts), self.options.dim), dtype=np.float32)
+
+    default = HashEmbedder("v1")
+    assert default.cache_key == "hashemb/v1"  # defaults: the key is unchanged
+    assert HashEmbedder("v1", batch_size=4).cache_key == default.cache_key  # how calls are made: no new key
+    keys = {HashEmbedder("v1", dim=12).cache_key, HashEmbedder("v1", endpoint="http://127.0.0.1:8766").cache_key,
+            HashEmbedder("v1", dim=12, endpoint="http://127.0.0.1:8766").cache_key}
+    assert len(keys) == 3 and default.cache_key not in keys
+    assert HashEmbedder("v1", dim=12).cache_key == HashEmbedder("v1", dim=12).cache_key  # stable

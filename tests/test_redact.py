@@ -75,3 +75,13 @@ def test_secrets_written_as_pairs_inside_text_are_masked():
     assert mask("Authorization: Bearer abcdefghij") == "Authorization: Bearer ***"
     for kept in ("labels_key=cell_type", "max_tokens=200", "key_added: X_scelmo", "api_key_env=OPENAI_API_KEY"):
         assert mask(kept) == kept
+
+
+def test_hints_keep_their_placeholders_and_sentences_their_punctuation():
+    """Trial finding: "(`export OPENAI_API_KEY=...`)" lost its closing "`)" to the mask, and
+    "(token=sk-...)." its ")." (the hint read as if a value had been redacted)."""
+    hint = "Export it (`export OPENAI_API_KEY=...`) before running scelmo."
+    assert mask(hint) == hint
+    assert mask("set OPENAI_API_KEY=<your key> first") == "set OPENAI_API_KEY=<your key> first"
+    assert mask("failed (token=sk-test-SECRET123). Fix or uninstall it.") == "failed (token=***). Fix or uninstall it."
+    assert mask("api_key=abc)def") == "api_key=***"  # punctuation inside a value is no excuse

@@ -195,8 +195,10 @@ async def with_retries(
             return await _attempt(call, policy.timeout, label)
         except TransientProviderError as exc:
             if attempt >= policy.retries:
+                said = str(exc).rstrip()
+                said += "" if said.endswith((".", "!", "?")) else "."  # "HTTP 429" -> "HTTP 429. Gave up ..."
                 raise ProviderError(
-                    f"{exc} Gave up after {attempt + 1} attempts. Lower the role's "
+                    f"{said} Gave up after {attempt + 1} attempts. Lower the role's "
                     "`options.concurrency`, raise `options.retries` / `options.timeout`, "
                     "or try again later; answers received so far are cached."
                 ) from None

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import to_jsonable_python
 
 from scelmo.errors import ConfigError
 from scelmo.expression import aggregation
@@ -96,6 +97,10 @@ class Component(ABC):  # noqa: B024 - abstract methods live in the subclasses
         return self.provenance_record()
 
 
+#: Options that change how calls are made, not what they answer: left out of :attr:`ModelComponent.cache_key`.
+CALL_OPTIONS = frozenset({"concurrency", "timeout", "retries", "backoff", "max_backoff", "batch_size", "progress"})
+
+
 class ModelComponent(Component):  # noqa: B024 - abstract methods live in the subclasses
     """A component serving a role's model string (``model`` is the part after ``name/``)."""
 
@@ -112,11 +117,20 @@ class ModelComponent(Component):  # noqa: B024 - abstract methods live in the su
     def cache_key(self) -> str:
         """Who answers, as the cache names it (never a secret).
 
-        ``model_id`` by default. A component whose answers also depend on where it sends
-        requests or on options (an endpoint, ``max_tokens``, ``dimensions``...) must
-        override it so that a different endpoint or option never reuses another's answers.
+        ``model_id``, plus a digest of the options set to other than their defaults, except
+        how calls are made (:data:`CALL_OPTIONS`: concurrency, timeouts, retries ...) and
+        secrets: an endpoint, ``max_tokens`` or ``dim`` of its own never reuses another
+        setting's answers. Override it to name the options that matter more readably.
         """
-        return self.model_id
+        defaults = {name: f.get_default(call_default_factory=True)
+                    for name, f in type(self.options).model_fields.items() if not f.is_required()}
+        changed = {k: v for k, v in self.options.model_dump(mode="json").items()
+                   if k not in CALL_OPTIONS and not is_secret_name(k)
+                   and (k not in defaults or v != to_jsonable_python(defaults[k]))}
+        if not changed:
+            return self.model_id
+        digest = hashlib.sha256(repr(sorted(changed.items())).encode()).hexdigest()[:12]
+        return f"{self.model_id} [options={digest}]"
 
     @property
     def legacy_cache_keys(self) -> tuple[str, ...]:

@@ -39,6 +39,7 @@ from scelmo.plugin.components import (
     TextEmbedder,
 )
 from scelmo.plugin.heads import TaskHead
+from scelmo.redact import mask
 
 T = TypeVar("T")
 
@@ -320,7 +321,7 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
             module = ep.load()
             pm.register(module, name=ep.name)
         except Exception as exc:  # noqa: BLE001 - any failure must be isolated
-            info.error = f"{type(exc).__name__}: {exc}"
+            info.error = mask(f"{type(exc).__name__}: {exc}")  # (shown by `scelmo plugins`, --json too)
             _report_failure(ep.name, exc, "load")
     unknown = sorted((allowed or set()) - {ep.name for ep in eps})
     if unknown:
@@ -373,7 +374,7 @@ def _fill_from(registry: Registry, plugin_name: str, plugin: Any) -> None:
         raise
     except Exception as exc:  # noqa: BLE001
         if info is not None:
-            info.error = f"{registry.hook}: {type(exc).__name__}: {exc}"
+            info.error = mask(f"{registry.hook}: {type(exc).__name__}: {exc}")
         _report_failure(plugin_name, exc, f"run {registry.hook}")
 
 

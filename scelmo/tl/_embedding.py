@@ -369,11 +369,20 @@ def _as_bool_column(col: Any) -> np.ndarray | None:
     return None
 
 
+def _describes_by_llm(gene_embeddings: GeneEmbeddings | str | None, settings: ScelmoSettings) -> bool:
+    """Whether a gene table would be built now by an LLM (each description a paid call),
+    rather than given, loaded or written from offline knowledge."""
+    if isinstance(gene_embeddings, GeneEmbeddings | str):
+        return False
+    return not isinstance(roles.description_writer(settings), KnowledgeSource)
+
+
 def _aligned_gene_table(names: list[str], gene_embeddings: GeneEmbeddings | str | None, settings: ScelmoSettings,
-                        plan: dict[str, Any], progress: bool | None
+                        plan: dict[str, Any], progress: bool | None, *, only: np.ndarray | None = None,
                         ) -> tuple[GeneEmbeddings, list[str], np.ndarray, np.ndarray, Resolution]:
     """The gene table (given, loaded or built now), conditioned when the flavor says so, and its
-    vectors aligned to the data's columns: ``(table, looked-up names, E, has-a-vector mask, resolution)``."""
+    vectors aligned to the data's columns: ``(table, looked-up names, E, has-a-vector mask, resolution)``.
+    ``only``: the columns a table built now describes (the genes the embedding reads)."""
     agg_cfg = settings.aggregate
     describe = None if isinstance(gene_embeddings, GeneEmbeddings | str) else roles.description_writer(settings)
     vocab = roles.vocabulary(describe)
@@ -383,7 +392,9 @@ def _aligned_gene_table(names: list[str], gene_embeddings: GeneEmbeddings | str 
     if isinstance(gene_embeddings, str):
         gene_embeddings = GeneEmbeddings.load(gene_embeddings)
     if gene_embeddings is None:
-        gene_embeddings = _build_gene_embeddings([s for s in res.symbols if s], settings, describe, progress)
+        keep = np.ones(len(names), dtype=bool) if only is None else np.asarray(only, dtype=bool)
+        gene_embeddings = _build_gene_embeddings([s for s, k in zip(res.symbols, keep, strict=True) if s and k],
+                                                 settings, describe, progress)
     # fall back to the name as given when the resolved symbol is not in a user's table
     lookup = gene_embeddings.keys_for(names, res.symbols)
     if plan["condition"] and gene_embeddings.conditioning is None:  # fitted once per table, kept with it
@@ -666,13 +677,20 @@ def embed_cells(
     names = [str(v) for v in var_names]
     _check_names(names)
 
-    gene_embeddings, lookup, E, mask, res = _aligned_gene_table(names, gene_embeddings, settings, plan, progress)
+    # an LLM describes only the genes the embedding reads (its selection), each a paid call; the
+    # offline knowledge writes the whole table first (free), as before
+    by_llm = _describes_by_llm(gene_embeddings, settings)
+    if not by_llm:
+        gene_embeddings, lookup, E, mask, res = _aligned_gene_table(names, gene_embeddings, settings, plan, progress)
 
     do_norm = should_normalize(plan["normalize"], matrix)
     stats = _input_statistics(adata, matrix, source, gene_stats, plan, mask_var, do_norm, lazy, progress,
                               agg_cfg.chunk_size, names=names)
     use_dask = distributed.is_dask_array(matrix)
     selected, how = _gene_mask(adata, source, n_genes, mask_var, plan, stats, agg_cfg.n_top_genes)
+    if by_llm:
+        gene_embeddings, lookup, E, mask, res = _aligned_gene_table(names, gene_embeddings, settings, plan, progress,
+                                                                    only=selected)
     use = selected & mask
     if not selected.any() and how.startswith("hvg"):
         raise InputError(
