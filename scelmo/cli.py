@@ -285,7 +285,8 @@ def embed_genes_cmd(ctx, input, output, gene_list, genes_file, describe_model, e
         genes += [g.strip() for g in Path(genes_file).read_text().splitlines() if g.strip()]
     if input is None and not genes:
         raise InputError(f"Give an INPUT ({_INPUT_HELP}), --genes or --genes-file.")
-    out = io.check_output_dir(output, overwrite=overwrite, marker="manifest.json")  # before any gene is embedded
+    # before any gene is embedded (a dry run writes nothing, so an existing OUTPUT is fine)
+    out = Path(output) if dry_run else io.check_output_dir(output, overwrite=overwrite, marker="manifest.json")
     if max_cost is not None and max_cost < 0:
         raise InputError("--max-cost must be >= 0.")
     _settings(ctx)
@@ -303,6 +304,12 @@ def embed_genes_cmd(ctx, input, output, gene_list, genes_file, describe_model, e
     )
     ge.save(out, overwrite=overwrite)
     click.echo(f"Wrote {len(ge)} gene vectors (d={ge.dim}, {ge.manifest.get('embed_model')}) to {out}")
+    if adata is not None and keys.HAS_EMBEDDING in adata.var:  # say which of INPUT's genes got none
+        has = adata.var[keys.HAS_EMBEDDING].to_numpy(dtype=bool)
+        if not has.all():
+            missing = [str(g) for g in adata.var_names[~has]]
+            click.echo(f"{len(missing)} of INPUT's {has.size} genes have no vector (e.g. {', '.join(missing[:5])}): "
+                       "not a known gene symbol or Ensembl ID, or no description in the knowledge source.")
     vocab = roles.vocabulary() if genes else None
     if vocab is not None:  # names given one by one: say which ones no vector was made for
         res = vocab.resolve(list(genes), species=species or "auto")
@@ -709,6 +716,7 @@ def demo_cmd(ctx: click.Context, out_dir: str, resolution: float) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``scelmo`` console script."""
 
+    warnings.showwarning = _echo_warning  # (loading plugins may warn, before `cli` itself runs)
     try:
         plugins.add_commands(cli)
     except ScelmoError as exc:  # plugins.strict and a broken plugin: one line, not a traceback

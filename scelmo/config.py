@@ -189,23 +189,32 @@ class ScelmoSettings(BaseSettings):
 _ROLES = ("describe", "embed")
 
 
-def _merge_roles(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    """``top`` over ``base`` (nested dicts merged), except that a role section of ``top``
-    naming another ``model`` replaces ``base``'s whole section: the endpoint, key and
-    options set beside one model do not follow the user to another (``--describe-model
-    local`` over a file that points ``describe`` at a remote server)."""
+def _merge_roles(base: dict[str, Any], top: Mapping[str, Any],
+                 owned: dict[str, set[str]] | None = None) -> dict[str, Any]:
+    """``top`` over ``base`` (nested dicts merged), except that the settings of a role
+    (``describe``, ``embed``) that came with its ``model`` stay with that model: when ``top``
+    names another model, the endpoint, key and options set beside the old one are dropped
+    (``--describe-model local`` over a file that points ``describe`` at a remote server).
+    Settings given on their own (``SCELMO_DESCRIBE__API_BASE`` without a model) stay.
+
+    ``owned``: per role, the keys set together with the current model (updated in place);
+    default: every key of ``base``'s role section."""
+    if owned is None:
+        owned = {r: set(base[r]) - {"model"} for r in _ROLES if isinstance(base.get(r), Mapping)}
     out = _deep_merge(base, {k: v for k, v in top.items() if k not in _ROLES})
     for role in _ROLES:
         if role not in top:
             continue
         mine, theirs = top[role], out.get(role)
-        if isinstance(mine, Mapping) and isinstance(theirs, Mapping) and mine.get("model") not in (
-                None, theirs.get("model")):
-            out[role] = dict(mine)
-        elif isinstance(mine, Mapping) and isinstance(theirs, Mapping):
-            out[role] = _deep_merge(dict(theirs), mine)
-        else:
+        if not (isinstance(mine, Mapping) and isinstance(theirs, Mapping)):
             out[role] = mine
+            continue
+        theirs = dict(theirs)
+        if mine.get("model") is not None and mine.get("model") != theirs.get("model"):
+            for key in owned.get(role, set()):
+                theirs.pop(key, None)
+            owned[role] = set(mine) - {"model"}
+        out[role] = _deep_merge(theirs, mine)
     return out
 
 
@@ -221,8 +230,9 @@ class _RoleAwareSources(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        owned: dict[str, set[str]] = {}
         for source in reversed(self.sources):
-            out = _merge_roles(out, source())
+            out = _merge_roles(out, source(), owned)
         return out
 
 

@@ -19,6 +19,8 @@ def test_embed_genes_then_embed_cells(pbmc, tmp_path):
     assert res.exit_code == 0, res.output
     ge = GeneEmbeddings.load(tmp_path / "ge")
     assert len(ge) > 700
+    # which of INPUT's genes got no vector is said (trial finding: only --genes-file said so)
+    assert f"{765 - len(ge)} of INPUT's 765 genes have no vector (e.g. RP11-" in res.output, res.output
     res = r.invoke(cli, ["embed-cells", str(tmp_path / "in.h5ad"), "-o", str(tmp_path / "out.h5ad"),
                          "--gene-embeddings", str(tmp_path / "ge"), "--aggregator", "aa"])
     assert res.exit_code == 0, res.output

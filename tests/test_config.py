@@ -146,6 +146,10 @@ def test_another_model_does_not_inherit_the_files_endpoint_and_options(tmp_path,
     monkeypatch.setenv("SCELMO_DESCRIBE__MODEL", "local")
     assert get_settings().describe.api_base is None
     monkeypatch.delenv("SCELMO_DESCRIBE__MODEL")
+    # a setting given on its own stays, whatever model a higher level names
+    monkeypatch.setenv("SCELMO_EMBED__API_BASE", "http://127.0.0.1:8/v1")
+    assert get_settings(**{"embed.model": "openai/text-embedding-3-small"}).embed.api_base == "http://127.0.0.1:8/v1"
+    monkeypatch.delenv("SCELMO_EMBED__API_BASE")
     res = CliRunner().invoke(cli, ["describe", "genes", "CD3E", "-o", str(tmp_path / "d.tsv"), "--model",
                                    "local"])
     assert res.exit_code == 0, res.output

@@ -294,6 +294,19 @@ def test_max_cost_stops_cleanly_and_resumes(server, tmp_path):
     assert sum(server.answered[g] for g in genes) - before == 20 - done  # nothing paid twice
 
 
+def test_a_cost_stop_reports_what_the_calls_in_flight_spent(server, tmp_path):
+    """Trial finding: with calls in flight, a --max-cost stop said "$0.0000 spent so far" (its
+    message was written before they settled)."""
+    opts = {"input_cost_per_token": 1e-4, "output_cost_per_token": 1e-4, "max_tokens": 30, "concurrency": 4}
+    s = _cfg(server, tmp_path, dopts=opts)
+    with pytest.raises(BudgetExceededError) as info:
+        describe([f"H{i}" for i in range(20)], config=s, max_cost=0.012)  # room for ~2 calls booked at once
+    spent = float(re.search(r"\$([0-9.]+) spent", str(info.value)).group(1))
+    with sqlite3.connect(tmp_path / "cache.sqlite") as db:
+        done = db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+    assert done > 0 and 0 < spent <= 0.012, str(info.value)
+
+
 def test_budget_refuses_unknown_prices(server, tmp_path):
     s = _cfg(server, tmp_path, describe_model="openai/my-self-hosted-model")
     with pytest.raises(BudgetExceededError, match="price is unknown"):
@@ -400,6 +413,13 @@ def test_cli_embed_genes_with_remote_models(server, tmp_path):
                                    "--embed-model", "openai/text-embedding-3-small"])
     assert res.exit_code == 0, res.output
     assert "Wrote 2 gene vectors (d=16, litellm/openai/text-embedding-3-small)" in res.output
+    # a dry run writes nothing, so an existing OUTPUT does not stop it (trial finding)
+    n = server.total_requests
+    res = CliRunner().invoke(cli, [*base, "embed-genes", "--genes", "CD3E", "--genes", "NKG7", "-o",
+                                   str(tmp_path / "ge"), "--describe-model", "openai/gpt-4o-mini",
+                                   "--embed-model", "openai/text-embedding-3-small", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert server.total_requests == n
     res = CliRunner().invoke(cli, ["--set", "describe.model=\"anthropic/claude-3-5-haiku-latest\"", "config", "show"])
     assert res.exit_code == 0 and "LLM provider 'litellm' -> litellm/anthropic/claude-3-5-haiku-latest" in res.output
 

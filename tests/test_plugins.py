@@ -154,6 +154,8 @@ def test_third_party_plugin_listed_and_selected_from_config(third_party_site, tm
     assert rows["maxagg"]["provides"] == {"aggregator": ["maxpool"]}
     assert "broken" in rows and "broken on purpose" in rows["broken"]["error"]
     assert "plugin 'broken' failed to load" in res.stderr  # warns, names itself, CLI lives
+    # as one "Warning: ..." line like every other, not Python's "file.py:304: PluginWarning:" form
+    assert "Warning: scelmo plugin 'broken' failed to load" in res.stderr and "PluginWarning" not in res.stderr
     hello = _run_scelmo(["maxagg-hello"], third_party_site, tmp_path)
     assert hello.returncode == 0 and "hello from maxagg" in hello.stdout
 
@@ -187,6 +189,10 @@ def test_load_plugins_env_limits_loading(third_party_site, tmp_path):
     # a name no plugin has is said, not ignored (trial finding)
     res = _run_scelmo(["plugins", "--json"], third_party_site, tmp_path, {"SCELMO_LOAD_PLUGINS": "local,zeroshott"})
     assert res.returncode == 0 and "'zeroshott', which no installed plugin is called" in res.stderr
+    # a role whose built-in plugin was left out says why (trial finding: "Available: none" only)
+    res = _run_scelmo(["describe", "genes", "CD3E", "-o", "d.tsv"], third_party_site, tmp_path,
+                      {"SCELMO_LOAD_PLUGINS": "zeroshot"})
+    assert res.returncode != 0 and "SCELMO_LOAD_PLUGINS='zeroshot' loads only those plugins" in res.stderr, res.stderr
 
 
 def test_import_does_no_work():

@@ -65,6 +65,10 @@ def test_aa_and_layer_choice(pbmc):
     assert info["gene_selection"] == "mask_var:highly_variable"
     assert 0 < info["n_genes_used"] <= int(pbmc.var["highly_variable"].sum())
     assert not (pbmc.var[keys.GENES_USED] & ~pbmc.var["highly_variable"]).any()
+    # a number asked for in the call is selected so, over the column (trial finding: ignored in silence)
+    scelmo.tl.embed_cells(pbmc, layer="lognorm", key_added="X_top", n_top_genes=50)
+    info = pbmc.uns[keys.PROVENANCE]["embed_cells"]
+    assert info["gene_selection"] == "hvg:50" and int(pbmc.var[keys.GENES_USED].sum()) <= 50
 
 
 def test_copy_returns_new_object(pbmc):

@@ -134,13 +134,17 @@ class Budget:
             )
         with self._lock:
             if self.spent + self.booked + estimate > self.max_cost + 1e-12:
-                raise BudgetExceededError(
-                    f"Stopping before the cost limit of ${self.max_cost:.4f}: ${self.spent:.4f} "
-                    "spent so far. Everything answered is cached; run again with a higher "
-                    "--max-cost to continue where this run stopped."
-                )
+                raise BudgetExceededError(self.stop_message(estimate))
             self.booked += estimate
         return estimate
+
+    def stop_message(self, next_estimate: float | None = None) -> str:
+        """Why the run stopped, with what was spent (read once the calls in flight settled)."""
+        why = (f" The next call was booked at ${next_estimate:.4f} (its longest possible answer) on top of "
+               f"${self.booked:.4f} booked by calls still in flight." if next_estimate is not None and self.booked
+               else "")
+        return (f"Stopping before the cost limit of ${self.max_cost:.4f}: ${self.spent:.4f} spent.{why} Everything "
+                "answered is cached; run again with a higher --max-cost to continue where this run stopped.")
 
     def settle(self, booked: float, actual: float | None) -> None:
         with self._lock:
@@ -320,4 +324,7 @@ def run_calls(
     )
     if errors:
         budget_errors = [e for e in errors if isinstance(e, BudgetExceededError)]
+        if budget_errors and budget is not None and budget.max_cost is not None:
+            # the calls in flight have settled: say what the run spent in all
+            raise BudgetExceededError(budget.stop_message()) from None
         raise (budget_errors or errors)[0]

@@ -211,8 +211,12 @@ class Registry(Generic[T]):
         close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         listing = ", ".join(sorted(e.name for e in self._entries.values())) or "none"
+        allowed = _allowed()
+        limited = (f" SCELMO_LOAD_PLUGINS={os.environ.get('SCELMO_LOAD_PLUGINS', '')!r} loads only those plugins "
+                   "(the built-in ones are plugins too: add e.g. 'local,zeroshot,litellm,torch,prompts', or unset "
+                   "it)." if allowed is not None else "")
         return UnknownComponentError(
-            f"Unknown {self.kind} {name!r}.{hint} Available: {listing}. "
+            f"Unknown {self.kind} {name!r}.{hint} Available: {listing}.{limited} "
             "Run `scelmo plugins` to see what is installed."
         )
 

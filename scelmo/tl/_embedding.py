@@ -325,8 +325,10 @@ def _var_flags(adata: Any, source: str, column: str, *, warn: bool = False) -> t
 
 
 def _gene_mask(adata: Any, source: str, n_genes: int, mask_var: Any, plan: dict[str, Any],
-               stats: Any, n_top_genes: int) -> tuple[np.ndarray, str]:
-    """Which genes to embed from, and how they were chosen (for provenance)."""
+               stats: Any, n_top_genes: int, *, own_selection: bool = False) -> tuple[np.ndarray, str]:
+    """Which genes to embed from, and how they were chosen (for provenance).
+    ``own_selection``: select ``n_top_genes`` even where ``var["highly_variable"]`` exists
+    (the call asked for a number of genes)."""
     var = _var_of(adata, source)
     if mask_var is not None:
         if isinstance(mask_var, str):
@@ -351,8 +353,8 @@ def _gene_mask(adata: Any, source: str, n_genes: int, mask_var: Any, plan: dict[
     if plan["genes"] == "all":
         return np.ones(n_genes, dtype=bool), "all"
     # scanpy's convention (also as text or pandas' nullable boolean, e.g. from R)
-    hv, where = _var_flags(adata, source, "highly_variable", warn=True)
-    if hv is not None:
+    hv, where = _var_flags(adata, source, "highly_variable", warn=not own_selection)
+    if hv is not None and not own_selection:
         return hv, f"mask_var:{where}"
     return highly_variable(stats, n_top_genes), f"hvg:{n_top_genes}"
 
@@ -407,14 +409,15 @@ def _aligned_gene_table(names: list[str], gene_embeddings: GeneEmbeddings | str 
 
 def _input_statistics(adata: Any, matrix: Any, source: str, gene_stats: GeneStats | None, plan: dict[str, Any],
                       mask_var: Any, normalize: bool, lazy: bool, progress: bool | None, chunk_size: int,
-                      names: Sequence[str] | None = None) -> GeneStats | None:
+                      names: Sequence[str] | None = None, own_selection: bool = False) -> GeneStats | None:
     """Per-gene statistics for gene selection and centring: the given ones (matched to ``names``
     by name when they carry gene names), or one streamed pass over the data (on dask when the
     matrix is a dask array; named by ``names``); ``None`` when nothing needs them."""
     n_cells, n_genes = n_rows_cols(matrix)
     do_norm = normalize
     need_stats = plan["transform"] != "none" or (
-        mask_var is None and plan["genes"] == "hvg" and _var_flags(adata, source, "highly_variable")[0] is None
+        mask_var is None and plan["genes"] == "hvg"
+        and (own_selection or _var_flags(adata, source, "highly_variable")[0] is None)
     )
     stats = gene_stats
     if stats is not None and stats.genes is not None and names is not None:
@@ -575,7 +578,8 @@ def embed_cells(
         ``n_top_genes`` most variable genes (Seurat dispersion, as
         ``sc.pp.highly_variable_genes(flavor="seurat")``); all genes with ``flavor="paper"``.
     n_top_genes
-        How many variable genes to select (default 2000; all genes if fewer).
+        How many variable genes to select (default 2000; all genes if fewer). Given here,
+        the selection is made so even where ``var["highly_variable"]`` exists.
     normalize
         ``"auto"`` (log-normalise counts: per 10k, ``log1p``; keep non-integer values),
         ``"log1p"`` (always) or ``"none"``.
@@ -684,10 +688,13 @@ def embed_cells(
         gene_embeddings, lookup, E, mask, res = _aligned_gene_table(names, gene_embeddings, settings, plan, progress)
 
     do_norm = should_normalize(plan["normalize"], matrix)
+    # a number of genes asked for in this call is selected so, over a var["highly_variable"] column
+    own_selection = n_top_genes is not None and mask_var is None
     stats = _input_statistics(adata, matrix, source, gene_stats, plan, mask_var, do_norm, lazy, progress,
-                              agg_cfg.chunk_size, names=names)
+                              agg_cfg.chunk_size, names=names, own_selection=own_selection)
     use_dask = distributed.is_dask_array(matrix)
-    selected, how = _gene_mask(adata, source, n_genes, mask_var, plan, stats, agg_cfg.n_top_genes)
+    selected, how = _gene_mask(adata, source, n_genes, mask_var, plan, stats, agg_cfg.n_top_genes,
+                               own_selection=own_selection)
     if by_llm:
         gene_embeddings, lookup, E, mask, res = _aligned_gene_table(names, gene_embeddings, settings, plan, progress,
                                                                     only=selected)
