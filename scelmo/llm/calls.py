@@ -134,7 +134,9 @@ class Budget:
             )
         with self._lock:
             if self.spent + self.booked + estimate > self.max_cost + 1e-12:
-                raise BudgetExceededError(self.stop_message(estimate))
+                stop = BudgetExceededError(self.stop_message(estimate))
+                stop.limit_reached = True  # (not an unknown price: run_calls restates what was spent)
+                raise stop
             self.booked += estimate
         return estimate
 
@@ -324,7 +326,8 @@ def run_calls(
     )
     if errors:
         budget_errors = [e for e in errors if isinstance(e, BudgetExceededError)]
-        if budget_errors and budget is not None and budget.max_cost is not None:
+        if budget_errors and getattr(budget_errors[0], "limit_reached", False) and budget is not None \
+                and budget.max_cost is not None:
             # the calls in flight have settled: say what the run spent in all
             raise BudgetExceededError(budget.stop_message()) from None
         raise (budget_errors or errors)[0]
