@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import re
+import signal
 import sys
 import time
 import warnings
@@ -321,7 +322,7 @@ def embed_genes_cmd(ctx, input, output, gene_list, genes_file, describe_model, e
 
 @cli.command("embed-cells")
 @click.argument("input", type=click.Path())
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .h5ad (or .rds with scelmo[r]).")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Output .h5ad, .zarr (or .rds with scelmo[r]).")
 @click.option("--gene-embeddings", type=click.Path(file_okay=False, exists=True), help="Saved GeneEmbeddings directory.")
 @click.option("--aggregator", help="wa (default), aa, or a plugin's aggregator.")
 @click.option("--flavor", type=click.Choice(["scelmo", "paper"]),
@@ -354,7 +355,11 @@ def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, flavor, n_t
 
     # every option is checked before the input is read or anything is embedded
     _check_output_format(output, backed)
-    io.check_writable(output, overwrite=overwrite)
+    if Path(output).suffix.lower() == ".zarr":  # a zarr store is a directory (replaced whole, if it is one)
+        io.check_output_dir(output, overwrite=overwrite, marker=io.ZARR_MARKERS)
+        io.check_writable(Path(output).with_name(f".{Path(output).name}.probe"), overwrite=True)
+    else:
+        io.check_writable(output, overwrite=overwrite)
     if not Path(input).exists():
         raise InputError(f"Input {input} does not exist.")
     if Path(output).resolve() == Path(input).resolve():
@@ -713,10 +718,17 @@ def demo_cmd(ctx: click.Context, out_dir: str, resolution: float) -> None:
     run_demo(Path(out_dir), resolution=resolution, config=_overrides(ctx))
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``scelmo`` console script."""
 
     warnings.showwarning = _echo_warning  # (loading plugins may warn, before `cli` itself runs)
+    # SIGTERM (timeout, SLURM, docker stop) unwinds like Ctrl-C: temporary outputs are removed
+    # and local dask workers shut down; the exit code is the shell's 128 + signal number
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         plugins.add_commands(cli)
     except ScelmoError as exc:  # plugins.strict and a broken plugin: one line, not a traceback

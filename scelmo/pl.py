@@ -55,11 +55,20 @@ def embedding(
     basis = _resolve_basis(adata, basis)
     if adata.obsm[basis].shape[1] < 2:
         raise ScelmoError(f"adata.obsm[{basis!r}] has fewer than 2 columns; cannot plot it.")
-    if color is not None:
-        missing = [c for c in ([color] if isinstance(color, str) else color)
-                   if c not in adata.obs.columns and c not in adata.var_names]
+    if color is not None:  # what scanpy can colour by: obs columns, genes of var or raw, or by gene_symbols
+        known = set(adata.obs.columns) | set(map(str, adata.var_names))
+        if adata.raw is not None and kwargs.get("use_raw", True) is not False:
+            known |= set(map(str, adata.raw.var_names))
+        symbols = kwargs.get("gene_symbols")
+        if symbols is not None:
+            for var in (adata.var, getattr(adata.raw, "var", None)):
+                if var is not None and symbols in var:
+                    known |= set(map(str, var[symbols]))
+        missing = [c for c in ([color] if isinstance(color, str) else color) if str(c) not in known]
         if missing:
-            raise ScelmoError(f"Cannot colour by {missing}: not in adata.obs columns or var_names.")
+            where = "adata.obs columns, var_names" + (", raw.var_names" if adata.raw is not None else "") + (
+                f" or var[{symbols!r}]" if symbols is not None else " (or pass gene_symbols= naming a var column)")
+            raise ScelmoError(f"Cannot colour by {missing}: not in {where}.")
     colors = [color] if isinstance(color, str) else list(color or [])
     if len(colors) > 1 and "wspace" not in kwargs:  # room for each panel's legend before the next panel
         kwargs["wspace"] = _legend_space(adata, colors, kwargs.get("legend_loc", "right margin"))

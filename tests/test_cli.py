@@ -138,3 +138,36 @@ def test_offline_refusal_is_a_configuration_error(tmp_path):
     res = CliRunner().invoke(cli, ["--offline", "--set", "describe.model=openai/gpt-4o-mini", "embed-genes",
                                    "--genes", "CD3E", "-o", str(tmp_path / "x")])
     assert res.exit_code == 2 and "offline = true" in res.output
+
+
+def test_sigterm_removes_the_temporary_output(tmp_path):
+    """Trial finding: SIGTERM (timeout, SLURM, docker stop) left the hidden temporary copy of
+    OUTPUT behind (full input size); it now unwinds like Ctrl-C, exit code 128 + 15."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    X = sp.random(40_000, 3_000, density=0.05, format="csr", dtype=np.float32, random_state=rng)
+    X.data = np.ceil(X.data * 5)
+    import pandas as pd
+    import scanpy as sc
+
+    genes = [str(g) for g in sc.datasets.pbmc68k_reduced().raw.var_names]  # real symbols, then padding
+    var = pd.DataFrame(index=genes + [f"PAD{i}" for i in range(3_000 - len(genes))])
+    ad.AnnData(X, var=var).write_h5ad(tmp_path / "in.h5ad")
+    env = {**os.environ, "SCELMO_NO_PROGRESS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "scelmo", "embed-cells", "in.h5ad", "-o", "out.h5ad", "--backed"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob(".out.h5ad.*.tmp")) and proc.poll() is None:
+        time.sleep(0.02)
+    assert list(tmp_path.glob(".out.h5ad.*.tmp")), "the run never started writing"
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert not list(tmp_path.glob(".out.h5ad.*")) and not (tmp_path / "out.h5ad").exists()

@@ -161,3 +161,28 @@ def test_cli_scheduler_of_a_cluster_started_with_dask_cli(counts_files, tmp_path
             p.terminate()
         for p in procs:
             p.wait(timeout=30)
+
+
+def test_lazy_raw_matrix_is_recorded_and_its_output_file_reads_back(counts_files, tmp_path):
+    """Trial finding: with raw (all genes) beside an X of fewer genes, the dask path recorded
+    matrix "X" and wrote var["scelmo_genes_used"] of raw's length into OUTPUT's var, which
+    anndata then could not read."""
+    import anndata as ad
+
+    import scelmo
+    from scelmo import io, keys
+    from scelmo.expression import distributed
+
+    b, d, genes = counts_files
+    full = b.copy()
+    sub = full[:, :300].copy()
+    sub.raw = full
+    sub.write_h5ad(tmp_path / "sub.h5ad")
+    lz = distributed.read_lazy(tmp_path / "sub.h5ad", chunk_size=200)
+    with io.streamed_h5ad_copy(tmp_path / "sub.h5ad", tmp_path / "out.h5ad") as dest:
+        scelmo.tl.embed_cells(lz, gene_embeddings=genes, out=dest.obsm("X_scelmo", lz.n_obs), progress=False)
+        dest.write_results(lz)
+    assert lz.uns["scelmo"]["embed_cells"]["matrix"] == "raw.X" and keys.GENES_USED not in lz.var
+    out = ad.read_h5ad(tmp_path / "out.h5ad")
+    assert out.shape == sub.shape and keys.GENES_USED not in out.var
+    np.testing.assert_allclose(out.obsm["X_scelmo"], _reference(sub, genes), rtol=0, atol=1e-6)

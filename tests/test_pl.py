@@ -83,6 +83,22 @@ def test_embedding_takes_the_basis_without_the_x_prefix(small_adata):
         scelmo.pl.embedding(small_adata, basis="tsne", show=False)
 
 
+def test_embedding_colours_by_what_scanpy_accepts(small_adata):
+    """Trial finding: a gene named through gene_symbols=, or present only in adata.raw, was
+    refused although scanpy plots both."""
+    import anndata as ad
+
+    a = small_adata
+    a.var_names = [f"ENSG0000000000{i}" for i in range(a.n_vars)]
+    a.var["symbol"] = ["CD3E", "MS4A1", "LYZ", "NKG7", "PPBP"]
+    raw = ad.AnnData(np.hstack([a.X, a.X[:, :1]]), var=pd.DataFrame(index=[*a.var_names, "HES4"]))
+    a.raw = raw
+    assert scelmo.pl.embedding(a, basis="umap", color="CD3E", gene_symbols="symbol", use_raw=False, show=False)
+    assert scelmo.pl.embedding(a, basis="umap", color="HES4", show=False)
+    with pytest.raises(scelmo.ScelmoError, match=r"'GATA1'.*raw.var_names"):
+        scelmo.pl.embedding(a, basis="umap", color="GATA1", show=False)
+
+
 def test_embedding_panels_leave_room_for_long_legends(small_adata):
     """Trial finding: with several colours, each panel's legend ran under the next panel."""
     a = small_adata

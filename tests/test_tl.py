@@ -69,6 +69,9 @@ def test_aa_and_layer_choice(pbmc):
     scelmo.tl.embed_cells(pbmc, layer="lognorm", key_added="X_top", n_top_genes=50)
     info = pbmc.uns[keys.PROVENANCE]["embed_cells"]
     assert info["gene_selection"] == "hvg:50" and int(pbmc.var[keys.GENES_USED].sum()) <= 50
+    # embedding from raw drops the column: it described the earlier embedding, not this one
+    scelmo.tl.embed_cells(pbmc, use_raw=True, key_added="X_raw")
+    assert keys.GENES_USED not in pbmc.var
 
 
 def test_copy_returns_new_object(pbmc):

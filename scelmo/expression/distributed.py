@@ -197,6 +197,10 @@ def aggregate(
 
 
 # --------------------------------------------------------------------------- files
+#: ``uns`` key of a :func:`read_lazy` AnnData: which matrix of the file its ``X`` is.
+LAZY_SOURCE = "scelmo_lazy_source"
+
+
 def read_lazy(path: str | Path, *, layer: str | None = None, use_raw: bool | None = None,
               chunk_size: int = 10_000) -> Any:
     """An AnnData of ``path`` (.h5ad or .zarr) whose matrix is a lazy dask array.
@@ -204,7 +208,8 @@ def read_lazy(path: str | Path, *, layer: str | None = None, use_raw: bool | Non
     ``obs`` and ``var`` are read into memory (small); the expression matrix (``layer``,
     else ``raw/X`` when present and ``use_raw`` is not ``False``, else ``X``) stays on
     disk and is read in row blocks of ``chunk_size`` cells by whichever process computes
-    them. The result's ``X`` is that matrix, and ``var`` the matching genes.
+    them. The result's ``X`` is that matrix, and ``var`` the matching genes;
+    ``uns["scelmo_lazy_source"]`` says which matrix it was (``"raw.X"``, ``"X"``, a layer).
     """
     import anndata as ad
     from anndata.experimental import read_elem_lazy
@@ -223,13 +228,14 @@ def read_lazy(path: str | Path, *, layer: str | None = None, use_raw: bool | Non
     if layer is not None:
         if not has(root, "layers") or not has(root["layers"], layer):
             raise InputError(f"{path} has no layer {layer!r}.")
-        elem, var_elem = root["layers"][layer], root["var"]
+        elem, var_elem, source = root["layers"][layer], root["var"], f"layers[{layer!r}]"
     elif has(root, "raw") and has(root["raw"], "X") and use_raw is not False:
-        elem, var_elem = root["raw"]["X"], root["raw"]["var"]
+        elem, var_elem, source = root["raw"]["X"], root["raw"]["var"], "raw.X"
     else:
-        elem, var_elem = root["X"], root["var"]
+        elem, var_elem, source = root["X"], root["var"], "X"
     X = read_elem_lazy(elem, chunks=(int(chunk_size), -1))
     adata = ad.AnnData(X=X, obs=read_elem(root["obs"]), var=read_elem(var_elem))
+    adata.uns[LAZY_SOURCE] = source  # (provenance; a raw matrix's genes are not the file's var)
     return adata
 
 
@@ -242,7 +248,14 @@ def cluster(scheduler: str | None = None, workers: int | None = None) -> Iterato
     except ImportError as exc:
         raise ScelmoError(_INSTALL) from exc
     if scheduler:
-        client = Client(scheduler, timeout="30s")
+        try:
+            client = Client(scheduler, timeout="30s")
+        except (OSError, TimeoutError) as exc:  # (distributed raises OSError / TimeoutError for an unreachable one)
+            raise ScelmoError(
+                f"Cannot reach a dask scheduler at {scheduler} within 30 s ({type(exc).__name__}). Check the address "
+                "(`dask scheduler` prints it) and that the scheduler is running and reachable from here, or use "
+                "--workers N for a local cluster."
+            ) from None
         try:
             yield client
         finally:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from scelmo.io._anndata import (
     INPUT_FORMATS,
+    ZARR_MARKERS,
     StreamedArray,
     StreamedH5ad,
     estimated_h5ad_bytes,
@@ -42,7 +43,7 @@ from scelmo.io._checksums import sha256_file
 from scelmo.io._rds import add_reduction, from_sce, from_seurat, read_rds, to_sce, write_rds
 
 __all__ = [
-    "DISK_FULL_ERRNOS", "INPUT_FORMATS", "STALE_TEMP_AGE", "StreamedArray", "StreamedH5ad", "add_reduction",
+    "DISK_FULL_ERRNOS", "INPUT_FORMATS", "STALE_TEMP_AGE", "ZARR_MARKERS", "StreamedArray", "StreamedH5ad", "add_reduction",
     "atomic_dir", "atomic_path", "check_output_dir", "check_writable", "estimated_h5ad_bytes", "from_sce", "from_seurat", "has_key",
     "input_format", "is_disk_full", "read_input", "read_rds", "replace_dir", "sha256_file", "streamed_h5ad_copy",
     "streamed_zarr_copy", "sweep_stale_temps", "to_sce", "write_h5ad", "write_rds", "write_zarr",

@@ -726,11 +726,15 @@ def embed_cells(
     emb = result.embedding
     if out is None:
         adata.obsm[key_added] = emb
-    if source != "raw.X":
+    # what the matrix was in the file (distributed.read_lazy puts raw/X or a layer in X)
+    read_from = (adata.uns.get(distributed.LAZY_SOURCE) if source == "X" else None) or source
+    if read_from != "raw.X":
         adata.var[keys.GENES_USED] = use
+    elif keys.GENES_USED in adata.var:  # an earlier embedding's genes: not this one's (adata.var is not raw's)
+        del adata.var[keys.GENES_USED]
 
     info = _embed_cells_record(adata, result, names, lookup, mask, use, res, gene_embeddings, settings, plan,
-                               how=how, agg=agg, source=source, do_norm=do_norm, lazy=lazy, use_dask=use_dask,
+                               how=how, agg=agg, source=read_from, do_norm=do_norm, lazy=lazy, use_dask=use_dask,
                                key_added=key_added)
     # which statistics selected and centred the genes (given ones: the reference's, before they
     # were laid out over this data's genes): embeddings with different ones are not comparable
