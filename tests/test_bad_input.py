@@ -105,7 +105,7 @@ def test_nan_inf_negative(pbmc, bad, match, dense):
     a.X = X if dense else sp.csr_matrix(X)
     with pytest.raises(InputError, match=match) as err:
         scelmo.tl.embed_cells(a)
-    assert "cell 7" in str(err.value)
+    assert "row index 7, counting from 0" in str(err.value)
     assert keys.X_SCELMO not in a.obsm
 
 

@@ -202,7 +202,7 @@ def test_nan_or_negative_expression_is_an_input_error(split, bad):
     a.X = a.X.toarray()
     a.X[5, 3] = bad
     scelmo.Model.setup_anndata(a, labels_key="bulk_labels")
-    with pytest.raises(InputError, match="cell 5"):
+    with pytest.raises(InputError, match="row index 5, counting from 0"):
         scelmo.Model(a).train(max_epochs=1)
 
 
