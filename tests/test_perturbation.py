@@ -388,7 +388,7 @@ def test_shared_response_starts_unseen_perturbations_at_the_mean_shift(tmp_path)
     # exactly the mean shift, and said (trial finding: every unseen knockout came back alike, silently)
     from scelmo.errors import ScelmoWarning
 
-    with pytest.warns(ScelmoWarning, match="KO9 were not trained on, and the head's unseen_scale is 0"):
+    with pytest.warns(ScelmoWarning, match="KO9 was not trained on, and the head's unseen_scale is 0"):
         np.testing.assert_allclose(head.predict_mean(ctrl, "KO9"), ms, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(head.predict_mean(ctrl, "ctrl"), ctrl.mean(0), atol=1e-5)  # control: no change
     # chosen on held-out training knockouts: the vectors carry nothing here, so they are turned down
