@@ -407,12 +407,13 @@ class Model:
             probs[empty] = np.nan
         labels = labels.astype(str)
         values = _label_values(classes, self.train_info.get("label_dtype"))
-        order = sorted(range(len(classes)), key=lambda i: values[i]) if values is not None else list(range(len(classes)))
+        order = list(range(len(classes)))
         if values is not None:  # integer / boolean labels: the original values, in their own order
+            order.sort(key=values.__getitem__)
             lookup = dict(zip(classes, values, strict=True))
-            typed = [lookup.get(lab, lab) for lab in labels]
-            labels = np.array(typed, dtype=np.asarray(values).dtype if not empty.any() else object)
-        cats = [values[i] if values is not None else classes[i] for i in order]
+            labels = np.array([lookup.get(lab, lab) for lab in labels],
+                              dtype=np.asarray(values).dtype if not empty.any() else object)
+        cats = [(classes if values is None else values)[i] for i in order]
         if key_added:
             cats_all = cats + ([keys.UNKNOWN_LABEL] if empty.any() and keys.UNKNOWN_LABEL not in classes else [])
             target.obs[key_added] = pd.Categorical(labels, categories=cats_all)

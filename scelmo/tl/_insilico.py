@@ -126,21 +126,20 @@ class _Context:
         self.Xs, self.Xt = X[src], X[tgt]
 
 
-def _used_columns(head: Any, E: np.ndarray, names: list[str], *, positions: bool = False) -> Any:
-    """Columns of the data the head embeds: genes with a vector, and among them the head's
-    trained selection (e.g. its variable genes) when it keeps one. ``positions=True``: also
-    each column's place among the head's training genes (``None`` when the head keeps none)."""
+def _used_columns(head: Any, E: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Columns of the data the head embeds (genes with a vector, and among them the head's
+    trained selection, e.g. its variable genes, when it keeps one), and each column's place
+    among the head's training genes (``None`` when the head keeps none)."""
     query_columns = getattr(head, "_query_columns", None)
     if callable(query_columns):
         try:
             cols, pos = query_columns(E.shape[0], E, names)
             cols, pos = np.asarray(cols, dtype=np.int64), np.asarray(pos, dtype=np.int64)
             order = np.argsort(cols, kind="stable")
-            return (cols[order], pos[order]) if positions else cols[order]
+            return cols[order], pos[order]
         except Exception:  # noqa: BLE001 - a head of another shape: every gene with a vector
             pass
-    cols = np.flatnonzero(np.abs(E).sum(axis=1) > 0)
-    return (cols, None) if positions else cols
+    return np.flatnonzero(np.abs(E).sum(axis=1) > 0), None
 
 
 class _FastPathMismatch(ScelmoError):
@@ -175,7 +174,7 @@ def _fast_setup(ctx: _Context) -> dict[str, Any]:
     import torch
 
     head, E, names = ctx.head, ctx.E, ctx.names
-    cols, pos = _used_columns(head, E, names, positions=True)
+    cols, pos = _used_columns(head, E, names)
     adapter = _copy.deepcopy(head.module.adapter).to("cpu").double().eval()
     logits = _classifier64(head)
     E64 = torch.from_numpy(np.asarray(E[cols], dtype=np.float64))
@@ -494,7 +493,7 @@ def in_silico_deletion(
     col = {n: i for i, n in enumerate(names)}
     has_vec = np.abs(E).sum(axis=1) > 0
     used = np.zeros(E.shape[0], dtype=bool)
-    used[_used_columns(head, E, head_names)] = True
+    used[_used_columns(head, E, head_names)[0]] = True
     if genes is None:
         cand = np.flatnonzero(used)
     else:
@@ -538,12 +537,12 @@ def in_silico_deletion(
         m if per_bin is None or m.size <= per_bin else np.sort(rng.choice(m, per_bin, replace=False))
         for m in (np.flatnonzero(bins == b) for b in range(n_bins)) if m.size
     ])
-    need = np.unique(np.concatenate([cand[used[cand] & (n_expr[cand] > 0)], null_idx]))  # the brute path's genes
-    if failed is not None:
-        warnings.warn(f"in_silico_deletion: {failed}; using the slower method='brute', which re-embeds and "
-                      f"re-classifies the {src.size} source cells once per gene ({need.size} passes; fewer "
-                      "with `genes=` or `max_cells=`).", stacklevel=2)
     if not fast:
+        need = np.unique(np.concatenate([cand[used[cand] & (n_expr[cand] > 0)], null_idx]))  # one pass each
+        if failed is not None:
+            warnings.warn(f"in_silico_deletion: {failed}; using the slower method='brute', which re-embeds and "
+                          f"re-classifies the {src.size} source cells once per gene ({need.size} passes; fewer "
+                          "with `genes=` or `max_cells=`).", stacklevel=2)
         eff, summary = _brute_effects(ctx, factor, need, progress=progress)  # genes not computed have no effect (0)
     col_name = SCORES[score]
     effect = eff[col_name]
