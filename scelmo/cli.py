@@ -726,9 +726,13 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``scelmo`` console script."""
 
     warnings.showwarning = _echo_warning  # (loading plugins may warn, before `cli` itself runs)
-    # SIGTERM (timeout, SLURM, docker stop) unwinds like Ctrl-C: temporary outputs are removed
-    # and local dask workers shut down; the exit code is the shell's 128 + signal number
+    # SIGTERM (timeout, SLURM, docker stop) and Ctrl-C unwind the same way: temporary outputs are
+    # removed and local dask workers shut down; the exit code is the shell's 128 + signal number
+    # (click would turn Ctrl-C into "Aborted!" and exit 1). A SIGINT the shell set to be ignored
+    # (a background job) stays ignored.
     signal.signal(signal.SIGTERM, _terminated)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _terminated)
     try:
         plugins.add_commands(cli)
     except ScelmoError as exc:  # plugins.strict and a broken plugin: one line, not a traceback

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import anndata as ad
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from scelmo import keys
@@ -140,11 +142,12 @@ def test_offline_refusal_is_a_configuration_error(tmp_path):
     assert res.exit_code == 2 and "offline = true" in res.output
 
 
-def test_sigterm_removes_the_temporary_output(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_removes_the_temporary_output(tmp_path, signum):
     """Trial finding: SIGTERM (timeout, SLURM, docker stop) left the hidden temporary copy of
-    OUTPUT behind (full input size); it now unwinds like Ctrl-C, exit code 128 + 15."""
+    OUTPUT behind (full input size); it now unwinds like Ctrl-C, exit code 128 + 15. Ctrl-C
+    exited 1 ("Aborted!"); it now exits 128 + 2 as shells expect."""
     import os
-    import signal
     import subprocess
     import sys
     import time
@@ -161,13 +164,15 @@ def test_sigterm_removes_the_temporary_output(tmp_path):
     var = pd.DataFrame(index=genes + [f"PAD{i}" for i in range(3_000 - len(genes))])
     ad.AnnData(X, var=var).write_h5ad(tmp_path / "in.h5ad")
     env = {**os.environ, "SCELMO_NO_PROGRESS": "1"}
+    # (a test run in a background job inherits an ignored SIGINT: restore the default in the child)
     proc = subprocess.Popen([sys.executable, "-m", "scelmo", "embed-cells", "in.h5ad", "-o", "out.h5ad", "--backed"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not list(tmp_path.glob(".out.h5ad.*.tmp")) and proc.poll() is None:
         time.sleep(0.02)
     assert list(tmp_path.glob(".out.h5ad.*.tmp")), "the run never started writing"
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM
+    assert proc.returncode == 128 + signum
     assert not list(tmp_path.glob(".out.h5ad.*")) and not (tmp_path / "out.h5ad").exists()
