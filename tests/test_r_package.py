@@ -119,7 +119,8 @@ bridge <- reticulate::import('scelmo.r_bridge', convert = FALSE)
 sent <- bridge$to_anndata(scelmo:::.scelmo_payload(counts, meta = seu[[]]))
 reticulate::py_save_object(sent, file.path(out, 'sent.pkl'))
 seu <- scelmo::RunScELMo(seu, verbose = FALSE)
-E <- Embeddings(seu, 'scelmo')
+saveRDS(seu, file.path(out, 'seu_scelmo.rds'))
+E <- Embeddings(seu, 'scelmo') %*% t(Misc(seu[['scelmo']])$rotation)  # (ordered by variance in R)
 writeBin(as.vector(E), file.path(out, 'embedding.f64'), size = 8, endian = 'little')
 writeLines(as.character(dim(E)), file.path(out, 'embedding.dim'))
 """
@@ -170,6 +171,9 @@ def test_cross_check_r_wrapper_against_anndata2ri(r_lib, tmp_path):
     from_r = np.fromfile(tmp_path / "embedding.f64", dtype="<f8").reshape((n, d), order="F")
     scelmo.tl.embed_cells(got)
     np.testing.assert_allclose(from_r, got.obsm["X_scelmo"], rtol=1e-6, atol=1e-7)
+    # RunScELMo's reduction (turned to principal axes in R) is read back as tl.embed_cells gives it
+    rotated = scelmo.io.read_rds(tmp_path / "seu_scelmo.rds")
+    np.testing.assert_allclose(rotated.obsm["X_scelmo"], got.obsm["X_scelmo"], rtol=1e-5, atol=1e-6)
 
     # and back: the embedding as a DimReduc in the .rds, read again
     rio.write_rds(got, tmp_path / "with_scelmo.rds", template=tmp_path / "seu.rds")

@@ -113,6 +113,9 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
                 "'; embedding assay '", assay, "' here instead")
       } else {
         E <- SeuratObject::Embeddings(x, reduction = reduction)[colnames(x), , drop = FALSE]
+        rotation <- SeuratObject::Misc(x[[reduction]])$rotation
+        # (RunScELMo turned its reduction to principal axes; the text and reference vectors are not)
+        if (!is.null(rotation)) E <- E %*% t(rotation)
         emb <- .encode_matrix(E)
       }
     }

@@ -6,10 +6,15 @@
 #' bundled offline model). For a Seurat object the result is stored as the
 #' DimReduc `object[[reduction.name]]` with the provenance (models, coverage,
 #' options) in its `misc` slot and each dimension's standard deviation in
-#' `stdev`, and the call is logged in `object@commands`. The dimensions are not
-#' ordered by variance as principal components are: use all of them downstream
-#' (`FindNeighbors(object, reduction = "scelmo", dims = 1:384)`); Seurat's
-#' default `dims = 1:10` keeps an arbitrary few and clusters poorly.
+#' `stdev`, and the call is logged in `object@commands`. Like principal
+#' components, the dimensions are ordered by the variance they carry in this
+#' object's cells (`ElbowPlot(object, reduction = "scelmo")`): the embedding is
+#' turned by the orthogonal rotation to its principal axes (not centred and not
+#' truncated), so all dimensions together give the same distances and cosines as
+#' the Python package's `obsm["X_scelmo"]`, and the first 20-30 cluster about as
+#' well as all of them. The rotation is kept in `Misc(object[["scelmo"]])$rotation`
+#' (unrotated = `Embeddings(object, "scelmo") %*% t(rotation)`), which
+#' [AnnotateScELMo()] applies when it reuses the reduction.
 #'
 #' Genes must be named by symbols (human or mouse) or Ensembl gene IDs; when
 #' none of them can be matched the call stops with an error that says so. The
@@ -49,7 +54,8 @@
 #' \dontrun{
 #' library(Seurat)
 #' pbmc <- RunScELMo(pbmc)
-#' pbmc <- FindNeighbors(pbmc, reduction = "scelmo", dims = 1:384)
+#' ElbowPlot(pbmc, reduction = "scelmo", ndims = 50)
+#' pbmc <- FindNeighbors(pbmc, reduction = "scelmo", dims = 1:30)
 #' pbmc <- FindClusters(pbmc)
 #' Embeddings(pbmc, "scelmo")[1:3, 1:4]
 #' Misc(pbmc[["scelmo"]])$scelmo$embed_model
@@ -90,25 +96,43 @@ RunScELMo.Seurat <- function(object, assay = NULL, layer = "counts", features = 
   cfg <- .dots_config(config, list(...))
   res <- .embed(m, aggregator, cfg, verbose, source = paste0(assay, "/", layer),
                 what = paste0("assay '", assay, "' layer '", layer, "'"))
-  Z <- res$Z
+  turned <- .principal_axes(res$Z)
+  Z <- turned$Z
   colnames(Z) <- paste0(reduction.key, seq_len(ncol(Z)))
-  # (stdev for ElbowPlot and friends; the dimensions are not ordered by it, as a PCA's are)
   dr <- SeuratObject::CreateDimReducObject(
-    embeddings = Z, key = reduction.key, assay = assay, stdev = unname(apply(Z, 2, stats::sd)),
-    misc = list(scelmo = res$provenance)
+    embeddings = Z, key = reduction.key, assay = assay, stdev = turned$stdev,
+    misc = list(scelmo = res$provenance, rotation = turned$rotation)
   )
   if (verbose) {
-    message(sprintf("scelmo: added the reduction '%s' (%d dimensions); use all of them downstream, e.g. ",
+    message(sprintf("scelmo: added the reduction '%s' (%d dimensions, ordered by variance like PCs: ",
                     reduction.name, ncol(Z)),
-            sprintf("FindNeighbors(object, reduction = \"%s\", dims = 1:%d): unlike PCs they are not ordered, ",
-                    reduction.name, ncol(Z)),
-            "so the default dims = 1:10 keeps an arbitrary tenth of them.")
+            sprintf("see ElbowPlot(object, reduction = \"%s\"); e.g. FindNeighbors(object, reduction = \"%s\", ",
+                    reduction.name, reduction.name),
+            "dims = 1:30), or all of them for the full embedding's distances).")
   }
   # everything that can fail has run: only now is the object changed
   object[[reduction.name]] <- dr
   object <- SeuratObject::LogSeuratCommand(object = object)
   object <- .without_secrets(object)
   object
+}
+
+# Z (cells x d) turned to its principal axes, so that Seurat's dims = 1:n and ElbowPlot mean what
+# they mean for PCs. The rotation is orthogonal and applied to the uncentred Z: all d dimensions
+# keep every distance and cosine (and the text-vector cosines after t(rotation)). The sign of each
+# axis is fixed (its largest coefficient positive), so the result does not depend on the LAPACK.
+.principal_axes <- function(Z) {
+  if (nrow(Z) < 2) {
+    return(list(Z = Z, rotation = diag(ncol(Z)), stdev = rep(0, ncol(Z))))
+  }
+  ev <- eigen(stats::cov(Z), symmetric = TRUE)
+  R <- ev$vectors
+  flip <- sign(R[cbind(apply(abs(R), 2, which.max), seq_len(ncol(R)))])
+  R <- sweep(R, 2, ifelse(flip == 0, 1, flip), `*`)
+  Zr <- Z %*% R
+  dimnames(Zr) <- list(rownames(Z), NULL)
+  dimnames(R) <- list(colnames(Z) %||% paste0("dim_", seq_len(ncol(Z))), NULL)
+  list(Z = Zr, rotation = R, stdev = unname(apply(Zr, 2, stats::sd)))
 }
 
 # m: genes x cells; returns list(Z = cells x d matrix, provenance = list)

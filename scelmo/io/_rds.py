@@ -19,8 +19,10 @@ function               does
 What maps where: ``X`` = the counts (Seurat: the ``counts`` layer of the default assay;
 SCE: the first assay), other assays / the ``data`` layer -> ``layers``; ``meta.data`` /
 ``colData`` -> ``obs`` (logical, integer, factor, character and double columns keep
-their ``NA`` as pandas missing values); reductions -> ``obsm["X_<name>"]`` (Seurat) or
-``obsm[<reducedDim name>]`` (SCE, anndata2ri's names). This is the Python-side route
+their ``NA`` as pandas missing values); reductions -> ``obsm["X_<name>"]`` (Seurat; a reduction
+``RunScELMo`` turned to its principal axes is turned back with the rotation in its ``misc``,
+so it equals ``scelmo.tl.embed_cells``'s result) or ``obsm[<reducedDim name>]`` (SCE,
+anndata2ri's names). This is the Python-side route
 only: the R package talks to Python through ``scelmo.r_bridge`` and never uses rpy2
 (rpy2 inside reticulate 1.28 crashes R).
 """
@@ -87,6 +89,13 @@ local({
     rd <- list()
     for (r in SeuratObject::Reductions(seu)) {
       E <- SeuratObject::Embeddings(seu, reduction = r)
+      # RunScELMo turns its reduction to principal axes and keeps the rotation: turned back here,
+      # obsm holds what scelmo.tl.embed_cells gives (and what text and reference vectors match)
+      rot <- SeuratObject::Misc(seu[[r]])$rotation
+      if (is.matrix(rot) && ncol(rot) == ncol(E) && nrow(rot) == ncol(E)) {
+        E <- E %*% t(rot)
+        colnames(E) <- NULL
+      }
       if (identical(sort(rownames(E)), sort(cells))) rd[[paste0("X_", r)]] <- E[cells, , drop = FALSE]
     }
     meta <- seu[[]][cells, , drop = FALSE]

@@ -8,9 +8,20 @@ test_that("RunScELMo adds a DimReduc with provenance and logs the command", {
   expect_identical(rownames(E), colnames(seu))
   expect_identical(colnames(E)[1:2], c("scelmo_1", "scelmo_2"))
   expect_identical(SeuratObject::Key(out[["scelmo"]]), "scelmo_")
-  # each dimension's SD (ElbowPlot); the message says to use every dimension
-  expect_equal(SeuratObject::Stdev(out[["scelmo"]]), unname(apply(E, 2, stats::sd)))
-  expect_message(RunScELMo(seu), "use all of them downstream.*dims = 1:384")
+  # ordered by variance like PCs (ElbowPlot, dims = 1:30): an orthogonal rotation of the
+  # Python package's embedding, kept in misc, that changes no distance or cosine
+  sds <- SeuratObject::Stdev(out[["scelmo"]])
+  expect_equal(sds, unname(apply(E, 2, stats::sd)))
+  expect_true(all(diff(sds) <= 1e-6))  # (rank 15 here: the tail is rounding noise)
+  expect_gt(sds[1], 3 * sds[100])
+  R <- SeuratObject::Misc(out[["scelmo"]])$rotation
+  expect_equal(unname(crossprod(R)), diag(384), tolerance = 1e-8)
+  Z <- RunScELMo(as.matrix(SeuratObject::GetAssayData(seu, slot = "counts")), verbose = FALSE)
+  attr(Z, "scelmo") <- NULL
+  expect_equal(unname(E %*% t(R)), unname(Z), tolerance = 1e-6)
+  expect_equal(unname(as.matrix(dist(E))), unname(as.matrix(dist(Z))), tolerance = 1e-6)
+  expect_true(all(R[cbind(apply(abs(R), 2, which.max), 1:384)] > 0))  # signs fixed
+  expect_message(RunScELMo(seu), "ordered by variance like PCs.*ElbowPlot.*dims = 1:30")
   prov <- SeuratObject::Misc(out[["scelmo"]])$scelmo
   expect_equal(prov$aggregator, "wa")
   expect_equal(prov$matrix, "RNA/counts")
@@ -22,7 +33,8 @@ test_that("RunScELMo adds a DimReduc with provenance and logs the command", {
   expect_equal(prov$normalize, "log1p_cp10k")
   expect_equal(prov$transform, "center")
   # flavor = "paper": the paper's wa, the expression-weighted mean of raw gene vectors
-  P <- SeuratObject::Embeddings(RunScELMo(seu, flavor = "paper", verbose = FALSE), "scelmo")
+  paper <- RunScELMo(seu, flavor = "paper", verbose = FALSE)
+  P <- SeuratObject::Embeddings(paper, "scelmo") %*% t(SeuratObject::Misc(paper[["scelmo"]])$rotation)
   G <- ScELMoGeneEmbeddings(toy_genes)
   X <- as.matrix(SeuratObject::GetAssayData(seu, slot = "counts"))[rownames(G), ]
   W <- t(X) / colSums(X)

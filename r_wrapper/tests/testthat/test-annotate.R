@@ -39,6 +39,11 @@ test_that("AnnotateScELMo: zero-shot from cell-type names", {
   expect_true(all(out$scelmo_label %in% c("T cell", "B cell", "monocyte", "unknown")))
   expect_identical(levels(out$scelmo_label), c("T cell", "B cell", "monocyte", "unknown"))  # the order given
   expect_gt(mean(out$scelmo_label[out$group == "B"] == "B cell"), 0.5)
+  # the reused reduction (turned to its principal axes by RunScELMo) is turned back: the same
+  # labels and scores as embedding here
+  fresh <- AnnotateScELMo(seu, cell.types = c("T cell", "B cell", "monocyte"), reduction = NULL, verbose = FALSE)
+  expect_identical(as.character(fresh$scelmo_label), as.character(out$scelmo_label))
+  expect_equal(fresh$scelmo_label_score, out$scelmo_label_score, tolerance = 1e-5)
   # what was done travels with the object, as uns["scelmo"]["annotate"] does in Python
   prov <- SeuratObject::Misc(out, "scelmo")$scelmo_label
   expect_identical(prov$method, "text_markers")
