@@ -49,12 +49,18 @@ def embedding(
     -------
     The matplotlib :class:`~matplotlib.figure.Figure`.
     """
-    show = _begin(save, show)
+    ax = kwargs.pop("ax", None)
+    kwargs.pop("return_fig", None)  # (the figure is always returned)
+    show = _begin(save, show if show is not None or ax is None else False)
     import scanpy as sc
 
     basis = _resolve_basis(adata, basis)
     if adata.obsm[basis].shape[1] < 2:
         raise ScelmoError(f"adata.obsm[{basis!r}] has fewer than 2 columns; cannot plot it.")
+    if adata.n_obs == 0:
+        raise InputError("The AnnData has no cells; there is nothing to plot.")
+    if color is not None and not isinstance(color, str) and len(list(color)) == 0:
+        color = None
     if color is not None:  # what scanpy can colour by: obs columns, genes of var or raw, or by gene_symbols
         known = set(adata.obs.columns) | set(map(str, adata.var_names))
         if adata.raw is not None and kwargs.get("use_raw", True) is not False:
@@ -70,29 +76,46 @@ def embedding(
                 f" or var[{symbols!r}]" if symbols is not None else " (or pass gene_symbols= naming a var column)")
             raise ScelmoError(f"Cannot colour by {missing}: not in {where}.")
     colors = [color] if isinstance(color, str) else list(color or [])
+    if ax is not None:  # one panel drawn into the caller's axes (scanpy's ax=), left open for them
+        if len(colors) > 1:
+            raise InputError(f"ax= takes one panel, and {len(colors)} colours were given; give one color= "
+                             "per call, or leave ax= out for a grid of panels.")
+        sc.pl.embedding(adata, basis=basis, color=color, title=title, show=False, ax=ax, **kwargs)
+        return _finish(ax.figure, save, show, dpi, close=False)
     if len(colors) > 1 and "wspace" not in kwargs:  # room for each panel's legend before the next panel
-        kwargs["wspace"] = _legend_space(adata, colors, kwargs.get("legend_loc", "right margin"))
+        kwargs["wspace"] = _legend_space(adata, colors, kwargs.get("legend_loc", "right margin"),
+                                         kwargs.get("legend_fontsize"))
     fig = sc.pl.embedding(adata, basis=basis, color=color, title=title, show=False, return_fig=True, **kwargs)
     return _finish(fig, save, show, dpi)
 
 
-def _legend_space(adata: Any, colors: list[str], legend_loc: str | None) -> float:
+def _legend_space(adata: Any, colors: list[str], legend_loc: str | None, fontsize: Any = None) -> float:
     """scanpy's ``wspace`` (a share of a panel's width) that fits the widest right-margin
-    legend among ``colors``: its longest category name (scanpy's default, 0.1, lets the
-    next panel cover long names)."""
+    legend among ``colors`` and the next panel's axis label (scanpy's default, 0.1, lets the
+    next panel cover long names). Category names are measured in the legend's font."""
+    import matplotlib as mpl
     import pandas as pd
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     if legend_loc != "right margin":
         return 0.25
-    longest = 0
+    probe = Figure()
+    renderer = FigureCanvasAgg(probe).get_renderer()
+    size = fontsize if fontsize is not None else mpl.rcParams["legend.fontsize"]
+    widest = 0.0  # inches
     for c in colors:
         col = adata.obs[c] if c in adata.obs.columns else None
         if col is not None and (isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object):
             cats = col.astype("category").cat.categories
             n_cols = 1 if len(cats) <= 14 else 2 if len(cats) <= 30 else 3  # scanpy's legend columns
-            longest = max(longest, n_cols * max((len(str(x)) for x in cats), default=0))
-    # measured on scanpy's default panel and legend font: ~0.01 of a panel's width per character
-    return 0.15 + 0.01 * longest if longest else 0.25
+            text = max((probe.text(0, 0, str(x), fontsize=size).get_window_extent(renderer).width
+                        for x in cats), default=0.0) / probe.dpi
+            widest = max(widest, n_cols * (text + 0.35))  # + marker and gap, per legend column
+    if not widest:
+        return 0.25
+    axes_width = mpl.rcParams["figure.figsize"][0] * 0.84  # a panel's axes in scanpy's grid (measured)
+    return (widest + 0.3) / axes_width  # + the next panel's axis label and a gap
 
 
 def _resolve_basis(adata: Any, basis: str) -> str:
@@ -112,16 +135,18 @@ def _resolve_basis(adata: Any, basis: str) -> str:
 
 
 def _begin(save: str | os.PathLike[str] | None, show: bool | None) -> bool:
-    """Resolve ``show`` (default: only when not saving) and pick a non-GUI backend if hidden."""
-    import matplotlib
+    """Check ``save`` and resolve ``show`` (default: only when not saving). The session's
+    matplotlib backend is left alone (a notebook's inline backend keeps working)."""
+    if isinstance(save, bool) or (save is not None and not isinstance(save, (str, os.PathLike))):
+        raise InputError(f"save= takes a file path such as 'umap.png' (the format follows the extension), "
+                         f"not {save!r}.")
+    return bool(show) if show is not None else save is None
 
-    show = bool(show) if show is not None else save is None
-    if not show:
-        matplotlib.use("Agg", force=False)
-    return show
 
-
-def _finish(fig: Any, save: str | os.PathLike[str] | None, show: bool | None, dpi: int) -> Any:
+def _finish(fig: Any, save: str | os.PathLike[str] | None, show: bool | None, dpi: int,
+            *, close: bool = True) -> Any:
+    """Save (atomically) and show the figure; a figure not shown is closed unless ``close=False``
+    (drawn into the caller's axes)."""
     import matplotlib.pyplot as plt
 
     if save is not None:
@@ -130,7 +155,7 @@ def _finish(fig: Any, save: str | os.PathLike[str] | None, show: bool | None, dp
             fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=suffix)
     if show:
         plt.show()
-    else:
+    elif close:
         plt.close(fig)
     return fig
 
@@ -221,11 +246,15 @@ def metrics_bar(
     if not metrics:
         raise ScelmoError("No numeric metric columns to plot.")
     n_m, n_x = len(df), len(metrics)
+    if n_m == 0:
+        raise InputError("The table has no rows; give one row per method.")
     width = 0.8 / n_m
     fig, ax = plt.subplots(figsize=(max(5, 1.3 * n_x + 2), 3.8))
     x = np.arange(n_x)
+    colors = _distinct_colors(n_m)
     for i, (_, row) in enumerate(df.iterrows()):
-        ax.bar(x + (i - (n_m - 1) / 2) * width, [row[m] for m in metrics], width, label=str(row[method_col]))
+        ax.bar(x + (i - (n_m - 1) / 2) * width, [row[m] for m in metrics], width, label=str(row[method_col]),
+               color=colors[i])
     ax.set_xticks(x, metrics, rotation=20, ha="right")
     ax.set_ylabel("score")
     ax.legend(frameon=False, fontsize="small", bbox_to_anchor=(1.01, 1), loc="upper left")
@@ -233,6 +262,18 @@ def metrics_bar(
     if title:
         ax.set_title(title)
     return _finish(fig, save, show, dpi)
+
+
+def _distinct_colors(n: int) -> list[Any]:
+    """``n`` colours no two of which are the same: matplotlib's default cycle up to 10,
+    tab20 up to 20, then evenly spaced hues of a perceptual map."""
+    import matplotlib as mpl
+
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    if n <= 20:
+        return list(mpl.colormaps["tab20"].colors[:n])
+    return [mpl.colormaps["turbo"](x) for x in np.linspace(0.03, 0.97, n)]
 
 
 def confusion_matrix(
@@ -401,11 +442,13 @@ def in_silico_ranking(
             raise ScelmoError(f"adata.uns[{key!r}] not found. Run `scelmo.tl.in_silico_deletion` first.")
         info = data.uns[key]
         cols = [c for c, v in info.items() if c != "genes" and np.ndim(v) == 1 and len(v) == len(info["genes"])]
-        df = pd.DataFrame({c: np.asarray(info[c]) for c in cols}, index=np.asarray(info["genes"]).astype(str))
+        # (str() per name: a zarr round trip gives numpy's StringDType, which .astype(str) refuses)
+        df = pd.DataFrame({c: np.asarray(info[c]) for c in cols}, index=pd.Index([str(g) for g in info["genes"]]))
     source, target, factor = info.get("source"), info.get("target"), info.get("factor")
     scored = _IN_SILICO_SCORES.get(str(info.get("score", "")))
     if by is None:
-        by = scored or ("logit_shift" if "logit_shift" in df and df["logit_shift"].notna().any() else "delta_cosine")
+        have = [c for c in ("logit_shift", "delta_cosine") if c in df]
+        by = scored or next((c for c in have if df[c].notna().any()), have[0] if have else "logit_shift")
     if by not in df:
         raise ScelmoError(f"Column {by!r} not in the results (available: {', '.join(map(str, df.columns))}).")
     top = df.loc[df[by].dropna().sort_values(ascending=False).index[:n_top]].iloc[::-1]
@@ -522,7 +565,7 @@ def training_history(
     if hist is None or len(hist) == 0:
         raise ScelmoError("This model has no training history. Run `model.train()` first.")
     hist = pd.DataFrame(hist)
-    epoch = hist["epoch"] if "epoch" in hist else pd.Series(range(1, len(hist) + 1))
+    epoch = hist["epoch"] if "epoch" in hist else pd.Series(range(1, len(hist) + 1), index=hist.index)
     losses = [c for c in hist.columns if c not in ("epoch", "val_score") and not _is_timing(c)
               and pd.api.types.is_numeric_dtype(hist[c])]
     has_val = "val_score" in hist and hist["val_score"].notna().any()
@@ -693,8 +736,9 @@ def integration_scores(
     names = df[method_col].astype(str).to_numpy()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, max(3.2, 0.42 * len(df) + 1.2)),
                                    gridspec_kw={"width_ratios": [1, 1.3]})
+    colors = _distinct_colors(len(names))
     for i, (n, x, y) in enumerate(zip(names, batch, bio, strict=True)):
-        ax1.scatter([x], [y], s=60, color=f"C{i % 10}", label=n, zorder=3)
+        ax1.scatter([x], [y], s=60, color=colors[i], label=n, zorder=3)
     ax1.set_xlabel("batch correction")
     ax1.set_ylabel("bio conservation")
     ax1.grid(alpha=0.3)
@@ -702,14 +746,20 @@ def integration_scores(
     ax1.spines[["top", "right"]].set_visible(False)
     order = np.argsort(-np.nan_to_num(total, nan=-np.inf))
     pos = np.arange(len(order))
-    ax2.barh(pos, total[order], color=[f"C{int(i) % 10}" for i in order])
+    ax2.barh(pos, total[order], color=[colors[int(i)] for i in order])
     ax2.set_yticks(pos, names[order], fontsize="small")
     ax2.invert_yaxis()
     for p, v in zip(pos, total[order], strict=True):
         if np.isfinite(v):
             ax2.text(v, p, f" {v:.3f}", va="center", fontsize="x-small")
-    lo = float(np.nanmin(total)) if np.isfinite(total).any() else 0.0
-    ax2.set_xlim(max(0.0, lo - 0.1), min(1.0, float(np.nanmax(total)) + 0.08) if np.isfinite(total).any() else 1.0)
+    if np.isfinite(total).any():  # scib's totals lie in [0, 1]; other scores keep their own range
+        lo, hi = float(np.nanmin(total)), float(np.nanmax(total))
+        pad = 0.1 * max(hi - lo, abs(hi), 1e-12)
+        left = max(0.0, lo - pad) if lo >= 0 else lo - pad
+        right = min(1.0, hi + 0.8 * pad) if hi <= 1 else hi + 0.8 * pad
+        ax2.set_xlim(left, right if right > left else left + 1.0)
+    else:
+        ax2.set_xlim(0.0, 1.0)
     ax2.set_xlabel("total (0.6 bio + 0.4 batch)")
     ax2.spines[["top", "right"]].set_visible(False)
     if title:

@@ -218,3 +218,79 @@ def test_in_silico_ranking_x_limits_hold_every_band_and_bar():
     width = hi - lo
     assert lo < min(min(e) for e in edges) - 0.02 * width  # a margin, not the band's end on the edge
     assert hi > max(max(e) for e in edges) + 0.02 * width
+
+
+# --------------------------------------------------------------------------- trial findings (2026-12-05)
+def test_embedding_draws_into_a_given_axes_and_leaves_its_figure_open(small_adata):
+    """Trial finding: ``ax=`` (scanpy's way to fill subplots) crashed inside scanpy, which cannot
+    return a figure it did not make; ``return_fig=`` clashed with the wrapper's own."""
+    import matplotlib.pyplot as plt
+
+    fig, axs = plt.subplots(1, 2)
+    out = scelmo.pl.embedding(small_adata, basis="umap", color="group", ax=axs[1])
+    assert out is fig and plt.fignum_exists(fig.number)  # not shown, not closed: the caller's figure
+    assert axs[1].collections and not axs[0].collections
+    with pytest.raises(InputError, match="one panel"):
+        scelmo.pl.embedding(small_adata, basis="umap", color=["group", "group"], ax=axs[0])
+    plt.close(fig)
+    assert scelmo.pl.embedding(small_adata, basis="umap", color="group", return_fig=True, show=False) is not None
+    assert scelmo.pl.embedding(small_adata, basis="umap", color=[], show=False) is not None
+    with pytest.raises(InputError, match="no cells"):
+        scelmo.pl.embedding(small_adata[:0], basis="umap", show=False)
+
+
+def test_plots_leave_the_sessions_backend_alone(small_adata, monkeypatch, tmp_path):
+    """Trial finding: any plot with ``save=`` or ``show=False`` switched matplotlib to Agg, which
+    stops a notebook's inline figures (scanpy's too) for the rest of the session."""
+    monkeypatch.setattr(matplotlib, "use", lambda *a, **k: pytest.fail(f"matplotlib.use{a} was called"))
+    scelmo.pl.embedding(small_adata, basis="umap", color="group", save=tmp_path / "e.png")
+    scelmo.pl.metrics_bar([{"method": "a", "ari": 0.5}], show=False)
+
+
+def test_save_takes_a_path_not_true():
+    with pytest.raises(InputError, match="file path"):
+        scelmo.pl.metrics_bar([{"method": "a", "ari": 0.5}], save=True)
+
+
+def test_metrics_bar_and_integration_scores_give_every_method_its_own_colour():
+    """Trial finding: the 11th method took the 1st one's colour."""
+    from matplotlib.colors import to_rgba
+
+    rows = [{"method": f"m{i}", "bio_score": 0.5 + i / 100, "batch_score": 0.4, "ari": i / 12} for i in range(12)]
+    fig = scelmo.pl.metrics_bar(rows, metrics=["ari"], show=False)
+    bars = [c.patches[0].get_facecolor() for c in fig.axes[0].containers]
+    assert len({tuple(np.round(b, 4)) for b in bars}) == 12
+    fig = scelmo.pl.integration_scores(rows, show=False)
+    dots = [to_rgba(c.get_facecolor()[0]) for c in fig.axes[0].collections]
+    assert len({tuple(np.round(d, 4)) for d in dots}) == 12
+    with pytest.raises(InputError, match="no rows"):
+        scelmo.pl.metrics_bar(pd.DataFrame({"method": [], "ari": []}), show=False)
+
+
+def test_integration_scores_shows_totals_above_one():
+    """Trial finding: totals above 1 (not scib's scale) gave an inverted, empty axis."""
+    rows = [{"method": "a", "bio_score": 1.5, "batch_score": 1.2, "total": 1.38},
+            {"method": "b", "bio_score": 3.0, "batch_score": 1.5, "total": 2.4}]
+    lo, hi = scelmo.pl.integration_scores(rows, show=False).axes[1].get_xlim()
+    assert lo < 1.38 and hi > 2.4
+
+
+def test_in_silico_ranking_reads_a_zarr_round_trip_and_names_an_empty_score(tmp_path):
+    """Trial finding: zarr gives the gene names back as numpy's StringDType, which the plot's
+    ``.astype(str)`` refused; an all-NaN score was reported as a missing 'delta_cosine'."""
+    import anndata as ad
+
+    a = ad.AnnData(np.zeros((2, 3), dtype=np.float32))
+    a.uns["scelmo_in_silico"] = {"genes": np.array(["A", "B", "C"], dtype=np.dtypes.StringDType()),
+                                 "logit_shift": np.array([0.3, 0.1, -0.2]), "source": "s", "target": "t"}
+    fig = scelmo.pl.in_silico_ranking(a, show=False)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["C", "B", "A"]
+    a.uns["scelmo_in_silico"]["logit_shift"] = np.full(3, np.nan)
+    with pytest.raises(scelmo.ScelmoError, match="No gene has a value in column 'logit_shift'"):
+        scelmo.pl.in_silico_ranking(a, show=False)
+
+
+def test_training_history_of_a_history_slice_without_an_epoch_column():
+    hist = _history([0.5, 0.6, 0.7, 0.65]).drop(columns="epoch").iloc[1:]
+    fig = scelmo.pl.training_history(hist, show=False)
+    assert fig.axes[0].lines
