@@ -27,8 +27,55 @@ import numpy as np
 from scelmo.errors import InputError
 
 
+def _label_text(v: Any) -> str:
+    if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) \
+            and float(v).is_integer():
+        return str(int(v))  # 2 and 2.0 are one label
+    return str(v)
+
+
+def _labels_missing(x: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as comparable text (numbers by value: ``2 == 2.0``) and a mask of the missing
+    ones (``None``, NaN, ``pd.NA``), which must never form a class of their own."""
+    import pandas as pd
+
+    s = x if isinstance(x, pd.Series) else pd.Series(x if isinstance(x, pd.Categorical) else np.asarray(x, dtype=object)
+                                                     if not isinstance(x, np.ndarray) else x)
+    missing = s.isna().to_numpy()
+    if isinstance(s.dtype, pd.CategoricalDtype):  # (each category once: fast on a million cells)
+        cats = np.array([_label_text(c) for c in s.cat.categories] + [""], dtype=object)
+        return cats[s.cat.codes.to_numpy()].astype(str), missing
+    values = s.to_numpy(dtype=object)
+    text = np.array([_label_text(v) if not m else "" for v, m in zip(values, missing, strict=True)], dtype=object)
+    return text.astype(str), missing
+
+
 def _labels(x: Sequence[Any]) -> np.ndarray:
-    return np.asarray(x).astype(str)
+    """Labels as comparable text; missing ones become ``"(missing)"``."""
+    text, missing = _labels_missing(x)
+    return np.where(missing, "(missing)", text)
+
+
+def _scored(labels_true: Sequence[Any], labels_pred: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(true, predicted) text of the cells with a true label: a cell whose truth is unknown
+    cannot be scored; a missing prediction is a wrong one."""
+    _check_same_length(labels_true, labels_pred)
+    y, unknown = _labels_missing(labels_true)
+    p, no_call = _labels_missing(labels_pred)
+    if unknown.all():
+        raise InputError("Every true label is missing; there is nothing to score.")
+    p = np.where(no_call, "\x00(no prediction)", p)
+    return y[~unknown], p[~unknown]
+
+
+def _labelled(*labelings: Sequence[Any]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Mask of the cells with every labeling present, and each labeling's text."""
+    texts, keep = [], None
+    for lab in labelings:
+        text, missing = _labels_missing(lab)
+        texts.append(text)
+        keep = ~missing if keep is None else keep & ~missing
+    return keep, texts
 
 
 def _check_same_length(*arrays: Any) -> None:
@@ -39,19 +86,17 @@ def _check_same_length(*arrays: Any) -> None:
 
 # --------------------------------------------------------------------------- clustering
 def ari(labels_true: Sequence[Any], labels_pred: Sequence[Any]) -> float:
-    """Adjusted Rand index between two labelings."""
+    """Adjusted Rand index between two labelings (cells without a true label are left out)."""
     from sklearn.metrics import adjusted_rand_score
 
-    _check_same_length(labels_true, labels_pred)
-    return float(adjusted_rand_score(_labels(labels_true), _labels(labels_pred)))
+    return float(adjusted_rand_score(*_scored(labels_true, labels_pred)))
 
 
 def nmi(labels_true: Sequence[Any], labels_pred: Sequence[Any]) -> float:
     """Normalised mutual information (arithmetic mean normalisation, as scib)."""
     from sklearn.metrics import normalized_mutual_info_score
 
-    _check_same_length(labels_true, labels_pred)
-    return float(normalized_mutual_info_score(_labels(labels_true), _labels(labels_pred)))
+    return float(normalized_mutual_info_score(*_scored(labels_true, labels_pred)))
 
 
 def clustering_scores(labels_true: Sequence[Any], labels_pred: Sequence[Any]) -> dict[str, float]:
@@ -70,14 +115,18 @@ def silhouette(embedding: np.ndarray, labels: Sequence[Any], *, metric: str = "c
 
     With ``rescale`` the value is mapped from [-1, 1] to [0, 1] (scib's ``ASW_label``).
     Computed on a random subsample of ``sample_size`` cells (all cells when ``None``).
+    Cells without a label are left out.
     """
     from sklearn.metrics import silhouette_score
 
     X = np.asarray(embedding)
-    y = _labels(labels)
-    _check_same_length(X, y)
-    if len(set(y)) < 2:
-        raise InputError("Silhouette needs at least two distinct labels.")
+    _check_same_length(X, labels)
+    keep, (y,) = _labelled(labels)
+    X, y = X[keep], y[keep]
+    n_labels = len(set(y))
+    if n_labels < 2 or n_labels > len(y) - 1:
+        raise InputError(f"A silhouette needs at least two distinct labels and more cells than labels; got "
+                         f"{n_labels} label(s) on {len(y)} labelled cell(s).")
     s = float(silhouette_score(X, y, metric=metric, sample_size=sample_size if sample_size and len(y) > sample_size else None,
                                random_state=seed))
     return (s + 1) / 2 if rescale else s
@@ -87,19 +136,33 @@ def silhouette_batch(embedding: np.ndarray, batch: Sequence[Any], labels: Sequen
                      metric: str = "cosine") -> float:
     """Batch mixing within each label (scib's ``ASW_batch``): mean of ``1 - |s|`` over
     cells, where ``s`` is the silhouette of the batch labels computed within the cell's
-    label. 1 = batches perfectly mixed, 0 = separated. Labels with one batch are skipped."""
+    label. 1 = batches perfectly mixed, 0 = separated. As in scib-metrics, labels with one
+    batch, or with each cell in its own batch, are skipped; cells without a batch or a label
+    are left out."""
     from sklearn.metrics import silhouette_samples
 
     X = np.asarray(embedding)
-    b, y = _labels(batch), _labels(labels)
-    _check_same_length(X, b, y)
+    _check_same_length(X, batch, labels)
+    keep, (b, y) = _labelled(batch, labels)
+    X, b, y = X[keep], b[keep], y[keep]
     scores = []
     for lab in np.unique(y):
         m = y == lab
-        if len(np.unique(b[m])) < 2 or m.sum() < 3:
+        n_batches = len(np.unique(b[m]))
+        if n_batches < 2 or n_batches >= m.sum():
             continue
         scores.append(np.mean(1 - np.abs(silhouette_samples(X[m], b[m], metric=metric))))
     return float(np.mean(scores)) if scores else float("nan")
+
+
+def _labelled_cells(embedding: np.ndarray, labels: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``embedding`` with a label, and their labels' text."""
+    X = np.asarray(embedding)
+    _check_same_length(X, labels)
+    keep, (y,) = _labelled(labels)
+    if keep.sum() < 2:
+        raise InputError(f"{int(keep.sum())} cell(s) have a label; a neighbourhood metric needs at least two.")
+    return (X, y) if keep.all() else (X[keep], y[keep])
 
 
 def _knn(embedding: np.ndarray, k: int, metric: str = "cosine") -> np.ndarray:
@@ -113,9 +176,9 @@ def _knn(embedding: np.ndarray, k: int, metric: str = "cosine") -> np.ndarray:
 
 
 def knn_purity(embedding: np.ndarray, labels: Sequence[Any], *, k: int = 30, metric: str = "cosine") -> float:
-    """Mean fraction of each cell's ``k`` nearest neighbours that share its label."""
-    y = _labels(labels)
-    _check_same_length(embedding, y)
+    """Mean fraction of each cell's ``k`` nearest neighbours that share its label (cells
+    without a label are left out)."""
+    embedding, y = _labelled_cells(embedding, labels)
     nn = _knn(embedding, k, metric)
     return float((y[nn] == y[:, None]).mean())
 
@@ -128,7 +191,8 @@ def same_batch_fraction(embedding: np.ndarray, batch: Sequence[Any], *, k: int =
 
 def expected_same_batch_fraction(batch: Sequence[Any]) -> float:
     """The same-batch fraction of a perfectly mixed embedding: ``sum_b p_b^2``."""
-    _, counts = np.unique(_labels(batch), return_counts=True)
+    keep, (b,) = _labelled(batch)
+    _, counts = np.unique(b[keep], return_counts=True)
     p = counts / counts.sum()
     return float((p**2).sum())
 
@@ -137,8 +201,7 @@ def ilisi(embedding: np.ndarray, batch: Sequence[Any], *, k: int = 30, metric: s
     """Median inverse Simpson index of batch labels over each cell's ``k`` neighbours
     (1 = one batch only, up to the number of batches = perfectly mixed). Unweighted kNN,
     a simplification of the perplexity-weighted LISI of Korsunsky et al. (2019)."""
-    b = _labels(batch)
-    _check_same_length(embedding, b)
+    embedding, b = _labelled_cells(embedding, batch)
     cats, codes = np.unique(b, return_inverse=True)
     nn = _knn(embedding, k, metric)
     counts = np.zeros((len(b), len(cats)))
@@ -155,8 +218,7 @@ def graph_connectivity(embedding: np.ndarray, labels: Sequence[Any], *, k: int =
     import scipy.sparse as sp
     from scipy.sparse.csgraph import connected_components
 
-    y = _labels(labels)
-    _check_same_length(embedding, y)
+    embedding, y = _labelled_cells(embedding, labels)
     nn = _knn(embedding, k, metric)
     n = len(y)
     A = sp.csr_matrix((np.ones(nn.size), (np.repeat(np.arange(n), nn.shape[1]), nn.ravel())), shape=(n, n))
@@ -170,18 +232,22 @@ def graph_connectivity(embedding: np.ndarray, labels: Sequence[Any], *, k: int =
 
 # --------------------------------------------------------------------------- annotation
 def accuracy(labels_true: Sequence[Any], labels_pred: Sequence[Any]) -> float:
-    """Fraction of cells whose predicted label equals the true one."""
-    _check_same_length(labels_true, labels_pred)
-    return float((_labels(labels_true) == _labels(labels_pred)).mean())
+    """Fraction of cells whose predicted label equals the true one.
+
+    Labels compare by value (``2`` equals ``2.0``); cells without a true label are left
+    out, and a missing prediction counts as wrong.
+    """
+    y, p = _scored(labels_true, labels_pred)
+    return float((y == p).mean())
 
 
 def macro_f1(labels_true: Sequence[Any], labels_pred: Sequence[Any]) -> float:
-    """F1 averaged over the true classes (each class counts equally)."""
+    """F1 averaged over the true classes (each class counts equally); missing labels as in
+    :func:`accuracy`."""
     from sklearn.metrics import f1_score
 
-    _check_same_length(labels_true, labels_pred)
-    y = _labels(labels_true)
-    return float(f1_score(y, _labels(labels_pred), labels=np.unique(y), average="macro", zero_division=0))
+    y, p = _scored(labels_true, labels_pred)
+    return float(f1_score(y, p, labels=np.unique(y), average="macro", zero_division=0))
 
 
 def annotation_scores(labels_true: Sequence[Any], labels_pred: Sequence[Any]) -> dict[str, float]:

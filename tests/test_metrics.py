@@ -59,3 +59,38 @@ def test_annotation_scores():
     assert cm.loc["a", "b"] == 1 and cm.values.sum() == 4
     with pytest.raises(InputError, match="different lengths"):
         metrics.accuracy(t, p[:2])
+
+
+def test_missing_labels_are_left_out_and_numbers_compare_by_value():
+    """Trial finding: labels were compared as str(): NaN became a class "nan" that matched
+    itself (accuracy 1.0 on unlabelled cells), and 2 never equalled 2.0."""
+    import pandas as pd
+
+    nan = np.nan
+    assert metrics.accuracy(["a", "b", nan, nan], ["a", "a", "a", "b"]) == 0.5  # the two labelled cells
+    assert metrics.accuracy(["a", "b"], ["a", None]) == 0.5  # a missing prediction is wrong
+    assert metrics.macro_f1(["a", "b", nan, nan], ["a", "b", "a", "a"]) == 1.0
+    assert metrics.accuracy(pd.Categorical(["a", None, "b"]), pd.Categorical(["a", None, "a"])) == 0.5
+    assert metrics.accuracy([0, 1, 2], [0.0, 1.0, 2.0]) == 1.0
+    assert metrics.ari([0, 0, 1, 1, nan], [5.0, 5.0, 7.0, 7.0, 5.0]) == 1.0
+    with pytest.raises(InputError, match="Every true label is missing"):
+        metrics.accuracy([nan, nan], ["a", "b"])
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6, 3))
+    assert metrics.knn_purity(X, ["a", "a", "a", "b", "b", None], k=2) >= 0  # the unlabelled cell is left out
+
+
+def test_silhouettes_follow_scib_on_rare_labels_and_refuse_tiny_inputs():
+    """Trial finding: a label whose every cell is in its own batch crashed silhouette_batch
+    (scib-metrics skips it); a silhouette on as many labels as cells gave sklearn's raw error."""
+    from sklearn.metrics import silhouette_samples
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 10))
+    y = np.array(["T"] * 100 + ["B"] * 97 + ["rare"] * 3)
+    b = np.array(["b1", "b2"] * 100, dtype=object)
+    b[-3:] = ["b1", "b2", "b3"]
+    ref = np.mean([np.mean(1 - np.abs(silhouette_samples(X[y == lab], b[y == lab]))) for lab in ["B", "T"]])
+    assert metrics.silhouette_batch(X, b, y, metric="euclidean") == pytest.approx(ref)
+    with pytest.raises(InputError, match="more cells than labels"):
+        metrics.silhouette(X[:3], ["a", "b", "c"])
