@@ -14,7 +14,11 @@ function                                   what it does
 :func:`top_de_genes`                       top-n genes by ``|true delta|`` of the means
 :func:`delta_scores`                       R² / Pearson of the predicted delta (and R² of
                                            the means) on a gene subset
+:func:`align_by_gene`                      per-gene values as arrays in one gene order
+                                           (pandas Series matched by their gene labels)
 :func:`gene_perturbation_embeddings`       component vectors from gene embeddings
+:func:`lookup_gene_vectors`                rows of a gene table for names as the data spells
+                                           them (older symbols found under current ones)
 :func:`text_perturbation_embeddings`       component vectors from text descriptions
 :func:`synthetic_genetic_perturbations`    re-exported from :mod:`scelmo.datasets`, where
                                            the generator of test data lives
@@ -53,10 +57,12 @@ from scelmo.knowledge import roles
 
 __all__ = [
     "additive_shift",
+    "align_by_gene",
     "components",
     "delta_scores",
     "gene_perturbation_embeddings",
     "group_means",
+    "lookup_gene_vectors",
     "mean_shift",
     "detectable_perturbations",
     "embedding_knn",
@@ -188,11 +194,145 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / den) if den > 0 else float("nan")
 
 
+def _is_labelled(values: Any) -> bool:
+    """Whether ``values`` carry gene labels (a pandas Series: ``.index`` and ``.reindex``)."""
+    return hasattr(values, "reindex") and hasattr(values, "index") and not callable(values.index) \
+        and getattr(values, "ndim", 1) == 1
+
+
+def align_by_gene(
+    values: Sequence[Any],
+    *,
+    names: Sequence[str] | None = None,
+    reference: int = 0,
+) -> tuple[list[np.ndarray], list[str] | None]:
+    """Per-gene values (means, deltas) as float arrays in one gene order.
+
+    pandas Series (e.g. :meth:`scelmo.Model.predict_perturbation` with ``mean=True``,
+    indexed by the model's gene order) are matched by their gene labels, in the order of
+    ``values[reference]``; plain arrays are taken position by position and must all have
+    the same length. Mixing the two is refused, since an array's gene order is unknown.
+
+    Parameters
+    ----------
+    values
+        The vectors (Series or array-likes), one value per gene each.
+    names
+        What to call each vector in error messages (default ``values[0]``, ``values[1]``, ...).
+    reference
+        Which vector's gene order the result follows (for Series).
+
+    Returns
+    -------
+    ``(arrays, genes)``: the float64 arrays and the gene labels of their order (``None``
+    for plain arrays).
+
+    Raises
+    ------
+    InputError
+        When Series have duplicate labels or are labelled by different genes, when Series
+        and arrays are mixed, or when arrays differ in length.
+    """
+    arrays, index = _align(values, names, reference)
+    return arrays, None if index is None else [str(g) for g in index]
+
+
+def _align(values: Sequence[Any], names: Sequence[str] | None, reference: int) -> tuple[list[np.ndarray], Any]:
+    """:func:`align_by_gene`, returning the reference Series' index itself (``None`` for arrays)."""
+    labels = list(names) if names is not None else [f"values[{i}]" for i in range(len(values))]
+    if not values or len(labels) != len(values):
+        raise InputError(f"Give one or more vectors and one name per vector (got {len(labels)} names for "
+                         f"{len(values)} vectors).")
+    labelled = [_is_labelled(v) for v in values]
+    if not any(labelled):
+        arrays = [np.asarray(v, dtype=np.float64).ravel() for v in values]
+        if len({a.size for a in arrays}) > 1:
+            raise InputError(
+                f"{', '.join(labels)} must have one value per gene; got lengths "
+                f"{', '.join(str(a.size) for a in arrays)}."
+            )
+        return arrays, None
+    if not all(labelled):
+        series = [n for n, is_s in zip(labels, labelled, strict=True) if is_s]
+        plain = [n for n, is_s in zip(labels, labelled, strict=True) if not is_s]
+        raise InputError(
+            f"{', '.join(series)} {'is a pandas Series' if len(series) == 1 else 'are pandas Series'} (values by "
+            f"gene) but {', '.join(plain)} {'is' if len(plain) == 1 else 'are'} not, so the genes cannot be matched. "
+            "Pass all as Series (matched by gene label) or all as arrays in one gene order (Series.to_numpy())."
+        )
+    ref = values[reference].index
+    for n, v in zip(labels, values, strict=True):
+        _check_same_genes(v.index, n, ref, labels[reference])
+    return [np.asarray(v.reindex(ref), dtype=np.float64).ravel() for v in values], ref
+
+
+def _check_same_genes(index: Any, name: str, ref: Any, ref_name: str) -> None:
+    """An error unless ``index`` holds each gene of ``ref`` exactly once (in any order)."""
+    if index.has_duplicates:
+        dup = index[index.duplicated()].unique()
+        raise InputError(f"{name} has duplicate gene labels (e.g. {', '.join(map(str, dup[:5]))}); give each gene once.")
+    if index.equals(ref):
+        return
+    only_here, only_ref = index.difference(ref), ref.difference(index)
+    if len(only_here) or len(only_ref):
+        raise InputError(
+            f"{name} and {ref_name} are labelled by different genes: {len(only_here)} only in {name} "
+            f"(e.g. {', '.join(map(str, only_here[:3])) or '-'}), {len(only_ref)} only in {ref_name} "
+            f"(e.g. {', '.join(map(str, only_ref[:3])) or '-'}). Select the shared genes of both first, e.g. "
+            "s[s.index.intersection(other.index)]."
+        )
+
+
+def _gene_positions(genes: Any, n: int, ref: Any) -> np.ndarray:
+    """Positions of the genes to score: indices, a boolean mask or, for labelled means (``ref``:
+    their gene index), gene names or a boolean Series matched by label."""
+    if genes is None:
+        return np.arange(n)
+    if _is_labelled(genes):
+        if ref is None:
+            raise InputError(
+                "genes is a pandas Series but the means are plain arrays, so its labels cannot be matched; "
+                "pass the means as Series too, or genes as positions / a boolean array."
+            )
+        if genes.dtype == bool:
+            _check_same_genes(genes.index, "the gene mask", ref, "true_mean")
+            return np.flatnonzero(np.asarray(genes.reindex(ref), dtype=bool))
+        genes = genes.to_numpy()
+    g = np.asarray(genes).ravel()
+    if g.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if g.dtype == bool:
+        if g.size != n:
+            raise InputError(
+                f"The boolean gene mask has {g.size} entries but there are {n} genes; give one True/False per gene "
+                "(or the indices of the genes to score)."
+            )
+        return np.flatnonzero(g)
+    if g.dtype.kind in "iu" or (g.dtype.kind == "f" and np.isfinite(g).all() and (g == np.round(g)).all()):
+        idx = g.astype(np.int64)
+        bad = idx[(idx < -n) | (idx >= n)]
+        if bad.size:
+            raise InputError(f"Gene indices {bad[:5].tolist()} are out of range for {n} genes.")
+        return idx
+    if g.dtype.kind in "OUS":
+        if ref is None:
+            raise InputError(
+                "genes holds names, but the means are plain arrays without gene labels; pass the means as "
+                "pandas Series indexed by gene, or genes as positions / a boolean mask."
+            )
+        pos = ref.get_indexer(g)
+        if (pos < 0).any():
+            unknown = [str(x) for x, i in zip(g, pos, strict=True) if i < 0]
+            raise InputError(f"{len(unknown)} gene(s) to score are not among the means' genes: {unknown[:5]}.")
+        return pos.astype(np.int64)
+    raise InputError(f"genes must be gene indices, a boolean mask or gene names; got values of type {g.dtype}.")
+
+
 def delta_scores(
-    predicted_mean: np.ndarray,
-    true_mean: np.ndarray,
-    control_mean: np.ndarray,
-    genes: np.ndarray | Sequence[int] | None = None,
+    predicted_mean: Any,
+    true_mean: Any,
+    control_mean: Any,
+    genes: Any = None,
 ) -> dict[str, float]:
     """How well a predicted mean profile matches the truth, on a gene subset.
 
@@ -200,24 +340,23 @@ def delta_scores(
     ----------
     predicted_mean, true_mean, control_mean
         Mean expression vectors (one value per gene) of the prediction, of the observed
-        perturbed cells and of the control cells the prediction started from.
+        perturbed cells and of the control cells the prediction started from: all arrays
+        in one gene order, or all pandas Series, which are matched by gene label (see
+        :func:`align_by_gene`; labels that differ are an error).
     genes
-        Indices of the genes to score (e.g. :func:`top_de_genes`); all genes if ``None``.
+        The genes to score: indices (e.g. :func:`top_de_genes`), a boolean mask with one
+        entry per gene, or (Series means) gene names; all genes if ``None``. With Series
+        means, indices and an unlabelled mask refer to ``true_mean``'s gene order and a
+        boolean Series is matched by label.
 
     Returns
     -------
     ``{"r2_delta", "pearson_delta", "r2_mean", "mse_delta", "n_genes"}`` where
     delta = mean - control_mean (see the module docstring).
     """
-    pred = np.asarray(predicted_mean, dtype=np.float64).ravel()
-    true = np.asarray(true_mean, dtype=np.float64).ravel()
-    ctrl = np.asarray(control_mean, dtype=np.float64).ravel()
-    if not (pred.shape == true.shape == ctrl.shape):
-        raise InputError(
-            f"predicted_mean, true_mean and control_mean must have one value per gene; got lengths "
-            f"{pred.size}, {true.size}, {ctrl.size}."
-        )
-    idx = np.arange(pred.size) if genes is None else np.asarray(genes, dtype=np.int64)
+    (pred, true, ctrl), ref = _align([predicted_mean, true_mean, control_mean],
+                                     ["predicted_mean", "true_mean", "control_mean"], 1)
+    idx = _gene_positions(genes, true.size, ref)
     if idx.size < 2:
         raise InputError("Score at least 2 genes (pass more gene indices).")
     dp, dt = (pred - ctrl)[idx], (true - ctrl)[idx]
@@ -247,9 +386,7 @@ def gene_perturbation_embeddings(
     Raises :class:`~scelmo.errors.InputError` naming the genes the table lacks.
     """
     wanted = sorted({c for n in names for c in components(n, sep=sep, control=control)})
-    vocab = roles.vocabulary() if any(g not in gene_embeddings for g in wanted) else None
-    symbols = vocab.resolve(wanted).symbols if vocab is not None else wanted
-    mat, found = gene_embeddings.aligned(gene_embeddings.keys_for(wanted, symbols))
+    mat, found = lookup_gene_vectors(wanted, gene_embeddings)
     missing = [g for g, f in zip(wanted, found, strict=True) if not f]
     if missing:
         raise InputError(
@@ -257,6 +394,37 @@ def gene_perturbation_embeddings(
             "`scelmo.tl.embed_genes(genes=[...])`, or give their vectors explicitly."
         )
     return {g: mat[i] for i, g in enumerate(wanted)}
+
+
+def lookup_gene_vectors(
+    names: Sequence[str],
+    gene_embeddings: Any,
+    *,
+    conditioned: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a :class:`~scelmo.genes.GeneEmbeddings` for gene names as the data spells them.
+
+    A name the table lacks is looked up under the symbol the gene vocabulary resolves it
+    to: ``embed_genes`` keys an older symbol or alias by its current one (MARCH8 -> MARCHF8),
+    while perturbation labels keep the name of the screen.
+
+    Parameters
+    ----------
+    names
+        Gene names (e.g. perturbation components).
+    gene_embeddings
+        The gene table.
+    conditioned
+        Return the table's conditioned vectors (as :meth:`~scelmo.genes.GeneEmbeddings.aligned`).
+
+    Returns
+    -------
+    ``(vectors, found)``: one row per name (zeros where not found) and the mask of found ones.
+    """
+    names = [str(n) for n in names]
+    vocab = roles.vocabulary() if any(g not in gene_embeddings for g in names) else None
+    symbols = vocab.resolve(names).symbols if vocab is not None else names
+    return gene_embeddings.aligned(gene_embeddings.keys_for(names, symbols), conditioned=conditioned)
 
 
 def text_perturbation_embeddings(descriptions: Mapping[str, str], *, settings: Any = None) -> dict[str, np.ndarray]:

@@ -13,6 +13,7 @@ from scelmo import keys
 from scelmo.errors import InputError, ScelmoError
 from scelmo.io import atomic_path
 from scelmo.metrics import confusion
+from scelmo.perturbation import align_by_gene
 
 
 def embedding(
@@ -644,15 +645,20 @@ def perturbation_deltas(
     nrows = -(-len(names) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.0 * nrows), squeeze=False)
     for ax, p in zip(axes.ravel(), names, strict=False):
-        obs = np.asarray(observed[p], dtype=float).ravel()
         for i, (method, preds) in enumerate(predicted.items()):
             if p not in preds:
                 continue
-            pred = np.asarray(preds[p], dtype=float).ravel()
-            if pred.shape != obs.shape:
-                raise ScelmoError(f"{method!r} predicts {pred.size} genes for {p!r} but {obs.size} were observed.")
+            # (Series are matched by gene label, arrays by position: a prediction in the model's
+            # gene order is not paired with another order's observation)
+            obs_p, pred_p = observed[p], preds[p]
+            if np.ndim(obs_p) == 1 and np.ndim(pred_p) == 1 and np.size(obs_p) != np.size(pred_p):
+                raise ScelmoError(f"{method!r} predicts {np.size(pred_p)} genes for {p!r} but {np.size(obs_p)} "
+                                  "were observed.")
+            (obs, pred), _ = align_by_gene([obs_p, pred_p], names=[f"observed[{p!r}]", f"{method}[{p!r}]"])
+            obs, pred = obs.ravel(), pred.ravel()
             r = np.corrcoef(obs, pred)[0, 1] if obs.std() > 0 and pred.std() > 0 else float("nan")
             ax.scatter(obs, pred, s=6, alpha=0.6, color=f"C{i}", label=f"{method} (r={r:.2f})")
+        obs = np.asarray(observed[p], dtype=float).ravel()
         lim = float(np.nanmax(np.abs(obs))) * 1.1 or 1.0
         ax.plot([-lim, lim], [-lim, lim], color="k", lw=0.6)
         ax.axhline(0, color="0.6", lw=0.5)

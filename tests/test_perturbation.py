@@ -49,6 +49,33 @@ def test_delta_scores_on_hand_made_cases():
         P.delta_scores(true[:3], true, ctrl)
 
 
+def test_delta_scores_match_series_by_gene_and_read_boolean_masks():
+    """Trial finding: Series were paired by position (a perfect prediction in another gene order
+    scored 0.04, silently) and a boolean mask was read as the indices 0 and 1."""
+    rng = np.random.default_rng(0)
+    genes = [f"G{i}" for i in range(60)]
+    ctrl = pd.Series(rng.random(60), index=genes)
+    true = ctrl + pd.Series(rng.normal(0, 1, 60), index=genes)
+    shuffled = true.sample(frac=1, random_state=0)  # a perfect prediction, in another gene order
+    assert P.delta_scores(shuffled, true, ctrl)["pearson_delta"] == pytest.approx(1.0)
+    mask = np.zeros(60, bool)
+    mask[:20] = True
+    pred = true + pd.Series(rng.normal(0, 0.5, 60), index=genes)
+    by_mask = P.delta_scores(pred, true, ctrl, mask)
+    assert by_mask["n_genes"] == 20 and by_mask == P.delta_scores(pred, true, ctrl, np.arange(20))
+    assert P.delta_scores(pred.to_numpy(), true.to_numpy(), ctrl.to_numpy(), mask) == by_mask
+    assert P.delta_scores(pred, true, ctrl, pd.Series(mask, index=genes).sample(frac=1, random_state=1)) == by_mask
+    assert P.delta_scores(pred, true, ctrl, genes[:20]) == by_mask  # gene names, for labelled means
+    with pytest.raises(InputError, match="labelled by different genes"):
+        P.delta_scores(pred.rename(index={"G0": "X"}), true, ctrl)
+    with pytest.raises(InputError, match="cannot be matched"):
+        P.delta_scores(pred, true.to_numpy(), ctrl)
+    with pytest.raises(InputError, match="one True/False per gene"):
+        P.delta_scores(pred, true, ctrl, mask[:30])
+    (a, b), order = P.align_by_gene([shuffled, true])
+    assert order == list(shuffled.index) and np.array_equal(a, b)
+
+
 def test_top_de_genes_and_mean_shift():
     ctrl = np.array([0.0, 0.0, 0.0, 0.0])
     pert = np.array([0.1, -3.0, 2.0, 0.0])
@@ -303,10 +330,41 @@ def test_driven_by_scelmo_model(tmp_path, synthetic):
     # (it was refused, with a hint naming an argument that does not exist); empty names are errors
     held_out = next(g for g in adata.var_names if g not in model.head.components and g not in names)
     out = model.predict_perturbation(ctrl, held_out, mean=True)
-    assert np.isfinite(out).all() and held_out in model.head.components
+    assert np.isfinite(out).all() and held_out not in model.head.components  # predicting changes nothing
     for bad in ("", " ", "+", f"{names[0]}+"):
         with pytest.raises(InputError, match="empty"):
             model.predict_perturbation(ctrl, bad)
+
+
+def test_a_trained_component_in_other_case_is_that_component_and_predicting_changes_nothing(synthetic):
+    """Trial finding: predict_perturbation(ctrl, "Jak2") on a model trained on "JAK2" predicted an
+    untrained component from JAK2's gene vector (another prediction, a "not trained on" warning)
+    and kept "Jak2" as a new component of the model."""
+    from scelmo.model import Model
+
+    adata, ge = synthetic
+    adata = adata[:900].copy()
+    adata.varm["scelmo"], _ = ge.aligned(list(adata.var_names))
+    names = list(adata.obs["perturbation"].cat.remove_unused_categories().cat.categories[1:])
+    Model.setup_anndata(adata, perturbation_key="perturbation")
+    model = Model(adata, head="perturbation", hidden=16, latent=4, control="ctrl", unseen_scale=0.0)
+    model.train(max_epochs=1, progress=False)
+    ctrl = adata[adata.obs["perturbation"] == "ctrl"][:5].copy()
+    before = list(model.head.components)
+    name = names[0]
+    exact = model.predict_perturbation(ctrl, name, mean=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "not trained on" warning
+        other = model.predict_perturbation(ctrl, name.lower(), mean=True)
+        per_cell = model.predict_perturbation(ctrl, [name.capitalize()] * 4 + ["ctrl"])
+    np.testing.assert_allclose(other.to_numpy(), exact.to_numpy(), atol=1e-6)
+    np.testing.assert_allclose(per_cell.iloc[0].to_numpy(), model.predict_perturbation(ctrl, name).iloc[0], atol=1e-6)
+    held_out = next(g for g in adata.var_names if g not in before)  # a measured gene never trained on
+    with pytest.warns(Warning, match="not trained on"):
+        model.predict_perturbation(ctrl, held_out)
+    with pytest.warns(Warning, match="NEW was not trained on"):
+        model.predict_perturbation(ctrl, "NEW", perturbation_embeddings={"NEW": np.ones(48)})
+    assert model.head.components == before  # predicting never adds a component
 
 
 def test_model_checks_perturbation_columns_before_embedding_genes(synthetic):
@@ -355,6 +413,87 @@ def test_cli_train_and_predict_perturbation(tmp_path, synthetic):
     assert res.exit_code == 0, res.output
     out = ad.read_h5ad(tmp_path / "pred.h5ad")
     assert out.shape == (20, adata.n_vars) and (out.obs["scelmo_perturbation"] == name).all()
+
+
+def _cli_knockouts(labels):
+    """A small screen of real gene names, log-normalised, as an .h5ad: 80 control cells and 30
+    cells per label (shifted on a few genes)."""
+    import anndata as ad
+
+    import scelmo.datasets as sd
+
+    genes = list(sd.pbmc68k_reduced().var_names[:60])
+    rng = np.random.default_rng(0)
+    X = [rng.gamma(2.0, 0.5, size=(80, 60))]
+    for k, _ in enumerate(labels):
+        x = rng.gamma(2.0, 0.5, size=(30, 60))
+        x[:, 3 * k : 3 * k + 3] += 1.5
+        X.append(x)
+    obs = pd.DataFrame({"perturbation": ["non-targeting"] * 80 + [p for p in labels for _ in range(30)]})
+    obs.index = obs.index.astype(str)
+    a = ad.AnnData(np.vstack(X).astype(np.float32), obs=obs, var=pd.DataFrame(index=genes))
+    return a
+
+
+def _cli():
+    from click.testing import CliRunner
+
+    from scelmo import plugin as plugins
+    from scelmo.cli import cli
+
+    plugins.add_commands(cli)
+    return CliRunner(), cli
+
+
+def test_cli_trains_on_targets_under_old_symbols_and_gives_command_line_advice(tmp_path):
+    """Trial finding: `scelmo train --head perturbation` on the Papalexi screen failed, since the
+    CLI embedded the unmeasured target MARCH8, embed_genes keyed it by MARCHF8 and the lookup asked
+    for MARCH8; the error then told a shell user to pass perturbation_embeddings={...}."""
+    a = _cli_knockouts(["MARCH8", "STAT1", "JAK2"])
+    assert "MARCH8" not in a.var_names and "STAT1" not in a.var_names
+    a.write_h5ad(tmp_path / "screen.h5ad")
+    r, cli = _cli()
+    base = ["train", str(tmp_path / "screen.h5ad"), "--head", "perturbation", "--perturbation-key", "perturbation",
+            "--option", 'control="non-targeting"', "--option", "hidden=8", "--option", "latent=4", "--max-epochs", "1"]
+    res = r.invoke(cli, [*base, "-o", str(tmp_path / "m")])
+    assert res.exit_code == 0, res.output
+    from scelmo.model import Model
+
+    assert "MARCH8" in Model.load(tmp_path / "m").head.seen_components
+    a[a.obs["perturbation"] == "non-targeting"][:10].copy().write_h5ad(tmp_path / "ctrl.h5ad")
+    res = r.invoke(cli, ["predict", str(tmp_path / "ctrl.h5ad"), "-m", str(tmp_path / "m"), "-o",
+                         str(tmp_path / "p.h5ad"), "--perturbation", "MARCHF8"])  # the current symbol
+    assert res.exit_code == 0 and "predicted as the trained component 'MARCH8'" in res.output, res.output
+    a.obs["perturbation"] = a.obs["perturbation"].replace({"JAK2": "NOT_A_GENE"})
+    a.write_h5ad(tmp_path / "bad.h5ad")
+    res = r.invoke(cli, [*base[:1], str(tmp_path / "bad.h5ad"), *base[2:], "-o", str(tmp_path / "m2")])
+    assert res.exit_code != 0 and "NOT_A_GENE" in res.output and "command line" in res.output
+    assert "Pass perturbation_embeddings" not in res.output  # (advice a shell user cannot follow)
+
+
+def test_cli_predicts_a_held_out_target_the_data_does_not_measure(tmp_path):
+    """Trial finding: `scelmo predict --perturbation CAV1` (a held-out knockout of a gene the data
+    does not measure) failed with advice to call head.add_embeddings; it is embedded as train does."""
+    a = _cli_knockouts(["STAT1", "JAK2", "IFNGR1", "CAV1"])
+    a[a.obs["perturbation"] != "CAV1"].copy().write_h5ad(tmp_path / "train.h5ad")
+    a[a.obs["perturbation"] == "non-targeting"][:10].copy().write_h5ad(tmp_path / "ctrl.h5ad")
+    r, cli = _cli()
+    res = r.invoke(cli, ["train", str(tmp_path / "train.h5ad"), "-o", str(tmp_path / "m"), "--head", "perturbation",
+                         "--perturbation-key", "perturbation", "--option", 'control="non-targeting"',
+                         "--option", "hidden=8", "--option", "latent=4", "--max-epochs", "1"])
+    assert res.exit_code == 0, res.output
+    import anndata as ad
+
+    from scelmo.model import Model
+
+    res = r.invoke(cli, ["predict", str(tmp_path / "ctrl.h5ad"), "-m", str(tmp_path / "m"), "-o",
+                         str(tmp_path / "cav1.h5ad"), "--perturbation", "CAV1"])
+    assert res.exit_code == 0, res.output
+    assert ad.read_h5ad(tmp_path / "cav1.h5ad").shape == (10, 60)
+    assert "CAV1" not in Model.load(tmp_path / "m").head.components  # the saved model is unchanged
+    res = r.invoke(cli, ["predict", str(tmp_path / "ctrl.h5ad"), "-m", str(tmp_path / "m"), "-o",
+                         str(tmp_path / "x.h5ad"), "--perturbation", "NOT_A_GENE"])
+    assert res.exit_code != 0 and "command line" in res.output and "add_embeddings" not in res.output
 
 
 # --------------------------------------------------------------------------- shared response

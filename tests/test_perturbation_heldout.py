@@ -118,6 +118,24 @@ def test_head_predicts_held_out_knockouts_from_their_vectors(papalexi_small):
                                  control=CONTROL, options=opts, training=train)
 
 
+def test_held_out_targets_check_the_labels_and_the_control_name_first():
+    """Trial findings: labels for fewer cells than X has (sparse X) were accepted and only the first
+    rows used; a wrong control= was reported as a missing vector for the real control's name."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    X = sp.csr_matrix(rng.gamma(2.0, 0.5, size=(60, 12)).astype(np.float32))
+    pert = np.array([CONTROL] * 30 + ["A"] * 10 + ["B"] * 10 + ["C"] * 10)
+    vec = {t: rng.normal(size=8) for t in "ABC"}
+    kw = {"options": {"hidden": 8, "latent": 4, "mmd_weight": 0.0}, "training": {"max_epochs": 1, "progress": False}}
+    with pytest.raises(InputError, match="X has 60 cells but 50 perturbation labels"):
+        predict_held_out_targets(X, pert[10:], vec, held_out=["C"], control=CONTROL, **kw)
+    with pytest.raises(InputError, match="no cell has perturbation 'ctrl'.*likely: 'non-targeting'"):
+        predict_held_out_targets(X, pert, vec, held_out=["C"], control="ctrl", **kw)
+    pred, head = predict_held_out_targets(X, pert, vec, held_out=["C"], control=CONTROL, **kw)
+    assert pred["C"].shape == (12,) and "C" in head.components  # the returned head keeps the held-out vector
+
+
 def test_perturbation_deltas_plot(tmp_path):
     import scelmo
 

@@ -294,3 +294,13 @@ def test_training_history_of_a_history_slice_without_an_epoch_column():
     hist = _history([0.5, 0.6, 0.7, 0.65]).drop(columns="epoch").iloc[1:]
     fig = scelmo.pl.training_history(hist, show=False)
     assert fig.axes[0].lines
+
+
+def test_perturbation_deltas_pairs_series_by_gene():
+    """Trial finding: Series were paired by position, so a perfect prediction in the model's
+    gene order scored r = -0.04 in the legend."""
+    genes = [f"g{i}" for i in range(30)]
+    obs = pd.Series(np.random.default_rng(0).normal(size=30), index=genes)
+    pred = obs.iloc[::-1]  # the same values, in another gene order
+    fig = scelmo.pl.perturbation_deltas({"KO": obs}, {"model": {"KO": pred}}, show=False)
+    assert fig.axes[0].get_legend().get_texts()[0].get_text() == "model (r=1.00)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from scelmo import perturbation as P
 from scelmo import plugin as plugins
 from scelmo.cli import _parse_value
 from scelmo.errors import InputError, ScelmoError
+from scelmo.genes import GeneEmbeddings
+from scelmo.knowledge import roles
 from scelmo.model import MODEL_FILE
 
 from .device import resolve_device
@@ -25,26 +28,65 @@ def _ensure_gene_vectors(adata: Any, config: dict[str, Any]) -> None:
         tl.embed_genes(adata, config=config)
 
 
-def _unmeasured_gene_vectors(adata: Any, key: str, control: str | None, config: dict[str, Any],
-                             gene_embeddings: str | None) -> dict[str, Any] | None:
-    """Gene vectors for the perturbed genes the data does not measure (a knocked-out gene is often
-    filtered out), embedded with the configured roles as ``scelmo embed-genes`` would and
-    conditioned like the measured genes' vectors (with the model's gene table's fit)."""
+def _embed_genes_now(names: list[str], table: GeneEmbeddings, config: dict[str, Any], why: str) -> dict[str, Any]:
+    """Vectors of the genes ``names`` embedded now with the configured roles, as ``scelmo embed-genes``
+    would, keyed by the names as given (``embed_genes`` keys an older symbol by its current one:
+    MARCH8 -> MARCHF8) and conditioned like ``table``'s vectors. Names the gene vocabulary does not
+    know are left out."""
+    vocab = roles.vocabulary()
+    genes = [n for n, s in zip(names, vocab.resolve(names).symbols, strict=True) if s] if vocab is not None else names
+    if not genes:
+        return {}
+    click.echo(f"Embedding {len(genes)} perturbed gene(s) {why} ({', '.join(genes[:5])}"
+               f"{', ...' if len(genes) > 5 else ''}) ...", err=True)
+    raw, found = P.lookup_gene_vectors(genes, tl.embed_genes(genes=genes, config=config))
+    if not found.any():
+        return {}
+    cond = table.conditioning if table.conditioning is not None else table.condition().conditioning
+    vectors = cond.apply(raw[found])
+    return dict(zip([g for g, f in zip(genes, found, strict=True) if f], vectors, strict=True))
+
+
+def _no_vector_error(unknown: list[str], known: list[str] | None = None) -> InputError:
+    """The command line's error for perturbation components that have no vector (``known``: the
+    trained model's components, at prediction)."""
+    python = ("model.predict_perturbation(cells, NAME, perturbation_embeddings=...)" if known is not None else
+              "scelmo.Model(..., perturbation_embeddings=...)")
+    return InputError(
+        f"No vector for perturbation component(s) {unknown[:10]}: "
+        + (f"the model was not trained on them (it knows {', '.join(known[:8])}{', ...' if len(known) > 8 else ''}), "
+           if known is not None else "")
+        + "and they are not genes the configured knowledge knows (gene symbols, aliases or Ensembl IDs). Check the "
+        "spelling and the control name (--option control=NAME at training). A perturbation that is not a gene (a drug, "
+        f"a stimulus) needs a vector from its description, which the command line cannot make: use Python, {python} "
+        "with vectors from scelmo.perturbation.text_perturbation_embeddings({name: description})."
+    )
+
+
+def _perturbed_gene_vectors(adata: Any, key: str, options: Any, config: dict[str, Any],
+                            gene_embeddings: str | None) -> dict[str, Any] | None:
+    """Vectors of the perturbed genes, conditioned like the measured genes' vectors (with the model's
+    gene table's fit): from the model's gene table where it has the gene (found under the data's name:
+    MARCH8 for a table keyed by MARCHF8), else embedded now with the configured roles (a knocked-out
+    gene is often not measured). ``options``: the head's (control name, separator). An error with
+    command-line advice for components without a vector."""
 
     if key not in adata.obs:
         return None  # setup_anndata reports the missing column
-    measured = {str(g).upper() for g in adata.var_names}
-    comps = {c for p in adata.obs[key].astype(str).unique() for c in P.components(p, control=control)}
-    missing = sorted(c for c in comps if c.upper() not in measured)
-    if not missing:
+    comps = sorted({c for p in adata.obs[key].astype(str).unique()
+                    for c in P.components(p, sep=options.separator, control=options.control)})
+    if not comps:
         return None
-    click.echo(f"Embedding {len(missing)} perturbed gene(s) the data does not measure ({', '.join(missing[:5])}"
-               f"{', ...' if len(missing) > 5 else ''}) ...", err=True)
-    extra = tl.embed_genes(genes=missing, config=config)
-    raw, found = extra.aligned(missing)
-    cond = Model._gene_table(adata, gene_embeddings, config).condition().conditioning
-    vectors = cond.apply(raw[found])
-    return dict(zip([g for g, f in zip(missing, found, strict=True) if f], vectors, strict=True))
+    table = Model._gene_table(adata, gene_embeddings, config)
+    have, found = P.lookup_gene_vectors(comps, table, conditioned=True)
+    out = {c: have[i] for i, c in enumerate(comps) if found[i]}
+    missing = [c for c in comps if c not in out]
+    if missing:
+        out |= _embed_genes_now(missing, table, config, "without a gene vector in the data (not measured)")
+    unknown = [c for c in comps if c not in out]
+    if unknown:
+        raise _no_vector_error(unknown)
+    return out
 
 
 def add_commands(cli: Any) -> None:
@@ -94,11 +136,13 @@ def add_commands(cli: Any) -> None:
         adata = io.read_input(input)
         scelmo.Model.setup_anndata(adata, labels_key=labels_key, batch_key=batch_key, layer=layer,
                                    perturbation_key=perturbation_key)  # checks the columns and the layer
+        if perturbation_key:  # e.g. the control name, before any gene is embedded
+            probe.check_inputs(perturbations=adata.obs[perturbation_key].to_numpy(dtype=object))
         if gene_embeddings is None:
             _ensure_gene_vectors(adata, config)
         if head == "perturbation" and perturbation_key and "perturbation_embeddings" not in head_options:
-            head_options["perturbation_embeddings"] = _unmeasured_gene_vectors(
-                adata, perturbation_key, head_options.get("control"), config, gene_embeddings)
+            head_options["perturbation_embeddings"] = _perturbed_gene_vectors(
+                adata, perturbation_key, probe.options, config, gene_embeddings)
         model = scelmo.Model(adata, head=head, gene_embeddings=gene_embeddings, **head_options)
         t0 = time.perf_counter()
         model.train(max_epochs=max_epochs, batch_size=batch_size, lr=lr,
@@ -153,7 +197,15 @@ def add_commands(cli: Any) -> None:
                 raise ScelmoError("This is a perturbation model: say which perturbation with --perturbation NAME.")
             import anndata as ad
 
-            pred = model.predict_perturbation(adata, perturbation, device=device)
+            with warnings.catch_warnings():  # (predict_perturbation says them)
+                warnings.simplefilter("ignore")
+                _, _, unknown = model._perturbation_inputs(perturbation)
+            vectors = None
+            if unknown:  # a held-out target the data does not measure: embedded as `scelmo train` does
+                vectors = _embed_genes_now(unknown, model.gene_table, dict(ctx.obj or {}), "the model has no vector for")
+                if any(c not in vectors for c in unknown):
+                    raise _no_vector_error([c for c in unknown if c not in vectors], model.head.components)
+            pred = model.predict_perturbation(adata, perturbation, device=device, perturbation_embeddings=vectors)
             out = ad.AnnData(pred.to_numpy(), obs=adata.obs.copy())
             out.var_names = list(pred.columns)
             out.obs["scelmo_perturbation"] = perturbation

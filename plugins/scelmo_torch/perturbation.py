@@ -459,10 +459,15 @@ class PerturbationHead(TorchHead):
         torch = import_torch()
         return torch.optim.AdamW(params, lr=training.lr, weight_decay=training.weight_decay)
 
-    def _component_tensors(self, names: Sequence[str], device: Any) -> tuple[Any, Any]:
+    def _component_tensors(self, names: Sequence[str], device: Any,
+                           extra: Mapping[str, np.ndarray] | None = None) -> tuple[Any, Any]:
+        """Normalised vectors of ``names`` and their index among the seen components (-1: unseen);
+        ``extra`` (checked by :meth:`_table_from`) gives vectors for this call only, before the head's."""
         torch = import_torch()
         index = {c: i for i, c in enumerate(self.spec["components"])}
-        vecs = self.arrays["component_vectors"][[index[c] for c in names]]
+        extra = extra or {}
+        table = self.arrays["component_vectors"]
+        vecs = np.stack([extra[c] if c in extra else table[index[c]] for c in names]).astype(np.float32)
         seen = {c: i for i, c in enumerate(self.spec["seen"])}
         seen_idx = np.array([seen.get(c, -1) for c in names], dtype=np.int64)
         return (torch.from_numpy(self._normalise(vecs)).to(device), torch.from_numpy(seen_idx).to(device))
@@ -522,25 +527,28 @@ class PerturbationHead(TorchHead):
         return loss, logs
 
     # -- prediction -----------------------------------------------------------------------------
-    def _perturbation_latents(self, perts: Sequence[str], device: Any) -> tuple[Any, np.ndarray, list[int]]:
+    def _perturbation_latents(self, perts: Sequence[str], device: Any,
+                              extra: Mapping[str, np.ndarray] | None = None) -> tuple[Any, np.ndarray, list[int]]:
         """Latent of each unique perturbation in ``perts``, the index of each entry, and which
-        unique perturbations are not the control."""
+        unique perturbations are not the control; ``extra``: component vectors for this call only."""
         torch = import_torch()
         sep, control = self.options.separator, self.spec["control"]
         uniq, inverse = np.unique(np.asarray(perts, dtype=str), return_inverse=True)
         comps = [split_components(p, sep=sep, control=control) for p in uniq]
         needed = sorted({c for cs in comps for c in cs})
-        unknown = [c for c in needed if c not in set(self.spec["components"])]
+        known = set(self.spec["components"]) | set(extra or {})
+        unknown = [c for c in needed if c not in known]
         if unknown:
             raise InputError(
                 f"No embedding for component(s) {unknown[:10]}; the head knows {len(self.spec['components'])} "
-                "(see .components). Give their vectors with head.add_embeddings({name: vector}) (scelmo.Model "
-                "adds those of genes its gene table has by itself)."
+                "(see .components). Give their vectors for one call with predict(..., perturbation_embeddings="
+                "{name: vector}), or keep them with head.add_embeddings({name: vector}) (scelmo.Model finds "
+                "those of genes its gene table has by itself)."
             )
         out = torch.zeros(len(uniq), self.options.latent, device=device)
         perturbed = [i for i, cs in enumerate(comps) if cs]  # the control stays at zero: no change
         if perturbed:
-            vecs, seen_idx = self._component_tensors(needed, device)
+            vecs, seen_idx = self._component_tensors(needed, device, extra)
             latents = self.module.component_latents(vecs, seen_idx).float()
             scale = float(self.spec.get("unseen_scale", 1.0))
             unseen = [c for c, i in zip(needed, seen_idx.tolist(), strict=True) if i < 0]
@@ -597,7 +605,12 @@ class PerturbationHead(TorchHead):
         perturbations
             One name for all cells (``"KLF1"``, ``"KLF1+CEBPA"``, ``"IFN-beta"``) or one per cell.
             Components need a vector: seen in training, in the fit-time
-            ``perturbation_embeddings``, or given now in ``perturbation_embeddings``.
+            ``perturbation_embeddings`` or :meth:`add_embeddings`, or given now in
+            ``perturbation_embeddings``.
+        perturbation_embeddings
+            ``{component: vector}`` for this call only (the head keeps no new component;
+            :meth:`add_embeddings` keeps them); a component the head has is predicted
+            from the vector given here.
 
         Returns
         -------
@@ -616,12 +629,12 @@ class PerturbationHead(TorchHead):
                  else [str(p) for p in perturbations])
         if len(perts) != X.shape[0]:
             raise InputError(f"X has {X.shape[0]} cells but {len(perts)} perturbation names.")
-        if perturbation_embeddings:
-            self.add_embeddings(perturbation_embeddings)
+        extra = (self._table_from(list(perturbation_embeddings), perturbation_embeddings, None, None)
+                 if perturbation_embeddings else None)  # checked, but not kept: predicting changes nothing
         out = np.empty(X.shape, dtype=np.float32)
         torch = import_torch()
         with self.inference(device) as dev:
-            P, inverse, perturbed_rows = self._perturbation_latents(perts, dev)
+            P, inverse, perturbed_rows = self._perturbation_latents(perts, dev, extra)
             offset = self._mean_shift_offset(dev)
             if offset is not None:  # the mean shift for perturbed cells, none for control cells
                 perturbed = torch.zeros(P.shape[0], dtype=torch.float32, device=dev)
@@ -706,7 +719,7 @@ def predict_held_out_targets(
     X
         Cells x genes, log-normalised (all cells: controls, training and held-out targets).
     perturbations
-        Perturbation of each cell (``control`` for control cells).
+        Perturbation of each cell, one per row of ``X`` (``control`` for control cells).
     vectors
         ``{component: vector}`` for at least every component of every perturbation.
     held_out
@@ -720,17 +733,27 @@ def predict_held_out_targets(
 
     Returns
     -------
-    ``({held-out perturbation: predicted mean expression (genes,)}, the fitted head)``.
+    ``({held-out perturbation: predicted mean expression (genes,)}, the fitted head)``;
+    the head keeps the held-out components' vectors.
+
+    Raises
+    ------
+    InputError
+        When ``perturbations`` and ``X`` differ in length, no cell is ``control`` (the
+        likely control names are suggested), a held-out perturbation has no cells, or a
+        component has no vector.
     """
-    pert = np.asarray(perturbations).astype(str)
+    head = PerturbationHead(**dict(options or {}))
+    sep = head.options.separator
+    X = head._check_matrix(X)
+    pert, _ = _cell_labels(X.shape[0], perturbations, None)  # one label per row of X, or an error
+    _control_cells(pert, control, sep)  # a wrong control= is named as such (not as a component without vector)
     held = [str(h) for h in held_out]
     if not held:
         raise InputError("Name at least one perturbation to hold out (held_out=[...]).")
     absent = [h for h in held if not (pert == h).any()]
     if absent:
         raise InputError(f"Held-out perturbation(s) {absent[:10]} have no cells in the data.")
-    head = PerturbationHead(**dict(options or {}))
-    sep = head.options.separator
     held_comps = {c for h in held for c in split_components(h, sep=sep, control=control)}
     if not held_comps:
         raise InputError(f"The held-out names {held[:5]} have no components (is one of them the control {control!r}?).")
@@ -740,13 +763,12 @@ def predict_held_out_targets(
     missing = [c for c in sorted(held_comps | set(train_comps)) if c not in vectors]
     if missing:
         raise InputError(f"No vector for component(s) {missing[:10]}; give every component a vector.")
-    head.fit(X[train] if not sp.issparse(X) else sp.csr_matrix(X)[np.flatnonzero(train)],
-             perturbations=pert[train], control=control,
+    head.fit(X[np.flatnonzero(train)], perturbations=pert[train], control=control,
              perturbation_embeddings={c: vectors[c] for c in train_comps}, training=dict(training or {}))
     if X_control is None:
         X_control = X[np.flatnonzero(pert == control)]
-    extra = {c: vectors[c] for c in held_comps}
-    return {h: head.predict_mean(X_control, h, perturbation_embeddings=extra) for h in held}, head
+    head.add_embeddings({c: vectors[c] for c in held_comps})  # the returned head predicts them too
+    return {h: head.predict_mean(X_control, h) for h in held}, head
 
 
 def _control_cells(pert: np.ndarray, control: str, sep: str) -> np.ndarray:

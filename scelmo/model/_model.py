@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ from scelmo.genes import GeneEmbeddings
 from scelmo.knowledge import roles
 from scelmo.model._save_load import read_model, save_model
 from scelmo.model._setup import AnnDataSetup, _remember, _setup_of, _setup_to_uns
-from scelmo.perturbation import components
+from scelmo.perturbation import components, lookup_gene_vectors
 
 
 class Model:
@@ -424,7 +425,8 @@ class Model:
         return labels
 
     def predict_perturbation(self, adata: Any | None = None, perturbation: str | Any = None, *,
-                             mean: bool = False, device: str | None = None) -> Any:
+                             mean: bool = False, device: str | None = None,
+                             perturbation_embeddings: Mapping[str, Any] | None = None) -> Any:
         """Predicted expression of (control) cells under a perturbation (perturbation head).
 
         Parameters
@@ -434,15 +436,23 @@ class Model:
             (matched by name; other genes are ignored).
         perturbation
             One name for all cells (``"KLF1"``, ``"KLF1+CEBPA"`` for a combination) or one
-            per cell. Each component needs a vector: seen in training, a measured gene
-            (its gene vector), or given to the head when the model was made
-            (``Model(adata, head="perturbation", perturbation_embeddings={...})``).
+            per cell. Each component needs a vector: seen in training, a gene of the model's
+            gene table (its gene vector), given to the head when the model was made
+            (``Model(adata, head="perturbation", perturbation_embeddings={...})``), or given
+            now in ``perturbation_embeddings``. A name that is a trained component in other
+            case or under another symbol of the same gene (``"Jak2"``, ``"MARCHF8"`` for a
+            model trained on ``"JAK2"``, ``"MARCH8"``) is that component.
         mean
             Return the mean over cells (a Series by gene) instead of the cells x genes
             prediction.
         device
             Torch device for the forward pass (default: the device it was trained on;
             ``"auto"`` for a loaded model).
+        perturbation_embeddings
+            ``{component: vector}`` for components the model has no vector for, in the
+            space of its training vectors (for a gene: its vector from
+            :func:`scelmo.tl.embed_genes`, conditioned by ``model.gene_table``'s
+            conditioning). Used for this call only: predicting never changes the model.
 
         Returns
         -------
@@ -456,6 +466,16 @@ class Model:
             raise ScelmoError(f"The {self.head_name!r} head does not predict perturbations; use head='perturbation'.")
         if perturbation is None:
             raise InputError("Say which perturbation to predict, e.g. predict_perturbation(ctrl, 'KLF1+CEBPA').")
+        head_perts, extra, unknown = self._perturbation_inputs(perturbation, perturbation_embeddings)
+        if unknown:
+            known = list(getattr(self.head, "components", ()))
+            raise InputError(
+                f"No vector for perturbation component(s) {unknown[:10]}: the model was not trained on them (it knows "
+                f"{len(known)}: {', '.join(known[:8])}{', ...' if len(known) > 8 else ''}) and its gene table has no "
+                "such gene. Check the spelling, or give their vectors: predict_perturbation(..., "
+                "perturbation_embeddings={name: vector}), e.g. gene vectors from `scelmo.tl.embed_genes(genes=[...])` "
+                "conditioned with `model.gene_table.conditioning.apply`."
+            )
         target = self.adata if adata is None else adata
         X, _, _, names = self.head_expression(target, normalize=False)
         pos = {n: i for i, n in enumerate(names)}
@@ -469,8 +489,8 @@ class Model:
         X = X[:, cols]
         if should_normalize("auto", X):  # counts: normalised over the model's genes, as the training cells were
             X = normalize_chunk(X)
-        self._add_measured_components(perturbation)
-        pred = np.asarray(self.head.predict_expression(X, perturbation, device=device), dtype=np.float32)
+        more = {"perturbation_embeddings": extra} if extra else {}  # for this call: the head keeps nothing
+        pred = np.asarray(self.head.predict_expression(X, head_perts, device=device, **more), dtype=np.float32)
         if not getattr(target, "is_view", False):  # (a view would turn into a copy; nothing else is written)
             provenance.record(target, "predict_perturbation", {
                 "head": self.head_name, "perturbation": perturbation if isinstance(perturbation, str) else "per cell",
@@ -480,10 +500,22 @@ class Model:
             return pd.Series(pred.mean(axis=0, dtype=np.float64), index=self.train_genes, name=str(perturbation))
         return pd.DataFrame(pred, index=target.obs_names, columns=self.train_genes)
 
-    def _add_measured_components(self, perturbation: str | Any) -> None:
-        """Check the perturbation names, and give the head the (conditioned) vector of each
-        component it did not see in training that the model's gene table has: a held-out
-        knockout of a measured gene (also under an older symbol, MARCH8 for MARCHF8)."""
+    def _perturbation_inputs(self, perturbation: str | Any, given: Mapping[str, Any] | None = None,
+                             ) -> tuple[str | list[str], dict[str, Any], list[str]]:
+        """Check the perturbation names and find each component's vector, changing nothing.
+
+        A component is, in turn: a component of the head (same name); the vector in
+        ``given``; the one component of the head with that name in other case, or under the
+        same gene symbol (``"Jak2"`` -> ``"JAK2"``, ``"MARCHF8"`` -> ``"MARCH8"``); the
+        model's gene table's (conditioned) vector of the gene, also under an older symbol (a
+        held-out knockout of a measured gene, MARCH8 for MARCHF8).
+
+        Returns
+        -------
+        ``(names, vectors, unknown)``: the perturbation(s) as the head knows them (one name
+        or one per cell, as given), vectors for this call of components the head has none
+        for, and the components that have no vector anywhere.
+        """
         sep = str(getattr(getattr(self.head, "options", None), "separator", "+"))
         control = (getattr(self.head, "spec", None) or {}).get("control")
         perts = [perturbation] if isinstance(perturbation, str) else [str(p) for p in np.asarray(perturbation).ravel()]
@@ -491,16 +523,27 @@ class Model:
         if bad:
             raise InputError(f"Perturbation name(s) {bad[:5]} are empty or have an empty component; give names such "
                              f"as 'KLF1' or 'KLF1{sep}CEBPA' (or the control, {control!r}).")
-        known = set(getattr(self.head, "components", ()) or ())
-        unknown = sorted({c for p in set(perts) for c in components(p, sep=sep, control=control)} - known)
-        if not unknown or not hasattr(self.head, "add_embeddings"):
-            return
-        vocab = roles.vocabulary()
-        symbols = vocab.resolve(unknown).symbols if vocab is not None else unknown
-        vectors, found = self.gene_table.aligned(self.gene_table.keys_for(unknown, symbols), conditioned=True)
-        extra = {u: vectors[i] for i, u in enumerate(unknown) if found[i]}
-        if extra:
-            self.head.add_embeddings(extra)
+        if not hasattr(self.head, "components"):  # a head that names no components checks them itself
+            return perturbation, {}, []
+        known = [str(c) for c in self.head.components]
+        wanted = sorted({c for p in set(perts) for c in components(p, sep=sep, control=control)})
+        given = {str(k): v for k, v in (given or {}).items()}
+        extra = {c: given[c] for c in wanted if c in given}
+        todo = [c for c in sorted(set(wanted) - set(known)) if c not in given]
+        rename = _same_components(todo, known)
+        todo = [c for c in todo if c not in rename]
+        if todo and hasattr(self.head, "add_embeddings"):
+            vectors, found = lookup_gene_vectors(todo, self.gene_table, conditioned=True)
+            extra.update({c: vectors[i] for i, c in enumerate(todo) if found[i]})
+        unknown = [c for c in todo if c not in extra]
+        if rename:
+            def head_name(p: str) -> str:
+                parts = components(p, sep=sep, control=control)
+                return sep.join(rename.get(c, c) for c in parts) if any(c in rename for c in parts) else p
+
+            named = {p: head_name(p) for p in set(perts)}
+            perts = [named[p] for p in perts]
+        return (perts[0] if isinstance(perturbation, str) else perts), extra, unknown
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
@@ -542,6 +585,34 @@ class Model:
         state = "trained" if self.is_trained else "not trained"
         n = getattr(self.adata, "n_obs", "?")
         return f"scelmo.Model(head={self.head_name!r}, {state}, genes={len(self.gene_table)} x {self.gene_table.dim}, cells={n})"
+
+
+def _same_components(names: list[str], known: list[str]) -> dict[str, str]:
+    """``{name: component}`` for names that are one component of ``known`` in other case, or
+    under the same gene symbol as the gene vocabulary resolves both (ambiguous names: none;
+    a match by symbol is said, since an alias may name a stimulus: IFN-beta is IFNB1)."""
+    if not names or not known:
+        return {}
+    out: dict[str, str] = {}
+    by_case: dict[str, set[str]] = {}
+    for k in known:
+        by_case.setdefault(k.upper(), set()).add(k)
+    for n in names:
+        if len(by_case.get(n.upper(), ())) == 1:
+            out[n] = next(iter(by_case[n.upper()]))
+    rest = [n for n in names if n not in out]
+    vocab = roles.vocabulary() if rest else None
+    if vocab is not None:
+        by_symbol: dict[str, set[str]] = {}
+        for k, sym in zip(known, vocab.resolve(known).symbols, strict=True):
+            if sym:
+                by_symbol.setdefault(sym.upper(), set()).add(k)
+        for n, sym in zip(rest, vocab.resolve(rest).symbols, strict=True):
+            if sym and len(by_symbol.get(sym.upper(), ())) == 1:
+                out[n] = next(iter(by_symbol[sym.upper()]))
+                warnings.warn(f"{n!r} is predicted as the trained component {out[n]!r}: the gene vocabulary names "
+                              f"both {sym}.", ScelmoWarning, stacklevel=4)
+    return out
 
 
 def _label_dtype(col: Any) -> str:
