@@ -285,11 +285,11 @@ def embed_genes_cmd(ctx, input, output, gene_list, genes_file, describe_model, e
     if genes_file:
         genes += [g.strip() for g in Path(genes_file).read_text().splitlines() if g.strip()]
     if input is None and not genes:
-        raise InputError(f"Give an INPUT ({_INPUT_HELP}), --genes or --genes-file.")
+        raise click.UsageError(f"Give an INPUT ({_INPUT_HELP}), --genes or --genes-file.")
     # before any gene is embedded (a dry run writes nothing, so an existing OUTPUT is fine)
     out = Path(output) if dry_run else io.check_output_dir(output, overwrite=overwrite, marker="manifest.json")
     if max_cost is not None and max_cost < 0:
-        raise InputError("--max-cost must be >= 0.")
+        raise click.UsageError("--max-cost must be >= 0.")
     _settings(ctx)
     adata = _read_input(input, backed=Path(input).suffix.lower() == ".h5ad") if input else None  # var_names only
     if dry_run:
@@ -370,14 +370,14 @@ def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, flavor, n_t
     distributed_run = bool(scheduler or workers)
     if distributed_run:
         if scheduler and workers:
-            raise InputError("Give --scheduler (an existing cluster) or --workers (a local one), not both.")
+            raise click.UsageError("Give --scheduler (an existing cluster) or --workers (a local one), not both.")
         if backed:
             raise InputError("--scheduler/--workers already stream INPUT from disk; drop --backed.")
         if fmt not in ("h5ad", "zarr") or Path(output).suffix.lower() != f".{fmt}":
             raise InputError(f"--scheduler/--workers read an .h5ad or .zarr INPUT and write OUTPUT in the same "
                              f"format (a copy with the results added); got {input} -> {output}.")
     if layer and use_raw:
-        raise InputError("Give --layer or --use-raw, not both.")
+        raise click.UsageError("Give --layer or --use-raw, not both.")
     settings = _settings(ctx)
     if aggregator:
         plugins.aggregators.entry(aggregator)  # unknown names fail now, with a suggestion
@@ -540,11 +540,11 @@ def describe_cmd(ctx, subject, items, from_file, column, output, model, prompt, 
         overrides["describe.model"] = model
     if concurrency is not None:
         if concurrency < 1:
-            raise InputError("--concurrency must be at least 1.")
+            raise click.UsageError("--concurrency must be at least 1.")
         overrides["describe.options.concurrency"] = concurrency
     if not dry_run:  # options first, before reading or describing anything
         if not output:
-            raise InputError("Give -o/--output TABLE.tsv (or --dry-run).")
+            raise click.UsageError("Give -o/--output TABLE.tsv (or --dry-run).")
         if Path(output).suffix.lower() not in (".tsv", ".csv", ".txt"):
             raise InputError(f"Cannot write {output}: the format follows the extension; use .tsv or .csv.")
 

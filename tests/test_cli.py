@@ -176,3 +176,13 @@ def test_a_signal_removes_the_temporary_output(tmp_path, signum):
     proc.communicate(timeout=120)
     assert proc.returncode == 128 + signum
     assert not list(tmp_path.glob(".out.h5ad.*")) and not (tmp_path / "out.h5ad").exists()
+
+
+def test_usage_mistakes_exit_2_as_the_docs_say(tmp_path):
+    """Trial finding: a missing INPUT or -o exited 3 (reserved for input data), not 2."""
+    r = CliRunner()
+    for args, match in ((["describe", "genes", "CD3E"], "-o/--output"),
+                        (["embed-genes", "-o", str(tmp_path / "g")], "Give an INPUT"),
+                        (["embed-genes", "--genes", "CD3E", "-o", str(tmp_path / "g"), "--max-cost", "-1"], "max-cost")):
+        res = r.invoke(cli, args)
+        assert res.exit_code == 2 and match in res.output, (args, res.exit_code, res.output)

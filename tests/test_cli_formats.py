@@ -66,13 +66,16 @@ def inputs(counts, tmp_path):
     a.write_zarr(tmp_path / "in.zarr")
     write_10x_h5(tmp_path / "in.h5", X, genes, barcodes)
     write_mtx_dir(tmp_path / "mtx", X, genes, barcodes)
+    (tmp_path / "mtx_plain").mkdir()  # the same folder gunzipped (scanpy reads v3 files only gzipped)
+    for f in (tmp_path / "mtx").iterdir():
+        (tmp_path / "mtx_plain" / f.name.removesuffix(".gz")).write_bytes(gzip.decompress(f.read_bytes()))
     return tmp_path
 
 
 def test_embed_cells_reads_every_format_alike(inputs):
     r = CliRunner()
     results = {}
-    for name in ("in.h5ad", "in.zarr", "in.h5", "mtx", "mtx/matrix.mtx.gz"):
+    for name in ("in.h5ad", "in.zarr", "in.h5", "mtx", "mtx/matrix.mtx.gz", "mtx_plain", "mtx_plain/matrix.mtx"):
         out = inputs / f"out_{name.replace('/', '_')}.h5ad"
         res = r.invoke(cli, ["embed-cells", str(inputs / name), "-o", str(out), "--n-top-genes", "300"])
         assert res.exit_code == 0, (name, res.output)

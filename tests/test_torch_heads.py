@@ -260,6 +260,10 @@ def test_cli_train_and_predict(tmp_path, batches):
     res = runner.invoke(cli, ["predict", str(tmp_path / "query.h5ad"), "-m", str(tmp_path / "mi"),
                               "-o", str(tmp_path / "oi.h5ad"), "--layer", "nope"])
     assert res.exit_code == 3 and "nope" in res.output
+    # trial finding: no --layer value selected adata.X; `--layer X` does (as `train --layer X`)
+    res = runner.invoke(cli, ["predict", str(tmp_path / "query.h5ad"), "-m", str(tmp_path / "mi"),
+                              "-o", str(tmp_path / "oi.h5ad"), "--layer", "X"])
+    assert res.exit_code == 0, res.output
 
 
 def test_sparse_training_matrix_stays_sparse(batches):

@@ -89,6 +89,14 @@ def _perturbed_gene_vectors(adata: Any, key: str, options: Any, config: dict[str
     return out
 
 
+def _matrix_choice(adata: Any, layer: str | None) -> dict[str, Any]:
+    """``setup_anndata``'s ``layer=``/``use_raw=`` for ``--layer``: ``X`` (unless INPUT has a
+    layer of that name) is ``adata.X`` itself, not raw."""
+    if layer == "X" and "X" not in adata.layers:
+        return {"layer": None, "use_raw": False}
+    return {"layer": layer}
+
+
 def add_commands(cli: Any) -> None:
     """Add ``train`` and ``predict`` to the root ``scelmo`` group."""
 
@@ -99,9 +107,11 @@ def add_commands(cli: Any) -> None:
     @click.option("--labels-key", help="obs column of cell types.")
     @click.option("--batch-key", help="obs column of batches.")
     @click.option("--perturbation-key", help="obs column of perturbations (perturbation head; add --option control=NAME).")
-    @click.option("--layer", help="Layer with (log-normalised) expression (default: raw if present, else X).")
+    @click.option("--layer", help="Layer with (log-normalised) expression, or X for adata.X (default: raw if "
+                  "present, else X).")
     @click.option("--gene-embeddings", type=click.Path(file_okay=False, exists=True), help="Saved GeneEmbeddings directory.")
-    @click.option("--max-epochs", type=int, help="Upper bound on epochs (head default: 30).")
+    @click.option("--max-epochs", type=int, help="Upper bound on epochs (default: the head's own; annotation and "
+                  "integration 30, perturbation 60).")
     @click.option("--batch-size", type=int, help="Cells per mini-batch.")
     @click.option("--lr", type=float, help="Learning rate.")
     @click.option("--no-early-stopping", is_flag=True, help="Train all epochs.")
@@ -134,8 +144,8 @@ def add_commands(cli: Any) -> None:
         resolve_device(device)  # a device that is not here fails here
         config = dict(ctx.obj or {})
         adata = io.read_input(input)
-        scelmo.Model.setup_anndata(adata, labels_key=labels_key, batch_key=batch_key, layer=layer,
-                                   perturbation_key=perturbation_key)  # checks the columns and the layer
+        scelmo.Model.setup_anndata(adata, labels_key=labels_key, batch_key=batch_key,
+                                   perturbation_key=perturbation_key, **_matrix_choice(adata, layer))
         if perturbation_key:  # e.g. the control name, before any gene is embedded
             probe.check_inputs(perturbations=adata.obs[perturbation_key].to_numpy(dtype=object))
         if gene_embeddings is None:
@@ -172,8 +182,8 @@ def add_commands(cli: Any) -> None:
     @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps.")
     @click.option("--perturbation", help="Perturbation head: predict INPUT's (control) cells under this perturbation "
                   "(e.g. KLF1 or KLF1+CEBPA); OUTPUT then holds the predicted expression.")
-    @click.option("--layer", help="INPUT's layer to read (default: the layer the model was trained on if INPUT has it, "
-                  "else raw if present, else X). Counts are log-normalised.")
+    @click.option("--layer", help="INPUT's layer to read, or X for adata.X (default: the layer, raw or X the model "
+                  "was trained on; INPUT must have it). Counts are log-normalised.")
     @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
     @click.pass_context
     def predict_cmd(ctx, input, model_dir, output, method, key_added, latent_key, device, perturbation, layer, overwrite):
@@ -186,7 +196,7 @@ def add_commands(cli: Any) -> None:
                     if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT}
         adata = io.read_input(input)
         if layer is not None:
-            scelmo.Model.setup_anndata(adata, layer=layer)
+            scelmo.Model.setup_anndata(adata, **_matrix_choice(adata, layer))
         model = scelmo.Model.load(model_dir, adata=adata)
         if explicit and not model.head.supports("labels"):
             flags = " and ".join(f"--{p.replace('_', '-')}" for p in sorted(explicit))

@@ -294,6 +294,43 @@ def input_format(path: str | os.PathLike[str]) -> str:
     raise InputError(f"Cannot tell the format of {path}; give one of: {INPUT_FORMATS}.")
 
 
+def _read_10x_mtx_any(folder: Path) -> Any:
+    """A 10x ``.mtx`` folder whose files may each be gzipped or not (scanpy reads the
+    all-gzipped v3 layout and the plain legacy one): the gene-expression features, symbols
+    as ``var_names``, Ensembl ids in ``var["gene_ids"]``, as :func:`scanpy.read_10x_mtx`."""
+    import gzip
+
+    import anndata as ad
+    import pandas as pd
+    import scipy.io
+    import scipy.sparse as sp
+
+    def find(*names: str) -> Path:
+        for name in names:
+            for f in (folder / name, folder / f"{name}.gz"):
+                if f.is_file():
+                    return f
+        raise InputError(f"{folder} has no {' or '.join(n + '[.gz]' for n in names)}; a 10x .mtx folder holds "
+                         "matrix.mtx[.gz], features.tsv[.gz] (or genes.tsv) and barcodes.tsv[.gz].")
+
+    matrix = find("matrix.mtx")
+    with (gzip.open(matrix, "rb") if matrix.suffix == ".gz" else open(matrix, "rb")) as fh:
+        X = sp.csr_matrix(scipy.io.mmread(fh).T, dtype=np.float32)  # genes x cells on disk
+    features = pd.read_csv(find("features.tsv", "genes.tsv"), sep="\t", header=None, dtype=str)
+    barcodes = pd.read_csv(find("barcodes.tsv"), sep="\t", header=None, dtype=str)
+    if X.shape != (len(barcodes), len(features)):
+        raise InputError(f"{matrix.name} is {X.shape[1]} x {X.shape[0]} (features x barcodes), but there are "
+                         f"{len(features)} features and {len(barcodes)} barcodes.")
+    var = pd.DataFrame({"gene_ids": features[0].to_numpy()})
+    if features.shape[1] > 2:
+        var["feature_types"] = features[2].to_numpy()
+    var.index = pd.Index(features[1 if features.shape[1] > 1 else 0].to_numpy(), dtype=str)
+    adata = ad.AnnData(X, obs=pd.DataFrame(index=pd.Index(barcodes[0].to_numpy(), dtype=str)), var=var)
+    if "feature_types" in var:  # gene expression only, as scanpy's gex_only=True
+        adata = adata[:, (var["feature_types"] == "Gene Expression").to_numpy()].copy()
+    return adata
+
+
 def read_input(path: str | os.PathLike[str], *, backed: bool = False) -> Any:
     """Read an AnnData from any format the CLI accepts (see :data:`INPUT_FORMATS`).
 
@@ -326,7 +363,12 @@ def read_input(path: str | os.PathLike[str], *, backed: bool = False) -> Any:
             if fmt == "10x_h5":
                 adata = sc.read_10x_h5(p)
             else:
-                adata = sc.read_10x_mtx(p if p.is_dir() else p.parent, var_names="gene_symbols", make_unique=False)
+                folder = p if p.is_dir() else p.parent
+                gzipped_v3 = all((folder / f).is_file() for f in ("matrix.mtx.gz", "features.tsv.gz", "barcodes.tsv.gz"))
+                if gzipped_v3 or (folder / "genes.tsv").is_file():  # the two layouts scanpy reads
+                    adata = sc.read_10x_mtx(folder, var_names="gene_symbols", make_unique=False)
+                else:  # e.g. a Cell Ranger v3 folder unpacked with gunzip: scanpy wants .gz there
+                    adata = _read_10x_mtx_any(folder)
         if not adata.var_names.is_unique:
             adata.var_names_make_unique()
         return adata

@@ -189,7 +189,7 @@ class Model:
                 f"The expression is registered as layer {setup.layer!r} (the training data's), which this data lacks "
                 f"(layers: {', '.join(adata.layers) or 'none'}). Register this data's own: "
                 "`scelmo.Model.setup_anndata(adata, layer=None)` for X (or the layer that holds it); on the command "
-                "line `scelmo predict --layer NAME`."
+                "line `scelmo predict --layer NAME` (`--layer X` for X)."
             )
         matrix, var_names, _ = select_matrix(adata, layer=setup.layer, use_raw=setup.use_raw)
         names = [str(v) for v in var_names]
