@@ -22,7 +22,7 @@ from scelmo._version import __version__
 
 _SUBMODULES = {
     "tl", "pl", "metrics", "datasets", "keys", "config", "plugin", "io", "testing", "errors", "genes",
-    "perturbation", "model", "llm", "expression", "knowledge",
+    "perturbation", "model", "llm", "expression", "knowledge", "provenance", "conditioning",
 }
 _ATTRS = {
     "GeneEmbeddings": ("scelmo.genes", "GeneEmbeddings"),
@@ -35,13 +35,14 @@ _ATTRS = {
 }
 
 __all__ = [
-    "GeneEmbeddings", "GeneVocabulary", "Model", "ScelmoError", "__version__", "config", "datasets", "describe",
-    "errors", "expression", "genes", "get_settings", "hookimpl", "io", "keys", "knowledge", "llm", "metrics",
-    "model", "perturbation", "pl", "plugin", "testing", "tl",
+    "GeneEmbeddings", "GeneVocabulary", "Model", "ScelmoError", "__version__", "conditioning", "config", "datasets",
+    "describe", "errors", "expression", "genes", "get_settings", "hookimpl", "io", "keys", "knowledge", "llm",
+    "metrics", "model", "perturbation", "pl", "plugin", "provenance", "testing", "tl",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from scelmo import (
+        conditioning,
         config,
         datasets,
         errors,
@@ -56,6 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover
         perturbation,
         pl,
         plugin,
+        provenance,
         testing,
         tl,
     )

@@ -11,3 +11,7 @@ module                                 holds
 :mod:`scelmo.expression.distributed`   the same on a dask cluster
 =====================================  ====================================================
 """
+
+from scelmo._lazy import submodules as _submodules
+
+__getattr__ = _submodules(__name__, ('aggregation', 'distributed', 'matrix', 'selection'))

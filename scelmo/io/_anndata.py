@@ -8,6 +8,7 @@ appears whole or not at all, and a full disk is refused before HDF5 starts.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import shutil
 import warnings
@@ -298,8 +299,6 @@ def _read_10x_mtx_any(folder: Path) -> Any:
     """A 10x ``.mtx`` folder whose files may each be gzipped or not (scanpy reads the
     all-gzipped v3 layout and the plain legacy one): the gene-expression features, symbols
     as ``var_names``, Ensembl ids in ``var["gene_ids"]``, as :func:`scanpy.read_10x_mtx`."""
-    import gzip
-
     import anndata as ad
     import pandas as pd
     import scipy.io

@@ -8,3 +8,7 @@ module                                 holds
                                        cached and resumable
 =====================================  ====================================================
 """
+
+from scelmo._lazy import submodules as _submodules
+
+__getattr__ = _submodules(__name__, ('cell_types', 'descriptions', 'roles'))

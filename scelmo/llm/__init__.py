@@ -10,3 +10,7 @@ module                                    holds
 
 The plugin contracts (:mod:`scelmo.plugin`) call into these; nothing here imports a plugin.
 """
+
+from scelmo._lazy import submodules as _submodules
+
+__getattr__ = _submodules(__name__, ('cache', 'calls', 'embedding_loop'))
