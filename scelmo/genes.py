@@ -8,6 +8,7 @@ tables come from a knowledge source (the bundled one is ``scelmo_local``).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -297,12 +298,26 @@ class GeneEmbeddings:
         the table, so it is done once and kept: a table that already has a conditioning
         keeps it unless ``refit=True`` or a different ``n_components`` is asked for.
         """
-        k = DEFAULT_COMPONENTS if n_components is None else int(n_components)
-        n_vec = int((np.abs(self.vectors).sum(axis=1) > 0).sum())
-        k = max(0, min(k, n_vec // 20, self.dim - 1))  # small tables: at most 1 direction per 20 genes
+        k = self._components_for(n_components)
         if self.conditioning is None or refit or self.conditioning.n_components != k:
             self.conditioning = Conditioning.fit(self.vectors, n_components=k)
         return self
+
+    def _components_for(self, n_components: int | None) -> int:
+        """The directions :meth:`condition` removes when asked for ``n_components``."""
+        k = DEFAULT_COMPONENTS if n_components is None else int(n_components)
+        n_vec = int((np.abs(self.vectors).sum(axis=1) > 0).sum())
+        return max(0, min(k, n_vec // 20, self.dim - 1))  # small tables: at most 1 direction per 20 genes
+
+    def conditioned_as(self, n_components: int | None) -> GeneEmbeddings:
+        """This table when its conditioning removes ``n_components`` directions (as
+        :meth:`condition` counts them), else a copy sharing its vectors with that conditioning
+        fitted: the table itself (and a saved one on disk) keeps the conditioning it has."""
+        if self.conditioning is not None and self.conditioning.n_components == self._components_for(n_components):
+            return self
+        other = copy.copy(self)
+        other.conditioning = None
+        return other.condition(n_components=n_components)
 
     def combine(self, other: GeneEmbeddings, *, how: Literal["sum", "concat"] = "concat") -> GeneEmbeddings:
         """Combine two tables on their shared genes (the paper's E1+E2 or [E1, E2])."""

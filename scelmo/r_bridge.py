@@ -328,13 +328,12 @@ def embed_genes(
                 X=np.zeros((0, len(names)), dtype=np.float32),
                 var=pd.DataFrame(index=pd.Index(names, dtype=object)),
             )
-        ge = tl.embed_genes(adata, config=_config(config), progress=False)
+        tl.embed_genes(adata, config=_config(config), progress=False)
         mask = np.asarray(adata.var[keys.HAS_EMBEDDING], dtype=bool)
         Z = np.asarray(adata.varm[keys.GENE_EMBEDDING])[mask]
         kept = [g for g, m in zip(names, mask, strict=True) if m]
         symbols = [s for s, m in zip(adata.var[keys.GENE_SYMBOL], mask, strict=True) if m]
         manifest = dict(adata.uns[keys.PROVENANCE]["embed_genes"])
-        manifest["n_genes_in_table"] = len(ge)
         return {
             "Z": _matrix_bytes(Z), "dim": [int(Z.shape[0]), int(Z.shape[1]) if Z.ndim == 2 else 0],
             "genes": encode_strings(kept), "symbols": encode_strings(symbols), "manifest": manifest,

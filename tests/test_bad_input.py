@@ -75,6 +75,14 @@ def test_low_coverage_warns_with_numbers(pbmc):
     a.var_names = [f"X{i}" if i % 3 else g for i, g in enumerate(a.var_names)]
     with pytest.warns(CoverageWarning, match=r"of 765 genes \(3\d\.\d%\)"):
         scelmo.tl.embed_cells(a)
+    # trial finding: embed_genes gave no warning, and recorded the table's size as n_genes
+    b = _counts(pbmc)
+    b.var_names = a.var_names
+    with pytest.warns(CoverageWarning, match=r"of 765 genes \(3\d\.\d%\) have a vector\. Check"):
+        ge = scelmo.tl.embed_genes(b)
+    rec = b.uns["scelmo"]["embed_genes"]
+    assert rec["n_genes"] == 765 and rec["n_genes_in_table"] == len(ge) < 300
+    assert rec["n_genes_with_vector"] / rec["n_genes"] == pytest.approx(rec["gene_coverage"])
 
 
 @pytest.mark.parametrize("shape", [(0, 10), (10, 0)])

@@ -52,3 +52,24 @@ def test_tiny_tables_and_bad_input(rng):
         tiny.conditioning.apply(np.zeros((2, 5)))
     with pytest.raises(InputError, match=r"Cannot condition a table of .* needs at least .*condition=False"):
         Conditioning.fit(rng.standard_normal((4, 8)), n_components=5)
+
+
+def test_an_explicit_condition_components_overrides_a_saved_tables_number(rng, tmp_path):
+    """Trial finding: `aggregate.condition_components` was ignored for a given (saved) table."""
+    import anndata as ad
+
+    import scelmo
+
+    ge = _table(rng, n=400).condition(n_components=10)
+    ge.save(tmp_path / "t")
+    X = rng.poisson(1.0, size=(30, 400)).astype(np.float32)
+    a = ad.AnnData(X, var={"x": np.arange(400)})
+    a.var_names = ge.genes
+    for config, expected in ((None, 10), ({"aggregate.condition_components": 3}, 3)):
+        b = a.copy()
+        scelmo.tl.embed_cells(b, gene_embeddings=str(tmp_path / "t"), config=config, progress=False)
+        assert b.uns["scelmo"]["embed_cells"]["conditioning"]["n_components"] == expected
+    b = a.copy()
+    scelmo.tl.embed_cells(b, gene_embeddings=ge, config={"aggregate.condition_components": 3}, progress=False)
+    assert ge.conditioning.n_components == 10  # the table given keeps its own
+    assert b.uns["scelmo"]["embed_cells"]["conditioning"]["n_components"] == 3

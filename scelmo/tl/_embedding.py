@@ -196,9 +196,13 @@ def embed_genes(
         adata.varm[key_added] = matrix
         adata.var[keys.HAS_EMBEDDING] = mask
         adata.var[keys.GENE_SYMBOL] = [s or "" for s in res.symbols[:n]]
-        info = _coverage_info(res.names[:n], res.symbols[:n], mask, res)
-        info.update(ge.manifest)
+        # the table's manifest, then the coverage of this data's genes (the manifest's own
+        # n_genes, the table's size, would otherwise stand in for the data's gene count)
+        info = {k: v for k, v in ge.manifest.items() if k != "n_genes"}
+        info["n_genes_in_table"] = len(ge)
+        info.update(_coverage_info(res.names[:n], res.symbols[:n], mask, res))
         info["key_added"] = key_added
+        _warn_coverage(info["gene_coverage"], None, n, int(mask.sum()), settings.genes.min_coverage)
         provenance.record(adata, "embed_genes", info)
     return adata if copy else ge
 
@@ -264,14 +268,15 @@ def _coverage_info(names: Sequence[str], symbols: Sequence[str | None], mask: np
     }
 
 
-def _warn_coverage(gene_cov: float, expr_cov: float, n_genes: int, n_cov: int, threshold: float) -> None:
-    if gene_cov < threshold or expr_cov < threshold:
+def _warn_coverage(gene_cov: float, expr_cov: float | None, n_genes: int, n_cov: int, threshold: float) -> None:
+    """Warn when few genes (or, with ``expr_cov``, little of the expression) have a vector."""
+    if gene_cov < threshold or (expr_cov is not None and expr_cov < threshold):
+        carrying = "" if expr_cov is None else f", carrying {expr_cov:.1%} of the expression"
         warnings.warn(
-            f"Low gene coverage: {n_cov} of {n_genes} genes ({gene_cov:.1%}) have a vector, "
-            f"carrying {expr_cov:.1%} of the expression. Check that var_names are gene symbols "
-            "or Ensembl IDs (and `species`), or use a richer knowledge source.",
+            f"Low gene coverage: {n_cov} of {n_genes} genes ({gene_cov:.1%}) have a vector{carrying}. Check that "
+            "var_names are gene symbols or Ensembl IDs (and `species`), or use a richer knowledge source.",
             CoverageWarning,
-            stacklevel=4,  # the caller of embed_cells
+            stacklevel=4,  # the caller of embed_cells / embed_genes
         )
 
 
@@ -401,6 +406,10 @@ def _aligned_gene_table(names: list[str], gene_embeddings: GeneEmbeddings | str 
     lookup = gene_embeddings.keys_for(names, res.symbols)
     if plan["condition"] and gene_embeddings.conditioning is None:  # fitted once per table, kept with it
         gene_embeddings.condition(n_components=agg_cfg.condition_components)
+    elif plan["condition"] and "condition_components" in agg_cfg.model_fields_set:
+        # asked for explicitly (config, --set, environment): this call's conditioning, even for a
+        # table fitted with another number; the table given keeps its own
+        gene_embeddings = gene_embeddings.conditioned_as(agg_cfg.condition_components)
     E, mask = gene_embeddings.aligned(lookup, conditioned=bool(plan["condition"]))
     if not mask.any():
         raise _no_match_error(res)
