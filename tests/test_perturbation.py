@@ -532,8 +532,10 @@ def test_shared_response_starts_unseen_perturbations_at_the_mean_shift(tmp_path)
     np.testing.assert_allclose(head.predict_mean(ctrl, "ctrl"), ctrl.mean(0), atol=1e-5)  # control: no change
     # chosen on held-out training knockouts: the vectors carry nothing here, so they are turned down
     auto = PerturbationHead(**opts, unseen_scale=None)
-    auto.fit(X[train], perturbations=pert[train], control="ctrl", perturbation_embeddings=vecs,
-             training={"max_epochs": 40, "progress": False})
+    with warnings.catch_warnings():  # trial finding: the validation's held-out knockouts were
+        warnings.simplefilter("error", ScelmoWarning)  # reported to the user as "not trained on"
+        auto.fit(X[train], perturbations=pert[train], control="ctrl", perturbation_embeddings=vecs,
+                 training={"max_epochs": 40, "progress": False})
     check = auto.spec["unseen_scale_validation"]
     assert len(check["held_out"]) == 2 and set(check["mse"]) == {"0.0", "0.25", "0.5", "0.75", "1.0"}
     mse, limit = check["mse"], check["mse"][str(check["best"])] + check["standard_error"]

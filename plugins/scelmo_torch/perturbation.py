@@ -434,7 +434,9 @@ class PerturbationHead(TorchHead):
             observed = np.asarray(X[np.flatnonzero((grp == g) & (pert == p))].mean(axis=0), dtype=np.float64).ravel()
             for a in UNSEEN_SCALES:
                 inner.spec["unseen_scale"] = a
-                errors[a].append(float(np.mean((inner.predict_mean(X[ctrl], p) - observed) ** 2)))
+                with warnings.catch_warnings():  # (held out on purpose: "not trained on" is no news to the user)
+                    warnings.simplefilter("ignore", ScelmoWarning)
+                    errors[a].append(float(np.mean((inner.predict_mean(X[ctrl], p) - observed) ** 2)))
         if not errors[1.0]:
             return 1.0, None
         mse = {a: float(np.mean(v)) for a, v in errors.items()}
