@@ -6,9 +6,11 @@ clients to :class:`scelmo.testing.server.FakeLLMServer`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -307,6 +309,116 @@ def test_a_cost_stop_reports_what_the_calls_in_flight_spent(server, tmp_path):
     assert done > 0 and 0 < spent <= 0.012, str(info.value)
 
 
+LLAMA3 = "hosted_vllm/meta-llama/Llama-3.1-8B-Instruct"  # docs/providers/vllm.md
+
+
+class RemoteSocketAttempt(RuntimeError):
+    """Raised by :func:`remote_sockets`; not an ``OSError``, so no HTTP client retries it."""
+
+
+def _is_loopback(host: object) -> bool:
+    name = host.decode() if isinstance(host, bytes) else str(host)
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture
+def remote_sockets(monkeypatch):
+    """Refuse, and record, every name lookup or connection that would leave this machine."""
+    attempts: list[str] = []
+    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host is not None and not _is_loopback(host):
+            attempts.append(f"getaddrinfo({host!r})")
+            raise RemoteSocketAttempt(f"test blocked a lookup of {host!r}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    def connect(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address[0]):
+            attempts.append(f"connect({address!r})")
+            raise RemoteSocketAttempt(f"test blocked a connection to {address!r}")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return attempts
+
+
+def test_token_estimates_never_reach_the_network(server, tmp_path, remote_sockets):
+    """Trial finding: for a llama-3 model (docs/providers/vllm.md) litellm's token counter
+    downloaded a HuggingFace tokenizer (HEAD huggingface.co/Xenova/llama-3-tokenizer, ~30 s of
+    retries without network) in dry runs and `--max-cost` runs, `--offline` included. The
+    estimate is documented as network-free, so it must count with a local tokenizer."""
+    t0 = time.perf_counter()
+    # the dry run of the docs' vLLM example, offline (the server is loopback, so allowed)
+    offline = _cfg(server, tmp_path, describe_model=LLAMA3, embed_model=LLAMA3, offline=True)
+    n = server.total_requests
+    est = estimate(["CD4", "LYZ"], config=offline)
+    assert est.calls == 2 and est.prompt_tokens > 0
+    res = CliRunner().invoke(cli, ["--offline", "--set", f"describe.api_base=\"{server.openai_base}\"",
+                                   "--set", f"cache.path=\"{tmp_path / 'cli.sqlite'}\"",
+                                   "describe", "genes", "CD4", "--model", LLAMA3, "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "1 calls" in res.output and server.total_requests == n
+    # the embedder counts with the same tokenizer
+    assert roles.embedder(offline).count_tokens(["CD4 is a T-cell co-receptor."]) > 0
+    # a cost-limited run books every call with a token count first; without --offline too
+    prices = {"input_cost_per_token": 0.0, "output_cost_per_token": 0.0}
+    online = _cfg(server, tmp_path, describe_model=LLAMA3, dopts=prices)
+    assert set(describe(["CD8A", "NKG7"], config=online, max_cost=1.0).texts) == {"CD8A", "NKG7"}
+    assert remote_sockets == []
+    assert time.perf_counter() - t0 < 20  # no download, no retries (~30 s before)
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "providers"
+
+
+def _documented_models() -> list[tuple[str, str, str]]:
+    """``(page, role, model)`` for the example models of the provider pages whose price comes from
+    litellm's list (vllm.md and azure.md set their own prices; ``local`` models are free)."""
+    found: list[tuple[str, str, str]] = []
+    for page in ("openai.md", "anthropic.md", "ollama.md"):
+        role = None
+        for line in (DOCS / page).read_text().splitlines():
+            if m := re.match(r"\[(describe|embed)\]", line.strip()):
+                role = m.group(1)
+            elif (m := re.match(r'model\s*=\s*"([^"]+)"', line.strip())) and role and \
+                    not m.group(1).startswith("local"):
+                found.append((page, role, m.group(1)))
+    for line in (DOCS / "index.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and "](" in cells[1]:
+            for role, cell in zip(("describe", "embed"), cells[2:], strict=True):
+                found += [("index.md", role, name) for name in re.findall(r"`([^`]+)`", cell)
+                          if "/" in name and "<" not in name]
+    return found
+
+
+def test_documented_example_models_have_a_price(monkeypatch, remote_sockets):
+    """Trial finding: the Anthropic page's `anthropic/claude-3-5-haiku-latest` has no price in
+    litellm's bundled list, so following the page with `--max-cost` failed ("price unknown")."""
+    for var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
+        monkeypatch.setenv(var, "sk-test-not-used")
+    models = _documented_models()
+    assert {p for p, _, _ in models} == {"openai.md", "anthropic.md", "ollama.md", "index.md"}, models
+    unpriced = []
+    for page, role, model in models:
+        s = get_settings({f"{role}.model": model, "cache.enabled": False})
+        if role == "describe":
+            price = roles.description_writer(s).price(100, 100)
+        else:
+            price = roles.embedder(s).price(100)
+        if price is None:
+            unpriced.append(f"{page}: {role} {model}")
+    assert not unpriced, f"litellm has no price for these documented examples: {unpriced}"
+    assert remote_sockets == []  # prices come from the bundled list
+
+
 def test_budget_refuses_unknown_prices(server, tmp_path):
     s = _cfg(server, tmp_path, describe_model="openai/my-self-hosted-model")
     with pytest.raises(BudgetExceededError, match="price is unknown"):
@@ -420,8 +532,8 @@ def test_cli_embed_genes_with_remote_models(server, tmp_path):
                                    "--embed-model", "openai/text-embedding-3-small", "--dry-run"])
     assert res.exit_code == 0, res.output
     assert server.total_requests == n
-    res = CliRunner().invoke(cli, ["--set", "describe.model=\"anthropic/claude-3-5-haiku-latest\"", "config", "show"])
-    assert res.exit_code == 0 and "LLM provider 'litellm' -> litellm/anthropic/claude-3-5-haiku-latest" in res.output
+    res = CliRunner().invoke(cli, ["--set", "describe.model=\"anthropic/claude-haiku-4-5\"", "config", "show"])
+    assert res.exit_code == 0 and "LLM provider 'litellm' -> litellm/anthropic/claude-haiku-4-5" in res.output
 
 
 # --------------------------------------------------------------------------- kill and resume

@@ -2,7 +2,7 @@
 
 Registers a catch-all LLM provider and a catch-all text embedder named ``litellm``:
 any ``describe.model`` / ``embed.model`` string that no other plugin claims (e.g.
-``openai/gpt-4o-mini``, ``anthropic/claude-3-5-haiku-latest``, ``ollama/llama3.1``,
+``openai/gpt-4o-mini``, ``anthropic/claude-haiku-4-5``, ``ollama/llama3.1``,
 ``hosted_vllm/meta-llama/...``, ``azure/<deployment>``) goes to litellm. litellm itself
 is imported only when such a component is created, never when the plugin registers.
 """

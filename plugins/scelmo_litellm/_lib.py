@@ -9,7 +9,12 @@ defused:
 * ``DEFAULT_MAX_RETRIES = 0`` and ``max_retries=0`` per call (embedding calls ignore
   ``num_retries`` and retry three times on their own otherwise): scelmo retries;
 * an explicit ``timeout`` on every call (litellm's default is 6000 s; it bounds each
-  read, so :func:`scelmo.llm.calls.with_retries` adds a deadline for the whole request).
+  read, so :func:`scelmo.llm.calls.with_retries` adds a deadline for the whole request);
+* ``disable_hf_tokenizer_download = True``: ``token_counter`` counts with its bundled
+  tiktoken encoding (``cl100k_base``) instead of downloading a HuggingFace tokenizer for
+  llama-2/3 and command-r model names (HEAD requests to huggingface.co, retried for ~30 s
+  without network, ``--offline`` or not). Token counts only feed the cost estimate and
+  ``--max-cost``, which are documented to need no network; they are estimates either way.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ def litellm() -> Any:
                                     category=RuntimeWarning)
             lib.suppress_debug_info = True
             lib.DEFAULT_MAX_RETRIES = 0
+            lib.disable_hf_tokenizer_download = True  # token counts stay local (no huggingface.co)
             lib.telemetry = False
             lib.turn_off_message_logging = True
             for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx", "openai"):
