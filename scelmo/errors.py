@@ -87,6 +87,13 @@ class BudgetExceededError(ScelmoError):
     exit_code = 4
 
 
+class UnknownPriceError(BudgetExceededError, ConfigError):
+    """A cost limit is set for a model whose price is unknown: a configuration problem (exit
+    code 2, as other settings errors), raised before anything is spent."""
+
+    exit_code = 2
+
+
 class ScelmoWarning(UserWarning):
     """Base class of scelmo's warnings."""
 

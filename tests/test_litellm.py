@@ -25,7 +25,13 @@ from click.testing import CliRunner
 
 from scelmo import get_settings
 from scelmo.cli import cli
-from scelmo.errors import BudgetExceededError, OfflineError, ProviderError, ScelmoWarning
+from scelmo.errors import (
+    BudgetExceededError,
+    ConfigError,
+    OfflineError,
+    ProviderError,
+    ScelmoWarning,
+)
 from scelmo.knowledge import roles
 from scelmo.knowledge.descriptions import describe, estimate
 from scelmo.llm.calls import Budget
@@ -421,8 +427,10 @@ def test_documented_example_models_have_a_price(monkeypatch, remote_sockets):
 
 def test_budget_refuses_unknown_prices(server, tmp_path):
     s = _cfg(server, tmp_path, describe_model="openai/my-self-hosted-model")
-    with pytest.raises(BudgetExceededError, match="price is unknown"):
+    with pytest.raises(BudgetExceededError, match="price is unknown") as info:
         describe(["CD3E"], config=s, budget=Budget(1.0))
+    # trial finding: it exited 4 ("cost limit reached") though nothing was spent; a setting is missing
+    assert info.value.exit_code == 2 and isinstance(info.value, ConfigError)
 
 
 # --------------------------------------------------------------------------- providers

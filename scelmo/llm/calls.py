@@ -34,7 +34,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from scelmo.errors import BudgetExceededError, ProviderError, TransientProviderError
+from scelmo.errors import (
+    BudgetExceededError,
+    ProviderError,
+    TransientProviderError,
+    UnknownPriceError,
+)
 
 T = TypeVar("T")
 J = TypeVar("J")
@@ -127,7 +132,7 @@ class Budget:
         if self.max_cost is None:
             return 0.0
         if estimate is None:
-            raise BudgetExceededError(
+            raise UnknownPriceError(
                 "A cost limit is set but this model's price is unknown to litellm. Set the "
                 "role's `options.input_cost_per_token` / `options.output_cost_per_token`, or "
                 "drop --max-cost."
