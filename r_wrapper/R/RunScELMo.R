@@ -118,21 +118,17 @@ RunScELMo.Seurat <- function(object, assay = NULL, layer = "counts", features = 
 }
 
 # Z (cells x d) turned to its principal axes, so that Seurat's dims = 1:n and ElbowPlot mean what
-# they mean for PCs. The rotation is orthogonal and applied to the uncentred Z: all d dimensions
-# keep every distance and cosine (and the text-vector cosines after t(rotation)). The sign of each
-# axis is fixed (its largest coefficient positive), so the result does not depend on the LAPACK.
+# they mean for PCs: an orthogonal rotation of the uncentred Z, so all d dimensions keep every
+# distance and cosine (and the text-vector cosines after t(rotation)). Computed in Python
+# (scelmo.r_bridge.principal_axes; R's reference BLAS is slow at this size).
 .principal_axes <- function(Z) {
-  if (nrow(Z) < 2) {
-    return(list(Z = Z, rotation = diag(ncol(Z)), stdev = rep(0, ncol(Z))))
-  }
-  ev <- eigen(stats::cov(Z), symmetric = TRUE)
-  R <- ev$vectors
-  flip <- sign(R[cbind(apply(abs(R), 2, which.max), seq_len(ncol(R)))])
-  R <- sweep(R, 2, ifelse(flip == 0, 1, flip), `*`)
-  Zr <- Z %*% R
+  res <- .call_bridge("principal_axes", .encode_matrix(Z), dim(Z))
+  d <- ncol(Z)
+  Zr <- .decode_matrix(res$Z, res$dim)
   dimnames(Zr) <- list(rownames(Z), NULL)
-  dimnames(R) <- list(colnames(Z) %||% paste0("dim_", seq_len(ncol(Z))), NULL)
-  list(Z = Zr, rotation = R, stdev = unname(apply(Zr, 2, stats::sd)))
+  R <- matrix(readBin(res$rotation, what = "double", n = d * d, size = 8, endian = "little"), d, d)
+  dimnames(R) <- list(colnames(Z) %||% paste0("dim_", seq_len(d)), NULL)
+  list(Z = Zr, rotation = R, stdev = readBin(res$stdev, what = "double", n = d, size = 8, endian = "little"))
 }
 
 # m: genes x cells; returns list(Z = cells x d matrix, provenance = list)
