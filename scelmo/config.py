@@ -112,10 +112,11 @@ class AggregateConfig(_Section):
     transform: Literal["none", "center", "scale"] | None = None
     #: Use the gene table's conditioning (mean and top principal directions removed).
     condition: bool | None = None
-    #: Principal directions removed when a table is conditioned: a table without a
-    #: conditioning is fitted one with this many; set explicitly, it also overrides the number
-    #: a given (saved) table was fitted with, for that call (the table keeps its own).
-    condition_components: int = Field(10, ge=0)
+    #: Principal directions removed when a table is conditioned. Unset (None): a table without
+    #: a conditioning is fitted one with 10 (:data:`scelmo.conditioning.DEFAULT_COMPONENTS`)
+    #: and a given (saved) table keeps its own; set, it applies to every table, a given one
+    #: refitted for that call (the table itself keeps its own).
+    condition_components: int | None = Field(None, ge=0)
     #: Storage of the gene vectors while aggregating: ``"float32"``, ``"bfloat16"`` or
     #: ``"float16"`` (half the memory; accumulation stays float32; float16 is the more
     #: precise of the two, bfloat16 has float32's range).

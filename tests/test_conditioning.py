@@ -69,6 +69,14 @@ def test_an_explicit_condition_components_overrides_a_saved_tables_number(rng, t
         b = a.copy()
         scelmo.tl.embed_cells(b, gene_embeddings=str(tmp_path / "t"), config=config, progress=False)
         assert b.uns["scelmo"]["embed_cells"]["conditioning"]["n_components"] == expected
+    # review finding: a settings object plus any override marked every field as set, so the
+    # default looked explicit and the saved table was refitted to 10
+    from scelmo.config import get_settings
+
+    b = a.copy()
+    three = ge.conditioned_as(3)
+    scelmo.tl.embed_cells(b, gene_embeddings=three, config=get_settings(), aggregator="wa", progress=False)
+    assert b.uns["scelmo"]["embed_cells"]["conditioning"]["n_components"] == 3
     b = a.copy()
     scelmo.tl.embed_cells(b, gene_embeddings=ge, config={"aggregate.condition_components": 3}, progress=False)
     assert ge.conditioning.n_components == 10  # the table given keeps its own

@@ -406,9 +406,9 @@ def _aligned_gene_table(names: list[str], gene_embeddings: GeneEmbeddings | str 
     lookup = gene_embeddings.keys_for(names, res.symbols)
     if plan["condition"] and gene_embeddings.conditioning is None:  # fitted once per table, kept with it
         gene_embeddings.condition(n_components=agg_cfg.condition_components)
-    elif plan["condition"] and "condition_components" in agg_cfg.model_fields_set:
-        # asked for explicitly (config, --set, environment): this call's conditioning, even for a
-        # table fitted with another number; the table given keeps its own
+    elif plan["condition"] and agg_cfg.condition_components is not None:
+        # asked for (config, --set, environment): this call's conditioning, even for a table
+        # fitted with another number; the table given keeps its own
         gene_embeddings = gene_embeddings.conditioned_as(agg_cfg.condition_components)
     E, mask = gene_embeddings.aligned(lookup, conditioned=bool(plan["condition"]))
     if not mask.any():
