@@ -764,3 +764,36 @@ def test_embed_cells_describes_only_the_genes_it_reads(server, tmp_path):
     n = server.total_requests
     scelmo.tl.embed_cells(a, n_top_genes=6, config=cfg, progress=False)
     assert server.total_requests == n  # descriptions and their vectors come from the cache
+
+
+def test_an_exit_while_waiting_cancels_the_calls_in_flight():
+    """Review finding: the CLI turns Ctrl-C and SIGTERM into SystemExit (``scelmo.cli._terminated``),
+    and only a KeyboardInterrupt cancelled the background calls, so paid calls went on while the
+    CLI unwound."""
+    import asyncio
+    import threading
+
+    from scelmo.cli import _terminated
+    from scelmo.llm.calls import run_sync
+
+    state = {"calls": 0, "cancelled": False}
+
+    async def job():
+        try:
+            while True:
+                state["calls"] += 1  # one "paid call" every 20 ms
+                await asyncio.sleep(0.02)
+        except asyncio.CancelledError:
+            state["cancelled"] = True
+            raise
+
+    previous = signal.signal(signal.SIGUSR1, _terminated)
+    try:
+        threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGUSR1)).start()
+        with pytest.raises(SystemExit):
+            run_sync(job())
+        n = state["calls"]
+        time.sleep(0.2)
+        assert state["cancelled"] and state["calls"] == n  # no call after the exit began
+    finally:
+        signal.signal(signal.SIGUSR1, previous)

@@ -244,7 +244,7 @@ class _LoopThread:
         fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop())  # type: ignore[arg-type]
         try:
             return fut.result()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or the CLI's SIGINT/SIGTERM exit: no new calls
             fut.cancel()
             raise
 
