@@ -174,17 +174,22 @@ def additive_shift(
 
 
 # --------------------------------------------------------------------------- metrics
-def top_de_genes(control_mean: np.ndarray, perturbed_mean: np.ndarray, n: int = 100) -> np.ndarray:
-    """Indices of the ``n`` genes with the largest ``|perturbed_mean - control_mean|`` (largest first)."""
-    c = np.asarray(control_mean, dtype=np.float64).ravel()
-    p = np.asarray(perturbed_mean, dtype=np.float64).ravel()
-    if c.shape != p.shape:
-        raise InputError(f"control_mean and perturbed_mean differ in length ({c.size} vs {p.size}).")
+def top_de_genes(control_mean: Any, perturbed_mean: Any, n: int = 100) -> np.ndarray:
+    """The ``n`` genes with the largest ``|perturbed_mean - control_mean|`` (largest first).
+
+    Arrays are taken position by position and give indices; pandas Series are matched by
+    gene label (see :func:`align_by_gene`) and give the gene labels, so either can go to
+    :func:`delta_scores`' ``genes``.
+    """
     if n < 1:
         raise InputError(f"n must be at least 1, got {n}.")
-    delta = np.abs(p - c)
-    order = np.argsort(-delta, kind="stable")
-    return order[: min(n, c.size)]
+    if np.ndim(control_mean) == 1 and np.ndim(perturbed_mean) == 1 and np.size(control_mean) != np.size(perturbed_mean):
+        raise InputError(f"control_mean and perturbed_mean differ in length "
+                         f"({np.size(control_mean)} vs {np.size(perturbed_mean)}).")
+    (c, p), labels = align_by_gene([control_mean, perturbed_mean], names=["control_mean", "perturbed_mean"],
+                                   reference=1)
+    order = np.argsort(-np.abs(p.ravel() - c.ravel()), kind="stable")[: min(n, c.size)]
+    return order if labels is None else np.asarray(labels, dtype=object)[order]
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:

@@ -367,6 +367,17 @@ def test_a_trained_component_in_other_case_is_that_component_and_predicting_chan
     assert model.head.components == before  # predicting never adds a component
 
 
+def test_a_gene_of_the_table_is_never_renamed_to_a_trained_component_by_symbol():
+    """Review finding: a knockout of IFNB1 (a gene of the model's table) was predicted as the
+    trained stimulus 'IFN-beta', which the gene vocabulary also resolves to IFNB1."""
+    from scelmo.model._model import _same_components
+
+    with pytest.warns(Warning, match="names both IFNB1"):
+        assert _same_components(["IFNB1"], ["IFN-beta"]) == {"IFNB1": "IFN-beta"}  # no such gene: by symbol
+    assert _same_components(["IFNB1"], ["IFN-beta"], {"IFNB1", "STAT1"}) == {}  # the gene itself
+    assert _same_components(["jak2"], ["JAK2"], {"jak2"}) == {"jak2": "JAK2"}  # case: still the component
+
+
 def test_model_checks_perturbation_columns_before_embedding_genes(synthetic):
     """Trial finding: a control name no cell has failed only in train(), after every gene was
     embedded (minutes on a real dataset). Model(...) now refuses it before touching the genes."""
@@ -576,3 +587,19 @@ def test_counts_query_is_normalised_over_the_models_genes_and_a_view_is_left_alo
         warnings.simplefilter("error")  # anndata's "initializing view as actual"
         np.testing.assert_allclose(model.predict_perturbation(view, names[0]).to_numpy(), pred, atol=1e-5)
     assert view.is_view
+
+
+def test_top_de_genes_matches_series_by_gene():
+    """Review finding: top_de_genes paired Series by position while delta_scores matched them by
+    gene, so `delta_scores(pred, true, ctrl, top_de_genes(ctrl, true))` scored the wrong genes."""
+    rng = np.random.default_rng(0)
+    genes = [f"g{i}" for i in range(200)]
+    ctrl = pd.Series(rng.normal(size=200), index=genes)
+    delta = np.zeros(200)
+    delta[:10] = np.linspace(3, 6, 10)  # only g0..g9 respond
+    true = ctrl + delta
+    top = P.top_de_genes(ctrl.iloc[::-1], true, 10)  # the control in another gene order
+    assert sorted(top) == [f"g{i}" for i in range(10)]
+    assert list(P.top_de_genes(ctrl.to_numpy(), true.to_numpy(), 2)) == [9, 8]  # arrays: indices
+    scores = P.delta_scores(true.iloc[::-1], true, ctrl, top)
+    assert scores["pearson_delta"] == pytest.approx(1.0)

@@ -530,7 +530,7 @@ class Model:
         given = {str(k): v for k, v in (given or {}).items()}
         extra = {c: given[c] for c in wanted if c in given}
         todo = [c for c in sorted(set(wanted) - set(known)) if c not in given]
-        rename = _same_components(todo, known)
+        rename = _same_components(todo, known, self.gene_table)
         todo = [c for c in todo if c not in rename]
         if todo and hasattr(self.head, "add_embeddings"):
             vectors, found = lookup_gene_vectors(todo, self.gene_table, conditioned=True)
@@ -587,10 +587,12 @@ class Model:
         return f"scelmo.Model(head={self.head_name!r}, {state}, genes={len(self.gene_table)} x {self.gene_table.dim}, cells={n})"
 
 
-def _same_components(names: list[str], known: list[str]) -> dict[str, str]:
+def _same_components(names: list[str], known: list[str], genes: Any = ()) -> dict[str, str]:
     """``{name: component}`` for names that are one component of ``known`` in other case, or
     under the same gene symbol as the gene vocabulary resolves both (ambiguous names: none;
-    a match by symbol is said, since an alias may name a stimulus: IFN-beta is IFNB1)."""
+    a match by symbol is said, since an alias may name a stimulus: IFN-beta is IFNB1). A name
+    that is itself a gene of ``genes`` (the model's gene table) is that gene, not another
+    component by symbol: a knockout of IFNB1 is not the trained stimulus IFN-beta."""
     if not names or not known:
         return {}
     out: dict[str, str] = {}
@@ -600,7 +602,7 @@ def _same_components(names: list[str], known: list[str]) -> dict[str, str]:
     for n in names:
         if len(by_case.get(n.upper(), ())) == 1:
             out[n] = next(iter(by_case[n.upper()]))
-    rest = [n for n in names if n not in out]
+    rest = [n for n in names if n not in out and n not in genes]
     vocab = roles.vocabulary() if rest else None
     if vocab is not None:
         by_symbol: dict[str, set[str]] = {}
