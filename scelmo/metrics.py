@@ -45,7 +45,15 @@ def _labels_missing(x: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(s.dtype, pd.CategoricalDtype):  # (each category once: fast on a million cells)
         cats = np.array([_label_text(c) for c in s.cat.categories] + [""], dtype=object)
         return cats[s.cat.codes.to_numpy()].astype(str), missing
-    values = s.to_numpy(dtype=object)
+    kind = pd.api.types.infer_dtype(s, skipna=True)
+    if kind in ("string", "empty"):  # vectorised: text as it is
+        return np.where(missing, "", s.to_numpy(dtype=object)).astype(str), missing
+    if kind in ("integer", "floating", "mixed-integer-float", "decimal"):  # numbers by value
+        v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64)
+        whole = np.isfinite(v) & (np.abs(v) < 2**53) & (v == np.round(v))
+        text = np.where(whole, np.where(whole, v, 0).astype(np.int64).astype(str), v.astype(str))
+        return np.where(missing, "", text).astype(str), missing
+    values = s.to_numpy(dtype=object)  # mixed types: one at a time
     text = np.array([_label_text(v) if not m else "" for v, m in zip(values, missing, strict=True)], dtype=object)
     return text.astype(str), missing
 
@@ -60,11 +68,14 @@ def _scored(labels_true: Sequence[Any], labels_pred: Sequence[Any]) -> tuple[np.
     """(true, predicted) text of the cells with a true label: a cell whose truth is unknown
     cannot be scored; a missing prediction is a wrong one."""
     _check_same_length(labels_true, labels_pred)
+    if len(labels_true) == 0:
+        raise InputError("There are no cells to score.")
     y, unknown = _labels_missing(labels_true)
     p, no_call = _labels_missing(labels_pred)
     if unknown.all():
         raise InputError("Every true label is missing; there is nothing to score.")
-    p = np.where(no_call, "\x00(no prediction)", p)
+    # each missing prediction a class of its own: never right, and no cluster of the unassigned
+    p = np.where(no_call, np.char.add("\x00(no prediction) ", np.arange(len(p)).astype(str)), p)
     return y[~unknown], p[~unknown]
 
 
@@ -104,7 +115,7 @@ def clustering_scores(labels_true: Sequence[Any], labels_pred: Sequence[Any]) ->
     return {
         "ari": ari(labels_true, labels_pred),
         "nmi": nmi(labels_true, labels_pred),
-        "n_clusters": float(len(set(_labels(labels_pred)))),
+        "n_clusters": float(len(set(_scored(labels_true, labels_pred)[1]))),  # among the scored cells
     }
 
 

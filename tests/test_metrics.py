@@ -77,7 +77,13 @@ def test_missing_labels_are_left_out_and_numbers_compare_by_value():
         metrics.accuracy([nan, nan], ["a", "b"])
     rng = np.random.default_rng(0)
     X = rng.normal(size=(6, 3))
-    assert metrics.knn_purity(X, ["a", "a", "a", "b", "b", None], k=2) >= 0  # the unlabelled cell is left out
+    labels = ["a", "a", "a", "b", "b", None]
+    assert metrics.knn_purity(X, labels, k=2) == metrics.knn_purity(X[:5], labels[:5], k=2)  # left out
+    # each missing prediction is a cluster of its own, not one cluster of the unassigned (review finding)
+    assert metrics.ari(["a", "a", "b", "b"], ["x", "x", None, None]) < 1.0
+    assert metrics.clustering_scores(["a", "a", nan], ["x", "x", "y"])["n_clusters"] == 1.0
+    with pytest.raises(InputError, match="no cells"):
+        metrics.accuracy([], [])
 
 
 def test_silhouettes_follow_scib_on_rare_labels_and_refuse_tiny_inputs():
