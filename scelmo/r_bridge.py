@@ -56,6 +56,7 @@ from scelmo.expression.selection import (
 )
 from scelmo.expression.selection import gene_stats as compute
 from scelmo.io import atomic_dir
+from scelmo.io._rds import principal_axes as seurat_axes
 from scelmo.knowledge import roles
 from scelmo.model import MODEL_FILE, Model
 from scelmo.redact import mask
@@ -305,35 +306,16 @@ def embed_cells(
 
 
 def principal_axes(Z: Any, dim: Any) -> dict[str, Any]:
-    """A cell embedding (cells x d float32 bytes, column-major) turned to its principal axes:
-    the dimensions ordered by variance as PCs are, for Seurat's ``dims = 1:n`` and ``ElbowPlot``.
-
-    The rotation is orthogonal and applied to the uncentred embedding, so all d dimensions
-    keep every distance and cosine. Each axis's sign is fixed (its largest coefficient
-    positive). Computed here rather than in R, whose reference BLAS took ~40 s for 200,000
-    cells; the covariance is accumulated in float64 over row blocks. Returns ``Z`` (rotated,
-    float32 bytes), ``dim``, ``rotation`` (d x d float64 bytes, column-major: unrotated =
-    rotated @ rotation.T) and ``stdev`` (float64 bytes, each rotated column's SD).
+    """A cell embedding (cells x d float32 bytes, column-major) turned to its principal axes
+    (:func:`scelmo.io._rds.principal_axes`), for ``RunScELMo``'s reduction. Computed here
+    rather than in R, whose reference BLAS took ~40 s for 200,000 cells. Returns ``Z``
+    (rotated, float32 bytes), ``dim``, ``rotation`` (d x d float64 bytes, column-major:
+    unrotated = rotated @ rotation.T) and ``stdev`` (float64 bytes, each rotated column's SD).
     """
 
     def run() -> dict[str, Any]:
         n, d = (int(x) for x in dim)
-        E = _array(Z, "<f4", n * d).reshape((n, d), order="F")
-        if n < 2:
-            R = np.eye(d)
-        else:
-            gram, total = np.zeros((d, d)), np.zeros(d)
-            for start in range(0, n, 65_536):
-                block = E[start:start + 65_536].astype(np.float64)
-                gram += block.T @ block
-                total += block.sum(axis=0)
-            mu = total / n
-            values, vectors = np.linalg.eigh((gram - n * np.outer(mu, mu)) / (n - 1))
-            R = vectors[:, np.argsort(values)[::-1]]
-            R *= np.where(R[np.abs(R).argmax(axis=0), np.arange(d)] < 0, -1.0, 1.0)
-        rotated = E @ R.astype(np.float32)
-        # the SD of each column as stored (what Seurat's Stdev reports for a PCA)
-        sd = rotated.std(axis=0, ddof=1, dtype=np.float64) if n >= 2 else np.zeros(d)
+        rotated, R, sd = seurat_axes(_array(Z, "<f4", n * d).reshape((n, d), order="F"))
         return {"Z": _matrix_bytes(rotated), "dim": [n, d],
                 "rotation": bytearray(np.asarray(R, dtype="<f8").tobytes(order="F")),
                 "stdev": bytearray(np.asarray(sd, dtype="<f8").tobytes())}

@@ -178,7 +178,12 @@ def test_cross_check_r_wrapper_against_anndata2ri(r_lib, tmp_path):
     # and back: the embedding as a DimReduc in the .rds, read again
     rio.write_rds(got, tmp_path / "with_scelmo.rds", template=tmp_path / "seu.rds")
     again = scelmo.io.read_rds(tmp_path / "with_scelmo.rds")
-    np.testing.assert_array_equal(again.obsm["X_scelmo"], got.obsm["X_scelmo"].astype(np.float64))
+    np.testing.assert_allclose(again.obsm["X_scelmo"], got.obsm["X_scelmo"], rtol=1e-5, atol=1e-6)
+    # written as RunScELMo writes it (review finding: unordered, no stdev, so dims = 1:30 was arbitrary)
+    ro, _ = rio._r()
+    path = str(tmp_path / "with_scelmo.rds").replace("\\", "/")
+    sds = np.asarray(ro.r(f'SeuratObject::Stdev(readRDS("{path}")[["scelmo"]])'))
+    assert sds.size == got.obsm["X_scelmo"].shape[1] and np.all(np.diff(sds) <= 1e-6) and sds[0] > 0
 
     # the CLI reads and writes .rds with the extra installed
     from click.testing import CliRunner

@@ -107,12 +107,13 @@ local({
     cd <- SummarizedExperiment::colData(sce)
     names(cd)[vapply(seq_len(ncol(cd)), function(i) is.logical(cd[[i]]), logical(1))]
   }
-  env$add_seurat <- function(seu, Z, cells, name, key, misc) {
+  env$add_seurat <- function(seu, Z, cells, name, key, misc, rotation, stdev) {
     rownames(Z) <- cells
     colnames(Z) <- paste0(key, seq_len(ncol(Z)))
     Z <- Z[colnames(seu), , drop = FALSE]
-    dr <- SeuratObject::CreateDimReducObject(embeddings = Z, key = key,
-                                             assay = SeuratObject::DefaultAssay(seu), misc = list(scelmo = misc))
+    dr <- SeuratObject::CreateDimReducObject(embeddings = Z, key = key, stdev = as.numeric(stdev),
+                                             assay = SeuratObject::DefaultAssay(seu),
+                                             misc = list(scelmo = misc, rotation = rotation))
     seu[[name]] <- dr
     seu
   }
@@ -295,6 +296,33 @@ def _r_list(obj: Any) -> Any:
     return ro.vectors.StrVector([str(obj)])
 
 
+def principal_axes(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A cell embedding turned to its principal axes, as a Seurat reduction should be:
+    ``(rotated Z, rotation, each rotated column's SD)``, dimensions ordered by variance as PCs
+    are (Seurat's ``dims = 1:n``, ``ElbowPlot``).
+
+    The rotation is orthogonal and applied to the uncentred embedding, so all dimensions
+    together keep every distance and cosine (unrotated = ``rotated @ rotation.T``). Each
+    axis's sign is fixed (its largest coefficient positive); the covariance is accumulated in
+    float64 over row blocks.
+    """
+    E = np.asarray(Z, dtype=np.float32)
+    n, d = E.shape
+    if n < 2:
+        return E.copy(), np.eye(d), np.zeros(d)
+    gram, total = np.zeros((d, d)), np.zeros(d)
+    for start in range(0, n, 65_536):
+        block = E[start:start + 65_536].astype(np.float64)
+        gram += block.T @ block
+        total += block.sum(axis=0)
+    mu = total / n
+    values, vectors = np.linalg.eigh((gram - n * np.outer(mu, mu)) / (n - 1))
+    R = vectors[:, np.argsort(values)[::-1]]
+    R *= np.where(R[np.abs(R).argmax(axis=0), np.arange(d)] < 0, -1.0, 1.0)
+    rotated = E @ R.astype(np.float32)
+    return rotated, R, rotated.std(axis=0, ddof=1, dtype=np.float64)
+
+
 def _r_matrix(Z: np.ndarray) -> Any:
     ro, _ = _r()
     from rpy2.robjects import numpy2ri
@@ -315,7 +343,9 @@ def add_reduction(
     """Add ``adata.obsm[obsm_key]`` to an R object: a DimReduc (Seurat) or reducedDim (SCE).
 
     Cells are matched by name; provenance (``uns["scelmo"]``) goes to the DimReduc's
-    ``misc`` / the SCE's ``metadata``.
+    ``misc`` / the SCE's ``metadata``. A Seurat DimReduc is turned to its principal axes as
+    ``RunScELMo`` does (:func:`principal_axes`; the rotation in ``misc$rotation``, each
+    dimension's SD in ``stdev``), so ``dims = 1:30`` and ``ElbowPlot`` work the same.
     """
     ro, _ = _r()
     if obsm_key not in adata.obsm:
@@ -327,7 +357,9 @@ def add_reduction(
         raise InputError("The AnnData's cells differ from the R object's cells; cannot add the reduction.")
     misc = _r_list(dict(adata.uns.get(keys.PROVENANCE, {}) or {}))
     if "Seurat" in _classes(obj):
-        return _call("add_seurat", obj, Z, cells, name, key, misc)
+        rotated, rotation, stdev = principal_axes(np.asarray(adata.obsm[obsm_key]))
+        return _call("add_seurat", obj, _r_matrix(rotated), cells, name, key, misc, _r_matrix(rotation),
+                     ro.FloatVector(stdev))
     return _call("add_sce", obj, Z, cells, name, misc)
 
 
