@@ -77,6 +77,30 @@ def test_a_query_embedded_on_itself_is_transferred_as_the_reference(pbmc):
     np.testing.assert_array_equal(query.obsm[keys.X_SCELMO], own)
 
 
+def test_a_reference_embedded_with_another_table_is_refused_unless_that_table_is_given(pbmc):
+    """Trial finding: with both objects embedded with a custom (shuffled) table, annotate
+    re-embedded the query with the default table and compared it with the reference's shuffled
+    vectors, silently (Baron from Muraro: 0.13 accuracy instead of 0.79)."""
+    from scelmo.genes import GeneEmbeddings
+
+    rng = np.random.default_rng(2)
+    idx = rng.permutation(pbmc.n_obs)
+    ref, query = pbmc[idx[:450]].copy(), pbmc[idx[450:]].copy()
+    ge = scelmo.tl.embed_genes(genes=list(map(str, pbmc.var_names)), progress=False)
+    shuf = GeneEmbeddings(ge.genes, ge.vectors[rng.permutation(len(ge))], {"embed_model": "shuffled-2"})
+    scelmo.tl.embed_cells(ref, gene_embeddings=shuf, progress=False)
+    scelmo.tl.embed_cells(query, gene_embeddings=shuf, progress=False)
+    with pytest.raises(InputError, match="another gene table.*'shuffled-2'.*gene_embeddings=table"):
+        scelmo.tl.annotate(query.copy(), reference=ref, ref_labels="bulk_labels", progress=False)
+    scelmo.tl.annotate(query, reference=ref, ref_labels="bulk_labels", gene_embeddings=shuf, progress=False)
+    own = knn_vote(query.obsm[keys.X_SCELMO], ref.obsm[keys.X_SCELMO], ref.obs["bulk_labels"].astype(str).to_numpy())[0]
+    agree = (query.obs[keys.LABEL].astype(str).to_numpy() == own).mean()
+    assert agree > 0.8, agree  # the query re-embedded with the reference's statistics and the same table
+    fresh = pbmc[idx[450:]].copy()  # and a query embedded here takes the table given
+    scelmo.tl.annotate(fresh, reference=ref, ref_labels="bulk_labels", gene_embeddings=shuf, progress=False)
+    assert fresh.uns[keys.PROVENANCE]["embed_cells"]["embed_model"] == "shuffled-2"
+
+
 def test_text_prompt_assigns_only_candidates(pbmc):
     types = ["B cell", "T cell", "monocyte"]
     scelmo.tl.annotate(pbmc, cell_types=types, method="embedding")

@@ -42,6 +42,7 @@ from scelmo.config import get_settings
 from scelmo.errors import InputError, ScelmoError, ScelmoWarning
 from scelmo.expression.matrix import select_matrix
 from scelmo.expression.selection import normalize_chunk, should_normalize
+from scelmo.genes import GeneEmbeddings
 from scelmo.knn import knn_vote, unit_rows
 from scelmo.knowledge import roles
 from scelmo.knowledge.cell_types import (
@@ -58,7 +59,12 @@ from scelmo.plugin import KnowledgeSource, split_phrases
 from scelmo.tl._clustering import cluster
 from scelmo.tl._common import _check_finite, _copy_of
 from scelmo.tl._embedding import _var_flags as var_flags
-from scelmo.tl._embedding import embed_cells, reference_gene_stats, reference_gene_table
+from scelmo.tl._embedding import (
+    embed_cells,
+    flavor_plan,
+    reference_gene_stats,
+    reference_gene_table,
+)
 
 
 def prompt_match(
@@ -444,6 +450,7 @@ def annotate(
     min_score: float = 0.0,
     unknown_label: str = keys.UNKNOWN_LABEL,
     temperature: float = 0.05,
+    gene_embeddings: GeneEmbeddings | str | None = None,
     config: Any = None,
     key_added: str = keys.LABEL,
     copy: bool = False,
@@ -462,7 +469,8 @@ def annotate(
         embedding computed here uses the reference's gene statistics (gene selection
         and centring, :func:`scelmo.tl._embedding.reference_gene_stats`), so a query of
         few cell types is placed as the reference would place it. A query embedded
-        beforehand on its own statistics is used as it is.
+        beforehand on its own statistics is embedded again that way for the transfer (its
+        ``obsm[use_rep]`` is left as it is).
     cell_types
         Candidate cell types for text-prompt annotation: a list of names, or a mapping
         ``name -> description`` whose descriptions are embedded instead of the names. A
@@ -504,6 +512,13 @@ def annotate(
         Softmax temperature turning prompt similarities into scores (``method="embedding"``;
         the marker method's group scores use a fixed 0.25 on its mean z-scores, recorded in
         ``uns``).
+    gene_embeddings
+        The gene table (a :class:`~scelmo.genes.GeneEmbeddings` or a saved one's directory) for
+        the embeddings computed here, as in :func:`scelmo.tl.embed_cells`: pass the table the
+        reference was embedded with when it was not the configured default (a saved table,
+        a shuffled control). Default: the table the configured roles build over the
+        reference's genes. A reference embedded with another table than the one used here
+        is an error, since its vectors and the query's would not be comparable.
     config
         Settings or a mapping of overrides (see :mod:`scelmo.config`); also used for
         the embeddings computed here.
@@ -550,17 +565,19 @@ def annotate(
             _, query_genes, _ = select_matrix(adata, layer=agg.layer, use_raw=agg.use_raw)
             info["shared_genes"] = _check_gene_overlap(ref_stats, [str(g) for g in query_genes])
             # one gene table (and so one conditioning) for both: built over the reference's genes
-            table = reference_gene_table(reference, config=config, progress=progress)
+            table = _transfer_table(reference, use_rep, gene_embeddings, config=config, progress=progress)
             if use_rep not in reference.obsm:  # the reference from the same statistics: read once
                 embed_cells(reference, config=config, key_added=use_rep, gene_stats=ref_stats, gene_embeddings=table,
                             progress=progress)
             stats = ref_stats  # matched to the query's genes by name inside embed_cells
             info["query_gene_stats"] = "reference"
-        embed_cells(adata, config=config, key_added=use_rep, gene_stats=stats, gene_embeddings=table,
+        embed_cells(adata, config=config, key_added=use_rep, gene_stats=stats,
+                    gene_embeddings=table if reference is not None else gene_embeddings,
                     layer=layer if reference is None else None, progress=progress)
     query = np.asarray(adata.obsm[use_rep], dtype=np.float32)
     if reference is not None and _embedded_from_other_stats(adata, reference, use_rep):
-        query = _query_as_reference(adata, reference, use_rep, config=config, progress=progress, info=info)
+        query = _query_as_reference(adata, reference, use_rep, gene_embeddings, config=config, progress=progress,
+                                    info=info)
     _check_finite(query, use_rep, adata)
     if reference is not None:
         pred, score = _transfer_labels(query, reference, ref_labels, use_rep=use_rep, k=k, config=config,
@@ -668,8 +685,8 @@ def _embedded_from_other_stats(adata: Any, reference: Any, use_rep: str) -> bool
     return bool(qs and rs and qs != rs)
 
 
-def _query_as_reference(adata: Any, reference: Any, use_rep: str, *, config: Any, progress: bool | None,
-                        info: dict[str, Any]) -> np.ndarray:
+def _query_as_reference(adata: Any, reference: Any, use_rep: str, gene_embeddings: GeneEmbeddings | str | None, *,
+                        config: Any, progress: bool | None, info: dict[str, Any]) -> np.ndarray:
     """The query's vectors as the reference's were made (its gene statistics and gene table),
     for the transfer only: ``adata.obsm[use_rep]`` stays as it is."""
     import anndata as ad
@@ -695,12 +712,52 @@ def _query_as_reference(adata: Any, reference: Any, use_rep: str, *, config: Any
     if flags is not None:
         light.var["highly_variable"] = flags
     info["shared_genes"] = _check_gene_overlap(ref_stats, [str(g) for g in var_names])
-    table = reference_gene_table(reference, config=r_config, progress=progress)
+    table = _transfer_table(reference, use_rep, gene_embeddings, config=r_config, progress=progress)
     settings = get_settings(config, **{"aggregate.layer": None, "aggregate.use_raw": False})  # the matrix is X
     embed_cells(light, config=settings, key_added=use_rep, gene_stats=ref_stats, gene_embeddings=table,
                 progress=progress)
     info["query_gene_stats"] = "reference (recomputed: the query's own obsm[use_rep] was embedded on itself)"
     return np.asarray(light.obsm[use_rep], dtype=np.float32)
+
+
+def _transfer_table(reference: Any, use_rep: str, gene_embeddings: GeneEmbeddings | str | None, *, config: Any,
+                    progress: bool | None) -> GeneEmbeddings:
+    """The gene table a query is embedded with to be compared with the reference: the one given,
+    else the one the configured roles build over the reference's genes. Refused when the
+    reference's own ``obsm[use_rep]`` was made with another table (other knowledge or another
+    conditioning): a trial's reference embedded with a shuffled table was compared with a
+    query re-embedded with the default one, silently (accuracy 0.13 instead of 0.79)."""
+    if isinstance(gene_embeddings, str):
+        gene_embeddings = GeneEmbeddings.load(gene_embeddings)
+    settings = get_settings(config)
+    if gene_embeddings is None:
+        table = reference_gene_table(reference, config=config, progress=progress)
+    else:
+        table = gene_embeddings
+        if flavor_plan(settings.aggregate)["condition"] and table.conditioning is None:
+            table.condition(n_components=settings.aggregate.condition_components)
+    r = (reference.uns.get(keys.PROVENANCE) or {}).get("embed_cells") or {}
+    if use_rep not in reference.obsm or r.get("key_added") != use_rep:
+        return table  # embedded here, with this table (or not by embed_cells: nothing to compare)
+    made = {"embed_model": table.manifest.get("embed_model", "user-provided"),
+            "describe_model": table.manifest.get("describe_model", "user-provided")}
+    ref_cond = r.get("conditioning")
+    if isinstance(ref_cond, Mapping) and table.conditioning is not None:
+        made["conditioning"] = table.conditioning.checksum()
+        recorded = {**{f: r.get(f) for f in ("embed_model", "describe_model")}, "conditioning": ref_cond.get("checksum")}
+    else:
+        recorded = {f: r.get(f) for f in ("embed_model", "describe_model")}
+    diff = [f"{f} {recorded[f]!r} vs {made[f]!r}" for f in made if str(recorded[f]) != str(made[f])]
+    if diff:
+        how = ("the table given" if gene_embeddings is not None
+               else "the table the configured roles build over its genes")
+        raise InputError(
+            f"The reference's obsm[{use_rep!r}] was embedded with another gene table than {how} "
+            f"({'; '.join(diff)}), so the query's vectors would not be comparable with it. Pass the table the "
+            "reference was embedded with: `scelmo.tl.annotate(..., gene_embeddings=table)`, or delete the "
+            "reference's embedding so that both are embedded here."
+        )
+    return table
 
 
 def _recorded_matrix(adata: Any) -> tuple[str | None, bool]:
