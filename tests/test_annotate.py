@@ -408,6 +408,23 @@ def test_query_sharing_few_or_no_genes_with_the_reference(pbmc):
     none.var_names = [f"ENSG{i:011d}" for i in range(none.n_vars)]
     with pytest.raises(InputError, match="shares none of the reference's 765 expressed genes"):
         scelmo.tl.annotate(none, reference=ref, ref_labels="bulk_labels")
+    # trial finding: a query measuring many more genes than the reference was told "Low gene
+    # coverage ... check that var_names are gene symbols"; only the shared genes matter
+    import anndata as ad
+    import scipy.sparse as sp
+
+    from scelmo.errors import CoverageWarning
+
+    base = lognorm[500:]
+    pad = sp.random(base.n_obs, 3000, density=0.02, format="csr", random_state=0, dtype=np.float32)
+    wide = ad.concat([base, ad.AnnData(pad, obs=base.obs[[]], var=pd.DataFrame(index=[f"NOVEL{i}" for i in range(3000)]))],
+                     axis=1, merge="first")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CoverageWarning)
+        scelmo.tl.annotate(wide, reference=ref, ref_labels="bulk_labels")
+    assert wide.uns[keys.PROVENANCE]["annotate"]["shared_genes"] == 1.0
 
 
 def _counts_with_empty_cells(pbmc, n_empty=5):

@@ -39,7 +39,7 @@ import numpy as np
 
 from scelmo import keys, provenance
 from scelmo.config import get_settings
-from scelmo.errors import InputError, ScelmoError, ScelmoWarning
+from scelmo.errors import CoverageWarning, InputError, ScelmoError, ScelmoWarning
 from scelmo.expression.matrix import select_matrix
 from scelmo.expression.selection import normalize_chunk, should_normalize
 from scelmo.genes import GeneEmbeddings
@@ -571,9 +571,12 @@ def annotate(
                             progress=progress)
             stats = ref_stats  # matched to the query's genes by name inside embed_cells
             info["query_gene_stats"] = "reference"
-        embed_cells(adata, config=config, key_added=use_rep, gene_stats=stats,
-                    gene_embeddings=table if reference is not None else gene_embeddings,
-                    layer=layer if reference is None else None, progress=progress)
+        with warnings.catch_warnings():
+            if reference is not None:  # (the query's genes outside the reference's table carry no weight:
+                warnings.simplefilter("ignore", CoverageWarning)  # the shared-gene check above is the one)
+            embed_cells(adata, config=config, key_added=use_rep, gene_stats=stats,
+                        gene_embeddings=table if reference is not None else gene_embeddings,
+                        layer=layer if reference is None else None, progress=progress)
     query = np.asarray(adata.obsm[use_rep], dtype=np.float32)
     if reference is not None and _embedded_from_other_stats(adata, reference, use_rep):
         query = _query_as_reference(adata, reference, use_rep, gene_embeddings, config=config, progress=progress,
@@ -663,7 +666,9 @@ def _check_gene_overlap(ref_stats: Any, query_genes: list[str]) -> float:
         warnings.warn(
             f"The query has only {shared} of the reference's {len(expressed)} expressed genes ({share:.0%}); "
             "cells embedded from so different gene sets are hard to compare, so labels may be unreliable. "
-            "Annotate against a reference measured on a similar gene panel.",
+            "Subset the reference to the genes the query has "
+            "(`reference[:, reference.var_names.intersection(query.var_names)]`), or annotate against a "
+            "reference measured on a similar gene panel.",
             UserWarning,
             stacklevel=3,
         )
@@ -714,8 +719,10 @@ def _query_as_reference(adata: Any, reference: Any, use_rep: str, gene_embedding
     info["shared_genes"] = _check_gene_overlap(ref_stats, [str(g) for g in var_names])
     table = _transfer_table(reference, use_rep, gene_embeddings, config=r_config, progress=progress)
     settings = get_settings(config, **{"aggregate.layer": None, "aggregate.use_raw": False})  # the matrix is X
-    embed_cells(light, config=settings, key_added=use_rep, gene_stats=ref_stats, gene_embeddings=table,
-                progress=progress)
+    with warnings.catch_warnings():  # (coverage: the shared-gene check above is the one that applies)
+        warnings.simplefilter("ignore", CoverageWarning)
+        embed_cells(light, config=settings, key_added=use_rep, gene_stats=ref_stats, gene_embeddings=table,
+                    progress=progress)
     info["query_gene_stats"] = "reference (recomputed: the query's own obsm[use_rep] was embedded on itself)"
     return np.asarray(light.obsm[use_rep], dtype=np.float32)
 
