@@ -434,6 +434,9 @@ def in_silico_deletion(
         the empirical one-sided p-value ``(1 + #null >= effect) / (n + 1)`` (at least
         ``1 / (n + 1)``: with the default null of every gene in the bin, about 1 / 1,000 for
         10,000 genes in 10 bins), and its Benjamini-Hochberg adjustment over the tested genes.
+        When the tested genes are most of the null (``genes=None``, every gene, on the fast path), each
+        ``p_null`` is only the gene's rank among its bin's other genes, uniform by
+        construction: ``fdr`` is NaN then, and ``z_robust`` is the measure to rank by.
         The null columns are NaN for genes that cannot have an effect (not expressed in the
         source cells, or not used by the model);
     ``rank``, ``rank_cosine``, ``rank_classifier``
@@ -590,8 +593,12 @@ def in_silico_deletion(
     df["expression_bin"] = cb
     df["null_mean"], df["null_sd"], df["z"] = null_mean, null_sd, z
     df["null_median"], df["null_robust_sd"], df["z_robust"], df["p_null"] = null_median, null_rsd, z_robust, p_null
-    fdr = np.full(cand.size, np.nan)  # Benjamini-Hochberg over the genes tested against the null
-    if tested.any():
+    # Benjamini-Hochberg over the genes tested against the null, when the null is not those genes
+    # themselves: tested genome-wide, each gene's p_null is only its rank among the bin's other
+    # genes (uniform by construction; a trial found every fdr 1.0), so no fdr is given then
+    fdr = np.full(cand.size, np.nan)
+    in_null = np.array([int(g) in null_pos for g in cand], dtype=bool)
+    if tested.any() and (in_null[tested].sum() <= 0.5 * null_idx.size):
         from scipy.stats import false_discovery_control
 
         fdr[tested] = false_discovery_control(p_null[tested], method="bh")
