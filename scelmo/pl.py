@@ -432,6 +432,8 @@ def in_silico_ranking(
     -------
     The matplotlib Figure.
     """
+    if isinstance(n_top, bool) or not isinstance(n_top, (int, np.integer)) or n_top < 1:
+        raise InputError(f"n_top must be a positive number of genes, got {n_top!r}.")
     show = _begin(save, show)
     import matplotlib.pyplot as plt
     import pandas as pd

@@ -285,6 +285,9 @@ def test_in_silico_ranking_reads_a_zarr_round_trip_and_names_an_empty_score(tmp_
                                  "logit_shift": np.array([0.3, 0.1, -0.2]), "source": "s", "target": "t"}
     fig = scelmo.pl.in_silico_ranking(a, show=False)
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["C", "B", "A"]
+    for bad in (0, -3, 2.5):  # trial finding: 0 said "no gene has a value", -3 drew every gene
+        with pytest.raises(InputError, match="n_top must be a positive"):
+            scelmo.pl.in_silico_ranking(a, n_top=bad, show=False)
     a.uns["scelmo_in_silico"]["logit_shift"] = np.full(3, np.nan)
     with pytest.raises(scelmo.ScelmoError, match="No gene has a value in column 'logit_shift'"):
         scelmo.pl.in_silico_ranking(a, show=False)

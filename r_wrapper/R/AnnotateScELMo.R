@@ -111,6 +111,11 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
           !identical(used, assay)) {
         message("scelmo: the '", reduction, "' reduction of ", what, " was computed on assay '", used,
                 "'; embedding assay '", assay, "' here instead")
+      } else if (startsWith(reduction, "scelmo") && length(SeuratObject::Misc(x[[reduction]])) == 0) {
+        # a scelmo reduction without its misc (what merge(..., merge.dr = ) leaves): each part was
+        # turned to its own axes, so the rows are not in one frame (a trial: 0.28 agreement)
+        message("scelmo: the '", reduction, "' reduction of ", what, " carries no scelmo record (e.g. made by ",
+                "merge(..., merge.dr = )); embedding here instead. Run RunScELMo() on a merged object.")
       } else {
         E <- SeuratObject::Embeddings(x, reduction = reduction)[colnames(x), , drop = FALSE]
         rotation <- SeuratObject::Misc(x[[reduction]])$rotation

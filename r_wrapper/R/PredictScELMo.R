@@ -42,7 +42,8 @@
 #' table(query$scelmo_label, query$scelmo_label_score > 0.7)
 #' integ <- TrainScELMo(seu, batch = "donor", head = "integration")
 #' seu <- PredictScELMo(seu, integ)
-#' seu <- Seurat::RunUMAP(seu, reduction = "scelmo_integrated", dims = 1:32)
+#' Seurat::ElbowPlot(seu, reduction = "scelmo_integrated", ndims = 50)
+#' seu <- Seurat::RunUMAP(seu, reduction = "scelmo_integrated", dims = 1:30)
 #' }
 #' @export
 PredictScELMo <- function(object, model, ...) {
@@ -76,12 +77,15 @@ PredictScELMo.Seurat <- function(object, model, method = "knn", prefix = "scelmo
     object[[paste0(prefix, "label_score")]] <- stats::setNames(res$scores, colnames(object))
   }
   if (add_reduction) {
-    Z <- res$latent
+    # ordered by variance like PCs, as RunScELMo's (Stdev, ElbowPlot, dims = 1:n); the rotation in misc
+    turned <- .principal_axes(res$latent)
+    Z <- turned$Z
     colnames(Z) <- paste0(reduction.key, seq_len(ncol(Z)))
     object[[reduction.name]] <- SeuratObject::CreateDimReducObject(
-      embeddings = Z, key = reduction.key, assay = assay,
+      embeddings = Z, key = reduction.key, assay = assay, stdev = turned$stdev,
       misc = list(scelmo = list(head = model$head, method = method, model_path = model$path %||% "",
-                                n_model_genes = res$n_model_genes, n_missing_genes = res$n_missing))
+                                n_model_genes = res$n_model_genes, n_missing_genes = res$n_missing),
+                  rotation = turned$rotation)
     )
   }
   object <- SeuratObject::LogSeuratCommand(object = object)

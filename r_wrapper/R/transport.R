@@ -77,7 +77,16 @@
   if (is.matrix(m) && !is.numeric(m) && !is.logical(m)) {
     .abort("The expression matrix must be numeric.", "scelmo_input_error")
   }
-  m <- as(m, "CsparseMatrix")
+  if (is(m, "SummarizedExperiment")) {  # (a SingleCellExperiment has dim() but is no matrix)
+    .abort(c(paste0("A ", class(m)[1], " is not read directly; pass its counts, e.g. ",
+                    "RunScELMo(SingleCellExperiment::counts(sce)) (genes x cells), or convert it with ",
+                    "Seurat::as.Seurat(sce)."),
+             "From Python, scelmo.io.read_rds reads SingleCellExperiment .rds files."), "scelmo_input_error")
+  }
+  m <- tryCatch(as(m, "CsparseMatrix"), error = function(e) {
+    .abort(paste0("Expected a Seurat object or a genes x cells matrix (dense or sparse), got a ", class(m)[1],
+                  " that cannot be read as one: ", conditionMessage(e)), "scelmo_input_error")
+  })
   if (!is(m, "dgCMatrix")) m <- as(as(as(m, "dMatrix"), "generalMatrix"), "CsparseMatrix")
   m
 }

@@ -205,3 +205,10 @@ test_that("an API key given inline never reaches object@commands or the saved ob
   expect_match(cmd@call.string, "describe.api_key = \"**********\"", fixed = TRUE)
   expect_match(cmd@call.string, "verbose = FALSE", fixed = TRUE)
 })
+
+test_that("a SingleCellExperiment gets a classed error that says what to pass", {
+  # trial finding: an unclassed "no method or default for coercing" error
+  skip_if_not_installed("SingleCellExperiment")
+  sce <- SingleCellExperiment::SingleCellExperiment(assays = list(counts = toy_counts(20)))
+  expect_error(RunScELMo(sce, verbose = FALSE), class = "scelmo_input_error", regexp = "counts\\(sce\\)")
+})

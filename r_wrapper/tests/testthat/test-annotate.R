@@ -108,3 +108,15 @@ test_that("AnnotateScELMo: a named assay is read from the reference too; a reduc
                           reduction = NULL, verbose = FALSE)
   expect_identical(same$scelmo_label, plain$scelmo_label)
 })
+
+test_that("a scelmo reduction merged from two objects (no record) is embedded afresh, not reused", {
+  # trial finding: merge(..., merge.dr = "scelmo") joins two objects' differently turned axes
+  skip_if_no_annotate()
+  a <- RunScELMo(toy_seurat(30), verbose = FALSE)
+  b <- RunScELMo(toy_seurat(30), verbose = FALSE)
+  m <- merge(a, b, add.cell.ids = c("a", "b"), merge.dr = "scelmo")
+  expect_length(SeuratObject::Misc(m[["scelmo"]]), 0)
+  expect_message(out <- AnnotateScELMo(m, cell.types = c("T cell", "B cell", "monocyte"), verbose = FALSE),
+                 "carries no scelmo record")
+  expect_true(all(out$scelmo_label %in% c("T cell", "B cell", "monocyte", "unknown")))
+})

@@ -122,6 +122,13 @@ test_that("the integration head returns an integrated DimReduc and no labels", {
   expect_true(ncol(E) >= 2 && all(is.finite(E)))
   expect_false(any(c("scelmo_label", "scelmo_label_score") %in% colnames(seu[[]])))
   expect_identical(SeuratObject::Misc(dr)$scelmo$head, "integration")
+  # ordered by variance like RunScELMo's (trial finding: arbitrary order, no stdev, docs said 1:32)
+  sds <- SeuratObject::Stdev(dr)
+  expect_length(sds, ncol(E))
+  expect_true(all(diff(sds) <= 1e-6))
+  latent <- attr(PredictScELMo(as.matrix(SeuratObject::GetAssayData(pbmc_small, slot = "counts")), model,
+                               verbose = FALSE), "latent")
+  expect_equal(unname(E %*% t(SeuratObject::Misc(dr)$rotation)), unname(latent), tolerance = 1e-5)
   # method = "classifier" does not apply to it: said, not ignored in silence
   expect_warning(PredictScELMo(pbmc_small, model, method = "classifier", verbose = FALSE), "does not apply",
                  class = "scelmo_warning")
