@@ -375,6 +375,7 @@ def annotate(
     aggregator: str | None = "wa",
     config: Mapping[str, Any] | None = None,
     key_added: str = keys.LABEL,
+    gene_embeddings: str | None = None,
 ) -> dict[str, Any]:
     """Cell-type labels: kNN transfer from ``reference`` or zero-shot from ``cell_types``.
 
@@ -383,7 +384,9 @@ def annotate(
     ``embedding`` / ``reference_embedding`` (float32 column-major bytes, cells x d) reuse
     an existing scelmo reduction; otherwise cells are embedded first with ``aggregator``.
     ``ref_labels`` names a column of the reference's metadata. ``cell_type_texts``
-    (optional, one per type) are descriptions embedded instead of the names. Returns ``labels`` (bytes),
+    (optional, one per type) are descriptions embedded instead of the names. ``gene_embeddings``:
+    a saved gene table's directory for every embedding made here (``AnnotateScELMo``'s config
+    ``gene.embeddings``, as ``RunScELMo`` takes it). Returns ``labels`` (bytes),
     ``label_na`` (1 byte per cell) and ``scores`` (float64 bytes).
     """
 
@@ -401,8 +404,9 @@ def annotate(
             adata = to_anndata(payload)
             cfg = _with_aggregator(cfg, aggregator)
         else:
-            adata = _embedded(payload, embedding, aggregator, cfg)
-        ref = _embedded(reference, reference_embedding, aggregator, cfg) if reference is not None else None
+            adata = _embedded(payload, embedding, aggregator, cfg, gene_embeddings)
+        ref = (_embedded(reference, reference_embedding, aggregator, cfg, gene_embeddings) if reference is not None
+               else None)
         if ref is not None and ref_labels is not None and ref_labels not in ref.obs:
             raise ScelmoError(f"The reference has no metadata column {ref_labels!r}.")
         types: Any = decode_strings(cell_types, int(n_cell_types)) if cell_types is not None else None
@@ -410,7 +414,7 @@ def annotate(
             types = dict(zip(types, decode_strings(cell_type_texts, len(types)), strict=True))
         tl.annotate(
             adata, reference=ref, ref_labels=ref_labels, cell_types=types, k=int(k),
-            config=cfg, key_added=key_added, progress=False,
+            config=cfg, key_added=key_added, progress=False, gene_embeddings=gene_embeddings,
         )
         labels = adata.obs[key_added]
         na = labels.isna().to_numpy()
@@ -433,14 +437,16 @@ def _with_aggregator(cfg: Any, aggregator: str | None) -> Any:
     return {**dict(cfg or {}), "aggregate.method": aggregator}
 
 
-def _embedded(payload: Mapping[str, Any], embedding: Any, aggregator: str | None, cfg: Any) -> Any:
+def _embedded(payload: Mapping[str, Any], embedding: Any, aggregator: str | None, cfg: Any,
+              gene_embeddings: str | None = None) -> Any:
     adata = to_anndata(payload)
     if embedding is not None:
         d = len(_buf(embedding)) // 4 // max(adata.n_obs, 1)
         Z = np.frombuffer(_buf(embedding), dtype="<f4").reshape((adata.n_obs, d), order="F")
         adata.obsm[keys.X_SCELMO] = np.ascontiguousarray(Z)
     else:
-        tl.embed_cells(adata, aggregator=aggregator, use_raw=False, config=cfg, progress=False)
+        tl.embed_cells(adata, aggregator=aggregator, use_raw=False, config=cfg, progress=False,
+                       gene_embeddings=gene_embeddings)
     return adata
 
 

@@ -204,6 +204,27 @@ def test_rds_without_the_r_extra_is_a_clear_error(monkeypatch, tmp_path):
         scelmo.io.no_such_function  # noqa: B018
 
 
+def test_annotate_with_a_saved_gene_table(tmp_path):
+    """The R wrapper's config gene.embeddings reached RunScELMo but not AnnotateScELMo: a reference
+    embedded with a saved table could not be annotated against (tl.annotate now refuses another
+    table), so the table is passed through."""
+    import scelmo
+
+    Xr, cells_r, obs_r = _blocks(90, seed=0)
+    Xq, cells_q, _ = _blocks(60, seed=1)
+    ge = scelmo.tl.embed_genes(genes=GENES, progress=False)
+    shuffled = scelmo.GeneEmbeddings(ge.genes, ge.vectors[::-1].copy(), {"embed_model": "reversed"})
+    shuffled.save(tmp_path / "table")
+    ref = make_payload(Xr, cells_r, GENES, obs_r)
+    out = r_bridge.annotate(make_payload(Xq, cells_q, GENES), reference=ref, ref_labels="type", k=5,
+                            gene_embeddings=str(tmp_path / "table"))
+    assert out["ok"], out
+    assert out["provenance"]["method"] == "knn_transfer"
+    bad = r_bridge.annotate(make_payload(Xq, cells_q, GENES), reference=ref, ref_labels="type", k=5,
+                            gene_embeddings=str(tmp_path / "no_such_table"))
+    assert not bad["ok"] and "no_such_table" in bad["message"]  # the table given is the one read
+
+
 def _blocks(n_cells: int, seed: int = 0):
     """Counts with three groups, each expressing its own block of four GENES."""
     rng = np.random.default_rng(seed)

@@ -143,8 +143,12 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
   aggregator <- .aggregator(aggregator, config)
   .check_k(k)
   query <- .annotate_input(object, assay, layer, reduction, what = "the query", explicit = explicit)
+  # a saved gene table (config gene.embeddings, as RunScELMo takes it) embeds both objects here
+  gene_embeddings <- config[["gene.embeddings"]]
+  config[["gene.embeddings"]] <- NULL
   args <- list(query$payload, embedding = query$embedding, k = as.integer(k), aggregator = aggregator,
                config = if (length(config)) config else NULL, key_added = label.name)
+  if (!is.null(gene_embeddings)) args$gene_embeddings <- gene_embeddings
   if (!is.null(reference)) {
     if (is.null(ref.labels)) {
       .abort("`ref.labels` is needed with `reference`: a metadata column name or one label per cell.",
