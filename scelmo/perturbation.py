@@ -183,9 +183,6 @@ def top_de_genes(control_mean: Any, perturbed_mean: Any, n: int = 100) -> np.nda
     """
     if n < 1:
         raise InputError(f"n must be at least 1, got {n}.")
-    if np.ndim(control_mean) == 1 and np.ndim(perturbed_mean) == 1 and np.size(control_mean) != np.size(perturbed_mean):
-        raise InputError(f"control_mean and perturbed_mean differ in length "
-                         f"({np.size(control_mean)} vs {np.size(perturbed_mean)}).")
     (c, p), labels = align_by_gene([control_mean, perturbed_mean], names=["control_mean", "perturbed_mean"],
                                    reference=1)
     order = np.argsort(-np.abs(p.ravel() - c.ravel()), kind="stable")[: min(n, c.size)]

@@ -652,12 +652,7 @@ def perturbation_deltas(
                 continue
             # (Series are matched by gene label, arrays by position: a prediction in the model's
             # gene order is not paired with another order's observation)
-            obs_p, pred_p = observed[p], preds[p]
-            if np.ndim(obs_p) == 1 and np.ndim(pred_p) == 1 and np.size(obs_p) != np.size(pred_p):
-                raise ScelmoError(f"{method!r} predicts {np.size(pred_p)} genes for {p!r} but {np.size(obs_p)} "
-                                  "were observed.")
-            (obs, pred), _ = align_by_gene([obs_p, pred_p], names=[f"observed[{p!r}]", f"{method}[{p!r}]"])
-            obs, pred = obs.ravel(), pred.ravel()
+            (obs, pred), _ = align_by_gene([observed[p], preds[p]], names=[f"observed[{p!r}]", f"{method}[{p!r}]"])
             r = np.corrcoef(obs, pred)[0, 1] if obs.std() > 0 and pred.std() > 0 else float("nan")
             ax.scatter(obs, pred, s=6, alpha=0.6, color=f"C{i}", label=f"{method} (r={r:.2f})")
         obs = np.asarray(observed[p], dtype=float).ravel()
