@@ -569,6 +569,8 @@ def train(
         symbols = dict(zip(map(str, adata.var_names), map(str, adata.var[keys.GENE_SYMBOL]), strict=True)) \
             if keys.GENE_SYMBOL in adata.var else {}
         model._r_bridge = {"normalize": used, "symbols": symbols}
+        if used == "log1p":  # normalised here over the training genes: Python queries are scaled the same way
+            model.train_info["normalized_counts"] = True
         model.adata = None  # the handle keeps the weights, not the training data
         return {"model": model, "info": _model_info(model, model._r_bridge)}
 

@@ -402,3 +402,32 @@ def test_integer_labels_come_back_as_integers_in_their_own_order(split, tmp_path
     np.testing.assert_array_equal(probs.to_numpy().argmax(1), model.predict(q, method="classifier"))
     loaded = scelmo.Model.load(model.save(tmp_path / "m"), adata=q)
     np.testing.assert_array_equal(loaded.predict(q), pred)
+
+
+def test_a_counts_query_is_scaled_over_the_genes_a_counts_model_was_trained_on(split):
+    """Trial finding: a counts query was normalised over all its own genes, the R wrapper over
+    the model's; genes the model never saw changed the query's library sizes (and so its
+    embedding) in Python only. A model trained on counts now scales a query over the genes
+    it was trained on, wherever it is called from."""
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+
+    train, test = split
+    keep = np.sort(np.argsort(-np.asarray(train.X.mean(0)).ravel())[:300])
+
+    def counts(a, cols):
+        return ad.AnnData(sp.csr_matrix(a.layers["counts"][:, cols]), obs=a.obs.copy(),
+                          var=pd.DataFrame(index=a.var_names[cols]))
+
+    tr = counts(train, keep)
+    tr.varm[keys.GENE_EMBEDDING] = train.varm[keys.GENE_EMBEDDING][keep]
+    scelmo.Model.setup_anndata(tr, labels_key="bulk_labels")
+    m = scelmo.Model(tr).train(max_epochs=2, seed=0)
+    assert m.train_info["normalized_counts"] is True
+    same = counts(test, keep)
+    wide = counts(test, np.arange(test.n_vars))  # the same cells with 465 genes the model never saw
+    assert wide.n_vars > same.n_vars
+    z_same = m.get_latent_representation(same)
+    np.testing.assert_allclose(m.get_latent_representation(wide), z_same, atol=1e-5)
+    assert (m.predict(wide) == m.predict(same)).all()

@@ -81,17 +81,26 @@ def should_normalize(mode: str, matrix: Any) -> bool:
     return False
 
 
-def normalize_chunk(chunk: Any, target_sum: float = TARGET_SUM) -> Any:
-    """``log1p(x / total * target_sum)`` per cell (zero-count cells stay zero); float32, same format."""
+def normalize_chunk(chunk: Any, target_sum: float = TARGET_SUM, *, totals: np.ndarray | None = None) -> Any:
+    """``log1p(x / total * target_sum)`` per cell (zero-count cells stay zero); float32, same format.
+
+    ``totals``: each cell's library size when it is not the row sum (e.g. the sum over the
+    genes a model was trained on, so a query with other genes is scaled as its training
+    cells were); a cell whose total is 0 stays zero.
+    """
+    if totals is not None:
+        totals = np.asarray(totals, dtype=np.float64).ravel()
+        if totals.shape[0] != chunk.shape[0]:
+            raise ValueError(f"totals has {totals.shape[0]} entries for {chunk.shape[0]} cells.")
     if sp.issparse(chunk):  # in place on a float32 copy: no float64 temporaries of the chunk's size
         out = chunk.tocsr(copy=True).astype(np.float32, copy=False)
-        tot = np.asarray(out.sum(axis=1, dtype=np.float64)).ravel()
+        tot = np.asarray(out.sum(axis=1, dtype=np.float64)).ravel() if totals is None else totals
         scale = np.divide(target_sum, tot, out=np.zeros_like(tot), where=tot > 0).astype(np.float32)
         out.data *= np.repeat(scale, np.diff(out.indptr))
         np.log1p(out.data, out=out.data)
         return out
     arr = np.asarray(chunk, dtype=np.float64)
-    tot = arr.sum(axis=1, keepdims=True)
+    tot = arr.sum(axis=1, keepdims=True) if totals is None else totals[:, None]
     scale = np.divide(target_sum, tot, out=np.zeros_like(tot), where=tot > 0)
     return np.log1p(arr * scale).astype(np.float32)
 

@@ -164,7 +164,9 @@ class Model:
         Uses the layer / raw choice of :meth:`setup_anndata` (the model's own, for a
         query that was not set up). Raw counts are log-normalised (library size 10,000,
         then ``log1p``, as :func:`scelmo.tl.embed_cells` does), so a model applies to counts
-        and log-normalised data alike. Genes are matched to the model's gene table by
+        and log-normalised data alike. When the model was trained on counts, a query's
+        library sizes are its counts over the genes the model was trained on, as the
+        training cells' were. Genes are matched to the model's gene table by
         ``var["scelmo_symbol"]``, else by the symbol the gene vocabulary resolves the name
         to (aliases such as IGJ, Ensembl IDs), else the name; genes the table lacks take
         the query's own ``varm["scelmo"]`` vectors when present. The vectors are the
@@ -199,8 +201,8 @@ class Model:
                "(or `use_raw=True`); on the command line `--layer counts`.")
         chunks = [c for _, c in iter_row_chunks(matrix, 20_000, fix=fix)]
         X = sp.vstack(chunks, format="csr") if sp.issparse(chunks[0]) else np.vstack(chunks)
-        if normalize and should_normalize("auto", X):  # counts: log-normalised, as tl.embed_cells does
-            X = normalize_chunk(X)
+        counts = normalize and should_normalize("auto", X)  # counts: log-normalised, as tl.embed_cells does
+        self._read_counts = counts  # (train records it: a query is then scaled over the same genes)
         lookup = _lookup_names(adata, names)
         if keys.GENE_SYMBOL not in adata.var:  # aliases and Ensembl IDs: the vocabulary's symbol
             vocab = roles.vocabulary()
@@ -228,6 +230,8 @@ class Model:
             key = n if key in taken else key  # (a second column of one gene keeps its own name)
             taken.add(key)
             head_names.append(key)
+        if counts:
+            X = normalize_chunk(X, totals=self._library_sizes(X, head_names, adata))
         if self.train_genes and adata is not self.adata and getattr(self, "_warned_missing", None) != id(adata):
             # (genes without a vector carry no weight: only those with one count)
             have = set(head_names)
@@ -241,6 +245,24 @@ class Model:
                     "that var_names are gene symbols or Ensembl IDs of the same species as the training data.",
                     ScelmoWarning, stacklevel=3)
         return X, names, E, head_names
+
+    def _library_sizes(self, X: Any, head_names: list[str], adata: Any) -> np.ndarray | None:
+        """Each query cell's counts over the genes the model was trained on (``None``: the row sums).
+
+        When the model read counts in training, the training cells were normalised over the
+        training data's genes, so a query is normalised over the same genes (those it has):
+        genes the model never saw would otherwise change its library sizes (as in the R
+        wrapper's ``PredictScELMo``). A model trained on log-normalised values (normalised
+        by the user over whatever genes they had) scales a counts query over all its genes,
+        as ``sc.pp.normalize_total`` would.
+        """
+        if adata is self.adata or not self.train_genes or not self.train_info.get("normalized_counts"):
+            return None
+        trained = set(self.train_genes)
+        known = np.fromiter((n in trained for n in head_names), dtype=bool, count=len(head_names))
+        if known.all() or not known.any():
+            return None
+        return np.asarray(X[:, np.flatnonzero(known)].sum(axis=1, dtype=np.float64)).ravel()
 
     def _obs(self, key: str | None) -> np.ndarray | None:
         if key is None:
@@ -282,6 +304,7 @@ class Model:
         """
 
         X, _, E, names = self.head_expression()
+        read_counts = self._read_counts
         settings = {"max_epochs": max_epochs, "batch_size": batch_size, "lr": lr, "early_stopping": early_stopping,
                     "device": device, "seed": seed, "num_threads": num_threads, "progress": progress, **training}
         settings = {k: v for k, v in settings.items() if v is not None}
@@ -301,6 +324,7 @@ class Model:
             "epochs": sum(1 for h in history if float(h.get("epoch", 1) or 0) > 0),
             "seconds": time.perf_counter() - t0,
             "device": "" if self.head.device is None else str(self.head.device),
+            "normalized_counts": bool(read_counts),
             **{f"setting_{k}": v for k, v in settings.items() if isinstance(v, str | int | float | bool)},
         }
         if self.head.best_score is not None:
