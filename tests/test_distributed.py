@@ -186,3 +186,22 @@ def test_lazy_raw_matrix_is_recorded_and_its_output_file_reads_back(counts_files
     out = ad.read_h5ad(tmp_path / "out.h5ad")
     assert out.shape == sub.shape and keys.GENES_USED not in out.var
     np.testing.assert_allclose(out.obsm["X_scelmo"], _reference(sub, genes), rtol=0, atol=1e-6)
+
+
+def test_an_unreachable_scheduler_is_a_clear_error_within_the_timeout():
+    """`--scheduler ADDRESS` of a scheduler that is not running: a ScelmoError naming the
+    address and what to check, after the connect timeout (not a dask traceback)."""
+    import socket
+    import time
+
+    from scelmo.errors import ScelmoError
+    from scelmo.expression import distributed
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.perf_counter()
+    with (pytest.raises(ScelmoError, match=rf"127\.0\.0\.1:{port} within 2 s.*--workers N"),
+          distributed.cluster(scheduler=f"tcp://127.0.0.1:{port}", timeout=2)):
+        pass
+    assert time.perf_counter() - t0 < 20

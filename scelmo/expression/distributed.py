@@ -240,19 +240,20 @@ def read_lazy(path: str | Path, *, layer: str | None = None, use_raw: bool | Non
 
 
 @contextlib.contextmanager
-def cluster(scheduler: str | None = None, workers: int | None = None) -> Iterator[Any]:
+def cluster(scheduler: str | None = None, workers: int | None = None, *, timeout: float = 30.0) -> Iterator[Any]:
     """A ``dask.distributed`` client for an existing scheduler (``scheduler`` address) or a
-    LocalCluster of ``workers`` processes (one thread each); closed on exit."""
+    LocalCluster of ``workers`` processes (one thread each); closed on exit. ``timeout``:
+    seconds to wait for the scheduler before a :class:`~scelmo.errors.ScelmoError`."""
     try:
         from distributed import Client, LocalCluster
     except ImportError as exc:
         raise ScelmoError(_INSTALL) from exc
     if scheduler:
         try:
-            client = Client(scheduler, timeout="30s")
+            client = Client(scheduler, timeout=f"{timeout:g}s")
         except (OSError, TimeoutError) as exc:  # (distributed raises OSError / TimeoutError for an unreachable one)
             raise ScelmoError(
-                f"Cannot reach a dask scheduler at {scheduler} within 30 s ({type(exc).__name__}). Check the address "
+                f"Cannot reach a dask scheduler at {scheduler} within {timeout:g} s ({type(exc).__name__}). Check the address "
                 "(`dask scheduler` prints it) and that the scheduler is running and reachable from here, or use "
                 "--workers N for a local cluster."
             ) from None
