@@ -468,6 +468,8 @@ def test_cli_trains_on_targets_under_old_symbols_and_gives_command_line_advice(t
             "--option", 'control="non-targeting"', "--option", "hidden=8", "--option", "latent=4", "--max-epochs", "1"]
     res = r.invoke(cli, [*base, "-o", str(tmp_path / "m")])
     assert res.exit_code == 0, res.output
+    # (a name read as a gene by another name is said: a stimulus "IFN-beta" would get IFNB1's vector)
+    assert "read as genes by another name" in res.output and "MARCH8 -> MARCHF8" in res.output
     from scelmo.model import Model
 
     assert "MARCH8" in Model.load(tmp_path / "m").head.seen_components

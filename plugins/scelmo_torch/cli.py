@@ -86,7 +86,24 @@ def _perturbed_gene_vectors(adata: Any, key: str, options: Any, config: dict[str
     unknown = [c for c in comps if c not in out]
     if unknown:
         raise _no_vector_error(unknown)
+    _say_genes_by_another_name(list(out), table)
     return out
+
+
+def _say_genes_by_another_name(names: list[str], table: GeneEmbeddings) -> None:
+    """Tell which perturbation names were read as a gene by another name (an alias or an older
+    symbol: IFN-beta -> IFNB1, MARCH8 -> MARCHF8), since such a name is given that gene's vector."""
+    vocab = roles.vocabulary()
+    if vocab is None:
+        return
+    pairs = [(n, s) for n, s in zip(names, vocab.resolve(names).symbols, strict=True)
+             if s and s != n and n not in table]
+    if pairs:
+        shown = ", ".join(f"{n} -> {s}" for n, s in pairs[:8]) + (", ..." if len(pairs) > 8 else "")
+        click.echo(f"Perturbation names read as genes by another name, and given those genes' vectors: {shown}. A name "
+                   "that is not that gene (a stimulus or a drug) needs a vector from its description: use Python, "
+                   "scelmo.Model(..., perturbation_embeddings=scelmo.perturbation.text_perturbation_embeddings({name: "
+                   "description})).", err=True)
 
 
 def _matrix_choice(adata: Any, layer: str | None) -> dict[str, Any]:
