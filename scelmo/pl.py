@@ -15,6 +15,13 @@ from scelmo.io import atomic_path
 from scelmo.metrics import confusion
 from scelmo.perturbation import align_by_gene
 
+__all__ = ["confusion_matrix", "embedding", "in_silico_ranking", "integration_scores", "metrics_bar",
+           "perturbation_deltas", "training_history"]
+
+
+def __dir__() -> list[str]:  # tab completion lists the plots, not the module's imports
+    return __all__
+
 
 def embedding(
     adata: Any,

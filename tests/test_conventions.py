@@ -253,3 +253,19 @@ def test_cluster_takes_a_knn_transformer(embedded):
     found = set(d[0].indices) - {0}  # the object's graph may list the cell itself at distance 0
     assert found == set(np.argsort(row)[: len(found)]) and len(found) >= 9
     assert a.obs[keys.CLUSTER].nunique() > 1
+
+
+def test_tl_and_pl_list_their_functions_and_nothing_else():
+    """Tab completion on scelmo.tl / scelmo.pl showed the modules' imports (np, os, re, Any,
+    annotations, ...) beside the tools; each name listed is a public function there."""
+    import inspect
+
+    import scelmo
+
+    for mod in (scelmo.tl, scelmo.pl):
+        names = dir(mod)
+        assert names == sorted(mod.__all__) and "np" not in names and "annotations" not in names
+        assert all(inspect.isfunction(getattr(mod, n)) for n in names)
+    public_plots = {n for n, f in vars(scelmo.pl).items() if inspect.isfunction(f) and f.__module__ == "scelmo.pl"
+                    and not n.startswith("_")}
+    assert public_plots == set(scelmo.pl.__all__)

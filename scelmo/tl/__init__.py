@@ -24,3 +24,7 @@ from scelmo.tl._embedding import embed_cells, embed_genes, estimate_embed_genes
 from scelmo.tl._insilico import in_silico_deletion
 
 __all__ = ["annotate", "cluster", "embed_cells", "embed_genes", "estimate_embed_genes", "in_silico_deletion", "umap"]
+
+
+def __dir__() -> list[str]:  # tab completion lists the tools, not the module's imports
+    return __all__
