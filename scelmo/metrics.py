@@ -39,8 +39,12 @@ def _labels_missing(x: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     ones (``None``, NaN, ``pd.NA``), which must never form a class of their own."""
     import pandas as pd
 
-    s = x if isinstance(x, pd.Series) else pd.Series(x if isinstance(x, pd.Categorical) else np.asarray(x, dtype=object)
-                                                     if not isinstance(x, np.ndarray) else x)
+    if isinstance(x, pd.Series):
+        s = x
+    elif isinstance(x, pd.Categorical | np.ndarray):
+        s = pd.Series(x)
+    else:  # lists, tuples, Index, ...: as objects (no coercion of mixed values to one type)
+        s = pd.Series(np.asarray(x, dtype=object))
     missing = s.isna().to_numpy()
     if isinstance(s.dtype, pd.CategoricalDtype):  # (each category once: fast on a million cells)
         cats = np.array([_label_text(c) for c in s.cat.categories] + [""], dtype=object)
