@@ -439,6 +439,7 @@ def plugins_cmd(as_json: bool) -> None:
             kind: [e.name for e in reg.entries() if e.plugin == info.name]
             for kind, reg in plugins.REGISTRIES.items()
         }
+        provides["command"] = plugins.plugin_commands(info.name)
         rows.append({
             "plugin": info.name, "distribution": info.distribution, "version": info.version,
             "module": info.module, "error": info.error,

@@ -151,7 +151,7 @@ def test_third_party_plugin_listed_and_selected_from_config(third_party_site, tm
     assert res.returncode == 0, res.stderr
     rows = {r["plugin"]: r for r in json.loads(res.stdout)}
     assert rows["maxagg"]["distribution"] == "scelmo-maxagg"
-    assert rows["maxagg"]["provides"] == {"aggregator": ["maxpool"]}
+    assert rows["maxagg"]["provides"] == {"aggregator": ["maxpool"], "command": ["maxagg-hello"]}
     assert "broken" in rows and "broken on purpose" in rows["broken"]["error"]
     assert "plugin 'broken' failed to load" in res.stderr  # warns, names itself, CLI lives
     # as one "Warning: ..." line like every other, not Python's "file.py:304: PluginWarning:" form

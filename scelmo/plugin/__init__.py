@@ -65,6 +65,7 @@ from scelmo.plugin.manager import (
     get_plugin_manager,
     heads,
     knowledge_sources,
+    plugin_commands,
     plugin_infos,
     prompts,
     providers,
@@ -78,6 +79,6 @@ __all__ = [
     "BlockPart", "BlockPlan", "Completion", "Component", "ComponentOptions", "EmbedderOptions", "EmbeddingBatch",
     "Entry", "KnowledgeSource", "ModelComponent", "PluginInfo", "PromptTemplate", "Provider", "Register",
     "Registry", "RemoteOptions", "TaskHead", "TextEmbedder", "add_commands", "aggregators", "check_strict", "embedders",
-    "fill_registry", "get_plugin_manager", "heads", "hookimpl", "hookspec", "knowledge_sources", "plugin_infos",
-    "prompts", "providers", "register_plugin", "reset", "split_phrases", "unregister_plugin",
+    "fill_registry", "get_plugin_manager", "heads", "hookimpl", "hookspec", "knowledge_sources", "plugin_commands",
+    "plugin_infos", "prompts", "providers", "register_plugin", "reset", "split_phrases", "unregister_plugin",
 ]

@@ -38,7 +38,7 @@ from scelmo.plugin.components import (
     Provider,
     TextEmbedder,
 )
-from scelmo.plugin.heads import TaskHead
+from scelmo.plugin.heads import CAPABILITIES, TaskHead
 from scelmo.redact import mask
 
 T = TypeVar("T")
@@ -88,6 +88,7 @@ class Registry(Generic[T]):
         self._entries: dict[str, Entry[T]] = {}
         self._aliases: dict[str, str] = {}
         self._filled = False
+        self._warned_catch_alls = False
 
     # -- filling -----------------------------------------------------------------
     def add(
@@ -111,8 +112,11 @@ class Registry(Generic[T]):
                 f"{what} of {self.base.__module__}.{self.base.__qualname__}."
             )
         name = name or getattr(obj, "name", None)
-        if not name:
-            raise PluginError(f"Plugin {plugin!r} registered a {self.kind} without a name.")
+        if not name or not isinstance(name, str):
+            raise PluginError(f"Plugin {plugin!r} registered a {self.kind} without a name ({obj!r}): give the "
+                              "class a `name` attribute or pass register(..., name=...).")
+        if isinstance(aliases, str):
+            aliases = (aliases,)
         key = name.lower()
         if key in self._entries and self._entries[key].obj is not obj:
             prev = self._entries[key]
@@ -120,16 +124,40 @@ class Registry(Generic[T]):
                 f"{self.kind} {name!r} is registered twice: by plugin {prev.plugin!r} and by "
                 f"{plugin!r}. Uninstall one of them or limit loading with SCELMO_LOAD_PLUGINS."
             )
+        if key in self._aliases and self._aliases[key] != key:
+            owner = self._entries[self._aliases[key]]
+            raise PluginError(
+                f"{self.kind} {name!r} of plugin {plugin!r} is already another name of {owner.name!r} (plugin "
+                f"{owner.plugin!r}). Register it under a name of its own."
+            )
+        if self.base is TaskHead:
+            unknown = sorted(set(getattr(obj, "capabilities", ())) - CAPABILITIES)
+            if unknown:
+                raise PluginError(
+                    f"Plugin {plugin!r} registered the {self.kind} {name!r} with unknown capabilities {unknown}; "
+                    f"a head declares a subset of {sorted(CAPABILITIES)}."
+                )
+        kept: list[str] = []
+        for alias in aliases:  # an alias never takes another component's name or alias
+            a = str(alias).lower()
+            taken = self._entries.get(a) or self._entries.get(self._aliases.get(a, ""))
+            if a != key and taken is not None and taken.obj is not obj:
+                warnings.warn(
+                    f"scelmo plugin {plugin!r}: the alias {alias!r} of {self.kind} {name!r} is already "
+                    f"{'the name' if a in self._entries else 'an alias'} of {taken.name!r} (plugin {taken.plugin!r}); "
+                    "the alias was ignored.", PluginWarning, stacklevel=4)
+                continue
+            kept.append(str(alias))
         self._entries[key] = Entry(
             name=name,
             obj=obj,
             kind=self.kind,
             plugin=plugin,
             distribution=distribution,
-            aliases=tuple(aliases),
+            aliases=tuple(kept),
             catch_all=catch_all,
         )
-        for alias in aliases:
+        for alias in kept:
             self._aliases[alias.lower()] = key
 
     def remove(self, name: str) -> None:
@@ -152,11 +180,16 @@ class Registry(Generic[T]):
         self._entries.clear()
         self._aliases.clear()
         self._filled = False
+        self._warned_catch_alls = False
 
     def _ensure_filled(self) -> None:
         if not self._filled:
             self._filled = True
-            fill_registry(self)
+            try:
+                fill_registry(self)
+            except BaseException:  # (strict mode): no half-filled registry for the next look-up
+                self.clear()
+                raise
 
     # -- look-up -----------------------------------------------------------------
     def names(self) -> list[str]:
@@ -179,7 +212,8 @@ class Registry(Generic[T]):
         """The entry registered as ``name`` (or an alias of it)."""
         self._ensure_filled()
         key = name.lower()
-        key = self._aliases.get(key, key)
+        if key not in self._entries:  # a name before an alias
+            key = self._aliases.get(key, key)
         if key in self._entries:
             return self._entries[key]
         raise self._unknown(name)
@@ -201,7 +235,13 @@ class Registry(Generic[T]):
         prefix, sep, rest = model.partition("/")
         if sep and prefix in self:
             return self.entry(prefix), rest
-        catch_alls = [e for e in self._entries.values() if e.catch_all]
+        catch_alls = [e for e in self._entries.values() if e.catch_all]  # built-in plugins' first
+        if len(catch_alls) > 1 and not self._warned_catch_alls:
+            self._warned_catch_alls = True
+            warnings.warn(
+                f"Several {self.kind}s take any model string: {', '.join(f'{e.name!r} (plugin {e.plugin!r})' for e in catch_alls)}. "
+                f"Strings no component claims go to {catch_alls[0].name!r}; prefix a model with another's name "
+                f"(e.g. '{catch_alls[1].name}/...') to use it.", PluginWarning, stacklevel=3)
         if catch_alls:
             return catch_alls[0], model
         raise self._unknown(model)
@@ -228,6 +268,8 @@ class Registry(Generic[T]):
 
 # -- the plugin manager -------------------------------------------------------
 ENTRY_POINT_GROUP = "scelmo"
+#: The distribution of the built-in plugins (``plugins/``), registered like any other.
+BUILTIN_DISTRIBUTION = "scelmo"
 
 
 @dataclass
@@ -244,6 +286,7 @@ class PluginInfo:
 class _State:
     pm: pluggy.PluginManager | None = None
     infos: dict[str, PluginInfo] = {}
+    commands: dict[str, list[str]] = {}
     loaded = False
 
 
@@ -260,11 +303,11 @@ def _strict() -> bool:
         return False
 
 
-def _report_failure(name: str, exc: BaseException, what: str) -> None:
+def _report_failure(name: str, exc: BaseException, what: str, *, skipped: str = "was skipped") -> None:
     strict = _strict()
     message = (
-        f"scelmo plugin {name!r} failed to {what}{'' if strict else ' and was skipped'}: "
-        f"{type(exc).__name__}: {exc}. Fix or uninstall it, or exclude it with "
+        f"scelmo plugin {name!r} failed to {what}{'' if strict else f' and {skipped}'}: "
+        f"{type(exc).__name__}: {str(exc).rstrip('.')}. Fix or uninstall it, or exclude it with "
         "SCELMO_LOAD_PLUGINS" + (" (plugins.strict is on: a failing plugin stops scelmo)." if strict else ".")
     )
     if strict:
@@ -354,6 +397,7 @@ def unregister_plugin(name: str) -> None:
     if plugin is not None:
         pm.unregister(plugin, name=name)
     _state.infos.pop(name, None)
+    _state.commands.pop(name, None)
     for reg in REGISTRIES.values():
         reg.remove_plugin(name)
 
@@ -364,29 +408,60 @@ def plugin_infos() -> list[PluginInfo]:
     return sorted(_state.infos.values(), key=lambda i: i.name)
 
 
+def _note_error(plugin_name: str, message: str) -> None:
+    """Add ``message`` to what ``scelmo plugins`` shows for the plugin (every failure, not the last)."""
+    info = _state.infos.get(plugin_name)
+    if info is not None:
+        text = mask(message)
+        info.error = text if not info.error else f"{info.error}; {text}"
+
+
 def _fill_from(registry: Registry, plugin_name: str, plugin: Any) -> None:
+    """Run one plugin's hook for ``registry``. What the hook registers is kept only when the
+    hook returns: a hook that raises leaves nothing behind. A registration that is refused
+    (no name, wrong type, a name already taken) skips that component, with a warning."""
     impl = getattr(plugin, registry.hook, None)
     if impl is None:
         return
     info = _state.infos.get(plugin_name)
-    register = partial(
-        registry.add, plugin=plugin_name, distribution=info.distribution if info else ""
-    )
+    staged: list[tuple[Any, dict[str, Any]]] = []
+
+    def register(obj: Any, **options: Any) -> None:
+        staged.append((obj, options))
+
     try:
         impl(register=register)
-    except PluginError:
-        raise
     except Exception as exc:  # noqa: BLE001
-        if info is not None:
-            info.error = mask(f"{registry.hook}: {type(exc).__name__}: {exc}")
+        _note_error(plugin_name, f"{registry.hook}: {type(exc).__name__}: {exc}")
         _report_failure(plugin_name, exc, f"run {registry.hook}")
+        return
+    add = partial(registry.add, plugin=plugin_name, distribution=info.distribution if info else "")
+    for obj, options in staged:
+        try:
+            add(obj, **options)
+        except (PluginError, TypeError) as exc:
+            _note_error(plugin_name, f"{registry.hook}: {exc}")
+            article = "an" if registry.kind[:1] in "aeiou" else "a"
+            _report_failure(plugin_name, exc, f"register {article} {registry.kind}", skipped="that component was skipped")
+
+
+def _builtin(plugin_name: str) -> bool:
+    info = _state.infos.get(plugin_name)
+    return info is not None and info.distribution.lower() == BUILTIN_DISTRIBUTION
+
+
+def _in_fill_order(impls: list[Any]) -> list[Any]:
+    """Hook implementations in the order their components are registered: the built-in
+    plugins first (so a third-party plugin never replaces one of their names), then the
+    others by entry-point name (pluggy keeps them in registration order)."""
+    return sorted(impls, key=lambda impl: not _builtin(impl.plugin_name))
 
 
 def fill_registry(registry: Registry) -> None:
     """Call ``registry.hook`` on every plugin, one at a time (errors are isolated)."""
     pm = get_plugin_manager()
     hook = getattr(pm.hook, registry.hook)
-    for impl in reversed(hook.get_hookimpls()):  # registration order
+    for impl in _in_fill_order(hook.get_hookimpls()):
         _fill_from(registry, impl.plugin_name, impl.plugin)
 
 
@@ -396,17 +471,38 @@ def add_commands(cli: Any) -> None:
         return
     cli._scelmo_plugin_commands = True
     pm = get_plugin_manager()
-    for impl in reversed(pm.hook.register_commands.get_hookimpls()):
+    for impl in _in_fill_order(pm.hook.register_commands.get_hookimpls()):
+        before = dict(getattr(cli, "commands", {}))
         try:
             impl.function(cli=cli)
         except Exception as exc:  # noqa: BLE001
+            cli.commands = before  # (nothing half-added)
+            _note_error(impl.plugin_name, f"register_commands: {type(exc).__name__}: {exc}")
             _report_failure(impl.plugin_name, exc, "add its commands")
+            continue
+        added = []
+        for name, command in list(cli.commands.items()):
+            if name in before and before[name] is not command:  # a command of scelmo or an earlier plugin
+                cli.commands[name] = before[name]
+                warnings.warn(f"scelmo plugin {impl.plugin_name!r} tried to replace the command {name!r}; the "
+                              "existing command was kept. Give the plugin's command a name of its own.",
+                              PluginWarning, stacklevel=2)
+                _note_error(impl.plugin_name, f"register_commands: the command {name!r} exists; not replaced")
+            elif name not in before:
+                added.append(name)
+        _state.commands[impl.plugin_name] = sorted(added)
+
+
+def plugin_commands(plugin_name: str) -> list[str]:
+    """The CLI commands ``plugin_name`` added (after :func:`add_commands`)."""
+    return list(_state.commands.get(plugin_name, []))
 
 
 def reset() -> None:
     """Forget every loaded plugin and registered component (for tests)."""
     _state.pm = None
     _state.infos = {}
+    _state.commands = {}
     _state.loaded = False
     for reg in REGISTRIES.values():
         reg.clear()
