@@ -166,6 +166,8 @@ def test_third_party_plugin_listed_and_selected_from_config(third_party_site, tm
     assert res.returncode == 0, res.stderr
     out = ad.read_h5ad(tmp_path / "out.h5ad")
     assert out.uns[keys.PROVENANCE]["embed_cells"]["aggregator"] == "maxpool"
+    # which distribution made it, with its version (trial finding: only the component's name)
+    assert out.uns[keys.PROVENANCE]["embed_cells"]["aggregator_options"]["plugin"] == "scelmo-maxagg 0.0.1"
     assert out.obsm[keys.X_SCELMO].shape == (60, 384)
 
 

@@ -109,6 +109,7 @@ print(json.dumps({
     "classes": list(probs.columns), "latent": list(z.shape), "epochs": model.train_info["epochs"],
     "reloaded_same": bool((again.predict() == labels).all()),
     "saved_classes": json.load(open("model/model.json"))["classes"],
+    "head_plugin": json.load(open("model/model.json"))["head_plugin"],
 }))
 """
 
@@ -123,3 +124,8 @@ def test_installed_head_trains_predicts_and_round_trips_through_model(site, tmp_
     assert out["latent"] == [210, 32]
     assert out["epochs"] == 1
     assert out["reloaded_same"]
+    # the saved model names the distribution its head came from; without it, loading says what to install
+    assert out["head_plugin"] == f"{DIST} 0.1.0"
+    res = subprocess.run([sys.executable, "-c", "import scelmo; scelmo.Model.load('model')"], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=300)
+    assert res.returncode != 0 and f"plugin distribution {DIST} 0.1.0, which is not installed here" in res.stderr

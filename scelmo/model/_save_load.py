@@ -19,7 +19,7 @@ import numpy as np
 
 from scelmo import plugin as plugins
 from scelmo._version import __version__
-from scelmo.errors import InputError, ScelmoError
+from scelmo.errors import InputError, ScelmoError, UnknownComponentError
 from scelmo.genes import GeneEmbeddings
 from scelmo.io import atomic_dir
 from scelmo.plugin import TaskHead
@@ -50,6 +50,7 @@ def save_model(model: Model, path: str | Path, *, overwrite: bool = False) -> Pa
             "scelmo_version": __version__,
             "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "head": model.head_name,
+            "head_plugin": getattr(type(model.head), "scelmo_origin", ""),  # a third-party head's distribution
             "head_options": model.head.options.model_dump(mode="json"),
             "setup": asdict(model.setup),
             "train_genes": model.train_genes,
@@ -75,6 +76,15 @@ def read_model(path: str | Path) -> tuple[dict[str, Any], GeneEmbeddings, TaskHe
     table = GeneEmbeddings.load(path / GENES_DIR)
     if _sha256_array(table.vectors) != info.get("gene_embeddings_sha256"):
         raise ScelmoError(f"{path}: the gene table does not match the checksum in {MODEL_FILE}; the model is corrupt.")
-    head_cls = plugins.heads.get(info["head"])
+    try:
+        head_cls = plugins.heads.get(info["head"])
+    except UnknownComponentError as exc:
+        origin = info.get("head_plugin")
+        if not origin:
+            raise
+        raise UnknownComponentError(
+            f"{path} was trained with the task head {info['head']!r} of the plugin distribution {origin}, which is "
+            f"not installed here: install it (`pip install {origin.split()[0]}`), then load the model again."
+        ) from exc
     head = head_cls.load_state(path / HEAD_DIR)
     return info, table, head

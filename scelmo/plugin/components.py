@@ -86,6 +86,9 @@ class Component(ABC):  # noqa: B024 - abstract methods live in the subclasses
         (call ``super().provenance_record()`` first).
         """
         out: dict[str, str | int | float] = {"name": self.name}
+        origin = getattr(type(self), "scelmo_origin", "")
+        if origin:  # a third-party plugin's component: which distribution and version made the result
+            out["plugin"] = origin
         for key, value in self.options.model_dump().items():
             if isinstance(value, str | int | float) and not is_secret_name(key):
                 out[key] = mask(value)

@@ -17,6 +17,7 @@ registry on first use by calling its hook on every plugin; an unknown name raise
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import warnings
@@ -57,6 +58,15 @@ class Entry(Generic[T]):
     distribution: str
     aliases: tuple[str, ...] = field(default=())
     catch_all: bool = False
+    version: str = ""
+
+    @property
+    def origin(self) -> str:
+        """The distribution and version that provides a third-party component
+        (``"scelmo-maxagg 0.1.0"``); empty for scelmo's own plugins and run-time ones."""
+        if not self.distribution or self.distribution.lower() == BUILTIN_DISTRIBUTION or self.distribution.startswith("<"):
+            return ""
+        return f"{self.distribution} {self.version}".strip()
 
     @property
     def description(self) -> str:
@@ -100,8 +110,13 @@ class Registry(Generic[T]):
         catch_all: bool = False,
         plugin: str = "<runtime>",
         distribution: str = "",
+        version: str = "",
     ) -> None:
-        """Register ``obj`` (usually called through a hook's ``register`` callback)."""
+        """Register ``obj`` (usually called through a hook's ``register`` callback).
+
+        A class of a third-party distribution gets ``scelmo_origin`` (``"dist version"``),
+        which provenance records and :meth:`scelmo.Model.save` keeps.
+        """
         ok = isinstance(obj, self.base) if self.instances else (
             isinstance(obj, type) and issubclass(obj, self.base)
         )
@@ -148,7 +163,7 @@ class Registry(Generic[T]):
                     "the alias was ignored.", PluginWarning, stacklevel=4)
                 continue
             kept.append(str(alias))
-        self._entries[key] = Entry(
+        entry = Entry(
             name=name,
             obj=obj,
             kind=self.kind,
@@ -156,7 +171,12 @@ class Registry(Generic[T]):
             distribution=distribution,
             aliases=tuple(kept),
             catch_all=catch_all,
+            version=version,
         )
+        if not self.instances and entry.origin:
+            with contextlib.suppress(AttributeError, TypeError):
+                type.__setattr__(obj, "scelmo_origin", entry.origin)  # type: ignore[arg-type]
+        self._entries[key] = entry
         for alias in kept:
             self._aliases[alias.lower()] = key
 
@@ -435,7 +455,8 @@ def _fill_from(registry: Registry, plugin_name: str, plugin: Any) -> None:
         _note_error(plugin_name, f"{registry.hook}: {type(exc).__name__}: {exc}")
         _report_failure(plugin_name, exc, f"run {registry.hook}")
         return
-    add = partial(registry.add, plugin=plugin_name, distribution=info.distribution if info else "")
+    add = partial(registry.add, plugin=plugin_name, distribution=info.distribution if info else "",
+                  version=info.version if info else "")
     for obj, options in staged:
         try:
             add(obj, **options)
