@@ -48,7 +48,9 @@ class UnknownComponentError(ScelmoError, KeyError):
 
 
 class PluginError(ScelmoError):
-    """A plugin failed to load (raised only with ``plugins.strict = true``)."""
+    """A plugin failed: it did not load or register (raised with ``plugins.strict = true``;
+    otherwise a :class:`PluginWarning` and the plugin is skipped), or one of its components
+    returned something unusable (an aggregator's block of the wrong shape, NaNs)."""
 
     exit_code = 2
 

@@ -114,6 +114,14 @@ def _matrix_choice(adata: Any, layer: str | None) -> dict[str, Any]:
     return {"layer": layer}
 
 
+def _how_trained(epochs: Any, device: Any, seconds: float) -> str:
+    """``"1 epoch on cpu in 0.9 s"``, ``"12 epochs in 3.0 s"``: no empty device, singular for one epoch."""
+    parts = [] if epochs is None else [f"{epochs} epoch{'' if epochs == 1 else 's'}"]
+    if device:
+        parts.append(f"on {device}")
+    return " ".join([*parts, f"in {seconds:.1f} s"])
+
+
 def add_commands(cli: Any) -> None:
     """Add ``train`` and ``predict`` to the root ``scelmo`` group."""
 
@@ -179,7 +187,7 @@ def add_commands(cli: Any) -> None:
         score = info.get("best_validation_score")
         click.echo(
             f"Trained {head!r} on {info['n_cells']} cells ({info['n_genes_with_vector']}/{info['n_genes']} genes with vectors), "
-            f"{info['epochs']} epochs on {info['device']} in {time.perf_counter() - t0:.1f} s"
+            f"{_how_trained(info.get('epochs'), info.get('device'), time.perf_counter() - t0)}"
             + (f", best validation score {score:.3f}" if score is not None else "") + f" -> {output}"
         )
         if latent_output:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from scelmo.errors import ConfigError
+from scelmo.errors import ConfigError, PluginError
 from scelmo.expression.matrix import (
     PRECISIONS,
     as_float32,
@@ -35,7 +35,6 @@ from scelmo.progress import progress_bar
 
 if TYPE_CHECKING:
     from scelmo.plugin import Aggregator
-
 
 
 @dataclass(frozen=True)
@@ -96,8 +95,9 @@ def plan(
     if center is not None:
         if not aggregator.linear:
             raise ConfigError(
-                f"Aggregator {aggregator.name!r} is not linear, so it cannot embed centred input; "
-                "use transform='none' with it."
+                f"Aggregator {aggregator.name!r} is not linear (it defines no `row_weights`), so it cannot embed "
+                "centred input. Leave out `center=` (`transform=\"none\"`), or use a linear aggregator such as "
+                "\"wa\" or \"aa\" (docs/plugins.md, \"An aggregator\")."
             )
         offset = _centring_offset(np.asarray(center, dtype=np.float64)[sel], E)
     E = np.ascontiguousarray(E, dtype=np.float32)
@@ -162,6 +162,7 @@ def aggregate(
                     normalize=normalize, columns=columns, center=center, scale=scale, precision=precision)
     total_expr = covered_expr = 0.0
     empty: list[np.ndarray] = []
+    width: int | None = None
     with progress_bar(total=n_cells, desc=f"aggregating ({aggregator.name})", unit="cell", enabled=progress) as bar:
         for start, chunk in iter_row_chunks(matrix, chunk_size):
             part = prepared.run(chunk, start, checked=True)
@@ -169,8 +170,16 @@ def aggregate(
             covered_expr += part.covered_expression
             if part.empty_cells.size:
                 empty.append(part.empty_cells)
-            if out is None:  # width from the first block: an aggregator may change d
-                out = np.zeros((n_cells, part.block.shape[1]), dtype=np.float32)
+            if width is None:  # width from the first block: an aggregator may change d
+                width = int(part.block.shape[1])
+            elif part.block.shape[1] != width:
+                raise PluginError(
+                    f"{_describe(aggregator)} returned {part.block.shape[1]} columns for cells "
+                    f"{_rows(start, start + chunk.shape[0])} but {width} for the cells before; every block "
+                    f"must have the same width. {_WHAT_TO_DO}"
+                )
+            if out is None:
+                out = np.zeros((n_cells, width), dtype=np.float32)
             out[start : start + chunk.shape[0]] = part.block
             bar.update(chunk.shape[0])
     if out is None:
@@ -230,21 +239,126 @@ class BlockPlan:
             chunk = chunk[:, self.columns]
         n_sel = chunk.shape[1]
         agg = self.aggregator
-        block = agg.aggregate_chunk(chunk, self.prepared, n_genes=n_sel)
+        rows = _rows(start, stop)
+        block = _checked_block(agg, agg.aggregate_chunk(chunk, self.prepared, n_genes=n_sel), chunk.shape[0],
+                              self.dim if agg.linear else None, rows)
         if self.offset is not None:
-            block -= agg.row_weights(chunk, n_sel)[:, None] * self.offset[None, :]
+            w = _checked_weights(agg, agg.row_weights(chunk, n_sel), chunk.shape[0], rows)
+            block -= w[:, None] * self.offset[None, :]
         is_empty = np.asarray(chunk @ self.sel_covered).ravel() <= 0
         if is_empty.any():
             block[is_empty] = 0.0
         if self.l2_normalize:
             norms = np.linalg.norm(block, axis=1, keepdims=True)
             np.divide(block, norms, out=block, where=norms > 0)
-        if not np.isfinite(block).all():
-            raise ConfigError(
-                f"Aggregator {agg.name!r} produced non-finite values for cells "
-                f"{start}..{stop}; this is a bug in the aggregator."
+        bad = ~np.isfinite(block).all(axis=1)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0]) + start
+            raise PluginError(
+                f"{_describe(agg)} returned NaN or infinite values for {int(bad.sum())} of the cells {rows} "
+                f"(the first: row {first}); the input values were finite. {_WHAT_TO_DO}"
             )
         return BlockPart(block, total, covered, np.flatnonzero(is_empty) + start)
+
+
+#: The end of every message about an aggregator that returned something unusable.
+_WHAT_TO_DO = (
+    "This is a bug in the aggregator: report it to its author, or choose another aggregator "
+    "(`aggregator=`; `scelmo plugins` lists them)."
+)
+
+
+def _describe(agg: Aggregator) -> str:
+    """``Aggregator 'name' (package.module.Class)``: who to report a bad return to."""
+    cls = type(agg)
+    return f"Aggregator {agg.name!r} ({cls.__module__}.{cls.__qualname__})"
+
+
+def _rows(start: int, stop: int) -> str:
+    """Rows ``start..stop-1`` as a reader counts them: "in rows 0-699" (0-based, inclusive)."""
+    return f"in row {start}" if stop - start == 1 else f"in rows {start}-{stop - 1}"
+
+
+def _what(value: Any) -> str:
+    """What a plugin returned, in short: ``None``, ``list(shape=(700, 2))``, ``ndarray(shape=(699, 64), dtype=float32)``."""
+    if value is None:
+        return "None"
+    shape = getattr(value, "shape", None)
+    if shape is None and isinstance(value, (list, tuple)):
+        try:
+            shape = np.shape(value)
+        except ValueError:  # ragged rows
+            return f"{type(value).__name__}(rows of different lengths)"
+    parts = [f"shape={tuple(shape)}"] if shape is not None else []
+    if getattr(value, "dtype", None) is not None:
+        parts.append(f"dtype={value.dtype}")
+    return f"{type(value).__name__}({', '.join(parts)})"
+
+
+def _checked_block(agg: Aggregator, value: Any, n_rows: int, dim: int | None, rows: str) -> np.ndarray:
+    """What ``agg.aggregate_chunk`` returned, as a writable float32 ``n_rows x d`` ndarray.
+
+    Parameters
+    ----------
+    agg
+        The aggregator (named in the error).
+    value
+        Its return value: anything convertible to a 2-D float array (an ndarray, a list of
+        rows, a CPU torch tensor...).
+    n_rows
+        Rows of the chunk it was given: one cell vector per row is expected.
+    dim
+        The width ``d`` it must have (a linear aggregator returns ``diag(w) X E``, so E's
+        width), or ``None`` for any width of at least 1.
+    rows
+        Which rows of the data the chunk holds, for the message ("in rows 0-699").
+
+    Returns
+    -------
+    The block as float32 (copied only when it was not a writable float32 ndarray).
+
+    Raises
+    ------
+    PluginError
+        When the value is not a real-valued 2-D array of the expected shape.
+    """
+    block = None
+    problem = "cannot be read as an array of real numbers"
+    if value is not None:
+        try:
+            arr = np.asarray(value)
+            if arr.dtype.kind in "biufO":  # an object array: convertible when it holds numbers
+                block = arr.astype(np.float32, copy=False)
+        except (TypeError, ValueError, RuntimeError):  # None rows, ragged lists, a tensor on a GPU...
+            block = None
+    if block is not None:
+        if block.ndim != 2:
+            problem = f"is {block.ndim}-D"
+        elif block.shape[0] != n_rows:
+            problem = f"has {block.shape[0]} rows"
+        elif block.shape[1] == 0 or (dim is not None and block.shape[1] != dim):
+            problem = f"has {block.shape[1]} columns"
+        else:
+            return block if block.flags.writeable else block.copy()
+    want = f"({n_rows}, {dim})" if dim is not None else f"({n_rows}, d)"
+    raise PluginError(
+        f"{_describe(agg)} returned {_what(value)} for the {n_rows} cells {rows}, which {problem}; "
+        f"expected a float array of shape {want}, one vector per cell. {_WHAT_TO_DO}"
+    )
+
+
+def _checked_weights(agg: Aggregator, value: Any, n_rows: int, rows: str) -> np.ndarray:
+    """What ``agg.row_weights`` returned, as a float32 vector of ``n_rows`` weights."""
+    try:
+        w = np.asarray(value, dtype=np.float32) if value is not None else None
+    except (TypeError, ValueError, RuntimeError):
+        w = None
+    if w is None or w.shape != (n_rows,):
+        raise PluginError(
+            f"{_describe(agg)}: row_weights returned {_what(value)} for the {n_rows} cells {rows}; expected "
+            f"one weight per cell (shape ({n_rows},)), as a linear aggregator must. {_WHAT_TO_DO}"
+        )
+    return w
 
 
 @dataclass

@@ -28,7 +28,15 @@ from scelmo.config import ScelmoSettings, get_settings
 from scelmo.errors import ConfigError, InputError, ScelmoWarning
 from scelmo.knowledge import roles
 from scelmo.llm.cache import Cache, open_cache, text_hash
-from scelmo.llm.calls import Budget, Estimate, Usage, run_calls, with_retries
+from scelmo.llm.calls import (
+    Budget,
+    Estimate,
+    Usage,
+    no_price,
+    priced_by_options,
+    run_calls,
+    with_retries,
+)
 from scelmo.plugin import Completion, KnowledgeSource, PromptTemplate, Provider
 from scelmo.progress import progress_bar
 
@@ -198,9 +206,19 @@ def estimate(
     ptok = sum(component.count_tokens(template.render(i), system=template.system) for i in todo)
     ctok = component.expected_completion_tokens() * len(todo)
     cost = component.price(ptok, ctok) if todo else 0.0
-    notes = [f"completion tokens assumed {component.expected_completion_tokens()} per answer (max_tokens)"]
+    # where the assumption comes from: the provider's own method, its `max_tokens` option, or the default
+    if type(component).expected_completion_tokens is not Provider.expected_completion_tokens:
+        source = f"from {component.name}'s expected_completion_tokens()"
+    elif "max_tokens" in type(component.options).model_fields:
+        source = "max_tokens"
+    else:
+        source = (f"a default: {component.name!r} has no max_tokens option; its author can implement "
+                  "Provider.expected_completion_tokens()")
+    notes = [f"completion tokens assumed {component.expected_completion_tokens()} per answer ({source})"]
     if cost is None:
-        notes.append("price unknown to litellm: set options.input_cost_per_token / output_cost_per_token")
+        notes.append("price unknown to litellm: set options.input_cost_per_token / output_cost_per_token"
+                     if priced_by_options(component)
+                     else f"{no_price(component)}; until then --max-cost refuses to run")
     return Estimate("describe", component.model_id, len(todo), len(unique), len(unique) - len(todo),
                     ptok, ctok, cost, notes)
 
@@ -331,4 +349,5 @@ def _ask(plan: _Plan, todo: list[str], result: DescribeResult, cache: Cache | No
                 component.count_tokens(template.render(i), system=template.system), expected
             ),
             actual_cost=lambda out: out[0].cost,
+            component=component,
         )

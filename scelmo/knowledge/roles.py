@@ -20,6 +20,7 @@ from scelmo.config import RoleConfig, ScelmoSettings
 from scelmo.errors import ConfigError, OfflineError, UnknownComponentError
 from scelmo.genes import GeneVocabulary
 from scelmo.llm.cache import open_cache
+from scelmo.llm.calls import priced_by_options
 from scelmo.plugin import KnowledgeSource, Provider, TextEmbedder
 
 _CONNECTION = ("api_base", "api_key", "api_key_env", "model_list")
@@ -34,10 +35,14 @@ def _options(role: RoleConfig, cls: type, role_name: str) -> dict[str, Any]:
         if value is None:
             continue
         if key not in accepted:
+            name = getattr(cls, "name", "") or getattr(cls, "__name__", str(cls))
             raise ConfigError(
-                f"{role_name}.{key} is set, but {role_name}.model = {role.model!r} is served by "
-                f"{getattr(cls, 'name', cls)!r}, which takes no {key}. Remove it, or choose a "
-                "remote model string (e.g. \"openai/...\", \"ollama/...\")."
+                f"{role_name}.{key} is set, but {role_name}.model = {role.model!r} is served by {name!r} "
+                f"({getattr(cls, '__module__', '?')}), which takes no {key}. Remove it, and set the options of "
+                f"{name!r} under `{role_name}.options` (it takes: {', '.join(accepted) or 'none'}). To accept "
+                f"{key}, {name!r} would need the option `{key}`: its author can add that field to its Options "
+                "(docs/providers/custom.md). To reach a server through litellm instead, choose a litellm model "
+                "string (e.g. \"openai/...\", \"ollama/...\")."
             )
         out.setdefault(key, value)
     return out
@@ -45,11 +50,16 @@ def _options(role: RoleConfig, cls: type, role_name: str) -> dict[str, Any]:
 
 def _check_offline(settings: ScelmoSettings, role: str, component: Any) -> None:
     if settings.offline and getattr(component, "requires_network", False):
+        # litellm's components decide from api_base; a plugin's says so itself
+        plugin = "" if priced_by_options(component) else (
+            f" (If {getattr(component, 'name', component)!r} only talks to this machine, its author can set "
+            "`self.requires_network = False` for such instances: docs/providers/custom.md.)"
+        )
         raise OfflineError(
             f"The {role!r} role is set to {getattr(component, 'model_id', component)!r}, which "
             "uses the network, but `offline = true`. Choose a local model (e.g. "
             "`describe.model = \"local\"`, `embed.model = \"local/all-MiniLM-L6-v2-int8\"`) "
-            "or set `offline = false`."
+            f"or set `offline = false`.{plugin}"
         )
 
 

@@ -128,15 +128,12 @@ class Budget:
         self.booked = 0.0
         self._lock = threading.Lock()
 
-    def reserve(self, estimate: float | None) -> float:
+    def reserve(self, estimate: float | None, component: Any = None) -> float:
+        """Book ``estimate`` USD for the next call of ``component`` (named when its price is unknown)."""
         if self.max_cost is None:
             return 0.0
         if estimate is None:
-            raise UnknownPriceError(
-                "A cost limit is set but this model's price is unknown to litellm. Set the "
-                "role's `options.input_cost_per_token` / `options.output_cost_per_token`, or "
-                "drop --max-cost."
-            )
+            raise UnknownPriceError(f"A cost limit is set, but {no_price(component)}; or run without --max-cost.")
         with self._lock:
             if self.spent + self.booked + estimate > self.max_cost + 1e-12:
                 stop = BudgetExceededError(self.stop_message(estimate))
@@ -157,6 +154,46 @@ class Budget:
         with self._lock:
             self.booked = max(0.0, self.booked - booked)
             self.spent += float(actual if actual is not None else booked)
+
+
+def priced_by_options(component: Any) -> bool:
+    """Whether ``component`` takes its price from options (``input_cost_per_token``, as litellm's do)."""
+    return "input_cost_per_token" in (getattr(type(getattr(component, "options", None)), "model_fields", None) or {})
+
+
+def no_price(component: Any = None) -> str:
+    """Why ``component`` has no price and how it can get one (the start of a sentence).
+
+    Components whose options take ``input_cost_per_token`` (litellm's) are priced by
+    setting it; any other provider or embedder is priced by its ``price()`` method, which
+    only its author can add.
+
+    Parameters
+    ----------
+    component
+        The provider or embedder whose ``price()`` returned ``None``; ``None`` when the
+        caller does not know it.
+
+    Returns
+    -------
+    A clause such as ``"the LLM provider 'toyllm' (toyllm/tiny) has no price: its author
+    can implement `Provider.price()`"``, to be completed by the caller.
+    """
+    if component is None:
+        return ("this model's price is unknown: for a litellm model set the role's `options.input_cost_per_token` "
+                "/ `options.output_cost_per_token`; a plugin's component is priced by its `price()` method")
+    name = getattr(component, "name", "") or type(component).__name__
+    model_id = getattr(component, "model_id", name)
+    if priced_by_options(component):
+        return (f"the price is unknown to litellm for {model_id!r}: set the role's "
+                "`options.input_cost_per_token` / `options.output_cost_per_token` (USD per token)")
+    kind = getattr(component, "kind", "component")
+    # the scelmo base class it implements (Provider, TextEmbedder), named as the author knows it
+    base = next((c.__name__ for c in type(component).__mro__ if c.__module__ == "scelmo.plugin.components"),
+                type(component).__name__)
+    which = f" ({model_id})" if model_id != name else ""
+    return (f"the {kind} {name!r}{which} has no price: its author can implement `{base}.price()` "
+            "(USD for a number of tokens; 0.0 for a free model)")
 
 
 # --------------------------------------------------------------------------- retries
@@ -266,6 +303,7 @@ async def _run_calls_async(
     budget: Budget | None,
     estimate_cost: Callable[[J], float | None] | None,
     actual_cost: Callable[[T], float | None] | None,
+    component: Any = None,
 ) -> list[BaseException]:
     queue: asyncio.Queue[J] = asyncio.Queue()
     for job in jobs:
@@ -284,7 +322,7 @@ async def _run_calls_async(
             booked = 0.0
             try:
                 if budget is not None:
-                    booked = budget.reserve(estimate_cost(job) if estimate_cost else 0.0)
+                    booked = budget.reserve(estimate_cost(job) if estimate_cost else 0.0, component)
                 result = await call(job)
             except BaseException as exc:  # noqa: BLE001 - collected, re-raised by the caller
                 if budget is not None:
@@ -314,6 +352,7 @@ def run_calls(
     budget: Budget | None = None,
     estimate_cost: Callable[[J], float | None] | None = None,
     actual_cost: Callable[[T], float | None] | None = None,
+    component: Any = None,
 ) -> None:
     """Run ``call(job)`` for every job, at most ``concurrency`` at a time.
 
@@ -321,13 +360,14 @@ def run_calls(
     thread, one at a time). On the first failure no new call starts, the calls in
     flight finish (their results still reach ``on_result``) and the failure is
     raised; a :class:`~scelmo.errors.BudgetExceededError` is preferred over others
-    so a cost stop reads as one.
+    so a cost stop reads as one. ``component`` (the provider or embedder called) is
+    named when a cost limit is set and ``estimate_cost`` returns ``None``.
     """
     jobs = list(jobs)
     if not jobs:
         return
     errors = run_sync(
-        _run_calls_async(jobs, call, on_result, concurrency, budget, estimate_cost, actual_cost)
+        _run_calls_async(jobs, call, on_result, concurrency, budget, estimate_cost, actual_cost, component)
     )
     if errors:
         budget_errors = [e for e in errors if isinstance(e, BudgetExceededError)]

@@ -124,6 +124,7 @@ def _embed_async(embedder: TextEmbedder, batches: list[list[str]], unique: dict[
         budget=budget,
         estimate_cost=lambda b: embedder.price(embedder.count_tokens([unique[h] for h in b])),
         actual_cost=lambda r: r.cost,
+        component=embedder,
     )
 
 def check_batch(embedder: TextEmbedder, vecs: np.ndarray, n: int, dim: int | None) -> int:

@@ -18,6 +18,7 @@ from scelmo import keys, provenance
 from scelmo import plugin as plugins
 from scelmo.config import ScelmoSettings
 from scelmo.errors import (
+    ConfigError,
     CoverageWarning,
     EmptyCellsWarning,
     InputError,
@@ -670,6 +671,12 @@ def embed_cells(
     agg = plugins.aggregators.create(agg_cfg.method, **agg_cfg.options)
     if not agg.linear and agg_cfg.transform is None:
         plan["transform"] = "none"  # a non-linear aggregator (e.g. genept_s) reads the values as they are
+    elif not agg.linear and plan["transform"] != "none":  # said before the gene statistics are computed
+        raise ConfigError(
+            f"`transform=\"{plan['transform']}\"` needs a linear aggregator, and {agg_cfg.method!r} is not one "
+            "(it defines no `row_weights`), so it cannot embed centred or scaled input. Use `transform=\"none\"` "
+            "(its default), or a linear aggregator such as `aggregator=\"wa\"` (docs/plugins.md, \"An aggregator\")."
+        )
     if not isinstance(key_added, str) or not key_added:
         raise InputError(f"key_added must be a non-empty string (an obsm key), got {key_added!r}.")
     if getattr(adata, "isbacked", False) and getattr(adata, "is_view", False):
