@@ -315,6 +315,23 @@ def test_a_cost_stop_reports_what_the_calls_in_flight_spent(server, tmp_path):
     assert done > 0 and 0 < spent <= 0.012, str(info.value)
 
 
+def test_a_cost_limit_with_concurrency_waits_for_calls_in_flight_instead_of_stopping(server, tmp_path):
+    """Trial finding: with `--concurrency 4`, a second call booked at its worst case while the
+    first was in flight did not fit, and that ended the run after one call, every time; with
+    concurrency 1 the same limit allowed many. A booking that does not fit beside calls in
+    flight now waits for them to settle (their actual cost is far below the worst case)."""
+    genes = [f"K{i}" for i in range(20)]
+    spent = {}
+    for conc in (1, 4):
+        opts = {"input_cost_per_token": 1e-4, "output_cost_per_token": 1e-4, "max_tokens": 200, "concurrency": conc}
+        s = _cfg(server, tmp_path / str(conc), dopts=opts)
+        before = sum(server.answered[g] for g in genes)
+        with pytest.raises(BudgetExceededError, match="cost limit"):
+            describe(genes, config=s, max_cost=0.04)  # the worst case of one call fits, not of two at once
+        spent[conc] = sum(server.answered[g] for g in genes) - before
+    assert spent[1] > 1 and spent[4] >= spent[1] - 1, spent
+
+
 LLAMA3 = "hosted_vllm/meta-llama/Llama-3.1-8B-Instruct"  # docs/providers/vllm.md
 
 

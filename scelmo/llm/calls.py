@@ -128,14 +128,22 @@ class Budget:
         self.booked = 0.0
         self._lock = threading.Lock()
 
-    def reserve(self, estimate: float | None, component: Any = None) -> float:
-        """Book ``estimate`` USD for the next call of ``component`` (named when its price is unknown)."""
+    def reserve(self, estimate: float | None, component: Any = None, *, wait_for_in_flight: bool = False) -> float | None:
+        """Book ``estimate`` USD for the next call of ``component`` (named when its price is unknown).
+
+        With ``wait_for_in_flight``, a call that does not fit while other calls are booked
+        returns ``None`` instead of stopping the run: the caller waits for those calls to
+        settle (their actual cost is usually far below the worst case booked) and asks
+        again. The run stops only when the call does not fit with nothing in flight.
+        """
         if self.max_cost is None:
             return 0.0
         if estimate is None:
             raise UnknownPriceError(f"A cost limit is set, but {no_price(component)}; or run without --max-cost.")
         with self._lock:
             if self.spent + self.booked + estimate > self.max_cost + 1e-12:
+                if wait_for_in_flight and self.booked > 0:
+                    return None
                 stop = BudgetExceededError(self.stop_message(estimate))
                 stop.limit_reached = True  # (not an unknown price: run_calls restates what was spent)
                 raise stop
@@ -310,8 +318,26 @@ async def _run_calls_async(
         queue.put_nowait(job)
     errors: list[BaseException] = []
     stop = asyncio.Event()
+    settled = asyncio.Event()  # set whenever a booked call settles (a waiting booking may then fit)
     if budget is not None and budget.max_cost is None:
         budget = None  # no limit: skip the per-call cost estimates (tokenising every prompt)
+
+    async def book(job: J) -> float | None:
+        """Book the job's estimate; while it does not fit beside calls in flight, wait for
+        them to settle. ``None``: another call failed meanwhile, so the job is not called."""
+        estimate = estimate_cost(job) if estimate_cost else 0.0
+        while True:
+            booked = budget.reserve(estimate, component, wait_for_in_flight=True)  # type: ignore[union-attr]
+            if booked is not None:
+                return booked
+            settled.clear()
+            await settled.wait()
+            if stop.is_set():
+                return None
+
+    def settle(booked: float, actual: float | None) -> None:
+        budget.settle(booked, actual)  # type: ignore[union-attr]
+        settled.set()
 
     async def worker() -> None:
         while not stop.is_set():
@@ -319,24 +345,28 @@ async def _run_calls_async(
                 job = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            booked = 0.0
+            booked: float | None = 0.0
             try:
                 if budget is not None:
-                    booked = budget.reserve(estimate_cost(job) if estimate_cost else 0.0, component)
+                    booked = await book(job)
+                    if booked is None:
+                        return  # another call failed while this one waited for a booking
                 result = await call(job)
             except BaseException as exc:  # noqa: BLE001 - collected, re-raised by the caller
-                if budget is not None:
-                    budget.settle(booked, 0.0)
+                if budget is not None and booked is not None:
+                    settle(booked, 0.0)
                 errors.append(exc)
                 stop.set()  # no new calls; the ones in flight finish and are kept
+                settled.set()  # (wakes workers waiting for a booking, which then stop)
                 return
             try:
                 if budget is not None:
-                    budget.settle(booked, actual_cost(result) if actual_cost else booked)
+                    settle(booked, actual_cost(result) if actual_cost else booked)
                 on_result(job, result)
             except BaseException as exc:  # noqa: BLE001 - e.g. the cache cannot be written
                 errors.append(exc)
                 stop.set()
+                settled.set()
                 return
 
     await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(jobs))))))
