@@ -18,6 +18,7 @@ that end up in the config are masked by :func:`show`.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import sys
@@ -58,6 +59,8 @@ RESERVED_ENV = {
     "SCELMO_TESTTHAT",  # the R package's tests
 }
 _PROFILES_DIR = Path(__file__).parent / "profiles"
+#: Each role's model when no layer names one: the offline default.
+DEFAULT_MODELS = {"describe": "local", "embed": "local/all-MiniLM-L6-v2-int8"}
 
 
 class _Section(BaseModel):
@@ -161,10 +164,8 @@ class ScelmoSettings(BaseSettings):
     profile: str = "default"
     #: Refuse any role that would use the network, before the first request.
     offline: bool = False
-    describe: RoleConfig = Field(default_factory=lambda: RoleConfig(model="local"))
-    embed: RoleConfig = Field(
-        default_factory=lambda: RoleConfig(model="local/all-MiniLM-L6-v2-int8")
-    )
+    describe: RoleConfig = Field(default_factory=lambda: RoleConfig(model=DEFAULT_MODELS["describe"]))
+    embed: RoleConfig = Field(default_factory=lambda: RoleConfig(model=DEFAULT_MODELS["embed"]))
     aggregate: AggregateConfig = Field(default_factory=AggregateConfig)
     genes: GenesConfig = Field(default_factory=GenesConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
@@ -232,7 +233,9 @@ class _RoleAwareSources(PydanticBaseSettingsSource):
         return self().get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+        # the roles' default models first: a layer that sets only a role's options (a
+        # profile without [embed], `--set embed.options.batch_size=4`) keeps the default model
+        out: dict[str, Any] = {role: {"model": model} for role, model in DEFAULT_MODELS.items()}
         owned: dict[str, set[str]] = {}
         for source in reversed(self.sources):
             out = _merge_roles(out, source(), owned)
@@ -372,7 +375,10 @@ def _build(values: dict[str, Any]) -> ScelmoSettings:
         return ScelmoSettings(**values)
     except ValidationError as exc:
         problems = "; ".join(_problem(err) for err in exc.errors())
-        files = ", ".join(str(f) for f in _config_files() if f.is_file()) or "no config files"
+        used = [f for f in _config_files() if f.is_file()]
+        with contextlib.suppress(ConfigError):  # (an unknown profile is said elsewhere)
+            used.append(_profile_file(_selected_profile(lambda: values, used)))  # type: ignore[arg-type]
+        files = ", ".join(str(f) for f in used) or "no config files"
         raise ConfigError(
             f"Invalid scelmo configuration: {problems}. (Sources: keyword arguments or --set, "
             f"SCELMO_* environment variables, {files}.) Run `scelmo config show` to inspect it."

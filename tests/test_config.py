@@ -153,3 +153,17 @@ def test_another_model_does_not_inherit_the_files_endpoint_and_options(tmp_path,
     res = CliRunner().invoke(cli, ["describe", "genes", "CD3E", "-o", str(tmp_path / "d.tsv"), "--model",
                                    "local"])
     assert res.exit_code == 0, res.output
+
+
+def test_a_profile_without_roles_keeps_the_default_models_under_partial_role_settings(tmp_path, monkeypatch):
+    """Trial finding: a user profile that sets only [aggregate] made any partial role setting
+    (`--set embed.options.batch_size=4`, SCELMO_DESCRIBE__OPTIONS__STYLE) fail with
+    "embed.model: Field required", and the message said "no config files" beside a profile."""
+    _write(tmp_path / "_config" / "profiles" / "agg.toml", "[aggregate]\nmethod = 'aa'\n")
+    s = get_settings({"profile": "agg", "embed.options": {"batch_size": 4}})
+    assert s.embed.model == "local/all-MiniLM-L6-v2-int8" and s.embed.options == {"batch_size": 4}
+    assert s.describe.model == "local" and s.aggregate.method == "aa"
+    monkeypatch.setenv("SCELMO_DESCRIBE__OPTIONS__STYLE", "compact")
+    assert get_settings({"profile": "agg"}).describe.options == {"style": "compact"}
+    with pytest.raises(ConfigError, match=r"agg\.toml"):  # the profile is named among the sources
+        get_settings({"profile": "agg", "aggregate.chunk_size": 0})
