@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 import scelmo
 from scelmo import Model, io, keys, tl
 from scelmo import perturbation as P
 from scelmo import plugin as plugins
 from scelmo.cli import _parse_value
-from scelmo.errors import InputError, ScelmoError
+from scelmo.errors import InputError
 from scelmo.genes import GeneEmbeddings
 from scelmo.knowledge import roles
 from scelmo.model import MODEL_FILE
@@ -106,6 +107,42 @@ def _say_genes_by_another_name(names: list[str], table: GeneEmbeddings) -> None:
                    "description})).", err=True)
 
 
+#: What ``train --latent-output`` and ``predict -o`` write, by extension (as ``embed-cells``).
+_ANNDATA_OUTPUTS = {".h5ad": "AnnData HDF5", ".zarr": "AnnData zarr store"}
+
+
+def _check_anndata_output(path: str, input: str, overwrite: bool, flag: str) -> None:
+    """Refuse an output whose extension is not an AnnData format, or that exists (without
+    ``--overwrite``), or that is INPUT, before anything is read."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in _ANNDATA_OUTPUTS:
+        allowed = ", ".join(f"{k} ({v})" for k, v in _ANNDATA_OUTPUTS.items())
+        raise InputError(f"Cannot write {flag} {path}: the format follows the extension; use {allowed}.")
+    if suffix == ".zarr":  # a zarr store is a directory
+        io.check_output_dir(path, overwrite=overwrite, marker=io.ZARR_MARKERS)
+    else:
+        io.check_writable(path, overwrite=overwrite)
+    if Path(path).resolve() == Path(input).resolve():
+        raise InputError(f"{flag} must differ from INPUT (the input is never modified).")
+
+
+def _write_anndata(adata: Any, path: str, overwrite: bool) -> None:
+    """Write ``adata`` atomically in the format of ``path``'s extension (checked before)."""
+    if Path(path).suffix.lower() == ".zarr":
+        io.write_zarr(adata, path, overwrite=overwrite)
+    else:
+        io.write_h5ad(adata, path)
+
+
+def _column(adata: Any, key: str | None) -> Any:
+    """``adata.obs[key]`` as objects, missing values as ``None`` (as ``Model`` hands a head), or ``None``."""
+    if key is None:
+        return None
+    col = adata.obs[key].astype(object)
+    return np.array([None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in col],
+                    dtype=object)
+
+
 def _matrix_choice(adata: Any, layer: str | None) -> dict[str, Any]:
     """``setup_anndata``'s ``layer=``/``use_raw=`` for ``--layer``: ``X`` (unless INPUT has a
     layer of that name) is ``adata.X`` itself, not raw."""
@@ -126,7 +163,7 @@ def add_commands(cli: Any) -> None:
     """Add ``train`` and ``predict`` to the root ``scelmo`` group."""
 
     @cli.command("train")
-    @click.argument("input", type=click.Path(dir_okay=False))
+    @click.argument("input", type=click.Path())
     @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Directory for the trained model.")
     @click.option("--head", default="annotation", show_default=True, help="Task head: annotation, integration, or a plugin's.")
     @click.option("--labels-key", help="obs column of cell types.")
@@ -135,16 +172,16 @@ def add_commands(cli: Any) -> None:
     @click.option("--layer", help="Layer with (log-normalised) expression, or X for adata.X (default: raw if "
                   "present, else X).")
     @click.option("--gene-embeddings", type=click.Path(file_okay=False, exists=True), help="Saved GeneEmbeddings directory.")
-    @click.option("--max-epochs", type=int, help="Upper bound on epochs (default: the head's own; annotation and "
+    @click.option("--max-epochs", type=click.IntRange(min=1), help="Upper bound on epochs (default: the head's own; annotation and "
                   "integration 30, perturbation 60).")
-    @click.option("--batch-size", type=int, help="Cells per mini-batch.")
-    @click.option("--lr", type=float, help="Learning rate.")
+    @click.option("--batch-size", type=click.IntRange(min=1), help="Cells per mini-batch.")
+    @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate.")
     @click.option("--no-early-stopping", is_flag=True, help="Train all epochs.")
     @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
     @click.option("--seed", default=0, show_default=True, type=int)
-    @click.option("--threads", type=int, help="torch CPU threads (default 1 on CPU).")
+    @click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads (default 1 on CPU).")
     @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Head option, e.g. --option latent=32.")
-    @click.option("--latent-output", type=click.Path(dir_okay=False), help="Also write INPUT with the learned embedding in obsm.")
+    @click.option("--latent-output", type=click.Path(), help="Also write INPUT with the learned embedding in obsm (.h5ad or .zarr).")
     @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
     @click.pass_context
     def train_cmd(ctx, input, output, head, labels_key, batch_key, perturbation_key, layer, gene_embeddings, max_epochs,
@@ -154,9 +191,7 @@ def add_commands(cli: Any) -> None:
         # every option is checked before the input is read or any gene is embedded (which may cost money)
         io.check_output_dir(output, overwrite=overwrite, marker=MODEL_FILE)
         if latent_output:
-            io.check_writable(latent_output, overwrite=overwrite)
-            if Path(latent_output).resolve() == Path(input).resolve():
-                raise InputError("--latent-output must differ from INPUT (the input is never modified).")
+            _check_anndata_output(latent_output, input, overwrite, "--latent-output")
         head_options = {}
         for item in options:
             k, sep, v = item.partition("=")
@@ -164,15 +199,21 @@ def add_commands(cli: Any) -> None:
                 raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--option")
             head_options[k.strip()] = _parse_value(v.strip())
         probe = plugins.heads.create(head, **head_options)  # an unknown head or option fails here
-        if getattr(probe, "requires_labels", False) and labels_key is None:
-            raise InputError(f"The {head!r} head needs labels: pass --labels-key COLUMN (an obs column of cell types).")
+        for needed, given, flag, what in (
+                ("requires_labels", labels_key, "--labels-key", "labels (an obs column of cell types)"),
+                ("requires_batch", batch_key, "--batch-key", "batches (an obs column of each cell's batch)"),
+                ("requires_perturbations", perturbation_key, "--perturbation-key",
+                 "each cell's perturbation (an obs column, e.g. condition; add --option control=NAME)")):
+            if getattr(probe, needed, False) and given is None:
+                raise click.UsageError(f"The {head!r} head needs {what}: pass {flag} COLUMN.")
         resolve_device(device)  # a device that is not here fails here
         config = dict(ctx.obj or {})
         adata = io.read_input(input)
         scelmo.Model.setup_anndata(adata, labels_key=labels_key, batch_key=batch_key,
                                    perturbation_key=perturbation_key, **_matrix_choice(adata, layer))
-        if perturbation_key:  # e.g. the control name, before any gene is embedded
-            probe.check_inputs(perturbations=adata.obs[perturbation_key].to_numpy(dtype=object))
+        # the head's own checks of the columns (the control name, two batches ...), before any gene is embedded
+        probe.check_inputs(labels=_column(adata, labels_key), batch=_column(adata, batch_key),
+                           perturbations=_column(adata, perturbation_key))
         if gene_embeddings is None:
             _ensure_gene_vectors(adata, config)
         if head == "perturbation" and perturbation_key and "perturbation_embeddings" not in head_options:
@@ -193,13 +234,13 @@ def add_commands(cli: Any) -> None:
         if latent_output:
             key = keys.X_SCELMO_INTEGRATED if head == "integration" else keys.X_SCELMO_FINETUNED
             model.get_latent_representation(key_added=key)
-            io.write_h5ad(adata, latent_output)
+            _write_anndata(adata, latent_output, overwrite)
             click.echo(f"Wrote obsm[{key!r}] -> {latent_output}")
 
     @cli.command("predict")
-    @click.argument("input", type=click.Path(dir_okay=False))
+    @click.argument("input", type=click.Path())
     @click.option("-m", "--model", "model_dir", required=True, type=click.Path(file_okay=False, exists=True), help="Saved model directory.")
-    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .h5ad.")
+    @click.option("-o", "--output", required=True, type=click.Path(), help="Output .h5ad or .zarr.")
     @click.option("--method", type=click.Choice(["knn", "classifier"]), default=None,
                   help="Label prediction: the head's kNN vote or its classifier (default: kNN when the head has one).")
     @click.option("--key-added", default="scelmo_label", show_default=True, help="obs column for labels (annotation head).")
@@ -214,9 +255,7 @@ def add_commands(cli: Any) -> None:
     def predict_cmd(ctx, input, model_dir, output, method, key_added, latent_key, device, perturbation, layer, overwrite):
         """Apply a saved model to INPUT (.h5ad; genes may differ from training) and write OUTPUT."""
 
-        io.check_writable(output, overwrite=overwrite)
-        if Path(output).resolve() == Path(input).resolve():
-            raise InputError("OUTPUT must differ from INPUT (the input is never modified).")
+        _check_anndata_output(output, input, overwrite, "OUTPUT")
         explicit = {p for p in ("method", "key_added")
                     if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT}
         adata = io.read_input(input)
@@ -227,9 +266,12 @@ def add_commands(cli: Any) -> None:
             flags = " and ".join(f"--{p.replace('_', '-')}" for p in sorted(explicit))
             raise click.UsageError(f"The {model.head_name!r} model predicts no labels, so {flags} "
                                    "does not apply; leave it out (the learned embedding goes to --latent-key).")
-        if perturbation is not None or model.head_name == "perturbation":
+        if perturbation is not None and not model.head.supports("perturbation"):
+            raise click.UsageError(f"--perturbation applies to a perturbation model; {model_dir} holds a "
+                                   f"{model.head_name!r} model. Leave it out, or train one with --head perturbation.")
+        if perturbation is not None or model.head.supports("perturbation"):
             if perturbation is None:
-                raise ScelmoError("This is a perturbation model: say which perturbation with --perturbation NAME.")
+                raise click.UsageError("This is a perturbation model: say which perturbation with --perturbation NAME.")
             import anndata as ad
 
             with warnings.catch_warnings():  # (predict_perturbation says them)
@@ -245,7 +287,7 @@ def add_commands(cli: Any) -> None:
             out.var_names = list(pred.columns)
             out.obs["scelmo_perturbation"] = perturbation
             out.uns["scelmo"] = dict(adata.uns.get("scelmo", {}))
-            io.write_h5ad(out, output)
+            _write_anndata(out, output, overwrite)
             click.echo(f"Wrote the predicted expression of {out.n_obs} cells under {perturbation!r} "
                        f"({out.n_vars} genes) -> {output}")
             return
@@ -259,5 +301,5 @@ def add_commands(cli: Any) -> None:
         if model.head.supports("labels"):
             model.predict(adata, method=method, key_added=key_added, device=device)
             msg += f", obs[{key_added!r}] ({method or ('knn' if model.head.supports('knn') else 'classifier')})"
-        io.write_h5ad(adata, output)
+        _write_anndata(adata, output, overwrite)
         click.echo(f"Wrote {msg} for {adata.n_obs} cells -> {output}")

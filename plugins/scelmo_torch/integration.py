@@ -180,6 +180,7 @@ class IntegrationHead(GeneAdapterHead):
     name = "integration"
     Options = IntegrationOptions
     capabilities = frozenset({"latent"})
+    requires_batch = True
     #: lr 3e-3 (the previous default): on pbmc68k_sim it beat 1e-3 on one seed, but its
     #: 3-seed mean equals 1e-3's single seed (docs/finetuning.md); checks every 2 epochs.
     training_defaults = {"batch_size": 256, "lr": 3e-3, "check_every": 2, "patience": 3}

@@ -182,6 +182,7 @@ class PerturbationHead(TorchHead):
     name = "perturbation"
     Options = PerturbationOptions
     requires_labels = False
+    requires_perturbations = True
     capabilities = frozenset({"latent", "perturbation"})
     training_defaults = DEFAULT_TRAINING
     options: PerturbationOptions

@@ -90,8 +90,10 @@ class Model:
         self.setup = setup
         self.head_name = head
         self.head = plugins.heads.create(head, **head_options)
-        if self.head.requires_labels and setup.labels_key is None:
-            raise InputError(f"The {head!r} head needs labels: call `Model.setup_anndata(adata, labels_key=...)`.")
+        for needed, key, what in (("requires_labels", "labels_key", "labels"), ("requires_batch", "batch_key", "batches"),
+                                  ("requires_perturbations", "perturbation_key", "each cell's perturbation")):
+            if getattr(self.head, needed, False) and getattr(setup, key) is None:
+                raise InputError(f"The {head!r} head needs {what}: call `Model.setup_anndata(adata, {key}=...)`.")
         self.adata = adata
         # the head's own checks of the obs columns, before the genes are embedded (minutes)
         self.head.check_inputs(labels=self._obs(setup.labels_key), batch=self._obs(setup.batch_key),

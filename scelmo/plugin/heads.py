@@ -90,6 +90,11 @@ class TaskHead(Component):
     #: Whether :meth:`fit` needs ``labels``: ``Model(adata, head=...)`` then refuses an
     #: AnnData set up without ``labels_key``.
     requires_labels: ClassVar[bool] = False
+    #: Whether :meth:`fit` needs each cell's batch (``batch_key``), and each cell's
+    #: perturbation (``perturbation_key``): refused up front likewise, by ``Model`` and
+    #: ``scelmo train`` (which names the missing flag before any gene is embedded).
+    requires_batch: ClassVar[bool] = False
+    requires_perturbations: ClassVar[bool] = False
     #: The optional parts this head implements: a subset of :data:`CAPABILITIES`.
     capabilities: ClassVar[frozenset[str]] = frozenset()
 
