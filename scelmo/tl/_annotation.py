@@ -62,6 +62,7 @@ from scelmo.tl._embedding import _var_flags as var_flags
 from scelmo.tl._embedding import (
     embed_cells,
     flavor_plan,
+    names_as_in,
     reference_gene_stats,
     reference_gene_table,
 )
@@ -653,7 +654,7 @@ def _check_gene_overlap(ref_stats: Any, query_genes: list[str]) -> float:
     """The share of the reference's expressed genes that the query has; an error when none,
     a warning below :data:`MIN_SHARED_GENES` (their embeddings would not be comparable)."""
     expressed = [g for g, total in zip(ref_stats.genes, ref_stats.sums[0], strict=True) if total > 0]
-    have = set(query_genes)
+    have = set(names_as_in(ref_stats.genes, query_genes))  # (by gene: IGJ is JCHAIN, Cd3e is CD3E)
     shared = sum(g in have for g in expressed)
     if not shared:
         raise InputError(

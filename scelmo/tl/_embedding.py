@@ -63,6 +63,35 @@ def _resolve(names: Sequence[str], vocab: GeneVocabulary | None, species: str) -
     return vocab.resolve(names, species=species)  # type: ignore[arg-type]
 
 
+def names_as_in(known: Sequence[str], names: Sequence[str]) -> list[str]:
+    """``names`` with each name that ``known`` lacks replaced by the ``known`` name of the same
+    gene, where the gene vocabulary resolves both to one symbol (an alias, an Ensembl ID or a
+    mouse ortholog: "IGJ" for a reference's "JCHAIN", "Cd3e" for "CD3E"); the others unchanged.
+
+    Used to match a query's genes with its reference's statistics when the two name genes
+    differently. Each ``known`` name is taken by at most one query gene (the first).
+    """
+    names = [str(n) for n in names]
+    known_set = set(map(str, known))
+    missing = [i for i, n in enumerate(names) if n not in known_set]
+    vocab = roles.vocabulary() if missing else None
+    if vocab is None:
+        return names
+    by_symbol: dict[str, str] = {}
+    for k, sym in zip(map(str, known), vocab.resolve([str(k) for k in known]).symbols, strict=True):
+        if sym:
+            by_symbol.setdefault(sym, k)
+    taken = known_set & set(names)
+    out = list(names)
+    symbols = vocab.resolve(names).symbols
+    for i in missing:
+        k = by_symbol.get(symbols[i] or "")
+        if k is not None and k not in taken:
+            out[i] = k
+            taken.add(k)
+    return out
+
+
 def _no_match_error(res: Resolution) -> InputError:
     sample = ", ".join(res.names[:5])
     return InputError(
@@ -431,7 +460,8 @@ def _input_statistics(adata: Any, matrix: Any, source: str, gene_stats: GeneStat
     )
     stats = gene_stats
     if stats is not None and stats.genes is not None and names is not None:
-        stats = stats.for_genes(names)  # by name: another gene order or gene set is fine
+        # by gene: another order, gene set or naming (aliases, Ensembl IDs, mouse orthologs) is fine
+        stats = GeneStats(stats.n_cells, stats.for_genes(names_as_in(stats.genes, names)).sums, tuple(names))
     if stats is not None and stats.n_genes != n_genes:
         raise InputError(f"gene_stats cover {stats.n_genes} genes but the data has {n_genes}; compute them on the "
                          "same genes, or with gene names (`gene_stats(..., genes=var_names)`) to match them by name.")
