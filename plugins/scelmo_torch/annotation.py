@@ -97,6 +97,13 @@ class AnnotationHead(GeneAdapterHead):
     def classes(self) -> list[str]:
         return list(self.spec.get("classes", []))
 
+    def check_inputs(self, *, labels: np.ndarray | None = None, batch: np.ndarray | None = None,
+                     perturbations: np.ndarray | None = None) -> None:
+        """Refuse labels that are a numeric measurement (see :func:`_refuse_measurement_labels`)."""
+        del batch, perturbations
+        if labels is not None:
+            _refuse_measurement_labels(labels)
+
     def fit(self, X: Any = None, labels: Any = None, *, gene_vectors: np.ndarray | None = None,
             gene_names: list[str] | None = None, batch: Any = None, perturbations: Any = None,
             training: TrainingConfig | dict[str, Any] | None = None, **kwargs: Any) -> AnnotationHead:
@@ -109,6 +116,7 @@ class AnnotationHead(GeneAdapterHead):
             raise InputError("The annotation head needs `gene_vectors` (genes x d) aligned to X's columns.")
         if labels is None:
             raise InputError("The annotation head needs labels: `Model.setup_anndata(adata, labels_key=...)`.")
+        _refuse_measurement_labels(labels)
         codes, classes = encode_labels(labels)
         if len(classes) < 2:
             raise InputError(f"Annotation needs at least two cell types; got {classes}.")
@@ -267,6 +275,53 @@ class AnnotationHead(GeneAdapterHead):
         if method == "knn":
             return self.predict_knn(self.transform(X, **given))[0]
         raise InputError(f"method must be 'knn', 'classifier' or 'auto', got {method!r}.")
+
+
+#: Most distinct values a labels column of numbers may have (and never more than half the
+#: labelled cells, once it has over :data:`MIN_NUMERIC_CLASSES_CHECKED`): more look like a
+#: measurement (``n_genes``, ``total_counts``, ``pct_counts_mt``), not cell types.
+MAX_NUMERIC_CLASSES = 200
+#: Numeric labels with at most this many distinct values always pass (small data sets).
+MIN_NUMERIC_CLASSES_CHECKED = 20
+
+
+def _refuse_measurement_labels(labels: Any) -> None:
+    """Refuse labels that are numbers with too many distinct values to be cell types.
+
+    A labels column whose every value is a number (integer-coded or float, as text or not)
+    is refused when it has more than :data:`MAX_NUMERIC_CLASSES` distinct values, or more
+    than :data:`MIN_NUMERIC_CLASSES_CHECKED` and more than half the labelled cells: each
+    "class" would then hold a cell or two, and the model learns nothing (best validation
+    score 0). Integer codes of a few cell types (``0 .. 11``) pass; text labels always pass.
+
+    Raises
+    ------
+    InputError
+        Saying how many distinct numbers the column has, and to pass a column of
+        cell-type names instead.
+    """
+    values = [v for v in np.asarray(labels, dtype=object).ravel()
+              if v is not None and not (isinstance(v, float) and np.isnan(v)) and str(v) != ""]
+    distinct = set(map(str, values))
+    n_classes = len(distinct)
+    if n_classes <= MIN_NUMERIC_CLASSES_CHECKED:
+        return
+    if n_classes <= MAX_NUMERIC_CLASSES and n_classes <= len(values) / 2:
+        return
+    numbers = []
+    for v in distinct:
+        try:
+            numbers.append(float(v))
+        except ValueError:
+            return  # text labels (cell-type names): not this check's business
+    numbers.sort()
+    raise InputError(
+        f"The labels are {n_classes} distinct numbers ({numbers[0]:g} to {numbers[-1]:g}) over {len(values)} "
+        "labelled cells: a measurement such as n_genes or total_counts, not cell types, so each class would "
+        "hold a cell or two. Pass a column of cell-type names as labels_key (`scelmo train --labels-key "
+        "cell_type`, `Model.setup_anndata(adata, labels_key=\"cell_type\")`); integer codes of a few cell "
+        f"types work too (at most {MAX_NUMERIC_CLASSES} classes, and at most half as many as cells)."
+    )
 
 
 def _warn_about_labels(codes: np.ndarray, classes: Sequence[str], k: int) -> None:

@@ -202,6 +202,48 @@ class GeneStats:
 PARTS = 4
 
 
+def _sum_rows(indptr, indices, data, lo, hi, normalize, target, acc):  # pragma: no cover - compiled
+    """Add rows ``lo:hi`` of a float32 CSR chunk to ``acc`` (genes x 4), see :func:`_sparse_sums_kernel`."""
+    for r in range(lo, hi):
+        a, b = indptr[r], indptr[r + 1]
+        scale = np.float32(1.0)
+        if normalize:
+            tot = 0.0
+            for p in range(a, b):
+                tot += data[p]
+            scale = np.float32(target / tot) if tot > 0 else np.float32(0.0)
+        for p in range(a, b):
+            x = data[p]
+            if normalize:
+                x = np.float32(np.log1p(np.float32(x * scale)))
+            v = np.float64(x)
+            e = np.expm1(v)
+            g = indices[p]  # acc is genes x 4: one cache line per non-zero
+            acc[g, 0] += v
+            acc[g, 1] += v * v
+            acc[g, 2] += e
+            acc[g, 3] += e * e
+
+
+#: What :func:`_sparse_sums` calls: plain Python until :func:`_sparse_sums_kernel` sets them to
+#: ``numba.prange`` and the compiled :func:`_sum_rows` (numba reads globals when it compiles).
+_prange: Any = range
+_sum_rows_compiled: Any = _sum_rows
+
+
+def _sparse_sums(indptr, indices, data, normalize, target, acc):  # pragma: no cover - compiled
+    """Add the per-gene sums of a float32 CSR chunk to ``acc``, see :func:`_sparse_sums_kernel`."""
+    # PARTS fixed row ranges, each with its own sums, added in order: the same result for
+    # any number of threads
+    n = indptr.shape[0] - 1
+    part = np.zeros((PARTS, acc.shape[0], 4))
+    for t in _prange(PARTS):
+        _sum_rows_compiled(indptr, indices, data, t * n // PARTS, (t + 1) * n // PARTS, normalize, target,
+                           part[t])
+    for t in range(PARTS):
+        acc += part[t]
+
+
 @functools.cache
 def _sparse_sums_kernel() -> Any:
     """The compiled per-gene sums of a float32 CSR chunk (numba, compiled once, cached on disk).
@@ -212,43 +254,18 @@ def _sparse_sums_kernel() -> Any:
     to the gene's sums. One pass instead of a normalised copy, ``expm1`` and four bincounts,
     on numba's threads over :data:`PARTS` fixed row ranges (so the sums do not depend on
     the number of threads).
+
+    The kernels are module-level functions, compiled here (numba is imported only when a
+    sparse matrix is summed). They must stay module-level, not closures: numba keys its disk
+    cache on a closure's captured values, and a captured dispatcher pickles differently in
+    every process, so each run would compile again and add one more file to ``__pycache__``.
     """
     import numba
 
-    @numba.njit(nogil=True, cache=True)
-    def rows(indptr, indices, data, lo, hi, normalize, target, acc):  # pragma: no cover - compiled
-        for r in range(lo, hi):
-            a, b = indptr[r], indptr[r + 1]
-            scale = np.float32(1.0)
-            if normalize:
-                tot = 0.0
-                for p in range(a, b):
-                    tot += data[p]
-                scale = np.float32(target / tot) if tot > 0 else np.float32(0.0)
-            for p in range(a, b):
-                x = data[p]
-                if normalize:
-                    x = np.float32(np.log1p(np.float32(x * scale)))
-                v = np.float64(x)
-                e = np.expm1(v)
-                g = indices[p]  # acc is genes x 4: one cache line per non-zero
-                acc[g, 0] += v
-                acc[g, 1] += v * v
-                acc[g, 2] += e
-                acc[g, 3] += e * e
-
-    @numba.njit(nogil=True, parallel=True, cache=True)
-    def sums(indptr, indices, data, normalize, target, acc):  # pragma: no cover - compiled
-        # PARTS fixed row ranges, each with its own sums, added in order: the same result for
-        # any number of threads
-        n = indptr.shape[0] - 1
-        part = np.zeros((PARTS, acc.shape[0], 4))
-        for t in numba.prange(PARTS):
-            rows(indptr, indices, data, t * n // PARTS, (t + 1) * n // PARTS, normalize, target, part[t])
-        for t in range(PARTS):
-            acc += part[t]
-
-    return sums
+    global _prange, _sum_rows_compiled
+    _prange = numba.prange
+    _sum_rows_compiled = numba.njit(nogil=True, cache=True)(_sum_rows)
+    return numba.njit(nogil=True, parallel=True, cache=True)(_sparse_sums)
 
 
 def gene_stats(matrix: Any, *, normalize: bool, chunk_size: int = 10_000, progress: Any = None,
