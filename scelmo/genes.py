@@ -150,13 +150,13 @@ class GeneVocabulary:
         names = [str(n) for n in names[:5000]]
         if not names:
             return "human"
+        # one vote per name: an ID or the symbol's case (a single ENSG among 765 mouse
+        # symbols used to make the whole list human)
         mouse_ids = sum(n.upper().startswith("ENSMUSG") for n in names)
         human_ids = sum(n.upper().startswith("ENSG") for n in names)
-        if mouse_ids or human_ids:
-            return "mouse" if mouse_ids > human_ids else "human"
         capitalised = sum(len(n) > 1 and n[0].isupper() and any(c.islower() for c in n[1:]) for n in names)
-        upper = sum(n.isupper() for n in names)
-        return "mouse" if capitalised > upper else "human"
+        upper = sum(n.isupper() and not n.upper().startswith("ENS") for n in names)
+        return "mouse" if mouse_ids + capitalised > human_ids + upper else "human"
 
     def resolve(self, names: Sequence[str], *, species: Species = "auto") -> Resolution:
         """Canonical symbol for each name (``None`` when unknown), and how it was found."""
@@ -185,7 +185,14 @@ class GeneVocabulary:
             # "APP-1" beside "APP" is a second copy of APP, not the gene whose alias it happens
             # to be (PABPC4): it gets no vector rather than another gene's
             return None, "duplicate_copy"
+        mito = _HUMAN_MITO.get(key)
+        if mito is not None and mito in self.symbols:  # MT-CO2 is the table's COX2 (its alias is a pseudogene's)
+            return self.symbols[mito], "mitochondrial"
         if species == "mouse":
+            if key in self.mouse and key in self.symbols and self.symbols[key] != self.mouse[key]:
+                # a human gene of the same name: the ortholog table's pick by resource count made
+                # Cxcl1 CXCL2, Ifit1 IFIT1B and Klrc2 KLRC1 though CXCL1, IFIT1, KLRC2 exist
+                return self.symbols[key], "symbol_uppercase"
             if key in self.mouse:
                 return self.mouse[key], "mouse_ortholog"
             if key in self.symbols:
@@ -210,6 +217,10 @@ def _words_key(text: str) -> str:
     """Lower-case words of ``text`` joined by single spaces ("Interferon-gamma" -> "interferon gamma")."""
     return " ".join(re.findall(r"[a-z0-9]+", str(text).lower()))
 
+
+#: Human mitochondrial genes by their HGNC names, as the knowledge table keys them.
+_HUMAN_MITO = {f"MT-{g}": g for g in ("ND1", "ND2", "ND3", "ND4", "ND4L", "ND5", "ND6", "ATP6", "ATP8")} | {
+    "MT-CO1": "COX1", "MT-CO2": "COX2", "MT-CO3": "COX3", "MT-CYB": "CYTB"}
 
 #: Placeholders for a missing gene name; some are aliases of real genes (NA -> XK), so they
 #: are never looked up.

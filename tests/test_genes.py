@@ -50,6 +50,30 @@ def test_resolve_mouse_symbols_through_orthologs(vocab):
     assert res.how[0] == "mouse_ortholog"
 
 
+def test_mouse_and_mitochondrial_names_resolve_to_the_same_named_gene(vocab):
+    """Trial findings: the ortholog table made Cxcl1 CXCL2, Ifit1 IFIT1B and Klrc2 KLRC1 though
+    CXCL1, IFIT1 and KLRC2 exist; a human MT-CO2 took the alias of a nuclear pseudogene
+    (MTCO2P12) and MT-CYB was unknown; one ENSG ID among mouse symbols made them human."""
+    mouse = vocab.resolve(["Cxcl1", "Cxcl2", "Ifit1", "Klrc2", "Ms4a1", "mt-Co2", "mt-Cytb"], species="mouse")
+    assert mouse.symbols == ["CXCL1", "CXCL2", "IFIT1", "KLRC2", "MS4A1", "COX2", "CYTB"]
+    human = vocab.resolve(["MT-CO1", "MT-CO2", "MT-CO3", "MT-CYB", "MT-ND4L", "MT-ATP8"], species="human")
+    assert human.symbols == ["COX1", "COX2", "COX3", "CYTB", "ND4L", "ATP8"]
+    assert set(human.how) == {"mitochondrial"}
+    assert vocab.guess_species(["Cd3e", "Cd4", "Ms4a1", "Nkg7", "ENSG00000167286"]) == "mouse"
+    assert vocab.guess_species(["CD3E", "CD4", "MS4A1", "ENSMUSG00000032093"]) == "human"
+
+
+def test_different_genes_sharing_one_vector_are_said():
+    """Trial finding: embed_genes of 8 mouse names returned 4 vectors (Ly6a, Ly6c1, Ly6c2,
+    Ly6g -> LY6H) without a word."""
+    import scelmo
+    from scelmo.errors import ScelmoWarning
+
+    with pytest.warns(ScelmoWarning, match=r"4 genes of the data resolve to 1 genes .*LY6A, LY6C1, LY6C2, LY6G -> LY6H"):
+        ge = scelmo.tl.embed_genes(genes=["Ly6a", "Ly6c1", "Ly6c2", "Ly6g", "Cd3e"])
+    assert set(ge.genes) == {"LY6H", "CD3E"}
+
+
 def test_unknown_and_ambiguous(vocab):
     res = vocab.resolve(["NOT_A_GENE", "ENSG99999999999"], species="human")
     assert res.symbols == [None, None]

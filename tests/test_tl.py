@@ -101,3 +101,18 @@ def test_metric_and_confusion_plots(tmp_path):
     assert (tmp_path / "m.png").stat().st_size > 5000 and (tmp_path / "c.png").stat().st_size > 5000
     with pytest.raises(scelmo.ScelmoError, match="method_col"):
         scelmo.pl.metrics_bar([{"x": 1}])
+
+
+def test_embed_cells_counts_the_genes_it_resolved_as_embed_genes_does():
+    """Trial finding: uns['scelmo']['embed_cells']['n_genes_resolved'] was every gene (765)
+    while resolved_by said 14 were unknown; embed_genes said 751."""
+    import scelmo
+    from scelmo import datasets, keys
+
+    a = datasets.pbmc68k_reduced()
+    scelmo.tl.embed_cells(a)
+    rec = a.uns[keys.PROVENANCE]["embed_cells"]
+    unknown = sum(v for k, v in rec["resolved_by"].items() if k.startswith("unknown") or k == "missing_name")
+    assert unknown > 0 and rec["n_genes_resolved"] == rec["n_genes"] - unknown
+    scelmo.tl.embed_genes(a)
+    assert rec["n_genes_resolved"] == a.uns[keys.PROVENANCE]["embed_genes"]["n_genes_resolved"]

@@ -60,7 +60,27 @@ def _resolve(names: Sequence[str], vocab: GeneVocabulary | None, species: str) -
     names = [str(n) for n in names]
     if vocab is None:  # no vocabulary: use names as given
         return Resolution(names, list(names), ["as_given"] * len(names), species)
-    return vocab.resolve(names, species=species)  # type: ignore[arg-type]
+    res = vocab.resolve(names, species=species)  # type: ignore[arg-type]
+    _warn_shared_symbols(res)
+    return res
+
+
+def _warn_shared_symbols(res: Resolution) -> None:
+    """Say when different names resolve to one gene of the knowledge table, and so share its
+    vector: mouse paralogs with one human ortholog (Ly6a, Ly6c1, Ly6g -> LY6H), or a name and
+    its alias both in the data. (Repeats of one name are said by :func:`_check_names`.)"""
+    shared = _shared_symbols(res.names, res.symbols)
+    n = sum(len(v) for v in shared.values())
+    if not shared or (len(res.names) >= 1000 and n < 0.01 * len(res.names)):
+        return  # (a few retired symbols beside their successors in a human transcriptome: not worth a warning)
+    example = "; ".join(f"{', '.join(sorted(v)[:4])} -> {sym}" for sym, v in sorted(shared.items())[:3])
+    warnings.warn(
+        f"{n} genes of the data resolve to {len(shared)} genes of the knowledge table and share their vectors "
+        f"({example}): different genes (e.g. mouse paralogs with one human ortholog) then count as one. "
+        "`uns['scelmo']['embed_genes']['resolved_by']` says how names were resolved.",
+        ScelmoWarning,
+        stacklevel=4,
+    )
 
 
 def names_as_in(known: Sequence[str], names: Sequence[str]) -> list[str]:
@@ -98,7 +118,7 @@ def _no_match_error(res: Resolution) -> InputError:
         f"None of the {len(res.names)} genes could be matched to a known gene (e.g. {sample}). "
         "scelmo understands human/mouse gene symbols, aliases and Ensembl gene IDs. If the "
         "names are in another column, set `adata.var_names = adata.var[\"<symbol column>\"]`; "
-        "for mouse data pass `species=\"mouse\"`."
+        "if they carry a prefix or suffix (\"mm10___Cd3e\", \"ENSG00000198851_CD3E\"), strip it first."
     )
 
 
@@ -295,7 +315,22 @@ def _coverage_info(names: Sequence[str], symbols: Sequence[str | None], mask: np
         "gene_coverage": float(mask.mean()) if len(mask) else 0.0,
         "species": res.species,
         "resolved_by": {k: int(v) for k, v in counts.items()},
+        "n_genes_sharing_a_symbol": _n_sharing(names, symbols),
     }
+
+
+def _shared_symbols(names: Sequence[str], symbols: Sequence[str | None]) -> dict[str, set[str]]:
+    """Symbols that two or more distinct names (case aside) resolve to, with those names."""
+    groups: dict[str, set[str]] = {}
+    for name, sym in zip(names, symbols, strict=True):
+        if sym:
+            groups.setdefault(sym, set()).add(str(name).strip().upper())
+    return {sym: group for sym, group in groups.items() if len(group) > 1}
+
+
+def _n_sharing(names: Sequence[str], symbols: Sequence[str | None]) -> int:
+    """How many distinct names resolve to a symbol that another distinct name also resolves to."""
+    return sum(len(v) for v in _shared_symbols(names, symbols).values())
 
 
 def _warn_coverage(gene_cov: float, expr_cov: float | None, n_genes: int, n_cov: int, threshold: float) -> None:
@@ -304,7 +339,8 @@ def _warn_coverage(gene_cov: float, expr_cov: float | None, n_genes: int, n_cov:
         carrying = "" if expr_cov is None else f", carrying {expr_cov:.1%} of the expression"
         warnings.warn(
             f"Low gene coverage: {n_cov} of {n_genes} genes ({gene_cov:.1%}) have a vector{carrying}. Check that "
-            "var_names are gene symbols or Ensembl IDs (and `species`), or use a richer knowledge source.",
+            "var_names are gene symbols or Ensembl IDs (human or mouse, without a prefix or suffix such as \"mm10___\"), "
+            "or use a richer knowledge source.",
             CoverageWarning,
             stacklevel=4,  # the caller of embed_cells / embed_genes
         )
@@ -531,7 +567,7 @@ def _embed_cells_record(adata: Any, result: Any, names: list[str], lookup: list[
         )
     if not np.isnan(expr_cov):  # lazy: nothing computed yet
         _warn_coverage(gene_cov, expr_cov, n_genes, int(mask.sum()), settings.genes.min_coverage)
-    info = _coverage_info(names, lookup, mask, res)
+    info = _coverage_info(names, res.symbols[: len(names)], mask, res)  # (lookup falls back to the name itself)
     info.update(
         {
             "aggregator": agg.name,
