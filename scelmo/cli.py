@@ -30,7 +30,7 @@ from scelmo.genes import GeneEmbeddings
 from scelmo.io import _rds as rio
 from scelmo.io import atomic_path, check_writable, is_disk_full
 from scelmo.knowledge import descriptions, roles
-from scelmo.llm.cache import Cache
+from scelmo.llm.cache import Cache, CacheDamagedError, reset_cache_file
 from scelmo.redact import mask
 
 if sys.version_info >= (3, 11):
@@ -55,19 +55,35 @@ _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
 
 def _echo_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
-    """Warnings as one yellow line each; other packages' deprecation notices (meant for their
-    developers, e.g. anndata's about pandas 3 options) are not shown to command-line users."""
+    """Warnings as one yellow line each, Python keywords named as the running command's flags
+    (:func:`cli_message`); other packages' deprecation notices (meant for their developers,
+    e.g. anndata's about pandas 3 options) are not shown to command-line users."""
     deprecation = issubclass(category, DeprecationWarning | PendingDeprecationWarning)
     if deprecation and _PACKAGE_DIR not in str(Path(filename).resolve()):
         return
-    click.secho(f"Warning: {mask(str(message))}", fg="yellow", err=True)
+    text = str(message)
+    ctx = click.get_current_context(silent=True)  # (None outside a command, or in another thread)
+    if ctx is not None:
+        commands: list[click.Command] = []
+        while ctx is not None:
+            commands.append(ctx.command)
+            ctx = ctx.parent
+        text = cli_message(text, commands)
+    click.secho(f"Warning: {mask(text)}", fg="yellow", err=True)
 
 
 #: Python keyword names whose CLI option has another name.
 _KEYWORD_ALIASES = {"l2_normalize": "l2", "describe": "describe_model", "embed": "embed_model", "config": "sets",
                     "aggregate.method": "aggregator", "key": "key_added"}
+#: Keywords that name an option of another command than the running one (e.g. ``head=`` in a
+#: message of ``predict``: a model is trained with a head), by that command's name.
+_KEYWORD_ELSEWHERE = {"head": "train", "method": "predict"}
 _CODE_SPAN = re.compile(r"`([^`\n]+)`")
 _KEYWORD = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<eq>=(?P<value>.*))?$")
+#: ``name='value'`` / ``name="value"`` / ``name=True`` written outside a code span.
+_BARE_KEYWORD = re.compile(r"(?<![\w.\[(`=-])(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>'[^'\n]*'|\"[^\"\n]*\"|True\b|False\b)")
+#: A flag followed by the same option in Python words: ``--overwrite (overwrite=True)``.
+_FLAG_THEN_KEYWORD = re.compile(r"(?P<flag>`?(?P<long>--[A-Za-z0-9-]+)`?) \((?P<name>[A-Za-z_][A-Za-z0-9_]*)=[^()]*\)")
 
 
 def _flags(commands: list[click.Command]) -> dict[str, click.Option]:
@@ -83,34 +99,98 @@ def _flags(commands: list[click.Command]) -> dict[str, click.Option]:
     return out
 
 
-def cli_message(message: str, commands: list[click.Command]) -> str:
-    """``message`` with Python keywords in code spans named as the command's flags.
+def _head_option_names() -> set[str]:
+    """Options of the registered task heads (set with ``--option KEY=VALUE`` by ``scelmo train``)."""
+    names: set[str] = set()
+    for entry in plugins.heads.entries():
+        fields = getattr(getattr(entry.obj, "Options", None), "model_fields", None)
+        if isinstance(fields, dict):
+            names.update(fields)
+    return names
 
-    ```layer=None``` -> ```--layer``` left out, ```use_raw=True``` -> ```--use-raw```,
-    ```mask_var=``` -> ```--mask-var```, ```labels_key="x"``` -> ```--labels-key x```;
-    spans naming no option of the running command are left as they are.
+
+def _render_option(opt: click.Option, value: str | None, prefix: str = "") -> str:
+    """``--flag value`` for ``opt`` (``value`` ``None``: the flag alone), in a code span."""
+    long = max(opt.opts, key=len)
+    if value is None or value in ("", "...", "…"):
+        return f"`{prefix}{long}`"
+    if opt.is_flag or opt.secondary_opts:
+        if value == "True":
+            return f"`{prefix}{long}`"
+        if value == "False":
+            return f"`{prefix}{max(opt.secondary_opts, key=len)}`" if opt.secondary_opts else f"no `{prefix}{long}`"
+    if value == "None":
+        return f"no `{prefix}{long}`"
+    return f"`{prefix}{long} {value}`"
+
+
+def cli_message(message: str, commands: list[click.Command]) -> str:
+    """``message`` with Python keywords named as the command's flags.
+
+    In code spans: ```layer=None``` -> no ```--layer```, ```use_raw=True``` -> ```--use-raw```,
+    ```mask_var=``` -> ```--mask-var```, ```labels_key="x"``` -> ```--labels-key x```. Outside
+    them, a keyword with a quoted value (``device='cuda'``) -> ```--device cuda```, and
+    ``--overwrite (overwrite=True)`` -> ``--overwrite``. A keyword of another command
+    (``head=``, ``method=``: :data:`_KEYWORD_ELSEWHERE`) -> ```scelmo train --head ...```;
+    a task head's option where the command has ``--option`` -> ```--option knn_k=...```.
+    Spans naming no option are left as they are.
+
+    Parameters
+    ----------
+    message
+        The message (of an error or a warning).
+    commands
+        The running command, then the groups above it (the root group last).
+
+    Returns
+    -------
+    The message in command-line words.
     """
     flags = _flags(commands)
+    root = next((c for c in reversed(commands) if isinstance(c, click.Group)), None)
+    head_options = "options" in flags  # (`scelmo train --option KEY=VALUE`)
+
+    def option_for(name: str) -> tuple[click.Option, str] | None:
+        if name in flags:
+            return flags[name], ""
+        other = _KEYWORD_ELSEWHERE.get(name)
+        cmd = root.commands.get(other) if root is not None and other else None
+        if cmd is not None and cmd not in commands:
+            opt = _flags([cmd]).get(name)
+            if opt is not None:
+                return opt, f"scelmo {other} "
+        return None
 
     def one(m: re.Match[str]) -> str:
         k = _KEYWORD.match(m.group(1).strip())
-        opt = flags.get(k.group("name")) if k else None
-        if k is None or opt is None:
+        if k is None:
             return m.group(0)
-        long = max(opt.opts, key=len)
-        value = (k.group("value") or "").strip().strip("\"'")
-        if not k.group("eq") or value in ("", "...", "…"):
-            return f"`{long}`"
-        if opt.is_flag or opt.secondary_opts:
-            if value == "True":
-                return f"`{long}`"
-            if value == "False":
-                return f"`{max(opt.secondary_opts, key=len)}`" if opt.secondary_opts else f"no `{long}`"
-        if value == "None":
-            return f"no `{long}`"
-        return f"`{long} {value}`"
+        found = option_for(k.group("name"))
+        value = (k.group("value") or "").strip().strip("\"'") if k.group("eq") else None
+        if found is None:
+            if head_options and k.group("name") in _head_option_names():
+                return f"`--option {k.group('name')}={value if value not in (None, '', '...', '…') else '...'}`"
+            return m.group(0)
+        return _render_option(found[0], value, found[1])
 
-    return _CODE_SPAN.sub(one, message)
+    def bare(m: re.Match[str]) -> str:
+        before = m.string[:m.start()]
+        call = before.rfind("(")
+        if call > before.rfind(")") and call > 0 and (before[call - 1].isalnum() or before[call - 1] == "_"):
+            return m.group(0)  # an argument in a Python call written out: `f(a, head='x')`
+        found = option_for(m.group("name"))
+        if found is None:
+            return m.group(0)
+        return _render_option(found[0], m.group("value").strip("\"'"), found[1])
+
+    def duplicate(m: re.Match[str]) -> str:
+        opt = flags.get(m.group("name"))
+        return m.group("flag") if opt is not None and max(opt.opts, key=len) == m.group("long") else m.group(0)
+
+    message = _FLAG_THEN_KEYWORD.sub(duplicate, message)
+    parts = _CODE_SPAN.split(message)  # even: plain text, odd: the inside of a code span
+    return "".join(_BARE_KEYWORD.sub(bare, part) if i % 2 == 0 else _CODE_SPAN.sub(one, f"`{part}`")
+                   for i, part in enumerate(parts))
 
 
 class _Group(click.Group):
@@ -265,7 +345,9 @@ def _check_output_format(output: str, backed: bool) -> None:
 @click.argument("input", required=False, type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Directory for the GeneEmbeddings.")
 @click.option("--genes", "gene_list", multiple=True, help="Gene names (repeatable), instead of / besides INPUT.")
-@click.option("--genes-file", type=click.Path(dir_okay=False, exists=True), help="File with one gene name per line.")
+@click.option("--genes-file", type=click.Path(dir_okay=False, exists=True),
+              help="File with one gene name per line (.csv/.tsv: the first column; a first line such as 'gene' or "
+                   "'symbol' is a header).")
 @click.option("--describe-model", help="Model for the describe role (overrides config).")
 @click.option("--embed-model", help="Model for the embed role (overrides config).")
 @click.option("--species", type=click.Choice(["auto", "human", "mouse"]))
@@ -282,8 +364,8 @@ def embed_genes_cmd(ctx, input, output, gene_list, genes_file, describe_model, e
     """
 
     genes = list(gene_list)
-    if genes_file:
-        genes += [g.strip() for g in Path(genes_file).read_text().splitlines() if g.strip()]
+    if genes_file:  # read as `describe --from` reads a list
+        genes += _read_list_file(Path(genes_file), None)
     if input is None and not genes:
         raise click.UsageError(f"Give an INPUT ({_INPUT_HELP}), --genes or --genes-file.")
     # before any gene is embedded (a dry run writes nothing, so an existing OUTPUT is fine)
@@ -357,7 +439,11 @@ def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, flavor, n_t
     _check_output_format(output, backed)
     if Path(output).suffix.lower() == ".zarr":  # a zarr store is a directory (replaced whole, if it is one)
         io.check_output_dir(output, overwrite=overwrite, marker=io.ZARR_MARKERS)
-        io.check_writable(Path(output).with_name(f".{Path(output).name}.probe"), overwrite=True)
+        probe = Path(output).with_name(f".{Path(output).name}.probe")  # (the store is written beside OUTPUT)
+        try:
+            io.check_writable(probe, overwrite=True)
+        except InputError as exc:  # name OUTPUT, not the probe
+            raise InputError(str(exc).replace(str(probe), str(output))) from None
     else:
         io.check_writable(output, overwrite=overwrite)
     if not Path(input).exists():
@@ -465,9 +551,74 @@ def plugins_cmd(as_json: bool) -> None:
 _SUBJECT_CHOICES = ["genes", "cell-types", "drugs", "proteins"]
 
 
+#: First-line values read as a column header (not a name) in a list file without --column
+#: (compared in lower case, with spaces and dashes as underscores).
+_HEADER_WORDS = frozenset({
+    "gene", "genes", "symbol", "symbols", "gene_symbol", "gene_symbols", "genesymbol", "gene_name", "gene_names",
+    "genename", "hgnc_symbol", "name", "names", "item", "items", "id", "ids", "gene_id", "gene_ids", "ensembl",
+    "ensembl_id", "ensembl_gene_id", "feature", "features", "feature_name", "cell_type", "cell_types", "celltype",
+    "drug", "drugs", "compound", "compounds", "protein", "proteins", "perturbation", "perturbations", "label",
+    "labels",
+})
+
+
+def _is_header_word(value: Any) -> bool:
+    return re.sub(r"[\s-]+", "_", str(value).strip().lower()) in _HEADER_WORDS
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def _read_list_file(p: Path, column: str | None) -> list[str]:
+    """Names from a .csv/.tsv/.txt list: ``column`` of a table with a header, else the first column.
+
+    Without ``column`` the first line is a header only when it names a column (a cell such
+    as ``gene``, ``symbol`` or ``name``), or, in a table of several columns, when it is
+    text above a column of numbers (``hgnc_symbol,logFC``); otherwise every line is a name.
+    Blank lines and lines starting with ``#`` are skipped.
+    """
+    import pandas as pd
+
+    suffix = p.suffix.lower()
+    sep = "," if suffix == ".csv" else "\t"
+    try:
+        table = pd.read_csv(p, sep=sep, header=0 if column else None, dtype=str) \
+            if column or suffix in (".csv", ".tsv") else None
+    except pd.errors.EmptyDataError:
+        return []
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputError(f"Cannot read {p} as a {'comma' if sep == ',' else 'tab'}-separated list: "
+                         f"{str(exc).strip()}. Give one name per line (or a table with --column).") from None
+    if column:
+        assert table is not None
+        if column not in table:
+            raise InputError(f"{p} has no column {column!r}; columns: {', '.join(map(str, table.columns))}. "
+                             "Give --column with one of them (or leave it out to read the first column).")
+        return [str(v).strip() for v in table[column].dropna() if str(v).strip()]
+    if table is None:  # plain text: one name per line
+        rows = [[line.strip()] for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    else:
+        rows = [list(r) for r in table.itertuples(index=False) if not str(r[0]).startswith("#")]
+    if not rows:
+        return []
+    first = rows[0]
+    header = any(_is_header_word(v) for v in first if isinstance(v, str))
+    for j in range(1, len(first)):  # several columns: text above a column of numbers is a header
+        below = [r[j] for r in rows[1:] if isinstance(r[j], str)]
+        if not header and isinstance(first[j], str) and not _is_number(first[j]) and below \
+                and all(_is_number(v) for v in below):
+            header = True
+    return [str(r[0]).strip() for r in rows[1 if header else 0:] if isinstance(r[0], str) and r[0].strip()]
+
+
 def _read_items(items: tuple[str, ...], from_file: str | None, column: str | None) -> list[str]:
     """Names from arguments and/or a file: .h5ad (var_names, or an obs column's categories),
-    .csv/.tsv (a column, default the first) or plain text (one per line)."""
+    .csv/.tsv (a column, default the first) or plain text (one per line); see :func:`_read_list_file`."""
     out = [i for i in items if i.strip()]
     if from_file:
         p = Path(from_file)
@@ -476,21 +627,13 @@ def _read_items(items: tuple[str, ...], from_file: str | None, column: str | Non
             adata = _read_input(from_file, backed=suffix == ".h5ad")
             if column:
                 if column not in adata.obs:
-                    raise ScelmoError(f"{from_file} has no obs column {column!r}; "
-                                      f"columns: {', '.join(map(str, adata.obs.columns[:20]))}.")
+                    raise InputError(f"{from_file} has no obs column {column!r}; "
+                                     f"columns: {', '.join(map(str, adata.obs.columns[:20]))}.")
                 out += sorted({str(v) for v in adata.obs[column].dropna().unique()})
             else:
                 out += [str(g) for g in adata.var_names]
-        elif suffix in (".csv", ".tsv", ".txt") and (column or suffix != ".txt"):
-            import pandas as pd
-
-            table = pd.read_csv(p, sep="\t" if suffix in (".tsv", ".txt") else ",")
-            col = column or str(table.columns[0])
-            if col not in table:
-                raise ScelmoError(f"{from_file} has no column {col!r}; columns: {', '.join(map(str, table.columns))}.")
-            out += [str(v) for v in table[col].dropna()]
         else:
-            out += [line.strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")]
+            out += _read_list_file(p, column)
     if not out:
         raise InputError("Nothing to describe: give names as arguments or --from FILE.")
     return out
@@ -518,8 +661,9 @@ def _echo_estimate(est: Any) -> None:
 @click.argument("subject", type=click.Choice(_SUBJECT_CHOICES))
 @click.argument("items", nargs=-1)
 @click.option("--from", "from_file", type=click.Path(exists=True),
-              help="Names from a file: .h5ad/.zarr/10x/.rds (var_names, or --column of obs), .csv/.tsv (--column), "
-                   "or one per line.")
+              help="Names from a file: .h5ad/.zarr/10x/.rds (var_names, or --column of obs); .csv/.tsv/.txt: "
+                   "--column of a table with a header, else the first column, one name per line (a first line "
+                   "such as 'gene', 'symbol' or 'name' is taken as a header).")
 @click.option("--column", help="Column holding the names (table files, or an obs column of an .h5ad).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Table to write (.tsv or .csv). Required unless --dry-run.")
 @click.option("--model", help="Model for the describe role (overrides config), e.g. openai/gpt-4o-mini.")
@@ -539,10 +683,8 @@ def describe_cmd(ctx, subject, items, from_file, column, output, model, prompt, 
     overrides = _overrides(ctx)
     if model:
         overrides["describe.model"] = model
-    if concurrency is not None:
-        if concurrency < 1:
-            raise click.UsageError("--concurrency must be at least 1.")
-        overrides["describe.options.concurrency"] = concurrency
+    if concurrency is not None and concurrency < 1:
+        raise click.UsageError("--concurrency must be at least 1.")
     if not dry_run:  # options first, before reading or describing anything
         if not output:
             raise click.UsageError("Give -o/--output TABLE.tsv (or --dry-run).")
@@ -551,6 +693,14 @@ def describe_cmd(ctx, subject, items, from_file, column, output, model, prompt, 
 
         check_writable(output, overwrite=overwrite)
     settings = get_settings(overrides)
+    if concurrency is not None:
+        describer = roles.description_writer(settings)
+        if isinstance(describer, plugins.KnowledgeSource):  # no calls to run at once: nothing to set
+            click.echo(f"Note: --concurrency does not apply to the offline knowledge table {describer.name!r} "
+                       "(it makes no calls); ignored.", err=True)
+        else:
+            overrides["describe.options.concurrency"] = concurrency
+            settings = get_settings(overrides)
     names = _read_items(items, from_file, column)
     subj = descriptions.normalize_subject(subject)
     if dry_run:
@@ -560,11 +710,20 @@ def describe_cmd(ctx, subject, items, from_file, column, output, model, prompt, 
         warnings.filterwarnings("ignore", message=r".*descriptions failed and were left out.*")
         result = descriptions.describe(names, subject=subj, prompt=prompt, config=settings, max_cost=max_cost)
     if result.failed and not result.texts:
-        _echo_failures(result.failed)
-        raise ProviderError(f"All {len(result.failed)} descriptions failed; nothing was written to {output}.")
+        _echo_failures(result)
+        if len(result.unknown) == len(result.failed):  # the names, not the provider: a problem of the input
+            raise InputError(
+                f"All {len(result.failed)} descriptions failed: the knowledge table {result.model} knows none of the "
+                f"names; nothing was written to {output}. Check that they are gene symbols, aliases or Ensembl IDs, "
+                "or describe them with an LLM (e.g. `--model openai/gpt-4o-mini`).")
+        raise ProviderError(f"All {len(result.failed)} descriptions failed; nothing was written to {output}. "
+                            "Run again to retry them, or try another `--prompt` or `--model`.")
     p = result.prompt
+    columns: dict[str, Any] = {"item": list(result.texts)}
+    if result.symbols:  # a knowledge table's answers: the symbol each name was looked up under
+        columns["symbol"] = [result.symbols.get(i, "") for i in result.texts]
     df = pd.DataFrame({
-        "item": list(result.texts),
+        **columns,
         "text": list(result.texts.values()),
         "model": result.model,
         "prompt": p.name if p else "",
@@ -579,15 +738,27 @@ def describe_cmd(ctx, subject, items, from_file, column, output, model, prompt, 
         f"{u.tokens:,} tokens, {cost}; {len(result.failed)} failed)."
     )
     if result.failed:
-        _echo_failures(result.failed)
+        _echo_failures(result)
 
 
-def _echo_failures(failed: dict[str, str], limit: int = 20) -> None:
-    click.secho(f"{len(failed)} failed (not cached; run again to retry them):", fg="yellow", err=True)
-    for item, problem in list(failed.items())[:limit]:
-        click.echo(f"  {item}: {mask(str(problem))}", err=True)
-    if len(failed) > limit:
-        click.echo(f"  ... and {len(failed) - limit} more", err=True)
+def _echo_failures(result: Any, limit: int = 20) -> None:
+    """List a describe run's failures on stderr: names the knowledge table does not know (asking
+    again does not help) apart from failed answers (not cached: a new run asks again)."""
+    unknown = {i: result.failed[i] for i in result.unknown if i in result.failed}
+    failed = {i: why for i, why in result.failed.items() if i not in unknown}
+    groups = (
+        (unknown, f"{len(unknown)} failed: unknown to the knowledge table {result.model} (check the names, or "
+                  "describe them with an LLM: --model):"),
+        (failed, f"{len(failed)} failed (not cached; run again to retry them):"),
+    )
+    for items, title in groups:
+        if not items:
+            continue
+        click.secho(title, fg="yellow", err=True)
+        for item, problem in list(items.items())[:limit]:
+            click.echo(f"  {item}: {mask(str(problem))}", err=True)
+        if len(items) > limit:
+            click.echo(f"  ... and {len(items) - limit} more", err=True)
 
 
 # --------------------------------------------------------------------------- config
@@ -695,7 +866,11 @@ def cache_stats(ctx: click.Context) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
 def cache_clear(ctx: click.Context, role: str | None, model: str | None, yes: bool) -> None:
-    """Delete cache entries (all, or one role / model)."""
+    """Delete cache entries (all, or one role / model).
+
+    A damaged cache file is deleted and replaced by an empty one when every entry is to
+    be cleared (after confirmation, unless --yes).
+    """
 
     path = get_settings(_overrides(ctx)).cache.resolved_path()
     if not path.exists():
@@ -703,8 +878,21 @@ def cache_clear(ctx: click.Context, role: str | None, model: str | None, yes: bo
         return
     if not yes and not click.confirm(f"Delete {'all' if not (role or model) else 'matching'} entries in {path}?"):
         raise click.Abort()
-    with Cache(path) as cache:
-        n = cache.clear(role=role, model=model)
+    try:
+        with Cache(path) as cache:
+            n = cache.clear(role=role, model=model)
+    except CacheDamagedError:
+        if role or model:
+            raise CacheDamagedError(
+                f"The scelmo cache at {path} is damaged, so its entries cannot be cleared by role or model. Run "
+                "`scelmo cache clear --yes` without --role/--model to delete the file and start an empty one "
+                "(or move the file away).", path) from None
+        if not yes and not click.confirm(f"{path} is damaged and cannot be cleared entry by entry. Delete the file "
+                                         "and start an empty cache?"):
+            raise click.Abort() from None
+        reset_cache_file(path)
+        click.echo(f"The cache file {path} was damaged: deleted it and started an empty cache.")
+        return
     click.echo(f"Deleted {n} entries.")
 
 

@@ -154,7 +154,7 @@ def test_cli_message_translation():
 def test_describe_fails_when_every_item_fails(tmp_path):
     r = CliRunner()
     res = r.invoke(cli, ["describe", "genes", "NOTAGENE1", "NOTAGENE2", "-o", str(tmp_path / "d.tsv")])
-    assert res.exit_code == 5, res.output
+    assert res.exit_code == 3, res.output  # names the offline table does not know: the input, not a provider
     assert "All 2 descriptions failed" in res.output
     assert "NOTAGENE1:" in res.output and "NOTAGENE2:" in res.output
     assert not (tmp_path / "d.tsv").exists()

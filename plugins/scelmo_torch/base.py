@@ -51,7 +51,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pickle
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -60,7 +62,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from scelmo.errors import ConfigError, ScelmoError
+from scelmo.errors import ConfigError, IntegrityError, ScelmoError
 from scelmo.io import atomic_path
 from scelmo.plugin import TaskHead
 from scelmo.progress import progress_bar
@@ -70,6 +72,17 @@ from .device import autocast, describe_device, import_torch, torch_session
 WEIGHTS_FILE = "weights.pt"
 SPEC_FILE = "head.json"
 ARRAYS_FILE = "arrays.npz"
+
+
+def _damaged_file(path: Path, problem: object) -> IntegrityError:
+    """The error for a saved head's file that cannot be parsed (truncated or overwritten)."""
+    text = str(problem).strip()
+    detail = text.splitlines()[0].split(". ")[0].rstrip(".")[:200] if text else type(problem).__name__
+    return IntegrityError(
+        f"{path} cannot be read ({detail}); the saved head is damaged (an incomplete copy?). Copy the model "
+        "directory again from where it came from (or a backup), or train it again (`scelmo train ... -o DIR`, or "
+        "`Model.train()` and `Model.save()`)."
+    )
 
 
 class TrainingConfig(BaseModel):
@@ -452,7 +465,12 @@ class TorchHead(TaskHead):
         spec_path = directory / SPEC_FILE
         if not spec_path.is_file() or not (directory / WEIGHTS_FILE).is_file():
             raise ScelmoError(f"{directory} does not hold a saved head ({SPEC_FILE} and {WEIGHTS_FILE} expected).")
-        info = json.loads(spec_path.read_text(encoding="utf-8"))
+        try:
+            info = json.loads(spec_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _damaged_file(spec_path, exc) from None
+        if not isinstance(info, dict):
+            raise _damaged_file(spec_path, "not a head description")
         if info.get("head") != cls.name:
             raise ScelmoError(f"{directory} holds a {info.get('head')!r} head, not {cls.name!r}.")
         head = cls(**{**(option_defaults or {}), **info.get("options", {})})
@@ -462,12 +480,18 @@ class TorchHead(TaskHead):
         if info.get("training"):
             head.training = TrainingConfig(**info["training"])
         head.module = head.build_module()
-        state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+            raise _damaged_file(directory / WEIGHTS_FILE, exc) from None
         head.module.load_state_dict(state)
         head.module.eval()
         if (directory / ARRAYS_FILE).is_file():
-            with np.load(directory / ARRAYS_FILE, allow_pickle=False) as z:
-                head.arrays = {k: z[k] for k in z.files}
+            try:
+                with np.load(directory / ARRAYS_FILE, allow_pickle=False) as z:
+                    head.arrays = {k: z[k] for k in z.files}
+            except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+                raise _damaged_file(directory / ARRAYS_FILE, exc) from None
         head.device = torch.device("cpu")
         return head
 

@@ -2,7 +2,11 @@
 
 :func:`describe` is the one path every describer goes through:
 
-* a knowledge source (``describe.model = "local"``) answers genes from its table;
+* a knowledge source (``describe.model = "local"``) answers genes from its table, each
+  name looked up under the symbol the gene vocabulary resolves it to (aliases, previous
+  symbols and Ensembl IDs, as :func:`scelmo.tl.embed_genes` does; the result keeps the
+  name given, with the symbol in :attr:`DescribeResult.symbols`); a name it knows nothing
+  of is in :attr:`DescribeResult.unknown` (asking again does not help);
 * an LLM provider gets one prompt per item, rendered from a named, versioned
   :class:`~scelmo.plugin.components.PromptTemplate` (the paper's gene prompt by default).
   Answers already in the cache (key: who answers -- the provider's ``cache_key``:
@@ -71,6 +75,11 @@ class DescribeResult:
     failed: dict[str, str] = field(default_factory=dict)
     cached: int = 0
     usage: Usage = field(default_factory=Usage)
+    #: the items of ``failed`` a knowledge table knows nothing of (not a provider failure: asking
+    #: again gives the same answer)
+    unknown: list[str] = field(default_factory=list)
+    #: a knowledge table's answers: the gene symbol each described item was resolved to
+    symbols: dict[str, str] = field(default_factory=dict)
 
     def provenance(self) -> dict[str, Any]:
         """Strings and numbers only (goes into ``uns`` / manifests)."""
@@ -286,11 +295,35 @@ def describe(
 
 
 def _from_knowledge_source(plan: _Plan) -> DescribeResult:
-    """Texts straight from an offline knowledge table (no calls, nothing to cache)."""
-    texts = plan.component.gene_texts(plan.unique)
-    found = {i: texts[i] for i in plan.unique if texts.get(i)}
-    failed = {i: "not in the knowledge table" for i in plan.unique if i not in found}
-    return DescribeResult(found, plan.component.model_id, None, plan.subject, failed, cached=0)
+    """Texts straight from an offline knowledge table (no calls, nothing to cache).
+
+    Each name is looked up under the symbol the gene vocabulary resolves it to (IGJ ->
+    JCHAIN, an Ensembl ID -> its symbol), else as given; the texts stay keyed by the
+    names given.
+    """
+    names = plan.unique
+    vocab = roles.vocabulary(plan.component)
+    if vocab is not None:
+        res = vocab.resolve(names, species=plan.settings.genes.species)
+        resolved = dict(zip(names, res.symbols, strict=True))
+    else:
+        resolved = dict.fromkeys(names)
+    texts = plan.component.gene_texts(sorted({s for s in resolved.values() if s} | set(names)))
+    found: dict[str, str] = {}
+    symbols: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    for name in names:
+        sym = resolved[name]
+        for key in (sym, name):
+            if key and texts.get(key):
+                found[name], symbols[name] = texts[key], key
+                break
+        else:
+            failed[name] = (f"resolved to {sym}, which the knowledge table has no entry for" if sym and sym != name
+                            else "not in the knowledge table (not a gene symbol, alias or Ensembl ID it knows)"
+                            if not sym else "not in the knowledge table")
+    return DescribeResult(found, plan.component.model_id, None, plan.subject, failed, cached=0,
+                          unknown=list(failed), symbols=symbols)
 
 
 async def _answer(component: Provider, template: PromptTemplate, item: str, policy: Any,

@@ -11,9 +11,14 @@ Older versions keyed remote answers by the bare model id, without the endpoint. 
 entries are *adopted* (re-keyed, once) by the first configuration that asks for that
 model id (the component's ``legacy_cache_keys``) -- normally the configuration that
 wrote them -- and from then on belong to it alone: another endpoint never reads them.
-The database runs in WAL mode with a busy timeout, every write is its own committed
-transaction (so an interrupted run keeps everything finished before it) and
-several processes may share one file.
+The database runs in WAL mode, every write is its own committed transaction (so an
+interrupted run keeps everything finished before it) and several processes may share
+one file. While another process holds the file's lock, an operation waits (a
+:class:`~scelmo.errors.ScelmoWarning` says so after :data:`LOCK_NOTICE` seconds) at
+most :data:`LOCK_TIMEOUT` seconds, in short steps so that Ctrl-C and SIGTERM are
+handled at once, then raises :class:`CacheLockedError`. A damaged file raises
+:class:`CacheDamagedError` (which says to delete or move it; :func:`reset_cache_file`
+does that).
 """
 
 from __future__ import annotations
@@ -23,14 +28,17 @@ import hashlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from scelmo.config import get_settings
-from scelmo.errors import ScelmoError
+from scelmo.errors import IntegrityError, ScelmoError, ScelmoWarning
+
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -45,6 +53,74 @@ CREATE TABLE IF NOT EXISTS entries (
 ) WITHOUT ROWID;
 """
 _CHUNK = 500  # SQLite variable limit safety
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+#: Longest wait, in seconds, for another process's lock on the cache file (per operation)
+#: before :class:`CacheLockedError` is raised.
+LOCK_TIMEOUT = 60.0
+#: Seconds of waiting for a lock after which a warning says what the run is waiting for.
+LOCK_NOTICE = 5.0
+#: SQLite's own wait per attempt, in seconds: short, so that signals are handled between attempts.
+_BUSY_STEP = 0.2
+#: Messages of SQLite errors that say the file cannot be opened or written (not that it is damaged).
+_NOT_WRITABLE = ("readonly", "read-only", "unable to open", "disk i/o", "disk is full", "permission",
+                 "authorization")
+#: The same advice in every message: where to put the cache instead.
+_OTHER_PATH = ("set `cache.path` to another file (on the command line: `--set cache.path=FILE`; "
+               "or SCELMO_CACHE__PATH)")
+
+
+class CacheError(ScelmoError):
+    """The cache file cannot be used (base class of :class:`CacheLockedError` and :class:`CacheDamagedError`)."""
+
+    def __init__(self, message: str, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class CacheLockedError(CacheError):
+    """Another process held the cache file's lock for longer than :data:`LOCK_TIMEOUT` seconds."""
+
+
+class CacheDamagedError(CacheError, IntegrityError):
+    """The cache file is damaged (or is not a scelmo cache); delete or move it."""
+
+
+def _is_busy(exc: BaseException) -> bool:
+    msg = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in msg or "busy" in msg)
+
+
+def _unsaved_note(unsaved: tuple[int, str]) -> str:
+    """What a failed write lost: ``unsaved`` is ``(count, noun)``, e.g. ``(3, "description")``."""
+    n, noun = unsaved
+    if not n:
+        return ""
+    what, verb = (noun, "is") if n == 1 else (noun + "s", "are")
+    return (f" The {n} {what} made just now could not be stored there and {verb} lost (a later run makes them "
+            "again); everything stored before is kept.")
+
+
+def reset_cache_file(path: str | Path) -> None:
+    """Delete the cache file ``path`` (with its ``-wal`` / ``-shm`` companions) and create an empty one.
+
+    For a damaged file (:class:`CacheDamagedError`); every entry is lost. A file that is
+    neither an SQLite file nor named like one (``.sqlite``, ``.sqlite3``, ``.db``) is left
+    alone (:class:`CacheError`): ``cache.path`` may point at another file by mistake.
+    """
+    path = Path(path).expanduser()
+    if path.is_file():
+        with open(path, "rb") as fh:
+            magic = fh.read(len(_SQLITE_MAGIC))
+        if magic != _SQLITE_MAGIC and path.suffix.lower() not in (".sqlite", ".sqlite3", ".db"):
+            raise CacheError(
+                f"{path} is not an SQLite file, so it was not deleted. If `cache.path` points there by mistake, set "
+                "it to another file (on the command line: `--set cache.path=FILE`); if it is a damaged scelmo cache, "
+                "delete it yourself.", path)
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"),
+              path.with_name(path.name + "-journal")):
+        p.unlink(missing_ok=True)
+    Cache(path).close()
 
 
 def text_hash(text: str) -> str:
@@ -57,33 +133,82 @@ class Cache:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
+        self._lock = threading.Lock()
+        self._gave_up = False  # after one lock timeout, later operations do not wait again
+        self._warned = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(
-                str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False
+                str(self.path), timeout=_BUSY_STEP, isolation_level=None, check_same_thread=False
             )
-            self._conn.execute("PRAGMA busy_timeout=60000")
-            self._setup_schema()
+            self._conn.execute(f"PRAGMA busy_timeout={int(_BUSY_STEP * 1000)}")
         except (OSError, sqlite3.Error) as exc:
-            raise ScelmoError(
-                f"Cannot open the scelmo cache at {self.path}: {exc}. Set `cache.path` to a "
-                "writable file (or SCELMO_CACHE__PATH), or disable it with `cache.enabled = false`."
-            ) from None
-        self._lock = threading.Lock()
+            raise self._unusable(exc) from None
+        try:
+            self._run("open", self._setup_schema)
+        except BaseException:
+            self._conn.close()
+            raise
 
     def _setup_schema(self) -> None:
-        # Two processes opening a new file at once can get SQLITE_BUSY from the switch to
-        # WAL mode without the busy handler being consulted: retry for a while.
-        for attempt in range(50):
+        # (two processes opening a new file at once can get SQLITE_BUSY from the switch to
+        # WAL mode without the busy handler being consulted: _run retries it)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(_SCHEMA)
+
+    def _unusable(self, exc: BaseException, what: str = "open", unsaved: tuple[int, str] = (0, "")) -> CacheError:
+        return CacheError(
+            f"Cannot {what} the scelmo cache at {self.path}: {exc}.{_unsaved_note(unsaved)} Make it writable, "
+            f"{_OTHER_PATH}, or disable "
+            "the cache (`cache.enabled = false`; on the command line `--set cache.enabled=false`).", self.path)
+
+    def _damaged(self, exc: BaseException, unsaved: tuple[int, str] = (0, "")) -> CacheDamagedError:
+        return CacheDamagedError(
+            f"The scelmo cache at {self.path} is damaged or is not a scelmo cache ({exc}).{_unsaved_note(unsaved)} "
+            f"Delete or move that file (`scelmo cache clear --yes` deletes it and starts an empty one; cached "
+            f"descriptions and vectors are then made again), or {_OTHER_PATH}.", self.path)
+
+    def _locked(self, waited: float, unsaved: tuple[int, str] = (0, "")) -> CacheLockedError:
+        return CacheLockedError(
+            f"Another process holds the lock on the scelmo cache at {self.path} (waited {waited:.0f} s)."
+            f"{_unsaved_note(unsaved)} Wait for that process to finish (or stop it) and run again, or "
+            f"{_OTHER_PATH}.", self.path)
+
+    def _run(self, what: str, fn: Callable[[], T], *, unsaved: tuple[int, str] = (0, "")) -> T:
+        """``fn()`` (one SQLite operation: ``what`` is "open", "read" or "write to"), retried while
+        another process holds the file's lock.
+
+        Waits at most :data:`LOCK_TIMEOUT` seconds in all, in steps of :data:`_BUSY_STEP` seconds
+        (so that signals are handled), warning once after :data:`LOCK_NOTICE` seconds; then raises
+        :class:`CacheLockedError`. Other SQLite errors become :class:`CacheError` (the file cannot
+        be opened or written) or :class:`CacheDamagedError`. ``unsaved`` is how many new entries
+        ``fn`` stores and what they are (``(3, "description")``): the error says they were not stored.
+        """
+        start = time.monotonic()
+        while True:
             try:
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.execute("PRAGMA synchronous=NORMAL")
-                self._conn.executescript(_SCHEMA)
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc) or attempt == 49:
-                    raise
-                time.sleep(0.1 + 0.01 * attempt)
+                out = fn()
+                self._gave_up = False
+                return out
+            except sqlite3.DatabaseError as exc:
+                if self._conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
+                if not _is_busy(exc):
+                    if any(word in str(exc).lower() for word in _NOT_WRITABLE):
+                        raise self._unusable(exc, what, unsaved) from None
+                    raise self._damaged(exc, unsaved) from None
+                waited = time.monotonic() - start
+                if self._gave_up or waited >= LOCK_TIMEOUT:
+                    self._gave_up = True
+                    raise self._locked(waited, unsaved) from None
+                if waited >= LOCK_NOTICE and not self._warned:
+                    self._warned = True
+                    warnings.warn(
+                        f"Waiting to {what} the scelmo cache at {self.path}: another process holds its lock "
+                        f"(giving up after {LOCK_TIMEOUT:.0f} s).", ScelmoWarning, stacklevel=2)
+                time.sleep(min(0.05, _BUSY_STEP))
 
     def close(self) -> None:
         self._conn.close()
@@ -106,11 +231,11 @@ class Cache:
             for i in range(0, len(keys), _CHUNK):
                 part = keys[i : i + _CHUNK]
                 marks = ",".join("?" * len(part))
-                rows = self._conn.execute(
+                rows = self._run("read", lambda part=part, marks=marks: self._conn.execute(
                     "SELECT input_hash, value, dim FROM entries WHERE role=? AND model=? "
                     f"AND prompt_hash=? AND input_hash IN ({marks})",
                     (role, model, prompt_hash, *part),
-                ).fetchall()
+                ).fetchall())
                 out.update({h: (v, d) for h, v, d in rows})
         return out
 
@@ -118,42 +243,28 @@ class Cache:
         """Re-key every ``role`` entry stored under ``old`` to ``new`` (entries ``new`` already
         has stay as they are); returns how many moved. Used once for entries of older versions."""
         with self._lock:
-            if self._conn.execute(
+            if self._run("read", lambda: self._conn.execute(
                 "SELECT 1 FROM entries WHERE role=? AND model=? LIMIT 1", (role, old)
-            ).fetchone() is None:
+            ).fetchone()) is None:
                 return 0
-            for attempt in range(5):
-                try:
-                    cur = self._conn.execute(
-                        "UPDATE OR IGNORE entries SET model=? WHERE role=? AND model=?", (new, role, old)
-                    )
-                    return int(cur.rowcount)
-                except sqlite3.OperationalError:
-                    if attempt == 4:
-                        raise
-                    time.sleep(0.2 * (attempt + 1))
-        return 0
+            cur = self._run("write to", lambda: self._conn.execute(
+                "UPDATE OR IGNORE entries SET model=? WHERE role=? AND model=?", (new, role, old)
+            ))
+            return int(cur.rowcount)
 
     def _put(self, role: str, model: str, prompt_hash: str, items: Iterable[tuple[str, bytes, int]]) -> None:
         now = time.time()
         rows = [(role, model, prompt_hash, h, v, d, now) for h, v, d in items]
         if not rows:
             return
+
+        def write() -> None:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany("INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?)", rows)
+            self._conn.execute("COMMIT")
+
         with self._lock:
-            for attempt in range(5):
-                try:
-                    self._conn.execute("BEGIN IMMEDIATE")
-                    self._conn.executemany(
-                        "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?)", rows
-                    )
-                    self._conn.execute("COMMIT")
-                    return
-                except sqlite3.OperationalError:
-                    if self._conn.in_transaction:
-                        self._conn.execute("ROLLBACK")
-                    if attempt == 4:
-                        raise
-                    time.sleep(0.2 * (attempt + 1))
+            self._run("write to", write, unsaved=(len(rows), "vector" if role == "embed" else "description"))
 
     # -- vectors -----------------------------------------------------------------
     def get_vectors(self, model: str, hashes: list[str], *, legacy: Sequence[str] = ()) -> dict[str, np.ndarray]:
@@ -191,10 +302,10 @@ class Cache:
     def stats(self) -> list[dict[str, object]]:
         """Entry counts and sizes per (role, model)."""
         with self._lock:
-            rows = self._conn.execute(
+            rows = self._run("read", lambda: self._conn.execute(
                 "SELECT role, model, COUNT(*), SUM(LENGTH(value)), MAX(dim), MAX(created) "
                 "FROM entries GROUP BY role, model ORDER BY role, model"
-            ).fetchall()
+            ).fetchall())
         return [
             {"role": r, "model": m, "entries": n, "bytes": int(b or 0), "dim": int(d or 0), "last_write": t}
             for r, m, n, b, d, t in rows
@@ -217,10 +328,10 @@ class Cache:
             args.extend([model, len(prefix), prefix])
         sql = "DELETE FROM entries" + (" WHERE " + " AND ".join(where) if where else "")
         with self._lock:
-            cur = self._conn.execute(sql, args)
-        n = cur.rowcount
-        if not where:
-            self._conn.execute("VACUUM")
+            cur = self._run("write to", lambda: self._conn.execute(sql, args))
+            n = cur.rowcount
+            if not where:
+                self._run("write to", lambda: self._conn.execute("VACUUM"))
         return int(n)
 
 
