@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -907,7 +908,19 @@ def demo_cmd(ctx: click.Context, out_dir: str, resolution: float) -> None:
     run_demo(Path(out_dir), resolution=resolution, config=_overrides(ctx))
 
 
+#: Modules whose callbacks swallow an exception raised in them (numba's compiler runs Python
+#: callbacks from LLVM through ctypes; weakref finalizers): a signal arriving there is
+#: delivered again a moment later instead of being lost.
+_SWALLOWING = ("numba", "llvmlite", "weakref", "_weakrefset", "ctypes")
+
+
 def _terminated(signum: int, frame: Any) -> None:
+    f = frame
+    while f is not None:
+        if str(f.f_globals.get("__name__", "")).startswith(_SWALLOWING):
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            return
+        f = f.f_back
     raise SystemExit(128 + signum)
 
 

@@ -281,3 +281,31 @@ def test_a_zarr_output_in_a_missing_folder_names_the_output(tmp_path):
     res = _run(["embed-cells", str(tmp_path / "in.h5ad"), "-o", str(out)])
     assert res.exit_code == 3, res.output
     assert f"Cannot write {out}" in res.output and ".probe" not in res.output
+
+
+def test_a_signal_inside_a_callback_that_swallows_exceptions_is_delivered_again():
+    """Trial finding: Ctrl-C during numba's compile (Python callbacks run from LLVM through
+    ctypes, which print and drop an exception) was lost or ended in a RuntimeError; the
+    handler now sends the signal again a moment later, outside such a callback."""
+    import signal
+    import sys
+    import time
+
+    from scelmo.cli import _terminated
+
+    got = []
+    old = signal.signal(signal.SIGUSR1, lambda signum, frame: got.append(signum))
+    try:
+        callback_globals = {"__name__": "numba.core.fake_callback", "sys": sys}
+        exec("def callback():\n    return sys._getframe()\n", callback_globals)
+        frame = callback_globals["callback"]()
+        _terminated(signal.SIGUSR1, frame)  # no SystemExit there: it would be swallowed
+        deadline = time.time() + 5
+        while not got and time.time() < deadline:
+            time.sleep(0.02)
+        assert got == [signal.SIGUSR1]
+        with pytest.raises(SystemExit) as stop:  # anywhere else: unwind at once
+            _terminated(signal.SIGUSR1, sys._getframe())
+        assert stop.value.code == 128 + signal.SIGUSR1
+    finally:
+        signal.signal(signal.SIGUSR1, old)
