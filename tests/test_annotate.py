@@ -567,3 +567,16 @@ def test_a_query_naming_genes_otherwise_is_matched_to_its_reference_by_gene():
     assert by_id.uns[keys.PROVENANCE]["annotate"]["shared_genes"] > 0.95
     np.testing.assert_array_equal(by_id.obsm[keys.X_SCELMO], same.obsm[keys.X_SCELMO])  # the same genes, matched
     assert (by_id.obs[keys.LABEL].astype(str).to_numpy() == same.obs[keys.LABEL].astype(str).to_numpy()).all()
+
+
+def test_names_only_records_the_species_whose_marker_sets_it_preferred():
+    """Trial finding (mouse data): nothing in uns said which species' curated sets were used."""
+    from scelmo import datasets
+
+    pbmc = datasets.pbmc68k_reduced()  # (X log-normalised)
+    mouse = pbmc.copy()
+    mouse.var_names = [g.capitalize() for g in pbmc.var_names]  # mouse-style symbols
+    for a in (pbmc, mouse):
+        scelmo.tl.annotate(a, cell_types=["B cell", "T cell", "monocyte"])
+    assert pbmc.uns[keys.PROVENANCE]["annotate"]["species"] == "human"
+    assert mouse.uns[keys.PROVENANCE]["annotate"]["species"] == "mouse"

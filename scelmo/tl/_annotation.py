@@ -42,7 +42,7 @@ from scelmo.config import get_settings
 from scelmo.errors import CoverageWarning, InputError, ScelmoError, ScelmoWarning
 from scelmo.expression.matrix import select_matrix
 from scelmo.expression.selection import normalize_chunk, should_normalize
-from scelmo.genes import GeneEmbeddings
+from scelmo.genes import GeneEmbeddings, GeneVocabulary
 from scelmo.knn import knn_vote, unit_rows
 from scelmo.knowledge import roles
 from scelmo.knowledge.cell_types import (
@@ -854,8 +854,11 @@ def _labels_from_names(adata: Any, query: np.ndarray, cell_types: Sequence[str] 
         groups = _cluster_labels(adata, use_rep, groupby)
         labels, score, _ = marker_match(adata, markers, groups, layer=layer)
         pred = np.array([lab if lab is not None else unknown_label for lab in labels], dtype=object)
+        species = get_settings(config).genes.species
         info.update({"method": "text_markers", "n_cell_types": len(names), "n_markers": n_markers,
-                     "groupby": groupby or "leiden(use_rep)", "n_groups": int(len(np.unique(groups)))})
+                     "groupby": groupby or "leiden(use_rep)", "n_groups": int(len(np.unique(groups))),
+                     # (the curated marker sets of this species are preferred)
+                     "species": species if species != "auto" else GeneVocabulary.guess_species(expressed)})
         info.update({f"markers_{t}": "; ".join(g) for t, g in markers.items()})
         info["temperature"] = 0.25
     else:  # "embedding" (the method was checked by _check_options)
