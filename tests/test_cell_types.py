@@ -357,3 +357,14 @@ def test_islet_letter_names_beside_other_islet_names(vocab, known, ontology):
     assert "B cell" in _names(match_cell_types(["B cells", "T cells"], known, vocab)["B cells"])
     # one letter name beside an islet name and blood types keeps its usual meaning
     assert "B cell" in _names(match_cell_types(["B cell", "alpha cell", "NK cell"], known, vocab)["B cell"])
+
+
+def test_mouse_monocyte_names_by_ly6c_level_take_the_mouse_sets(vocab, known):
+    """Trial finding: "Ly6C-high monocyte" and "Ly6C-low monocyte" both matched the human CD14+
+    and CD16+ sets, so the two got the same markers on mouse data."""
+    names = ["Ly6C-high monocyte", "Ly6Chi monocyte", "Ly6C-low monocyte", "Ly6Clo monocyte"]
+    m = match_cell_types(names, known, vocab, species="mouse")
+    for name in names[:2]:
+        assert {(k.name, k.species) for k in m[name].types} == {("Classical monocyte", "mouse")}
+    for name in names[2:]:
+        assert {(k.name, k.species) for k in m[name].types} == {("Patrolling monocyte", "mouse")}

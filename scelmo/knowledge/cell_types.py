@@ -110,6 +110,9 @@ EQUIVALENT_NAMES: Mapping[tuple[str, ...], str] = {
     ("patrolling", "monocyte"): "CD16+ monocyte",  # the mouse name of the same cells
     ("inflammatory", "monocyte"): "CD14+ monocyte",
     ("gamma",): "PP cell",  # the pancreatic islet's gamma cell (not a gamma-delta T cell)
+    # the mouse names by Ly6C level (the curated mouse sets are "Classical" and "Patrolling monocyte")
+    **{(*w, "monocyte"): "classical monocyte" for w in (("ly6c", "high"), ("ly6c", "hi"), ("ly6chi",), ("ly6chigh",))},
+    **{(*w, "monocyte"): "patrolling monocyte" for w in (("ly6c", "low"), ("ly6c", "lo"), ("ly6clo",), ("ly6clow",))},
 }
 _STOP = frozenset({"cell", "cells", "positive", "and", "of", "the", "like", "type", "lineage", "derived"})
 _NEGATIONS = frozenset({"negative", "neg", "non"})
