@@ -332,6 +332,35 @@ def test_a_cost_limit_with_concurrency_waits_for_calls_in_flight_instead_of_stop
     assert spent[1] > 1 and spent[4] >= spent[1] - 1, spent
 
 
+def test_a_cost_stop_is_raised_not_waited_for_when_rounding_leaves_dust_of_the_bookings():
+    """Review finding: bookings settled in another order left ~5e-17 USD "booked" with nothing in
+    flight, and a call that did not fit then waited for a settlement that never came (a hang)."""
+    import asyncio
+    import threading
+
+    from scelmo.llm.calls import Budget, run_calls
+
+    est, delay = {"A": 0.1, "B": 0.2, "C": 0.3, "D": 0.7}, {"A": 0.2, "B": 0.1, "C": 0.3, "D": 0.0}
+
+    async def call(job):
+        await asyncio.sleep(delay[job])
+        return job
+
+    budget, raised = Budget(0.65), []
+
+    def run():
+        try:
+            run_calls(list(est), call, on_result=lambda j, r: None, concurrency=3, budget=budget,
+                      estimate_cost=est.__getitem__, actual_cost=lambda r: 0.0)
+        except BudgetExceededError as exc:
+            raised.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(20)
+    assert not t.is_alive() and raised and budget.in_flight == 0 and budget.booked == 0.0
+
+
 LLAMA3 = "hosted_vllm/meta-llama/Llama-3.1-8B-Instruct"  # docs/providers/vllm.md
 
 

@@ -126,6 +126,7 @@ class Budget:
         self.max_cost = max_cost
         self.spent = 0.0
         self.booked = 0.0
+        self.in_flight = 0  # calls booked and not settled (booked USD alone leaves rounding dust)
         self._lock = threading.Lock()
 
     def reserve(self, estimate: float | None, component: Any = None, *, wait_for_in_flight: bool = False) -> float | None:
@@ -142,12 +143,13 @@ class Budget:
             raise UnknownPriceError(f"A cost limit is set, but {no_price(component)}; or run without --max-cost.")
         with self._lock:
             if self.spent + self.booked + estimate > self.max_cost + 1e-12:
-                if wait_for_in_flight and self.booked > 0:
+                if wait_for_in_flight and self.in_flight > 0:
                     return None
                 stop = BudgetExceededError(self.stop_message(estimate))
                 stop.limit_reached = True  # (not an unknown price: run_calls restates what was spent)
                 raise stop
             self.booked += estimate
+            self.in_flight += 1
         return estimate
 
     def stop_message(self, next_estimate: float | None = None) -> str:
@@ -160,7 +162,9 @@ class Budget:
 
     def settle(self, booked: float, actual: float | None) -> None:
         with self._lock:
-            self.booked = max(0.0, self.booked - booked)
+            self.in_flight = max(0, self.in_flight - 1)
+            # (nothing in flight: nothing booked, whatever rounding left of the bookings)
+            self.booked = max(0.0, self.booked - booked) if self.in_flight else 0.0
             self.spent += float(actual if actual is not None else booked)
 
 
@@ -345,7 +349,7 @@ async def _run_calls_async(
                 job = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            booked: float | None = 0.0
+            booked: float | None = None  # (set once the call is booked: only a booking is settled)
             try:
                 if budget is not None:
                     booked = await book(job)
@@ -353,14 +357,14 @@ async def _run_calls_async(
                         return  # another call failed while this one waited for a booking
                 result = await call(job)
             except BaseException as exc:  # noqa: BLE001 - collected, re-raised by the caller
-                if budget is not None and booked is not None:
+                if booked is not None:
                     settle(booked, 0.0)
                 errors.append(exc)
                 stop.set()  # no new calls; the ones in flight finish and are kept
                 settled.set()  # (wakes workers waiting for a booking, which then stop)
                 return
             try:
-                if budget is not None:
+                if booked is not None:
                     settle(booked, actual_cost(result) if actual_cost else booked)
                 on_result(job, result)
             except BaseException as exc:  # noqa: BLE001 - e.g. the cache cannot be written
