@@ -431,3 +431,10 @@ def test_a_counts_query_is_scaled_over_the_genes_a_counts_model_was_trained_on(s
     z_same = m.get_latent_representation(same)
     np.testing.assert_allclose(m.get_latent_representation(wide), z_same, atol=1e-5)
     assert (m.predict(wide) == m.predict(same)).all()
+    # a saved model bound to the query (`Model.load(dir, adata=query)`, as `scelmo predict` does) scales it alike
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        m.save(f"{d}/m")
+        bound = scelmo.Model.load(f"{d}/m", adata=wide)
+        np.testing.assert_allclose(bound.get_latent_representation(wide), z_same, atol=1e-5)

@@ -605,3 +605,17 @@ def test_top_de_genes_matches_series_by_gene():
     assert list(P.top_de_genes(ctrl.to_numpy(), true.to_numpy(), 2)) == [9, 8]  # arrays: indices
     scores = P.delta_scores(true.iloc[::-1], true, ctrl, top)
     assert scores["pearson_delta"] == pytest.approx(1.0)
+
+
+def test_the_perturbation_column_may_be_registered_as_batch_key_as_documented():
+    """Review finding: declaring requires_perturbations refused setup_anndata(batch_key=<column>),
+    which the head documents as the other way to give the perturbations."""
+    import scelmo
+
+    a = _cli_knockouts(["STAT1", "JAK2"])
+    scelmo.Model.setup_anndata(a, batch_key="perturbation")
+    scelmo.Model(a, head="perturbation", control="non-targeting", hidden=8, latent=4)  # no error
+    b = a.copy()
+    scelmo.Model.setup_anndata(b)
+    with pytest.raises(InputError, match="needs each cell's perturbation"):
+        scelmo.Model(b, head="perturbation", control="non-targeting")

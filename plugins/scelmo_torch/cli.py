@@ -202,7 +202,7 @@ def add_commands(cli: Any) -> None:
         for needed, given, flag, what in (
                 ("requires_labels", labels_key, "--labels-key", "labels (an obs column of cell types)"),
                 ("requires_batch", batch_key, "--batch-key", "batches (an obs column of each cell's batch)"),
-                ("requires_perturbations", perturbation_key, "--perturbation-key",
+                ("requires_perturbations", perturbation_key or batch_key, "--perturbation-key",
                  "each cell's perturbation (an obs column, e.g. condition; add --option control=NAME)")):
             if getattr(probe, needed, False) and given is None:
                 raise click.UsageError(f"The {head!r} head needs {what}: pass {flag} COLUMN.")

@@ -92,7 +92,8 @@ class Model:
         self.head = plugins.heads.create(head, **head_options)
         for needed, key, what in (("requires_labels", "labels_key", "labels"), ("requires_batch", "batch_key", "batches"),
                                   ("requires_perturbations", "perturbation_key", "each cell's perturbation")):
-            if getattr(self.head, needed, False) and getattr(setup, key) is None:
+            given = getattr(setup, key) or (setup.batch_key if key == "perturbation_key" else None)  # (documented fallback)
+            if getattr(self.head, needed, False) and given is None:
                 raise InputError(f"The {head!r} head needs {what}: call `Model.setup_anndata(adata, {key}=...)`.")
         self.adata = adata
         # the head's own checks of the obs columns, before the genes are embedded (minutes)
@@ -100,6 +101,7 @@ class Model:
                                perturbations=self._obs(setup.perturbation_key))
         self.gene_table = self._gene_table(adata, gene_embeddings, config)
         self.is_trained = False
+        self._training_data: Any = None  # the AnnData train() read (None for a loaded model)
         self.train_info: dict[str, Any] = {}
         self.train_genes: list[str] = []
 
@@ -234,7 +236,7 @@ class Model:
             head_names.append(key)
         if counts:
             X = normalize_chunk(X, totals=self._library_sizes(X, head_names, adata))
-        if self.train_genes and adata is not self.adata and getattr(self, "_warned_missing", None) != id(adata):
+        if self.train_genes and adata is not self._training_data and getattr(self, "_warned_missing", None) != id(adata):
             # (genes without a vector carry no weight: only those with one count)
             have = set(head_names)
             weighed = [g for g in self.train_genes if g in self.gene_table]
@@ -258,7 +260,7 @@ class Model:
         by the user over whatever genes they had) scales a counts query over all its genes,
         as ``sc.pp.normalize_total`` would.
         """
-        if adata is self.adata or not self.train_genes or not self.train_info.get("normalized_counts"):
+        if adata is self._training_data or not self.train_genes or not self.train_info.get("normalized_counts"):
             return None
         trained = set(self.train_genes)
         known = np.fromiter((n in trained for n in head_names), dtype=bool, count=len(head_names))
@@ -307,6 +309,7 @@ class Model:
 
         X, _, E, names = self.head_expression()
         read_counts = self._read_counts
+        self._training_data = self.adata  # (a query is scaled and checked as a query, even when bound to the model)
         settings = {"max_epochs": max_epochs, "batch_size": batch_size, "lr": lr, "early_stopping": early_stopping,
                     "device": device, "seed": seed, "num_threads": num_threads, "progress": progress, **training}
         settings = {k: v for k, v in settings.items() if v is not None}
@@ -603,6 +606,7 @@ class Model:
         self.train_info = dict(info.get("train", {}))
         self.train_genes = list(info.get("train_genes", []))
         self.adata = adata
+        self._training_data = None  # (adata, if any, is a query: scaled and checked as one)
         if adata is not None and _setup_of(adata) is None:
             _remember(adata, setup)
         return self

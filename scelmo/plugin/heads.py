@@ -91,8 +91,9 @@ class TaskHead(Component):
     #: AnnData set up without ``labels_key``.
     requires_labels: ClassVar[bool] = False
     #: Whether :meth:`fit` needs each cell's batch (``batch_key``), and each cell's
-    #: perturbation (``perturbation_key``): refused up front likewise, by ``Model`` and
-    #: ``scelmo train`` (which names the missing flag before any gene is embedded).
+    #: perturbation (``perturbation_key``, or ``batch_key`` holding the perturbations):
+    #: refused up front likewise, by ``Model`` and ``scelmo train`` (which names the missing
+    #: flag before any gene is embedded).
     requires_batch: ClassVar[bool] = False
     requires_perturbations: ClassVar[bool] = False
     #: The optional parts this head implements: a subset of :data:`CAPABILITIES`.
