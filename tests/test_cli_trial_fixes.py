@@ -309,3 +309,31 @@ def test_a_signal_inside_a_callback_that_swallows_exceptions_is_delivered_again(
         assert stop.value.code == 128 + signal.SIGUSR1
     finally:
         signal.signal(signal.SIGUSR1, old)
+
+
+def test_an_interrupted_cache_write_leaves_no_open_transaction_and_no_false_damage(tmp_path):
+    """Review finding: a write interrupted between BEGIN and COMMIT (Ctrl-C in a notebook) left the
+    transaction open, and the next write said the cache was damaged and should be deleted."""
+    from scelmo.llm.cache import Cache
+
+    c = Cache(tmp_path / "c.sqlite")
+    try:
+        c._conn.execute("BEGIN IMMEDIATE")  # what an interrupted write leaves behind
+        c.put_texts("m", "p", {"h1": "text one"})
+        assert c.get_texts("m", "p", ["h1"]) == {"h1": "text one"}
+    finally:
+        c.close()
+
+
+def test_cache_clear_never_deletes_another_programs_database(tmp_path):
+    """Review finding: reset_cache_file deleted any SQLite file (cache.path pointed elsewhere by mistake)."""
+    import sqlite3
+
+    from scelmo.llm.cache import CacheError, reset_cache_file
+
+    other = tmp_path / "notes.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE notes (t TEXT)")
+    with pytest.raises(CacheError, match="without scelmo's `entries` table"):
+        reset_cache_file(other)
+    assert other.is_file()

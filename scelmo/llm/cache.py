@@ -101,6 +101,21 @@ def _unsaved_note(unsaved: tuple[int, str]) -> str:
             "again); everything stored before is kept.")
 
 
+#: What SQLite says about a file it cannot read as a database (the damage cases; others are raised as they are).
+_DAMAGED = ("malformed", "not a database", "file is encrypted", "no such table", "no such column", "corrupt")
+
+
+def _readable_without_entries(path: Path) -> bool:
+    """Whether ``path`` opens as an SQLite database whose schema can be read and has no
+    ``entries`` table (so it is not a scelmo cache, damaged or not)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.Error:
+        return False  # damaged beyond reading its schema: the file names (and header) decide
+    return "entries" not in tables
+
+
 def reset_cache_file(path: str | Path) -> None:
     """Delete the cache file ``path`` (with its ``-wal`` / ``-shm`` companions) and create an empty one.
 
@@ -117,6 +132,10 @@ def reset_cache_file(path: str | Path) -> None:
                 f"{path} is not an SQLite file, so it was not deleted. If `cache.path` points there by mistake, set "
                 "it to another file (on the command line: `--set cache.path=FILE`); if it is a damaged scelmo cache, "
                 "delete it yourself.", path)
+        if _readable_without_entries(path):
+            raise CacheError(
+                f"{path} is a readable SQLite database without scelmo's `entries` table (another program's?), so it "
+                "was not deleted. Point `cache.path` at scelmo's own cache file (`--set cache.path=FILE`).", path)
     for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"),
               path.with_name(path.name + "-journal")):
         p.unlink(missing_ok=True)
@@ -198,7 +217,9 @@ class Cache:
                 if not _is_busy(exc):
                     if any(word in str(exc).lower() for word in _NOT_WRITABLE):
                         raise self._unusable(exc, what, unsaved) from None
-                    raise self._damaged(exc, unsaved) from None
+                    if any(word in str(exc).lower() for word in _DAMAGED):
+                        raise self._damaged(exc, unsaved) from None
+                    raise  # (a programming error or a constraint: not a reason to delete the file)
                 waited = time.monotonic() - start
                 if self._gave_up or waited >= LOCK_TIMEOUT:
                     self._gave_up = True
@@ -259,9 +280,17 @@ class Cache:
             return
 
         def write() -> None:
+            if self._conn.in_transaction:  # one left open by an interrupted write (Ctrl-C in a notebook)
+                self._conn.execute("ROLLBACK")
             self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.executemany("INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?)", rows)
-            self._conn.execute("COMMIT")
+            try:
+                self._conn.executemany("INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?)", rows)
+                self._conn.execute("COMMIT")
+            except BaseException:  # (KeyboardInterrupt too): never leave the transaction open
+                if self._conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
+                raise
 
         with self._lock:
             self._run("write to", write, unsaved=(len(rows), "vector" if role == "embed" else "description"))
