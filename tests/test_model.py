@@ -438,3 +438,21 @@ def test_a_counts_query_is_scaled_over_the_genes_a_counts_model_was_trained_on(s
         m.save(f"{d}/m")
         bound = scelmo.Model.load(f"{d}/m", adata=wide)
         np.testing.assert_allclose(bound.get_latent_representation(wide), z_same, atol=1e-5)
+
+
+def test_a_saved_option_this_version_lacks_is_said_as_such_not_as_damage(trained, tmp_path):
+    """Review finding: any ValueError/KeyError from a head's load_state (an option the installed
+    head does not know) was reported as a truncated or overwritten model file."""
+    from scelmo.io import sha256_file
+
+    trained.save(tmp_path / "m")
+    spec = tmp_path / "m" / "head" / "head.json"
+    info = json.loads(spec.read_text())
+    info["options"]["option_of_a_newer_version"] = 1
+    spec.write_text(json.dumps(info))
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    meta["head_sha256"]["head.json"] = sha256_file(spec)  # (the file is intact: only its content is new)
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="option_of_a_newer_version") as err:
+        scelmo.Model.load(tmp_path / "m")
+    assert "damaged" not in str(err.value) and "truncated" not in str(err.value)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from scelmo import plugin as plugins
 from scelmo._version import __version__
@@ -149,7 +150,9 @@ def read_model(path: str | Path) -> tuple[dict[str, Any], GeneEmbeddings, TaskHe
         ) from exc
     try:
         head = head_cls.load_state(path / HEAD_DIR)
-    except _PARSE_ERRORS as exc:  # a file the checksums did not cover (older models) or a head's own check
+    except (ScelmoError, ValidationError):  # the head's own message (an option this version lacks, ...): as it is
+        raise
+    except _PARSE_ERRORS as exc:  # a file the checksums did not cover (older models)
         raise _damaged(path, f"the {info['head']!r} head's files in {path / HEAD_DIR} cannot be read "
                              f"({type(exc).__name__}: {_first_clause(str(exc))[:300]}); they are truncated, "
                              "overwritten or written by another version of the head") from None
