@@ -578,10 +578,12 @@ def _is_number(value: Any) -> bool:
 def _read_list_file(p: Path, column: str | None) -> list[str]:
     """Names from a .csv/.tsv/.txt list: ``column`` of a table with a header, else the first column.
 
-    Without ``column`` the first line is a header only when it names a column (a cell such
-    as ``gene``, ``symbol`` or ``name``), or, in a table of several columns, when it is
-    text above a column of numbers (``hgnc_symbol,logFC``); otherwise every line is a name.
-    Blank lines and lines starting with ``#`` are skipped.
+    Without ``column``, in a .csv/.tsv the first line is a header only when it names a column
+    (a cell such as ``gene``, ``symbol`` or ``name``), or, in a table of several columns,
+    when it is text above a column of numbers (``hgnc_symbol,logFC``); otherwise it is read
+    as a name, with a note saying so. Any other file is plain text, one name per line (a
+    first line such as ``gene`` is a header there too). Blank lines and lines starting with
+    ``#`` are skipped.
     """
     import pandas as pd
 
@@ -602,7 +604,12 @@ def _read_list_file(p: Path, column: str | None) -> list[str]:
                              "Give --column with one of them (or leave it out to read the first column).")
         return [str(v).strip() for v in table[column].dropna() if str(v).strip()]
     if table is None:  # plain text: one name per line
-        rows = [[line.strip()] for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"Cannot read {p} as UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8, "
+                             "one name per line.") from None
+        rows = [[line.strip()] for line in text.splitlines() if line.strip() and not line.startswith("#")]
     else:
         rows = [list(r) for r in table.itertuples(index=False) if not str(r[0]).startswith("#")]
     if not rows:
@@ -614,6 +621,10 @@ def _read_list_file(p: Path, column: str | None) -> list[str]:
         if not header and isinstance(first[j], str) and not _is_number(first[j]) and below \
                 and all(_is_number(v) for v in below):
             header = True
+    if not header and table is not None:  # (a table's header the rules above do not know is read as a name: say so)
+        click.secho(f"Note: {p.name} has no header line that scelmo recognises, so its first line "
+                    f"({str(first[0]).strip()!r}) is read as a name; if it is a column header, pass --column "
+                    f"{str(first[0]).strip()}.", fg="yellow", err=True)
     return [str(r[0]).strip() for r in rows[1 if header else 0:] if isinstance(r[0], str) and r[0].strip()]
 
 

@@ -337,3 +337,14 @@ def test_cache_clear_never_deletes_another_programs_database(tmp_path):
     with pytest.raises(CacheError, match="without scelmo's `entries` table"):
         reset_cache_file(other)
     assert other.is_file()
+
+
+def test_a_table_header_scelmo_does_not_know_is_read_as_a_name_with_a_note(tmp_path):
+    """Review finding: a one-column .csv whose header is not a known word ('marker') became an
+    item silently (and would be sent to an LLM); a non-UTF-8 list was a traceback."""
+    (tmp_path / "list.csv").write_text("marker\nCD3E\nMS4A1\n")
+    res = CliRunner().invoke(cli, ["describe", "genes", "--from", str(tmp_path / "list.csv"), "--dry-run"])
+    assert "first line ('marker') is read as a name" in res.output and "--column marker" in res.output
+    (tmp_path / "latin1.txt").write_bytes("CD3E\nGEN\xe9\n".encode("latin-1"))
+    res = CliRunner().invoke(cli, ["describe", "genes", "--from", str(tmp_path / "latin1.txt"), "--dry-run"])
+    assert res.exit_code == 3 and "Cannot read" in res.output and "UTF-8" in res.output
