@@ -681,11 +681,14 @@ def _echo_estimate(est: Any) -> None:
 @click.option("--model", help="Model for the describe role (overrides config), e.g. openai/gpt-4o-mini.")
 @click.option("--prompt", help="Registered prompt name (default: the subject's; `scelmo plugins` lists them).")
 @click.option("--concurrency", type=int, help="Requests in flight at once (describe.options.concurrency).")
+@click.option("--species", type=click.Choice(["auto", "human", "mouse"]),
+              help="How gene names are read by the offline table (genes.species; default auto, from the names).")
 @click.option("--max-cost", type=float, help="Stop before spending more than this many USD.")
 @click.option("--dry-run", is_flag=True, help="Print calls, tokens and cost; send nothing.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.pass_context
-def describe_cmd(ctx, subject, items, from_file, column, output, model, prompt, concurrency, max_cost, dry_run, overwrite):
+def describe_cmd(ctx, subject, items, from_file, column, output, model, prompt, concurrency, species, max_cost, dry_run,
+                 overwrite):
     """Describe genes, cell types, drugs or proteins with the describe role's model.
 
     Answers are cached as they arrive: an interrupted run resumes where it stopped.
@@ -695,6 +698,8 @@ def describe_cmd(ctx, subject, items, from_file, column, output, model, prompt, 
     overrides = _overrides(ctx)
     if model:
         overrides["describe.model"] = model
+    if species:
+        overrides["genes.species"] = species
     if concurrency is not None and concurrency < 1:
         raise click.UsageError("--concurrency must be at least 1.")
     if not dry_run:  # options first, before reading or describing anything

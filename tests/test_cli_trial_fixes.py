@@ -348,3 +348,16 @@ def test_a_table_header_scelmo_does_not_know_is_read_as_a_name_with_a_note(tmp_p
     (tmp_path / "latin1.txt").write_bytes("CD3E\nGEN\xe9\n".encode("latin-1"))
     res = CliRunner().invoke(cli, ["describe", "genes", "--from", str(tmp_path / "latin1.txt"), "--dry-run"])
     assert res.exit_code == 3 and "Cannot read" in res.output and "UTF-8" in res.output
+
+
+def test_describe_takes_species_as_embed_genes_does(tmp_path):
+    """Mouse trial: `describe genes Cxcl1 Cd3e` had no --species (genes.species only)."""
+    import pandas as pd
+
+    symbol = {}
+    for species in ("human", "mouse"):  # Ang4: a human alias of ANGPT4, the mouse paralog of human ANG
+        res = CliRunner().invoke(cli, ["describe", "genes", "ANG4", "--species", species, "-o",
+                                       str(tmp_path / f"{species}.tsv")])
+        assert res.exit_code == 0, res.output
+        symbol[species] = pd.read_csv(tmp_path / f"{species}.tsv", sep="\t")["symbol"].tolist()
+    assert symbol == {"human": ["ANGPT4"], "mouse": ["ANG"]}
