@@ -25,7 +25,9 @@ from scelmo.conditioning import DEFAULT_COMPONENTS, Conditioning
 from scelmo.errors import InputError, IntegrityError
 from scelmo.io import atomic_dir, sha256_file
 
-_ENSEMBL = re.compile(r"^(ENS(?:MUS)?G\d{11})(?:\.\d+)?$", re.IGNORECASE)
+#: An Ensembl gene ID, with an optional version and GENCODE's ``_PAR_Y`` (the Y copy of a
+#: pseudoautosomal gene: the same gene as its X copy).
+_ENSEMBL = re.compile(r"^(ENS(?:MUS)?G\d{11})(?:\.\d+)?(?:_PAR_Y)?$", re.IGNORECASE)
 # a copy made unique by anndata's var_names_make_unique ("APP-1") or R's make.unique ("APP.1")
 _COPY_SUFFIX = re.compile(r"^(.+)[-.]\d+$")
 Species = Literal["auto", "human", "mouse"]

@@ -29,6 +29,7 @@ def test_bundled_vocabulary_is_large(vocab):
         ("CD20", None, "unknown"),                # ambiguous alias (MS4A1 and KRT20): refused
         ("ENSG00000198851", "CD3E", "ensembl"),    # human Ensembl
         ("ENSG00000198851.10", "CD3E", "ensembl"), # with version suffix
+        ("ENSG00000002586.20_PAR_Y", "CD99", "ensembl"),  # GENCODE's Y copy of a pseudoautosomal gene
         ("ENSMUSG00000024673", "MS4A1", "ensembl"),  # mouse Ensembl -> human ortholog
         ("nan", None, "missing_name"),            # str() of a missing symbol, not an alias of SCN11A
         ("NA", None, "missing_name"),             # not XK (an alias)
@@ -61,6 +62,12 @@ def test_mouse_and_mitochondrial_names_resolve_to_the_same_named_gene(vocab):
     assert set(human.how) == {"mitochondrial"}
     assert vocab.guess_species(["Cd3e", "Cd4", "Ms4a1", "Nkg7", "ENSG00000167286"]) == "mouse"
     assert vocab.guess_species(["CD3E", "CD4", "MS4A1", "ENSMUSG00000032093"]) == "human"
+
+
+def test_the_sources_no_id_mark_is_not_an_ensembl_id(vocab):
+    """Mouse trial: 92 rows of the mouse table have "-" for "no Ensembl ID", registered as an ID."""
+    assert "-" not in vocab.ensembl
+    assert vocab.resolve(["-"], species="human").symbols == [None]
 
 
 def test_different_genes_sharing_one_vector_are_said():

@@ -67,14 +67,15 @@ def vocabulary() -> GeneVocabulary:
     ranked = sorted(
         (pos, r["type"] != "protein-coding", s.startswith("LOC"), int(r["entrez"] or 0), e, s)
         for s, r in table.items()
-        for pos, e in enumerate(x for x in r["ensembl"].split("|") if x)
+        for pos, e in enumerate(x for x in r["ensembl"].split("|") if x and x != "-")
     )
     ensembl = [(e, s) for *_rank, e, s in ranked]
     mouse: list[tuple[str, str]] = []
     for r in _rows("mouse_genes.tsv.gz"):
         if r["human_symbol"] in table:
             mouse.append((r["mouse_symbol"], r["human_symbol"]))
-            ensembl.extend((e, r["human_symbol"]) for e in r["mouse_ensembl"].split("|") if e)
+            # ("-": the source's mark for "no Ensembl ID", not an ID)
+            ensembl.extend((e, r["human_symbol"]) for e in r["mouse_ensembl"].split("|") if e and e != "-")
     # full names of protein-coding genes, for names that spell a gene out ("insulin-producing
     # cell"); among the Cell Ontology's 2,199 names and synonyms every match is a real mention
     full = [(r["name"], s) for s, r in table.items() if r["type"] == "protein-coding" and r["name"]]
