@@ -580,3 +580,17 @@ def test_names_only_records_the_species_whose_marker_sets_it_preferred():
         scelmo.tl.annotate(a, cell_types=["B cell", "T cell", "monocyte"])
     assert pbmc.uns[keys.PROVENANCE]["annotate"]["species"] == "human"
     assert mouse.uns[keys.PROVENANCE]["annotate"]["species"] == "mouse"
+
+
+def test_a_mouse_marker_set_takes_the_paralog_it_names():
+    """Mouse trial: a curated mouse marker was translated to its human ortholog and back to the
+    data's first gene of that symbol: "classical monocyte" took Ly6g (a neutrophil gene) for
+    Ly6c2 (all LY6H), Ms4a4a for Ms4a4c, and "NK cell" Klrb1b for Klrb1c."""
+    from scelmo.tl._annotation import knowledge_markers
+
+    genes = ["Ly6g", "Ly6a", "Ly6c2", "Ccr2", "F13a1", "Ms4a4a", "Ms4a4c", "Klrb1b", "Klrb1c", "Ncr1", "Gzma",
+             "Cd3d", "Cd3e", "Cd79a", "Ms4a1"]
+    m = knowledge_markers(["classical monocyte", "NK cell", "T cell", "B cell"], genes)
+    assert {"Ly6c2", "Ms4a4c"} <= set(m["classical monocyte"]) and not {"Ly6g", "Ly6a", "Ms4a4a"} & set(
+        m["classical monocyte"])
+    assert "Klrb1c" in m["NK cell"] and "Klrb1b" not in m["NK cell"]

@@ -55,6 +55,9 @@ class CellTypeMarkers:
     #: Parents besides ``parent``, in an ontology where a type has several (the Cell
     #: Ontology's monocyte is a myeloid leukocyte and a mononuclear cell).
     other_parents: tuple[str, ...] = ()
+    #: ``markers`` as the source spells them (mouse symbols for a mouse set: Ly6c2, which
+    #: ``markers`` holds as its human ortholog LY6H, shared with Ly6a and Ly6g).
+    source_markers: tuple[str, ...] = ()
 
 
 class MarkerSet(dict):
@@ -475,10 +478,11 @@ def resolve_marker_sets(records: Iterable[Mapping[str, Any]], vocab: Any) -> lis
     for r in records:
         species = str(r.get("species", "human"))
         markers = [str(g) for g in r.get("markers", ())]
+        spelled = tuple(markers)
         if vocab is not None and markers:
             res = vocab.resolve(markers, species=species)
             markers = [s for s in res.symbols if s]
         out.append(CellTypeMarkers(str(r["name"]), tuple(dict.fromkeys(markers)), r.get("parent"), species,
                                    str(r.get("tissue", "")), str(r.get("id", "")), str(r.get("definition", "")),
-                                   tuple(str(p) for p in r.get("other_parents", ()))))
+                                   tuple(str(p) for p in r.get("other_parents", ())), spelled))
     return out

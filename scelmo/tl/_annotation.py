@@ -107,12 +107,15 @@ def _named_genes(name: str, vocab: Any, gene_of: Mapping[str, str], *, exact: bo
     return list(dict.fromkeys(gene_of[s] for s in symbols if s in gene_of and s not in absent))
 
 
-def _genes_by_symbol(genes: Sequence[str], symbols: Sequence[str | None]) -> dict[str, str]:
-    """Canonical symbol -> the data's (first) gene name for it."""
+def _genes_by_symbol(genes: Sequence[str], symbols: Sequence[str | None],
+                     prefer: Container[str] = frozenset()) -> dict[str, str]:
+    """Canonical symbol -> the data's gene name for it: the first, unless another gene of the
+    same symbol is named in ``prefer`` (upper case; a marker set's own spelling: of the mouse
+    Ly6a, Ly6c2 and Ly6g, all LY6H, a set listing Ly6c2 means Ly6c2)."""
     gene_of: dict[str, str] = {}
     for g, s in zip(genes, symbols, strict=True):
-        if s:
-            gene_of.setdefault(s, g)
+        if s and (s not in gene_of or (str(g).upper() in prefer and gene_of[s].upper() not in prefer)):
+            gene_of[s] = g
     return gene_of
 
 
@@ -324,7 +327,9 @@ def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], gene
         # the known types' markers that the data has, and the genes the name itself names
         # ("GCG+ cell", "insulin-producing cell"): a name naming a gene is marked by it even
         # when no known type matches
-        marks = w.renamed(gene_of, measured) if isinstance(w, MarkerSet) else {gene_of[s]: v for s, v in w.items() if s in gene_of}
+        spelled = {g.upper() for k in matches[name].types for g in k.source_markers}
+        own = _genes_by_symbol(genes, symbols, spelled) if spelled else gene_of  # (the set's own paralog)
+        marks = w.renamed(own, measured) if isinstance(w, MarkerSet) else {own[s]: v for s, v in w.items() if s in own}
         known_marks = bool(marks)
         marks.update({g: 1.0 for g in _named_genes(name, vocab, gene_of)})
         # alone, a gene the name names counts only by its symbol or full name, not by an alias
