@@ -147,7 +147,9 @@ def _patched_knowledge(*, shuffle: bool = False, curated: bool = True):
     def shuffled(known):
         pool = sorted({g for k in known for g in k.markers})
         swap = dict(zip(pool, np.random.default_rng(0).permutation(pool), strict=True))
-        return [dataclasses.replace(k, markers=tuple(str(swap[g]) for g in k.markers)) for k in known]
+        # (the source's spelling goes too: it names the unshuffled genes)
+        return [dataclasses.replace(k, markers=tuple(str(swap[g]) for g in k.markers), source_markers=())
+                for k in known]
 
     def sets(self):
         return shuffled(orig_sets(self)) if curated else []
