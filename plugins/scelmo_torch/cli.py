@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
 import scelmo
 from scelmo import Model, io, keys, tl
@@ -18,7 +17,7 @@ from scelmo.cli import _parse_value
 from scelmo.errors import InputError
 from scelmo.genes import GeneEmbeddings
 from scelmo.knowledge import roles
-from scelmo.model import MODEL_FILE
+from scelmo.model import MODEL_FILE, obs_column
 
 from .device import resolve_device
 
@@ -134,15 +133,6 @@ def _write_anndata(adata: Any, path: str, overwrite: bool) -> None:
         io.write_h5ad(adata, path)
 
 
-def _column(adata: Any, key: str | None) -> Any:
-    """``adata.obs[key]`` as objects, missing values as ``None`` (as ``Model`` hands a head), or ``None``."""
-    if key is None:
-        return None
-    col = adata.obs[key].astype(object)
-    return np.array([None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in col],
-                    dtype=object)
-
-
 def _matrix_choice(adata: Any, layer: str | None) -> dict[str, Any]:
     """``setup_anndata``'s ``layer=``/``use_raw=`` for ``--layer``: ``X`` (unless INPUT has a
     layer of that name) is ``adata.X`` itself, not raw."""
@@ -212,8 +202,8 @@ def add_commands(cli: Any) -> None:
         scelmo.Model.setup_anndata(adata, labels_key=labels_key, batch_key=batch_key,
                                    perturbation_key=perturbation_key, **_matrix_choice(adata, layer))
         # the head's own checks of the columns (the control name, two batches ...), before any gene is embedded
-        probe.check_inputs(labels=_column(adata, labels_key), batch=_column(adata, batch_key),
-                           perturbations=_column(adata, perturbation_key))
+        probe.check_inputs(labels=obs_column(adata, labels_key), batch=obs_column(adata, batch_key),
+                           perturbations=obs_column(adata, perturbation_key))
         if gene_embeddings is None:
             _ensure_gene_vectors(adata, config)
         if head == "perturbation" and perturbation_key and "perturbation_embeddings" not in head_options:

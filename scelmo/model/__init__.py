@@ -8,9 +8,10 @@
 
 from __future__ import annotations
 
-from scelmo.model._model import Model
+from scelmo.model._model import Model, obs_column
 from scelmo.model._save_load import FORMAT, FORMAT_VERSION, MODEL_FILE, read_model, save_model
 from scelmo.model._setup import AnnDataSetup
 from scelmo.plugin.heads import TaskHead
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MODEL_FILE", "AnnDataSetup", "Model", "TaskHead", "read_model", "save_model"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "MODEL_FILE", "AnnDataSetup", "Model", "TaskHead", "obs_column", "read_model",
+           "save_model"]

@@ -53,6 +53,15 @@ from scelmo.model._setup import AnnDataSetup, _remember, _setup_of, _setup_to_un
 from scelmo.perturbation import components, lookup_gene_vectors
 
 
+def obs_column(adata: Any, key: str | None) -> np.ndarray | None:
+    """``adata.obs[key]`` as a head gets it (:meth:`scelmo.plugin.TaskHead.fit`, ``check_inputs``):
+    text, missing values as ``None``; ``None`` without a key."""
+    if key is None:
+        return None
+    arr = adata.obs[key].astype(object).to_numpy()
+    return np.array([None if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v) for v in arr], dtype=object)
+
+
 class Model:
     """A fine-tuned model on LLM gene embeddings (see the module docstring).
 
@@ -277,9 +286,7 @@ class Model:
                 f"adata.obs has no column {key!r}, registered as {role} by setup_anndata; was it removed or renamed? "
                 f"Register the current columns again: `scelmo.Model.setup_anndata(adata, {role}=...)`, then build the Model."
             )
-        col = self.adata.obs[key]
-        arr = col.astype(object).to_numpy()
-        return np.array([None if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v) for v in arr], dtype=object)
+        return obs_column(self.adata, key)
 
     # -- training -------------------------------------------------------------------------
     def train(self, max_epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
