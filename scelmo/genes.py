@@ -169,6 +169,10 @@ class GeneVocabulary:
         present = {n.strip().upper() for n in names}
         for name in names:
             sym, why = self._resolve_one(name.strip(), sp_, present)
+            if why == "unknown" and "." in name:
+                # R's make.names (read.csv, as.data.frame) writes "-" as ".": H2.K1, HLA.DRA
+                sym, _how = self._resolve_one(name.strip().replace(".", "-"), sp_, present)
+                why = "r_make_names" if sym is not None else why
             symbols.append(sym)
             how.append(why)
         return Resolution(names=names, symbols=symbols, how=how, species=sp_)

@@ -99,6 +99,18 @@ def test_copies_made_unique_are_not_read_as_another_genes_alias(vocab):
     assert vocab.resolve(["Nkx2", "Nkx2-1"], species="mouse").symbols[1] == "NKX2-1"
 
 
+def test_names_written_by_r_make_names_resolve(vocab):
+    """R's make.names (read.csv, as.data.frame) writes "-" as "." (H2.K1, HLA.DRA, MT.CO1): a
+    real-data trial found the MHC genes of a mouse file unresolved."""
+    res = vocab.resolve(["H2.K1", "H2.Ab1", "Hba.a1", "Cd3e"], species="mouse")
+    assert res.symbols[:2] == vocab.resolve(["H2-K1", "H2-Ab1"], species="mouse").symbols
+    assert None not in res.symbols
+    assert res.how[:3] == ["r_make_names"] * 3
+    res = vocab.resolve(["HLA.DRA", "MT.CO1", "CAV1", "CAV1.1", "AC006538.1"], species="human")
+    assert res.symbols[:2] == ["HLA-DRA", "COX1"]
+    assert res.how[3:] == ["duplicate_copy", "unknown"]  # make.unique copies and clone names stay as they were
+
+
 def test_full_gene_names_in_text(vocab):
     assert vocab.genes_named_in("Glucagon-producing cells") == ["GCG"]
     assert vocab.genes_named_in("interferon-gamma secreting T cell") == ["IFNG"]
