@@ -56,30 +56,44 @@ def _check_names(names: Sequence[str]) -> None:
         )
 
 
-def _resolve(names: Sequence[str], vocab: GeneVocabulary | None, species: str) -> Resolution:
+def _resolve(names: Sequence[str], vocab: GeneVocabulary | None, species: str, *, from_data: bool = True) -> Resolution:
     names = [str(n) for n in names]
     if vocab is None:  # no vocabulary: use names as given
         return Resolution(names, list(names), ["as_given"] * len(names), species)
     res = vocab.resolve(names, species=species)  # type: ignore[arg-type]
-    _warn_shared_symbols(res)
+    _warn_shared_symbols(res, from_data=from_data)
     return res
 
 
-def _warn_shared_symbols(res: Resolution) -> None:
+#: the shared-vector warnings already given in this process (embed_genes then embed_cells on
+#: the same data would otherwise say the same twice, from two places)
+_SAID_SHARED: set[int] = set()
+
+
+def _warn_shared_symbols(res: Resolution, *, from_data: bool = True) -> None:
     """Say when different names resolve to one gene of the knowledge table, and so share its
     vector: mouse paralogs with one human ortholog (Ly6a, Ly6c1, Ly6g -> LY6H), or a name and
-    its alias both in the data. (Repeats of one name are said by :func:`_check_names`.)"""
+    its alias both in the data. (Repeats of one name are said by :func:`_check_names`.) Said
+    once per process for the same names; the examples are the largest groups, in the data's
+    own spelling."""
     shared = _shared_symbols(res.names, res.symbols)
     n = sum(len(v) for v in shared.values())
     if not shared or (len(res.names) >= 1000 and n < 0.01 * len(res.names)):
         return  # (a few retired symbols beside their successors in a human transcriptome: not worth a warning)
-    example = "; ".join(f"{', '.join(sorted(v)[:4])} -> {sym}" for sym, v in sorted(shared.items())[:3])
+    key = hash(tuple(sorted((sym, tuple(sorted(v))) for sym, v in shared.items())))
+    if key in _SAID_SHARED:
+        return
+    _SAID_SHARED.add(key)
+    groups = sorted(shared.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:3]
+    example = "; ".join(f"{', '.join(sorted(v)[:4])}{', ...' if len(v) > 4 else ''} -> {sym}" for sym, v in groups)
+    where = ("`uns['scelmo']['embed_genes']['resolved_by']` says how names were resolved." if from_data
+             else "`scelmo describe genes NAME ...` shows what each name resolves to.")
     warnings.warn(
-        f"{n} genes of the data resolve to {len(shared)} genes of the knowledge table and share their vectors "
-        f"({example}): different genes (e.g. mouse paralogs with one human ortholog) then count as one. "
-        "`uns['scelmo']['embed_genes']['resolved_by']` says how names were resolved.",
+        f"{n} gene names {'of the data ' if from_data else ''}resolve to {len(shared)} genes of the knowledge "
+        f"table and share their vectors ({example}): different genes (e.g. mouse paralogs with one human "
+        f"ortholog) then count as one. {where}",
         ScelmoWarning,
-        stacklevel=4,
+        stacklevel=5,  # the user's call of embed_genes / embed_cells
     )
 
 
@@ -132,7 +146,7 @@ def _resolve_request(
     names = [str(g) for g in (adata.var_names if adata is not None else [])] + [str(g) for g in (genes or [])]
     _check_names(names if adata is None else [str(g) for g in adata.var_names])
     describer = roles.description_writer(settings)
-    res = _resolve(names, roles.vocabulary(describer), settings.genes.species)
+    res = _resolve(names, roles.vocabulary(describer), settings.genes.species, from_data=adata is not None)
     if res.n_resolved == 0:
         raise _no_match_error(res)
     return settings, describer, res
@@ -321,11 +335,12 @@ def _coverage_info(names: Sequence[str], symbols: Sequence[str | None], mask: np
 
 def _shared_symbols(names: Sequence[str], symbols: Sequence[str | None]) -> dict[str, set[str]]:
     """Symbols that two or more distinct names (case aside) resolve to, with those names."""
-    groups: dict[str, set[str]] = {}
+    groups: dict[str, dict[str, str]] = {}
     for name, sym in zip(names, symbols, strict=True):
         if sym:
-            groups.setdefault(sym, set()).add(str(name).strip().upper())
-    return {sym: group for sym, group in groups.items() if len(group) > 1}
+            spelled = str(name).strip()
+            groups.setdefault(sym, {}).setdefault(spelled.upper(), spelled)  # (the first spelling of each)
+    return {sym: set(group.values()) for sym, group in groups.items() if len(group) > 1}
 
 
 def _n_sharing(names: Sequence[str], symbols: Sequence[str | None]) -> int:
