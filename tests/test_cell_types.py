@@ -368,3 +368,37 @@ def test_mouse_monocyte_names_by_ly6c_level_take_the_mouse_sets(vocab, known):
         assert {(k.name, k.species) for k in m[name].types} == {("Classical monocyte", "mouse")}
     for name in names[2:]:
         assert {(k.name, k.species) for k in m[name].types} == {("Patrolling monocyte", "mouse")}
+
+
+def test_a_type_naming_no_gene_inherits_only_from_parents_within_its_name(vocab):
+    from scelmo.knowledge.cell_types import inherit_named_parents
+
+    types = [CellTypeMarkers("PP cell", ("PPY",), parent="enteroendocrine cell", source="CL:1"),
+             CellTypeMarkers("epithelial cell of pancreas", ("KRT19",), parent="epithelial cell", source="CL:2"),
+             CellTypeMarkers("pancreatic PP cell", (), parent="epithelial cell of pancreas",
+                             other_parents=("PP cell",), source="CL:3"),
+             CellTypeMarkers("pancreatic acinar cell", (), parent="epithelial cell of pancreas", source="CL:4")]
+    out = {k.name: k.markers for k in inherit_named_parents(types, vocab)}
+    assert out["pancreatic PP cell"] == ("PPY",)  # a PP cell; not KRT19 from the broad category
+    assert out["pancreatic acinar cell"] == ()
+    assert out["PP cell"] == ("PPY",)
+
+
+def test_a_broad_name_leaves_to_a_narrower_candidate_what_falls_below_it(vocab, known, ontology):
+    """A mouse pancreas trial: beside "macrophage", "leukocyte" took the macrophages (its
+    macrophage part scored 3.4 against 2.3) and, through the lung alveolar-macrophage part
+    (Krt19, Car4, Plet1), the ductal cells. Beside a narrower candidate, a broad name means
+    the other types below it."""
+    from scelmo.knowledge.cell_types import match_descendants
+
+    m = match_cell_types(["leukocyte"], ontology, vocab)
+    alone = {k.name for k in match_descendants(m, ontology, known, vocab, species="mouse")["leukocyte"].types}
+    assert {"Macrophage", "Alveolar macrophage", "T cell"} <= alone
+    others = match_cell_types(["macrophage"], known, vocab, species="mouse")
+    beside = {k.name for k in match_descendants(m, ontology, known, vocab, species="mouse",
+                                                others=others)["leukocyte"].types}
+    assert "T cell" in beside and not {"Macrophage", "Alveolar macrophage", "Kupffer cell"} & beside
+    # a name as broad as the broad one (its synonym) takes nothing away from it
+    same = match_cell_types(["leukocyte"], ontology, vocab)
+    kept = match_descendants(m, ontology, known, vocab, species="mouse", others={"white blood cell": same["leukocyte"]})
+    assert {k.name for k in kept["leukocyte"].types} == alone

@@ -26,13 +26,13 @@ import re
 import warnings
 from collections import defaultdict
 from collections.abc import Container, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from scelmo.errors import ScelmoWarning
 
 __all__ = ["CellTypeMarkers", "CellTypeMatch", "EQUIVALENT_NAMES", "MarkerSet", "match_cell_types", "match_descendants",
-           "marker_weights", "cell_type_marker_genes", "name_key",
+           "marker_weights", "cell_type_marker_genes", "covers_name", "inherit_named_parents", "name_key", "names_shared_gene",
            "name_terms", "parse_name"]
 
 
@@ -345,7 +345,7 @@ def _match(candidates: Sequence[str], known: Sequence[CellTypeMarkers], vocab: A
 
 def match_descendants(
     matches: Mapping[str, CellTypeMatch], ontology: Sequence[CellTypeMarkers], known: Sequence[CellTypeMarkers],
-    vocab: Any, *, species: str | None = None,
+    vocab: Any, *, species: str | None = None, others: Mapping[str, CellTypeMatch] | None = None,
 ) -> dict[str, CellTypeMatch]:
     """For names matched to ontology types (records linked by ``parent`` and
     ``other_parents`` names, e.g. the Cell Ontology's), the ``known`` types that fall below
@@ -360,6 +360,11 @@ def match_descendants(
     are any. Names with no known type below them are left out (the descendants' own
     definitions are not used: measured on the pancreas sets, "endocrine cell" then took
     every cluster, as some of its hundreds of definitions fit any).
+
+    ``others``: the other candidates' matches. A type that falls below one of them, when that
+    one is itself below the name, is left to it: beside "macrophage", "leukocyte" means the
+    other leukocytes (a mouse pancreas trial: "leukocyte"'s macrophage part took the
+    macrophages from "macrophage").
     """
     canonical: dict[str, str] = {}  # an ontology type (its source id) -> its own name
     children: dict[str, set[str]] = defaultdict(set)  # a type's name -> its child types
@@ -374,23 +379,83 @@ def match_descendants(
     if not matches:
         return {}
     placed = match_cell_types([k.name for k in known], primary, vocab)  # each known type in the ontology
-    out: dict[str, CellTypeMatch] = {}
-    for cand, m in matches.items():
-        roots = {k.source or k.name for k in m.types}
+    # (a known type by its name: names are unique within `known` up to species and tissue)
+    placed.update(match_cell_types([k.name for m in (others or {}).values() for k in m.types
+                                    if not k.source and k.name not in placed], primary, vocab))
+
+    def subtree(roots: set[str]) -> set[str]:
         seen, todo = set(roots), sorted(roots)
         while todo:
             for child in sorted(children.get(canonical.get(todo.pop(), ""), ())):
                 if child not in seen:
                     seen.add(child)
                     todo.append(child)
-        below = seen - roots
-        types = [k for k in known if any((o.source or o.name) in below for o in placed[k.name].types)]
+        return seen
+
+    def ontology_roots(m: CellTypeMatch) -> set[str]:  # a match's place in the ontology
+        return {k.source if k.source else (o.source or o.name) for k in m.types
+                for o in ((k,) if k.source else placed[k.name].types)}
+
+    out: dict[str, CellTypeMatch] = {}
+    for cand, m in matches.items():
+        roots = {k.source or k.name for k in m.types}
+        below = subtree(roots) - roots
+        left = set()  # what narrower candidates below this name claim
+        for other, om in (others or {}).items():
+            oroots = ontology_roots(om)
+            if other != cand and oroots and oroots <= below:
+                left |= subtree(oroots)
+        types = [k for k in known if any((o.source or o.name) in below for o in placed[k.name].types)
+                 and not any((o.source or o.name) in left for o in placed[k.name].types)]
         if species is not None and any(k.species == species for k in types):
             types = [k for k in types if k.species == species]
         top = {(k.name, k.species) for k in types}
         types = [k for k in types if not (k.parent and (k.parent, k.species) in top)]
         if types:
             out[cand] = CellTypeMatch(tuple(types), False, m.absent, parents=False)
+    return out
+
+
+def covers_name(name: str, match: CellTypeMatch, vocab: Any) -> bool:
+    """Whether one of ``match``'s types has every word and names every gene of ``name``: the
+    curated "Stellate cell" (a liver set) matches "pancreatic stellate cell" by its noun but does
+    not cover it, "B cell" does not cover the Cell Ontology's "type B pancreatic cell", and the
+    ontology's "cytotoxic T cell" does not cover "CD8+ cytotoxic T cell"."""
+    words, genes = name_terms(name, vocab)
+    for k in match.types:
+        kwords, kgenes = name_terms(k.name, vocab)
+        if set(words) <= set(kwords) and _shares_gene(genes, kgenes) == len(genes):
+            return True
+    return False
+
+
+def names_shared_gene(name: str, match: CellTypeMatch, vocab: Any) -> bool:
+    """Whether a gene ``name`` names is named by one of ``match``'s types ("CD8+ cytotoxic T
+    cell" and the curated "CD8 Naive T cell"): the match then rests on more than a noun."""
+    genes = name_terms(name, vocab)[1]
+    return bool(genes) and any(_shares_gene(genes, name_terms(k.name, vocab)[1]) for k in match.types)
+
+
+def inherit_named_parents(types: Sequence[CellTypeMarkers], vocab: Any) -> list[CellTypeMarkers]:
+    """``types`` where a type that names no gene takes the markers of those of its parents
+    (``parent``, ``other_parents``) whose name is part of its own: the Cell Ontology's
+    "pancreatic PP cell" names no gene, but is a "PP cell", which names PPY. Parents that
+    are only broader categories ("epithelial cell of pancreas") are not part of the name."""
+    by_name: dict[str, CellTypeMarkers] = {}
+    for k in types:
+        by_name.setdefault(k.name, k)
+    out = []
+    for k in types:
+        if not k.markers and k.parent:
+            own = set(name_terms(k.name, vocab)[0])
+            inherited: dict[str, None] = {}
+            for parent in (k.parent, *k.other_parents):
+                p = by_name.get(parent)
+                if p is not None and p.markers and set(name_terms(p.name, vocab)[0]) <= own:
+                    inherited.update(dict.fromkeys(p.markers))
+            if inherited:
+                k = replace(k, markers=tuple(inherited))
+        out.append(k)
     return out
 
 

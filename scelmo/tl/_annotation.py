@@ -48,10 +48,13 @@ from scelmo.knowledge import roles
 from scelmo.knowledge.cell_types import (
     SYNONYMS,
     MarkerSet,
+    covers_name,
+    inherit_named_parents,
     marker_weights,
     match_cell_types,
     match_descendants,
     name_key,
+    names_shared_gene,
     parse_name,
 )
 from scelmo.knowledge.descriptions import describe
@@ -294,14 +297,25 @@ def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], gene
     tiers: list[list[Any]] = []
     matches: dict[str, Any] = {}
     consensus: dict[str, float] = {}
+    partial: set[str] = set()  # names a curated set matches without having all their words
     for level, tier in enumerate((describer.cell_type_markers, describer.cell_type_definition_markers)):
-        rest = [n for n in names if n not in matches or not matches[n].types]
+        rest = [n for n in names if n not in matches or not matches[n].types or n in partial]
         types = tier() if rest else []
+        if level == 1:
+            types = inherit_named_parents(types, vocab)
         tiers.append(types)
-        if types:  # the first tier that matches a name decides its markers
+        if types:  # the first tier that matches a name decides its markers ...
             known += types
             found = {n: m for n, m in match_cell_types(rest, types, vocab, species=species if level == 0 else None).items()
                      if m.types or n not in matches}
+            # ... unless a curated set only shares its noun with the name and a definition has
+            # the name's every word: "pancreatic stellate cell" is not the curated liver
+            # "Stellate cell", "type B pancreatic cell" not the B lymphocyte
+            found = {n: m for n, m in found.items() if n not in partial
+                     or (m.exact and covers_name(n, m, vocab) and any(k.markers for k in m.types))}
+            if level == 0:
+                partial = {n for n, m in found.items()
+                           if m.types and not covers_name(n, m, vocab) and not names_shared_gene(n, m, vocab)}
             matches.update(found)
             if level == 1:
                 # definitions mention genes in passing ("reportedly CD7-positive"): a name
@@ -313,7 +327,8 @@ def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], gene
         # a broad name whose definitions name no gene ("lymphocyte", "myeloid cell") takes in
         # the curated types of the ontology types below it (T, B, NK cells ...)
         bare = {n: m for n, m in matches.items() if n in consensus and m.types and not any(k.markers for k in m.types)}
-        for n, m in match_descendants(bare, tiers[1], tiers[0], vocab, species=species).items():
+        others = {n: m for n, m in matches.items() if m.types}
+        for n, m in match_descendants(bare, tiers[1], tiers[0], vocab, species=species, others=others).items():
             matches[n] = m
             consensus.pop(n)
     definitions = {}
