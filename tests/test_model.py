@@ -11,7 +11,7 @@ import pytest
 
 import scelmo
 from scelmo import datasets, keys, metrics, testing
-from scelmo.errors import ConfigError, InputError, ScelmoError, UnknownComponentError
+from scelmo.errors import ConfigError, InputError, ScelmoError, ScelmoWarning, UnknownComponentError
 
 torch = pytest.importorskip("torch")
 
@@ -456,3 +456,58 @@ def test_a_saved_option_this_version_lacks_is_said_as_such_not_as_damage(trained
     with pytest.raises(ConfigError, match="option_of_a_newer_version") as err:
         scelmo.Model.load(tmp_path / "m")
     assert "damaged" not in str(err.value) and "truncated" not in str(err.value)
+
+
+def test_missing_labels_written_as_pd_na_are_unlabelled_not_a_class(split):
+    """An integration trial: a "string" column's pd.NA became a class "<NA>" (str(pd.NA)), and a
+    batch "<NA>"; NaN was already read as missing."""
+    import pandas as pd
+
+    from scelmo.model import obs_column
+
+    train, _ = split
+    a = train.copy()
+    labels = a.obs["bulk_labels"].astype("string")
+    labels.iloc[::2] = pd.NA
+    a.obs["partial"] = labels
+    col = obs_column(a, "partial")
+    assert col[0] is None and "<NA>" not in set(col[1::2])
+    scelmo.Model.setup_anndata(a, labels_key="partial")
+    model = scelmo.Model(a, head="annotation")
+    model.train(max_epochs=2, seed=0)
+    assert "<NA>" not in set(map(str, model.head.classes))
+
+
+def test_a_query_lacking_many_of_the_genes_the_head_reads_is_warned(split):
+    """The warning counted missing genes against every training gene, not the head's own
+    selection: a trial's query lacking 30% of the 2,000 genes the head reads (of 20,125) got none."""
+    train, test = split
+    a = train.copy()
+    scelmo.Model.setup_anndata(a, labels_key="bulk_labels")
+    model = scelmo.Model(a, head="annotation", n_top_genes=200)
+    model.train(max_epochs=2, seed=0)
+    used = list(model.head.genes_used)
+    assert len(used) == 200
+    drop = set(used[:60])  # 30% of the head's genes, under 10% of the 765 it was given
+    q = test[:, [g for g in test.var_names if g not in drop]].copy()
+    with pytest.warns(ScelmoWarning, match="60 of the 200 genes the model weighs"):
+        model.predict(q)
+
+
+def test_unlabeled_category_marks_cells_without_a_label(split):
+    """scvi-tools' convention (scANVI's unlabeled_category="Unknown"): a trial's "Unknown" cells
+    became a class and cost 0.20 accuracy on the hidden cells."""
+    from scelmo.model._setup import _setup_from_uns
+
+    train, _ = split
+    a = train.copy()
+    labels = a.obs["bulk_labels"].astype(str).to_numpy()
+    labels[::2] = "Unknown"
+    a.obs["partial"] = labels
+    scelmo.Model.setup_anndata(a, labels_key="partial", unlabeled_category="Unknown")
+    assert _setup_from_uns(a).unlabeled_category == "Unknown"  # (kept in uns, for copies and files)
+    model = scelmo.Model(a, head="annotation")
+    model.train(max_epochs=2, seed=0)
+    assert "Unknown" not in set(map(str, model.head.classes))
+    with pytest.raises(InputError, match="needs labels_key"):
+        scelmo.Model.setup_anndata(a, unlabeled_category="Unknown")

@@ -273,6 +273,12 @@ class GeneAdapterHead(TorchHead):
                 raise InputError("None of the variable genes has a gene vector; use the head option genes='all'.")
         return np.flatnonzero(use)
 
+    @property
+    def genes_used(self) -> list[str] | None:
+        """The genes this head selected in training (``None``: a legacy model reading every covered gene)."""
+        genes = self.spec.get("genes")
+        return None if genes is None else [str(g) for g in genes]
+
     def _query_columns(self, n_cols: int, gene_vectors: np.ndarray, gene_names: list[str] | None) -> tuple[np.ndarray, np.ndarray]:
         """(query columns, matching positions in the training selection) for a query matrix."""
         covered = np.abs(gene_vectors).sum(axis=1) > 0

@@ -157,6 +157,8 @@ def add_commands(cli: Any) -> None:
     @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Directory for the trained model.")
     @click.option("--head", default="annotation", show_default=True, help="Task head: annotation, integration, or a plugin's.")
     @click.option("--labels-key", help="obs column of cell types.")
+    @click.option("--unlabeled-category", help="A --labels-key value meaning 'no label' (e.g. Unknown): those "
+                  "cells count as unlabelled, like missing values.")
     @click.option("--batch-key", help="obs column of batches.")
     @click.option("--perturbation-key", help="obs column of perturbations (perturbation head; add --option control=NAME).")
     @click.option("--layer", help="Layer with (log-normalised) expression, or X for adata.X (default: raw if "
@@ -174,7 +176,7 @@ def add_commands(cli: Any) -> None:
     @click.option("--latent-output", type=click.Path(), help="Also write INPUT with the learned embedding in obsm (.h5ad or .zarr).")
     @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
     @click.pass_context
-    def train_cmd(ctx, input, output, head, labels_key, batch_key, perturbation_key, layer, gene_embeddings, max_epochs,
+    def train_cmd(ctx, input, output, head, labels_key, unlabeled_category, batch_key, perturbation_key, layer, gene_embeddings, max_epochs,
                   batch_size, lr, no_early_stopping, device, seed, threads, options, latent_output, overwrite):
         """Train a fine-tuning head on INPUT (.h5ad) and save the model to OUTPUT."""
 
@@ -199,10 +201,11 @@ def add_commands(cli: Any) -> None:
         resolve_device(device)  # a device that is not here fails here
         config = dict(ctx.obj or {})
         adata = io.read_input(input)
-        scelmo.Model.setup_anndata(adata, labels_key=labels_key, batch_key=batch_key,
-                                   perturbation_key=perturbation_key, **_matrix_choice(adata, layer))
+        scelmo.Model.setup_anndata(adata, labels_key=labels_key, batch_key=batch_key, perturbation_key=perturbation_key,
+                                   unlabeled_category=unlabeled_category, **_matrix_choice(adata, layer))
         # the head's own checks of the columns (the control name, two batches ...), before any gene is embedded
-        probe.check_inputs(labels=obs_column(adata, labels_key), batch=obs_column(adata, batch_key),
+        probe.check_inputs(labels=obs_column(adata, labels_key, unlabeled=unlabeled_category),
+                           batch=obs_column(adata, batch_key),
                            perturbations=obs_column(adata, perturbation_key))
         if gene_embeddings is None:
             _ensure_gene_vectors(adata, config)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from scelmo import keys, provenance, tl
@@ -53,13 +54,23 @@ from scelmo.model._setup import AnnDataSetup, _remember, _setup_of, _setup_to_un
 from scelmo.perturbation import components, lookup_gene_vectors
 
 
-def obs_column(adata: Any, key: str | None) -> np.ndarray | None:
+def obs_column(adata: Any, key: str | None, *, unlabeled: str | None = None) -> np.ndarray | None:
     """``adata.obs[key]`` as a head gets it (:meth:`scelmo.plugin.TaskHead.fit`, ``check_inputs``):
-    text, missing values as ``None``; ``None`` without a key."""
+    text, missing values (and values equal to ``unlabeled``) as ``None``; ``None`` without a key."""
     if key is None:
         return None
     arr = adata.obs[key].astype(object).to_numpy()
-    return np.array([None if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v) for v in arr], dtype=object)
+    # (pd.isna: None, float NaN, pd.NA of a "string" column and NaT; str(pd.NA) is "<NA>", which
+    # became a class or batch of its own)
+    out = [None if _missing(v) else str(v) for v in arr]
+    return np.array([None if v is not None and v == unlabeled else v for v in out], dtype=object)
+
+
+def _missing(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # (an array-like value: not a missing scalar)
+        return False
 
 
 class Model:
@@ -118,7 +129,7 @@ class Model:
     @classmethod
     def setup_anndata(cls, adata: Any, *, labels_key: str | None = None, batch_key: str | None = None,
                       layer: str | None = None, use_raw: bool | None = None,
-                      perturbation_key: str | None = None) -> None:
+                      perturbation_key: str | None = None, unlabeled_category: str | None = None) -> None:
         """Register which ``obs`` columns and which expression matrix a model uses.
 
         Parameters
@@ -138,6 +149,10 @@ class Model:
             ``obs`` column naming each cell's perturbation (perturbation head), e.g.
             ``"condition"`` with values ``"ctrl"``, ``"KLF1"``, ``"KLF1+CEBPA"``;
             ``labels_key`` then names the cell groups (cell types) responses may depend on.
+        unlabeled_category
+            A value of ``labels_key`` that means "no label" (scvi-tools' convention, e.g.
+            ``"Unknown"``): such cells count as unlabelled, like missing values (NaN,
+            ``None``, ``pd.NA``), instead of as a class of their own.
 
         The setup is written to ``adata.uns["scelmo_setup"]`` (strings only, like scvi-tools'
         registry), so ``adata.copy()``, slices and ``.h5ad`` files keep it.
@@ -148,7 +163,10 @@ class Model:
                 raise InputError(f"{what}={key!r} is not a column of adata.obs (columns: {', '.join(map(str, adata.obs.columns[:20]))}).")
         if layer is not None and layer not in adata.layers:
             raise InputError(f"Layer {layer!r} not found in adata.layers (available: {', '.join(adata.layers) or 'none'}).")
-        setup = AnnDataSetup(labels_key, batch_key, layer, use_raw, perturbation_key)
+        if unlabeled_category is not None and labels_key is None:
+            raise InputError("unlabeled_category= needs labels_key= (the column it is a value of).")
+        setup = AnnDataSetup(labels_key, batch_key, layer, use_raw, perturbation_key,
+                             None if unlabeled_category is None else str(unlabeled_category))
         adata.uns[keys.SETUP] = _setup_to_uns(setup)
         _remember(adata, setup)
 
@@ -248,7 +266,10 @@ class Model:
         if self.train_genes and adata is not self._training_data and getattr(self, "_warned_missing", None) != id(adata):
             # (genes without a vector carry no weight: only those with one count)
             have = set(head_names)
-            weighed = [g for g in self.train_genes if g in self.gene_table]
+            # the genes the head reads (its selection, e.g. 2,000 variable genes; a trial's query
+            # lacked 96% of them unwarned, counted against all 20,125 training genes)
+            used = self.head.genes_used if self.head is not None else None
+            weighed = [g for g in (self.train_genes if used is None else used) if g in self.gene_table]
             missing = [g for g in weighed if g not in have]
             if len(missing) > 0.1 * len(weighed):
                 self._warned_missing = id(adata)  # once per query, however many calls read it
@@ -286,7 +307,7 @@ class Model:
                 f"adata.obs has no column {key!r}, registered as {role} by setup_anndata; was it removed or renamed? "
                 f"Register the current columns again: `scelmo.Model.setup_anndata(adata, {role}=...)`, then build the Model."
             )
-        return obs_column(self.adata, key)
+        return obs_column(self.adata, key, unlabeled=self.setup.unlabeled_category if key == self.setup.labels_key else None)
 
     # -- training -------------------------------------------------------------------------
     def train(self, max_epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,

@@ -25,6 +25,8 @@ class AnnDataSetup:
     layer: str | None = None
     use_raw: bool | None = None
     perturbation_key: str | None = None
+    #: The ``labels_key`` value meaning "no label" (e.g. ``"Unknown"``).
+    unlabeled_category: str | None = None
 
 
 # object id -> (weak reference, setup); entries vanish with their AnnData

@@ -112,6 +112,13 @@ class TaskHead(Component):
     #: Where the head computed last (recorded by ``Model.train``); ``None`` if it does not say.
     device: Any = None
 
+    @property
+    def genes_used(self) -> Sequence[str] | None:
+        """The genes (names as ``fit`` got them) a fitted head reads, e.g. its selection of
+        variable genes; ``None`` when it reads every gene it was given. ``Model`` warns when a
+        query lacks many of them."""
+        return None
+
     @classmethod
     def supports(cls, capability: str) -> bool:
         """Whether this head declares ``capability`` (one of :data:`CAPABILITIES`)."""
