@@ -85,6 +85,10 @@ def test_early_stopping_stops_after_patience_checks(pbmc):
     assert hist["epoch"].max() < 200
     full = _train(a.copy(), max_epochs=5, lr=5.0, check_every=1, patience=2, early_stopping=False)
     assert full.history["epoch"].max() == 5
+    # without early stopping the head keeps its last weights, and says so (a trial's plot
+    # and CLI reported the best epoch seen, 0, for a model holding epoch 5)
+    assert full.head.best_epoch == 5
+    assert full.head.best_score == full.history["val_score"].dropna().iloc[-1]
 
 
 def test_class_weights_apply_and_survive_save_load(pbmc, tmp_path):

@@ -363,6 +363,12 @@ class TorchHead(TaskHead):
                             break
                 if best_state is not None:
                     self.module.load_state_dict(best_state)
+                elif not cfg.early_stopping:
+                    # the head keeps its last weights: report their score and epoch, not the best
+                    # one seen (a trial's plot marked "best (epoch 0)" on a model that was not it)
+                    checked = [r for r in self.history if r.get("val_score") is not None]
+                    if checked:
+                        self.best_score, self.best_epoch = checked[-1]["val_score"], int(checked[-1]["epoch"])
             finally:
                 self.finish_training()
             self.module.eval()

@@ -105,7 +105,8 @@ class TaskHead(Component):
     #: One dict per training epoch (e.g. ``epoch``, ``loss``, ``val_score``, ``seconds``);
     #: ``Model.history`` shows it as a DataFrame and ``Model.train`` counts its entries.
     history: Sequence[Mapping[str, Any]] = ()
-    #: Best validation score reached in :meth:`fit` (higher is better), ``None`` if not measured.
+    #: Validation score of the weights the head holds after :meth:`fit` (higher is better): the
+    #: best reached with early stopping, the last without; ``None`` if not measured.
     best_score: float | None = None
     #: Which labelling ``Model.predict(method="auto")`` uses: ``"knn"`` or ``"classifier"``.
     best_method: str = "knn"
