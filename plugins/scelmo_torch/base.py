@@ -60,7 +60,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from scelmo.errors import ConfigError, IntegrityError, ScelmoError
 from scelmo.io import atomic_path
@@ -112,7 +112,8 @@ class TrainingConfig(BaseModel):
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     #: "auto" (CUDA > MPS > CPU), "cpu", "cuda", "cuda:N", "mps".
     device: str = "auto"
-    seed: int = 0
+    #: numpy and torch seeds must be in [0, 2**32).
+    seed: int = Field(0, ge=0, lt=2**32)
     #: torch CPU threads during training (default 1 on CPU; see scelmo_torch.device).
     num_threads: int | None = Field(None, ge=1)
     #: bf16 autocast on CUDA (ignored elsewhere).
@@ -123,6 +124,13 @@ class TrainingConfig(BaseModel):
     data_on_device: bool | None = None
     #: Progress bar (default: when stderr is a terminal).
     progress: bool | None = None
+
+    @field_validator("max_epochs", "batch_size", "check_every", "patience", "seed", "num_threads", mode="before")
+    @classmethod
+    def _no_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # (an int to pydantic: max_epochs=True trained one epoch)
+            raise ValueError("expected a whole number, got a boolean")
+        return value
 
     @classmethod
     def from_any(cls, value: TrainingConfig | dict[str, Any] | None = None, **overrides: Any) -> TrainingConfig:

@@ -166,7 +166,7 @@ def add_commands(cli: Any) -> None:
     @click.option("--gene-embeddings", type=click.Path(file_okay=False, exists=True), help="Saved GeneEmbeddings directory.")
     @click.option("--max-epochs", type=click.IntRange(min=1), help="Upper bound on epochs (default: the head's own; annotation and "
                   "integration 30, perturbation 60).")
-    @click.option("--batch-size", type=click.IntRange(min=1), help="Cells per mini-batch.")
+    @click.option("--batch-size", type=click.IntRange(min=2), help="Cells per mini-batch (at least 2).")
     @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate.")
     @click.option("--no-early-stopping", is_flag=True, help="Train all epochs.")
     @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
