@@ -511,3 +511,20 @@ def test_unlabeled_category_marks_cells_without_a_label(split):
     assert "Unknown" not in set(map(str, model.head.classes))
     with pytest.raises(InputError, match="needs labels_key"):
         scelmo.Model.setup_anndata(a, unlabeled_category="Unknown")
+
+
+def test_an_alias_column_beside_its_symbol_keeps_its_own_name_whatever_the_order(trained, split):
+    """An integration trial (Baron: C10orf12 beside LCOR): whichever column came first took the
+    symbol's name, so reversing the genes changed the head's selection and the latent."""
+    _, test = split
+    q = test.copy()
+    names = list(q.var_names)
+    assert "ABHD17A" in names and "C19orf27" not in names
+    names[names.index("ABHD17A") - 1] = "C19orf27"  # an old alias of ABHD17A, just before it
+    q.var_names = names
+    _, cols, _, heads = trained.head_expression(q)
+    r = q[:, q.var_names[::-1]].copy()
+    _, rcols, _, rheads = trained.head_expression(r)
+    forward = dict(zip(cols, heads, strict=True))
+    assert forward == dict(zip(rcols, rheads, strict=True))
+    assert forward["C19orf27"] == "C19orf27" and forward["ABHD17A"] == "ABHD17A"

@@ -254,10 +254,15 @@ class Model:
                 "`scelmo.tl.embed_genes(adata)` on it (same embedder as for training) or check var_names."
             )
         trained = set(self.train_genes)
+        present = set(names)
         head_names: list[str] = []
         taken: set[str] = set()
         for n, key in zip(names, lookup, strict=True):
             key = n if (n in trained or not key) else key
+            # a column whose name is the gene's symbol keeps it, whatever the column order: an
+            # alias column beside it (C10orf12 beside LCOR) keeps its own name (the order used
+            # to decide which, and so the head's selection and latent)
+            key = n if (key != n and key in present) else key
             key = n if key in taken else key  # (a second column of one gene keeps its own name)
             taken.add(key)
             head_names.append(key)
