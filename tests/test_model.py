@@ -528,3 +528,14 @@ def test_an_alias_column_beside_its_symbol_keeps_its_own_name_whatever_the_order
     forward = dict(zip(cols, heads, strict=True))
     assert forward == dict(zip(rcols, rheads, strict=True))
     assert forward["C19orf27"] == "C19orf27" and forward["ABHD17A"] == "ABHD17A"
+
+
+def test_a_labels_column_without_any_label_is_said(split):
+    """An integration trial: labels_key naming a column that is all NaN trained unsupervised, silently."""
+    train, _ = split
+    a = train.copy()
+    a.obs["none"] = np.nan
+    a.obs["batch"] = np.where(np.arange(a.n_obs) % 2, "b1", "b2")
+    scelmo.Model.setup_anndata(a, labels_key="none", batch_key="batch")
+    with pytest.warns(ScelmoWarning, match="No cell has a label"):
+        scelmo.Model(a, head="integration")

@@ -116,8 +116,14 @@ class Model:
             if getattr(self.head, needed, False) and given is None:
                 raise InputError(f"The {head!r} head needs {what}: call `Model.setup_anndata(adata, {key}=...)`.")
         self.adata = adata
+        labels = self._obs(setup.labels_key)
+        if labels is not None and not self.head.requires_labels and all(v is None for v in labels):
+            warnings.warn(
+                f"No cell has a label in adata.obs[{setup.labels_key!r}] (all missing"
+                + (f" or {setup.unlabeled_category!r}" if setup.unlabeled_category is not None else "")
+                + f"): the {head!r} head trains without labels.", ScelmoWarning, stacklevel=2)
         # the head's own checks of the obs columns, before the genes are embedded (minutes)
-        self.head.check_inputs(labels=self._obs(setup.labels_key), batch=self._obs(setup.batch_key),
+        self.head.check_inputs(labels=labels, batch=self._obs(setup.batch_key),
                                perturbations=self._obs(setup.perturbation_key))
         self.gene_table = self._gene_table(adata, gene_embeddings, config)
         self.is_trained = False
