@@ -71,8 +71,8 @@ class Conditioning:
         if V.ndim != 2:
             raise InputError(f"Expected a genes x d table, got shape {V.shape}.")
         V = V[np.abs(V).sum(axis=1) > 0]
-        if n_components < 0:
-            raise InputError(f"n_components must be >= 0, got {n_components}.")
+        if n_components < 0 or n_components > V.shape[1]:
+            raise InputError(f"n_components must be between 0 and the vectors' dimension {V.shape[1]}, got {n_components}.")
         if V.shape[0] < n_components + 2:
             raise InputError(
                 f"Cannot condition a table of {V.shape[0]} gene vector(s): removing the mean and "

@@ -170,9 +170,12 @@ class GeneVocabulary:
         for name in names:
             sym, why = self._resolve_one(name.strip(), sp_, present)
             if why == "unknown" and "." in name:
-                # R's make.names (read.csv, as.data.frame) writes "-" as ".": H2.K1, HLA.DRA
-                sym, _how = self._resolve_one(name.strip().replace(".", "-"), sp_, present)
-                why = "r_make_names" if sym is not None else why
+                # R's make.names (read.csv, as.data.frame) writes "-" as ".": H2.K1, HLA.DRA. Not
+                # through an alias: "APP.1" (make.unique's copy of APP, APP itself filtered out)
+                # would become "APP-1", an alias of PABPC4
+                dashed, how_dashed = self._resolve_one(name.strip().replace(".", "-"), sp_, present)
+                if dashed is not None and how_dashed != "alias":
+                    sym, why = dashed, "r_make_names"
             symbols.append(sym)
             how.append(why)
         return Resolution(names=names, symbols=symbols, how=how, species=sp_)

@@ -73,11 +73,10 @@ def test_the_sources_no_id_mark_is_not_an_ensembl_id(vocab):
 def test_different_genes_sharing_one_vector_are_said():
     """Trial finding: embed_genes of 8 mouse names returned 4 vectors (Ly6a, Ly6c1, Ly6c2,
     Ly6g -> LY6H) without a word."""
-    import scelmo
-    from scelmo.errors import ScelmoWarning
-
     import warnings
 
+    import scelmo
+    from scelmo.errors import ScelmoWarning
     from scelmo.tl import _embedding
 
     _embedding._SAID_SHARED.clear()
@@ -121,6 +120,9 @@ def test_names_written_by_r_make_names_resolve(vocab):
     res = vocab.resolve(["HLA.DRA", "MT.CO1", "CAV1", "CAV1.1", "AC006538.1"], species="human")
     assert res.symbols[:2] == ["HLA-DRA", "COX1"]
     assert res.how[3:] == ["duplicate_copy", "unknown"]  # make.unique copies and clone names stay as they were
+    # a make.unique copy whose original is not in the list is no alias of another gene
+    # ("APP-1" is one of PABPC4's)
+    assert vocab.resolve(["APP.1", "Arc.1"], species="human").symbols == [None, None]
 
 
 def test_full_gene_names_in_text(vocab):

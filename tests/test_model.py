@@ -471,7 +471,7 @@ def test_missing_labels_written_as_pd_na_are_unlabelled_not_a_class(split):
     labels.iloc[::2] = pd.NA
     a.obs["partial"] = labels
     col = obs_column(a, "partial")
-    assert col[0] is None and "<NA>" not in set(col[1::2])
+    assert all(v is None for v in col[::2]) and None not in set(col[1::2])
     scelmo.Model.setup_anndata(a, labels_key="partial")
     model = scelmo.Model(a, head="annotation")
     model.train(max_epochs=2, seed=0)
@@ -511,6 +511,12 @@ def test_unlabeled_category_marks_cells_without_a_label(split):
     assert "Unknown" not in set(map(str, model.head.classes))
     with pytest.raises(InputError, match="needs labels_key"):
         scelmo.Model.setup_anndata(a, unlabeled_category="Unknown")
+    # an integer label column and R's double -1.0; a value no cell has is said
+    a.obs["code"] = np.where(np.arange(a.n_obs) % 3 == 0, -1, a.obs["bulk_labels"].cat.codes.to_numpy())
+    scelmo.Model.setup_anndata(a, labels_key="code", unlabeled_category=-1.0)
+    assert _setup_from_uns(a).unlabeled_category == "-1"
+    with pytest.warns(ScelmoWarning, match="No cell of adata.obs"):
+        scelmo.Model.setup_anndata(a, labels_key="partial", unlabeled_category="unknown")
 
 
 def test_an_alias_column_beside_its_symbol_keeps_its_own_name_whatever_the_order(trained, split):

@@ -143,8 +143,9 @@ def test_training_config_and_devices():
     with pytest.raises(ConfigError, match="bogus"):
         TrainingConfig.from_any({"bogus": 1})
     # (an integration trial: max_epochs=True trained one epoch, seed=-1 was numpy's raw ValueError)
-    with pytest.raises(ConfigError, match="boolean"):
-        TrainingConfig.from_any({"max_epochs": True})
+    for flag in (True, np.True_):
+        with pytest.raises(ConfigError, match="boolean"):
+            TrainingConfig.from_any({"max_epochs": flag})
     with pytest.raises(ConfigError, match="seed"):
         TrainingConfig.from_any({"seed": -1})
     assert TrainingConfig.from_any({"max_epochs": np.int64(3), "seed": 2.0}).max_epochs == 3  # (R passes doubles)

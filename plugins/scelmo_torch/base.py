@@ -112,8 +112,7 @@ class TrainingConfig(BaseModel):
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     #: "auto" (CUDA > MPS > CPU), "cpu", "cuda", "cuda:N", "mps".
     device: str = "auto"
-    #: numpy and torch seeds must be in [0, 2**32).
-    seed: int = Field(0, ge=0, lt=2**32)
+    seed: int = Field(0, ge=0)
     #: torch CPU threads during training (default 1 on CPU; see scelmo_torch.device).
     num_threads: int | None = Field(None, ge=1)
     #: bf16 autocast on CUDA (ignored elsewhere).
@@ -128,7 +127,7 @@ class TrainingConfig(BaseModel):
     @field_validator("max_epochs", "batch_size", "check_every", "patience", "seed", "num_threads", mode="before")
     @classmethod
     def _no_bool(cls, value: Any) -> Any:
-        if isinstance(value, bool):  # (an int to pydantic: max_epochs=True trained one epoch)
+        if isinstance(value, bool | np.bool_):  # (an int to pydantic: max_epochs=True trained one epoch)
             raise ValueError("expected a whole number, got a boolean")
         return value
 

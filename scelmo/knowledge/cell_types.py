@@ -32,7 +32,7 @@ from typing import Any
 from scelmo.errors import ScelmoWarning
 
 __all__ = ["CellTypeMarkers", "CellTypeMatch", "EQUIVALENT_NAMES", "MarkerSet", "match_cell_types", "match_descendants",
-           "marker_weights", "cell_type_marker_genes", "covers_name", "inherit_named_parents", "name_key", "names_shared_gene",
+           "marker_weights", "cell_type_marker_genes", "covers_name", "inherit_named_parents", "name_key", "tissue_conflict",
            "name_terms", "parse_name"]
 
 
@@ -416,11 +416,40 @@ def match_descendants(
     return out
 
 
+#: Words naming an organ or tissue, and the tissue they name (a curated set's ``tissue``).
+TISSUE_WORDS: Mapping[str, str] = {
+    "pancreatic": "pancreas", "pancreas": "pancreas", "islet": "pancreas",
+    "hepatic": "liver", "liver": "liver",
+    "pulmonary": "lung", "lung": "lung", "alveolar": "lung", "bronchial": "lung",
+    "brain": "brain", "cerebral": "brain", "cortical": "brain", "neural": "brain",
+    "renal": "kidney", "kidney": "kidney", "cardiac": "heart", "heart": "heart",
+    "intestinal": "intestine", "colonic": "intestine", "gastric": "stomach", "dermal": "skin",
+    "epidermal": "skin", "retinal": "eye", "thyroid": "thyroid", "adrenal": "adrenal",
+    "mammary": "breast", "prostatic": "prostate",
+}
+#: The tissues an "immune" curated set also stands for (its cells live there).
+_IMMUNE_TISSUES = frozenset({"immune", "blood", "spleen", "thymus", "bone marrow", "lymph node"})
+
+
+def tissue_conflict(name: str, match: CellTypeMatch, vocab: Any) -> bool:
+    """Whether ``name`` names an organ (:data:`TISSUE_WORDS`) that none of ``match``'s curated
+    sets is from: "pancreatic stellate cell" is not the curated *liver* "Stellate cell", and the
+    Cell Ontology's "type B pancreatic cell" is no B lymphocyte (an "immune" set); "hepatic
+    stellate cell" is the liver set. Types without a tissue never conflict."""
+    tissues = {TISSUE_WORDS[w] for w in parse_name(name, vocab)[0] if w in TISSUE_WORDS}
+    if not tissues:
+        return False
+    for k in match.types:
+        own = _IMMUNE_TISSUES if k.tissue == "immune" else {k.tissue}
+        if not k.tissue or tissues & own:
+            return False
+    return True
+
+
 def covers_name(name: str, match: CellTypeMatch, vocab: Any) -> bool:
-    """Whether one of ``match``'s types has every word and names every gene of ``name``: the
-    curated "Stellate cell" (a liver set) matches "pancreatic stellate cell" by its noun but does
-    not cover it, "B cell" does not cover the Cell Ontology's "type B pancreatic cell", and the
-    ontology's "cytotoxic T cell" does not cover "CD8+ cytotoxic T cell"."""
+    """Whether one of ``match``'s types has every word and names every gene of ``name`` (the
+    ontology's "pancreatic stellate cell" covers "pancreatic stellate cell"; its "cytotoxic T
+    cell" does not cover "CD8+ cytotoxic T cell")."""
     words, genes = name_terms(name, vocab)
     for k in match.types:
         kwords, kgenes = name_terms(k.name, vocab)
@@ -429,21 +458,20 @@ def covers_name(name: str, match: CellTypeMatch, vocab: Any) -> bool:
     return False
 
 
-def names_shared_gene(name: str, match: CellTypeMatch, vocab: Any) -> bool:
-    """Whether a gene ``name`` names is named by one of ``match``'s types ("CD8+ cytotoxic T
-    cell" and the curated "CD8 Naive T cell"): the match then rests on more than a noun."""
-    genes = name_terms(name, vocab)[1]
-    return bool(genes) and any(_shares_gene(genes, name_terms(k.name, vocab)[1]) for k in match.types)
-
-
 def inherit_named_parents(types: Sequence[CellTypeMarkers], vocab: Any) -> list[CellTypeMarkers]:
     """``types`` where a type that names no gene takes the markers of those of its parents
     (``parent``, ``other_parents``) whose name is part of its own: the Cell Ontology's
     "pancreatic PP cell" names no gene, but is a "PP cell", which names PPY. Parents that
     are only broader categories ("epithelial cell of pancreas") are not part of the name."""
+    # parents are named by their primary names: the first record of each source (a synonym
+    # record of another type may carry the same text, "intraepithelial lymphocyte")
     by_name: dict[str, CellTypeMarkers] = {}
+    seen: set[str] = set()
     for k in types:
-        by_name.setdefault(k.name, k)
+        src = k.source or k.name
+        if src not in seen:
+            seen.add(src)
+            by_name.setdefault(k.name, k)
     out = []
     for k in types:
         if not k.markers and k.parent:
@@ -451,7 +479,8 @@ def inherit_named_parents(types: Sequence[CellTypeMarkers], vocab: Any) -> list[
             inherited: dict[str, None] = {}
             for parent in (k.parent, *k.other_parents):
                 p = by_name.get(parent)
-                if p is not None and p.markers and set(name_terms(p.name, vocab)[0]) <= own:
+                if (p is not None and p.markers and (p.source or p.name) != (k.source or k.name)
+                        and set(name_terms(p.name, vocab)[0]) <= own):
                     inherited.update(dict.fromkeys(p.markers))
             if inherited:
                 k = replace(k, markers=tuple(inherited))

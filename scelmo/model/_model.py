@@ -66,6 +66,24 @@ def obs_column(adata: Any, key: str | None, *, unlabeled: str | None = None) -> 
     return np.array([None if v is not None and v == unlabeled else v for v in out], dtype=object)
 
 
+def _as_label(adata: Any, key: str, value: Any) -> str:
+    """``value`` spelled as ``obs_column`` writes the labels of ``adata.obs[key]`` (R's -1 is the
+    double -1.0; a label column of integers writes "-1"), warning when no cell has it."""
+    spellings = [str(value)]
+    if isinstance(value, float) and value.is_integer():
+        spellings.append(str(int(value)))
+    elif isinstance(value, int | np.integer) and not isinstance(value, bool):
+        spellings.append(str(float(value)))
+    present = {v for v in obs_column(adata, key) if v is not None}
+    hit = next((v for v in spellings if v in present), None)
+    if hit is None:
+        warnings.warn(
+            f"No cell of adata.obs[{key!r}] has the value unlabeled_category={value!r} (values: "
+            f"{', '.join(sorted(present)[:8])}); check its spelling.", ScelmoWarning, stacklevel=3)
+        return spellings[0]
+    return hit
+
+
 def _missing(value: Any) -> bool:
     try:
         return bool(pd.isna(value))
@@ -172,7 +190,7 @@ class Model:
         if unlabeled_category is not None and labels_key is None:
             raise InputError("unlabeled_category= needs labels_key= (the column it is a value of).")
         setup = AnnDataSetup(labels_key, batch_key, layer, use_raw, perturbation_key,
-                             None if unlabeled_category is None else str(unlabeled_category))
+                             None if unlabeled_category is None else _as_label(adata, labels_key, unlabeled_category))
         adata.uns[keys.SETUP] = _setup_to_uns(setup)
         _remember(adata, setup)
 

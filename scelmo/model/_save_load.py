@@ -80,7 +80,8 @@ def save_model(model: Model, path: str | Path, *, overwrite: bool = False) -> Pa
             "head": model.head_name,
             "head_plugin": getattr(type(model.head), "scelmo_origin", ""),  # a third-party head's distribution
             "head_options": model.head.options.model_dump(mode="json"),
-            "setup": asdict(model.setup),
+            # (None fields left out: a file from this version stays readable by one without them)
+            "setup": {k: v for k, v in asdict(model.setup).items() if v is not None},
             "train_genes": model.train_genes,
             "classes": list(model.head.classes),
             "gene_embeddings_sha256": _sha256_array(model.gene_table.vectors),

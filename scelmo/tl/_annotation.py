@@ -54,8 +54,8 @@ from scelmo.knowledge.cell_types import (
     match_cell_types,
     match_descendants,
     name_key,
-    names_shared_gene,
     parse_name,
+    tissue_conflict,
 )
 from scelmo.knowledge.descriptions import describe
 from scelmo.plugin import KnowledgeSource, split_phrases
@@ -308,14 +308,13 @@ def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], gene
             known += types
             found = {n: m for n, m in match_cell_types(rest, types, vocab, species=species if level == 0 else None).items()
                      if m.types or n not in matches}
-            # ... unless a curated set only shares its noun with the name and a definition has
-            # the name's every word: "pancreatic stellate cell" is not the curated liver
+            # ... unless the name names an organ the curated sets are not from and a definition
+            # has the name's every word: "pancreatic stellate cell" is not the curated liver
             # "Stellate cell", "type B pancreatic cell" not the B lymphocyte
             found = {n: m for n, m in found.items() if n not in partial
                      or (m.exact and covers_name(n, m, vocab) and any(k.markers for k in m.types))}
             if level == 0:
-                partial = {n for n, m in found.items()
-                           if m.types and not covers_name(n, m, vocab) and not names_shared_gene(n, m, vocab)}
+                partial = {n for n, m in found.items() if m.types and tissue_conflict(n, m, vocab)}
             matches.update(found)
             if level == 1:
                 # definitions mention genes in passing ("reportedly CD7-positive"): a name

@@ -83,7 +83,6 @@ def _warn_shared_symbols(res: Resolution, *, from_data: bool = True) -> None:
     key = hash(tuple(sorted((sym, tuple(sorted(v))) for sym, v in shared.items())))
     if key in _SAID_SHARED:
         return
-    _SAID_SHARED.add(key)
     groups = sorted(shared.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:3]
     example = "; ".join(f"{', '.join(sorted(v)[:4])}{', ...' if len(v) > 4 else ''} -> {sym}" for sym, v in groups)
     where = ("`uns['scelmo']['embed_genes']['resolved_by']` says how names were resolved." if from_data
@@ -95,6 +94,7 @@ def _warn_shared_symbols(res: Resolution, *, from_data: bool = True) -> None:
         ScelmoWarning,
         stacklevel=5,  # the user's call of embed_genes / embed_cells
     )
+    _SAID_SHARED.add(key)  # (after: a warning turned into an error is said again next time)
 
 
 def names_as_in(known: Sequence[str], names: Sequence[str]) -> list[str]:
