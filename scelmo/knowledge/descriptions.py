@@ -186,10 +186,13 @@ def _plan(
                 stacklevel=3,
             )
     elif subject != "gene":
+        offline = (" Offline, names-only annotation (`scelmo.tl.annotate(adata, cell_types=[...])`) marks each "
+                   "name by curated marker sets and Cell Ontology definitions, and lists the genes in "
+                   "adata.uns['scelmo']['annotate']['markers_<name>']." if subject == "cell_type" else "")
         raise ConfigError(
             f"describe.model = {component.model_id!r} is a gene-knowledge table and cannot describe "
             f"{subject.replace('_', ' ')}s. Set `describe.model` to an LLM (e.g. "
-            "\"openai/gpt-4o-mini\" or \"ollama/llama3.1\"; see docs/providers/)."
+            "\"openai/gpt-4o-mini\" or \"ollama/llama3.1\"; see docs/providers/)." + offline
         )
     return _Plan(settings, component, template, unique, subject)
 
