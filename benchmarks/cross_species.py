@@ -15,7 +15,7 @@ genes through their human orthologs, so the two share one gene table. Methods:
 
 First measured by a new-user trial (2026-12-05); committed as a benchmark and run once.
 
-    .venv-bench/bin/python benchmarks/cross_species.py [--out DIR]   # ~4 min on 2 cores
+    .venv-bench/bin/python benchmarks/cross_species.py [--out DIR]   # ~2 min on 2 cores
 """
 
 from __future__ import annotations
