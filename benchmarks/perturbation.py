@@ -178,9 +178,11 @@ def run_synthetic(args: argparse.Namespace, rows: list[dict[str, Any]], log: dic
                         "params": {k: v for k, v in adata.uns["synthetic_perturbation"].items() if k != "perturbations"},
                         "split": {k: len(v) for k, v in split.items()}, "setup_s": time.perf_counter() - t0}
     shuffled_genes = list(np.random.default_rng(args.seed).permutation(ge.genes))
+    # (raw vectors: the synthetic truth is built from them; as in the committed results)
     variants = {
-        "head": P.gene_perturbation_embeddings(names, ge),
-        "head (shuffled embeddings)": P.gene_perturbation_embeddings(names, GeneEmbeddings(shuffled_genes, ge.vectors)),
+        "head": P.gene_perturbation_embeddings(names, ge, conditioned=False),
+        "head (shuffled embeddings)": P.gene_perturbation_embeddings(names, GeneEmbeddings(shuffled_genes, ge.vectors),
+                                                                     conditioned=False),
     }
     heads = {}
     for name, emb in variants.items():

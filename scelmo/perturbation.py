@@ -380,15 +380,24 @@ def gene_perturbation_embeddings(
     *,
     sep: str = "+",
     control: str | None = None,
+    conditioned: bool = False,
 ) -> dict[str, np.ndarray]:
     """One vector per component gene of ``names``, from a :class:`~scelmo.genes.GeneEmbeddings`,
     keyed by the names as given: a gene under an older symbol or alias is found under its
     current one (MARCH8 in a table that ``embed_genes`` keyed by MARCHF8).
 
+    ``conditioned=False`` (default): the table's raw rows. ``scelmo.Model`` and ``scelmo train``
+    give the head, for the genes they look up themselves (measured genes, and knockouts
+    predicted later), the *model's* gene table conditioned (its mean and top directions
+    removed); a model trained on raw vectors then meets a predicted gene in another space (a
+    trial: cosine 0.72 between the two vectors of one gene). To stay in the model's space use
+    ``conditioned=True`` with the table of the training data's genes (``embed_genes(adata)``,
+    whose conditioning the Model fits likewise), or apply ``model.gene_table.conditioning``.
+
     Raises :class:`~scelmo.errors.InputError` naming the genes the table lacks.
     """
     wanted = sorted({c for n in names for c in components(n, sep=sep, control=control)})
-    mat, found = lookup_gene_vectors(wanted, gene_embeddings)
+    mat, found = lookup_gene_vectors(wanted, gene_embeddings, conditioned=conditioned)
     missing = [g for g, f in zip(wanted, found, strict=True) if not f]
     if missing:
         raise InputError(

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from scelmo import perturbation as P
-from scelmo.errors import ConfigError, InputError
+from scelmo.errors import ConfigError, InputError, ScelmoWarning
 from scelmo.genes import GeneEmbeddings
 
 torch = pytest.importorskip("torch")
@@ -159,8 +159,12 @@ def test_synthetic_bad_inputs(synthetic):
     from scelmo.genes import GeneEmbeddings
 
     table = GeneEmbeddings(["MARCHF8", "STAT1"], np.eye(2, 4, dtype=np.float32))
-    emb = P.gene_perturbation_embeddings(["MARCH8", "STAT1"], table)
+    emb = P.gene_perturbation_embeddings(["MARCH8", "STAT1"], table, conditioned=False)
     assert set(emb) == {"MARCH8", "STAT1"} and emb["MARCH8"][0] == 1.0
+    # conditioned=True: the table's conditioned vectors (the space Model and `scelmo train` look genes up in)
+    big = GeneEmbeddings([f"G{i}" for i in range(60)] + ["STAT1"], np.random.default_rng(0).standard_normal((61, 8)).astype(np.float32))
+    cond = P.gene_perturbation_embeddings(["STAT1"], big, conditioned=True)["STAT1"]
+    np.testing.assert_allclose(cond, big.aligned(["STAT1"], conditioned=True)[0][0], rtol=1e-6)
 
 
 # --------------------------------------------------------------------------- the torch head
@@ -185,7 +189,7 @@ def trained(synthetic):
     split = P.split_perturbations(names, seed=0)
     pert = adata.obs["perturbation"].astype(str).to_numpy()
     keep = np.isin(pert, split["train"] + ["ctrl"])
-    emb = P.gene_perturbation_embeddings(names, ge)  # unseen genes' vectors are known up front
+    emb = P.gene_perturbation_embeddings(names, ge, conditioned=False)  # (raw: the synthetic truth is built from them)
     head = PerturbationHead(hidden=128, latent=32, mmd_weight=0.0)
     head.fit(adata.X[keep], perturbations=pert[keep], control="ctrl", perturbation_embeddings=emb,
              training={"max_epochs": 40, "progress": False})
@@ -297,6 +301,10 @@ def test_bad_inputs_give_clear_errors(trained):
     with pytest.raises(InputError, match="trained on 48-d"):
         head.predict(Xg, "NEW", perturbation_embeddings={"NEW": np.ones(7)})
     assert head.predict(Xg, "NEW", perturbation_embeddings={"NEW": np.ones(48)}).shape == (3, 765)
+    # a component seen in training keeps its vector (an in-silico trial replaced IRF1's silently)
+    seen = head.seen_components[0]
+    with pytest.raises(InputError, match="seen in training"):
+        head.add_embeddings({seen: np.ones(48)})
 
 
 def test_driven_by_scelmo_model(tmp_path, synthetic):
@@ -334,6 +342,12 @@ def test_driven_by_scelmo_model(tmp_path, synthetic):
     for bad in ("", " ", "+", f"{names[0]}+"):
         with pytest.raises(InputError, match="empty"):
             model.predict_perturbation(ctrl, bad)
+    # an in-silico trial: counts given to a model trained on log values were normalised over the
+    # model's genes, silently
+    counts = ctrl.copy()
+    counts.X = np.round(np.expm1(ctrl.X.toarray() if hasattr(ctrl.X, "toarray") else ctrl.X) * 3).astype(np.float32)
+    with pytest.warns(ScelmoWarning, match="trained on log-normalised values"):
+        model.predict_perturbation(counts, names[0])
 
 
 def test_a_trained_component_in_other_case_is_that_component_and_predicting_changes_nothing(synthetic):

@@ -242,8 +242,17 @@ class PerturbationHead(TorchHead):
         return out.astype(np.float32)
 
     def add_embeddings(self, embeddings: Mapping[str, Any]) -> None:
-        """Make more components (unseen in training) available for prediction."""
+        """Make more components (unseen in training) available for prediction. A component seen in
+        training keeps the vector it was trained with (an error: replacing it silently changed
+        its predictions)."""
         self._require_fitted()
+        trained = sorted(set(map(str, embeddings)) & set(self.seen_components))
+        if trained:
+            raise InputError(
+                f"{trained[:5]} were seen in training; their vectors are part of the model and cannot be replaced. "
+                "Give vectors only for components unseen in training (or predict with "
+                "predict_perturbation(..., perturbation_embeddings=...), which changes nothing)."
+            )
         table = self._table_from(list(embeddings), embeddings, None, None)
         names = list(self.spec["components"])
         vecs = dict(zip(names, self.arrays["component_vectors"], strict=True))

@@ -574,6 +574,12 @@ class Model:
         cols = np.array([pos[g] for g in self.train_genes])
         X = X[:, cols]
         if should_normalize("auto", X):  # counts: normalised over the model's genes, as the training cells were
+            if self.train_info.get("normalized_counts") is False and target is not self._training_data:
+                warnings.warn(
+                    "The query holds counts but the model was trained on log-normalised values: the counts are "
+                    f"log-normalised over the model's {len(self.train_genes)} genes, which need not match how the "
+                    "training values were made (e.g. over the whole transcriptome). Give the query's log-normalised "
+                    "values, made as the training data's were.", ScelmoWarning, stacklevel=2)
             X = normalize_chunk(X)
         more = {"perturbation_embeddings": extra} if extra else {}  # for this call: the head keeps nothing
         pred = np.asarray(self.head.predict_expression(X, head_perts, device=device, **more), dtype=np.float32)
