@@ -62,8 +62,12 @@ def obs_column(adata: Any, key: str | None, *, unlabeled: str | None = None) -> 
     arr = adata.obs[key].astype(object).to_numpy()
     # (pd.isna: None, float NaN, pd.NA of a "string" column and NaT; str(pd.NA) is "<NA>", which
     # became a class or batch of its own)
-    out = [None if _missing(v) else str(v) for v in arr]
-    return np.array([None if v is not None and v == unlabeled else v for v in out], dtype=object)
+    missing = np.asarray(pd.isna(arr), dtype=bool)
+    out = np.full(len(arr), None, dtype=object)
+    out[~missing] = [str(v) for v in arr[~missing]]
+    if unlabeled is not None:
+        out[out == unlabeled] = None
+    return out
 
 
 def _as_label(adata: Any, key: str, value: Any) -> str:
@@ -82,13 +86,6 @@ def _as_label(adata: Any, key: str, value: Any) -> str:
             f"{', '.join(sorted(present)[:8])}); check its spelling.", ScelmoWarning, stacklevel=3)
         return spellings[0]
     return hit
-
-
-def _missing(value: Any) -> bool:
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):  # (an array-like value: not a missing scalar)
-        return False
 
 
 class Model:
