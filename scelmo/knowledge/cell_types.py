@@ -32,7 +32,8 @@ from typing import Any
 from scelmo.errors import ScelmoWarning
 
 __all__ = ["CellTypeMarkers", "CellTypeMatch", "EQUIVALENT_NAMES", "MarkerSet", "match_cell_types", "match_descendants",
-           "marker_weights", "cell_type_marker_genes", "covers_name", "inherit_named_parents", "name_key", "tissue_conflict",
+           "marker_weights", "cell_type_marker_genes", "covers_name", "inherit_named_parents", "name_key", "primary_records",
+           "tissue_conflict",
            "name_terms", "parse_name"]
 
 
@@ -343,6 +344,19 @@ def _match(candidates: Sequence[str], known: Sequence[CellTypeMarkers], vocab: A
     return out
 
 
+def primary_records(types: Sequence[CellTypeMarkers]) -> list[CellTypeMarkers]:
+    """The first record of each type (:attr:`CellTypeMarkers.source`): its primary name, as an
+    ontology's parent links name it; the records after it are its synonyms."""
+    seen: set[str] = set()
+    out = []
+    for k in types:
+        src = k.source or k.name
+        if src not in seen:
+            seen.add(src)
+            out.append(k)
+    return out
+
+
 def match_descendants(
     matches: Mapping[str, CellTypeMatch], ontology: Sequence[CellTypeMarkers], known: Sequence[CellTypeMarkers],
     vocab: Any, *, species: str | None = None, others: Mapping[str, CellTypeMatch] | None = None,
@@ -366,16 +380,12 @@ def match_descendants(
     other leukocytes (a mouse pancreas trial: "leukocyte"'s macrophage part took the
     macrophages from "macrophage").
     """
-    canonical: dict[str, str] = {}  # an ontology type (its source id) -> its own name
+    primary = primary_records(ontology)
+    canonical = {k.source or k.name: k.name for k in primary}  # an ontology type (its source id) -> its own name
     children: dict[str, set[str]] = defaultdict(set)  # a type's name -> its child types
-    primary = []
     for k in ontology:
-        src = k.source or k.name
-        if src not in canonical:
-            canonical[src] = k.name
-            primary.append(k)
         for parent in (k.parent, *k.other_parents) if k.parent else ():
-            children[parent].add(src)
+            children[parent].add(k.source or k.name)
     if not matches:
         return {}
     placed = match_cell_types([k.name for k in known], primary, vocab)  # each known type in the ontology
@@ -392,21 +402,22 @@ def match_descendants(
                     todo.append(child)
         return seen
 
-    def ontology_roots(m: CellTypeMatch) -> set[str]:  # a match's place in the ontology
-        return {k.source if k.source else (o.source or o.name) for k in m.types
-                for o in ((k,) if k.source else placed[k.name].types)}
+    # each known type's place in the ontology (an ontology record is its own place)
+    spot = {name: {o.source or o.name for o in m.types} for name, m in placed.items()}
 
+    def ontology_roots(m: CellTypeMatch) -> set[str]:
+        return {r for k in m.types for r in ({k.source} if k.source else spot[k.name])}
+
+    other_roots = {other: ontology_roots(om) for other, om in (others or {}).items()}
     out: dict[str, CellTypeMatch] = {}
     for cand, m in matches.items():
         roots = {k.source or k.name for k in m.types}
         below = subtree(roots) - roots
         left = set()  # what narrower candidates below this name claim
-        for other, om in (others or {}).items():
-            oroots = ontology_roots(om)
+        for other, oroots in other_roots.items():
             if other != cand and oroots and oroots <= below:
                 left |= subtree(oroots)
-        types = [k for k in known if any((o.source or o.name) in below for o in placed[k.name].types)
-                 and not any((o.source or o.name) in left for o in placed[k.name].types)]
+        types = [k for k in known if spot[k.name] & below and not spot[k.name] & left]
         if species is not None and any(k.species == species for k in types):
             types = [k for k in types if k.species == species]
         top = {(k.name, k.species) for k in types}
@@ -463,15 +474,11 @@ def inherit_named_parents(types: Sequence[CellTypeMarkers], vocab: Any) -> list[
     (``parent``, ``other_parents``) whose name is part of its own: the Cell Ontology's
     "pancreatic PP cell" names no gene, but is a "PP cell", which names PPY. Parents that
     are only broader categories ("epithelial cell of pancreas") are not part of the name."""
-    # parents are named by their primary names: the first record of each source (a synonym
-    # record of another type may carry the same text, "intraepithelial lymphocyte")
+    # parents are named by their primary names (a synonym record of another type may carry
+    # the same text, "intraepithelial lymphocyte")
     by_name: dict[str, CellTypeMarkers] = {}
-    seen: set[str] = set()
-    for k in types:
-        src = k.source or k.name
-        if src not in seen:
-            seen.add(src)
-            by_name.setdefault(k.name, k)
+    for k in primary_records(types):
+        by_name.setdefault(k.name, k)
     out = []
     for k in types:
         if not k.markers and k.parent:

@@ -294,7 +294,7 @@ class Model:
             have = set(head_names)
             # the genes the head reads (its selection, e.g. 2,000 variable genes; a trial's query
             # lacked 96% of them unwarned, counted against all 20,125 training genes)
-            used = self.head.genes_used if self.head is not None else None
+            used = self.head.genes_used
             weighed = [g for g in (self.train_genes if used is None else used) if g in self.gene_table]
             missing = [g for g in weighed if g not in have]
             if len(missing) > 0.1 * len(weighed):
