@@ -19,6 +19,8 @@ function                                   what it does
 :func:`gene_perturbation_embeddings`       component vectors from gene embeddings
 :func:`lookup_gene_vectors`                rows of a gene table for names as the data spells
                                            them (older symbols found under current ones)
+:func:`component_gene_vectors`             vectors of perturbed genes in a model's gene-table
+                                           space, embedding unmeasured ones now
 :func:`text_perturbation_embeddings`       component vectors from text descriptions
 :func:`synthetic_genetic_perturbations`    re-exported from :mod:`scelmo.datasets`, where
                                            the generator of test data lives
@@ -50,6 +52,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from scelmo import tl
 from scelmo.config import get_settings
 from scelmo.datasets import synthetic_genetic_perturbations
 from scelmo.errors import InputError
@@ -58,6 +61,8 @@ from scelmo.knowledge import roles
 __all__ = [
     "additive_shift",
     "align_by_gene",
+    "component_gene_vectors",
+    "genes_by_another_name",
     "components",
     "delta_scores",
     "gene_perturbation_embeddings",
@@ -436,6 +441,80 @@ def lookup_gene_vectors(
     vocab = roles.vocabulary() if any(g not in gene_embeddings for g in names) else None
     symbols = vocab.resolve(names).symbols if vocab is not None else names
     return gene_embeddings.aligned(gene_embeddings.keys_for(names, symbols), conditioned=conditioned)
+
+
+def component_gene_vectors(
+    names: Iterable[str],
+    gene_table: Any,
+    *,
+    config: Any = None,
+    progress: bool | None = False,
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Vectors for perturbation components that are genes, in ``gene_table``'s conditioned
+    space (where a model trained on that table reads its genes).
+
+    A name is looked up in ``gene_table`` (also under the symbol the gene vocabulary gives
+    it: MARCH8 -> MARCHF8); a gene the table lacks (a knocked-out gene is often not measured)
+    is embedded now with the configured roles, as :func:`scelmo.tl.embed_genes` does, and
+    conditioned with the table's fit. Names the gene vocabulary does not know (a drug, a
+    stimulus) are left out: they need a vector from a description
+    (:func:`text_perturbation_embeddings`).
+
+    Parameters
+    ----------
+    names
+        Component names (e.g. ``components(p)`` of every perturbation).
+    gene_table
+        The model's :class:`~scelmo.genes.GeneEmbeddings`.
+    config
+        Settings for embedding the genes the table lacks; they must use the embedder that
+        made ``gene_table`` (else :class:`~scelmo.errors.InputError`).
+    progress
+        Show progress bars while embedding.
+
+    Returns
+    -------
+    ``(vectors, embedded_now)``: ``{name: vector}`` for the names that are genes, keyed as
+    given, and the names embedded now.
+    """
+    names = list(dict.fromkeys(str(n) for n in names))
+    if not names:
+        return {}, []
+    mat, found = lookup_gene_vectors(names, gene_table, conditioned=True)
+    out = {n: mat[i] for i, n in enumerate(names) if found[i]}
+    missing = [n for n in names if n not in out]
+    vocab = roles.vocabulary(roles.description_writer(get_settings(config))) if missing else None
+    genes = [n for n, s in zip(missing, vocab.resolve(missing).symbols, strict=True) if s] if vocab is not None \
+        else missing
+    if not genes:
+        return out, []
+    new = tl.embed_genes(genes=genes, config=config, progress=progress)
+    ours, theirs = gene_table.manifest.get("embed_model"), new.manifest.get("embed_model")
+    if ours and theirs and ours != theirs:
+        raise InputError(
+            f"The perturbed gene(s) {genes[:5]} are not in the model's gene table, and the configured embedder "
+            f"({theirs!r}) is not the one that made it ({ours!r}): their vectors would be in another space. "
+            "Configure the table's embedder, or give the vectors (perturbation_embeddings={name: vector}).")
+    raw, found = lookup_gene_vectors(genes, new)
+    if not found.any():
+        return out, []
+    cond = gene_table.conditioning if gene_table.conditioning is not None else gene_table.condition().conditioning
+    now = [g for g, f in zip(genes, found, strict=True) if f]
+    out |= dict(zip(now, cond.apply(raw[found]), strict=True))
+    return out, now
+
+
+def genes_by_another_name(names: Sequence[str], gene_table: Any) -> list[tuple[str, str]]:
+    """``(name, symbol)`` for the names not in ``gene_table`` that the gene vocabulary reads
+    as a gene by another name (an alias or an older symbol: IFN-beta -> IFNB1, MARCH8 ->
+    MARCHF8): such a name is given that gene's vector, which is wrong for a stimulus or a
+    drug that merely shares a gene's alias."""
+    names = [str(n) for n in names]
+    vocab = roles.vocabulary() if any(n not in gene_table for n in names) else None
+    if vocab is None:
+        return []
+    return [(n, s) for n, s in zip(names, vocab.resolve(names).symbols, strict=True)
+            if s and s != n and n not in gene_table]
 
 
 def text_perturbation_embeddings(descriptions: Mapping[str, str], *, settings: Any = None) -> dict[str, np.ndarray]:

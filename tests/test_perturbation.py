@@ -633,3 +633,36 @@ def test_the_perturbation_column_may_be_registered_as_batch_key_as_documented():
     scelmo.Model.setup_anndata(b)
     with pytest.raises(InputError, match="needs each cell's perturbation"):
         scelmo.Model(b, head="perturbation", control="non-targeting")
+
+
+def test_model_embeds_unmeasured_knockouts_like_the_cli():
+    """Trial finding: `scelmo train` embedded knocked-out genes the data does not measure, while
+    `scelmo.Model(adata, head="perturbation")` failed on them at train(); a name that is no gene
+    failed only then too."""
+    from scelmo.model import Model
+
+    a = _cli_knockouts(["MARCH8", "STAT1", "JAK2"])  # MARCH8 (an older symbol) and STAT1 not measured
+    assert "STAT1" not in a.var_names
+    Model.setup_anndata(a, perturbation_key="perturbation")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        model = Model(a, head="perturbation", control="non-targeting", hidden=8, latent=4)
+    assert any("MARCH8 -> MARCHF8" in str(w.message) for w in said)  # (read as a gene by another name: said)
+    model.train(max_epochs=1, progress=False)
+    assert {"MARCH8", "STAT1", "JAK2"} <= set(model.head.seen_components)
+    # the vector is the one the CLI gives: the gene's, conditioned like the model's table
+    vec, now = P.component_gene_vectors(["STAT1"], model.gene_table)
+    assert now == ["STAT1"]
+    assert np.allclose(model.head._table_from(["STAT1"], vec, None, None)["STAT1"], vec["STAT1"])
+    # an untrained, unmeasured knockout is embedded at prediction too
+    ctrl = a[a.obs["perturbation"] == "non-targeting"][:5].copy()
+    assert model.predict_perturbation(ctrl, "IRF1", mean=True).shape == (a.n_vars,)
+    # a component that is no gene: an error when the model is made, with the way out
+    a.obs["perturbation"] = a.obs["perturbation"].astype(str).replace({"JAK2": "NOT_A_GENE"})
+    with pytest.raises(InputError, match=r"NOT_A_GENE.*text_perturbation_embeddings"):
+        Model(a, head="perturbation", control="non-targeting")
+    # vectors given for it are used, the genes still found
+    m2 = Model(a, head="perturbation", control="non-targeting", hidden=8, latent=4,
+               perturbation_embeddings={"NOT_A_GENE": np.ones(model.gene_table.dim, np.float32)})
+    m2.train(max_epochs=1, progress=False)
+    assert {"NOT_A_GENE", "STAT1"} <= set(m2.head.seen_components)

@@ -10,13 +10,11 @@ from typing import Any
 import click
 
 import scelmo
-from scelmo import Model, io, keys, tl
+from scelmo import io, keys, tl
 from scelmo import perturbation as P
 from scelmo import plugin as plugins
 from scelmo.cli import _parse_value
 from scelmo.errors import InputError
-from scelmo.genes import GeneEmbeddings
-from scelmo.knowledge import roles
 from scelmo.model import MODEL_FILE, obs_column
 
 from .device import resolve_device
@@ -26,25 +24,6 @@ def _ensure_gene_vectors(adata: Any, config: dict[str, Any]) -> None:
     if keys.GENE_EMBEDDING not in adata.varm:
         click.echo("No gene vectors in the input (varm['scelmo']): embedding its genes with the configured roles ...", err=True)
         tl.embed_genes(adata, config=config)
-
-
-def _embed_genes_now(names: list[str], table: GeneEmbeddings, config: dict[str, Any], why: str) -> dict[str, Any]:
-    """Vectors of the genes ``names`` embedded now with the configured roles, as ``scelmo embed-genes``
-    would, keyed by the names as given (``embed_genes`` keys an older symbol by its current one:
-    MARCH8 -> MARCHF8) and conditioned like ``table``'s vectors. Names the gene vocabulary does not
-    know are left out."""
-    vocab = roles.vocabulary()
-    genes = [n for n, s in zip(names, vocab.resolve(names).symbols, strict=True) if s] if vocab is not None else names
-    if not genes:
-        return {}
-    click.echo(f"Embedding {len(genes)} perturbed gene(s) {why} ({', '.join(genes[:5])}"
-               f"{', ...' if len(genes) > 5 else ''}) ...", err=True)
-    raw, found = P.lookup_gene_vectors(genes, tl.embed_genes(genes=genes, config=config))
-    if not found.any():
-        return {}
-    cond = table.conditioning if table.conditioning is not None else table.condition().conditioning
-    vectors = cond.apply(raw[found])
-    return dict(zip([g for g, f in zip(genes, found, strict=True) if f], vectors, strict=True))
 
 
 def _no_vector_error(unknown: list[str], known: list[str] | None = None) -> InputError:
@@ -65,45 +44,31 @@ def _no_vector_error(unknown: list[str], known: list[str] | None = None) -> Inpu
 
 def _perturbed_gene_vectors(adata: Any, key: str, options: Any, config: dict[str, Any],
                             gene_embeddings: str | None) -> dict[str, Any] | None:
-    """Vectors of the perturbed genes, conditioned like the measured genes' vectors (with the model's
-    gene table's fit): from the model's gene table where it has the gene (found under the data's name:
-    MARCH8 for a table keyed by MARCHF8), else embedded now with the configured roles (a knocked-out
-    gene is often not measured). ``options``: the head's (control name, separator). An error with
-    command-line advice for components without a vector."""
-
+    """Vectors of the perturbed genes, as :class:`scelmo.Model` finds them (unmeasured ones embedded
+    now), found here to give command-line advice for components that have none and to say which
+    names were read as genes by another name. ``options``: the head's (control name, separator)."""
     if key not in adata.obs:
         return None  # setup_anndata reports the missing column
     comps = sorted({c for p in adata.obs[key].astype(str).unique()
                     for c in P.components(p, sep=options.separator, control=options.control)})
     if not comps:
         return None
-    table = Model._gene_table(adata, gene_embeddings, config)
-    have, found = P.lookup_gene_vectors(comps, table, conditioned=True)
-    out = {c: have[i] for i, c in enumerate(comps) if found[i]}
-    missing = [c for c in comps if c not in out]
-    if missing:
-        out |= _embed_genes_now(missing, table, config, "without a gene vector in the data (not measured)")
+    table = scelmo.Model._gene_table(adata, gene_embeddings, config)
+    out, now = P.component_gene_vectors(comps, table, config=config, progress=None)
+    if now:
+        click.echo(f"Embedded {len(now)} perturbed gene(s) the data does not measure ({', '.join(now[:5])}"
+                   f"{', ...' if len(now) > 5 else ''}).", err=True)
     unknown = [c for c in comps if c not in out]
     if unknown:
         raise _no_vector_error(unknown)
-    _say_genes_by_another_name(list(out), table)
-    return out
-
-
-def _say_genes_by_another_name(names: list[str], table: GeneEmbeddings) -> None:
-    """Tell which perturbation names were read as a gene by another name (an alias or an older
-    symbol: IFN-beta -> IFNB1, MARCH8 -> MARCHF8), since such a name is given that gene's vector."""
-    vocab = roles.vocabulary()
-    if vocab is None:
-        return
-    pairs = [(n, s) for n, s in zip(names, vocab.resolve(names).symbols, strict=True)
-             if s and s != n and n not in table]
-    if pairs:
-        shown = ", ".join(f"{n} -> {s}" for n, s in pairs[:8]) + (", ..." if len(pairs) > 8 else "")
+    renamed = P.genes_by_another_name(list(out), table)
+    if renamed:
+        shown = ", ".join(f"{n} -> {s}" for n, s in renamed[:8]) + (", ..." if len(renamed) > 8 else "")
         click.echo(f"Perturbation names read as genes by another name, and given those genes' vectors: {shown}. A name "
                    "that is not that gene (a stimulus or a drug) needs a vector from its description: use Python, "
                    "scelmo.Model(..., perturbation_embeddings=scelmo.perturbation.text_perturbation_embeddings({name: "
                    "description})).", err=True)
+    return out
 
 
 #: What ``train --latent-output`` and ``predict -o`` write, by extension (as ``embed-cells``).
@@ -212,7 +177,7 @@ def add_commands(cli: Any) -> None:
         if head == "perturbation" and perturbation_key and "perturbation_embeddings" not in head_options:
             head_options["perturbation_embeddings"] = _perturbed_gene_vectors(
                 adata, perturbation_key, probe.options, config, gene_embeddings)
-        model = scelmo.Model(adata, head=head, gene_embeddings=gene_embeddings, **head_options)
+        model = scelmo.Model(adata, head=head, gene_embeddings=gene_embeddings, config=config, **head_options)
         t0 = time.perf_counter()
         model.train(max_epochs=max_epochs, batch_size=batch_size, lr=lr,
                     early_stopping=False if no_early_stopping else None, device=device, seed=seed, num_threads=threads)
@@ -272,7 +237,7 @@ def add_commands(cli: Any) -> None:
                 _, _, unknown = model._perturbation_inputs(perturbation)
             vectors = None
             if unknown:  # a held-out target the data does not measure: embedded as `scelmo train` does
-                vectors = _embed_genes_now(unknown, model.gene_table, dict(ctx.obj or {}), "the model has no vector for")
+                vectors = P.component_gene_vectors(unknown, model.gene_table, config=dict(ctx.obj or {}), progress=None)[0]
                 if any(c not in vectors for c in unknown):
                     raise _no_vector_error([c for c in unknown if c not in vectors], model.head.components)
             pred = model.predict_perturbation(adata, perturbation, device=device, perturbation_embeddings=vectors)

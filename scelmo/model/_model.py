@@ -32,6 +32,7 @@ by :meth:`Model.load` is registered in memory only, keyed by the object.
 
 from __future__ import annotations
 
+import inspect
 import time
 import warnings
 from collections.abc import Mapping
@@ -51,7 +52,7 @@ from scelmo.genes import GeneEmbeddings
 from scelmo.knowledge import roles
 from scelmo.model._save_load import read_model, save_model
 from scelmo.model._setup import AnnDataSetup, _remember, _setup_of, _setup_to_uns
-from scelmo.perturbation import components, lookup_gene_vectors
+from scelmo.perturbation import component_gene_vectors, components, genes_by_another_name
 
 
 def obs_column(adata: Any, key: str | None, *, unlabeled: str | None = None) -> np.ndarray | None:
@@ -141,10 +142,48 @@ class Model:
         self.head.check_inputs(labels=labels, batch=self._obs(setup.batch_key),
                                perturbations=self._obs(setup.perturbation_key))
         self.gene_table = self._gene_table(adata, gene_embeddings, config)
+        self._config = config
+        if self.head.supports("perturbation"):
+            self.head = self._with_component_vectors(head, head_options)
         self.is_trained = False
         self._training_data: Any = None  # the AnnData train() read (None for a loaded model)
         self.train_info: dict[str, Any] = {}
         self.train_genes: list[str] = []
+
+    def _with_component_vectors(self, head: str, head_options: dict[str, Any]) -> Any:
+        """The perturbation head made again with vectors for the training perturbations' gene
+        components that were given none: from the gene table, or embedded now (a knocked-out
+        gene is often not measured), as ``scelmo train`` does. A head that takes no
+        ``perturbation_embeddings`` finds its own."""
+        options = getattr(self.head, "options", None)
+        if options is None or "perturbation_embeddings" not in inspect.signature(type(self.head)).parameters:
+            return self.head
+        pert = self._obs(self.setup.perturbation_key or self.setup.batch_key)
+        if pert is None:
+            return self.head
+        sep, control = str(getattr(options, "separator", "+")), getattr(options, "control", None)
+        given = {str(k): v for k, v in (head_options.get("perturbation_embeddings") or {}).items()}
+        wanted = sorted({c for p in set(pert) if p is not None for c in components(str(p), sep=sep, control=control)}
+                        - set(given))
+        if not wanted:
+            return self.head
+        found, _ = component_gene_vectors(wanted, self.gene_table, config=self._config, progress=None)
+        unknown = [c for c in wanted if c not in found]
+        if unknown:
+            raise InputError(
+                f"No vector for perturbation component(s) {unknown[:10]}: they are not genes the configured knowledge "
+                f"knows. Check the spelling and the control name (control={control!r}); a drug or a stimulus needs a "
+                "vector from its description: scelmo.Model(..., perturbation_embeddings="
+                "scelmo.perturbation.text_perturbation_embeddings({name: description})).")
+        renamed = genes_by_another_name(list(found), self.gene_table)
+        if renamed:
+            shown = ", ".join(f"{n} -> {s}" for n, s in renamed[:8]) + (", ..." if len(renamed) > 8 else "")
+            warnings.warn(
+                f"Perturbation names read as genes by another name, and given those genes' vectors: {shown}. A name "
+                "that is not that gene (a stimulus or a drug) needs a vector from its description: "
+                "perturbation_embeddings=scelmo.perturbation.text_perturbation_embeddings({name: description}).",
+                ScelmoWarning, stacklevel=3)
+        return plugins.heads.create(head, **{**head_options, "perturbation_embeddings": {**found, **given}})
 
     # -- setup ----------------------------------------------------------------------------
     @classmethod
@@ -519,8 +558,9 @@ class Model:
             (matched by name; other genes are ignored).
         perturbation
             One name for all cells (``"KLF1"``, ``"KLF1+CEBPA"`` for a combination) or one
-            per cell. Each component needs a vector: seen in training, a gene of the model's
-            gene table (its gene vector), given to the head when the model was made
+            per cell. Each component needs a vector: seen in training, a gene (its vector in
+            the model's gene table, or the gene embedded now with the configured knowledge
+            and conditioned like the table: an unmeasured knockout), given to the head when the model was made
             (``Model(adata, head="perturbation", perturbation_embeddings={...})``), or given
             now in ``perturbation_embeddings``. A name that is a trained component in other
             case or under another symbol of the same gene (``"Jak2"``, ``"MARCHF8"`` for a
@@ -554,10 +594,10 @@ class Model:
             known = list(getattr(self.head, "components", ()))
             raise InputError(
                 f"No vector for perturbation component(s) {unknown[:10]}: the model was not trained on them (it knows "
-                f"{len(known)}: {', '.join(known[:8])}{', ...' if len(known) > 8 else ''}) and its gene table has no "
-                "such gene. Check the spelling, or give their vectors: predict_perturbation(..., "
-                "perturbation_embeddings={name: vector}), e.g. gene vectors from `scelmo.tl.embed_genes(genes=[...])` "
-                "conditioned with `model.gene_table.conditioning.apply`."
+                f"{len(known)}: {', '.join(known[:8])}{', ...' if len(known) > 8 else ''}) and they are not "
+                "genes the configured knowledge knows. Check the spelling, or give their vectors: "
+                "predict_perturbation(..., perturbation_embeddings={name: vector}), e.g. from "
+                "`scelmo.perturbation.text_perturbation_embeddings({name: description})` for a drug or a stimulus."
             )
         target = self.adata if adata is None else adata
         X, _, _, names = self.head_expression(target, normalize=False)
@@ -597,7 +637,8 @@ class Model:
         ``given``; the one component of the head with that name in other case, or under the
         same gene symbol (``"Jak2"`` -> ``"JAK2"``, ``"MARCHF8"`` -> ``"MARCH8"``); the
         model's gene table's (conditioned) vector of the gene, also under an older symbol (a
-        held-out knockout of a measured gene, MARCH8 for MARCHF8).
+        held-out knockout of a measured gene, MARCH8 for MARCHF8); a gene the table lacks,
+        embedded now (:func:`scelmo.perturbation.component_gene_vectors`).
 
         Returns
         -------
@@ -621,9 +662,8 @@ class Model:
         todo = [c for c in sorted(set(wanted) - set(known)) if c not in given]
         rename = _same_components(todo, known, self.gene_table)
         todo = [c for c in todo if c not in rename]
-        if todo and hasattr(self.head, "add_embeddings"):
-            vectors, found = lookup_gene_vectors(todo, self.gene_table, conditioned=True)
-            extra.update({c: vectors[i] for i, c in enumerate(todo) if found[i]})
+        if todo and hasattr(self.head, "add_embeddings"):  # genes: the table's, else embedded now
+            extra.update(component_gene_vectors(todo, self.gene_table, config=self._config)[0])
         unknown = [c for c in todo if c not in extra]
         if rename:
             def head_name(p: str) -> str:
@@ -662,6 +702,7 @@ class Model:
         self.head_name = info["head"]
         self.head = head
         self.gene_table = table
+        self._config = None
         self.is_trained = True
         self.train_info = dict(info.get("train", {}))
         self.train_genes = list(info.get("train_genes", []))
