@@ -58,6 +58,10 @@ class PluginError(ScelmoError):
 class IntegrityError(ScelmoError):
     """A file on disk does not match its recorded checksum."""
 
+    #: What to do about a saved model that is damaged (said by the Model and by a head's loader).
+    RESTORE_MODEL = ("Copy the model directory again from where it came from (or a backup), or train it again "
+                     "(`scelmo train ... -o DIR`, or `Model.train()` and `Model.save()`).")
+
 
 class OfflineError(ScelmoError):
     """A network role was requested while ``offline = true``."""

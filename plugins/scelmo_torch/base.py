@@ -79,9 +79,8 @@ def _damaged_file(path: Path, problem: object) -> IntegrityError:
     text = str(problem).strip()
     detail = text.splitlines()[0].split(". ")[0].rstrip(".")[:200] if text else type(problem).__name__
     return IntegrityError(
-        f"{path} cannot be read ({detail}); the saved head is damaged (an incomplete copy?). Copy the model "
-        "directory again from where it came from (or a backup), or train it again (`scelmo train ... -o DIR`, or "
-        "`Model.train()` and `Model.save()`)."
+        f"{path} cannot be read ({detail}); the saved head is damaged (an incomplete copy?). "
+        + IntegrityError.RESTORE_MODEL
     )
 
 

@@ -41,8 +41,6 @@ GENES_DIR = "gene_embeddings"
 FORMAT = "scelmo.Model"
 FORMAT_VERSION = 1
 #: What to do about a damaged model (every message of :func:`read_model` about one ends so).
-_RESTORE = ("Copy the model directory again from where it came from (or a backup), or train it again "
-            "(`scelmo train ... -o DIR`, or `Model.train()` and `Model.save()`).")
 #: What a head's ``load_state`` raises for a file it cannot parse (truncated, overwritten).
 _PARSE_ERRORS = (ValueError, RuntimeError, EOFError, KeyError, zipfile.BadZipFile, pickle.UnpicklingError)
 
@@ -57,7 +55,7 @@ def _head_checksums(directory: Path) -> dict[str, str]:
 
 
 def _damaged(path: Path, problem: str) -> IntegrityError:
-    return IntegrityError(f"The saved model at {path} is damaged: {problem}. {_RESTORE}")
+    return IntegrityError(f"The saved model at {path} is damaged: {problem}. {IntegrityError.RESTORE_MODEL}")
 
 
 def _first_clause(message: str) -> str:
