@@ -619,13 +619,16 @@ def predict(
         if any(g not in pos for g in genes):  # a query named otherwise (Ensembl IDs, aliases): by symbol
             vocab = roles.vocabulary()
             if vocab is not None:
+                # each query column feeds one model gene: a column that is a model gene under its own
+                # name (CASC7) is not also taken for another model gene it is an alias of (AGO2)
+                exact = {pos[g] for g in genes if g in pos}
                 by_symbol: dict[str, int] = {}
                 for j, sym in enumerate(vocab.resolve([str(v) for v in query.var_names]).symbols):
-                    if sym:
+                    if sym and j not in exact:
                         by_symbol.setdefault(sym, j)
                 for g, sym in zip(genes, model.train_genes, strict=True):
                     if g not in pos and str(sym) in by_symbol:
-                        pos[g] = by_symbol[str(sym)]
+                        pos[g] = by_symbol.pop(str(sym))
         have = np.array([g in pos for g in genes], dtype=bool)
         n_found = int(have.sum())
         if not genes or n_found < max(1, share * len(genes)):
@@ -641,10 +644,12 @@ def predict(
                 f"{100 * share:.0f}%): {hint}"
             )
         n_missing = len(genes) - n_found
+        pos = {g: pos[g] for g in genes if g in pos}  # (the model's genes only: the query's columns they use)
         if n_missing:
             warnings.warn(
                 f"{n_missing} of the model's {len(genes)} genes are not in the query; they are treated as "
-                f"not expressed (zero). {query.n_vars - n_found} query genes the model did not see are ignored.",
+                f"not expressed (zero). {query.n_vars - len(set(pos.values()))} query genes the model did not see are "
+                "ignored.",
                 stacklevel=2,
             )
         cols = np.array([pos[g] for g in genes if g in pos], dtype=np.int64)

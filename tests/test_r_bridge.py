@@ -366,3 +366,31 @@ def test_predict_normalises_over_the_models_genes_and_leaves_empty_cells_unlabel
     for bad in (2, None, [], "half"):
         out = r_bridge.predict(make_payload(Xq, qcells, GENES), fit["model"], min_overlap=bad)
         assert out["error_class"] == "InputError" and "(0, 1]" in out["message"], out
+
+
+def test_predict_never_feeds_one_query_gene_to_two_model_genes(tmp_path):
+    """R trial finding: a query without the model gene AGO2 but with CASC7 (a model gene too,
+    and an old alias of AGO2) had CASC7's counts put in AGO2's place as well, so they counted
+    twice; and the warning said "-1 query genes ... are ignored"."""
+    from scelmo.knowledge import roles
+
+    assert roles.vocabulary().resolve(["CASC7"]).symbols == ["AGO2"]
+    genes = [*GENES, "AGO2", "CASC7"]
+    ge = random_gene_embeddings(genes, dim=16)
+    ge.save(tmp_path / "ge")
+    X, cells, obs = _blocks(90)
+    rng = np.random.default_rng(3)
+    X = sp.hstack([X, sp.csr_matrix(rng.poisson(2.0, size=(90, 2)).astype(float))], format="csr")
+    fit = r_bridge.train(make_payload(X, cells, genes, obs), head="annotation", labels_key="type",
+                         gene_embeddings=str(tmp_path / "ge"), training={"max_epochs": 2, "seed": 0})
+    assert fit["ok"], fit
+    Xq, qcells, _ = _blocks(30, seed=1)
+    casc7 = sp.csr_matrix(rng.poisson(2.0, size=(30, 1)).astype(float))
+    without = r_bridge.predict(make_payload(sp.hstack([Xq, casc7], format="csr"), qcells, [*GENES, "CASC7"]),
+                               fit["model"])
+    zero = r_bridge.predict(make_payload(sp.hstack([Xq, sp.csr_matrix((30, 1)), casc7], format="csr"), qcells,
+                                         [*GENES, "AGO2", "CASC7"]), fit["model"])
+    assert without["ok"] and zero["ok"], (without, zero)
+    assert without["Z"] == zero["Z"] and without["labels"] == zero["labels"]  # AGO2 absent = AGO2 all zero
+    assert any("1 of the model's 14 genes are not in the query" in w and " 0 query genes" in w
+               for w in without["warnings"]), without["warnings"]

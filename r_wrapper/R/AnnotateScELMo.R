@@ -22,7 +22,12 @@
 #'   data.frame of labels and scores).
 #' @param reference An annotated Seurat object for kNN transfer.
 #' @param ref.labels Name of the `reference` metadata column with labels, or a
-#'   vector of labels (one per reference cell).
+#'   vector of labels (one per reference cell; a named vector is matched to the
+#'   reference's cells by name).
+#' @param unlabeled.category Reference label(s) that mean "not labelled" (e.g.
+#'   `"Unknown"`): those cells count as `NA`, never a label to give out. A reference
+#'   label `"unknown"` (scelmo's label for cells it cannot call) must be one of them
+#'   or renamed.
 #' @param cell.types Cell-type names for zero-shot annotation (at least two), or
 #'   a named character vector `c(name = "description", ...)` whose descriptions
 #'   are embedded instead of the names (names alone carry little signal).
@@ -30,7 +35,8 @@
 #'   objects when they are embedded here). An `assay` named here is read from the
 #'   reference too, and a scelmo reduction computed on another assay is not reused
 #'   (a message says so); without it, each object's default assay.
-#' @param reduction Name of a DimReduc to reuse: a scelmo one (computed when missing) or
+#' @param reduction Name of a DimReduc to reuse: a scelmo one (computed when missing, or
+#'   when `assay`, `aggregator` or `layer` is given and differs from how it was made) or
 #'   another method's, which must exist in both objects.
 #' @param k Neighbours for kNN transfer.
 #' @param label.name Name of the label column (the score goes to
@@ -56,14 +62,15 @@ AnnotateScELMo <- function(object, reference = NULL, ref.labels = NULL, cell.typ
 AnnotateScELMo.Seurat <- function(object, reference = NULL, ref.labels = NULL, cell.types = NULL,
                                   assay = NULL, layer = "counts", reduction = "scelmo", k = 10,
                                   aggregator = NULL, config = NULL, label.name = "scelmo_label",
-                                  verbose = TRUE, ...) {
+                                  unlabeled.category = NULL, verbose = TRUE, ...) {
   .check_seurat(object)
   # an assay named here is used for the reference too, and a reduction computed on another
   # assay is not reused; without one, each object's default assay
   explicit <- !is.null(assay)
   assay <- .resolve_assay(object, assay)
   res <- .annotate(object, reference, ref.labels, cell.types, assay, layer, reduction, k,
-                   aggregator, .dots_config(config, list(...)), label.name, verbose, explicit = explicit)
+                   aggregator, .dots_config(config, list(...)), label.name, verbose, explicit = explicit,
+                   explicit.layer = !missing(layer), unlabeled.category = unlabeled.category)
   object[[label.name]] <- stats::setNames(res$labels, colnames(object))
   object[[paste0(label.name, "_score")]] <- stats::setNames(res$scores, colnames(object))
   # what was done (method, markers per type, reference, timing), as Python's uns["scelmo"]["annotate"]
@@ -79,9 +86,10 @@ AnnotateScELMo.Seurat <- function(object, reference = NULL, ref.labels = NULL, c
 #' @export
 AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, cell.types = NULL,
                                    k = 10, aggregator = NULL, config = NULL,
-                                   label.name = "scelmo_label", verbose = TRUE, ...) {
+                                   label.name = "scelmo_label", unlabeled.category = NULL, verbose = TRUE, ...) {
   res <- .annotate(object, reference, ref.labels, cell.types, NULL, "counts", NULL, k,
-                   aggregator, .dots_config(config, list(...)), label.name, verbose)
+                   aggregator, .dots_config(config, list(...)), label.name, verbose,
+                   unlabeled.category = unlabeled.category)
   out <- data.frame(res$labels, res$scores, row.names = colnames(object))
   names(out) <- c(label.name, paste0(label.name, "_score"))
   attr(out, "scelmo") <- res$provenance
@@ -89,7 +97,9 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
 }
 
 # payload (+ embedding bytes) for one object
-.annotate_input <- function(x, assay, layer, reduction, meta = NULL, what, explicit = FALSE) {
+# `asked`: what the call set explicitly (aggregator, layer): a scelmo reduction made otherwise is
+# not reused, as one made on another assay is not
+.annotate_input <- function(x, assay, layer, reduction, meta = NULL, what, explicit = FALSE, asked = list()) {
   if (inherits(x, "Seurat")) {
     .check_seurat(x)
     assay <- .resolve_assay(x, assay)
@@ -106,11 +116,21 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
     }
     if (!is.null(reduction) && reduction %in% SeuratObject::Reductions(x)) {
       used <- SeuratObject::DefaultAssay(x[[reduction]])
+      made <- SeuratObject::Misc(x[[reduction]])$scelmo
+      other <- c(
+        aggregator = if (!is.null(asked$aggregator) && !is.null(made$aggregator) &&
+                         !identical(as.character(made$aggregator), asked$aggregator)) as.character(made$aggregator),
+        layer = if (!is.null(asked$layer) && !is.null(made$matrix) &&
+                    !identical(sub("^.*/", "", as.character(made$matrix)), asked$layer)) as.character(made$matrix))
       # (a scelmo reduction can be recomputed on the assay asked for; another method's is used as given)
       if (explicit && startsWith(reduction, "scelmo") && length(used) == 1 && nzchar(used) &&
           !identical(used, assay)) {
         message("scelmo: the '", reduction, "' reduction of ", what, " was computed on assay '", used,
                 "'; embedding assay '", assay, "' here instead")
+      } else if (startsWith(reduction, "scelmo") && length(other)) {
+        message("scelmo: the '", reduction, "' reduction of ", what, " was made with ",
+                paste0(names(other), " '", other, "'", collapse = " and "), ", not as asked here; embedding here ",
+                "instead (the reduction is left as it is)")
       } else if (startsWith(reduction, "scelmo") && length(SeuratObject::Misc(x[[reduction]])) == 0) {
         # a scelmo reduction without its misc (what merge(..., merge.dr = ) leaves): each part was
         # turned to its own axes, so the rows are not in one frame (a trial: 0.28 agreement)
@@ -132,7 +152,8 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
 }
 
 .annotate <- function(object, reference, ref.labels, cell.types, assay, layer, reduction, k,
-                      aggregator, config, label.name, verbose, explicit = FALSE) {
+                      aggregator, config, label.name, verbose, explicit = FALSE, explicit.layer = FALSE,
+                      unlabeled.category = NULL) {
   if (is.null(reference) == is.null(cell.types)) {
     .abort("Give either `reference` (with `ref.labels`) or `cell.types`, not both and not neither.",
            "scelmo_input_error")
@@ -140,9 +161,10 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
   if (!is.character(label.name) || length(label.name) != 1 || !nzchar(label.name)) {
     .abort("`label.name` must be one non-empty string.", "scelmo_input_error")
   }
+  asked <- list(aggregator = aggregator %||% .config_aggregator(config), layer = if (explicit.layer) layer)
   aggregator <- .aggregator(aggregator, config)
   .check_k(k)
-  query <- .annotate_input(object, assay, layer, reduction, what = "the query", explicit = explicit)
+  query <- .annotate_input(object, assay, layer, reduction, what = "the query", explicit = explicit, asked = asked)
   # a saved gene table (config gene.embeddings, as RunScELMo takes it) embeds both objects here
   gene_embeddings <- config[["gene.embeddings"]]
   config[["gene.embeddings"]] <- NULL
@@ -166,15 +188,21 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
         .abort(paste0("`ref.labels` has ", length(ref.labels), " values for ", n_ref, " reference cells."),
                "scelmo_input_error")
       }
-      labels <- ref.labels
+      labels <- .in_cell_order(ref.labels, colnames(reference), "ref.labels")
       col <- "scelmo_ref_labels"
     }
+    labels <- .unlabeled_as_na(labels, unlabeled.category)
     if (all(is.na(labels))) .abort("All reference labels are NA.", "scelmo_input_error")
+    if ("unknown" %in% as.character(labels)) {
+      .abort(c("The reference labels include \"unknown\", the label scelmo gives cells it cannot call.",
+               "Fix: mark those cells unlabelled (unlabeled.category = \"unknown\") or rename the label."),
+             "scelmo_input_error")
+    }
     known <- if (is.factor(labels)) levels(labels) else .natural_order(sort(unique(as.character(labels[!is.na(labels)]))))
     meta <- data.frame(as.character(labels), stringsAsFactors = FALSE)
     names(meta) <- col
     ref <- .annotate_input(reference, if (explicit) assay else NULL, layer, reduction, meta = meta,
-                           what = "the reference", explicit = explicit)
+                           what = "the reference", explicit = explicit, asked = asked)
     ref_embedding <- ref$embedding
     if (!is.null(reduction) && startsWith(reduction, "scelmo") &&
         (!is.null(args$embedding) || !is.null(ref_embedding))) {

@@ -134,11 +134,23 @@ RunScELMo.Seurat <- function(object, assay = NULL, layer = "counts", features = 
 # m: genes x cells; returns list(Z = cells x d matrix, provenance = list)
 # The aggregator: the argument, else the config's aggregate.method, else "wa"; both given
 # and different is an error (the argument used to win silently over the config).
+# The aggregator the config list sets, dotted (aggregate.method = "aa") or nested
+# (aggregate = list(method = "aa")); NULL when it sets none.
+.config_aggregator <- function(config) {
+  nested <- config[["aggregate"]]
+  config[["aggregate.method"]] %||% (if (is.list(nested)) nested[["method"]])
+}
+
 .aggregator <- function(aggregator, config) {
-  from_config <- config[["aggregate.method"]]
+  from_config <- .config_aggregator(config)
   if (!is.null(aggregator) && !is.null(from_config) && !identical(aggregator, from_config)) {
     .abort(paste0("`aggregator = \"", aggregator, "\"` and the config's `aggregate.method = \"", from_config,
                   "\"` disagree; give one of them."), "scelmo_input_error")
+  }
+  # else the settings' (scelmo.toml, SCELMO_AGGREGATE__METHOD), as Python resolves them
+  if (is.null(aggregator %||% from_config)) {
+    config[["gene.embeddings"]] <- NULL  # (the R functions' own key, not a setting)
+    aggregator <- .call_bridge("config_show", if (length(config)) unclass(config) else NULL)$config$aggregate$method
   }
   aggregator <- aggregator %||% from_config %||% "wa"
   if (!is.character(aggregator) || length(aggregator) != 1 || is.na(aggregator) || !nzchar(aggregator)) {

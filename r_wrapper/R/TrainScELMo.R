@@ -23,8 +23,8 @@
 #' @param object A Seurat object, or a genes x cells matrix (dense or any sparse
 #'   `Matrix`) with gene and cell names.
 #' @param labels Cell types: the name of a metadata column, or one label per cell
-#'   (`NA` = unlabelled; skipped by the annotation head). Needed for
-#'   `head = "annotation"`.
+#'   (`NA` = unlabelled; skipped by the annotation head; a named vector is matched
+#'   to the cells by name). Needed for `head = "annotation"`.
 #' @param batch Batches: the name of a metadata column or one value per cell.
 #'   Needed for `head = "integration"`.
 #' @param head `"annotation"` or `"integration"` (or a head registered by a Python
@@ -41,6 +41,9 @@
 #' @param config Settings for the gene vectors (see [scelmo_config()]).
 #' @param gene.embeddings Path to a saved gene table (Python
 #'   `GeneEmbeddings.save`) to use instead of embedding the genes now.
+#' @param unlabeled.category Label(s) that mean "not labelled" (e.g. `"Unknown"`,
+#'   `"unassigned"`): those cells count as `NA` (not a class to learn), as Python's
+#'   `setup_anndata(unlabeled_category =)`.
 #' @param verbose Print a summary when done.
 #' @param ... Options of the head, with dots or underscores: `latent = 32`,
 #'   `hidden = 64`, `triplet.weight = 1`, `knn.k = 10`, ...
@@ -70,13 +73,13 @@ TrainScELMo.Seurat <- function(object, labels = NULL, batch = NULL, head = "anno
                                layer = "counts", max.epochs = NULL, batch.size = NULL, lr = NULL,
                                early.stopping = NULL, seed = 0L, device = "auto", num.threads = NULL,
                                training = NULL, normalize = "auto", config = NULL, gene.embeddings = NULL,
-                               verbose = TRUE, ...) {
+                               unlabeled.category = NULL, verbose = TRUE, ...) {
   .check_seurat(object)
   assay <- .resolve_assay(object, assay)
   m <- .get_layer(object, assay, layer)
   .train(m, object[[]], labels, batch, head, max.epochs, batch.size, lr, early.stopping, seed, device,
          num.threads, training, normalize, config, gene.embeddings, verbose, list(...),
-         source = paste0(assay, "/", layer))
+         source = paste0(assay, "/", layer), unlabeled.category = unlabeled.category)
 }
 
 #' @rdname TrainScELMo
@@ -85,23 +88,51 @@ TrainScELMo.default <- function(object, labels = NULL, batch = NULL, head = "ann
                                 max.epochs = NULL, batch.size = NULL, lr = NULL, early.stopping = NULL,
                                 seed = 0L, device = "auto", num.threads = NULL, training = NULL,
                                 normalize = "auto", config = NULL, gene.embeddings = NULL,
-                                verbose = TRUE, ...) {
+                                unlabeled.category = NULL, verbose = TRUE, ...) {
   if (inherits(object, "Seurat")) {
     return(TrainScELMo.Seurat(object, labels = labels, batch = batch, head = head, max.epochs = max.epochs,
                               batch.size = batch.size, lr = lr, early.stopping = early.stopping, seed = seed,
                               device = device, num.threads = num.threads, training = training,
                               normalize = normalize, config = config, gene.embeddings = gene.embeddings,
-                              verbose = verbose, ...))
+                              unlabeled.category = unlabeled.category, verbose = verbose, ...))
   }
   if (is.null(dim(object)) || length(dim(object)) != 2) {
     .abort("Expected a Seurat object or a genes x cells matrix.", "scelmo_input_error")
   }
   .train(object, NULL, labels, batch, head, max.epochs, batch.size, lr, early.stopping, seed, device,
-         num.threads, training, normalize, config, gene.embeddings, verbose, list(...), source = "matrix")
+         num.threads, training, normalize, config, gene.embeddings, verbose, list(...), source = "matrix",
+         unlabeled.category = unlabeled.category)
 }
 
 # One per-cell column: a metadata column name or a vector; returns list(name, values) or NULL.
-.cell_column <- function(x, meta, n, what, internal) {
+# One value per cell, in the cells' order: a named vector (from a barcode -> label table) is
+# matched by name, as Seurat's AddMetaData() does; an unnamed one is taken in order.
+.in_cell_order <- function(x, cells, what) {
+  nm <- names(x)
+  if (is.null(nm) || is.null(cells) || identical(nm, cells)) return(unname(x))
+  idx <- match(cells, nm)
+  if (anyNA(idx) || anyDuplicated(nm) || length(nm) != length(cells)) {
+    .abort(c(paste0("The names of `", what, "` are not the cells' names (", sum(!is.na(idx)), " of ",
+                    length(cells), " cells found among them, e.g. '", cells[which(is.na(idx))[1]], "')."),
+             paste0("Fix: name the values by cell (colnames of the object), once each, or pass them unnamed ",
+                    "in the object's cell order.")), "scelmo_input_error")
+  }
+  unname(x[idx])
+}
+
+# Labels with the unlabelled category (e.g. "Unknown", "unassigned") as NA: those cells are
+# not a class (Python's `setup_anndata(unlabeled_category=)`).
+.unlabeled_as_na <- function(v, category) {
+  if (is.null(category)) return(v)
+  if (!is.character(category) || length(category) == 0 || anyNA(category) || any(!nzchar(category))) {
+    .abort("`unlabeled.category` must be the label(s) of unlabelled cells, e.g. \"Unknown\".",
+           "scelmo_input_error")
+  }
+  v[as.character(v) %in% category] <- NA
+  if (is.factor(v)) droplevels(v, exclude = category) else v
+}
+
+.cell_column <- function(x, meta, n, what, internal, cells = NULL) {
   if (is.null(x)) return(NULL)
   if (is.character(x) && length(x) == 1 && n != 1) {
     if (is.null(meta)) {
@@ -121,7 +152,7 @@ TrainScELMo.default <- function(object, labels = NULL, batch = NULL, head = "ann
     .abort(paste0("`", what, "` has ", length(x), " values for ", n, " cells: give a metadata column name ",
                   "or one value per cell."), "scelmo_input_error")
   }
-  list(name = internal, values = x)
+  list(name = internal, values = .in_cell_order(x, cells, what))
 }
 
 .check_head <- function(head) {
@@ -131,12 +162,14 @@ TrainScELMo.default <- function(object, labels = NULL, batch = NULL, head = "ann
 }
 
 .train <- function(m, meta, labels, batch, head, max.epochs, batch.size, lr, early.stopping, seed, device,
-                   num.threads, training, normalize, config, gene.embeddings, verbose, dots, source) {
+                   num.threads, training, normalize, config, gene.embeddings, verbose, dots, source,
+                   unlabeled.category = NULL) {
   .check_head(head)
   m <- .check_matrix(.as_dgc(m), "the training data")
   n <- ncol(m)
-  lab <- .cell_column(labels, meta, n, "labels", "scelmo_labels")
-  bat <- .cell_column(batch, meta, n, "batch", "scelmo_batch")
+  lab <- .cell_column(labels, meta, n, "labels", "scelmo_labels", colnames(m))
+  if (!is.null(lab)) lab$values <- .unlabeled_as_na(lab$values, unlabeled.category)
+  bat <- .cell_column(batch, meta, n, "batch", "scelmo_batch", colnames(m))
   if (identical(head, "annotation") && is.null(lab)) {
     .abort(c("head = \"annotation\" learns cell types, so it needs `labels`: a metadata column name ",
              "(e.g. labels = \"celltype\") or one label per cell."), "scelmo_input_error")

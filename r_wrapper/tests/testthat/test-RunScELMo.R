@@ -212,3 +212,15 @@ test_that("a SingleCellExperiment gets a classed error that says what to pass", 
   sce <- SingleCellExperiment::SingleCellExperiment(assays = list(counts = toy_counts(20)))
   expect_error(RunScELMo(sce, verbose = FALSE), class = "scelmo_input_error", regexp = "counts\\(sce\\)")
 })
+
+test_that("the aggregator comes from a nested config and the settings too (trial: 'wa' was always used)", {
+  skip_if_no_python()
+  m <- toy_counts()
+  nested <- RunScELMo(m, config = list(aggregate = list(method = "aa")), verbose = FALSE)
+  dotted <- RunScELMo(m, config = list(aggregate.method = "aa"), verbose = FALSE)
+  wa <- RunScELMo(m, aggregator = "wa", verbose = FALSE)
+  expect_equal(unclass(nested)[, ], unclass(dotted)[, ])
+  expect_false(isTRUE(all.equal(unclass(nested)[, ], unclass(wa)[, ])))
+  expect_error(RunScELMo(m, aggregator = "wa", config = list(aggregate = list(method = "aa")), verbose = FALSE),
+               "disagree", class = "scelmo_input_error")
+})

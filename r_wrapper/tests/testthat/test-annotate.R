@@ -120,3 +120,17 @@ test_that("a scelmo reduction merged from two objects (no record) is embedded af
                  "carries no scelmo record")
   expect_true(all(out$scelmo_label %in% c("T cell", "B cell", "monocyte", "unknown")))
 })
+
+test_that("a scelmo reduction made otherwise than asked is not reused (trial: explicit aggregator ignored)", {
+  skip_if_no_annotate()
+  seu <- RunScELMo(toy_seurat(), aggregator = "aa", verbose = FALSE)
+  types <- c("T cell", "B cell", "monocyte")
+  expect_message(asked <- AnnotateScELMo(seu, cell.types = types, aggregator = "wa", verbose = FALSE),
+                 "made with aggregator 'aa', not as asked")
+  fresh <- AnnotateScELMo(seu, cell.types = types, aggregator = "wa", reduction = NULL, verbose = FALSE)
+  expect_identical(asked$scelmo_label, fresh$scelmo_label)
+  expect_equal(asked$scelmo_label_score, fresh$scelmo_label_score)
+  # as made, or nothing asked: reused, silently
+  expect_silent(AnnotateScELMo(seu, cell.types = types, aggregator = "aa", verbose = FALSE))
+  expect_message(AnnotateScELMo(seu, cell.types = types, layer = "data", verbose = FALSE), "layer 'RNA/counts'")
+})

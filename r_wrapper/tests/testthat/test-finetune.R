@@ -192,3 +192,37 @@ test_that("fine-tuning errors say what to do next", {
   expect_error(PredictScELMo(other, model, verbose = FALSE), class = "scelmo_input_error",
                regexp = "shares 0 of the model's 230 genes.*trained on other genes")
 })
+
+test_that("labels given as a named vector are matched to the cells by name (trial: used by position)", {
+  skip_if_no_python()
+  s <- pbmc_split()
+  lab <- stats::setNames(as.character(s$ref$RNA_snn_res.1), colnames(s$ref))
+  shuffled <- rev(lab)  # the same labels, another order
+  m1 <- TrainScELMo(s$ref, labels = lab, max.epochs = 1, seed = 0L, verbose = FALSE)
+  m2 <- TrainScELMo(s$ref, labels = shuffled, max.epochs = 1, seed = 0L, verbose = FALSE)
+  q1 <- PredictScELMo(s$query, m1, verbose = FALSE)
+  q2 <- PredictScELMo(s$query, m2, verbose = FALSE)
+  expect_identical(as.character(q1$scelmo_label), as.character(q2$scelmo_label))
+  expect_equal(q1$scelmo_label_score, q2$scelmo_label_score)
+  bad <- stats::setNames(lab, paste0(names(lab), "_x"))
+  expect_error(TrainScELMo(s$ref, labels = bad, max.epochs = 1, verbose = FALSE),
+               "names of `labels` are not the cells' names", class = "scelmo_input_error")
+})
+
+test_that("unlabeled.category: those cells are unlabelled, not a class (trial: 'Unknown' was learned)", {
+  skip_if_no_python()
+  s <- pbmc_split()
+  ref <- s$ref
+  lab <- as.character(ref$RNA_snn_res.1)
+  lab[seq(1, length(lab), by = 5)] <- "Unknown"
+  ref$with_unknown <- lab
+  expect_warning(m <- TrainScELMo(ref, labels = "with_unknown", unlabeled.category = "Unknown", max.epochs = 1,
+                                  verbose = FALSE), "have no label and are left out")
+  expect_identical(m$classes, c("0", "1", "2"))
+  q <- AnnotateScELMo(s$query, reference = ref, ref.labels = "with_unknown", unlabeled.category = "Unknown",
+                      verbose = FALSE)
+  expect_false("Unknown" %in% as.character(q$scelmo_label))
+  ref$lower <- sub("Unknown", "unknown", lab)
+  expect_error(AnnotateScELMo(s$query, reference = ref, ref.labels = "lower", verbose = FALSE),
+               "the label scelmo gives cells it cannot call", class = "scelmo_input_error")
+})
