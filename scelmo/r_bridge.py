@@ -33,6 +33,8 @@ also hand R the :class:`scelmo.Model` object itself, which R keeps as an opaque 
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 import traceback
 import warnings
@@ -231,6 +233,24 @@ def info() -> dict[str, Any]:
         "numpy": numpy.__version__,
         "has_annotate": _has_annotate(),
     }
+
+
+#: Environment variables R passes on at every call (R's ``Sys.setenv()`` after Python started
+#: changes the process environment, which Python's ``os.environ``, read once at start, does not
+#: see): scelmo's settings and provider keys and endpoints.
+SYNCED_ENV = re.compile(r"^SCELMO_|_API_KEY$|_API_BASE$|_BASE_URL$")
+
+
+def sync_environ(names: Sequence[str], values: Sequence[str]) -> dict[str, Any]:
+    """Make ``os.environ``'s :data:`SYNCED_ENV` variables R's: set ``names`` to ``values`` and
+    remove the others (unset in R with ``Sys.unsetenv()``)."""
+    wanted = {str(n): str(v) for n, v in zip(names, values, strict=True) if SYNCED_ENV.search(str(n))}
+    for name in [n for n in os.environ if SYNCED_ENV.search(n) and n not in wanted]:
+        del os.environ[name]
+    for name, value in wanted.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+    return {"ok": True}
 
 
 def _has_annotate() -> bool:

@@ -394,3 +394,21 @@ def test_predict_never_feeds_one_query_gene_to_two_model_genes(tmp_path):
     assert without["Z"] == zero["Z"] and without["labels"] == zero["labels"]  # AGO2 absent = AGO2 all zero
     assert any("1 of the model's 14 genes are not in the query" in w and " 0 query genes" in w
                for w in without["warnings"]), without["warnings"]
+
+
+def test_sync_environ_mirrors_r_for_settings_and_keys():
+    """R trial finding: Sys.setenv() after Python started was not seen (os.environ is read once)."""
+    import os
+
+    saved = dict(os.environ)  # (the sync removes every SCELMO_* variable R lacks: the test's too)
+    os.environ["SCELMO_OLD__SETTING"] = "1"
+    os.environ["PATH_UNRELATED_VAR"] = "kept"
+    try:
+        assert r_bridge.sync_environ(["SCELMO_AGGREGATE__METHOD", "OPENAI_API_KEY", "HOME"],
+                                     ["aa", "sk-x", "/elsewhere"])["ok"]
+        assert os.environ["SCELMO_AGGREGATE__METHOD"] == "aa" and os.environ["OPENAI_API_KEY"] == "sk-x"
+        assert "SCELMO_OLD__SETTING" not in os.environ  # unset in R
+        assert os.environ["PATH_UNRELATED_VAR"] == "kept" and os.environ.get("HOME") != "/elsewhere"  # not ours
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

@@ -102,8 +102,22 @@
 
 # Call a bridge function; turn its {ok = FALSE} answer into an R error and
 # re-issue Python warnings as R warnings.
+# R's Sys.setenv() after Python started is not seen by Python's os.environ (read once): scelmo's
+# SCELMO_* settings and provider keys/endpoints are passed on at every call (never stored).
+.SYNCED_ENV <- "^SCELMO_|_API_KEY$|_API_BASE$|_BASE_URL$"
+
+.sync_env <- function(bridge) {
+  env <- Sys.getenv()
+  keep <- grepl(.SYNCED_ENV, names(env))
+  if (reticulate::py_has_attr(bridge, "sync_environ")) {
+    bridge$sync_environ(as.list(names(env)[keep]), as.list(unname(as.character(env[keep]))))
+  }
+  invisible(NULL)
+}
+
 .call_bridge <- function(fun, ...) {
   bridge <- .bridge()
+  .sync_env(bridge)
   res <- tryCatch(bridge[[fun]](...), error = function(e) {
     .abort(c(paste0("Python failed in scelmo.r_bridge.", fun, ": ", conditionMessage(e)),
              "This is a bug or a version mismatch between the R and Python packages; please report it."),

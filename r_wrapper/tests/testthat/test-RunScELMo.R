@@ -224,3 +224,18 @@ test_that("the aggregator comes from a nested config and the settings too (trial
   expect_error(RunScELMo(m, aggregator = "wa", config = list(aggregate = list(method = "aa")), verbose = FALSE),
                "disagree", class = "scelmo_input_error")
 })
+
+test_that("settings and keys set with Sys.setenv() after Python started reach it (trial: ignored)", {
+  skip_if_no_python()
+  scelmo_config_show(print = FALSE)  # Python is running
+  old <- Sys.getenv("SCELMO_AGGREGATE__METHOD", unset = NA)
+  on.exit(if (is.na(old)) Sys.unsetenv("SCELMO_AGGREGATE__METHOD") else Sys.setenv(SCELMO_AGGREGATE__METHOD = old))
+  Sys.setenv(SCELMO_AGGREGATE__METHOD = "aa")
+  expect_identical(scelmo_config_show(print = FALSE)$aggregate$method, "aa")
+  Sys.unsetenv("SCELMO_AGGREGATE__METHOD")
+  expect_identical(scelmo_config_show(print = FALSE)$aggregate$method, "wa")
+  Sys.setenv(MYPROVIDER_API_KEY = "sk-from-r")
+  on.exit(Sys.unsetenv("MYPROVIDER_API_KEY"), add = TRUE)
+  scelmo_config_show(print = FALSE)
+  expect_identical(reticulate::import("os")$environ$get("MYPROVIDER_API_KEY"), "sk-from-r")
+})
