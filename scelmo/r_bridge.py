@@ -520,6 +520,14 @@ def _r_genes(model: Any) -> list[str]:
     return [original.get(str(g), str(g)) for g in model.train_genes]
 
 
+def _class_order(classes: list[str], order: Sequence[str] | None) -> list[str]:
+    """``classes`` in R's ``order`` (a factor's levels), any others after them."""
+    if not order:
+        return classes
+    first = [c for c in order if c in set(classes)]
+    return first + [c for c in classes if c not in set(first)]
+
+
 def _model_info(model: Any, extra: Mapping[str, Any]) -> dict[str, Any]:
     """What the R handle shows and checks (primitives only)."""
     genes = _r_genes(model)
@@ -529,7 +537,8 @@ def _model_info(model: Any, extra: Mapping[str, Any]) -> dict[str, Any]:
     train = {k: v for k, v in dict(model.train_info).items() if isinstance(v, str | int | float | bool)}
     return {
         "head": str(model.head_name),
-        "classes": [str(c) for c in model.head.classes],
+        "classes": _class_order([str(c) for c in model.head.classes], extra.get("class_order")),
+        "classes_ordered": bool(extra.get("class_order")),
         "predicts_labels": bool(model.head.supports("labels")),
         "labels_key": model.setup.labels_key, "batch_key": model.setup.batch_key,
         "genes": encode_strings(genes), "n_genes": len(genes),
@@ -555,6 +564,7 @@ def train(
     config: Mapping[str, Any] | None = None,
     gene_embeddings: str | None = None,
     normalize: str = "auto",
+    class_order: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Train a :class:`scelmo.Model` on an R payload (what ``TrainScELMo`` calls).
 
@@ -563,8 +573,10 @@ def train(
     ``batch_key`` name metadata columns of the payload. ``head_options`` go to the head
     (e.g. ``latent``), ``training`` to :meth:`scelmo.Model.train` (``max_epochs``,
     ``batch_size``, ``lr``, ``early_stopping``, ``seed``, ``device``, ``num_threads``,
-    ...). Returns ``model`` (the Python object; R keeps it in its handle) and ``info``
-    (head, classes, training genes as bytes, training summary and per-epoch history).
+    ...). ``class_order``: the order R shows the classes in (a factor's levels), kept with the
+    model (and its saved sidecar). Returns ``model`` (the Python object; R keeps it in its
+    handle) and ``info`` (head, classes, training genes as bytes, training summary and
+    per-epoch history).
     """
 
     def run() -> dict[str, Any]:
@@ -589,6 +601,9 @@ def train(
         symbols = dict(zip(map(str, adata.var_names), map(str, adata.var[keys.GENE_SYMBOL]), strict=True)) \
             if keys.GENE_SYMBOL in adata.var else {}
         model._r_bridge = {"normalize": used, "symbols": symbols}
+        if class_order is not None:
+            model._r_bridge["class_order"] = [str(c) for c in ([class_order] if isinstance(class_order, str)
+                                                              else class_order)]
         if used == "log1p":  # normalised here over the training genes: Python queries are scaled the same way
             model.train_info["normalized_counts"] = True
         model.adata = None  # the handle keeps the weights, not the training data

@@ -226,11 +226,10 @@ TrainScELMo.default <- function(object, labels = NULL, batch = NULL, head = "ann
                       head = head, labels_key = lab$name, batch_key = bat$name,
                       head_options = if (length(head_options)) head_options else NULL,
                       training = settings, config = if (length(cfg)) cfg else NULL,
-                      gene_embeddings = gene.embeddings, normalize = normalize)
+                      gene_embeddings = gene.embeddings, normalize = normalize,
+                      # a factor's level order (seurat_clusters, ...), kept with the saved model
+                      class_order = if (!is.null(lab) && is.factor(lab$values)) as.list(levels(lab$values)))
   model <- .new_model(res$model, res$info, path = NULL)
-  if (!is.null(lab) && is.factor(lab$values)) {  # a factor's level order (seurat_clusters, ...)
-    model$classes <- c(intersect(levels(lab$values), model$classes), setdiff(model$classes, levels(lab$values)))
-  }
   model$labels <- lab$name
   model$batch <- bat$name
   if (verbose) message(.train_line(model))
@@ -268,7 +267,8 @@ TrainScELMo.default <- function(object, labels = NULL, batch = NULL, head = "ann
   structure(list(
     py = py,
     head = info$head,
-    classes = .natural_order(unlist(info$classes)),
+    # (in the training factor's level order when there was one, else numbers by value)
+    classes = if (isTRUE(info$classes_ordered)) unlist(info$classes) else .natural_order(unlist(info$classes)),
     predicts.labels = isTRUE(info$predicts_labels),
     genes = genes,
     labels = info$labels_key,

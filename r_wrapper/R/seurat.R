@@ -106,8 +106,15 @@
            chunk.size = "aggregate.chunk_size", describe = "describe.model", embed = "embed.model",
            flavor = "aggregate.flavor", n.top.genes = "aggregate.n_top_genes",
            normalize = "aggregate.normalize", transform = "aggregate.transform")
+  sections <- NULL
   for (nm in names(dots)) {
-    key <- if (nm %in% names(map)) map[[nm]] else if (grepl(".", nm, fixed = TRUE)) nm else NULL
+    key <- if (nm %in% names(map)) map[[nm]] else NULL
+    if (is.null(key) && grepl(".", nm, fixed = TRUE)) {
+      # a dotted config key names a settings section ("aggregate.l2_normalize"); another
+      # dotted name is an argument of some other function (Seurat's group.by, dims.use, ...)
+      sections <- sections %||% names(.call_bridge("config_show", NULL)$config)
+      if (sub("\\..*$", "", nm) %in% sections) key <- nm
+    }
     if (is.null(key)) {
       .abort(paste0("Unknown argument '", nm, "'. Use one of ", paste(names(map), collapse = ", "),
                     ", a dotted config key such as `aggregate.l2_normalize = TRUE`, or `config =`."),

@@ -239,3 +239,13 @@ test_that("settings and keys set with Sys.setenv() after Python started reach it
   scelmo_config_show(print = FALSE)
   expect_identical(reticulate::import("os")$environ$get("MYPROVIDER_API_KEY"), "sk-from-r")
 })
+
+test_that("a dotted argument that is no settings key is an unknown argument (trial: a config error)", {
+  skip_if_no_python()
+  seu <- toy_seurat()
+  expect_error(RunScELMo(seu, dims.use = 1:3, verbose = FALSE), "Unknown argument 'dims.use'",
+               class = "scelmo_input_error")
+  # a dotted settings key still works
+  a <- RunScELMo(seu, aggregate.l2_normalize = TRUE, verbose = FALSE)
+  expect_true("scelmo" %in% SeuratObject::Reductions(a))
+})

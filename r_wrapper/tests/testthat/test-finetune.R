@@ -39,6 +39,10 @@ test_that("TrainScELMo + PredictScELMo on pbmc_small: labels, scores, DimReduc, 
   m2 <- TrainScELMo(r2, labels = "rev", max.epochs = 1, verbose = FALSE)
   expect_identical(m2$classes, c("2", "1", "0"))
   expect_identical(levels(PredictScELMo(s$query, m2, verbose = FALSE)$scelmo_label), c("2", "1", "0"))
+  # ... also after saving and loading (trial finding: it came back sorted)
+  dir2 <- file.path(tempfile(), "rev_model")
+  SaveScELMoModel(m2, dir2)
+  expect_identical(LoadScELMoModel(dir2)$classes, c("2", "1", "0"))
 
   q <- PredictScELMo(s$query, model, verbose = FALSE)
   expect_true(all(c("scelmo_label", "scelmo_label_score") %in% colnames(q[[]])))
