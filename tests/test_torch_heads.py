@@ -297,3 +297,30 @@ def test_training_history_plot(tmp_path):
     assert png.stat().st_size > 10_000
     with pytest.raises(scelmo.ScelmoError, match="train"):
         scelmo.pl.training_history(scelmo.Model(a, head="annotation"))
+
+
+def test_latent_with_the_residual_adapter_is_refused_not_ignored(batches, tmp_path):
+    """R trial finding: latent=32 (the docs' example) left the embedding as wide as the gene
+    vectors in silence, since the default residual adapter keeps their width."""
+    import json
+
+    from scelmo import plugin as plugins
+
+    with pytest.raises(ConfigError, match="residual=False"):
+        plugins.heads.create("annotation", latent=16)
+    assert plugins.heads.create("annotation", latent=16, residual=False).options.latent == 16
+    a = batches.copy()
+    scelmo.Model.setup_anndata(a, labels_key="bulk_labels")
+    m = scelmo.Model(a, head="annotation").train(max_epochs=1, seed=0)
+    assert "latent" not in m.head.saved_options()  # (not written, so the saved model loads)
+    path = m.save(tmp_path / "ann")
+    # a model saved before (latent in its options beside residual=True) still loads
+    spec = path / "head" / "head.json"
+    info = json.loads(spec.read_text())
+    info["options"]["latent"] = 32
+    spec.write_text(json.dumps(info))
+    model_json = json.loads((path / "model.json").read_text())
+    model_json["head_sha256"]["head.json"] = io.sha256_file(spec)
+    (path / "model.json").write_text(json.dumps(model_json))
+    loaded = scelmo.Model.load(path, adata=a)
+    np.testing.assert_array_equal(loaded.get_latent_representation(device="cpu"), m.get_latent_representation(device="cpu"))

@@ -107,6 +107,10 @@ class AdapterOptions(ComponentOptions):
         # only when asked for: a head whose default is "on" simply does not tune the paper's adapter
         if self.tune_genes and not self.residual and "tune_genes" in self.model_fields_set:
             raise ValueError("tune_genes=True needs the residual adapter (residual=True).")
+        # (a trial: latent=32 with the default residual adapter gave a 384-wide embedding, silently)
+        if self.residual and "latent" in self.model_fields_set:
+            raise ValueError("latent sets the width of the non-residual adapter's embedding; the default residual "
+                             "adapter keeps the gene vectors' width. Add residual=False, or leave latent out.")
         return self
 
 

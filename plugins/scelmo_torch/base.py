@@ -439,7 +439,8 @@ class TorchHead(TaskHead):
     # -- persistence --------------------------------------------------------------------
     def saved_options(self) -> dict[str, Any]:
         """The options written by :meth:`save_state` (a subclass may resolve automatic ones)."""
-        return self.options.model_dump(mode="json")
+        return self.options.model_dump(mode="json", exclude={"latent"} if getattr(self.options, "residual", False)
+                                       else None)
 
     def save_state(self, directory: str | Path) -> None:
         """Write the weights (``weights.pt``) and spec/options/history (``head.json``) to ``directory``."""
@@ -485,7 +486,10 @@ class TorchHead(TaskHead):
             raise _damaged_file(spec_path, "not a head description")
         if info.get("head") != cls.name:
             raise ScelmoError(f"{directory} holds a {info.get('head')!r} head, not {cls.name!r}.")
-        head = cls(**{**(option_defaults or {}), **info.get("options", {})})
+        options = {**(option_defaults or {}), **info.get("options", {})}
+        if options.get("residual") is True:  # (saved before latent was refused with the residual adapter)
+            options.pop("latent", None)
+        head = cls(**options)
         head.spec = info.get("spec", {})
         head.history = info.get("history", [])
         head.best_score, head.best_epoch = info.get("best_score"), info.get("best_epoch")

@@ -137,7 +137,7 @@ def add_commands(cli: Any) -> None:
     @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
     @click.option("--seed", default=0, show_default=True, type=int)
     @click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads (default 1 on CPU).")
-    @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Head option, e.g. --option latent=32.")
+    @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Head option, e.g. --option knn_k=15.")
     @click.option("--latent-output", type=click.Path(), help="Also write INPUT with the learned embedding in obsm (.h5ad or .zarr).")
     @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
     @click.pass_context

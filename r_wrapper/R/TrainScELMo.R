@@ -45,8 +45,9 @@
 #'   `"unassigned"`): those cells count as `NA` (not a class to learn), as Python's
 #'   `setup_anndata(unlabeled_category =)`.
 #' @param verbose Print a summary when done.
-#' @param ... Options of the head, with dots or underscores: `latent = 32`,
-#'   `hidden = 64`, `triplet.weight = 1`, `knn.k = 10`, ...
+#' @param ... Options of the head, with dots or underscores: `hidden = 64`,
+#'   `triplet.weight = 1`, `knn.k = 10`, ...; `latent = 32` only with
+#'   `residual = FALSE` (the default residual adapter keeps the gene vectors' width).
 #' @return An object of class `scelmo_model`: a list with `head`, `classes`,
 #'   `genes` (the training genes, in order), `labels` and `batch` (what was used),
 #'   `train` (cells, genes, epochs, seconds, device, best validation score),
@@ -239,7 +240,7 @@ TrainScELMo.default <- function(object, labels = NULL, batch = NULL, head = "ann
 .head_options <- function(dots) {
   if (length(dots) == 0) return(list())
   if (is.null(names(dots)) || any(!nzchar(names(dots)))) {
-    .abort("Extra arguments are head options and must be named (e.g. latent = 32).", "scelmo_input_error")
+    .abort("Extra arguments are head options and must be named (e.g. knn.k = 15).", "scelmo_input_error")
   }
   names(dots) <- gsub(".", "_", names(dots), fixed = TRUE)
   for (nm in names(dots)) {

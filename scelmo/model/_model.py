@@ -111,7 +111,7 @@ class Model:
     config
         Settings (or a mapping of overrides) for embedding the genes when needed.
     **head_options
-        Options of the head (e.g. ``latent=32``, ``triplet_weight=1.0``); unknown
+        Options of the head (e.g. ``knn_k=15``, ``triplet_weight=1.0``); unknown
         options are errors listing the allowed ones.
     """
 
