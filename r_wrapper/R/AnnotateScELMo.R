@@ -102,7 +102,7 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
 .annotate_input <- function(x, assay, layer, reduction, meta = NULL, what, explicit = FALSE, asked = list()) {
   if (inherits(x, "Seurat")) {
     .check_seurat(x)
-    assay <- .resolve_assay(x, assay)
+    assay <- .resolve_assay(x, assay, what)
     m <- .get_layer(x, assay, layer)
     emb <- NULL
     if (!is.null(reduction) && (!is.character(reduction) || length(reduction) != 1 || is.na(reduction) ||
@@ -217,6 +217,11 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
     args <- c(args, list(reference = ref$payload, reference_embedding = ref_embedding, ref_labels = col))
   } else {
     texts <- NULL
+    if (!is.null(names(cell.types)) && !all(nzchar(names(cell.types)))) {
+      .abort(c("`cell.types` names some entries and not others.",
+               paste0("Fix: all unnamed (c(\"T cell\", \"B cell\")) or all named by their descriptions ",
+                      "(c(T = \"T lymphocyte\", B = \"B lymphocyte\")).")), "scelmo_input_error")
+    }
     if (!is.null(names(cell.types))) {
       texts <- as.character(cell.types)
       cell.types <- names(cell.types)

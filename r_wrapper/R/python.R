@@ -152,6 +152,9 @@
   "\\bscelmo plugins\\b" = "run `scelmo plugins` in a shell (the scelmo Python package's command) to list them",
   "\\bcell_types=\\{" = "`cell.types = c(name = \"cell expressing GENE1, GENE2\")`",
   "`Model\\.save`|\\bscelmo train -o\\b" = "a directory written by `SaveScELMoModel()`",
+  "\\bsc\\.pp\\.log1p\\(adata\\)" = "`normalize = \"log1p\"` (values already normalised, not logged: ambient-corrected counts too)",
+  "np\\.isfinite\\(X\\)" = "give counts without NA (`counts[is.na(counts)] <- 0`, or subset the cells)",
+  "^Invalid training settings" = "`training = list(patience = 3, ...)` takes the names allowed above, as written",
   "\\bmax_epochs\\b" = "`max.epochs =`",
   "\\bknn_k\\b" = "`knn.k =` (a head option of TrainScELMo)",
   "row index \\d+, counting from 0" = "R's cell number is that index + 1",
@@ -161,6 +164,8 @@
 .in_r <- function(msg) {
   text <- paste(msg, collapse = "\n")
   hit <- vapply(names(.R_ADVICE), function(k) grepl(k, text, perl = TRUE), logical(1))
+  # the names a `training = list(...)` takes are listed as Python writes them: no argument advice
+  if (grepl("^Invalid training settings", text)) hit[names(hit) %in% c("\\bmax_epochs\\b", "\\bknn_k\\b")] <- FALSE
   if (!any(hit)) return(msg)
   c(msg[-length(msg)], paste0(msg[length(msg)], "\nIn R: ", paste(unique(.R_ADVICE[hit]), collapse = "; "), "."))
 }

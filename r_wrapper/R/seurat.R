@@ -21,10 +21,10 @@
   invisible(object)
 }
 
-.resolve_assay <- function(object, assay) {
+.resolve_assay <- function(object, assay, what = NULL) {
   assay <- assay %||% SeuratObject::DefaultAssay(object)
   if (!assay %in% SeuratObject::Assays(object)) {
-    .abort(paste0("Assay '", assay, "' not found (assays: ",
+    .abort(paste0("Assay '", assay, "' not found", if (!is.null(what)) paste0(" in ", what), " (assays: ",
                   paste(SeuratObject::Assays(object), collapse = ", "), ")."), "scelmo_input_error")
   }
   assay

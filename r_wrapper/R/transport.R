@@ -125,7 +125,12 @@
 
 # Most non-zeros one call sends: R raw vectors written by writeBin() hold < 2^31 bytes.
 .max_nnz <- function() {
-  as.integer(getOption("scelmo.max_nnz", .Machine$integer.max %/% 8))
+  v <- getOption("scelmo.max_nnz", .Machine$integer.max %/% 8)
+  if (!is.numeric(v) || length(v) != 1 || is.na(v) || v < 1 || v > .Machine$integer.max %/% 8) {
+    .abort(paste0("options(scelmo.max_nnz = ) must be a number of non-zeros from 1 to ", .Machine$integer.max %/% 8,
+                  " (what one call can send); got ", format(v), "."), "scelmo_input_error")
+  }
+  as.integer(v)
 }
 
 # Consecutive column (cell) index ranges holding at most `max_nnz` non-zeros each.

@@ -249,3 +249,19 @@ test_that("a dotted argument that is no settings key is an unknown argument (tri
   a <- RunScELMo(seu, aggregate.l2_normalize = TRUE, verbose = FALSE)
   expect_true("scelmo" %in% SeuratObject::Reductions(a))
 })
+
+test_that("errors met in an R trial say what to do in R", {
+  skip_if_no_python()
+  seu <- toy_seurat()
+  counts <- SeuratObject::GetAssayData(seu, slot = "counts")
+  soft <- counts
+  soft@x <- soft@x * 9.7  # normalised, not logged, not whole numbers (as ambient-corrected counts of a deep cell)
+  expect_error(RunScELMo(soft, verbose = FALSE), "In R: `normalize = \"log1p\"`", class = "scelmo_input_error")
+  expect_error(TrainScELMo(seu, labels = "group", training = list(patence = 1), max.epochs = 1, verbose = FALSE),
+               "takes the names allowed above", class = "scelmo_error")
+  expect_error(AnnotateScELMo(seu, cell.types = c(T = "T lymphocyte", "B cell"), verbose = FALSE),
+               "names some entries and not others", class = "scelmo_input_error")
+  old <- options(scelmo.max_nnz = 1e12)
+  on.exit(options(old))
+  expect_error(RunScELMo(seu, verbose = FALSE), "scelmo.max_nnz", class = "scelmo_input_error")
+})
