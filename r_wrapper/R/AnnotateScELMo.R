@@ -64,6 +64,9 @@ AnnotateScELMo.Seurat <- function(object, reference = NULL, ref.labels = NULL, c
                                   aggregator = NULL, config = NULL, label.name = "scelmo_label",
                                   unlabeled.category = NULL, verbose = TRUE, ...) {
   .check_seurat(object)
+  if (is.character(label.name) && length(label.name) == 1) {
+    .check_free_name(object, paste0(label.name, c("", "_score")), "label.name")
+  }
   # an assay named here is used for the reference too, and a reduction computed on another
   # assay is not reused; without one, each object's default assay
   explicit <- !is.null(assay)

@@ -63,6 +63,9 @@ PredictScELMo.Seurat <- function(object, model, method = "knn", prefix = "scelmo
   reduction.name <- reduction.name %||% if (integrated) "scelmo_integrated" else "scelmo_finetuned"
   reduction.key <- reduction.key %||% if (integrated) "SCELMOINT_" else "SCELMOFT_"
   add_reduction <- !(length(reduction.name) == 1 && is.na(reduction.name))
+  if (isTRUE(model$predicts.labels)) {
+    .check_free_name(object, paste0(prefix, c("label", "label_score")), "prefix")
+  }
   if (add_reduction) {
     .check_key(reduction.key)
     if (!is.character(reduction.name) || length(reduction.name) != 1 || !nzchar(reduction.name)) {

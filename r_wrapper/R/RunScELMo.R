@@ -91,6 +91,7 @@ RunScELMo.Seurat <- function(object, assay = NULL, layer = "counts", features = 
   if (!is.character(reduction.name) || length(reduction.name) != 1 || !nzchar(reduction.name)) {
     .abort("`reduction.name` must be one non-empty string.", "scelmo_input_error")
   }
+  .check_free_name(object, reduction.name, "reduction.name", kind = "reduction")
   assay <- .resolve_assay(object, assay)
   m <- .subset_features(.get_layer(object, assay, layer), features)
   cfg <- .dots_config(config, list(...))

@@ -30,6 +30,21 @@
   assay
 }
 
+# Seurat keeps assays, reductions and metadata columns under one namespace: a name that is
+# already another kind of object fails only when the result is stored (after the work), so it
+# is checked before. `kind`: "reduction" (may replace a reduction) or "column".
+.check_free_name <- function(object, name, what, kind = "column") {
+  taken <- c(stats::setNames(rep("assay", length(SeuratObject::Assays(object))), SeuratObject::Assays(object)),
+             if (kind == "column") stats::setNames(rep("reduction", length(SeuratObject::Reductions(object))),
+                                                   SeuratObject::Reductions(object)))
+  hit <- intersect(name, names(taken))
+  if (length(hit)) {
+    .abort(paste0("`", what, "` would name '", hit[1], "', which is already ", if (taken[[hit[1]]] == "assay") "an " else "a ",
+                  taken[[hit[1]]], " of this object; choose another name."), "scelmo_input_error")
+  }
+  invisible(name)
+}
+
 # genes x cells matrix of `layer` in `assay`; errors (never modifies `object`).
 .get_layer <- function(object, assay, layer) {
   if (!is.character(layer) || length(layer) != 1) {

@@ -134,3 +134,14 @@ test_that("a scelmo reduction made otherwise than asked is not reused (trial: ex
   expect_silent(AnnotateScELMo(seu, cell.types = types, aggregator = "aa", verbose = FALSE))
   expect_message(AnnotateScELMo(seu, cell.types = types, layer = "data", verbose = FALSE), "layer 'RNA/counts'")
 })
+
+test_that("a result name that is already an assay or reduction is refused before the work (trial)", {
+  skip_if_no_annotate()
+  seu <- RunScELMo(toy_seurat(), verbose = FALSE)
+  expect_error(AnnotateScELMo(seu, cell.types = c("T cell", "B cell"), label.name = "scelmo", verbose = FALSE),
+               "already a reduction", class = "scelmo_input_error")
+  expect_error(AnnotateScELMo(seu, cell.types = c("T cell", "B cell"), label.name = "RNA", verbose = FALSE),
+               "already an assay", class = "scelmo_input_error")
+  expect_error(RunScELMo(seu, reduction.name = "RNA", verbose = FALSE), "already an assay",
+               class = "scelmo_input_error")
+})
