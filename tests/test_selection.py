@@ -140,3 +140,20 @@ def test_paper_flavor_is_the_papers_formula(pbmc):
     prov = a.uns["scelmo"]["embed_cells"]
     assert (prov["gene_selection"], prov["transform"], prov["conditioning"], prov["normalize"]) == (
         "all", "none", "none", "none")
+
+
+def test_counts_are_recognised_below_empty_droplets_on_top():
+    """Trial finding: an unfiltered matrix whose first 2,000 rows were empty droplets passed as
+    log values ("auto" read only those rows): real counts then crashed in the HVG step, and
+    smaller ones were embedded raw."""
+    from scelmo.expression.selection import should_normalize
+
+    rng = np.random.default_rng(0)
+    counts = sp.csr_matrix(rng.poisson(3.0, size=(500, 50)).astype(np.float32))
+    empty = sp.csr_matrix((5000, 50), dtype=np.float32)
+    assert should_normalize("auto", sp.vstack([empty, counts], format="csr"))
+    ones = sp.csr_matrix((rng.random((5000, 50)) < 0.01).astype(np.float32))  # low-depth droplets: only 1s
+    assert should_normalize("auto", sp.vstack([ones, counts], format="csr"))
+    logged = counts.copy()
+    logged.data = np.log1p(logged.data)
+    assert not should_normalize("auto", sp.vstack([empty, logged], format="csr"))

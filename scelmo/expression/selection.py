@@ -35,21 +35,41 @@ TARGET_SUM = 1e4
 MAX_LOG_VALUE = 50.0
 
 
-def _head_nonzeros(matrix: Any, n_rows: int = 2000) -> np.ndarray:
-    """The non-zero values of the first ``n_rows`` rows."""
-    n = min(n_rows_cols(matrix)[0], n_rows)
-    if n == 0:
-        return np.zeros(0)
-    head = matrix[:n]
-    if hasattr(head, "compute") and hasattr(head, "chunks"):  # a dask array: read these rows now
-        head = head.compute()
-    _, chunk = next(iter_row_chunks(head, n))
+#: Row blocks read to tell counts from log values, spread over the matrix: an unfiltered
+#: matrix often starts with thousands of empty or low-depth droplets (a trial: 2,000 empty rows
+#: on top made real counts pass as log values).
+_SAMPLE_BLOCKS = 8
+
+
+def _block_nonzeros(matrix: Any, start: int, stop: int) -> np.ndarray:
+    block = matrix[start:stop]
+    if hasattr(block, "compute") and hasattr(block, "chunks"):  # a dask array: read these rows now
+        block = block.compute()
+    _, chunk = next(iter_row_chunks(block, stop - start))
     vals = chunk.data if sp.issparse(chunk) else np.asarray(chunk).ravel()
     return vals[vals != 0]
 
 
+def _head_nonzeros(matrix: Any, n_rows: int = 2000) -> np.ndarray:
+    """The non-zero values of ``n_rows`` rows in :data:`_SAMPLE_BLOCKS` blocks spread evenly
+    over the matrix (all rows when it has fewer); where those hold none, of as many more."""
+    total = n_rows_cols(matrix)[0]
+    if total == 0:
+        return np.zeros(0)
+    if total <= n_rows:
+        return _block_nonzeros(matrix, 0, total)
+    size = max(1, n_rows // _SAMPLE_BLOCKS)
+    vals = np.zeros(0)
+    for blocks in (_SAMPLE_BLOCKS, 4 * _SAMPLE_BLOCKS):  # (a second, finer pass only if the first found nothing)
+        starts = np.unique(np.linspace(0, total - size, blocks).astype(np.int64))
+        vals = np.concatenate([_block_nonzeros(matrix, int(a), int(a) + size) for a in starts])
+        if vals.size:
+            break
+    return vals
+
+
 def looks_like_counts(matrix: Any, *, n_rows: int = 2000) -> bool:
-    """True when the first ``n_rows`` rows hold only whole numbers (and some above 1).
+    """True when ``n_rows`` rows spread over the matrix hold only whole numbers (and some above 1).
 
     Log-normalised values are almost never all integers; raw UMI counts always are.
     """
@@ -74,8 +94,8 @@ def should_normalize(mode: str, matrix: Any) -> bool:
         return True
     if vals.size and float(vals.max()) > MAX_LOG_VALUE:
         raise InputError(
-            f"The values look normalised but not log-transformed (largest {float(vals.max()):.4g} in the first "
-            f"rows; log-scale data stays below {MAX_LOG_VALUE:g}). Run `sc.pp.log1p(adata)` first, or pass "
+            f"The values look normalised but not log-transformed (largest {float(vals.max()):.4g} in the rows "
+            f"read; log-scale data stays below {MAX_LOG_VALUE:g}). Run `sc.pp.log1p(adata)` first, or pass "
             "normalize=\"log1p\" to normalise and log-transform them here."
         )
     return False
