@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import json
 import os
 import shutil
 import warnings
@@ -259,7 +260,9 @@ def streamed_zarr_copy(source: str | os.PathLike[str], path: str | os.PathLike[s
             if is_disk_full(exc):
                 raise DiskFullError(path) from None
             raise
-        consolidated = any((store / m).exists() for m in ("zmetadata", ".zmetadata"))
+        # zarr v2 keeps consolidated metadata in .zmetadata, v3 inside the root zarr.json (a trial:
+        # the v3 listing, left as it was, hid every result from anndata.read_zarr)
+        consolidated = any((store / m).exists() for m in ("zmetadata", ".zmetadata")) or _v3_consolidated(store)
         for meta in ("zmetadata", ".zmetadata"):  # stale once arrays are added: rebuilt below
             with contextlib.suppress(OSError):
                 (store / meta).unlink()
@@ -270,6 +273,15 @@ def streamed_zarr_copy(source: str | os.PathLike[str], path: str | os.PathLike[s
         final = tmp.with_name(tmp.name + ".z")
         store.rename(final)
     replace_dir(final, path)
+
+
+def _v3_consolidated(store: Path) -> bool:
+    """Whether a zarr v3 store's root ``zarr.json`` holds consolidated metadata."""
+    try:
+        root = json.loads((store / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(root, dict) and bool(root.get("consolidated_metadata"))
 
 
 def input_format(path: str | os.PathLike[str]) -> str:
