@@ -624,3 +624,18 @@ def test_a_mouse_marker_set_takes_the_paralog_it_names():
     assert {"Ly6c2", "Ms4a4c"} <= set(m["classical monocyte"]) and not {"Ly6g", "Ly6a", "Ms4a4a"} & set(
         m["classical monocyte"])
     assert "Klrb1c" in m["NK cell"] and "Klrb1b" not in m["NK cell"]
+
+
+def test_knn_vote_blocks_shrink_with_the_reference_and_give_the_same_votes(monkeypatch):
+    """Trial finding: fixed 2,048-row query blocks made memory grow with the reference (9.8 GiB
+    for 200k reference cells); blocks now hold at most knn.BLOCK_BYTES of similarities."""
+    from scelmo import knn
+
+    rng = np.random.default_rng(0)
+    ref, query = rng.standard_normal((3000, 16)), rng.standard_normal((500, 16))
+    labels = rng.integers(0, 5, 3000).astype(str)
+    whole = knn.knn_vote(query, ref, labels)
+    monkeypatch.setattr(knn, "BLOCK_BYTES", 16 * 3000 * 7)  # blocks of 7 query rows
+    small = knn.knn_vote(query, ref, labels)
+    np.testing.assert_array_equal(whole[0], small[0])
+    np.testing.assert_array_equal(whole[1], small[1])
