@@ -75,6 +75,13 @@ def test_a_query_embedded_on_itself_is_transferred_as_the_reference(pbmc):
     assert query.uns[keys.PROVENANCE]["annotate"]["query_gene_stats"].startswith("reference")
     np.testing.assert_array_equal(query.obs[keys.LABEL].astype(str), fresh.obs[keys.LABEL].astype(str))
     np.testing.assert_array_equal(query.obsm[keys.X_SCELMO], own)
+    # ... also when the reference is not embedded yet (a large-data trial: the query's own
+    # centring was then used, unsaid)
+    ref2, query2 = ref.copy(), query.copy()
+    del ref2.obsm[keys.X_SCELMO]
+    scelmo.tl.annotate(query2, reference=ref2, ref_labels="bulk_labels")
+    assert query2.uns[keys.PROVENANCE]["annotate"]["query_gene_stats"].startswith("reference")
+    np.testing.assert_array_equal(query2.obs[keys.LABEL].astype(str), fresh.obs[keys.LABEL].astype(str))
 
 
 def test_a_reference_embedded_with_another_table_is_refused_unless_that_table_is_given(pbmc):
