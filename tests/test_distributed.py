@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -58,6 +59,7 @@ def test_lazy_result_stays_lazy(counts_files):
         warnings.simplefilter("error", scelmo.errors.CoverageWarning)  # nothing measured yet: no coverage verdict
         scelmo.tl.embed_cells(lz, gene_embeddings=genes, lazy=True, flavor="paper", progress=False)
     assert np.isnan(lz.uns["scelmo"]["embed_cells"]["expression_coverage"])
+    assert np.isnan(lz.uns["scelmo"]["embed_cells"]["n_empty_cells"])  # (a trial: a confident 0 was recorded)
     emb = lz.obsm["X_scelmo"]
     assert distributed.is_dask_array(emb)
     np.testing.assert_allclose(emb.compute(), _reference(b, genes, flavor="paper"), rtol=0, atol=1e-6)
@@ -228,3 +230,33 @@ def test_streamed_zarr_copy_of_a_v3_store_shows_its_results_to_read_zarr(tmp_pat
         arr[0:50] = np.ones((50, 4), dtype=np.float32)
     back = ad.read_zarr(tmp_path / "out.zarr")
     np.testing.assert_array_equal(back.obsm["X_test"], np.ones((50, 4), dtype=np.float32))
+
+
+def test_read_lazy_keeps_the_files_hvg_flags_for_a_raw_matrix_and_refuses_csc(tmp_path):
+    """Trial findings: with counts in .raw and var['highly_variable'] over X (scanpy's layout) the
+    dask path lost the flags and chose other genes than the in-memory path; a CSC matrix gave
+    anndata's "Only the major axis can be chunked" traceback."""
+    import anndata as ad
+
+    import scelmo
+    from scelmo.errors import InputError
+    from scelmo.expression import distributed
+
+    rng = np.random.default_rng(0)
+    genes = [f"G{i}" for i in range(30)]
+    counts = sp.csr_matrix(rng.poisson(2.0, size=(200, 30)).astype(np.float32))
+    full = ad.AnnData(counts, var=pd.DataFrame(index=genes))
+    a = full[:, :20].copy()
+    a.raw = full
+    a.var["highly_variable"] = [i % 2 == 0 for i in range(20)]
+    a.write_h5ad(tmp_path / "raw.h5ad")
+    lz = distributed.read_lazy(tmp_path / "raw.h5ad", chunk_size=64)
+    assert lz.var["highly_variable"].sum() == 10 and not lz.var["highly_variable"].iloc[20:].any()
+    ge = scelmo.testing.random_gene_embeddings(genes, dim=8)
+    mem = scelmo.tl.embed_cells(a, gene_embeddings=ge, copy=True, progress=False)
+    scelmo.tl.embed_cells(lz, gene_embeddings=ge, progress=False)
+    np.testing.assert_allclose(np.asarray(lz.obsm["X_scelmo"]), mem.obsm["X_scelmo"], atol=1e-6)
+    csc = ad.AnnData(counts.tocsc(), var=pd.DataFrame(index=genes))
+    csc.write_h5ad(tmp_path / "csc.h5ad")
+    with pytest.raises(InputError, match="column by column"):
+        distributed.read_lazy(tmp_path / "csc.h5ad")

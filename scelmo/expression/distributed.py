@@ -233,10 +233,36 @@ def read_lazy(path: str | Path, *, layer: str | None = None, use_raw: bool | Non
         elem, var_elem, source = root["raw"]["X"], root["raw"]["var"], "raw.X"
     else:
         elem, var_elem, source = root["X"], root["var"], "X"
+    encoding = elem.attrs.get("encoding-type", "") if hasattr(elem, "attrs") else ""
+    if str(encoding) == "csc_matrix":  # (anndata: "Only the major axis can be chunked", with a traceback)
+        raise InputError(
+            f"{path}'s matrix ({source}) is stored column by column (CSC), which cannot be read in blocks of cells. "
+            "Convert it once to rows (CSR): `adata = anndata.read_h5ad(path); adata.X = adata.X.tocsr(); "
+            "adata.write_h5ad(path2)` (the same for a layer or raw), or embed it without dask (no --workers / "
+            "--scheduler)."
+        )
     X = read_elem_lazy(elem, chunks=(int(chunk_size), -1))
-    adata = ad.AnnData(X=X, obs=read_elem(root["obs"]), var=read_elem(var_elem))
+    var = read_elem(var_elem)
+    if source == "raw.X":
+        _carry_var_flags(read_elem(root["var"]), var)
+    adata = ad.AnnData(X=X, obs=read_elem(root["obs"]), var=var)
     adata.uns[LAZY_SOURCE] = source  # (provenance; a raw matrix's genes are not the file's var)
     return adata
+
+
+def _carry_var_flags(x_var: Any, raw_var: Any) -> None:
+    """Copy the boolean columns of the file's ``var`` (scanpy's ``highly_variable`` over ``X``)
+    that ``raw/var`` lacks onto the raw genes by name (``False`` for the others), as
+    ``embed_cells`` reads them from an in-memory AnnData with ``.raw`` (a trial: the dask path
+    chose other genes than the in-memory one). A column that flags mostly genes the raw matrix
+    lacks (``X`` renamed) is not carried."""
+    raw_names = {str(g) for g in raw_var.index}
+    for col in x_var.columns:
+        if col in raw_var or x_var[col].dtype != bool:
+            continue
+        flagged = {str(g) for g, f in zip(x_var.index, x_var[col], strict=True) if f}
+        if flagged and len(flagged & raw_names) >= 0.5 * len(flagged):
+            raw_var[col] = [str(g) in flagged for g in raw_var.index]
 
 
 @contextlib.contextmanager

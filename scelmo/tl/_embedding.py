@@ -599,7 +599,7 @@ def _embed_cells_record(adata: Any, result: Any, names: list[str], lookup: list[
             "engine": ("dask (lazy)" if lazy else "dask") if use_dask else "in-process",
             "expression_coverage": expr_cov,
             "n_cells": n_cells,
-            "n_empty_cells": n_empty,
+            "n_empty_cells": float("nan") if lazy else n_empty,  # (lazy: not computed, so not known)
             "dim": int(emb.shape[1]),
             "key_added": key_added,
             "embed_model": gene_embeddings.manifest.get("embed_model", "user-provided"),
