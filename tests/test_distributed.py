@@ -260,3 +260,16 @@ def test_read_lazy_keeps_the_files_hvg_flags_for_a_raw_matrix_and_refuses_csc(tm
     csc.write_h5ad(tmp_path / "csc.h5ad")
     with pytest.raises(InputError, match="column by column"):
         distributed.read_lazy(tmp_path / "csc.h5ad")
+
+
+def test_a_bad_value_in_a_later_dask_block_names_its_row_in_the_whole_matrix():
+    """Trial finding: a NaN at row 12,345 was reported at "row index 2345" (counted from its block)."""
+    import dask.array as da
+
+    from scelmo.errors import InputError
+    from scelmo.expression import distributed
+
+    X = np.ones((1000, 5), dtype=np.float32)
+    X[734, 2] = np.nan
+    with pytest.raises(InputError, match="row index 734,"):
+        distributed.gene_stats(da.from_array(X, chunks=(100, 5)), normalize=False)

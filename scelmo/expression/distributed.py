@@ -87,8 +87,8 @@ def _limit_threads() -> None:
     numba.set_num_threads(max(1, min(int(nthreads), numba.config.NUMBA_NUM_THREADS)))
 
 
-def _block_stats(block: Any, normalize: bool) -> Any:
-    return stats_of(block, normalize=normalize, chunk_size=max(1, block.shape[0]))
+def _block_stats(block: Any, normalize: bool, start: int = 0) -> Any:
+    return stats_of(block, normalize=normalize, chunk_size=max(1, block.shape[0]), row_offset=start)
 
 
 def _sum(parts: list[Any]) -> Any:
@@ -101,8 +101,10 @@ def _sum(parts: list[Any]) -> Any:
 def gene_stats(matrix: Any, *, normalize: bool) -> Any:
     """:func:`scelmo.expression.selection.gene_stats` of a dask array: one map-reduce over row blocks."""
     dask = _dask()
-    blocks = row_blocks(matrix).to_delayed().ravel()
-    parts = [dask.delayed(_block_stats)(b, normalize) for b in blocks]
+    matrix = row_blocks(matrix)
+    starts = np.concatenate([[0], np.cumsum(matrix.chunks[0])])
+    blocks = matrix.to_delayed().ravel()
+    parts = [dask.delayed(_block_stats)(b, normalize, int(s)) for b, s in zip(blocks, starts[:-1], strict=True)]
     while len(parts) > 1:  # tree reduction: no task adds up more than 16 partial sums
         parts = [dask.delayed(_sum)(parts[i : i + 16]) for i in range(0, len(parts), 16)]
     return dask.compute(parts[0])[0]

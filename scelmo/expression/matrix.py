@@ -104,11 +104,13 @@ def _first_bad_row(chunk: Any, bad_values: np.ndarray) -> int:
     return int(np.flatnonzero(bad_values.any(axis=1))[0])
 
 
-def iter_row_chunks(matrix: Any, chunk_size: int = 10_000, *, fix: str = SCALED_DATA_FIX) -> Iterator[tuple[int, Any]]:
+def iter_row_chunks(matrix: Any, chunk_size: int = 10_000, *, fix: str = SCALED_DATA_FIX,
+                    row_offset: int = 0) -> Iterator[tuple[int, Any]]:
     """Yield ``(start, chunk)`` with float32 CSR (sparse input) or ndarray (dense input).
 
     Values are checked as they stream (NaN, inf, negative -> :class:`InputError`, with
-    ``fix`` saying how to pass unscaled values).
+    ``fix`` saying how to pass unscaled values; ``row_offset``: where ``matrix`` starts in the
+    whole matrix, e.g. a dask block's first row, for the row index the error names).
     """
     n_rows, _ = n_rows_cols(matrix)
     if chunk_size < 1:
@@ -118,7 +120,7 @@ def iter_row_chunks(matrix: Any, chunk_size: int = 10_000, *, fix: str = SCALED_
     for start in range(0, n_rows, chunk_size):
         stop = min(start + chunk_size, n_rows)
         chunk = as_float32(matrix[start:stop])
-        check_values(chunk, start, fix=fix)
+        check_values(chunk, row_offset + start, fix=fix)
         yield start, chunk
 
 

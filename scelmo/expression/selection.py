@@ -292,17 +292,18 @@ def _sparse_sums_kernel() -> Any:
 
 
 def gene_stats(matrix: Any, *, normalize: bool, chunk_size: int = 10_000, progress: Any = None,
-               genes: Any = None) -> GeneStats:
+               genes: Any = None, row_offset: int = 0) -> GeneStats:
     """One streaming pass: per-gene sums of the values (normalised first if ``normalize``).
 
     ``progress`` is an optional callable taking the number of rows just read. ``genes``
     (e.g. ``adata.var_names``) names the columns, so that the statistics can be matched to
     another dataset's genes by name (``embed_cells(query, gene_stats=...)`` does that).
+    ``row_offset``: where ``matrix`` starts in the whole matrix (a dask block), for errors.
     """
     n_cells, n_genes = n_rows_cols(matrix)
     acc = np.zeros((4, n_genes), dtype=np.float64)
     acc_g = None  # the sparse kernel's genes x 4 sums
-    for _, chunk in iter_row_chunks(matrix, chunk_size):
+    for _, chunk in iter_row_chunks(matrix, chunk_size, row_offset=row_offset):
         if sp.issparse(chunk):  # one fused pass over the non-zeros (normalisation included)
             if acc_g is None:
                 acc_g = np.zeros((n_genes, 4), dtype=np.float64)
