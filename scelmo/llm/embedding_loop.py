@@ -81,7 +81,8 @@ def embed_cached(
     dim = next(iter(found.values())).shape[0] if found else None
     bs = max(1, int(getattr(embedder.options, "batch_size", 32)))
     batches = [todo[i : i + bs] for i in range(0, len(todo), bs)]
-    with progress_bar(total=len(todo), desc=desc, unit="text", enabled=progress) as bar:
+    # (nothing to embed, e.g. every text cached or shipped: no empty "0 text" bar)
+    with progress_bar(total=len(todo), desc=desc, unit="text", enabled=progress if todo else False) as bar:
 
         def keep(batch: list[str], vecs: np.ndarray) -> None:
             nonlocal dim
