@@ -116,3 +116,22 @@ def test_embed_cells_counts_the_genes_it_resolved_as_embed_genes_does():
     assert unknown > 0 and rec["n_genes_resolved"] == rec["n_genes"] - unknown
     scelmo.tl.embed_genes(a)
     assert rec["n_genes_resolved"] == a.uns[keys.PROVENANCE]["embed_genes"]["n_genes_resolved"]
+
+
+def test_a_backed_csc_matrix_is_embedded_with_a_warning_to_convert_it(tmp_path):
+    """Trial finding: `--backed` on a CSC file read the whole matrix for every block of cells
+    (memory and time growing with the file), silently."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    import scelmo.datasets as sd
+    from scelmo.errors import ScelmoWarning
+
+    a = sd.pbmc68k_reduced()
+    b = ad.AnnData(sp.csc_matrix(a.layers["counts"]), var=a.var[[]].copy())
+    b.write_h5ad(tmp_path / "csc.h5ad")
+    backed = ad.read_h5ad(tmp_path / "csc.h5ad", backed="r")
+    with pytest.warns(ScelmoWarning, match="column by column"):
+        scelmo.tl.embed_cells(backed, progress=False)
+    ref = scelmo.tl.embed_cells(b, copy=True, progress=False).obsm[keys.X_SCELMO]
+    np.testing.assert_allclose(backed.obsm[keys.X_SCELMO], ref, atol=1e-5)

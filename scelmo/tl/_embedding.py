@@ -775,6 +775,13 @@ def embed_cells(
     n_cells, n_genes = n_rows_cols(matrix)
     if n_cells == 0:
         raise InputError("The data has no cells (0 rows); nothing to embed.")
+    if getattr(adata, "isbacked", False) and getattr(matrix, "format", None) == "csc":
+        # each block of cells reads every column: time and memory grow with the file (a trial)
+        warnings.warn(
+            "The backed matrix is stored column by column (CSC): every block of cells reads the whole matrix, so "
+            "memory and time grow with the file. Convert the file once to rows (CSR): `adata = "
+            "anndata.read_h5ad(path); adata.X = adata.X.tocsr(); adata.write_h5ad(path2)`.",
+            ScelmoWarning, stacklevel=2)
     names = [str(v) for v in var_names]
     _check_names(names)
 
