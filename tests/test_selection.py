@@ -166,3 +166,18 @@ def test_gene_stats_id_does_not_depend_on_the_chunk_size():
     X = sp.csr_matrix(rng.poisson(0.8, size=(3000, 40)).astype(np.float32))
     ids = {gene_stats(X, normalize=True, chunk_size=c).fingerprint() for c in (97, 1000, 3000)}
     assert len(ids) == 1
+
+
+def test_dense_chunks_are_worked_on_in_row_blocks_with_the_same_result(monkeypatch):
+    """Trial finding: a dense backed file peaked at ~8x its size (float64 temporaries of a whole
+    chunk); dense chunks are now normalised and summed a few rows at a time."""
+    from scelmo.expression import selection
+
+    rng = np.random.default_rng(1)
+    X = rng.poisson(1.5, size=(300, 25)).astype(np.float32)
+    whole = gene_stats(X, normalize=True)
+    normed = normalize_chunk(X)
+    monkeypatch.setattr(selection, "DENSE_BLOCK_ROWS", 7)
+    np.testing.assert_allclose(gene_stats(X, normalize=True).sums, whole.sums, rtol=1e-12)
+    np.testing.assert_array_equal(normalize_chunk(X), normed)
+    np.testing.assert_allclose(gene_stats(sp.csr_matrix(X), normalize=True).sums, whole.sums, rtol=1e-6)

@@ -30,6 +30,10 @@ from scelmo.expression.matrix import iter_row_chunks, n_rows_cols
 TARGET_SUM = 1e4
 
 
+#: Rows of a dense chunk worked on at once where float64 temporaries are needed (normalising,
+#: statistics): their memory stays ~DENSE_BLOCK_ROWS x genes x 8 bytes a piece, not the chunk's.
+DENSE_BLOCK_ROWS = 1024
+
 #: Above this, values are not log-scale: log1p of counts per 10k (scanpy's usual) stays
 #: below ~10, of counts per million below ~14, log2(CPM + 1) below ~20.
 MAX_LOG_VALUE = 50.0
@@ -119,10 +123,13 @@ def normalize_chunk(chunk: Any, target_sum: float = TARGET_SUM, *, totals: np.nd
         out.data *= np.repeat(scale, np.diff(out.indptr))
         np.log1p(out.data, out=out.data)
         return out
-    arr = np.asarray(chunk, dtype=np.float64)
-    tot = arr.sum(axis=1, keepdims=True) if totals is None else totals[:, None]
-    scale = np.divide(target_sum, tot, out=np.zeros_like(tot), where=tot > 0)
-    return np.log1p(arr * scale).astype(np.float32)
+    out = np.empty(chunk.shape, dtype=np.float32)
+    for a in range(0, chunk.shape[0], DENSE_BLOCK_ROWS):  # float64 temporaries of a few rows only
+        arr = np.asarray(chunk[a : a + DENSE_BLOCK_ROWS], dtype=np.float64)
+        tot = arr.sum(axis=1, keepdims=True) if totals is None else totals[a : a + DENSE_BLOCK_ROWS, None]
+        scale = np.divide(target_sum, tot, out=np.zeros_like(tot), where=tot > 0)
+        out[a : a + DENSE_BLOCK_ROWS] = np.log1p(arr * scale)
+    return out
 
 
 @dataclass
@@ -308,12 +315,12 @@ def gene_stats(matrix: Any, *, normalize: bool, chunk_size: int = 10_000, progre
             if acc_g is None:
                 acc_g = np.zeros((n_genes, 4), dtype=np.float64)
             _sparse_sums_kernel()(chunk.indptr, chunk.indices, chunk.data, normalize, np.float64(TARGET_SUM), acc_g)
-        else:
-            if normalize:
-                chunk = normalize_chunk(chunk)
-            v = np.asarray(chunk, dtype=np.float64)
-            e = np.expm1(v)
-            acc += np.stack([v.sum(0), (v * v).sum(0), e.sum(0), (e * e).sum(0)])
+        else:  # dense: a few rows at a time, so the float64 temporaries stay small (a trial: ~11x the chunk)
+            for a in range(0, chunk.shape[0], DENSE_BLOCK_ROWS):
+                block = chunk[a : a + DENSE_BLOCK_ROWS]
+                v = np.asarray(normalize_chunk(block) if normalize else block, dtype=np.float64)
+                e = np.expm1(v)
+                acc += np.stack([v.sum(0), (v * v).sum(0), e.sum(0), (e * e).sum(0)])
         if progress is not None:
             progress(chunk.shape[0])
     if acc_g is not None:
