@@ -159,15 +159,6 @@ def test_counts_are_recognised_below_empty_droplets_on_top():
     assert not should_normalize("auto", sp.vstack([empty, logged], format="csr"))
 
 
-def test_gene_stats_id_does_not_depend_on_the_chunk_size():
-    """Trial finding: backed and dask runs (and chunk sizes 3,000 vs 10,000) recorded different
-    gene_stats_id for bit-identical embeddings: float64 sums differed by ~5e-15."""
-    rng = np.random.default_rng(0)
-    X = sp.csr_matrix(rng.poisson(0.8, size=(3000, 40)).astype(np.float32))
-    ids = {gene_stats(X, normalize=True, chunk_size=c).fingerprint() for c in (97, 1000, 3000)}
-    assert len(ids) == 1
-
-
 def test_dense_chunks_are_worked_on_in_row_blocks_with_the_same_result(monkeypatch):
     """Trial finding: a dense backed file peaked at ~8x its size (float64 temporaries of a whole
     chunk); dense chunks are now normalised and summed a few rows at a time."""

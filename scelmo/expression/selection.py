@@ -194,10 +194,7 @@ class GeneStats:
         """A short hash of these statistics (cells, sums, gene names): two embeddings whose
         provenance records the same one were selected and centred alike."""
         h = hashlib.sha256(str(self.n_cells).encode())
-        # to 10 significant digits: the order of the float64 additions (chunk size, engine) moves the
-        # last bits (~1e-15) and nothing the embedding uses (a trial: backed and dask ids differed)
-        sums = np.ascontiguousarray(self.sums, dtype=np.float64)
-        h.update(np.char.mod("%.10e", sums).tobytes())
+        h.update(np.ascontiguousarray(self.sums, dtype=np.float64).tobytes())
         h.update("\n".join(self.genes or ()).encode())
         return h.hexdigest()[:16]
 
