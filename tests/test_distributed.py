@@ -252,6 +252,10 @@ def test_read_lazy_keeps_the_files_hvg_flags_for_a_raw_matrix_and_refuses_csc(tm
     a.write_h5ad(tmp_path / "raw.h5ad")
     lz = distributed.read_lazy(tmp_path / "raw.h5ad", chunk_size=64)
     assert lz.var["highly_variable"].sum() == 10 and not lz.var["highly_variable"].iloc[20:].any()
+    nullable = a.copy()  # (a review: nullable booleans and "True"/"False" text count too, as in memory)
+    nullable.var["highly_variable"] = nullable.var["highly_variable"].astype("boolean")
+    nullable.write_h5ad(tmp_path / "nullable.h5ad")
+    assert distributed.read_lazy(tmp_path / "nullable.h5ad").var["highly_variable"].sum() == 10
     ge = scelmo.testing.random_gene_embeddings(genes, dim=8)
     mem = scelmo.tl.embed_cells(a, gene_embeddings=ge, copy=True, progress=False)
     scelmo.tl.embed_cells(lz, gene_embeddings=ge, progress=False)

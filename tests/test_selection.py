@@ -172,3 +172,13 @@ def test_dense_chunks_are_worked_on_in_row_blocks_with_the_same_result(monkeypat
     np.testing.assert_allclose(gene_stats(X, normalize=True).sums, whole.sums, rtol=1e-12)
     np.testing.assert_array_equal(normalize_chunk(X), normed)
     np.testing.assert_allclose(gene_stats(sp.csr_matrix(X), normalize=True).sums, whole.sums, rtol=1e-6)
+
+
+def test_a_nan_in_a_sampled_block_names_its_row_in_the_whole_matrix():
+    """Review finding: the spread-out sample of normalize="auto" counted rows from its block."""
+    from scelmo.expression.selection import should_normalize
+
+    X = np.ones((10_000, 5), dtype=np.float32)
+    X[9_900, 1] = np.nan
+    with pytest.raises(InputError, match="row index 9900,"):
+        should_normalize("auto", sp.csr_matrix(X))

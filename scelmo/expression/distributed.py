@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from scelmo.errors import InputError, ScelmoError
+from scelmo.expression.matrix import as_bool_column
 from scelmo.expression.selection import gene_stats as stats_of
 from scelmo.io import has_key as has
 from scelmo.plugin import AggregationResult
@@ -260,9 +261,10 @@ def _carry_var_flags(x_var: Any, raw_var: Any) -> None:
     lacks (``X`` renamed) is not carried."""
     raw_names = {str(g) for g in raw_var.index}
     for col in x_var.columns:
-        if col in raw_var or x_var[col].dtype != bool:
+        flags = None if col in raw_var else as_bool_column(x_var[col])
+        if flags is None:
             continue
-        flagged = {str(g) for g, f in zip(x_var.index, x_var[col], strict=True) if f}
+        flagged = {str(g) for g, f in zip(x_var.index, flags, strict=True) if f}
         if flagged and len(flagged & raw_names) >= 0.5 * len(flagged):
             raw_var[col] = [str(g) in flagged for g in raw_var.index]
 

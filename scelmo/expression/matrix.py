@@ -27,6 +27,19 @@ def n_rows_cols(matrix: Any) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
+def as_bool_column(col: Any) -> np.ndarray | None:
+    """A True/False ``var`` column as a bool array (bool, nullable boolean, or "True"/"False"
+    text or categories); ``None`` when it is not one (or has missing values)."""
+    if col.dtype == bool:
+        return col.to_numpy()
+    if col.isna().any():
+        return None
+    text = col.astype(str).str.strip().str.lower()
+    if text.isin(["true", "false"]).all():
+        return (text == "true").to_numpy()
+    return None
+
+
 def select_matrix(adata: Any, *, layer: str | None, use_raw: bool | None) -> tuple[Any, Any, str]:
     """The matrix to aggregate, its gene names, and a label for provenance.
 

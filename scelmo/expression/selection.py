@@ -49,7 +49,7 @@ def _block_nonzeros(matrix: Any, start: int, stop: int) -> np.ndarray:
     block = matrix[start:stop]
     if hasattr(block, "compute") and hasattr(block, "chunks"):  # a dask array: read these rows now
         block = block.compute()
-    _, chunk = next(iter_row_chunks(block, stop - start))
+    _, chunk = next(iter_row_chunks(block, stop - start, row_offset=start))
     vals = chunk.data if sp.issparse(chunk) else np.asarray(chunk).ravel()
     return vals[vals != 0]
 
@@ -60,8 +60,8 @@ def _head_nonzeros(matrix: Any, n_rows: int = 2000) -> np.ndarray:
     total = n_rows_cols(matrix)[0]
     if total == 0:
         return np.zeros(0)
-    if total <= n_rows:
-        return _block_nonzeros(matrix, 0, total)
+    if total <= n_rows or getattr(matrix, "format", None) == "csc":  # (a backed CSC file: each block reads it all)
+        return _block_nonzeros(matrix, 0, min(total, n_rows))
     size = max(1, n_rows // _SAMPLE_BLOCKS)
     vals = np.zeros(0)
     for blocks in (_SAMPLE_BLOCKS, 4 * _SAMPLE_BLOCKS):  # (a second, finer pass only if the first found nothing)

@@ -25,6 +25,7 @@ from scelmo.errors import (
     ScelmoWarning,
 )
 from scelmo.expression import distributed
+from scelmo.expression.matrix import as_bool_column as _as_bool_column
 from scelmo.expression.matrix import n_rows_cols, select_matrix
 from scelmo.expression.selection import GeneStats, highly_variable, should_normalize
 from scelmo.expression.selection import gene_stats as compute_gene_stats
@@ -443,18 +444,6 @@ def _gene_mask(adata: Any, source: str, n_genes: int, mask_var: Any, plan: dict[
     if hv is not None and not own_selection:
         return hv, f"mask_var:{where}"
     return highly_variable(stats, n_top_genes), f"hvg:{n_top_genes}"
-
-
-def _as_bool_column(col: Any) -> np.ndarray | None:
-    """A True/False column as a bool array; ``None`` when it is not one (or has missing values)."""
-    if col.dtype == bool:
-        return col.to_numpy()
-    if col.isna().any():
-        return None
-    text = col.astype(str).str.strip().str.lower()
-    if text.isin(["true", "false"]).all():
-        return (text == "true").to_numpy()
-    return None
 
 
 def _describes_by_llm(gene_embeddings: GeneEmbeddings | str | None, settings: ScelmoSettings) -> bool:
