@@ -57,7 +57,7 @@ def test_reference_transfer_on_pbmc(pbmc):
     assert info["method"] == "knn_transfer" and info["k"] == 10
 
 
-def test_a_query_embedded_on_itself_is_transferred_as_the_reference(pbmc):
+def test_a_query_embedded_on_itself_is_transferred_as_the_reference(pbmc, tmp_path):
     """Trial finding (R, the documented order: embed, then annotate): a query of a few types
     embedded on its own cells sits elsewhere than the same cells in the reference (Kang CD4/CD8/NK:
     0.57 accuracy, against 0.90 embedded as the reference). Its vectors are now recomputed with
@@ -79,9 +79,21 @@ def test_a_query_embedded_on_itself_is_transferred_as_the_reference(pbmc):
     # centring was then used, unsaid)
     ref2, query2 = ref.copy(), query.copy()
     del ref2.obsm[keys.X_SCELMO]
+    with pytest.raises(InputError, match="not found"):  # a label typo costs no embedding (a review)
+        scelmo.tl.annotate(query2, reference=ref2, ref_labels="bulk_label_typo")
+    assert keys.X_SCELMO not in ref2.obsm
     scelmo.tl.annotate(query2, reference=ref2, ref_labels="bulk_labels")
     assert query2.uns[keys.PROVENANCE]["annotate"]["query_gene_stats"].startswith("reference")
     np.testing.assert_array_equal(query2.obs[keys.LABEL].astype(str), fresh.obs[keys.LABEL].astype(str))
+    # ... and with a reference written to .h5ad and read back (a review: the reordered keys of its
+    # provenance records read as "made differently", so the query was not re-embedded)
+    import anndata as ad
+
+    ref.write_h5ad(tmp_path / "ref.h5ad")
+    query3 = query.copy()
+    scelmo.tl.annotate(query3, reference=ad.read_h5ad(tmp_path / "ref.h5ad"), ref_labels="bulk_labels")
+    assert query3.uns[keys.PROVENANCE]["annotate"]["query_gene_stats"].startswith("reference")
+    np.testing.assert_array_equal(query3.obs[keys.LABEL].astype(str), fresh.obs[keys.LABEL].astype(str))
 
 
 def test_a_reference_embedded_with_another_table_is_refused_unless_that_table_is_given(pbmc):

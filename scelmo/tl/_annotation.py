@@ -576,6 +576,8 @@ def annotate(
     _check_options(k=k, temperature=temperature, key_added=key_added, method=method, reference=reference,
                    n_markers=n_markers)
     _check_use_rep(use_rep, adata, reference)
+    if reference is not None:
+        _reference_labels(reference, ref_labels)  # (checked before anything is embedded)
     info: dict[str, Any] = {"use_rep": use_rep, "min_score": min_score}
     if use_rep not in adata.obsm:
         stats, table = None, None
@@ -651,6 +653,19 @@ def _check_options(*, k: int, temperature: float, key_added: Any, method: str, r
 
 
 #: provenance fields that must agree for two embeddings to be compared
+def _same_record(a: Any, b: Any) -> bool:
+    """Whether two provenance values are the same, whatever the order of a record's keys or the
+    types of its numbers (a reference written to .h5ad and read back reorders a dict's keys,
+    which a comparison of their text took for another embedding; found by a review)."""
+    def norm(v: Any) -> Any:
+        if isinstance(v, Mapping):
+            return {str(k): norm(x) for k, x in v.items()}
+        if isinstance(v, list | tuple | np.ndarray):
+            return [norm(x) for x in v]
+        return str(v.item() if isinstance(v, np.generic) else v)
+    return bool(norm(a) == norm(b))
+
+
 _COMPARABLE = ("flavor", "aggregator", "transform", "condition", "conditioning", "embed_model", "describe_model",
                "l2_normalize")
 
@@ -714,7 +729,7 @@ def _embedded_from_other_stats(adata: Any, reference: Any, use_rep: str) -> bool
     r = (reference.uns.get(keys.PROVENANCE) or {}).get("embed_cells") or {}
     if q.get("key_added") != use_rep or r.get("key_added") != use_rep:
         return False
-    if any(str(q.get(f)) != str(r.get(f)) for f in _COMPARABLE):
+    if any(not _same_record(q.get(f), r.get(f)) for f in _COMPARABLE):
         return False  # made differently in other ways too: _warn_if_embedded_differently says so
     qs, rs = q.get("gene_stats_id"), r.get("gene_stats_id")
     return bool(qs and rs and qs != rs)
@@ -812,7 +827,7 @@ def _warn_if_embedded_differently(adata: Any, reference: Any, use_rep: str) -> N
     r = (reference.uns.get(keys.PROVENANCE) or {}).get("embed_cells") or {}
     if q.get("key_added") != use_rep or r.get("key_added") != use_rep:
         return  # not both made by embed_cells under this key: nothing to compare
-    diff = [f"{f}: {q.get(f)!r} vs {r.get(f)!r}" for f in _COMPARABLE if str(q.get(f)) != str(r.get(f))]
+    diff = [f"{f}: {q.get(f)!r} vs {r.get(f)!r}" for f in _COMPARABLE if not _same_record(q.get(f), r.get(f))]
     if diff:
         warnings.warn(
             f"The query's and the reference's obsm[{use_rep!r}] were made differently ({'; '.join(diff)}); "
@@ -825,6 +840,25 @@ def _warn_if_embedded_differently(adata: Any, reference: Any, use_rep: str) -> N
 def _transfer_labels(query: np.ndarray, reference: Any, ref_labels: str | Sequence[Any] | None, *, use_rep: str,
                      k: int, config: Any, progress: bool | None, info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Labels of the ``k`` nearest reference cells (:func:`scelmo.knn.knn_vote`), and their vote share."""
+    labels = _reference_labels(reference, ref_labels)
+    if use_rep not in reference.obsm:
+        embed_cells(reference, config=config, key_added=use_rep, progress=progress)
+    ref = np.asarray(reference.obsm[use_rep], dtype=np.float32)
+    _check_finite(ref, use_rep, reference)
+    if ref.shape[1] != query.shape[1]:
+        raise InputError(
+            f"Query ({query.shape[1]}-d) and reference ({ref.shape[1]}-d) embeddings differ in width; "
+            "embed both with the same gene embeddings."
+        )
+    keep = ~_is_missing(labels)
+    pred, score = knn_vote(query, ref[keep], labels[keep], k=k)
+    info.update({"method": "knn_transfer", "k": k, "n_reference": int(keep.sum())})
+    return pred, score
+
+
+def _reference_labels(reference: Any, ref_labels: str | Sequence[Any] | None) -> np.ndarray:
+    """The reference cells' labels from ``ref_labels`` (a column name, a Series by cell name, or an
+    array in cell order), checked before any embedding is made (a typo costs no work)."""
     if ref_labels is None:
         raise InputError("`ref_labels` is required with `reference` (an obs column name or an array).")
     if isinstance(ref_labels, str):
@@ -843,19 +877,7 @@ def _transfer_labels(query: np.ndarray, reference: Any, ref_labels: str | Sequen
         raise InputError(f"ref_labels has {len(labels)} entries but the reference has {reference.n_obs} cells.")
     if _is_missing(labels).all():
         raise InputError("Every entry of ref_labels is missing (NaN, None or empty); the reference has no labelled cells.")
-    if use_rep not in reference.obsm:
-        embed_cells(reference, config=config, key_added=use_rep, progress=progress)
-    ref = np.asarray(reference.obsm[use_rep], dtype=np.float32)
-    _check_finite(ref, use_rep, reference)
-    if ref.shape[1] != query.shape[1]:
-        raise InputError(
-            f"Query ({query.shape[1]}-d) and reference ({ref.shape[1]}-d) embeddings differ in width; "
-            "embed both with the same gene embeddings."
-        )
-    keep = ~_is_missing(labels)
-    pred, score = knn_vote(query, ref[keep], labels[keep], k=k)
-    info.update({"method": "knn_transfer", "k": k, "n_reference": int(keep.sum())})
-    return pred, score
+    return labels
 
 
 def _labels_from_names(adata: Any, query: np.ndarray, cell_types: Sequence[str] | Mapping[str, str], *, method: str,
