@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import traceback
 import warnings
@@ -235,21 +234,19 @@ def info() -> dict[str, Any]:
     }
 
 
-#: Environment variables R passes on at every call (R's ``Sys.setenv()`` after Python started
-#: changes the process environment, which Python's ``os.environ``, read once at start, does not
-#: see): scelmo's settings and provider keys and endpoints.
-SYNCED_ENV = re.compile(r"^SCELMO_|_API_KEY$|_API_BASE$|_BASE_URL$")
+def environ() -> dict[str, str]:
+    """Python's ``os.environ`` (read once when Python started), for R's first :func:`sync_environ`."""
+    return dict(os.environ)
 
 
-def sync_environ(names: Sequence[str], values: Sequence[str]) -> dict[str, Any]:
-    """Make ``os.environ``'s :data:`SYNCED_ENV` variables R's: set ``names`` to ``values`` and
-    remove the others (unset in R with ``Sys.unsetenv()``)."""
-    wanted = {str(n): str(v) for n, v in zip(names, values, strict=True) if SYNCED_ENV.search(str(n))}
-    for name in [n for n in os.environ if SYNCED_ENV.search(n) and n not in wanted]:
-        del os.environ[name]
-    for name, value in wanted.items():
-        if os.environ.get(name) != value:
-            os.environ[name] = value
+def sync_environ(names: Sequence[str], values: Sequence[str], unset: Sequence[str] = ()) -> dict[str, Any]:
+    """Set ``names`` to ``values`` in ``os.environ`` and remove ``unset``: what R changed with
+    ``Sys.setenv()`` / ``Sys.unsetenv()`` since the last call (Python's ``os.environ`` is read
+    once, when it starts, and does not see them). Nothing else is touched."""
+    for name in unset:
+        os.environ.pop(str(name), None)
+    for name, value in zip(names, values, strict=True):
+        os.environ[str(name)] = str(value)
     return {"ok": True}
 
 

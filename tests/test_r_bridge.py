@@ -396,19 +396,21 @@ def test_predict_never_feeds_one_query_gene_to_two_model_genes(tmp_path):
                for w in without["warnings"]), without["warnings"]
 
 
-def test_sync_environ_mirrors_r_for_settings_and_keys():
-    """R trial finding: Sys.setenv() after Python started was not seen (os.environ is read once)."""
+def test_sync_environ_sets_and_unsets_exactly_what_r_changed():
+    """R trial finding: Sys.setenv() after Python started was not seen (os.environ is read once);
+    a review: the variable an api_key_env names (any name) must reach Python too."""
     import os
 
-    saved = dict(os.environ)  # (the sync removes every SCELMO_* variable R lacks: the test's too)
+    saved = dict(os.environ)
     os.environ["SCELMO_OLD__SETTING"] = "1"
-    os.environ["PATH_UNRELATED_VAR"] = "kept"
+    os.environ["PYTHON_OWN_VAR"] = "kept"
     try:
-        assert r_bridge.sync_environ(["SCELMO_AGGREGATE__METHOD", "OPENAI_API_KEY", "HOME"],
-                                     ["aa", "sk-x", "/elsewhere"])["ok"]
-        assert os.environ["SCELMO_AGGREGATE__METHOD"] == "aa" and os.environ["OPENAI_API_KEY"] == "sk-x"
+        assert r_bridge.environ()["PYTHON_OWN_VAR"] == "kept"
+        assert r_bridge.sync_environ(["SCELMO_AGGREGATE__METHOD", "MY_SCELMO_KEY"], ["aa", "sk-x"],
+                                     ["SCELMO_OLD__SETTING"])["ok"]
+        assert os.environ["SCELMO_AGGREGATE__METHOD"] == "aa" and os.environ["MY_SCELMO_KEY"] == "sk-x"
         assert "SCELMO_OLD__SETTING" not in os.environ  # unset in R
-        assert os.environ["PATH_UNRELATED_VAR"] == "kept" and os.environ.get("HOME") != "/elsewhere"  # not ours
+        assert os.environ["PYTHON_OWN_VAR"] == "kept"  # not R's business
     finally:
         os.environ.clear()
         os.environ.update(saved)

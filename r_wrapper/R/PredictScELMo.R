@@ -71,6 +71,7 @@ PredictScELMo.Seurat <- function(object, model, method = "knn", prefix = "scelmo
     if (!is.character(reduction.name) || length(reduction.name) != 1 || !nzchar(reduction.name)) {
       .abort("`reduction.name` must be one non-empty string (or NA for none).", "scelmo_input_error")
     }
+    .check_free_name(object, reduction.name, "reduction.name", kind = "reduction")
   }
   m <- .get_layer(object, assay, layer)
   res <- .predict(m, py, model, method, k, normalize, min.overlap, verbose)

@@ -125,10 +125,12 @@ TrainScELMo.default <- function(object, labels = NULL, batch = NULL, head = "ann
 # not a class (Python's `setup_anndata(unlabeled_category=)`).
 .unlabeled_as_na <- function(v, category) {
   if (is.null(category)) return(v)
-  if (!is.character(category) || length(category) == 0 || anyNA(category) || any(!nzchar(category))) {
-    .abort("`unlabeled.category` must be the label(s) of unlabelled cells, e.g. \"Unknown\".",
+  if (!(is.character(category) || is.numeric(category)) || length(category) == 0 || anyNA(category) ||
+      any(!nzchar(as.character(category)))) {
+    .abort("`unlabeled.category` must be the label(s) of unlabelled cells, e.g. \"Unknown\" or -1.",
            "scelmo_input_error")
   }
+  category <- as.character(category)
   v[as.character(v) %in% category] <- NA
   if (is.factor(v)) droplevels(v, exclude = category) else v
 }

@@ -102,16 +102,28 @@
 
 # Call a bridge function; turn its {ok = FALSE} answer into an R error and
 # re-issue Python warnings as R warnings.
-# R's Sys.setenv() after Python started is not seen by Python's os.environ (read once): scelmo's
-# SCELMO_* settings and provider keys/endpoints are passed on at every call (never stored).
-.SYNCED_ENV <- "^SCELMO_|_API_KEY$|_API_BASE$|_BASE_URL$"
-
+# R's Sys.setenv() after Python started is not seen by Python's os.environ (read once): every call
+# passes on what R changed since the last one (settings, provider keys, the variable an api_key_env
+# names, ...). The first call sets what differs from Python's copy and removes nothing (Python may
+# have set variables of its own); later calls also remove what R unset.
 .sync_env <- function(bridge) {
+  if (!reticulate::py_has_attr(bridge, "sync_environ")) return(invisible(NULL))
   env <- Sys.getenv()
-  keep <- grepl(.SYNCED_ENV, names(env))
-  if (reticulate::py_has_attr(bridge, "sync_environ")) {
-    bridge$sync_environ(as.list(names(env)[keep]), as.list(unname(as.character(env[keep]))))
+  env <- stats::setNames(as.character(env), names(env))
+  last <- .state$env_synced
+  removed <- character(0)
+  if (is.null(last)) {
+    py <- bridge$environ()
+    last <- stats::setNames(as.character(unlist(py)), names(py))
+  } else {
+    removed <- setdiff(names(last), names(env))
   }
+  before <- last[names(env)]
+  changed <- names(env)[is.na(before) | before != env]
+  if (length(changed) || length(removed)) {
+    bridge$sync_environ(as.list(changed), as.list(unname(env[changed])), as.list(removed))
+  }
+  .state$env_synced <- env
   invisible(NULL)
 }
 

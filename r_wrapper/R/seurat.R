@@ -36,7 +36,9 @@
 .check_free_name <- function(object, name, what, kind = "column") {
   taken <- c(stats::setNames(rep("assay", length(SeuratObject::Assays(object))), SeuratObject::Assays(object)),
              if (kind == "column") stats::setNames(rep("reduction", length(SeuratObject::Reductions(object))),
-                                                   SeuratObject::Reductions(object)))
+                                                   SeuratObject::Reductions(object)),
+             # (a reduction named like a metadata column is stored but cannot be reached: a review)
+             if (kind == "reduction") stats::setNames(rep("metadata column", ncol(object[[]])), colnames(object[[]])))
   hit <- intersect(name, names(taken))
   if (length(hit)) {
     .abort(paste0("`", what, "` would name '", hit[1], "', which is already ", if (taken[[hit[1]]] == "assay") "an " else "a ",
@@ -120,7 +122,8 @@
   map <- c(species = "genes.species", l2.normalize = "aggregate.l2_normalize",
            chunk.size = "aggregate.chunk_size", describe = "describe.model", embed = "embed.model",
            flavor = "aggregate.flavor", n.top.genes = "aggregate.n_top_genes",
-           normalize = "aggregate.normalize", transform = "aggregate.transform")
+           normalize = "aggregate.normalize", transform = "aggregate.transform",
+           gene.embeddings = "gene.embeddings")  # (the R functions' own key: a saved gene table)
   sections <- NULL
   for (nm in names(dots)) {
     key <- if (nm %in% names(map)) map[[nm]] else NULL

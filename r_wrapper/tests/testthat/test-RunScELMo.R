@@ -234,10 +234,15 @@ test_that("settings and keys set with Sys.setenv() after Python started reach it
   expect_identical(scelmo_config_show(print = FALSE)$aggregate$method, "aa")
   Sys.unsetenv("SCELMO_AGGREGATE__METHOD")
   expect_identical(scelmo_config_show(print = FALSE)$aggregate$method, "wa")
-  Sys.setenv(MYPROVIDER_API_KEY = "sk-from-r")
-  on.exit(Sys.unsetenv("MYPROVIDER_API_KEY"), add = TRUE)
+  Sys.setenv(MYPROVIDER_API_KEY = "sk-from-r", MY_KEY_VARIABLE = "sk-any-name")  # (any name: api_key_env)
+  on.exit(Sys.unsetenv(c("MYPROVIDER_API_KEY", "MY_KEY_VARIABLE")), add = TRUE)
   scelmo_config_show(print = FALSE)
-  expect_identical(reticulate::import("os")$environ$get("MYPROVIDER_API_KEY"), "sk-from-r")
+  os <- reticulate::import("os")
+  expect_identical(os$environ$get("MYPROVIDER_API_KEY"), "sk-from-r")
+  expect_identical(os$environ$get("MY_KEY_VARIABLE"), "sk-any-name")
+  Sys.unsetenv("MY_KEY_VARIABLE")
+  scelmo_config_show(print = FALSE)
+  expect_null(os$environ$get("MY_KEY_VARIABLE"))
 })
 
 test_that("a dotted argument that is no settings key is an unknown argument (trial: a config error)", {
@@ -245,9 +250,15 @@ test_that("a dotted argument that is no settings key is an unknown argument (tri
   seu <- toy_seurat()
   expect_error(RunScELMo(seu, dims.use = 1:3, verbose = FALSE), "Unknown argument 'dims.use'",
                class = "scelmo_input_error")
-  # a dotted settings key still works
+  # a dotted settings key still works, and so does the documented gene.embeddings shortcut (a review)
   a <- RunScELMo(seu, aggregate.l2_normalize = TRUE, verbose = FALSE)
   expect_true("scelmo" %in% SeuratObject::Reductions(a))
+  table <- file.path(tempfile(), "genes")
+  reticulate::import("scelmo.testing")$random_gene_embeddings(toy_genes, dim = 8L)$save(table)
+  expect_equal(ncol(SeuratObject::Embeddings(RunScELMo(seu, gene.embeddings = table, verbose = FALSE), "scelmo")), 8)
+  # a reduction named like a metadata column is refused (it could not be reached)
+  expect_error(RunScELMo(seu, reduction.name = "group", verbose = FALSE), "already a metadata column",
+               class = "scelmo_input_error")
 })
 
 test_that("errors met in an R trial say what to do in R", {
