@@ -70,6 +70,9 @@ test_that("TrainScELMo + PredictScELMo on pbmc_small: labels, scores, DimReduc, 
   # the query was not otherwise changed
   expect_identical(SeuratObject::GetAssayData(q, slot = "counts"), SeuratObject::GetAssayData(s$query, slot = "counts"))
 
+  # a result name that is already an assay is refused before the work (a review)
+  expect_error(PredictScELMo(s$query, model, reduction.name = "RNA", verbose = FALSE), "already an assay",
+               class = "scelmo_input_error")
   cl <- PredictScELMo(s$query, model, method = "classifier", prefix = "ft_", reduction.name = NA, verbose = FALSE)
   expect_true(all(c("ft_label", "ft_label_score") %in% colnames(cl[[]])))
   # the names Python and AnnotateScELMo use; a prefix `q$...` could not reach is refused
