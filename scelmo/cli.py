@@ -342,6 +342,33 @@ def _embed_cells_distributed(input: str, output: str, fmt: str, key: str, *, sch
     )
 
 
+def _backed_layer(path: str, layer: str) -> tuple[Any, Any] | None:
+    """``(adata, h5 file)`` whose ``X`` is the sparse ``layers/<layer>`` of the ``.h5ad`` at ``path``,
+    read by rows on demand (anndata's backed mode reads every layer into memory: a trial saw the
+    peak grow with the cells), with the file's ``obs``, ``var``, ``varm`` and ``uns["scelmo"]``;
+    ``None`` where that layer is not a sparse matrix on disk."""
+    import anndata as ad
+    import h5py
+    from anndata.io import read_elem, sparse_dataset
+
+    h5 = h5py.File(path, "r")
+    try:
+        elem = h5["layers"][layer] if "layers" in h5 and layer in h5["layers"] else None
+        if elem is None or str(elem.attrs.get("encoding-type", "")) not in ("csr_matrix", "csc_matrix"):
+            h5.close()
+            return None
+        adata = ad.AnnData(X=sparse_dataset(elem), obs=read_elem(h5["obs"]), var=read_elem(h5["var"]))
+        for key, value in (read_elem(h5["varm"]) if "varm" in h5 else {}).items():
+            adata.varm[key] = value
+        if "uns" in h5 and keys.PROVENANCE in h5["uns"]:  # (earlier steps' records, kept beside the new one)
+            adata.uns[keys.PROVENANCE] = read_elem(h5["uns"][keys.PROVENANCE])
+        adata.uns[distributed.LAZY_SOURCE] = f"layers[{layer!r}]"  # (what the provenance names as read)
+    except Exception:
+        h5.close()
+        raise
+    return adata, h5
+
+
 def _check_output_format(output: str, backed: bool) -> None:
     suffix = Path(output).suffix.lower()
     if suffix not in _OUTPUT_FORMATS:
@@ -428,8 +455,8 @@ def embed_genes_cmd(ctx, input, output, gene_list, genes_file, describe_model, e
 @click.option("--chunk-size", type=click.IntRange(min=1), help="Cells per chunk.")
 @click.option("--species", type=click.Choice(["auto", "human", "mouse"]))
 @click.option("--key-added", default=None, help="obsm key (default X_scelmo).")
-@click.option("--backed", is_flag=True, help="Stream an .h5ad INPUT's X from disk (bounded memory); OUTPUT is a copy with the "
-              "results added. A --layer is read into memory (anndata's backed mode loads layers): --workers streams it.")
+@click.option("--backed", is_flag=True, help="Stream an .h5ad INPUT's X (or sparse --layer) from disk (bounded memory); OUTPUT "
+              "is a copy with the results added. A dense --layer is read into memory: --workers streams it.")
 @click.option("--precision", type=click.Choice(["float32", "bfloat16", "float16"]),
               help="Gene vectors while aggregating (bfloat16: half the memory, float32 sums).")
 @click.option("--scheduler", metavar="ADDRESS", help="Run on an existing dask.distributed cluster (e.g. tcp://host:8786); "
@@ -489,10 +516,16 @@ def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, flavor, n_t
                                               n_top_genes=n_top_genes, mask_var=mask_var, transform=transform,
                                               l2_normalize=l2, species=species, precision=precision, config=settings))
         return
-    adata = _read_input(input, backed=backed)
-    if backed and layer:  # (a trial: peak memory grew with the cells although --backed says bounded)
-        click.echo(f"Note: anndata's backed mode reads layer {layer!r} into memory; only X streams from disk. To "
-                   "stream a layer, use --workers N (dask) instead of --backed.", err=True)
+    streamed_layer = _backed_layer(input, layer) if backed and layer else None
+    h5 = None
+    if streamed_layer is not None:  # the layer streams from disk like X
+        adata, h5 = streamed_layer
+        layer = None
+    else:
+        adata = _read_input(input, backed=backed)
+    if backed and layer:  # a dense layer: anndata's backed mode reads it into memory
+        click.echo(f"Note: anndata's backed mode reads the dense layer {layer!r} into memory; only X and sparse "
+                   "layers stream from disk. To stream it, use --workers N (dask) instead of --backed.", err=True)
     if layer and layer not in adata.layers:
         raise InputError(f"INPUT has no layer {layer!r}; layers: {', '.join(map(str, adata.layers)) or 'none'}.")
     if mask_var and mask_var not in adata.var:
@@ -505,10 +538,12 @@ def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, flavor, n_t
     )
     t0 = time.perf_counter()
     if backed:  # stream rows in and cell vectors out: memory independent of the number of cells
-        with io.streamed_h5ad_copy(input, output) as dest:
-            tl.embed_cells(adata, out=dest.obsm(key, adata.n_obs), **options)
-            dest.write_results(adata)
-        adata.file.close()
+        try:
+            with io.streamed_h5ad_copy(input, output) as dest:
+                tl.embed_cells(adata, out=dest.obsm(key, adata.n_obs), **options)
+                dest.write_results(adata)
+        finally:
+            (h5 if h5 is not None else adata.file).close()
     else:
         tl.embed_cells(adata, **options)
         if _is_rds(output):  # the input object plus a "scelmo" DimReduc / reducedDim

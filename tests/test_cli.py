@@ -186,3 +186,31 @@ def test_usage_mistakes_exit_2_as_the_docs_say(tmp_path):
                         (["embed-genes", "--genes", "CD3E", "-o", str(tmp_path / "g"), "--max-cost", "-1"], "max-cost")):
         res = r.invoke(cli, args)
         assert res.exit_code == 2 and match in res.output, (args, res.exit_code, res.output)
+
+
+def test_backed_layer_streams_from_disk_and_equals_in_memory(tmp_path):
+    """Trial finding: `--backed --layer counts` read the whole layer into memory (anndata's backed
+    mode loads layers): peak memory grew with the cells. A sparse layer now streams like X."""
+    import scanpy as sc
+    import scipy.sparse as sp
+
+    import scelmo.datasets as sd
+
+    a = sd.pbmc68k_reduced()
+    b = ad.AnnData(sp.csr_matrix(a.layers["counts"]), obs=a.obs[[]].copy(), var=a.var[[]].copy())
+    b.layers["counts"] = b.X.copy()
+    sc.pp.normalize_total(b)
+    sc.pp.log1p(b)
+    b.uns[keys.PROVENANCE] = {"embed_genes": {"note": "an earlier step"}}
+    b.write_h5ad(tmp_path / "in.h5ad")
+    outs = {}
+    for name, extra in (("backed", ["--backed"]), ("memory", [])):
+        res = CliRunner().invoke(cli, ["--no-progress", "embed-cells", str(tmp_path / "in.h5ad"), "-o",
+                                       str(tmp_path / f"{name}.h5ad"), "--layer", "counts", *extra])
+        assert res.exit_code == 0, res.output
+        assert "reads the dense layer" not in res.output
+        outs[name] = ad.read_h5ad(tmp_path / f"{name}.h5ad")
+    np.testing.assert_array_equal(outs["backed"].obsm[keys.X_SCELMO], outs["memory"].obsm[keys.X_SCELMO])
+    record = outs["backed"].uns[keys.PROVENANCE]
+    assert record["embed_cells"]["matrix"] == "layers['counts']" and "embed_genes" in record
+    assert "counts" in outs["backed"].layers
