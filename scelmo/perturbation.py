@@ -62,7 +62,7 @@ __all__ = [
     "additive_shift",
     "align_by_gene",
     "component_gene_vectors",
-    "genes_by_another_name",
+    "another_name_note",
     "components",
     "delta_scores",
     "gene_perturbation_embeddings",
@@ -504,17 +504,22 @@ def component_gene_vectors(
     return out, now
 
 
-def genes_by_another_name(names: Sequence[str], gene_table: Any) -> list[tuple[str, str]]:
-    """``(name, symbol)`` for the names not in ``gene_table`` that the gene vocabulary reads
-    as a gene by another name (an alias or an older symbol: IFN-beta -> IFNB1, MARCH8 ->
-    MARCHF8): such a name is given that gene's vector, which is wrong for a stimulus or a
-    drug that merely shares a gene's alias."""
+def another_name_note(names: Sequence[str], gene_table: Any) -> str | None:
+    """What to tell about the names not in ``gene_table`` that the gene vocabulary reads as a gene
+    by another name (an alias or an older symbol: IFN-beta -> IFNB1, MARCH8 -> MARCHF8): such a
+    name is given that gene's vector, which is wrong for a stimulus or a drug that merely shares a
+    gene's alias. ``None`` when there are none; callers add how to give such a name its own vector."""
     names = [str(n) for n in names]
     vocab = roles.vocabulary() if any(n not in gene_table for n in names) else None
     if vocab is None:
-        return []
-    return [(n, s) for n, s in zip(names, vocab.resolve(names).symbols, strict=True)
-            if s and s != n and n not in gene_table]
+        return None
+    pairs = [(n, s) for n, s in zip(names, vocab.resolve(names).symbols, strict=True)
+             if s and s != n and n not in gene_table]
+    if not pairs:
+        return None
+    shown = ", ".join(f"{n} -> {s}" for n, s in pairs[:8]) + (", ..." if len(pairs) > 8 else "")
+    return (f"Perturbation names read as genes by another name, and given those genes' vectors: {shown}. A name "
+            "that is not that gene (a stimulus or a drug) needs a vector from its description")
 
 
 def text_perturbation_embeddings(descriptions: Mapping[str, str], *, settings: Any = None) -> dict[str, np.ndarray]:

@@ -61,13 +61,10 @@ def _perturbed_gene_vectors(adata: Any, key: str, options: Any, config: dict[str
     unknown = [c for c in comps if c not in out]
     if unknown:
         raise _no_vector_error(unknown)
-    renamed = P.genes_by_another_name(list(out), table)
-    if renamed:
-        shown = ", ".join(f"{n} -> {s}" for n, s in renamed[:8]) + (", ..." if len(renamed) > 8 else "")
-        click.echo(f"Perturbation names read as genes by another name, and given those genes' vectors: {shown}. A name "
-                   "that is not that gene (a stimulus or a drug) needs a vector from its description: use Python, "
-                   "scelmo.Model(..., perturbation_embeddings=scelmo.perturbation.text_perturbation_embeddings({name: "
-                   "description})).", err=True)
+    note = P.another_name_note(list(out), table)
+    if note:
+        click.echo(note + ": use Python, scelmo.Model(..., perturbation_embeddings=scelmo.perturbation."
+                   "text_perturbation_embeddings({name: description})).", err=True)
     return out
 
 

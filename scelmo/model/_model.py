@@ -52,7 +52,7 @@ from scelmo.genes import GeneEmbeddings
 from scelmo.knowledge import roles
 from scelmo.model._save_load import read_model, save_model
 from scelmo.model._setup import AnnDataSetup, _remember, _setup_of, _setup_to_uns
-from scelmo.perturbation import component_gene_vectors, components, genes_by_another_name
+from scelmo.perturbation import another_name_note, component_gene_vectors, components
 
 
 def obs_column(adata: Any, key: str | None, *, unlabeled: str | None = None) -> np.ndarray | None:
@@ -175,14 +175,10 @@ class Model:
                 f"knows. Check the spelling and the control name (control={control!r}); a drug or a stimulus needs a "
                 "vector from its description: scelmo.Model(..., perturbation_embeddings="
                 "scelmo.perturbation.text_perturbation_embeddings({name: description})).")
-        renamed = genes_by_another_name(list(found), self.gene_table)
-        if renamed:
-            shown = ", ".join(f"{n} -> {s}" for n, s in renamed[:8]) + (", ..." if len(renamed) > 8 else "")
-            warnings.warn(
-                f"Perturbation names read as genes by another name, and given those genes' vectors: {shown}. A name "
-                "that is not that gene (a stimulus or a drug) needs a vector from its description: "
-                "perturbation_embeddings=scelmo.perturbation.text_perturbation_embeddings({name: description}).",
-                ScelmoWarning, stacklevel=3)
+        note = another_name_note(list(found), self.gene_table)
+        if note:
+            warnings.warn(note + ": perturbation_embeddings=scelmo.perturbation.text_perturbation_embeddings({name: "
+                          "description}).", ScelmoWarning, stacklevel=3)
         return plugins.heads.create(head, **{**head_options, "perturbation_embeddings": {**found, **given}})
 
     # -- setup ----------------------------------------------------------------------------
