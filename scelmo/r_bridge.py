@@ -521,8 +521,10 @@ def _class_order(classes: list[str], order: Sequence[str] | None) -> list[str]:
     """``classes`` in R's ``order`` (a factor's levels), any others after them."""
     if not order:
         return classes
-    first = [c for c in order if c in set(classes)]
-    return first + [c for c in classes if c not in set(first)]
+    known = set(classes)
+    first = [c for c in dict.fromkeys(order) if c in known]
+    placed = set(first)
+    return first + [c for c in classes if c not in placed]
 
 
 def _model_info(model: Any, extra: Mapping[str, Any]) -> dict[str, Any]:
