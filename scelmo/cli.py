@@ -343,10 +343,10 @@ def _embed_cells_distributed(input: str, output: str, fmt: str, key: str, *, sch
 
 
 def _backed_layer(path: str, layer: str) -> tuple[Any, Any] | None:
-    """``(adata, h5 file)`` whose ``X`` is the sparse ``layers/<layer>`` of the ``.h5ad`` at ``path``,
-    read by rows on demand (anndata's backed mode reads every layer into memory: a trial saw the
-    peak grow with the cells), with the file's ``obs``, ``var``, ``varm`` and ``uns["scelmo"]``;
-    ``None`` where that layer is not a sparse matrix on disk."""
+    """``(adata, h5 file)`` whose ``X`` is ``layers/<layer>`` of the ``.h5ad`` at ``path`` (sparse or
+    dense), read by rows on demand (anndata's backed mode reads every layer into memory: a trial
+    saw the peak grow with the cells), with the file's ``obs``, ``var``, ``varm`` and
+    ``uns["scelmo"]``; ``None`` where the file has no such layer on disk."""
     import anndata as ad
     import h5py
     from anndata.io import read_elem, sparse_dataset
@@ -354,10 +354,13 @@ def _backed_layer(path: str, layer: str) -> tuple[Any, Any] | None:
     h5 = h5py.File(path, "r")
     try:
         elem = h5["layers"][layer] if "layers" in h5 and layer in h5["layers"] else None
-        if elem is None or str(elem.attrs.get("encoding-type", "")) not in ("csr_matrix", "csc_matrix"):
+        encoding = str(elem.attrs.get("encoding-type", "")) if elem is not None else ""
+        if encoding not in ("csr_matrix", "csc_matrix", "array") or (encoding == "array" and elem.ndim != 2):
             h5.close()
             return None
-        adata = ad.AnnData(X=sparse_dataset(elem), obs=read_elem(h5["obs"]), var=read_elem(h5["var"]))
+        # (a dense layer is an h5py dataset, read by row blocks as backed X is)
+        matrix = sparse_dataset(elem) if encoding != "array" else elem
+        adata = ad.AnnData(X=matrix, obs=read_elem(h5["obs"]), var=read_elem(h5["var"]))
         for key, value in (read_elem(h5["varm"]) if "varm" in h5 else {}).items():
             adata.varm[key] = value
         if "uns" in h5 and keys.PROVENANCE in h5["uns"]:  # (earlier steps' records, kept beside the new one)
@@ -523,9 +526,6 @@ def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, flavor, n_t
         layer = None
     else:
         adata = _read_input(input, backed=backed)
-    if backed and layer:  # a dense layer: anndata's backed mode reads it into memory
-        click.echo(f"Note: anndata's backed mode reads the dense layer {layer!r} into memory; only X and sparse "
-                   "layers stream from disk. To stream it, use --workers N (dask) instead of --backed.", err=True)
     if layer and layer not in adata.layers:
         raise InputError(f"INPUT has no layer {layer!r}; layers: {', '.join(map(str, adata.layers)) or 'none'}.")
     if mask_var and mask_var not in adata.var:
