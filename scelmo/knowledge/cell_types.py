@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -33,7 +33,7 @@ from scelmo.errors import ScelmoWarning
 
 __all__ = ["CellTypeMarkers", "CellTypeMatch", "EQUIVALENT_NAMES", "MarkerSet", "match_cell_types", "match_descendants",
            "marker_weights", "cell_type_marker_genes", "covers_name", "inherit_named_parents", "name_key", "primary_records",
-           "tissue_conflict",
+           "tissue_conflict", "query_tissue", "other_organ", "in_organ",
            "name_terms", "parse_name"]
 
 
@@ -455,6 +455,51 @@ def tissue_conflict(name: str, match: CellTypeMatch, vocab: Any) -> bool:
         if not k.tissue or tissues & own:
             return False
     return True
+
+
+def _tissues_named(name: str, vocab: Any) -> set[str]:
+    return {TISSUE_WORDS[w] for w in name_terms(name, vocab)[0] if w in TISSUE_WORDS}
+
+
+def query_tissue(names: Sequence[str], definitions: Sequence[CellTypeMarkers], vocab: Any) -> str | None:
+    """The organ a list of candidate names is about, if the names say so: each name votes
+    for the one organ (:data:`TISSUE_WORDS`) that its own words, or else the names of the
+    definitions it matches, name ("alpha cell" matches "pancreatic alpha cell": pancreas;
+    "stellate cell" matches hepatic and pancreatic ones: no vote). The organ with two
+    votes or more and more votes than any other; ``None`` otherwise (blood cell names
+    name no organ)."""
+    votes: Counter[str] = Counter()
+    for name, m in match_cell_types(names, definitions, vocab).items():
+        organs = _tissues_named(name, vocab) or {t for k in m.types for t in _tissues_named(k.name, vocab)}
+        if len(organs) == 1:
+            votes[next(iter(organs))] += 1
+    top = votes.most_common(2)
+    if not top or top[0][1] < 2 or (len(top) == 2 and top[1][1] == top[0][1]):
+        return None
+    return top[0][0]
+
+
+def other_organ(name: str, match: CellTypeMatch, tissue: str, vocab: Any) -> bool:
+    """Whether ``name`` names no organ and every curated set it matches is from an organ
+    other than ``tissue`` (immune sets, whose cells live in every organ, and types without
+    a tissue never are): beside pancreatic names, "stellate cell" is not the liver set."""
+    return (bool(match.types) and not _tissues_named(name, vocab)
+            and all(k.tissue and k.tissue != "immune" and k.tissue != tissue for k in match.types))
+
+
+def in_organ(name: str, match: CellTypeMatch, tissue: str, vocab: Any) -> CellTypeMatch | None:
+    """``match`` narrowed to its types that are ``name`` in ``tissue`` and have markers: their
+    names add only words naming that organ ("pancreatic stellate cell" for "stellate cell"
+    in the pancreas); ``None`` when there are none."""
+    words, genes = name_terms(name, vocab)
+    keep = []
+    for k in match.types:
+        kwords, kgenes = name_terms(k.name, vocab)
+        extra = set(kwords) - set(words)
+        if (k.markers and set(words) <= set(kwords) and extra and all(TISSUE_WORDS.get(w) == tissue for w in extra)
+                and _shares_gene(genes, kgenes) == len(genes)):
+            keep.append(k)
+    return CellTypeMatch(tuple(keep), True, match.absent) if keep else None
 
 
 def covers_name(name: str, match: CellTypeMatch, vocab: Any) -> bool:

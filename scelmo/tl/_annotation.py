@@ -49,12 +49,15 @@ from scelmo.knowledge.cell_types import (
     SYNONYMS,
     MarkerSet,
     covers_name,
+    in_organ,
     inherit_named_parents,
     marker_weights,
     match_cell_types,
     match_descendants,
     name_key,
+    other_organ,
     parse_name,
+    query_tissue,
     tissue_conflict,
 )
 from scelmo.knowledge.descriptions import describe
@@ -298,6 +301,7 @@ def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], gene
     matches: dict[str, Any] = {}
     consensus: dict[str, float] = {}
     partial: set[str] = set()  # names a curated set matches without having all their words
+    organ: dict[str, str] = {}  # bare names whose curated sets are from another organ than the list's
     for level, tier in enumerate((describer.cell_type_markers, describer.cell_type_definition_markers)):
         rest = [n for n in names if n not in matches or not matches[n].types or n in partial]
         types = tier() if rest else []
@@ -308,6 +312,15 @@ def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], gene
             known += types
             found = {n: m for n, m in match_cell_types(rest, types, vocab, species=species if level == 0 else None).items()
                      if m.types or n not in matches}
+            # ... a bare name beside names of one organ is that organ's type ("stellate cell" beside
+            # "alpha cell" is the pancreatic one, a definition, not the curated liver set), if a
+            # definition of it there names genes; else it keeps its curated match
+            for n in (n for n in organ if n in found):
+                narrowed = in_organ(n, found[n], organ[n], vocab)
+                if narrowed is None:
+                    del found[n]
+                else:
+                    found[n] = narrowed
             # ... unless the name names an organ the curated sets are not from and a definition
             # has the name's every word: "pancreatic stellate cell" is not the curated liver
             # "Stellate cell", "type B pancreatic cell" not the B lymphocyte
@@ -315,6 +328,11 @@ def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], gene
                      or (m.exact and covers_name(n, m, vocab) and any(k.markers for k in m.types))}
             if level == 0:
                 partial = {n for n, m in found.items() if m.types and tissue_conflict(n, m, vocab)}
+                if any(m.types and all(k.tissue not in ("", "immune") for k in m.types) for m in found.values()):
+                    tissue = query_tissue(names, describer.cell_type_definition_markers(), vocab)
+                    organ = {n: tissue for n, m in found.items()
+                             if tissue and n not in partial and other_organ(n, m, tissue, vocab)}
+                    partial |= set(organ)
             matches.update(found)
             if level == 1:
                 # definitions mention genes in passing ("reportedly CD7-positive"): a name
