@@ -41,6 +41,16 @@ def test_embed_genes_writes_varm_and_coverage(pbmc):
     assert info["gene_coverage"] == pytest.approx(mask.mean())
 
 
+def test_embed_genes_with_a_list_first_says_to_pass_genes_by_keyword():
+    """Found while measuring: `embed_genes(["INS", "GCG"])` failed with "'list' object has no
+    attribute 'var_names'"."""
+    from scelmo.errors import InputError
+
+    with pytest.raises(InputError, match=r"embed_genes\(genes=\[\.\.\.\]\)"):
+        scelmo.tl.embed_genes(["INS", "GCG"])
+    assert len(scelmo.tl.embed_genes(genes=["INS", "GCG"], progress=False)) == 2
+
+
 def test_zero_shot_clusters_recover_cell_types(pbmc):
     scelmo.tl.embed_cells(pbmc)
     scelmo.tl.cluster(pbmc)

@@ -245,6 +245,11 @@ def embed_genes(
     vector), ``adata.var["scelmo_has_embedding"]``, ``adata.var["scelmo_symbol"]`` and
     ``adata.uns["scelmo"]["embed_genes"]``.
     """
+    if adata is not None and not hasattr(adata, "var_names"):
+        raise InputError(
+            f"The first argument of embed_genes is an AnnData, not a {type(adata).__name__}; for gene names "
+            "alone pass them by keyword: `scelmo.tl.embed_genes(genes=[...])`."
+        )
     if copy:
         if adata is None:
             raise InputError("copy=True needs an `adata` to copy.")
