@@ -26,7 +26,7 @@ MASK = "**********"
 _SHORT = "***"
 _SECRET_WORDS = frozenset({
     "apikey", "token", "secret", "password", "passwd", "pwd", "authorization", "credential",
-    "credentials", "bearer", "cookie", "sig", "signature",
+    "credentials", "bearer", "cookie", "sig", "signature", "auth",
 })
 #: Words that make a following ``key`` a secret wherever it stands (``api_key_prod``).
 _SECRET_KEY_PREFIXES = frozenset({"api", "secret", "private", "access", "auth", "master", "subscription",

@@ -302,6 +302,24 @@ def test_max_cost_stops_cleanly_and_resumes(server, tmp_path):
     assert sum(server.answered[g] for g in genes) - before == 20 - done  # nothing paid twice
 
 
+def test_re_asking_an_empty_answer_is_booked_against_the_cost_limit(server, tmp_path):
+    """LLM-path trial: an empty answer is asked again (a second paid call), but only the
+    first call was booked, and only the second's cost settled: `max_cost=0.35` on 10 genes
+    answered empty sent 20 calls and spent $0.60. Each re-ask is now booked first."""
+    opts = {"input_cost_per_token": 1e-3, "output_cost_per_token": 1e-3, "max_tokens": 5, "concurrency": 1}
+    s = _cfg(server, tmp_path, describe_model="openai/empty", dopts=opts)
+    before = server.by_model["empty"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScelmoWarning)
+        res = describe([f"E{i}" for i in range(10)], config=s, max_cost=0.35)
+    calls = server.by_model["empty"] - before
+    assert res.usage.cost <= 0.35 and res.usage.calls == calls < 20, (res.usage.cost, calls)
+    assert any("not asked again, as that would pass the cost limit" in why for why in res.failed.values())
+    # with no limit every empty answer is asked twice, and the usage counts both calls
+    res = describe([f"F{i}" for i in range(3)], config=s)
+    assert set(res.failed) == {"F0", "F1", "F2"} and res.usage.calls == 6
+
+
 def test_a_cost_stop_reports_what_the_calls_in_flight_spent(server, tmp_path):
     """Trial finding: with calls in flight, a --max-cost stop said "$0.0000 spent so far" (its
     message was written before they settled)."""

@@ -8,13 +8,16 @@ from scelmo.redact import MASK, is_secret_name, mask, url_secrets
 
 
 @pytest.mark.parametrize("name", ["api_key", "OPENAI_API_KEY", "azure_ad_token", "clientSecret", "Authorization",
-                                  "password", "x-api-key", "HF_TOKEN", "aws_secret_access_key"])
+                                  "password", "x-api-key", "HF_TOKEN", "aws_secret_access_key",
+                                  # an LLM-path trial: `config show` printed an extra_headers "X-Auth" in clear
+                                  "X-Auth", "X-Lab-Auth", "auth"])
 def test_secret_names(name):
     assert is_secret_name(name)
 
 
 @pytest.mark.parametrize("name", ["api_key_env", "max_tokens", "prompt_tokens", "usage_completion_tokens",
-                                  "input_cost_per_token", "api_base", "model", "timeout", "keys_in_environment"])
+                                  "input_cost_per_token", "api_base", "model", "timeout", "keys_in_environment",
+                                  "author", "oauth_scopes"])
 def test_names_that_are_not_secrets(name):
     assert not is_secret_name(name)
 

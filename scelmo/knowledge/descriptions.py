@@ -29,7 +29,7 @@ from typing import Any
 
 from scelmo import plugin as plugins
 from scelmo.config import ScelmoSettings, get_settings
-from scelmo.errors import ConfigError, InputError, ScelmoWarning
+from scelmo.errors import BudgetExceededError, ConfigError, InputError, ScelmoWarning
 from scelmo.knowledge import roles
 from scelmo.llm.cache import Cache, open_cache, text_hash
 from scelmo.llm.calls import (
@@ -330,23 +330,46 @@ def _from_knowledge_source(plan: _Plan) -> DescribeResult:
 
 
 async def _answer(component: Provider, template: PromptTemplate, item: str, policy: Any,
-                  usage: Usage) -> tuple[Completion, str | None]:
+                  usage: Usage, budget: Budget | None = None,
+                  estimate: Any = None) -> tuple[Completion, str | None, float | None]:
     """One item's completion, asked again (up to ``ANSWER_RETRIES`` times) while it is a refusal or empty.
 
-    Returns the last answer and what is wrong with it (``None`` when it is usable).
+    Returns the last answer, what is wrong with it (``None`` when it is usable) and the
+    first call's cost (the call :func:`~scelmo.llm.calls.run_calls` booked). Each re-ask
+    is another paid call: under a cost limit it is booked in ``budget`` first (at
+    ``estimate()``) and settled here, or not made when it does not fit (an LLM-path trial:
+    empty answers took a ``max_cost=0.35`` run to $0.60).
     """
     text = template.render(item)
-    problem: str | None = None
-    for _ in range(ANSWER_RETRIES + 1):
-        answer = await with_retries(
-            lambda: component.acomplete(text, system=template.system), policy, usage=usage,
-            label=component.model_id,
-        )
+    limited = budget is not None and budget.max_cost is not None
+
+    async def ask() -> Completion:
+        answer = await with_retries(lambda: component.acomplete(text, system=template.system), policy,
+                                    usage=usage, label=component.model_id)
         usage.add(prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens, cost=answer.cost)
-        problem = answer_problem(answer.text)
+        return answer
+
+    answer = await ask()
+    first_cost, problem = answer.cost, answer_problem(answer.text)
+    for _ in range(ANSWER_RETRIES):
         if problem is None:
-            return answer, None
-    return answer, problem
+            break
+        booked: float | None = None
+        if limited:
+            try:
+                booked = budget.reserve(estimate() if estimate is not None else 0.0, component)  # type: ignore[union-attr]
+            except BudgetExceededError:
+                return answer, f"{problem}; not asked again, as that would pass the cost limit", first_cost
+        try:
+            answer = await ask()
+        except BaseException:
+            if booked is not None:
+                budget.settle(booked, 0.0)  # type: ignore[union-attr]
+            raise
+        if booked is not None:
+            budget.settle(booked, answer.cost)  # type: ignore[union-attr]
+        problem = answer_problem(answer.text)
+    return answer, problem, first_cost
 
 
 def _ask(plan: _Plan, todo: list[str], result: DescribeResult, cache: Cache | None, budget: Budget,
@@ -363,8 +386,8 @@ def _ask(plan: _Plan, todo: list[str], result: DescribeResult, cache: Cache | No
     with progress_bar(total=len(todo), desc=f"describing {plan.subject.replace('_', ' ')}s", unit="call",
                       enabled=progress) as bar:
 
-        def on_result(item: str, out: tuple[Completion, str | None]) -> None:
-            answer, problem = out
+        def on_result(item: str, out: tuple[Completion, str | None, float | None]) -> None:
+            answer, problem, _ = out
             if problem is None:
                 text = answer.text.strip()
                 if cache is not None:
@@ -375,15 +398,16 @@ def _ask(plan: _Plan, todo: list[str], result: DescribeResult, cache: Cache | No
             bar.update(1)
             bar.set_postfix(usage.postfix(), refresh=False)
 
+        def estimate(item: str) -> float | None:
+            return component.price(component.count_tokens(template.render(item), system=template.system), expected)
+
         run_calls(
             todo,
-            lambda item: _answer(component, template, item, policy, usage),
+            lambda item: _answer(component, template, item, policy, usage, budget, lambda: estimate(item)),
             on_result=on_result,
             concurrency=int(getattr(component.options, "concurrency", 8)),
             budget=budget,
-            estimate_cost=lambda i: component.price(
-                component.count_tokens(template.render(i), system=template.system), expected
-            ),
-            actual_cost=lambda out: out[0].cost,
+            estimate_cost=estimate,
+            actual_cost=lambda out: out[2],  # (each re-ask settled its own booking)
             component=component,
         )
