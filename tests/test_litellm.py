@@ -88,6 +88,24 @@ def test_describe_and_embed_through_litellm(server, tmp_path):
     np.testing.assert_allclose(vecs, expect, rtol=1e-6)
 
 
+def test_describe_asks_about_an_alias_by_its_symbol_as_embed_genes_does(server, tmp_path):
+    """LLM-path trial: `scelmo describe genes` asked the LLM about names as given (IGJ) and
+    `embed-genes` about their symbols (JCHAIN), so every alias was paid for twice."""
+    import scelmo
+
+    s = _cfg(server, tmp_path)
+    before = server.total_requests
+    res = describe(["IGJ", "ENSG00000132465", "CD3E"], config=s)
+    assert set(res.texts) == {"IGJ", "ENSG00000132465", "CD3E"} and res.symbols["IGJ"] == "JCHAIN"
+    assert res.texts["IGJ"] == res.texts["ENSG00000132465"] and "JCHAIN" in res.texts["IGJ"]
+    assert server.total_requests - before == 2  # JCHAIN once, CD3E
+    n = server.by_model.get("gpt-4o-mini", 0)
+    assert n >= 2
+    scelmo.tl.embed_genes(genes=["IGJ", "CD3E"], config=s, progress=False)
+    assert server.by_model.get("gpt-4o-mini", 0) == n  # both descriptions from the cache
+    assert estimate(["IGJ", "CD3E"], config=s).calls == 0
+
+
 def test_embedding_batches_and_concurrency(tmp_path):
     texts = [f"text number {i}" for i in range(300)]
     with FakeLLMServer(latency=0.05, dim=8) as srv:
@@ -284,6 +302,18 @@ def test_dry_run_estimates_without_sending(server, tmp_path):
     est_e = estimate_embed_genes(adata, config=local)[1]
     assert est_e.calls >= 1 and not any("no calls" in n for n in est_e.notes)
     assert server.total_requests == n + 3
+    # LLM-path trial: with an LLM describing, the embed role was always "0 cached", even after
+    # a complete run; the answered descriptions' vectors are looked up in the cache now
+    s2 = _cfg(server, tmp_path / "two")
+    est_d, est_e = estimate_embed_genes(adata, config=s2)
+    assert est_d.calls == len(GENES) and est_e.cached == 0 and est_e.items == len(GENES)
+    import scelmo
+
+    scelmo.tl.embed_genes(adata, config=s2, progress=False)
+    n = server.total_requests
+    est_d, est_e = estimate_embed_genes(adata, config=s2)
+    assert est_d.calls == 0 and est_e.calls == 0 and est_e.cached == est_e.items == len(GENES)
+    assert est_e.cost == 0 and server.total_requests == n
 
 
 def test_max_cost_stops_cleanly_and_resumes(server, tmp_path):

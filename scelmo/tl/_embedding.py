@@ -31,6 +31,7 @@ from scelmo.expression.selection import GeneStats, highly_variable, should_norma
 from scelmo.expression.selection import gene_stats as compute_gene_stats
 from scelmo.genes import GeneEmbeddings, GeneVocabulary, Resolution
 from scelmo.knowledge import roles
+from scelmo.knowledge.descriptions import cached_descriptions
 from scelmo.knowledge.descriptions import describe as describe_items
 from scelmo.knowledge.descriptions import estimate as estimate_describe
 from scelmo.llm.cache import open_cache, text_hash
@@ -311,10 +312,18 @@ def estimate_embed_genes(
         tokens = embedder.count_tokens(todo)
         n_items, cached = len(unique), len(unique) - len(todo)
     else:
-        n_items, cached, n_shipped = len(symbols), 0, 0
-        todo_n = len(symbols)
-        tokens = describer.expected_completion_tokens() * todo_n
-        todo = [""] * todo_n
+        # the descriptions already answered are known texts, whose vectors may be cached too
+        # (an LLM-path trial: after a complete run the dry run still listed every vector to do);
+        # the rest are not written yet: each assumed the describer's max_tokens long
+        described = cached_descriptions(symbols, subject="gene", prompt=prompt, config=settings, using=describer)
+        unique = {text_hash(t): t for t in described.values()}
+        with open_cache(settings) as cache:
+            done, shipped = known_vectors(embedder, unique, cache)
+        n_shipped, n_new = len(shipped), len(symbols) - len(described)
+        todo = [t for h, t in unique.items() if h not in done]
+        tokens = (embedder.count_tokens(todo) if todo else 0) + describer.expected_completion_tokens() * n_new
+        n_items, cached = len(unique) + n_new, len(unique) - len(todo)
+        todo += [""] * n_new
     bs = max(1, int(getattr(embedder.options, "batch_size", 32)))
     # a service's requests count (a server on this machine too: it needs no network, but is called)
     calls = -(-len(todo) // bs) if embedder.requires_network or embedder.is_async else 0
