@@ -726,6 +726,35 @@ def test_importing_scelmo_does_not_import_litellm():
     assert out.stdout.strip() == "False"
 
 
+def test_importing_litellm_does_not_count_against_the_first_requests_timeout(server, tmp_path):
+    """LLM-path trial: litellm's first import (~4 s) ran inside the first requests' deadline, so
+    with `timeout=3, retries=0` a fresh process failed with "no complete answer within 3 s" and
+    the server saw nothing. The import now happens before the deadline starts (warm_up)."""
+    # a fresh interpreter, where the describe call is the first thing to import litellm
+    code = (
+        "import warnings; warnings.simplefilter('ignore')\n"
+        "from scelmo import get_settings\n"
+        "from scelmo.knowledge.descriptions import describe\n"
+        f"s = get_settings({{'describe.model': 'openai/gpt-4o-mini', 'describe.api_base': {server.openai_base!r},"
+        f" 'describe.options': {{'timeout': 1.5, 'retries': 0}}, 'cache.path': {str(tmp_path / 'c.sqlite')!r}}})\n"
+        "import sys; assert 'litellm' not in sys.modules\n"
+        "print(sorted(describe(['CD3E'], config=s).texts))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "['CD3E']" in out.stdout, out.stderr[-2000:]
+
+
+def test_a_loopback_server_named_by_openai_api_base_gets_a_placeholder_key(server, tmp_path, monkeypatch):
+    """LLM-path trial: a server on this machine set through litellm's own OPENAI_API_BASE (no
+    `api_base`, no key) was let through the key check but sent no placeholder key, so every
+    call failed with "Missing credentials"."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_API_BASE", server.openai_base)
+    s = get_settings({"describe.model": "openai/gpt-4o-mini", "describe.options": {"retries": 0},
+                      "cache.path": str(tmp_path / "c.sqlite")})
+    assert set(describe(["CD3E"], config=s).texts) == {"CD3E"}
+
+
 def test_run_calls_stops_everything_on_first_failure():
     import asyncio
 

@@ -135,6 +135,11 @@ class _LiteLLMComponent:
             return o.api_key.get_secret_value()
         return os.environ.get(o.api_key_env) if o.api_key_env else None
 
+    def warm_up(self) -> None:
+        """Import litellm and check the credentials before the first request (outside its deadline)."""
+        litellm()
+        self._check_credentials()
+
     def _base(self) -> str | None:
         """Where requests go: ``api_base`` (or one in ``extra``), else the provider's base
         variable litellm reads (``OPENAI_API_BASE``, ``OLLAMA_API_BASE``, ...); ``None``: its default."""
@@ -222,10 +227,12 @@ class _LiteLLMComponent:
         key = self._key()
         if key:
             kw["api_key"] = key
-        elif (o.api_base and is_loopback(o.api_base) and not self.model.startswith(("ollama", "scelmo/"))
+        elif (is_loopback(self._base()) and not self.model.startswith(("ollama", "scelmo/"))
               and self._missing_key_vars()):
             # a local server without a key: the SDK insists on one. When the provider's own
-            # variable (OPENAI_API_KEY...) is set, litellm sends that one instead.
+            # variable (OPENAI_API_KEY...) is set, litellm sends that one instead. (Where requests
+            # go, as the key check decides: `api_base`, or the provider's OPENAI_API_BASE ...;
+            # a trial's server given by OPENAI_API_BASE got no placeholder and every call failed.)
             kw["api_key"] = "none"
         if o.api_version:
             kw["api_version"] = o.api_version

@@ -395,11 +395,15 @@ def run_calls(
     flight finish (their results still reach ``on_result``) and the failure is
     raised; a :class:`~scelmo.errors.BudgetExceededError` is preferred over others
     so a cost stop reads as one. ``component`` (the provider or embedder called) is
-    named when a cost limit is set and ``estimate_cost`` returns ``None``.
+    warmed up first (:meth:`~scelmo.plugin.components.Component.warm_up`) and named when
+    a cost limit is set and ``estimate_cost`` returns ``None``.
     """
     jobs = list(jobs)
     if not jobs:
         return
+    warm_up = getattr(component, "warm_up", None)
+    if callable(warm_up):  # (blocking set-up, before any request's deadline starts)
+        warm_up()
     errors = run_sync(
         _run_calls_async(jobs, call, on_result, concurrency, budget, estimate_cost, actual_cost, component)
     )

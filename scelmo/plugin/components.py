@@ -94,6 +94,13 @@ class Component(ABC):  # noqa: B024 - abstract methods live in the subclasses
                 out[key] = mask(value)
         return out
 
+    def warm_up(self) -> None:
+        """Blocking set-up before a run's first request (e.g. importing a client library),
+        called by scelmo outside every request's deadline (``options.timeout``). Default:
+        nothing. An LLM-path trial: litellm's ~4 s import counted against the first requests'
+        deadline, and a 3 s timeout failed every one of them with nothing sent."""
+        return None
+
     def describe_self(self) -> dict[str, str | int | float]:
         """Deprecated name of :meth:`provenance_record`."""
         warnings.warn("Component.describe_self() is now provenance_record().", DeprecationWarning, stacklevel=2)
@@ -269,6 +276,7 @@ class Provider(ModelComponent):
             lambda i: with_retries(lambda: self.acomplete(prompts[i], system=system), policy, label=self.model_id),
             on_result=lambda i, c: out.__setitem__(i, c.text),
             concurrency=int(getattr(self.options, "concurrency", 8)),
+            component=self,
         )
         return [out[i] for i in range(len(prompts))]
 
