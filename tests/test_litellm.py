@@ -217,6 +217,27 @@ def test_garbage_completion_is_an_error(server, tmp_path):
         describe(["CD3E"], config=s)
 
 
+def test_an_html_answer_says_it_is_not_json_and_is_not_retried(server, tmp_path):
+    """LLM-path trial: a 200 with an HTML body read "InternalServerError ... Expecting value ...
+    Lower the role's options.concurrency, raise options.retries"."""
+    s = _cfg(server, tmp_path, describe_model="openai/garbage", dopts={"retries": 3})
+    before = server.by_model["garbage"]
+    with pytest.raises(ProviderError, match="not JSON.*Check `api_base`") as info:
+        describe(["CD3E"], config=s)
+    assert "concurrency" not in str(info.value) and server.by_model["garbage"] - before == 1
+
+
+def test_a_rejected_key_names_where_it_was_read(server, tmp_path, monkeypatch):
+    """LLM-path trial: with `api_key_env=MY_LLM_KEY` set, a 401 advised to "name one with the
+    role's `api_key_env`", what the user had done."""
+    monkeypatch.setenv("MY_LLM_KEY", SECRET)
+    s = _cfg(server, tmp_path, describe_model="openai/unauthorized", dopts={"api_key_env": "MY_LLM_KEY"})
+    with pytest.raises(ProviderError, match="rejected the API key read from the environment variable MY_LLM_KEY") \
+            as info:
+        describe(["CD3E"], config=s)
+    assert SECRET not in str(info.value) and "name one with" not in str(info.value)
+
+
 @pytest.mark.parametrize("model", ["refuse", "empty"])
 def test_refusals_and_empty_answers_are_reported_not_cached(server, tmp_path, model):
     s = _cfg(server, tmp_path, describe_model=f"openai/{model}")

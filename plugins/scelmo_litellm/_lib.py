@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import threading
 import warnings
 from typing import Any
@@ -105,11 +106,27 @@ def _retry_after(exc: Exception) -> float | None:
     return None
 
 
-def map_error(exc: Exception, *, model: str, api_base: str | None, secrets: list[str]) -> Exception:
-    """A scelmo exception for a litellm (or openai / httpx) exception."""
+#: What Python's JSON decoder says of a body that is not JSON (an HTML page, a cut-off answer).
+_NOT_JSON = re.compile(r"Expecting (?:value|property name|',' delimiter|':' delimiter)|Unterminated string|"
+                       r"Extra data|Invalid control character|JSONDecodeError|"
+                       r"Empty or invalid response from LLM endpoint")  # (litellm's own words for a non-JSON 200)
+
+
+def map_error(exc: Exception, *, model: str, api_base: str | None, secrets: list[str],
+              key_source: str | None = None) -> Exception:
+    """A scelmo exception for a litellm (or openai / httpx) exception. ``key_source``: where the
+    key sent came from (the role's ``api_key`` or ``api_key_env`` variable), for a rejected key."""
     lib = litellm()
     where = f"{model!r}" + (f" at {mask(api_base, secrets)}" if api_base else "")
     msg = scrub(str(exc), secrets)
+    if _NOT_JSON.search(msg):
+        # a 200 whose body is not JSON: litellm calls it a server error, but retrying a web page
+        # does not help (an LLM-path trial got "lower options.concurrency, raise options.retries")
+        return ProviderError(
+            f"{where} answered with something that is not JSON ({msg}): an HTML page or a cut-off body. "
+            "Check `api_base` (an OpenAI-compatible server's ends in /v1) and the model string's provider "
+            "prefix; a proxy or login page in between answers like this too."
+        )
     if "Missing credentials" in msg or "api_key client option must be set" in msg:
         return ConfigError(
             f"No API key for {where}: {msg}. Export the key in the provider's variable (e.g. "
@@ -131,6 +148,11 @@ def map_error(exc: Exception, *, model: str, api_base: str | None, secrets: list
     if isinstance(exc, transient):
         return TransientProviderError(f"{where} failed: {msg}.", retry_after=_retry_after(exc))
     if isinstance(exc, lib.AuthenticationError):
+        if key_source:  # the user named the key: say which one was refused, not how to name one
+            return ProviderError(
+                f"{where} rejected the API key read from {key_source} ({msg}). Check that value: a "
+                "current key, for this provider" + (" and this `api_base`" if api_base else "") + "."
+            )
         return ProviderError(
             f"{where} rejected the API key ({msg}). Put the key in the environment variable your "
             "provider expects (e.g. OPENAI_API_KEY) or name one with the role's `api_key_env`."

@@ -271,7 +271,11 @@ class _LiteLLMComponent:
         return self._router
 
     def _fail(self, exc: Exception) -> Exception:
-        return map_error(exc, model=self.model, api_base=self.options.api_base, secrets=self._secrets())
+        o = self.options
+        source = ("the role's `api_key`" if o.api_key is not None
+                  else f"the environment variable {o.api_key_env} (the role's `api_key_env`)" if o.api_key_env
+                  else None)
+        return map_error(exc, model=self.model, api_base=o.api_base, secrets=self._secrets(), key_source=source)
 
     def _cost(self, prompt_tokens: int, completion_tokens: int = 0, *, embedding: bool = False) -> float | None:
         o = self.options

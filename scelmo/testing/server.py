@@ -45,6 +45,7 @@ BEHAVIOURS = {
     "ratelimit1s-N": "429 with Retry-After: 1",
     "error500-N": "500",
     "error503-N": "503",
+    "unauthorized": "401, the key refused",
     "slow": "sleeps 3 s before answering (for timeouts)",
     "garbage": "200 with an HTML body",
     "badshape": "200 with JSON that is no completion / embedding response",
@@ -184,6 +185,9 @@ class FakeLLMServer:
             return 500, {"error": {"message": "internal error", "type": "server_error"}}, {}
         if base == "error503":
             return 503, {"error": {"message": "overloaded, try again", "type": "server_error"}}, {}
+        if base == "unauthorized":
+            return 401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                                   "code": "invalid_api_key"}}, {}
         return None
 
     def _hold(self, n_items: int) -> bool:
