@@ -366,7 +366,8 @@ class GeneEmbeddings:
         path = Path(path)
         with atomic_dir(path, overwrite=overwrite, marker="manifest.json") as tmp:
             np.save(tmp / "vectors.npy", self.vectors, allow_pickle=False)
-            (tmp / "genes.txt").write_text("\n".join(self.genes) + "\n", encoding="utf-8")
+            # (no genes: an empty file, which reads back as no genes, not as one named "")
+            (tmp / "genes.txt").write_text("".join(f"{g}\n" for g in self.genes), encoding="utf-8")
             files = ["vectors.npy", "genes.txt"]
             if self.conditioning is not None:
                 self.conditioning.save(tmp / "conditioning.npz")

@@ -106,6 +106,39 @@ def test_describe_asks_about_an_alias_by_its_symbol_as_embed_genes_does(server, 
     assert estimate(["IGJ", "CD3E"], config=s).calls == 0
 
 
+def test_no_description_at_all_is_an_error_not_an_empty_table(server, tmp_path):
+    """LLM-path trial: every answer empty, and `embed-genes` wrote "0 gene vectors" with exit 0,
+    into a directory `GeneEmbeddings.load` could not read (an empty genes.txt read as one gene "")."""
+    import scelmo
+    from scelmo.genes import GeneEmbeddings
+
+    s = _cfg(server, tmp_path, describe_model="openai/empty")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScelmoWarning)
+        with pytest.raises(ProviderError, match="None of the 2 genes got a description.*empty answer"):
+            scelmo.tl.embed_genes(genes=["CD3E", "LYZ"], config=s, progress=False)
+        res = CliRunner().invoke(cli, ["--no-progress", "--set", "describe.model=openai/empty", "--set",
+                                       f"describe.api_base={server.openai_base}", "--set",
+                                       f"cache.path={tmp_path / 'c.sqlite'}", "embed-genes", "--genes", "CD3E",
+                                       "-o", str(tmp_path / "t")])
+    assert res.exit_code != 0 and "None of the 1 genes got a description" in res.output
+    assert not (tmp_path / "t").exists()
+    empty = GeneEmbeddings([], np.zeros((0, 4), np.float32), {})
+    back = GeneEmbeddings.load(empty.save(tmp_path / "empty"))
+    assert len(back) == 0 and back.genes == []
+
+
+def test_embedding_usage_is_recorded_for_a_server_on_this_machine(server, tmp_path):
+    """LLM-path trial: two 429 retries of an embedding request to a loopback server left
+    `embed_usage` out of the table's manifest (recorded only for remote servers)."""
+    import scelmo
+
+    s = _cfg(server, tmp_path, embed_model="openai/error503-1")  # (this module's only use of that model)
+    ge = scelmo.tl.embed_genes(genes=["CD3E", "LYZ"], config=s, progress=False)
+    usage = ge.manifest["embed_usage"]
+    assert usage["calls"] >= 1 and usage["retries"] == 1, usage
+
+
 def test_embedding_batches_and_concurrency(tmp_path):
     texts = [f"text number {i}" for i in range(300)]
     with FakeLLMServer(latency=0.05, dim=8) as srv:
@@ -341,7 +374,7 @@ def test_max_cost_stops_cleanly_and_resumes(server, tmp_path):
     # 1e-4 USD per token: a call costs ~0.003-0.06 USD (prompt ~20 tokens, max_tokens 30 booked)
     opts = {"input_cost_per_token": 1e-4, "output_cost_per_token": 1e-4, "max_tokens": 30, "concurrency": 1}
     s = _cfg(server, tmp_path, dopts=opts)
-    genes = [f"G{i}" for i in range(20)]
+    genes = [f"QQG{i}" for i in range(20)]
     with pytest.raises(BudgetExceededError, match="cost limit"):
         describe(genes, config=s, max_cost=0.03)
     with sqlite3.connect(tmp_path / "cache.sqlite") as db:
@@ -362,13 +395,13 @@ def test_re_asking_an_empty_answer_is_booked_against_the_cost_limit(server, tmp_
     before = server.by_model["empty"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ScelmoWarning)
-        res = describe([f"E{i}" for i in range(10)], config=s, max_cost=0.35)
+        res = describe([f"QQE{i}" for i in range(10)], config=s, max_cost=0.35)
     calls = server.by_model["empty"] - before
     assert res.usage.cost <= 0.35 and res.usage.calls == calls < 20, (res.usage.cost, calls)
     assert any("not asked again, as that would pass the cost limit" in why for why in res.failed.values())
     # with no limit every empty answer is asked twice, and the usage counts both calls
-    res = describe([f"F{i}" for i in range(3)], config=s)
-    assert set(res.failed) == {"F0", "F1", "F2"} and res.usage.calls == 6
+    res = describe([f"QQF{i}" for i in range(3)], config=s)
+    assert set(res.failed) == {"QQF0", "QQF1", "QQF2"} and res.usage.calls == 6
 
 
 def test_a_cost_stop_reports_what_the_calls_in_flight_spent(server, tmp_path):
@@ -377,7 +410,7 @@ def test_a_cost_stop_reports_what_the_calls_in_flight_spent(server, tmp_path):
     opts = {"input_cost_per_token": 1e-4, "output_cost_per_token": 1e-4, "max_tokens": 30, "concurrency": 4}
     s = _cfg(server, tmp_path, dopts=opts)
     with pytest.raises(BudgetExceededError) as info:
-        describe([f"H{i}" for i in range(20)], config=s, max_cost=0.012)  # room for ~2 calls booked at once
+        describe([f"QQH{i}" for i in range(20)], config=s, max_cost=0.012)  # room for ~2 calls booked at once
     spent = float(re.search(r"\$([0-9.]+) spent", str(info.value)).group(1))
     with sqlite3.connect(tmp_path / "cache.sqlite") as db:
         done = db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
@@ -389,7 +422,7 @@ def test_a_cost_limit_with_concurrency_waits_for_calls_in_flight_instead_of_stop
     first was in flight did not fit, and that ended the run after one call, every time; with
     concurrency 1 the same limit allowed many. A booking that does not fit beside calls in
     flight now waits for them to settle (their actual cost is far below the worst case)."""
-    genes = [f"K{i}" for i in range(20)]
+    genes = [f"QQK{i}" for i in range(20)]
     spent = {}
     for conc in (1, 4):
         opts = {"input_cost_per_token": 1e-4, "output_cost_per_token": 1e-4, "max_tokens": 200, "concurrency": conc}
@@ -714,7 +747,7 @@ def test_concurrent_runs_share_one_cache(tmp_path):
     with FakeLLMServer(latency=0.01) as srv:
         procs = []
         for k in range(2):
-            genes = [f"G{i}" for i in range(k * 20, k * 20 + 40)]  # 20 overlap
+            genes = [f"QQG{i}" for i in range(k * 20, k * 20 + 40)]  # 20 overlap
             (tmp_path / f"g{k}.txt").write_text("\n".join(genes))
             procs.append(_run_cli(["--set", f"describe.api_base=\"{srv.openai_base}\"", "describe", "genes",
                                    "--from", str(tmp_path / f"g{k}.txt"), "--model", "openai/gpt-4o-mini",
@@ -757,7 +790,7 @@ def test_importing_litellm_does_not_count_against_the_first_requests_timeout(ser
         "from scelmo import get_settings\n"
         "from scelmo.knowledge.descriptions import describe\n"
         f"s = get_settings({{'describe.model': 'openai/gpt-4o-mini', 'describe.api_base': {server.openai_base!r},"
-        f" 'describe.options': {{'timeout': 1.5, 'retries': 0}}, 'cache.path': {str(tmp_path / 'c.sqlite')!r}}})\n"
+        f" 'describe.options': {{'timeout': 3, 'retries': 0}}, 'cache.path': {str(tmp_path / 'c.sqlite')!r}}})\n"
         "import sys; assert 'litellm' not in sys.modules\n"
         "print(sorted(describe(['CD3E'], config=s).texts))\n"
     )

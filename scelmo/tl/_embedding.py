@@ -22,6 +22,7 @@ from scelmo.errors import (
     CoverageWarning,
     EmptyCellsWarning,
     InputError,
+    ProviderError,
     ScelmoWarning,
 )
 from scelmo.expression import distributed
@@ -171,6 +172,15 @@ def _build_gene_embeddings(
     )
     texts = described.texts
     genes = [g for g in sorted(texts) if texts[g]]
+    if symbols and not genes:
+        # (an LLM-path trial: every answer empty, and embed-genes wrote a 0-gene table, exit 0)
+        reasons = "; ".join(f"{k}: {v}" for k, v in list(described.failed.items())[:3])
+        raise ProviderError(
+            f"None of the {len(set(symbols))} genes got a description from {describer.model_id!r}"
+            + (f" ({reasons})" if reasons else "") + ". Failed answers are not cached, so a rerun pays only "
+            "for those; check the model, prompt and server first (`scelmo describe genes GENE ...` shows "
+            "one answer)."
+        )
     vectors = roles.embed_texts(
         settings, [texts[g] for g in genes], using=embed, progress=progress, desc="embedding gene texts",
         budget=budget,
@@ -185,7 +195,7 @@ def _build_gene_embeddings(
         "description_run": described.provenance(),
     }
     usage = getattr(embed, "usage", None)
-    if usage is not None and embed.requires_network:
+    if usage is not None and (embed.requires_network or embed.is_async):  # (a server on this machine too)
         manifest["embed_usage"] = usage.as_dict()
     ge = GeneEmbeddings(genes, vectors, manifest)
     if len(genes) > 2:  # fitted once, kept with the table
