@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
 
 import scelmo
 from scelmo import keys
-from scelmo.errors import InputError
+from scelmo.errors import InputError, ScelmoWarning
 from scelmo.knn import knn_vote
 from scelmo.tl._annotation import prompt_match
 
@@ -94,6 +96,29 @@ def test_a_query_embedded_on_itself_is_transferred_as_the_reference(pbmc, tmp_pa
     scelmo.tl.annotate(query3, reference=ad.read_h5ad(tmp_path / "ref.h5ad"), ref_labels="bulk_labels")
     assert query3.uns[keys.PROVENANCE]["annotate"]["query_gene_stats"].startswith("reference")
     np.testing.assert_array_equal(query3.obs[keys.LABEL].astype(str), fresh.obs[keys.LABEL].astype(str))
+
+
+def test_a_reference_embedded_in_other_chunks_is_still_its_own_statistics(pbmc):
+    """The gene statistics' id hashed every bit of their sums, which depend on the chunks they
+    were summed in: a reference embedded with `chunk_size=100` (or `--backed`) was taken for one
+    embedded within another dataset, annotate warned and used the query's own vectors. Their
+    summary now compares with a tolerance; other cells' statistics still differ."""
+    from scelmo.expression.selection import same_stats
+    from scelmo.tl._annotation import reference_gene_stats
+
+    ref, query = pbmc[:450].copy(), pbmc[450:].copy()
+    scelmo.tl.embed_cells(ref, config={"aggregate.chunk_size": 37})
+    record = ref.uns[keys.PROVENANCE]["embed_cells"]
+    stats = reference_gene_stats(ref)  # summed in the default chunks
+    assert stats.fingerprint() != record["gene_stats_id"]  # (the bits differ ...)
+    assert same_stats(stats.summary(), record["gene_stats_summary"]) is True  # (... the statistics do not)
+    other = reference_gene_stats(pbmc[:449].copy())
+    assert same_stats(other.summary(), record["gene_stats_summary"]) is False
+    assert same_stats(None, record["gene_stats_summary"]) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScelmoWarning)
+        scelmo.tl.annotate(query, reference=ref, ref_labels="bulk_labels")
+    assert query.uns[keys.PROVENANCE]["annotate"]["query_gene_stats"].startswith("reference")
 
 
 def test_a_reference_embedded_with_another_table_is_refused_unless_that_table_is_given(pbmc):

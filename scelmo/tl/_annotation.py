@@ -41,7 +41,7 @@ from scelmo import keys, provenance
 from scelmo.config import get_settings
 from scelmo.errors import CoverageWarning, InputError, ScelmoError, ScelmoWarning
 from scelmo.expression.matrix import select_matrix
-from scelmo.expression.selection import normalize_chunk, should_normalize
+from scelmo.expression.selection import normalize_chunk, same_stats, should_normalize
 from scelmo.genes import GeneEmbeddings, GeneVocabulary
 from scelmo.knn import knn_vote, unit_rows
 from scelmo.knowledge import roles
@@ -749,7 +749,10 @@ def _embedded_from_other_stats(adata: Any, reference: Any, use_rep: str) -> bool
         return False
     if any(not _same_record(q.get(f), r.get(f)) for f in _COMPARABLE):
         return False  # made differently in other ways too: _warn_if_embedded_differently says so
-    qs, rs = q.get("gene_stats_id"), r.get("gene_stats_id")
+    same = same_stats(q.get("gene_stats_summary"), r.get("gene_stats_summary"))
+    if same is not None:
+        return not same
+    qs, rs = q.get("gene_stats_id"), r.get("gene_stats_id")  # (records from before the summary)
     return bool(qs and rs and qs != rs)
 
 
@@ -764,7 +767,8 @@ def _query_as_reference(adata: Any, reference: Any, use_rep: str, gene_embedding
     r_config = get_settings(config, **{"aggregate.layer": r_layer, "aggregate.use_raw": r_raw})
     ref_stats = reference_gene_stats(reference, config=r_config, progress=progress)
     r = reference.uns[keys.PROVENANCE]["embed_cells"]
-    if ref_stats.fingerprint() != r.get("gene_stats_id"):
+    same = same_stats(ref_stats.summary(), r.get("gene_stats_summary"))
+    if same is False or (same is None and ref_stats.fingerprint() != r.get("gene_stats_id")):
         warnings.warn(
             f"The reference's obsm[{use_rep!r}] was embedded with gene statistics other than its own cells' (e.g. "
             "within a larger dataset), and so was the query's, differently; labels transferred between them are "

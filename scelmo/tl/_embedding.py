@@ -857,5 +857,6 @@ def embed_cells(
     # were laid out over this data's genes): embeddings with different ones are not comparable
     made_by = gene_stats if gene_stats is not None else stats
     info["gene_stats_id"] = made_by.fingerprint() if made_by is not None else None
+    info["gene_stats_summary"] = made_by.summary() if made_by is not None else None  # (compared with a tolerance)
     provenance.record(adata, "embed_cells", info)
     return adata if copy else None
