@@ -199,7 +199,8 @@ def trained(synthetic):
 def test_head_beats_mean_shift_on_unseen_perturbations(synthetic, trained):
     adata, _ = synthetic
     head, split = trained
-    assert len(head.history) == 40 and head.history[-1]["loss"] < head.history[0]["loss"]
+    epochs = [h for h in head.history if h["epoch"] >= 1]  # (row 0: the check fit choosing unseen_scale)
+    assert len(epochs) == 40 and epochs[-1]["loss"] < epochs[0]["loss"]
     h_seen, b_seen = _scores(adata, head, split["train"], split["train"])
     assert h_seen > 0.8 > 0.5 > b_seen
     h_unseen, b_unseen = _scores(adata, head, split["unseen_single"], split["train"])
@@ -318,7 +319,8 @@ def test_driven_by_scelmo_model(tmp_path, synthetic):
     Model.setup_anndata(adata, perturbation_key="perturbation")
     model = Model(adata, head="perturbation", hidden=32, latent=8, control="ctrl")
     model.train(max_epochs=2, progress=False)  # no perturbation_embeddings: gene names -> gene vectors
-    assert len(model.history) == 2
+    # (epoch 0: the check fit choosing unseen_scale, as the annotation head's epoch 0 is its start)
+    assert list(model.history["epoch"]) == [0.0, 1.0, 2.0] and model.train_info["epochs"] == 2
     assert model.get_latent_representation().shape == (900, 8)
     ctrl = adata[adata.obs["perturbation"] == "ctrl"][:5].copy()
     pred = model.predict_perturbation(ctrl, names[0])
@@ -667,3 +669,183 @@ def test_model_embeds_unmeasured_knockouts_like_the_cli():
                perturbation_embeddings={"NOT_A_GENE": np.ones(model.gene_table.dim, np.float32)})
     m2.train(max_epochs=1, progress=False)
     assert {"NOT_A_GENE", "STAT1"} <= set(m2.head.seen_components)
+
+
+# --------------------------------------------------------------------------- trial: the Model API
+@pytest.fixture(scope="module")
+def renamed(synthetic):
+    """A perturbation Model trained on data whose gene at column 3 the model knows by another
+    symbol (``var["scelmo_symbol"]``, as ``embed_genes`` records a renamed gene: Papalexi's DARS
+    is DARS1), with a ``var`` column of its own."""
+    from scelmo.model import Model
+
+    adata, ge = synthetic
+    adata = adata[:900].copy()
+    adata.varm["scelmo"], _ = ge.aligned(list(adata.var_names))
+    symbols = list(adata.var_names)
+    symbols[3] = "NEWSYMBOL"
+    adata.var["scelmo_symbol"] = symbols
+    adata.var["note"] = [f"gene {i}" for i in range(adata.n_vars)]
+    names = [str(n) for n in adata.obs["perturbation"].cat.remove_unused_categories().cat.categories[1:]]
+    Model.setup_anndata(adata, perturbation_key="perturbation")
+    model = Model(adata, head="perturbation", hidden=16, latent=4, control="ctrl", mmd_weight=0.0, unseen_scale=1.0)
+    model.train(max_epochs=1, progress=False)
+    assert "NEWSYMBOL" in model.train_genes and adata.var_names[3] not in model.train_genes  # (the model's own name)
+    return adata, model, names
+
+
+def test_predict_perturbation_labels_genes_by_the_querys_names(renamed):
+    """Trial finding: predict_perturbation labelled genes by the model's symbols for them (14 of
+    Papalexi's 299: DARS as DARS1, C10orf11 as LRMDA), so delta_scores and pl.perturbation_deltas
+    against the data's own means failed and `pred - ctrl_mean` was NaN on those genes."""
+    adata, model, names = renamed
+    ctrl = adata[adata.obs["perturbation"] == "ctrl"].copy()
+    cells = model.predict_perturbation(ctrl, names[0])
+    assert list(cells.columns) == list(adata.var_names)
+    pred = model.predict_perturbation(ctrl, names[0], mean=True)
+    assert list(pred.index) == list(adata.var_names) and "NEWSYMBOL" not in pred.index
+    ctrl_mean = pd.Series(np.asarray(ctrl.X.mean(axis=0)).ravel(), index=adata.var_names)
+    observed = pd.Series(np.asarray(adata[adata.obs["perturbation"] == names[0]].X.mean(axis=0)).ravel(),
+                         index=adata.var_names)
+    assert not (pred - ctrl_mean).isna().any()
+    assert np.isfinite(P.delta_scores(pred, observed, ctrl_mean)["pearson_delta"])
+    shuffled = ctrl[:, ::-1].copy()  # another gene order: the training genes' order, the query's names
+    assert list(model.predict_perturbation(shuffled, names[0]).columns) == list(adata.var_names)
+
+
+def test_predict_perturbation_starts_from_the_training_control_cells_by_default(renamed, tmp_path):
+    """Trial finding: predict_perturbation() without adata started from every training cell, the
+    knockouts included, although the parameter is documented as the control cells."""
+    from scelmo.model import Model
+
+    adata, model, names = renamed
+    is_ctrl = (adata.obs["perturbation"] == "ctrl").to_numpy()
+    assert 0 < is_ctrl.sum() < adata.n_obs
+    default = model.predict_perturbation(perturbation=names[0])
+    assert list(default.index) == list(adata.obs_names[is_ctrl])
+    np.testing.assert_allclose(default.to_numpy(), model.predict_perturbation(adata[is_ctrl].copy(), names[0]).to_numpy(),
+                               atol=1e-6)
+    assert adata.uns["scelmo"]["predict_perturbation"]["n_cells"] == int(is_ctrl.sum())  # (noted in the training data)
+    # a loaded model: the control cells of the data bound to it; a query without the column is control cells
+    model.save(tmp_path / "m")
+    np.testing.assert_allclose(Model.load(tmp_path / "m", adata=adata).predict_perturbation(perturbation=names[0]),
+                               default.to_numpy(), atol=1e-6)
+    query = adata[is_ctrl][:7].copy()
+    del query.obs["perturbation"]
+    assert Model.load(tmp_path / "m", adata=query).predict_perturbation(perturbation=names[0]).shape == (7, adata.n_vars)
+    with pytest.raises(InputError, match=r"pass the control cells"):
+        Model.load(tmp_path / "m").predict_perturbation(perturbation=names[0])
+
+
+def test_a_per_cell_mean_prediction_has_a_short_name(renamed):
+    """Trial finding: predict_perturbation(ctrl, per_cell_list, mean=True) named the Series
+    str(list), as long as the list (20,000 characters)."""
+    adata, model, names = renamed
+    ctrl = adata[adata.obs["perturbation"] == "ctrl"].copy()
+    per_cell = [names[i % 2] for i in range(ctrl.n_obs)]
+    mean = model.predict_perturbation(ctrl, per_cell, mean=True)
+    assert mean.name == f"per cell ({', '.join(sorted(names[:2]))})"
+    assert model.predict_perturbation(ctrl, names[0], mean=True).name == names[0]
+    many = [names[i % 7] for i in range(ctrl.n_obs)]
+    assert len(model.predict_perturbation(ctrl, many, mean=True).name) < 80
+
+
+def test_predict_on_a_perturbation_model_points_to_predict_perturbation(renamed):
+    """Trial finding: model.predict(...) on a perturbation model said "use the 'annotation' head"."""
+    from scelmo.errors import ScelmoError
+
+    adata, model, _ = renamed
+    with pytest.raises(ScelmoError, match=r"model\.predict_perturbation\(ctrl_cells") as err:
+        model.predict(adata)
+    assert "annotation" not in str(err.value)
+
+
+def test_cli_predict_perturbation_keeps_the_inputs_genes_and_var(tmp_path, renamed):
+    """Trial finding: `scelmo predict --perturbation` wrote the model's symbols as var_names (DARS1
+    for the input's DARS) and dropped the input's var columns."""
+    import anndata as ad
+
+    adata, model, names = renamed
+    model.save(tmp_path / "m")
+    ctrl = adata[adata.obs["perturbation"] == "ctrl"][:20].copy()
+    ctrl.write_h5ad(tmp_path / "ctrl.h5ad")
+    r, cli = _cli()
+    res = r.invoke(cli, ["predict", str(tmp_path / "ctrl.h5ad"), "-m", str(tmp_path / "m"), "-o",
+                         str(tmp_path / "pred.h5ad"), "--perturbation", names[0]])
+    assert res.exit_code == 0, res.output
+    out = ad.read_h5ad(tmp_path / "pred.h5ad")
+    assert list(out.var_names) == list(ctrl.var_names) and "NEWSYMBOL" not in out.var_names
+    pd.testing.assert_frame_equal(out.var, ctrl.var)
+
+
+def test_model_checks_the_cell_groups_when_made_and_gives_model_advice(synthetic):
+    """Trial findings: a cell without a labels_key value failed only at train(), after the genes
+    were embedded, telling a Model user to "pass groups=None" (a bare-head argument); a group with
+    perturbed but no control cells was named np.str_('onlypert')."""
+    from scelmo.model import Model
+
+    adata, _ = synthetic
+    adata = adata[:900].copy()  # no gene vectors: Model() would embed the genes
+    pert = adata.obs["perturbation"].astype(str).to_numpy()
+    adata.obs["grp"] = pd.Series(["g1"] * adata.n_obs, index=adata.obs_names, dtype=object)
+    adata.obs.iloc[np.flatnonzero(pert != "ctrl")[0], adata.obs.columns.get_loc("grp")] = None
+    Model.setup_anndata(adata, perturbation_key="perturbation", labels_key="grp")
+    with pytest.raises(InputError, match=r"1 of 900 cells have no cell group.*labels_key=None") as err:
+        Model(adata, head="perturbation", control="ctrl")
+    assert "groups=None" not in str(err.value)
+    assert "scelmo" not in adata.varm  # refused before the genes were embedded
+    adata.obs["grp"] = np.where(pert == pert[pert != "ctrl"][0], "onlypert", "g1")
+    Model.setup_anndata(adata, perturbation_key="perturbation", labels_key="grp")
+    with pytest.raises(InputError, match=r"Group\(s\) onlypert have perturbed cells but no control cells") as err:
+        Model(adata, head="perturbation", control="ctrl")
+    assert "np.str_" not in str(err.value) and "labels_key=None" in str(err.value)
+    assert "scelmo" not in adata.varm
+    # the bare head keeps its own advice
+    X = np.abs(np.random.default_rng(0).normal(size=(6, 5))).astype(np.float32)
+    with pytest.raises(InputError, match=r"groups=None") as err:
+        PerturbationHead().fit(X, perturbations=["ctrl", "ctrl", "A", "A", "A", "A"], control="ctrl",
+                               groups=["a", "a", None, "b", "b", "b"], perturbation_embeddings={"A": np.ones(3)})
+
+
+def test_the_check_fit_for_unseen_scale_shows_progress_and_is_in_the_history(monkeypatch, capsys):
+    """Trial finding: with unseen_scale=None, train(progress=True) first fitted a hidden second
+    model (to choose unseen_scale) with no bar and no history row: silence for half the run."""
+    import time
+
+    X, pert, vecs = _knowledge_free_knockouts()
+    monkeypatch.delenv("SCELMO_NO_PROGRESS", raising=False)
+    head = PerturbationHead(hidden=16, latent=4, mmd_weight=0.0)
+    t0 = time.perf_counter()
+    head.fit(X, perturbations=pert, control="ctrl", perturbation_embeddings=vecs,
+             training={"max_epochs": 3, "progress": True})
+    wall = time.perf_counter() - t0
+    said = capsys.readouterr().err
+    assert "choosing unseen_scale" in said and "Pass unseen_scale=" in said  # what is fitted, and why
+    assert "training perturbation check model (choosing unseen_scale)" in said  # its own bar
+    first = head.history[0]
+    assert first["epoch"] == 0 and "unseen_scale" in first["stage"] and np.isnan(first["loss"])
+    assert [h["epoch"] for h in head.history] == [0.0, 1.0, 2.0, 3.0]
+    assert first["seconds"] > 0 and sum(h["seconds"] for h in head.history) > 0.6 * wall  # the time is accounted for
+    fixed = PerturbationHead(hidden=16, latent=4, mmd_weight=0.0, unseen_scale=1.0)  # no check fit: no row
+    fixed.fit(X, perturbations=pert, control="ctrl", perturbation_embeddings=vecs, training={"max_epochs": 1})
+    assert [h["epoch"] for h in fixed.history] == [1.0]
+
+
+def test_validation_settings_the_perturbation_head_does_not_use_are_said(synthetic):
+    """Trial finding: early_stopping=True, patience, validation_fraction and check_every were
+    accepted and silently ignored by the perturbation head (it has no validation score)."""
+    from scelmo.model import Model
+
+    adata, ge = synthetic
+    adata = adata[:900].copy()
+    adata.varm["scelmo"], _ = ge.aligned(list(adata.var_names))
+    Model.setup_anndata(adata, perturbation_key="perturbation")
+    model = Model(adata, head="perturbation", hidden=8, latent=4, control="ctrl", mmd_weight=0.0, unseen_scale=1.0)
+    with pytest.warns(ScelmoWarning, match=r"does not use early_stopping=True, check_every=1, patience=2, "
+                                           r"validation_fraction=0\.3.*max_epochs"):
+        model.train(max_epochs=1, progress=False, early_stopping=True, patience=2, validation_fraction=0.3,
+                    check_every=1)
+    assert model.train_info["epochs"] == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScelmoWarning)  # what it does anyway: nothing to say
+        model.train(max_epochs=1, progress=False, early_stopping=False, validation_fraction=0.0)

@@ -10,7 +10,7 @@ from scelmo import perturbation as P
 from scelmo.errors import InputError
 
 torch = pytest.importorskip("torch")
-from scelmo_torch.perturbation import predict_held_out_targets  # noqa: E402
+from scelmo_torch.perturbation import PerturbationHead, predict_held_out_targets  # noqa: E402
 
 CONTROL = "non-targeting"
 TARGETS = ["IFNGR1", "IFNGR2", "JAK2", "STAT1", "CD86", "ATF2"]
@@ -176,3 +176,29 @@ def test_project_to_seen_reads_unseen_vectors_through_the_seen_span(papalexi_sma
     back = PerturbationHead.load_state(tmp_path / "h")
     X_ctrl = X[pert == CONTROL]
     assert np.allclose(back.predict_mean(X_ctrl, "CD86"), pred["CD86"], atol=1e-5)
+
+
+def test_the_bare_head_refuses_counts_whose_largest_value_is_small():
+    """Trial finding: the bare PerturbationHead took raw counts for log-normalised values whenever
+    no count exceeded 50 (a shallow screen, or a subset of its genes), and trained on them."""
+    from scelmo import datasets
+
+    a = datasets.papalexi2021()
+    pert = a.obs["perturbation"].astype(str).to_numpy()
+    rows = np.flatnonzero(np.isin(pert, [CONTROL, "IFNGR1", "JAK2"]))
+    counts = a.layers["counts"][rows]  # real UMI counts
+    shallow = counts[:, np.flatnonzero(counts.max(axis=0).toarray().ravel() <= 50)]
+    assert shallow.shape[1] > 0 and 1 < shallow.max() <= 50
+    rng = np.random.default_rng(0)
+    vectors = {"IFNGR1": rng.normal(size=16), "JAK2": rng.normal(size=16)}
+    head = PerturbationHead(unseen_scale=1.0, mmd_weight=0.0)
+    for X in (shallow, shallow.toarray()):
+        with pytest.raises(InputError, match="raw counts.*sc.pp.log1p"):
+            head.fit(X, perturbations=pert[rows], control=CONTROL, perturbation_embeddings=vectors,
+                     training={"max_epochs": 1})
+    logged = shallow.astype(np.float32)
+    logged.data = np.log1p(logged.data)  # the same values, log-transformed: taken
+    head.fit(logged, perturbations=pert[rows], control=CONTROL, perturbation_embeddings=vectors,
+             training={"max_epochs": 1, "progress": False})
+    with pytest.raises(InputError, match="raw counts"):  # and at prediction
+        head.predict(shallow[:5], "JAK2")

@@ -238,8 +238,13 @@ def add_commands(cli: Any) -> None:
                 if any(c not in vectors for c in unknown):
                     raise _no_vector_error([c for c in unknown if c not in vectors], model.head.components)
             pred = model.predict_perturbation(adata, perturbation, device=device, perturbation_embeddings=vectors)
-            out = ad.AnnData(pred.to_numpy(), obs=adata.obs.copy())
-            out.var_names = list(pred.columns)
+            # the genes under INPUT's own names, with its var columns (predict_perturbation labels
+            # them as the data does; the matrix read may be raw.X, whose var is raw.var)
+            var = adata.var
+            if adata.raw is not None and not pred.columns.isin(adata.var_names).all():
+                var = adata.raw.var
+            var = var[~var.index.duplicated(keep="first")].reindex(pred.columns)
+            out = ad.AnnData(pred.to_numpy(), obs=adata.obs.copy(), var=var)
             out.obs["scelmo_perturbation"] = perturbation
             out.uns["scelmo"] = dict(adata.uns.get("scelmo", {}))
             _write_anndata(out, output, overwrite)

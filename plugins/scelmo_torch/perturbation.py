@@ -48,6 +48,8 @@ components are measured genes take their vectors from the model's gene vectors w
 from __future__ import annotations
 
 import re
+import sys
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -57,9 +59,11 @@ import scipy.sparse as sp
 from pydantic import Field
 
 from scelmo.errors import InputError, ScelmoWarning
+from scelmo.expression.selection import MAX_LOG_VALUE, looks_like_counts
 from scelmo.perturbation import components as split_components
 from scelmo.plugin import ComponentOptions
 from scelmo.plugin.heads import renamed_keyword
+from scelmo.progress import progress_enabled
 
 from .base import TorchHead, TrainingConfig, rows_to_tensor
 from .device import import_torch
@@ -121,6 +125,14 @@ class PerturbationOptions(ComponentOptions):
 UNSEEN_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: Seen components needed to choose ``unseen_scale`` on held-out ones.
 MIN_COMPONENTS_TO_VALIDATE = 5
+#: Training settings that steer validation and early stopping: this head has no validation
+#: score (it trains ``max_epochs`` epochs), so it does not use them and says so when given.
+VALIDATION_SETTINGS = ("early_stopping", "check_every", "patience", "tolerance", "validation_fraction")
+#: What a :class:`scelmo.Model` user does instead of the bare head's ``groups=None``.
+#: (In a code span: ``scelmo train`` says it as "no ``--labels-key``".)
+MODEL_GROUPS_FIX = "or train without cell groups (`labels_key=None`)"
+#: The same for the bare head.
+HEAD_GROUPS_FIX = "or pass groups=None (one group; with scelmo.Model: labels_key=None in setup_anndata)"
 
 
 def _build_network(n_genes: int, dim: int, opts: PerturbationOptions, n_seen: int) -> Any:
@@ -283,25 +295,37 @@ class PerturbationHead(TorchHead):
                 "X has negative values; the perturbation head expects log-normalised expression "
                 "(sc.pp.normalize_total + sc.pp.log1p), not scaled data."
             )
-        if data.size and float(data.max()) > 50:
+        # counts are told apart as scelmo.Model tells them (whole numbers only): a shallow dataset's
+        # counts, or a subset of its genes, stay below any threshold on the largest value
+        if looks_like_counts(X):
             raise InputError(
-                f"X has values up to {float(data.max()):.0f}; it looks like raw counts. Use log-normalised "
+                f"X holds only whole numbers (up to {float(data.max()):.0f}): it looks like raw counts. The "
+                "perturbation head expects log-normalised expression: sc.pp.normalize_total(adata, target_sum=1e4) "
+                "then sc.pp.log1p(adata) (scelmo.Model does this itself for counts)."
+            )
+        if data.size and float(data.max()) > MAX_LOG_VALUE:
+            raise InputError(
+                f"X has values up to {float(data.max()):.0f}; log-normalised expression stays below "
+                f"{MAX_LOG_VALUE:g} (normalised but not log-transformed, or raw counts?). Use log-normalised "
                 "expression (sc.pp.normalize_total(target_sum=1e4) + sc.pp.log1p), or pass layer=."
             )
         return X
 
     def check_inputs(self, *, labels: np.ndarray | None = None, batch: np.ndarray | None = None,
                      perturbations: np.ndarray | None = None) -> None:
-        """Each cell must have a perturbation, and some (not all) must be ``options.control``."""
-        del labels
+        """What :class:`scelmo.Model` checks before embedding genes (minutes): each cell has a
+        perturbation, some (not all) are ``options.control``, and when ``labels`` (the
+        ``labels_key`` column: cell groups) are given, every cell has one and every group with
+        perturbed cells has control cells; the errors give a Model user's way out."""
         pert = perturbations if perturbations is not None else batch
         if pert is None:
             raise InputError(
                 "The perturbation head needs each cell's perturbation: "
                 "`scelmo.Model.setup_anndata(adata, perturbation_key=<column>)` (e.g. 'condition'), then build the Model."
             )
-        pert, _ = _cell_labels(len(pert), pert, None)
-        _control_cells(pert, self.options.control, self.options.separator)
+        pert, grp = _cell_labels(len(pert), pert, _groups_of(labels), fix=MODEL_GROUPS_FIX)
+        is_ctrl = _control_cells(pert, self.options.control, self.options.separator)
+        _units(grp, pert, is_ctrl, fix=MODEL_GROUPS_FIX)
 
     def fit(
         self,
@@ -326,7 +350,8 @@ class PerturbationHead(TorchHead):
             Cells x genes, log-normalised expression (dense or CSR); stays sparse.
         labels
             Cell groups (e.g. cell types) when ``groups`` is not given: what
-            :class:`scelmo.Model` passes from ``labels_key``.
+            :class:`scelmo.Model` passes from ``labels_key`` (all missing: one group, as the
+            Model warns).
         perturbations
             Perturbation name of each cell: ``control`` or a name such as ``"IFN-beta"``,
             ``"KLF1"`` or ``"KLF1+CEBPA"`` (components joined by ``options.separator``).
@@ -346,7 +371,14 @@ class PerturbationHead(TorchHead):
             this head before ``setup_anndata`` has a ``perturbation_key``).
         training
             :class:`~scelmo_torch.base.TrainingConfig` settings; this head's defaults are
-            ``DEFAULT_TRAINING`` (60 epochs, batch 256 perturbed cells, lr 1e-3).
+            ``DEFAULT_TRAINING`` (60 epochs, batch 256 perturbed cells, lr 1e-3). It has no
+            validation score and trains ``max_epochs`` epochs: ``early_stopping=True``,
+            ``check_every``, ``patience``, ``tolerance`` and ``validation_fraction`` are not
+            used (a :class:`~scelmo.errors.ScelmoWarning` says so). With ``unseen_scale=None``
+            and at least ``MIN_COMPONENTS_TO_VALIDATE`` seen components, a second head is
+            trained first to choose ``unseen_scale`` (with its own progress bar, and a stage
+            line on stderr when ``progress`` is on); its time is ``history``'s first row,
+            ``epoch`` 0 (``stage``, ``seconds``, ``cpu_seconds``; loss NaN).
         """
         embeddings = renamed_keyword(kwargs, "embeddings", "perturbation_embeddings", perturbation_embeddings,
                                      "PerturbationHead.fit")
@@ -354,8 +386,10 @@ class PerturbationHead(TorchHead):
             raise InputError(f"Unknown argument(s) for the perturbation head: {sorted(kwargs)}.")
         if perturbations is None:
             perturbations = batch
-        if groups is None:
-            groups = labels
+        fix = HEAD_GROUPS_FIX
+        if groups is None and labels is not None:  # scelmo.Model's labels_key: its user's way out
+            groups, fix = _groups_of(labels), MODEL_GROUPS_FIX
+        _warn_unused_settings(training)
         if embeddings is None:
             embeddings = self._init_embeddings
         control = self.options.control if control is None else str(control)
@@ -368,7 +402,7 @@ class PerturbationHead(TorchHead):
         self.spec = {}
         X = self._check_matrix(X)
         n, G = X.shape
-        pert, grp = _cell_labels(n, perturbations, groups)
+        pert, grp = _cell_labels(n, perturbations, groups, fix=fix)
         if gene_names is not None and len(gene_names) != G:
             raise InputError(f"gene_names has {len(gene_names)} entries but X has {G} genes.")
         if gene_vectors is not None and np.asarray(gene_vectors).shape[0] != G:
@@ -380,7 +414,7 @@ class PerturbationHead(TorchHead):
         table = self._table_from(seen, embeddings, gene_vectors, gene_names)
         names = seen + sorted(k for k in table if k not in set(seen))
 
-        unit_keys, unit_of, unit_rows, ctrl_rows = _units(grp, pert, is_ctrl)
+        unit_keys, unit_of, unit_rows, ctrl_rows = _units(grp, pert, is_ctrl, fix=fix)
         means = np.stack([np.asarray(X[r].mean(axis=0), dtype=np.float32).ravel() for r in unit_rows])
 
         vecs = np.stack([table[c] for c in names]).astype(np.float64)
@@ -409,9 +443,9 @@ class PerturbationHead(TorchHead):
         ]
         self._means_np = means
         cfg = self.training_config(training)
-        scale, scores = self.options.unseen_scale, None
+        scale, scores, stage = self.options.unseen_scale, None, None
         if scale is None:
-            scale, scores = self._validated_unseen_scale(X, pert, grp, control, table, seen, comp_of, cfg)
+            scale, scores, stage = self._validated_unseen_scale(X, pert, grp, control, table, seen, comp_of, cfg)
         self.spec["unseen_scale"] = float(scale)
         if scores is not None:
             self.spec["unseen_scale_validation"] = scores
@@ -420,21 +454,44 @@ class PerturbationHead(TorchHead):
             self.train_module(np.flatnonzero(~is_ctrl), cfg)
         finally:
             self._clear_data()
+        if stage is not None:  # the check fit's time, before the epochs (as an "epoch 0" row: no epoch)
+            self.history.insert(0, stage)
         return self
 
     def _validated_unseen_scale(self, X: Any, pert: np.ndarray, grp: np.ndarray, control: str, table: Mapping[str, Any],
                                 seen: list[str], comp_of: Mapping[str, list[str]], cfg: TrainingConfig
-                                ) -> tuple[float, dict[str, Any] | None]:
-        """``unseen_scale`` chosen on held-out seen components (see :class:`PerturbationOptions`)."""
+                                ) -> tuple[float, dict[str, Any] | None, dict[str, Any] | None]:
+        """``unseen_scale`` chosen on held-out seen components (see :class:`PerturbationOptions`),
+        its scores, and the history row of the check fit (its time; ``None`` when none was run)."""
         if len(seen) < MIN_COMPONENTS_TO_VALIDATE:
-            return 1.0, None
+            return 1.0, None, None
         rng = np.random.default_rng(cfg.seed + 7)
         held = set(rng.choice(seen, max(1, round(len(seen) / 4)), replace=False).tolist())
         touches = np.array([bool(held & set(comp_of.get(p, ()))) for p in pert])
         inner = PerturbationHead(**{**self.options.model_dump(), "unseen_scale": 1.0})
+        # its bar ("training <name> on <device>") says which fit it is: the user sees two bars where
+        # one model was asked for (this head is scored and dropped, never saved under that name)
+        inner.name = f"{self.name} check model (choosing unseen_scale)"
+        what = (f"{len(held)} of the {len(seen)} seen components held out, {cfg.max_epochs} epochs")
+        if progress_enabled(cfg.progress):  # (the check fit can take as long as the model itself)
+            print(f"Perturbation head: choosing unseen_scale (how much to trust the vector of a component never "
+                  f"seen in training) by first training a check model ({what}); then the model itself. Pass "
+                  "unseen_scale= (0-1) to skip this.", file=sys.stderr, flush=True)
+        t0, c0 = time.perf_counter(), time.process_time()
         keep = np.flatnonzero(~touches)
+        settings = {k: v for k, v in cfg.model_dump().items() if k not in VALIDATION_SETTINGS}
         inner.fit(X[keep], perturbations=pert[keep], control=control, groups=grp[keep],
-                  perturbation_embeddings=table, training={**cfg.model_dump(), "progress": False})
+                  perturbation_embeddings=table, training=settings)
+        chosen, scores = self._score_unseen_scales(inner, X, pert, grp, control, touches, held)
+        stage = {"epoch": 0.0, "loss": float("nan"), "seconds": time.perf_counter() - t0,
+                 "cpu_seconds": time.process_time() - c0, "stage": f"check fit for unseen_scale ({what})"}
+        return chosen, scores, stage
+
+    @staticmethod
+    def _score_unseen_scales(inner: PerturbationHead, X: Any, pert: np.ndarray, grp: np.ndarray, control: str,
+                             touches: np.ndarray, held: set[str]) -> tuple[float, dict[str, Any] | None]:
+        """Each of ``UNSEEN_SCALES`` scored by the check fit ``inner`` on the held-out units
+        (``touches``), and the one chosen by the one-standard-error rule."""
         units = sorted({(g, p) for g, p, t in zip(grp, pert, touches, strict=True) if t})
         errors = {a: [] for a in UNSEEN_SCALES}
         for g, p in units:
@@ -801,8 +858,36 @@ def _control_cells(pert: np.ndarray, control: str, sep: str) -> np.ndarray:
     return is_ctrl
 
 
-def _cell_labels(n: int, perturbations: Sequence[Any], groups: Sequence[Any] | None) -> tuple[np.ndarray, np.ndarray]:
-    """Each cell's perturbation and group as strings, checked: one per cell, none missing."""
+def _groups_of(labels: Sequence[Any] | None) -> Sequence[Any] | None:
+    """The cell groups from :class:`scelmo.Model`'s ``labels_key`` values: ``None`` (one group) when
+    every one is missing, as the Model warns ("trains without labels")."""
+    if labels is None:
+        return None
+    import pandas as pd
+
+    arr = np.asarray(labels, dtype=object)
+    return None if bool(np.all(pd.isna(arr) | (arr == None))) else labels  # noqa: E711 - elementwise
+
+
+def _warn_unused_settings(training: Any) -> None:
+    """Say which given training settings this head does not use (validation and early stopping:
+    it has no validation score); ``early_stopping=False`` and ``validation_fraction=0`` are what it
+    does anyway."""
+    given = (training.model_dump(exclude_unset=True) if hasattr(training, "model_dump") else dict(training or {}))
+    unused = [k for k in VALIDATION_SETTINGS if given.get(k) is not None
+              and not (k == "early_stopping" and given[k] is False)
+              and not (k == "validation_fraction" and given[k] == 0)]
+    if unused:
+        warnings.warn(
+            f"The perturbation head does not use {', '.join(f'{k}={given[k]!r}' for k in unused)}: it has no "
+            "validation score, so it neither validates on held-out cells nor stops early, and trains max_epochs "
+            "epochs (set max_epochs to train shorter). Leave these settings out.", ScelmoWarning, stacklevel=3)
+
+
+def _cell_labels(n: int, perturbations: Sequence[Any], groups: Sequence[Any] | None, *,
+                 fix: str = HEAD_GROUPS_FIX) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's perturbation and group as strings, checked: one per cell, none missing (``fix``:
+    the way out named for missing groups, the bare head's or a Model user's)."""
     import pandas as pd
 
     pert = np.asarray(perturbations, dtype=object)
@@ -813,23 +898,27 @@ def _cell_labels(n: int, perturbations: Sequence[Any], groups: Sequence[Any] | N
     grp = np.full(n, "all") if groups is None else np.asarray(groups, dtype=object)
     if len(grp) != n:
         raise InputError(f"X has {n} cells but {len(grp)} group labels; give one per cell.")
-    if groups is not None and (pd.isna(grp) | (grp == None)).any():  # noqa: E711 - elementwise
-        raise InputError("Some cells have no group label (missing); label them or pass groups=None.")
+    no_group = np.asarray(pd.isna(grp) | (grp == None), dtype=bool)  # noqa: E711 - elementwise
+    if groups is not None and no_group.any():
+        raise InputError(f"{int(no_group.sum())} of {n} cells have no cell group (a missing label); label them "
+                         f"or drop those cells, {fix}.")
     return pert.astype(str), grp.astype(str)
 
 
-def _units(grp: np.ndarray, pert: np.ndarray, is_ctrl: np.ndarray
+def _units(grp: np.ndarray, pert: np.ndarray, is_ctrl: np.ndarray, *, fix: str = HEAD_GROUPS_FIX
            ) -> tuple[list[tuple[str, str]], np.ndarray, list[np.ndarray], dict[str, np.ndarray]]:
     """Training units: (group, perturbation) pairs with perturbed cells, each learned against the
     control cells of its group. Returns the units, each cell's unit (-1: control), each unit's
-    rows and each group's control rows."""
-    ctrl_rows = {g: np.flatnonzero(is_ctrl & (grp == g)) for g in np.unique(grp)}
-    unit_keys = sorted({(g, p) for g, p, c in zip(grp, pert, is_ctrl, strict=True) if not c})
+    rows and each group's control rows. ``fix``: the way out named when a group has no control
+    cells (the bare head's or a Model user's)."""
+    # (plain str: numpy's str_ printed as np.str_('...') in the messages)
+    ctrl_rows = {str(g): np.flatnonzero(is_ctrl & (grp == g)) for g in np.unique(grp)}
+    unit_keys = sorted({(str(g), str(p)) for g, p, c in zip(grp, pert, is_ctrl, strict=True) if not c})
     no_ctrl = sorted({g for g, _ in unit_keys if ctrl_rows[g].size == 0})
     if no_ctrl:
         raise InputError(
-            f"Group(s) {no_ctrl[:10]} have perturbed cells but no control cells, so their response "
-            "cannot be learned. Drop those cells or use coarser groups (or groups=None)."
+            f"Group(s) {', '.join(no_ctrl[:10])}{', ...' if len(no_ctrl) > 10 else ''} have perturbed cells but "
+            f"no control cells, so their response cannot be learned. Drop those cells or use coarser groups, {fix}."
         )
     unit_index = {k: i for i, k in enumerate(unit_keys)}
     unit_of = np.full(len(pert), -1, dtype=np.int64)

@@ -383,6 +383,13 @@ class Model:
             epochs, batch 128, lr 1e-3, a validation check every 2 epochs including the
             untrained zero-shot start, the best epoch kept, stop after 5 checks without
             improvement beyond a noise margin of 1 / validation cells; see docs/finetuning.md).
+            The perturbation head has no validation score: it trains ``max_epochs`` epochs
+            (default 60, batch 256, lr 1e-3), so ``early_stopping=True`` and the validation
+            settings below are not used there (a :class:`~scelmo.errors.ScelmoWarning` says
+            so). With ``unseen_scale=None`` and at least 5 seen components it first fits a
+            second model with a quarter of them held out, to choose ``unseen_scale``: that
+            fit has its own progress bar and is the history's ``epoch`` 0 row (``stage``,
+            ``seconds``); see docs/perturbation.md.
         device
             ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
         seed
@@ -393,7 +400,10 @@ class Model:
             Show a progress bar (default: when attached to a terminal).
         **training
             Further settings of the head (e.g. ``check_every``, ``patience``,
-            ``validation_fraction``, ``weight_decay``, ``amp``).
+            ``validation_fraction``, ``weight_decay``, ``amp``). ``check_every``,
+            ``patience``, ``tolerance`` and ``validation_fraction`` steer validation and
+            early stopping: heads without a validation score (perturbation) warn that they
+            do not use them.
         """
 
         X, _, E, names = self.head_expression()
@@ -498,6 +508,11 @@ class Model:
         if method not in ("knn", "classifier", "auto"):
             raise InputError(f"method must be 'knn', 'classifier' or 'auto', got {method!r}.")
         if not self.head.supports("labels"):
+            if self.head.supports("perturbation"):  # (a perturbation user wants its own method, not another head)
+                raise ScelmoError(
+                    f"The {self.head_name!r} head predicts expression under a perturbation, not labels: use "
+                    "model.predict_perturbation(ctrl_cells, 'KLF1') (model.get_latent_representation() for the "
+                    "cell-state latent).")
             raise ScelmoError(f"The {self.head_name!r} head does not predict labels; use the 'annotation' head.")
         if method == "auto":  # the head's choice on its validation cells
             method = self.head.best_method if self.head.supports("knn") else "classifier"
@@ -550,8 +565,12 @@ class Model:
         Parameters
         ----------
         adata
-            Control cells; default the training data. Must hold every training gene
-            (matched by name; other genes are ignored).
+            Control cells. Must hold every training gene (matched by name, as
+            :meth:`predict` matches them; other genes are ignored). Default: the control
+            cells of the model's AnnData (the training data, or the data bound by
+            :meth:`load`), i.e. the cells whose ``perturbation_key`` value is the control
+            the head was trained with (``control=``); a bound AnnData without that column
+            is taken as control cells as a whole.
         perturbation
             One name for all cells (``"KLF1"``, ``"KLF1+CEBPA"`` for a combination) or one
             per cell. Each component needs a vector: seen in training, a gene (its vector in
@@ -576,7 +595,12 @@ class Model:
         Returns
         -------
         A DataFrame (cells x training genes, log-normalised expression) or, with
-        ``mean=True``, a Series by gene.
+        ``mean=True``, a Series by gene (named after the perturbation; ``"per cell (A, B)"``
+        for one name per cell). Genes are labelled by the query's own names
+        (``var_names``, or ``raw.var_names`` when the raw matrix is read), as :meth:`predict`
+        and :meth:`get_latent_representation` read them, also where the model knows a gene
+        under another symbol (the data's ``DARS`` is the model's ``DARS1``): the result lines
+        up with means computed from the same data.
         """
         import pandas as pd
 
@@ -595,8 +619,8 @@ class Model:
                 "predict_perturbation(..., perturbation_embeddings={name: vector}), e.g. from "
                 "`scelmo.perturbation.text_perturbation_embeddings({name: description})` for a drug or a stimulus."
             )
-        target = self.adata if adata is None else adata
-        X, _, _, names = self.head_expression(target, normalize=False)
+        target = self._control_cells() if adata is None else adata
+        X, var_names, _, names = self.head_expression(target, normalize=False)
         pos = {n: i for i, n in enumerate(names)}
         missing = [g for g in self.train_genes if g not in pos]
         if missing:
@@ -606,6 +630,9 @@ class Model:
             )
         cols = np.array([pos[g] for g in self.train_genes])
         X = X[:, cols]
+        # the query's own gene names, not the model's symbols for them (DARS, not DARS1): a user's
+        # means of the same data, indexed by var_names, must line up with the prediction
+        genes = pd.Index([var_names[i] for i in cols])
         if should_normalize("auto", X):  # counts: normalised over the model's genes, as the training cells were
             if self.train_info.get("normalized_counts") is False and target is not self._training_data:
                 warnings.warn(
@@ -616,14 +643,36 @@ class Model:
             X = normalize_chunk(X)
         more = {"perturbation_embeddings": extra} if extra else {}  # for this call: the head keeps nothing
         pred = np.asarray(self.head.predict_expression(X, head_perts, device=device, **more), dtype=np.float32)
-        if not getattr(target, "is_view", False):  # (a view would turn into a copy; nothing else is written)
-            provenance.record(target, "predict_perturbation", {
+        noted = self.adata if adata is None else target  # (the default: a view of the model's AnnData)
+        if not getattr(noted, "is_view", False):  # (a view would turn into a copy; nothing else is written)
+            provenance.record(noted, "predict_perturbation", {
                 "head": self.head_name, "perturbation": perturbation if isinstance(perturbation, str) else "per cell",
                 "n_cells": int(X.shape[0]),
             })
         if mean:
-            return pd.Series(pred.mean(axis=0, dtype=np.float64), index=self.train_genes, name=str(perturbation))
-        return pd.DataFrame(pred, index=target.obs_names, columns=self.train_genes)
+            return pd.Series(pred.mean(axis=0, dtype=np.float64), index=genes, name=_perturbation_label(perturbation))
+        return pd.DataFrame(pred, index=target.obs_names, columns=genes)
+
+    def _control_cells(self) -> Any:
+        """The control cells of the model's AnnData (a view), as ``predict_perturbation`` starts from
+        by default: cells whose perturbation (``perturbation_key``, else ``batch_key``, as in
+        training) is the head's control; all cells of a bound AnnData without that column."""
+        if self.adata is None:
+            raise InputError("This model is bound to no AnnData; pass the control cells: "
+                             "predict_perturbation(ctrl_cells, 'KLF1').")
+        key = self.setup.perturbation_key or self.setup.batch_key
+        if key is None or key not in self.adata.obs:  # (a query of control cells bound by Model.load)
+            return self.adata
+        spec = getattr(self.head, "spec", None) or {}
+        control = spec.get("control", getattr(getattr(self.head, "options", None), "control", None))
+        sep = str(getattr(getattr(self.head, "options", None), "separator", "+"))
+        pert = obs_column(self.adata, key)
+        is_ctrl = np.array([p is not None and not components(p, sep=sep, control=control) for p in pert], dtype=bool)
+        if not is_ctrl.any():
+            raise InputError(
+                f"No cell of adata.obs[{key!r}] is the control {control!r}, so there are no control cells to start "
+                "from. Pass them: predict_perturbation(ctrl_cells, 'KLF1').")
+        return self.adata[is_ctrl]
 
     def _perturbation_inputs(self, perturbation: str | Any, given: Mapping[str, Any] | None = None,
                              ) -> tuple[str | list[str], dict[str, Any], list[str]]:
@@ -712,6 +761,17 @@ class Model:
         state = "trained" if self.is_trained else "not trained"
         n = getattr(self.adata, "n_obs", "?")
         return f"scelmo.Model(head={self.head_name!r}, {state}, genes={len(self.gene_table)} x {self.gene_table.dim}, cells={n})"
+
+
+def _perturbation_label(perturbation: str | Any, shown: int = 5) -> str:
+    """A short name for a prediction: the perturbation, or ``"per cell (A, B, ...)"`` for one name
+    per cell (``str`` of the list was as long as the list: 20,000 characters for a trial's cells)."""
+    if isinstance(perturbation, str):
+        return perturbation
+    names = sorted({str(p) for p in np.asarray(perturbation, dtype=object).ravel()})
+    if len(names) == 1:
+        return names[0]
+    return f"per cell ({', '.join(names[:shown])}{', ...' if len(names) > shown else ''})"
 
 
 def _same_components(names: list[str], known: list[str], genes: Any = ()) -> dict[str, str]:
