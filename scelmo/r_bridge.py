@@ -49,6 +49,7 @@ from scelmo import config as cfgmod
 from scelmo import plugin as plugins
 from scelmo.config import get_settings
 from scelmo.errors import InputError, ScelmoError
+from scelmo.expression.matrix import check_values
 from scelmo.expression.selection import (
     GeneStats,
     looks_like_counts,
@@ -163,6 +164,10 @@ def to_anndata(payload: Mapping[str, Any]) -> Any:
     x = _array(payload["x"], "<f8", nnz)
     i = _array(payload["i"], "<i4", nnz)
     X = sp.csr_matrix((x, i, p), shape=(n_obs, n_vars))
+    if not np.isfinite(x).all():
+        # said now, before any cast: R's NA is a signalling NaN, and casting it to float32 made
+        # numpy warn "invalid value encountered in cast" ahead of this error (an R trial)
+        check_values(X, 0)
     obs_names = decode_strings(payload["obs_names"], n_obs)
     var_names = decode_strings(payload["var_names"], n_vars)
     obs = decode_obs(payload.get("obs"), obs_names)

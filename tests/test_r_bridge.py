@@ -81,6 +81,23 @@ def test_payload_round_trip_keeps_nas_names_and_counts(small):
     assert rec["ok"] and rec["n_na"] == [10, 10, 1, 10, 10]
 
 
+def test_r_na_in_counts_is_an_error_before_any_cast_warning(small):
+    """R trial: counts with an NA made numpy warn "invalid value encountered in cast" before the
+    NA error. R's NA is a *signalling* NaN (0x7FF00000000007A2), whose float32 cast raises the
+    invalid flag; the payload is checked before any cast now."""
+    import warnings
+
+    X, cells, _ = small
+    payload = make_payload(X, cells, GENES)
+    x = np.frombuffer(bytes(payload["x"]), dtype="<f8").copy()
+    x[2] = np.frombuffer(np.array([0x7FF00000000007A2], dtype="<u8").tobytes(), dtype="<f8")[0]  # R's NA_real_
+    payload["x"] = bytearray(x.tobytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning ahead of the error
+        out = r_bridge.embed_cells(payload)
+    assert not out["ok"] and "NaN or infinite values" in out["message"] and out["warnings"] == []
+
+
 def test_strings_round_trip_exactly():
     names = ["a", "ü-β 1", "x y", "NA", "", "tab\tnewline\n"]
     assert r_bridge.decode_strings(r_bridge.encode_strings(names), len(names)) == names
