@@ -121,6 +121,27 @@ def test_a_reference_embedded_in_other_chunks_is_still_its_own_statistics(pbmc):
     assert query.uns[keys.PROVENANCE]["annotate"]["query_gene_stats"].startswith("reference")
 
 
+def test_a_reference_split_off_a_dataset_embedded_whole_is_embedded_again_for_the_transfer(pbmc):
+    """Notebook trial: the dataset embedded whole, then split into reference and query, and the
+    query's embedding deleted as a warning advised: the warning came back every time (the query
+    was embedded with the reference's own cells' statistics, the reference's vectors with the
+    whole dataset's). Both are now embedded with the reference's own statistics for the transfer,
+    as a reference and query that were never embedded are."""
+    whole = pbmc.copy()
+    scelmo.tl.embed_cells(whole)
+    ref, query = whole[:450].copy(), whole[450:].copy()
+    del query.obsm[keys.X_SCELMO]
+    fresh_ref, fresh_query = pbmc[:450].copy(), pbmc[450:].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScelmoWarning)
+        scelmo.tl.annotate(query, reference=ref, ref_labels="bulk_labels")
+    scelmo.tl.annotate(fresh_query, reference=fresh_ref, ref_labels="bulk_labels")
+    info = query.uns[keys.PROVENANCE]["annotate"]
+    assert info["reference_gene_stats"].startswith("its own cells'")
+    np.testing.assert_array_equal(query.obs[keys.LABEL].astype(str), fresh_query.obs[keys.LABEL].astype(str))
+    np.testing.assert_array_equal(ref.obsm[keys.X_SCELMO], whole[:450].obsm[keys.X_SCELMO])  # (left as it was)
+
+
 def test_a_reference_embedded_with_another_table_is_refused_unless_that_table_is_given(pbmc):
     """Trial finding: with both objects embedded with a custom (shuffled) table, annotate
     re-embedded the query with the default table and compared it with the reference's shuffled

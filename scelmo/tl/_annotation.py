@@ -623,13 +623,14 @@ def annotate(
         # trial: its own centring took a two-type query from 0.89 to 0.74 accuracy, unsaid)
         embed_cells(reference, config=config, key_added=use_rep, gene_embeddings=gene_embeddings, progress=progress)
     query = np.asarray(adata.obsm[use_rep], dtype=np.float32)
+    ref_vectors = None
     if reference is not None and _embedded_from_other_stats(adata, reference, use_rep):
-        query = _query_as_reference(adata, reference, use_rep, gene_embeddings, config=config, progress=progress,
-                                    info=info)
+        query, ref_vectors = _query_as_reference(adata, reference, use_rep, gene_embeddings, config=config,
+                                                 progress=progress, info=info)
     _check_finite(query, use_rep, adata)
     if reference is not None:
         pred, score = _transfer_labels(query, reference, ref_labels, use_rep=use_rep, k=k, config=config,
-                                       progress=progress, info=info)
+                                       progress=progress, info=info, ref_vectors=ref_vectors)
         _warn_if_embedded_differently(adata, reference, use_rep)
     else:
         pred, score = _labels_from_names(adata, query, cell_types, method=method, use_rep=use_rep, layer=layer,
@@ -756,42 +757,57 @@ def _embedded_from_other_stats(adata: Any, reference: Any, use_rep: str) -> bool
     return bool(qs and rs and qs != rs)
 
 
-def _query_as_reference(adata: Any, reference: Any, use_rep: str, gene_embeddings: GeneEmbeddings | str | None, *,
-                        config: Any, progress: bool | None, info: dict[str, Any]) -> np.ndarray:
-    """The query's vectors as the reference's were made (its gene statistics and gene table),
-    for the transfer only: ``adata.obsm[use_rep]`` stays as it is."""
+def _light(adata: Any) -> Any:
+    """A copy of the matrix ``adata``'s recorded embedding read (as ``X``), with its gene selection."""
     import anndata as ad
     import pandas as pd
 
+    layer, use_raw = _recorded_matrix(adata)
+    matrix, var_names, source = select_matrix(adata, layer=layer, use_raw=use_raw)
+    light = ad.AnnData(X=matrix[:] if not hasattr(matrix, "to_memory") else matrix.to_memory(),
+                       obs=adata.obs[[]].copy(), var=pd.DataFrame(index=[str(v) for v in var_names]))
+    flags, _ = var_flags(adata, source, "highly_variable")  # a gene selection it carries, as embed_cells reads it
+    if flags is not None:
+        light.var["highly_variable"] = flags
+    return light
+
+
+def _query_as_reference(adata: Any, reference: Any, use_rep: str, gene_embeddings: GeneEmbeddings | str | None, *,
+                        config: Any, progress: bool | None, info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The query's vectors as the reference's were made (its gene statistics and gene table),
+    for the transfer only: ``adata.obsm[use_rep]`` stays as it is. Second: the reference's
+    vectors to use instead of its ``obsm[use_rep]`` (``None``: that one), when that was made
+    with other cells' statistics (a dataset embedded whole, then split): both are then
+    embedded again with the reference's own cells' statistics. (A notebook trial: the
+    warning said to delete the query's embedding, which changed nothing.)"""
     r_layer, r_raw = _recorded_matrix(reference)
     r_config = get_settings(config, **{"aggregate.layer": r_layer, "aggregate.use_raw": r_raw})
     ref_stats = reference_gene_stats(reference, config=r_config, progress=progress)
     r = reference.uns[keys.PROVENANCE]["embed_cells"]
     same = same_stats(ref_stats.summary(), r.get("gene_stats_summary"))
-    if same is False or (same is None and ref_stats.fingerprint() != r.get("gene_stats_id")):
-        warnings.warn(
-            f"The reference's obsm[{use_rep!r}] was embedded with gene statistics other than its own cells' (e.g. "
-            "within a larger dataset), and so was the query's, differently; labels transferred between them are "
-            "unreliable. Annotate with the query's embedding deleted (it is then embedded as the reference).",
-            ScelmoWarning, stacklevel=3,
-        )
-        return np.asarray(adata.obsm[use_rep], dtype=np.float32)
-    layer, use_raw = _recorded_matrix(adata)  # the matrix the query's own embedding was made from
-    matrix, var_names, source = select_matrix(adata, layer=layer, use_raw=use_raw)
-    light = ad.AnnData(X=matrix[:] if not hasattr(matrix, "to_memory") else matrix.to_memory(),
-                       obs=adata.obs[[]].copy(), var=pd.DataFrame(index=[str(v) for v in var_names]))
-    flags, _ = var_flags(adata, source, "highly_variable")  # a gene selection the query carries, as embed_cells reads it
-    if flags is not None:
-        light.var["highly_variable"] = flags
-    info["shared_genes"] = _check_gene_overlap(ref_stats, [str(g) for g in var_names])
     table = _transfer_table(reference, use_rep, gene_embeddings, config=r_config, progress=progress)
     settings = get_settings(config, **{"aggregate.layer": None, "aggregate.use_raw": False})  # the matrix is X
-    with warnings.catch_warnings():  # (coverage: the shared-gene check above is the one that applies)
-        warnings.simplefilter("ignore", CoverageWarning)
-        embed_cells(light, config=settings, key_added=use_rep, gene_stats=ref_stats, gene_embeddings=table,
-                    progress=progress)
+
+    def embedded(a: Any) -> np.ndarray:
+        with warnings.catch_warnings():  # (coverage: the shared-gene check is the one that applies)
+            warnings.simplefilter("ignore", CoverageWarning)
+            embed_cells(a, config=settings, key_added=use_rep, gene_stats=ref_stats, gene_embeddings=table,
+                        progress=progress)
+        return np.asarray(a.obsm[use_rep], dtype=np.float32)
+
+    ref_vectors = None
+    if same is False or (same is None and ref_stats.fingerprint() != r.get("gene_stats_id")):
+        ref_vectors = embedded(_light(reference))
+        info["reference_gene_stats"] = ("its own cells' (recomputed: its obsm[use_rep] was embedded with other "
+                                        "cells' statistics)")
+    q = (adata.uns.get(keys.PROVENANCE) or {}).get("embed_cells") or {}
+    if same_stats(q.get("gene_stats_summary"), ref_stats.summary()):  # (already embedded so: read as it is)
+        return np.asarray(adata.obsm[use_rep], dtype=np.float32), ref_vectors
+    light = _light(adata)
+    info["shared_genes"] = _check_gene_overlap(ref_stats, [str(g) for g in light.var_names])
+    query = embedded(light)
     info["query_gene_stats"] = "reference (recomputed: the query's own obsm[use_rep] was embedded on itself)"
-    return np.asarray(light.obsm[use_rep], dtype=np.float32)
+    return query, ref_vectors
 
 
 def _transfer_table(reference: Any, use_rep: str, gene_embeddings: GeneEmbeddings | str | None, *, config: Any,
@@ -860,12 +876,14 @@ def _warn_if_embedded_differently(adata: Any, reference: Any, use_rep: str) -> N
 
 
 def _transfer_labels(query: np.ndarray, reference: Any, ref_labels: str | Sequence[Any] | None, *, use_rep: str,
-                     k: int, config: Any, progress: bool | None, info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Labels of the ``k`` nearest reference cells (:func:`scelmo.knn.knn_vote`), and their vote share."""
+                     k: int, config: Any, progress: bool | None, info: dict[str, Any],
+                     ref_vectors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Labels of the ``k`` nearest reference cells (:func:`scelmo.knn.knn_vote`), and their vote
+    share; ``ref_vectors``: the reference's vectors, instead of its ``obsm[use_rep]``."""
     labels = _reference_labels(reference, ref_labels)
-    if use_rep not in reference.obsm:
+    if ref_vectors is None and use_rep not in reference.obsm:
         embed_cells(reference, config=config, key_added=use_rep, progress=progress)
-    ref = np.asarray(reference.obsm[use_rep], dtype=np.float32)
+    ref = np.asarray(reference.obsm[use_rep] if ref_vectors is None else ref_vectors, dtype=np.float32)
     _check_finite(ref, use_rep, reference)
     if ref.shape[1] != query.shape[1]:
         raise InputError(
