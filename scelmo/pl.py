@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,7 +56,7 @@ def embedding(
 
     Returns
     -------
-    The matplotlib :class:`~matplotlib.figure.Figure`.
+    The matplotlib :class:`~matplotlib.figure.Figure`; ``None`` when it was shown (as scanpy).
     """
     ax = kwargs.pop("ax", None)
     kwargs.pop("return_fig", None)  # (the figure is always returned)
@@ -153,17 +154,30 @@ def _begin(save: str | os.PathLike[str] | None, show: bool | None) -> bool:
 
 def _finish(fig: Any, save: str | os.PathLike[str] | None, show: bool | None, dpi: int,
             *, close: bool = True) -> Any:
-    """Save (atomically) and show the figure; a figure not shown is closed unless ``close=False``
-    (drawn into the caller's axes)."""
+    """Save (atomically; missing folders are made, as scanpy does) and show the figure; a figure
+    not shown is closed unless ``close=False`` (drawn into the caller's axes). Returns the figure,
+    or ``None`` once shown, as scanpy: a returned figure is drawn again as a notebook cell's
+    value (a notebook trial saw every plot twice). A failed save closes the figure it drew."""
     import matplotlib.pyplot as plt
 
     if save is not None:
         suffix = os.path.splitext(str(save))[1].lstrip(".") or "png"
-        with atomic_path(save) as tmp:
-            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=suffix)
+        try:
+            try:
+                Path(save).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise InputError(f"Cannot save the figure to {save}: its folder cannot be made ({exc}). "
+                                 "Pass a path in a folder you can write to.") from None
+            with atomic_path(save) as tmp:
+                fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=suffix)
+        except BaseException:
+            if close:
+                plt.close(fig)
+            raise
     if show:
         plt.show()
-    elif close:
+        return None
+    if close:
         plt.close(fig)
     return fig
 
@@ -232,7 +246,7 @@ def metrics_bar(
 
     Returns
     -------
-    The matplotlib Figure.
+    The matplotlib Figure; ``None`` when it was shown (as scanpy: ``show=False`` returns it).
     """
     show = _begin(save, show)
     import matplotlib.pyplot as plt
@@ -312,7 +326,7 @@ def confusion_matrix(
 
     Returns
     -------
-    The matplotlib Figure.
+    The matplotlib Figure; ``None`` when it was shown (as scanpy: ``show=False`` returns it).
     """
     show = _begin(save, show)
     import matplotlib.pyplot as plt
@@ -437,7 +451,7 @@ def in_silico_ranking(
 
     Returns
     -------
-    The matplotlib Figure.
+    The matplotlib Figure; ``None`` when it was shown (as scanpy: ``show=False`` returns it).
     """
     if isinstance(n_top, bool) or not isinstance(n_top, (int, np.integer)) or n_top < 1:
         raise InputError(f"n_top must be a positive number of genes, got {n_top!r}.")
@@ -564,7 +578,7 @@ def training_history(
 
     Returns
     -------
-    The matplotlib Figure.
+    The matplotlib Figure; ``None`` when it was shown (as scanpy: ``show=False`` returns it).
     """
     show = _begin(save, show)
     import matplotlib.pyplot as plt
@@ -640,7 +654,7 @@ def perturbation_deltas(
 
     Returns
     -------
-    The matplotlib :class:`~matplotlib.figure.Figure`.
+    The matplotlib :class:`~matplotlib.figure.Figure`; ``None`` when it was shown (as scanpy).
     """
     show = _begin(save, show)
     import matplotlib.pyplot as plt
@@ -718,7 +732,7 @@ def integration_scores(
 
     Returns
     -------
-    The matplotlib Figure (also written to ``save`` when given).
+    The matplotlib Figure (also written to ``save`` when given); ``None`` when it was shown (as scanpy).
     """
     show = _begin(save, show)
     import matplotlib.pyplot as plt

@@ -307,3 +307,23 @@ def test_perturbation_deltas_pairs_series_by_gene():
     pred = obs.iloc[::-1]  # the same values, in another gene order
     fig = scelmo.pl.perturbation_deltas({"KO": obs}, {"model": {"KO": pred}}, show=False)
     assert fig.axes[0].get_legend().get_texts()[0].get_text() == "model (r=1.00)"
+
+
+# --------------------------------------------------------------------------- showing and saving
+def test_a_shown_figure_is_not_returned_and_a_failed_save_closes_its_figure(tmp_path):
+    """Notebook trial: every plot appeared twice (shown, then drawn again as the cell's returned
+    value), and a save= into a folder that does not exist left its figure open. As scanpy: a
+    shown figure returns None, show=False returns it, and saving makes missing folders."""
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    y = np.array(["a", "b", "a", "b"])
+    assert scelmo.pl.confusion_matrix(y, y, show=True) is None
+    assert scelmo.pl.confusion_matrix(y, y, show=False) is not None
+    out = tmp_path / "new" / "folder" / "cm.png"
+    assert scelmo.pl.confusion_matrix(y, y, save=out) is not None and out.is_file()
+    (tmp_path / "afile").write_text("x")
+    plt.close("all")
+    with pytest.raises(InputError, match="its folder cannot be made"):  # (a file where a folder must be)
+        scelmo.pl.confusion_matrix(y, y, save=tmp_path / "afile" / "cm.png")
+    assert plt.get_fignums() == []
