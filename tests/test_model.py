@@ -53,6 +53,42 @@ def test_annotation_beats_chance_on_held_out_cells(trained, split):
     assert trained_epochs["loss"].iloc[-1] < trained_epochs["loss"].iloc[0]
 
 
+def test_an_interrupted_re_train_keeps_the_previous_training(split, monkeypatch, tmp_path):
+    """Notebook trial: interrupting a second `train()` left `is_trained` True with a reset head:
+    `predict` failed with KeyError 'reference_latent' and `save` wrote the broken model."""
+    train, test = split
+    a = train.copy()
+    scelmo.Model.setup_anndata(a, labels_key="bulk_labels")
+    model = scelmo.Model(a, head="annotation")
+    model.train(max_epochs=3, seed=0)
+    before, info = model.predict(test), dict(model.train_info)
+    head_type = type(model.head)
+    calls = {"n": 0}
+    real = head_type._one_epoch
+
+    def stop_in_the_second_epoch(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(head_type, "_one_epoch", stop_in_the_second_epoch)
+    with pytest.warns(ScelmoWarning, match="keeps its previous training"), pytest.raises(KeyboardInterrupt):
+        model.train(max_epochs=40, seed=1)
+    monkeypatch.undo()
+    assert model.is_trained and model.train_info == info
+    np.testing.assert_array_equal(model.predict(test), before)
+    model.save(tmp_path / "m")
+    np.testing.assert_array_equal(scelmo.Model.load(tmp_path / "m", a).predict(test), before)
+    # a first training that stops leaves no "trained" model behind
+    fresh = scelmo.Model(a, head="annotation")
+    calls["n"] = 0
+    monkeypatch.setattr(head_type, "_one_epoch", stop_in_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        fresh.train(max_epochs=5, seed=0)
+    assert not fresh.is_trained
+
+
 def test_predict_probabilities_and_obs_keys(trained, split):
     _, test = split
     q = test.copy()

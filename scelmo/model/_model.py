@@ -32,6 +32,7 @@ by :meth:`Model.load` is registered in memory only, keyed by the object.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import time
 import warnings
@@ -413,9 +414,22 @@ class Model:
                     "device": device, "seed": seed, "num_threads": num_threads, "progress": progress, **training}
         settings = {k: v for k, v in settings.items() if v is not None}
         t0 = time.perf_counter()
-        self.head.fit(X, self._obs(self.setup.labels_key), gene_vectors=E, gene_names=names,
-                      batch=self._obs(self.setup.batch_key), perturbations=self._obs(self.setup.perturbation_key),
-                      training=settings)
+        # a trained model keeps its training if this run stops (an interrupt, an error): fit resets
+        # the head before it trains (a notebook trial: an interrupted re-train left a model that
+        # said it was trained, failed to predict with a KeyError and saved without complaint)
+        before = copy.deepcopy(self.head) if self.is_trained else None
+        try:
+            self.head.fit(X, self._obs(self.setup.labels_key), gene_vectors=E, gene_names=names,
+                          batch=self._obs(self.setup.batch_key), perturbations=self._obs(self.setup.perturbation_key),
+                          training=settings)
+        except BaseException:
+            if before is not None:
+                self.head = before
+                warnings.warn("Training stopped before it finished; the model keeps its previous training "
+                              "(model.history and model.train_info are that run's).", ScelmoWarning, stacklevel=2)
+            else:  # (nothing to keep: a half-fitted head is no trained model)
+                self.is_trained = False
+            raise
         history = list(self.head.history or [])
         self.is_trained = True
         self.train_genes = names
