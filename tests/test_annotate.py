@@ -730,3 +730,22 @@ def test_knn_vote_blocks_shrink_with_the_reference_and_give_the_same_votes(monke
     small = knn.knn_vote(query, ref, labels)
     np.testing.assert_array_equal(whole[0], small[0])
     np.testing.assert_array_equal(whole[1], small[1])
+
+
+def test_annotate_says_its_warnings_at_the_callers_line_and_names_the_reference(pbmc):
+    """Notebook trial: warnings of the steps annotate runs pointed at scelmo's own lines (a
+    notebook echoed `markers = knowledge_markers(...`), and "20 of 500 cells express none ..."
+    was about the reference, not the 250-cell query it appeared under."""
+    a = pbmc.copy()
+    lognorm = np.asarray(a.raw.X.todense() if hasattr(a.raw.X, "todense") else a.raw.X)
+    lognorm[:20] = 0
+    a = a.raw.to_adata()
+    a.X = lognorm
+    ref, query = a[:450].copy(), a[450:].copy()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scelmo.tl.annotate(query, reference=ref, ref_labels="bulk_labels")
+    empty = [w for w in caught if "express none" in str(w.message)]
+    assert empty and all(str(w.message).startswith("The reference: ") for w in empty)
+    assert all(w.filename == __file__ for w in caught if issubclass(w.category, ScelmoWarning)), \
+        [(w.filename, str(w.message)[:60]) for w in caught]
