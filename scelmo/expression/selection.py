@@ -141,19 +141,24 @@ _SUMMARY_RTOL = 1e-9
 
 def same_stats(a: str | None, b: str | None) -> bool | None:
     """Whether two :meth:`GeneStats.summary` strings describe the same statistics (up to the
-    rounding of summing in other chunks); ``None`` when either is missing or unreadable."""
-    try:
-        pa, pb = str(a).split("|"), str(b).split("|")
-        if a is None or b is None or len(pa) != 4 or len(pb) != 4:
-            return None
-        if pa[:2] != pb[:2]:
-            return False
-        scale = max(float(pa[2]), float(pb[2]), 1e-300)
-        va = np.array([float(pa[2]), *map(float, pa[3].split(","))])
-        vb = np.array([float(pb[2]), *map(float, pb[3].split(","))])
-    except (TypeError, ValueError):
+    rounding of summing in other chunks: each projection within ``_SUMMARY_RTOL`` of its own
+    scale); ``None`` when either is missing, unreadable or not finite (then compare otherwise)."""
+    if a is None or b is None:
         return None
-    return bool(va.shape == vb.shape and np.all(np.abs(va - vb) <= _SUMMARY_RTOL * scale))
+    pa, pb = str(a).split("|"), str(b).split("|")
+    if len(pa) != 3 or len(pb) != 3:
+        return None
+    try:
+        va = np.array([[float(x) for x in t.split(":")] for t in pa[2].split(",")])
+        vb = np.array([[float(x) for x in t.split(":")] for t in pb[2].split(",")])
+    except ValueError:
+        return None
+    if va.shape != vb.shape or va.ndim != 2 or va.shape[1] != 2 or not (np.isfinite(va).all() and np.isfinite(vb).all()):
+        return None
+    if pa[:2] != pb[:2]:
+        return False
+    tol = _SUMMARY_RTOL * np.maximum(va[:, 1], vb[:, 1])
+    return bool(np.all(np.abs(va[:, 0] - vb[:, 0]) <= tol))
 
 
 @dataclass
@@ -224,15 +229,19 @@ class GeneStats:
 
     def summary(self) -> str:
         """These statistics in a few numbers that sums rounded differently still match
-        (:func:`same_stats`): cells, a hash of the gene names, the sums' total magnitude and
-        four fixed random projections of them. :meth:`fingerprint` hashes every bit of the
-        sums, and summed in other chunks (``--backed``, another ``chunk_size``) they differ in
-        the last bits: a reference embedded with ``chunk_size=100`` was taken for one
-        embedded with another dataset's statistics, and its labels went unused."""
-        sums = np.ascontiguousarray(self.sums, dtype=np.float64).ravel()
-        proj = np.random.default_rng(_SUMMARY_SEED).standard_normal((4, sums.size)) @ sums
+        (:func:`same_stats`): cells, a hash of the gene names, and four fixed random
+        projections of the sums of values and of squares (what means and variances follow
+        from), each with its own scale. :meth:`fingerprint` hashes every bit of the sums, and
+        summed in other chunks (``--backed``, another ``chunk_size``) they differ in the last
+        bits: a reference embedded with ``chunk_size=100`` was taken for one embedded with
+        another dataset's statistics, and its labels went unused."""
+        sums = np.ascontiguousarray(self.sums[:2], dtype=np.float64).ravel()
+        R = np.random.default_rng(_SUMMARY_SEED).standard_normal((4, sums.size))
+        with np.errstate(all="ignore"):
+            proj, scale = R @ sums, np.abs(R) @ np.abs(sums)
         names = hashlib.sha256("\n".join(self.genes or ()).encode()).hexdigest()[:16]
-        return f"{self.n_cells}|{names}|{float(np.abs(sums).sum())!r}|" + ",".join(repr(float(x)) for x in proj)
+        return f"{self.n_cells}|{names}|" + ",".join(f"{float(p)!r}:{float(c)!r}" for p, c in zip(proj, scale,
+                                                                                                strict=True))
 
     def _moments(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         n = max(self.n_cells, 1)
