@@ -395,13 +395,47 @@ def test_re_asking_an_empty_answer_is_booked_against_the_cost_limit(server, tmp_
     before = server.by_model["empty"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ScelmoWarning)
-        res = describe([f"QQE{i}" for i in range(10)], config=s, max_cost=0.35)
+        try:  # (the limit stops the run, or leaves a last re-ask out: either way within it)
+            spent = describe([f"QQE{i}" for i in range(10)], config=s, max_cost=0.35).usage.cost
+        except BudgetExceededError as stop:
+            spent = float(re.search(r"\$([0-9.]+) spent", str(stop)).group(1))
     calls = server.by_model["empty"] - before
-    assert res.usage.cost <= 0.35 and res.usage.calls == calls < 20, (res.usage.cost, calls)
-    assert any("not asked again, as that would pass the cost limit" in why for why in res.failed.values())
+    assert spent <= 0.35 and calls < 20, (spent, calls)
     # with no limit every empty answer is asked twice, and the usage counts both calls
     res = describe([f"QQF{i}" for i in range(3)], config=s)
     assert set(res.failed) == {"QQF0", "QQF1", "QQF2"} and res.usage.calls == 6
+
+
+@pytest.mark.parametrize("n_items, max_cost, concurrency", [(1, 0.015, 1), (4, 0.05, 1), (4, 0.05, 4)])
+def test_a_re_ask_that_fits_is_made_whatever_the_concurrency(tmp_path, n_items, max_cost, concurrency):
+    """A review: the re-ask was refused although it fitted, as the item's own finished first call
+    still counted at its worst case, and other calls in flight were not waited for (4 items,
+    concurrency 4: 2 failed with $0.006 spent of $0.05). Two re-askers never wait for each other."""
+    import asyncio
+    from collections import Counter
+
+    from scelmo.plugin import Completion, Provider
+
+    class Flaky(Provider):
+        name = "flaky"
+
+        def __init__(self, **kw):
+            super().__init__("flaky-1", **kw)
+            self.asked = Counter()
+
+        async def acomplete(self, prompt, *, system=None):
+            self.asked[prompt] += 1
+            await asyncio.sleep(0.02)
+            text = "" if self.asked[prompt] == 1 else "A fine description of this gene and its pathways."
+            return Completion(text, 10, 20, cost=0.001)
+
+        def price(self, prompt_tokens, completion_tokens):
+            return 0.01  # the worst case booked per call
+
+    p = Flaky(concurrency=concurrency)
+    res = describe([f"QQR{i}" for i in range(n_items)], config={"cache.path": str(tmp_path / "c.sqlite")},
+                   using=p, max_cost=max_cost, progress=False)
+    assert len(res.texts) == n_items and not res.failed and res.usage.cost <= max_cost
 
 
 def test_a_cost_stop_reports_what_the_calls_in_flight_spent(server, tmp_path):

@@ -399,8 +399,12 @@ async def _answer(component: Provider, template: PromptTemplate, item: str, poli
             break
         booked: float | None = None
         if limited:
+            # the first call is still booked at its worst case until this item returns: only
+            # its actual cost counts here; other calls in flight are waited for, as run_calls does
+            first_booked = estimate() if estimate is not None else 0.0
+            credit = (first_booked or 0.0) - (first_cost or 0.0) if first_cost is not None else 0.0
             try:
-                booked = budget.reserve(estimate() if estimate is not None else 0.0, component)  # type: ignore[union-attr]
+                booked = await budget.reserve_holding(first_booked, component, credit=credit)  # type: ignore[union-attr]
             except BudgetExceededError:
                 return answer, f"{problem}; not asked again, as that would pass the cost limit", first_cost
         try:

@@ -127,23 +127,28 @@ class Budget:
         self.spent = 0.0
         self.booked = 0.0
         self.in_flight = 0  # calls booked and not settled (booked USD alone leaves rounding dust)
+        self.held = 0  # of those, bookings whose callers wait in reserve_holding (they cannot settle meanwhile)
         self._lock = threading.Lock()
 
-    def reserve(self, estimate: float | None, component: Any = None, *, wait_for_in_flight: bool = False) -> float | None:
+    def reserve(self, estimate: float | None, component: Any = None, *, wait_for_in_flight: bool = False,
+                credit: float = 0.0) -> float | None:
         """Book ``estimate`` USD for the next call of ``component`` (named when its price is unknown).
 
         With ``wait_for_in_flight``, a call that does not fit while other calls are booked
         returns ``None`` instead of stopping the run: the caller waits for those calls to
         settle (their actual cost is usually far below the worst case booked) and asks
         again. The run stops only when the call does not fit with nothing in flight.
+        Bookings held by callers waiting in :meth:`reserve_holding` are not waited for (they
+        cannot settle while their holders wait). ``credit``: booked USD known to be unspent (a
+        finished call still booked at its worst case), left out of the check.
         """
         if self.max_cost is None:
             return 0.0
         if estimate is None:
             raise UnknownPriceError(f"A cost limit is set, but {no_price(component)}; or run without --max-cost.")
         with self._lock:
-            if self.spent + self.booked + estimate > self.max_cost + 1e-12:
-                if wait_for_in_flight and self.in_flight > 0:
+            if self.spent + self.booked - max(0.0, credit) + estimate > self.max_cost + 1e-12:
+                if wait_for_in_flight and self.in_flight - self.held > 0:
                     return None
                 stop = BudgetExceededError(self.stop_message(estimate))
                 stop.limit_reached = True  # (not an unknown price: run_calls restates what was spent)
@@ -151,6 +156,24 @@ class Budget:
             self.booked += estimate
             self.in_flight += 1
         return estimate
+
+    async def reserve_holding(self, estimate: float | None, component: Any = None, *, credit: float = 0.0,
+                              holds: int = 1) -> float | None:
+        """:meth:`reserve` for a caller that itself holds ``holds`` bookings (a call re-asked
+        inside its own booking): waits while other calls that can settle are in flight, and
+        stops (:class:`~scelmo.errors.BudgetExceededError`) when none can. Two such callers
+        never wait for each other."""
+        with self._lock:
+            self.held += holds
+        try:
+            while True:
+                booked = self.reserve(estimate, component, wait_for_in_flight=True, credit=credit)
+                if booked is not None:
+                    return booked
+                await asyncio.sleep(0.01)
+        finally:
+            with self._lock:
+                self.held -= holds
 
     def stop_message(self, next_estimate: float | None = None) -> str:
         """Why the run stopped, with what was spent (read once the calls in flight settled)."""
