@@ -33,7 +33,7 @@ from scelmo.errors import ScelmoWarning
 
 __all__ = ["CellTypeMarkers", "CellTypeMatch", "EQUIVALENT_NAMES", "MarkerSet", "match_cell_types", "match_descendants",
            "marker_weights", "cell_type_marker_genes", "covers_name", "inherit_named_parents", "name_key", "primary_records",
-           "tissue_conflict", "query_tissue", "other_organ", "in_organ",
+           "tissue_conflict", "query_tissue", "other_organ", "in_organ", "names_in_organ",
            "name_terms", "parse_name"]
 
 
@@ -485,6 +485,16 @@ def other_organ(name: str, match: CellTypeMatch, tissue: str, vocab: Any) -> boo
     a tissue never are): beside pancreatic names, "stellate cell" is not the liver set."""
     return (bool(match.types) and not _tissues_named(name, vocab)
             and all(k.tissue and k.tissue != "immune" and k.tissue != tissue for k in match.types))
+
+
+def names_in_organ(other: str, name: str, tissue: str, vocab: Any) -> bool:
+    """Whether the candidate ``other`` is ``name`` in ``tissue`` ("pancreatic stellate cell" for
+    "stellate cell"): its words are the name's and words naming that organ."""
+    words, genes = name_terms(name, vocab)
+    owords, ogenes = name_terms(other, vocab)
+    extra = set(owords) - set(words)
+    return (set(words) <= set(owords) and bool(extra) and all(TISSUE_WORDS.get(w) == tissue for w in extra)
+            and _shares_gene(genes, ogenes) == len(genes))
 
 
 def in_organ(name: str, match: CellTypeMatch, tissue: str, vocab: Any) -> CellTypeMatch | None:

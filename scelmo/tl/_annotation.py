@@ -56,6 +56,7 @@ from scelmo.knowledge.cell_types import (
     match_cell_types,
     match_descendants,
     name_key,
+    names_in_organ,
     other_organ,
     parse_name,
     query_tissue,
@@ -331,8 +332,11 @@ def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], gene
                 partial = {n for n, m in found.items() if m.types and tissue_conflict(n, m, vocab)}
                 if any(m.types and all(k.tissue not in ("", "immune") for k in m.types) for m in found.values()):
                     tissue = query_tissue(names, describer.cell_type_definition_markers(), vocab)
+                    # (not when the list names that type too: "stellate cell" beside "pancreatic
+                    # stellate cell" would take the same markers, and the two names one set)
                     organ = {n: tissue for n, m in found.items()
-                             if tissue and n not in partial and other_organ(n, m, tissue, vocab)}
+                             if tissue and n not in partial and other_organ(n, m, tissue, vocab)
+                             and not any(names_in_organ(o, n, tissue, vocab) for o in names if o != n)}
                     partial |= set(organ)
             matches.update(found)
             if level == 1:
