@@ -250,6 +250,23 @@ def test_garbage_completion_is_an_error(server, tmp_path):
         describe(["CD3E"], config=s)
 
 
+def test_answers_cached_before_auth_headers_were_masked_are_still_found():
+    """A review: masking `X-Auth` header values (2026-12-05) changed the cache key's `extra`
+    digest, so answers cached before would be paid for again; the old key is a legacy key."""
+    import hashlib
+    import json
+
+    from scelmo_litellm.components import LiteLLMProvider
+
+    extra = {"extra_headers": {"X-Auth": "lab-token-123456"}}
+    p = LiteLLMProvider("openai/gpt-4o-mini", api_base="http://127.0.0.1:9/v1", extra=extra)
+    old = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    assert f"extra={old}" not in p.cache_key and "lab-token" not in p.cache_key
+    assert any(f"extra={old}" in k for k in p.legacy_cache_keys)
+    plain = LiteLLMProvider("openai/gpt-4o-mini", api_base="http://127.0.0.1:9/v1", extra={"seed": 1})
+    assert plain.legacy_cache_keys == (plain.model_id,)  # (nothing masked differently: no extra key)
+
+
 def test_an_html_answer_says_it_is_not_json_and_is_not_retried(server, tmp_path):
     """LLM-path trial: a 200 with an HTML body read "InternalServerError ... Expecting value ...
     Lower the role's options.concurrency, raise options.retries"."""

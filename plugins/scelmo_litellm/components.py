@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -59,6 +60,20 @@ def _digest(obj: Any) -> str:
     """A short hash of non-secret settings (secrets are masked first, so they never shape a key)."""
     payload = json.dumps(mask(obj, []), sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def _unmask_auth(original: Any, masked: Any) -> Any:
+    """``masked`` with the values under names that are secrets only for the word "auth" (masked
+    since 2026-12-05) as they were: what an older cache key's digest was made of."""
+    if isinstance(original, dict) and isinstance(masked, dict):
+        out = {}
+        for k, v in original.items():
+            was = is_secret_name(re.sub(r"(?i)(?<![a-z])auth(?![a-z])", "x", str(k)))
+            out[k] = v if (is_secret_name(k) and not was) else _unmask_auth(v, masked.get(k))
+        return out
+    if isinstance(original, list | tuple) and isinstance(masked, list | tuple) and len(original) == len(masked):
+        return [_unmask_auth(a, b) for a, b in zip(original, masked, strict=True)]
+    return masked
 
 
 class ConnectionOptions(RemoteOptions):
@@ -184,8 +199,18 @@ class _LiteLLMComponent:
 
     @property
     def legacy_cache_keys(self) -> tuple[str, ...]:
-        """Older versions keyed answers by the bare ``model_id`` (no endpoint)."""
-        return (self.model_id,)
+        """Older versions keyed answers by the bare ``model_id`` (no endpoint), and, until
+        2026-12-05, by an ``extra`` digest in which values named ``*auth*`` (an ``X-Auth``
+        header) were not yet masked as secrets: answers cached then stay found."""
+        keys = [self.model_id]
+        o = self.options
+        extra = {k: v for k, v in o.extra.items() if k not in ("api_base", "base_url") and not is_secret_name(k)}
+        before = _unmask_auth(extra, mask(extra, []))
+        if extra and before != mask(extra, []):
+            current = self.cache_key
+            old = f"extra={hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:12]}"
+            keys.append(re.sub(r"extra=[0-9a-f]{12}", old, current))
+        return tuple(keys)
 
     # -- keys ------------------------------------------------------------------------
     def _missing_key_vars(self) -> list[str]:
@@ -272,7 +297,9 @@ class _LiteLLMComponent:
 
     def _fail(self, exc: Exception) -> Exception:
         o = self.options
-        source = ("the role's `api_key`" if o.api_key is not None
+        # (with a model_list each deployment sends its own key, not the role's: a review)
+        source = (None if o.model_list
+                  else "the role's `api_key`" if o.api_key is not None
                   else f"the environment variable {o.api_key_env} (the role's `api_key_env`)" if o.api_key_env
                   else None)
         return map_error(exc, model=self.model, api_base=o.api_base, secrets=self._secrets(), key_source=source)
