@@ -608,8 +608,11 @@ def training_history(
         ev = epoch[v.index]
         ax.plot(ev, v["val_score"], marker="o", color="C3")
         best = _kept_epoch(model, v["val_score"])
-        ax.scatter([epoch[best]], [v.at[best, "val_score"]], s=90, facecolors="none", edgecolors="k",
-                   label=f"best: {v.at[best, 'val_score']:.3f} (epoch {int(epoch[best])})", zorder=3)
+        kept, top = float(v.at[best, "val_score"]), float(v["val_score"].max())
+        # (the kept epoch: the last as good as the best within the noise margin, so not always the top)
+        label = (f"kept: {kept:.3f} (epoch {int(epoch[best])})" if kept >= top
+                 else f"kept: {kept:.3f} (epoch {int(epoch[best])}; within the noise of the best, {top:.3f})")
+        ax.scatter([epoch[best]], [kept], s=90, facecolors="none", edgecolors="k", label=label, zorder=3)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("validation score")

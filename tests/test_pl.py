@@ -30,6 +30,16 @@ def _marked(fig):
 
 
 # --------------------------------------------------------------------------- training_history
+def test_training_history_says_kept_not_best_when_the_kept_epoch_is_not_the_top():
+    """Notebook trial: the legend read "best: 0.679 (epoch 6)" beside a higher epoch 4."""
+    hist = _history([0.70, 0.80, 0.795, 0.60])
+    model = SimpleNamespace(history=hist, train_info={"best_validation_score": 0.795},
+                            head=SimpleNamespace(best_score=0.795))
+    fig = scelmo.pl.training_history(model, show=False)
+    labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert any(t.startswith("kept: 0.795 (epoch 3; within the noise of the best, 0.800)") for t in labels), labels
+
+
 def test_training_history_marks_the_kept_epoch_on_a_tie():
     # tolerance 0.01 (one validation cell of 100): 0.795 at epoch 3 ties the 0.80 of epoch 2, and the later wins
     hist = _history([0.70, 0.80, 0.795, 0.60])

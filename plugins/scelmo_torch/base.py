@@ -120,7 +120,7 @@ class TrainingConfig(BaseModel):
     #: mini-batch there (no host densify + copy per batch). ``None``: when it takes at
     #: most half of the free GPU memory. Ignored on CPU.
     data_on_device: bool | None = None
-    #: Progress bar (default: when stderr is a terminal).
+    #: Progress bar (default: on a terminal or in a notebook).
     progress: bool | None = None
 
     @field_validator("max_epochs", "batch_size", "check_every", "patience", "seed", "num_threads", mode="before")
@@ -363,8 +363,8 @@ class TorchHead(TaskHead):
                                 bad_checks += 1
                                 stop = cfg.early_stopping and bad_checks >= cfg.patience
                         self.history.append(record)
+                        bar.update(1)  # (then the postfix: shown beside the count of the epoch it is from)
                         bar.set_postfix(postfix)
-                        bar.update(1)
                         if stop:
                             break
                 if best_state is not None:

@@ -398,7 +398,7 @@ class Model:
         num_threads
             torch CPU threads (default 1 on CPU, which was 3-5x faster on 2 cores).
         progress
-            Show a progress bar (default: when attached to a terminal).
+            Show a progress bar (default: on a terminal or in a notebook).
         **training
             Further settings of the head (e.g. ``check_every``, ``patience``,
             ``validation_fraction``, ``weight_decay``, ``amp``). ``check_every``,
@@ -457,7 +457,10 @@ class Model:
         """Per-epoch training history (loss, validation score, seconds) as a DataFrame."""
         import pandas as pd
 
-        return pd.DataFrame(list(self.head.history or []))
+        df = pd.DataFrame(list(self.head.history or []))
+        if "epoch" in df and df["epoch"].notna().all():  # (whole numbers, not 0.0, 1.0 ...)
+            df["epoch"] = df["epoch"].astype(int)
+        return df
 
     def _require_trained(self) -> None:
         if not self.is_trained:

@@ -161,7 +161,7 @@ def knowledge_markers(
         Settings or a mapping of overrides: which knowledge source (or LLM) describes
         the genes and which embedder compares the texts.
     progress
-        Show progress bars (default: when attached to a terminal).
+        Show progress bars (default: on a terminal or in a notebook).
     curated_genes
         Genes the curated marker sets may use (default: ``genes``). A rare type's markers
         are expressed in few cells, so annotation passes every detected gene here.
@@ -600,7 +600,7 @@ def annotate(
         ``adata`` (scanpy's convention). Without it, missing embeddings are written to
         ``adata.obsm[use_rep]`` and ``reference.obsm[use_rep]``.
     progress
-        Show progress bars (default: when attached to a terminal).
+        Show progress bars (default: on a terminal or in a notebook).
 
     Notes
     -----

@@ -246,7 +246,7 @@ def embed_genes(
         Leave ``adata`` untouched and return a modified copy of it (instead of the
         :class:`~scelmo.genes.GeneEmbeddings`, as scanpy's ``copy=``).
     progress
-        Show progress bars (default: when stderr is a terminal).
+        Show progress bars (default: on a terminal or in a notebook).
 
     Returns
     -------
