@@ -87,7 +87,6 @@ def main(argv: list[str] | None = None) -> int:
     from scelmo_local.knowledge import compact_text, human_table
 
     from scelmo.config import get_settings
-    from scelmo.datasets import default_data_dir
     from scelmo.genes import GeneEmbeddings
     from scelmo.knowledge import roles
 
@@ -97,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--similarity-only", action="store_true",
                     help="only the marker-gene cosine table (similarity.md), no benchmark")
+    ap.add_argument("--dims", default="",
+                    help="instead of the texts: append one dimension per known cell type (1/sqrt(types) for each "
+                         "gene it marks) to the conditioned vectors, at these comma-separated weights (dims.md)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     warnings.simplefilter("ignore")
@@ -115,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         name, _, rest = base.partition(". ")
         return f"{name}. Marker of {', '.join(types)}. {rest}"
 
-    d = str(default_data_dir())
-    loaders = {"pbmc68k": Z.load_pbmc68k, "pbmc68k_sim": Z.load_pbmc68k_sim, "kang": lambda: Z.load_kang(d, None),
-               "muraro": lambda: Z.load_muraro(d), "baron": lambda: Z.load_baron(d)}
+    if args.dims:
+        return marker_dims(args, marks, [float(w) for w in args.dims.split(",")])
+    loaders = _loaders()
     rows: list[dict] = []
     t_all = time.perf_counter()
     for name in args.datasets.split(","):
@@ -139,6 +141,66 @@ def main(argv: list[str] | None = None) -> int:
     text = report(df, f"`benchmarks/marker_descriptions.py {' '.join(portable_argv(sys.argv[1:]))}`, "
                       f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.perf_counter() - t_all:.0f} s.")
     (args.out / "results.md").write_text(text, encoding="utf-8")
+    print(text)
+    return 0
+
+
+def _loaders() -> dict:
+    from scelmo.datasets import default_data_dir
+
+    d = str(default_data_dir())
+    return {"pbmc68k": Z.load_pbmc68k, "pbmc68k_sim": Z.load_pbmc68k_sim, "kang": lambda: Z.load_kang(d, None),
+            "muraro": lambda: Z.load_muraro(d), "baron": lambda: Z.load_baron(d)}
+
+
+def marker_dims(args: argparse.Namespace, marks: dict[str, list[str]], weights: list[float]) -> int:
+    """The conditioned text vectors with ``weight x M`` beside them, M: genes x known cell types
+    (1/sqrt(n) in each of a gene's n types), embedded unconditioned (the text block already is),
+    each beside 5 shuffles of itself; ``dims.csv`` / ``dims.md``."""
+    import numpy as np
+
+    from scelmo.genes import GeneEmbeddings
+
+    types = sorted({t for ts in marks.values() for t in ts})
+    col = {t: j for j, t in enumerate(types)}
+    rows: list[dict] = []
+    t_all = time.perf_counter()
+    for name in args.datasets.split(","):
+        ds = _loaders()[name]()
+        ge, _ = Z.gene_table(ds, "compact")
+        E, _ = ge.aligned(ge.genes, conditioned=True)
+        M = np.zeros((len(ge.genes), len(types)), np.float32)
+        for i, g in enumerate(ge.genes):
+            for t in marks.get(g, []):
+                M[i, col[t]] = 1.0 / np.sqrt(len(marks[g]))
+        M = M[:, M.any(axis=0)]
+        r = Z.Runner(ds, rows)
+        for w in weights:
+            tab = GeneEmbeddings(ge.genes, np.hstack([E, w * M]).astype(np.float32), {"embed_model": f"dims-{w}"})
+            r.run(f"dims{w:g}", "x", Z.scelmo_fn(ds, tab, {}, condition=False), metric="cosine")
+            for i in range(1, Z.N_SHUFFLES + 1):
+                r.run(f"dims{w:g}-shuffled-{i}", "x", Z.scelmo_fn(ds, Z.shuffled_table(tab, i), {}, condition=False),
+                      metric="cosine")
+        pd.DataFrame(rows).to_csv(args.out / "dims.csv", index=False)
+    df = pd.DataFrame(rows).assign(table=lambda d: d["method"].str.split("-").str[0],
+                                   shuffled=lambda d: d["method"].str.contains("shuffled"))
+    lines = ["# One dimension per known cell type beside the conditioned gene vectors", "",
+             f"`benchmarks/marker_descriptions.py {' '.join(portable_argv(sys.argv[1:]))}`, "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.perf_counter() - t_all:.0f} s. "
+             "Gain = the table minus the mean of its 5 shuffles ('yes': above all 5).", ""]
+    for m in METRICS:
+        real = df[~df["shuffled"]].pivot_table(index="dataset", columns="table", values=m)
+        sh = df[df["shuffled"]].groupby(["dataset", "table"])[m].agg(["mean", "max"]).unstack()
+        tabs = list(real.columns)
+        lines += [f"## {m}", "", "| dataset | " + " | ".join(f"{t} | gain | beyond" for t in tabs) + " |",
+                  "|---|" + "---|---|---|" * len(tabs)]
+        for d in real.index:
+            cells = [f"{real.loc[d, t]:.3f} | {real.loc[d, t] - sh['mean'].loc[d, t]:+.3f} | "
+                     f"{'yes' if real.loc[d, t] > sh['max'].loc[d, t] else 'no'}" for t in tabs]
+            lines.append(f"| {d} | " + " | ".join(cells) + " |")
+        lines.append("")
+    text = "\n".join(lines)
+    (args.out / "dims.md").write_text(text, encoding="utf-8")
     print(text)
     return 0
 

@@ -124,6 +124,10 @@ class AggregateConfig(_Section):
     #: ``"float16"`` (half the memory; accumulation stays float32; float16 is the more
     #: precise of the two, bfloat16 has float32's range).
     precision: Literal["float32", "bfloat16", "float16"] = "float32"
+    #: Weight of one more dimension per known cell type (the genes its curated markers or Cell
+    #: Ontology definition name) beside the conditioned gene vectors of a table built from
+    #: configuration (:mod:`scelmo.knowledge.marker_dims`); 0: off (the default).
+    cell_type_markers: float = Field(0.0, ge=0)
 
 
 class GenesConfig(_Section):

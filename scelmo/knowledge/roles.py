@@ -126,6 +126,24 @@ def embed_texts(
         return component.embed(texts, cache=cache, progress=progress, desc=desc, budget=budget)
 
 
+def marker_source(describe: KnowledgeSource | Provider | None = None) -> KnowledgeSource | None:
+    """The knowledge source whose cell-type markers to use: the describer when it knows some,
+    else the first registered knowledge source that does (an LLM describer knows none)."""
+    candidates: list[Any] = [describe] if isinstance(describe, KnowledgeSource) else []
+    for entry in plugins.knowledge_sources.entries():
+        try:
+            candidates.append(entry.obj())
+        except Exception:  # noqa: BLE001 - a source that cannot start is skipped
+            continue
+    for source in candidates:
+        try:
+            if source.cell_type_markers():
+                return source
+        except Exception:  # noqa: BLE001 - a source whose markers cannot be read is skipped
+            continue
+    return None
+
+
 def vocabulary(describe: KnowledgeSource | Provider | None = None) -> GeneVocabulary | None:
     """The gene vocabulary: the describer's own, else the first knowledge source that has one."""
     if isinstance(describe, KnowledgeSource):

@@ -35,6 +35,7 @@ from scelmo.knowledge import roles
 from scelmo.knowledge.descriptions import cached_descriptions
 from scelmo.knowledge.descriptions import describe as describe_items
 from scelmo.knowledge.descriptions import estimate as estimate_describe
+from scelmo.knowledge.marker_dims import with_cell_type_dims
 from scelmo.llm.cache import open_cache, text_hash
 from scelmo.llm.calls import Budget, Estimate
 from scelmo.llm.embedding_loop import known_vectors
@@ -200,6 +201,13 @@ def _build_gene_embeddings(
     ge = GeneEmbeddings(genes, vectors, manifest)
     if len(genes) > 2:  # fitted once, kept with the table
         ge.condition(n_components=settings.aggregate.condition_components)
+        if settings.aggregate.cell_type_markers > 0:  # (opt-in: one more dimension per known cell type)
+            source = roles.marker_source(describer)
+            if source is None:
+                raise ConfigError("aggregate.cell_type_markers is set, but no knowledge source knows cell-type "
+                                  "markers (the offline default `local` does); set it to 0.")
+            ge = with_cell_type_dims(ge, [*source.cell_type_markers(), *source.cell_type_definition_markers()],
+                                     weight=settings.aggregate.cell_type_markers, source=source.model_id)
     return ge
 
 
@@ -500,7 +508,8 @@ def _aligned_gene_table(names: list[str], gene_embeddings: GeneEmbeddings | str 
     lookup = gene_embeddings.keys_for(names, res.symbols)
     if plan["condition"] and gene_embeddings.conditioning is None:  # fitted once per table, kept with it
         gene_embeddings.condition(n_components=agg_cfg.condition_components)
-    elif plan["condition"] and agg_cfg.condition_components is not None:
+    elif plan["condition"] and agg_cfg.condition_components is not None and "cell_type_markers" not in (
+            gene_embeddings.manifest or {}):  # (a table with marker dimensions keeps its own: they must stay)
         # asked for (config, --set, environment): this call's conditioning, even for a table
         # fitted with another number; the table given keeps its own
         gene_embeddings = gene_embeddings.conditioned_as(agg_cfg.condition_components)
