@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     from scelmo.knowledge import roles
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--datasets", default="pbmc68k,pbmc68k_sim,muraro,baron,kang")
+    ap.add_argument("--datasets", default="pbmc68k,pbmc68k_sim,muraro,baron,kang",
+                    help="also: baron_mouse (held out: not in the default list)")
     ap.add_argument("--max-types", type=int, default=5)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--similarity-only", action="store_true",
@@ -150,7 +151,8 @@ def _loaders() -> dict:
 
     d = str(default_data_dir())
     return {"pbmc68k": Z.load_pbmc68k, "pbmc68k_sim": Z.load_pbmc68k_sim, "kang": lambda: Z.load_kang(d, None),
-            "muraro": lambda: Z.load_muraro(d), "baron": lambda: Z.load_baron(d)}
+            "muraro": lambda: Z.load_muraro(d), "baron": lambda: Z.load_baron(d),
+            "baron_mouse": lambda: Z.load_baron_mouse(d)}
 
 
 def marker_dims(args: argparse.Namespace, marks: dict[str, list[str]], weights: list[float]) -> int:
