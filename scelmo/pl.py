@@ -59,7 +59,7 @@ def embedding(
     The matplotlib :class:`~matplotlib.figure.Figure`; ``None`` when it was shown (as scanpy).
     """
     ax = kwargs.pop("ax", None)
-    kwargs.pop("return_fig", None)  # (the figure is always returned)
+    return_fig = bool(kwargs.pop("return_fig", False))  # (as scanpy: the figure, also once shown)
     show = _begin(save, show if show is not None or ax is None else False)
     import scanpy as sc
 
@@ -90,12 +90,12 @@ def embedding(
             raise InputError(f"ax= takes one panel, and {len(colors)} colours were given; give one color= "
                              "per call, or leave ax= out for a grid of panels.")
         sc.pl.embedding(adata, basis=basis, color=color, title=title, show=False, ax=ax, **kwargs)
-        return _finish(ax.figure, save, show, dpi, close=False)
+        return _finish(ax.figure, save, show, dpi, close=False, return_fig=return_fig)
     if len(colors) > 1 and "wspace" not in kwargs:  # room for each panel's legend before the next panel
         kwargs["wspace"] = _legend_space(adata, colors, kwargs.get("legend_loc", "right margin"),
                                          kwargs.get("legend_fontsize"))
     fig = sc.pl.embedding(adata, basis=basis, color=color, title=title, show=False, return_fig=True, **kwargs)
-    return _finish(fig, save, show, dpi)
+    return _finish(fig, save, show, dpi, return_fig=return_fig)
 
 
 def _legend_space(adata: Any, colors: list[str], legend_loc: str | None, fontsize: Any = None) -> float:
@@ -153,7 +153,7 @@ def _begin(save: str | os.PathLike[str] | None, show: bool | None) -> bool:
 
 
 def _finish(fig: Any, save: str | os.PathLike[str] | None, show: bool | None, dpi: int,
-            *, close: bool = True) -> Any:
+            *, close: bool = True, return_fig: bool = False) -> Any:
     """Save (atomically; missing folders are made, as scanpy does) and show the figure; a figure
     not shown is closed unless ``close=False`` (drawn into the caller's axes). Returns the figure,
     or ``None`` once shown, as scanpy: a returned figure is drawn again as a notebook cell's
@@ -176,7 +176,7 @@ def _finish(fig: Any, save: str | os.PathLike[str] | None, show: bool | None, dp
             raise
     if show:
         plt.show()
-        return None
+        return fig if return_fig else None
     if close:
         plt.close(fig)
     return fig

@@ -767,3 +767,33 @@ def test_annotate_says_its_warnings_at_the_callers_line_and_names_the_reference(
     assert empty and all(str(w.message).startswith("The reference: ") for w in empty)
     assert all(w.filename == __file__ for w in caught if issubclass(w.category, ScelmoWarning)), \
         [(w.filename, str(w.message)[:60]) for w in caught]
+
+
+def test_a_caller_turning_warnings_into_errors_gets_them_where_they_happen(pbmc, monkeypatch):
+    """A review: annotate recorded every warning and re-said it at the end, so a caller's
+    `simplefilter("error")` raised only after the labels were written; and a reference whose
+    embedding failed lost the warnings said before the failure."""
+    from scelmo.tl import _annotation
+
+    a = pbmc.copy()
+    lognorm = np.asarray(a.raw.X.todense() if hasattr(a.raw.X, "todense") else a.raw.X)
+    lognorm[:20] = 0
+    a = a.raw.to_adata()
+    a.X = lognorm
+    ref, query = a[:450].copy(), a[450:].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScelmoWarning)
+        with pytest.raises(ScelmoWarning, match="express none"):
+            scelmo.tl.annotate(query, reference=ref, ref_labels="bulk_labels")
+    assert keys.LABEL not in query.obs  # (raised where it happened: nothing written)
+
+    def warn_then_fail(adata, **kw):
+        warnings.warn("20 of 450 cells express none of the genes", ScelmoWarning, stacklevel=2)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(_annotation, "embed_cells", warn_then_fail)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(RuntimeError, match="disk full"):
+            _annotation._embed_reference(ref.copy())
+    assert [str(w.message) for w in caught] == ["The reference: 20 of 450 cells express none of the genes"]

@@ -60,3 +60,33 @@ def test_embedding_annotating_and_a_model_with_marker_dimensions(pbmc):
     scelmo.tl.embed_cells(other, config={**CFG, "aggregate.condition_components": 5})
     assert other.obsm[keys.X_SCELMO].shape[1] == d
     assert other.uns[keys.PROVENANCE]["embed_cells"]["conditioning"]["n_components"] == 0
+
+
+def test_a_model_and_the_other_paths_use_the_marker_table_as_built(pbmc):
+    """A review: a Model read the table back from varm with a fresh default conditioning (10
+    more directions removed, the marker block projected); flavor='paper' used the conditioned
+    text block unsaid; names-only `method="embedding"` compared 384-d texts with wider cells."""
+    import pytest
+
+    from scelmo.errors import InputError
+
+    a = pbmc.raw.to_adata()[:200].copy()
+    ge = scelmo.tl.embed_genes(a, config=CFG, progress=False)
+    a.obs["y"] = ["a" if i % 2 else "b" for i in range(a.n_obs)]
+    scelmo.Model.setup_anndata(a, labels_key="y")
+    model = scelmo.Model(a, config=CFG)
+    _, names, E = model.get_expression()
+    assert model.gene_table.conditioning.n_components == 0
+    idx = {n: i for i, n in enumerate(a.var_names)}
+    ref, mask = ge.aligned([a.var["scelmo_symbol"].iloc[idx[n]] for n in names], conditioned=True)
+    both = mask & (np.abs(E).sum(1) > 0)
+    assert both.sum() > 500 and np.abs(E[both] - ref[both]).max() == 0.0
+    with pytest.raises(InputError, match="cell-type marker dimensions"):
+        scelmo.tl.embed_cells(a.copy(), config={**CFG, "aggregate.flavor": "paper"})
+    b = pbmc.copy()
+    scelmo.tl.embed_cells(b, config=CFG)
+    assert b.uns[keys.PROVENANCE]["embed_cells"]["text_dim"] == 384
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scelmo.tl.annotate(b, cell_types=["B cell", "T cell", "monocyte"], method="embedding", config=CFG)
+    assert set(b.obs[keys.LABEL].astype(str)) <= {"B cell", "T cell", "monocyte", "unknown"}

@@ -337,3 +337,13 @@ def test_a_shown_figure_is_not_returned_and_a_failed_save_closes_its_figure(tmp_
     with pytest.raises(InputError, match="its folder cannot be made"):  # (a file where a folder must be)
         scelmo.pl.confusion_matrix(y, y, save=tmp_path / "afile" / "cm.png")
     assert plt.get_fignums() == []
+
+
+def test_return_fig_returns_the_figure_also_when_shown(small_adata):
+    """A review: `scelmo.pl.embedding(..., return_fig=True)` returned None once shown (scanpy
+    returns the figure)."""
+    import matplotlib.pyplot as plt
+
+    assert scelmo.pl.embedding(small_adata, basis="umap", color="group", show=True, return_fig=True) is not None
+    assert scelmo.pl.embedding(small_adata, basis="umap", color="group", show=True) is None
+    plt.close("all")

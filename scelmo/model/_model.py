@@ -46,6 +46,7 @@ import scipy.sparse as sp
 
 from scelmo import keys, provenance, tl
 from scelmo import plugin as plugins
+from scelmo.conditioning import Conditioning
 from scelmo.errors import InputError, ScelmoError, ScelmoWarning
 from scelmo.expression.matrix import iter_row_chunks, select_matrix
 from scelmo.expression.selection import normalize_chunk, should_normalize
@@ -873,6 +874,13 @@ def _table_from_varm(adata: Any) -> GeneEmbeddings | None:
             seen.add(g.upper())
             rows.append(i)
             genes.append(g)
-    manifest = dict((adata.uns.get(keys.PROVENANCE, {}) or {}).get("embed_genes", {}) or {})
-    manifest = {k: v for k, v in manifest.items() if isinstance(v, str | int | float)}
-    return GeneEmbeddings(genes, vec[rows] if rows else np.zeros((0, vec.shape[1]), np.float32), manifest)
+    recorded = dict((adata.uns.get(keys.PROVENANCE, {}) or {}).get("embed_genes", {}) or {})
+    manifest = {k: v for k, v in recorded.items() if isinstance(v, str | int | float)}
+    table = GeneEmbeddings(genes, vec[rows] if rows else np.zeros((0, vec.shape[1]), np.float32), manifest)
+    markers = recorded.get("cell_type_markers")
+    if isinstance(markers, Mapping) and rows:
+        # a table with cell-type marker dimensions: its text block is conditioned already and its
+        # conditioning only centres (a review: a fresh default one projected the marker block)
+        table.manifest["cell_type_markers"] = dict(markers)
+        table.conditioning = Conditioning.fit(table.vectors, n_components=0)
+    return table

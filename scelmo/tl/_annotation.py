@@ -483,6 +483,8 @@ def _said_where_called(fn: Any) -> Any:
     lines under them, ``markers = knowledge_markers(...``)."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if _errors_wanted():  # (a warning the caller turns into an error must raise where it happens)
+            return fn(*args, **kwargs)
         caught: list[warnings.WarningMessage] = []
         try:
             with warnings.catch_warnings(record=True) as caught:  # type: ignore[assignment]
@@ -494,14 +496,26 @@ def _said_where_called(fn: Any) -> Any:
     return wrapper
 
 
+def _errors_wanted() -> bool:
+    """Whether a filter of the caller's turns some warnings into errors (``-W error``,
+    ``simplefilter("error", ...)``): recording them would defer the error past the work."""
+    return any(f[0] == "error" for f in warnings.filters)
+
+
 def _embed_reference(reference: Any, **options: Any) -> None:
     """``embed_cells(reference, ...)`` whose warnings say they are about the reference (its
     empty cells are not the query's: "20 of 500 cells ..." about a 200-cell query misled)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    if _errors_wanted():
         embed_cells(reference, **options)
-    for w in caught:
-        warnings.warn(f"The reference: {w.message}", w.category, stacklevel=2)
+        return
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # type: ignore[assignment]
+            warnings.simplefilter("always")
+            embed_cells(reference, **options)
+    finally:  # (also when it fails: what it said before)
+        for w in caught:
+            warnings.warn(f"The reference: {w.message}", w.category, stacklevel=2)
 
 
 @_said_where_called
@@ -988,6 +1002,9 @@ def _labels_from_names(adata: Any, query: np.ndarray, cell_types: Sequence[str] 
         info["temperature"] = 0.25
     else:  # "embedding" (the method was checked by _check_options)
         vectors = _embed_texts(texts, config, progress)
+        record = (adata.uns.get(keys.PROVENANCE) or {}).get("embed_cells") or {}
+        if vectors.shape[1] == record.get("text_dim") and record.get("key_added") == use_rep:
+            query = query[:, : vectors.shape[1]]  # (beside cell-type marker dimensions: the text part)
         if vectors.shape[1] != query.shape[1]:
             raise ScelmoError(
                 f"Cell-type text vectors are {vectors.shape[1]}-d but adata.obsm[{use_rep!r}] is "

@@ -513,6 +513,13 @@ def _aligned_gene_table(names: list[str], gene_embeddings: GeneEmbeddings | str 
         # asked for (config, --set, environment): this call's conditioning, even for a table
         # fitted with another number; the table given keeps its own
         gene_embeddings = gene_embeddings.conditioned_as(agg_cfg.condition_components)
+    if not plan["condition"] and "cell_type_markers" in (gene_embeddings.manifest or {}):
+        # (its text block was conditioned as the table was built: "unconditioned" would not be)
+        raise InputError(
+            "This gene table has cell-type marker dimensions (aggregate.cell_type_markers), which go with "
+            "conditioned vectors; flavor='paper' / condition=False cannot use it. Set "
+            "aggregate.cell_type_markers = 0 (or use the default flavor)."
+        )
     E, mask = gene_embeddings.aligned(lookup, conditioned=bool(plan["condition"]))
     if not mask.any():
         raise _no_match_error(res)
@@ -628,6 +635,11 @@ def _embed_cells_record(adata: Any, result: Any, names: list[str], lookup: list[
             "describe_model": gene_embeddings.manifest.get("describe_model", "user-provided"),
         }
     )
+    markers = gene_embeddings.manifest.get("cell_type_markers")
+    if isinstance(markers, dict):  # (the first text_dim columns are the text vectors' part)
+        info.update({"cell_type_markers": float(markers.get("weight", 0.0)),
+                     "cell_type_marker_types": int(markers.get("n_types", 0)),
+                     "text_dim": int(markers.get("text_dim", 0))})
     return info
 
 
