@@ -750,16 +750,21 @@ def test_knn_vote_blocks_shrink_with_the_reference_and_give_the_same_votes(monke
     np.testing.assert_array_equal(whole[1], small[1])
 
 
-def test_annotate_says_its_warnings_at_the_callers_line_and_names_the_reference(pbmc):
-    """Notebook trial: warnings of the steps annotate runs pointed at scelmo's own lines (a
-    notebook echoed `markers = knowledge_markers(...`), and "20 of 500 cells express none ..."
-    was about the reference, not the 250-cell query it appeared under."""
+def _split_with_empty_reference_cells(pbmc):
+    """Reference (the first 450 cells, 20 of them expressing nothing) and query, log-normalised."""
     a = pbmc.copy()
     lognorm = np.asarray(a.raw.X.todense() if hasattr(a.raw.X, "todense") else a.raw.X)
     lognorm[:20] = 0
     a = a.raw.to_adata()
     a.X = lognorm
-    ref, query = a[:450].copy(), a[450:].copy()
+    return a[:450].copy(), a[450:].copy()
+
+
+def test_annotate_says_its_warnings_at_the_callers_line_and_names_the_reference(pbmc):
+    """Notebook trial: warnings of the steps annotate runs pointed at scelmo's own lines (a
+    notebook echoed `markers = knowledge_markers(...`), and "20 of 500 cells express none ..."
+    was about the reference, not the 250-cell query it appeared under."""
+    ref, query = _split_with_empty_reference_cells(pbmc)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         scelmo.tl.annotate(query, reference=ref, ref_labels="bulk_labels")
@@ -775,12 +780,7 @@ def test_a_caller_turning_warnings_into_errors_gets_them_where_they_happen(pbmc,
     embedding failed lost the warnings said before the failure."""
     from scelmo.tl import _annotation
 
-    a = pbmc.copy()
-    lognorm = np.asarray(a.raw.X.todense() if hasattr(a.raw.X, "todense") else a.raw.X)
-    lognorm[:20] = 0
-    a = a.raw.to_adata()
-    a.X = lognorm
-    ref, query = a[:450].copy(), a[450:].copy()
+    ref, query = _split_with_empty_reference_cells(pbmc)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ScelmoWarning)
         with pytest.raises(ScelmoWarning, match="express none"):
