@@ -515,11 +515,22 @@ def _normalized(adata: Any, normalize: str) -> str:
 
 def _r_genes(model: Any) -> list[str]:
     """The model's genes as the training data named them (the Model knows them by their
-    resolved symbols: PLPP5 for a Seurat object's PPAPDC1B); R queries are aligned to these."""
+    resolved symbols: PLPP5 for a Seurat object's PPAPDC1B); R queries are aligned to these.
+
+    Recorded at training, one per training column (``genes``). For models saved before: a
+    model gene that is itself a data name keeps it, else the data name whose symbol it is.
+    (An R trial: the symbol map inverted name -> symbol, first name winning, so Kang's
+    HNRNPU became HNRNPU-AS1, which resolves to it: two model slots read one query column.)"""
+    extra = _extra(model)
+    genes = extra.get("genes")
+    if isinstance(genes, list) and len(genes) == len(model.train_genes):
+        return [str(g) for g in genes]
+    symbols = {str(k): str(v) for k, v in extra.get("symbols", {}).items()}
     original: dict[str, str] = {}
-    for name, symbol in _extra(model).get("symbols", {}).items():
-        original.setdefault(str(symbol), str(name))
-    return [original.get(str(g), str(g)) for g in model.train_genes]
+    for name, symbol in symbols.items():
+        if symbol not in symbols:  # (a symbol that is a data name of its own is that column's)
+            original.setdefault(symbol, name)
+    return [str(g) if str(g) in symbols else original.get(str(g), str(g)) for g in model.train_genes]
 
 
 def _class_order(classes: list[str], order: Sequence[str] | None) -> list[str]:
@@ -605,6 +616,8 @@ def train(
         symbols = dict(zip(map(str, adata.var_names), map(str, adata.var[keys.GENE_SYMBOL]), strict=True)) \
             if keys.GENE_SYMBOL in adata.var else {}
         model._r_bridge = {"normalize": used, "symbols": symbols}
+        if len(model.train_genes) == adata.n_vars:  # (one model gene per training column, in order)
+            model._r_bridge["genes"] = [str(v) for v in adata.var_names]
         if class_order is not None:
             model._r_bridge["class_order"] = [str(c) for c in ([class_order] if isinstance(class_order, str)
                                                               else class_order)]

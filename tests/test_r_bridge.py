@@ -413,6 +413,33 @@ def test_predict_never_feeds_one_query_gene_to_two_model_genes(tmp_path):
                for w in without["warnings"]), without["warnings"]
 
 
+def test_a_model_keeps_each_training_gene_under_its_own_name(tmp_path):
+    """R trial (Kang): with CASC7 (an old alias of AGO2) before AGO2 in the training genes, the
+    model's R gene list named AGO2 "CASC7" too (the symbol map inverted, first name winning): two
+    model slots read CASC7's column, and AGO2's counts were never read."""
+    genes = [*GENES, "CASC7", "AGO2"]
+    ge = random_gene_embeddings(genes, dim=16)
+    ge.save(tmp_path / "ge")
+    X, cells, obs = _blocks(90)
+    rng = np.random.default_rng(3)
+    X = sp.hstack([X, sp.csr_matrix(rng.poisson(2.0, size=(90, 2)).astype(float))], format="csr")
+    fit = r_bridge.train(make_payload(X, cells, genes, obs), head="annotation", labels_key="type",
+                         gene_embeddings=str(tmp_path / "ge"), training={"max_epochs": 2, "seed": 0})
+    assert fit["ok"], fit
+    assert r_bridge._r_genes(fit["model"]) == genes
+    Xq, qcells, _ = _blocks(30, seed=1)
+    two = rng.poisson(2.0, size=(30, 2)).astype(float)
+    base = r_bridge.predict(make_payload(sp.hstack([Xq, sp.csr_matrix(two)], format="csr"), qcells, genes),
+                            fit["model"])
+    two[:, 1] = 0  # AGO2's counts: read by the model now
+    moved = r_bridge.predict(make_payload(sp.hstack([Xq, sp.csr_matrix(two)], format="csr"), qcells, genes),
+                             fit["model"])
+    assert base["ok"] and moved["ok"] and base["Z"] != moved["Z"]
+    # a model saved before the names were recorded still maps each gene to one column
+    fit["model"]._r_bridge.pop("genes")
+    assert r_bridge._r_genes(fit["model"]) == genes
+
+
 def test_sync_environ_sets_and_unsets_exactly_what_r_changed():
     """R trial finding: Sys.setenv() after Python started was not seen (os.environ is read once);
     a review: the variable an api_key_env names (any name) must reach Python too."""
