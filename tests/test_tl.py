@@ -145,3 +145,15 @@ def test_a_backed_csc_matrix_is_embedded_with_a_warning_to_convert_it(tmp_path):
         scelmo.tl.embed_cells(backed, progress=False)
     ref = scelmo.tl.embed_cells(b, copy=True, progress=False).obsm[keys.X_SCELMO]
     np.testing.assert_allclose(backed.obsm[keys.X_SCELMO], ref, atol=1e-5)
+
+
+def test_clustering_a_few_cells_warns_instead_of_logging(pbmc, capsys):
+    """R trial: scanpy's "WARNING: n_obs too small" went straight to the console (not a
+    warning R could catch or silence); the same adjustment is a ScelmoWarning now."""
+    from scelmo.errors import ScelmoWarning
+
+    a = pbmc[:8].copy()
+    scelmo.tl.embed_cells(a)
+    with pytest.warns(ScelmoWarning, match="Only 8 cells: clustering with 5 neighbours instead of 15"):
+        scelmo.tl.cluster(a)
+    assert "n_obs too small" not in capsys.readouterr().err

@@ -130,6 +130,10 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
           !identical(used, assay)) {
         message("scelmo: the '", reduction, "' reduction of ", what, " was computed on assay '", used,
                 "'; embedding assay '", assay, "' here instead")
+      } else if (startsWith(reduction, "scelmo") && length(asked$settings)) {
+        message("scelmo: settings given here (", paste(asked$settings, collapse = ", "), ") shape the embedding; ",
+                "embedding ", what, " here with them instead of reusing its '", reduction, "' reduction (left as ",
+                "it is)")
       } else if (startsWith(reduction, "scelmo") && length(other)) {
         message("scelmo: the '", reduction, "' reduction of ", what, " was made with ",
                 paste0(names(other), " '", other, "'", collapse = " and "), ", not as asked here; embedding here ",
@@ -164,7 +168,12 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
   if (!is.character(label.name) || length(label.name) != 1 || !nzchar(label.name)) {
     .abort("`label.name` must be one non-empty string.", "scelmo_input_error")
   }
-  asked <- list(aggregator = aggregator %||% .config_aggregator(config), layer = if (explicit.layer) layer)
+  # settings that shape an embedding (a trial: flavor = "paper" beside an existing reduction was
+  # dropped without a word): given here, the objects are embedded here with them
+  shaping <- grep("^(aggregate|genes|describe|embed)\\.|^gene\\.embeddings$", names(config), value = TRUE)
+  shaping <- setdiff(shaping, c("aggregate.method", "aggregate.layer"))  # (compared as aggregator, layer)
+  asked <- list(aggregator = aggregator %||% .config_aggregator(config), layer = if (explicit.layer) layer,
+                settings = shaping)
   aggregator <- .aggregator(aggregator, config)
   .check_k(k)
   query <- .annotate_input(object, assay, layer, reduction, what = "the query", explicit = explicit, asked = asked)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 
 from scelmo import keys, provenance
-from scelmo.errors import ScelmoError
+from scelmo.errors import ScelmoError, ScelmoWarning
 from scelmo.tl._common import _check_finite, _copy_of
 
 
@@ -47,6 +48,12 @@ def cluster(
     _check_finite(np.asarray(adata.obsm[use_rep]), use_rep, adata)
     if copy:
         adata = _copy_of(adata)
+    if adata.n_obs < n_neighbors:
+        # scanpy's own rule, said as a warning (its log line bypassed Python's and R's warnings: a trial)
+        fewer = 1 + int(0.5 * adata.n_obs)
+        warnings.warn(f"Only {adata.n_obs} cells: clustering with {fewer} neighbours instead of {n_neighbors}.",
+                      ScelmoWarning, stacklevel=2)
+        n_neighbors = fewer
     sc.pp.neighbors(
         adata, n_neighbors=n_neighbors, use_rep=use_rep, metric=metric,
         key_added=neighbors_key, random_state=random_state, transformer=transformer,

@@ -48,8 +48,9 @@ test_that("AnnotateScELMo: zero-shot from cell-type names", {
   prov <- SeuratObject::Misc(out, "scelmo")$scelmo_label
   expect_identical(prov$method, "text_markers")
   expect_match(prov[["markers_B cell"]], "MS4A1")
-  lab <- AnnotateScELMo(toy_counts(10), cell.types = c(T = "T lymphocyte", B = "B lymphocyte"),
-                        verbose = FALSE)
+  # 10 cells: fewer neighbours, said as an R warning (was scanpy's log line on the console)
+  expect_warning(lab <- AnnotateScELMo(toy_counts(10), cell.types = c(T = "T lymphocyte", B = "B lymphocyte"),
+                                       verbose = FALSE), "Only 10 cells")
   expect_s3_class(lab, "data.frame")
   expect_identical(attr(lab, "scelmo")$method, "text_markers")
   expect_true(all(lab$scelmo_label %in% c("T", "B", "unknown")))
@@ -144,4 +145,16 @@ test_that("a result name that is already an assay or reduction is refused before
                "already an assay", class = "scelmo_input_error")
   expect_error(RunScELMo(seu, reduction.name = "RNA", verbose = FALSE), "already an assay",
                class = "scelmo_input_error")
+})
+
+test_that("AnnotateScELMo: settings given beside an existing reduction embed here with them", {
+  # trial finding: flavor = "paper" beside a scelmo reduction was dropped without a word
+  skip_if_no_annotate()
+  obj <- RunScELMo(toy_seurat(60), verbose = FALSE)
+  ct <- c("T cell", "B cell", "monocyte")
+  fresh <- toy_seurat(60)
+  paper <- suppressWarnings(AnnotateScELMo(fresh, cell.types = ct, flavor = "paper", verbose = FALSE))
+  expect_message(out <- suppressWarnings(AnnotateScELMo(obj, cell.types = ct, flavor = "paper", verbose = TRUE)),
+                 "settings given here \\(aggregate.flavor\\) shape the embedding")
+  expect_identical(as.character(out$scelmo_label), as.character(paper$scelmo_label))
 })

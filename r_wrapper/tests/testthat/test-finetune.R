@@ -233,3 +233,12 @@ test_that("unlabeled.category: those cells are unlabelled, not a class (trial: '
   expect_error(AnnotateScELMo(s$query, reference = ref, ref.labels = "lower", verbose = FALSE),
                "the label scelmo gives cells it cannot call", class = "scelmo_input_error")
 })
+
+test_that("TrainScELMo: the label \"unknown\" is refused, as AnnotateScELMo refuses it", {
+  # trial finding: TrainScELMo learned "unknown" as a class and PredictScELMo gave it out
+  skip_if_no_python()
+  ref <- toy_seurat(60)
+  ref$with_unknown <- ifelse(as.character(ref$group) == "B", "unknown", as.character(ref$group))
+  expect_error(TrainScELMo(ref, labels = "with_unknown", max.epochs = 1, verbose = FALSE),
+               class = "scelmo_input_error", regexp = "unlabeled.category")
+})
