@@ -155,7 +155,12 @@
   "\\bcondition=False" = "`aggregate.condition = FALSE`",
   "\\bspecies=" = "`species =`",
   "\\bscelmo config show\\b" = "`scelmo_config_show()`",
-  "\\bsc\\.pp\\.filter_cells\\b" = "`subset(object, subset = nFeature_RNA > 0)` (cells with no counts)",
+  "\\bsc\\.pp\\.filter_cells\\b" = paste0("`subset(object, subset = nFeature_RNA > 0)` drops cells with no counts; ",
+                                          "cells with counts only in genes outside the selection need more genes ",
+                                          "(`n.top.genes =`)"),
+  "reference\\.var_names\\.intersection" = "`reference[intersect(rownames(reference), rownames(query)), ]`",
+  "^Invalid options for task head" = paste0("head options are TrainScELMo arguments with dots for underscores ",
+                                            "(`knn.k =`, `triplet.weight =`, `residual = FALSE`)"),
   "\\badata\\.var_names\\b" = "row names of the counts that are gene symbols or Ensembl IDs",
   "\\bgene_stats=" = "`AnnotateScELMo(object, reference = ref, ...)` (the query is embedded with the reference's statistics)",
   "\\buse_raw=True\\b" = "`layer = \"counts\"` (raw counts)",
@@ -177,7 +182,9 @@
   text <- paste(msg, collapse = "\n")
   hit <- vapply(names(.R_ADVICE), function(k) grepl(k, text, perl = TRUE), logical(1))
   # the names a `training = list(...)` takes are listed as Python writes them: no argument advice
-  if (grepl("^Invalid training settings", text)) hit[names(hit) %in% c("\\bmax_epochs\\b", "\\bknn_k\\b")] <- FALSE
+  if (grepl("^Invalid (training settings|options for task head)", text)) {
+    hit[names(hit) %in% c("\\bmax_epochs\\b", "\\bknn_k\\b")] <- FALSE
+  }
   if (!any(hit)) return(msg)
   c(msg[-length(msg)], paste0(msg[length(msg)], "\nIn R: ", paste(unique(.R_ADVICE[hit]), collapse = "; "), "."))
 }

@@ -242,3 +242,12 @@ test_that("TrainScELMo: the label \"unknown\" is refused, as AnnotateScELMo refu
   expect_error(TrainScELMo(ref, labels = "with_unknown", max.epochs = 1, verbose = FALSE),
                class = "scelmo_input_error", regexp = "unlabeled.category")
 })
+
+test_that("TrainScELMo: a misspelt head option is explained in R's names", {
+  # trial finding: the advice named `knn.k =` whatever was misspelt (its pattern matched the
+  # Python list of allowed options)
+  skip_if_no_python()
+  s <- pbmc_split()
+  expect_error(TrainScELMo(s$ref, labels = "RNA_snn_res.1", hiden = 32, max.epochs = 1, verbose = FALSE),
+               regexp = "head options are TrainScELMo arguments with dots")
+})
