@@ -385,14 +385,8 @@ def test_predict_normalises_over_the_models_genes_and_leaves_empty_cells_unlabel
         assert out["error_class"] == "InputError" and "(0, 1]" in out["message"], out
 
 
-def test_predict_never_feeds_one_query_gene_to_two_model_genes(tmp_path):
-    """R trial finding: a query without the model gene AGO2 but with CASC7 (a model gene too,
-    and an old alias of AGO2) had CASC7's counts put in AGO2's place as well, so they counted
-    twice; and the warning said "-1 query genes ... are ignored"."""
-    from scelmo.knowledge import roles
-
-    assert roles.vocabulary().resolve(["CASC7"]).symbols == ["AGO2"]
-    genes = [*GENES, "AGO2", "CASC7"]
+def _trained_with(genes, tmp_path):
+    """An annotation model trained from R on the toy blocks plus two more genes (random counts)."""
     ge = random_gene_embeddings(genes, dim=16)
     ge.save(tmp_path / "ge")
     X, cells, obs = _blocks(90)
@@ -401,6 +395,18 @@ def test_predict_never_feeds_one_query_gene_to_two_model_genes(tmp_path):
     fit = r_bridge.train(make_payload(X, cells, genes, obs), head="annotation", labels_key="type",
                          gene_embeddings=str(tmp_path / "ge"), training={"max_epochs": 2, "seed": 0})
     assert fit["ok"], fit
+    return fit, rng
+
+
+def test_predict_never_feeds_one_query_gene_to_two_model_genes(tmp_path):
+    """R trial finding: a query without the model gene AGO2 but with CASC7 (a model gene too,
+    and an old alias of AGO2) had CASC7's counts put in AGO2's place as well, so they counted
+    twice; and the warning said "-1 query genes ... are ignored"."""
+    from scelmo.knowledge import roles
+
+    assert roles.vocabulary().resolve(["CASC7"]).symbols == ["AGO2"]
+    genes = [*GENES, "AGO2", "CASC7"]
+    fit, rng = _trained_with(genes, tmp_path)
     Xq, qcells, _ = _blocks(30, seed=1)
     casc7 = sp.csr_matrix(rng.poisson(2.0, size=(30, 1)).astype(float))
     without = r_bridge.predict(make_payload(sp.hstack([Xq, casc7], format="csr"), qcells, [*GENES, "CASC7"]),
@@ -418,14 +424,7 @@ def test_a_model_keeps_each_training_gene_under_its_own_name(tmp_path):
     model's R gene list named AGO2 "CASC7" too (the symbol map inverted, first name winning): two
     model slots read CASC7's column, and AGO2's counts were never read."""
     genes = [*GENES, "CASC7", "AGO2"]
-    ge = random_gene_embeddings(genes, dim=16)
-    ge.save(tmp_path / "ge")
-    X, cells, obs = _blocks(90)
-    rng = np.random.default_rng(3)
-    X = sp.hstack([X, sp.csr_matrix(rng.poisson(2.0, size=(90, 2)).astype(float))], format="csr")
-    fit = r_bridge.train(make_payload(X, cells, genes, obs), head="annotation", labels_key="type",
-                         gene_embeddings=str(tmp_path / "ge"), training={"max_epochs": 2, "seed": 0})
-    assert fit["ok"], fit
+    fit, rng = _trained_with(genes, tmp_path)
     assert r_bridge._r_genes(fit["model"]) == genes
     Xq, qcells, _ = _blocks(30, seed=1)
     two = rng.poisson(2.0, size=(30, 2)).astype(float)
