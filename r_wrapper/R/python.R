@@ -135,9 +135,11 @@
              "This is a bug or a version mismatch between the R and Python packages; please report it."),
            class = "scelmo_python_error")
   })
-  for (w in unlist(res$warnings)) .warn(.in_r(w))
+  # (gene names alone, ScELMoGeneEmbeddings: no counts matrix to advise about)
+  genes_only <- identical(fun, "embed_genes")
+  for (w in unlist(res$warnings)) .warn(.in_r(w, genes_only))
   if (!isTRUE(res$ok)) {
-    msg <- .in_r(res$message %||% "unknown error")
+    msg <- .in_r(res$message %||% "unknown error", genes_only)
     if (identical(res$error_class, "InternalError") && !is.null(res$traceback)) {
       msg <- c(paste0("Python failed: ", msg), "(Python traceback follows)", res$traceback)
     }
@@ -178,9 +180,18 @@
   "\\bsetup_anndata\\(adata, layer=" = "`layer = \"counts\"` (the counts slot)"
 )
 
-.in_r <- function(msg) {
+.in_r <- function(msg, genes_only = FALSE) {
   text <- paste(msg, collapse = "\n")
   hit <- vapply(names(.R_ADVICE), function(k) grepl(k, text, perl = TRUE), logical(1))
+  if (genes_only) {  # advice about a counts matrix's rows does not fit a vector of gene names
+    matrix_advice <- c("\\bvar_names_make_unique\\b", "None of the \\d+ genes could be matched",
+                       "\\badata\\.var_names\\b")
+    hit[names(hit) %in% matrix_advice] <- FALSE
+    if (grepl("could be matched|occur more than once", text)) {
+      return(c(msg[-length(msg)], paste0(msg[length(msg)], "\nIn R: give unique gene symbols or Ensembl gene IDs ",
+                                         "(a character vector, e.g. rownames(object)).")))
+    }
+  }
   # the names a `training = list(...)` takes are listed as Python writes them: no argument advice
   if (grepl("^Invalid (training settings|options for task head)", text)) {
     hit[names(hit) %in% c("\\bmax_epochs\\b", "\\bknn_k\\b")] <- FALSE

@@ -158,3 +158,11 @@ test_that("AnnotateScELMo: settings given beside an existing reduction embed her
                  "settings given here \\(aggregate.flavor\\) shape the embedding")
   expect_identical(as.character(out$scelmo_label), as.character(paper$scelmo_label))
 })
+
+test_that("ScELMoGeneEmbeddings: unknown gene names get advice about gene names, not a counts matrix", {
+  # trial finding: the hint said rows must be genes and columns cells, for a vector of names
+  skip_if_no_python()
+  err <- tryCatch(ScELMoGeneEmbeddings(c("foo", "bar")), error = function(e) conditionMessage(e))
+  expect_match(err, "give unique gene symbols or Ensembl gene IDs")
+  expect_false(grepl("Matrix::t(counts)", err, fixed = TRUE))
+})
