@@ -501,15 +501,8 @@ def in_organ(name: str, match: CellTypeMatch, tissue: str, vocab: Any) -> CellTy
     """``match`` narrowed to its types that are ``name`` in ``tissue`` and have markers: their
     names add only words naming that organ ("pancreatic stellate cell" for "stellate cell"
     in the pancreas); ``None`` when there are none."""
-    words, genes = name_terms(name, vocab)
-    keep = []
-    for k in match.types:
-        kwords, kgenes = name_terms(k.name, vocab)
-        extra = set(kwords) - set(words)
-        if (k.markers and set(words) <= set(kwords) and extra and all(TISSUE_WORDS.get(w) == tissue for w in extra)
-                and _shares_gene(genes, kgenes) == len(genes)):
-            keep.append(k)
-    return CellTypeMatch(tuple(keep), True, match.absent) if keep else None
+    keep = tuple(k for k in match.types if k.markers and names_in_organ(k.name, name, tissue, vocab))
+    return CellTypeMatch(keep, True, match.absent) if keep else None
 
 
 def covers_name(name: str, match: CellTypeMatch, vocab: Any) -> bool:

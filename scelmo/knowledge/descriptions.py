@@ -215,6 +215,11 @@ def _by_symbol(plan: _Plan) -> tuple[_Plan, dict[str, str]]:
     return replace(plan, unique=list(dict.fromkeys(alias.get(n, n) for n in plan.unique))), alias
 
 
+def _by_name(names: Sequence[str], alias: Mapping[str, str], by_item: Mapping[str, Any]) -> dict[str, Any]:
+    """``by_item`` (keyed by what was asked: symbols) keyed by the names given, in their order."""
+    return {n: by_item[alias.get(n, n)] for n in names if alias.get(n, n) in by_item}
+
+
 def estimate(
     items: Sequence[str],
     *,
@@ -270,7 +275,7 @@ def cached_descriptions(
     plan, alias = _by_symbol(plan)
     with open_cache(plan.settings) as cache:
         done = plan.cached(cache)
-    return {n: done[alias.get(n, n)] for n in names if alias.get(n, n) in done}
+    return _by_name(names, alias, done)
 
 
 def describe(
@@ -326,8 +331,8 @@ def describe(
         todo = [i for i in plan.unique if i not in result.texts]
         _ask(plan, todo, result, cache, budget if budget is not None else Budget(max_cost), progress)
     # keyed by the names given, in their order (an alias's text is its symbol's)
-    result.texts = {n: result.texts[alias.get(n, n)] for n in names if alias.get(n, n) in result.texts}
-    result.failed = {n: result.failed[alias.get(n, n)] for n in names if alias.get(n, n) in result.failed}
+    result.texts = _by_name(names, alias, result.texts)
+    result.failed = _by_name(names, alias, result.failed)
     result.symbols = {n: sym for n, sym in alias.items() if n in result.texts}
     if result.failed:
         sample = ", ".join(f"{k} ({v})" for k, v in list(result.failed.items())[:3])

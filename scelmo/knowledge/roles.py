@@ -129,13 +129,16 @@ def embed_texts(
 def marker_source(describe: KnowledgeSource | Provider | None = None) -> KnowledgeSource | None:
     """The knowledge source whose cell-type markers to use: the describer when it knows some,
     else the first registered knowledge source that does (an LLM describer knows none)."""
-    candidates: list[Any] = [describe] if isinstance(describe, KnowledgeSource) else []
-    for entry in plugins.knowledge_sources.entries():
-        try:
-            candidates.append(entry.obj())
-        except Exception:  # noqa: BLE001 - a source that cannot start is skipped
-            continue
-    for source in candidates:
+    def candidates() -> Any:  # (the registered sources are started only when the describer knows none)
+        if isinstance(describe, KnowledgeSource):
+            yield describe
+        for entry in plugins.knowledge_sources.entries():
+            try:
+                yield entry.obj()
+            except Exception:  # noqa: BLE001 - a source that cannot start is skipped
+                continue
+
+    for source in candidates():
         try:
             if source.cell_type_markers():
                 return source

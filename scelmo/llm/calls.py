@@ -157,14 +157,14 @@ class Budget:
             self.in_flight += 1
         return estimate
 
-    async def reserve_holding(self, estimate: float | None, component: Any = None, *, credit: float = 0.0,
-                              holds: int = 1) -> float | None:
-        """:meth:`reserve` for a caller that itself holds ``holds`` bookings (a call re-asked
-        inside its own booking): waits while other calls that can settle are in flight, and
-        stops (:class:`~scelmo.errors.BudgetExceededError`) when none can. Two such callers
-        never wait for each other."""
+    async def reserve_holding(self, estimate: float | None, component: Any = None, *,
+                              credit: float = 0.0) -> float | None:
+        """:meth:`reserve` for a caller that itself holds a booking (a call re-asked inside its
+        own booking): waits while other calls that can settle are in flight, and stops
+        (:class:`~scelmo.errors.BudgetExceededError`) when none can. Two such callers never
+        wait for each other."""
         with self._lock:
-            self.held += holds
+            self.held += 1
         try:
             while True:
                 booked = self.reserve(estimate, component, wait_for_in_flight=True, credit=credit)
@@ -173,7 +173,7 @@ class Budget:
                 await asyncio.sleep(0.01)
         finally:
             with self._lock:
-                self.held -= holds
+                self.held -= 1
 
     def stop_message(self, next_estimate: float | None = None) -> str:
         """Why the run stopped, with what was spent (read once the calls in flight settled)."""

@@ -477,45 +477,38 @@ def marker_match(
     return labels, score_, S
 
 
+def _rewarned(fn: Any, *args: Any, prefix: str = "", **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` with its warnings (also those of the steps it runs) said again
+    afterwards, two frames up (the caller of the function that calls this), each after
+    ``prefix``; also when ``fn`` fails. When a filter of the caller's turns warnings into
+    errors (``-W error``, ``simplefilter("error", ...)``) nothing is recorded: such a warning
+    must raise where it happens, not after the work."""
+    if any(f[0] == "error" for f in warnings.filters):
+        return fn(*args, **kwargs)
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # type: ignore[assignment]
+            warnings.simplefilter("always")
+            return fn(*args, **kwargs)
+    finally:  # (the catch is over: the caller's own filters decide, once per message as usual)
+        for w in caught:
+            warnings.warn(f"{prefix}{w.message}" if prefix else w.message, w.category, stacklevel=3)
+
+
 def _said_where_called(fn: Any) -> Any:
     """``fn``'s warnings, also those of the steps it runs (embedding, marker lookup), shown at
     its caller's line, not at scelmo's (a notebook trial: a notebook echoed scelmo's own source
     lines under them, ``markers = knowledge_markers(...``)."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if _errors_wanted():  # (a warning the caller turns into an error must raise where it happens)
-            return fn(*args, **kwargs)
-        caught: list[warnings.WarningMessage] = []
-        try:
-            with warnings.catch_warnings(record=True) as caught:  # type: ignore[assignment]
-                warnings.simplefilter("always")
-                return fn(*args, **kwargs)
-        finally:  # (the catch is over: the caller's own filters decide, once per message as usual)
-            for w in caught:
-                warnings.warn(w.message, w.category, stacklevel=2)
+        return _rewarned(fn, *args, **kwargs)
     return wrapper
-
-
-def _errors_wanted() -> bool:
-    """Whether a filter of the caller's turns some warnings into errors (``-W error``,
-    ``simplefilter("error", ...)``): recording them would defer the error past the work."""
-    return any(f[0] == "error" for f in warnings.filters)
 
 
 def _embed_reference(reference: Any, **options: Any) -> None:
     """``embed_cells(reference, ...)`` whose warnings say they are about the reference (its
     empty cells are not the query's: "20 of 500 cells ..." about a 200-cell query misled)."""
-    if _errors_wanted():
-        embed_cells(reference, **options)
-        return
-    caught: list[warnings.WarningMessage] = []
-    try:
-        with warnings.catch_warnings(record=True) as caught:  # type: ignore[assignment]
-            warnings.simplefilter("always")
-            embed_cells(reference, **options)
-    finally:  # (also when it fails: what it said before)
-        for w in caught:
-            warnings.warn(f"The reference: {w.message}", w.category, stacklevel=2)
+    _rewarned(embed_cells, reference, prefix="The reference: ", **options)
 
 
 @_said_where_called
