@@ -58,8 +58,11 @@ def endpoint_id(url: str | None) -> str:
 
 def _digest(obj: Any) -> str:
     """A short hash of non-secret settings (secrets are masked first, so they never shape a key)."""
-    payload = json.dumps(mask(obj, []), sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+    return _json_hash(mask(obj, []))
+
+
+def _json_hash(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _unmask_auth(original: Any, masked: Any) -> Any:
@@ -205,11 +208,10 @@ class _LiteLLMComponent:
         keys = [self.model_id]
         o = self.options
         extra = {k: v for k, v in o.extra.items() if k not in ("api_base", "base_url") and not is_secret_name(k)}
-        before = _unmask_auth(extra, mask(extra, []))
-        if extra and before != mask(extra, []):
-            current = self.cache_key
-            old = f"extra={hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:12]}"
-            keys.append(re.sub(r"extra=[0-9a-f]{12}", old, current))
+        masked = mask(extra, [])
+        before = _unmask_auth(extra, masked)
+        if extra and before != masked:
+            keys.append(self.cache_key.replace(f"extra={_json_hash(masked)}", f"extra={_json_hash(before)}"))
         return tuple(keys)
 
     # -- keys ------------------------------------------------------------------------
