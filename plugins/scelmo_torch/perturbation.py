@@ -858,15 +858,19 @@ def _control_cells(pert: np.ndarray, control: str, sep: str) -> np.ndarray:
     return is_ctrl
 
 
+def _missing(values: Any) -> np.ndarray:
+    """Which of ``values`` (an object array) are missing: NaN, NA or None."""
+    import pandas as pd
+
+    return np.asarray(pd.isna(values) | (values == None), dtype=bool)  # noqa: E711 - elementwise
+
+
 def _groups_of(labels: Sequence[Any] | None) -> Sequence[Any] | None:
     """The cell groups from :class:`scelmo.Model`'s ``labels_key`` values: ``None`` (one group) when
     every one is missing, as the Model warns ("trains without labels")."""
     if labels is None:
         return None
-    import pandas as pd
-
-    arr = np.asarray(labels, dtype=object)
-    return None if bool(np.all(pd.isna(arr) | (arr == None))) else labels  # noqa: E711 - elementwise
+    return None if bool(_missing(np.asarray(labels, dtype=object)).all()) else labels
 
 
 def _warn_unused_settings(training: Any) -> None:
@@ -888,17 +892,15 @@ def _cell_labels(n: int, perturbations: Sequence[Any], groups: Sequence[Any] | N
                  fix: str = HEAD_GROUPS_FIX) -> tuple[np.ndarray, np.ndarray]:
     """Each cell's perturbation and group as strings, checked: one per cell, none missing (``fix``:
     the way out named for missing groups, the bare head's or a Model user's)."""
-    import pandas as pd
-
     pert = np.asarray(perturbations, dtype=object)
     if len(pert) != n:
         raise InputError(f"X has {n} cells but {len(pert)} perturbation labels; give one per cell.")
-    if (pd.isna(pert) | (pert == None)).any():  # noqa: E711 - elementwise
+    if _missing(pert).any():
         raise InputError("Some cells have no perturbation label (missing); label them or drop them first.")
     grp = np.full(n, "all") if groups is None else np.asarray(groups, dtype=object)
     if len(grp) != n:
         raise InputError(f"X has {n} cells but {len(grp)} group labels; give one per cell.")
-    no_group = np.asarray(pd.isna(grp) | (grp == None), dtype=bool)  # noqa: E711 - elementwise
+    no_group = _missing(grp)
     if groups is not None and no_group.any():
         raise InputError(f"{int(no_group.sum())} of {n} cells have no cell group (a missing label); label them "
                          f"or drop those cells, {fix}.")
