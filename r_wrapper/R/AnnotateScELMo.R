@@ -205,11 +205,7 @@ AnnotateScELMo.default <- function(object, reference = NULL, ref.labels = NULL, 
     }
     labels <- .unlabeled_as_na(labels, unlabeled.category)
     if (all(is.na(labels))) .abort("All reference labels are NA.", "scelmo_input_error")
-    if ("unknown" %in% as.character(labels)) {
-      .abort(c("The reference labels include \"unknown\", the label scelmo gives cells it cannot call.",
-               "Fix: mark those cells unlabelled (unlabeled.category = \"unknown\") or rename the label."),
-             "scelmo_input_error")
-    }
+    .refuse_unknown_label(labels, "The reference labels")
     known <- if (is.factor(labels)) levels(labels) else .natural_order(sort(unique(as.character(labels[!is.na(labels)]))))
     meta <- data.frame(as.character(labels), stringsAsFactors = FALSE)
     names(meta) <- col

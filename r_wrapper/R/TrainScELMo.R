@@ -184,12 +184,7 @@ TrainScELMo.default <- function(object, labels = NULL, batch = NULL, head = "ann
   if (!is.null(lab)) {
     v <- as.character(lab$values)
     if (sum(!is.na(v)) == 0) .abort(paste0("All `labels` (", lab$name, ") are NA."), "scelmo_input_error")
-    if (identical(head, "annotation") && "unknown" %in% v) {
-      # (as AnnotateScELMo: "unknown" is what scelmo gives cells it cannot call, never a class)
-      .abort(c("The labels include \"unknown\", the label scelmo gives cells it cannot call.",
-               "Fix: mark those cells unlabelled (unlabeled.category = \"unknown\") or rename the label."),
-             "scelmo_input_error")
-    }
+    if (identical(head, "annotation")) .refuse_unknown_label(v, "The labels")
     if (identical(head, "annotation") && length(unique(v[!is.na(v)])) < 2) {
       .abort(paste0("`labels` (", lab$name, ") has only one cell type (", unique(v[!is.na(v)]),
                     "): annotation needs at least two."), "scelmo_input_error")

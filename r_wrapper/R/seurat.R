@@ -212,3 +212,14 @@
   methods::slot(object, "commands") <- cmds
   object
 }
+
+# "unknown" is the label scelmo gives cells it cannot call, never a class to learn or transfer
+# (AnnotateScELMo's reference labels, TrainScELMo's annotation labels)
+.refuse_unknown_label <- function(labels, what) {
+  if ("unknown" %in% as.character(labels)) {
+    .abort(c(paste0(what, " include \"unknown\", the label scelmo gives cells it cannot call."),
+             "Fix: mark those cells unlabelled (unlabeled.category = \"unknown\") or rename the label."),
+           "scelmo_input_error")
+  }
+  invisible(labels)
+}
