@@ -31,7 +31,7 @@ from typing import Any
 
 from scelmo.errors import ScelmoWarning
 
-__all__ = ["CellTypeMarkers", "CellTypeMatch", "EQUIVALENT_NAMES", "MarkerSet", "match_cell_types", "match_descendants",
+__all__ = ["CellTypeMarkers", "CellTypeMatch", "EQUIVALENT_NAMES", "Lineage", "MarkerSet", "match_cell_types", "match_descendants",
            "marker_weights", "cell_type_marker_genes", "covers_name", "inherit_named_parents", "name_key", "primary_records",
            "tissue_conflict", "query_tissue", "other_organ", "in_organ", "names_in_organ",
            "name_terms", "parse_name"]
@@ -70,21 +70,51 @@ class MarkerSet(dict):
     detects (a part whose measured markers the data mostly does not detect is weak evidence)."""
 
     def __init__(self, weights: Mapping[str, float] | None = None, parts: Sequence[Mapping[str, float]] = (),
-                 listed: Sequence[float] | None = None):
+                 listed: Sequence[float] | None = None, *, lineage: Lineage | None = None):
         super().__init__(weights or {})
         kept = [i for i, p in enumerate(parts) if p]
         self.parts: tuple[dict[str, float], ...] = tuple(dict(parts[i]) for i in kept)
         totals = [float(sum(p.values())) for p in parts] if listed is None else [float(x) for x in listed]
         self.listed: tuple[float, ...] = tuple(totals[i] for i in kept)
+        #: The parent type this name is one subtype of, beside other candidates of the same
+        #: parent (:class:`Lineage`); ``None`` otherwise.
+        self.lineage = lineage
 
     def renamed(self, names: Mapping[str, str], measured: Container[str] | None = None) -> MarkerSet:
         """The same set with each gene as ``names`` calls it (genes not in ``names`` dropped);
         ``measured``: the genes (as this set calls them) the data measures, detected or not,
         over which :attr:`listed` is counted (default: ``names``)."""
         measured = names if measured is None else measured
+        lineage = self.lineage.renamed(names) if self.lineage is not None else None
         return MarkerSet({names[g]: v for g, v in self.items() if g in names},
                          [{names[g]: v for g, v in p.items() if g in names} for p in self.parts],
-                         [sum(v for g, v in p.items() if g in measured) for p in self.parts])
+                         [sum(v for g, v in p.items() if g in measured) for p in self.parts], lineage=lineage)
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a candidate sits below a parent type that other candidates share ("CD4 T cell"
+    and "CD8 T cell" below "T cell"): the parent's ``name`` and ``markers`` (which cells are
+    of the lineage at all) and the candidate's ``core`` markers, those most of its matched
+    types list (CD4; CD8A and CD8B), which tell the subtypes apart among the lineage's cells.
+
+    A curated subtype's other markers are relative to its siblings (the source lists
+    LGALS1 and ANXA2 for effector-memory CD4 T cells, genes monocytes express more), so
+    against all cells they mislead; :func:`scelmo.tl._annotation.marker_match` decides the
+    lineage first by the parent's markers, then the subtype by the core markers standardised
+    over the lineage's cells.
+    """
+
+    name: str
+    markers: tuple[str, ...]
+    core: tuple[str, ...]
+
+    def renamed(self, names: Mapping[str, str]) -> Lineage:
+        return Lineage(self.name, tuple(names[g] for g in self.markers if g in names),
+                       tuple(names[g] for g in self.core if g in names))
+
+    def with_core(self, genes: Iterable[str]) -> Lineage:
+        return replace(self, core=tuple(dict.fromkeys((*self.core, *genes))))
 
 
 #: Standard abbreviations in cell-type names, spelt out (both sides are expanded).
@@ -615,7 +645,33 @@ def marker_weights(
         # a name covering several lineages is scored by its best-fitting one (MarkerSet.parts)
         parts = [{g: kept[g] for g in k.markers if g in kept} for k in match.types] if not match.parents else []
         specific[cand] = MarkerSet(kept, parts) if len([p for p in parts if p]) > 1 else kept
+    # subtypes of one parent among the candidates ("CD4 T cell", "CD8 T cell") are told apart
+    # within their lineage (Lineage); not beside a candidate that is the parent itself
+    lineages = {c: _lineage(m, index) for c, m in matches.items() if m.parents and c not in (consensus or {})}
+    parents_named = {k.name for c, m in matches.items() if (lin := lineages.get(c)) is None for k in m.types}
+    shared = Counter(lin.name for lin in lineages.values() if lin is not None)
+    for cand, lin in lineages.items():
+        if lin is not None and shared[lin.name] > 1 and lin.name not in parents_named:
+            specific[cand] = MarkerSet(specific[cand], lineage=lin)
     return specific
+
+
+def _lineage(match: CellTypeMatch, index: Mapping[tuple[str, str, str], CellTypeMarkers]) -> Lineage | None:
+    """The one parent type with markers that the match's own types (not the general types it
+    also took in) share, and the genes most of those types list; ``None`` if there is none."""
+    own = [k for k in match.types if not any(o.parent == k.name for o in match.types)]
+    parents = {k.parent for k in own}
+    if len(parents) != 1 or None in parents:
+        return None
+    parent = parents.pop()
+    assert parent is not None
+    records = [index.get((parent, k.species, k.tissue)) for k in own]
+    markers = tuple(dict.fromkeys(g for r in records if r is not None for g in r.markers))
+    if not markers:
+        return None
+    votes = Counter(g for k in own for g in dict.fromkeys(k.markers))
+    core = tuple(g for g, n in votes.items() if n > len(own) / 2 or len(own) == 1)
+    return Lineage(parent, markers, core) if core else None
 
 
 def resolve_marker_sets(records: Iterable[Mapping[str, Any]], vocab: Any) -> list[CellTypeMarkers]:
