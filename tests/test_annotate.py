@@ -59,6 +59,37 @@ def test_reference_transfer_on_pbmc(pbmc):
     assert info["method"] == "knn_transfer" and info["k"] == 10
 
 
+def test_the_record_of_use_rep_decides_not_the_latest_embedding(pbmc):
+    """Trial finding: a reference that also held the paper's embedding (`key_added=
+    "X_scelmo_paper"`, the README's next step) lost the re-embedding of the query (accuracy
+    0.88 -> 0.77, unsaid), and names-only `method="embedding"` on a marker embedding then
+    failed: both read the latest `embed_cells` record instead of the one for `use_rep`."""
+    rng = np.random.default_rng(1)
+    idx = rng.permutation(pbmc.n_obs)
+    ref, rest = pbmc[idx[:450]].copy(), pbmc[idx[450:]]
+    query = rest[rest.obs["bulk_labels"].isin(["CD14+ Monocyte", "CD56+ NK", "Dendritic"])].copy()
+    scelmo.tl.embed_cells(ref)
+    scelmo.tl.embed_cells(query)
+    plain = query.copy()
+    scelmo.tl.annotate(plain, reference=ref.copy(), ref_labels="bulk_labels")
+    scelmo.tl.embed_cells(ref, flavor="paper", key_added="X_scelmo_paper")
+    scelmo.tl.embed_cells(query, flavor="paper", key_added="X_scelmo_paper")
+    scelmo.tl.annotate(query, reference=ref, ref_labels="bulk_labels")
+    assert query.uns[keys.PROVENANCE]["annotate"]["query_gene_stats"].startswith("reference")
+    np.testing.assert_array_equal(query.obs[keys.LABEL].astype(str), plain.obs[keys.LABEL].astype(str))
+
+
+def test_layer_applies_to_the_reference_too():
+    """Trial finding: `annotate(query, reference=ref, layer="counts")` embedded both from `X`."""
+    from scelmo.datasets import pbmc68k_reduced
+
+    a = pbmc68k_reduced()
+    ref, query = a[:400].copy(), a[400:].copy()
+    scelmo.tl.annotate(query, reference=ref, ref_labels="bulk_labels", layer="counts")
+    assert ref.uns[keys.PROVENANCE]["embed_cells"]["matrix"] == "layers['counts']"
+    assert query.uns[keys.PROVENANCE]["embed_cells"]["matrix"] == "layers['counts']"
+
+
 def test_a_query_embedded_on_itself_is_transferred_as_the_reference(pbmc, tmp_path):
     """Trial finding (R, the documented order: embed, then annotate): a query of a few types
     embedded on its own cells sits elsewhere than the same cells in the reference (Kang CD4/CD8/NK:

@@ -34,6 +34,7 @@ import functools
 import re
 import warnings
 from collections.abc import Container, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -368,7 +369,10 @@ def _curated_markers(describer: Any, vocab: Any, cell_types: Sequence[str], gene
         own = _genes_by_symbol(genes, symbols, spelled) if spelled else gene_of  # (the set's own paralog)
         marks = w.renamed(own, measured) if isinstance(w, MarkerSet) else {own[s]: v for s, v in w.items() if s in own}
         known_marks = bool(marks)
-        marks.update({g: 1.0 for g in _named_genes(name, vocab, gene_of)})
+        named = _named_genes(name, vocab, gene_of)
+        marks.update(dict.fromkeys(named, 1.0))
+        if isinstance(marks, MarkerSet) and marks.lineage is not None:  # a gene the name names defines it
+            marks.lineage = marks.lineage.with_core(named)
         # alone, a gene the name names counts only by its symbol or full name, not by an alias
         out[name] = marks if known_marks or _named_genes(name, vocab, gene_of, exact=True) else {}
     return out, [n for n, m in matches.items() if not any(k.markers for k in m.types)], definitions
@@ -432,19 +436,23 @@ def marker_match(
     col = {str(v): i for i, v in enumerate(var_names)}
     names = list(markers)
 
-    def score(weights: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """Each cell's score, and the standardised markers with their weights."""
+    def score(weights: Mapping[str, float], rows: np.ndarray | None = None,
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Each cell's score, and the standardised markers with their weights; ``rows``:
+        the cells the genes are standardised over (default: all)."""
         pairs = [(col[g], w) for g, w in weights.items() if g in col and w > 0]
-        if not pairs:
+        if not pairs or (rows is not None and rows.sum() < 2):
             return None
         idx, w = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
         sub = X[:, idx]
         sub = np.asarray(sub.toarray() if hasattr(sub, "toarray") else sub, dtype=np.float64)
-        sd = sub.std(axis=0)
-        z = np.divide(sub - sub.mean(axis=0), sd, out=np.zeros_like(sub), where=sd > 0)
+        ref = sub if rows is None else sub[rows]
+        sd = ref.std(axis=0)
+        z = np.divide(sub - ref.mean(axis=0), sd, out=np.zeros_like(sub), where=sd > 0)
         return z @ w / w.sum(), z, w
 
     # per name: one score column, or one per part
+    families = _families(markers, score)
     columns: list[list[tuple[np.ndarray, ...]]] = []
     for t in names:
         ms = markers[t]
@@ -457,24 +465,95 @@ def marker_match(
     S = np.zeros((adata.n_obs, len(names)))
     labels = np.empty(adata.n_obs, dtype=object)
     score_ = np.zeros(adata.n_obs, dtype=np.float32)
-    for g in np.unique(groups):
-        idx = groups == g
-        for j, cols in enumerate(columns):
-            S[idx, j] = cols[0][0][idx] if len(cols) == 1 else _best_part(cols, idx)
-        m = S[idx].mean(axis=0)
+    # the units a group chooses among: each name, except that the subtypes of one lineage
+    # compete as their lineage (its parent's markers) and then among themselves
+    member = {names.index(n): fam for fam in families for n in fam.names}
+    units = [j for j in range(len(names)) if j not in member] + [-1 - f for f in range(len(families))]
+    def pick(U: np.ndarray) -> tuple[int | None, float]:
         # the types the group could be: a positive mean, carried by 10% of its cells or more;
         # the best of those (a rare marker of an absent type in a few cells does not make
         # the group unknown), with its softmax among all types as the score (a close or
         # higher rival lowers it)
-        fits = (m > 0) & ((S[idx] > 0).mean(axis=0) >= 0.1)
+        m = U.mean(axis=0)
+        fits = (m > 0) & ((U > 0).mean(axis=0) >= 0.1)
         if not fits.any():
-            labels[idx], score_[idx] = None, 0.0
-            continue
+            return None, 0.0
         p = np.exp((m - m.max()) / temperature)
-        p /= p.sum()
         best = int(np.where(fits, m, -np.inf).argmax())
-        labels[idx], score_[idx] = names[best], p[best]
+        return best, float(p[best] / p.sum())
+
+    for g in np.unique(groups):
+        idx = groups == g
+        for j, cols in enumerate(columns):
+            S[idx, j] = cols[0][0][idx] if len(cols) == 1 else _best_part(cols, idx)
+        best, p_best = pick(np.column_stack([S[idx, j] if j >= 0 else families[-1 - j].lineage[idx]
+                                             for j in units]))
+        j = None if best is None else units[best]
+        if j is not None and j < 0:  # a lineage: its subtype whose core markers the group shows most
+            fam = families[-1 - j]
+            k, q = _subtype(fam.core[idx], temperature)
+            if k is None:  # the lineage's cells do not tell its subtypes apart here: as if no lineage
+                j, p_best = pick(S[idx])
+            else:
+                j, p_best = names.index(fam.names[k]), p_best * q
+        labels[idx] = None if j is None else names[j]
+        score_[idx] = p_best
+    for fam in families:  # a subtype's cell scores: its lineage's plus its own within it
+        for k, n in enumerate(fam.names):
+            S[:, names.index(n)] = fam.lineage + fam.core[:, k]
     return labels, score_, S
+
+
+@dataclass(frozen=True)
+class _Family:
+    """Candidates that are subtypes of one lineage (:class:`~scelmo.knowledge.cell_types.Lineage`):
+    the cells' lineage score (the parent's markers) and, per subtype, the mean of its core
+    markers standardised over the lineage's cells (those with a positive lineage score)."""
+
+    names: tuple[str, ...]
+    lineage: np.ndarray
+    core: np.ndarray  # cells x names
+
+
+def _subtype(core: np.ndarray, temperature: float) -> tuple[int | None, float]:
+    """The subtype (column of ``core``, a group's cells x its lineage's subtypes) whose core
+    markers the group shows most, and its softmax; ``None`` unless it leads the runner-up by
+    two standard errors of their paired difference over the group's cells. (A group that is
+    most of its lineage has every core score near 0 there: a review found such a lead of
+    0.001 deciding Kang's CD4 T cells by rounding.)"""
+    means = core.mean(axis=0)
+    order = np.argsort(-means)
+    d = core[:, order[0]] - core[:, order[1]]
+    se = float(d.std(ddof=1)) / np.sqrt(len(d)) if len(d) > 1 else np.inf
+    if not float(d.mean()) > 2 * se:
+        return None, 0.0
+    q = np.exp((means - means.max()) / temperature)
+    return int(order[0]), float(q[order[0]] / q.sum())
+
+
+def _families(markers: Mapping[str, Any], score: Any) -> list[_Family]:
+    by_parent: dict[str, list[str]] = {}
+    for name, ms in markers.items():
+        lin = getattr(ms, "lineage", None)
+        if lin is not None and lin.core and lin.markers:
+            by_parent.setdefault(lin.name, []).append(name)
+    out = []
+    for members in by_parent.values():
+        first = markers[members[0]].lineage
+        scored = score(dict.fromkeys(first.markers, 1.0))
+        if len(members) < 2 or scored is None:
+            continue
+        lineage = scored[0]
+        inside = lineage > 0
+        cores, kept = [], []
+        for name in members:
+            z = score(dict.fromkeys(markers[name].lineage.core, 1.0), rows=inside)
+            if z is not None:
+                cores.append(z[0])
+                kept.append(name)
+        if len(kept) > 1:
+            out.append(_Family(tuple(kept), lineage, np.column_stack(cores)))
+    return out
 
 
 def _rewarned(fn: Any, *args: Any, prefix: str = "", **kwargs: Any) -> Any:
@@ -572,8 +651,9 @@ def annotate(
         curated marker set).
     layer
         Expression values for marker scoring (default ``adata.raw`` or ``X``, as
-        :func:`scelmo.tl.embed_cells`); counts are log-normalised first. With
-        ``cell_types``, also what the embedding is computed from when it is missing.
+        :func:`scelmo.tl.embed_cells`); counts are log-normalised first. Also the matrix
+        the embeddings computed here are made from: the query's, and with ``reference``
+        the reference's too.
     k
         Neighbours for the reference vote (10, as in the paper).
     use_rep
@@ -637,6 +717,8 @@ def annotate(
     if reference is not None:
         _reference_labels(reference, ref_labels)  # (checked before anything is embedded)
     info: dict[str, Any] = {"use_rep": use_rep, "min_score": min_score}
+    if reference is not None and layer is not None:  # the matrix both are embedded from (a trial: ignored)
+        config = get_settings(config, **{"aggregate.layer": layer, "aggregate.use_raw": False})
     if use_rep not in adata.obsm:
         stats, table = None, None
         if reference is not None:  # the query embedded as its reference: same genes selected, same centring
@@ -775,9 +857,16 @@ def _check_gene_overlap(ref_stats: Any, query_genes: list[str]) -> float:
     return share
 
 
+def _embed_record(adata: Any, use_rep: str) -> dict[str, Any]:
+    """The provenance of the ``embed_cells`` run that wrote ``adata.obsm[use_rep]`` (``{}``:
+    none did); not the latest run's, which may have written another key (``X_scelmo_paper``)."""
+    rec = provenance.for_key(adata, use_rep, "embed_cells")
+    return rec if rec.get("step", "embed_cells") == "embed_cells" and rec.get("key_added", use_rep) == use_rep else {}
+
+
 def _embedded_here(adata: Any, use_rep: str) -> bool:
     """Whether ``adata.obsm[use_rep]`` is recorded as made by ``embed_cells``."""
-    return ((adata.uns.get(keys.PROVENANCE) or {}).get("embed_cells") or {}).get("key_added") == use_rep
+    return bool(_embed_record(adata, use_rep))
 
 
 def _embedded_from_other_stats(adata: Any, reference: Any, use_rep: str) -> bool:
@@ -785,11 +874,13 @@ def _embedded_from_other_stats(adata: Any, reference: Any, use_rep: str) -> bool
     alike but for the gene statistics: each embedded on its own selects and centres its genes
     on itself, so a query of a few cell types lands elsewhere than the same cells in the
     reference (a Kang trial: 0.57 accuracy instead of 0.90)."""
-    q = (adata.uns.get(keys.PROVENANCE) or {}).get("embed_cells") or {}
-    r = (reference.uns.get(keys.PROVENANCE) or {}).get("embed_cells") or {}
+    q = _embed_record(adata, use_rep)
+    r = _embed_record(reference, use_rep)
     if q.get("key_added") != use_rep or r.get("key_added") != use_rep:
         return False
-    if any(not _same_record(q.get(f), r.get(f)) for f in _COMPARABLE):
+    # (another conditioning is no obstacle: the query is embedded again with the reference's table;
+    # a query embedded on its own genes with cell-type marker dimensions has its own, and another width)
+    if any(not _same_record(q.get(f), r.get(f)) for f in _COMPARABLE if f != "conditioning"):
         return False  # made differently in other ways too: _warn_if_embedded_differently says so
     same = same_stats(q.get("gene_stats_summary"), r.get("gene_stats_summary"))
     if same is not None:
@@ -798,12 +889,12 @@ def _embedded_from_other_stats(adata: Any, reference: Any, use_rep: str) -> bool
     return bool(qs and rs and qs != rs)
 
 
-def _light(adata: Any) -> Any:
+def _light(adata: Any, use_rep: str) -> Any:
     """A copy of the matrix ``adata``'s recorded embedding read (as ``X``), with its gene selection."""
     import anndata as ad
     import pandas as pd
 
-    layer, use_raw = _recorded_matrix(adata)
+    layer, use_raw = _recorded_matrix(adata, use_rep)
     matrix, var_names, source = select_matrix(adata, layer=layer, use_raw=use_raw)
     light = ad.AnnData(X=matrix[:] if not hasattr(matrix, "to_memory") else matrix.to_memory(),
                        obs=adata.obs[[]].copy(), var=pd.DataFrame(index=[str(v) for v in var_names]))
@@ -821,10 +912,10 @@ def _query_as_reference(adata: Any, reference: Any, use_rep: str, gene_embedding
     with other cells' statistics (a dataset embedded whole, then split): both are then
     embedded again with the reference's own cells' statistics. (A notebook trial: the
     warning said to delete the query's embedding, which changed nothing.)"""
-    r_layer, r_raw = _recorded_matrix(reference)
+    r_layer, r_raw = _recorded_matrix(reference, use_rep)
     r_config = get_settings(config, **{"aggregate.layer": r_layer, "aggregate.use_raw": r_raw})
     ref_stats = reference_gene_stats(reference, config=r_config, progress=progress)
-    r = reference.uns[keys.PROVENANCE]["embed_cells"]
+    r = _embed_record(reference, use_rep)
     same = same_stats(ref_stats.summary(), r.get("gene_stats_summary"))
     table = _transfer_table(reference, use_rep, gene_embeddings, config=r_config, progress=progress)
     settings = get_settings(config, **{"aggregate.layer": None, "aggregate.use_raw": False})  # the matrix is X
@@ -838,13 +929,13 @@ def _query_as_reference(adata: Any, reference: Any, use_rep: str, gene_embedding
 
     ref_vectors = None
     if same is False or (same is None and ref_stats.fingerprint() != r.get("gene_stats_id")):
-        ref_vectors = embedded(_light(reference))
+        ref_vectors = embedded(_light(reference, use_rep))
         info["reference_gene_stats"] = ("its own cells' (recomputed: its obsm[use_rep] was embedded with other "
                                         "cells' statistics)")
-    q = (adata.uns.get(keys.PROVENANCE) or {}).get("embed_cells") or {}
+    q = _embed_record(adata, use_rep)
     if same_stats(q.get("gene_stats_summary"), ref_stats.summary()):  # (already embedded so: read as it is)
         return np.asarray(adata.obsm[use_rep], dtype=np.float32), ref_vectors
-    light = _light(adata)
+    light = _light(adata, use_rep)
     info["shared_genes"] = _check_gene_overlap(ref_stats, [str(g) for g in light.var_names])
     query = embedded(light)
     info["query_gene_stats"] = "reference (recomputed: the query's own obsm[use_rep] was embedded on itself)"
@@ -867,7 +958,7 @@ def _transfer_table(reference: Any, use_rep: str, gene_embeddings: GeneEmbedding
         table = gene_embeddings
         if flavor_plan(settings.aggregate)["condition"] and table.conditioning is None:
             table.condition(n_components=settings.aggregate.condition_components)
-    r = (reference.uns.get(keys.PROVENANCE) or {}).get("embed_cells") or {}
+    r = _embed_record(reference, use_rep)
     if use_rep not in reference.obsm or r.get("key_added") != use_rep:
         return table  # embedded here, with this table (or not by embed_cells: nothing to compare)
     made = {"embed_model": table.manifest.get("embed_model", "user-provided"),
@@ -879,6 +970,15 @@ def _transfer_table(reference: Any, use_rep: str, gene_embeddings: GeneEmbedding
     else:
         recorded = {f: r.get(f) for f in ("embed_model", "describe_model")}
     diff = [f"{f} {recorded[f]!r} vs {made[f]!r}" for f in made if str(recorded[f]) != str(made[f])]
+    ref_markers = float(r.get("cell_type_markers", 0.0) or 0.0)
+    table_markers = float(((table.manifest or {}).get("cell_type_markers") or {}).get("weight", 0.0))
+    if diff and ref_markers != table_markers and gene_embeddings is None:
+        raise InputError(
+            f"The reference's obsm[{use_rep!r}] was embedded with aggregate.cell_type_markers = {ref_markers:g}, "
+            f"but this call's configuration asks for {table_markers:g}: pass the same setting "
+            f"(`config={{'aggregate.cell_type_markers': {ref_markers:g}}}`) so that the query is embedded as the "
+            "reference was."
+        )
     if diff:
         how = ("the table given" if gene_embeddings is not None
                else "the table the configured roles build over its genes")
@@ -891,10 +991,10 @@ def _transfer_table(reference: Any, use_rep: str, gene_embeddings: GeneEmbedding
     return table
 
 
-def _recorded_matrix(adata: Any) -> tuple[str | None, bool]:
+def _recorded_matrix(adata: Any, use_rep: str) -> tuple[str | None, bool]:
     """``(layer, use_raw)`` of the matrix ``adata``'s recorded ``embed_cells`` run read
     (provenance ``matrix``: ``"X"``, ``"raw.X"`` or ``"layers['counts']"``)."""
-    made_from = str(((adata.uns.get(keys.PROVENANCE) or {}).get("embed_cells") or {}).get("matrix", "X"))
+    made_from = str(_embed_record(adata, use_rep).get("matrix", "X"))
     if made_from.startswith("layers["):
         return str(ast.literal_eval(made_from[len("layers["):-1])), False
     return None, made_from == "raw.X"
@@ -902,8 +1002,8 @@ def _recorded_matrix(adata: Any) -> tuple[str | None, bool]:
 
 def _warn_if_embedded_differently(adata: Any, reference: Any, use_rep: str) -> None:
     """Warn when query and reference vectors under ``use_rep`` were made in different ways."""
-    q = (adata.uns.get(keys.PROVENANCE) or {}).get("embed_cells") or {}
-    r = (reference.uns.get(keys.PROVENANCE) or {}).get("embed_cells") or {}
+    q = _embed_record(adata, use_rep)
+    r = _embed_record(reference, use_rep)
     if q.get("key_added") != use_rep or r.get("key_added") != use_rep:
         return  # not both made by embed_cells under this key: nothing to compare
     diff = [f"{f}: {q.get(f)!r} vs {r.get(f)!r}" for f in _COMPARABLE if not _same_record(q.get(f), r.get(f))]
@@ -995,7 +1095,7 @@ def _labels_from_names(adata: Any, query: np.ndarray, cell_types: Sequence[str] 
         info["temperature"] = 0.25
     else:  # "embedding" (the method was checked by _check_options)
         vectors = _embed_texts(texts, config, progress)
-        record = (adata.uns.get(keys.PROVENANCE) or {}).get("embed_cells") or {}
+        record = _embed_record(adata, use_rep)
         if vectors.shape[1] == record.get("text_dim") and record.get("key_added") == use_rep:
             query = query[:, : vectors.shape[1]]  # (beside cell-type marker dimensions: the text part)
         if vectors.shape[1] != query.shape[1]:
