@@ -126,8 +126,8 @@ class AggregateConfig(_Section):
     precision: Literal["float32", "bfloat16", "float16"] = "float32"
     #: Weight of one more dimension per known cell type (the genes its curated markers or Cell
     #: Ontology definition name) beside the conditioned gene vectors of a table built from
-    #: configuration (:mod:`scelmo.knowledge.marker_dims`); 0: off (the default).
-    cell_type_markers: float = Field(0.0, ge=0)
+    #: configuration (:mod:`scelmo.knowledge.marker_dims`); 0: off (the default); at most 100.
+    cell_type_markers: float = Field(0.0, ge=0, le=100, allow_inf_nan=False)
 
 
 class GenesConfig(_Section):
@@ -329,8 +329,10 @@ def _check_env() -> None:
             section = next((f for f in sorted(fields, key=len, reverse=True) if top.startswith(f + "_")), None)
             if section is not None:
                 hint = f" Nested settings take two underscores: SCELMO_{section.upper()}__{top[len(section) + 1:].upper()}."
-            else:
-                close = difflib.get_close_matches(top, sorted(fields), n=2)
+            else:  # a setting, or one of the process-level variables (SCELMO_STRICT_PLUGINS)
+                whole = var[len(ENV_PREFIX):].lower()
+                names = sorted(fields) + sorted(r[len(ENV_PREFIX):].lower() for r in RESERVED_ENV)
+                close = difflib.get_close_matches(whole, names, n=1) or difflib.get_close_matches(top, names, n=1)
                 hint = f" Did you mean SCELMO_{close[0].upper()}?" if close else ""
             raise ConfigError(f"Unknown setting in environment variable {var}.{hint}")
 
@@ -366,7 +368,7 @@ def get_settings(config: ScelmoSettings | Mapping[str, Any] | None = None, /, **
     if isinstance(config, ScelmoSettings):
         if not overrides:
             return config
-        merged = _merge_roles(config.model_dump(exclude_unset=False), _nest(overrides))
+        merged = _merge_roles(config.model_dump(exclude_unset=True), _nest(overrides))
         return _build(merged)
     values = _nest(dict(config or {}))
     values = _deep_merge(values, _nest(overrides))

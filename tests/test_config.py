@@ -123,6 +123,25 @@ def test_a_nested_setting_with_one_underscore_says_two(monkeypatch):
         get_settings()
 
 
+@pytest.mark.parametrize(("var", "meant"), [("SCELMO_STRICT_PLUGIN", "SCELMO_STRICT_PLUGINS"),
+                                           ("SCELMO_NO_PROGRES", "SCELMO_NO_PROGRESS"),
+                                           ("SCELMO_CONFIG_FILES", "SCELMO_CONFIG_FILE")])
+def test_a_misspelt_process_variable_is_named(monkeypatch, var, meant):
+    """Trial finding: SCELMO_STRICT_PLUGIN suggested SCELMO_PLUGINS, SCELMO_NO_PROGRES nothing."""
+    monkeypatch.setenv(var, "1")
+    with pytest.raises(ConfigError, match=f"Did you mean {meant}\\?"):
+        get_settings()
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 1e30, -1.0])
+def test_cell_type_marker_weight_is_bounded(value):
+    """Trial finding: inf failed later as "Cannot condition a table of 0 gene vectors", 1e30
+    zeroed every cell vector with only a numpy overflow warning."""
+    with pytest.raises(ConfigError, match="cell_type_markers"):
+        get_settings({"aggregate.cell_type_markers": value})
+    assert get_settings({"aggregate.cell_type_markers": 100}).aggregate.cell_type_markers == 100
+
+
 def test_another_model_does_not_inherit_the_files_endpoint_and_options(tmp_path, monkeypatch):
     """Trial finding: with `api_base` and options for a remote model under [describe] in
     scelmo.toml, `--describe-model local` (or describe="local") failed with "describe.api_base
@@ -167,3 +186,13 @@ def test_a_profile_without_roles_keeps_the_default_models_under_partial_role_set
     assert get_settings({"profile": "agg"}).describe.options == {"style": "compact"}
     with pytest.raises(ConfigError, match=r"agg\.toml"):  # the profile is named among the sources
         get_settings({"profile": "agg", "aggregate.chunk_size": 0})
+
+
+@pytest.mark.parametrize("options", [{"batch_size": 0}, {"threads": -1}, {"max_length": 1}, {"max_length": 513}])
+def test_local_embedder_options_are_bounded(options):
+    """Trial finding: batch_size 0, threads -1 and max_length 1 were accepted (max_length -5:
+    a bare OverflowError from the tokenizer)."""
+    import scelmo
+
+    with pytest.raises(ConfigError, match="Invalid options for text embedder 'local'"):
+        scelmo.tl.embed_genes(genes=["CD3E"], config={"embed.options": options, "cache.enabled": False})

@@ -500,6 +500,8 @@ def _aligned_gene_table(names: list[str], gene_embeddings: GeneEmbeddings | str 
         raise _no_match_error(res)
     if isinstance(gene_embeddings, str):
         gene_embeddings = GeneEmbeddings.load(gene_embeddings)
+    if gene_embeddings is not None:
+        _warn_settings_the_table_fixes(gene_embeddings, agg_cfg)
     if gene_embeddings is None:
         keep = np.ones(len(names), dtype=bool) if only is None else np.asarray(only, dtype=bool)
         gene_embeddings = _build_gene_embeddings([s for s, k in zip(res.symbols, keep, strict=True) if s and k],
@@ -524,6 +526,26 @@ def _aligned_gene_table(names: list[str], gene_embeddings: GeneEmbeddings | str 
     if not mask.any():
         raise _no_match_error(res)
     return gene_embeddings, lookup, E, mask, res
+
+
+def _warn_settings_the_table_fixes(table: GeneEmbeddings, agg_cfg: Any) -> None:
+    """A given table decides its cell-type marker dimensions: say so when the settings ask
+    otherwise (a trial: `cell_type_markers=1` with a saved table gave 384-d vectors, unsaid)."""
+    has = isinstance((table.manifest or {}).get("cell_type_markers"), dict)
+    if agg_cfg.cell_type_markers > 0 and not has:
+        warnings.warn(
+            "aggregate.cell_type_markers is set, but the gene table given has no cell-type marker dimensions "
+            "(they are added when a table is built from configuration): the cells are embedded without them. "
+            "Build the table with the setting (`scelmo.tl.embed_genes(genes, config={'aggregate.cell_type_markers': "
+            "1.0})`) or leave `gene_embeddings` unset.", ScelmoWarning, stacklevel=4,
+        )
+    elif has and agg_cfg.condition_components is not None:
+        warnings.warn(
+            "aggregate.condition_components is set, but the gene table given has cell-type marker dimensions, "
+            "whose text part was conditioned when the table was built: it keeps that conditioning "
+            f"({table.manifest['cell_type_markers'].get('text_conditioning')}). Build the table again with the "
+            "setting to change it.", ScelmoWarning, stacklevel=4,
+        )
 
 
 def _input_statistics(adata: Any, matrix: Any, source: str, gene_stats: GeneStats | None, plan: dict[str, Any],
@@ -639,7 +661,8 @@ def _embed_cells_record(adata: Any, result: Any, names: list[str], lookup: list[
     if isinstance(markers, dict):  # (the first text_dim columns are the text vectors' part)
         info.update({"cell_type_markers": float(markers.get("weight", 0.0)),
                      "cell_type_marker_types": int(markers.get("n_types", 0)),
-                     "text_dim": int(markers.get("text_dim", 0))})
+                     "text_dim": int(markers.get("text_dim", 0)),
+                     "text_conditioning": markers.get("text_conditioning") or "none"})
     return info
 
 
@@ -826,8 +849,9 @@ def embed_cells(
         gene_embeddings, lookup, E, mask, res = _aligned_gene_table(names, gene_embeddings, settings, plan, progress)
 
     do_norm = should_normalize(plan["normalize"], matrix)
-    # a number of genes asked for in this call is selected so, over a var["highly_variable"] column
-    own_selection = n_top_genes is not None and mask_var is None
+    # a number of genes asked for (in this call, or set in the configuration: config=, --set, an
+    # environment variable) is selected so, over a var["highly_variable"] column
+    own_selection = (n_top_genes is not None or "n_top_genes" in agg_cfg.model_fields_set) and mask_var is None
     stats = _input_statistics(adata, matrix, source, gene_stats, plan, mask_var, do_norm, lazy, progress,
                               agg_cfg.chunk_size, names=names, own_selection=own_selection)
     use_dask = distributed.is_dask_array(matrix)
