@@ -303,6 +303,13 @@ def _read_input(path: str, backed: bool = False) -> Any:
     return io.read_input(path, backed=backed)
 
 
+def _summary(info: dict) -> str:
+    """What an ``embed_cells`` run did, from its provenance, for the closing line."""
+    return (f"{info['n_cells']} cells (d={info['dim']}, {info['aggregator']}, {info['flavor']} flavor, "
+            f"{info['n_genes_used']} of {info['n_genes']} genes used; the genes with a vector carry "
+            f"{info['expression_coverage']:.1%} of the expression)")
+
+
 def _settings(ctx: click.Context) -> Any:
     """Resolve (and so validate) the configuration before any expensive work."""
 
@@ -336,9 +343,8 @@ def _embed_cells_distributed(input: str, output: str, fmt: str, key: str, *, sch
     info = lazy.uns[keys.PROVENANCE]["embed_cells"]
     where = f"dask cluster at {scheduler}" if scheduler else "local dask cluster"
     click.echo(
-        f"Embedded {info['n_cells']} cells (d={info['dim']}, {info['aggregator']}, {info['flavor']} flavor, "
-        f"{info['n_genes_used']} of {info['n_genes']} genes used, {info['expression_coverage']:.1%} of expression) "
-        f"on {n_workers} dask workers ({where}) in {time.perf_counter() - t0:.1f} s -> {output}"
+        f"Embedded {_summary(info)} on {n_workers} dask workers ({where}) in {time.perf_counter() - t0:.1f} s "
+        f"-> {output}"
     )
 
 
@@ -556,9 +562,7 @@ def embed_cells_cmd(ctx, input, output, gene_embeddings, aggregator, flavor, n_t
     elapsed = time.perf_counter() - t0
     info = adata.uns[keys.PROVENANCE]["embed_cells"]
     click.echo(
-        f"Embedded {info['n_cells']} cells (d={info['dim']}, {info['aggregator']}, {info['flavor']} flavor, "
-        f"{info['n_genes_used']} of {info['n_genes']} genes used, "
-        f"{info['expression_coverage']:.1%} of expression) in {elapsed:.1f} s -> {output}"
+        f"Embedded {_summary(info)} in {elapsed:.1f} s -> {output}"
     )
 
 

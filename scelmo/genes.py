@@ -12,6 +12,7 @@ import copy
 import json
 import os
 import re
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from scelmo.conditioning import DEFAULT_COMPONENTS, Conditioning
-from scelmo.errors import InputError, IntegrityError
+from scelmo.errors import InputError, IntegrityError, ScelmoWarning
 from scelmo.io import atomic_dir, sha256_file
 
 #: An Ensembl gene ID, with an optional version and GENCODE's ``_PAR_Y`` (the Y copy of a
@@ -319,6 +320,12 @@ class GeneEmbeddings:
         keeps it unless ``refit=True`` or a different ``n_components`` is asked for.
         """
         k = self._components_for(n_components)
+        if n_components is not None and k < int(n_components):
+            warnings.warn(
+                f"Conditioning removes {k} direction(s), not the {int(n_components)} asked for: at most one per 20 "
+                f"non-zero gene vectors and fewer than the vectors' {self.dim} dimensions.",
+                ScelmoWarning, stacklevel=2,
+            )
         if self.conditioning is None or refit or self.conditioning.n_components != k:
             self.conditioning = Conditioning.fit(self.vectors, n_components=k)
         return self

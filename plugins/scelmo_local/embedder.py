@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from scelmo.errors import ConfigError, IntegrityError, ScelmoError
 from scelmo.io import sha256_file
@@ -41,11 +42,12 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2-int8"
 
 
 class LocalEmbedderOptions(EmbedderOptions):
-    batch_size: int = 32
-    #: Longer texts are truncated (the model was trained with 256).
-    max_length: int = 256
+    batch_size: int = Field(32, ge=1)
+    #: Longer texts are truncated, in tokens (the model was trained with 256; its position
+    #: table holds 512).
+    max_length: int = Field(256, ge=2, le=512)
     #: onnxruntime intra-op threads (``None``: onnxruntime's default, all cores).
-    threads: int | None = None
+    threads: int | None = Field(None, ge=1)
     #: Let onnxruntime's idle threads busy-wait for work (its default). ``False`` leaves
     #: the cores to other processes on a shared machine; measured on a loaded 2-core box
     #: it was sometimes faster, sometimes slower (docs/performance.md), so the default stays.

@@ -439,6 +439,7 @@ class Model:
             "n_cells": int(X.shape[0]),
             "n_genes": int(X.shape[1]),
             "n_genes_with_vector": int((np.abs(E).sum(1) > 0).sum()),
+            **_table_record(self.gene_table),
             # (a head may log an "epoch 0" row, its score before training: not an epoch)
             "epochs": sum(1 for h in history if float(h.get("epoch", 1) or 0) > 0),
             "seconds": time.perf_counter() - t0,
@@ -884,3 +885,17 @@ def _table_from_varm(adata: Any) -> GeneEmbeddings | None:
         table.manifest["cell_type_markers"] = dict(markers)
         table.conditioning = Conditioning.fit(table.vectors, n_components=0)
     return table
+
+
+def _table_record(table: GeneEmbeddings) -> dict[str, Any]:
+    """What the model's gene table is, for provenance (a trial: a model trained on a 1,151-d
+    table with cell-type marker dimensions recorded none of it)."""
+    manifest = table.manifest or {}
+    markers = manifest.get("cell_type_markers")
+    out: dict[str, Any] = {"gene_dim": int(table.dim), "embed_model": manifest.get("embed_model", "user-provided"),
+                           "describe_model": manifest.get("describe_model", "user-provided"),
+                           "conditioning": table.conditioning.checksum() if table.conditioning is not None else "none"}
+    if isinstance(markers, dict):
+        out["cell_type_markers"] = float(markers.get("weight", 0.0))
+    return out
+
