@@ -368,11 +368,25 @@ def get_settings(config: ScelmoSettings | Mapping[str, Any] | None = None, /, **
     if isinstance(config, ScelmoSettings):
         if not overrides:
             return config
-        merged = _merge_roles(config.model_dump(exclude_unset=True), _nest(overrides))
-        return _build(merged)
+        nested = _nest(overrides)
+        merged = _merge_roles(config.model_dump(exclude_unset=False), nested)
+        return _carry_fields_set(_build(merged), config, nested)
     values = _nest(dict(config or {}))
     values = _deep_merge(values, _nest(overrides))
     return _build(values)
+
+
+def _carry_fields_set(new: BaseModel, old: BaseModel, overrides: Mapping[str, Any]) -> Any:
+    """``new`` (rebuilt from ``old``'s every value plus ``overrides``) marked as set only where
+    ``old`` was or an override is: a default stays a default (an explicit
+    ``aggregate.n_top_genes`` selects over ``var["highly_variable"]``, the default does not)."""
+    new.__pydantic_fields_set__ = set(old.model_fields_set) | {k for k in overrides if k in type(new).model_fields}
+    for name in type(new).model_fields:
+        a, b = getattr(new, name), getattr(old, name, None)
+        if isinstance(a, BaseModel) and type(a) is type(b):
+            sub = overrides.get(name)
+            _carry_fields_set(a, b, sub if isinstance(sub, Mapping) else {})
+    return new
 
 
 def _build(values: dict[str, Any]) -> ScelmoSettings:

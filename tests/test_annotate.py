@@ -79,6 +79,23 @@ def test_the_record_of_use_rep_decides_not_the_latest_embedding(pbmc):
     np.testing.assert_array_equal(query.obs[keys.LABEL].astype(str), plain.obs[keys.LABEL].astype(str))
 
 
+def test_a_query_with_another_conditioning_is_embedded_as_the_reference_without_a_warning(pbmc):
+    """Review finding: a query embedded with another conditioning was re-embedded as the
+    reference, yet warned about as "made differently ... unreliable"."""
+    rng = np.random.default_rng(1)
+    idx = rng.permutation(pbmc.n_obs)
+    ref, query = pbmc[idx[:450]].copy(), pbmc[idx[450:]].copy()
+    scelmo.tl.embed_cells(ref)
+    scelmo.tl.embed_cells(query, config={"aggregate.condition_components": 5})
+    fresh = pbmc[idx[450:]].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScelmoWarning)
+        scelmo.tl.annotate(query, reference=ref, ref_labels="bulk_labels")
+    scelmo.tl.annotate(fresh, reference=ref, ref_labels="bulk_labels")
+    assert query.uns[keys.PROVENANCE]["annotate"]["query_gene_stats"].startswith("reference")
+    np.testing.assert_array_equal(query.obs[keys.LABEL].astype(str), fresh.obs[keys.LABEL].astype(str))
+
+
 def test_layer_applies_to_the_reference_too():
     """Trial finding: `annotate(query, reference=ref, layer="counts")` embedded both from `X`."""
     from scelmo.datasets import pbmc68k_reduced

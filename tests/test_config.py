@@ -196,3 +196,18 @@ def test_local_embedder_options_are_bounded(options):
 
     with pytest.raises(ConfigError, match="Invalid options for text embedder 'local'"):
         scelmo.tl.embed_genes(genes=["CD3E"], config={"embed.options": options, "cache.enabled": False})
+
+
+def test_overrides_keep_a_settings_objects_values_and_defaults():
+    """Review findings: rebuilt with an override, a settings object marked every field as set
+    (a default n_top_genes then looked explicit), and, dumped with only its set fields, lost
+    values assigned to it afterwards (genes.species set on the object came back "auto")."""
+    s = get_settings()
+    s.genes.species = "mouse"
+    s.embed.options["batch_size"] = 4
+    t = get_settings(s, **{"aggregate.layer": "counts"})
+    assert t.genes.species == "mouse" and t.embed.options["batch_size"] == 4 and t.aggregate.layer == "counts"
+    assert "n_top_genes" not in t.aggregate.model_fields_set and "layer" in t.aggregate.model_fields_set
+    u = get_settings(get_settings({"aggregate.n_top_genes": 300}), **{"aggregate.layer": "counts"})
+    assert "n_top_genes" in u.aggregate.model_fields_set and u.aggregate.n_top_genes == 300
+

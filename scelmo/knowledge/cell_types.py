@@ -649,9 +649,10 @@ def marker_weights(
     # within their lineage (Lineage); not beside a candidate that is the parent itself
     lineages = {c: _lineage(m, index) for c, m in matches.items() if m.parents and c not in (consensus or {})}
     parents_named = {k.name for c, m in matches.items() if (lin := lineages.get(c)) is None for k in m.types}
-    shared = Counter(lin.name for lin in lineages.values() if lin is not None)
+    # (one parent: its name and markers; the lung and the liver "Fibroblast" are two)
+    shared = Counter((lin.name, lin.markers) for lin in lineages.values() if lin is not None)
     for cand, lin in lineages.items():
-        if lin is not None and shared[lin.name] > 1 and lin.name not in parents_named:
+        if lin is not None and shared[lin.name, lin.markers] > 1 and lin.name not in parents_named:
             specific[cand] = MarkerSet(specific[cand], lineage=lin)
     return specific
 

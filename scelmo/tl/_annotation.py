@@ -489,7 +489,9 @@ def marker_match(
         best, p_best = pick(np.column_stack([S[idx, j] if j >= 0 else families[-1 - j].lineage[idx]
                                              for j in units]))
         j = None if best is None else units[best]
-        if j is not None and j < 0:  # a lineage: its subtype whose core markers the group shows most
+        if j is None and families:  # no lineage fits (a query of one lineage: its markers do not vary)
+            j, p_best = pick(S[idx])
+        elif j is not None and j < 0:  # a lineage: its subtype whose core markers the group shows most
             fam = families[-1 - j]
             k, q = _subtype(fam.core[idx], temperature)
             if k is None:  # the lineage's cells do not tell its subtypes apart here: as if no lineage
@@ -532,11 +534,11 @@ def _subtype(core: np.ndarray, temperature: float) -> tuple[int | None, float]:
 
 
 def _families(markers: Mapping[str, Any], score: Any) -> list[_Family]:
-    by_parent: dict[str, list[str]] = {}
-    for name, ms in markers.items():
+    by_parent: dict[tuple[str, tuple[str, ...]], list[str]] = {}  # (a parent of one name, e.g. the human
+    for name, ms in markers.items():                                # and the mouse "T cell", is two parents)
         lin = getattr(ms, "lineage", None)
         if lin is not None and lin.core and lin.markers:
-            by_parent.setdefault(lin.name, []).append(name)
+            by_parent.setdefault((lin.name, lin.markers), []).append(name)
     out = []
     for members in by_parent.values():
         first = markers[members[0]].lineage
@@ -754,7 +756,8 @@ def annotate(
     if reference is not None:
         pred, score = _transfer_labels(query, reference, ref_labels, use_rep=use_rep, k=k, config=config,
                                        progress=progress, info=info, ref_vectors=ref_vectors)
-        _warn_if_embedded_differently(adata, reference, use_rep)
+        if "query_gene_stats" not in info:  # (else the query was embedded here, as the reference)
+            _warn_if_embedded_differently(adata, reference, use_rep)
     else:
         pred, score = _labels_from_names(adata, query, cell_types, method=method, use_rep=use_rep, layer=layer,
                                          groupby=groupby, n_markers=n_markers, temperature=temperature,

@@ -539,7 +539,9 @@ def _warn_settings_the_table_fixes(table: GeneEmbeddings, agg_cfg: Any) -> None:
             "Build the table with the setting (`scelmo.tl.embed_genes(genes, config={'aggregate.cell_type_markers': "
             "1.0})`) or leave `gene_embeddings` unset.", ScelmoWarning, stacklevel=4,
         )
-    elif has and agg_cfg.condition_components is not None:
+    elif has and agg_cfg.condition_components is not None and (
+            (table.manifest["cell_type_markers"].get("text_conditioning") or {}).get("n_components")
+            != table._components_for(agg_cfg.condition_components)):
         warnings.warn(
             "aggregate.condition_components is set, but the gene table given has cell-type marker dimensions, "
             "whose text part was conditioned when the table was built: it keeps that conditioning "
