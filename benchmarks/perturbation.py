@@ -10,7 +10,7 @@ Two tasks (the metrics follow the project's evaluation protocol, see docs/pertur
   a single stimulus the vector is a constant input, so on Kang the test is of the
   cell-state-dependent response, not of the embedding.
   Baselines: **mean shift** (control mean of the held-out type + mean stimulated-minus-
-  control delta of the other types; data-eval.md §6) and **no change** (control mean).
+  control delta of the other types) and **no change** (control mean).
   Also the head with ``cell_state=False`` (one response for all cells), as an ablation.
 * ``synthetic``: :func:`scelmo.perturbation.synthetic_genetic_perturbations` on the
   pbmc68k counts with the offline gene embeddings (60 single-gene perturbations, 40

@@ -412,6 +412,7 @@ def embed_genes_cmd(ctx, input, output, gene_list, genes_file, describe_model, e
     genes = list(gene_list)
     if genes_file:  # read as `describe --from` reads a list
         genes += _read_list_file(Path(genes_file), None)
+    genes = list(dict.fromkeys(genes))  # a gene given twice (--genes and the file) is one gene to embed
     if input is None and not genes:
         raise click.UsageError(f"Give an INPUT ({_INPUT_HELP}), --genes or --genes-file.")
     # before any gene is embedded (a dry run writes nothing, so an existing OUTPUT is fine)

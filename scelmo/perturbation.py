@@ -9,7 +9,7 @@ function                                   what it does
 :func:`components`                         ``"A+B"`` -> ``("A", "B")`` (combinations)
 :func:`group_means`                        mean expression per (cell group, perturbation)
 :func:`mean_shift`                         control mean + mean of reference deltas (the
-                                           model-free baseline of data-eval.md §6)
+                                           model-free baseline, scGen without a model)
 :func:`additive_shift`                     control mean + sum of the components' deltas
 :func:`top_de_genes`                       top-n genes by ``|true delta|`` of the means
 :func:`delta_scores`                       R² / Pearson of the predicted delta (and R² of
@@ -144,7 +144,7 @@ def group_means(
 def mean_shift(control_mean: np.ndarray, reference_deltas: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     """The model-free mean-shift baseline: ``control_mean + mean(reference_deltas)``.
 
-    For Kang (data-eval.md §6): the stimulated mean of a held-out cell type is predicted
+    For Kang: the stimulated mean of a held-out cell type is predicted
     as its control mean plus the mean stimulated-minus-control delta of the other cell
     types. For an unseen genetic perturbation: the control mean plus the mean delta of
     the training perturbations.

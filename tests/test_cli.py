@@ -38,6 +38,10 @@ def test_embed_genes_from_list(tmp_path):
     assert res.exit_code == 0, res.output
     assert GeneEmbeddings.load(tmp_path / "ge").genes == ["CD3E", "HBB", "MS4A1", "NKG7"]
     assert "not known genes" not in res.output
+    # a gene both in --genes and in the file is one gene, not a duplicate with Python advice (a trial)
+    res = CliRunner().invoke(cli, ["embed-genes", "--genes-file", str(tmp_path / "genes.txt"),
+                                   "--genes", "CD3E", "-o", str(tmp_path / "g1")])
+    assert res.exit_code == 0 and "var_names_make_unique" not in res.output, res.output
     # a name that is no gene is said, not dropped in silence
     res = CliRunner().invoke(cli, ["embed-genes", "--genes", "CD3E", "--genes", "NOTAGENE", "-o", str(tmp_path / "g2")])
     assert res.exit_code == 0, res.output

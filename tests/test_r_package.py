@@ -185,6 +185,16 @@ def test_cross_check_r_wrapper_against_anndata2ri(r_lib, tmp_path):
     sds = np.asarray(ro.r(f'SeuratObject::Stdev(readRDS("{path}")[["scelmo"]])'))
     assert sds.size == got.obsm["X_scelmo"].shape[1] and np.all(np.diff(sds) <= 1e-6) and sds[0] > 0
 
+    # a SingleCellExperiment written with the embedding as reducedDim "scelmo" reads back under
+    # X_scelmo, as a Seurat file does (a trial: obsm["scelmo"], which tl.cluster does not find)
+    bare = got.copy()
+    del bare.obsm["X_scelmo"]
+    rio.write_rds(bare, tmp_path / "sce.rds")
+    rio.write_rds(got, tmp_path / "sce_scelmo.rds", template=tmp_path / "sce.rds")
+    sce = scelmo.io.read_rds(tmp_path / "sce_scelmo.rds")
+    assert "scelmo" not in sce.obsm
+    np.testing.assert_allclose(sce.obsm["X_scelmo"], got.obsm["X_scelmo"], rtol=1e-6, atol=1e-7)
+
     # the CLI reads and writes .rds with the extra installed
     from click.testing import CliRunner
 

@@ -22,7 +22,7 @@ SCE: the first assay), other assays / the ``data`` layer -> ``layers``; ``meta.d
 their ``NA`` as pandas missing values); reductions -> ``obsm["X_<name>"]`` (Seurat; a reduction
 ``RunScELMo`` turned to its principal axes is turned back with the rotation in its ``misc``,
 so it equals ``scelmo.tl.embed_cells``'s result) or ``obsm[<reducedDim name>]`` (SCE,
-anndata2ri's names). This is the Python-side route
+anndata2ri's names; the reducedDim "scelmo" that scelmo writes -> ``obsm["X_scelmo"]``). This is the Python-side route
 only: the R package talks to Python through ``scelmo.r_bridge`` and never uses rpy2
 (rpy2 inside reticulate 1.28 crashes R).
 """
@@ -269,6 +269,11 @@ def from_sce(obj: Any) -> Any:
         adata.obs[col] = pd.arrays.BooleanArray(np.where(na, 0, values).astype(bool), na)
     adata.obs_names = adata.obs_names.astype(str)
     adata.var_names = adata.var_names.astype(str)
+    # the reducedDim scelmo writes ("scelmo", add_reduction's default name) is the scelmo
+    # embedding: under its AnnData key, as from a Seurat file (a trial: read back as
+    # obsm["scelmo"], which scelmo.tl.cluster's default use_rep does not find)
+    if "scelmo" in adata.obsm and keys.X_SCELMO not in adata.obsm:
+        adata.obsm[keys.X_SCELMO] = adata.obsm.pop("scelmo")
     return adata
 
 
