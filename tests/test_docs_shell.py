@@ -30,6 +30,7 @@ NOT_RUN = {
     "apt-get install": "installs system packages (done by .ci/run)",
     "pip install": "installs packages (done by scripts/run / .ci/run)",
     "python3 -m venv": "creates the benchmark venv",
+    "bash scripts/install-torch": "installs torch's CPU build (run by scripts/run and .ci/run)",
     ".venv-bench/bin/pip": "installs the benchmark venv",
     ".venv-bench/bin/python": "benchmarks: minutes to hours, run by hand (their results are committed)",
     "ollama pull": "downloads models from the Ollama registry",
