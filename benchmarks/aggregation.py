@@ -51,7 +51,7 @@ for p in (str(HERE), str(ROOT / "plugins"), str(ROOT)):
 
 from _synthetic import gene_model, generate_csr, random_embedding  # noqa: E402
 
-# Targets from performance.md section 6 (ratios measured in the same run).
+# The kernel gates K1-K5 and M1 (their limits are written with the results; ratios measured in the same run).
 K1_RATIO = {384: 0.60, 1536: 0.45}
 K2_SGEMM_FRACTION = 0.13
 K4_WALL_RATIO = 0.55
@@ -678,7 +678,7 @@ def to_markdown(res: dict) -> str:
             )
         )
     L.append("")
-    L.append("## Gates (performance.md section 6; ratios from this run)")
+    L.append("## Gates (docs/performance.md; ratios from this run)")
     L.append("")
     L.append(
         "| d | K1 CPU ratio vs scipy (limit) | K2 fraction of 1-core SGEMM (>= 0.13) | K4 wall 2thr/1thr (<= 0.55) | K5 2-thr wall per 1M / 2-core FMA bound (<= 7.5 fp32) | M1 peak RSS (limit) [kernel's own extra] | max err / row max |"

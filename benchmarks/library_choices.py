@@ -250,7 +250,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kang-dir", default=None)
-    ap.add_argument("--sections", nargs="*", default=["metrics", "retries", "server"],
+    ap.add_argument("--sections", nargs="+", default=["metrics", "retries", "server"],
                     choices=["metrics", "retries", "server"],
                     help="run these sections; the others are kept from an earlier results.json")
     args = ap.parse_args()

