@@ -452,7 +452,12 @@ def marker_match(
         return z @ w / w.sum(), z, w
 
     # per name: one score column, or one per part
-    families = _families(markers, score)
+    def detected(genes: Sequence[str]) -> np.ndarray:
+        idx = [col[g] for g in genes if g in col]
+        sub = X[:, idx]
+        return np.asarray((sub > 0).sum(axis=1)).ravel() > 0
+
+    families = _families(markers, score, detected)
     columns: list[list[tuple[np.ndarray, ...]]] = []
     for t in names:
         ms = markers[t]
@@ -469,13 +474,15 @@ def marker_match(
     # compete as their lineage (its parent's markers) and then among themselves
     member = {names.index(n): fam for fam in families for n in fam.names}
     units = [j for j in range(len(names)) if j not in member] + [-1 - f for f in range(len(families))]
-    def pick(U: np.ndarray) -> tuple[int | None, float]:
+    def pick(U: np.ndarray, also: np.ndarray | None = None) -> tuple[int | None, float]:
         # the types the group could be: a positive mean, carried by 10% of its cells or more;
         # the best of those (a rare marker of an absent type in a few cells does not make
         # the group unknown), with its softmax among all types as the score (a close or
-        # higher rival lowers it)
+        # higher rival lowers it). ``also``: units that fit regardless
         m = U.mean(axis=0)
         fits = (m > 0) & ((U > 0).mean(axis=0) >= 0.1)
+        if also is not None:
+            fits |= also
         if not fits.any():
             return None, 0.0
         p = np.exp((m - m.max()) / temperature)
@@ -486,16 +493,20 @@ def marker_match(
         idx = groups == g
         for j, cols in enumerate(columns):
             S[idx, j] = cols[0][0][idx] if len(cols) == 1 else _best_part(cols, idx)
-        best, p_best = pick(np.column_stack([S[idx, j] if j >= 0 else families[-1 - j].lineage[idx]
-                                             for j in units]))
+        # a lineage also fits a group most of whose cells detect its markers (in a query of T
+        # cells only, the CD3 genes do not stand out anywhere: a review found 105 of 173 unknown)
+        best, p_best = pick(np.column_stack([S[idx, j] if j >= 0 else families[-1 - j].lineage[idx] for j in units]),
+                            np.array([j < 0 and families[-1 - j].detected[idx].mean() >= 0.5 for j in units]))
         j = None if best is None else units[best]
-        if j is None and families:  # no lineage fits (a query of one lineage: its markers do not vary)
-            j, p_best = pick(S[idx])
-        elif j is not None and j < 0:  # a lineage: its subtype whose core markers the group shows most
+        if j is not None and j < 0:  # a lineage: its subtype whose core markers the group shows most
             fam = families[-1 - j]
-            k, q = _subtype(fam.core[idx], temperature)
-            if k is None:  # the lineage's cells do not tell its subtypes apart here: as if no lineage
-                j, p_best = pick(S[idx])
+            k, q, close = _subtype(fam.core[idx], temperature)
+            if k is None:  # no clear lead: of the subtypes not clearly behind, the best by its markers
+                tied = [names.index(fam.names[i]) for i in np.flatnonzero(close)]
+                m = S[idx][:, tied].mean(axis=0)
+                q_all = np.exp((m - m.max()) / temperature)
+                k = int(m.argmax())
+                j, p_best = tied[k], p_best * float(q_all[k] / q_all.sum())
             else:
                 j, p_best = names.index(fam.names[k]), p_best * q
         labels[idx] = None if j is None else names[j]
@@ -515,25 +526,29 @@ class _Family:
     names: tuple[str, ...]
     lineage: np.ndarray
     core: np.ndarray  # cells x names
+    detected: np.ndarray  # cells that detect any of the parent's markers
 
 
-def _subtype(core: np.ndarray, temperature: float) -> tuple[int | None, float]:
+def _subtype(core: np.ndarray, temperature: float) -> tuple[int | None, float, np.ndarray]:
     """The subtype (column of ``core``, a group's cells x its lineage's subtypes) whose core
-    markers the group shows most, and its softmax; ``None`` unless it leads the runner-up by
+    markers the group shows most, and its softmax; ``None`` unless it leads every other by
     two standard errors of their paired difference over the group's cells. (A group that is
     most of its lineage has every core score near 0 there: a review found such a lead of
-    0.001 deciding Kang's CD4 T cells by rounding.)"""
+    0.001 deciding Kang's CD4 T cells by rounding.) Third: the subtypes not clearly behind
+    the leader (the leader among them)."""
     means = core.mean(axis=0)
-    order = np.argsort(-means)
-    d = core[:, order[0]] - core[:, order[1]]
-    se = float(d.std(ddof=1)) / np.sqrt(len(d)) if len(d) > 1 else np.inf
-    if not float(d.mean()) > 2 * se:
-        return None, 0.0
+    top = int(np.argmax(means))
+    d = core[:, [top]] - core
+    se = d.std(axis=0, ddof=1) / np.sqrt(len(d)) if len(d) > 1 else np.full(core.shape[1], np.inf)
+    close = ~(d.mean(axis=0) > 2 * se)
+    close[top] = True
+    if close.sum() > 1:
+        return None, 0.0, close
     q = np.exp((means - means.max()) / temperature)
-    return int(order[0]), float(q[order[0]] / q.sum())
+    return top, float(q[top] / q.sum()), close
 
 
-def _families(markers: Mapping[str, Any], score: Any) -> list[_Family]:
+def _families(markers: Mapping[str, Any], score: Any, detected: Any) -> list[_Family]:
     by_parent: dict[tuple[str, tuple[str, ...]], list[str]] = {}  # (a parent of one name, e.g. the human
     for name, ms in markers.items():                                # and the mouse "T cell", is two parents)
         lin = getattr(ms, "lineage", None)
@@ -554,7 +569,7 @@ def _families(markers: Mapping[str, Any], score: Any) -> list[_Family]:
                 cores.append(z[0])
                 kept.append(name)
         if len(kept) > 1:
-            out.append(_Family(tuple(kept), lineage, np.column_stack(cores)))
+            out.append(_Family(tuple(kept), lineage, np.column_stack(cores), detected(first.markers)))
     return out
 
 
