@@ -291,6 +291,11 @@ class GeneEmbeddings:
         model = self.manifest.get("embed_model", "?")
         return f"GeneEmbeddings({len(self)} genes x {self.dim}, embed_model={model!r})"
 
+    def models(self) -> dict[str, str]:
+        """``{"embed_model", "describe_model"}`` as the manifest records them
+        (``"user-provided"`` for a table built by hand), for provenance and comparisons."""
+        return {f: (self.manifest or {}).get(f, "user-provided") for f in ("embed_model", "describe_model")}
+
     @property
     def dim(self) -> int:
         return int(self.vectors.shape[1])

@@ -648,7 +648,7 @@ def marker_weights(
     # subtypes of one parent among the candidates ("CD4 T cell", "CD8 T cell") are told apart
     # within their lineage (Lineage); not beside a candidate that is the parent itself
     lineages = {c: _lineage(m, index) for c, m in matches.items() if m.parents and c not in (consensus or {})}
-    parents_named = {k.name for c, m in matches.items() if (lin := lineages.get(c)) is None for k in m.types}
+    parents_named = {k.name for c, m in matches.items() if lineages.get(c) is None for k in m.types}
     # (one parent: its name and markers; the lung and the liver "Fibroblast" are two)
     shared = Counter((lin.name, lin.markers) for lin in lineages.values() if lin is not None)
     for cand, lin in lineages.items():

@@ -892,10 +892,8 @@ def _table_record(table: GeneEmbeddings) -> dict[str, Any]:
     table with cell-type marker dimensions recorded none of it)."""
     manifest = table.manifest or {}
     markers = manifest.get("cell_type_markers")
-    out: dict[str, Any] = {"gene_dim": int(table.dim), "embed_model": manifest.get("embed_model", "user-provided"),
-                           "describe_model": manifest.get("describe_model", "user-provided"),
+    out: dict[str, Any] = {"gene_dim": int(table.dim), **table.models(),
                            "conditioning": table.conditioning.checksum() if table.conditioning is not None else "none"}
     if isinstance(markers, dict):
         out["cell_type_markers"] = float(markers.get("weight", 0.0))
     return out
-

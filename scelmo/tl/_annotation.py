@@ -556,9 +556,11 @@ def _families(markers: Mapping[str, Any], score: Any, detected: Any) -> list[_Fa
             by_parent.setdefault((lin.name, lin.markers), []).append(name)
     out = []
     for members in by_parent.values():
+        if len(members) < 2:
+            continue
         first = markers[members[0]].lineage
         scored = score(dict.fromkeys(first.markers, 1.0))
-        if len(members) < 2 or scored is None:
+        if scored is None:
             continue
         lineage = scored[0]
         inside = lineage > 0
@@ -879,7 +881,7 @@ def _embed_record(adata: Any, use_rep: str) -> dict[str, Any]:
     """The provenance of the ``embed_cells`` run that wrote ``adata.obsm[use_rep]`` (``{}``:
     none did); not the latest run's, which may have written another key (``X_scelmo_paper``)."""
     rec = provenance.for_key(adata, use_rep, "embed_cells")
-    return rec if rec.get("step", "embed_cells") == "embed_cells" and rec.get("key_added", use_rep) == use_rep else {}
+    return rec if rec.get("step", "embed_cells") == "embed_cells" and rec.get("key_added") == use_rep else {}
 
 
 def _embedded_here(adata: Any, use_rep: str) -> bool:
@@ -894,7 +896,7 @@ def _embedded_from_other_stats(adata: Any, reference: Any, use_rep: str) -> bool
     reference (a Kang trial: 0.57 accuracy instead of 0.90)."""
     q = _embed_record(adata, use_rep)
     r = _embed_record(reference, use_rep)
-    if q.get("key_added") != use_rep or r.get("key_added") != use_rep:
+    if not q or not r:
         return False
     # (another conditioning is no obstacle: the query is embedded again with the reference's table;
     # a query embedded on its own genes with cell-type marker dimensions has its own, and another width)
@@ -977,10 +979,9 @@ def _transfer_table(reference: Any, use_rep: str, gene_embeddings: GeneEmbedding
         if flavor_plan(settings.aggregate)["condition"] and table.conditioning is None:
             table.condition(n_components=settings.aggregate.condition_components)
     r = _embed_record(reference, use_rep)
-    if use_rep not in reference.obsm or r.get("key_added") != use_rep:
+    if use_rep not in reference.obsm or not r:
         return table  # embedded here, with this table (or not by embed_cells: nothing to compare)
-    made = {"embed_model": table.manifest.get("embed_model", "user-provided"),
-            "describe_model": table.manifest.get("describe_model", "user-provided")}
+    made: dict[str, str] = table.models()
     ref_cond = r.get("conditioning")
     if isinstance(ref_cond, Mapping) and table.conditioning is not None:
         made["conditioning"] = table.conditioning.checksum()
@@ -1022,7 +1023,7 @@ def _warn_if_embedded_differently(adata: Any, reference: Any, use_rep: str) -> N
     """Warn when query and reference vectors under ``use_rep`` were made in different ways."""
     q = _embed_record(adata, use_rep)
     r = _embed_record(reference, use_rep)
-    if q.get("key_added") != use_rep or r.get("key_added") != use_rep:
+    if not q or not r:
         return  # not both made by embed_cells under this key: nothing to compare
     diff = [f"{f}: {q.get(f)!r} vs {r.get(f)!r}" for f in _COMPARABLE if not _same_record(q.get(f), r.get(f))]
     if diff:
@@ -1114,7 +1115,7 @@ def _labels_from_names(adata: Any, query: np.ndarray, cell_types: Sequence[str] 
     else:  # "embedding" (the method was checked by _check_options)
         vectors = _embed_texts(texts, config, progress)
         record = _embed_record(adata, use_rep)
-        if vectors.shape[1] == record.get("text_dim") and record.get("key_added") == use_rep:
+        if vectors.shape[1] == record.get("text_dim"):
             query = query[:, : vectors.shape[1]]  # (beside cell-type marker dimensions: the text part)
         if vectors.shape[1] != query.shape[1]:
             raise ScelmoError(

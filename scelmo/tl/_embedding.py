@@ -655,8 +655,7 @@ def _embed_cells_record(adata: Any, result: Any, names: list[str], lookup: list[
             "n_empty_cells": float("nan") if lazy else n_empty,  # (lazy: not computed, so not known)
             "dim": int(emb.shape[1]),
             "key_added": key_added,
-            "embed_model": gene_embeddings.manifest.get("embed_model", "user-provided"),
-            "describe_model": gene_embeddings.manifest.get("describe_model", "user-provided"),
+            **gene_embeddings.models(),
         }
     )
     markers = gene_embeddings.manifest.get("cell_type_markers")
@@ -853,7 +852,7 @@ def embed_cells(
     do_norm = should_normalize(plan["normalize"], matrix)
     # a number of genes asked for (in this call, or set in the configuration: config=, --set, an
     # environment variable) is selected so, over a var["highly_variable"] column
-    own_selection = (n_top_genes is not None or "n_top_genes" in agg_cfg.model_fields_set) and mask_var is None
+    own_selection = "n_top_genes" in agg_cfg.model_fields_set and mask_var is None
     stats = _input_statistics(adata, matrix, source, gene_stats, plan, mask_var, do_norm, lazy, progress,
                               agg_cfg.chunk_size, names=names, own_selection=own_selection)
     use_dask = distributed.is_dask_array(matrix)
